@@ -1,0 +1,110 @@
+"""``medclf export`` as a function: a run directory's Keras model → verified ``model.onnx`` + report.
+
+The ONNX file is first written under a temporary name, verified against Keras on real held-out images, and
+only then renamed to ``model.onnx``. ``export_report.json`` is written either way and says what was compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import keras
+import numpy as np
+import onnx
+
+from medclf.runtime.inputs import list_images
+from medclf.runtime.modelcard import ModelCard
+from medclf.runtime.preprocess import ImageError, Preprocess, load_image
+
+from .onnx_export import OPSET, convert, provenance
+from .verify import TOLERANCES, VerificationError, compare, onnx_probabilities
+
+MAX_VERIFY_IMAGES = 256
+
+
+def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
+               verify_data: str | os.PathLike[str] | None = None, max_images: int = MAX_VERIFY_IMAGES) -> dict:
+    """Export, verify, and publish ``OUT_DIR/model.onnx``; raise :class:`VerificationError` if it disagrees."""
+    model_path = Path(model_path)
+    run_dir = model_path.parent
+    card = _model_card(model_path)
+    model = keras.models.load_model(model_path, compile=False)
+    paths, labels = _verification_images(run_dir, verify_data, max_images)
+    images, labels = _load(paths, labels, card.preprocess)
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    final = out / "model.onnx"
+    candidate = out / f".model.onnx.{os.getpid()}.candidate"
+    try:
+        onnx.save(convert(model, card), str(candidate))
+        keras_p = np.concatenate([np.asarray(model(images[i:i + 32].astype(np.float32), training=False))
+                                  for i in range(0, len(images), 32)])
+        comparison = compare(keras_p, onnx_probabilities(str(candidate), images), TOLERANCES["fp32"], labels)
+        report = {"model": str(model_path), "onnx": str(final), "precision": "fp32", "opset": OPSET,
+                  "verified_on": f"{len(images)} real images ({_describe(run_dir, verify_data)})",
+                  "size_bytes": candidate.stat().st_size, **comparison.to_dict()}
+        if comparison.passed:
+            os.replace(candidate, final)
+    finally:
+        candidate.unlink(missing_ok=True)
+    _write_json(out / "export_report.json", report)
+    if not comparison.passed:
+        raise VerificationError(f"{final} not written: {'; '.join(comparison.failures)}")
+    return report
+
+
+def _model_card(model_path: Path) -> ModelCard:
+    """Labels, preprocessing and metrics from the run directory that ``medclf train`` wrote."""
+    run_dir = model_path.parent
+    for name in ("labels.json", "preprocess.json"):
+        if not (run_dir / name).is_file():
+            raise FileNotFoundError(f"{run_dir / name}: missing; export expects a run directory from medclf train")
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+    return ModelCard(labels=tuple(json.loads((run_dir / "labels.json").read_text())),
+                     preprocess=Preprocess.from_json((run_dir / "preprocess.json").read_text()),
+                     precision="fp32", source=provenance(model_path),
+                     metrics={k: metrics[k] for k in ("test", "validation") if k in metrics})
+
+
+def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
+                         max_images: int) -> tuple[list[str], list[int] | None]:
+    """The run's held-out validation images, or the images under ``data``; evenly spread, at most ``max_images``."""
+    if data is not None:
+        paths, labels = [str(p) for p in list_images(data)], None
+    else:
+        splits = run_dir / "splits.json"
+        if not splits.is_file():
+            raise FileNotFoundError(f"{splits}: missing; pass --verify-data with real images to verify on")
+        val = json.loads(splits.read_text())["val"]
+        paths, labels = val["paths"], val["labels"]
+    if not paths:
+        raise FileNotFoundError(f"no images to verify on in {data or run_dir / 'splits.json'}")
+    pick = np.unique(np.linspace(0, len(paths) - 1, min(max_images, len(paths))).astype(int))
+    return [paths[i] for i in pick], [labels[i] for i in pick] if labels is not None else None
+
+
+def _load(paths: list[str], labels: list[int] | None, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray | None]:
+    images, kept = [], []
+    for i, path in enumerate(paths):
+        try:
+            images.append(load_image(path, preprocess))
+            kept.append(i)
+        except ImageError:
+            continue
+    if not images:
+        raise FileNotFoundError("none of the verification images could be read")
+    return np.stack(images), (np.asarray(labels)[kept] if labels is not None else None)
+
+
+def _describe(run_dir: Path, data: str | os.PathLike[str] | None) -> str:
+    return f"from {data}" if data is not None else f"held-out validation split of {run_dir}"
+
+
+def _write_json(path: Path, value: object) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(value, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,72 @@
+"""Check an exported file against the Keras model it came from, on real images, within stated tolerances.
+
+Separate from conversion on purpose: a conversion is a claim, the comparison is the evidence.
+The ONNX side runs through ``medclf.runtime.Classifier`` — the code that will serve it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from medclf.runtime.classifier import Classifier
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    min_agreement: float  # fraction of images whose top-1 label must match Keras
+    max_abs_diff: float  # largest allowed |p_onnx - p_keras| over all images and classes
+
+
+TOLERANCES = {"fp32": Tolerance(min_agreement=1.0, max_abs_diff=1e-4)}
+
+
+@dataclass(frozen=True)
+class Comparison:
+    images: int
+    agreement: float
+    max_abs_diff: float
+    tolerance: Tolerance
+    reference_accuracy: float | None = None
+    accuracy: float | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        """Why the file fails, in words; empty when it passes."""
+        reasons = []
+        if self.agreement < self.tolerance.min_agreement:
+            reasons.append(f"top-1 agreement {self.agreement:.2%} < {self.tolerance.min_agreement:.2%}")
+        if not self.max_abs_diff <= self.tolerance.max_abs_diff:  # also catches NaN
+            reasons.append(f"max |Δp| {self.max_abs_diff:.3g} > {self.tolerance.max_abs_diff:.3g}")
+        return reasons
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed, "failures": self.failures}
+
+
+class VerificationError(RuntimeError):
+    """An exported file disagrees with its Keras model beyond the tolerance."""
+
+
+def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
+            labels: np.ndarray | None = None) -> Comparison:
+    """Compare two ``[N, classes]`` probability arrays (Keras vs exported) for the same images."""
+    if reference.shape != candidate.shape or len(reference) == 0:
+        raise VerificationError(f"cannot compare outputs of shapes {reference.shape} and {candidate.shape}")
+    agree = float(np.mean(reference.argmax(1) == candidate.argmax(1)))
+    diff = float(np.max(np.abs(reference.astype(np.float64) - candidate.astype(np.float64))))
+    accuracies = {}
+    if labels is not None:
+        accuracies = {"reference_accuracy": float(np.mean(reference.argmax(1) == labels)),
+                      "accuracy": float(np.mean(candidate.argmax(1) == labels))}
+    return Comparison(images=len(reference), agreement=agree, max_abs_diff=diff, tolerance=tolerance, **accuracies)
+
+
+def onnx_probabilities(onnx_path: str, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    classifier = Classifier(onnx_path)
+    return np.concatenate([classifier.predict(images[i:i + batch]) for i in range(0, len(images), batch)])

@@ -1,0 +1,161 @@
+"""Decoding and resizing: the one preprocessing path that training and serving share.
+
+A model is only as good as the agreement between the pixels it was trained on and the pixels it is served.
+So this module is the single place that turns file bytes into the uint8 NHWC arrays a medclf model takes:
+training caches its datasets through :func:`load_image`, the runtime classifies through it, and the exported
+ONNX file records the :class:`Preprocess` it was trained with (``medclf.preprocess`` metadata).
+
+Normalisation (rescale, a backbone's ``preprocess_input``) is *not* here: it is a layer inside the model, so
+the runtime does no float maths and nothing can drift.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+# Refuse images whose header claims more pixels than this, before decoding them (decompression bombs).
+MAX_PIXELS = 100_000_000
+
+_INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}
+
+
+class ImageError(ValueError):
+    """An input that cannot be turned into a model input; ``str()`` is one line naming the file and why."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What a model expects: the data attached to the model, never re-guessed at serving time.
+
+    ``height``/``width``: the model's input size; images are stretched to it (aspect not kept), as Keras'
+    ``image_dataset_from_directory`` does. ``color``: ``"rgb"`` or ``"grey"``. ``interpolation``: the OpenCV
+    filter, applied on float32 so it matches TensorFlow's bilinear resize to a hundredth of a grey level.
+    """
+
+    height: int
+    width: int
+    color: str = "rgb"
+    interpolation: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ValueError(f"image size must be positive, got {self.height}x{self.width}")
+        if self.color not in ("rgb", "grey"):
+            raise ValueError(f"color must be 'rgb' or 'grey', got {self.color!r}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
+
+    @property
+    def channels(self) -> int:
+        return 3 if self.color == "rgb" else 1
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The per-image input shape, HWC."""
+        return (self.height, self.width, self.channels)
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "layout": "NHWC", "dtype": "uint8", "resize": "stretch"})
+
+    @classmethod
+    def from_json(cls, text: str) -> "Preprocess":
+        data = json.loads(text)
+        return cls(height=int(data["height"]), width=int(data["width"]), color=data.get("color", "rgb"),
+                   interpolation=data.get("interpolation", "linear"))
+
+
+def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb") -> np.ndarray:
+    """Decode image bytes to uint8 HWC RGB (or HW1 grey), whatever the file's depth and channels.
+
+    EXIF orientation is applied; alpha is dropped; 16-bit images are scaled to 8 bits over the full range.
+    """
+    if not data:
+        raise ImageError(source, "empty file")
+    _refuse_huge(data, source)
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit; still applies EXIF orientation
+    try:
+        image = cv2.imdecode(buffer, flags)
+    except cv2.error as exc:
+        raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
+    if image is None:
+        raise ImageError(source, "not a readable image (unknown format or corrupt data)")
+    return _to_uint8(_to_color(image, color))
+
+
+def resize(image: np.ndarray, preprocess: Preprocess) -> np.ndarray:
+    """Resize one decoded HWC uint8 image to the model's input shape, returning HWC uint8."""
+    target = (preprocess.width, preprocess.height)
+    if image.shape[:2] != (preprocess.height, preprocess.width):
+        interpolation = _INTERPOLATIONS[preprocess.interpolation]
+        resized = cv2.resize(image.astype(np.float32), target, interpolation=interpolation)
+        image = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
+    return image.reshape(preprocess.shape)
+
+
+def load_image(path: str | os.PathLike[str], preprocess: Preprocess) -> np.ndarray:
+    """Read, decode and resize one file: the model input for one image, HWC uint8."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(str(path), exc.strerror or str(exc)) from None
+    return resize(decode_image(data, str(path), preprocess.color), preprocess)
+
+
+def _to_color(image: np.ndarray, color: str) -> np.ndarray:
+    if image.ndim == 3 and image.shape[2] == 4:
+        image = image[:, :, :3]
+    if color == "grey":
+        if image.ndim == 3:
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        return image[:, :, None]
+    if image.ndim == 2 or image.shape[2] == 1:
+        return cv2.cvtColor(image.reshape(image.shape[:2]), cv2.COLOR_GRAY2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _to_uint8(image: np.ndarray) -> np.ndarray:
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return np.rint(image / 257.0).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):  # e.g. 32-bit float TIFF/EXR in [0, 1]
+        return np.clip(np.rint(np.nan_to_num(image) * 255.0), 0, 255).astype(np.uint8)
+    info = np.iinfo(image.dtype)
+    return np.rint((image.astype(np.float64) - info.min) / (info.max - info.min) * 255).astype(np.uint8)
+
+
+def _refuse_huge(data: bytes, source: str) -> None:
+    """Read the declared size from the header where cheap (PNG, JPEG) and refuse absurd ones before decoding."""
+    size = _declared_size(data)
+    if size and size[0] * size[1] > MAX_PIXELS:
+        raise ImageError(source, f"image is {size[1]}x{size[0]} pixels, over the {MAX_PIXELS:,}-pixel limit")
+
+
+def _declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG IHDR or a JPEG SOF marker; None for other formats or damaged headers."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+        i += 2 + length
+    return None

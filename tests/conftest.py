@@ -1,0 +1,45 @@
+"""Shared fixtures: the real data in ../shared (tests skip with a reason where it is absent)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MEDCLF_SHARED", REPO.parent / "shared"))
+DATA = SHARED / "data"
+BLOOD = DATA / "blood-cells"
+
+if "KERAS_HOME" not in os.environ and (SHARED / "keras").is_dir():
+    os.environ["KERAS_HOME"] = str(SHARED / "keras")
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (../shared is not beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def blood_cells() -> Path:
+    """The white-blood-cell dataset: TRAIN/ and TEST/, four class folders each."""
+    return require(BLOOD)
+
+
+@pytest.fixture(scope="session")
+def blood_cell_images(blood_cells: Path) -> list[Path]:
+    """Two real test images per class, in class order."""
+    return [path for cls in sorted(p for p in (blood_cells / "TEST").iterdir() if p.is_dir())
+            for path in sorted(cls.iterdir())[:2]]
+
+
+@pytest.fixture(scope="session")
+def chest_xray() -> Path:
+    return require(DATA / "chest-xray")
+
+
+@pytest.fixture(scope="session")
+def cataract() -> Path:
+    return require(DATA / "cataract")

@@ -1,0 +1,34 @@
+"""End to end through the three commands a user types: medclf train → medclf export → medclf-run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def cli(module: str, *args: str) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tmp_path):
+    run_dir, exported = tmp_path / "run", tmp_path / "exported"
+    cli("medclf.train.cli", "train", blood_cells / "TRAIN", "--out", run_dir, "--test", blood_cells / "TEST",
+        "--arch", "mobilenet_025", "--image-size", "64", "--epochs", "2", "--limit-per-class", "25")
+    for name in ("model.keras", "labels.json", "history.csv", "metrics.json"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test"]["images"] == 2487 and set(metrics["test"]["per_class"]) == {
+        "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"}
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+    cli("medclf.train.cli", "export", run_dir / "model.keras", "--out", exported)
+    assert json.loads((exported / "export_report.json").read_text())["passed"]
+
+    done = cli("medclf.runtime.cli", "--model", exported / "model.onnx", "--json", *blood_cell_images)
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == len(blood_cell_images)
+    assert {line["label"] for line in lines} <= set(json.loads((run_dir / "labels.json").read_text()))

@@ -1,0 +1,71 @@
+"""``medclf-run``: the JSON contract line by line, exit codes, folders and globs, the readable table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from medclf.runtime import DEFAULT_MODEL, Classifier
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "medclf.runtime.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_json_gives_one_object_per_input_with_the_contract_keys(blood_cell_images):
+    done = run("--json", "--top-k", "3", *map(str, blood_cell_images))
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"] for line in lines] == list(map(str, blood_cell_images))
+    labels = set(Classifier().labels)
+    for line in lines:
+        assert set(line) == {"path", "label", "probability", "top_k"}
+        assert line["label"] in labels and 0.0 <= line["probability"] <= 1.0
+        assert len(line["top_k"]) == 3 and line["top_k"][0] == [line["label"], line["probability"]]
+        assert [p for _, p in line["top_k"]] == sorted((p for _, p in line["top_k"]), reverse=True)
+
+
+def test_bad_inputs_are_reported_in_place_and_the_rest_classified(tmp_path, blood_cell_images):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    good = str(blood_cell_images[0])
+    done = run("--json", good, str(fake), str(tmp_path / "missing.png"), good)
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [set(line) for line in lines][1:3] == [{"path", "error"}] * 2
+    assert lines[1]["path"] == str(fake) and "not a readable image" in lines[1]["error"]
+    assert lines[0]["label"] == lines[3]["label"]
+
+
+def test_folders_and_globs_expand_to_their_images(tmp_path, blood_cell_images):
+    folder = tmp_path / "scans with spaces" / "ünïcode"
+    folder.mkdir(parents=True)
+    for i, image in enumerate(blood_cell_images[:3]):
+        shutil.copy(image, folder / f"cell {i}.jpeg")
+    (folder / ".hidden.jpeg").write_text("ignored")
+    (folder / "readme.txt").write_text("ignored")
+    by_folder = run("--json", str(tmp_path))
+    by_glob = run("--json", str(folder / "*.jpeg"))
+    assert by_folder.returncode == by_glob.returncode == 0
+    assert by_folder.stdout == by_glob.stdout
+    assert len(by_folder.stdout.splitlines()) == 3
+
+
+def test_table_output_names_each_file(blood_cell_images):
+    done = run(str(blood_cell_images[0]))
+    assert done.returncode == 0
+    assert blood_cell_images[0].name in done.stdout
+
+
+def test_a_model_that_is_not_a_medclf_model_exits_2(tmp_path, blood_cell_images):
+    bogus = tmp_path / "bogus.onnx"
+    bogus.write_bytes(b"\x08\x01")
+    done = run("--model", str(bogus), str(blood_cell_images[0]))
+    assert done.returncode == 2 and "bogus.onnx" in done.stderr

@@ -1,0 +1,34 @@
+"""The runtime never imports TensorFlow, Keras or tf2onnx — not directly, not through a helper."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from medclf.runtime import DEFAULT_MODEL
+
+HEAVY = ("tensorflow", "keras", "tf2onnx")
+
+
+def modules_loaded_by(code: str) -> set[str]:
+    script = f"{code}\nimport sys\nprint('\\n'.join(sys.modules))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode in (0, 1), done.stderr
+    return {name.split(".")[0] for name in done.stdout.splitlines()}
+
+
+def test_importing_the_runtime_loads_no_tensorflow():
+    loaded = modules_loaded_by("import medclf.runtime, medclf.runtime.cli")
+    assert "onnxruntime" in loaded
+    assert not loaded & set(HEAVY)
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
+def test_a_medclf_run_call_loads_no_tensorflow(blood_cell_images):
+    code = ("import sys\nfrom medclf.runtime.cli import app\n"
+            f"try:\n    app([{str(blood_cell_images[0])!r}, '--json'])\nexcept SystemExit:\n    pass")
+    loaded = modules_loaded_by(code)
+    assert "cv2" in loaded
+    assert not loaded & set(HEAVY)

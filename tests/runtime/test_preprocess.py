@@ -1,0 +1,108 @@
+"""Decoding and resizing: every input a clinic has becomes the same uint8 RGB array, or one clear error."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from medclf.runtime.preprocess import MAX_PIXELS, ImageError, Preprocess, decode_image, load_image, resize
+
+
+def encode(image: np.ndarray, ext: str = ".png") -> bytes:
+    ok, buffer = cv2.imencode(ext, image)
+    assert ok
+    return buffer.tobytes()
+
+
+def test_colour_png_decodes_to_rgb_order():
+    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr[..., 0] = 200  # blue in OpenCV's order
+    rgb = decode_image(encode(bgr))
+    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8
+    assert rgb[0, 0].tolist() == [0, 0, 200]
+
+
+def test_grey_image_becomes_three_equal_channels():
+    grey = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    rgb = decode_image(encode(grey))
+    assert rgb.shape == (4, 6, 3)
+    assert (rgb[..., 0] == grey).all() and (rgb[..., 1] == grey).all() and (rgb[..., 2] == grey).all()
+
+
+def test_rgba_drops_alpha():
+    bgra = np.full((3, 3, 4), 90, np.uint8)
+    bgra[..., 3] = 0
+    assert decode_image(encode(bgra)).shape == (3, 3, 3)
+
+
+def test_16_bit_png_is_scaled_to_8_bits_over_the_full_range():
+    wide = np.array([[0, 257, 65535]], dtype=np.uint16)
+    assert decode_image(encode(wide))[0, :, 0].tolist() == [0, 1, 255]
+
+
+def test_grey_models_get_one_channel():
+    bgr = np.full((5, 5, 3), 128, np.uint8)
+    assert decode_image(encode(bgr), color="grey").shape == (5, 5, 1)
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # A 2x4 (h x w) JPEG tagged "rotate 90° clockwise" (orientation 6) must come out 4x2.
+    jpeg = encode(np.zeros((2, 4, 3), np.uint8), ".jpg")
+    exif = (b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
+            b"\x00\x00\x00\x00")
+    app1 = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
+    assert decode_image(jpeg[:2] + app1 + jpeg[2:]).shape[:2] == (4, 2)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (b"", "empty file"),
+    (b"this is a text file, not a JPEG", "not a readable image"),
+])
+def test_bad_bytes_give_one_line_naming_the_file(data, reason):
+    with pytest.raises(ImageError) as caught:
+        decode_image(data, "scan 01.jpg")
+    assert str(caught.value).startswith("scan 01.jpg: ")
+    assert reason in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_truncated_jpeg_is_an_error_not_a_crash(blood_cell_images):
+    data = blood_cell_images[0].read_bytes()
+    try:
+        image = decode_image(data[: len(data) // 3], "cut.jpg")
+    except ImageError as exc:
+        assert str(exc).startswith("cut.jpg: ")
+    else:  # libjpeg may recover a truncated file with grey fill: then it must still be a proper image
+        assert image.shape == (240, 320, 3)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    header = encode(np.zeros((1, 1), np.uint8))
+    huge = bytearray(header)
+    huge[16:24] = (50_000).to_bytes(4, "big") + (50_000).to_bytes(4, "big")  # IHDR width, height
+    assert 50_000 * 50_000 > MAX_PIXELS
+    with pytest.raises(ImageError, match="pixel limit"):
+        decode_image(bytes(huge), "bomb.png")
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(ImageError, match="nothere.jpg: No such file"):
+        load_image(tmp_path / "nothere.jpg", Preprocess(8, 8))
+
+
+def test_resize_stretches_to_the_model_shape_in_uint8():
+    image = np.random.default_rng(0).integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    out = resize(image, Preprocess(96, 128))
+    assert out.shape == (96, 128, 3) and out.dtype == np.uint8
+
+
+def test_preprocess_round_trips_through_json():
+    spec = Preprocess(160, 120, color="grey")
+    assert Preprocess.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize("kwargs", [{"height": 0, "width": 5}, {"height": 5, "width": 5, "color": "cmyk"},
+                                    {"height": 5, "width": 5, "interpolation": "area"}])
+def test_invalid_preprocess_is_refused(kwargs):
+    with pytest.raises(ValueError):
+        Preprocess(**kwargs)

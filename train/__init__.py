@@ -1,0 +1,1 @@
+"""medclf training: folder-per-class data to a Keras model, with the metrics clinicians read."""

@@ -1,0 +1,112 @@
+"""``medclf``: the toolchain CLI — train, evaluate, export, demo. Thin commands: validate, call the library.
+
+TensorFlow is imported inside the commands that need it, so ``medclf --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
+console = Console()
+
+ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ [val/] [test/].")]
+
+
+@app.command()
+def train(
+    data: ExistingDir,
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/latest"),
+    arch: Annotated[str, typer.Option(help="Architecture: mobilenet_v2, mobilenet_025, small_cnn.")] = "mobilenet_v2",
+    image_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size; default per architecture.")] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")] = None,
+    val_split: Annotated[float, typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder.")] = 0.15,
+    test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Test folder, scored once at the end.")] = None,
+    grey: Annotated[bool, typer.Option(help="Train on single-channel images.")] = False,
+    augment_views: Annotated[int, typer.Option(min=0, help="Augmented copies per image for cached-feature training.")] = 2,
+    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (read offline from KERAS_HOME).")] = True,
+    limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train a classifier on DATA and write RUN_DIR (model.keras, labels.json, history.csv, metrics.json)."""
+    from .fit import FitConfig
+    from .pipeline import train as run_training
+
+    config = FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+                       augment_views=augment_views, seed=seed)
+    result = _library_call(lambda: run_training(
+        data, out, arch=arch, image_size=image_size, color="grey" if grey else "rgb", val_split=val_split,
+        test=test, pretrained=pretrained, config=config, limit_per_class=limit_per_class))
+    _print_metrics(result.metrics)
+    console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for model.onnx and export_report.json.")] = Path("exported"),
+    verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
+) -> None:
+    """Export MODEL to ONNX (uint8 in, probabilities out, labels and preprocessing inside), verified against Keras."""
+    from medclf.export.pipeline import export_run
+
+    report = _library_call(lambda: export_run(model, out, verify_data=verify_data))
+    console.print(f"{report['onnx']}: {report['size_bytes'] / 1e6:.1f} MB, verified on {report['verified_on']}: "
+                  f"top-1 agreement {report['agreement']:.2%}, max |Δp| {report['max_abs_diff']:.2g}")
+
+
+@app.command()
+def demo(
+    data: Annotated[Optional[Path], typer.Option(help="blood-cells folder with TRAIN/ and TEST/; default ../shared/data/blood-cells.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where the run and the export go.")] = Path("runs/demo"),
+    per_class: Annotated[int, typer.Option(min=10, help="Training images per class.")] = 400,
+) -> None:
+    """The main job end to end on real data: train → export + verify → classify unseen images."""
+    from .demo import default_data, run_demo
+
+    data = data or default_data()
+    if not (data / "TRAIN").is_dir():
+        console.print(f"[red]error[/red]: {data}/TRAIN not found; pass --data with the blood-cells folder")
+        raise typer.Exit(2)
+    _library_call(lambda: run_demo(data, out, per_class, console))
+
+
+def _library_call(call):
+    """Run a library call; known failures become one red line and exit status 1, not a traceback."""
+    from medclf.runtime import ImageError, ModelCardError
+
+    known: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, ImageError, ModelCardError)
+    try:
+        from medclf.export.verify import VerificationError
+        known += (VerificationError,)
+    except ImportError:  # the export extra is not installed
+        pass
+    try:
+        return call()
+    except known as exc:
+        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _print_metrics(metrics: dict) -> None:
+    for split in ("validation", "test"):
+        if split in metrics:
+            m = metrics[split]
+            extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)
+            auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
+            console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra} on {m['images']} images")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Folder-per-class datasets: find the images, split them, and decode them once into cached uint8 arrays.
+
+Decoding goes through ``medclf.runtime.preprocess`` — the very functions the runtime serves with — so a model
+never sees pixels in training that differ from the pixels it gets in production.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from medclf.runtime.inputs import list_images
+from medclf.runtime.preprocess import ImageError, Preprocess, load_image
+
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+class DatasetError(ValueError):
+    """The folder is not a usable folder-per-class dataset; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class ImageFolder:
+    """File paths with integer labels indexing ``classes``."""
+
+    paths: tuple[str, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: np.ndarray) -> "ImageFolder":
+        return ImageFolder(tuple(self.paths[i] for i in indices), self.labels[indices], self.classes)
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=len(self.classes))
+        return {name: int(n) for name, n in zip(self.classes, counts)}
+
+
+def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None) -> ImageFolder:
+    """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively).
+
+    Pass ``classes`` to read a validation or test folder with the training set's label order; a class it lacks
+    is allowed (a test set may miss one), a class it has and training did not is an error.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    per_class = {name: list_images(root / name) for name in found}
+    found = [name for name in found if per_class[name]]
+    if classes is None:
+        classes = tuple(found)
+        if len(classes) < 2:
+            raise DatasetError(f"{root}: need at least 2 class folders with images, found {len(classes)}")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}")
+    paths, labels = [], []
+    for index, name in enumerate(classes):
+        for path in per_class.get(name, []):
+            paths.append(str(path))
+            labels.append(index)
+    return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
+
+
+def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
+    """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms), if present."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    return next((names[n] for n in SPLIT_NAMES[split] if n in names), None)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageFolder
+    val: ImageFolder
+    test: ImageFolder | None = None
+
+
+def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str | os.PathLike[str] | None = None,
+                seed: int = 0) -> Splits:
+    """Train/validation(/test) from a folder-per-class tree, or from a folder holding train/ [val/] [test/].
+
+    Without a ``val`` folder, a stratified ``val_split`` fraction of training images is held out.
+    """
+    train_dir = find_split(data, "train")
+    root = train_dir or Path(data)
+    train = read_folder(root)
+    val_dir = find_split(data, "val") if train_dir else None
+    if val_dir is not None:
+        val = read_folder(val_dir, train.classes)
+    else:
+        train, val = stratified_split(train, val_split, seed)
+    test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
+    return Splits(train, val, read_folder(test_dir, train.classes) if test_dir else None)
+
+
+def stratified_split(folder: ImageFolder, fraction: float, seed: int) -> tuple[ImageFolder, ImageFolder]:
+    """Hold out ``fraction`` of each class (at least one image per class)."""
+    if not 0.0 < fraction < 1.0:
+        raise DatasetError(f"validation fraction must be between 0 and 1, got {fraction}")
+    counts = np.bincount(folder.labels)
+    if counts.min() < 2:
+        small = [folder.classes[i] for i in np.flatnonzero(counts < 2)]
+        raise DatasetError(f"classes {small} have fewer than 2 images: cannot hold any out for validation")
+    n_val = max(int(round(fraction * len(folder))), len(folder.classes))
+    keep, held = train_test_split(np.arange(len(folder)), test_size=n_val, stratify=folder.labels,
+                                  random_state=seed)
+    return folder.subset(np.sort(keep)), folder.subset(np.sort(held))
+
+
+def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None = None,
+                workers: int | None = None) -> tuple[np.ndarray, np.ndarray, ImageFolder]:
+    """Decode and resize every image once (cached on disk), returning ``(images, labels, kept)``.
+
+    Unreadable files are reported on stderr, one line each, and left out; ``kept`` lists the files used.
+    """
+    cache = _cache_path(folder, preprocess, cache_dir)
+    if cache is not None and cache.is_file():
+        with np.load(cache) as saved:
+            kept = folder.subset(saved["indices"])
+            return saved["images"], kept.labels, kept
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
+        results = list(pool.map(lambda path: _try_load(path, preprocess), folder.paths))
+    indices = np.asarray([i for i, image in enumerate(results) if image is not None], dtype=np.int64)
+    if len(indices) == 0:
+        raise DatasetError(f"none of the {len(folder)} images could be read")
+    images = np.stack([results[i] for i in indices])
+    if cache is not None:
+        _save_atomically(cache, images=images, indices=indices)
+    kept = folder.subset(indices)
+    return images, kept.labels, kept
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf"))
+
+
+def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | None:
+    try:
+        return load_image(path, preprocess)
+    except ImageError as exc:
+        print(f"skipping {exc}", file=sys.stderr)
+        return None
+
+
+def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None) -> Path | None:
+    """A file named by everything the arrays depend on: paths, sizes, mtimes and the preprocessing."""
+    if cache_dir is None:
+        return None
+    digest = hashlib.sha256(preprocess.to_json().encode())
+    for path in folder.paths:
+        stat = os.stat(path)
+        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return Path(cache_dir) / f"images-{digest.hexdigest()[:24]}.npz"
+
+
+def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
+    os.replace(tmp, path)
