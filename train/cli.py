@@ -14,6 +14,7 @@ from rich.console import Console
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ [val/] [test/].")]
 
@@ -23,7 +24,7 @@ def train(
     data: ExistingDir,
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/latest"),
     arch: Annotated[str, typer.Option(help="Architecture: mobilenet_v2, mobilenet_025, small_cnn.")] = "mobilenet_v2",
-    image_size: Annotated[Optional[int], typer.Option(min=16, help="Square input size; default per architecture.")] = None,
+    image_size: Annotated[Optional[str], typer.Option(help="Input size, N or HxW (e.g. 240x320); default per architecture.")] = None,
     epochs: Annotated[int, typer.Option(min=1)] = 30,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")] = None,
@@ -39,10 +40,11 @@ def train(
     from .fit import FitConfig
     from .pipeline import train as run_training
 
+    size = _parse_size(image_size) if image_size else None
     config = FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
                        augment_views=augment_views, seed=seed)
     result = _library_call(lambda: run_training(
-        data, out, arch=arch, image_size=image_size, color="grey" if grey else "rgb", val_split=val_split,
+        data, out, arch=arch, image_size=size, color="grey" if grey else "rgb", val_split=val_split,
         test=test, pretrained=pretrained, config=config, limit_per_class=limit_per_class))
     _print_metrics(result.metrics)
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
@@ -73,9 +75,20 @@ def demo(
 
     data = data or default_data()
     if not (data / "TRAIN").is_dir():
-        console.print(f"[red]error[/red]: {data}/TRAIN not found; pass --data with the blood-cells folder")
+        errors.print(f"[red]error[/red]: {data}/TRAIN not found; pass --data with the blood-cells folder")
         raise typer.Exit(2)
     _library_call(lambda: run_demo(data, out, per_class, console))
+
+
+def _parse_size(text: str) -> int | tuple[int, int]:
+    """'160' → 160; '240x320' → (240, 320) (height x width)."""
+    try:
+        parts = [int(part) for part in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 16:
+        raise typer.BadParameter(f"{text!r}: give N or HxW, each at least 16", param_hint="--image-size")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
 def _library_call(call):
@@ -91,7 +104,7 @@ def _library_call(call):
     try:
         return call()
     except known as exc:
-        console.print(f"[red]error[/red]: {exc}", highlight=False)
+        errors.print(f"[red]error[/red]: {exc}", highlight=False)
         raise typer.Exit(1) from None
 
 

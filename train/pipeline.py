@@ -32,14 +32,15 @@ class TrainResult:
 
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str = "mobilenet_v2",
-          image_size: int | None = None, color: str = "rgb", val_split: float = 0.15,
+          image_size: int | tuple[int, int] | None = None, color: str = "rgb", val_split: float = 0.15,
           test: str | os.PathLike[str] | None = None, pretrained: bool = True, config: FitConfig = FitConfig(),
           cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None) -> TrainResult:
     """Train one model and write its run directory. ``limit_per_class`` trains on a subset (demos, tests)."""
     start = time.perf_counter()
     architecture = get_architecture(arch)
     size = image_size or architecture.default_size
-    preprocess = Preprocess(size, size, color=color)
+    height, width = (size, size) if isinstance(size, int) else size
+    preprocess = Preprocess(height, width, color=color)
     splits = load_splits(data, val_split=val_split, test=test, seed=config.seed)
     train_set = _limit(splits.train, limit_per_class, config.seed)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
@@ -56,7 +57,7 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str =
         test_x, test_y, _ = load_arrays(splits.test, preprocess, cache)
         metrics["test"] = _evaluate(model, test_x, test_y, train_set.classes)
     seconds = time.perf_counter() - start
-    metrics["training"] = {"architecture": arch, "image_size": size, "seconds": round(seconds, 1),
+    metrics["training"] = {"architecture": arch, "image_size": [height, width], "seconds": round(seconds, 1),
                            "train_images": int(len(train_y)), "val_images": int(len(val_y)),
                            "data": str(data), "config": asdict(config)}
     save_model(model, run_dir / "model.keras")

@@ -1,0 +1,47 @@
+"""The Python API: one session, the model's own labels and preprocessing, batches that change nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Classifier:
+    return Classifier()
+
+
+def test_the_default_model_is_the_blood_cell_classifier_with_its_test_metrics(classifier):
+    assert classifier.labels == ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL")
+    assert classifier.card.metrics["test"]["images"] == 2487
+    assert DEFAULT_MODEL.stat().st_size <= 10_000_000
+
+
+def test_probabilities_are_a_distribution_and_do_not_depend_on_the_batch(classifier, blood_cell_images):
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in blood_cell_images])
+    together = classifier.predict(images)
+    alone = np.concatenate([classifier.predict(image[None]) for image in images])
+    assert together.shape == (len(images), 4) and together.dtype == np.float32
+    np.testing.assert_allclose(together.sum(axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_classify_keeps_input_order_around_failures(classifier, blood_cell_images, tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    paths = [str(blood_cell_images[0]), str(broken), str(blood_cell_images[1])]
+    results = list(classifier.classify(paths, top_k=2, batch_size=2))
+    assert [r.path for r in results] == paths
+    assert results[1].error and results[1].label is None
+    assert results[0].error is None and len(results[0].top_k) == 2
+
+
+def test_the_model_is_right_on_most_unseen_test_images(classifier, blood_cells):
+    paths = [str(p) for c in sorted((blood_cells / "TEST").iterdir()) for p in sorted(c.iterdir())[::40]]
+    predicted = [r.label for r in classifier.classify(paths, batch_size=32)]
+    truth = [p.split("/")[-2] for p in paths]
+    assert np.mean([p == t for p, t in zip(predicted, truth)]) >= 0.8

@@ -1,0 +1,47 @@
+"""``medclf``: thin commands that validate, call the library, and turn known failures into one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from medclf.train.cli import _parse_size, app
+
+runner = CliRunner()
+
+
+def test_help_lists_the_commands_without_loading_tensorflow():
+    code = "import sys\nfrom medclf.train.cli import app\nprint('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "False"
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for command in ("train", "export", "demo"):
+        assert command in result.output
+
+
+def test_image_size_takes_n_or_height_x_width():
+    assert _parse_size("160") == 160
+    assert _parse_size("240x320") == (240, 320)
+
+
+def test_bad_image_size_is_a_usage_error(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path), "--image-size", "big"])
+    assert result.exit_code == 2 and "--image-size" in result.output
+
+
+def test_a_folder_that_is_not_a_dataset_gives_one_line_and_exit_1(tmp_path):
+    (tmp_path / "only_class").mkdir()
+    result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    assert "error" in result.output and "at least 2 class folders" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_export_of_a_file_outside_a_run_directory_says_what_is_missing(tmp_path):
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"not really")
+    result = runner.invoke(app, ["export", str(model), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "labels.json" in result.output
