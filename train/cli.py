@@ -51,6 +51,21 @@ def train(
 
 
 @app.command()
+def evaluate(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
+    data: ExistingDir,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Write the metrics here as JSON.")] = None,
+) -> None:
+    """Score MODEL on a folder-per-class DATA set: accuracy, ROC AUC, per-class scores, sensitivity/specificity."""
+    from .pipeline import evaluate_run, write_json
+
+    metrics = _library_call(lambda: evaluate_run(model, data))
+    _print_metrics({"evaluation": metrics})
+    if out is not None:
+        write_json(out, metrics)
+
+
+@app.command()
 def export(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for model.onnx and export_report.json.")] = Path("exported"),
@@ -109,7 +124,7 @@ def _library_call(call):
 
 
 def _print_metrics(metrics: dict) -> None:
-    for split in ("validation", "test"):
+    for split in ("validation", "test", "evaluation"):
         if split in metrics:
             m = metrics[split]
             extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)

@@ -19,7 +19,7 @@ import numpy as np
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import get_architecture
-from .data import default_cache_dir, load_arrays, load_splits
+from .data import default_cache_dir, load_arrays, load_splits, read_folder
 from .evaluate import classification_metrics
 from .fit import FitConfig, fit
 
@@ -61,12 +61,23 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str =
                            "train_images": int(len(train_y)), "val_images": int(len(val_y)),
                            "data": str(data), "config": asdict(config)}
     save_model(model, run_dir / "model.keras")
-    _write_json(run_dir / "labels.json", list(train_set.classes))
+    write_json(run_dir / "labels.json", list(train_set.classes))
     _write_text(run_dir / "preprocess.json", preprocess.to_json())
-    _write_json(run_dir / "metrics.json", metrics)
-    _write_json(run_dir / "splits.json", {"val": {"paths": [os.path.abspath(p) for p in val_set.paths],
+    write_json(run_dir / "metrics.json", metrics)
+    write_json(run_dir / "splits.json", {"val": {"paths": [os.path.abspath(p) for p in val_set.paths],
                                                   "labels": val_set.labels.tolist()}})
     return TrainResult(run_dir, metrics, seconds)
+
+
+def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
+                 cache_dir: str | os.PathLike[str] | None = None) -> dict:
+    """Score a trained model on a folder-per-class dataset with the run's own labels and preprocessing."""
+    run_dir = Path(model_path).parent
+    classes = tuple(json.loads((run_dir / "labels.json").read_text()))
+    preprocess = Preprocess.from_json((run_dir / "preprocess.json").read_text())
+    images, labels, _ = load_arrays(read_folder(data, classes), preprocess, cache_dir)
+    model = keras.models.load_model(model_path, compile=False)
+    return classification_metrics(labels, predict(model, images), classes)
 
 
 def predict(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
@@ -93,7 +104,7 @@ def _limit(folder, per_class: int | None, seed: int):
     return folder.subset(np.sort(np.concatenate(keep)))
 
 
-def _write_json(path: Path, value: object) -> None:
+def write_json(path: Path, value: object) -> None:
     _write_text(path, json.dumps(value, indent=2))
 
 

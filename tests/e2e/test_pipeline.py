@@ -25,6 +25,9 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
         "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"}
     assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
 
+    cli("medclf.train.cli", "evaluate", run_dir / "model.keras", blood_cells / "TEST", "--out", tmp_path / "m.json")
+    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == metrics["test"]["accuracy"]
+
     cli("medclf.train.cli", "export", run_dir / "model.keras", "--out", exported)
     assert json.loads((exported / "export_report.json").read_text())["passed"]
 
