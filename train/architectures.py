@@ -88,10 +88,10 @@ ARCHITECTURES: dict[str, Architecture] = {
     for arch in (
         Architecture("mobilenet_v2", _backbone_model(keras.applications.MobileNetV2, MOBILENET_V2_WEIGHTS,
                                                      1 / 127.5, -1.0, alpha=1.0),
-                     160, "block_12_add", 3e-4, "MobileNetV2 (ImageNet), blocks 13-16 fine-tuned"),
+                     160, "block_12_add", 1e-4, "MobileNetV2 (ImageNet), blocks 13-16 fine-tuned"),
         Architecture("mobilenet_025", _backbone_model(keras.applications.MobileNet, MOBILENET_025_WEIGHTS,
                                                       1 / 127.5, -1.0, alpha=0.25),
-                     128, "conv_pw_11_relu", 1e-3, "MobileNet alpha 0.25 (ImageNet), last block fine-tuned; tiny"),
+                     128, "conv_pw_11_relu", 3e-4, "MobileNet alpha 0.25 (ImageNet), last block fine-tuned; tiny"),
         Architecture("small_cnn", _small_cnn, 128, None, 1e-3, "four conv-BN-pool blocks from scratch"),
     )
 }

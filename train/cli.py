@@ -25,7 +25,8 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/latest"),
     arch: Annotated[str, typer.Option(help="Architecture: mobilenet_v2, mobilenet_025, small_cnn.")] = "mobilenet_v2",
     image_size: Annotated[Optional[str], typer.Option(help="Input size, N or HxW (e.g. 240x320); default per architecture.")] = None,
-    epochs: Annotated[int, typer.Option(min=1)] = 30,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs end to end, or of fine-tuning after the head stage.")] = 30,
+    head_epochs: Annotated[int, typer.Option(min=1, help="Transfer models: epochs for the new head alone.")] = 10,
     batch_size: Annotated[int, typer.Option(min=1)] = 32,
     learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")] = None,
     val_split: Annotated[float, typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder.")] = 0.15,
@@ -41,7 +42,7 @@ def train(
     from .pipeline import train as run_training
 
     size = _parse_size(image_size) if image_size else None
-    config = FitConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate,
+    config = FitConfig(epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, learning_rate=learning_rate,
                        augment_views=augment_views, seed=seed)
     result = _library_call(lambda: run_training(
         data, out, arch=arch, image_size=size, color="grey" if grey else "rgb", val_split=val_split,

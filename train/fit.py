@@ -2,7 +2,8 @@
 
 Two paths, one outcome (the full Keras model with its best validation weights):
 - models with a frozen part (``Architecture.frozen_until``) compute that part once per image — over the
-  original and ``augment_views`` augmented copies — and train the rest on the cached features;
+  original and ``augment_views`` augmented copies — then train in two stages on that cache: the new head
+  alone on pooled features, then every layer above the cut at a lower rate;
 - models without one train end to end, augmenting every batch in a ``tf.data`` pipeline.
 Augmentation never enters the saved model.
 """
@@ -21,9 +22,13 @@ from sklearn.utils.class_weight import compute_class_weight
 from .architectures import Architecture
 
 
+HEAD_LEARNING_RATE = 1e-3
+
+
 @dataclass(frozen=True)
 class FitConfig:
-    epochs: int = 30
+    epochs: int = 30  # end-to-end epochs, or fine-tuning epochs after the head stage
+    head_epochs: int = 10  # transfer models: epochs for the new head alone, on pooled features
     batch_size: int = 32
     learning_rate: float | None = None  # None: the architecture's own
     patience: int = 6  # epochs without validation improvement before stopping
@@ -45,55 +50,79 @@ def make_augmenter(seed: int) -> keras.Sequential:
 
 
 def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray], config: FitConfig, log_csv: Path) -> keras.callbacks.History:
+        val: tuple[np.ndarray, np.ndarray], config: FitConfig, log_csv: Path) -> None:
     """Train ``model`` in place; it ends with the weights of its best validation epoch."""
     keras.utils.set_random_seed(config.seed)
+    log_csv.unlink(missing_ok=True)
+    class_weight = _class_weights(train[1], model.output_shape[-1]) if config.balance_classes else None
+    learning_rate = config.learning_rate or arch.learning_rate
+    if arch.frozen_until is None:
+        _stage(model, _augmented_dataset(train, config), _dataset(val, config), learning_rate, config.epochs,
+               config, log_csv, class_weight)
+        return
+    frozen, top, head, rest = _split(model, arch.frozen_until)
+    train_x, train_y = _cached_features(frozen, train, config)
+    val_x = _predict(frozen, val[0])
+    # Stage 1: a new head on the pooled ImageNet features (computed once), so stage 2 starts from sense.
+    done = _stage(head, _batches(_predict(top, train_x), train_y, config), _batches(_predict(top, val_x), val[1]),
+                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight)
+    # Stage 2: fine-tune every layer above the cut, at the architecture's lower rate.
+    _stage(rest, _batches(train_x, train_y, config), _batches(val_x, val[1]), learning_rate,
+           done + config.epochs, config, log_csv, class_weight, initial_epoch=done)
+
+
+def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, learning_rate: float, epochs: int,
+           config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, initial_epoch: int = 0) -> int:
+    """One round of ``model.fit`` with early stopping on validation loss; returns the epochs run so far."""
     callbacks = [
         keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=True),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, config.patience // 2)),
-        keras.callbacks.CSVLogger(str(log_csv)),
+        keras.callbacks.CSVLogger(str(log_csv), append=True),
     ]
-    class_weight = _class_weights(train[1], model.output_shape[-1]) if config.balance_classes else None
-    if arch.frozen_until is not None:
-        trainable, train_data, val_data = _cached_features(model, arch.frozen_until, train, val, config)
-    else:
-        trainable, train_data, val_data = model, _augmented_dataset(train, config), _dataset(val, config)
-    trainable.compile(keras.optimizers.Adam(config.learning_rate or arch.learning_rate), "sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
-    return trainable.fit(train_data, validation_data=val_data, epochs=config.epochs, callbacks=callbacks,
-                         class_weight=class_weight, verbose=2)
+    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
+                        callbacks=callbacks, class_weight=class_weight, verbose=2)
+    return initial_epoch + len(history.epoch)
 
 
-def _cached_features(model: keras.Model, frozen_until: str, train: tuple[np.ndarray, np.ndarray],
-                     val: tuple[np.ndarray, np.ndarray], config: FitConfig):
-    """Split the model at ``frozen_until``; return the trainable rest and its cached-feature datasets."""
-    cut = model.get_layer(frozen_until).output
-    frozen = keras.Model(model.input, cut, name="frozen")
+def _split(model: keras.Model, frozen_until: str) -> tuple[keras.Model, ...]:
+    """Views of one model that share its layers: frozen part, ImageNet top, new head, and top + head."""
+    cut, pooled = model.get_layer(frozen_until).output, model.get_layer("pool").output
     rest = keras.Model(cut, model.output, name="trainable")
     for layer in rest.layers:  # fine-tuning practice: batch-norm statistics stay those of ImageNet
         if isinstance(layer, layers.BatchNormalization):
             layer.trainable = False
+    return (keras.Model(model.input, cut, name="frozen"), keras.Model(cut, pooled, name="top"),
+            keras.Model(pooled, model.output, name="head"), rest)
+
+
+def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray],
+                     config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen part's output for each training image and ``augment_views`` augmented copies of it."""
     images, labels = train
     views = [_predict(frozen, images)]
     if config.augment:
         augmenter = make_augmenter(config.seed)
         views += [_predict(frozen, images, augmenter) for _ in range(config.augment_views)]
-    train_x = np.concatenate(views)
-    train_y = np.tile(labels, len(views))
-    train_data = (tf.data.Dataset.from_tensor_slices((train_x, train_y))
-                  .shuffle(len(train_x), seed=config.seed).batch(config.batch_size).prefetch(2))
-    val_data = tf.data.Dataset.from_tensor_slices((_predict(frozen, val[0]), val[1])).batch(256)
-    return rest, train_data, val_data
+    return np.concatenate(views), np.tile(labels, len(views))
 
 
-def _predict(frozen: keras.Model, images: np.ndarray, augmenter: keras.Sequential | None = None,
+def _batches(x: np.ndarray, y: np.ndarray, config: FitConfig | None = None) -> tf.data.Dataset:
+    """Training batches (shuffled) when given a config, else validation batches."""
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if config is None:
+        return dataset.batch(256)
+    return dataset.shuffle(len(x), seed=config.seed).batch(config.batch_size).prefetch(2)
+
+
+def _predict(part: keras.Model, images: np.ndarray, augmenter: keras.Sequential | None = None,
              batch: int = 64) -> np.ndarray:
     out = []
     for start in range(0, len(images), batch):
         x = tf.cast(images[start:start + batch], tf.float32)
         if augmenter is not None:
             x = augmenter(x, training=True)
-        out.append(np.asarray(frozen(x, training=False), dtype=np.float16))
+        out.append(np.asarray(part(x, training=False), dtype=np.float16))
     return np.concatenate(out)
 
 

@@ -17,13 +17,13 @@ def cli(module: str, *args: str) -> subprocess.CompletedProcess:
 def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tmp_path):
     run_dir, exported = tmp_path / "run", tmp_path / "exported"
     cli("medclf.train.cli", "train", blood_cells / "TRAIN", "--out", run_dir, "--test", blood_cells / "TEST",
-        "--arch", "mobilenet_025", "--image-size", "64", "--epochs", "2", "--limit-per-class", "25")
+        "--arch", "mobilenet_025", "--image-size", "64", "--head-epochs", "1", "--epochs", "2", "--limit-per-class", "25")
     for name in ("model.keras", "labels.json", "history.csv", "metrics.json"):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["images"] == 2487 and set(metrics["test"]["per_class"]) == {
         "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"}
-    assert len((run_dir / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 4  # header, 1 head epoch, 2 fine-tuning
 
     cli("medclf.train.cli", "evaluate", run_dir / "model.keras", blood_cells / "TEST", "--out", tmp_path / "m.json")
     assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == metrics["test"]["accuracy"]
