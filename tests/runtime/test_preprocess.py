@@ -97,7 +97,7 @@ def test_resize_stretches_to_the_model_shape_in_uint8():
 
 
 def test_preprocess_round_trips_through_json():
-    spec = Preprocess(160, 120, color="grey")
+    spec = Preprocess(160, 120, color="grey", crop="centre", crop_fraction=0.8)
     assert Preprocess.from_json(spec.to_json()) == spec
 
 
@@ -106,3 +106,30 @@ def test_preprocess_round_trips_through_json():
 def test_invalid_preprocess_is_refused(kwargs):
     with pytest.raises(ValueError):
         Preprocess(**kwargs)
+
+
+def test_stain_crop_centres_on_the_purple_nucleus():
+    smear = np.full((240, 320, 3), (230, 200, 210), np.uint8)  # pale pink background, RGB
+    smear[40:70, 250:290] = (120, 60, 170)  # a purple nucleus near the top right
+    spec = Preprocess(64, 64, crop="stain", crop_fraction=0.5)
+    from medclf.runtime.preprocess import crop, stain_centre
+
+    assert stain_centre(smear) == (54, 269)  # median of rows 40-69, columns 250-289
+    window = crop(smear, spec)
+    assert window.shape == (120, 120, 3)
+    assert (window == (120, 60, 170)).all(axis=2).sum() == 30 * 40  # the whole nucleus is inside
+    assert resize(smear, spec).shape == (64, 64, 3)
+
+
+def test_centre_crop_and_no_stain_fall_back_to_the_middle():
+    from medclf.runtime.preprocess import crop, stain_centre
+
+    plain = np.zeros((100, 200, 3), np.uint8)
+    assert stain_centre(plain) == (50, 100)
+    window = crop(np.arange(100 * 200 * 3, dtype=np.uint32).reshape(100, 200, 3), Preprocess(8, 8, crop_fraction=0.5))
+    assert window.shape == (50, 50, 3) and window[0, 0, 0] == (25 * 200 + 75) * 3
+
+
+def test_stain_crop_needs_colour():
+    with pytest.raises(ValueError, match="rgb"):
+        Preprocess(8, 8, color="grey", crop="stain", crop_fraction=0.5)
