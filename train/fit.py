@@ -35,6 +35,10 @@ class FitConfig:
     augment_views: int = 2  # augmented copies per training image, for the cached-feature path
     augment: bool = True
     balance_classes: bool = True
+    mixup: float = 0.4  # fine-tuning mixes pairs of examples, weight ~ Beta(a, a); 0 disables
+    label_smoothing: float = 0.1
+    ema_epochs: float = 1.5  # fine-tuning keeps an exponential moving average of the weights over about this
+    # many epochs and ends with it: one cell's worth of memorisation averages out (0 disables)
     seed: int = 0
 
 
@@ -54,11 +58,14 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     """Train ``model`` in place; it ends with the weights of its best validation epoch."""
     keras.utils.set_random_seed(config.seed)
     log_csv.unlink(missing_ok=True)
-    class_weight = _class_weights(train[1], model.output_shape[-1]) if config.balance_classes else None
+    num_classes = model.output_shape[-1]
+    class_weight = _class_weights(train[1], num_classes) if config.balance_classes else None
+    one_hot = np.eye(num_classes, dtype=np.float32)  # labels one-hot from here on: mixup blends them
+    train, val = (train[0], one_hot[train[1]]), (val[0], one_hot[val[1]])
     learning_rate = config.learning_rate or arch.learning_rate
     if arch.frozen_until is None:
-        _stage(model, _augmented_dataset(train, config), _dataset(val, config), learning_rate, config.epochs,
-               config, log_csv, class_weight)
+        _stage(model, _mixed(_augmented_dataset(train, config), config), _dataset(val, config), learning_rate,
+               config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs)
         return
     frozen, top, head, rest = _split(model, arch.frozen_until)
     train_x, train_y = _cached_features(frozen, train, config)
@@ -67,19 +74,29 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     done = _stage(head, _batches(_predict(top, train_x), train_y, config), _batches(_predict(top, val_x), val[1]),
                   HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight)
     # Stage 2: fine-tune every layer above the cut, at the architecture's lower rate.
-    _stage(rest, _batches(train_x, train_y, config), _batches(val_x, val[1]), learning_rate,
-           done + config.epochs, config, log_csv, class_weight, initial_epoch=done)
+    _stage(rest, _mixed(_batches(train_x, train_y, config), config), _batches(val_x, val[1]), learning_rate,
+           done + config.epochs, config, log_csv, class_weight, initial_epoch=done, ema_epochs=config.ema_epochs)
 
 
 def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, learning_rate: float, epochs: int,
-           config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, initial_epoch: int = 0) -> int:
-    """One round of ``model.fit`` with early stopping on validation loss; returns the epochs run so far."""
+           config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, initial_epoch: int = 0,
+           ema_epochs: float = 0.0) -> int:
+    """One round of ``model.fit`` with early stopping on validation loss; returns the epochs run so far.
+
+    Without EMA the best validation epoch's weights are restored; with it the run ends on the averaged weights
+    (restoring one epoch's raw weights would throw the average away).
+    """
     callbacks = [
-        keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=not ema_epochs),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, config.patience // 2)),
         keras.callbacks.CSVLogger(str(log_csv), append=True),
     ]
-    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    optimizer = keras.optimizers.Adam(learning_rate)
+    if ema_epochs:
+        momentum = 1.0 - 1.0 / max(2.0, ema_epochs * int(train.cardinality()))
+        optimizer = keras.optimizers.Adam(learning_rate, use_ema=True, ema_momentum=momentum)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
+    model.compile(optimizer, loss, metrics=["accuracy"])
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
                         callbacks=callbacks, class_weight=class_weight, verbose=2)
     return initial_epoch + len(history.epoch)
@@ -104,7 +121,7 @@ def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray],
     if config.augment:
         augmenter = make_augmenter(config.seed)
         views += [_predict(frozen, images, augmenter) for _ in range(config.augment_views)]
-    return np.concatenate(views), np.tile(labels, len(views))
+    return np.concatenate(views), np.concatenate([labels] * len(views))
 
 
 def _batches(x: np.ndarray, y: np.ndarray, config: FitConfig | None = None) -> tf.data.Dataset:
@@ -113,6 +130,24 @@ def _batches(x: np.ndarray, y: np.ndarray, config: FitConfig | None = None) -> t
     if config is None:
         return dataset.batch(256)
     return dataset.shuffle(len(x), seed=config.seed).batch(config.batch_size).prefetch(2)
+
+
+def _mixed(dataset: tf.data.Dataset, config: FitConfig) -> tf.data.Dataset:
+    """Mixup within each batch: blend every example (input and one-hot label) with a shuffled partner."""
+    if not config.mixup:
+        return dataset
+
+    def mix(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        x = tf.cast(x, tf.float32)
+        n = tf.shape(x)[0]
+        a, b = tf.random.gamma([n], config.mixup), tf.random.gamma([n], config.mixup)
+        weight = a / (a + b)  # ~ Beta(mixup, mixup)
+        partner = tf.random.shuffle(tf.range(n))
+        wx = tf.reshape(weight, tf.concat([[n], tf.ones([tf.rank(x) - 1], tf.int32)], 0))
+        wy = weight[:, None]
+        return wx * x + (1 - wx) * tf.gather(x, partner), wy * y + (1 - wy) * tf.gather(y, partner)
+
+    return dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _predict(part: keras.Model, images: np.ndarray, augmenter: keras.Sequential | None = None,
