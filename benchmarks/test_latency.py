@@ -37,7 +37,7 @@ def keras_model(classifier):
         return keras.models.load_model(os.environ["MEDCLF_KERAS_MODEL"])
     from medclf.train.architectures import get_architecture
 
-    arch = classifier.card.source.get("architecture", "mobilenet_v2")
+    arch = classifier.card.metrics.get("training", {}).get("architecture", "mobilenet_v2")
     return get_architecture(arch).build(classifier.card.preprocess.shape, len(classifier.labels), False)
 
 

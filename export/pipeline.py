@@ -67,7 +67,7 @@ def _model_card(model_path: Path) -> ModelCard:
     return ModelCard(labels=tuple(json.loads((run_dir / "labels.json").read_text())),
                      preprocess=Preprocess.from_json((run_dir / "preprocess.json").read_text()),
                      precision="fp32", source=provenance(model_path),
-                     metrics={k: metrics[k] for k in ("test", "validation") if k in metrics})
+                     metrics={k: metrics[k] for k in ("test", "validation", "training") if k in metrics})
 
 
 def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,

@@ -50,8 +50,11 @@ def _print_json(predictions: Iterable[Prediction]) -> int:
 
 
 def _print_table(predictions: Iterable[Prediction]) -> int:
-    table = Table("file", "label", "probability", "others")
-    errors = Console(stderr=True)
+    table = Table()
+    table.add_column("file", overflow="fold")  # a path is never cut short with an ellipsis
+    for name in ("label", "probability", "others"):
+        table.add_column(name)
+    errors = Console(stderr=True, soft_wrap=True)  # one line per failed input
     failed = 0
     for prediction in predictions:
         if prediction.error is not None:
@@ -60,8 +63,8 @@ def _print_table(predictions: Iterable[Prediction]) -> int:
             continue
         others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k[1:])
         table.add_row(prediction.path, prediction.label, f"{prediction.probability:.3f}", others)
-    if table.row_count:
-        Console().print(table)
+    if table.row_count:  # piped output is not squeezed to 80 columns
+        Console(width=None if sys.stdout.isatty() else 100_000).print(table)
     return failed
 
 

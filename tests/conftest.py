@@ -16,6 +16,12 @@ if "KERAS_HOME" not in os.environ and (SHARED / "keras").is_dir():
     os.environ["KERAS_HOME"] = str(SHARED / "keras")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Decoded-image caches go to a temporary folder, not the user's ~/.cache (subprocesses inherit it)."""
+    os.environ["MEDCLF_CACHE"] = str(tmp_path_factory.mktemp("medclf-cache"))
+
+
 def require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (../shared is not beside the repo)")

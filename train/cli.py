@@ -32,6 +32,8 @@ def train(
     val_split: Annotated[float, typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder.")] = 0.15,
     test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Test folder, scored once at the end.")] = None,
     grey: Annotated[bool, typer.Option(help="Train on single-channel images.")] = False,
+    crop: Annotated[str, typer.Option(help="Where the crop window sits: centre, or stain (the nucleus of a stained smear).")] = "centre",
+    crop_fraction: Annotated[float, typer.Option(min=0.05, max=1.0, help="Crop window side as a fraction of the shorter image side; 1 = no crop.")] = 1.0,
     augment_views: Annotated[int, typer.Option(min=0, help="Augmented copies per image for cached-feature training.")] = 2,
     pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (read offline from KERAS_HOME).")] = True,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
@@ -45,7 +47,8 @@ def train(
     config = FitConfig(epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, learning_rate=learning_rate,
                        augment_views=augment_views, seed=seed)
     result = _library_call(lambda: run_training(
-        data, out, arch=arch, image_size=size, color="grey" if grey else "rgb", val_split=val_split,
+        data, out, arch=arch, image_size=size, color="grey" if grey else "rgb", crop=crop,
+        crop_fraction=crop_fraction, val_split=val_split,
         test=test, pretrained=pretrained, config=config, limit_per_class=limit_per_class))
     _print_metrics(result.metrics)
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")

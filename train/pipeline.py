@@ -32,7 +32,8 @@ class TrainResult:
 
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str = "mobilenet_v2",
-          image_size: int | tuple[int, int] | None = None, color: str = "rgb", val_split: float = 0.15,
+          image_size: int | tuple[int, int] | None = None, color: str = "rgb", crop: str = "centre",
+          crop_fraction: float = 1.0, val_split: float = 0.15,
           test: str | os.PathLike[str] | None = None, pretrained: bool = True, config: FitConfig = FitConfig(),
           cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None) -> TrainResult:
     """Train one model and write its run directory. ``limit_per_class`` trains on a subset (demos, tests)."""
@@ -40,7 +41,7 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str =
     architecture = get_architecture(arch)
     size = image_size or architecture.default_size
     height, width = (size, size) if isinstance(size, int) else size
-    preprocess = Preprocess(height, width, color=color)
+    preprocess = Preprocess(height, width, color=color, crop=crop, crop_fraction=crop_fraction)
     splits = load_splits(data, val_split=val_split, test=test, seed=config.seed)
     train_set = _limit(splits.train, limit_per_class, config.seed)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
