@@ -1,6 +1,6 @@
 """Fitting a registry model on uint8 image arrays, with augmentation in the input pipeline only.
 
-Two paths, one outcome (the full Keras model with its best validation weights):
+Two paths, one outcome (the full Keras model, trained):
 - models with a frozen part (``Architecture.frozen_until``) compute that part once per image — over the
   original and ``augment_views`` augmented copies — then train in two stages on that cache: the new head
   alone on pooled features, then every layer above the cut at a lower rate;
@@ -20,7 +20,6 @@ from keras import layers
 from sklearn.utils.class_weight import compute_class_weight
 
 from .architectures import Architecture
-
 
 HEAD_LEARNING_RATE = 1e-3
 
@@ -55,7 +54,8 @@ def make_augmenter(seed: int) -> keras.Sequential:
 
 def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndarray],
         val: tuple[np.ndarray, np.ndarray], config: FitConfig, log_csv: Path) -> None:
-    """Train ``model`` in place; it ends with the weights of its best validation epoch."""
+    """Train ``model`` in place. It ends with the moving average of its fine-tuning weights (``ema_epochs``),
+    or, with that off, with the weights of its best validation epoch."""
     keras.utils.set_random_seed(config.seed)
     log_csv.unlink(missing_ok=True)
     num_classes = model.output_shape[-1]

@@ -19,7 +19,7 @@ import numpy as np
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import get_architecture
-from .data import default_cache_dir, load_arrays, load_splits, read_folder
+from .data import ImageFolder, default_cache_dir, load_arrays, load_splits, read_folder
 from .evaluate import classification_metrics
 from .fit import FitConfig, fit
 
@@ -97,7 +97,8 @@ def _evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, classe
     return classification_metrics(labels, predict(model, images), classes)
 
 
-def _limit(folder, per_class: int | None, seed: int):
+def _limit(folder: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:
+    """At most ``per_class`` images of each class, drawn at random (reproducibly)."""
     if per_class is None:
         return folder
     rng = np.random.default_rng(seed)
