@@ -14,12 +14,13 @@ import keras
 import numpy as np
 import onnx
 
+from medclf.runtime.atomic import write_json
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
 from .onnx_export import OPSET, convert, provenance
-from .verify import TOLERANCES, VerificationError, compare, onnx_probabilities
+from .verify import TOLERANCES, VerificationError, compare, keras_probabilities, onnx_probabilities
 
 MAX_VERIFY_IMAGES = 256
 
@@ -40,9 +41,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     candidate = out / f".model.onnx.{os.getpid()}.candidate"
     try:
         onnx.save(convert(model, card), str(candidate))
-        keras_p = np.concatenate([np.asarray(model(images[i:i + 32].astype(np.float32), training=False))
-                                  for i in range(0, len(images), 32)])
-        comparison = compare(keras_p, onnx_probabilities(str(candidate), images), TOLERANCES["fp32"], labels)
+        comparison = compare(keras_probabilities(model, images), onnx_probabilities(str(candidate), images),
+                             TOLERANCES["fp32"], labels)
         report = {"model": str(model_path), "onnx": str(final), "precision": "fp32", "opset": OPSET,
                   "verified_on": f"{len(images)} real images ({_describe(run_dir, verify_data)})",
                   "size_bytes": candidate.stat().st_size, **comparison.to_dict()}
@@ -50,7 +50,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             os.replace(candidate, final)
     finally:
         candidate.unlink(missing_ok=True)
-    _write_json(out / "export_report.json", report)
+    write_json(out / "export_report.json", report)
     if not comparison.passed:
         raise VerificationError(f"{final} not written: {'; '.join(comparison.failures)}")
     return report
@@ -102,9 +102,3 @@ def _load(paths: list[str], labels: list[int] | None, preprocess: Preprocess) ->
 
 def _describe(run_dir: Path, data: str | os.PathLike[str] | None) -> str:
     return f"from {data}" if data is not None else f"held-out validation split of {run_dir}"
-
-
-def _write_json(path: Path, value: object) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(value, indent=2) + "\n")
-    os.replace(tmp, path)

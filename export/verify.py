@@ -67,6 +67,12 @@ def compare(reference: np.ndarray, candidate: np.ndarray, tolerance: Tolerance,
     return Comparison(images=len(reference), agreement=agree, max_abs_diff=diff, tolerance=tolerance, **accuracies)
 
 
+def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarray:
+    """The Keras model's probabilities for uint8 images, in inference mode."""
+    return np.concatenate([np.asarray(model(images[i:i + batch].astype(np.float32), training=False))
+                           for i in range(0, len(images), batch)])
+
+
 def onnx_probabilities(onnx_path: str, images: np.ndarray, batch: int = 32) -> np.ndarray:
     classifier = Classifier(onnx_path)
     return np.concatenate([classifier.predict(images[i:i + batch]) for i in range(0, len(images), batch)])

@@ -64,7 +64,9 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", help="Write the metrics here as JSON.")] = None,
 ) -> None:
     """Score MODEL on a folder-per-class DATA set: accuracy, ROC AUC, per-class scores, sensitivity/specificity."""
-    from .pipeline import evaluate_run, write_json
+    from medclf.runtime.atomic import write_json
+
+    from .pipeline import evaluate_run
 
     metrics = _library_call(lambda: evaluate_run(model, data))
     _print_metrics({"evaluation": metrics})

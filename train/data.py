@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
@@ -138,7 +139,8 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         raise DatasetError(f"none of the {len(folder)} images could be read")
     images = np.stack([results[i] for i in indices])
     if cache is not None:
-        _save_atomically(cache, images=images, indices=indices)
+        with atomic_write(cache, "wb") as handle:
+            np.savez(handle, images=images, indices=indices)
     kept = folder.subset(indices)
     return images, kept.labels, kept
 
@@ -164,11 +166,3 @@ def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         stat = os.stat(path)
         digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return Path(cache_dir) / f"images-{digest.hexdigest()[:24]}.npz"
-
-
-def _save_atomically(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
-    os.replace(tmp, path)

@@ -16,6 +16,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from medclf.runtime.atomic import write_json, write_text
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import get_architecture
@@ -63,7 +64,7 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str =
                            "data": str(data), "config": asdict(config)}
     save_model(model, run_dir / "model.keras")
     write_json(run_dir / "labels.json", list(train_set.classes))
-    _write_text(run_dir / "preprocess.json", preprocess.to_json())
+    write_text(run_dir / "preprocess.json", preprocess.to_json() + "\n")
     write_json(run_dir / "metrics.json", metrics)
     write_json(run_dir / "splits.json", {"val": {"paths": [os.path.abspath(p) for p in val_set.paths],
                                                   "labels": val_set.labels.tolist()}})
@@ -104,13 +105,3 @@ def _limit(folder: ImageFolder, per_class: int | None, seed: int) -> ImageFolder
     rng = np.random.default_rng(seed)
     keep = [rng.permutation(np.flatnonzero(folder.labels == c))[:per_class] for c in range(len(folder.classes))]
     return folder.subset(np.sort(np.concatenate(keep)))
-
-
-def write_json(path: Path, value: object) -> None:
-    _write_text(path, json.dumps(value, indent=2))
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text + "\n")
-    os.replace(tmp, path)

@@ -1,0 +1,28 @@
+"""Outputs are written atomically: a failed write leaves the old file untouched and no litter behind."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medclf.runtime.atomic import atomic_write, write_json
+
+
+def test_write_json_replaces_the_file_whole(tmp_path):
+    target = tmp_path / "deep" / "report.json"
+    write_json(target, {"a": 1})
+    write_json(target, {"b": 2})
+    assert json.loads(target.read_text()) == {"b": 2}
+    assert [p.name for p in target.parent.iterdir()] == ["report.json"]
+
+
+def test_a_failed_write_keeps_the_previous_version(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text("previous")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("half of the new")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
