@@ -9,13 +9,13 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 from rich.console import Console
 from rich.table import Table
+from sklearn.metrics import accuracy_score, recall_score
 
 from medclf.runtime import Classifier
-from medclf.runtime.inputs import list_images
 
+from .data import read_folder
 from .fit import FitConfig
 from .pipeline import train
 
@@ -47,18 +47,18 @@ def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | Non
 
 def _score_test(model: Path, test: Path, console: Console) -> dict:
     classifier = Classifier(model)
-    paths = [str(p) for p in list_images(test)]
-    truth = [Path(p).parent.name for p in paths]
+    folder = read_folder(test, classifier.labels)
+    index = {label: i for i, label in enumerate(classifier.labels)}
     start = time.perf_counter()
-    predicted = [p.label for p in classifier.classify(paths, batch_size=32)]
+    predicted = [index.get(p.label, -1) for p in classifier.classify(folder.paths, batch_size=32)]  # -1: failed
     seconds = time.perf_counter() - start
+    recalls = recall_score(folder.labels, predicted, labels=list(index.values()), average=None, zero_division=0)
     table = Table("class", "images", "recall")
-    for label in classifier.labels:
-        mine = [pred == label for pred, true in zip(predicted, truth) if true == label]
-        table.add_row(label, str(len(mine)), f"{np.mean(mine):.3f}")
+    for (label, count), recall in zip(folder.class_counts().items(), recalls):
+        table.add_row(label, str(count), f"{recall:.3f}")
     console.print(table)
-    accuracy = float(np.mean([p == t for p, t in zip(predicted, truth)]))
-    console.print(f"test accuracy {accuracy:.3f} on {len(paths)} images; "
-                  f"{len(paths) / seconds:.0f} images/s including decode ({seconds:.1f} s)")
+    accuracy = float(accuracy_score(folder.labels, predicted))
+    console.print(f"test accuracy {accuracy:.3f} on {len(folder)} images; "
+                  f"{len(folder) / seconds:.0f} images/s including decode ({seconds:.1f} s)")
     console.print(f"try it: .venv/bin/medclf-run --model {model} {test}/EOSINOPHIL --top-k 2")
-    return {"accuracy": accuracy, "images": len(paths), "seconds": seconds}
+    return {"accuracy": accuracy, "images": len(folder), "seconds": seconds}

@@ -64,14 +64,16 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     train, val = (train[0], one_hot[train[1]]), (val[0], one_hot[val[1]])
     learning_rate = config.learning_rate or arch.learning_rate
     if arch.frozen_until is None:
-        _stage(model, _mixed(_augmented_dataset(train, config), config), _dataset(val, config), learning_rate,
+        augmenter = make_augmenter(config.seed) if config.augment else None
+        _stage(model, _mixed(_batches(*train, config, augmenter), config), _batches(*val), learning_rate,
                config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs)
         return
     frozen, top, head, rest = _split(model, arch.frozen_until)
     train_x, train_y = _cached_features(frozen, train, config)
-    val_x = _predict(frozen, val[0])
+    val_x = predict(frozen, val[0], dtype=np.float16)
     # Stage 1: a new head on the pooled ImageNet features (computed once), so stage 2 starts from sense.
-    done = _stage(head, _batches(_predict(top, train_x), train_y, config), _batches(_predict(top, val_x), val[1]),
+    pooled_train, pooled_val = predict(top, train_x, dtype=np.float16), predict(top, val_x, dtype=np.float16)
+    done = _stage(head, _batches(pooled_train, train_y, config), _batches(pooled_val, val[1]),
                   HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight)
     # Stage 2: fine-tune every layer above the cut, at the architecture's lower rate.
     _stage(rest, _mixed(_batches(train_x, train_y, config), config), _batches(val_x, val[1]), learning_rate,
@@ -117,19 +119,24 @@ def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray],
                      config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
     """The frozen part's output for each training image and ``augment_views`` augmented copies of it."""
     images, labels = train
-    views = [_predict(frozen, images)]
+    views = [predict(frozen, images, dtype=np.float16)]  # half the memory; plenty of precision for features
     if config.augment:
         augmenter = make_augmenter(config.seed)
-        views += [_predict(frozen, images, augmenter) for _ in range(config.augment_views)]
+        views += [predict(frozen, images, augmenter, np.float16) for _ in range(config.augment_views)]
     return np.concatenate(views), np.concatenate([labels] * len(views))
 
 
-def _batches(x: np.ndarray, y: np.ndarray, config: FitConfig | None = None) -> tf.data.Dataset:
-    """Training batches (shuffled) when given a config, else validation batches."""
+def _batches(x: np.ndarray, y: np.ndarray, config: FitConfig | None = None,
+             augmenter: keras.Sequential | None = None) -> tf.data.Dataset:
+    """float32 batches: shuffled training batches (augmented, if given one) with a config, else evaluation ones."""
     dataset = tf.data.Dataset.from_tensor_slices((x, y))
-    if config is None:
-        return dataset.batch(256)
-    return dataset.shuffle(len(x), seed=config.seed).batch(config.batch_size).prefetch(2)
+    if config is not None:
+        dataset = dataset.shuffle(len(x), seed=config.seed)
+    dataset = dataset.batch(config.batch_size if config is not None else 256)
+    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+    if augmenter is not None:
+        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(2)
 
 
 def _mixed(dataset: tf.data.Dataset, config: FitConfig) -> tf.data.Dataset:
@@ -150,29 +157,16 @@ def _mixed(dataset: tf.data.Dataset, config: FitConfig) -> tf.data.Dataset:
     return dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _predict(part: keras.Model, images: np.ndarray, augmenter: keras.Sequential | None = None,
-             batch: int = 64) -> np.ndarray:
+def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential | None = None,
+            dtype: type = np.float32, batch: int = 64) -> np.ndarray:
+    """``model``'s output for uint8 images (or cached features), in inference mode, batch by batch."""
     out = []
-    for start in range(0, len(images), batch):
-        x = tf.cast(images[start:start + batch], tf.float32)
+    for start in range(0, len(inputs), batch):
+        x = tf.cast(inputs[start:start + batch], tf.float32)
         if augmenter is not None:
             x = augmenter(x, training=True)
-        out.append(np.asarray(part(x, training=False), dtype=np.float16))
+        out.append(np.asarray(model(x, training=False), dtype=dtype))
     return np.concatenate(out)
-
-
-def _dataset(data: tuple[np.ndarray, np.ndarray], config: FitConfig) -> tf.data.Dataset:
-    return tf.data.Dataset.from_tensor_slices(data).batch(config.batch_size).map(
-        lambda x, y: (tf.cast(x, tf.float32), y)).prefetch(2)
-
-
-def _augmented_dataset(data: tuple[np.ndarray, np.ndarray], config: FitConfig) -> tf.data.Dataset:
-    dataset = tf.data.Dataset.from_tensor_slices(data).shuffle(len(data[0]), seed=config.seed)
-    dataset = dataset.batch(config.batch_size).map(lambda x, y: (tf.cast(x, tf.float32), y))
-    if config.augment:
-        augmenter = make_augmenter(config.seed)
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(2)
 
 
 def _class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:

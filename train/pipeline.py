@@ -22,7 +22,7 @@ from medclf.runtime.preprocess import Preprocess
 from .architectures import get_architecture
 from .data import ImageFolder, default_cache_dir, load_arrays, load_splits, read_folder
 from .evaluate import classification_metrics
-from .fit import FitConfig, fit
+from .fit import FitConfig, fit, predict
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     classes = tuple(json.loads((run_dir / "labels.json").read_text()))
     preprocess = Preprocess.from_json((run_dir / "preprocess.json").read_text())
     images, labels, _ = load_arrays(read_folder(data, classes), preprocess, cache_dir)
-    model = keras.models.load_model(model_path, compile=False)
-    return classification_metrics(labels, predict(model, images), classes)
-
-
-def predict(model: keras.Model, images: np.ndarray, batch: int = 64) -> np.ndarray:
-    """Probabilities for uint8 images, in inference mode, batch by batch (bounded memory)."""
-    return np.concatenate([np.asarray(model(images[i:i + batch].astype(np.float32), training=False))
-                           for i in range(0, len(images), batch)])
+    return _evaluate(keras.models.load_model(model_path, compile=False), images, labels, classes)
 
 
 def save_model(model: keras.Model, path: Path) -> None:
