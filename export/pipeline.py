@@ -6,7 +6,6 @@ only then renamed to ``model.onnx``. ``export_report.json`` is written either wa
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import keras
 import numpy as np
 import onnx
 
+from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
@@ -57,17 +57,12 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
 
 def _model_card(model_path: Path) -> ModelCard:
-    """Labels, preprocessing and metrics from the run directory that ``medclf train`` wrote."""
-    run_dir = model_path.parent
-    for name in ("labels.json", "preprocess.json"):
-        if not (run_dir / name).is_file():
-            raise FileNotFoundError(f"{run_dir / name}: missing; export expects a run directory from medclf train")
-    metrics_file = run_dir / "metrics.json"
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-    return ModelCard(labels=tuple(json.loads((run_dir / "labels.json").read_text())),
-                     preprocess=Preprocess.from_json((run_dir / "preprocess.json").read_text()),
-                     precision="fp32", source=provenance(model_path),
-                     metrics={k: metrics[k] for k in ("test", "validation", "training") if k in metrics})
+    """Labels, preprocessing, operating threshold and metrics from the run directory ``medclf train`` wrote."""
+    run = RunDir.of_model(model_path)
+    metrics = run.metrics
+    return ModelCard(labels=run.labels, preprocess=run.preprocess, precision="fp32", source=provenance(model_path),
+                     metrics={k: metrics[k] for k in ("test", "validation", "training") if k in metrics},
+                     decision=run.decision)
 
 
 def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
@@ -76,11 +71,10 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
     if data is not None:
         paths, labels = [str(p) for p in list_images(data)], None
     else:
-        splits = run_dir / "splits.json"
-        if not splits.is_file():
-            raise FileNotFoundError(f"{splits}: missing; pass --verify-data with real images to verify on")
-        val = json.loads(splits.read_text())["val"]
-        paths, labels = val["paths"], val["labels"]
+        try:
+            paths, labels = RunDir(run_dir).validation_split()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}; pass --verify-data with real images to verify on") from None
     if not paths:
         raise FileNotFoundError(f"no images to verify on in {data or run_dir / 'splits.json'}")
     pick = np.unique(np.linspace(0, len(paths) - 1, min(max_images, len(paths))).astype(int))

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .decision import decide
 from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .preprocess import ImageError, load_image
 
@@ -29,19 +30,15 @@ def default_threads() -> int:
 
 @dataclass(frozen=True)
 class Prediction:
-    """The answer for one input: its top-k labels, or why it could not be classified."""
+    """The answer for one input: the called label and its probability, the top-k labels by probability, or why
+    it could not be classified. The call is the top-1 label, except for a binary model with an operating
+    threshold (``medclf.decision``), which can call the finding below 50%."""
 
     path: str
+    label: str | None = None
+    probability: float | None = None
     top_k: tuple[tuple[str, float], ...] = ()
     error: str | None = None
-
-    @property
-    def label(self) -> str | None:
-        return self.top_k[0][0] if self.top_k else None
-
-    @property
-    def probability(self) -> float | None:
-        return self.top_k[0][1] if self.top_k else None
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
@@ -96,6 +93,8 @@ class Classifier:
         if not batch:
             return
         probabilities = self.predict(np.stack([image for _, image in batch]))
-        for (path, _), row in zip(batch, probabilities):
+        called = decide(probabilities, self.labels, self.card.decision)
+        for (path, _), row, label in zip(batch, probabilities, called):
             order = np.argsort(-row)[:top_k]
-            yield Prediction(path=path, top_k=tuple((self.labels[i], float(row[i])) for i in order))
+            yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
+                             top_k=tuple((self.labels[i], float(row[i])) for i in order))

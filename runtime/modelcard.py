@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .decision import Decision
 from .preprocess import Preprocess
 
 INPUT_NAME = "image"
@@ -20,6 +21,7 @@ PREPROCESS_KEY = "medclf.preprocess"
 PRECISION_KEY = "medclf.precision"
 SOURCE_KEY = "medclf.source"
 METRICS_KEY = "medclf.metrics"
+DECISION_KEY = "medclf.decision"  # binary models only: the operating threshold chosen on validation data
 
 
 class ModelCardError(ValueError):
@@ -35,10 +37,12 @@ class ModelCard:
     precision: str = "fp32"
     source: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    decision: Decision | None = None
 
     def to_metadata(self) -> dict[str, str]:
         """The ``metadata_props`` strings to store in an ONNX file."""
-        return {
+        decision = {DECISION_KEY: self.decision.to_json()} if self.decision is not None else {}
+        return decision | {
             LABELS_KEY: json.dumps(list(self.labels)),
             PREPROCESS_KEY: self.preprocess.to_json(),
             PRECISION_KEY: self.precision,
@@ -55,9 +59,13 @@ class ModelCard:
             labels = tuple(str(label) for label in json.loads(metadata[LABELS_KEY]))
             preprocess = Preprocess.from_json(metadata[PREPROCESS_KEY])
             extras = {key: json.loads(metadata.get(key) or "{}") for key in (SOURCE_KEY, METRICS_KEY)}
+            decision = Decision.from_json(metadata[DECISION_KEY]) if DECISION_KEY in metadata else None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelCardError(f"{source}: malformed medclf metadata ({exc})") from None
         if not labels:
             raise ModelCardError(f"{source}: medclf.labels is empty")
+        if decision is not None and (len(labels) != 2 or decision.positive_class not in labels):
+            raise ModelCardError(f"{source}: medclf.decision names {decision.positive_class!r}, "
+                                 f"which is not one of the two labels {list(labels)}")
         return cls(labels=labels, preprocess=preprocess, precision=metadata.get(PRECISION_KEY, "fp32"),
-                   source=extras[SOURCE_KEY], metrics=extras[METRICS_KEY])
+                   source=extras[SOURCE_KEY], metrics=extras[METRICS_KEY], decision=decision)

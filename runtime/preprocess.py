@@ -44,7 +44,9 @@ class Preprocess:
     filter, applied on float32 so it matches TensorFlow's bilinear resize to a hundredth of a grey level.
     ``crop_fraction`` < 1 first cuts a square window, that fraction of the shorter side, centred on the image
     (``crop="centre"``, as timm's ``crop_pct``) or on the stained nucleus of a Wright/Giemsa blood smear
-    (``crop="stain"``), so the model looks at the cell rather than the red cells around it.
+    (``crop="stain"``), so the model looks at the cell rather than the red cells around it. ``clahe``
+    equalises local contrast (CLAHE, on the lightness of colour images) after resizing, as radiograph
+    pipelines do, so exposure differences between machines matter less.
     """
 
     height: int
@@ -53,6 +55,7 @@ class Preprocess:
     interpolation: str = "linear"
     crop: str = "centre"
     crop_fraction: float = 1.0
+    clahe: bool = False
 
     def __post_init__(self) -> None:
         if self.height < 1 or self.width < 1:
@@ -84,7 +87,7 @@ class Preprocess:
         data = json.loads(text)
         return cls(height=int(data["height"]), width=int(data["width"]), color=data.get("color", "rgb"),
                    interpolation=data.get("interpolation", "linear"), crop=data.get("crop", "centre"),
-                   crop_fraction=float(data.get("crop_fraction", 1.0)))
+                   crop_fraction=float(data.get("crop_fraction", 1.0)), clahe=bool(data.get("clahe", False)))
 
 
 def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb") -> np.ndarray:
@@ -107,14 +110,26 @@ def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb") -> np
 
 
 def resize(image: np.ndarray, preprocess: Preprocess) -> np.ndarray:
-    """Crop (if the model asks) and resize one decoded HWC uint8 image to the model's input shape."""
+    """Crop (if the model asks), resize and equalise (if it asks) one decoded HWC uint8 image to the model's
+    input shape."""
     image = crop(image, preprocess)
     target = (preprocess.width, preprocess.height)
     if image.shape[:2] != (preprocess.height, preprocess.width):
         interpolation = _INTERPOLATIONS[preprocess.interpolation]
         resized = cv2.resize(image.astype(np.float32), target, interpolation=interpolation)
         image = np.clip(np.rint(resized), 0, 255).astype(np.uint8)
-    return image.reshape(preprocess.shape)
+    image = image.reshape(preprocess.shape)
+    return equalize(image) if preprocess.clahe else image
+
+
+def equalize(image: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarray:
+    """CLAHE on an HWC uint8 image: on grey directly, on the L channel of Lab for colour (hues unchanged)."""
+    clahe = cv2.createCLAHE(clipLimit=clip_limit, tileGridSize=(tiles, tiles))
+    if image.shape[2] == 1:
+        return clahe.apply(image[:, :, 0])[:, :, None]
+    lab = cv2.cvtColor(image, cv2.COLOR_RGB2LAB)
+    lab[:, :, 0] = clahe.apply(lab[:, :, 0])
+    return cv2.cvtColor(lab, cv2.COLOR_LAB2RGB)
 
 
 def crop(image: np.ndarray, preprocess: Preprocess) -> np.ndarray:

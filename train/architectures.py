@@ -5,7 +5,7 @@ normalisation as its first layer, so the exported graph needs nothing but uint8 
 
 Transfer-learning models name a ``frozen_until`` layer: everything up to it keeps its ImageNet weights and is
 computed once per image (a feature cache), everything after it is trained. On a CPU that is what makes
-fine-tuning affordable.
+fine-tuning affordable. ``frozen_until="pool"`` freezes the whole backbone: only the dense head is trained.
 """
 
 from __future__ import annotations
@@ -83,6 +83,48 @@ def _small_cnn(shape: tuple[int, int, int], num_classes: int, pretrained: bool =
     return keras.Model(inputs, _head(x, num_classes, 0.3), name="small_cnn")
 
 
+def _fire(x: keras.KerasTensor, squeeze: int, expand: int, name: str) -> keras.KerasTensor:
+    """SqueezeNet's fire module: a 1x1 squeeze, then 1x1 and 3x3 expansions side by side."""
+    x = layers.Conv2D(squeeze, 1, use_bias=False, name=f"{name}_squeeze")(x)
+    x = layers.ReLU(name=f"{name}_squeeze_relu")(layers.BatchNormalization(name=f"{name}_squeeze_bn")(x))
+    wide = layers.Conv2D(expand, 1, activation="relu", name=f"{name}_expand1x1")(x)
+    deep = layers.Conv2D(expand, 3, padding="same", activation="relu", name=f"{name}_expand3x3")(x)
+    return layers.Concatenate(name=f"{name}_concat")([wide, deep])
+
+
+def _squeezenet(shape: tuple[int, int, int], num_classes: int, pretrained: bool = False) -> keras.Model:
+    """SqueezeNet 1.1's layout (fire modules between three poolings), with batch norm for training from
+    scratch on small data; about 0.7 M parameters."""
+    inputs = keras.Input(shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="normalize")(inputs)
+    x = layers.Conv2D(64, 3, strides=2, padding="same", activation="relu", name="conv1")(x)
+    for stage, (squeeze, expand) in enumerate(((16, 64), (32, 128), (48, 192))):
+        x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"maxpool{stage + 1}")(x)
+        x = _fire(x, squeeze, expand, f"fire{2 * stage + 2}")
+        x = _fire(x, squeeze, expand, f"fire{2 * stage + 3}")
+    x = _fire(x, 64, 256, "fire8")
+    return keras.Model(inputs, _head(x, num_classes, 0.5), name="squeezenet")
+
+
+def _two_backbones(shape: tuple[int, int, int], num_classes: int, pretrained: bool) -> keras.Model:
+    """The seeds' stacked model: MobileNetV2 and MobileNet (alpha 0.25) side by side on the same image, their
+    pooled features concatenated, one dense head. Both backbones stay frozen; only the head is trained."""
+    if shape[2] != 3:
+        raise ValueError("ImageNet backbones take RGB images; use color='rgb'")
+    inputs = keras.Input(shape, name="image")
+    x = layers.Rescaling(1 / 127.5, -1.0, name="normalize")(inputs)
+    big = keras.applications.MobileNetV2(include_top=False, weights=None, input_tensor=x, alpha=1.0)
+    small = keras.applications.MobileNet(include_top=False, weights=None, input_tensor=x, alpha=0.25)
+    if pretrained:
+        big.load_weights(weights_path(MOBILENET_V2_WEIGHTS))
+        small.load_weights(weights_path(MOBILENET_025_WEIGHTS))
+    pooled = [layers.GlobalAveragePooling2D(name=f"{b.name}_pool")(b.output) for b in (big, small)]
+    x = layers.Concatenate(name="pool")(pooled)
+    x = layers.Dropout(0.3, name="head_dropout")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="two_backbones")
+
+
 ARCHITECTURES: dict[str, Architecture] = {
     arch.name: arch
     for arch in (
@@ -92,7 +134,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         Architecture("mobilenet_025", _backbone_model(keras.applications.MobileNet, MOBILENET_025_WEIGHTS,
                                                       1 / 127.5, -1.0, alpha=0.25),
                      128, "conv_pw_11_relu", 3e-4, "MobileNet alpha 0.25 (ImageNet), last block fine-tuned; tiny"),
+        Architecture("two_backbones", _two_backbones, 160, "pool", 1e-3,
+                     "MobileNetV2 + MobileNet 0.25 (ImageNet, both frozen), concatenated features, dense head"),
         Architecture("small_cnn", _small_cnn, 128, None, 1e-3, "four conv-BN-pool blocks from scratch"),
+        Architecture("squeezenet", _squeezenet, 128, None, 1e-3, "SqueezeNet-style fire modules from scratch"),
     )
 }
 

@@ -19,6 +19,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console()
 errors = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 
+TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
+NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file names, not folders: SEP[:POS], e.g. '.' for cat.123.jpg → cat, '_:1' for x_cat_1.png.")]
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ [val/] [test/].")]
 
 
@@ -40,6 +42,10 @@ def train(
     augment_views: Annotated[int, typer.Option(min=0, help="Augmented copies per image for cached-feature training.")] = 2,
     pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (read offline from KERAS_HOME).")] = True,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    target_sensitivity: TargetSensitivity = None,
+    clahe: Annotated[bool, typer.Option(help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way.")] = False,
+    name_labels: NameLabelsOption = None,
+    group_pattern: Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles train and validation.")] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR (model.keras, labels.json, history.csv, metrics.json)."""
@@ -52,7 +58,9 @@ def train(
     result = _library_call(lambda: run_training(
         data, out, arch=arch, image_size=size, color="grey" if grey else "rgb", crop=crop,
         crop_fraction=crop_fraction, val_split=val_split,
-        test=test, pretrained=pretrained, config=config, limit_per_class=limit_per_class))
+        test=test, pretrained=pretrained, config=config, limit_per_class=limit_per_class,
+        target_sensitivity=target_sensitivity, clahe=clahe, naming=_parse_naming(name_labels),
+        group_pattern=group_pattern))
     _print_metrics(result.metrics)
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
 
@@ -61,17 +69,43 @@ def train(
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
     data: ExistingDir,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Write the metrics here as JSON.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name>.")] = None,
+    target_sensitivity: TargetSensitivity = None,
+    name_labels: NameLabelsOption = None,
 ) -> None:
-    """Score MODEL on a folder-per-class DATA set: accuracy, ROC AUC, per-class scores, sensitivity/specificity."""
-    from medclf.runtime.atomic import write_json
-
+    """Score MODEL on a folder-per-class DATA set: accuracy, ROC AUC, per-class scores, calibration, and for
+    binary tasks sensitivity/specificity at the threshold chosen on the run's validation split."""
     from .pipeline import evaluate_run
 
-    metrics = _library_call(lambda: evaluate_run(model, data))
+    out = out or model.parent / f"evaluation-{data.resolve().name}"
+    metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
+                                                 naming=_parse_naming(name_labels)))
     _print_metrics({"evaluation": metrics})
-    if out is not None:
-        write_json(out, metrics)
+    console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png")
+
+
+@app.command()
+def explain(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
+    inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the heatmap overlays.")] = Path("gradcam"),
+    target: Annotated[Optional[str], typer.Option("--class", help="Explain this class (default: the model's call).")] = None,
+    layer: Annotated[Optional[str], typer.Option(help="Feature-map layer (default: the last convolutional one).")] = None,
+) -> None:
+    """Grad-CAM heatmaps over each image, as the model saw it: OUT/<name>.<class>.gradcam.png."""
+    from medclf.runtime.inputs import expand_inputs
+
+    from .explain import explain_files
+
+    failed = 0
+    for item in _library_call(lambda: explain_files(model, list(expand_inputs(inputs)), out, target, layer)):
+        if item.error is not None:
+            failed += 1
+            errors.print(f"[red]error[/red]: {item.path}: {item.error}", highlight=False)
+        else:
+            console.print(f"{item.path}: {item.label} {item.probability:.3f} → {item.heatmap}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -115,6 +149,20 @@ def _parse_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _parse_naming(text: str | None):
+    """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); None → None (labels from folders)."""
+    from .data import NameLabels
+
+    if text is None:
+        return None
+    if not text:
+        raise typer.BadParameter("give a separator, optionally :POSITION", param_hint="--name-labels")
+    head, _, tail = text.rpartition(":")
+    if head and tail.lstrip("-").isdigit():
+        return NameLabels(head, int(tail))
+    return NameLabels(text, 0)
+
+
 def _library_call(call):
     """Run a library call; known failures become one red line and exit status 1, not a traceback."""
     from medclf.runtime import ImageError, ModelCardError
@@ -137,8 +185,10 @@ def _print_metrics(metrics: dict) -> None:
         if split in metrics:
             m = metrics[split]
             extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)
+            extra += f" (threshold {m['threshold']:.3g})" if m.get("threshold") is not None else ""
             auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
-            console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra} on {m['images']} images")
+            console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
+                          f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
 
 
 def main() -> None:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
@@ -73,6 +74,49 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
 
 
+@dataclass(frozen=True)
+class NameLabels:
+    """Labels from file names, for datasets kept in one folder: ``cat.123.jpg`` → ``cat`` with separator ``.``
+    and position 0 (the part of the name without its extension, split on ``separator``)."""
+
+    separator: str = "."
+    position: int = 0
+
+    def label(self, path: Path) -> str | None:
+        parts = path.stem.split(self.separator) if self.separator else [path.stem]
+        return parts[self.position] if -len(parts) <= self.position < len(parts) and len(parts) > 1 else None
+
+
+def read_named(root: str | os.PathLike[str], naming: NameLabels,
+               classes: tuple[str, ...] | None = None) -> ImageFolder:
+    """Every image under ``root``, labelled by its file name; names without a label part are an error."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder")
+    paths = list_images(root)
+    named = [(path, naming.label(path)) for path in paths]
+    unlabelled = [path.name for path, label in named if label is None]
+    if unlabelled:
+        raise DatasetError(f"{root}: {len(unlabelled)} file names have no label part at position "
+                           f"{naming.position} after splitting on {naming.separator!r}, e.g. {unlabelled[0]}")
+    found = tuple(sorted({label for _, label in named}))
+    classes = classes or found
+    if len(classes) < 2:
+        raise DatasetError(f"{root}: need at least 2 classes in the file names, found {list(found)}")
+    unknown = sorted(set(found) - set(classes))
+    if unknown:
+        raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}")
+    index = {name: i for i, name in enumerate(classes)}
+    return ImageFolder(tuple(str(path) for path, _ in named),
+                       np.asarray([index[label] for _, label in named], dtype=np.int64), tuple(classes))
+
+
+def read_dataset(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None,
+                 naming: NameLabels | None = None) -> ImageFolder:
+    """Class folders, or file-name labels when ``naming`` is given."""
+    return read_named(root, naming, classes) if naming is not None else read_folder(root, classes)
+
+
 def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
     """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms), if present."""
     root = Path(root)
@@ -90,34 +134,65 @@ class Splits:
 
 
 def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str | os.PathLike[str] | None = None,
-                seed: int = 0) -> Splits:
+                seed: int = 0, naming: NameLabels | None = None, group_pattern: str | None = None) -> Splits:
     """Train/validation(/test) from a folder-per-class tree, or from a folder holding train/ [val/] [test/].
 
-    Without a ``val`` folder, a stratified ``val_split`` fraction of training images is held out.
+    Without a ``val`` folder, a stratified ``val_split`` fraction of training images is held out — whole
+    groups of them when ``group_pattern`` says which files belong together (see :func:`stratified_split`).
     """
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
-    train = read_folder(root)
+    train = read_dataset(root, naming=naming)
     val_dir = find_split(data, "val") if train_dir else None
     if val_dir is not None:
-        val = read_folder(val_dir, train.classes)
+        val = read_dataset(val_dir, train.classes, naming)
     else:
-        train, val = stratified_split(train, val_split, seed)
+        train, val = stratified_split(train, val_split, seed, group_pattern)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
-    return Splits(train, val, read_folder(test_dir, train.classes) if test_dir else None)
+    return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None)
 
 
-def stratified_split(folder: ImageFolder, fraction: float, seed: int) -> tuple[ImageFolder, ImageFolder]:
-    """Hold out ``fraction`` of each class (at least one image per class)."""
+def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
+    """A group name per file: the regex's first group (or whole match) in the file name, else the name itself.
+
+    Images of one patient (``person12_bacteria_3.jpeg`` → ``person12`` with ``^person\\d+``) must sit on one
+    side of a split, or validation measures memory of the patient rather than skill.
+    """
+    regex = re.compile(pattern)
+    groups = []
+    for path in paths:
+        match = regex.search(Path(path).name)
+        groups.append((match.group(1) if match.groups() else match.group(0)) if match else Path(path).name)
+    return np.asarray(groups)
+
+
+def stratified_split(folder: ImageFolder, fraction: float, seed: int,
+                     group_pattern: str | None = None) -> tuple[ImageFolder, ImageFolder]:
+    """Hold out ``fraction`` of each class (at least one image per class); with ``group_pattern``, whole groups
+    (patients, source cells) go to one side, the fraction and class balance kept as nearly as groups allow."""
     if not 0.0 < fraction < 1.0:
         raise DatasetError(f"validation fraction must be between 0 and 1, got {fraction}")
     counts = np.bincount(folder.labels)
     if counts.min() < 2:
         small = [folder.classes[i] for i in np.flatnonzero(counts < 2)]
         raise DatasetError(f"classes {small} have fewer than 2 images: cannot hold any out for validation")
+    if group_pattern is not None:
+        return _grouped_split(folder, fraction, seed, group_pattern)
     n_val = max(int(round(fraction * len(folder))), len(folder.classes))
     keep, held = train_test_split(np.arange(len(folder)), test_size=n_val, stratify=folder.labels,
                                   random_state=seed)
+    return folder.subset(np.sort(keep)), folder.subset(np.sort(held))
+
+
+def _grouped_split(folder: ImageFolder, fraction: float, seed: int,
+                   pattern: str) -> tuple[ImageFolder, ImageFolder]:
+    groups = file_groups(folder.paths, pattern)
+    folds = max(2, round(1 / fraction))
+    if len(np.unique(groups)) < folds:
+        raise DatasetError(f"--group-pattern {pattern!r} finds {len(np.unique(groups))} groups: too few to hold "
+                           f"out {fraction:.0%} of them")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    keep, held = next(splitter.split(np.zeros(len(folder)), folder.labels, groups))
     return folder.subset(np.sort(keep)), folder.subset(np.sort(held))
 
 

@@ -1,7 +1,8 @@
-"""The numbers clinicians read: accuracy, ROC AUC, per-class precision/recall/F1, sensitivity, specificity.
+"""The numbers clinicians read: accuracy, ROC AUC, per-class precision/recall/F1, sensitivity, specificity,
+calibration — and the binary operating threshold, chosen on validation data only.
 
 All computed by scikit-learn from labels and predicted probabilities, so any backend's output (Keras, ONNX at
-any precision) is scored by the same code.
+any precision) is scored by the same code; the call itself is ``medclf.runtime.decision``, as in serving.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, roc_auc_score
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, roc_auc_score, roc_curve
+
+from medclf.runtime.decision import Decision, decide
 
 NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no", "none", "control")
 
@@ -20,9 +23,35 @@ def positive_class(classes: Sequence[str]) -> int:
     return 1 - negatives[0] if len(classes) == 2 and len(negatives) == 1 else 1
 
 
-def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str]) -> dict:
-    """Metrics for one split, JSON-ready. Binary tasks add sensitivity/specificity for the positive class."""
-    predicted = probabilities.argmax(axis=1)
+def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
+                     target_sensitivity: float | None = None) -> Decision:
+    """The operating point of a binary model, from validation labels and probabilities.
+
+    Without a target: the threshold maximising Youden's J (sensitivity + specificity - 1). With one: the highest
+    threshold that still reaches the target sensitivity (so specificity is as high as that allows). The threshold
+    sits halfway between the two validation scores it separates, not on one of them.
+    """
+    if len(classes) != 2:
+        raise ValueError(f"an operating threshold needs a binary task, not {len(classes)} classes")
+    positive = positive_class(classes)
+    is_positive = labels == positive
+    if is_positive.all() or not is_positive.any():
+        raise ValueError("choosing a threshold needs validation images of both classes")
+    fpr, tpr, thresholds = roc_curve(is_positive, probabilities[:, positive], drop_intermediate=False)
+    if target_sensitivity is None:
+        index, rule = int(np.argmax(tpr - fpr)), "youden"
+    else:
+        index, rule = int(np.argmax(tpr >= target_sensitivity)), f"sensitivity>={target_sensitivity:g}"
+    upper = min(float(thresholds[index]), 1.0)  # roc_curve's first threshold is +inf (nothing called positive)
+    lower = float(thresholds[index + 1]) if index + 1 < len(thresholds) else 0.0
+    return Decision(positive_class=classes[positive], threshold=round((upper + lower) / 2, 6), rule=rule)
+
+
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
+                           decision: Decision | None = None) -> dict:
+    """Metrics for one split, JSON-ready. Binary tasks add sensitivity/specificity for the positive class, at
+    ``decision``'s threshold when given (else at the most probable class)."""
+    predicted = decide(probabilities, classes, decision)
     indices = list(range(len(classes)))
     report = classification_report(labels, predicted, labels=indices, target_names=list(classes),
                                    output_dict=True, zero_division=0)
@@ -33,14 +62,27 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         "per_class": {name: {key: float(report[name][key]) for key in ("precision", "recall", "f1-score", "support")}
                       for name in classes},
         "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
+        "expected_calibration_error": expected_calibration_error(labels, probabilities),
     }
     if len(classes) == 2:
         positive = positive_class(classes)
         is_positive, said_positive = labels == positive, predicted == positive
         metrics["positive_class"] = classes[positive]
+        metrics["threshold"] = decision.threshold if decision is not None else None
         metrics["sensitivity"] = _ratio(np.sum(is_positive & said_positive), np.sum(is_positive))
         metrics["specificity"] = _ratio(np.sum(~is_positive & ~said_positive), np.sum(~is_positive))
     return metrics
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+    """How far the top-1 probability is from the accuracy it promises: the mean |accuracy - confidence| over
+    equal-width confidence bins, weighted by their share of images (Guo et al. 2017). 0 is perfectly calibrated."""
+    confidence = probabilities.max(axis=1)
+    correct = probabilities.argmax(axis=1) == labels
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)
+            for b in range(bins) if np.any(which == b)]
+    return float(np.sum(gaps))
 
 
 def _roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:

@@ -68,6 +68,13 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
         _stage(model, _mixed(_batches(*train, config, augmenter), config), _batches(*val), learning_rate,
                config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs)
         return
+    if arch.frozen_until == "pool":  # the whole backbone stays frozen: a dense head on cached pooled features
+        frozen, head = _split_at_pool(model)
+        pooled_train, train_y = _cached_features(frozen, train, config)
+        pooled_val = predict(frozen, val[0], dtype=np.float16)
+        _stage(head, _mixed(_batches(pooled_train, train_y, config), config), _batches(pooled_val, val[1]),
+               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight)
+        return
     frozen, top, head, rest = _split(model, arch.frozen_until)
     train_x, train_y = _cached_features(frozen, train, config)
     val_x = predict(frozen, val[0], dtype=np.float16)
@@ -113,6 +120,12 @@ def _split(model: keras.Model, frozen_until: str) -> tuple[keras.Model, ...]:
             layer.trainable = False
     return (keras.Model(model.input, cut, name="frozen"), keras.Model(cut, pooled, name="top"),
             keras.Model(pooled, model.output, name="head"), rest)
+
+
+def _split_at_pool(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """Views of one model that share its layers: everything up to the pooled features, and the head after."""
+    pooled = model.get_layer("pool").output
+    return keras.Model(model.input, pooled, name="frozen"), keras.Model(pooled, model.output, name="head")
 
 
 def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray],

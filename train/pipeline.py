@@ -1,13 +1,14 @@
-"""``medclf train`` as a function: data folder in, a run directory out.
+"""``medclf train`` and ``medclf evaluate`` as functions: data folder in, a run directory out, and its scores.
 
-RUN_DIR holds ``model.keras`` (best validation weights), ``labels.json``, ``preprocess.json``,
-``history.csv``, ``metrics.json`` (validation, and test when given) and ``splits.json`` (the held-out
-validation files, which export verifies on). Export reads the same directory.
+RUN_DIR holds ``model.keras``, ``labels.json``, ``preprocess.json``, ``decision.json`` (binary tasks: the
+threshold chosen on validation data), ``history.csv``, ``metrics.json`` (validation, and test when given),
+``splits.json`` (the held-out validation files, which export verifies on) and the pictures ``curves.png``,
+``confusion_matrix.png`` and ``roc.png`` (of the test set when given, else of validation). See
+``medclf.rundir``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -16,13 +17,17 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from medclf import rundir
+from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json, write_text
+from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import get_architecture
-from .data import ImageFolder, default_cache_dir, load_arrays, load_splits, read_folder
-from .evaluate import classification_metrics
+from .data import ImageFolder, NameLabels, default_cache_dir, load_arrays, load_splits, read_dataset
+from .evaluate import choose_threshold, classification_metrics, positive_class
 from .fit import FitConfig, fit, predict
+from .plots import plot_confusion, plot_curves, plot_roc
 
 
 @dataclass(frozen=True)
@@ -36,14 +41,19 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str =
           image_size: int | tuple[int, int] | None = None, color: str = "rgb", crop: str = "centre",
           crop_fraction: float = 1.0, val_split: float = 0.15,
           test: str | os.PathLike[str] | None = None, pretrained: bool = True, config: FitConfig = FitConfig(),
-          cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None) -> TrainResult:
-    """Train one model and write its run directory. ``limit_per_class`` trains on a subset (demos, tests)."""
+          cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None,
+          target_sensitivity: float | None = None, clahe: bool = False, naming: NameLabels | None = None,
+          group_pattern: str | None = None) -> TrainResult:
+    """Train one model and write its run directory. ``limit_per_class`` trains on a subset (demos, tests);
+    ``target_sensitivity`` sets a binary model's threshold for that sensitivity on validation data;
+    ``naming`` takes labels from file names; ``group_pattern`` keeps related files on one side of the split."""
     start = time.perf_counter()
     architecture = get_architecture(arch)
     size = image_size or architecture.default_size
     height, width = (size, size) if isinstance(size, int) else size
-    preprocess = Preprocess(height, width, color=color, crop=crop, crop_fraction=crop_fraction)
-    splits = load_splits(data, val_split=val_split, test=test, seed=config.seed)
+    preprocess = Preprocess(height, width, color=color, crop=crop, crop_fraction=crop_fraction, clahe=clahe)
+    splits = load_splits(data, val_split=val_split, test=test, seed=config.seed, naming=naming,
+                         group_pattern=group_pattern)
     train_set = _limit(splits.train, limit_per_class, config.seed)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, _ = load_arrays(train_set, preprocess, cache)
@@ -52,43 +62,69 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str =
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = architecture.build(preprocess.shape, len(train_set.classes), pretrained)
-    fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / "history.csv")
+    fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY)
 
-    metrics = {"validation": _evaluate(model, val_x, val_y, train_set.classes)}
+    classes = train_set.classes
+    val_p = predict(model, val_x)
+    decision = choose_threshold(val_y, val_p, classes, target_sensitivity) if len(classes) == 2 else None
+    metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
     if splits.test is not None:
         test_x, test_y, _ = load_arrays(splits.test, preprocess, cache)
-        metrics["test"] = _evaluate(model, test_x, test_y, train_set.classes)
+        metrics["test"] = report(run_dir, test_y, predict(model, test_x), classes, decision, "test")
+    plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     seconds = time.perf_counter() - start
     metrics["training"] = {"architecture": arch, "image_size": [height, width], "seconds": round(seconds, 1),
                            "train_images": int(len(train_y)), "val_images": int(len(val_y)),
                            "data": str(data), "config": asdict(config)}
-    save_model(model, run_dir / "model.keras")
-    write_json(run_dir / "labels.json", list(train_set.classes))
-    write_text(run_dir / "preprocess.json", preprocess.to_json() + "\n")
-    write_json(run_dir / "metrics.json", metrics)
-    write_json(run_dir / "splits.json", {"val": {"paths": [os.path.abspath(p) for p in val_set.paths],
+    save_model(model, run_dir / rundir.MODEL)
+    write_json(run_dir / rundir.LABELS, list(classes))
+    write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
+    if decision is not None:
+        write_text(run_dir / rundir.DECISION, decision.to_json() + "\n")
+    write_json(run_dir / rundir.METRICS, metrics)
+    write_json(run_dir / rundir.SPLITS, {"val": {"paths": [os.path.abspath(p) for p in val_set.paths],
                                                   "labels": val_set.labels.tolist()}})
     return TrainResult(run_dir, metrics, seconds)
 
 
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
-                 cache_dir: str | os.PathLike[str] | None = None) -> dict:
-    """Score a trained model on a folder-per-class dataset with the run's own labels and preprocessing."""
-    run_dir = Path(model_path).parent
-    classes = tuple(json.loads((run_dir / "labels.json").read_text()))
-    preprocess = Preprocess.from_json((run_dir / "preprocess.json").read_text())
-    images, labels, _ = load_arrays(read_folder(data, classes), preprocess, cache_dir)
-    return _evaluate(keras.models.load_model(model_path, compile=False), images, labels, classes)
+                 out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None) -> dict:
+    """Score a trained model on a folder-per-class dataset with the run's own labels, preprocessing and
+    threshold; with ``target_sensitivity``, a new threshold is chosen on the run's validation split first.
+    With ``out``, writes ``metrics.json``, ``confusion_matrix.png`` and ``roc.png`` there."""
+    run = RunDir.of_model(model_path)
+    classes, preprocess, decision = run.labels, run.preprocess, run.decision
+    model = keras.models.load_model(model_path, compile=False)
+    if target_sensitivity is not None:
+        paths, labels = run.validation_split()
+        val = ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
+        val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
+        decision = choose_threshold(val_y, predict(model, val_x), classes, target_sensitivity)
+    images, labels, _ = load_arrays(read_dataset(data, classes, naming), preprocess, cache_dir)
+    probabilities = predict(model, images)
+    if out is None:
+        return classification_metrics(labels, probabilities, classes, decision)
+    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name)
+    write_json(Path(out) / rundir.METRICS, metrics)
+    return metrics
+
+
+def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
+           decision: Decision | None, title: str) -> dict:
+    """Metrics for one split, with its confusion matrix and ROC curves drawn in ``out`` (the latest call wins)."""
+    metrics = classification_metrics(labels, probabilities, classes, decision)
+    at = f" at p ≥ {decision.threshold:.3g}" if decision is not None else ""
+    plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", f"{title}{at}")
+    binary = positive_class(classes) if len(classes) == 2 else None
+    plot_roc(labels, probabilities, classes, out / "roc.png", title, positive=binary)
+    return metrics
 
 
 def save_model(model: keras.Model, path: Path) -> None:
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # Keras wants the .keras suffix
     model.save(tmp)
     os.replace(tmp, path)
-
-
-def _evaluate(model: keras.Model, images: np.ndarray, labels: np.ndarray, classes: tuple[str, ...]) -> dict:
-    return classification_metrics(labels, predict(model, images), classes)
 
 
 def _limit(folder: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:

@@ -25,8 +25,12 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
         "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"}
     assert len((run_dir / "history.csv").read_text().splitlines()) == 4  # header, 1 head epoch, 2 fine-tuning
 
-    cli("medclf.train.cli", "evaluate", run_dir / "model.keras", blood_cells / "TEST", "--out", tmp_path / "m.json")
-    assert json.loads((tmp_path / "m.json").read_text())["accuracy"] == metrics["test"]["accuracy"]
+    cli("medclf.train.cli", "evaluate", run_dir / "model.keras", blood_cells / "TEST", "--out", tmp_path / "eval")
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["accuracy"] == metrics["test"]["accuracy"]
+    assert (tmp_path / "eval" / "confusion_matrix.png").stat().st_size > 1000
+
+    done = cli("medclf.train.cli", "explain", run_dir / "model.keras", blood_cell_images[0], "--out", tmp_path / "cam")
+    assert len(list((tmp_path / "cam").glob("*.gradcam.png"))) == 1 and "gradcam.png" in done.stdout
 
     cli("medclf.train.cli", "export", run_dir / "model.keras", "--out", exported)
     assert json.loads((exported / "export_report.json").read_text())["passed"]

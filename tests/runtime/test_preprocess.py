@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medclf.runtime.preprocess import MAX_PIXELS, ImageError, Preprocess, decode_image, load_image, resize
+from medclf.runtime.preprocess import MAX_PIXELS, ImageError, Preprocess, decode_image, equalize, load_image, resize
 
 
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:
@@ -97,8 +97,23 @@ def test_resize_stretches_to_the_model_shape_in_uint8():
 
 
 def test_preprocess_round_trips_through_json():
-    spec = Preprocess(160, 120, color="grey", crop="centre", crop_fraction=0.8)
+    spec = Preprocess(160, 120, color="grey", crop="centre", crop_fraction=0.8, clahe=True)
     assert Preprocess.from_json(spec.to_json()) == spec
+
+
+def test_models_exported_before_clahe_existed_load_without_it():
+    assert Preprocess.from_json('{"height": 8, "width": 8}').clahe is False
+
+
+def test_clahe_spreads_a_low_contrast_radiograph_and_keeps_colour_hues(chest_xray):
+    xray = next((chest_xray / "test" / "NORMAL").iterdir())
+    flat = (load_image(xray, Preprocess(128, 128, color="grey")) // 4 + 100).astype(np.uint8)  # washed out
+    equalized = equalize(flat)
+    assert equalized.shape == flat.shape and equalized.std() > 1.5 * flat.std()
+    colour = equalize(np.repeat(flat, 3, axis=2)).astype(int)
+    assert np.abs(colour - colour[:, :, :1]).max() <= 2  # a grey picture stays grey (Lab rounding aside)
+    on = load_image(xray, Preprocess(128, 128, color="grey", clahe=True))
+    assert not np.array_equal(on, load_image(xray, Preprocess(128, 128, color="grey")))
 
 
 @pytest.mark.parametrize("kwargs", [{"height": 0, "width": 5}, {"height": 5, "width": 5, "color": "cmyk"},

@@ -45,3 +45,13 @@ def test_export_of_a_file_outside_a_run_directory_says_what_is_missing(tmp_path)
     model.write_bytes(b"not really")
     result = runner.invoke(app, ["export", str(model), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "labels.json" in result.output
+
+
+def test_name_labels_take_a_separator_and_an_optional_position():
+    from medclf.train.cli import _parse_naming
+    from medclf.train.data import NameLabels
+
+    assert _parse_naming(".") == NameLabels(".", 0)
+    assert _parse_naming("_:1") == NameLabels("_", 1)
+    assert _parse_naming("::-1") == NameLabels(":", -1)
+    assert _parse_naming(None) is None

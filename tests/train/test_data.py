@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from medclf.runtime.preprocess import Preprocess, load_image
-from medclf.train.data import DatasetError, load_arrays, load_splits, read_folder, stratified_split
+from medclf.train.data import (
+    DatasetError, NameLabels, file_groups, load_arrays, load_splits, read_folder, read_named, stratified_split)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -73,3 +76,28 @@ def test_unreadable_training_files_are_skipped_with_a_line(tmp_path, blood_cell_
     images, labels, kept = load_arrays(read_folder(tmp_path), Preprocess(32, 32))
     assert len(images) == 4 and not any(p.endswith("broken.jpeg") for p in kept.paths)
     assert "broken.jpeg: not a readable image" in capsys.readouterr().err
+
+
+def test_labels_come_from_file_names_with_a_separator_and_position(tmp_path, cataract):
+    photos = sorted((cataract / "cataract").iterdir())[:3] + sorted((cataract / "normal").iterdir())[:2]
+    for i, photo in enumerate(photos):
+        kind = "cataract" if "cataract" in str(photo.parent.name) else "normal"
+        (tmp_path / f"eye_{kind}_{i}{photo.suffix}").symlink_to(photo)
+    folder = read_named(tmp_path, NameLabels("_", 1))
+    assert folder.classes == ("cataract", "normal") and folder.class_counts() == {"cataract": 3, "normal": 2}
+    assert NameLabels(".", 0).label(Path("cat.123.jpg")) == "cat"
+    with pytest.raises(DatasetError, match="no label part"):
+        read_named(tmp_path, NameLabels("-", 0))
+
+
+def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray):
+    folder = read_folder(chest_xray / "train")
+    pattern = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
+    train, val = stratified_split(folder, 0.15, seed=0, group_pattern=pattern)
+    train_patients, val_patients = set(file_groups(train.paths, pattern)), set(file_groups(val.paths, pattern))
+    assert not train_patients & val_patients
+    assert 0.10 < len(val) / len(folder) < 0.20
+    share = val.class_counts()["PNEUMONIA"] / len(val)
+    assert abs(share - folder.class_counts()["PNEUMONIA"] / len(folder)) < 0.05
+    naive_train, naive_val = stratified_split(folder, 0.15, seed=0)  # the ungrouped split leaks patients
+    assert set(file_groups(naive_train.paths, pattern)) & set(file_groups(naive_val.paths, pattern))

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medclf.train.evaluate import classification_metrics, positive_class
+from medclf.train.evaluate import (
+    choose_threshold, classification_metrics, expected_calibration_error, positive_class)
 
 
 @pytest.mark.parametrize("classes, positive", [(("NORMAL", "PNEUMONIA"), 1), (("cataract", "normal"), 0),
@@ -39,3 +40,51 @@ def test_multiclass_metrics_have_per_class_scores_and_macro_auc():
 def test_auc_is_none_when_a_class_is_absent():
     metrics = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1]]), "abc")
     assert metrics["roc_auc_macro"] is None
+
+
+def _binary(p_positive, positive=1):
+    p = np.asarray(p_positive, dtype=np.float64)
+    return np.stack([1 - p, p], axis=1) if positive == 1 else np.stack([p, 1 - p], axis=1)
+
+
+def test_youden_threshold_separates_validation_scores_halfway():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.6, 0.8, 0.9])  # perfectly separable between 0.3 and 0.35
+    decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
+    assert decision.positive_class == "PNEUMONIA" and decision.rule == "youden"
+    assert decision.threshold == pytest.approx(0.325)
+
+
+def test_target_sensitivity_lowers_the_threshold_until_it_is_reached():
+    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p = np.array([0.05, 0.1, 0.4, 0.7, 0.3, 0.6, 0.8, 0.9])
+    youden = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
+    strict = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"), target_sensitivity=1.0)
+    assert strict.threshold == pytest.approx((0.3 + 0.1) / 2) and strict.rule == "sensitivity>=1"
+    metrics = classification_metrics(labels, _binary(p), ("NORMAL", "PNEUMONIA"), strict)
+    assert metrics["sensitivity"] == 1.0 and metrics["threshold"] == strict.threshold
+    assert strict.threshold < youden.threshold
+
+
+def test_threshold_works_when_the_finding_is_class_zero():
+    classes = ("cataract", "normal")
+    labels = np.array([0, 0, 1, 1])
+    probabilities = _binary([0.9, 0.4, 0.2, 0.1], positive=0)
+    decision = choose_threshold(labels, probabilities, classes)
+    assert decision.positive_class == "cataract" and 0.2 < decision.threshold < 0.4
+    assert classification_metrics(labels, probabilities, classes, decision)["accuracy"] == 1.0
+
+
+def test_threshold_needs_a_binary_task_with_both_classes():
+    with pytest.raises(ValueError, match="binary"):
+        choose_threshold(np.array([0, 1, 2]), np.eye(3), "abc")
+    with pytest.raises(ValueError, match="both classes"):
+        choose_threshold(np.array([1, 1]), _binary([0.6, 0.7]), ("NORMAL", "PNEUMONIA"))
+
+
+def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident():
+    labels = np.array([0, 0, 0, 1])  # 75% correct at 0.75 confidence
+    calibrated = np.array([[0.75, 0.25]] * 4)
+    overconfident = np.array([[0.99, 0.01]] * 4)
+    assert expected_calibration_error(labels, calibrated) == pytest.approx(0.0)
+    assert expected_calibration_error(labels, overconfident) == pytest.approx(0.24)

@@ -1,9 +1,14 @@
-"""Training end to end without a frozen part (small CNN, augmented tf.data batches) on a real binary task."""
+"""Training end to end without a frozen part (small CNN, augmented tf.data batches) on a real binary task:
+the run directory, the threshold chosen on validation data, the pictures, and Grad-CAM on the result."""
 
 from __future__ import annotations
 
 import json
 
+import cv2
+
+from medclf.rundir import RunDir
+from medclf.train.explain import explain_files
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import evaluate_run, train
 
@@ -21,4 +26,17 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
         target = val_dir / ("cataract", "normal")[label]
         target.mkdir(parents=True, exist_ok=True)
         (target / path.split("/")[-1]).symlink_to(path)
+    decision = RunDir(tmp_path).decision
+    assert decision.positive_class == "cataract" and validation["threshold"] == decision.threshold
     assert evaluate_run(tmp_path / "model.keras", val_dir)["accuracy"] == validation["accuracy"]
+    for picture in ("curves.png", "confusion_matrix.png", "roc.png"):
+        assert cv2.imread(str(tmp_path / picture)) is not None, picture
+
+    strict = evaluate_run(tmp_path / "model.keras", val_dir, tmp_path / "eval", target_sensitivity=1.0)
+    assert strict["sensitivity"] == 1.0 and strict["threshold"] <= decision.threshold
+    assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
+
+    image = sorted((cataract / "cataract").iterdir())[0]
+    [explained] = explain_files(tmp_path / "model.keras", [str(image)], tmp_path / "cam", target="normal")
+    assert explained.label == "normal" and explained.heatmap.name == f"{image.stem}.normal.gradcam.png"
+    assert cv2.imread(str(explained.heatmap)).shape[0] >= 320

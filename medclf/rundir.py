@@ -1,0 +1,67 @@
+"""RUN_DIR, the contract between ``medclf train`` (which writes it) and evaluate/export/explain (which read it).
+
+One place knows the file names, so the readers cannot drift apart. Plain JSON and the runtime's own types: no
+TensorFlow here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medclf.runtime.decision import Decision
+from medclf.runtime.preprocess import Preprocess
+
+MODEL = "model.keras"
+LABELS = "labels.json"
+PREPROCESS = "preprocess.json"
+DECISION = "decision.json"  # binary tasks: the operating threshold chosen on validation data
+METRICS = "metrics.json"
+SPLITS = "splits.json"  # the held-out validation files, which evaluation and export reuse
+HISTORY = "history.csv"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """A run directory on disk, read lazily file by file."""
+
+    path: Path
+
+    @classmethod
+    def of_model(cls, model_path: str | os.PathLike[str]) -> "RunDir":
+        """The run directory that holds ``model_path``; refuses a folder ``medclf train`` did not write."""
+        run = cls(Path(model_path).parent)
+        for name in (LABELS, PREPROCESS):
+            if not (run.path / name).is_file():
+                raise FileNotFoundError(f"{run.path / name}: missing; expected a run directory from medclf train")
+        return run
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self._json(LABELS))
+
+    @property
+    def preprocess(self) -> Preprocess:
+        return Preprocess.from_json((self.path / PREPROCESS).read_text())
+
+    @property
+    def decision(self) -> Decision | None:
+        file = self.path / DECISION
+        return Decision.from_json(file.read_text()) if file.is_file() else None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        return self._json(METRICS) if (self.path / METRICS).is_file() else {}
+
+    def validation_split(self) -> tuple[list[str], list[int]]:
+        """Paths and labels of the images the run held out for validation."""
+        if not (self.path / SPLITS).is_file():
+            raise FileNotFoundError(f"{self.path / SPLITS}: missing; this run did not record its validation split")
+        val = self._json(SPLITS)["val"]
+        return list(val["paths"]), [int(label) for label in val["labels"]]
+
+    def _json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text())

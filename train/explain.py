@@ -1,0 +1,118 @@
+"""Grad-CAM (Selvaraju et al. 2017): where in the image the model looked for a class.
+
+The class score's gradient with respect to a convolutional feature map, averaged per channel, weights that
+map's channels; the positive part of the sum is the heatmap. It is drawn over the image exactly as the model
+saw it (after the run's own crop and resize), so a reader judges the model, not a different picture.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+
+from medclf.rundir import RunDir
+from medclf.runtime.atomic import atomic_write
+from medclf.runtime.decision import Decision, decide
+from medclf.runtime.preprocess import ImageError, Preprocess, load_image
+
+MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
+
+
+def last_conv_layer(model: keras.Model) -> str:
+    """The last layer with a spatial (4-D) output: Grad-CAM's usual choice, the most semantic feature map that
+    still knows where things are."""
+    for layer in reversed(model.layers):
+        if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4:
+            return layer.name
+    raise ValueError(f"model {model.name} has no convolutional feature map to explain")
+
+
+class GradCam:
+    """Heatmaps for one model, with the gradient graph built once."""
+
+    def __init__(self, model: keras.Model, layer: str | None = None) -> None:
+        self.layer = layer or last_conv_layer(model)
+        self._model = keras.Model(model.input, [model.get_layer(self.layer).output, model.output])
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self._model(tf.cast(images, tf.float32), training=False)[1].numpy()
+
+    def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Heatmaps ``[N, H, W]`` in 0..1 at the input size, and probabilities ``[N, classes]``, for uint8 images.
+        ``classes`` picks the class explained per image (default: the most probable)."""
+        x = tf.cast(images, tf.float32)
+        with tf.GradientTape() as tape:
+            features, probabilities = self._model(x, training=False)
+            chosen = classes if classes is not None else tf.argmax(probabilities, axis=1)
+            score = tf.gather(probabilities, chosen, axis=1, batch_dims=1)
+        gradients = tape.gradient(score, features)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
+        peak = cams.max(axis=(1, 2), keepdims=True)
+        cams = np.divide(cams, peak, out=np.zeros_like(cams), where=peak > 0)
+        height, width = images.shape[1:3]
+        resized = np.stack([cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR) for cam in cams])
+        return np.clip(resized, 0.0, 1.0), probabilities.numpy()
+
+
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The heatmap (JET colours) blended over the image, as BGR uint8 for OpenCV, enlarged to be readable."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    heat = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1 - alpha, heat, alpha, 0)
+    scale = max(1, int(np.ceil(MIN_OVERLAY_SIDE / min(blended.shape[:2]))))
+    return cv2.resize(blended, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale > 1 else blended
+
+
+@dataclass(frozen=True)
+class Explanation:
+    path: str
+    label: str | None = None  # the class the heatmap explains
+    probability: float | None = None
+    heatmap: Path | None = None
+    error: str | None = None
+
+
+def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out: str | os.PathLike[str],
+                  target: str | None = None, layer: str | None = None) -> Iterator[Explanation]:
+    """Write ``OUT/<name>.<class>.gradcam.png`` per image for the called class (the run's own decision) or
+    ``target``; a file that cannot be read yields an error and the rest go on."""
+    run = RunDir.of_model(model_path)
+    labels, preprocess, decision = run.labels, run.preprocess, run.decision
+    if target is not None and target not in labels:
+        raise ValueError(f"class {target!r} is not one of the model's labels {list(labels)}")
+    cam = GradCam(keras.models.load_model(model_path, compile=False), layer)
+    return _explain(cam, paths, Path(out), labels, preprocess, decision, target)
+
+
+def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, ...], preprocess: Preprocess,
+             decision: Decision | None, target: str | None) -> Iterator[Explanation]:
+    for path in paths:
+        try:
+            image = load_image(path, preprocess)
+        except ImageError as exc:
+            yield Explanation(path=path, error=exc.reason)
+            continue
+        if target is None:  # the call the runtime would make
+            chosen = int(decide(cam.predict(image[None]), labels, decision)[0])
+        else:
+            chosen = labels.index(target)
+        heatmaps, probabilities = cam(image[None], [chosen])
+        destination = out / f"{Path(path).stem}.{labels[chosen]}.gradcam.png"
+        _write_png(destination, overlay(image, heatmaps[0]))
+        yield Explanation(path, labels[chosen], float(probabilities[0, chosen]), destination)
+
+
+def _write_png(path: Path, bgr: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", bgr)
+    if not ok:
+        raise OSError(f"{path}: PNG encoding failed")
+    with atomic_write(path, "wb") as handle:
+        handle.write(encoded.tobytes())

@@ -1,0 +1,70 @@
+"""The pictures a person reads faster than numbers: training curves, confusion matrix, ROC curves.
+
+Drawn with matplotlib (no display needed) and scikit-learn's own displays, written atomically as PNGs.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
+
+from medclf.runtime.atomic import atomic_write  # noqa: E402
+
+
+def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Loss and accuracy per epoch, training vs validation, from the run's ``history.csv``."""
+    with open(history_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    if not rows:
+        raise ValueError(f"{history_csv}: no epochs logged")
+    epochs = [int(row["epoch"]) + 1 for row in rows]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(epochs, [float(row[metric]) for row in rows], label="training")
+        ax.plot(epochs, [float(row[f"val_{metric}"]) for row in rows], label="validation")
+        ax.set(xlabel="epoch", ylabel=metric, title=metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(figure, path)
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str],
+                   title: str = "") -> None:
+    """Counts of true (rows) vs called (columns) classes."""
+    size = 3 + 0.6 * len(classes)
+    figure, ax = plt.subplots(figsize=(size + 1, size))
+    ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(classes)).plot(
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(classes) > 3 else "horizontal")
+    ax.set_title(title)
+    _save(figure, path)
+
+
+def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: str | os.PathLike[str],
+             title: str = "", positive: int | None = None) -> None:
+    """ROC curve of the positive class (binary) or one-vs-rest per class, with AUC in the legend."""
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    shown = [positive] if positive is not None else range(len(classes))
+    for index in shown:
+        if np.any(labels == index) and not np.all(labels == index):
+            RocCurveDisplay.from_predictions(labels == index, probabilities[:, index], name=classes[index], ax=ax)
+    ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)", title=title)
+    _save(figure, path)
+
+
+def _save(figure: Figure, path: str | os.PathLike[str]) -> None:
+    figure.tight_layout()
+    with atomic_write(Path(path), "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)
