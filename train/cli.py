@@ -5,6 +5,7 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -24,45 +25,95 @@ NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file 
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ [val/] [test/].")]
 
 
+# Recipe options, shared by train and crossval. None = not given: the preset's value, else the library default.
+Preset = Annotated[Optional[str], typer.Option(help="Measured recipe for a seed dataset: blood-cells, chest-xray, cataract. Flags given too override it.")]
+Arch = Annotated[Optional[str], typer.Option(help="Architecture: mobilenet_v2 (default), mobilenet_025, two_backbones, small_cnn, squeezenet.")]
+ImageSize = Annotated[Optional[str], typer.Option(help="Input size, N or HxW (e.g. 240x320); default per architecture.")]
+Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs end to end, or of fine-tuning after the head stage [30].")]
+HeadEpochs = Annotated[Optional[int], typer.Option(min=1, help="Transfer models: epochs for the new head alone [10].")]
+BatchSize = Annotated[Optional[int], typer.Option(min=1, help="[32]")]
+LearningRate = Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")]
+ValSplit = Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder [0.15].")]
+Grey = Annotated[Optional[bool], typer.Option("--grey/--rgb", help="Single-channel or colour input [rgb].", show_default=False)]
+Crop = Annotated[Optional[str], typer.Option(help="Where the crop window sits: centre, or stain (the nucleus of a stained smear).")]
+CropFraction = Annotated[Optional[float], typer.Option(min=0.05, max=1.0, help="Crop window side as a fraction of the shorter image side [1 = no crop].")]
+AugmentViews = Annotated[Optional[int], typer.Option(min=0, help="Augmented copies per image for cached-feature training [2].")]
+Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME [pretrained].", show_default=False)]
+Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way [off].", show_default=False)]
+GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
+Seed = Annotated[Optional[int], typer.Option(help="[0]")]
+
+
 @app.command()
 def train(
     data: ExistingDir,
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/latest"),
-    arch: Annotated[str, typer.Option(help="Architecture: mobilenet_v2, mobilenet_025, small_cnn.")] = "mobilenet_v2",
-    image_size: Annotated[Optional[str], typer.Option(help="Input size, N or HxW (e.g. 240x320); default per architecture.")] = None,
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs end to end, or of fine-tuning after the head stage.")] = 30,
-    head_epochs: Annotated[int, typer.Option(min=1, help="Transfer models: epochs for the new head alone.")] = 10,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    learning_rate: Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")] = None,
-    val_split: Annotated[float, typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder.")] = 0.15,
+    preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
+    head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
+    val_split: ValSplit = None,
     test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Test folder, scored once at the end.")] = None,
-    grey: Annotated[bool, typer.Option(help="Train on single-channel images.")] = False,
-    crop: Annotated[str, typer.Option(help="Where the crop window sits: centre, or stain (the nucleus of a stained smear).")] = "centre",
-    crop_fraction: Annotated[float, typer.Option(min=0.05, max=1.0, help="Crop window side as a fraction of the shorter image side; 1 = no crop.")] = 1.0,
-    augment_views: Annotated[int, typer.Option(min=0, help="Augmented copies per image for cached-feature training.")] = 2,
-    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights (read offline from KERAS_HOME).")] = True,
+    grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None, augment_views: AugmentViews = None,
+    pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
+    target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
-    target_sensitivity: TargetSensitivity = None,
-    clahe: Annotated[bool, typer.Option(help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way.")] = False,
-    name_labels: NameLabelsOption = None,
-    group_pattern: Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles train and validation.")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
+    seed: Seed = None,
 ) -> None:
-    """Train a classifier on DATA and write RUN_DIR (model.keras, labels.json, history.csv, metrics.json)."""
-    from .fit import FitConfig
+    """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
+    (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png."""
+    options = dict(locals())
     from .pipeline import train as run_training
 
-    size = _parse_size(image_size) if image_size else None
-    config = FitConfig(epochs=epochs, head_epochs=head_epochs, batch_size=batch_size, learning_rate=learning_rate,
-                       augment_views=augment_views, seed=seed)
-    result = _library_call(lambda: run_training(
-        data, out, arch=arch, image_size=size, color="grey" if grey else "rgb", crop=crop,
-        crop_fraction=crop_fraction, val_split=val_split,
-        test=test, pretrained=pretrained, config=config, limit_per_class=limit_per_class,
-        target_sensitivity=target_sensitivity, clahe=clahe, naming=_parse_naming(name_labels),
-        group_pattern=group_pattern))
+    recipe = _library_call(lambda: _recipe(preset, options))
+    result = _library_call(lambda: run_training(data, out, recipe, test=test, naming=_parse_naming(name_labels),
+                                                limit_per_class=limit_per_class))
     _print_metrics(result.metrics)
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
+
+
+@app.command()
+def crossval(
+    data: ExistingDir,
+    out: Annotated[Path, typer.Option("--out", help="Folder for one run directory per fold and crossval.json.")] = Path("runs/crossval"),
+    folds: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
+    preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
+    head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
+    val_split: ValSplit = None, grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None,
+    augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
+    group_pattern: GroupPattern = None, target_sensitivity: TargetSensitivity = None,
+    name_labels: NameLabelsOption = None, seed: Seed = None,
+) -> None:
+    """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
+    options = dict(locals())
+    from .crossval import REPORTED, cross_validate
+
+    recipe = _library_call(lambda: _recipe(preset, options))
+    summary = _library_call(lambda: cross_validate(data, out, recipe, folds, _parse_naming(name_labels)))
+    for name in REPORTED:
+        if summary[name] is not None:
+            console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
+                          f"over {summary[name]['folds']} folds")
+    console.print(f"wrote {out}/crossval.json")
+
+
+def _recipe(preset: str | None, options: dict):
+    """The preset (or the defaults) with every option the user gave on the command line laid over it."""
+    from .pipeline import Recipe
+    from .presets import get_preset
+
+    base = get_preset(preset) if preset else Recipe()
+    given = {name: options.get(name) for name in RECIPE_OPTIONS + FIT_OPTIONS}
+    if given["image_size"] is not None:
+        given["image_size"] = _parse_size(given["image_size"])
+    if given["grey"] is not None:
+        given["color"] = "grey" if given["grey"] else "rgb"
+    fit = dataclasses.replace(base.fit, **{k: given[k] for k in FIT_OPTIONS if given[k] is not None})
+    fields = {k: given[k] for k in RECIPE_OPTIONS if given[k] is not None and k != "grey"}
+    return dataclasses.replace(base, fit=fit, **fields)
+
+
+RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
+                  "group_pattern", "target_sensitivity")
+FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "seed")
 
 
 @app.command()
@@ -104,6 +155,27 @@ def explain(
             errors.print(f"[red]error[/red]: {item.path}: {item.error}", highlight=False)
         else:
             console.print(f"{item.path}: {item.label} {item.probability:.3f} → {item.heatmap}", highlight=False)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def augment(
+    data: ExistingDir,
+    out: Annotated[Path, typer.Option("--out", help="Folder for the copies, mirroring DATA's sub-folders.")],
+    copies: Annotated[int, typer.Option(min=1, help="Augmented copies per image.")] = 5,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Write augmented copies of every image to disk (training augments on the fly and does not need this)."""
+    from .augment import augment_folder
+
+    done = failed = 0
+    for item in _library_call(lambda: augment_folder(data, out, copies, seed)):
+        if item.error is not None:
+            failed += 1
+            errors.print(f"[red]error[/red]: {item.source}: {item.error}", highlight=False)
+        done += len(item.written)
+    console.print(f"wrote {done} images to {out}" + (f"; {failed} files could not be read" if failed else ""))
     if failed:
         raise typer.Exit(1)
 

@@ -6,6 +6,7 @@ Keras → classify the unseen blood-cells/TEST folder with the runtime alone →
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from medclf.runtime import Classifier
 from .data import read_folder
 from .fit import FitConfig
 from .pipeline import train
+from .presets import PRESETS
 
 
 def default_data() -> Path:
@@ -30,8 +32,8 @@ def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | Non
     from medclf.export.pipeline import export_run
 
     console.rule("1/3 train: MobileNetV2 (ImageNet) at 160 px on the stained nucleus, blocks 13-16 fine-tuned")
-    result = train(data / "TRAIN", out / "run", arch="mobilenet_v2", image_size=160, crop="stain",
-                   crop_fraction=0.4, config=FitConfig(epochs=10, augment_views=1), limit_per_class=per_class)
+    recipe = dataclasses.replace(PRESETS["blood-cells"], fit=FitConfig(epochs=10, augment_views=1))
+    result = train(data / "TRAIN", out / "run", recipe, limit_per_class=per_class)
     val = result.metrics["validation"]
     console.print(f"trained on {result.metrics['training']['train_images']} images in {result.seconds:.0f} s; "
                   f"validation accuracy {val['accuracy']:.3f}")

@@ -10,6 +10,7 @@ Augmentation never enters the saved model.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from keras import layers
 from sklearn.utils.class_weight import compute_class_weight
 
 from .architectures import Architecture
+from .progress import RichProgress
+
+# Our datasets are shuffled in tf.data; Keras warns that its own shuffle flag is then unused.
+warnings.filterwarnings("ignore", message=r"`shuffle=True` was passed")
 
 HEAD_LEARNING_RATE = 1e-3
 
@@ -73,7 +78,7 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
         pooled_train, train_y = _cached_features(frozen, train, config)
         pooled_val = predict(frozen, val[0], dtype=np.float16)
         _stage(head, _mixed(_batches(pooled_train, train_y, config), config), _batches(pooled_val, val[1]),
-               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight)
+               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight, name="head")
         return
     frozen, top, head, rest = _split(model, arch.frozen_until)
     train_x, train_y = _cached_features(frozen, train, config)
@@ -81,15 +86,16 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     # Stage 1: a new head on the pooled ImageNet features (computed once), so stage 2 starts from sense.
     pooled_train, pooled_val = predict(top, train_x, dtype=np.float16), predict(top, val_x, dtype=np.float16)
     done = _stage(head, _batches(pooled_train, train_y, config), _batches(pooled_val, val[1]),
-                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight)
+                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight, name="head")
     # Stage 2: fine-tune every layer above the cut, at the architecture's lower rate.
     _stage(rest, _mixed(_batches(train_x, train_y, config), config), _batches(val_x, val[1]), learning_rate,
-           done + config.epochs, config, log_csv, class_weight, initial_epoch=done, ema_epochs=config.ema_epochs)
+           done + config.epochs, config, log_csv, class_weight, initial_epoch=done, ema_epochs=config.ema_epochs,
+           name="fine-tune")
 
 
 def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, learning_rate: float, epochs: int,
            config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, initial_epoch: int = 0,
-           ema_epochs: float = 0.0) -> int:
+           ema_epochs: float = 0.0, name: str = "train") -> int:
     """One round of ``model.fit`` with early stopping on validation loss; returns the epochs run so far.
 
     Without EMA the best validation epoch's weights are restored; with it the run ends on the averaged weights
@@ -99,6 +105,7 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
         keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=not ema_epochs),
         keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, config.patience // 2)),
         keras.callbacks.CSVLogger(str(log_csv), append=True),
+        RichProgress(name, epochs),
     ]
     optimizer = keras.optimizers.Adam(learning_rate)
     if ema_epochs:
@@ -107,7 +114,7 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.label_smoothing)
     model.compile(optimizer, loss, metrics=["accuracy"])
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
-                        callbacks=callbacks, class_weight=class_weight, verbose=2)
+                        callbacks=callbacks, class_weight=class_weight, verbose=0)
     return initial_epoch + len(history.epoch)
 
 

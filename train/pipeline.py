@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import keras
@@ -24,10 +24,37 @@ from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import get_architecture
-from .data import ImageFolder, NameLabels, default_cache_dir, load_arrays, load_splits, read_dataset
+from .data import ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset
 from .evaluate import choose_threshold, classification_metrics, positive_class
 from .fit import FitConfig, fit, predict
 from .plots import plot_confusion, plot_curves, plot_roc
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the model besides the data: architecture, preprocessing, fitting, threshold.
+
+    The defaults are the recipe for a dataset nobody has seen (chosen for robustness, not tuned to one
+    dataset); ``medclf.train.presets`` holds the measured recipes for the datasets in ../shared/data.
+    """
+
+    arch: str = "mobilenet_v2"
+    image_size: int | tuple[int, int] | None = None  # None: the architecture's own
+    color: str = "rgb"
+    crop: str = "centre"
+    crop_fraction: float = 1.0
+    clahe: bool = False
+    pretrained: bool = True
+    val_split: float = 0.15  # held out of training when the data has no val/ folder
+    group_pattern: str | None = None  # regex naming a file's patient/source: groups never straddle a split
+    target_sensitivity: float | None = None  # binary: threshold for this sensitivity, else Youden's J
+    fit: FitConfig = field(default_factory=FitConfig)
+
+    def preprocess(self) -> Preprocess:
+        size = self.image_size or get_architecture(self.arch).default_size
+        height, width = (size, size) if isinstance(size, int) else size
+        return Preprocess(height, width, color=self.color, crop=self.crop, crop_fraction=self.crop_fraction,
+                          clahe=self.clahe)
 
 
 @dataclass(frozen=True)
@@ -37,45 +64,46 @@ class TrainResult:
     seconds: float
 
 
-def train(data: str | os.PathLike[str], out: str | os.PathLike[str], arch: str = "mobilenet_v2",
-          image_size: int | tuple[int, int] | None = None, color: str = "rgb", crop: str = "centre",
-          crop_fraction: float = 1.0, val_split: float = 0.15,
-          test: str | os.PathLike[str] | None = None, pretrained: bool = True, config: FitConfig = FitConfig(),
-          cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None,
-          target_sensitivity: float | None = None, clahe: bool = False, naming: NameLabels | None = None,
-          group_pattern: str | None = None) -> TrainResult:
-    """Train one model and write its run directory. ``limit_per_class`` trains on a subset (demos, tests);
-    ``target_sensitivity`` sets a binary model's threshold for that sensitivity on validation data;
-    ``naming`` takes labels from file names; ``group_pattern`` keeps related files on one side of the split."""
+def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Recipe = Recipe(),
+          test: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
+          cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None) -> TrainResult:
+    """Train one model on a dataset folder and write its run directory. ``naming`` takes labels from file
+    names; ``limit_per_class`` trains on a subset (demos, tests)."""
+    splits = load_splits(data, val_split=recipe.val_split, test=test, seed=recipe.fit.seed, naming=naming,
+                         group_pattern=recipe.group_pattern)
+    seed = recipe.fit.seed
+    splits = Splits(_limit(splits.train, limit_per_class, seed), _limit(splits.val, limit_per_class, seed),
+                    splits.test)
+    return train_splits(splits, out, recipe, cache_dir, source=str(data))
+
+
+def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = Recipe(),
+                 cache_dir: str | os.PathLike[str] | None = None, source: str = "") -> TrainResult:
+    """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write."""
     start = time.perf_counter()
-    architecture = get_architecture(arch)
-    size = image_size or architecture.default_size
-    height, width = (size, size) if isinstance(size, int) else size
-    preprocess = Preprocess(height, width, color=color, crop=crop, crop_fraction=crop_fraction, clahe=clahe)
-    splits = load_splits(data, val_split=val_split, test=test, seed=config.seed, naming=naming,
-                         group_pattern=group_pattern)
-    train_set = _limit(splits.train, limit_per_class, config.seed)
+    architecture, preprocess, config = get_architecture(recipe.arch), recipe.preprocess(), recipe.fit
     cache = cache_dir if cache_dir is not None else default_cache_dir()
-    train_x, train_y, _ = load_arrays(train_set, preprocess, cache)
-    val_x, val_y, val_set = load_arrays(_limit(splits.val, limit_per_class, config.seed), preprocess, cache)
+    train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
+    val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    model = architecture.build(preprocess.shape, len(train_set.classes), pretrained)
+    classes = train_set.classes
+    model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
     fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY)
 
-    classes = train_set.classes
     val_p = predict(model, val_x)
-    decision = choose_threshold(val_y, val_p, classes, target_sensitivity) if len(classes) == 2 else None
+    binary = len(classes) == 2
+    decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
     if splits.test is not None:
         test_x, test_y, _ = load_arrays(splits.test, preprocess, cache)
         metrics["test"] = report(run_dir, test_y, predict(model, test_x), classes, decision, "test")
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     seconds = time.perf_counter() - start
-    metrics["training"] = {"architecture": arch, "image_size": [height, width], "seconds": round(seconds, 1),
-                           "train_images": int(len(train_y)), "val_images": int(len(val_y)),
-                           "data": str(data), "config": asdict(config)}
+    metrics["training"] = {"architecture": recipe.arch, "image_size": [preprocess.height, preprocess.width],
+                           "seconds": round(seconds, 1), "train_images": int(len(train_y)),
+                           "val_images": int(len(val_y)), "data": source, "recipe": asdict(recipe)}
     save_model(model, run_dir / rundir.MODEL)
     write_json(run_dir / rundir.LABELS, list(classes))
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")

@@ -12,15 +12,16 @@ from medclf.export import pipeline
 from medclf.export.verify import Tolerance, VerificationError, compare
 from medclf.runtime import Classifier, load_image
 from medclf.train.fit import FitConfig
-from medclf.train.pipeline import predict, train
+from medclf.train.pipeline import Recipe, predict, train
 
 
 @pytest.fixture(scope="module")
 def run_dir(blood_cells, tmp_path_factory):
     """A tiny real model: MobileNet 0.25 at 64 px, 12 blood-cell images per class, one epoch."""
     out = tmp_path_factory.mktemp("run")
-    train(blood_cells / "TRAIN", out, arch="mobilenet_025", image_size=64, val_split=0.5,
-          config=FitConfig(epochs=1, head_epochs=1, augment_views=1), limit_per_class=12, cache_dir=None)
+    recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.5,
+                    fit=FitConfig(epochs=1, head_epochs=1, augment_views=1))
+    train(blood_cells / "TRAIN", out, recipe, limit_per_class=12, cache_dir=None)
     return out
 
 

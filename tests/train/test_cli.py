@@ -55,3 +55,21 @@ def test_name_labels_take_a_separator_and_an_optional_position():
     assert _parse_naming("_:1") == NameLabels("_", 1)
     assert _parse_naming("::-1") == NameLabels(":", -1)
     assert _parse_naming(None) is None
+
+
+def test_flags_given_next_to_a_preset_override_only_what_they_name():
+    from medclf.train.cli import _recipe
+    from medclf.train.pipeline import Recipe
+    from medclf.train.presets import PRESETS
+
+    recipe = _recipe("blood-cells", {"epochs": 3, "image_size": "96x128", "grey": None, "clahe": True})
+    preset = PRESETS["blood-cells"]
+    assert recipe.fit.epochs == 3 and recipe.fit.batch_size == preset.fit.batch_size
+    assert recipe.image_size == (96, 128) and recipe.clahe and recipe.crop == "stain"
+    assert _recipe(None, {}) == Recipe()
+    assert _recipe(None, {"grey": True}).color == "grey"
+
+
+def test_an_unknown_preset_lists_the_known_ones(tmp_path):
+    result = runner.invoke(app, ["train", str(tmp_path), "--preset", "mnist"])
+    assert result.exit_code == 1 and "chest-xray" in result.output

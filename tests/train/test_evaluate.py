@@ -88,3 +88,9 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_wh
     overconfident = np.array([[0.99, 0.01]] * 4)
     assert expected_calibration_error(labels, calibrated) == pytest.approx(0.0)
     assert expected_calibration_error(labels, overconfident) == pytest.approx(0.24)
+
+
+def test_the_models_own_half_way_call_is_kept_when_it_is_among_the_best_thresholds():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    p = np.array([0.02, 0.1, 0.3, 0.7, 0.95, 0.99])  # any threshold in (0.3, 0.7] separates them
+    assert choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA")).threshold == 0.5

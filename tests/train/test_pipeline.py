@@ -10,12 +10,12 @@ import cv2
 from medclf.rundir import RunDir
 from medclf.train.explain import explain_files
 from medclf.train.fit import FitConfig
-from medclf.train.pipeline import evaluate_run, train
+from medclf.train.pipeline import Recipe, evaluate_run, train
 
 
 def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract, tmp_path):
-    result = train(cataract, tmp_path, arch="small_cnn", image_size=(48, 64), val_split=0.3,
-                   config=FitConfig(epochs=2))
+    result = train(cataract, tmp_path, Recipe(arch="small_cnn", image_size=(48, 64), val_split=0.3,
+                                              fit=FitConfig(epochs=2)))
     validation = result.metrics["validation"]
     assert validation["positive_class"] == "cataract"
     assert {"sensitivity", "specificity", "roc_auc_macro"} <= set(validation)

@@ -1,0 +1,28 @@
+"""``medclf augment``: augmented copies on disk, mirroring the class folders, past unreadable files."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from typer.testing import CliRunner
+
+from medclf.train.cli import app
+
+
+def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path):
+    data = tmp_path / "data"
+    for name in ("cataract", "normal"):
+        (data / name).mkdir(parents=True)
+        for photo in sorted((cataract / name).iterdir())[:2]:
+            (data / name / photo.name).symlink_to(photo)
+    (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    result = CliRunner().invoke(app, ["augment", str(data), "--out", str(tmp_path / "out"), "--copies", "3"])
+    assert result.exit_code == 1 and "broken.jpg" in result.output and "wrote 12 images" in result.output
+    first = sorted((cataract / "cataract").iterdir())[0]
+    copies = sorted((tmp_path / "out" / "cataract").glob(f"{first.stem}.aug*"))
+    assert len(copies) == 3
+    original = cv2.imread(str(first))
+    views = [cv2.imread(str(copy)) for copy in copies]
+    assert all(view.shape == original.shape for view in views)
+    assert all(not np.array_equal(view, original) for view in views)
+    assert not np.array_equal(views[0], views[1])

@@ -1,0 +1,65 @@
+"""``medclf augment``: the seed tutorials' offline augmentation, for users who want augmented files on disk.
+
+``medclf train`` augments in its input pipeline and never needs this; it exists so a folder of augmented copies
+can be inspected, shared or fed to other tools. The transforms are training's own (``fit.make_augmenter``), on
+the full-resolution decoded image.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tensorflow as tf
+
+from medclf.runtime.atomic import atomic_write
+from medclf.runtime.inputs import list_images
+from medclf.runtime.preprocess import ImageError, decode_image
+
+from .fit import make_augmenter
+
+WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}  # other formats are written as PNG
+
+
+@dataclass(frozen=True)
+class Augmented:
+    source: str
+    written: tuple[Path, ...] = ()
+    error: str | None = None
+
+
+def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
+                   seed: int = 0) -> Iterator[Augmented]:
+    """For every image under ``data``, write ``copies`` augmented versions to the same relative folder under
+    ``out`` as ``<name>.aug<k><ext>``; unreadable files are reported and skipped."""
+    if copies < 1:
+        raise ValueError(f"copies must be at least 1, got {copies}")
+    data, out = Path(data), Path(out)
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: not a folder")
+    augmenter = make_augmenter(seed)
+    for path in list_images(data):
+        try:
+            image = decode_image(path.read_bytes(), str(path))
+        except (ImageError, OSError) as exc:
+            yield Augmented(str(path), error=getattr(exc, "reason", str(exc)))
+            continue
+        batch = tf.cast(np.repeat(image[None], copies, axis=0), tf.float32)
+        views = np.clip(np.rint(augmenter(batch, training=True).numpy()), 0, 255).astype(np.uint8)
+        suffix = path.suffix.lower() if path.suffix.lower() in WRITABLE else ".png"
+        folder = out / path.parent.relative_to(data)
+        written = tuple(_write(folder / f"{path.stem}.aug{k}{suffix}", view) for k, view in enumerate(views))
+        yield Augmented(str(path), written)
+
+
+def _write(path: Path, rgb: np.ndarray) -> Path:
+    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise OSError(f"{path}: encoding failed")
+    with atomic_write(path, "wb") as handle:
+        handle.write(encoded.tobytes())
+    return path

@@ -1,0 +1,31 @@
+"""Measured recipes for the seed datasets in ../shared/data (README's results table says what each reached).
+
+A preset is a :class:`Recipe`; command-line flags given next to ``--preset`` override its fields. The plain
+defaults (``Recipe()``) are for data nobody has measured and are deliberately not tuned to these.
+"""
+
+from __future__ import annotations
+
+from .fit import FitConfig
+from .pipeline import Recipe
+
+# Chest X-ray file names carry the patient: person123_bacteria_4.jpeg, IM-0115-0001.jpeg, NORMAL2-IM-1427-0001.jpeg.
+CHEST_XRAY_PATIENT = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
+
+PRESETS: dict[str, Recipe] = {
+    # Wright-stained smears: look at the nucleus, not the red cells (crop on the stain, 40% of the short side).
+    "blood-cells": Recipe(arch="mobilenet_v2", image_size=160, crop="stain", crop_fraction=0.4,
+                          fit=FitConfig(epochs=18, batch_size=64, augment_views=1)),
+    # Pediatric radiographs: validation split by patient, so the threshold is chosen on unseen patients.
+    "chest-xray": Recipe(arch="mobilenet_v2", image_size=160, group_pattern=CHEST_XRAY_PATIENT,
+                         fit=FitConfig(epochs=15, augment_views=1)),
+    # 59 photos: every image counts; frozen-feature head plus a short fine-tune, two augmented views each.
+    "cataract": Recipe(arch="mobilenet_v2", image_size=160, val_split=0.2, fit=FitConfig(epochs=10)),
+}
+
+
+def get_preset(name: str) -> Recipe:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
