@@ -17,7 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chat
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
-console = Console()
+console = Console(soft_wrap=True)  # paths and metrics stay on one line, in terminals and logs alike
 errors = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
 
 TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
@@ -41,6 +41,7 @@ AugmentViews = Annotated[Optional[int], typer.Option(min=0, help="Augmented copi
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME [pretrained].", show_default=False)]
 Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way [off].", show_default=False)]
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
+FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add).")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 
 
@@ -54,7 +55,8 @@ def train(
     test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Test folder, scored once at the end.")] = None,
     grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None, augment_views: AugmentViews = None,
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
-    target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
+    freeze_until: FreezeUntil = None, target_sensitivity: TargetSensitivity = None,
+    name_labels: NameLabelsOption = None,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     seed: Seed = None,
 ) -> None:
@@ -79,8 +81,8 @@ def crossval(
     head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
     val_split: ValSplit = None, grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None,
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
-    group_pattern: GroupPattern = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None, seed: Seed = None,
+    group_pattern: GroupPattern = None, freeze_until: FreezeUntil = None,
+    target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None, seed: Seed = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -112,7 +114,7 @@ def _recipe(preset: str | None, options: dict):
 
 
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
-                  "group_pattern", "target_sensitivity")
+                  "group_pattern", "target_sensitivity", "freeze_until")
 FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "seed")
 
 

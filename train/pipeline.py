@@ -9,6 +9,7 @@ threshold chosen on validation data), ``history.csv``, ``metrics.json`` (validat
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,7 +24,7 @@ from medclf.runtime.atomic import write_json, write_text
 from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
-from .architectures import get_architecture
+from .architectures import Architecture, get_architecture
 from .data import ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset
 from .evaluate import choose_threshold, classification_metrics, positive_class
 from .fit import FitConfig, fit, predict
@@ -48,7 +49,16 @@ class Recipe:
     val_split: float = 0.15  # held out of training when the data has no val/ folder
     group_pattern: str | None = None  # regex naming a file's patient/source: groups never straddle a split
     target_sensitivity: float | None = None  # binary: threshold for this sensitivity, else Youden's J
+    freeze_until: str | None = None  # transfer models: last frozen layer (None: the architecture's own cut)
     fit: FitConfig = field(default_factory=FitConfig)
+
+    def architecture(self) -> Architecture:
+        architecture = get_architecture(self.arch)
+        if self.freeze_until is None:
+            return architecture
+        if architecture.frozen_until is None:
+            raise ValueError(f"{self.arch} trains from scratch: it has no frozen part to move")
+        return dataclasses.replace(architecture, frozen_until=self.freeze_until)
 
     def preprocess(self) -> Preprocess:
         size = self.image_size or get_architecture(self.arch).default_size
@@ -81,7 +91,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "") -> TrainResult:
     """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write."""
     start = time.perf_counter()
-    architecture, preprocess, config = get_architecture(recipe.arch), recipe.preprocess(), recipe.fit
+    architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
@@ -90,6 +100,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = train_set.classes
     model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
+    model.get_layer(architecture.frozen_until or model.layers[0].name)  # an unknown layer fails before training
     fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY)
 
     val_p = predict(model, val_x)

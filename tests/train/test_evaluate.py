@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medclf.train.evaluate import (
-    choose_threshold, classification_metrics, expected_calibration_error, positive_class)
+    MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics, expected_calibration_error, positive_class)
 
 
 @pytest.mark.parametrize("classes, positive", [(("NORMAL", "PNEUMONIA"), 1), (("cataract", "normal"), 0),
@@ -42,22 +42,25 @@ def test_auc_is_none_when_a_class_is_absent():
     assert metrics["roc_auc_macro"] is None
 
 
+def _many(labels, p, times=MIN_IMAGES_FOR_THRESHOLD):
+    """The same validation scores, repeated so Youden's rule has enough images per class to apply."""
+    return np.tile(labels, times), np.tile(p, times)
+
+
 def _binary(p_positive, positive=1):
     p = np.asarray(p_positive, dtype=np.float64)
     return np.stack([1 - p, p], axis=1) if positive == 1 else np.stack([p, 1 - p], axis=1)
 
 
 def test_youden_threshold_separates_validation_scores_halfway():
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    p = np.array([0.05, 0.1, 0.2, 0.3, 0.35, 0.6, 0.8, 0.9])  # perfectly separable between 0.3 and 0.35
+    labels, p = _many([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.2, 0.3, 0.35, 0.6, 0.8, 0.9])  # split at 0.3-0.35
     decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
     assert decision.positive_class == "PNEUMONIA" and decision.rule == "youden"
     assert decision.threshold == pytest.approx(0.325)
 
 
 def test_target_sensitivity_lowers_the_threshold_until_it_is_reached():
-    labels = np.array([0, 0, 0, 0, 1, 1, 1, 1])
-    p = np.array([0.05, 0.1, 0.4, 0.7, 0.3, 0.6, 0.8, 0.9])
+    labels, p = _many([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.4, 0.7, 0.3, 0.6, 0.8, 0.9])
     youden = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
     strict = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"), target_sensitivity=1.0)
     assert strict.threshold == pytest.approx((0.3 + 0.1) / 2) and strict.rule == "sensitivity>=1"
@@ -68,8 +71,8 @@ def test_target_sensitivity_lowers_the_threshold_until_it_is_reached():
 
 def test_threshold_works_when_the_finding_is_class_zero():
     classes = ("cataract", "normal")
-    labels = np.array([0, 0, 1, 1])
-    probabilities = _binary([0.9, 0.4, 0.2, 0.1], positive=0)
+    labels, p = _many([0, 0, 1, 1], [0.9, 0.4, 0.2, 0.1])
+    probabilities = _binary(p, positive=0)
     decision = choose_threshold(labels, probabilities, classes)
     assert decision.positive_class == "cataract" and 0.2 < decision.threshold < 0.4
     assert classification_metrics(labels, probabilities, classes, decision)["accuracy"] == 1.0
@@ -91,6 +94,12 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_wh
 
 
 def test_the_models_own_half_way_call_is_kept_when_it_is_among_the_best_thresholds():
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    p = np.array([0.02, 0.1, 0.3, 0.7, 0.95, 0.99])  # any threshold in (0.3, 0.7] separates them
+    labels, p = _many([0, 0, 0, 1, 1, 1], [0.02, 0.1, 0.3, 0.7, 0.95, 0.99])  # any threshold in (0.3, 0.7]
     assert choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA")).threshold == 0.5
+
+
+def test_a_validation_set_too_small_to_trust_keeps_the_models_own_call_unless_a_sensitivity_is_asked():
+    labels, p = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.3, 0.4])
+    decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
+    assert decision.threshold == 0.5 and "only 2 images" in decision.rule
+    assert choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"), target_sensitivity=1.0).threshold < 0.3
