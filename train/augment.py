@@ -33,7 +33,7 @@ class Augmented:
 
 
 def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
-                   seed: int = 0) -> Iterator[Augmented]:
+                   seed: int = 0, policy: str = "default") -> Iterator[Augmented]:
     """For every image under ``data``, write ``copies`` augmented versions to the same relative folder under
     ``out`` as ``<name>.aug<k><ext>``; unreadable files are reported and skipped."""
     if copies < 1:
@@ -41,7 +41,7 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     data, out = Path(data), Path(out)
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: not a folder")
-    augmenter = make_augmenter(seed)
+    augmenter = make_augmenter(seed, policy)
     for path in list_images(data):
         try:
             image = decode_image(path.read_bytes(), str(path))

@@ -41,6 +41,8 @@ AugmentViews = Annotated[Optional[int], typer.Option(min=0, help="Augmented copi
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME [pretrained].", show_default=False)]
 Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way [off].", show_default=False)]
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
+Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness) or microscopy (any flip or turn, stain colour jitter).")]
+GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [off].", show_default=False)]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add).")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 
@@ -55,8 +57,8 @@ def train(
     test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Test folder, scored once at the end.")] = None,
     grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None, augment_views: AugmentViews = None,
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
-    freeze_until: FreezeUntil = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None,
+    group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
+    target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     seed: Seed = None,
 ) -> None:
@@ -81,8 +83,8 @@ def crossval(
     head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
     val_split: ValSplit = None, grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None,
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
-    group_pattern: GroupPattern = None, freeze_until: FreezeUntil = None,
-    target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None, seed: Seed = None,
+    group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
+    augmentation: Augmentation = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None, seed: Seed = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -114,8 +116,8 @@ def _recipe(preset: str | None, options: dict):
 
 
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
-                  "group_pattern", "target_sensitivity", "freeze_until")
-FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "seed")
+                  "group_pattern", "group_copies", "target_sensitivity", "freeze_until")
+FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "seed")
 
 
 @app.command()
@@ -166,13 +168,14 @@ def augment(
     data: ExistingDir,
     out: Annotated[Path, typer.Option("--out", help="Folder for the copies, mirroring DATA's sub-folders.")],
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies per image.")] = 5,
+    augmentation: Annotated[str, typer.Option(help="Policy: default or microscopy (as in medclf train).")] = "default",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write augmented copies of every image to disk (training augments on the fly and does not need this)."""
     from .augment import augment_folder
 
     done = failed = 0
-    for item in _library_call(lambda: augment_folder(data, out, copies, seed)):
+    for item in _library_call(lambda: augment_folder(data, out, copies, seed, augmentation)):
         if item.error is not None:
             failed += 1
             errors.print(f"[red]error[/red]: {item.source}: {item.error}", highlight=False)

@@ -15,7 +15,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medclf.runtime.atomic import write_json
 
-from .data import NameLabels, Splits, file_groups, read_dataset, stratified_split
+from .data import NameLabels, Splits, read_dataset, split_groups, stratified_split
 from .pipeline import Recipe, train_splits
 
 REPORTED = ("accuracy", "roc_auc_macro", "sensitivity", "specificity", "expected_calibration_error")
@@ -28,12 +28,13 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     folder = read_dataset(data, naming=naming)
     if np.bincount(folder.labels).min() < folds:
         raise ValueError(f"{data}: every class needs at least {folds} images for {folds}-fold cross-validation")
-    groups = file_groups(folder.paths, recipe.group_pattern) if recipe.group_pattern else None
+    groups = split_groups(folder, recipe.group_pattern, recipe.group_copies)
     splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
     per_fold = []
     for k, (rest, held) in enumerate(splitter.split(np.zeros(len(folder)), folder.labels, groups)):
-        train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, recipe.group_pattern)
+        inner_groups = groups[rest] if groups is not None else None
+        train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, inner_groups)
         result = train_splits(Splits(train, val, folder.subset(held)), Path(out) / f"fold{k}", recipe, cache_dir,
                               source=f"{data} fold {k + 1}/{folds}")
         per_fold.append(result.metrics["test"] | {"seconds": result.seconds})

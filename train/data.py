@@ -134,11 +134,12 @@ class Splits:
 
 
 def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str | os.PathLike[str] | None = None,
-                seed: int = 0, naming: NameLabels | None = None, group_pattern: str | None = None) -> Splits:
+                seed: int = 0, naming: NameLabels | None = None, group_pattern: str | None = None,
+                group_copies: bool = False) -> Splits:
     """Train/validation(/test) from a folder-per-class tree, or from a folder holding train/ [val/] [test/].
 
     Without a ``val`` folder, a stratified ``val_split`` fraction of training images is held out — whole
-    groups of them when ``group_pattern`` says which files belong together (see :func:`stratified_split`).
+    groups of them when ``group_pattern`` or ``group_copies`` says which files belong together.
     """
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
@@ -147,7 +148,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     if val_dir is not None:
         val = read_dataset(val_dir, train.classes, naming)
     else:
-        train, val = stratified_split(train, val_split, seed, group_pattern)
+        train, val = stratified_split(train, val_split, seed, split_groups(train, group_pattern, group_copies))
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None)
 
@@ -166,18 +167,28 @@ def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
     return np.asarray(groups)
 
 
+def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool = False) -> np.ndarray | None:
+    """Which files must stay together: augmented copies of one source (``copies``), files whose names share
+    ``pattern``'s match (a patient), or None (every file on its own)."""
+    if copies:
+        from .copies import copy_groups
+
+        return copy_groups(folder.paths, folder.labels)
+    return file_groups(folder.paths, pattern) if pattern else None
+
+
 def stratified_split(folder: ImageFolder, fraction: float, seed: int,
-                     group_pattern: str | None = None) -> tuple[ImageFolder, ImageFolder]:
-    """Hold out ``fraction`` of each class (at least one image per class); with ``group_pattern``, whole groups
-    (patients, source cells) go to one side, the fraction and class balance kept as nearly as groups allow."""
+                     groups: np.ndarray | None = None) -> tuple[ImageFolder, ImageFolder]:
+    """Hold out ``fraction`` of each class (at least one image per class); with ``groups`` (one per file), whole
+    groups (patients, source cells) go to one side, fraction and class balance kept as nearly as groups allow."""
     if not 0.0 < fraction < 1.0:
         raise DatasetError(f"validation fraction must be between 0 and 1, got {fraction}")
     counts = np.bincount(folder.labels)
     if counts.min() < 2:
         small = [folder.classes[i] for i in np.flatnonzero(counts < 2)]
         raise DatasetError(f"classes {small} have fewer than 2 images: cannot hold any out for validation")
-    if group_pattern is not None:
-        return _grouped_split(folder, fraction, seed, group_pattern)
+    if groups is not None:
+        return _grouped_split(folder, fraction, seed, groups)
     n_val = max(int(round(fraction * len(folder))), len(folder.classes))
     keep, held = train_test_split(np.arange(len(folder)), test_size=n_val, stratify=folder.labels,
                                   random_state=seed)
@@ -185,12 +196,11 @@ def stratified_split(folder: ImageFolder, fraction: float, seed: int,
 
 
 def _grouped_split(folder: ImageFolder, fraction: float, seed: int,
-                   pattern: str) -> tuple[ImageFolder, ImageFolder]:
-    groups = file_groups(folder.paths, pattern)
+                   groups: np.ndarray) -> tuple[ImageFolder, ImageFolder]:
     folds = max(2, round(1 / fraction))
     if len(np.unique(groups)) < folds:
-        raise DatasetError(f"--group-pattern {pattern!r} finds {len(np.unique(groups))} groups: too few to hold "
-                           f"out {fraction:.0%} of them")
+        raise DatasetError(f"the files form only {len(np.unique(groups))} groups (patients, sources): too few "
+                           f"to hold out {fraction:.0%} of them")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
     keep, held = next(splitter.split(np.zeros(len(folder)), folder.labels, groups))
     return folder.subset(np.sort(keep)), folder.subset(np.sort(held))

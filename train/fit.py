@@ -38,6 +38,7 @@ class FitConfig:
     patience: int = 6  # epochs without validation improvement before stopping
     augment_views: int = 2  # augmented copies per training image, for the cached-feature path
     augment: bool = True
+    augmentation: str = "default"  # a policy in AUGMENTATIONS: what transforms keep the label true
     balance_classes: bool = True
     mixup: float = 0.4  # fine-tuning mixes pairs of examples, weight ~ Beta(a, a); 0 disables
     label_smoothing: float = 0.1
@@ -46,15 +47,38 @@ class FitConfig:
     seed: int = 0
 
 
-def make_augmenter(seed: int) -> keras.Sequential:
-    """Random flips, rotation, zoom, shift and brightness on 0–255 float images."""
-    return keras.Sequential([
+def _default(seed: int) -> list[layers.Layer]:
+    """Mild and safe for most images: a mirror, small turns, zooms and shifts, brightness."""
+    return [
         layers.RandomFlip("horizontal", seed=seed),
         layers.RandomRotation(0.05, fill_mode="reflect", seed=seed + 1),
         layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
         layers.RandomTranslation(0.05, 0.05, fill_mode="reflect", seed=seed + 3),
         layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 4),
-    ], name="augment")
+    ]
+
+
+def _microscopy(seed: int) -> list[layers.Layer]:
+    """A cell on a slide has no up or left, and stains vary between labs: any flip or turn, colour jitter."""
+    return [
+        layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        layers.RandomRotation(0.5, fill_mode="reflect", seed=seed + 1),
+        layers.RandomZoom(0.1, fill_mode="reflect", seed=seed + 2),
+        layers.RandomBrightness(0.1, value_range=(0, 255), seed=seed + 4),
+        layers.RandomContrast(0.15, value_range=(0, 255), seed=seed + 5),
+        layers.RandomSaturation(0.2, value_range=(0, 255), seed=seed + 6),
+        layers.RandomHue(0.04, value_range=(0, 255), seed=seed + 7),
+    ]
+
+
+AUGMENTATIONS = {"default": _default, "microscopy": _microscopy}
+
+
+def make_augmenter(seed: int, policy: str = "default") -> keras.Sequential:
+    """Random label-preserving transforms of 0–255 float images, from one of ``AUGMENTATIONS``."""
+    if policy not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {policy!r}; choose one of {sorted(AUGMENTATIONS)}")
+    return keras.Sequential(AUGMENTATIONS[policy](seed), name="augment")
 
 
 def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndarray],
@@ -69,7 +93,7 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     train, val = (train[0], one_hot[train[1]]), (val[0], one_hot[val[1]])
     learning_rate = config.learning_rate or arch.learning_rate
     if arch.frozen_until is None:
-        augmenter = make_augmenter(config.seed) if config.augment else None
+        augmenter = make_augmenter(config.seed, config.augmentation) if config.augment else None
         _stage(model, _mixed(_batches(*train, config, augmenter), config), _batches(*val), learning_rate,
                config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs)
         return
@@ -141,7 +165,7 @@ def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray],
     images, labels = train
     views = [predict(frozen, images, dtype=np.float16)]  # half the memory; plenty of precision for features
     if config.augment:
-        augmenter = make_augmenter(config.seed)
+        augmenter = make_augmenter(config.seed, config.augmentation)
         views += [predict(frozen, images, augmenter, np.float16) for _ in range(config.augment_views)]
     return np.concatenate(views), np.concatenate([labels] * len(views))
 

@@ -48,6 +48,7 @@ class Recipe:
     pretrained: bool = True
     val_split: float = 0.15  # held out of training when the data has no val/ folder
     group_pattern: str | None = None  # regex naming a file's patient/source: groups never straddle a split
+    group_copies: bool = False  # near-identical colour histograms = augmented copies of one source: one group
     target_sensitivity: float | None = None  # binary: threshold for this sensitivity, else Youden's J
     freeze_until: str | None = None  # transfer models: last frozen layer (None: the architecture's own cut)
     fit: FitConfig = field(default_factory=FitConfig)
@@ -80,7 +81,7 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Rec
     """Train one model on a dataset folder and write its run directory. ``naming`` takes labels from file
     names; ``limit_per_class`` trains on a subset (demos, tests)."""
     splits = load_splits(data, val_split=recipe.val_split, test=test, seed=recipe.fit.seed, naming=naming,
-                         group_pattern=recipe.group_pattern)
+                         group_pattern=recipe.group_pattern, group_copies=recipe.group_copies)
     seed = recipe.fit.seed
     splits = Splits(_limit(splits.train, limit_per_class, seed), _limit(splits.val, limit_per_class, seed),
                     splits.test)

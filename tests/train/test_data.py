@@ -9,7 +9,8 @@ import pytest
 
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
-    DatasetError, NameLabels, file_groups, load_arrays, load_splits, read_folder, read_named, stratified_split)
+    DatasetError, NameLabels, file_groups, load_arrays, load_splits, read_folder, read_named, split_groups,
+    stratified_split)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -93,7 +94,7 @@ def test_labels_come_from_file_names_with_a_separator_and_position(tmp_path, cat
 def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray):
     folder = read_folder(chest_xray / "train")
     pattern = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
-    train, val = stratified_split(folder, 0.15, seed=0, group_pattern=pattern)
+    train, val = stratified_split(folder, 0.15, seed=0, groups=split_groups(folder, pattern))
     train_patients, val_patients = set(file_groups(train.paths, pattern)), set(file_groups(val.paths, pattern))
     assert not train_patients & val_patients
     assert 0.10 < len(val) / len(folder) < 0.20

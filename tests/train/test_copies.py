@@ -1,0 +1,41 @@
+"""Augmented copies of one source image are found and kept on one side of a split (real blood-cell data)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from medclf.train.copies import colour_signature, copy_groups
+from medclf.train.data import read_folder, stratified_split
+
+
+def test_turned_and_mirrored_copies_share_a_group_and_other_cells_do_not(blood_cells, tmp_path):
+    cells = sorted((blood_cells / "TEST" / "LYMPHOCYTE").iterdir())[:40]
+    source = cv2.imread(str(cells[0]))
+    copies = [cv2.rotate(source, cv2.ROTATE_90_CLOCKWISE), cv2.flip(source, 1), np.roll(source, 12, axis=1)]
+    paths = []
+    for i, image in enumerate(copies):
+        paths.append(str(tmp_path / f"copy{i}.png"))
+        cv2.imwrite(paths[-1], image)
+    paths += [str(p) for p in cells]
+    groups = copy_groups(tuple(paths), np.zeros(len(paths), np.int64))
+    assert len(set(groups[[0, 1, 2, len(copies)]])) == 1  # the copies and their source
+    assert len(np.unique(groups)) >= 5  # forty files (TEST holds copies too) are several sources, not one
+
+
+def test_an_unreadable_file_is_its_own_group(blood_cell_images, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert colour_signature(str(broken)) is None
+    groups = copy_groups((str(broken), str(blood_cell_images[0])), np.array([0, 0]))
+    assert groups[0] != groups[1]
+
+
+def test_a_copy_aware_split_holds_out_whole_sources(blood_cells):
+    folder = read_folder(blood_cells / "TEST")
+    groups = copy_groups(folder.paths, folder.labels)
+    train, val = stratified_split(folder, 0.2, seed=0, groups=groups)
+    index = {path: i for i, path in enumerate(folder.paths)}
+    train_groups = {groups[index[p]] for p in train.paths}
+    assert not train_groups & {groups[index[p]] for p in val.paths}
+    assert 0.1 < len(val) / len(folder) < 0.3 and len(np.unique(groups)) < len(folder) / 10

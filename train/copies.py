@@ -1,0 +1,70 @@
+"""Find augmented copies of one source image, so a validation split cannot hold copies of training images.
+
+Many public medical datasets ship pre-augmented: blood-cells/TRAIN is ~33 rotated, flipped and shifted copies
+of each of ~400 source cells. Copies on both sides of a split make validation measure memory (99.9% there
+against 86% on unseen cells). A colour histogram does not change under rotation, flips or small shifts, so
+images of one class whose histograms nearly coincide are treated as one source: linked pairs form groups.
+
+Measured on blood-cells/TRAIN/EOSINOPHIL (2,497 images): at the default distance, 99 groups, median 33 images,
+largest 34 — the dataset's copies per source (checked by eye: one group's images are one cell, turned).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from medclf.runtime.preprocess import ImageError, decode_image
+
+COPY_DISTANCE = 0.008  # 1 - Bhattacharyya coefficient between HSV histograms; copies sit below, other cells above
+_BINS = (16, 8, 8)
+
+
+def colour_signature(path: str) -> np.ndarray | None:
+    """Square root of the normalised HSV histogram (so a dot product is the Bhattacharyya coefficient)."""
+    try:
+        with open(path, "rb") as handle:
+            rgb = decode_image(handle.read(), path, "rgb")
+    except (ImageError, OSError):
+        return None
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    histogram = cv2.calcHist([hsv], [0, 1, 2], None, list(_BINS), [0, 180, 0, 256, 0, 256]).ravel()
+    return np.sqrt(histogram / max(histogram.sum(), 1.0)).astype(np.float32)
+
+
+def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = COPY_DISTANCE,
+                block: int = 2048) -> np.ndarray:
+    """A group id per file: files of one class whose colour signatures are within ``distance`` (directly or
+    through a chain of such files) share one. Unreadable files get groups of their own."""
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
+        signatures = list(pool.map(colour_signature, paths))
+    groups = np.arange(len(paths))
+    next_id = 0
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        readable = [i for i in members if signatures[i] is not None]
+        ids = _components(np.stack([signatures[i] for i in readable]), distance, block) if readable else []
+        groups[readable] = np.asarray(ids, dtype=np.int64) + next_id
+        next_id += (max(ids) + 1) if len(ids) else 0
+    unreadable = [i for i, s in enumerate(signatures) if s is None]
+    groups[unreadable] = next_id + np.arange(len(unreadable))
+    return groups
+
+
+def _components(signatures: np.ndarray, distance: float, block: int) -> np.ndarray:
+    """Connected components of the 'within distance' graph, built block by block to bound memory."""
+    rows, cols = [], []
+    for start in range(0, len(signatures), block):
+        close = 1.0 - signatures[start:start + block] @ signatures.T < distance
+        r, c = np.nonzero(close)
+        rows.append(r + start)
+        cols.append(c)
+    n = len(signatures)
+    graph = coo_matrix((np.ones(sum(map(len, rows)), np.int8), (np.concatenate(rows), np.concatenate(cols))),
+                       shape=(n, n))
+    return connected_components(graph, directed=False)[1]
