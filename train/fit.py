@@ -179,7 +179,7 @@ def _batches(x: np.ndarray, y: np.ndarray, config: FitConfig | None = None,
     dataset = dataset.batch(config.batch_size if config is not None else 256)
     dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
     if augmenter is not None:
-        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.map(lambda x, y: (augmenter(x, training=True), y))  # sequential, as in _mixed
     return dataset.prefetch(2)
 
 
@@ -198,7 +198,7 @@ def _mixed(dataset: tf.data.Dataset, config: FitConfig) -> tf.data.Dataset:
         wy = weight[:, None]
         return wx * x + (1 - wx) * tf.gather(x, partner), wy * y + (1 - wy) * tf.gather(y, partner)
 
-    return dataset.map(mix, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.map(mix)  # sequential: parallel calls would race for the random state (not reproducible)
 
 
 def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential | None = None,

@@ -100,6 +100,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = train_set.classes
+    keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
     model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
     model.get_layer(architecture.frozen_until or model.layers[0].name)  # an unknown layer fails before training
     fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY)

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import cv2
+import keras
+import numpy as np
 
 from medclf.rundir import RunDir
 from medclf.train.explain import explain_files
@@ -40,3 +42,26 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     [explained] = explain_files(tmp_path / "model.keras", [str(image)], tmp_path / "cam", target="normal")
     assert explained.label == "normal" and explained.heatmap.name == f"{image.stem}.normal.gradcam.png"
     assert cv2.imread(str(explained.heatmap)).shape[0] >= 320
+
+
+def test_the_defaults_train_on_tiny_grey_images_with_no_flags(chest_xray, tmp_path):
+    """28x28 single-channel PNGs (a MedMNIST-sized dataset): the default recipe takes them as they are."""
+    data = tmp_path / "data"
+    for name in ("NORMAL", "PNEUMONIA"):
+        (data / name).mkdir(parents=True)
+        for path in sorted((chest_xray / "test" / name).iterdir())[:12]:
+            grey = cv2.resize(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE), (28, 28), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(data / name / f"{path.stem}.png"), grey)
+    result = train(data, tmp_path / "run")
+    assert result.metrics["training"]["architecture"] == "mobilenet_v2"
+    assert result.metrics["validation"]["images"] >= 2 and (tmp_path / "run" / "model.keras").is_file()
+
+
+def test_the_same_seed_trains_the_same_model(cataract, tmp_path):
+    recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=FitConfig(epochs=2, head_epochs=1))
+    weights = []
+    for run in ("first", "second"):
+        train(cataract, tmp_path / run, recipe)
+        model = keras.models.load_model(tmp_path / run / "model.keras", compile=False)
+        weights.append(model.get_weights())
+    assert all(np.array_equal(a, b) for a, b in zip(*weights))
