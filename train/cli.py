@@ -43,6 +43,7 @@ Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equal
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
 Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness) or microscopy (any flip or turn, stain colour jitter).")]
 GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [off].", show_default=False)]
+Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) [plateau].")]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add).")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 
@@ -58,7 +59,7 @@ def train(
     grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None, augment_views: AugmentViews = None,
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
-    target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
+    schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     seed: Seed = None,
 ) -> None:
@@ -84,7 +85,8 @@ def crossval(
     val_split: ValSplit = None, grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None,
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
-    augmentation: Augmentation = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None, seed: Seed = None,
+    augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
+    name_labels: NameLabelsOption = None, seed: Seed = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -117,7 +119,7 @@ def _recipe(preset: str | None, options: dict):
 
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
                   "group_pattern", "group_copies", "target_sensitivity", "freeze_until")
-FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "seed")
+FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "schedule", "seed")
 
 
 @app.command()

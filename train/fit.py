@@ -36,6 +36,9 @@ class FitConfig:
     batch_size: int = 32
     learning_rate: float | None = None  # None: the architecture's own
     patience: int = 6  # epochs without validation improvement before stopping
+    schedule: str = "plateau"  # learning rate: "plateau" (x0.3 after patience/2 flat epochs) or "step" (halve
+    # every step_epochs epochs, as the seed tutorials did)
+    step_epochs: int = 5
     augment_views: int = 2  # augmented copies per training image, for the cached-feature path
     augment: bool = True
     augmentation: str = "default"  # a policy in AUGMENTATIONS: what transforms keep the label true
@@ -127,7 +130,7 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
     """
     callbacks = [
         keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=not ema_epochs),
-        keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, config.patience // 2)),
+        _schedule(config, learning_rate, initial_epoch),
         keras.callbacks.CSVLogger(str(log_csv), append=True),
         RichProgress(name, epochs),
     ]
@@ -140,6 +143,16 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
                         callbacks=callbacks, class_weight=class_weight, verbose=0)
     return initial_epoch + len(history.epoch)
+
+
+def _schedule(config: FitConfig, learning_rate: float, initial_epoch: int) -> keras.callbacks.Callback:
+    """The learning-rate schedule of one stage: reduce on a validation plateau, or step decay."""
+    if config.schedule == "plateau":
+        return keras.callbacks.ReduceLROnPlateau("val_loss", factor=0.3, patience=max(1, config.patience // 2))
+    if config.schedule == "step":
+        return keras.callbacks.LearningRateScheduler(
+            lambda epoch: learning_rate * 0.5 ** ((epoch - initial_epoch) // config.step_epochs))
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose plateau or step")
 
 
 def _split(model: keras.Model, frozen_until: str) -> tuple[keras.Model, ...]:

@@ -1,0 +1,40 @@
+"""Fitting paths and schedules, on small real subsets (cataract photos)."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pytest
+
+from medclf.train.fit import FitConfig
+from medclf.train.pipeline import Recipe, train
+
+
+def history(run_dir) -> list[dict[str, str]]:
+    with open(run_dir / "history.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_step_decay_halves_the_learning_rate_every_step(cataract, tmp_path):
+    config = FitConfig(epochs=3, schedule="step", step_epochs=1, patience=10, ema_epochs=0)
+    train(cataract, tmp_path, Recipe(arch="small_cnn", image_size=32, val_split=0.3, fit=config))
+    rates = [float(row["learning_rate"]) for row in history(tmp_path)]
+    np.testing.assert_allclose(rates, [1e-3, 5e-4, 2.5e-4], rtol=1e-5)
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
+                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+def test_two_frozen_backbones_train_only_their_head(cataract, tmp_path):
+    import keras
+
+    from medclf.train.architectures import get_architecture
+
+    config = FitConfig(epochs=1, head_epochs=1, augment_views=0)
+    result = train(cataract, tmp_path, Recipe(arch="two_backbones", image_size=64, val_split=0.3, fit=config))
+    trained = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    fresh = get_architecture("two_backbones").build((64, 64, 3), 2, True)
+    for layer in ("Conv1", "conv_pw_13"):  # one layer of each backbone: still ImageNet's
+        np.testing.assert_array_equal(trained.get_layer(layer).get_weights()[0], fresh.get_layer(layer).get_weights()[0])
+    assert len(history(tmp_path)) == 2 and result.metrics["validation"]["roc_auc_macro"] is not None
