@@ -1,4 +1,5 @@
-"""``medclf``: the toolchain CLI — train, evaluate, export, demo. Thin commands: validate, call the library.
+"""``medclf``: the toolchain CLI — train, crossval, evaluate, explain, augment, export, demo. Thin commands:
+validate, call the library.
 
 TensorFlow is imported inside the commands that need it, so ``medclf --help`` answers at once.
 """

@@ -10,6 +10,7 @@ import pytest
 
 from medclf.export import pipeline
 from medclf.export.verify import Tolerance, VerificationError, compare
+from medclf.rundir import RunDir
 from medclf.runtime import Classifier, load_image
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, predict, train
@@ -80,3 +81,18 @@ def test_compare_flags_disagreement_and_nan():
     flipped = compare(reference, reference[:, ::-1], Tolerance(1.0, 1e-4))
     assert flipped.agreement == 0.0 and len(flipped.failures) == 2
     assert not compare(reference, np.full_like(reference, np.nan), Tolerance(0.0, 1.0)).passed
+
+
+def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_calls_by_it(cataract, tmp_path):
+    recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.5, target_sensitivity=1.0,
+                    fit=FitConfig(epochs=1, head_epochs=1, augment_views=0))
+    train(cataract, tmp_path / "run", recipe)
+    pipeline.export_run(tmp_path / "run" / "model.keras", tmp_path / "out")
+    classifier = Classifier(tmp_path / "out" / "model.onnx")
+    decision = RunDir(tmp_path / "run").decision
+    assert classifier.card.decision == decision and decision.rule == "sensitivity>=1"
+    paths = [str(p) for p in sorted((cataract / "cataract").iterdir())[:6]]
+    calls = [p.label for p in classifier.classify(paths)]
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in paths])
+    p_cataract = classifier.predict(images)[:, classifier.labels.index("cataract")]
+    assert calls == ["cataract" if p >= decision.threshold else "normal" for p in p_cataract]
