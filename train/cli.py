@@ -125,14 +125,14 @@ FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
     data: ExistingDir,
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name>.")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
 ) -> None:
-    """Score MODEL on a folder-per-class DATA set: accuracy, ROC AUC, per-class scores, calibration, and for
-    binary tasks sensitivity/specificity at the threshold chosen on the run's validation split."""
+    """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
+    AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold."""
     from .pipeline import evaluate_run
 
     out = out or model.parent / f"evaluation-{data.resolve().name}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json, write_text
+from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
@@ -131,24 +133,52 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                  out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None) -> dict:
-    """Score a trained model on a folder-per-class dataset with the run's own labels, preprocessing and
-    threshold; with ``target_sensitivity``, a new threshold is chosen on the run's validation split first.
+    """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
+    ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
+    the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
     With ``out``, writes ``metrics.json``, ``confusion_matrix.png`` and ``roc.png`` there."""
-    run = RunDir.of_model(model_path)
-    classes, preprocess, decision = run.labels, run.preprocess, run.decision
-    model = keras.models.load_model(model_path, compile=False)
+    scorer = _Scorer.load(model_path)
+    classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
     if target_sensitivity is not None:
-        paths, labels = run.validation_split()
+        if scorer.run is None:
+            raise ValueError(f"{model_path}: choosing a new threshold needs the run directory; pass "
+                             "RUN_DIR/model.keras, or export again after choosing it")
+        paths, labels = scorer.run.validation_split()
         val = ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
         val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
-        decision = choose_threshold(val_y, predict(model, val_x), classes, target_sensitivity)
+        decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     images, labels, _ = load_arrays(read_dataset(data, classes, naming), preprocess, cache_dir)
-    probabilities = predict(model, images)
+    probabilities = scorer.predict(images)
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision)
     metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name)
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
+
+
+@dataclass(frozen=True)
+class _Scorer:
+    """What evaluation needs of a model, whichever file it is."""
+
+    labels: tuple[str, ...]
+    preprocess: Preprocess
+    decision: Decision | None
+    predict: Callable[[np.ndarray], np.ndarray]  # uint8 images → probabilities
+    run: RunDir | None  # the run directory, for a Keras model
+
+    @classmethod
+    def load(cls, model_path: str | os.PathLike[str]) -> "_Scorer":
+        if Path(model_path).suffix == ".onnx":
+            classifier = Classifier(model_path)
+
+            def predict_onnx(images: np.ndarray) -> np.ndarray:  # in batches, to bound activation memory
+                return np.concatenate([classifier.predict(images[i:i + 64]) for i in range(0, len(images), 64)])
+
+            card = classifier.card
+            return cls(card.labels, card.preprocess, card.decision, predict_onnx, None)
+        run = RunDir.of_model(model_path)
+        model = keras.models.load_model(model_path, compile=False)
+        return cls(run.labels, run.preprocess, run.decision, lambda x: predict(model, x), run)
 
 
 def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
