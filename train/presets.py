@@ -15,9 +15,10 @@ CHEST_XRAY_PATIENT = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
 PRESETS: dict[str, Recipe] = {
     # Wright-stained smears: look at the nucleus, not the red cells (crop on the stain, 40% of the short side).
     # TRAIN ships ~33 augmented copies per cell: validation holds out whole cells, so it predicts TEST
-    # (86.4% vs 84.1%; with copies on both sides it said 99.9% for a model that scored 85.8%).
+    # (89.8% vs 86.3%; with copies on both sides it said 99.9% for a model that scored 85.8%). Fine-tuning
+    # from block 10 rather than 13: validation 86.4% → 89.8%, TEST 84.1% → 86.3%.
     "blood-cells": Recipe(arch="mobilenet_v2", image_size=160, crop="stain", crop_fraction=0.4, group_copies=True,
-                          fit=FitConfig(epochs=18, batch_size=64, augment_views=1)),
+                          freeze_until="block_9_add", fit=FitConfig(epochs=18, batch_size=64, augment_views=1)),
     # Pediatric radiographs: validation split by patient, so the threshold is chosen on unseen patients;
     # full 224 px with local contrast equalised; fine-tuned from block 10 up (ImageNet's top blocks alone
     # reached test AUC 0.859 at 160 px without CLAHE, 0.910 at 224 px with it; from block 10, 0.910 too and
