@@ -9,11 +9,10 @@ threshold chosen on validation data), ``history.csv``, ``metrics.json`` (validat
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import keras
@@ -61,7 +60,7 @@ class Recipe:
             return architecture
         if architecture.frozen_until is None:
             raise ValueError(f"{self.arch} trains from scratch: it has no frozen part to move")
-        return dataclasses.replace(architecture, frozen_until=self.freeze_until)
+        return replace(architecture, frozen_until=self.freeze_until)
 
     def preprocess(self) -> Preprocess:
         size = self.image_size or get_architecture(self.arch).default_size
