@@ -74,5 +74,4 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarra
 
 
 def onnx_probabilities(onnx_path: str, images: np.ndarray, batch: int = 32) -> np.ndarray:
-    classifier = Classifier(onnx_path)
-    return np.concatenate([classifier.predict(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return Classifier(onnx_path).predict(images, batch_size=batch)

@@ -9,6 +9,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
+import cv2
+import numpy as np
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
@@ -31,3 +34,12 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
 
 def write_json(path: str | os.PathLike[str], value: object) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
+
+
+def write_image(path: str | os.PathLike[str], bgr: np.ndarray) -> None:
+    """Encode an OpenCV (BGR) image in the format its suffix names, and write it atomically."""
+    ok, encoded = cv2.imencode(Path(path).suffix, bgr)
+    if not ok:
+        raise OSError(f"{path}: cannot encode an image as {Path(path).suffix}")
+    with atomic_write(path, "wb") as handle:
+        handle.write(encoded.tobytes())

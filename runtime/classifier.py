@@ -69,9 +69,12 @@ class Classifier:
     def labels(self) -> tuple[str, ...]:
         return self.card.labels
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        """Probabilities ``[N, classes]`` for a uint8 batch ``[N, H, W, C]`` already preprocessed."""
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+    def predict(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Probabilities ``[N, classes]`` for uint8 images ``[N, H, W, C]`` already preprocessed; in runs of
+        ``batch_size`` when given (many images at once would hold all their activations in memory)."""
+        if batch_size is None or len(images) <= batch_size:
+            return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+        return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16) -> Iterator[Prediction]:
         """Classify files in order, batching the good ones; a bad file yields an error, the rest go on."""

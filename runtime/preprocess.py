@@ -157,13 +157,18 @@ def stain_centre(image: np.ndarray, min_pixels: int = 20) -> tuple[int, int]:
     return int(np.median(ys)), int(np.median(xs))
 
 
-def load_image(path: str | os.PathLike[str], preprocess: Preprocess) -> np.ndarray:
-    """Read, decode and resize one file: the model input for one image, HWC uint8."""
+def read_image(path: str | os.PathLike[str], color: str = "rgb") -> np.ndarray:
+    """Read and decode one file at its own size, HWC uint8; an unreadable file is an :class:`ImageError`."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(str(path), exc.strerror or str(exc)) from None
-    return resize(decode_image(data, str(path), preprocess.color), preprocess)
+    return decode_image(data, str(path), color)
+
+
+def load_image(path: str | os.PathLike[str], preprocess: Preprocess) -> np.ndarray:
+    """Read, decode and resize one file: the model input for one image, HWC uint8."""
+    return resize(read_image(path, preprocess.color), preprocess)
 
 
 def _to_color(image: np.ndarray, color: str) -> np.ndarray:

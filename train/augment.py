@@ -16,9 +16,9 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from medclf.runtime.atomic import atomic_write
+from medclf.runtime.atomic import write_image
 from medclf.runtime.inputs import list_images
-from medclf.runtime.preprocess import ImageError, decode_image
+from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
 
@@ -44,22 +44,15 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     augmenter = make_augmenter(seed, policy)
     for path in list_images(data):
         try:
-            image = decode_image(path.read_bytes(), str(path))
-        except (ImageError, OSError) as exc:
-            yield Augmented(str(path), error=getattr(exc, "reason", str(exc)))
+            image = read_image(path)
+        except ImageError as exc:
+            yield Augmented(str(path), error=exc.reason)
             continue
         batch = tf.cast(np.repeat(image[None], copies, axis=0), tf.float32)
         views = np.clip(np.rint(augmenter(batch, training=True).numpy()), 0, 255).astype(np.uint8)
         suffix = path.suffix.lower() if path.suffix.lower() in WRITABLE else ".png"
         folder = out / path.parent.relative_to(data)
-        written = tuple(_write(folder / f"{path.stem}.aug{k}{suffix}", view) for k, view in enumerate(views))
+        written = tuple(folder / f"{path.stem}.aug{k}{suffix}" for k in range(copies))
+        for destination, view in zip(written, views):
+            write_image(destination, cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
         yield Augmented(str(path), written)
-
-
-def _write(path: Path, rgb: np.ndarray) -> Path:
-    ok, encoded = cv2.imencode(path.suffix, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise OSError(f"{path}: encoding failed")
-    with atomic_write(path, "wb") as handle:
-        handle.write(encoded.tobytes())
-    return path

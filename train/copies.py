@@ -19,7 +19,7 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from medclf.runtime.preprocess import ImageError, decode_image
+from medclf.runtime.preprocess import ImageError, read_image
 
 COPY_DISTANCE = 0.008  # 1 - Bhattacharyya coefficient between HSV histograms; copies sit below, other cells above
 _BINS = (16, 8, 8)
@@ -28,9 +28,8 @@ _BINS = (16, 8, 8)
 def colour_signature(path: str) -> np.ndarray | None:
     """Square root of the normalised HSV histogram (so a dot product is the Bhattacharyya coefficient)."""
     try:
-        with open(path, "rb") as handle:
-            rgb = decode_image(handle.read(), path, "rgb")
-    except (ImageError, OSError):
+        rgb = read_image(path)
+    except ImageError:
         return None
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
     histogram = cv2.calcHist([hsv], [0, 1, 2], None, list(_BINS), [0, 180, 0, 256, 0, 256]).ravel()

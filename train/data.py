@@ -57,12 +57,17 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    per_class = {name: list_images(root / name) for name in found}
-    found = [name for name in found if per_class[name]]
+    return _labelled(root, {name: list_images(root / name) for name in found}, classes, "class folders")
+
+
+def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...] | None,
+              kind: str) -> ImageFolder:
+    """Files grouped by class name → an ImageFolder in ``classes`` order (default: the names found, sorted)."""
+    found = sorted(name for name, files in per_class.items() if files)
     if classes is None:
         classes = tuple(found)
         if len(classes) < 2:
-            raise DatasetError(f"{root}: need at least 2 class folders with images, found {len(classes)}")
+            raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}")
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}")
@@ -93,22 +98,18 @@ def read_named(root: str | os.PathLike[str], naming: NameLabels,
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    paths = list_images(root)
-    named = [(path, naming.label(path)) for path in paths]
-    unlabelled = [path.name for path, label in named if label is None]
+    per_class: dict[str, list[Path]] = {}
+    unlabelled = []
+    for path in list_images(root):
+        label = naming.label(path)
+        if label is None:
+            unlabelled.append(path.name)
+        else:
+            per_class.setdefault(label, []).append(path)
     if unlabelled:
         raise DatasetError(f"{root}: {len(unlabelled)} file names have no label part at position "
                            f"{naming.position} after splitting on {naming.separator!r}, e.g. {unlabelled[0]}")
-    found = tuple(sorted({label for _, label in named}))
-    classes = classes or found
-    if len(classes) < 2:
-        raise DatasetError(f"{root}: need at least 2 classes in the file names, found {list(found)}")
-    unknown = sorted(set(found) - set(classes))
-    if unknown:
-        raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}")
-    index = {name: i for i, name in enumerate(classes)}
-    return ImageFolder(tuple(str(path) for path, _ in named),
-                       np.asarray([index[label] for _, label in named], dtype=np.int64), tuple(classes))
+    return _labelled(root, per_class, classes, "classes in the file names")
 
 
 def read_dataset(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None,

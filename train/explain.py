@@ -8,7 +8,7 @@ saw it (after the run's own crop and resize), so a reader judges the model, not 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import atomic_write
+from medclf.runtime.atomic import write_image
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
@@ -34,6 +34,10 @@ def last_conv_layer(model: keras.Model) -> str:
     raise ValueError(f"model {model.name} has no convolutional feature map to explain")
 
 
+def _most_probable(probabilities: np.ndarray) -> np.ndarray:
+    return probabilities.argmax(axis=1)
+
+
 class GradCam:
     """Heatmaps for one model, with the gradient graph built once."""
 
@@ -41,16 +45,15 @@ class GradCam:
         self.layer = layer or last_conv_layer(model)
         self._model = keras.Model(model.input, [model.get_layer(self.layer).output, model.output])
 
-    def predict(self, images: np.ndarray) -> np.ndarray:
-        return self._model(tf.cast(images, tf.float32), training=False)[1].numpy()
-
-    def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None,
+                 choose: Callable[[np.ndarray], np.ndarray] = _most_probable) -> tuple[np.ndarray, np.ndarray]:
         """Heatmaps ``[N, H, W]`` in 0..1 at the input size, and probabilities ``[N, classes]``, for uint8 images.
-        ``classes`` picks the class explained per image (default: the most probable)."""
+        ``classes`` picks the class explained per image; without it, ``choose`` picks from the probabilities
+        of the same forward pass (default: the most probable)."""
         x = tf.cast(images, tf.float32)
         with tf.GradientTape() as tape:
             features, probabilities = self._model(x, training=False)
-            chosen = classes if classes is not None else tf.argmax(probabilities, axis=1)
+            chosen = classes if classes is not None else choose(probabilities.numpy())
             score = tf.gather(probabilities, chosen, axis=1, batch_dims=1)
         gradients = tape.gradient(score, features)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
@@ -94,25 +97,19 @@ def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out:
 
 def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, ...], preprocess: Preprocess,
              decision: Decision | None, target: str | None) -> Iterator[Explanation]:
+    classes = [labels.index(target)] if target is not None else None
+
+    def call(probabilities: np.ndarray) -> np.ndarray:  # the call the runtime would make
+        return decide(probabilities, labels, decision)
+
     for path in paths:
         try:
             image = load_image(path, preprocess)
         except ImageError as exc:
             yield Explanation(path=path, error=exc.reason)
             continue
-        if target is None:  # the call the runtime would make
-            chosen = int(decide(cam.predict(image[None]), labels, decision)[0])
-        else:
-            chosen = labels.index(target)
-        heatmaps, probabilities = cam(image[None], [chosen])
+        heatmaps, probabilities = cam(image[None], classes, call)
+        chosen = classes[0] if classes is not None else int(call(probabilities)[0])
         destination = out / f"{Path(path).stem}.{labels[chosen]}.gradcam.png"
-        _write_png(destination, overlay(image, heatmaps[0]))
+        write_image(destination, overlay(image, heatmaps[0]))
         yield Explanation(path, labels[chosen], float(probabilities[0, chosen]), destination)
-
-
-def _write_png(path: Path, bgr: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", bgr)
-    if not ok:
-        raise OSError(f"{path}: PNG encoding failed")
-    with atomic_write(path, "wb") as handle:
-        handle.write(encoded.tobytes())

@@ -201,8 +201,7 @@ def _mixed(dataset: tf.data.Dataset, config: FitConfig) -> tf.data.Dataset:
     if not config.mixup:
         return dataset
 
-    def mix(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        x = tf.cast(x, tf.float32)
+    def mix(x: tf.Tensor, y: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:  # x is float32 already (_batches)
         n = tf.shape(x)[0]
         a, b = tf.random.gamma([n], config.mixup), tf.random.gamma([n], config.mixup)
         weight = a / (a + b)  # ~ Beta(mixup, mixup)

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -103,7 +104,6 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     classes = train_set.classes
     keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
     model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
-    model.get_layer(architecture.frozen_until or model.layers[0].name)  # an unknown layer fails before training
     fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY)
 
     val_p = predict(model, val_x)
@@ -169,12 +169,8 @@ class _Scorer:
     def load(cls, model_path: str | os.PathLike[str]) -> "_Scorer":
         if Path(model_path).suffix == ".onnx":
             classifier = Classifier(model_path)
-
-            def predict_onnx(images: np.ndarray) -> np.ndarray:  # in batches, to bound activation memory
-                return np.concatenate([classifier.predict(images[i:i + 64]) for i in range(0, len(images), 64)])
-
             card = classifier.card
-            return cls(card.labels, card.preprocess, card.decision, predict_onnx, None)
+            return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64), None)
         run = RunDir.of_model(model_path)
         model = keras.models.load_model(model_path, compile=False)
         return cls(run.labels, run.preprocess, run.decision, lambda x: predict(model, x), run)
