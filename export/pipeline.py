@@ -1,12 +1,17 @@
-"""``medclf export`` as a function: a run directory's Keras model → verified ``model.onnx`` + report.
+"""``medclf export`` as a function: a run directory's Keras model → verified ONNX files, one per precision.
 
-The ONNX file is first written under a temporary name, verified against Keras on real held-out images, and
-only then renamed to ``model.onnx``. ``export_report.json`` is written either way and says what was compared.
+FP32 is always made (FP16 and INT8 derive from it). Every file is first written in a private work folder,
+verified against Keras on real held-out images within its precision's tolerance, timed on the CPU, and only
+then moved to its final name. ``export_report.json`` is written either way and says what was compared.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import keras
@@ -17,43 +22,148 @@ from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
-from medclf.runtime.preprocess import ImageError, Preprocess, load_image
+from medclf.runtime.preprocess import ImageError, load_image
+from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
+from .fp16 import to_fp16
+from .int8 import ImageCalibrationReader, to_int8
 from .onnx_export import OPSET, convert, provenance
+from .speed import cpu_speed
+from .triton import write_model
 from .verify import TOLERANCES, VerificationError, compare, keras_probabilities, onnx_probabilities
 
+PRECISIONS = ("fp32", "fp16", "int8")
+FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 MAX_VERIFY_IMAGES = 256
+CALIBRATION_IMAGES = 256
+TRITON_MAX_BATCH = 64
 
 
 def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-               verify_data: str | os.PathLike[str] | None = None, max_images: int = MAX_VERIFY_IMAGES) -> dict:
-    """Export, verify, and publish ``OUT_DIR/model.onnx``; raise :class:`VerificationError` if it disagrees."""
-    model_path = Path(model_path)
-    run_dir = model_path.parent
+               precisions: tuple[str, ...] = ("fp32",), verify_data: str | os.PathLike[str] | None = None,
+               calibration_data: str | os.PathLike[str] | None = None,
+               max_images: int = MAX_VERIFY_IMAGES, engine: BatchProfile | None = None,
+               triton: str | os.PathLike[str] | None = None, strict: bool = True) -> dict:
+    """Export, verify and publish one file per precision in ``OUT_DIR``. A file that disagrees with Keras is not
+    published (the others are); ``strict`` raises :class:`VerificationError` naming every such file, otherwise
+    the report's ``passed`` says so. ``engine`` also builds, verifies and publishes a TensorRT engine per
+    precision (GPU machines only); ``triton`` writes a Triton model repository of what was published."""
+    model_path, out = Path(model_path), Path(out_dir)
+    precisions = _with_fp32(precisions)
+    if engine is not None:  # no TensorRT or no GPU: say so now, before minutes of work
+        tensorrt()
+        gpu_identity()
     card = _model_card(model_path)
     model = keras.models.load_model(model_path, compile=False)
-    paths, labels = _verification_images(run_dir, verify_data, max_images)
-    images, labels = _load(paths, labels, card.preprocess)
-
-    out = Path(out_dir)
+    images, labels = _load(*_verification_images(model_path.parent, verify_data, max_images), card)
+    reference = keras_probabilities(model, images)
+    report = {"model": str(model_path), "opset": OPSET, "images": len(images),
+              "verified_on": f"{len(images)} real images ({_describe(model_path.parent, verify_data)})",
+              "precisions": {}}
     out.mkdir(parents=True, exist_ok=True)
-    final = out / "model.onnx"
-    candidate = out / f".model.onnx.{os.getpid()}.candidate"
-    try:
-        onnx.save(convert(model, card), str(candidate))
-        comparison = compare(keras_probabilities(model, images), onnx_probabilities(str(candidate), images),
-                             TOLERANCES["fp32"], labels)
-        report = {"model": str(model_path), "onnx": str(final), "precision": "fp32", "opset": OPSET,
-                  "verified_on": f"{len(images)} real images ({_describe(run_dir, verify_data)})",
-                  "size_bytes": candidate.stat().st_size, **comparison.to_dict()}
-        if comparison.passed:
-            os.replace(candidate, final)
-    finally:
-        candidate.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
+        fp32 = Path(work) / FILE_NAMES["fp32"]
+        _save(convert(model, card), card, fp32)
+        candidates = {}
+        for precision in precisions:
+            candidates[precision] = _derive(precision, fp32, card, model_path, calibration_data)
+            entry = _verify(candidates[precision], reference, images, labels, TOLERANCES[precision])
+            report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry}
+            if precision == "fp32" and not entry["passed"]:
+                break  # the other precisions derive from a file that is already wrong
+        for precision, entry in report["precisions"].items():  # publish only once everything is measured
+            if entry["passed"]:
+                os.replace(candidates[precision], entry["file"])
+                if engine is not None:
+                    entry["tensorrt"] = _engine(Path(entry["file"]), precision, engine, reference, images, labels)
+    report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
+        set(report["precisions"]) == set(precisions)
+    if triton is not None:
+        report["triton"] = _triton(Path(triton), model_path.parent.name, report, card, engine)
     write_json(out / "export_report.json", report)
-    if not comparison.passed:
-        raise VerificationError(f"{final} not written: {'; '.join(comparison.failures)}")
+    if strict and not report["passed"]:
+        raise VerificationError("; ".join(f"{file} not written: {', '.join(failures)}"
+                                          for file, failures in failed_files(report)))
     return report
+
+
+def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None,
+            tolerance) -> dict:
+    """The comparison with Keras, the file's size, and its CPU speed when it passed."""
+    comparison = compare(reference, onnx_probabilities(str(candidate), images), tolerance, labels)
+    entry = {"size_bytes": candidate.stat().st_size, **comparison.to_dict()}
+    if comparison.passed:
+        entry.update(cpu_speed(candidate, images))
+    return entry
+
+
+def failed_files(report: dict) -> list[tuple[str, list[str]]]:
+    """``(file, reasons)`` for every ONNX file or engine in the report that failed verification."""
+    failed = []
+    for entry in report["precisions"].values():
+        for item in (entry, entry.get("tensorrt")):
+            if item is not None and not item["passed"]:
+                failed.append((item["file"], item["failures"]))
+    return failed
+
+
+def _passed(entry: dict) -> bool:
+    return entry["passed"] and entry.get("tensorrt", {"passed": True})["passed"]
+
+
+def _engine(onnx_file: Path, precision: str, profile: BatchProfile, reference: np.ndarray, images: np.ndarray,
+            labels: np.ndarray | None) -> dict:
+    """Build (or reuse from the cache) the TensorRT engine for a published file, verify it like the ONNX file,
+    and publish it next to it as ``.plan``."""
+    plan = EngineCache().engine_for(onnx_file, precision, profile)
+    comparison = compare(reference, TensorRTEngine(plan).predict(images), TOLERANCES[precision], labels)
+    final = onnx_file.with_suffix(".plan")
+    if comparison.passed:
+        shutil.copyfile(plan, final)
+    return {"file": str(final), "cached_as": str(plan), "profile": dataclasses.asdict(profile),
+            **comparison.to_dict()}
+
+
+def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchProfile | None) -> list[str]:
+    """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ..."""
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
+    written = []
+    max_batch = engine.max if engine is not None else TRITON_MAX_BATCH
+    for precision, entry in report["precisions"].items():
+        suffix = "" if precision == "fp32" else f"_{precision}"
+        if entry["passed"]:
+            written.append(write_model(repo, name + suffix, entry["file"], entry["file"], card, max_batch))
+        if entry.get("tensorrt", {}).get("passed"):
+            written.append(write_model(repo, f"{name}_tensorrt_{precision}", entry["tensorrt"]["file"],
+                                       entry["file"], card, max_batch))
+    return [str(path) for path in written]
+
+
+def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = set(precisions) - set(PRECISIONS)
+    if unknown:
+        raise ValueError(f"unknown precision {', '.join(sorted(unknown))}; choose from {', '.join(PRECISIONS)}")
+    return tuple(p for p in PRECISIONS if p == "fp32" or p in precisions)
+
+
+def _derive(precision: str, fp32: Path, card: ModelCard, model_path: Path,
+            calibration_data: str | os.PathLike[str] | None) -> Path:
+    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card."""
+    if precision == "fp32":
+        return fp32
+    target = fp32.with_name(FILE_NAMES[precision])
+    if precision == "fp16":
+        proto = to_fp16(onnx.load(str(fp32)))
+    else:
+        paths = _calibration_images(model_path.parent, calibration_data)
+        proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess))
+    _save(proto, dataclasses.replace(card, precision=precision), target)
+    return target
+
+
+def _save(proto: onnx.ModelProto, card: ModelCard, path: Path) -> None:
+    onnx.helper.set_model_props(proto, card.to_metadata())
+    onnx.save(proto, str(path))
 
 
 def _model_card(model_path: Path) -> ModelCard:
@@ -66,32 +176,58 @@ def _model_card(model_path: Path) -> ModelCard:
 
 
 def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
-                         max_images: int) -> tuple[list[str], list[int] | None]:
-    """The run's held-out validation images, or the images under ``data``; evenly spread, at most ``max_images``."""
+                         max_images: int) -> tuple[list[str], list[str] | None]:
+    """The run's held-out validation images, or the images under ``data``; evenly spread, at most ``max_images``.
+    Labels are class names: the run's own, or the folder each file sits in."""
     if data is not None:
-        paths, labels = [str(p) for p in list_images(data)], None
+        paths = [str(p) for p in list_images(data)]
+        names = [Path(p).parent.name for p in paths]
     else:
         try:
-            paths, labels = RunDir(run_dir).validation_split()
+            paths, indices = RunDir(run_dir).validation_split()
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}; pass --verify-data with real images to verify on") from None
+        names = [RunDir(run_dir).labels[i] for i in indices]
     if not paths:
         raise FileNotFoundError(f"no images to verify on in {data or run_dir / 'splits.json'}")
-    pick = np.unique(np.linspace(0, len(paths) - 1, min(max_images, len(paths))).astype(int))
-    return [paths[i] for i in pick], [labels[i] for i in pick] if labels is not None else None
+    pick = _spread(len(paths), max_images)
+    return [paths[i] for i in pick], [names[i] for i in pick]
 
 
-def _load(paths: list[str], labels: list[int] | None, preprocess: Preprocess) -> tuple[np.ndarray, np.ndarray | None]:
+def _calibration_images(run_dir: Path, data: str | os.PathLike[str] | None) -> list[str]:
+    """INT8 calibration images: those under ``data``, or the run's own training images; evenly spread."""
+    if data is not None:
+        paths = [str(p) for p in list_images(data)]
+    else:
+        try:
+            paths, _ = RunDir(run_dir).training_split()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"{exc}; pass --calibration with real training images") from None
+    if not paths:
+        raise FileNotFoundError(f"no calibration images in {data or run_dir / 'splits.json'}")
+    return [paths[i] for i in _spread(len(paths), CALIBRATION_IMAGES)]
+
+
+def _spread(count: int, most: int) -> np.ndarray:
+    """Indices of at most ``most`` items evenly spread over ``count`` (lists are sorted by class, so this keeps
+    every class in proportion)."""
+    return np.unique(np.linspace(0, count - 1, min(most, count)).astype(int))
+
+
+def _load(paths: list[str], names: list[str], card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
+    """Decoded images, and their label indices when every file's class is one of the model's labels."""
     images, kept = [], []
     for i, path in enumerate(paths):
         try:
-            images.append(load_image(path, preprocess))
+            images.append(load_image(path, card.preprocess))
             kept.append(i)
         except ImageError:
             continue
     if not images:
         raise FileNotFoundError("none of the verification images could be read")
-    return np.stack(images), (np.asarray(labels)[kept] if labels is not None else None)
+    kept_names = [names[i] for i in kept]
+    labelled = all(name in card.labels for name in kept_names)
+    return np.stack(images), np.array([card.labels.index(n) for n in kept_names]) if labelled else None
 
 
 def _describe(run_dir: Path, data: str | os.PathLike[str] | None) -> str:

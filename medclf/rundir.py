@@ -20,7 +20,7 @@ LABELS = "labels.json"
 PREPROCESS = "preprocess.json"
 DECISION = "decision.json"  # binary tasks: the operating threshold chosen on validation data
 METRICS = "metrics.json"
-SPLITS = "splits.json"  # the held-out validation files, which evaluation and export reuse
+SPLITS = "splits.json"  # the training and held-out validation files: export calibrates and verifies on them
 HISTORY = "history.csv"
 
 
@@ -58,10 +58,18 @@ class RunDir:
 
     def validation_split(self) -> tuple[list[str], list[int]]:
         """Paths and labels of the images the run held out for validation."""
-        if not (self.path / SPLITS).is_file():
-            raise FileNotFoundError(f"{self.path / SPLITS}: missing; this run did not record its validation split")
-        val = self._json(SPLITS)["val"]
-        return list(val["paths"]), [int(label) for label in val["labels"]]
+        return self._split("val")
+
+    def training_split(self) -> tuple[list[str], list[int]]:
+        """Paths and labels of the images the run trained on (INT8 calibrates on them)."""
+        return self._split("train")
+
+    def _split(self, name: str) -> tuple[list[str], list[int]]:
+        splits = self._json(SPLITS) if (self.path / SPLITS).is_file() else {}
+        if name not in splits:
+            raise FileNotFoundError(f"{self.path / SPLITS}: this run did not record its {name!r} split")
+        part = splits[name]
+        return list(part["paths"]), [int(label) for label in part["labels"]]
 
     def _json(self, name: str) -> Any:
         return json.loads((self.path / name).read_text())

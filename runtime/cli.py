@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .classifier import Classifier, Prediction
@@ -59,10 +60,10 @@ def _print_table(predictions: Iterable[Prediction]) -> int:
     for prediction in predictions:
         if prediction.error is not None:
             failed += 1
-            errors.print(f"[red]error[/red] {prediction.path}: {prediction.error}", highlight=False)
+            errors.print(f"[red]error[/red] {escape(prediction.path)}: {escape(prediction.error)}", highlight=False)
             continue
         others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k[1:])
-        table.add_row(prediction.path, prediction.label, f"{prediction.probability:.3f}", others)
+        table.add_row(escape(prediction.path), escape(prediction.label), f"{prediction.probability:.3f}", escape(others))
     if table.row_count:  # piped output is not squeezed to 80 columns
         Console(width=None if sys.stdout.isatty() else 100_000).print(table)
     return failed

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
 
@@ -20,6 +21,11 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
 console = Console(soft_wrap=True)  # paths and metrics stay on one line, in terminals and logs alike
 errors = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
+
+
+def error(text: str) -> None:
+    """One red 'error:' line on stderr; the text is printed as is (a path like scan[1].png is not markup)."""
+    errors.print(f"[red]error[/red]: {escape(text)}", highlight=False)
 
 TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
 NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file names, not folders: SEP[:POS], e.g. '.' for cat.123.jpg → cat, '_:1' for x_cat_1.png.")]
@@ -159,7 +165,7 @@ def explain(
     for item in _library_call(lambda: explain_files(model, list(expand_inputs(inputs)), out, target, layer)):
         if item.error is not None:
             failed += 1
-            errors.print(f"[red]error[/red]: {item.path}: {item.error}", highlight=False)
+            error(f"{item.path}: {item.error}")
         else:
             console.print(f"{item.path}: {item.label} {item.probability:.3f} → {item.heatmap}", highlight=False)
     if failed:
@@ -181,7 +187,7 @@ def augment(
     for item in _library_call(lambda: augment_folder(data, out, copies, seed, augmentation)):
         if item.error is not None:
             failed += 1
-            errors.print(f"[red]error[/red]: {item.source}: {item.error}", highlight=False)
+            error(f"{item.source}: {item.error}")
         done += len(item.written)
     console.print(f"wrote {done} images to {out}" + (f"; {failed} files could not be read" if failed else ""))
     if failed:
@@ -191,15 +197,43 @@ def augment(
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for model.onnx and export_report.json.")] = Path("exported"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for the ONNX files and export_report.json.")] = Path("exported"),
+    precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8. FP32 is always made; the others derive from it.")] = "fp32",
+    calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: real training images to calibrate on; default: the run's training split.")] = None,
     verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
+    verify_images: Annotated[int, typer.Option(min=1, help="At most this many verification images, evenly spread.")] = 256,
+    engine: Annotated[bool, typer.Option("--engine", help="Also build and verify a TensorRT engine per precision (needs an NVIDIA GPU and medclf[gpu]).")] = False,
+    batch_profile: Annotated[str, typer.Option(help="Engine and Triton batch sizes: MIN,OPT,MAX.")] = "1,16,64",
+    triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
 ) -> None:
-    """Export MODEL to ONNX (uint8 in, probabilities out, labels and preprocessing inside), verified against Keras."""
-    from medclf.export.pipeline import export_run
+    """Export MODEL to ONNX per precision (uint8 in, probabilities out, labels and preprocessing inside), each
+    verified against Keras before it is written under its final name."""
+    from medclf.export.pipeline import export_run, failed_files
+    from medclf.export.report import export_table
 
-    report = _library_call(lambda: export_run(model, out, verify_data=verify_data))
-    console.print(f"{report['onnx']}: {report['size_bytes'] / 1e6:.1f} MB, verified on {report['verified_on']}: "
-                  f"top-1 agreement {report['agreement']:.2%}, max |Δp| {report['max_abs_diff']:.2g}")
+    precisions = tuple(p.strip().lower() for p in precision.split(",") if p.strip())
+    profile = _parse_profile(batch_profile)
+    report = _library_call(lambda: export_run(model, out, precisions, verify_data=verify_data,
+                                              calibration_data=calibration, max_images=verify_images,
+                                              engine=profile if engine else None, triton=triton, strict=False))
+    console.print(export_table(report))
+    for path in report.get("triton", []):
+        console.print(f"Triton model: {path}")
+    for file, reasons in failed_files(report):
+        error(f"{file} not written: {'; '.join(reasons)}")
+    if not report["passed"]:
+        raise typer.Exit(1)
+
+
+def _parse_profile(text: str):
+    """'1,16,64' → BatchProfile(1, 16, 64)."""
+    from medclf.runtime.tensorrt_engine import BatchProfile
+
+    try:
+        return BatchProfile(*(int(part) for part in text.split(",")))
+    except (TypeError, ValueError) as exc:
+        raise typer.BadParameter(f"{text!r}: give MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX ({exc})",
+                                 param_hint="--batch-profile") from None
 
 
 @app.command()
@@ -213,7 +247,7 @@ def demo(
 
     data = data or default_data()
     if not (data / "TRAIN").is_dir():
-        errors.print(f"[red]error[/red]: {data}/TRAIN not found; pass --data with the blood-cells folder")
+        error(f"{data}/TRAIN not found; pass --data with the blood-cells folder")
         raise typer.Exit(2)
     _library_call(lambda: run_demo(data, out, per_class, console))
 
@@ -246,8 +280,10 @@ def _parse_naming(text: str | None):
 def _library_call(call):
     """Run a library call; known failures become one red line and exit status 1, not a traceback."""
     from medclf.runtime import ImageError, ModelCardError
+    from medclf.runtime.tensorrt_engine import TensorRTUnavailable
 
-    known: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, ImageError, ModelCardError)
+    known: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, ImageError, ModelCardError,
+                                          TensorRTUnavailable)
     try:
         from medclf.export.verify import VerificationError
         known += (VerificationError,)
@@ -256,7 +292,7 @@ def _library_call(call):
     try:
         return call()
     except known as exc:
-        errors.print(f"[red]error[/red]: {exc}", highlight=False)
+        error(str(exc))
         raise typer.Exit(1) from None
 
 

@@ -124,8 +124,9 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     if decision is not None:
         write_text(run_dir / rundir.DECISION, decision.to_json() + "\n")
     write_json(run_dir / rundir.METRICS, metrics)
-    write_json(run_dir / rundir.SPLITS, {"val": {"paths": [os.path.abspath(p) for p in val_set.paths],
-                                                  "labels": val_set.labels.tolist()}})
+    write_json(run_dir / rundir.SPLITS, {name: {"paths": [os.path.abspath(p) for p in part.paths],
+                                                 "labels": part.labels.tolist()}
+                                          for name, part in (("train", train_set), ("val", val_set))})
     return TrainResult(run_dir, metrics, seconds)
 
 

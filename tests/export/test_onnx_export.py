@@ -1,4 +1,5 @@
-"""Export: the ONNX file keeps the contract (uint8 in, probabilities out, card inside) and matches Keras."""
+"""Export: every file keeps the contract (uint8 in, probabilities out, card inside) and is verified against Keras
+before it is published."""
 
 from __future__ import annotations
 
@@ -16,45 +17,44 @@ from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, predict, train
 
 
-@pytest.fixture(scope="module")
-def run_dir(blood_cells, tmp_path_factory):
-    """A tiny real model: MobileNet 0.25 at 64 px, 12 blood-cell images per class, one epoch."""
-    out = tmp_path_factory.mktemp("run")
-    recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.5,
-                    fit=FitConfig(epochs=1, head_epochs=1, augment_views=1))
-    train(blood_cells / "TRAIN", out, recipe, limit_per_class=12, cache_dir=None)
-    return out
+def published(exported) -> dict[str, dict]:
+    return {name: entry for name, entry in exported[1]["precisions"].items() if entry["passed"]}
 
 
-@pytest.fixture(scope="module")
-def exported(run_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exported")
-    return out, pipeline.export_run(run_dir / "model.keras", out)
+def test_the_graph_takes_uint8_pixels_with_a_dynamic_batch_in_every_precision(exported):
+    assert "fp32" in published(exported)
+    for entry in published(exported).values():
+        model = onnx.load(entry["file"])
+        (image,), (probabilities,) = model.graph.input, model.graph.output
+        assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
+        dims = image.type.tensor_type.shape.dim
+        assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [64, 64, 3]
+        assert probabilities.name == "probabilities"
+        assert probabilities.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
 
 
-def test_the_graph_takes_uint8_pixels_with_a_dynamic_batch(exported):
-    model = onnx.load(str(exported[0] / "model.onnx"))
-    (image,), (probabilities,) = model.graph.input, model.graph.output
-    assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    dims = image.type.tensor_type.shape.dim
-    assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [64, 64, 3]
-    assert probabilities.name == "probabilities"
-    assert probabilities.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+def test_every_file_carries_labels_preprocessing_provenance_and_its_precision(exported, run_dir):
+    for precision, entry in published(exported).items():
+        card = Classifier(entry["file"]).card
+        assert list(card.labels) == json.loads((run_dir / "labels.json").read_text())
+        assert (card.preprocess.height, card.preprocess.width, card.preprocess.color) == (64, 64, "rgb")
+        assert card.precision == precision and len(card.source["keras_sha256"]) == 64
+        assert card.metrics["validation"]["images"] > 0
 
 
-def test_the_file_carries_labels_preprocessing_and_provenance(exported, run_dir):
-    card = Classifier(exported[0] / "model.onnx").card
-    assert list(card.labels) == json.loads((run_dir / "labels.json").read_text())
-    assert (card.preprocess.height, card.preprocess.width, card.preprocess.color) == (64, 64, "rgb")
-    assert card.precision == "fp32" and len(card.source["keras_sha256"]) == 64
-    assert card.metrics["validation"]["images"] > 0
-
-
-def test_the_report_says_it_was_verified_on_real_held_out_images(exported):
-    report = json.loads((exported[0] / "export_report.json").read_text())
-    assert report == exported[1]
-    assert report["passed"] and report["agreement"] == 1.0 and report["max_abs_diff"] <= 1e-4
+def test_the_report_says_what_each_file_was_verified_on_and_how_fast_it_runs(exported):
+    out, report, _ = exported
+    assert json.loads((out / "export_report.json").read_text()) == report
     assert report["images"] == 48 and "validation" in report["verified_on"]
+    assert list(report["precisions"]) == ["fp32", "fp16", "int8"]
+    fp32 = report["precisions"]["fp32"]
+    assert fp32["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
+    for entry in report["precisions"].values():
+        assert entry["size_bytes"] > 0 and 0 <= entry["accuracy"] <= 1 and entry["reference_accuracy"] is not None
+        assert (out / entry["file"]).exists() == entry["passed"]
+        if entry["passed"]:
+            assert entry["latency_ms_batch1"] > 0 and entry["images_per_s_batch32"] > 0
+    assert report["passed"] == all(entry["passed"] for entry in report["precisions"].values())
 
 
 def test_onnx_matches_keras_on_unseen_test_images(exported, run_dir, blood_cell_images):
@@ -67,20 +67,47 @@ def test_onnx_matches_keras_on_unseen_test_images(exported, run_dir, blood_cell_
     assert comparison.passed, comparison.failures
 
 
-def test_a_file_that_fails_verification_is_not_published(run_dir, tmp_path, monkeypatch):
+def test_a_file_that_fails_verification_is_not_published_and_the_others_are(run_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(pipeline.TOLERANCES, "fp16", Tolerance(min_agreement=1.0, max_abs_diff=-1.0))
+    with pytest.raises(VerificationError, match=r"model.fp16.onnx not written: .*max \|Δp\|"):
+        pipeline.export_run(run_dir / "model.keras", tmp_path, ("fp16",))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export_report.json", "model.onnx"]
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["passed"] is False and report["precisions"]["fp32"]["passed"]
+
+
+def test_when_fp32_fails_nothing_derived_from_it_is_attempted(run_dir, tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.TOLERANCES, "fp32", Tolerance(min_agreement=1.0, max_abs_diff=-1.0))
-    with pytest.raises(VerificationError, match="model.onnx not written"):
-        pipeline.export_run(run_dir / "model.keras", tmp_path)
-    assert not (tmp_path / "model.onnx").exists()
+    report = pipeline.export_run(run_dir / "model.keras", tmp_path, ("fp32", "int8"), strict=False)
+    assert list(report["precisions"]) == ["fp32"] and not report["passed"]
     assert [p.name for p in tmp_path.iterdir()] == ["export_report.json"]
-    assert json.loads((tmp_path / "export_report.json").read_text())["passed"] is False
+
+
+def test_an_unknown_precision_is_refused_before_any_work(run_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown precision bf16"):
+        pipeline.export_run(run_dir / "model.keras", tmp_path, ("bf16",))
+    assert not tmp_path.joinpath("model.onnx").exists()
 
 
 def test_compare_flags_disagreement_and_nan():
     reference = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
     flipped = compare(reference, reference[:, ::-1], Tolerance(1.0, 1e-4))
     assert flipped.agreement == 0.0 and len(flipped.failures) == 2
-    assert not compare(reference, np.full_like(reference, np.nan), Tolerance(0.0, 1.0)).passed
+    assert compare(reference, np.full_like(reference, np.nan), Tolerance(0.0, 1.0)).failures == [
+        "outputs contain NaN or infinity"]
+
+
+def test_compare_bounds_the_accuracy_drop_when_labels_are_known():
+    reference = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]], np.float32)
+    labels = np.array([0, 1, 0, 0])
+    worse = reference.copy()
+    worse[2] = [0.4, 0.6]  # one right answer turns wrong: accuracy 100% → 75%
+    tolerance = Tolerance(min_agreement=0.5, max_accuracy_drop=0.005)
+    assert compare(reference, worse, tolerance, labels).failures == [
+        "accuracy 75.00% is more than 0.5% below Keras' 100.00%"]
+    assert compare(reference, worse, tolerance).failures == [
+        "accuracy drop not measurable: the verification images have no labels"]
+    assert compare(reference, reference, tolerance, labels).passed
 
 
 def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_calls_by_it(cataract, tmp_path):

@@ -64,6 +64,17 @@ def test_table_output_names_each_file(blood_cell_images):
     assert blood_cell_images[0].name in done.stdout
 
 
+def test_names_that_look_like_markup_are_printed_as_they_are(tmp_path, blood_cell_images):
+    image = tmp_path / "scan[red][1].jpeg"
+    shutil.copy(blood_cell_images[0], image)
+    broken = tmp_path / "[bold]broken.jpeg"
+    broken.write_text("not an image")
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", str(tmp_path / "*.jpeg")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1
+    assert "scan[red][1].jpeg" in done.stdout and "[bold]broken.jpeg" in done.stderr
+
+
 def test_a_model_that_is_not_a_medclf_model_exits_2(tmp_path, blood_cell_images):
     bogus = tmp_path / "bogus.onnx"
     bogus.write_bytes(b"\x08\x01")

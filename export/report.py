@@ -1,0 +1,43 @@
+"""The export report as people read it: one row per precision, like the tables used to compare formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich import box
+from rich.table import Table
+
+COLUMNS = ("format", "MB", "agree", "max|Δp|", "acc", "vs Keras", "ms b1", "img/s b32", "")
+
+
+def export_table(report: dict) -> Table:
+    """``export_report.json`` as a rich table: size, agreement with Keras, accuracy, CPU speed, verdict."""
+    table = Table(title=f"{_folder(report)}: verified against Keras on {report['images']} real images",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for column in COLUMNS:
+        table.add_column(column, justify="left" if column in ("format", "") else "right")
+    for name, entry in report["precisions"].items():
+        rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])
+        for label, item in rows:
+            table.add_row(label, _number(item, "size_bytes", "{:.1f}", 1e-6),
+                          f"{item['agreement']:.1%}", f"{item['max_abs_diff']:.1g}", *_accuracy(item),
+                          _number(item, "latency_ms_batch1", "{:.2f}"),
+                          _number(item, "images_per_s_batch32", "{:.0f}"),
+                          "[green]ok[/green]" if item["passed"] else "[red]failed[/red]")
+    return table
+
+
+def _folder(report: dict) -> str:
+    files = [entry["file"] for entry in report["precisions"].values()]
+    return str(Path(files[0]).parent) if files else report["model"]
+
+
+def _accuracy(entry: dict) -> tuple[str, str]:
+    """Accuracy on the verification images, and its difference from the Keras model's, in points."""
+    if entry.get("accuracy") is None:
+        return "—", "—"
+    return f"{entry['accuracy']:.1%}", f"{(entry['accuracy'] - entry['reference_accuracy']) * 100:+.1f} pt"
+
+
+def _number(entry: dict, key: str, form: str, scale: float = 1.0) -> str:
+    return form.format(entry[key] * scale) if key in entry else "—"

@@ -1,0 +1,203 @@
+"""TensorRT engines built from medclf ONNX files, cached by everything that makes an engine invalid.
+
+An engine (a raw TensorRT plan) only runs on the TensorRT version and GPU it was built for, so it is built on
+the machine that serves it — here, by ``medclf export --engine`` or, later, by the runtime on first use — and
+cached under a key of: the ONNX file's SHA-256, TensorRT's version, the GPU's name and compute capability, the
+precision and the batch profile. Next to each ``KEY.plan`` a ``KEY.json`` records those fields and the plan's
+own hash; a plan whose record does not match this machine, or whose bytes changed, is rebuilt, never loaded.
+
+Precision comes from the ONNX file, not from builder flags: FP16 and INT8 (QDQ) files are exported as such,
+and the network is built *strongly typed* — TensorRT 10's recommended mode for explicit quantization and the
+only mode TensorRT 11 has.
+
+Written against TensorRT's documented Python API (``tensorrt`` 10+) and NVIDIA's ``cuda-python`` for the GPU's
+identity and memory; neither can be installed on the CPU machines medclf is developed on, so this module is
+exercised on GPU machines only (tests skip elsewhere with the reason).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_write, write_json
+from .modelcard import INPUT_NAME, OUTPUT_NAME
+
+WORKSPACE_BYTES = 1 << 30
+
+
+class TensorRTUnavailable(RuntimeError):
+    """TensorRT or the CUDA runtime cannot be loaded on this machine; the message names the missing piece."""
+
+
+@dataclass(frozen=True)
+class BatchProfile:
+    """The batch sizes an engine accepts (``min``..``max``) and the one it is tuned for (``opt``)."""
+
+    min: int = 1
+    opt: int = 16
+    max: int = 64
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ValueError(f"batch profile needs 1 <= min <= opt <= max, got {self.min}/{self.opt}/{self.max}")
+
+
+@dataclass(frozen=True)
+class EngineKey:
+    """Everything an engine depends on; two engines with equal keys are interchangeable."""
+
+    onnx_sha256: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: str
+    profile: BatchProfile
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
+
+
+def tensorrt():
+    """The ``tensorrt`` module, or :class:`TensorRTUnavailable` saying how to get it."""
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise TensorRTUnavailable(f"TensorRT is not installed ({exc}); install medclf[gpu] on a machine with an "
+                                  f"NVIDIA GPU (TensorRT wheels come from pypi.nvidia.com)") from None
+    return trt
+
+
+def cudart():
+    """cuda-python's CUDA runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError:
+        try:
+            from cuda import cudart as runtime
+        except ImportError as exc:
+            raise TensorRTUnavailable(f"cuda-python is not installed ({exc}); install medclf[gpu]") from None
+    return runtime
+
+
+def _check(result):
+    """cuda-python returns ``(error, *values)``; raise on an error, return the values."""
+    error, *values = result if isinstance(result, tuple) else (result,)
+    if int(error) != 0:
+        raise TensorRTUnavailable(f"CUDA runtime call failed: {error}")
+    return values[0] if len(values) == 1 else values
+
+
+def gpu_identity(device: int = 0) -> tuple[str, str]:
+    """The GPU's name and compute capability (e.g. ``("NVIDIA H100", "9.0")``)."""
+    properties = _check(cudart().cudaGetDeviceProperties(device))
+    name = properties.name.decode() if isinstance(properties.name, bytes) else str(properties.name)
+    return name.strip("\x00 "), f"{properties.major}.{properties.minor}"
+
+
+def engine_key(onnx_path: str | os.PathLike[str], precision: str, profile: BatchProfile) -> EngineKey:
+    name, capability = gpu_identity()
+    return EngineKey(onnx_sha256=hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+                     tensorrt_version=tensorrt().__version__, gpu_name=name, compute_capability=capability,
+                     precision=precision, profile=profile)
+
+
+class EngineCache:
+    """``KEY.plan`` + ``KEY.json`` files in one folder (default ``$MEDCLF_CACHE/engines``)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        default = Path(os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf")) / "engines"
+        self.root = Path(root) if root is not None else default
+
+    def engine_for(self, onnx_path: str | os.PathLike[str], precision: str,
+                   profile: BatchProfile = BatchProfile()) -> Path:
+        """The cached plan for this file on this machine, built first if missing, stale or foreign."""
+        key = engine_key(onnx_path, precision, profile)
+        plan, record = self.root / f"{key.digest}.plan", self.root / f"{key.digest}.json"
+        if not self._valid(plan, record, key):
+            self.root.mkdir(parents=True, exist_ok=True)
+            data = build_engine(onnx_path, profile)
+            with atomic_write(plan, "wb") as file:
+                file.write(data)
+            write_json(record, {**asdict(key), "plan_sha256": hashlib.sha256(data).hexdigest()})
+        return plan
+
+    @staticmethod
+    def _valid(plan: Path, record: Path, key: EngineKey) -> bool:
+        if not (plan.is_file() and record.is_file()):
+            return False
+        try:
+            recorded = json.loads(record.read_text())
+        except (OSError, ValueError):
+            return False
+        expected = {**asdict(key), "plan_sha256": hashlib.sha256(plan.read_bytes()).hexdigest()}
+        return recorded == json.loads(json.dumps(expected))
+
+
+def build_engine(onnx_path: str | os.PathLike[str], profile: BatchProfile) -> bytes:
+    """Parse the ONNX file into a strongly typed network and build a serialized engine for ``profile``."""
+    trt = tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(Path(onnx_path).read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise ValueError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    shape = tuple(network.get_input(0).shape)[1:]
+    optimization = builder.create_optimization_profile()
+    optimization.set_shape(INPUT_NAME, (profile.min, *shape), (profile.opt, *shape), (profile.max, *shape))
+    config.add_optimization_profile(optimization)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise ValueError(f"{onnx_path}: TensorRT could not build an engine (see its log above)")
+    return bytes(serialized)
+
+
+class TensorRTEngine:
+    """Runs a plan: uint8 ``[N, H, W, C]`` in, float32 probabilities out, ``N`` within the engine's profile."""
+
+    def __init__(self, plan: str | os.PathLike[str]) -> None:
+        trt = tensorrt()
+        self._cuda = cudart()
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(Path(plan).read_bytes())
+        if self.engine is None:
+            raise TensorRTUnavailable(f"{plan}: TensorRT could not load this engine (other version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        self.stream = _check(self._cuda.cudaStreamCreate())
+        self.max_batch = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0]
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        if len(images) > self.max_batch:
+            return np.concatenate([self.predict(images[i:i + self.max_batch])
+                                   for i in range(0, len(images), self.max_batch)])
+        images = np.ascontiguousarray(images, dtype=np.uint8)
+        self.context.set_input_shape(INPUT_NAME, images.shape)
+        output = np.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), np.float32)
+        cuda, kinds = self._cuda, self._cuda.cudaMemcpyKind
+        device_in = _check(cuda.cudaMallocAsync(images.nbytes, self.stream))
+        device_out = _check(cuda.cudaMallocAsync(output.nbytes, self.stream))
+        try:
+            _check(cuda.cudaMemcpyAsync(device_in, images.ctypes.data, images.nbytes,
+                                        kinds.cudaMemcpyHostToDevice, self.stream))
+            self.context.set_tensor_address(INPUT_NAME, int(device_in))
+            self.context.set_tensor_address(OUTPUT_NAME, int(device_out))
+            if not self.context.execute_async_v3(int(self.stream)):
+                raise RuntimeError("TensorRT execution failed")
+            _check(cuda.cudaMemcpyAsync(output.ctypes.data, device_out, output.nbytes,
+                                        kinds.cudaMemcpyDeviceToHost, self.stream))
+            _check(cuda.cudaStreamSynchronize(self.stream))
+        finally:
+            _check(cuda.cudaFreeAsync(device_in, self.stream))
+            _check(cuda.cudaFreeAsync(device_out, self.stream))
+        return output

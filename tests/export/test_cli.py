@@ -1,0 +1,39 @@
+"""``medclf export``: the per-precision table, a non-zero exit when a file was refused, clear refusals up front."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from medclf.train.cli import app
+
+runner = CliRunner()
+
+
+def test_export_prints_one_row_per_precision_and_writes_the_report(run_dir, tmp_path):
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path), "--precision",
+                                 "fp32,int8", "--verify-images", "16"], terminal_width=160)
+    report = json.loads((tmp_path / "export_report.json").read_text())
+    assert report["images"] == 16 and list(report["precisions"]) == ["fp32", "int8"]
+    assert result.exit_code == (0 if report["passed"] else 1), result.output
+    for name, entry in report["precisions"].items():
+        assert f"{name} " in result.output and f"{entry['agreement']:.1%}" in result.output
+    if not report["precisions"]["int8"]["passed"]:
+        assert "model.int8.onnx not written: top-1 agreement" in result.output
+
+
+def test_an_unknown_precision_or_batch_profile_is_a_clear_error(run_dir, tmp_path):
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path), "--precision", "fp8"])
+    assert result.exit_code == 1 and "unknown precision fp8" in result.output
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--batch-profile", "8,4,64"])
+    assert result.exit_code == 2 and "batch-profile" in result.output and "8/4/64" in result.output
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_engine_without_tensorrt_says_what_is_missing_before_any_work(run_dir, tmp_path):
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path), "--engine"])
+    assert result.exit_code == 1 and "TensorRT is not installed" in result.output and "medclf[gpu]" in result.output
+    assert not (tmp_path / "model.onnx").exists()

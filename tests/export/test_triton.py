@@ -1,0 +1,81 @@
+"""``--triton REPO``: a model repository Triton Inference Server accepts, describing the model's real tensors."""
+
+from __future__ import annotations
+
+import filecmp
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from google.protobuf import text_format
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                       reason="tritonclient[grpc] (Triton's ModelConfig schema) is not installed")
+
+
+def config_of(model_dir: Path):
+    """Parse config.pbtxt strictly against Triton's own ModelConfig schema: unknown fields are errors."""
+    return text_format.Parse((model_dir / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+
+
+def test_every_published_file_becomes_a_triton_model(exported, run_dir):
+    _, report, repo = exported
+    published = {precision: entry["file"] for precision, entry in report["precisions"].items() if entry["passed"]}
+    names = [run_dir.name + ("" if precision == "fp32" else f"_{precision}") for precision in published]
+    assert report["triton"] == [str(repo / name) for name in names]
+    for model_dir, onnx_file in zip(map(Path, report["triton"]), published.values()):
+        assert filecmp.cmp(model_dir / "1" / "model.onnx", onnx_file, shallow=False)
+        assert config_of(model_dir).name == model_dir.name
+
+
+def test_the_config_matches_the_onnx_files_real_input_and_output(exported):
+    _, report, _ = exported
+    model_dir = Path(report["triton"][0])
+    config, model = config_of(model_dir), onnx.load(str(model_dir / "1" / "model.onnx"))
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
+    assert config.HasField("dynamic_batching")
+    (image,), (probabilities,) = config.input, config.output
+    assert (image.name, image.data_type, list(image.dims)) == ("image", model_config_pb2.TYPE_UINT8, [64, 64, 3])
+    assert image.format == model_config_pb2.ModelInput.FORMAT_NHWC
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == list(image.dims)
+    assert (probabilities.name, probabilities.data_type, list(probabilities.dims)) == (
+        "probabilities", model_config_pb2.TYPE_FP32, [4])
+    assert probabilities.name == model.graph.output[0].name
+
+
+def test_labels_and_model_card_travel_with_the_model(exported, run_dir):
+    _, report, _ = exported
+    model_dir = Path(report["triton"][0])
+    config = config_of(model_dir)
+    labels = (model_dir / config.output[0].label_filename).read_text().splitlines()
+    assert labels == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+    assert config.parameters["medclf.precision"].string_value == "fp32"
+    assert '"height": 64' in config.parameters["medclf.preprocess"].string_value
+
+
+def test_a_batch_shaped_as_the_config_says_runs_on_the_repositorys_model(exported, blood_cell_images):
+    _, report, _ = exported
+    model_dir = Path(report["triton"][0])
+    config = config_of(model_dir)
+    batch = np.zeros((2, *config.input[0].dims), np.uint8)
+    session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    (probabilities,) = session.run([config.output[0].name], {config.input[0].name: batch})
+    assert probabilities.shape == (2, *config.output[0].dims)
+
+
+def test_writing_again_replaces_the_model_whole(exported, tmp_path):
+    from medclf.export.triton import write_model
+    from medclf.runtime import Classifier
+
+    out, report, _ = exported
+    onnx_file = report["precisions"]["fp32"]["file"]
+    card = Classifier(onnx_file).card
+    first = write_model(tmp_path, "m", onnx_file, onnx_file, card, max_batch_size=8)
+    (first / "1" / "stale.txt").write_text("left over")
+    second = write_model(tmp_path, "m", onnx_file, onnx_file, card, max_batch_size=16)
+    assert config_of(second).max_batch_size == 16 and not (second / "1" / "stale.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    with pytest.raises(ValueError, match="Triton model name"):
+        write_model(tmp_path, "bad name", onnx_file, onnx_file, card)
