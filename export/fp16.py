@@ -1,9 +1,10 @@
 """FP32 ONNX → FP16 ONNX with the same contract: uint8 ``image`` in, float32 ``probabilities`` out.
 
 onnxruntime's own float16 converter does the work: it grew out of onnxconverter-common's, gives the same
-probabilities here, and converts MobileNetV2 in 0.1 s where onnxconverter-common took over ten minutes. ``keep_io_types`` leaves the graph's inputs and outputs as they were,
-and the graph's first ``Cast`` (uint8 → float32) stays on the block list: converted, it would become a cascade
-of casts wired to the wrong type. What is left in float32 is what the converter's default block list keeps.
+probabilities here, and converts MobileNetV2 in 0.1 s where onnxconverter-common took over ten minutes.
+``keep_io_types`` leaves the graph's inputs and outputs as they were, and the graph's first ``Cast``
+(uint8 → float32) stays on the block list: converted, it would become a cascade of casts wired to the wrong
+type. What is left in float32 is what the converter's default block list keeps.
 """
 
 from __future__ import annotations

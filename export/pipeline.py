@@ -21,13 +21,14 @@ import onnx
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.inputs import list_images
-from medclf.runtime.modelcard import ModelCard
+from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.preprocess import ImageError, load_image
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .fp16 import to_fp16
 from .int8 import ImageCalibrationReader, to_int8
-from .onnx_export import OPSET, convert, provenance
+from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
+from .simplify import simplify
 from .speed import cpu_speed
 from .triton import write_model
 from .verify import TOLERANCES, VerificationError, compare, keras_probabilities, onnx_probabilities
@@ -43,17 +44,18 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                precisions: tuple[str, ...] = ("fp32",), verify_data: str | os.PathLike[str] | None = None,
                calibration_data: str | os.PathLike[str] | None = None,
                max_images: int = MAX_VERIFY_IMAGES, engine: BatchProfile | None = None,
-               triton: str | os.PathLike[str] | None = None, strict: bool = True) -> dict:
+               triton: str | os.PathLike[str] | None = None, cam: bool = False, strict: bool = True) -> dict:
     """Export, verify and publish one file per precision in ``OUT_DIR``. A file that disagrees with Keras is not
     published (the others are); ``strict`` raises :class:`VerificationError` naming every such file, otherwise
     the report's ``passed`` says so. ``engine`` also builds, verifies and publishes a TensorRT engine per
-    precision (GPU machines only); ``triton`` writes a Triton model repository of what was published."""
+    precision (GPU machines only); ``triton`` writes a Triton model repository of what was published; ``cam``
+    adds a class-activation-map output the runtime draws heatmaps from."""
     model_path, out = Path(model_path), Path(out_dir)
     precisions = _with_fp32(precisions)
     if engine is not None:  # no TensorRT or no GPU: say so now, before minutes of work
         tensorrt()
         gpu_identity()
-    card = _model_card(model_path)
+    card = _model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
     images, labels = _load(*_verification_images(model_path.parent, verify_data, max_images), card)
     reference = keras_probabilities(model, images)
@@ -63,7 +65,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
         fp32 = Path(work) / FILE_NAMES["fp32"]
-        _save(convert(model, card), card, fp32)
+        proto, report["simplified"] = simplify(convert(model, card, cam=cam), images)
+        _save(proto, card, fp32)
         candidates = {}
         for precision in precisions:
             candidates[precision] = _derive(precision, fp32, card, model_path, calibration_data)
@@ -166,13 +169,13 @@ def _save(proto: onnx.ModelProto, card: ModelCard, path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-def _model_card(model_path: Path) -> ModelCard:
+def _model_card(model_path: Path, cam: bool = False) -> ModelCard:
     """Labels, preprocessing, operating threshold and metrics from the run directory ``medclf train`` wrote."""
     run = RunDir.of_model(model_path)
     metrics = run.metrics
     return ModelCard(labels=run.labels, preprocess=run.preprocess, precision="fp32", source=provenance(model_path),
                      metrics={k: metrics[k] for k in ("test", "validation", "training") if k in metrics},
-                     decision=run.decision)
+                     decision=run.decision, outputs={CAM_NAME: CAM_DESCRIPTION} if cam else {})
 
 
 def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,

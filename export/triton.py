@@ -54,13 +54,15 @@ def write_model(repo: str | os.PathLike[str], name: str, model_file: str | os.Pa
 
 def config_text(name: str, platform: str, model: onnx.ModelProto, card: ModelCard, max_batch_size: int) -> str:
     """``config.pbtxt`` in protobuf text format; dims leave out the batch axis, which Triton adds."""
-    (image,), (probabilities,) = model.graph.input, model.graph.output[:1]
+    (image,), (probabilities, *extra) = model.graph.input, model.graph.output
+    outputs = [f'{{ name: "{probabilities.name}" data_type: {_type(probabilities)} dims: {_dims(probabilities)} '
+               f'label_filename: "{LABELS_FILE}" }}']
+    outputs += [f'{{ name: "{value.name}" data_type: {_type(value)} dims: {_dims(value)} }}' for value in extra]
     parameters = "".join(f'parameters {{ key: "{key}" value: {{ string_value: {_quote(value)} }} }}\n'
                          for key, value in card.to_metadata().items())
     return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {max_batch_size}\n'
             f'input [ {{ name: "{image.name}" data_type: {_type(image)} format: FORMAT_NHWC dims: {_dims(image)} }} ]\n'
-            f'output [ {{ name: "{probabilities.name}" data_type: {_type(probabilities)} dims: {_dims(probabilities)} '
-            f'label_filename: "{LABELS_FILE}" }} ]\n'
+            f"output [ {', '.join(outputs)} ]\n"
             f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}\n{parameters}")
 
 
@@ -70,7 +72,7 @@ def _type(value: onnx.ValueInfoProto) -> str:
 
 def _dims(value: onnx.ValueInfoProto) -> str:
     dims = value.type.tensor_type.shape.dim[1:]  # the first axis is the dynamic batch
-    return "[ " + ", ".join(str(d.dim_value) for d in dims) + " ]"
+    return "[ " + ", ".join(str(d.dim_value) if d.HasField("dim_value") else "-1" for d in dims) + " ]"
 
 
 def _quote(text: str) -> str:

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .decision import decide
-from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
+from .modelcard import CAM_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .preprocess import ImageError, load_image
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
@@ -75,6 +75,14 @@ class Classifier:
         if batch_size is None or len(images) <= batch_size:
             return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
         return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
+
+    def cam(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``[N, classes]`` and class activation maps ``[N, h, w, classes]``, for a model exported
+        with ``medclf export --cam``; draw them with :mod:`medclf.runtime.cam`."""
+        if CAM_NAME not in self.card.outputs:
+            raise ModelCardError(f"{self.model_path}: exported without class activation maps (medclf export --cam)")
+        probabilities, maps = self.session.run([OUTPUT_NAME, CAM_NAME], {INPUT_NAME: images})
+        return probabilities, maps
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16) -> Iterator[Prediction]:
         """Classify files in order, batching the good ones; a bad file yields an error, the rest go on."""

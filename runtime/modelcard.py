@@ -15,6 +15,7 @@ from .preprocess import Preprocess
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+CAM_NAME = "cam"  # optional second output: class activation maps, [batch, h, w, classes]
 
 LABELS_KEY = "medclf.labels"
 PREPROCESS_KEY = "medclf.preprocess"
@@ -22,6 +23,7 @@ PRECISION_KEY = "medclf.precision"
 SOURCE_KEY = "medclf.source"
 METRICS_KEY = "medclf.metrics"
 DECISION_KEY = "medclf.decision"  # binary models only: the operating threshold chosen on validation data
+OUTPUTS_KEY = "medclf.outputs"  # extra outputs beyond probabilities: name → what it holds
 
 
 class ModelCardError(ValueError):
@@ -38,11 +40,14 @@ class ModelCard:
     source: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     decision: Decision | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
 
     def to_metadata(self) -> dict[str, str]:
         """The ``metadata_props`` strings to store in an ONNX file."""
-        decision = {DECISION_KEY: self.decision.to_json()} if self.decision is not None else {}
-        return decision | {
+        optional = {DECISION_KEY: self.decision.to_json()} if self.decision is not None else {}
+        if self.outputs:
+            optional[OUTPUTS_KEY] = json.dumps(self.outputs, sort_keys=True)
+        return optional | {
             LABELS_KEY: json.dumps(list(self.labels)),
             PREPROCESS_KEY: self.preprocess.to_json(),
             PRECISION_KEY: self.precision,
@@ -58,7 +63,7 @@ class ModelCard:
         try:
             labels = tuple(str(label) for label in json.loads(metadata[LABELS_KEY]))
             preprocess = Preprocess.from_json(metadata[PREPROCESS_KEY])
-            extras = {key: json.loads(metadata.get(key) or "{}") for key in (SOURCE_KEY, METRICS_KEY)}
+            extras = {key: json.loads(metadata.get(key) or "{}") for key in (SOURCE_KEY, METRICS_KEY, OUTPUTS_KEY)}
             decision = Decision.from_json(metadata[DECISION_KEY]) if DECISION_KEY in metadata else None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelCardError(f"{source}: malformed medclf metadata ({exc})") from None
@@ -68,4 +73,5 @@ class ModelCard:
             raise ModelCardError(f"{source}: medclf.decision names {decision.positive_class!r}, "
                                  f"which is not one of the two labels {list(labels)}")
         return cls(labels=labels, preprocess=preprocess, precision=metadata.get(PRECISION_KEY, "fp32"),
-                   source=extras[SOURCE_KEY], metrics=extras[METRICS_KEY], decision=decision)
+                   source=extras[SOURCE_KEY], metrics=extras[METRICS_KEY], decision=decision,
+                   outputs=extras[OUTPUTS_KEY])

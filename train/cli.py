@@ -205,6 +205,7 @@ def export(
     engine: Annotated[bool, typer.Option("--engine", help="Also build and verify a TensorRT engine per precision (needs an NVIDIA GPU and medclf[gpu]).")] = False,
     batch_profile: Annotated[str, typer.Option(help="Engine and Triton batch sizes: MIN,OPT,MAX.")] = "1,16,64",
     triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
+    cam: Annotated[bool, typer.Option("--cam", help="Add a second output, class activation maps, so the runtime can draw heatmaps without TensorFlow.")] = False,
 ) -> None:
     """Export MODEL to ONNX per precision (uint8 in, probabilities out, labels and preprocessing inside), each
     verified against Keras before it is written under its final name."""
@@ -215,7 +216,8 @@ def export(
     profile = _parse_profile(batch_profile)
     report = _library_call(lambda: export_run(model, out, precisions, verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
-                                              engine=profile if engine else None, triton=triton, strict=False))
+                                              engine=profile if engine else None, triton=triton, cam=cam,
+                                              strict=False))
     console.print(export_table(report))
     for path in report.get("triton", []):
         console.print(f"Triton model: {path}")

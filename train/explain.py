@@ -12,17 +12,15 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import keras
 import numpy as np
 import tensorflow as tf
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_image
+from medclf.runtime.cam import heatmaps, overlay
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
-
-MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
 
 
 def last_conv_layer(model: keras.Model) -> str:
@@ -57,21 +55,8 @@ class GradCam:
             score = tf.gather(probabilities, chosen, axis=1, batch_dims=1)
         gradients = tape.gradient(score, features)
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cams = tf.nn.relu(tf.reduce_sum(weights * features, axis=-1)).numpy()
-        peak = cams.max(axis=(1, 2), keepdims=True)
-        cams = np.divide(cams, peak, out=np.zeros_like(cams), where=peak > 0)
-        height, width = images.shape[1:3]
-        resized = np.stack([cv2.resize(cam, (width, height), interpolation=cv2.INTER_LINEAR) for cam in cams])
-        return np.clip(resized, 0.0, 1.0), probabilities.numpy()
-
-
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """The heatmap (JET colours) blended over the image, as BGR uint8 for OpenCV, enlarged to be readable."""
-    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
-    heat = cv2.applyColorMap(np.uint8(255 * cam), cv2.COLORMAP_JET)
-    blended = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1 - alpha, heat, alpha, 0)
-    scale = max(1, int(np.ceil(MIN_OVERLAY_SIDE / min(blended.shape[:2]))))
-    return cv2.resize(blended, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale > 1 else blended
+        cams = tf.reduce_sum(weights * features, axis=-1).numpy()
+        return heatmaps(cams, *images.shape[1:3]), probabilities.numpy()
 
 
 @dataclass(frozen=True)
@@ -108,8 +93,8 @@ def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, .
         except ImageError as exc:
             yield Explanation(path=path, error=exc.reason)
             continue
-        heatmaps, probabilities = cam(image[None], classes, call)
+        maps, probabilities = cam(image[None], classes, call)
         chosen = classes[0] if classes is not None else int(call(probabilities)[0])
         destination = out / f"{Path(path).stem}.{labels[chosen]}.gradcam.png"
-        write_image(destination, overlay(image, heatmaps[0]))
+        write_image(destination, overlay(image, maps[0]))
         yield Explanation(path, labels[chosen], float(probabilities[0, chosen]), destination)

@@ -57,6 +57,13 @@ def test_the_report_says_what_each_file_was_verified_on_and_how_fast_it_runs(exp
     assert report["passed"] == all(entry["passed"] for entry in report["precisions"].values())
 
 
+def test_onnxslim_simplifies_the_graph_only_where_outputs_stay_identical(exported):
+    simplified = exported[1]["simplified"]
+    assert simplified["kept"] and simplified["max_abs_change"] <= 1e-6
+    assert simplified["nodes_after"] < simplified["nodes_before"]
+    assert len(onnx.load(exported[1]["precisions"]["fp32"]["file"]).graph.node) == simplified["nodes_after"]
+
+
 def test_onnx_matches_keras_on_unseen_test_images(exported, run_dir, blood_cell_images):
     import keras
 

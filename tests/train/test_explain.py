@@ -8,7 +8,7 @@ import pytest
 from keras import layers
 
 from medclf.train.architectures import ARCHITECTURES, get_architecture
-from medclf.train.explain import GradCam, last_conv_layer, overlay
+from medclf.train.explain import GradCam, last_conv_layer
 
 
 def brightness_model() -> keras.Model:
@@ -45,8 +45,3 @@ def test_every_registry_architecture_can_be_explained(name):
     assert heatmaps.shape == (2, 64, 64) and np.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0 and probabilities.shape == (2, 3)
 
-
-def test_the_overlay_is_enlarged_to_be_readable_and_keeps_the_image_aspect():
-    picture = overlay(np.zeros((40, 80, 1), np.uint8), np.ones((40, 80), np.float32))
-    assert picture.dtype == np.uint8 and picture.shape[2] == 3
-    assert picture.shape[0] >= 320 and picture.shape[1] == 2 * picture.shape[0]

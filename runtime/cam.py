@@ -1,0 +1,31 @@
+"""Heatmaps drawn without TensorFlow: normalise a coarse class map to the image and blend it over the image.
+
+Used by ``medclf explain`` (Grad-CAM maps from Keras) and by the runtime for models exported with a ``cam``
+output (class activation maps computed inside the ONNX graph), so both draw the same picture.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
+
+
+def heatmaps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Coarse maps ``[N, h, w]`` → ``[N, height, width]`` in 0..1: positive evidence only, each map scaled to its
+    own peak (an all-negative map stays 0), resized bilinearly to the image the model saw."""
+    positive = np.maximum(maps.astype(np.float32), 0.0)
+    peak = positive.max(axis=(1, 2), keepdims=True)
+    scaled = np.divide(positive, peak, out=np.zeros_like(positive), where=peak > 0)
+    resized = [cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in scaled]
+    return np.clip(np.stack(resized), 0.0, 1.0)
+
+
+def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndarray:
+    """The heatmap (JET colours) blended over the image, as BGR uint8 for OpenCV, enlarged to be readable."""
+    rgb = np.repeat(image, 3, axis=-1) if image.shape[-1] == 1 else image
+    colours = cv2.applyColorMap(np.uint8(255 * heat), cv2.COLORMAP_JET)
+    blended = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1 - alpha, colours, alpha, 0)
+    scale = max(1, int(np.ceil(MIN_OVERLAY_SIDE / min(blended.shape[:2]))))
+    return cv2.resize(blended, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale > 1 else blended

@@ -1,0 +1,69 @@
+"""``medclf export --cam``: a second output of class activation maps, so the runtime draws heatmaps without
+TensorFlow — and they are exactly the model's own evidence: their spatial mean is its logits."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import onnx
+import pytest
+
+from medclf.export import pipeline
+from medclf.export.onnx_export import convert
+from medclf.runtime import Classifier, ModelCardError, load_image
+from medclf.runtime.cam import heatmaps
+
+
+@pytest.fixture(scope="module")
+def cam_model(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cam")
+    pipeline.export_run(run_dir / "model.keras", out, cam=True, max_images=16)
+    return out / "model.onnx"
+
+
+def test_the_file_has_a_cam_output_described_in_its_card(cam_model):
+    model = onnx.load(str(cam_model))
+    assert [o.name for o in model.graph.output] == ["probabilities", "cam"]
+    assert "class activation maps" in Classifier(cam_model).card.outputs["cam"]
+
+
+def test_the_maps_spatial_mean_is_the_models_logits(cam_model, blood_cell_images):
+    classifier = Classifier(cam_model)
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in blood_cell_images])
+    probabilities, maps = classifier.cam(images)
+    assert maps.shape[0] == len(images) and maps.shape[-1] == len(classifier.labels) and maps.shape[1] > 1
+    logits = maps.mean(axis=(1, 2))
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(1, keepdims=True), probabilities, atol=1e-5)
+    np.testing.assert_allclose(classifier.predict(images), probabilities, atol=1e-6)
+    called = probabilities.argmax(1)
+    heat = heatmaps(maps[np.arange(len(images)), :, :, called], *images.shape[1:3])
+    assert heat.shape == images.shape[:3] and heat.max() == 1.0
+
+
+def test_a_model_exported_without_maps_says_so(exported, blood_cell_images):
+    classifier = Classifier(exported[1]["precisions"]["fp32"]["file"])
+    with pytest.raises(ModelCardError, match="--cam"):
+        classifier.cam(np.zeros((1, *classifier.card.preprocess.shape), np.uint8))
+
+
+def test_a_head_that_is_not_pool_then_dense_is_refused(cam_model):
+    card = Classifier(cam_model).card
+    inputs = keras.Input((64, 64, 3))
+    flat = keras.layers.Flatten()(keras.layers.Conv2D(2, 3)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax", name="probabilities")(flat))
+    with pytest.raises(ValueError, match="a CAM output needs one"):
+        convert(model, card, cam=True)
+
+
+def test_triton_config_lists_the_cam_output_too(cam_model, tmp_path):
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")
+    from google.protobuf import text_format
+
+    from medclf.export.triton import write_model
+
+    folder = write_model(tmp_path, "cells", cam_model, cam_model, Classifier(cam_model).card)
+    config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    dims = [d.dim_value for d in onnx.load(str(cam_model)).graph.output[1].type.tensor_type.shape.dim[1:]]
+    assert [(o.name, list(o.dims)) for o in config.output][1] == ("cam", dims)
+    assert config.output[1].label_filename == ""

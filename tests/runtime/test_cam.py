@@ -1,0 +1,21 @@
+"""Heatmap drawing shared by Grad-CAM (Keras) and the ONNX ``cam`` output: no TensorFlow needed."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medclf.runtime.cam import heatmaps, overlay
+
+
+def test_the_overlay_is_enlarged_to_be_readable_and_keeps_the_image_aspect():
+    picture = overlay(np.zeros((40, 80, 1), np.uint8), np.ones((40, 80), np.float32))
+    assert picture.dtype == np.uint8 and picture.shape[2] == 3
+    assert picture.shape[0] >= 320 and picture.shape[1] == 2 * picture.shape[0]
+
+
+def test_heatmaps_keep_positive_evidence_scaled_to_each_maps_peak():
+    maps = np.array([[[-1.0, 2.0], [0.0, 4.0]], [[-3.0, -1.0], [-2.0, -5.0]]], np.float32)
+    heat = heatmaps(maps, 8, 8)
+    assert heat.shape == (2, 8, 8) and heat[0].max() == 1.0 and heat[0].min() == 0.0
+    assert heat[0, -1, -1] == 1.0 and heat[0, 0, 0] == 0.0  # the strongest corner stays the strongest
+    assert not heat[1].any()  # no positive evidence anywhere: an empty map, not noise scaled up
