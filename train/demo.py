@@ -31,7 +31,7 @@ def default_data() -> Path:
 
 def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | None = None) -> dict:
     console = console or Console()
-    from medclf.export.pipeline import export_run
+    from medclf.export.pipeline import export_run, failed_files
     from medclf.export.report import export_table
     from medclf.export.verify import VerificationError
 
@@ -47,6 +47,8 @@ def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | Non
     # Not strict: a reduced precision that fails its tolerance is reported and left unpublished; FP32 must pass.
     report = export_run(out / "run" / "model.keras", out / "exported", precisions=DEMO_PRECISIONS, strict=False)
     console.print(export_table(report))
+    for file, reasons in failed_files(report):
+        console.print(f"not published: {Path(file).name}: {'; '.join(reasons)}", highlight=False)
     if not report["precisions"]["fp32"]["passed"]:
         raise VerificationError("; ".join(report["precisions"]["fp32"]["failures"]))
 
