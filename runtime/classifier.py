@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -10,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from .atomic import write_image
+from .cam import heatmaps, overlay
 from .decision import decide
 from .modelcard import CAM_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .preprocess import ImageError, load_image
@@ -39,12 +42,14 @@ class Prediction:
     probability: float | None = None
     top_k: tuple[tuple[str, float], ...] = ()
     error: str | None = None
+    heatmap: str | None = None  # the overlay written for the called label, when asked for (--cam DIR)
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
+        heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else {}
         return {"path": self.path, "label": self.label, "probability": self.probability,
-                "top_k": [[label, p] for label, p in self.top_k]}
+                "top_k": [[label, p] for label, p in self.top_k]} | heatmap
 
 
 class Classifier:
@@ -84,28 +89,44 @@ class Classifier:
         probabilities, maps = self.session.run([OUTPUT_NAME, CAM_NAME], {INPUT_NAME: images})
         return probabilities, maps
 
-    def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16) -> Iterator[Prediction]:
-        """Classify files in order, batching the good ones; a bad file yields an error, the rest go on."""
+    def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16,
+                 cam_dir: str | os.PathLike[str] | None = None) -> Iterator[Prediction]:
+        """Classify files in order, batching the good ones; a bad file yields an error, the rest go on.
+        ``cam_dir``: also write a heatmap overlay for each called label there (models exported with ``--cam``)."""
+        if cam_dir is not None and CAM_NAME not in self.card.outputs:
+            raise ModelCardError(f"{self.model_path}: exported without class activation maps (medclf export --cam)")
         batch: list[tuple[str, np.ndarray]] = []
         for path in paths:
             try:
                 batch.append((path, load_image(path, self.card.preprocess)))
             except ImageError as exc:
-                yield from self._flush(batch, top_k)
+                yield from self._flush(batch, top_k, cam_dir)
                 batch = []
                 yield Prediction(path=path, error=exc.reason)
                 continue
             if len(batch) == batch_size:
-                yield from self._flush(batch, top_k)
+                yield from self._flush(batch, top_k, cam_dir)
                 batch = []
-        yield from self._flush(batch, top_k)
+        yield from self._flush(batch, top_k, cam_dir)
 
-    def _flush(self, batch: list[tuple[str, np.ndarray]], top_k: int) -> Iterator[Prediction]:
+    def _flush(self, batch: list[tuple[str, np.ndarray]], top_k: int,
+               cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
         if not batch:
             return
-        probabilities = self.predict(np.stack([image for _, image in batch]))
+        images = np.stack([image for _, image in batch])
+        probabilities, maps = self.cam(images) if cam_dir is not None else (self.predict(images), None)
         called = decide(probabilities, self.labels, self.card.decision)
-        for (path, _), row, label in zip(batch, probabilities, called):
+        for n, ((path, image), row, label) in enumerate(zip(batch, probabilities, called)):
             order = np.argsort(-row)[:top_k]
+            heatmap = None
+            if maps is not None:
+                heatmap = str(Path(cam_dir) / _heatmap_name(path, self.labels[label]))
+                write_image(heatmap, overlay(image, heatmaps(maps[n:n + 1, :, :, label], *image.shape[:2])[0]))
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
-                             top_k=tuple((self.labels[i], float(row[i])) for i in order))
+                             top_k=tuple((self.labels[i], float(row[i])) for i in order), heatmap=heatmap)
+
+
+def _heatmap_name(path: str, label: str) -> str:
+    """``<stem>-<hash of the full path>.<label>.cam.png``: files with one name in two folders do not collide."""
+    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}.{label}.cam.png"

@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import track
 from rich.table import Table
 
+from .atomic import atomic_write
 from .classifier import Classifier, Prediction
 from .inputs import expand_inputs
-from .modelcard import ModelCardError
+from .modelcard import CAM_NAME, ModelCardError
+
+PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -28,17 +33,53 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input per line.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per inference call.")] = 16,
     threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra-op threads.")] = None,
+    csv_file: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Also write every result to this CSV file (atomically, when done).")] = None,
+    cam: Annotated[Optional[Path], typer.Option("--cam", file_okay=False, help="Write a heatmap overlay per image here (models exported with medclf export --cam).")] = None,
 ) -> None:
     """Classify INPUTS; exit status 1 when any input could not be classified."""
     try:
         classifier = Classifier(model, threads=threads)
+        if cam is not None and CAM_NAME not in classifier.card.outputs:
+            raise ModelCardError(f"{classifier.model_path}: exported without class activation maps, so --cam "
+                                 f"cannot draw heatmaps (export it with medclf export --cam)")
     except (FileNotFoundError, ModelCardError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     top_k = min(top_k, len(classifier.labels))
-    predictions = classifier.classify(expand_inputs(inputs), top_k=top_k, batch_size=batch_size)
-    failed = _print_json(predictions) if as_json else _print_table(predictions)
+    paths = list(expand_inputs(inputs))
+    predictions = _with_progress(classifier.classify(paths, top_k=top_k, batch_size=batch_size, cam_dir=cam),
+                                 len(paths))
+    results: list[Prediction] = []
+    recorded = _recording(predictions, results) if csv_file is not None else predictions
+    failed = _print_json(recorded) if as_json else _print_table(recorded)
+    if csv_file is not None:
+        write_csv(csv_file, results)
     raise typer.Exit(1 if failed else 0)
+
+
+def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterator[Prediction]:
+    """A progress bar on stderr for long runs in a terminal; nothing when stderr is a pipe or a log file."""
+    console = Console(stderr=True)
+    show = console.is_terminal and total > PROGRESS_FROM
+    yield from track(predictions, total=total, description="classifying", console=console, transient=True,
+                     disable=not show)
+
+
+def _recording(predictions: Iterable[Prediction], into: list[Prediction]) -> Iterator[Prediction]:
+    for prediction in predictions:
+        into.append(prediction)
+        yield prediction
+
+
+def write_csv(path: Path, predictions: list[Prediction]) -> None:
+    """One row per input: path, label, probability, top_k as ``label:p;label:p``, heatmap, error."""
+    with atomic_write(path, "w") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "probability", "top_k", "heatmap", "error"])
+        for p in predictions:
+            top_k = ";".join(f"{label}:{probability:.6f}" for label, probability in p.top_k)
+            probability = "" if p.probability is None else f"{p.probability:.6f}"
+            writer.writerow([p.path, p.label or "", probability, top_k, p.heatmap or "", p.error or ""])
 
 
 def _print_json(predictions: Iterable[Prediction]) -> int:

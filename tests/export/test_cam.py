@@ -3,6 +3,8 @@ TensorFlow — and they are exactly the model's own evidence: their spatial mean
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import onnx
@@ -67,3 +69,21 @@ def test_triton_config_lists_the_cam_output_too(cam_model, tmp_path):
     dims = [d.dim_value for d in onnx.load(str(cam_model)).graph.output[1].type.tensor_type.shape.dim[1:]]
     assert [(o.name, list(o.dims)) for o in config.output][1] == ("cam", dims)
     assert config.output[1].label_filename == ""
+
+
+def test_medclf_run_draws_a_heatmap_per_image_without_tensorflow(cam_model, tmp_path, blood_cell_images):
+    import json
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom medclf.runtime.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('modules:', 'tensorflow' in sys.modules, file=sys.stderr)\n    raise")
+    done = subprocess.run([sys.executable, "-c", code, "--model", str(cam_model), "--json", "--cam",
+                           str(tmp_path / "heat"), *map(str, blood_cell_images[:3])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "modules: False" in done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    for line in lines:
+        assert line["heatmap"].endswith(f".{line['label']}.cam.png") and Path(line["heatmap"]).stat().st_size > 1000
+    assert len({line["heatmap"] for line in lines}) == 3

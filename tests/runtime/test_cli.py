@@ -80,3 +80,24 @@ def test_a_model_that_is_not_a_medclf_model_exits_2(tmp_path, blood_cell_images)
     bogus.write_bytes(b"\x08\x01")
     done = run("--model", str(bogus), str(blood_cell_images[0]))
     assert done.returncode == 2 and "bogus.onnx" in done.stderr
+
+
+def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_images):
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    table = tmp_path / "out" / "results.csv"
+    done = run("--csv", str(table), str(blood_cell_images[0]), str(fake), "--top-k", "2")
+    assert done.returncode == 1
+    import csv
+
+    rows = list(csv.DictReader(table.open()))
+    assert [row["path"] for row in rows] == [str(blood_cell_images[0]), str(fake)]
+    assert rows[0]["label"] in Classifier().labels and len(rows[0]["top_k"].split(";")) == 2
+    assert rows[1]["label"] == "" and "not a readable image" in rows[1]["error"]
+    assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
+
+
+def test_cam_with_a_model_exported_without_maps_is_refused_up_front(tmp_path, blood_cell_images):
+    done = run("--cam", str(tmp_path / "heat"), str(blood_cell_images[0]))
+    assert done.returncode == 2 and "medclf export --cam" in done.stderr
+    assert not (tmp_path / "heat").exists()
