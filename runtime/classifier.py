@@ -15,7 +15,7 @@ from .atomic import write_image
 from .cam import heatmaps, overlay
 from .decision import decide
 from .modelcard import CAM_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
-from .preprocess import ImageError, load_image
+from .stream import decoded
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
 DEFAULT_MODEL = Path(__file__).parent / "models" / "blood_cells" / "model.onnx"
@@ -90,20 +90,20 @@ class Classifier:
         return probabilities, maps
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16,
-                 cam_dir: str | os.PathLike[str] | None = None) -> Iterator[Prediction]:
-        """Classify files in order, batching the good ones; a bad file yields an error, the rest go on.
-        ``cam_dir``: also write a heatmap overlay for each called label there (models exported with ``--cam``)."""
+                 cam_dir: str | os.PathLike[str] | None = None, workers: int | None = None) -> Iterator[Prediction]:
+        """Classify files in order, batching the good ones, decoding ahead in ``workers`` threads while the model
+        runs; a bad file yields an error, the rest go on. ``cam_dir``: also write a heatmap overlay for each
+        called label there (models exported with ``--cam``)."""
         if cam_dir is not None and CAM_NAME not in self.card.outputs:
             raise ModelCardError(f"{self.model_path}: exported without class activation maps (medclf export --cam)")
         batch: list[tuple[str, np.ndarray]] = []
-        for path in paths:
-            try:
-                batch.append((path, load_image(path, self.card.preprocess)))
-            except ImageError as exc:
+        for path, image, error in decoded(paths, self.card.preprocess, workers, ahead=2 * batch_size + 8):
+            if error is not None:
                 yield from self._flush(batch, top_k, cam_dir)
                 batch = []
-                yield Prediction(path=path, error=exc.reason)
+                yield Prediction(path=path, error=error)
                 continue
+            batch.append((path, image))
             if len(batch) == batch_size:
                 yield from self._flush(batch, top_k, cam_dir)
                 batch = []
