@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from .atomic import write_image
+from .backends import open_backend
 from .cam import heatmaps, overlay
 from .decision import decide
-from .modelcard import CAM_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
+from .modelcard import CAM_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .stream import decoded
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
@@ -53,22 +53,18 @@ class Prediction:
 
 
 class Classifier:
-    """One onnxruntime session for the life of the process, with the model's own labels and preprocessing."""
+    """One inference session for the life of the process, with the model's own labels and preprocessing.
 
-    def __init__(self, model: str | os.PathLike[str] | None = None, threads: int | None = None) -> None:
+    ``backend``: ``cpu`` (default), ``cuda``, ``ort-tensorrt``, ``tensorrt`` or ``auto`` (see
+    :mod:`medclf.runtime.backends`); one that cannot start raises :class:`BackendUnavailable` saying why."""
+
+    def __init__(self, model: str | os.PathLike[str] | None = None, threads: int | None = None,
+                 backend: str = "cpu") -> None:
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
         if not self.model_path.is_file():
             raise FileNotFoundError(f"{self.model_path}: model file not found")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or default_threads()
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.model_path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own exception types for bad files
-            raise ModelCardError(f"{self.model_path}: not a loadable ONNX model ({exc})") from None
-        metadata = self.session.get_modelmeta().custom_metadata_map
-        self.card = ModelCard.from_metadata(metadata, str(self.model_path))
+        self.backend = open_backend(self.model_path, backend, threads or default_threads())
+        self.card = ModelCard.from_metadata(self.backend.metadata, str(self.model_path))
 
     @property
     def labels(self) -> tuple[str, ...]:
@@ -78,7 +74,7 @@ class Classifier:
         """Probabilities ``[N, classes]`` for uint8 images ``[N, H, W, C]`` already preprocessed; in runs of
         ``batch_size`` when given (many images at once would hold all their activations in memory)."""
         if batch_size is None or len(images) <= batch_size:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+            return self.backend.run([OUTPUT_NAME], images)[0]
         return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
     def cam(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -86,7 +82,7 @@ class Classifier:
         with ``medclf export --cam``; draw them with :mod:`medclf.runtime.cam`."""
         if CAM_NAME not in self.card.outputs:
             raise ModelCardError(f"{self.model_path}: exported without class activation maps (medclf export --cam)")
-        probabilities, maps = self.session.run([OUTPUT_NAME, CAM_NAME], {INPUT_NAME: images})
+        probabilities, maps = self.backend.run([OUTPUT_NAME, CAM_NAME], images)
         return probabilities, maps
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16,

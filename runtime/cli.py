@@ -16,6 +16,7 @@ from rich.progress import track
 from rich.table import Table
 
 from .atomic import atomic_write
+from .backends import BackendUnavailable
 from .classifier import Classifier, Prediction
 from .inputs import expand_inputs
 from .modelcard import CAM_NAME, ModelCardError
@@ -35,14 +36,17 @@ def run(
     threads: Annotated[Optional[int], typer.Option(min=1, help="onnxruntime intra-op threads.")] = None,
     csv_file: Annotated[Optional[Path], typer.Option("--csv", dir_okay=False, help="Also write every result to this CSV file (atomically, when done).")] = None,
     cam: Annotated[Optional[Path], typer.Option("--cam", file_okay=False, help="Write a heatmap overlay per image here (models exported with medclf export --cam).")] = None,
+    backend: Annotated[str, typer.Option(help="auto (the first of tensorrt, ort-tensorrt, cuda, cpu that starts; says which), or one of them: then it must start.")] = "auto",
 ) -> None:
     """Classify INPUTS; exit status 1 when any input could not be classified."""
     try:
-        classifier = Classifier(model, threads=threads)
+        classifier = Classifier(model, threads=threads, backend=backend)
+        if classifier.backend.note:
+            typer.echo(classifier.backend.note, err=True)
         if cam is not None and CAM_NAME not in classifier.card.outputs:
             raise ModelCardError(f"{classifier.model_path}: exported without class activation maps, so --cam "
                                  f"cannot draw heatmaps (export it with medclf export --cam)")
-    except (FileNotFoundError, ModelCardError) as exc:
+    except (FileNotFoundError, ModelCardError, BackendUnavailable, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     top_k = min(top_k, len(classifier.labels))

@@ -1,0 +1,110 @@
+"""Where a model runs: onnxruntime on the CPU, its CUDA or TensorRT execution providers, or a native TensorRT
+engine — each behind one small interface, ``run(output_names, images) → outputs``.
+
+onnxruntime-gpu lists the CUDA provider even where CUDA cannot load, then quietly runs on the CPU; so a
+session is checked with ``get_providers()`` after it is made, and a backend that did not really start is an
+error naming what is missing. ``auto`` tries TensorRT, onnxruntime's TensorRT EP, CUDA, then the CPU, and
+says once which it chose and why the others were passed over.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCardError
+
+BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")
+AUTO_ORDER = ("tensorrt", "ort-tensorrt", "cuda", "cpu")
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "ort-tensorrt": "TensorrtExecutionProvider"}
+GPU_HINT = "install onnxruntime-gpu (pip install 'medclf[gpu]') on a machine with an NVIDIA GPU"
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says which library or device is missing."""
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    run: Callable[[list[str], np.ndarray], list[np.ndarray]]  # output names, uint8 batch → outputs
+    metadata: dict[str, str]  # the ONNX file's metadata_props (the model card)
+    note: str = ""  # for auto: why this one was chosen
+
+
+def open_backend(model: Path, name: str = "cpu", threads: int = 1) -> Backend:
+    """Start ``name`` for ``model``; ``auto`` picks the first that starts, in :data:`AUTO_ORDER`."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    if name != "auto":
+        return _open(model, name, threads)
+    passed_over = []
+    for candidate in AUTO_ORDER:
+        try:
+            backend = _open(model, candidate, threads)
+        except BackendUnavailable as exc:
+            passed_over.append(str(exc).split("; ")[0])  # the reason; the install hint is said once below
+            continue
+        note = f"backend {candidate} (auto)"
+        if passed_over:
+            note += f"; passed over {', '.join(passed_over)}" + ("" if candidate != "cpu" else f" ({GPU_HINT})")
+        return Backend(backend.name, backend.run, backend.metadata, note)
+    raise BackendUnavailable("; ".join(passed_over))  # unreachable while the CPU provider exists
+
+
+def _open(model: Path, name: str, threads: int) -> Backend:
+    return _tensorrt(model, threads) if name == "tensorrt" else _onnxruntime(model, name, threads)
+
+
+def _onnxruntime(model: Path, name: str, threads: int) -> Backend:
+    provider = PROVIDERS[name]
+    if provider not in ort.get_available_providers():
+        raise BackendUnavailable(f"{name}: this onnxruntime has no {provider}; {GPU_HINT}")
+    if name != "cpu" and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA and cuDNN from their pip wheels, where installed
+    providers = [provider] if name == "cpu" else [provider, PROVIDERS["cpu"]]
+    session = _session(model, providers, threads)
+    if session.get_providers()[0] != provider:
+        raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} (a CUDA, cuDNN or TensorRT "
+                                 f"library is missing or does not match; its log says which) and would have run "
+                                 f"on the CPU instead")
+    return Backend(name, lambda outputs, images: session.run(outputs, {INPUT_NAME: images}),
+                   session.get_modelmeta().custom_metadata_map)
+
+
+def _tensorrt(model: Path, threads: int) -> Backend:
+    """A native engine from the cache, built on first use for this GPU (that takes a while, once)."""
+    from .modelcard import ModelCard
+    from .tensorrt_engine import EngineCache, TensorRTEngine, TensorRTUnavailable, tensorrt
+
+    try:
+        tensorrt()  # not installed: say so before any work
+        metadata = _session(model, [PROVIDERS["cpu"]], threads).get_modelmeta().custom_metadata_map
+        card = ModelCard.from_metadata(metadata, str(model))
+        engine = TensorRTEngine(EngineCache().engine_for(model, card.precision))
+    except (TensorRTUnavailable, ValueError) as exc:
+        raise BackendUnavailable(f"tensorrt: {exc}") from None
+
+    def run(outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
+        if outputs != [OUTPUT_NAME]:
+            raise BackendUnavailable(f"tensorrt: engines serve {OUTPUT_NAME} only; use --backend cuda for {outputs}")
+        return [engine.predict(images)]
+
+    return Backend("tensorrt", run, metadata)
+
+
+def _session(model: Path, providers: list[str], threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(os.fspath(model), options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad files
+        raise ModelCardError(f"{model}: not a loadable ONNX model ({exc})") from None

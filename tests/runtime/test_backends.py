@@ -1,0 +1,61 @@
+"""Backends: the CPU always; GPU ones only where they really start — never a silent fall back to the CPU.
+
+GPU backends are tested on a machine with onnxruntime-gpu and an NVIDIA GPU; elsewhere those tests skip.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
+from medclf.runtime.backends import BackendUnavailable, open_backend
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def test_cpu_is_the_default_and_says_nothing():
+    backend = open_backend(DEFAULT_MODEL)
+    assert backend.name == "cpu" and backend.note == ""
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
+def test_auto_says_which_backend_it_chose_and_why_the_others_were_passed_over():
+    backend = open_backend(DEFAULT_MODEL, "auto")
+    assert backend.name == "cpu"
+    assert backend.note.startswith("backend cpu (auto); passed over tensorrt: TensorRT is not installed")
+    assert "cuda: this onnxruntime has no CUDAExecutionProvider" in backend.note
+    assert backend.note.count("install onnxruntime-gpu") == 1
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
+@pytest.mark.parametrize("name", ["cuda", "ort-tensorrt", "tensorrt"])
+def test_a_requested_backend_that_cannot_start_is_an_error_not_a_fallback(name):
+    with pytest.raises(BackendUnavailable, match=f"^{name}: "):
+        Classifier(DEFAULT_MODEL, backend=name)
+
+
+def test_medclf_run_reports_an_unavailable_backend_with_exit_2(blood_cell_images):
+    if HAS_CUDA:
+        pytest.skip("this onnxruntime has CUDA")
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--backend", "cuda",
+                           str(blood_cell_images[0])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "error: cuda: this onnxruntime has no CUDAExecutionProvider" in done.stderr
+    assert done.stdout == ""
+
+
+def test_an_unknown_backend_is_refused():
+    with pytest.raises(ValueError, match="unknown backend 'npu'"):
+        open_backend(DEFAULT_MODEL, "npu")
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
+def test_cuda_really_runs_on_the_gpu_and_matches_the_cpu(blood_cell_images):
+    gpu, cpu = Classifier(DEFAULT_MODEL, backend="cuda"), Classifier(DEFAULT_MODEL)
+    images = np.stack([load_image(p, cpu.card.preprocess) for p in blood_cell_images])
+    np.testing.assert_allclose(gpu.predict(images), cpu.predict(images), atol=1e-4)
