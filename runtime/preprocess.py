@@ -93,10 +93,15 @@ class Preprocess:
 def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb") -> np.ndarray:
     """Decode image bytes to uint8 HWC RGB (or HW1 grey), whatever the file's depth and channels.
 
-    EXIF orientation is applied; alpha is dropped; 16-bit images are scaled to 8 bits over the full range.
+    EXIF orientation is applied; alpha is dropped; 16-bit images are scaled to 8 bits over the full range;
+    DICOM goes through its modality LUT and window (:mod:`medclf.runtime.dicom`).
     """
     if not data:
         raise ImageError(source, "empty file")
+    if data[128:132] == b"DICM":  # DICOM's magic, after its 128-byte preamble
+        from .dicom import decode_dicom
+
+        return _to_uint8(_to_color(_rgb_to_bgr(decode_dicom(data, source)), color))
     _refuse_huge(data, source)
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR  # keeps 16-bit; still applies EXIF orientation
@@ -169,6 +174,11 @@ def read_image(path: str | os.PathLike[str], color: str = "rgb") -> np.ndarray:
 def load_image(path: str | os.PathLike[str], preprocess: Preprocess) -> np.ndarray:
     """Read, decode and resize one file: the model input for one image, HWC uint8."""
     return resize(read_image(path, preprocess.color), preprocess)
+
+
+def _rgb_to_bgr(image: np.ndarray) -> np.ndarray:
+    """OpenCV decodes to BGR and :func:`_to_color` expects that; DICOM colour comes as RGB."""
+    return image[:, :, ::-1] if image.ndim == 3 else image
 
 
 def _to_color(image: np.ndarray, color: str) -> np.ndarray:

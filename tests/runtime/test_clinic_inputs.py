@@ -1,0 +1,106 @@
+"""The files clinics have: CMYK JPEG, BMP, TIFF (8/16-bit), and DICOM with its modality LUT, window and
+MONOCHROME1 — each decoded to what a person would see, or refused with one line naming the file."""
+
+from __future__ import annotations
+
+import io
+
+import cv2
+import numpy as np
+import pytest
+
+from medclf.runtime.preprocess import ImageError, decode_image, read_image
+
+pydicom = pytest.importorskip("pydicom", reason="pydicom (medclf[dicom]) is not installed")
+from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid  # noqa: E402
+
+RAMP = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))  # 32x64, dark left → bright right
+
+
+def dicom_bytes(pixels: np.ndarray, **tags) -> bytes:
+    """A minimal valid DICOM file (Secondary Capture, explicit little endian) holding ``pixels``."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    colour = pixels.ndim == 3 and pixels.shape[-1] == 3
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
+    ds.SamplesPerPixel = 3 if colour else 1
+    ds.PhotometricInterpretation = "RGB" if colour else "MONOCHROME2"
+    if colour:
+        ds.PlanarConfiguration = 0
+    bits = pixels.dtype.itemsize * 8
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits, bits - 1, 0
+    for name, value in tags.items():
+        setattr(ds, name, value)
+    ds.PixelData = pixels.tobytes()
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def test_a_cmyk_jpeg_becomes_rgb():
+    from PIL import Image
+
+    red = Image.new("RGB", (40, 30), (200, 30, 40)).convert("CMYK")
+    out = io.BytesIO()
+    red.save(out, "JPEG", quality=95)
+    image = decode_image(out.getvalue(), "cmyk.jpg")
+    assert image.shape == (30, 40, 3)
+    assert np.abs(image.reshape(-1, 3).mean(0) - [200, 30, 40]).max() < 12
+
+
+@pytest.mark.parametrize("suffix", [".bmp", ".tif"])
+def test_bmp_and_tiff_decode_like_png(suffix):
+    bgr = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)])
+    ok, encoded = cv2.imencode(suffix, bgr)
+    assert ok
+    np.testing.assert_array_equal(decode_image(encoded.tobytes(), "x" + suffix), bgr[:, :, ::-1])
+
+
+def test_a_16_bit_tiff_is_scaled_to_8_bits():
+    ok, encoded = cv2.imencode(".tif", RAMP.astype(np.uint16) * 257)
+    assert ok
+    np.testing.assert_array_equal(decode_image(encoded.tobytes(), "x.tif")[:, :, 0], RAMP)
+
+
+def test_dicom_goes_through_the_modality_lut_and_its_window():
+    stored = (RAMP.astype(np.uint16) * 4)  # 0..1008
+    # physical = 2 * stored - 1000 → -1000..1016; the window shows -500..500, everything else saturates
+    data = dicom_bytes(stored, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=0.5, WindowWidth=1001)
+    image = decode_image(data, "ct.dcm", color="grey")[:, :, 0]
+    physical = 2.0 * stored - 1000
+    expected = np.rint(np.clip((physical + 500) / 1000, 0, 1) * 255)
+    assert np.abs(image.astype(int) - expected).max() <= 1
+    assert image[:, 0].max() == 0 and image[:, -1].min() == 255
+
+
+def test_monochrome1_is_inverted_so_bone_stays_bright():
+    normal = decode_image(dicom_bytes(RAMP.astype(np.uint16)), "a.dcm", color="grey")
+    inverted = decode_image(dicom_bytes(RAMP.astype(np.uint16), PhotometricInterpretation="MONOCHROME1"),
+                            "b.dcm", color="grey")
+    np.testing.assert_array_equal(inverted, 255 - normal)
+    assert normal[0, 0, 0] == 0 and normal[0, -1, 0] == 255  # no window: the values' own full range
+
+
+def test_colour_and_multi_frame_dicoms(tmp_path):
+    rgb = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)])
+    decoded = decode_image(dicom_bytes(rgb), "colour.dcm")
+    assert decoded.shape == (32, 64, 3) and decoded[0, -1, 0] == 255 and decoded[0, 0, 1] == 255
+    frames = np.stack([RAMP, 255 - RAMP]).astype(np.uint8)
+    path = tmp_path / "cine.dcm"
+    path.write_bytes(dicom_bytes(frames, NumberOfFrames=2))
+    first = read_image(path, "grey")[:, :, 0]
+    assert first.shape == (32, 64) and first[0, 0] == 0 and first[0, -1] == 255
+
+
+def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
+    data = dicom_bytes(RAMP.astype(np.uint16))
+    with pytest.raises(ImageError, match=r"^cut.dcm: unreadable DICOM"):
+        decode_image(data[: len(data) // 2], "cut.dcm")
+    huge = dicom_bytes(np.zeros((2, 2), np.uint16), Rows=60000, Columns=60000)
+    with pytest.raises(ImageError, match="over the 100,000,000-pixel limit"):
+        decode_image(huge, "huge.dcm")
