@@ -10,10 +10,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.progress import track
-from rich.table import Table
 
 from .atomic import atomic_write
 from .backends import BackendUnavailable
@@ -61,12 +57,14 @@ def run(
     raise typer.Exit(1 if failed else 0)
 
 
-def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterator[Prediction]:
+def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterable[Prediction]:
     """A progress bar on stderr for long runs in a terminal; nothing when stderr is a pipe or a log file."""
-    console = Console(stderr=True)
-    show = console.is_terminal and total > PROGRESS_FROM
-    yield from track(predictions, total=total, description="classifying", console=console, transient=True,
-                     disable=not show)
+    if total <= PROGRESS_FROM or not sys.stderr.isatty():
+        return predictions
+    from rich.console import Console  # rich is imported only where it draws: one-shot --json runs start faster
+    from rich.progress import track
+
+    return track(predictions, total=total, description="classifying", console=Console(stderr=True), transient=True)
 
 
 def _recording(predictions: Iterable[Prediction], into: list[Prediction]) -> Iterator[Prediction]:
@@ -96,6 +94,10 @@ def _print_json(predictions: Iterable[Prediction]) -> int:
 
 
 def _print_table(predictions: Iterable[Prediction]) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table()
     table.add_column("file", overflow="fold")  # a path is never cut short with an ellipsis
     for name in ("label", "probability", "others"):

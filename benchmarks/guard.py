@@ -1,0 +1,68 @@
+"""Fail CI on a speed *ratio* regression, never on an absolute time.
+
+Reads a pytest-benchmark JSON, computes each side-by-side ratio (medclf vs the Keras way, the pipeline vs its
+bound, the one-shot run vs its floor) from medians measured in that same run, prints them next to the
+issue's targets and the committed baseline, and exits 1 when one is more than TOLERANCE worse than baseline.
+
+    python benchmarks/guard.py RESULTS.json [--update]    # --update rewrites benchmarks/baseline.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BASELINE = Path(__file__).with_name("baseline.json")
+TOLERANCE = 0.35  # 2-core machines are noisy (±20% run to run here); a real regression moves a ratio more
+
+# name: (numerator benchmark, denominator benchmark(s), target, higher_is_better)
+RATIOS = {
+    "one image: Keras predict_on_batch / medclf": ("test_keras_predict_on_batch_one_image", ("test_medclf_one_image",), 3.0, True),
+    "folder: Keras dataset+predict / medclf": ("test_keras_folder", ("test_medclf_folder",), 4.0, True),
+    "folder: slower stage alone / medclf pipeline": (("test_bound_decode_only", "test_bound_inference_only"), ("test_medclf_folder",), 0.8, True),
+    "one-shot: Keras script / medclf-run": ("test_oneshot_keras_script", ("test_oneshot_medclf_run",), 25.0, True),
+    "one-shot: medclf-run / floor": ("test_oneshot_medclf_run", ("test_oneshot_floor",), 1.3, False),
+}
+
+
+def ratios(results: dict) -> dict[str, float]:
+    medians = {bench["name"]: bench["stats"]["median"] for bench in results["benchmarks"]}
+
+    def time_of(names) -> float | None:
+        names = (names,) if isinstance(names, str) else names
+        return max(medians[n] for n in names) if all(n in medians for n in names) else None
+
+    found = {}
+    for label, (top, bottom, _, _) in RATIOS.items():
+        numerator, denominator = time_of(top), time_of(bottom)
+        if numerator and denominator:
+            found[label] = numerator / denominator
+    return found
+
+
+def main(argv: list[str]) -> int:
+    measured = ratios(json.loads(Path(argv[0]).read_text()))
+    if "--update" in argv:
+        BASELINE.write_text(json.dumps({k: round(v, 3) for k, v in measured.items()}, indent=2) + "\n")
+    baseline = json.loads(BASELINE.read_text()) if BASELINE.is_file() else {}
+    failed = []
+    print(f"{'ratio':48} {'now':>7} {'baseline':>9} {'target':>7}")
+    for label, (_, _, target, higher) in RATIOS.items():
+        if label not in measured:
+            print(f"{label:48} {'skipped':>7}")
+            continue
+        now, base = measured[label], baseline.get(label)
+        worse = base is not None and (now < base * (1 - TOLERANCE) if higher else now > base * (1 + TOLERANCE))
+        meets = now >= target if higher else now <= target
+        print(f"{label:48} {now:7.2f} {base if base is not None else '—':>9} {('≥' if higher else '≤')}{target:<6} "
+              f"{'REGRESSED' if worse else ''}{'' if meets else ' (target not met)'}")
+        if worse:
+            failed.append(label)
+    if failed:
+        print(f"speed ratios regressed by more than {TOLERANCE:.0%} against {BASELINE.name}: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

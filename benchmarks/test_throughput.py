@@ -1,0 +1,38 @@
+"""Folder throughput, side by side: medclf's streaming classifier vs Keras ``image_dataset_from_directory`` +
+``predict``, and the bound each stage sets when measured alone (decode and resize only; inference only on
+pre-decoded arrays). Each benchmark classifies the same FOLDER_IMAGES real images once per round."""
+
+from __future__ import annotations
+
+from medclf.runtime.stream import decoded
+
+BATCH = 32
+
+
+def test_medclf_folder(benchmark, classifier, image_paths):
+    def classify_all() -> int:
+        return sum(1 for p in classifier.classify(image_paths, batch_size=BATCH) if p.error is None)
+
+    assert benchmark.pedantic(classify_all, rounds=3, warmup_rounds=1) == len(image_paths)
+
+
+def test_bound_decode_only(benchmark, classifier, image_paths):
+    benchmark.pedantic(lambda: sum(1 for _ in decoded(image_paths, classifier.card.preprocess)), rounds=3,
+                       warmup_rounds=1)
+
+
+def test_bound_inference_only(benchmark, classifier, images):
+    benchmark.pedantic(classifier.predict, args=(images,), kwargs={"batch_size": BATCH}, rounds=3, warmup_rounds=1)
+
+
+def test_keras_folder(benchmark, keras_model, folder, classifier):
+    import keras
+
+    size = (classifier.card.preprocess.height, classifier.card.preprocess.width)
+
+    def predict_folder():
+        dataset = keras.utils.image_dataset_from_directory(folder, image_size=size, batch_size=BATCH, shuffle=False,
+                                                           verbose=False)
+        return keras_model.predict(dataset, verbose=0)
+
+    benchmark.pedantic(predict_folder, rounds=2, warmup_rounds=1)
