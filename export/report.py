@@ -41,3 +41,18 @@ def _accuracy(entry: dict) -> tuple[str, str]:
 
 def _number(entry: dict, key: str, form: str, scale: float = 1.0) -> str:
     return form.format(entry[key] * scale) if key in entry else "—"
+
+
+def benchmark_table(result: dict) -> Table:
+    """``medclf benchmark``'s rows: format, size, accuracy, agreement with Keras, ms per image, images/s."""
+    table = Table(title=f"{result['model']}: {result['images']} real images", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for column in ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b32", ""):
+        table.add_column(column, justify="left" if column in ("format", "") else "right")
+    for row in result["rows"]:
+        table.add_row(row["format"], f"{row['size_mb']:.1f}",
+                      "—" if row["accuracy"] is None else f"{row['accuracy']:.1%}", f"{row['agreement']:.1%}",
+                      "—" if row["ms_per_image"] is None else f"{row['ms_per_image']:.2f}",
+                      "—" if row["images_per_s"] is None else f"{row['images_per_s']:.0f}",
+                      "" if row["passed"] else "[red]refused[/red]")
+    return table

@@ -1,4 +1,4 @@
-"""``medclf``: the toolchain CLI — train, crossval, evaluate, explain, augment, export, demo. Thin commands:
+"""``medclf``: the toolchain CLI — train, crossval, evaluate, explain, augment, export, benchmark, demo. Thin commands:
 validate, call the library.
 
 TensorFlow is imported inside the commands that need it, so ``medclf --help`` answers at once.
@@ -236,6 +236,26 @@ def _parse_profile(text: str):
     except (TypeError, ValueError) as exc:
         raise typer.BadParameter(f"{text!r}: give MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX ({exc})",
                                  param_hint="--batch-profile") from None
+
+
+@app.command()
+def benchmark(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
+    data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split.")] = None,
+    precision: Annotated[str, typer.Option(help="Comma-separated ONNX precisions to compare with Keras.")] = "fp32,fp16,int8",
+    images: Annotated[int, typer.Option(min=1, help="At most this many images, evenly spread.")] = 256,
+    json_out: Annotated[Path, typer.Option("--json-out", dir_okay=False, help="Where the JSON goes.")] = Path("benchmark.json"),
+    calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: training images to calibrate on; default: the run's training split.")] = None,
+) -> None:
+    """Every format of MODEL side by side — Keras and each ONNX precision — with size, accuracy, ms per image and
+    images/s on this machine."""
+    from medclf.export.benchmark import benchmark_model
+    from medclf.export.report import benchmark_table
+
+    precisions = tuple(p.strip().lower() for p in precision.split(",") if p.strip())
+    result = _library_call(lambda: benchmark_model(model, data, precisions, images, json_out, calibration))
+    console.print(benchmark_table(result))
+    console.print(f"written: {json_out}")
 
 
 @app.command()

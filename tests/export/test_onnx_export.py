@@ -52,8 +52,7 @@ def test_the_report_says_what_each_file_was_verified_on_and_how_fast_it_runs(exp
     for entry in report["precisions"].values():
         assert entry["size_bytes"] > 0 and 0 <= entry["accuracy"] <= 1 and entry["reference_accuracy"] is not None
         assert (out / entry["file"]).exists() == entry["passed"]
-        if entry["passed"]:
-            assert entry["latency_ms_batch1"] > 0 and entry["images_per_s_batch32"] > 0
+        assert entry["latency_ms_batch1"] > 0 and entry["images_per_s_batch32"] > 0  # measured either way
     assert report["passed"] == all(entry["passed"] for entry in report["precisions"].values())
 
 

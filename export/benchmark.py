@@ -1,0 +1,57 @@
+"""``medclf benchmark MODEL``: every format of one model side by side — the Keras model it came from and each
+exported precision — with size, accuracy, latency and throughput on this machine, like Ultralytics' table.
+
+The ONNX rows come from a real export (verified, timed through the runtime); the Keras row is timed the way
+the seed tutorials run it (``predict_on_batch`` for one image, ``predict`` for a batch of 32), on the same
+real images.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from medclf.runtime.atomic import write_json
+
+from .pipeline import MAX_VERIFY_IMAGES, PRECISIONS, _load, _model_card, _verification_images, export_run
+from .speed import BATCH, _median_seconds
+
+
+def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
+                    precisions: tuple[str, ...] = PRECISIONS, max_images: int = MAX_VERIFY_IMAGES,
+                    json_path: str | os.PathLike[str] | None = None,
+                    calibration_data: str | os.PathLike[str] | None = None) -> dict:
+    """Rows ``{format, file, size_mb, accuracy, agreement, ms_per_image, images_per_s, passed}``, Keras first;
+    also written to ``json_path`` when given."""
+    model_path = Path(model_path)
+    with tempfile.TemporaryDirectory() as work:
+        report = export_run(model_path, work, precisions, verify_data=data, calibration_data=calibration_data,
+                            max_images=max_images, strict=False)
+    rows = [_keras_row(model_path, data, max_images, report)]
+    for precision, entry in report["precisions"].items():
+        rows.append({"format": f"ONNX {precision}", "file": Path(entry["file"]).name,
+                     "size_mb": round(entry["size_bytes"] / 1e6, 2), "accuracy": entry["accuracy"],
+                     "agreement": entry["agreement"], "ms_per_image": entry.get("latency_ms_batch1"),
+                     "images_per_s": entry.get("images_per_s_batch32"), "passed": entry["passed"]})
+    result = {"model": str(model_path), "images": report["images"], "verified_on": report["verified_on"],
+              "rows": rows}
+    if json_path is not None:
+        write_json(json_path, result)
+    return result
+
+
+def _keras_row(model_path: Path, data, max_images: int, report: dict) -> dict:
+    card = _model_card(model_path)
+    images, _ = _load(*_verification_images(model_path.parent, data, max_images), card)
+    model = keras.models.load_model(model_path, compile=False)
+    one, batch = images[:1].astype(np.float32), np.resize(images, (BATCH, *images.shape[1:])).astype(np.float32)
+    latency = _median_seconds(lambda: model.predict_on_batch(one), 10)
+    per_batch = _median_seconds(lambda: model.predict(batch, batch_size=BATCH, verbose=0), 3)
+    reference = report["precisions"]["fp32"]["reference_accuracy"]
+    return {"format": "Keras", "file": model_path.name, "size_mb": round(model_path.stat().st_size / 1e6, 2),
+            "accuracy": reference, "agreement": 1.0, "ms_per_image": round(latency * 1e3, 3),
+            "images_per_s": round(BATCH / per_batch, 1), "passed": True}
