@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 
 # Refuse images whose header claims more pixels than this, before decoding them (decompression bombs).
 MAX_PIXELS = 100_000_000
+MAX_FILE_BYTES = 1 << 30  # and files larger than this, before reading them
 
 _INTERPOLATIONS = {"linear": cv2.INTER_LINEAR, "nearest": cv2.INTER_NEAREST, "cubic": cv2.INTER_CUBIC}
 CROPS = ("centre", "stain")
@@ -163,8 +165,15 @@ def stain_centre(image: np.ndarray, min_pixels: int = 20) -> tuple[int, int]:
 
 
 def read_image(path: str | os.PathLike[str], color: str = "rgb") -> np.ndarray:
-    """Read and decode one file at its own size, HWC uint8; an unreadable file is an :class:`ImageError`."""
+    """Read and decode one file at its own size, HWC uint8; an unreadable file is an :class:`ImageError`.
+
+    Only regular files are opened (a FIFO or device would block or never end), and none over MAX_FILE_BYTES."""
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageError(str(path), "not a regular file")
+        if info.st_size > MAX_FILE_BYTES:
+            raise ImageError(str(path), f"file is {info.st_size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError(str(path), exc.strerror or str(exc)) from None

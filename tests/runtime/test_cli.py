@@ -101,3 +101,30 @@ def test_cam_with_a_model_exported_without_maps_is_refused_up_front(tmp_path, bl
     done = run("--cam", str(tmp_path / "heat"), str(blood_cell_images[0]))
     assert done.returncode == 2 and "medclf export --cam" in done.stderr
     assert not (tmp_path / "heat").exists()
+
+
+def test_a_fifo_or_a_huge_file_is_refused_without_hanging(tmp_path, blood_cell_images):
+    import os
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as handle:  # sparse: 2 GiB on paper, nothing on disk
+        handle.truncate(2 << 30)
+    done = run("--json", str(fifo), str(huge), str(blood_cell_images[0]))
+    assert done.returncode == 1
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert lines[0]["error"] == "not a regular file" and "over the 1,073,741,824-byte limit" in lines[1]["error"]
+    assert "label" in lines[2]
+
+
+def test_a_folder_of_a_thousand_files_streams_through(tmp_path, blood_cell_images):
+    source = blood_cell_images[0].read_bytes()
+    for i in range(1000):
+        (tmp_path / f"cell {i:04d}.jpeg").write_bytes(source)
+    (tmp_path / "cell 0500.jpeg").write_bytes(source[:100])  # one truncated file in the middle
+    done = run("--json", "--batch-size", "64", str(tmp_path))
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert done.returncode == 1 and len(lines) == 1000
+    assert [line["path"].endswith(f"cell {i:04d}.jpeg") for i, line in enumerate(lines)] == [True] * 1000
+    assert "error" in lines[500] and {line["label"] for i, line in enumerate(lines) if i != 500} == {lines[0]["label"]}
