@@ -131,7 +131,8 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
     callbacks = [
         keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=not ema_epochs),
         _schedule(config, learning_rate, initial_epoch),
-        keras.callbacks.CSVLogger(str(log_csv), append=True),
+        keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(stage=name)),
+        keras.callbacks.CSVLogger(str(log_csv), append=True),  # after the stage is added: it logs it
         RichProgress(name, epochs),
     ]
     optimizer = keras.optimizers.Adam(learning_rate)

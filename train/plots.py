@@ -23,16 +23,23 @@ from medclf.runtime.atomic import atomic_write  # noqa: E402
 
 
 def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
-    """Loss and accuracy per epoch, training vs validation, from the run's ``history.csv``."""
+    """Loss and accuracy per epoch, training vs validation, from the run's ``history.csv``; a dashed line marks
+    where a new training stage begins (e.g. fine-tuning after the head), whose jump is not a glitch."""
     with open(history_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
         raise ValueError(f"{history_csv}: no epochs logged")
     epochs = [int(row["epoch"]) + 1 for row in rows]
+    starts = [(epoch, row["stage"]) for i, (epoch, row) in enumerate(zip(epochs, rows))
+              if row.get("stage") and (i == 0 or row["stage"] != rows[i - 1].get("stage"))]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         ax.plot(epochs, [float(row[metric]) for row in rows], label="training")
         ax.plot(epochs, [float(row[f"val_{metric}"]) for row in rows], label="validation")
+        for epoch, stage in starts[1:]:
+            ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
+            ax.annotate(stage, (epoch - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
+                        textcoords="offset points", color="grey", fontsize=8)
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
         ax.legend()

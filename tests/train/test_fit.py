@@ -38,3 +38,12 @@ def test_two_frozen_backbones_train_only_their_head(cataract, tmp_path):
     for layer in ("Conv1", "conv_pw_13"):  # one layer of each backbone: still ImageNet's
         np.testing.assert_array_equal(trained.get_layer(layer).get_weights()[0], fresh.get_layer(layer).get_weights()[0])
     assert len(history(tmp_path)) == 2 and result.metrics["validation"]["roc_auc_macro"] is not None
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
+                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+def test_the_log_names_each_epochs_stage_and_the_curves_mark_where_fine_tuning_begins(cataract, tmp_path):
+    config = FitConfig(epochs=2, head_epochs=2, patience=10, augment_views=0)
+    train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
+    assert [row["stage"] for row in history(tmp_path)] == ["head", "head", "fine-tune", "fine-tune"]
+    assert (tmp_path / "curves.png").stat().st_size > 10_000
