@@ -22,6 +22,7 @@ DECISION = "decision.json"  # binary tasks: the operating threshold chosen on va
 METRICS = "metrics.json"
 SPLITS = "splits.json"  # the training and held-out validation files: export calibrates and verifies on them
 HISTORY = "history.csv"
+CHECKPOINT = "checkpoint.keras"  # the best model so far, written during training (a crash keeps it)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ Augmentation never enters the saved model.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 from sklearn.utils.class_weight import compute_class_weight
+
+from medclf.rundir import CHECKPOINT
 
 from .architectures import Architecture
 from .progress import RichProgress
@@ -95,17 +98,20 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     one_hot = np.eye(num_classes, dtype=np.float32)  # labels one-hot from here on: mixup blends them
     train, val = (train[0], one_hot[train[1]]), (val[0], one_hot[val[1]])
     learning_rate = config.learning_rate or arch.learning_rate
+    best = BestCheckpoint(model, log_csv.with_name(CHECKPOINT))
     if arch.frozen_until is None:
         augmenter = make_augmenter(config.seed, config.augmentation) if config.augment else None
         _stage(model, _mixed(_batches(*train, config, augmenter), config), _batches(*val), learning_rate,
-               config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs)
+               config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs,
+               checkpoint=best)
         return
     if arch.frozen_until == "pool":  # the whole backbone stays frozen: a dense head on cached pooled features
         frozen, head = _split_at_pool(model)
         pooled_train, train_y = _cached_features(frozen, train, config)
         pooled_val = predict(frozen, val[0], dtype=np.float16)
         _stage(head, _mixed(_batches(pooled_train, train_y, config), config), _batches(pooled_val, val[1]),
-               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight, name="head")
+               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight, name="head",
+               checkpoint=best)
         return
     frozen, top, head, rest = _split(model, arch.frozen_until)
     train_x, train_y = _cached_features(frozen, train, config)
@@ -113,16 +119,17 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     # Stage 1: a new head on the pooled ImageNet features (computed once), so stage 2 starts from sense.
     pooled_train, pooled_val = predict(top, train_x, dtype=np.float16), predict(top, val_x, dtype=np.float16)
     done = _stage(head, _batches(pooled_train, train_y, config), _batches(pooled_val, val[1]),
-                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight, name="head")
+                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight, name="head",
+                  checkpoint=best)
     # Stage 2: fine-tune every layer above the cut, at the architecture's lower rate.
     _stage(rest, _mixed(_batches(train_x, train_y, config), config), _batches(val_x, val[1]), learning_rate,
            done + config.epochs, config, log_csv, class_weight, initial_epoch=done, ema_epochs=config.ema_epochs,
-           name="fine-tune")
+           name="fine-tune", checkpoint=best)
 
 
 def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, learning_rate: float, epochs: int,
            config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, initial_epoch: int = 0,
-           ema_epochs: float = 0.0, name: str = "train") -> int:
+           ema_epochs: float = 0.0, name: str = "train", checkpoint: keras.callbacks.Callback | None = None) -> int:
     """One round of ``model.fit`` with early stopping on validation loss; returns the epochs run so far.
 
     Without EMA the best validation epoch's weights are restored; with it the run ends on the averaged weights
@@ -134,7 +141,7 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(stage=name)),
         keras.callbacks.CSVLogger(str(log_csv), append=True),  # after the stage is added: it logs it
         RichProgress(name, epochs),
-    ]
+    ] + ([checkpoint] if checkpoint is not None else [])
     optimizer = keras.optimizers.Adam(learning_rate)
     if ema_epochs:
         momentum = 1.0 - 1.0 / max(2.0, ema_epochs * int(train.cardinality()))
@@ -144,6 +151,29 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
     history = model.fit(train, validation_data=val, epochs=epochs, initial_epoch=initial_epoch,
                         callbacks=callbacks, class_weight=class_weight, verbose=0)
     return initial_epoch + len(history.epoch)
+
+
+class BestCheckpoint(keras.callbacks.Callback):
+    """Saves the *whole* model (not just the stage being trained: stages are views sharing its layers) whenever
+    validation loss reaches a new best, across stages, so a crash or Ctrl-C never loses the best model so far.
+    Written atomically; ``model.keras`` at the end is still the run's answer (with EMA it is the average)."""
+
+    def __init__(self, full_model: keras.Model, path: Path) -> None:
+        super().__init__()
+        self.full_model, self.path, self.best = full_model, path, float("inf")
+        path.unlink(missing_ok=True)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("val_loss")
+        if loss is None or not loss < self.best:
+            return
+        self.best = loss
+        temporary = self.path.with_name(f".{self.path.stem}.{os.getpid()}.keras")
+        try:
+            self.full_model.save(temporary)
+            os.replace(temporary, self.path)
+        finally:
+            temporary.unlink(missing_ok=True)
 
 
 def _schedule(config: FitConfig, learning_rate: float, initial_epoch: int) -> keras.callbacks.Callback:

@@ -45,5 +45,20 @@ def test_two_frozen_backbones_train_only_their_head(cataract, tmp_path):
 def test_the_log_names_each_epochs_stage_and_the_curves_mark_where_fine_tuning_begins(cataract, tmp_path):
     config = FitConfig(epochs=2, head_epochs=2, patience=10, augment_views=0)
     train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
-    assert [row["stage"] for row in history(tmp_path)] == ["head", "head", "fine-tune", "fine-tune"]
+    rows = history(tmp_path)
+    assert [row["stage"] for row in rows] == ["head", "head", "fine-tune", "fine-tune"]
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_the_best_model_so_far_is_kept_on_disk_as_a_whole_model(cataract, tmp_path):
+    import keras
+
+    config = FitConfig(epochs=2, head_epochs=2, patience=10, augment_views=0, ema_epochs=0)
+    train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
+    best = keras.models.load_model(tmp_path / "checkpoint.keras", compile=False)
+    final = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    assert best.input_shape == final.input_shape and best.output_shape == final.output_shape
+    # without EMA the run ends on its best validation epoch, so the checkpoint is that very model
+    for a, b in zip(best.get_weights(), final.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not list(tmp_path.glob(".checkpoint*"))
