@@ -136,15 +136,23 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name>.")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
+    group_pattern: GroupPattern = None,
+    group_copies: GroupCopies = None,
 ) -> None:
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
-    AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold."""
+    AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
+    With --group-pattern or --group-copies, also accuracy counted once per patient or source image."""
     from .pipeline import evaluate_run
 
     out = out or model.parent / f"evaluation-{data.resolve().name}"
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
-                                                 naming=_parse_naming(name_labels)))
+                                                 naming=_parse_naming(name_labels), group_pattern=group_pattern,
+                                                 group_copies=bool(group_copies)))
     _print_metrics({"evaluation": metrics})
+    if "per_source" in metrics:
+        source = metrics["per_source"]
+        right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
+        console.print(f"per source: accuracy {source['accuracy']:.3f} over {source['sources']} sources ({right})")
     console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png")
 
 

@@ -89,6 +89,23 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
     return metrics
 
 
+def per_source_metrics(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray, classes: Sequence[str],
+                       decision: Decision | None = None) -> dict:
+    """Accuracy counted once per source (a cell, a patient) instead of once per image: each group's call is made
+    from its images' mean probabilities. For datasets shipped as augmented copies of few sources, this is the
+    number of *different* things the model got right — blood-cells TEST is ~100 cells in 2,487 images."""
+    ids, index = np.unique(groups, return_inverse=True)
+    mean = np.zeros((len(ids), probabilities.shape[1]))
+    np.add.at(mean, index, probabilities)
+    mean /= np.bincount(index)[:, None]
+    truth = np.zeros(len(ids), dtype=np.int64)
+    truth[index] = labels  # a group holds one class (copy groups are found within a class)
+    called = decide(mean, classes, decision)
+    per_class = {name: {"sources": int(np.sum(truth == k)), "right": int(np.sum((truth == k) & (called == k)))}
+                 for k, name in enumerate(classes)}
+    return {"sources": len(ids), "accuracy": float(np.mean(called == truth)), "per_class": per_class}
+
+
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
     """How far the top-1 probability is from the accuracy it promises: the mean |accuracy - confidence| over
     equal-width confidence bins, weighted by their share of images (Guo et al. 2017). 0 is perfectly calibrated."""

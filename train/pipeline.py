@@ -27,8 +27,9 @@ from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
-from .data import ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset
-from .evaluate import choose_threshold, classification_metrics, positive_class
+from .data import (ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset,
+                   split_groups)
+from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict
 from .plots import plot_confusion, plot_curves, plot_roc
 
@@ -132,10 +133,12 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
 
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                  out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None) -> dict:
+                 cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
+                 group_pattern: str | None = None, group_copies: bool = False) -> dict:
     """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
     ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
     the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
+    ``group_pattern`` / ``group_copies`` add ``per_source`` metrics (one vote per patient or source image).
     With ``out``, writes ``metrics.json``, ``confusion_matrix.png`` and ``roc.png`` there."""
     scorer = _Scorer.load(model_path)
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
@@ -147,11 +150,14 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         val = ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
         val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
-    images, labels, _ = load_arrays(read_dataset(data, classes, naming), preprocess, cache_dir)
+    images, labels, folder = load_arrays(read_dataset(data, classes, naming), preprocess, cache_dir)
     probabilities = scorer.predict(images)
+    groups = split_groups(folder, group_pattern, group_copies)
+    per_source = {} if groups is None else \
+        {"per_source": per_source_metrics(labels, probabilities, groups, classes, decision)}
     if out is None:
-        return classification_metrics(labels, probabilities, classes, decision)
-    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name)
+        return classification_metrics(labels, probabilities, classes, decision) | per_source
+    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name) | per_source
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
 

@@ -35,9 +35,13 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
     cli("medclf.train.cli", "export", run_dir / "model.keras", "--out", exported)
     assert json.loads((exported / "export_report.json").read_text())["passed"]
 
-    cli("medclf.train.cli", "evaluate", exported / "model.onnx", blood_cells / "TEST", "--out", tmp_path / "onnx")
+    cli("medclf.train.cli", "evaluate", exported / "model.onnx", blood_cells / "TEST", "--out", tmp_path / "onnx",
+        "--group-copies")
     onnx_metrics = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
     assert onnx_metrics["images"] == 2487 and abs(onnx_metrics["accuracy"] - metrics["test"]["accuracy"]) <= 0.002
+    cells = onnx_metrics["per_source"]  # TEST is augmented copies of 100 cells
+    assert cells["sources"] == 100 and {k: v["sources"] for k, v in cells["per_class"].items()} == {
+        "EOSINOPHIL": 17, "LYMPHOCYTE": 12, "MONOCYTE": 4, "NEUTROPHIL": 67}
 
     done = cli("medclf.runtime.cli", "--model", exported / "model.onnx", "--json", *blood_cell_images)
     lines = [json.loads(line) for line in done.stdout.splitlines()]

@@ -103,3 +103,16 @@ def test_a_validation_set_too_small_to_trust_keeps_the_models_own_call_unless_a_
     decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
     assert decision.threshold == 0.5 and "only 2 images" in decision.rule
     assert choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"), target_sensitivity=1.0).threshold < 0.3
+
+
+def test_per_source_accuracy_gives_each_source_one_vote_from_its_mean_probability():
+    from medclf.train.evaluate import per_source_metrics
+
+    # source 0 (class a): three copies, two called right → mean says a; source 1 (class b): one copy, wrong;
+    # source 2 (class b): two copies, right
+    probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8], [0.3, 0.7]])
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    groups = np.array([5, 5, 5, 9, 7, 7])
+    result = per_source_metrics(labels, probabilities, groups, ("a", "b"))
+    assert result["sources"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
+    assert result["per_class"] == {"a": {"sources": 1, "right": 1}, "b": {"sources": 2, "right": 1}}
