@@ -6,6 +6,8 @@ is what the code can do; slower rounds measure whatever else the machine was doi
 issue's targets and the committed baseline, and exits 1 when one is more than TOLERANCE worse than baseline.
 
     python benchmarks/guard.py RESULTS.json [--update]    # --update rewrites benchmarks/baseline.json
+
+The committed baseline is the worse of several runs on the development machine, so noise alone does not fail.
 """
 
 from __future__ import annotations
