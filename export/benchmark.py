@@ -17,7 +17,7 @@ import numpy as np
 
 from medclf.runtime.atomic import write_json
 
-from .pipeline import MAX_VERIFY_IMAGES, PRECISIONS, _load, _model_card, _verification_images, export_run
+from .pipeline import MAX_VERIFY_IMAGES, PRECISIONS, export_run, model_card, verification_set
 from .speed import BATCH, _median_seconds
 
 
@@ -45,8 +45,7 @@ def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[
 
 
 def _keras_row(model_path: Path, data, max_images: int, report: dict) -> dict:
-    card = _model_card(model_path)
-    images, _ = _load(*_verification_images(model_path.parent, data, max_images), card)
+    images, _ = verification_set(model_path, model_card(model_path), data, max_images)
     model = keras.models.load_model(model_path, compile=False)
     one, batch = images[:1].astype(np.float32), np.resize(images, (BATCH, *images.shape[1:])).astype(np.float32)
     latency = _median_seconds(lambda: model.predict_on_batch(one), 10)

@@ -55,9 +55,9 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if engine is not None:  # no TensorRT or no GPU: say so now, before minutes of work
         tensorrt()
         gpu_identity()
-    card = _model_card(model_path, cam)
+    card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
-    images, labels = _load(*_verification_images(model_path.parent, verify_data, max_images), card)
+    images, labels = verification_set(model_path, card, verify_data, max_images)
     reference = keras_probabilities(model, images)
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
               "verified_on": f"{len(images)} real images ({_describe(model_path.parent, verify_data)})",
@@ -167,7 +167,14 @@ def _save(proto: onnx.ModelProto, card: ModelCard, path: Path) -> None:
     onnx.save(proto, str(path))
 
 
-def _model_card(model_path: Path, cam: bool = False) -> ModelCard:
+def verification_set(model_path: Path, card: ModelCard, data: str | os.PathLike[str] | None = None,
+                     max_images: int = MAX_VERIFY_IMAGES) -> tuple[np.ndarray, np.ndarray | None]:
+    """The real images every export is checked on, decoded by the runtime: the run's held-out validation split
+    or ``data``, evenly spread, at most ``max_images``; with label indices when known."""
+    return _load(*_verification_images(model_path.parent, data, max_images), card)
+
+
+def model_card(model_path: Path, cam: bool = False) -> ModelCard:
     """Labels, preprocessing, operating threshold and metrics from the run directory ``medclf train`` wrote."""
     run = RunDir.of_model(model_path)
     metrics = run.metrics

@@ -1,0 +1,55 @@
+"""On a GPU: onnxruntime's CUDA EP vs the CPU at batch 1 and 64, with the host-to-device copy of a uint8 batch
+and decoding timed alone (on the edge, decoding dominates). TensorRT FP16 runs when TensorRT is installed and
+``MEDCLF_FP16_MODEL`` names an FP16 export of the packaged model. Skipped, with the reason, on CPU machines.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from medclf.runtime import Classifier
+
+pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                                reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
+BIG = 64
+
+
+@pytest.fixture(scope="module")
+def cuda() -> Classifier:
+    return Classifier(backend="cuda")
+
+
+def batch_of(images: np.ndarray, size: int) -> np.ndarray:
+    return np.ascontiguousarray(np.resize(images, (size, *images.shape[1:])))
+
+
+@pytest.mark.parametrize("size", [1, BIG])
+def test_cuda_inference(benchmark, cuda, images, size):
+    batch = batch_of(images, size)
+    cuda.predict(batch)  # warm-up: kernels chosen, memory pools filled
+    benchmark(cuda.predict, batch)
+
+
+@pytest.mark.parametrize("size", [1, BIG])
+def test_cpu_inference(benchmark, classifier, images, size):
+    benchmark(classifier.predict, batch_of(images, size))
+
+
+def test_host_to_device_copy_of_a_uint8_batch(benchmark, images):
+    batch = batch_of(images, BIG)
+    benchmark(lambda: ort.OrtValue.ortvalue_from_numpy(batch, "cuda", 0))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None or "MEDCLF_FP16_MODEL" not in os.environ,
+                    reason="needs TensorRT and MEDCLF_FP16_MODEL (an FP16 export of the packaged model)")
+@pytest.mark.parametrize("size", [1, BIG])
+def test_tensorrt_fp16_inference(benchmark, images, size):
+    engine = Classifier(os.environ["MEDCLF_FP16_MODEL"], backend="tensorrt")
+    batch = batch_of(images, size)
+    engine.predict(batch)
+    benchmark(engine.predict, batch)
