@@ -35,4 +35,4 @@ def test_keras_folder(benchmark, keras_model, folder, classifier):
                                                            verbose=False)
         return keras_model.predict(dataset, verbose=0)
 
-    benchmark.pedantic(predict_folder, rounds=3, warmup_rounds=1)  # its time varies most (1.7-2.6 s here)
+    benchmark.pedantic(predict_folder, rounds=3, warmup_rounds=1)  # first rounds are slow (tracing): 1.3-2.6 s
