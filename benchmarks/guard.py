@@ -19,13 +19,15 @@ from pathlib import Path
 BASELINE = Path(__file__).with_name("baseline.json")
 TOLERANCE = 0.35  # 2-core machines are noisy (±20% run to run here); a real regression moves a ratio more
 
-# name: (numerator benchmark, denominator benchmark(s), target, higher_is_better)
+# name: (numerator benchmark(s), denominator benchmark, target, higher_is_better); several names: the slowest
 RATIOS = {
-    "one image: Keras predict_on_batch / medclf": ("test_keras_predict_on_batch_one_image", ("test_medclf_one_image",), 3.0, True),
-    "folder: Keras dataset+predict / medclf": ("test_keras_folder", ("test_medclf_folder",), 4.0, True),
-    "folder: slower stage alone / medclf pipeline": (("test_bound_decode_only", "test_bound_inference_only"), ("test_medclf_folder",), 0.8, True),
-    "one-shot: Keras script / medclf-run": ("test_oneshot_keras_script", ("test_oneshot_medclf_run",), 25.0, True),
-    "one-shot: medclf-run / floor": ("test_oneshot_medclf_run", ("test_oneshot_floor",), 1.3, False),
+    "one image: Keras predict_on_batch / medclf": ("test_keras_predict_on_batch_one_image", "test_medclf_one_image",
+                                                   3.0, True),
+    "folder: Keras dataset+predict / medclf": ("test_keras_folder", "test_medclf_folder", 4.0, True),
+    "folder: slower stage alone / medclf pipeline": (("test_bound_decode_only", "test_bound_inference_only"),
+                                                     "test_medclf_folder", 0.8, True),
+    "one-shot: Keras script / medclf-run": ("test_oneshot_keras_script", "test_oneshot_medclf_run", 25.0, True),
+    "one-shot: medclf-run / floor": ("test_oneshot_medclf_run", "test_oneshot_floor", 1.3, False),
 }
 
 
@@ -58,7 +60,8 @@ def main(argv: list[str]) -> int:
         now, base = measured[label], baseline.get(label)
         worse = base is not None and (now < base * (1 - TOLERANCE) if higher else now > base * (1 + TOLERANCE))
         meets = now >= target if higher else now <= target
-        print(f"{label:48} {now:7.2f} {base if base is not None else '—':>9} {('≥' if higher else '≤')}{target:<6} "
+        bound = f"{'≥' if higher else '≤'}{target:<6}"
+        print(f"{label:48} {now:7.2f} {base if base is not None else '—':>9} {bound} "
               f"{'REGRESSED' if worse else ''}{'' if meets else ' (target not met)'}")
         if worse:
             failed.append(label)

@@ -18,7 +18,7 @@ import numpy as np
 from medclf.runtime.atomic import write_json
 
 from .pipeline import MAX_VERIFY_IMAGES, PRECISIONS, export_run, model_card, verification_set
-from .speed import BATCH, _median_seconds
+from .speed import BATCH, median_seconds
 
 
 def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[str] | None = None,
@@ -48,8 +48,8 @@ def _keras_row(model_path: Path, data, max_images: int, report: dict) -> dict:
     images, _ = verification_set(model_path, model_card(model_path), data, max_images)
     model = keras.models.load_model(model_path, compile=False)
     one, batch = images[:1].astype(np.float32), np.resize(images, (BATCH, *images.shape[1:])).astype(np.float32)
-    latency = _median_seconds(lambda: model.predict_on_batch(one), 10)
-    per_batch = _median_seconds(lambda: model.predict(batch, batch_size=BATCH, verbose=0), 3)
+    latency = median_seconds(lambda: model.predict_on_batch(one), 10)
+    per_batch = median_seconds(lambda: model.predict(batch, batch_size=BATCH, verbose=0), 3)
     reference = report["precisions"]["fp32"]["reference_accuracy"]
     return {"format": "Keras", "file": model_path.name, "size_mb": round(model_path.stat().st_size / 1e6, 2),
             "accuracy": reference, "agreement": 1.0, "ms_per_image": round(latency * 1e3, 3),

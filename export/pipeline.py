@@ -156,7 +156,7 @@ def _derive(precision: str, fp32: Path, card: ModelCard, model_path: Path,
     if precision == "fp16":
         proto = to_fp16(onnx.load(str(fp32)))
     else:
-        paths = _calibration_images(model_path.parent, calibration_data)
+        paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
         proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess))
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
@@ -171,7 +171,7 @@ def verification_set(model_path: Path, card: ModelCard, data: str | os.PathLike[
                      max_images: int = MAX_VERIFY_IMAGES) -> tuple[np.ndarray, np.ndarray | None]:
     """The real images every export is checked on, decoded by the runtime: the run's held-out validation split
     or ``data``, evenly spread, at most ``max_images``; with label indices when known."""
-    return _load(*_verification_images(model_path.parent, data, max_images), card)
+    return _load(*_images(model_path.parent, data, "val", "--verify-data", max_images), card)
 
 
 def model_card(model_path: Path, cam: bool = False) -> ModelCard:
@@ -183,37 +183,24 @@ def model_card(model_path: Path, cam: bool = False) -> ModelCard:
                      decision=run.decision, outputs={CAM_NAME: CAM_DESCRIPTION} if cam else {})
 
 
-def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
-                         max_images: int) -> tuple[list[str], list[str] | None]:
-    """The run's held-out validation images, or the images under ``data``; evenly spread, at most ``max_images``.
-    Labels are class names: the run's own, or the folder each file sits in."""
+def _images(run_dir: Path, data: str | os.PathLike[str] | None, split: str, option: str,
+            most: int) -> tuple[list[str], list[str]]:
+    """At most ``most`` images, evenly spread, with their class names: those under ``data`` (the class is the
+    folder a file sits in), or the run's recorded ``split`` ("val" to verify on, "train" to calibrate on)."""
     if data is not None:
         paths = [str(p) for p in list_images(data)]
         names = [Path(p).parent.name for p in paths]
     else:
+        run = RunDir(run_dir)
         try:
-            paths, indices = RunDir(run_dir).validation_split()
+            paths, indices = run.split(split)
         except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; pass --verify-data with real images to verify on") from None
-        names = [RunDir(run_dir).labels[i] for i in indices]
+            raise FileNotFoundError(f"{exc}; pass {option} with real images") from None
+        names = [run.labels[i] for i in indices]
     if not paths:
-        raise FileNotFoundError(f"no images to verify on in {data or run_dir / 'splits.json'}")
-    pick = _spread(len(paths), max_images)
+        raise FileNotFoundError(f"no images in {data or run_dir / 'splits.json'}")
+    pick = _spread(len(paths), most)
     return [paths[i] for i in pick], [names[i] for i in pick]
-
-
-def _calibration_images(run_dir: Path, data: str | os.PathLike[str] | None) -> list[str]:
-    """INT8 calibration images: those under ``data``, or the run's own training images; evenly spread."""
-    if data is not None:
-        paths = [str(p) for p in list_images(data)]
-    else:
-        try:
-            paths, _ = RunDir(run_dir).training_split()
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"{exc}; pass --calibration with real training images") from None
-    if not paths:
-        raise FileNotFoundError(f"no calibration images in {data or run_dir / 'splits.json'}")
-    return [paths[i] for i in _spread(len(paths), CALIBRATION_IMAGES)]
 
 
 def _spread(count: int, most: int) -> np.ndarray:

@@ -8,14 +8,12 @@ from rich import box
 from rich.table import Table
 
 COLUMNS = ("format", "MB", "agree", "max|Δp|", "acc", "vs Keras", "ms b1", "img/s b32", "")
+BENCHMARK_COLUMNS = ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b32", "")
 
 
 def export_table(report: dict) -> Table:
     """``export_report.json`` as a rich table: size, agreement with Keras, accuracy, CPU speed, verdict."""
-    table = Table(title=f"{_folder(report)}: verified against Keras on {report['images']} real images",
-                  title_justify="left", box=box.SIMPLE_HEAD)
-    for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("format", "") else "right")
+    table = _table(f"{_folder(report)}: verified against Keras on {report['images']} real images", COLUMNS)
     for name, entry in report["precisions"].items():
         rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])
         for label, item in rows:
@@ -40,19 +38,23 @@ def _accuracy(entry: dict) -> tuple[str, str]:
 
 
 def _number(entry: dict, key: str, form: str, scale: float = 1.0) -> str:
-    return form.format(entry[key] * scale) if key in entry else "—"
+    """The value formatted, or a dash where it was not measured."""
+    return "—" if entry.get(key) is None else form.format(entry[key] * scale)
+
+
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """Numbers right-aligned, the first (format) and last (verdict) columns left-aligned."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i in (0, len(columns) - 1) else "right")
+    return table
 
 
 def benchmark_table(result: dict) -> Table:
     """``medclf benchmark``'s rows: format, size, accuracy, agreement with Keras, ms per image, images/s."""
-    table = Table(title=f"{result['model']}: {result['images']} real images", title_justify="left",
-                  box=box.SIMPLE_HEAD)
-    for column in ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b32", ""):
-        table.add_column(column, justify="left" if column in ("format", "") else "right")
+    table = _table(f"{result['model']}: {result['images']} real images", BENCHMARK_COLUMNS)
     for row in result["rows"]:
-        table.add_row(row["format"], f"{row['size_mb']:.1f}",
-                      "—" if row["accuracy"] is None else f"{row['accuracy']:.1%}", f"{row['agreement']:.1%}",
-                      "—" if row["ms_per_image"] is None else f"{row['ms_per_image']:.2f}",
-                      "—" if row["images_per_s"] is None else f"{row['images_per_s']:.0f}",
-                      "" if row["passed"] else "[red]refused[/red]")
+        table.add_row(row["format"], _number(row, "size_mb", "{:.1f}"), _number(row, "accuracy", "{:.1%}"),
+                      _number(row, "agreement", "{:.1%}"), _number(row, "ms_per_image", "{:.2f}"),
+                      _number(row, "images_per_s", "{:.0f}"), "" if row["passed"] else "[red]refused[/red]")
     return table

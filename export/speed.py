@@ -39,12 +39,12 @@ def measure(model_path: str, images: np.ndarray, repeats: int) -> dict[str, floa
     from medclf.runtime.classifier import Classifier
 
     classifier = Classifier(model_path)
-    latency = _median_seconds(lambda: classifier.predict(images[:1]), repeats)
-    per_batch = _median_seconds(lambda: classifier.predict(images), max(3, repeats // 3))
+    latency = median_seconds(lambda: classifier.predict(images[:1]), repeats)
+    per_batch = median_seconds(lambda: classifier.predict(images), max(3, repeats // 3))
     return {"latency_ms_batch1": round(latency * 1e3, 3), "images_per_s_batch32": round(len(images) / per_batch, 1)}
 
 
-def _median_seconds(run, repeats: int) -> float:
+def median_seconds(run, repeats: int) -> float:
     run()  # warm-up: first-run allocations and kernel selection
     times = []
     for _ in range(repeats):

@@ -29,8 +29,8 @@ LABELS_FILE = "labels.txt"
 MAX_QUEUE_DELAY_US = 500  # how long Triton may hold a request to batch it with others
 
 
-def write_model(repo: str | os.PathLike[str], name: str, model_file: str | os.PathLike[str], onnx_file: str | os.PathLike[str],
-                card: ModelCard, max_batch_size: int = 64) -> Path:
+def write_model(repo: str | os.PathLike[str], name: str, model_file: str | os.PathLike[str],
+                onnx_file: str | os.PathLike[str], card: ModelCard, max_batch_size: int = 64) -> Path:
     """Write (or replace, whole) ``REPO/NAME`` serving ``model_file`` (.onnx or .plan); ``onnx_file`` is the ONNX
     model it is or was built from, whose inputs and outputs the config describes. Returns the model folder."""
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):

@@ -57,15 +57,8 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return self._json(METRICS) if (self.path / METRICS).is_file() else {}
 
-    def validation_split(self) -> tuple[list[str], list[int]]:
-        """Paths and labels of the images the run held out for validation."""
-        return self._split("val")
-
-    def training_split(self) -> tuple[list[str], list[int]]:
-        """Paths and labels of the images the run trained on (INT8 calibrates on them)."""
-        return self._split("train")
-
-    def _split(self, name: str) -> tuple[list[str], list[int]]:
+    def split(self, name: str) -> tuple[list[str], list[int]]:
+        """Paths and labels of a recorded split: "train" or "val"."""
         splits = self._json(SPLITS) if (self.path / SPLITS).is_file() else {}
         if name not in splits:
             raise FileNotFoundError(f"{self.path / SPLITS}: this run did not record its {name!r} split")

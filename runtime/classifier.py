@@ -15,7 +15,7 @@ from .backends import open_backend
 from .cam import heatmaps, overlay
 from .decision import decide
 from .modelcard import CAM_NAME, OUTPUT_NAME, ModelCard, ModelCardError
-from .stream import decoded
+from .stream import decoded, usable_cpus
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
 DEFAULT_MODEL = Path(__file__).parent / "models" / "blood_cells" / "model.onnx"
@@ -28,7 +28,7 @@ def default_threads() -> int:
     image at batch 1 and 229 images/s at batch 32; 2 threads 2.6 ms and 396 images/s; onnxruntime's own
     default (0) 3.1 ms. On a machine busy with other work, ``--threads 1`` can be the faster choice.
     """
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cpus()
 
 
 @dataclass(frozen=True)
@@ -77,11 +77,16 @@ class Classifier:
             return self.backend.run([OUTPUT_NAME], images)[0]
         return np.concatenate([self.predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)])
 
+    def require_cam(self) -> None:
+        """Raise :class:`ModelCardError` unless the model has a class-activation-map output."""
+        if CAM_NAME not in self.card.outputs:
+            raise ModelCardError(f"{self.model_path}: exported without class activation maps, so no heatmaps "
+                                 f"(export it with medclf export --cam)")
+
     def cam(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities ``[N, classes]`` and class activation maps ``[N, h, w, classes]``, for a model exported
         with ``medclf export --cam``; draw them with :mod:`medclf.runtime.cam`."""
-        if CAM_NAME not in self.card.outputs:
-            raise ModelCardError(f"{self.model_path}: exported without class activation maps (medclf export --cam)")
+        self.require_cam()
         probabilities, maps = self.backend.run([OUTPUT_NAME, CAM_NAME], images)
         return probabilities, maps
 
@@ -90,8 +95,8 @@ class Classifier:
         """Classify files in order, batching the good ones, decoding ahead in ``workers`` threads while the model
         runs; a bad file yields an error, the rest go on. ``cam_dir``: also write a heatmap overlay for each
         called label there (models exported with ``--cam``)."""
-        if cam_dir is not None and CAM_NAME not in self.card.outputs:
-            raise ModelCardError(f"{self.model_path}: exported without class activation maps (medclf export --cam)")
+        if cam_dir is not None:
+            self.require_cam()
         batch: list[tuple[str, np.ndarray]] = []
         for path, image, error in decoded(paths, self.card.preprocess, workers, ahead=2 * batch_size + 8):
             if error is not None:

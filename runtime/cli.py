@@ -15,7 +15,7 @@ from .atomic import atomic_write
 from .backends import BackendUnavailable
 from .classifier import Classifier, Prediction
 from .inputs import expand_inputs
-from .modelcard import CAM_NAME, ModelCardError
+from .modelcard import ModelCardError
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 
@@ -39,9 +39,8 @@ def run(
         classifier = Classifier(model, threads=threads, backend=backend)
         if classifier.backend.note:
             typer.echo(classifier.backend.note, err=True)
-        if cam is not None and CAM_NAME not in classifier.card.outputs:
-            raise ModelCardError(f"{classifier.model_path}: exported without class activation maps, so --cam "
-                                 f"cannot draw heatmaps (export it with medclf export --cam)")
+        if cam is not None:
+            classifier.require_cam()  # refused before any work
     except (FileNotFoundError, ModelCardError, BackendUnavailable, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -110,7 +109,8 @@ def _print_table(predictions: Iterable[Prediction]) -> int:
             errors.print(f"[red]error[/red] {escape(prediction.path)}: {escape(prediction.error)}", highlight=False)
             continue
         others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k[1:])
-        table.add_row(escape(prediction.path), escape(prediction.label), f"{prediction.probability:.3f}", escape(others))
+        table.add_row(escape(prediction.path), escape(prediction.label), f"{prediction.probability:.3f}",
+                      escape(others))
     if table.row_count:  # piped output is not squeezed to 80 columns
         Console(width=None if sys.stdout.isatty() else 100_000).print(table)
     return failed

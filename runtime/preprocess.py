@@ -100,9 +100,9 @@ def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb") -> np
     """
     if not data:
         raise ImageError(source, "empty file")
-    if data[128:132] == b"DICM":  # DICOM's magic, after its 128-byte preamble
-        from .dicom import decode_dicom
+    from .dicom import decode_dicom, is_dicom  # here, not at the top: dicom.py imports this module
 
+    if is_dicom(data):
         return _to_uint8(_to_color(_rgb_to_bgr(decode_dicom(data, source)), color))
     _refuse_huge(data, source)
     buffer = np.frombuffer(data, dtype=np.uint8)

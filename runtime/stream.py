@@ -17,10 +17,14 @@ import numpy as np
 from .preprocess import ImageError, Preprocess, load_image
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may use (its affinity mask, which containers and taskset narrow)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def decode_workers() -> int:
-    """Decoding threads: one per CPU this process may use, at most 8 (beyond that the disk is the limit)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cpus))
+    """Decoding threads: one per usable CPU, at most 8 (beyond that the disk is the limit)."""
+    return max(1, min(8, usable_cpus()))
 
 
 def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = None,

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write, write_json
+from .cache import default_cache_dir
 from .modelcard import INPUT_NAME, OUTPUT_NAME
 
 WORKSPACE_BYTES = 1 << 30
@@ -112,8 +113,7 @@ class EngineCache:
     """``KEY.plan`` + ``KEY.json`` files in one folder (default ``$MEDCLF_CACHE/engines``)."""
 
     def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
-        default = Path(os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf")) / "engines"
-        self.root = Path(root) if root is not None else default
+        self.root = Path(root) if root is not None else default_cache_dir() / "engines"
 
     def engine_for(self, onnx_path: str | os.PathLike[str], precision: str,
                    profile: BatchProfile = BatchProfile()) -> Path:

@@ -1,5 +1,5 @@
-"""``medclf``: the toolchain CLI — train, crossval, evaluate, explain, augment, export, benchmark, demo. Thin commands:
-validate, call the library.
+"""``medclf``: the toolchain CLI — train, crossval, evaluate, explain, augment, export, benchmark, demo.
+Thin commands: validate, call the library.
 
 TensorFlow is imported inside the commands that need it, so ``medclf --help`` answers at once.
 """
@@ -126,7 +126,8 @@ def _recipe(preset: str | None, options: dict):
 
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
                   "group_pattern", "group_copies", "target_sensitivity", "freeze_until")
-FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "schedule", "seed")
+FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "schedule",
+               "seed")
 
 
 @app.command()
@@ -220,9 +221,8 @@ def export(
     from medclf.export.pipeline import export_run, failed_files
     from medclf.export.report import export_table
 
-    precisions = tuple(p.strip().lower() for p in precision.split(",") if p.strip())
     profile = _parse_profile(batch_profile)
-    report = _library_call(lambda: export_run(model, out, precisions, verify_data=verify_data,
+    report = _library_call(lambda: export_run(model, out, _parse_precisions(precision), verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
                                               engine=profile if engine else None, triton=triton, cam=cam,
                                               strict=False))
@@ -233,6 +233,11 @@ def export(
         error(f"{file} not written: {'; '.join(reasons)}")
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+def _parse_precisions(text: str) -> tuple[str, ...]:
+    """'fp32, FP16' → ('fp32', 'fp16'); the library says which names it knows."""
+    return tuple(part.strip().lower() for part in text.split(",") if part.strip())
 
 
 def _parse_profile(text: str):
@@ -260,8 +265,8 @@ def benchmark(
     from medclf.export.benchmark import benchmark_model
     from medclf.export.report import benchmark_table
 
-    precisions = tuple(p.strip().lower() for p in precision.split(",") if p.strip())
-    result = _library_call(lambda: benchmark_model(model, data, precisions, images, json_out, calibration))
+    result = _library_call(lambda: benchmark_model(model, data, _parse_precisions(precision), images, json_out,
+                                                   calibration))
     console.print(benchmark_table(result))
     console.print(f"written: {json_out}")
 

@@ -18,6 +18,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
+from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
@@ -229,10 +230,6 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
             np.savez(handle, images=images, indices=indices)
     kept = folder.subset(indices)
     return images, kept.labels, kept
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MEDCLF_CACHE", Path.home() / ".cache" / "medclf"))
 
 
 def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | None:

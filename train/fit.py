@@ -168,12 +168,17 @@ class BestCheckpoint(keras.callbacks.Callback):
         if loss is None or not loss < self.best:
             return
         self.best = loss
-        temporary = self.path.with_name(f".{self.path.stem}.{os.getpid()}.keras")
-        try:
-            self.full_model.save(temporary)
-            os.replace(temporary, self.path)
-        finally:
-            temporary.unlink(missing_ok=True)
+        save_model(self.full_model, self.path)
+
+
+def save_model(model: keras.Model, path: Path) -> None:
+    """``model.save`` to a temporary sibling (Keras wants the .keras suffix), then renamed into place."""
+    temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    try:
+        model.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
 
 
 def _schedule(config: FitConfig, learning_rate: float, initial_epoch: int) -> keras.callbacks.Callback:

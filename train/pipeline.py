@@ -30,7 +30,7 @@ from .architectures import Architecture, get_architecture
 from .data import (ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset,
                    split_groups)
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
-from .fit import FitConfig, fit, predict
+from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
 
 
@@ -146,7 +146,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         if scorer.run is None:
             raise ValueError(f"{model_path}: choosing a new threshold needs the run directory; pass "
                              "RUN_DIR/model.keras, or export again after choosing it")
-        paths, labels = scorer.run.validation_split()
+        paths, labels = scorer.run.split("val")
         val = ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
         val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
@@ -192,12 +192,6 @@ def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tu
     binary = positive_class(classes) if len(classes) == 2 else None
     plot_roc(labels, probabilities, classes, out / "roc.png", title, positive=binary)
     return metrics
-
-
-def save_model(model: keras.Model, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # Keras wants the .keras suffix
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def _limit(folder: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:

@@ -61,4 +61,4 @@ def test_the_best_model_so_far_is_kept_on_disk_as_a_whole_model(cataract, tmp_pa
     # without EMA the run ends on its best validation epoch, so the checkpoint is that very model
     for a, b in zip(best.get_weights(), final.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert not list(tmp_path.glob(".checkpoint*"))
+    assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
