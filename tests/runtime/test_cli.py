@@ -128,3 +128,11 @@ def test_a_folder_of_a_thousand_files_streams_through(tmp_path, blood_cell_image
     assert done.returncode == 1 and len(lines) == 1000
     assert [line["path"].endswith(f"cell {i:04d}.jpeg") for i, line in enumerate(lines)] == [True] * 1000
     assert "error" in lines[500] and {line["label"] for i, line in enumerate(lines) if i != 500} == {lines[0]["label"]}
+
+
+@pytest.mark.parametrize("option, reason", [(("--top-k", "0"), "at least 1"), (("--backend", "gpu"), "invalid choice"),
+                                            (("--csv", "."), "is a folder"), (("--cam", __file__), "is a file")])
+def test_bad_options_are_refused_before_any_work_with_exit_2(option, reason, blood_cell_images):
+    done = run(*option, str(blood_cell_images[0]))
+    assert done.returncode == 2 and done.stdout == ""
+    assert reason in done.stderr.splitlines()[-1]

@@ -25,10 +25,16 @@ def test_importing_the_runtime_loads_no_tensorflow():
     assert not loaded & set(HEAVY)
 
 
+def test_medclf_run_starts_without_typer_or_pydantic():
+    """A one-image run is mostly start-up; typer and the pydantic it validates through cost 0.11 s of it."""
+    loaded = modules_loaded_by("import medclf.runtime.cli")
+    assert not loaded & {"typer", "pydantic", "click", "rich"}
+
+
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 def test_a_medclf_run_call_loads_no_tensorflow(blood_cell_images):
-    code = ("import sys\nfrom medclf.runtime.cli import app\n"
-            f"try:\n    app([{str(blood_cell_images[0])!r}, '--json'])\nexcept SystemExit:\n    pass")
+    code = ("from medclf.runtime.cli import main\n"
+            f"try:\n    main([{str(blood_cell_images[0])!r}, '--json'])\nexcept SystemExit:\n    pass")
     loaded = modules_loaded_by(code)
     assert "cv2" in loaded
     assert not loaded & set(HEAVY)
