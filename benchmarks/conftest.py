@@ -36,6 +36,12 @@ def classifier() -> Classifier:
 
 
 @pytest.fixture(scope="session")
+def streaming_classifier() -> Classifier:
+    """Set up as ``medclf-run`` sets it up for more than one input (its threads do not spin)."""
+    return Classifier(streaming=True)
+
+
+@pytest.fixture(scope="session")
 def image_paths() -> list[str]:
     """FOLDER_IMAGES TEST images spread over the four classes, in a stable order."""
     paths = sorted(str(p) for p in TEST_IMAGES.glob("*/*.jpeg"))

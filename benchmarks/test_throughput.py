@@ -9,9 +9,9 @@ from medclf.runtime.stream import decoded
 BATCH = 32
 
 
-def test_medclf_folder(benchmark, classifier, image_paths):
+def test_medclf_folder(benchmark, streaming_classifier, image_paths):
     def classify_all() -> int:
-        return sum(1 for p in classifier.classify(image_paths, batch_size=BATCH) if p.error is None)
+        return sum(1 for p in streaming_classifier.classify(image_paths, batch_size=BATCH) if p.error is None)
 
     assert benchmark.pedantic(classify_all, rounds=3, warmup_rounds=1) == len(image_paths)
 

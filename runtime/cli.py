@@ -53,8 +53,9 @@ def run(args: argparse.Namespace) -> int:
         return _refuse(f"--csv {args.csv_file} is a folder; give a file name")
     if args.cam is not None and args.cam.exists() and not args.cam.is_dir():
         return _refuse(f"--cam {args.cam} is a file; give a folder")
+    paths = list(expand_inputs(args.inputs))
     try:
-        classifier = Classifier(args.model, threads=args.threads, backend=args.backend)
+        classifier = Classifier(args.model, threads=args.threads, backend=args.backend, streaming=len(paths) > 1)
         if classifier.backend.note:
             print(classifier.backend.note, file=sys.stderr)
         if args.cam is not None:
@@ -62,7 +63,6 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ModelCardError, BackendUnavailable, ValueError) as exc:
         return _refuse(str(exc))
     top_k = min(args.top_k, len(classifier.labels))
-    paths = list(expand_inputs(args.inputs))
     predictions = _with_progress(classifier.classify(paths, top_k=top_k, batch_size=args.batch_size,
                                                      cam_dir=args.cam), len(paths))
     results: list[Prediction] = []

@@ -76,7 +76,7 @@ def test_medclf_run_draws_a_heatmap_per_image_without_tensorflow(cam_model, tmp_
     import subprocess
     import sys
 
-    code = ("import sys\nfrom medclf.runtime.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+    code = ("import sys\nfrom medclf.runtime.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
             "    print('modules:', 'tensorflow' in sys.modules, file=sys.stderr)\n    raise")
     done = subprocess.run([sys.executable, "-c", code, "--model", str(cam_model), "--json", "--cam",
                            str(tmp_path / "heat"), *map(str, blood_cell_images[:3])],
