@@ -78,7 +78,10 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             if entry["passed"]:
                 os.replace(candidates[precision], entry["file"])
                 if engine is not None:
-                    entry["tensorrt"] = _engine(Path(entry["file"]), precision, engine, reference, images, labels)
+                    source = Path(entry["file"]) if precision != "int8" else \
+                        _derive("int8", fp32, card, model_path, calibration_data, for_tensorrt=True)
+                    entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
+                                                reference, images, labels)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
         set(report["precisions"]) == set(precisions)
     if triton is not None:
@@ -112,16 +115,20 @@ def _passed(entry: dict) -> bool:
     return entry["passed"] and entry.get("tensorrt", {"passed": True})["passed"]
 
 
-def _engine(onnx_file: Path, precision: str, profile: BatchProfile, reference: np.ndarray, images: np.ndarray,
-            labels: np.ndarray | None) -> dict:
-    """Build (or reuse from the cache) the TensorRT engine for a published file, verify it like the ONNX file,
-    and publish it next to it as ``.plan``."""
+def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile, reference: np.ndarray,
+            images: np.ndarray, labels: np.ndarray | None) -> dict:
+    """Build (or reuse from the cache) the TensorRT engine for ``onnx_file``, verify it like an ONNX file, and
+    publish it as ``final`` (``.plan`` next to the precision's ONNX file). An ``onnx_file`` still in the work
+    folder (INT8's TensorRT flavour) is published beside it, so ``medclf-run --backend tensorrt`` can be given
+    the very file the engine was built and verified from (and finds that engine in the cache)."""
     plan = EngineCache().engine_for(onnx_file, precision, profile)
     comparison = compare(reference, TensorRTEngine(plan).predict(images), TOLERANCES[precision], labels)
-    final = onnx_file.with_suffix(".plan")
+    source = final.with_name(onnx_file.name)
     if comparison.passed:
         shutil.copyfile(plan, final)
-    return {"file": str(final), "cached_as": str(plan), "profile": dataclasses.asdict(profile),
+        if onnx_file != source:
+            os.replace(onnx_file, source)
+    return {"file": str(final), "onnx": str(source), "cached_as": str(plan), "profile": dataclasses.asdict(profile),
             **comparison.to_dict()}
 
 
@@ -148,16 +155,18 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _derive(precision: str, fp32: Path, card: ModelCard, model_path: Path,
-            calibration_data: str | os.PathLike[str] | None) -> Path:
-    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card."""
+            calibration_data: str | os.PathLike[str] | None, for_tensorrt: bool = False) -> Path:
+    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card.
+    ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), calibrated
+    on the same images as the published onnxruntime one."""
     if precision == "fp32":
         return fp32
-    target = fp32.with_name(FILE_NAMES[precision])
+    target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
     if precision == "fp16":
         proto = to_fp16(onnx.load(str(fp32)))
     else:
         paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
-        proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess))
+        proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess), symmetric=for_tensorrt)
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
@@ -38,23 +39,42 @@ def test_fp16_probabilities_are_finite_and_within_a_few_hundredths(exported, tmp
     assert exported[1]["precisions"]["fp16"]["max_abs_diff"] < 0.05
 
 
-def test_int8_is_explicit_symmetric_per_channel_quantization(exported, blood_cell_images, blood_cells):
+def _zero_points(model: onnx.ModelProto, tensor_type: int) -> list[np.ndarray]:
+    return [numpy_helper.to_array(init) for init in model.graph.initializer
+            if init.name.endswith("_zero_point") and init.data_type == tensor_type]
+
+
+@pytest.fixture(scope="module")
+def int8_flavours(exported, blood_cells) -> dict[str, onnx.ModelProto]:
     fp32_file = exported[1]["precisions"]["fp32"]["file"]
     card = Classifier(fp32_file).card
     paths = sorted(str(p) for p in (blood_cells / "TRAIN" / "NEUTROPHIL").iterdir())[:16]
-    model = to_int8(fp32_file, ImageCalibrationReader(paths, card.preprocess, batch_size=8))
+    return {name: to_int8(fp32_file, ImageCalibrationReader(paths, card.preprocess, batch_size=8), symmetric=sym)
+            for name, sym in (("onnxruntime", False), ("tensorrt", True))}
+
+
+@pytest.mark.parametrize("flavour", ["onnxruntime", "tensorrt"])
+def test_int8_is_explicit_per_channel_quantization_with_a_float_head(int8_flavours, flavour):
+    model = int8_flavours[flavour]
     ops = [node.op_type for node in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
     weights = [init for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4]
     assert len(weights) > 10  # convolution kernels stored as int8
-    zero_points = [numpy_helper.to_array(init) for init in model.graph.initializer if init.name.endswith("_zero_point")]
-    assert zero_points and all((z == 0).all() for z in zero_points)  # symmetric: what TensorRT requires
+    assert all((z == 0).all() for z in _zero_points(model, onnx.TensorProto.INT8))  # weights: symmetric
     per_channel = [node for node in model.graph.node if node.op_type == "DequantizeLinear"
                    and any(a.name == "axis" for a in node.attribute)]
     assert per_channel
     (head,) = [node for node in model.graph.node if node.op_type in ("MatMul", "Gemm")]
     float_weights = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
     assert head.input[1] in float_weights  # the classifier head keeps its float weights
+
+
+def test_int8_for_onnxruntime_has_uint8_activations_and_for_tensorrt_symmetric_int8_ones(int8_flavours):
+    """U8S8 is what x86 CPUs run fastest; TensorRT reads only int8 QDQ with zero point 0."""
+    onnxruntime_zero_points = _zero_points(int8_flavours["onnxruntime"], onnx.TensorProto.UINT8)
+    assert len(onnxruntime_zero_points) > 10 and any((z != 0).any() for z in onnxruntime_zero_points)
+    assert not _zero_points(int8_flavours["tensorrt"], onnx.TensorProto.UINT8)
+    assert all((z == 0).all() for z in _zero_points(int8_flavours["tensorrt"], onnx.TensorProto.INT8))
 
 
 def test_the_calibration_reader_feeds_real_preprocessed_batches_and_skips_bad_files(blood_cell_images, tmp_path):
