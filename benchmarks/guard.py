@@ -31,6 +31,7 @@ RATIOS = {
                                                      "test_medclf_folder", 0.8, True),
     "one-shot: Keras script / medclf-run": ("test_oneshot_keras_script", "test_oneshot_medclf_run", 25.0, True),
     "one-shot: medclf-run / floor": ("test_oneshot_medclf_run", "test_oneshot_floor", 1.3, False),
+    "batch 32: INT8 / FP32 throughput (CPU)": ("test_inference[fp32-32]", "test_inference[int8-32]", 1.5, True),
 }
 
 
