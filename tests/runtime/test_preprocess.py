@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
 
 from medclf.runtime.preprocess import MAX_PIXELS, ImageError, Preprocess, decode_image, equalize, load_image, resize
+from medclf.runtime.stream import decoded
 
 
 def encode(image: np.ndarray, ext: str = ".png") -> bytes:
@@ -88,6 +95,43 @@ def test_decompression_bomb_is_refused_before_decoding():
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(ImageError, match="nothere.jpg: No such file"):
         load_image(tmp_path / "nothere.jpg", Preprocess(8, 8))
+
+
+def as_unprivileged_user(task):
+    """``task()`` run where file permissions apply: here, or, for root (whom they do not stop), in a forked
+    child that drops to uid/gid 65534 ("nobody") first. Returns what ``task`` returned, or its error text."""
+    if os.geteuid() != 0:
+        return task()
+    read, write = os.pipe()
+    if (pid := os.fork()) == 0:  # pragma: no cover - the child
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            os.write(write, json.dumps(task()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as answer:
+        text = answer.read()
+    os.waitpid(pid, 0)
+    return json.loads(text)
+
+
+def test_an_unreadable_file_is_one_error_and_the_stream_goes_on(blood_cell_images):
+    folder = Path(tempfile.mkdtemp())
+    try:
+        folder.chmod(0o755)  # traversable by the unprivileged user
+        good, locked = folder / "good.jpeg", folder / "locked.jpeg"
+        shutil.copyfile(blood_cell_images[0], good)
+        shutil.copyfile(blood_cell_images[0], locked)
+        good.chmod(0o644)
+        locked.chmod(0o000)
+        paths = [str(locked), str(good)]
+        results = as_unprivileged_user(
+            lambda: [[path, image is not None, error] for path, image, error in decoded(paths, Preprocess(32, 32))])
+    finally:
+        shutil.rmtree(folder)
+    assert results == [[str(locked), False, "Permission denied"], [str(good), True, None]]
 
 
 def test_resize_stretches_to_the_model_shape_in_uint8():
