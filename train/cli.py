@@ -48,7 +48,7 @@ AugmentViews = Annotated[Optional[int], typer.Option(min=0, help="Augmented copi
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME [pretrained].", show_default=False)]
 Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way [off].", show_default=False)]
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
-Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness) or microscopy (any flip or turn, stain colour jitter).")]
+Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness), microscopy (any flip or turn, stain colour jitter) or radiograph (strong zoom-in and shifts, exposure and contrast).")]
 GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [off].", show_default=False)]
 Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) [plateau].")]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add).")]

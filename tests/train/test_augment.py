@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from medclf.train.cli import app
+from medclf.train.fit import AUGMENTATIONS, make_augmenter
 
 
 def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path):
@@ -26,3 +28,13 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
     assert all(view.shape == original.shape for view in views)
     assert all(not np.array_equal(view, original) for view in views)
     assert not np.array_equal(views[0], views[1])
+
+
+@pytest.mark.parametrize("policy", sorted(AUGMENTATIONS))
+def test_every_augmentation_policy_keeps_shape_and_range_and_changes_the_image(policy, cataract):
+    photo = cv2.resize(cv2.imread(str(sorted((cataract / "normal").iterdir())[0])), (96, 96))
+    batch = np.repeat(photo[None].astype(np.float32), 4, axis=0)
+    views = np.asarray(make_augmenter(seed=1, policy=policy)(batch, training=True))
+    assert views.shape == batch.shape
+    assert views.min() >= 0 and views.max() <= 255
+    assert all(not np.allclose(view, batch[0], atol=1) for view in views)
