@@ -24,20 +24,22 @@ PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be 
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = argparse.ArgumentParser(prog="medclf-run", description="Classify INPUTS with a medclf ONNX model; "
-                                  "exit status 1 when any input could not be classified, 2 when nothing could start.")
-    cli.add_argument("inputs", nargs="+", metavar="INPUTS", help="Image files, folders or globs (quote globs).")
-    cli.add_argument("--model", type=Path, metavar="FILE", help="A medclf ONNX model; default: the packaged blood-cell model.")
-    cli.add_argument("--top-k", type=_positive, default=1, metavar="N", help="How many labels to report per image (default 1).")
-    cli.add_argument("--json", dest="as_json", action="store_true", help="One JSON object per input per line.")
-    cli.add_argument("--batch-size", type=_positive, default=16, metavar="N", help="Images per inference call (default 16).")
-    cli.add_argument("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads (default: the usable CPUs).")
-    cli.add_argument("--csv", dest="csv_file", type=Path, metavar="FILE",
-                     help="Also write every result to this CSV file (atomically, when done).")
-    cli.add_argument("--cam", type=Path, metavar="DIR",
-                     help="Write a heatmap overlay per image here (models exported with medclf export --cam).")
-    cli.add_argument("--backend", default="auto", choices=BACKENDS, help="auto (the first of tensorrt, ort-tensorrt, cuda, cpu that "
-                     "starts; says which), or one of them: then it must start.")
+    cli = argparse.ArgumentParser(prog="medclf-run", description="Classify INPUTS with a medclf ONNX model; exit "
+                                  "status 1 when any input could not be classified, 2 when nothing could start.")
+    add = cli.add_argument
+    add("inputs", nargs="+", metavar="INPUTS", help="Image files, folders or globs (quote globs).")
+    add("--model", type=Path, metavar="FILE", help="A medclf ONNX model; default: the packaged blood-cell model.")
+    add("--top-k", type=_positive, default=1, metavar="N", help="How many labels to report per image (default 1).")
+    add("--json", dest="as_json", action="store_true", help="One JSON object per input per line.")
+    add("--batch-size", type=_positive, default=16, metavar="N", help="Images per inference call (default 16).")
+    add("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads (default: the usable CPUs).")
+    add("--csv", dest="csv_file", type=Path, metavar="FILE",
+        help="Also write every result to this CSV file (atomically, when done).")
+    add("--cam", type=Path, metavar="DIR",
+        help="Write a heatmap overlay per image here (models exported with medclf export --cam).")
+    add("--backend", default="auto", choices=BACKENDS,
+        help="auto (the first of tensorrt, ort-tensorrt, cuda, cpu that starts; says which), or one of them: then "
+             "it must start.")
     return cli
 
 

@@ -58,7 +58,8 @@ def test_int8_is_explicit_per_channel_quantization_with_a_float_head(int8_flavou
     model = int8_flavours[flavour]
     ops = [node.op_type for node in model.graph.node]
     assert ops.count("QuantizeLinear") > 10 and ops.count("DequantizeLinear") > 10
-    weights = [init for init in model.graph.initializer if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4]
+    weights = [init for init in model.graph.initializer
+               if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 4]
     assert len(weights) > 10  # convolution kernels stored as int8
     assert all((z == 0).all() for z in _zero_points(model, onnx.TensorProto.INT8))  # weights: symmetric
     per_channel = [node for node in model.graph.node if node.op_type == "DequantizeLinear"
