@@ -13,6 +13,9 @@ quantizer never knows where images come from. Settings, and why:
   one scale per tensor crushes the small ones (agreement 85% instead of 96% on chest X-rays);
 * the first convolution and the classifier head stay in float: the first sees raw pixel ranges, the head
   turns features into the probabilities every decision is made from, and both are a tiny share of the work.
+  ``float_convs`` keeps more of the leading convolutions float: in MobileNetV2 the early blocks' depthwise
+  filters have the widest channel-to-channel ranges, and on a sharply trained blood-cell model agreement with
+  FP32 rose 92.2% → 97.5% → 98.8% → 99.2% keeping 1, 3, 9, 15 of 52 float (at 2.3x → 1.4x FP32's speed).
 """
 
 from __future__ import annotations
@@ -60,21 +63,22 @@ class ImageCalibrationReader(CalibrationDataReader):
                 yield {INPUT_NAME: np.stack(images)}
 
 
-def to_int8(fp32_path: str | os.PathLike[str], reader: CalibrationDataReader,
-            symmetric: bool = False) -> onnx.ModelProto:
-    """The QDQ-quantized model, calibrated on what ``reader`` yields; ``symmetric`` for TensorRT."""
+def to_int8(fp32_path: str | os.PathLike[str], reader: CalibrationDataReader, symmetric: bool = False,
+            float_convs: int = 1) -> onnx.ModelProto:
+    """The QDQ-quantized model, calibrated on what ``reader`` yields; ``symmetric`` for TensorRT. The first
+    ``float_convs`` convolutions stay float (at least the first one; see the module docstring)."""
     activations = QuantType.QInt8 if symmetric else QuantType.QUInt8
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph clean-up the quantizer needs
         quantize_static(str(prepared), str(quantized), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=activations, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=_float_nodes(onnx.load(str(prepared))),
+                        nodes_to_exclude=_float_nodes(onnx.load(str(prepared)), float_convs),
                         extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
         return onnx.load(str(quantized))
 
 
-def _float_nodes(model: onnx.ModelProto) -> list[str]:
-    """The first convolution and the classifier head (see the module docstring)."""
+def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
+    """The leading convolutions and the classifier head (see the module docstring)."""
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    return convs[:1] + [node.name for node in model.graph.node if node.op_type in HEAD_OPS]
+    return convs[:max(1, float_convs)] + [node.name for node in model.graph.node if node.op_type in HEAD_OPS]

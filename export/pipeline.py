@@ -37,6 +37,10 @@ PRECISIONS = ("fp32", "fp16", "int8")
 FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 MAX_VERIFY_IMAGES = 256
 CALIBRATION_IMAGES = 256
+# INT8: how many leading convolutions to keep float, tried in turn until the file agrees (see _int8); 15 is
+# MobileNetV2's first five blocks, about a third of its work.
+INT8_FLOAT_STEPS = (1, 3, 6, 9, 12, 15)
+MIN_SEARCH_IMAGES = 64
 TRITON_MAX_BATCH = 64
 
 
@@ -59,6 +63,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model = keras.models.load_model(model_path, compile=False)
     images, labels = verification_set(model_path, card, verify_data, max_images)
     reference = keras_probabilities(model, images)
+    search = _search_set(model, model_path, card, verify_data, max_images) if "int8" in precisions else None
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
               "verified_on": f"{len(images)} real images ({_describe(model_path.parent, verify_data)})",
               "precisions": {}}
@@ -69,9 +74,12 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         _save(proto, card, fp32)
         candidates = {}
         for precision in precisions:
-            candidates[precision] = _derive(precision, fp32, card, model_path, calibration_data)
+            if precision == "int8":
+                candidates[precision], tried = _int8(fp32, card, model_path, calibration_data, search)
+            else:
+                candidates[precision], tried = _derive(precision, fp32, card, model_path, calibration_data), {}
             entry = _verify(candidates[precision], reference, images, labels, TOLERANCES[precision])
-            report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry}
+            report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
                 break  # the other precisions derive from a file that is already wrong
         for precision, entry in report["precisions"].items():  # publish only once everything is measured
@@ -79,7 +87,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 os.replace(candidates[precision], entry["file"])
                 if engine is not None:
                     source = Path(entry["file"]) if precision != "int8" else \
-                        _derive("int8", fp32, card, model_path, calibration_data, for_tensorrt=True)
+                        _derive("int8", fp32, card, model_path, calibration_data, True, entry["float_convs"])
                     entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
                                                 reference, images, labels)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
@@ -155,7 +163,7 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _derive(precision: str, fp32: Path, card: ModelCard, model_path: Path,
-            calibration_data: str | os.PathLike[str] | None, for_tensorrt: bool = False) -> Path:
+            calibration_data: str | os.PathLike[str] | None, for_tensorrt: bool = False, float_convs: int = 1) -> Path:
     """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card.
     ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), calibrated
     on the same images as the published onnxruntime one."""
@@ -166,9 +174,41 @@ def _derive(precision: str, fp32: Path, card: ModelCard, model_path: Path,
         proto = to_fp16(onnx.load(str(fp32)))
     else:
         paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
-        proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess), symmetric=for_tensorrt)
+        proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess), for_tensorrt, float_convs)
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
+
+
+def _int8(fp32: Path, card: ModelCard, model_path: Path, calibration_data: str | os.PathLike[str] | None,
+          search: tuple[np.ndarray, np.ndarray, np.ndarray | None, str]) -> tuple[Path, dict]:
+    """The INT8 candidate with the fewest leading convolutions kept float (``INT8_FLOAT_STEPS``) that agrees
+    with Keras on the search images within INT8's tolerance — or the last step tried, which verification then
+    refuses. Each step is a full quantization (~7 s for MobileNetV2); the tries go into the report."""
+    images, reference, labels, searched_on = search
+    tries = []
+    for float_convs in INT8_FLOAT_STEPS:
+        candidate = _derive("int8", fp32, card, model_path, calibration_data, float_convs=float_convs)
+        comparison = compare(reference, onnx_probabilities(str(candidate), images), TOLERANCES["int8"], labels)
+        tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed})
+        if comparison.passed:
+            break
+    return candidate, {"float_convs": tries[-1]["float_convs"], "search": tries, "searched_on": searched_on}
+
+
+def _search_set(model: keras.Model, model_path: Path, card: ModelCard, data: str | os.PathLike[str] | None,
+                most: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
+    """Images for INT8's search, with Keras' probabilities: held-out images other than the ones verification
+    judges, so the choice is not fitted to its judge. With too few left, the verification images themselves
+    (the report says so)."""
+    verified = set(_images(model_path.parent, data, "val", "--verify-data", most)[0])
+    paths, names = _images(model_path.parent, data, "val", "--verify-data", 10 ** 9)
+    rest = [i for i, path in enumerate(paths) if path not in verified]
+    searched_on = f"{min(len(rest), most)} held-out images not used for verification"
+    if len(rest) < MIN_SEARCH_IMAGES:
+        rest, searched_on = range(len(paths)), "the verification images (too few others held out)"
+    pick = [rest[i] for i in _spread(len(rest), most)]
+    images, labels = _load([paths[i] for i in pick], [names[i] for i in pick], card)
+    return images, keras_probabilities(model, images), labels, searched_on
 
 
 def _save(proto: onnx.ModelProto, card: ModelCard, path: Path) -> None:

@@ -9,6 +9,7 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, to_int8
+from medclf.export.pipeline import INT8_FLOAT_STEPS
 from medclf.runtime import Classifier, load_image
 
 
@@ -91,3 +92,13 @@ def test_the_calibration_reader_feeds_real_preprocessed_batches_and_skips_bad_fi
     np.testing.assert_array_equal(batches[0][0], load_image(blood_cell_images[0], card.preprocess))
     reader.rewind()
     np.testing.assert_array_equal(reader.get_next()["image"], batches[0])
+
+
+def test_int8_keeps_more_leading_convolutions_float_only_while_it_disagrees(exported):
+    entry = exported[1]["precisions"]["int8"]
+    tries = entry["search"]
+    assert [t["float_convs"] for t in tries] == list(INT8_FLOAT_STEPS[:len(tries)])
+    assert not any(t["passed"] for t in tries[:-1])  # it stops at the first step that agrees
+    assert tries[-1]["passed"] or len(tries) == len(INT8_FLOAT_STEPS)
+    assert entry["float_convs"] == tries[-1]["float_convs"]
+    assert "images" in entry["searched_on"]
