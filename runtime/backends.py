@@ -84,11 +84,13 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool) -> Backend:
 
 def _tensorrt(model: Path) -> Backend:
     """A native engine from the cache, built on first use for this GPU (that takes a while, once)."""
+    from .gpu_libraries import TensorRTUnavailable, tensorrt
     from .modelcard import ModelCard
-    from .tensorrt_engine import EngineCache, TensorRTEngine, TensorRTUnavailable, tensorrt
 
     try:
-        tensorrt()  # not installed: say so before any work
+        tensorrt()  # not installed: say so before any work (and before loading the engine module)
+        from .tensorrt_engine import EngineCache, TensorRTEngine
+
         metadata = _session(model, [PROVIDERS["cpu"]], 1, spin=False).get_modelmeta().custom_metadata_map
         card = ModelCard.from_metadata(metadata, str(model))
         engine = TensorRTEngine(EngineCache().engine_for(model, card.precision))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -131,5 +130,7 @@ class Classifier:
 
 def _heatmap_name(path: str, label: str) -> str:
     """``<stem>-<hash of the full path>.<label>.cam.png``: files with one name in two folders do not collide."""
+    import hashlib  # here, not at the top: only --cam needs it, and every one-shot run would pay its import
+
     digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
     return f"{Path(path).stem}-{digest}.{label}.cam.png"

@@ -27,13 +27,10 @@ import numpy as np
 
 from .atomic import atomic_write, write_json
 from .cache import default_cache_dir
+from .gpu_libraries import TensorRTUnavailable, cudart, tensorrt
 from .modelcard import INPUT_NAME, OUTPUT_NAME
 
 WORKSPACE_BYTES = 1 << 30
-
-
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT or the CUDA runtime cannot be loaded on this machine; the message names the missing piece."""
 
 
 @dataclass(frozen=True)
@@ -63,28 +60,6 @@ class EngineKey:
     @property
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:24]
-
-
-def tensorrt():
-    """The ``tensorrt`` module, or :class:`TensorRTUnavailable` saying how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise TensorRTUnavailable(f"TensorRT is not installed ({exc}); install medclf[gpu] on a machine with an "
-                                  f"NVIDIA GPU (TensorRT wheels come from pypi.nvidia.com)") from None
-    return trt
-
-
-def cudart():
-    """cuda-python's CUDA runtime bindings (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
-    try:
-        from cuda.bindings import runtime
-    except ImportError:
-        try:
-            from cuda import cudart as runtime
-        except ImportError as exc:
-            raise TensorRTUnavailable(f"cuda-python is not installed ({exc}); install medclf[gpu]") from None
-    return runtime
 
 
 def _check(result):
