@@ -33,6 +33,15 @@ def test_auto_says_which_backend_it_chose_and_why_the_others_were_passed_over():
     assert backend.note.count("install onnxruntime-gpu") == 1
 
 
+def test_auto_without_tensorrt_does_not_load_the_engine_code():
+    """Every one-shot run starts with auto's question "is TensorRT here?"; answering it must stay cheap."""
+    code = ("import sys\nfrom medclf.runtime import Classifier\nClassifier(backend='auto')\n"
+            "print('tensorrt' in sys.modules, 'medclf.runtime.tensorrt_engine' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    has_tensorrt, loaded_engine_code = done.stdout.split()
+    assert loaded_engine_code == has_tensorrt  # loaded only where TensorRT is installed
+
+
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
 @pytest.mark.parametrize("name", ["cuda", "ort-tensorrt", "tensorrt"])
 def test_a_requested_backend_that_cannot_start_is_an_error_not_a_fallback(name):
