@@ -37,21 +37,26 @@ HEAD_OPS = ("MatMul", "Gemm")
 
 
 class ImageCalibrationReader(CalibrationDataReader):
-    """Feeds ``{"image": uint8 batch}`` dictionaries of real images to a calibrator; unreadable files are skipped."""
+    """Feeds ``{"image": uint8 batch}`` dictionaries of real images to a calibrator; unreadable files are skipped.
+
+    The first full pass decodes the files; after :meth:`rewind` the same batches are replayed from memory, so
+    one reader serves every quantization of an export (INT8's search steps, its TensorRT flavour)."""
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]], preprocess: Preprocess, batch_size: int = 32):
         self.paths, self.preprocess, self.batch_size = list(paths), preprocess, batch_size
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
+        self._decoded: list[dict[str, np.ndarray]] | None = None  # every batch, once a pass has finished
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self._batches is None:
-            self._batches = self._read()
+            self._batches = iter(self._decoded) if self._decoded is not None else self._read()
         return next(self._batches, None)
 
     def rewind(self) -> None:
         self._batches = None
 
     def _read(self) -> Iterator[dict[str, np.ndarray]]:
+        batches = []
         for start in range(0, len(self.paths), self.batch_size):
             images = []
             for path in self.paths[start:start + self.batch_size]:
@@ -60,7 +65,9 @@ class ImageCalibrationReader(CalibrationDataReader):
                 except ImageError:
                     continue
             if images:
-                yield {INPUT_NAME: np.stack(images)}
+                batches.append({INPUT_NAME: np.stack(images)})
+                yield batches[-1]
+        self._decoded = batches
 
 
 def to_int8(fp32_path: str | os.PathLike[str], reader: CalibrationDataReader, symmetric: bool = False,
@@ -68,6 +75,7 @@ def to_int8(fp32_path: str | os.PathLike[str], reader: CalibrationDataReader, sy
     """The QDQ-quantized model, calibrated on what ``reader`` yields; ``symmetric`` for TensorRT. The first
     ``float_convs`` convolutions stay float (at least the first one; see the module docstring)."""
     activations = QuantType.QInt8 if symmetric else QuantType.QUInt8
+    reader.rewind()  # from its first batch, whatever an earlier quantization read
     with tempfile.TemporaryDirectory() as tmp:
         prepared, quantized = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
         quant_pre_process(str(fp32_path), str(prepared))  # shape inference + graph clean-up the quantizer needs

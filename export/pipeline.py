@@ -63,7 +63,11 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model = keras.models.load_model(model_path, compile=False)
     images, labels = verification_set(model_path, card, verify_data, max_images)
     reference = keras_probabilities(model, images)
-    search = _search_set(model, model_path, card, verify_data, max_images) if "int8" in precisions else None
+    search, calibration = None, None  # INT8's: held-out images to choose its float layers on, and its calibration
+    if "int8" in precisions:
+        search = _search_set(model, model_path, card, verify_data, max_images)
+        paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
+        calibration = ImageCalibrationReader(paths, card.preprocess)
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
               "verified_on": f"{len(images)} real images ({_describe(model_path.parent, verify_data)})",
               "precisions": {}}
@@ -75,9 +79,9 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         candidates = {}
         for precision in precisions:
             if precision == "int8":
-                candidates[precision], tried = _int8(fp32, card, model_path, calibration_data, search)
+                candidates[precision], tried = _int8(fp32, card, calibration, search)
             else:
-                candidates[precision], tried = _derive(precision, fp32, card, model_path, calibration_data), {}
+                candidates[precision], tried = _derive(precision, fp32, card), {}
             entry = _verify(candidates[precision], reference, images, labels, TOLERANCES[precision])
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
@@ -87,7 +91,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 os.replace(candidates[precision], entry["file"])
                 if engine is not None:
                     source = Path(entry["file"]) if precision != "int8" else \
-                        _derive("int8", fp32, card, model_path, calibration_data, True, entry["float_convs"])
+                        _derive("int8", fp32, card, calibration, True, entry["float_convs"])
                     entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
                                                 reference, images, labels)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
@@ -162,24 +166,23 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in PRECISIONS if p == "fp32" or p in precisions)
 
 
-def _derive(precision: str, fp32: Path, card: ModelCard, model_path: Path,
-            calibration_data: str | os.PathLike[str] | None, for_tensorrt: bool = False, float_convs: int = 1) -> Path:
-    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card.
-    ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), calibrated
-    on the same images as the published onnxruntime one."""
+def _derive(precision: str, fp32: Path, card: ModelCard, calibration: ImageCalibrationReader | None = None,
+            for_tensorrt: bool = False, float_convs: int = 1) -> Path:
+    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card. INT8 is
+    calibrated on ``calibration``; ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built
+    from (see :mod:`.int8`), on the same images as the published onnxruntime one."""
     if precision == "fp32":
         return fp32
     target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
     if precision == "fp16":
         proto = to_fp16(onnx.load(str(fp32)))
     else:
-        paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
-        proto = to_int8(fp32, ImageCalibrationReader(paths, card.preprocess), for_tensorrt, float_convs)
+        proto = to_int8(fp32, calibration, for_tensorrt, float_convs)
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
 
 
-def _int8(fp32: Path, card: ModelCard, model_path: Path, calibration_data: str | os.PathLike[str] | None,
+def _int8(fp32: Path, card: ModelCard, calibration: ImageCalibrationReader,
           search: tuple[np.ndarray, np.ndarray, np.ndarray | None, str]) -> tuple[Path, dict]:
     """The INT8 candidate with the fewest leading convolutions kept float (``INT8_FLOAT_STEPS``) that agrees
     with Keras on the search images within INT8's tolerance — or the last step tried, which verification then
@@ -187,7 +190,7 @@ def _int8(fp32: Path, card: ModelCard, model_path: Path, calibration_data: str |
     images, reference, labels, searched_on = search
     tries = []
     for float_convs in INT8_FLOAT_STEPS:
-        candidate = _derive("int8", fp32, card, model_path, calibration_data, float_convs=float_convs)
+        candidate = _derive("int8", fp32, card, calibration, float_convs=float_convs)
         comparison = compare(reference, onnx_probabilities(str(candidate), images), TOLERANCES["int8"], labels)
         tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed})
         if comparison.passed:
@@ -200,9 +203,9 @@ def _search_set(model: keras.Model, model_path: Path, card: ModelCard, data: str
     """Images for INT8's search, with Keras' probabilities: held-out images other than the ones verification
     judges, so the choice is not fitted to its judge. With too few left, the verification images themselves
     (the report says so)."""
-    verified = set(_images(model_path.parent, data, "val", "--verify-data", most)[0])
-    paths, names = _images(model_path.parent, data, "val", "--verify-data", 10 ** 9)
-    rest = [i for i, path in enumerate(paths) if path not in verified]
+    paths, names = _all_images(model_path.parent, data, "val", "--verify-data")
+    verified = set(_spread(len(paths), most))  # the picks verification_set makes from the same list
+    rest = [i for i in range(len(paths)) if i not in verified]
     searched_on = f"{min(len(rest), most)} held-out images not used for verification"
     if len(rest) < MIN_SEARCH_IMAGES:
         rest, searched_on = range(len(paths)), "the verification images (too few others held out)"
@@ -234,8 +237,16 @@ def model_card(model_path: Path, cam: bool = False) -> ModelCard:
 
 def _images(run_dir: Path, data: str | os.PathLike[str] | None, split: str, option: str,
             most: int) -> tuple[list[str], list[str]]:
-    """At most ``most`` images, evenly spread, with their class names: those under ``data`` (the class is the
-    folder a file sits in), or the run's recorded ``split`` ("val" to verify on, "train" to calibrate on)."""
+    """At most ``most`` of :func:`_all_images`, evenly spread, with their class names."""
+    paths, names = _all_images(run_dir, data, split, option)
+    pick = _spread(len(paths), most)
+    return [paths[i] for i in pick], [names[i] for i in pick]
+
+
+def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
+                option: str) -> tuple[list[str], list[str]]:
+    """Images with their class names: those under ``data`` (the class is the folder a file sits in), or the
+    run's recorded ``split`` ("val" to verify on, "train" to calibrate on)."""
     if data is not None:
         paths = [str(p) for p in list_images(data)]
         names = [Path(p).parent.name for p in paths]
@@ -248,8 +259,7 @@ def _images(run_dir: Path, data: str | os.PathLike[str] | None, split: str, opti
         names = [run.labels[i] for i in indices]
     if not paths:
         raise FileNotFoundError(f"no images in {data or run_dir / 'splits.json'}")
-    pick = _spread(len(paths), most)
-    return [paths[i] for i in pick], [names[i] for i in pick]
+    return paths, names
 
 
 def _spread(count: int, most: int) -> np.ndarray:

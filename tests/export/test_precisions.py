@@ -102,3 +102,16 @@ def test_int8_keeps_more_leading_convolutions_float_only_while_it_disagrees(expo
     assert tries[-1]["passed"] or len(tries) == len(INT8_FLOAT_STEPS)
     assert entry["float_convs"] == tries[-1]["float_convs"]
     assert "images" in entry["searched_on"]
+
+
+def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell_images, tmp_path):
+    card = Classifier().card
+    copy = tmp_path / "cell.jpeg"
+    copy.write_bytes(blood_cell_images[0].read_bytes())
+    reader = ImageCalibrationReader([copy, *blood_cell_images[1:3]], card.preprocess, batch_size=2)
+    first = [reader.get_next() for _ in range(3)]
+    assert first[-1] is None
+    copy.unlink()  # a second pass must not go back to the files
+    reader.rewind()
+    second = [reader.get_next() for _ in range(3)]
+    assert second[-1] is None and all(np.array_equal(a["image"], b["image"]) for a, b in zip(first[:2], second[:2]))
