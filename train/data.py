@@ -7,6 +7,7 @@ never sees pixels in training that differ from the pixels it gets in production.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import sys
@@ -21,6 +22,8 @@ from medclf.runtime.atomic import atomic_write
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
+
+log = logging.getLogger(__name__)
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
@@ -140,19 +143,39 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
                 group_copies: bool = False) -> Splits:
     """Train/validation(/test) from a folder-per-class tree, or from a folder holding train/ [val/] [test/].
 
-    Without a ``val`` folder, a stratified ``val_split`` fraction of training images is held out — whole
+    Without a ``val`` folder, or with one too small to judge by (``MIN_VAL_PER_CLASS``; it then joins the
+    training images, with a warning), a stratified ``val_split`` fraction of training images is held out — whole
     groups of them when ``group_pattern`` or ``group_copies`` says which files belong together.
     """
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
     train = read_dataset(root, naming=naming)
     val_dir = find_split(data, "val") if train_dir else None
-    if val_dir is not None:
-        val = read_dataset(val_dir, train.classes, naming)
-    else:
+    val = read_dataset(val_dir, train.classes, naming) if val_dir is not None else None
+    if val is not None and _too_small(val, train, val_split):
+        log.warning("%s: %d images (%s) are too few to choose a model or a threshold on; merged into training, "
+                    "%.0f%% of it held out instead", val_dir, len(val),
+                    ", ".join(f"{n} {name}" for name, n in val.class_counts().items()), 100 * val_split)
+        train, val = _concat(train, val), None
+    if val is None:
         train, val = stratified_split(train, val_split, seed, split_groups(train, group_pattern, group_copies))
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None)
+
+
+# A val/ folder with fewer images of some class than this (or than val_split would hold out, if fewer) is not
+# used as is: Kermany's chest X-rays ship val/ with 8 images per class, on which early stopping and a
+# threshold would be chosen by noise.
+MIN_VAL_PER_CLASS = 20
+
+
+def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
+    carved = np.floor(val_split * np.bincount(train.labels, minlength=len(train.classes)))
+    return bool(np.any(np.bincount(val.labels, minlength=len(val.classes)) < np.minimum(MIN_VAL_PER_CLASS, carved)))
+
+
+def _concat(a: ImageFolder, b: ImageFolder) -> ImageFolder:
+    return ImageFolder(a.paths + b.paths, np.concatenate([a.labels, b.labels]), a.classes)
 
 
 def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:

@@ -102,3 +102,22 @@ def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray
     assert abs(share - folder.class_counts()["PNEUMONIA"] / len(folder)) < 0.05
     naive_train, naive_val = stratified_split(folder, 0.15, seed=0)  # the ungrouped split leaks patients
     assert set(file_groups(naive_train.paths, pattern)) & set(file_groups(naive_val.paths, pattern))
+
+
+def test_a_val_folder_too_small_to_judge_by_joins_training_and_a_split_is_held_out(tmp_path, blood_cell_images,
+                                                                                   caplog):
+    # Kermany's chest X-rays ship val/ with 8 images per class: early stopping and a threshold chosen on them
+    # would be noise.
+    make_tree(tmp_path / "train", {"NORMAL": 60, "PNEUMONIA": 180}, blood_cell_images[0])
+    make_tree(tmp_path / "val", {"NORMAL": 8, "PNEUMONIA": 8}, blood_cell_images[0])
+    splits = load_splits(tmp_path, val_split=0.15)
+    assert len(splits.train) + len(splits.val) == 256
+    assert splits.val.class_counts() == {"NORMAL": 10, "PNEUMONIA": 28}
+    assert "too few to choose a model" in caplog.text and "8 NORMAL, 8 PNEUMONIA" in caplog.text
+
+
+def test_a_val_folder_missing_a_class_joins_training(tmp_path, blood_cell_images):
+    make_tree(tmp_path / "train", {"cat": 40, "dog": 40}, blood_cell_images[0])
+    make_tree(tmp_path / "val", {"cat": 30}, blood_cell_images[0])
+    splits = load_splits(tmp_path, val_split=0.25)
+    assert splits.val.class_counts() == {"cat": 18, "dog": 10}
