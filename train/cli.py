@@ -51,7 +51,7 @@ GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names w
 Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness), microscopy (any flip or turn, stain colour jitter) or radiograph (strong zoom-in and shifts, exposure and contrast).")]
 GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [off].", show_default=False)]
 Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) [plateau].")]
-FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add).")]
+FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add; pool: the whole backbone, only the head is trained).")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 
 
