@@ -1,0 +1,44 @@
+"""The CI speed guard: ratios from one pytest-benchmark run, compared with the committed baseline."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+GUARD = Path(__file__).parents[2] / "benchmarks" / "guard.py"
+
+
+@pytest.fixture(scope="module")
+def guard():
+    spec = importlib.util.spec_from_file_location("guard", GUARD)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def results(tmp_path: Path, fp32_s: float, int8_s: float, flags: list[str]) -> Path:
+    benchmarks = [{"name": "test_inference[fp32-32]", "stats": {"min": fp32_s}},
+                  {"name": "test_inference[int8-32]", "stats": {"min": int8_s}}]
+    path = tmp_path / "latest.json"
+    path.write_text(json.dumps({"machine_info": {"cpu": {"flags": flags}}, "benchmarks": benchmarks}))
+    return path
+
+
+def test_int8_speedup_is_judged_against_the_baseline_of_the_same_kind_of_cpu(guard, tmp_path, capsys):
+    baseline = json.loads(guard.BASELINE.read_text())
+    with_vnni = baseline["batch 32: INT8 / FP32 throughput (CPU) [VNNI]"]
+    without = baseline["batch 32: INT8 / FP32 throughput (CPU) [no VNNI]"]
+    ratio = (with_vnni * (1 - guard.TOLERANCE) + without) / 2  # a regression with VNNI, fine without it
+    assert guard.main([str(results(tmp_path, ratio, 1.0, ["avx2", "avx512_vnni"]))]) == 1
+    assert "REGRESSED" in capsys.readouterr().out
+    assert guard.main([str(results(tmp_path, ratio, 1.0, ["avx2"]))]) == 0
+
+
+def test_ratios_are_taken_from_the_fastest_rounds_and_missing_benchmarks_are_skipped(guard, tmp_path, capsys):
+    path = results(tmp_path, 0.1, 0.05, [])
+    assert guard.ratios(json.loads(path.read_text())) == {"batch 32: INT8 / FP32 throughput (CPU)": 2.0}
+    guard.main([str(path)])
+    assert "skipped" in capsys.readouterr().out
