@@ -25,6 +25,12 @@ from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
 log = logging.getLogger(__name__)
 
+# A val/ folder with fewer images of some class than this (or than val_split would hold out, if fewer) is not
+# used as is: Kermany's chest X-rays ship val/ with 8 images per class, on which early stopping and a
+# threshold would be chosen by noise.
+MIN_VAL_PER_CLASS = 20
+
+
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
@@ -161,12 +167,6 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
         train, val = stratified_split(train, val_split, seed, split_groups(train, group_pattern, group_copies))
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None)
-
-
-# A val/ folder with fewer images of some class than this (or than val_split would hold out, if fewer) is not
-# used as is: Kermany's chest X-rays ship val/ with 8 images per class, on which early stopping and a
-# threshold would be chosen by noise.
-MIN_VAL_PER_CLASS = 20
 
 
 def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
