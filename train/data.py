@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # threshold would be chosen by noise.
 MIN_VAL_PER_CLASS = 20
 
-
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
