@@ -169,8 +169,9 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
 
 
 def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
-    carved = np.floor(val_split * np.bincount(train.labels, minlength=len(train.classes)))
-    return bool(np.any(np.bincount(val.labels, minlength=len(val.classes)) < np.minimum(MIN_VAL_PER_CLASS, carved)))
+    """Some class has fewer validation images than MIN_VAL_PER_CLASS, or than ``val_split`` would hold out."""
+    have = val.class_counts()
+    return any(have[name] < min(MIN_VAL_PER_CLASS, int(val_split * n)) for name, n in train.class_counts().items())
 
 
 def _concat(a: ImageFolder, b: ImageFolder) -> ImageFolder:
