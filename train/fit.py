@@ -11,6 +11,7 @@ Augmentation never enters the saved model.
 from __future__ import annotations
 
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from medclf.rundir import CHECKPOINT
 
 from .architectures import Architecture
+from .budget import TimeBudget
 from .progress import RichProgress
 
 # Our datasets are shuffled in tf.data; Keras warns that its own shuffle flag is then unused.
@@ -50,6 +52,8 @@ class FitConfig:
     label_smoothing: float = 0.1
     ema_epochs: float = 1.5  # fine-tuning keeps an exponential moving average of the weights over about this
     # many epochs and ends with it: one cell's worth of memorisation averages out (0 disables)
+    time_budget: float | None = 28.0  # minutes of wall clock for the whole run, decoding included: augmented
+    # views and epochs that would not fit are dropped, and the run says so (None: no limit). See budget.py
     seed: int = 0
 
 
@@ -102,9 +106,12 @@ def make_augmenter(seed: int, policy: str = "default") -> keras.Sequential:
 
 
 def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray], config: FitConfig, log_csv: Path) -> None:
+        val: tuple[np.ndarray, np.ndarray], config: FitConfig, log_csv: Path,
+        budget: TimeBudget | None = None) -> None:
     """Train ``model`` in place. It ends with the moving average of its fine-tuning weights (``ema_epochs``),
-    or, with that off, with the weights of its best validation epoch."""
+    or, with that off, with the weights of its best validation epoch. ``budget`` (default: ``config``'s, from
+    now) may cut augmented views and epochs."""
+    budget = budget or TimeBudget(config.time_budget)
     keras.utils.set_random_seed(config.seed)
     log_csv.unlink(missing_ok=True)
     num_classes = model.output_shape[-1]
@@ -116,35 +123,37 @@ def fit(model: keras.Model, arch: Architecture, train: tuple[np.ndarray, np.ndar
     if arch.frozen_until is None:
         augmenter = make_augmenter(config.seed, config.augmentation) if config.augment else None
         _stage(model, _mixed(_batches(*train, config, augmenter), config), _batches(*val), learning_rate,
-               config.epochs, config, log_csv, class_weight, ema_epochs=config.ema_epochs,
+               config.epochs, config, log_csv, class_weight, budget, ema_epochs=config.ema_epochs,
                checkpoint=best)
         return
     if arch.frozen_until == "pool":  # the whole backbone stays frozen: a dense head on cached pooled features
         frozen, head = _split_at_pool(model)
-        pooled_train, train_y = _cached_features(frozen, train, config)
+        pooled_train, train_y = _cached_features(frozen, train, config, budget)
         pooled_val = predict(frozen, val[0], dtype=np.float16)
         _stage(head, _mixed(_batches(pooled_train, train_y, config), config), _batches(pooled_val, val[1]),
-               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight, name="head",
-               checkpoint=best)
+               learning_rate, config.head_epochs + config.epochs, config, log_csv, class_weight, budget,
+               name="head", checkpoint=best)
         return
     frozen, top, head, rest = _split(model, arch.frozen_until)
-    train_x, train_y = _cached_features(frozen, train, config)
+    train_x, train_y = _cached_features(frozen, train, config, budget)
     val_x = predict(frozen, val[0], dtype=np.float16)
     # Stage 1: a new head on the pooled ImageNet features (computed once), so stage 2 starts from sense.
     pooled_train, pooled_val = predict(top, train_x, dtype=np.float16), predict(top, val_x, dtype=np.float16)
     done = _stage(head, _batches(pooled_train, train_y, config), _batches(pooled_val, val[1]),
-                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight, name="head",
+                  HEAD_LEARNING_RATE, config.head_epochs, config, log_csv, class_weight, budget, name="head",
                   checkpoint=best)
     # Stage 2: fine-tune every layer above the cut, at the architecture's lower rate.
     _stage(rest, _mixed(_batches(train_x, train_y, config), config), _batches(val_x, val[1]), learning_rate,
-           done + config.epochs, config, log_csv, class_weight, initial_epoch=done, ema_epochs=config.ema_epochs,
-           name="fine-tune", checkpoint=best)
+           done + config.epochs, config, log_csv, class_weight, budget, initial_epoch=done,
+           ema_epochs=config.ema_epochs, name="fine-tune", checkpoint=best)
 
 
 def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, learning_rate: float, epochs: int,
-           config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, initial_epoch: int = 0,
-           ema_epochs: float = 0.0, name: str = "train", checkpoint: keras.callbacks.Callback | None = None) -> int:
-    """One round of ``model.fit`` with early stopping on validation loss; returns the epochs run so far.
+           config: FitConfig, log_csv: Path, class_weight: dict[int, float] | None, budget: TimeBudget,
+           initial_epoch: int = 0, ema_epochs: float = 0.0, name: str = "train",
+           checkpoint: keras.callbacks.Callback | None = None) -> int:
+    """One round of ``model.fit`` with early stopping on validation loss (and before ``budget`` runs out);
+    returns the epochs run so far.
 
     Without EMA the best validation epoch's weights are restored; with it the run ends on the averaged weights
     (restoring one epoch's raw weights would throw the average away).
@@ -152,6 +161,7 @@ def _stage(model: keras.Model, train: tf.data.Dataset, val: tf.data.Dataset, lea
     callbacks = [
         keras.callbacks.EarlyStopping("val_loss", patience=config.patience, restore_best_weights=not ema_epochs),
         _schedule(config, learning_rate, initial_epoch),
+        budget.callback(name),
         keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: logs.update(stage=name)),
         keras.callbacks.CSVLogger(str(log_csv), append=True),  # after the stage is added: it logs it
         RichProgress(name, epochs),
@@ -222,14 +232,20 @@ def _split_at_pool(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     return keras.Model(model.input, pooled, name="frozen"), keras.Model(pooled, model.output, name="head")
 
 
-def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray],
-                     config: FitConfig) -> tuple[np.ndarray, np.ndarray]:
-    """The frozen part's output for each training image and ``augment_views`` augmented copies of it."""
+def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray], config: FitConfig,
+                     budget: TimeBudget) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen part's output for each training image and ``augment_views`` augmented copies of it — as many
+    copies as half the time left affords, the other half being for fitting."""
     images, labels = train
+    started = time.monotonic()
     views = [predict(frozen, images, dtype=np.float16)]  # half the memory; plenty of precision for features
-    if config.augment:
+    wanted = config.augment_views if config.augment else 0
+    affordable = budget.affordable(wanted, seconds_each=time.monotonic() - started, share=0.5)
+    if affordable < wanted:
+        budget.cut(f"{affordable} of {wanted} augmented views of the training images cached")
+    if affordable:
         augmenter = make_augmenter(config.seed, config.augmentation)
-        views += [predict(frozen, images, augmenter, np.float16) for _ in range(config.augment_views)]
+        views += [predict(frozen, images, augmenter, np.float16) for _ in range(affordable)]
     return np.concatenate(views), np.concatenate([labels] * len(views))
 
 

@@ -27,6 +27,7 @@ from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
+from .budget import TimeBudget
 from .data import (ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset,
                    split_groups)
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
@@ -95,6 +96,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "") -> TrainResult:
     """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write."""
     start = time.perf_counter()
+    budget = TimeBudget(recipe.fit.time_budget)  # decoding counts too
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
@@ -105,7 +107,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     classes = train_set.classes
     keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
     model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
-    fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY)
+    fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY, budget)
 
     val_p = predict(model, val_x)
     binary = len(classes) == 2
@@ -118,7 +120,8 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     seconds = time.perf_counter() - start
     metrics["training"] = {"architecture": recipe.arch, "image_size": [preprocess.height, preprocess.width],
                            "seconds": round(seconds, 1), "train_images": int(len(train_y)),
-                           "val_images": int(len(val_y)), "data": source, "recipe": asdict(recipe)}
+                           "val_images": int(len(val_y)), "data": source, "recipe": asdict(recipe),
+                           "time_budget_cuts": budget.cuts}
     save_model(model, run_dir / rundir.MODEL)
     write_json(run_dir / rundir.LABELS, list(classes))
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")

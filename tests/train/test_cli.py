@@ -73,3 +73,10 @@ def test_flags_given_next_to_a_preset_override_only_what_they_name():
 def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path), "--preset", "mnist"])
     assert result.exit_code == 1 and "chest-xray" in result.output
+
+
+def test_time_budget_is_given_in_minutes_and_zero_lifts_it():
+    from medclf.train.cli import _recipe
+
+    assert _recipe(None, {"time_budget": 5.0}).fit.time_budget == 5.0
+    assert _recipe(None, {"time_budget": 0}).fit.time_budget is None

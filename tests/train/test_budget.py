@@ -1,0 +1,43 @@
+"""The wall-clock budget: defaults finish in bounded time on any dataset, and say what they cut."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import time
+
+import pytest
+
+from medclf.train.budget import TimeBudget
+from medclf.train.fit import FitConfig
+from medclf.train.pipeline import Recipe, train
+
+
+def test_without_a_budget_everything_is_affordable():
+    budget = TimeBudget(None)
+    assert budget.left() == math.inf and budget.affordable(3, seconds_each=1e9, share=0.5) == 3
+
+
+def test_a_share_of_the_time_left_buys_whole_steps():
+    budget = TimeBudget(1.0)  # 60 s
+    assert budget.affordable(10, seconds_each=10.0, share=0.5) == 2  # 30 s of the ~60 s left
+    assert budget.affordable(1, seconds_each=10.0, share=0.5) == 1
+    assert TimeBudget(1.0, started=time.monotonic() - 120).affordable(5, seconds_each=1.0, share=0.5) == 0
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
+                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_epoch_and_says_so(cataract, tmp_path, caplog):
+    config = FitConfig(epochs=4, head_epochs=4, patience=10, augment_views=2, time_budget=0.001)
+    with caplog.at_level(logging.WARNING, logger="medclf.train.budget"):
+        result = train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
+    with open(tmp_path / "history.csv", newline="") as handle:
+        assert [row["stage"] for row in csv.DictReader(handle)] == ["head", "fine-tune"]
+    cuts = result.metrics["training"]["time_budget_cuts"]
+    assert cuts == ["0 of 2 augmented views of the training images cached",
+                    cuts[1], cuts[2]] and "head stopped after epoch 1 of 4" in cuts[1]
+    assert "fine-tune stopped after epoch 2 of 5" in cuts[2]  # numbered on from the head stage
+    assert sum("time budget (0.001 min" in record.getMessage() for record in caplog.records) == 3
+    assert (tmp_path / "model.keras").exists()  # a cut run is still a whole run
