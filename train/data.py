@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rich.console import Console
+from rich.progress import track
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
@@ -243,7 +245,9 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
             kept = folder.subset(saved["indices"])
             return saved["images"], kept.labels, kept
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
-        results = list(pool.map(lambda path: _try_load(path, preprocess), folder.paths))
+        decoded = pool.map(lambda path: _try_load(path, preprocess), folder.paths)
+        results = list(track(decoded, f"decoding {len(folder)} images", total=len(folder), transient=True,
+                             console=Console(stderr=True)))
     indices = np.asarray([i for i, image in enumerate(results) if image is not None], dtype=np.int64)
     if len(indices) == 0:
         raise DatasetError(f"none of the {len(folder)} images could be read")

@@ -20,6 +20,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
+from rich.console import Console
+from rich.progress import track
 from sklearn.utils.class_weight import compute_class_weight
 
 from medclf.rundir import CHECKPOINT
@@ -238,14 +240,15 @@ def _cached_features(frozen: keras.Model, train: tuple[np.ndarray, np.ndarray], 
     copies as half the time left affords, the other half being for fitting."""
     images, labels = train
     started = time.monotonic()
-    views = [predict(frozen, images, dtype=np.float16)]  # half the memory; plenty of precision for features
+    views = [predict(frozen, images, dtype=np.float16, progress="caching features")]  # float16: half the memory
     wanted = config.augment_views if config.augment else 0
     affordable = budget.affordable(wanted, seconds_each=time.monotonic() - started, share=0.5)
     if affordable < wanted:
         budget.cut(f"{affordable} of {wanted} augmented views of the training images cached")
     if affordable:
         augmenter = make_augmenter(config.seed, config.augmentation)
-        views += [predict(frozen, images, augmenter, np.float16) for _ in range(affordable)]
+        views += [predict(frozen, images, augmenter, np.float16, progress=f"caching augmented view {view + 1}")
+                  for view in range(affordable)]
     return np.concatenate(views), np.concatenate([labels] * len(views))
 
 
@@ -280,10 +283,14 @@ def _mixed(dataset: tf.data.Dataset, config: FitConfig) -> tf.data.Dataset:
 
 
 def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential | None = None,
-            dtype: type = np.float32, batch: int = 64) -> np.ndarray:
-    """``model``'s output for uint8 images (or cached features), in inference mode, batch by batch."""
+            dtype: type = np.float32, batch: int = 64, progress: str | None = None) -> np.ndarray:
+    """``model``'s output for uint8 images (or cached features), in inference mode, batch by batch; with a
+    ``progress`` description, a transient progress bar on stderr (feature caches take minutes on big data)."""
     out = []
-    for start in range(0, len(inputs), batch):
+    starts = range(0, len(inputs), batch)
+    if progress is not None:
+        starts = track(starts, progress, console=Console(stderr=True), transient=True)
+    for start in starts:
         x = tf.cast(inputs[start:start + batch], tf.float32)
         if augmenter is not None:
             x = augmenter(x, training=True)
