@@ -52,6 +52,7 @@ Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: 
 GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [off].", show_default=False)]
 Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) [plateau].")]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add; pool: the whole backbone, only the head is trained).")]
+Wise = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Transfer models: end on this mix of fine-tuned and linear-probe (ImageNet top + trained head) weights, WiSE-FT; lower is more robust to images from other sites, 1 is fully fine-tuned [0.5].")]
 TimeBudgetOption = Annotated[Optional[float], typer.Option("--time-budget", min=0, help="Minutes of wall clock for the whole run; augmented views and epochs that would not fit are dropped, with a warning (0: no limit) [28].")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 
@@ -69,7 +70,7 @@ def train(
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
-    time_budget: TimeBudgetOption = None, seed: Seed = None,
+    wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
     (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png."""
@@ -94,7 +95,8 @@ def crossval(
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
     augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None, time_budget: TimeBudgetOption = None, seed: Seed = None,
+    name_labels: NameLabelsOption = None, wise: Wise = None, time_budget: TimeBudgetOption = None,
+    seed: Seed = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -130,7 +132,7 @@ def _recipe(preset: str | None, options: dict):
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
                   "group_pattern", "group_copies", "target_sensitivity", "freeze_until")
 FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "schedule",
-               "time_budget", "seed")
+               "wise", "time_budget", "seed")
 
 
 @app.command()

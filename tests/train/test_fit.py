@@ -53,12 +53,36 @@ def test_the_log_names_each_epochs_stage_and_the_curves_mark_where_fine_tuning_b
 def test_the_best_model_so_far_is_kept_on_disk_as_a_whole_model(cataract, tmp_path):
     import keras
 
-    config = FitConfig(epochs=2, head_epochs=2, patience=10, augment_views=0, ema_epochs=0)
+    config = FitConfig(epochs=2, head_epochs=2, patience=10, augment_views=0, ema_epochs=0, wise=1.0)
     train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
     best = keras.models.load_model(tmp_path / "checkpoint.keras", compile=False)
     final = keras.models.load_model(tmp_path / "model.keras", compile=False)
     assert best.input_shape == final.input_shape and best.output_shape == final.output_shape
-    # without EMA the run ends on its best validation epoch, so the checkpoint is that very model
+    # without EMA or a WiSE mix the run ends on its best validation epoch, so the checkpoint is that very model
     for a, b in zip(best.get_weights(), final.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
+                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+@pytest.mark.parametrize("wise", [0.0, 0.5])
+def test_fine_tuned_weights_end_mixed_with_the_linear_probe_by_the_wise_share(cataract, tmp_path, wise):
+    """WiSE-FT: 0 keeps ImageNet's top layers (the head of the head stage), 0.5 lands halfway to fine-tuned."""
+    import keras
+
+    from medclf.train.architectures import get_architecture
+
+    config = FitConfig(epochs=2, head_epochs=1, patience=10, augment_views=0, ema_epochs=0, wise=wise)
+    train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
+    trained = keras.models.load_model(tmp_path / "model.keras", compile=False).get_layer("conv_pw_13").get_weights()[0]
+    imagenet = get_architecture("mobilenet_025").build((64, 64, 3), 2, True).get_layer("conv_pw_13").get_weights()[0]
+    if wise == 0.0:
+        np.testing.assert_array_equal(trained, imagenet)
+    else:  # fine-tuning moved the layer; the mix is half of that move
+        config = FitConfig(epochs=2, head_epochs=1, patience=10, augment_views=0, ema_epochs=0, wise=1.0)
+        train(cataract, tmp_path / "tuned", Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
+        tuned = keras.models.load_model(tmp_path / "tuned" / "model.keras",
+                                        compile=False).get_layer("conv_pw_13").get_weights()[0]
+        assert np.abs(tuned - imagenet).max() > 1e-4
+        np.testing.assert_allclose(trained, 0.5 * tuned + 0.5 * imagenet, atol=1e-6)
