@@ -3,7 +3,8 @@
 Two paths, one outcome (the full Keras model, trained):
 - models with a frozen part (``Architecture.frozen_until``) compute that part once per image — over the
   original and ``augment_views`` augmented copies — then train in two stages on that cache: the new head
-  alone on pooled features, then every layer above the cut at a lower rate;
+  alone on pooled features, then every layer above the cut at a lower rate, ending on a mix of the two
+  stages' weights (``wise``);
 - models without one train end to end, augmenting every batch in a ``tf.data`` pipeline.
 Augmentation never enters the saved model.
 """
@@ -57,7 +58,7 @@ class FitConfig:
     wise: float = 0.5  # transfer models end on this mix of fine-tuned and linear-probe weights (WiSE-FT,
     # Wortsman et al. 2022): most of fine-tuning's accuracy, and frozen features' robustness to other sites'
     # images, at no cost in speed. 1: fully fine-tuned. Validation cannot choose it: it comes from the training
-    # site (chest X-ray, default recipe: validation AUC 0.998 at every mix, test AUC 0.876 fine-tuned, 0.956
+    # site (chest X-ray, default recipe: validation AUC 0.998 at every mix, test AUC 0.876 fine-tuned, 0.955
     # mixed half-and-half; blood cells, test cells from the same lab: 85.5% → 84.0%)
     time_budget: float | None = 28.0  # minutes of wall clock for the whole run, decoding included: augmented
     # views and epochs that would not fit are dropped, and the run says so (None: no limit). See budget.py
