@@ -15,6 +15,11 @@ BLOOD = DATA / "blood-cells"
 if "KERAS_HOME" not in os.environ and (SHARED / "keras").is_dir():
     os.environ["KERAS_HOME"] = str(SHARED / "keras")
 
+# For tests that build pretrained models: ``from tests.conftest import needs_weights``.
+needs_weights = pytest.mark.skipif(
+    not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
+    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):

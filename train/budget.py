@@ -33,9 +33,10 @@ class TimeBudget:
 
     def affordable(self, wanted: int, seconds_each: float, share: float) -> int:
         """How many of ``wanted`` steps of ``seconds_each`` fit in ``share`` of the time left."""
-        if self.left() == math.inf or seconds_each <= 0:
+        left = self.left()
+        if left == math.inf or seconds_each <= 0:
             return wanted
-        return max(0, min(wanted, int(share * self.left() // seconds_each)))
+        return max(0, min(wanted, int(share * left // seconds_each)))
 
     def cut(self, text: str) -> None:
         self.cuts.append(text)

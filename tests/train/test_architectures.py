@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import os
 
 import keras
 import numpy as np
 import pytest
 
 from medclf.train.architectures import ARCHITECTURES, WeightsNotFoundError, get_architecture
+from tests.conftest import needs_weights
 
-needs_weights = pytest.mark.skipif(
-    not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
-    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 import time
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from medclf.train.budget import TimeBudget
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
+from tests.conftest import needs_weights
 
 
 def test_without_a_budget_everything_is_affordable():
@@ -27,8 +27,7 @@ def test_a_share_of_the_time_left_buys_whole_steps():
     assert TimeBudget(1.0, started=time.monotonic() - 120).affordable(5, seconds_each=1.0, share=0.5) == 0
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
-                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+@needs_weights
 def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_epoch_and_says_so(cataract, tmp_path, caplog):
     config = FitConfig(epochs=4, head_epochs=4, patience=10, augment_views=2, time_budget=0.001)
     with caplog.at_level(logging.WARNING, logger="medclf.train.budget"):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
 
 import numpy as np
 import pytest
 
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
+from tests.conftest import needs_weights
 
 
 def history(run_dir) -> list[dict[str, str]]:
@@ -24,8 +24,7 @@ def test_step_decay_halves_the_learning_rate_every_step(cataract, tmp_path):
     np.testing.assert_allclose(rates, [1e-3, 5e-4, 2.5e-4], rtol=1e-5)
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
-                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+@needs_weights
 def test_two_frozen_backbones_train_only_their_head(cataract, tmp_path):
     import keras
 
@@ -40,8 +39,7 @@ def test_two_frozen_backbones_train_only_their_head(cataract, tmp_path):
     assert len(history(tmp_path)) == 2 and result.metrics["validation"]["roc_auc_macro"] is not None
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
-                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+@needs_weights
 def test_the_log_names_each_epochs_stage_and_the_curves_mark_where_fine_tuning_begins(cataract, tmp_path):
     config = FitConfig(epochs=2, head_epochs=2, patience=10, augment_views=0)
     train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
@@ -64,8 +62,7 @@ def test_the_best_model_so_far_is_kept_on_disk_as_a_whole_model(cataract, tmp_pa
     assert not list(tmp_path.glob(".tmp-*"))  # no temporary file left behind
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("KERAS_HOME", ""), "models")),
-                    reason="ImageNet weights not available: KERAS_HOME/models is absent (../shared/keras)")
+@needs_weights
 @pytest.mark.parametrize("wise", [0.0, 0.5])
 def test_fine_tuned_weights_end_mixed_with_the_linear_probe_by_the_wise_share(cataract, tmp_path, wise):
     """WiSE-FT: 0 keeps ImageNet's top layers (the head of the head stage), 0.5 lands halfway to fine-tuned."""
