@@ -54,6 +54,17 @@ def images(classifier, image_paths) -> np.ndarray:
 
 
 @pytest.fixture(scope="session")
+def big_radiograph(tmp_path_factory) -> Path:
+    """A real chest film blown up to a 2400x2000 JPEG: the size clinics export, where decoding dominates."""
+    import cv2
+
+    film = cv2.imread(str(sorted((REPO.parent / "shared" / "data" / "chest-xray" / "test" / "NORMAL").iterdir())[0]))
+    path = tmp_path_factory.mktemp("radiograph") / "film.jpg"
+    cv2.imwrite(str(path), cv2.resize(film, (2400, 2000), interpolation=cv2.INTER_CUBIC))
+    return path
+
+
+@pytest.fixture(scope="session")
 def folder(image_paths, tmp_path_factory) -> Path:
     """The same images as a folder-per-class tree (links), as image_dataset_from_directory wants them."""
     root = tmp_path_factory.mktemp("folder")

@@ -33,6 +33,8 @@ RATIOS = {
                                                      "test_medclf_folder", 0.8, True),
     "one-shot: Keras script / medclf-run": ("test_oneshot_keras_script", "test_oneshot_medclf_run", 25.0, True),
     "one-shot: medclf-run / floor": ("test_oneshot_medclf_run", "test_oneshot_floor", 1.3, False),
+    "2400x2000 JPEG to 224 px: full decode / shrunk": ("test_decode_big_jpeg[full]", "test_decode_big_jpeg[shrunk]",
+                                                        3.0, True),
     "batch 32: INT8 / FP32 throughput (CPU)": ("test_inference[fp32-32]", "test_inference[int8-32]", 1.5, True),
 }
 

@@ -53,13 +53,17 @@ def test_grey_models_get_one_channel():
     assert decode_image(encode(bgr), color="grey").shape == (5, 5, 1)
 
 
-def test_exif_orientation_is_applied(tmp_path):
-    # A 2x4 (h x w) JPEG tagged "rotate 90° clockwise" (orientation 6) must come out 4x2.
-    jpeg = encode(np.zeros((2, 4, 3), np.uint8), ".jpg")
+def turned_clockwise(jpeg: bytes) -> bytes:
+    """The JPEG with an EXIF tag saying "rotate 90° clockwise to view" (orientation 6)."""
     exif = (b"Exif\x00\x00MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06\x00\x00"
             b"\x00\x00\x00\x00")
     app1 = b"\xff\xe1" + (len(exif) + 2).to_bytes(2, "big") + exif
-    assert decode_image(jpeg[:2] + app1 + jpeg[2:]).shape[:2] == (4, 2)
+    return jpeg[:2] + app1 + jpeg[2:]
+
+
+def test_exif_orientation_is_applied():
+    # A 2x4 (h x w) JPEG tagged "rotate 90° clockwise" must come out 4x2.
+    assert decode_image(turned_clockwise(encode(np.zeros((2, 4, 3), np.uint8), ".jpg"))).shape[:2] == (4, 2)
 
 
 @pytest.mark.parametrize("data, reason", [
@@ -141,12 +145,13 @@ def test_resize_stretches_to_the_model_shape_in_uint8():
 
 
 def test_preprocess_round_trips_through_json():
-    spec = Preprocess(160, 120, color="grey", crop="centre", crop_fraction=0.8, clahe=True)
+    spec = Preprocess(160, 120, color="grey", crop="centre", crop_fraction=0.8, clahe=True, shrink_jpeg=True)
     assert Preprocess.from_json(spec.to_json()) == spec
 
 
-def test_models_exported_before_clahe_existed_load_without_it():
-    assert Preprocess.from_json('{"height": 8, "width": 8}').clahe is False
+def test_models_exported_before_clahe_and_jpeg_shrinking_existed_load_without_them():
+    old = Preprocess.from_json('{"height": 8, "width": 8}')
+    assert old.clahe is False and old.shrink_jpeg is False
 
 
 def test_clahe_spreads_a_low_contrast_radiograph_and_keeps_colour_hues(chest_xray):
@@ -192,3 +197,40 @@ def test_centre_crop_and_no_stain_fall_back_to_the_middle():
 def test_stain_crop_needs_colour():
     with pytest.raises(ValueError, match="rgb"):
         Preprocess(8, 8, color="grey", crop="stain", crop_fraction=0.5)
+
+
+@pytest.fixture(scope="module")
+def big_radiograph(chest_xray) -> bytes:
+    """A real film blown up to a camera-size 2400x2000 JPEG, as clinics export them."""
+    film = cv2.imread(str(sorted((chest_xray / "test" / "NORMAL").iterdir())[0]))
+    return encode(cv2.resize(film, (2400, 2000), interpolation=cv2.INTER_CUBIC), ".jpg")
+
+
+@pytest.mark.parametrize("spec, scale", [
+    (Preprocess(224, 224, shrink_jpeg=True), 8),  # 2000 // 8 = 250 ≥ 224
+    (Preprocess(300, 224, shrink_jpeg=True), 4),  # the larger side of the input decides
+    (Preprocess(224, 224, crop_fraction=0.4, shrink_jpeg=True), 2),  # an 800-pixel window: 400 ≥ 224, 200 < 224
+    (Preprocess(1024, 1024, shrink_jpeg=True), 1),
+    (Preprocess(224, 224), 1),  # models made before shrinking existed
+])
+def test_a_big_jpeg_is_decoded_only_as_large_as_the_models_window_needs(big_radiograph, spec, scale):
+    from medclf.runtime.preprocess import jpeg_scale
+
+    assert jpeg_scale(big_radiograph, spec) == scale
+    assert jpeg_scale(encode(np.zeros((2000, 2400, 3), np.uint8)), spec) == 1  # PNG has no scaled decoding
+
+
+def test_a_shrunk_decode_gives_the_model_nearly_the_pixels_of_a_full_one(big_radiograph, tmp_path):
+    path = tmp_path / "film.jpg"
+    path.write_bytes(big_radiograph)
+    shrunk = load_image(path, Preprocess(224, 224, shrink_jpeg=True)).astype(np.int16)
+    full = load_image(path, Preprocess(224, 224)).astype(np.int16)
+    assert shrunk.shape == full.shape == (224, 224, 3)
+    assert np.abs(shrunk - full).mean() < 2.0  # grey levels: an average of pixels vs bilinear samples
+
+
+def test_a_shrunk_decode_still_turns_the_image_upright(big_radiograph):
+    image = decode_image(turned_clockwise(big_radiograph), scale=8)
+    assert image.shape[:2] == (300, 250)  # 2000x2400 → 250x300, turned
+    grey = decode_image(big_radiograph, color="grey", scale=4)
+    assert grey.shape == (500, 600, 1)
