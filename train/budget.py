@@ -3,7 +3,9 @@
 The defaults must finish in bounded time on data nobody has measured — 500 images or 50,000 — on a 2-core CPU.
 Rather than guessing epochs from the dataset's size, the run watches the clock: augmented views for the feature
 cache are cut to what half the remaining time affords, and a stage ends when its next epoch would not finish in
-time (the slowest epoch so far is the estimate). Every cut is logged and kept in ``metrics.json``.
+time (the slowest epoch so far is the estimate). What must happen after fitting — scoring the validation and
+test images, writing the run — is reserved up front, so the run as a whole ends in time, not just its fitting.
+Every cut is logged and kept in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,17 @@ class TimeBudget:
         self.minutes = minutes
         self.started = time.monotonic() if started is None else started
         self.cuts: list[str] = []  # what the budget changed, for the user and metrics.json
+        self.reserved = 0.0  # seconds kept for the work after fitting
 
     def left(self) -> float:
-        """Seconds left (infinite without a budget)."""
+        """Seconds left for fitting (infinite without a budget)."""
         if self.minutes is None:
             return math.inf
-        return self.started + 60 * self.minutes - time.monotonic()
+        return self.started + 60 * self.minutes - self.reserved - time.monotonic()
+
+    def reserve(self, seconds: float) -> None:
+        """Keep ``seconds`` of the budget for work that comes after fitting."""
+        self.reserved += seconds
 
     def affordable(self, wanted: int, seconds_each: float, share: float) -> int:
         """How many of ``wanted`` steps of ``seconds_each`` fit in ``share`` of the time left."""

@@ -49,7 +49,8 @@ Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretraine
 Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way [off].", show_default=False)]
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
 Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness), microscopy (any flip or turn, stain colour jitter) or radiograph (strong zoom-in and shifts, exposure and contrast).")]
-GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [off].", show_default=False)]
+GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [on when the data looks shipped pre-augmented].", show_default=False)]
+ScoreCopies = Annotated[bool, typer.Option("--group-copies", help="Also count one vote per source image, its augmented copies (near-identical colour histograms) averaged.")]
 Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) [plateau].")]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add; pool: the whole backbone, only the head is trained).")]
 Wise = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Transfer models: end on this mix of fine-tuned and linear-probe (ImageNet top + trained head) weights, WiSE-FT; lower is more robust to images from other sites, 1 is fully fine-tuned [0.5].")]
@@ -143,7 +144,7 @@ def evaluate(
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
-    group_copies: GroupCopies = None,
+    group_copies: ScoreCopies = False,
 ) -> None:
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
@@ -153,7 +154,7 @@ def evaluate(
     out = out or model.parent / f"evaluation-{data.resolve().name}"
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=_parse_naming(name_labels), group_pattern=group_pattern,
-                                                 group_copies=bool(group_copies)))
+                                                 group_copies=group_copies))
     _print_metrics({"evaluation": metrics})
     if "per_source" in metrics:
         source = metrics["per_source"]

@@ -35,7 +35,8 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     for k, (rest, held) in enumerate(splitter.split(np.zeros(len(folder)), folder.labels, groups)):
         inner_groups = groups[rest] if groups is not None else None
         train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, inner_groups)
-        result = train_splits(Splits(train, val, folder.subset(held)), Path(out) / f"fold{k}", recipe, cache_dir,
+        splits = Splits(train, val, folder.subset(held), f"{recipe.val_split:.0%} of the other folds")
+        result = train_splits(splits, Path(out) / f"fold{k}", recipe, cache_dir,
                               source=f"{data} fold {k + 1}/{folds}")
         per_fold.append(result.metrics["test"] | {"seconds": result.seconds})
     summary = {"data": str(data), "folds": folds, "images": len(folder), "per_fold": per_fold,

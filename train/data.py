@@ -143,16 +143,17 @@ class Splits:
     train: ImageFolder
     val: ImageFolder
     test: ImageFolder | None = None
+    held_out: str = "given"  # how the validation images were chosen, for metrics.json
 
 
 def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str | os.PathLike[str] | None = None,
                 seed: int = 0, naming: NameLabels | None = None, group_pattern: str | None = None,
-                group_copies: bool = False) -> Splits:
+                group_copies: bool | None = False) -> Splits:
     """Train/validation(/test) from a folder-per-class tree, or from a folder holding train/ [val/] [test/].
 
     Without a ``val`` folder, or with one too small to judge by (``MIN_VAL_PER_CLASS``; it then joins the
     training images, with a warning), a stratified ``val_split`` fraction of training images is held out — whole
-    groups of them when ``group_pattern`` or ``group_copies`` says which files belong together.
+    groups of them when ``group_pattern`` or ``group_copies`` says which files belong together (``split_groups``).
     """
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
@@ -164,10 +165,15 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
                     "%.0f%% of it held out instead", val_dir, len(val),
                     ", ".join(f"{n} {name}" for name, n in val.class_counts().items()), 100 * val_split)
         train, val = _concat(train, val), None
+    held_out = f"{val_dir.name}/ folder" if val is not None else f"{val_split:.0%} of the images at random"
     if val is None:
-        train, val = stratified_split(train, val_split, seed, split_groups(train, group_pattern, group_copies))
+        groups = split_groups(train, group_pattern, group_copies)
+        if groups is not None:
+            kind = "patients" if group_pattern and not group_copies else "sources"
+            held_out = f"{val_split:.0%} of the images, whole {kind} at a time"
+        train, val = stratified_split(train, val_split, seed, groups)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
-    return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None)
+    return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None, held_out)
 
 
 def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
@@ -194,14 +200,17 @@ def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
     return np.asarray(groups)
 
 
-def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool = False) -> np.ndarray | None:
+def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False) -> np.ndarray | None:
     """Which files must stay together: augmented copies of one source (``copies``), files whose names share
-    ``pattern``'s match (a patient), or None (every file on its own)."""
-    if copies:
-        from .copies import copy_groups
+    ``pattern``'s match (a patient), or None (every file on its own). ``copies=None`` decides by looking: copy
+    groups when no pattern is given and the files look shipped pre-augmented (``copies.detected_copies``)."""
+    from .copies import copy_groups, detected_copies
 
+    if copies:
         return copy_groups(folder.paths, folder.labels)
-    return file_groups(folder.paths, pattern) if pattern else None
+    if pattern:
+        return file_groups(folder.paths, pattern)
+    return detected_copies(folder.paths, folder.labels) if copies is None else None
 
 
 def stratified_split(folder: ImageFolder, fraction: float, seed: int,

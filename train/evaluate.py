@@ -73,7 +73,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
     metrics: dict = {
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
-        "roc_auc_macro": _roc_auc(labels, probabilities),
+        "roc_auc_macro": macro_roc_auc(labels, probabilities),
         "per_class": {name: {key: float(report[name][key]) for key in ("precision", "recall", "f1-score", "support")}
                       for name in classes},
         "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
@@ -117,7 +117,7 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bi
     return float(np.sum(gaps))
 
 
-def _roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+def macro_roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
     """Macro one-vs-rest ROC AUC; None when a class is missing from ``labels`` (AUC is undefined then)."""
     if len(np.unique(labels)) != probabilities.shape[1]:
         return None

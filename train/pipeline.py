@@ -35,6 +35,10 @@ from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
 
 
+BATCH_TIMED = 64  # images timed to estimate the scoring at the end of a run
+WRITING_SECONDS = 20.0  # saving model.keras and drawing the pictures, with room to spare
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides the model besides the data: architecture, preprocessing, fitting, threshold.
@@ -52,7 +56,8 @@ class Recipe:
     pretrained: bool = True
     val_split: float = 0.15  # held out of training when the data has no val/ folder
     group_pattern: str | None = None  # regex naming a file's patient/source: groups never straddle a split
-    group_copies: bool = False  # near-identical colour histograms = augmented copies of one source: one group
+    group_copies: bool | None = None  # near-identical colour histograms = augmented copies of one source: one
+    # group. None: on when the data looks shipped pre-augmented (train/copies.py says how it decides)
     target_sensitivity: float | None = None  # binary: threshold for this sensitivity, else Youden's J
     freeze_until: str | None = None  # transfer models: last frozen layer (None: the architecture's own cut)
     fit: FitConfig = field(default_factory=FitConfig)
@@ -69,7 +74,7 @@ class Recipe:
         size = self.image_size or get_architecture(self.arch).default_size
         height, width = (size, size) if isinstance(size, int) else size
         return Preprocess(height, width, color=self.color, crop=self.crop, crop_fraction=self.crop_fraction,
-                          clahe=self.clahe)
+                          clahe=self.clahe, shrink_jpeg=True)
 
 
 @dataclass(frozen=True)
@@ -84,45 +89,53 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Rec
           cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None) -> TrainResult:
     """Train one model on a dataset folder and write its run directory. ``naming`` takes labels from file
     names; ``limit_per_class`` trains on a subset (demos, tests)."""
+    started = time.monotonic()  # the time budget counts looking for copies and decoding too
     splits = load_splits(data, val_split=recipe.val_split, test=test, seed=recipe.fit.seed, naming=naming,
                          group_pattern=recipe.group_pattern, group_copies=recipe.group_copies)
     seed = recipe.fit.seed
-    splits = Splits(_limit(splits.train, limit_per_class, seed), _limit(splits.val, limit_per_class, seed),
-                    splits.test)
-    return train_splits(splits, out, recipe, cache_dir, source=str(data))
+    splits = replace(splits, train=_limit(splits.train, limit_per_class, seed),
+                     val=_limit(splits.val, limit_per_class, seed))
+    return train_splits(splits, out, recipe, cache_dir, source=str(data), started=started)
 
 
 def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = Recipe(),
-                 cache_dir: str | os.PathLike[str] | None = None, source: str = "") -> TrainResult:
-    """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write."""
-    start = time.perf_counter()
-    budget = TimeBudget(recipe.fit.time_budget)  # decoding counts too
+                 cache_dir: str | os.PathLike[str] | None = None, source: str = "",
+                 started: float | None = None) -> TrainResult:
+    """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write.
+    ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began."""
+    budget = TimeBudget(recipe.fit.time_budget, started)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
+    test_x, test_y = load_arrays(splits.test, preprocess, cache)[:2] if splits.test is not None else (None, None)
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
     classes = train_set.classes
     keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
     model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
-    fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY, budget)
+    if budget.minutes is not None:
+        budget.reserve(_scoring_seconds(model, val_x, len(val_y) + (0 if test_y is None else len(test_y))))
+    decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY, budget)
 
+    fitted = time.monotonic()
     val_p = predict(model, val_x)
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
-    if splits.test is not None:
-        test_x, test_y, _ = load_arrays(splits.test, preprocess, cache)
+    if test_x is not None:
         metrics["test"] = report(run_dir, test_y, predict(model, test_x), classes, decision, "test")
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
-    seconds = time.perf_counter() - start
+    save_model(model, run_dir / rundir.MODEL)
+    seconds = time.monotonic() - budget.started
     metrics["training"] = {"architecture": recipe.arch, "image_size": [preprocess.height, preprocess.width],
                            "seconds": round(seconds, 1), "train_images": int(len(train_y)),
-                           "val_images": int(len(val_y)), "data": source, "recipe": asdict(recipe),
-                           "time_budget_cuts": budget.cuts}
-    save_model(model, run_dir / rundir.MODEL)
+                           "val_images": int(len(val_y)), "validation_held_out": splits.held_out,
+                           "data": source, "recipe": asdict(recipe),
+                           "time_budget_cuts": budget.cuts, **decided,
+                           "scoring_seconds": {"reserved": round(budget.reserved, 1),
+                                               "used": round(time.monotonic() - fitted, 1)}}
     write_json(run_dir / rundir.LABELS, list(classes))
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
     if decision is not None:
@@ -132,6 +145,21 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                                                  "labels": part.labels.tolist()}
                                           for name, part in (("train", train_set), ("val", val_set))})
     return TrainResult(run_dir, metrics, seconds)
+
+
+def _scoring_seconds(model: keras.Model, sample: np.ndarray, images: int) -> float:
+    """How long scoring ``images`` images and writing the run will take once fitting ends: the model's speed
+    timed on a few of ``sample`` (after a warm-up), plus WRITING_SECONDS."""
+    few = sample[:BATCH_TIMED]
+    predict(model, few)  # the first call of a batch shape sets up its kernels
+    seconds = min(_timed(lambda: predict(model, few)) for _ in range(2))
+    return seconds / len(few) * images + WRITING_SECONDS
+
+
+def _timed(work: Callable[[], object]) -> float:
+    began = time.monotonic()
+    work()
+    return time.monotonic() - began
 
 
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],

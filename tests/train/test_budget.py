@@ -27,6 +27,13 @@ def test_a_share_of_the_time_left_buys_whole_steps():
     assert TimeBudget(1.0, started=time.monotonic() - 120).affordable(5, seconds_each=1.0, share=0.5) == 0
 
 
+def test_time_reserved_for_scoring_is_not_spent_on_fitting():
+    budget = TimeBudget(1.0)
+    budget.reserve(40.0)
+    assert 19.0 < budget.left() <= 20.0
+    assert budget.affordable(10, seconds_each=5.0, share=1.0) == 3  # 20 s left, not 60
+
+
 @needs_weights
 def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_epoch_and_says_so(cataract, tmp_path, caplog):
     config = FitConfig(epochs=4, head_epochs=4, patience=10, augment_views=2, time_budget=0.001)
@@ -40,3 +47,5 @@ def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_epoch_and_says_
     assert "fine-tune stopped after epoch 2 of 5" in cuts[2]  # numbered on from the head stage
     assert sum("time budget (0.001 min" in record.getMessage() for record in caplog.records) == 3
     assert (tmp_path / "model.keras").exists()  # a cut run is still a whole run
+    scoring = result.metrics["training"]["scoring_seconds"]
+    assert scoring["reserved"] >= scoring["used"] > 0  # scoring the validation images was foreseen

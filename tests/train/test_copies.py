@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from medclf.train.copies import colour_signature, copy_groups
-from medclf.train.data import read_folder, stratified_split
+from medclf.train.copies import colour_signature, copy_groups, detected_copies
+from medclf.train.data import load_splits, read_folder, stratified_split
 
 
 def test_turned_and_mirrored_copies_share_a_group_and_other_cells_do_not(blood_cells, tmp_path):
@@ -39,3 +39,30 @@ def test_a_copy_aware_split_holds_out_whole_sources(blood_cells):
     train_groups = {groups[index[p]] for p in train.paths}
     assert not train_groups & {groups[index[p]] for p in val.paths}
     assert 0.1 < len(val) / len(folder) < 0.3 and len(np.unique(groups)) < len(folder) / 10
+
+
+def test_pre_augmented_data_is_recognised_and_split_by_source_without_being_asked(blood_cells):
+    folder = read_folder(blood_cells / "TEST")
+    groups = detected_copies(folder.paths, folder.labels)
+    assert groups is not None and len(np.unique(groups)) == 100  # TEST is 100 cells, ~25 copies each
+    splits = load_splits(blood_cells / "TEST", val_split=0.2, group_copies=None)
+    assert "whole sources" in splits.held_out
+    val_groups = {groups[folder.paths.index(p)] for p in splits.val.paths}
+    assert not val_groups & {groups[folder.paths.index(p)] for p in splits.train.paths}
+
+
+def test_grey_films_that_chain_together_and_photos_without_copies_are_split_image_by_image(chest_xray, cataract):
+    films = read_folder(chest_xray / "test")  # 8-bin brightness histograms chain most films into one "group"
+    assert detected_copies(films.paths, films.labels) is None
+    assert detected_copies(*_paths_and_labels(cataract)) is None  # two near-identical photos of 59
+    assert "at random" in load_splits(cataract, val_split=0.2, group_copies=None).held_out
+
+
+def test_asking_for_copy_groups_or_declining_them_overrides_the_automatic_choice(cataract, blood_cells):
+    assert "whole sources" in load_splits(cataract, val_split=0.2, group_copies=True).held_out
+    assert "at random" in load_splits(blood_cells / "TEST", val_split=0.2, group_copies=False).held_out
+
+
+def _paths_and_labels(root):
+    folder = read_folder(root)
+    return folder.paths, folder.labels

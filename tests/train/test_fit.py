@@ -83,3 +83,38 @@ def test_fine_tuned_weights_end_mixed_with_the_linear_probe_by_the_wise_share(ca
                                         compile=False).get_layer("conv_pw_13").get_weights()[0]
         assert np.abs(tuned - imagenet).max() > 1e-4
         np.testing.assert_allclose(trained, 0.5 * tuned + 0.5 * imagenet, atol=1e-6)
+
+
+def _scorer(tuned_slope: float, probe_slope: float):
+    """A one-feature softmax classifier whose fine-tuned and probe weights rank validation differently."""
+    import keras
+
+    inputs = keras.Input((1,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(inputs))
+    weights = lambda slope: [np.array([[-slope, slope]], np.float32), np.zeros(2, np.float32)]  # noqa: E731
+    model.set_weights(weights(tuned_slope))
+    x = np.linspace(-1, 1, 20, dtype=np.float32)[:, None]
+    return model, weights(probe_slope), (x, np.eye(2, dtype=np.float32)[(x[:, 0] > 0).astype(int)])
+
+
+@pytest.mark.parametrize("tuned, probe, chosen", [
+    (1.0, 0.5, 0.5),  # every mix ranks validation perfectly: the most robust one
+    (1.0, -1.0, 0.75),  # half-and-half cancels out (AUC 0.5): the first mix validation does not object to
+    (1.0, -3.0, 1.0),  # only the fully fine-tuned weights rank right
+])
+def test_the_wise_mix_is_the_most_robust_one_validation_does_not_clearly_object_to(tuned, probe, chosen):
+    from medclf.train.fit import _wise_mix
+
+    model, probe_weights, val = _scorer(tuned, probe)
+    decided = _wise_mix(model, probe_weights, val, wise=None)
+    assert decided["mix"] == chosen and set(decided["validation_auc"]) == {"0.5", "0.75", "1.0"}
+    slope = model.get_weights()[0][0, 1]
+    assert slope == pytest.approx(chosen * tuned + (1 - chosen) * probe)
+
+
+def test_a_fixed_wise_share_is_used_as_given_without_scoring():
+    from medclf.train.fit import _wise_mix
+
+    model, probe_weights, val = _scorer(1.0, -1.0)
+    assert _wise_mix(model, probe_weights, val, wise=0.5) == {"mix": 0.5, "validation_auc": {}}
+    assert model.get_weights()[0][0, 1] == pytest.approx(0.0)
