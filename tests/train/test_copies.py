@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from medclf.train.copies import colour_signature, copy_groups, detected_copies
+from medclf.train.copies import COPY_DISTANCE, colour_signature, copy_groups, detected_copies
 from medclf.train.data import load_splits, read_folder, stratified_split
 
 
@@ -66,3 +66,16 @@ def test_asking_for_copy_groups_or_declining_them_overrides_the_automatic_choice
 def _paths_and_labels(root):
     folder = read_folder(root)
     return folder.paths, folder.labels
+
+
+def test_a_big_jpeg_gets_nearly_the_signature_of_its_full_size_decode(cataract, tmp_path):
+    """Big JPEGs are decoded shrunk for their histogram; a copy of one must still read as a copy."""
+    from medclf.runtime.preprocess import read_image
+
+    photo = cv2.imread(str(max(cataract.glob("*/*"), key=lambda p: p.stat().st_size)))  # an eye, in colour
+    path = tmp_path / "big.jpg"
+    cv2.imwrite(str(path), cv2.resize(photo, (2400, 2000), interpolation=cv2.INTER_CUBIC))
+    hsv = cv2.cvtColor(read_image(str(path)), cv2.COLOR_RGB2HSV)
+    full = cv2.calcHist([hsv], [0, 1, 2], None, [16, 8, 8], [0, 180, 0, 256, 0, 256]).ravel()
+    full = np.sqrt(full / full.sum())
+    assert 1.0 - float(colour_signature(str(path)) @ full) < 0.2 * COPY_DISTANCE
