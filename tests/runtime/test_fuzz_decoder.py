@@ -11,18 +11,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medclf.runtime.preprocess import ImageError, decode_image
+from medclf.runtime.preprocess import ImageError, Preprocess, decode_image, jpeg_scale
 
 FUZZ = settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SMALL_MODEL = Preprocess(16, 16, shrink_jpeg=True)  # the blood-cell seed (320x240) then decodes at 1/8 scale
 
 
 def decodes_or_refuses(data: bytes) -> None:
-    try:
-        image = decode_image(data, "fuzzed")
-    except ImageError as exc:
-        assert str(exc).startswith("fuzzed: ") and "\n" not in str(exc)
-        return
-    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 1
+    """At full size, and shrunk as a small model would have it (whatever size the damaged header claims)."""
+    for scale in {1, jpeg_scale(data, SMALL_MODEL)}:
+        try:
+            image = decode_image(data, "fuzzed", scale=scale)
+        except ImageError as exc:
+            assert str(exc).startswith("fuzzed: ") and "\n" not in str(exc)
+            continue
+        assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3 and min(image.shape[:2]) >= 1
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +43,7 @@ def test_the_seeds_are_real_files_that_decode(seeds):
     assert len(seeds) == (3 if importlib.util.find_spec("pydicom") else 2)
     for data in seeds:
         assert decode_image(data, "seed").ndim == 3
+    assert jpeg_scale(seeds[0], SMALL_MODEL) == 8 and decode_image(seeds[0], "seed", scale=8).shape == (30, 40, 3)
 
 
 @FUZZ
