@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-
 import keras
 import numpy as np
 import pytest
 
 from medclf.train.architectures import ARCHITECTURES, WeightsNotFoundError, get_architecture
 from tests.conftest import needs_weights
-
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
