@@ -164,6 +164,43 @@ def evaluate(
 
 
 @app.command()
+def calibrate(
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported binary .onnx model.")],
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each).")],
+    out: Annotated[Optional[Path], typer.Option("--out", help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
+    target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
+    name_labels: NameLabelsOption = None,
+    group_pattern: GroupPattern = None,
+) -> None:
+    """Choose a binary model's decision threshold on a site's own labelled images and write it into a copy of
+    the ONNX file, so medclf-run calls by it. Prints the site's metrics at the old threshold and, for the new
+    one, an honest estimate (chosen on half the images, scored on the other half)."""
+    from medclf.runtime.atomic import write_json
+
+    from .calibrate import calibrate_site, write_calibrated
+
+    out = out or model.with_name(f"{model.stem}.site{model.suffix}")
+    site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
+                                                group_pattern))
+    record = site.record(data.resolve().name)
+    _library_call(lambda: write_calibrated(model, out, site.decision, record))
+    write_json(out.with_suffix(".json"), record)
+    before, estimate = site.before, site.estimate
+    old = f"{before['threshold']:.3g}" if before["threshold"] is not None else "the most probable class"
+    console.print(f"at the model's threshold ({old}), {site.images} site images: accuracy {before['accuracy']:.3f}, "
+                  f"sensitivity {before['sensitivity']:.3f}, specificity {before['specificity']:.3f}")
+    if estimate is None:
+        console.print(f"new threshold {site.decision.threshold:.3g}; too few images to estimate its worth "
+                      "(60 of each class lets it be chosen on one half and scored on the other)")
+    else:
+        worth = ", ".join(f"{key} {estimate[key]['mean']:.3f} ± {estimate[key]['std']:.3f}"
+                          for key in ("accuracy", "sensitivity", "specificity"))
+        console.print(f"new threshold {site.decision.threshold:.3g}: {worth} (chosen on half the site images, "
+                      f"scored on the other half, {estimate['splits']} splits)")
+    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+@app.command()
 def explain(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],

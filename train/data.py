@@ -21,7 +21,6 @@ from rich.progress import track
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 

@@ -22,14 +22,14 @@ import numpy as np
 from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json, write_text
+from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
-from .data import (ImageFolder, NameLabels, Splits, default_cache_dir, load_arrays, load_splits, read_dataset,
-                   split_groups)
+from .data import ImageFolder, NameLabels, Splits, load_arrays, load_splits, read_dataset, split_groups
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc

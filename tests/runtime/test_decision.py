@@ -5,37 +5,11 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper
 
 from medclf.runtime import Classifier, ModelCard, ModelCardError, Preprocess
 from medclf.runtime.decision import Decision, decide
-from medclf.runtime.modelcard import INPUT_NAME, OUTPUT_NAME
-
-
-def brightness_model(path, card: ModelCard) -> str:
-    """A real ONNX graph: p(bright) = mean pixel / 255, p(dark) = 1 - that."""
-    nodes = [
-        helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.FLOAT),
-        helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=0),  # [N]
-        helper.make_node("Unsqueeze", ["mean", "axis1"], ["mean1"]),  # [N, 1]
-        helper.make_node("Div", ["mean1", "scale"], ["bright"]),
-        helper.make_node("Sub", ["one", "bright"], ["dark"]),
-        helper.make_node("Concat", ["dark", "bright"], [OUTPUT_NAME], axis=1),
-    ]
-    initializers = [helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
-                    helper.make_tensor("scale", TensorProto.FLOAT, [1, 1], [255.0]),
-                    helper.make_tensor("one", TensorProto.FLOAT, [1, 1], [1.0])]
-    graph = helper.make_graph(
-        nodes, "brightness",
-        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", 8, 8, 1])],
-        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 2])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, card.to_metadata())
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
+from tests.onnx_graphs import brightness_model
 
 
 def grey_png(tmp_path, name: str, value: int) -> str:

@@ -7,7 +7,6 @@ import logging
 import math
 import time
 
-import pytest
 
 from medclf.train.budget import TimeBudget
 from medclf.train.fit import FitConfig
