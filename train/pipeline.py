@@ -33,10 +33,7 @@ from .data import ImageFolder, NameLabels, Splits, load_arrays, load_splits, rea
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
-
-
-BATCH_TIMED = 64  # images timed to estimate the scoring at the end of a run
-WRITING_SECONDS = 20.0  # saving model.keras and drawing the pictures, with room to spare
+from .sizing import fit_to_budget
 
 
 @dataclass(frozen=True)
@@ -105,6 +102,10 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began."""
     budget = TimeBudget(recipe.fit.time_budget, started)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
+    classes = splits.train.classes
+    keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
+    model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
+    splits = fit_to_budget(splits, preprocess, model, budget, config.seed)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
@@ -112,11 +113,6 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    classes = train_set.classes
-    keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
-    model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
-    if budget.minutes is not None:
-        budget.reserve(_scoring_seconds(model, val_x, len(val_y) + (0 if test_y is None else len(test_y))))
     decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY, budget)
 
     fitted = time.monotonic()
@@ -145,21 +141,6 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                                                  "labels": part.labels.tolist()}
                                           for name, part in (("train", train_set), ("val", val_set))})
     return TrainResult(run_dir, metrics, seconds)
-
-
-def _scoring_seconds(model: keras.Model, sample: np.ndarray, images: int) -> float:
-    """How long scoring ``images`` images and writing the run will take once fitting ends: the model's speed
-    timed on a few of ``sample`` (after a warm-up), plus WRITING_SECONDS."""
-    few = sample[:BATCH_TIMED]
-    predict(model, few)  # the first call of a batch shape sets up its kernels
-    seconds = min(_timed(lambda: predict(model, few)) for _ in range(2))
-    return seconds / len(few) * images + WRITING_SECONDS
-
-
-def _timed(work: Callable[[], object]) -> float:
-    began = time.monotonic()
-    work()
-    return time.monotonic() - began
 
 
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],

@@ -1,0 +1,53 @@
+"""A dataset larger than the budget affords trains on a sample that fits: rare classes whole, the cut said."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medclf.runtime import Preprocess
+from medclf.train.architectures import get_architecture
+from medclf.train.budget import TimeBudget
+from medclf.train.data import ImageFolder, Splits, read_folder
+from medclf.train.sizing import (MIN_TRAIN_IMAGES, PASS_SHARE, Speed, affordable_images, fit_to_budget,
+                                 proportional, trimmed)
+
+
+def folder_of(counts: list[int]) -> ImageFolder:
+    labels = np.repeat(np.arange(len(counts)), counts)
+    return ImageFolder(tuple(f"{i}.png" for i in range(len(labels))), labels, tuple(f"c{k}" for k in range(len(counts))))
+
+
+def test_the_images_afforded_are_one_pass_in_a_share_of_the_time_left_within_memory_and_never_too_few():
+    speed = Speed(decode=0.001, model=0.004)
+    assert affordable_images(speed, seconds_left=1000, bytes_each=100) == int(PASS_SHARE * 1000 / 0.005)
+    assert affordable_images(speed, seconds_left=1e9, bytes_each=2**20) == 4 * 2**10  # 4 GiB of 1 MiB images
+    assert affordable_images(speed, seconds_left=-5, bytes_each=100) == MIN_TRAIN_IMAGES
+
+
+def test_trimming_cuts_the_largest_classes_first_and_keeps_rare_ones_whole():
+    kept = trimmed(folder_of([5000, 300, 50]), 1000, seed=0)
+    assert np.bincount(kept.labels).tolist() == [650, 300, 50]
+    small = folder_of([20, 10])
+    assert trimmed(small, 1000, seed=0) is small
+
+
+def test_validation_is_cut_in_the_classes_proportions_keeping_one_of_each():
+    kept = proportional(folder_of([4000, 1000, 3]), 500, seed=0)
+    assert np.bincount(kept.labels).tolist() == [400, 100, 1]
+
+
+def test_a_run_that_cannot_afford_its_training_images_trims_them_and_says_so(blood_cells):
+    train, val = read_folder(blood_cells / "TRAIN"), read_folder(blood_cells / "TEST")
+    splits = Splits(train=train, val=val)
+    preprocess = Preprocess(32, 32)
+    model = get_architecture("mobilenet_025").build(preprocess.shape, 4, pretrained=False)
+    budget = TimeBudget(minutes=0.01)  # under a second: only the minimum fits
+
+    fitted = fit_to_budget(splits, preprocess, model, budget, seed=0)
+    assert len(fitted.train) == MIN_TRAIN_IMAGES and np.bincount(fitted.train.labels).tolist() == [250] * 4
+    assert fitted.val is val  # 2,487 validation images: under the cap
+    assert budget.reserved > 0  # scoring the validation images is set aside
+    assert budget.cuts == [next(cut for cut in budget.cuts if cut.startswith(f"training on 1,000 of {len(train):,}"))]
+
+    unlimited = TimeBudget(minutes=None)
+    assert fit_to_budget(splits, preprocess, model, unlimited, seed=0) is splits and unlimited.reserved == 0
