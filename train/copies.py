@@ -11,7 +11,8 @@ largest 34 — the dataset's copies per source (checked by eye: one group's imag
 Left to itself (``--group-copies`` not given), training looks for copies and uses them only when the data looks
 shipped pre-augmented: enough images have a copy, and no group is so large that it must be look-alikes chained
 together rather than copies — grey radiographs, whose histograms have only a brightness axis, chain that way
-(chest-xray/train: one "group" of 73% of the films).
+(chest-xray/train: one "group" of 73% of the films). The search stops as soon as one group passes that size,
+and compares images a block at a time, so it stays within memory on large grey datasets.
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ def colour_signature(path: str) -> np.ndarray | None:
 
 
 def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = COPY_DISTANCE,
-                block: int = 2048) -> np.ndarray:
+                most: int | None = None) -> np.ndarray | None:
     """A group id per file: files of one class whose colour signatures are within ``distance`` (directly or
-    through a chain of such files) share one. Unreadable files get groups of their own."""
+    through a chain of such files) share one. Unreadable files get groups of their own. With ``most``, gives up
+    (None) as soon as a group holds more files than that: look-alikes chained together, not copies."""
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
         signatures = list(pool.map(colour_signature, paths))
     groups = np.arange(len(paths))
@@ -63,9 +65,13 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         readable = [i for i in members if signatures[i] is not None]
-        ids = _components(np.stack([signatures[i] for i in readable]), distance, block) if readable else []
-        groups[readable] = np.asarray(ids, dtype=np.int64) + next_id
-        next_id += (max(ids) + 1) if len(ids) else 0
+        if not readable:
+            continue
+        ids = _components(np.stack([signatures[i] for i in readable]), distance, most)
+        if ids is None:
+            return None
+        groups[readable] = ids + next_id
+        next_id += len(readable)  # ids name a group by one of its members' positions: below len(readable)
     unreadable = [i for i, s in enumerate(signatures) if s is None]
     groups[unreadable] = next_id + np.arange(len(unreadable))
     return groups
@@ -73,7 +79,11 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
 
 def detected_copies(paths: tuple[str, ...], labels: np.ndarray) -> np.ndarray | None:
     """Copy groups if the files look shipped pre-augmented (see the module docstring), else None."""
-    groups = copy_groups(paths, labels)
+    groups = copy_groups(paths, labels, most=int(CHAINED * len(paths)))
+    if groups is None:
+        log.info("no augmented copies found (look-alike images chain into groups of over %.0f%% of the images): "
+                 "validation images are drawn one by one", 100 * CHAINED)
+        return None
     sizes = np.unique(groups, return_counts=True)[1]
     copied, largest = sizes[sizes > 1].sum() / len(groups), sizes.max() / len(groups)
     if copied < COPIED or largest > CHAINED or len(sizes) < MIN_SOURCES:
@@ -85,15 +95,25 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray) -> np.ndarray | 
     return groups
 
 
-def _components(signatures: np.ndarray, distance: float, block: int) -> np.ndarray:
-    """Connected components of the 'within distance' graph, built block by block to bound memory."""
-    rows, cols = [], []
-    for start in range(0, len(signatures), block):
-        close = 1.0 - signatures[start:start + block] @ signatures.T < distance
-        r, c = np.nonzero(close)
-        rows.append(r + start)
-        cols.append(c)
+def _components(signatures: np.ndarray, distance: float, most: int | None = None,
+                block: int = 512) -> np.ndarray | None:
+    """Connected components of the 'within distance' graph, each named by its first member's position.
+
+    Rows are compared a block at a time, and a block's links are cut to one per (image, group it touches), so
+    memory stays bounded by the block even when look-alikes chain most images together (grey films: one pair
+    in 35 is close). With ``most``, returns None once a component grows past it."""
     n = len(signatures)
-    graph = coo_matrix((np.ones(sum(map(len, rows)), np.int8), (np.concatenate(rows), np.concatenate(cols))),
-                       shape=(n, n))
-    return connected_components(graph, directed=False)[1]
+    first = np.arange(n)  # each image's group, named by its first member found so far
+    for start in range(0, n, block):
+        rows, cols = np.nonzero(1.0 - signatures[start:start + block] @ signatures.T < distance)
+        links = np.unique((rows + start) * n + first[cols])
+        graph = coo_matrix((np.ones(n + len(links), np.int8),
+                            (np.concatenate([np.arange(n), links // n]), np.concatenate([first, links % n]))),
+                           shape=(n, n))
+        ids = connected_components(graph, directed=False)[1]
+        smallest = np.full(ids.max() + 1, n)
+        np.minimum.at(smallest, ids, np.arange(n))
+        first = smallest[ids]
+        if most is not None and np.bincount(first).max() > most:
+            return None
+    return first

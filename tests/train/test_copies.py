@@ -54,6 +54,7 @@ def test_pre_augmented_data_is_recognised_and_split_by_source_without_being_aske
 def test_grey_films_that_chain_together_and_photos_without_copies_are_split_image_by_image(chest_xray, cataract):
     films = read_folder(chest_xray / "test")  # 8-bin brightness histograms chain most films into one "group"
     assert detected_copies(films.paths, films.labels) is None
+    assert copy_groups(films.paths, films.labels, most=len(films) // 10) is None  # it stops once one group is too big
     assert detected_copies(*_paths_and_labels(cataract)) is None  # two near-identical photos of 59
     assert "at random" in load_splits(cataract, val_split=0.2, group_copies=None).held_out
 
