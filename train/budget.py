@@ -1,11 +1,12 @@
 """A wall-clock budget for one training run.
 
-The defaults must finish in bounded time on data nobody has measured — 500 images or 50,000 — on a 2-core CPU.
-Rather than guessing epochs from the dataset's size, the run watches the clock: augmented views for the feature
-cache are cut to what half the remaining time affords, and a stage ends when its next epoch would not finish in
-time (the slowest epoch so far is the estimate). What must happen after fitting — scoring the validation and
-test images, writing the run — is reserved up front, so the run as a whole ends in time, not just its fitting.
-Every cut is logged and kept in ``metrics.json``.
+The defaults must finish in bounded time on data nobody has measured — 500 images or 150,000 — on a 2-core CPU.
+Rather than guessing epochs from the dataset's size, the run watches the clock: data too large is sampled first
+(``sizing.py``), augmented views for the feature cache are cut to what half the remaining time affords, and a
+stage ends when its next epoch would not finish in time (the slowest epoch so far is the estimate), or
+mid-epoch when no time is left at all. What must happen after fitting — scoring the validation and test images,
+writing the run — is reserved up front, so the run as a whole ends in time, not just its fitting. Every cut is
+logged and kept in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -61,9 +62,18 @@ class _StopBeforeDeadline(keras.callbacks.Callback):
         self.budget, self.stage = budget, stage
         self.slowest = 0.0
         self._began = 0.0
+        self._epoch = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._began = time.monotonic()
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # The first epoch of a stage has no estimate yet: on data far larger than the budget it is cut short.
+        if not self.model.stop_training and self.budget.left() < 0:
+            self.model.stop_training = True  # Keras ends the epoch after this batch, validates, then stops
+            self.budget.cut(f"{self.stage} stopped in epoch {self._epoch + 1} after batch {batch + 1} of "
+                            f"{self.params.get('steps') or '?'}: no time left")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.slowest = max(self.slowest, time.monotonic() - self._began)

@@ -7,7 +7,6 @@ import logging
 import math
 import time
 
-
 from medclf.train.budget import TimeBudget
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
@@ -34,7 +33,7 @@ def test_time_reserved_for_scoring_is_not_spent_on_fitting():
 
 
 @needs_weights
-def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_epoch_and_says_so(cataract, tmp_path, caplog):
+def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_batch_and_says_so(cataract, tmp_path, caplog):
     config = FitConfig(epochs=4, head_epochs=4, patience=10, augment_views=2, time_budget=0.001)
     with caplog.at_level(logging.WARNING, logger="medclf.train.budget"):
         result = train(cataract, tmp_path, Recipe(arch="mobilenet_025", image_size=64, val_split=0.3, fit=config))
@@ -42,8 +41,8 @@ def test_a_spent_budget_cuts_views_and_ends_each_stage_after_one_epoch_and_says_
         assert [row["stage"] for row in csv.DictReader(handle)] == ["head", "fine-tune"]
     cuts = result.metrics["training"]["time_budget_cuts"]
     assert cuts == ["0 of 2 augmented views of the training images cached",
-                    cuts[1], cuts[2]] and "head stopped after epoch 1 of 4" in cuts[1]
-    assert "fine-tune stopped after epoch 2 of 5" in cuts[2]  # numbered on from the head stage
+                    cuts[1], cuts[2]] and "head stopped in epoch 1 after batch 1 of 2: no time left" in cuts[1]
+    assert "fine-tune stopped in epoch 2 after batch 1" in cuts[2]  # numbered on from the head stage
     assert sum("time budget (0.001 min" in record.getMessage() for record in caplog.records) == 3
     assert (tmp_path / "model.keras").exists()  # a cut run is still a whole run
     scoring = result.metrics["training"]["scoring_seconds"]
