@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import ModelCard
 
-from .data import NameLabels, load_arrays, read_dataset, split_groups
+from .data import NameLabels, predict_folder, read_dataset, split_groups
 from .evaluate import MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics
 
 HALVES = 5  # random halvings for the estimate; each is scored both ways, so 10 estimates
@@ -48,19 +49,21 @@ class SiteCalibration:
 
 def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                    target_sensitivity: float | None = None, naming: NameLabels | None = None,
-                   group_pattern: str | None = None, cache_dir: str | os.PathLike[str] | None = None) -> SiteCalibration:
+                   group_pattern: str | None = None,
+                   cache_dir: str | os.PathLike[str] | None = None) -> SiteCalibration:
     """Choose a binary ONNX model's threshold on a site's labelled folder-per-class ``data``."""
     classifier = Classifier(model_path)
     card = classifier.card
     if len(card.labels) != 2:
         raise ValueError(f"{model_path}: a site threshold is for binary models; this one has {len(card.labels)} "
                          f"classes and calls the most probable")
-    images, labels, folder = load_arrays(read_dataset(data, card.labels, naming), card.preprocess, cache_dir)
-    counts = np.bincount(labels, minlength=2)
+    site = read_dataset(data, card.labels, naming)
+    counts = np.bincount(site.labels, minlength=2)
     if counts.min() < MIN_IMAGES_FOR_THRESHOLD:
         raise ValueError(f"{data}: {counts.min()} images of {card.labels[int(counts.argmin())]}; a site threshold "
                          f"needs at least {MIN_IMAGES_FOR_THRESHOLD} labelled images of each class")
-    probabilities = classifier.predict(images, batch_size=64)
+    labels, probabilities, folder = predict_folder(site, card.preprocess, partial(classifier.predict, batch_size=64),
+                                                   cache_dir)
     chosen = choose_threshold(labels, probabilities, card.labels, target_sensitivity)
     decision = replace(chosen, rule=f"{chosen.rule}, chosen at the site on {len(labels)} images of {Path(data).name}")
     groups = split_groups(folder, group_pattern) if group_pattern else None

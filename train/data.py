@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 # used as is: Kermany's chest X-rays ship val/ with 8 images per class, on which early stopping and a
 # threshold would be chosen by noise.
 MIN_VAL_PER_CLASS = 20
+SCORING_CHUNK = 2048  # images decoded at a time when only their predictions are kept
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
@@ -252,19 +254,45 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         with np.load(cache) as saved:
             kept = folder.subset(saved["indices"])
             return saved["images"], kept.labels, kept
+    images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
+    readable = np.zeros(len(folder), bool)
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
         decoded = pool.map(lambda path: _try_load(path, preprocess), folder.paths)
-        results = list(track(decoded, f"decoding {len(folder)} images", total=len(folder), transient=True,
-                             console=Console(stderr=True)))
-    indices = np.asarray([i for i, image in enumerate(results) if image is not None], dtype=np.int64)
+        for i, image in enumerate(track(decoded, f"decoding {len(folder)} images", total=len(folder),
+                                        transient=True, console=Console(stderr=True))):
+            if image is not None:
+                images[i], readable[i] = image, True
+    indices = np.flatnonzero(readable)
     if len(indices) == 0:
         raise DatasetError(f"none of the {len(folder)} images could be read")
-    images = np.stack([results[i] for i in indices])
+    if len(indices) < len(folder):
+        images = images[indices]
     if cache is not None:
         with atomic_write(cache, "wb") as handle:
             np.savez(handle, images=images, indices=indices)
     kept = folder.subset(indices)
     return images, kept.labels, kept
+
+
+def predict_folder(folder: ImageFolder, preprocess: Preprocess, predict: Callable[[np.ndarray], np.ndarray],
+                   cache_dir: str | os.PathLike[str] | None = None,
+                   chunk: int = SCORING_CHUNK) -> tuple[np.ndarray, np.ndarray, ImageFolder]:
+    """``(labels, predict(images), kept)`` for every readable image of ``folder``, decoded ``chunk`` images at a
+    time: scoring needs each image once, so a test set of any size is scored in bounded memory."""
+    labels, outputs, paths = [], [], []
+    for start in range(0, len(folder), chunk):
+        part = folder.subset(np.arange(start, min(start + chunk, len(folder))))
+        try:
+            images, part_labels, kept = load_arrays(part, preprocess, cache_dir)
+        except DatasetError:  # a chunk of unreadable files: each was reported on its own line
+            continue
+        labels.append(part_labels)
+        outputs.append(predict(images))
+        paths.extend(kept.paths)
+    if not labels:
+        raise DatasetError(f"none of the {len(folder)} images could be read")
+    labels = np.concatenate(labels)
+    return labels, np.concatenate(outputs), ImageFolder(tuple(paths), labels, folder.classes)
 
 
 def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | None:

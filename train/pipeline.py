@@ -29,7 +29,8 @@ from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
-from .data import ImageFolder, NameLabels, Splits, load_arrays, load_splits, read_dataset, split_groups
+from .data import (ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder, read_dataset,
+                   split_groups)
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
@@ -109,7 +110,6 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
-    test_x, test_y = load_arrays(splits.test, preprocess, cache)[:2] if splits.test is not None else (None, None)
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -120,8 +120,9 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
-    if test_x is not None:
-        metrics["test"] = report(run_dir, test_y, predict(model, test_x), classes, decision, "test")
+    if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
+        test_y, test_p, _ = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
+        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test")
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
     seconds = time.monotonic() - budget.started
@@ -162,8 +163,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         val = ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
         val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
-    images, labels, folder = load_arrays(read_dataset(data, classes, naming), preprocess, cache_dir)
-    probabilities = scorer.predict(images)
+    labels, probabilities, folder = predict_folder(read_dataset(data, classes, naming), preprocess, scorer.predict,
+                                                   cache_dir)
     groups = split_groups(folder, group_pattern, group_copies)
     per_source = {} if groups is None else \
         {"per_source": per_source_metrics(labels, probabilities, groups, classes, decision)}

@@ -6,7 +6,8 @@ through the frozen backbone once; on 165,000 images (TissueMNIST's size) that pa
 times the decoder and the model on a few training images and keeps as many training images as one such pass
 affords in ``PASS_SHARE`` of the time left (and ``MAX_DECODED_BYTES`` of memory). The largest classes are
 trimmed first, so a rare class keeps every image; validation keeps at most ``MAX_VAL_IMAGES``, drawn in the
-classes' proportions. The same timing sets aside the budget for scoring validation and test images at the end.
+classes' proportions. The same timing sets aside the budget for scoring validation and test images at the end
+(test images are decoded then, a chunk at a time, so a test set of any size needs no memory while fitting).
 Every cut is a warning and is listed in ``metrics.json``.
 """
 
@@ -89,8 +90,8 @@ def fit_to_budget(splits: Splits, preprocess: Preprocess, model: keras.Model, bu
         return splits
     speed = measure_speed(splits.train, preprocess, model, seed)
     val = proportional(splits.val, MAX_VAL_IMAGES, seed)
-    scored = len(val) + (len(splits.test) if splits.test is not None else 0)
-    budget.reserve(speed.model * scored + WRITING_SECONDS)
+    tested = len(splits.test) if splits.test is not None else 0  # decoded after fitting, validation before
+    budget.reserve(speed.model * len(val) + (speed.decode + speed.model) * tested + WRITING_SECONDS)
     n = affordable_images(speed, budget.left(), bytes_each=preprocess.height * preprocess.width * preprocess.channels)
     train = trimmed(splits.train, n, seed)
     if len(train) < len(splits.train):

@@ -9,8 +9,8 @@ import pytest
 
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
-    DatasetError, NameLabels, file_groups, load_arrays, load_splits, read_folder, read_named, split_groups,
-    stratified_split)
+    DatasetError, NameLabels, file_groups, load_arrays, load_splits, predict_folder, read_folder, read_named,
+    split_groups, stratified_split)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -77,6 +77,26 @@ def test_unreadable_training_files_are_skipped_with_a_line(tmp_path, blood_cell_
     images, labels, kept = load_arrays(read_folder(tmp_path), Preprocess(32, 32))
     assert len(images) == 4 and not any(p.endswith("broken.jpeg") for p in kept.paths)
     assert "broken.jpeg: not a readable image" in capsys.readouterr().err
+
+
+def test_scoring_decodes_a_chunk_at_a_time_and_gives_what_decoding_everything_gives(tmp_path, blood_cells, capsys):
+    folder = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 240))
+    broken = [tmp_path / "broken1.jpeg", tmp_path / "broken2.jpeg"]
+    for path in broken:
+        path.write_text("garbage")
+    # Ten images, then a chunk of nothing readable: it is skipped, each of its files reported on its own line.
+    folder = type(folder)(folder.paths + tuple(map(str, broken)), np.r_[folder.labels, 0, 1], folder.classes)
+    spec = Preprocess(32, 32)
+    images, labels, kept = load_arrays(folder, spec)
+    mean_pixel = lambda x: x.reshape(len(x), -1).mean(axis=1)  # noqa: E731 - stands in for a model
+
+    chunked_labels, outputs, chunked_kept = predict_folder(folder, spec, mean_pixel, chunk=5)
+    assert np.array_equal(chunked_labels, labels) and np.array_equal(outputs, mean_pixel(images))
+    assert chunked_kept.paths == kept.paths and len(kept) == 10
+    assert capsys.readouterr().err.count("not a readable image") == 4  # each broken file, once per decoding
+
+    with pytest.raises(DatasetError, match="none of the 2 images"):
+        predict_folder(folder.subset(np.array([10, 11])), spec, mean_pixel)
 
 
 def test_labels_come_from_file_names_with_a_separator_and_position(tmp_path, cataract):

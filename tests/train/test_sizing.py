@@ -14,7 +14,8 @@ from medclf.train.sizing import (MIN_TRAIN_IMAGES, PASS_SHARE, Speed, affordable
 
 def folder_of(counts: list[int]) -> ImageFolder:
     labels = np.repeat(np.arange(len(counts)), counts)
-    return ImageFolder(tuple(f"{i}.png" for i in range(len(labels))), labels, tuple(f"c{k}" for k in range(len(counts))))
+    classes = tuple(f"c{k}" for k in range(len(counts)))
+    return ImageFolder(tuple(f"{i}.png" for i in range(len(labels))), labels, classes)
 
 
 def test_the_images_afforded_are_one_pass_in_a_share_of_the_time_left_within_memory_and_never_too_few():
