@@ -29,7 +29,7 @@ from .fp16 import to_fp16
 from .int8 import ImageCalibrationReader, to_int8
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
-from .speed import cpu_speed
+from .speed import cpu_speed, this_cpu
 from .triton import write_model
 from .verify import TOLERANCES, VerificationError, compare, keras_probabilities, onnx_probabilities
 
@@ -70,7 +70,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         calibration = ImageCalibrationReader(paths, card.preprocess)
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
               "verified_on": f"{len(images)} real images ({_describe(model_path.parent, verify_data)})",
-              "precisions": {}}
+              "cpu": this_cpu(), "precisions": {}}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
         fp32 = Path(work) / FILE_NAMES["fp32"]

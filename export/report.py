@@ -13,7 +13,8 @@ BENCHMARK_COLUMNS = ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b3
 
 def export_table(report: dict) -> Table:
     """``export_report.json`` as a rich table: size, agreement with Keras, accuracy, CPU speed, verdict."""
-    table = _table(f"{_folder(report)}: verified against Keras on {report['images']} real images", COLUMNS)
+    table = _table(f"{_folder(report)}: verified against Keras on {report['images']} real images{_cpu(report)}",
+                   COLUMNS)
     for name, entry in report["precisions"].items():
         rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])
         for label, item in rows:
@@ -23,6 +24,15 @@ def export_table(report: dict) -> Table:
                           _number(item, "images_per_s_batch32", "{:.0f}"),
                           "[green]ok[/green]" if item["passed"] else "[red]failed[/red]")
     return table
+
+
+def _cpu(report: dict) -> str:
+    """Where the speeds and INT8's agreement hold (see ``speed.this_cpu``)."""
+    cpu = report.get("cpu")
+    if not cpu:
+        return ""
+    kernels = {True: "int8 dot product (VNNI)", False: "no int8 dot product (VNNI)"}.get(cpu["int8_dot_product"])
+    return f", on {cpu['name']}" + (f", {kernels}" if kernels else "")
 
 
 def _folder(report: dict) -> str:

@@ -18,6 +18,8 @@ def test_export_prints_one_row_per_precision_and_writes_the_report(run_dir, tmp_
                                  "fp32,int8", "--verify-images", "16"], terminal_width=160)
     report = json.loads((tmp_path / "export_report.json").read_text())
     assert report["images"] == 16 and list(report["precisions"]) == ["fp32", "int8"]
+    # INT8's agreement and every speed hold for the CPU they were measured on, which the report and table name.
+    assert report["cpu"]["int8_dot_product"] in (True, False, None) and report["cpu"]["name"] in result.output
     assert result.exit_code == (0 if report["passed"] else 1), result.output
     for name, entry in report["precisions"].items():
         assert f"{name} " in result.output and f"{entry['agreement']:.1%}" in result.output
