@@ -20,6 +20,7 @@ import onnx
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
+from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.preprocess import ImageError, load_image
@@ -29,7 +30,7 @@ from .fp16 import to_fp16
 from .int8 import ImageCalibrationReader, to_int8
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
-from .speed import cpu_speed, this_cpu
+from .speed import cpu_speed
 from .triton import write_model
 from .verify import TOLERANCES, VerificationError, compare, keras_probabilities, onnx_probabilities
 
@@ -176,8 +177,9 @@ def _derive(precision: str, fp32: Path, card: ModelCard, calibration: ImageCalib
     target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
     if precision == "fp16":
         proto = to_fp16(onnx.load(str(fp32)))
-    else:
+    else:  # verified on this CPU: the runtime warns when a CPU without int8 dot products serves it
         proto = to_int8(fp32, calibration, for_tensorrt, float_convs)
+        card = dataclasses.replace(card, metrics=card.metrics | {VERIFIED_ON: this_cpu()})
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
 

@@ -27,7 +27,7 @@ def export_table(report: dict) -> Table:
 
 
 def _cpu(report: dict) -> str:
-    """Where the speeds and INT8's agreement hold (see ``speed.this_cpu``)."""
+    """Where the speeds and INT8's agreement hold (see ``medclf.runtime.cpu``)."""
     cpu = report.get("cpu")
     if not cpu:
         return ""

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -22,25 +21,6 @@ from statistics import median
 import numpy as np
 
 BATCH = 32
-
-
-def this_cpu() -> dict[str, object]:
-    """The CPU the speeds and INT8's agreement were measured on. INT8 agreement depends on it: x86 CPUs without
-    int8 dot-product instructions (VNNI) multiply onnxruntime's U8S8 QDQ files with AVX2's vpmaddubsw, whose
-    16-bit sums can saturate — the packaged blood-cell model's INT8 file agreed with Keras on 93-94% of 512 images
-    there, 97.1% on an AVX-512 VNNI CPU (and 99.0% there with 3 leading convolutions float)."""
-    flags, name = set(), platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-    except OSError:
-        pass
-    vnni = any("vnni" in flag for flag in flags) if flags else None
-    return {"name": name, "int8_dot_product": vnni}
 
 
 def cpu_speed(model_path: str | os.PathLike[str], images: np.ndarray, repeats: int = 10) -> dict[str, float]:

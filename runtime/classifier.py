@@ -12,6 +12,7 @@ import numpy as np
 from .atomic import write_image
 from .backends import open_backend
 from .cam import heatmaps, overlay
+from .cpu import int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .stream import decoded, usable_cpus
@@ -70,6 +71,11 @@ class Classifier:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.card.labels
+
+    @property
+    def caveat(self) -> str:
+        """One line worth telling the user about serving this file here, or "" (see :mod:`.cpu`)."""
+        return int8_caveat(self.card, str(self.model_path), self.backend.name)
 
     def predict(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Probabilities ``[N, classes]`` for uint8 images ``[N, H, W, C]`` already preprocessed; in runs of

@@ -58,8 +58,9 @@ def run(args: argparse.Namespace) -> int:
     paths = list(expand_inputs(args.inputs))
     try:
         classifier = Classifier(args.model, threads=args.threads, backend=args.backend, streaming=len(paths) > 1)
-        if classifier.backend.note:
-            print(classifier.backend.note, file=sys.stderr)
+        for note in (classifier.backend.note, classifier.caveat):
+            if note:
+                print(note, file=sys.stderr)
         if args.cam is not None:
             classifier.require_cam()  # refused before any work
     except (FileNotFoundError, ModelCardError, BackendUnavailable, ValueError) as exc:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -9,8 +11,9 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, to_int8
-from medclf.export.pipeline import INT8_FLOAT_STEPS
+from medclf.export.pipeline import INT8_FLOAT_STEPS, _derive
 from medclf.runtime import Classifier, load_image
+from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 
 
 def initializer_types(model: onnx.ModelProto) -> set[int]:
@@ -69,6 +72,16 @@ def test_int8_is_explicit_per_channel_quantization_with_a_float_head(int8_flavou
     (head,) = [node for node in model.graph.node if node.op_type in ("MatMul", "Gemm")]
     float_weights = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT}
     assert head.input[1] in float_weights  # the classifier head keeps its float weights
+
+
+def test_an_int8_file_carries_the_cpu_it_was_made_and_verified_on(exported, blood_cells, tmp_path):
+    fp32 = tmp_path / "model.onnx"
+    shutil.copy(exported[1]["precisions"]["fp32"]["file"], fp32)
+    card = Classifier(fp32).card
+    paths = sorted(str(p) for p in (blood_cells / "TRAIN" / "LYMPHOCYTE").iterdir())[:8]
+    int8 = Classifier(_derive("int8", fp32, card, ImageCalibrationReader(paths, card.preprocess))).card
+    assert int8.precision == "int8" and int8.metrics[VERIFIED_ON] == this_cpu()
+    assert VERIFIED_ON not in card.metrics  # the FP32 file's maths do not depend on the CPU's int8 instructions
 
 
 def test_int8_for_onnxruntime_has_uint8_activations_and_for_tensorrt_symmetric_int8_ones(int8_flavours):
