@@ -177,6 +177,16 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None, held_out)
 
 
+def warn_missing_classes(labels: np.ndarray, classes: tuple[str, ...], split: str) -> list[str]:
+    """Warn (and return) the classes with no readable image in ``split``: a split holds at least one file of
+    every class, but that file may turn out unreadable, leaving the class's metrics there empty."""
+    missing = [name for i, name in enumerate(classes) if not (labels == i).any()]
+    if missing:
+        log.warning("%s holds no readable image of %s: the model is not checked on %s there",
+                    split, ", ".join(missing), "it" if len(missing) == 1 else "them")
+    return missing
+
+
 def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
     """Some class has fewer validation images than MIN_VAL_PER_CLASS, or than ``val_split`` would hold out."""
     have = val.class_counts()
@@ -229,6 +239,11 @@ def stratified_split(folder: ImageFolder, fraction: float, seed: int,
     n_val = max(int(round(fraction * len(folder))), len(folder.classes))
     keep, held = train_test_split(np.arange(len(folder)), test_size=n_val, stratify=folder.labels,
                                   random_state=seed)
+    missing = np.setdiff1d(np.unique(folder.labels), folder.labels[held])
+    if len(missing):  # sklearn's proportional rounding can leave a rare class (500:2) out of validation entirely
+        rng = np.random.default_rng(seed)
+        moved = np.array([rng.choice(keep[folder.labels[keep] == label]) for label in missing])
+        keep, held = np.setdiff1d(keep, moved), np.concatenate([held, moved])
     return folder.subset(np.sort(keep)), folder.subset(np.sort(held))
 
 

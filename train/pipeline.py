@@ -30,7 +30,7 @@ from medclf.runtime.preprocess import Preprocess
 from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
 from .data import (ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder, read_dataset,
-                   split_groups)
+                   split_groups, warn_missing_classes)
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
@@ -110,6 +110,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
+    warn_missing_classes(val_y, classes, "validation")
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
-    DatasetError, NameLabels, file_groups, load_arrays, load_splits, predict_folder, read_folder, read_named,
-    split_groups, stratified_split)
+    DatasetError, ImageFolder, NameLabels, file_groups, load_arrays, load_splits, predict_folder, read_folder,
+    read_named, split_groups, stratified_split, warn_missing_classes)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -42,6 +43,24 @@ def test_validation_split_is_stratified_and_disjoint(blood_cells):
     assert len(train) + len(val) == len(folder)
     shares = np.bincount(val.labels) / len(val)
     assert np.allclose(shares, np.bincount(folder.labels) / len(folder), atol=0.01)
+
+
+@pytest.mark.parametrize("counts", [[500, 2], [60, 60, 3], [23, 36, 5]])
+def test_every_class_keeps_images_on_both_sides_however_rare(counts):
+    labels = np.repeat(np.arange(len(counts)), counts)
+    folder = ImageFolder(tuple(f"{i}.png" for i in range(len(labels))), labels, tuple("abc"[:len(counts)]))
+    train, val = stratified_split(folder, 0.15, seed=0)
+    assert (np.bincount(val.labels, minlength=len(counts)) >= 1).all()
+    assert (np.bincount(train.labels, minlength=len(counts)) >= 1).all()
+    assert not set(train.paths) & set(val.paths) and len(train) + len(val) == len(folder)
+
+
+def test_a_class_whose_only_validation_file_is_unreadable_is_named_in_a_warning(caplog):
+    with caplog.at_level(logging.WARNING, logger="medclf.train.data"):
+        assert warn_missing_classes(np.array([0, 0, 2]), ("a", "b", "c"), "validation") == ["b"]
+        assert warn_missing_classes(np.array([0, 1, 2]), ("a", "b", "c"), "validation") == []
+    assert [r.getMessage() for r in caplog.records] == ["validation holds no readable image of b: the model is not "
+                                                        "checked on it there"]
 
 
 def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell_images):
