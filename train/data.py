@@ -267,15 +267,20 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     cache = _cache_path(folder, preprocess, cache_dir)
     if cache is not None and cache.is_file():
         with np.load(cache) as saved:
+            for error in saved["errors"] if "errors" in saved else ():  # said again: the files are still unusable
+                print(f"skipping {error}", file=sys.stderr)
             kept = folder.subset(saved["indices"])
             return saved["images"], kept.labels, kept
     images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
-    readable = np.zeros(len(folder), bool)
+    readable, errors = np.zeros(len(folder), bool), []
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
         decoded = pool.map(lambda path: _try_load(path, preprocess), folder.paths)
         for i, image in enumerate(track(decoded, f"decoding {len(folder)} images", total=len(folder),
                                         transient=True, console=Console(stderr=True))):
-            if image is not None:
+            if isinstance(image, str):
+                print(f"skipping {image}", file=sys.stderr)
+                errors.append(image)
+            else:
                 images[i], readable[i] = image, True
     indices = np.flatnonzero(readable)
     if len(indices) == 0:
@@ -284,7 +289,7 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         images = images[indices]
     if cache is not None:
         with atomic_write(cache, "wb") as handle:
-            np.savez(handle, images=images, indices=indices)
+            np.savez(handle, images=images, indices=indices, errors=np.array(errors, dtype=str))
     kept = folder.subset(indices)
     return images, kept.labels, kept
 
@@ -310,12 +315,12 @@ def predict_folder(folder: ImageFolder, preprocess: Preprocess, predict: Callabl
     return labels, np.concatenate(outputs), ImageFolder(tuple(paths), labels, folder.classes)
 
 
-def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | None:
+def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | str:
+    """The image, or why it cannot be used ("PATH: reason")."""
     try:
         return load_image(path, preprocess)
     except ImageError as exc:
-        print(f"skipping {exc}", file=sys.stderr)
-        return None
+        return str(exc)
 
 
 def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None) -> Path | None:

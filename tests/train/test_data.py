@@ -91,11 +91,13 @@ def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood
 
 
 def test_unreadable_training_files_are_skipped_with_a_line(tmp_path, blood_cell_images, capsys):
-    make_tree(tmp_path, {"a": 2, "b": 2}, blood_cell_images[0])
-    (tmp_path / "a" / "broken.jpeg").write_text("garbage")
-    images, labels, kept = load_arrays(read_folder(tmp_path), Preprocess(32, 32))
-    assert len(images) == 4 and not any(p.endswith("broken.jpeg") for p in kept.paths)
-    assert "broken.jpeg: not a readable image" in capsys.readouterr().err
+    data = tmp_path / "data"
+    make_tree(data, {"a": 2, "b": 2}, blood_cell_images[0])
+    (data / "a" / "broken.jpeg").write_text("garbage")
+    for _ in range(2):  # decoded, then from the cache: the broken file is reported both times
+        images, labels, kept = load_arrays(read_folder(data), Preprocess(32, 32), cache_dir=tmp_path / "cache")
+        assert len(images) == 4 and not any(p.endswith("broken.jpeg") for p in kept.paths)
+        assert capsys.readouterr().err.count("broken.jpeg: not a readable image") == 1
 
 
 def test_scoring_decodes_a_chunk_at_a_time_and_gives_what_decoding_everything_gives(tmp_path, blood_cells, capsys):
