@@ -30,7 +30,9 @@ def this_cpu() -> dict[str, object]:
                 flags = set(value.split())
     except OSError:
         pass
-    return {"name": name, "int8_dot_product": any("vnni" in flag for flag in flags) if flags else None}
+    # x86: avx512_vnni / avx_vnni; ARM (Jetson Orin's Cortex-A78AE among them): asimddp, exact int8 dot products too
+    dot_product = any("vnni" in flag for flag in flags) or "asimddp" in flags
+    return {"name": name, "int8_dot_product": dot_product if flags else None}
 
 
 def int8_caveat(card: ModelCard, model: str, backend: str, cpu: dict[str, object] | None = None) -> str:
