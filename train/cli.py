@@ -379,10 +379,19 @@ def _print_metrics(metrics: dict) -> None:
         if split in metrics:
             m = metrics[split]
             extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)
-            extra += f" (threshold {m['threshold']:.3g})" if m.get("threshold") is not None else ""
+            extra += _operating_point(m)
             auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
             console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
                           f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
+
+
+def _operating_point(m: dict) -> str:
+    """" (threshold T)" for a binary split, with the accuracy of the model's own call when T is not 0.5."""
+    if m.get("threshold") is None:
+        return ""
+    if m["threshold"] == 0.5 or m.get("accuracy_at_argmax") is None:
+        return f" (threshold {m['threshold']:.3g})"
+    return f" (threshold {m['threshold']:.3g}; accuracy {m['accuracy_at_argmax']:.3f} at 0.5)"
 
 
 def main() -> None:

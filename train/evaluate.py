@@ -86,6 +86,8 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         metrics["threshold"] = decision.threshold if decision is not None else None
         metrics["sensitivity"] = _ratio(np.sum(is_positive & said_positive), np.sum(is_positive))
         metrics["specificity"] = _ratio(np.sum(~is_positive & ~said_positive), np.sum(~is_positive))
+        # The model's own call (p >= 0.5), beside the threshold's: what argmax-reporting baselines publish.
+        metrics["accuracy_at_argmax"] = float(accuracy_score(labels, probabilities.argmax(axis=1)))
     return metrics
 
 

@@ -69,6 +69,14 @@ def test_target_sensitivity_lowers_the_threshold_until_it_is_reached():
     assert strict.threshold < youden.threshold
 
 
+def test_binary_metrics_also_give_the_accuracy_of_the_models_own_call_as_argmax_baselines_count_it():
+    labels, p = _many([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.8, 0.9])
+    decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))
+    metrics = classification_metrics(labels, _binary(p), ("NORMAL", "PNEUMONIA"), decision)
+    assert decision.threshold == pytest.approx((0.3 + 0.35) / 2)
+    assert metrics["accuracy"] == 1.0 and metrics["accuracy_at_argmax"] == pytest.approx(6 / 8)
+
+
 def test_threshold_works_when_the_finding_is_class_zero():
     classes = ("cataract", "normal")
     labels, p = _many([0, 0, 1, 1], [0.9, 0.4, 0.2, 0.1])
