@@ -10,6 +10,7 @@ a file verified with VNNI on a CPU without it.
 
 from __future__ import annotations
 
+import functools
 import platform
 from pathlib import Path
 
@@ -20,6 +21,13 @@ VERIFIED_ON = "int8_verified_on"  # the model card's metrics key: this_cpu() of 
 
 def this_cpu() -> dict[str, object]:
     """``{"name": ..., "int8_dot_product": True | False | None}`` (None: the CPU's flags could not be read)."""
+    name, dot_product = _read_cpu()
+    return {"name": name, "int8_dot_product": dot_product}
+
+
+@functools.cache
+def _read_cpu() -> tuple[str, bool | None]:
+    """/proc/cpuinfo read once per process (an export asks once per INT8 file it makes)."""
     flags, name = set(), platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -32,7 +40,7 @@ def this_cpu() -> dict[str, object]:
         pass
     # x86: avx512_vnni / avx_vnni; ARM (Jetson Orin's Cortex-A78AE among them): asimddp, exact int8 dot products too
     dot_product = any("vnni" in flag for flag in flags) or "asimddp" in flags
-    return {"name": name, "int8_dot_product": dot_product if flags else None}
+    return name, dot_product if flags else None
 
 
 def int8_caveat(card: ModelCard, model: str, backend: str, cpu: dict[str, object] | None = None) -> str:

@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -267,8 +267,7 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     cache = _cache_path(folder, preprocess, cache_dir)
     if cache is not None and cache.is_file():
         with np.load(cache) as saved:
-            for error in saved["errors"] if "errors" in saved else ():  # said again: the files are still unusable
-                print(f"skipping {error}", file=sys.stderr)
+            _say_skipped(saved["errors"] if "errors" in saved else ())  # said again: the files are still unusable
             kept = folder.subset(saved["indices"])
             return saved["images"], kept.labels, kept
     images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
@@ -278,10 +277,10 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         for i, image in enumerate(track(decoded, f"decoding {len(folder)} images", total=len(folder),
                                         transient=True, console=Console(stderr=True))):
             if isinstance(image, str):
-                print(f"skipping {image}", file=sys.stderr)
                 errors.append(image)
             else:
                 images[i], readable[i] = image, True
+    _say_skipped(errors)
     indices = np.flatnonzero(readable)
     if len(indices) == 0:
         raise DatasetError(f"none of the {len(folder)} images could be read")
@@ -313,6 +312,12 @@ def predict_folder(folder: ImageFolder, preprocess: Preprocess, predict: Callabl
         raise DatasetError(f"none of the {len(folder)} images could be read")
     labels = np.concatenate(labels)
     return labels, np.concatenate(outputs), ImageFolder(tuple(paths), labels, folder.classes)
+
+
+def _say_skipped(errors: Iterable[str]) -> None:
+    """One stderr line per unusable file ("PATH: reason"), whether it was just decoded or found so before."""
+    for error in errors:
+        print(f"skipping {error}", file=sys.stderr)
 
 
 def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | str:

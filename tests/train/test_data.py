@@ -106,7 +106,7 @@ def test_scoring_decodes_a_chunk_at_a_time_and_gives_what_decoding_everything_gi
     for path in broken:
         path.write_text("garbage")
     # Ten images, then a chunk of nothing readable: it is skipped, each of its files reported on its own line.
-    folder = type(folder)(folder.paths + tuple(map(str, broken)), np.r_[folder.labels, 0, 1], folder.classes)
+    folder = ImageFolder(folder.paths + tuple(map(str, broken)), np.r_[folder.labels, 0, 1], folder.classes)
     spec = Preprocess(32, 32)
     images, labels, kept = load_arrays(folder, spec)
     mean_pixel = lambda x: x.reshape(len(x), -1).mean(axis=1)  # noqa: E731 - stands in for a model
