@@ -13,11 +13,12 @@ import pytest
 from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
 
 REPO = Path(__file__).resolve().parents[1]
-TEST_IMAGES = REPO.parent / "shared" / "data" / "blood-cells" / "TEST"
+SHARED = Path(os.environ.get("MEDCLF_SHARED", REPO.parent / "shared"))  # as in tests/conftest.py
+TEST_IMAGES = SHARED / "data" / "blood-cells" / "TEST"
 FOLDER_IMAGES = 256  # per folder benchmark: enough for a steady rate, short enough for CI
 
-if "KERAS_HOME" not in os.environ and (REPO.parent / "shared" / "keras").is_dir():
-    os.environ["KERAS_HOME"] = str(REPO.parent / "shared" / "keras")
+if "KERAS_HOME" not in os.environ and (SHARED / "keras").is_dir():
+    os.environ["KERAS_HOME"] = str(SHARED / "keras")
 
 
 def pytest_collection_modifyitems(items):
@@ -58,7 +59,7 @@ def big_radiograph(tmp_path_factory) -> Path:
     """A real chest film blown up to a 2400x2000 JPEG: the size clinics export, where decoding dominates."""
     import cv2
 
-    film = cv2.imread(str(sorted((REPO.parent / "shared" / "data" / "chest-xray" / "test" / "NORMAL").iterdir())[0]))
+    film = cv2.imread(str(sorted((SHARED / "data" / "chest-xray" / "test" / "NORMAL").iterdir())[0]))
     path = tmp_path_factory.mktemp("radiograph") / "film.jpg"
     cv2.imwrite(str(path), cv2.resize(film, (2400, 2000), interpolation=cv2.INTER_CUBIC))
     return path

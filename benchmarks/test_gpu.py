@@ -1,6 +1,7 @@
 """On a GPU: onnxruntime's CUDA EP vs the CPU at batch 1 and 64, with the host-to-device copy of a uint8 batch
-and decoding timed alone (on the edge, decoding dominates). TensorRT FP16 runs when TensorRT is installed and
-``MEDCLF_FP16_MODEL`` names an FP16 export of the packaged model. Skipped, with the reason, on CPU machines.
+and decoding timed alone (on the edge, decoding dominates). ``MEDCLF_FP16_MODEL`` names an FP16 export of the
+packaged model: the CUDA EP runs it too, and TensorRT FP16 where TensorRT is installed. Skipped, with the reason,
+on CPU machines.
 """
 
 from __future__ import annotations
@@ -33,6 +34,15 @@ def test_cuda_inference(benchmark, cuda, images, size):
     batch = batch_of(images, size)
     cuda.predict(batch)  # warm-up: kernels chosen, memory pools filled
     benchmark(cuda.predict, batch)
+
+
+@pytest.mark.skipif("MEDCLF_FP16_MODEL" not in os.environ, reason="needs MEDCLF_FP16_MODEL (an FP16 export)")
+@pytest.mark.parametrize("size", [1, BIG])
+def test_cuda_fp16_inference(benchmark, images, size):
+    fp16 = Classifier(os.environ["MEDCLF_FP16_MODEL"], backend="cuda")
+    batch = batch_of(images, size)
+    fp16.predict(batch)
+    benchmark(fp16.predict, batch)
 
 
 @pytest.mark.parametrize("size", [1, BIG])

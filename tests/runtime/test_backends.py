@@ -5,6 +5,8 @@ GPU backends are tested on a machine with onnxruntime-gpu and an NVIDIA GPU; els
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
 
@@ -13,10 +15,12 @@ import onnxruntime as ort
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
-from medclf.runtime.backends import BackendUnavailable, open_backend
+from medclf.runtime.backends import BackendUnavailable, missing_library, open_backend
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
+gpu_only = pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
 
 
 def test_cpu_is_the_default_and_says_nothing():
@@ -63,8 +67,42 @@ def test_an_unknown_backend_is_refused():
         open_backend(DEFAULT_MODEL, "npu")
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
+@gpu_only
 def test_cuda_really_runs_on_the_gpu_and_matches_the_cpu(blood_cell_images):
     gpu, cpu = Classifier(DEFAULT_MODEL, backend="cuda"), Classifier(DEFAULT_MODEL)
     images = np.stack([load_image(p, cpu.card.preprocess) for p in blood_cell_images])
     np.testing.assert_allclose(gpu.predict(images), cpu.predict(images), atol=1e-4)
+
+
+@gpu_only
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_on_a_gpu_without_tensorrt_auto_picks_cuda_and_names_the_missing_tensorrt_library():
+    backend = open_backend(DEFAULT_MODEL, "auto")
+    assert backend.name == "cuda"
+    assert backend.note.startswith("backend cuda (auto); passed over tensorrt: TensorRT is not installed")
+    assert "ort-tensorrt: onnxruntime cannot start TensorrtExecutionProvider (missing library libnvinfer" in \
+        backend.note
+
+
+@gpu_only
+@pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed here")
+def test_onnxruntimes_tensorrt_provider_without_tensorrt_is_an_error_naming_the_library():
+    with pytest.raises(BackendUnavailable, match=r"^ort-tensorrt: .*\(missing library libnvinfer\.so\.\d+\)"):
+        Classifier(DEFAULT_MODEL, backend="ort-tensorrt")
+
+
+def cuda_libraries_missing() -> bool:
+    from medclf.runtime.backends import _preload_gpu_libraries
+
+    _preload_gpu_libraries()
+    return missing_library("cuda") is not None
+
+
+@pytest.mark.skipif(not HAS_CUDA or not cuda_libraries_missing(),
+                    reason="needs onnxruntime-gpu on a machine without CUDA's libraries")
+def test_onnxruntime_gpu_without_cuda_names_the_missing_library_and_keeps_stdout_for_results(blood_cell_images):
+    """onnxruntime prints what it cannot load on stdout; ``--json`` lines must stay parseable all the same."""
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--backend", "auto", "--json",
+                           str(blood_cell_images[0])], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and json.loads(done.stdout)["path"] == str(blood_cell_images[0])
+    assert "cuda: onnxruntime cannot start CUDAExecutionProvider (missing library libcublas" in done.stderr

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# The checks only a GPU machine can run, in one go: the GPU backend tests, the GPU benchmarks (CUDA EP FP32 and
+# FP16 vs the CPU at batch 1 and 64, the host-to-device copy and decoding timed alone) and medclf-run's backend
+# choice, one-shot and over a folder. Needs onnxruntime-gpu (and TensorRT, where NVIDIA's index is reachable).
+# Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] bash scripts/gpu_checks.sh
+# Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-out}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+IMAGES="${MEDCLF_SHARED:-../shared}/data/blood-cells/TEST"
+
+{
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+    $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+    # TF32: does the CUDA EP's default (TF32 convolutions on Ampere and later) keep FP32's 1e-4 tolerance?
+    $PY - <<'EOF'
+import numpy as np, onnxruntime as ort, os
+from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
+from pathlib import Path
+cpu = Classifier(DEFAULT_MODEL)
+paths = sorted(Path(os.environ.get("MEDCLF_SHARED", "../shared"), "data/blood-cells/TEST").glob("*/*.jpeg"))
+images = np.stack([load_image(p, cpu.card.preprocess) for p in paths])
+want = cpu.predict(images)
+ort.preload_dlls()
+for tf32 in ("1", "0"):
+    session = ort.InferenceSession(str(DEFAULT_MODEL), providers=[("CUDAExecutionProvider", {"use_tf32": tf32})])
+    got = session.run(["probabilities"], {"image": images})[0]
+    print(f"use_tf32={tf32}: max |dp| vs CPU {np.abs(got - want).max():.2e} over {len(images)} images, "
+          f"top-1 agreement {(got.argmax(1) == want.argmax(1)).mean():.2%}")
+EOF
+} 2>&1 | tee "$OUT/gpu.txt"
+
+$PY -m pytest -p no:cacheprovider -v -rs tests/runtime/test_backends.py tests/runtime/test_tensorrt_engine.py \
+    tests/runtime/test_classifier.py 2>&1 | tee "$OUT/tests.log"
+
+$PY -m pytest -p no:cacheprovider -rs benchmarks/test_gpu.py benchmarks/test_latency.py -k "not keras" \
+    --benchmark-only --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds 2>&1 \
+    | tee "$OUT/bench.log"
+
+TIMEFORMAT="wall %R s"
+{
+    one=$(ls "$IMAGES"/*/*.jpeg | head -1)
+    for backend in auto cuda cpu ort-tensorrt tensorrt; do
+        echo "== medclf-run --backend $backend ONE_IMAGE"
+        time $PY -m medclf.runtime.cli --backend "$backend" "$one"; echo "exit $?"
+    done
+    for backend in cuda cpu; do
+        echo "== medclf-run --backend $backend --json FOLDER ($(ls "$IMAGES"/*/*.jpeg | wc -l) images)"
+        time $PY -m medclf.runtime.cli --backend "$backend" --json "$IMAGES" | tail -1
+    done
+} 2>&1 | tee "$OUT/cli.log"
