@@ -11,7 +11,8 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, to_int8
-from medclf.export.pipeline import INT8_FLOAT_STEPS, _derive
+from medclf.export.pipeline import INT8_FLOAT_STEPS, _clears, _derive
+from medclf.export.verify import TOLERANCES, Comparison
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 
@@ -107,14 +108,30 @@ def test_the_calibration_reader_feeds_real_preprocessed_batches_and_skips_bad_fi
     np.testing.assert_array_equal(reader.get_next()["image"], batches[0])
 
 
-def test_int8_keeps_more_leading_convolutions_float_only_while_it_disagrees(exported):
+def test_int8_keeps_more_leading_convolutions_float_until_it_clears_the_tolerance_with_a_margin(exported):
     entry = exported[1]["precisions"]["int8"]
     tries = entry["search"]
     assert [t["float_convs"] for t in tries] == list(INT8_FLOAT_STEPS[:len(tries)])
-    assert not any(t["passed"] for t in tries[:-1])  # it stops at the first step that agrees
-    assert tries[-1]["passed"] or len(tries) == len(INT8_FLOAT_STEPS)
-    assert entry["float_convs"] == tries[-1]["float_convs"]
+    assert not any(t["cleared"] for t in tries[:-1])  # it stops at the first step that clears
+    assert all(t["passed"] for t in tries if t["cleared"])
+    if tries[-1]["cleared"]:
+        assert entry["float_convs"] == tries[-1]["float_convs"]
+    else:  # none cleared: the best try goes to verification, one that passed before one that did not
+        assert len(tries) == len(INT8_FLOAT_STEPS)
+        assert entry["float_convs"] == max(tries, key=lambda t: (t["passed"], t["agreement"]))["float_convs"]
     assert "images" in entry["searched_on"]
+
+
+def test_a_search_step_clears_int8s_tolerance_only_by_a_standard_error_of_the_search():
+    """On 512 images the margin is 0.44 points: 99.2% passes but would fail verification's other images about
+    as often as not; 99.5% clears."""
+    def on_512(agreement: float) -> Comparison:
+        return Comparison(images=512, agreement=agreement, max_abs_diff=0.05, tolerance=TOLERANCES["int8"],
+                          reference_accuracy=0.9, accuracy=0.9)
+
+    assert on_512(0.992).passed and not _clears(on_512(0.992))
+    assert _clears(on_512(0.995))
+    assert not _clears(on_512(0.98))
 
 
 def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell_images, tmp_path):
