@@ -29,20 +29,22 @@ def batch_of(images: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.resize(images, (size, *images.shape[1:])))
 
 
+def time_warm(benchmark, model: Classifier, images: np.ndarray, size: int) -> None:
+    """One untimed call first: kernels chosen, memory pools filled."""
+    batch = batch_of(images, size)
+    model.predict(batch)
+    benchmark(model.predict, batch)
+
+
 @pytest.mark.parametrize("size", [1, BIG])
 def test_cuda_inference(benchmark, cuda, images, size):
-    batch = batch_of(images, size)
-    cuda.predict(batch)  # warm-up: kernels chosen, memory pools filled
-    benchmark(cuda.predict, batch)
+    time_warm(benchmark, cuda, images, size)
 
 
 @pytest.mark.skipif("MEDCLF_FP16_MODEL" not in os.environ, reason="needs MEDCLF_FP16_MODEL (an FP16 export)")
 @pytest.mark.parametrize("size", [1, BIG])
 def test_cuda_fp16_inference(benchmark, images, size):
-    fp16 = Classifier(os.environ["MEDCLF_FP16_MODEL"], backend="cuda")
-    batch = batch_of(images, size)
-    fp16.predict(batch)
-    benchmark(fp16.predict, batch)
+    time_warm(benchmark, Classifier(os.environ["MEDCLF_FP16_MODEL"], backend="cuda"), images, size)
 
 
 @pytest.mark.parametrize("size", [1, BIG])
@@ -59,7 +61,4 @@ def test_host_to_device_copy_of_a_uint8_batch(benchmark, images):
                     reason="needs TensorRT and MEDCLF_FP16_MODEL (an FP16 export of the packaged model)")
 @pytest.mark.parametrize("size", [1, BIG])
 def test_tensorrt_fp16_inference(benchmark, images, size):
-    engine = Classifier(os.environ["MEDCLF_FP16_MODEL"], backend="tensorrt")
-    batch = batch_of(images, size)
-    engine.predict(batch)
-    benchmark(engine.predict, batch)
+    time_warm(benchmark, Classifier(os.environ["MEDCLF_FP16_MODEL"], backend="tensorrt"), images, size)
