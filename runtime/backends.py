@@ -31,7 +31,8 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 # TF32 off: with it (the CUDA EP's default on Ampere and later) FP32 probabilities moved by up to 1.2e-2 on an H200,
 # 100x the FP32 tolerance; without it 3e-6, at 10% of the batch-64 speed and none of batch 1's. FP16 is the fast path.
 CUDA_OPTIONS = {"use_tf32": "0"}
-PROVIDER_LIBRARIES = {"cuda": "libonnxruntime_providers_cuda.so", "ort-tensorrt": "libonnxruntime_providers_tensorrt.so"}
+PROVIDER_LIBRARIES = {"cuda": "libonnxruntime_providers_cuda.so",
+                      "ort-tensorrt": "libonnxruntime_providers_tensorrt.so"}
 GPU_HINT = "install onnxruntime-gpu (pip install 'medclf[gpu]') on a machine with an NVIDIA GPU"
 
 

@@ -20,7 +20,8 @@ from medclf.runtime.backends import BackendUnavailable, missing_library, open_ba
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
-gpu_only = pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
+gpu_only = pytest.mark.skipif(not HAS_CUDA,
+                              reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
 
 
 def test_cpu_is_the_default_and_says_nothing():
