@@ -110,6 +110,7 @@ def _providers(name: str) -> list:
         return [cuda, PROVIDERS["cpu"]]
     if name == "ort-tensorrt":
         cache = default_cache_dir() / "ort-tensorrt"
+        cache.mkdir(parents=True, exist_ok=True)
         tensorrt = (PROVIDERS["ort-tensorrt"], {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
                                                   "trt_engine_cache_path": os.fspath(cache),
                                                   "trt_timing_cache_path": os.fspath(cache)})
