@@ -63,6 +63,22 @@ def test_medclf_run_reports_an_unavailable_backend_with_exit_2(blood_cell_images
     assert done.stdout == ""
 
 
+def test_the_cuda_provider_keeps_fp32_exact_and_the_tensorrt_provider_caches_its_engines(tmp_path, monkeypatch):
+    """TF32 moved FP32 probabilities by 1.2e-2 on an H200 (tolerance 1e-4); a TensorRT EP without an engine cache
+    rebuilds its engines on every start. Pinned here because only a GPU machine would notice either."""
+    from medclf.runtime.backends import _providers
+
+    monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path))
+    cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})
+    assert _providers("cuda") == [cuda, "CPUExecutionProvider"]
+    tensorrt, *rest = _providers("ort-tensorrt")
+    assert rest == [cuda, "CPUExecutionProvider"]  # what TensorRT cannot take runs on CUDA, not the CPU
+    assert tensorrt[0] == "TensorrtExecutionProvider" and tensorrt[1]["trt_engine_cache_enable"] == "True"
+    assert tensorrt[1]["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt")
+    assert (tmp_path / "ort-tensorrt").is_dir()
+    assert _providers("cpu") == ["CPUExecutionProvider"]
+
+
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'npu'"):
         open_backend(DEFAULT_MODEL, "npu")
