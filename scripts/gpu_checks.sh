@@ -4,11 +4,14 @@
 # choice, one-shot and over a folder. Needs onnxruntime-gpu (and TensorRT, where NVIDIA's index is reachable).
 # Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] bash scripts/gpu_checks.sh
 # Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log.
+# medclf must be importable from the repository root (pip install --no-deps -e .). On a bare GPU machine without
+# pip access, copying runtime/ export/ train/ into medclf/ does the same for these checks (how the H200 ran them).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
+$PY -c "import medclf.runtime" || { echo "medclf.runtime is not importable: see the header of $0" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
 IMAGES="${MEDCLF_SHARED:-../shared}/data/blood-cells/TEST"
 
