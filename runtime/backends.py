@@ -67,10 +67,15 @@ def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = 
             continue
         note = f"backend {candidate} (auto)"
         if passed_over:
-            hint = candidate == "cpu" and PROVIDERS["cuda"] not in ort.get_available_providers()
+            hint = candidate == "cpu" and not gpu_listed()
             note += f"; passed over {', '.join(passed_over)}" + (f" ({GPU_HINT})" if hint else "")
         return Backend(backend.name, backend.run, backend.metadata, note)
     raise BackendUnavailable("; ".join(passed_over))  # unreachable while the CPU provider exists
+
+
+def gpu_listed() -> bool:
+    """Whether this onnxruntime lists a GPU provider (onnxruntime-gpu does, even where it cannot start one)."""
+    return any(PROVIDERS[name] in ort.get_available_providers() for name in ("cuda", "ort-tensorrt"))
 
 
 def _open(model: Path, name: str, threads: int, spin: bool) -> Backend:
