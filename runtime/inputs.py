@@ -12,8 +12,25 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", 
 
 
 def is_image_file(path: Path) -> bool:
-    """An image by its name, as picked from folders: a known extension, and not a hidden file."""
-    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    """An image, as picked from folders: a known extension and not a hidden file — or a DICOM file by its
+    content where the name has no extension, as PACS exports name them (``IM0001``, or a UID such as
+    ``1.2.840.113619.2.55.3.100``, whose last part looks like an extension)."""
+    if path.name.startswith(".") or path.name == "DICOMDIR":  # DICOMDIR indexes a folder; it holds no image
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return True
+    return (suffix == "" or suffix[1:].isdigit()) and _starts_like_dicom(path)
+
+
+def _starts_like_dicom(path: Path) -> bool:
+    from .dicom import is_dicom
+
+    try:
+        with open(path, "rb") as file:
+            return is_dicom(file.read(132))
+    except OSError:
+        return False
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
@@ -21,7 +38,7 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root, name) for name in sorted(files) if is_image_file(Path(name)))
+        found.extend(Path(root, name) for name in sorted(files) if is_image_file(Path(root, name)))
     return found
 
 

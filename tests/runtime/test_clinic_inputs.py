@@ -104,3 +104,19 @@ def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
     huge = dicom_bytes(np.zeros((2, 2), np.uint16), Rows=60000, Columns=60000)
     with pytest.raises(ImageError, match="over the 100,000,000-pixel limit"):
         decode_image(huge, "huge.dcm")
+
+
+def test_a_pacs_export_of_dicoms_without_extensions_is_found_in_its_folder(tmp_path):
+    """PACS exports name slices IM0001 or by UID (``1.2.840....100``), with no extension; DICOMDIR is an index."""
+    from medclf.runtime.inputs import list_images
+
+    study = tmp_path / "study" / "series"
+    study.mkdir(parents=True)
+    slice_ = dicom_bytes(RAMP.astype(np.uint16))
+    for name in ("IM0001", "1.2.840.113619.2.55.3.100", "scan.dcm"):
+        (study / name).write_bytes(slice_)
+    (study / "DICOMDIR").write_bytes(slice_)
+    (study / "README").write_text("not an image")
+    (study / "notes.txt").write_bytes(slice_)  # a known other extension is not opened
+    found = sorted(path.name for path in list_images(tmp_path))
+    assert found == ["1.2.840.113619.2.55.3.100", "IM0001", "scan.dcm"]
