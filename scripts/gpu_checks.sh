@@ -50,8 +50,8 @@ TIMEFORMAT="wall %R s"
         echo "== medclf-run --backend $backend ONE_IMAGE"
         time $PY -m medclf.runtime.cli --backend "$backend" "$one"; echo "exit $?"
     done
-    for backend in cuda cpu; do
+    for backend in auto cuda cpu; do
         echo "== medclf-run --backend $backend --json FOLDER ($(ls "$IMAGES"/*/*.jpeg | wc -l) images)"
-        time $PY -m medclf.runtime.cli --backend "$backend" --json "$IMAGES" | tail -1
+        time $PY -m medclf.runtime.cli --backend "$backend" --json "$IMAGES" | tail -1  # auto: says which
     done
 } 2>&1 | tee "$OUT/cli.log"
