@@ -27,6 +27,8 @@ def _starts_like_dicom(path: Path) -> bool:
     from .dicom import is_dicom
 
     try:
+        if not path.is_file():  # a FIFO or a device would block the listing on open
+            return False
         with open(path, "rb") as file:
             return is_dicom(file.read(132))
     except OSError:

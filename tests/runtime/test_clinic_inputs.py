@@ -4,6 +4,7 @@ MONOCHROME1 — each decoded to what a person would see, or refused with one lin
 from __future__ import annotations
 
 import io
+import os
 
 import cv2
 import numpy as np
@@ -118,5 +119,6 @@ def test_a_pacs_export_of_dicoms_without_extensions_is_found_in_its_folder(tmp_p
     (study / "DICOMDIR").write_bytes(slice_)
     (study / "README").write_text("not an image")
     (study / "notes.txt").write_bytes(slice_)  # a known other extension is not opened
+    os.mkfifo(study / "IM0002")  # opening a FIFO would block the listing
     found = sorted(path.name for path in list_images(tmp_path))
     assert found == ["1.2.840.113619.2.55.3.100", "IM0001", "scan.dcm"]
