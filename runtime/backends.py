@@ -127,7 +127,7 @@ def missing_library(name: str) -> str | None:
     """The first library that the provider ``name`` needs and the loader cannot find (``libnvinfer.so.10``), or
     None. Loading the provider's own library the way onnxruntime does gets the loader's answer, which onnxruntime
     would only write to its log; where the libraries are all there, the load stops at onnxruntime's own symbols."""
-    library = Path(ort.__file__).parent / "capi" / PROVIDER_LIBRARIES.get(name, "-")
+    library = Path(ort.__file__).parent / "capi" / PROVIDER_LIBRARIES[name]
     if not library.is_file():
         return None  # another platform's layout: the session itself will tell
     try:
