@@ -234,3 +234,48 @@ def test_a_shrunk_decode_still_turns_the_image_upright(big_radiograph):
     assert image.shape[:2] == (300, 250)  # 2000x2400 → 250x300, turned
     grey = decode_image(big_radiograph, color="grey", scale=4)
     assert grey.shape == (500, 600, 1)
+
+
+def reference_stain_centre(image: np.ndarray, min_pixels: int = 20) -> tuple[int, int]:
+    """The stain centre's definition, in plain numpy: the median row and column of the bluish, not-pale pixels."""
+    rgb = image.astype(np.int16)
+    ys, xs = np.nonzero((rgb[..., 2] - rgb[..., 1] > 50) & (rgb[..., 0] < 200))
+    if len(ys) < min_pixels:
+        return image.shape[0] // 2, image.shape[1] // 2
+    return int(np.median(ys)), int(np.median(xs))
+
+
+def test_stain_centre_is_exactly_its_numpy_definition_on_random_images():
+    from medclf.runtime.preprocess import stain_centre
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        height, width = rng.integers(1, 60, 2)
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        assert stain_centre(image, min_pixels=1) == reference_stain_centre(image, min_pixels=1)
+
+
+def test_stain_centre_is_exactly_its_numpy_definition_on_real_smears(blood_cells):
+    """The crop a trained blood-cell model saw must not move when the code that finds it gets faster."""
+    from medclf.runtime.preprocess import read_image, stain_centre
+
+    smears = sorted((blood_cells / "TEST").glob("*/*.jpeg"))[::5]
+    assert len(smears) > 400
+    for path in smears:
+        image = read_image(path)
+        assert stain_centre(image) == reference_stain_centre(image), path
+
+
+@pytest.mark.parametrize("interpolation", ["linear", "cubic", "nearest"])
+def test_resizing_rounds_half_to_even_and_clips_like_numpy(blood_cell_images, interpolation):
+    """Resizing works in float (to match TensorFlow's); its return to uint8 is exactly numpy's rint-and-clip,
+    including the overshoot of cubic filtering past 0 and 255 on sharp edges."""
+    from medclf.runtime.preprocess import read_image
+
+    spec = Preprocess(203, 97, interpolation=interpolation)
+    edges = np.zeros((40, 40, 3), np.uint8)
+    edges[::2] = 255  # stripes: cubic filtering rings below 0 and above 255 here
+    for image in [read_image(path) for path in blood_cell_images] + [edges]:
+        flags = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}[interpolation]
+        floats = cv2.resize(image.astype(np.float32), (97, 203), interpolation=flags)
+        assert np.array_equal(resize(image, spec), np.clip(np.rint(floats), 0, 255).astype(np.uint8))
