@@ -98,14 +98,17 @@ class Classifier:
         return probabilities, maps
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16,
-                 cam_dir: str | os.PathLike[str] | None = None, workers: int | None = None) -> Iterator[Prediction]:
-        """Classify files in order, batching the good ones, decoding ahead in ``workers`` threads while the model
-        runs; a bad file yields an error, the rest go on. ``cam_dir``: also write a heatmap overlay for each
-        called label there (models exported with ``--cam``)."""
+                 cam_dir: str | os.PathLike[str] | None = None, workers: int | None = None,
+                 processes: bool = False) -> Iterator[Prediction]:
+        """Classify files in order, batching the good ones, decoding ahead in ``workers`` threads (or processes)
+        while the model runs; a bad file yields an error, the rest go on. ``cam_dir``: also write a heatmap
+        overlay for each called label there (models exported with ``--cam``). ``processes``: decode in worker
+        processes, for long runs on many cores (:func:`.stream.use_processes` says when they pay)."""
         if cam_dir is not None:
             self.require_cam()
         batch: list[tuple[str, np.ndarray]] = []
-        for path, image, error in decoded(paths, self.card.preprocess, workers, ahead=2 * batch_size + 8):
+        for path, image, error in decoded(paths, self.card.preprocess, workers, ahead=2 * batch_size + 8,
+                                          processes=processes):
             if error is not None:
                 yield from self._flush(batch, top_k, cam_dir)
                 batch = []

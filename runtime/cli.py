@@ -19,6 +19,7 @@ from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import expand_inputs
 from .modelcard import ModelCardError
+from .stream import use_processes
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
         return _refuse(str(exc))
     top_k = min(args.top_k, len(classifier.labels))
     predictions = _with_progress(classifier.classify(paths, top_k=top_k, batch_size=args.batch_size,
-                                                     cam_dir=args.cam), len(paths))
+                                                     cam_dir=args.cam, processes=use_processes(len(paths))),
+                                 len(paths))
     results: list[Prediction] = []
     recorded = _recording(predictions, results) if args.csv_file is not None else predictions
     failed = _print_json(recorded) if args.as_json else _print_table(recorded)

@@ -1,0 +1,62 @@
+"""Decoding ahead of inference: threads or processes, the same images in the same order, bad files included."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from medclf.runtime import DEFAULT_MODEL, Classifier
+from medclf.runtime.stream import PROCESSES_FROM, decode_workers, decoded, use_processes
+
+
+@pytest.fixture(scope="module")
+def mixed_paths(blood_cells, tmp_path_factory) -> list[str]:
+    """Real smears with an empty file, a text file named .jpeg and a missing path among them."""
+    folder = tmp_path_factory.mktemp("mixed")
+    (folder / "empty.jpeg").write_bytes(b"")
+    (folder / "notes.jpeg").write_text("not an image")
+    smears = [str(p) for p in sorted((blood_cells / "TEST").glob("*/*.jpeg"))[::40]]
+    return smears[:10] + [str(folder / "empty.jpeg")] + smears[10:30] + [str(folder / "notes.jpeg"),
+                                                                         str(folder / "missing.jpeg")] + smears[30:]
+
+
+@pytest.fixture(scope="module")
+def preprocess():
+    return Classifier(DEFAULT_MODEL).card.preprocess
+
+
+def test_processes_decode_exactly_what_threads_decode_in_the_same_order(mixed_paths, preprocess):
+    by_threads = list(decoded(mixed_paths, preprocess, workers=2))
+    by_processes = list(decoded(mixed_paths, preprocess, workers=2, processes=True))
+    assert [(path, reason) for path, _, reason in by_processes] == [(path, reason) for path, _, reason in by_threads]
+    assert [reason for _, _, reason in by_processes if reason] == [
+        "empty file", "not a readable image (unknown format or corrupt data)", "No such file or directory"]
+    for (_, threaded, _), (_, forked, _) in zip(by_threads, by_processes):
+        assert (threaded is None and forked is None) or np.array_equal(threaded, forked)
+
+
+def test_an_endless_input_is_read_lazily_and_can_be_abandoned(mixed_paths, preprocess):
+    """A watch-folder feeding paths forever: results come while paths keep coming, and closing the stream
+    cancels the read-ahead rather than waiting on it."""
+    for processes in (False, True):
+        stream = decoded(itertools.cycle(mixed_paths), preprocess, workers=2, processes=processes)
+        first = [path for path, _, _ in itertools.islice(stream, len(mixed_paths) + 5)]
+        stream.close()
+        assert first == mixed_paths + mixed_paths[:5]
+
+
+def test_the_classifier_gives_the_same_answers_whichever_way_it_decodes(mixed_paths):
+    classifier = Classifier(DEFAULT_MODEL, streaming=True)
+    threaded = [p.to_dict() for p in classifier.classify(mixed_paths, batch_size=8)]
+    forked = [p.to_dict() for p in classifier.classify(mixed_paths, batch_size=8, processes=True)]
+    assert forked == threaded
+    assert sum("error" in p for p in forked) == 3
+
+
+def test_processes_are_for_long_runs_on_machines_with_cores_to_spare():
+    assert use_processes(PROCESSES_FROM, cpus=16) and use_processes(100_000, cpus=4)
+    assert not use_processes(PROCESSES_FROM - 1, cpus=16)  # their start-up would not pay off
+    assert not use_processes(100_000, cpus=2)  # two cores: inference needs them; threads keep up
+    assert 1 <= decode_workers() <= 4  # threads beyond 4 only queue for the GIL
