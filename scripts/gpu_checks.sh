@@ -39,7 +39,8 @@ EOF
 $PY -m pytest -p no:cacheprovider -v -rs tests/runtime/test_backends.py tests/runtime/test_tensorrt_engine.py \
     tests/runtime/test_classifier.py 2>&1 | tee "$OUT/tests.log"
 
-$PY -m pytest -p no:cacheprovider -rs benchmarks/test_gpu.py benchmarks/test_latency.py -k "not keras" \
+$PY -m pytest -p no:cacheprovider -rs benchmarks/test_gpu.py benchmarks/test_latency.py benchmarks/test_throughput.py \
+    -k "not keras and not folder and not inference_only" \
     --benchmark-only --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds 2>&1 \
     | tee "$OUT/bench.log"
 
