@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .cache import default_cache_dir
-from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCardError
+from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 
 BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")
 AUTO_ORDER = ("tensorrt", "ort-tensorrt", "cuda", "cpu")
@@ -31,6 +31,9 @@ PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 # TF32 off: with it (the CUDA EP's default on Ampere and later) FP32 probabilities moved by up to 1.2e-2 on an H200,
 # 100x the FP32 tolerance; without it 3e-6, at 10% of the batch-64 speed and none of batch 1's. FP16 is the fast path.
 CUDA_OPTIONS = {"use_tf32": "0"}
+# The TensorRT EP builds weakly typed networks, which keep an ONNX file's FP16 or INT8 (QDQ) layers at that
+# precision only where the builder flag allows it; an FP32 file gets neither, so TensorRT keeps it FP32.
+TENSORRT_PRECISION_OPTIONS = {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}, "int8": {"trt_int8_enable": "True"}}
 PROVIDER_LIBRARIES = {"cuda": "libonnxruntime_providers_cuda.so",
                       "ort-tensorrt": "libonnxruntime_providers_tensorrt.so"}
 GPU_HINT = "install onnxruntime-gpu (pip install 'medclf[gpu]') on a machine with an NVIDIA GPU"
@@ -90,7 +93,8 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool) -> Backend:
         _preload_gpu_libraries()
         if missing := missing_library(name):  # asked first: a failed TensorRT EP prints its error on stdout
             raise BackendUnavailable(f"{name}: onnxruntime cannot start {provider} (missing library {missing})")
-    session = _session(model, _providers(name), threads, spin)
+    precision = _precision(model) if name == "ort-tensorrt" else "fp32"
+    session = _session(model, _providers(name, precision), threads, spin)
     if session.get_providers()[0] != provider:
         raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} and would have run on the CPU "
                                  f"instead (onnxruntime's log says why)")
@@ -107,9 +111,19 @@ def _preload_gpu_libraries() -> None:
             ort.preload_dlls()
 
 
-def _providers(name: str) -> list:
+def _metadata(model: Path) -> dict[str, str]:
+    """The model card's fields, read before a GPU session or engine is made (a CPU session opens in ms)."""
+    return _session(model, [PROVIDERS["cpu"]], 1, spin=False).get_modelmeta().custom_metadata_map
+
+
+def _precision(model: Path, metadata: dict[str, str] | None = None) -> str:
+    return ModelCard.from_metadata(metadata or _metadata(model), str(model)).precision
+
+
+def _providers(name: str, precision: str = "fp32") -> list:
     """The provider list for ``name``, most wanted first. Under the TensorRT EP, what TensorRT cannot take runs
-    on CUDA, and its engines are cached on disk: without the cache each start rebuilds them (minutes)."""
+    on CUDA, its engines are cached on disk (without the cache each start rebuilds them: minutes), and the
+    file's ``precision`` is allowed (:data:`TENSORRT_PRECISION_OPTIONS`)."""
     cuda = (PROVIDERS["cuda"], CUDA_OPTIONS)
     if name == "cuda":
         return [cuda, PROVIDERS["cpu"]]
@@ -118,7 +132,8 @@ def _providers(name: str) -> list:
         cache.mkdir(parents=True, exist_ok=True)
         tensorrt = (PROVIDERS["ort-tensorrt"], {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
                                                   "trt_engine_cache_path": os.fspath(cache),
-                                                  "trt_timing_cache_path": os.fspath(cache)})
+                                                  "trt_timing_cache_path": os.fspath(cache)}
+                    | TENSORRT_PRECISION_OPTIONS[precision])
         return [tensorrt, cuda, PROVIDERS["cpu"]]
     return [PROVIDERS["cpu"]]
 
@@ -141,15 +156,13 @@ def missing_library(name: str) -> str | None:
 def _tensorrt(model: Path) -> Backend:
     """A native engine from the cache, built on first use for this GPU (that takes a while, once)."""
     from .gpu_libraries import TensorRTUnavailable, tensorrt
-    from .modelcard import ModelCard
 
     try:
         tensorrt()  # not installed: say so before any work (and before loading the engine module)
         from .tensorrt_engine import EngineCache, TensorRTEngine
 
-        metadata = _session(model, [PROVIDERS["cpu"]], 1, spin=False).get_modelmeta().custom_metadata_map
-        card = ModelCard.from_metadata(metadata, str(model))
-        engine = TensorRTEngine(EngineCache().engine_for(model, card.precision))
+        metadata = _metadata(model)
+        engine = TensorRTEngine(EngineCache().engine_for(model, _precision(model, metadata)))
     except (TensorRTUnavailable, ValueError) as exc:
         raise BackendUnavailable(f"tensorrt: {exc}") from None
 

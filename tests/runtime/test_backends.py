@@ -79,6 +79,19 @@ def test_the_cuda_provider_keeps_fp32_exact_and_the_tensorrt_provider_caches_its
     assert _providers("cpu") == ["CPUExecutionProvider"]
 
 
+def test_the_tensorrt_provider_allows_the_precision_the_file_was_exported_in(tmp_path, monkeypatch):
+    """TensorRT keeps an FP16 or INT8 (QDQ) file's layers at that precision only where its builder flag allows
+    it, and an FP32 file must not get FP16 kernels (FP32's tolerance is 1e-4)."""
+    from medclf.runtime import DEFAULT_MODEL
+    from medclf.runtime.backends import _precision, _providers
+
+    monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path))
+    flags = {precision: {key: value for key, value in _providers("ort-tensorrt", precision)[0][1].items()
+                         if key in ("trt_fp16_enable", "trt_int8_enable")} for precision in ("fp32", "fp16", "int8")}
+    assert flags == {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}, "int8": {"trt_int8_enable": "True"}}
+    assert _precision(DEFAULT_MODEL) == "fp32"  # read from the file's model card before any GPU session
+
+
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'npu'"):
         open_backend(DEFAULT_MODEL, "npu")
