@@ -27,10 +27,11 @@ def usable_cpus() -> int:
 
 
 def decode_workers(processes: bool = False) -> int:
-    """Decoding workers: processes, one per usable CPU; threads, at most 4, since more only queue for the GIL
-    (16-core host, 4,096 blood smears: 4 threads 2,200-2,800 images/s, 8 threads 1,600-2,700, 16 threads
-    1,250-2,700)."""
-    return max(1, usable_cpus() if processes else min(4, usable_cpus()))
+    """Decoding workers, one per usable CPU up to a limit. Threads: at most 4, since more only queue for the
+    GIL (16-core host, 4,096 blood smears: 4 threads 2,200-2,800 images/s, 8 threads 1,600-2,700, 16 threads
+    1,250-2,700). Processes: at most 16 (8 fed a GPU 6,600 images/s, 16 7,000: by then the caller, which
+    batches their results, is the bound)."""
+    return max(1, min(16 if processes else 4, usable_cpus()))
 
 
 PROCESSES_FROM = 1500  # images; see use_processes
@@ -95,6 +96,8 @@ def _decoding_context() -> multiprocessing.context.BaseContext:
     """Workers forked from a fresh server process that has imported the decoder once (~0.3 s), so each starts
     in milliseconds. Never forked from this process: OpenCV's thread pool does not survive fork() and can
     hang the child (opencv#5150), and this one may have used it."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: each worker starts afresh
+        return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return context
