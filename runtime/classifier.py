@@ -24,9 +24,9 @@ DEFAULT_MODEL = Path(__file__).parent / "models" / "blood_cells" / "model.onnx"
 def default_threads() -> int:
     """One intra-op thread per CPU this process may use.
 
-    Measured on the 2-core CPU here with the packaged MobileNetV2 (160 px), idle machine: 1 thread 5.0 ms per
-    image at batch 1 and 229 images/s at batch 32; 2 threads 2.6 ms and 396 images/s; onnxruntime's own
-    default (0) 3.1 ms. On a machine busy with other work, ``--threads 1`` can be the faster choice.
+    Measured on the 2-core CPU here with the packaged MobileNetV2 (128 px), idle machine: 1 thread 3.3 ms per
+    image at batch 1 and 391 images/s at batch 32; 2 threads 1.6 ms and 626 images/s (at 160 px: 5.0 / 2.6 ms,
+    229 / 396 images/s; onnxruntime's own default (0) 3.1 ms). On a machine busy with other work, ``--threads 1`` can be the faster choice.
     """
     return usable_cpus()
 

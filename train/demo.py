@@ -35,10 +35,11 @@ def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | Non
     from medclf.export.report import export_table
     from medclf.export.verify import VerificationError
 
-    console.rule("1/3 train: MobileNetV2 (ImageNet) at 160 px on the stained nucleus, blocks 13-16 fine-tuned")
     # The preset's recipe, shortened for a demo: 10 epochs, and only blocks 13-16 fine-tuned (half the time).
     recipe = dataclasses.replace(PRESETS["blood-cells"], freeze_until=None,
                                  fit=FitConfig(epochs=10, augment_views=1, wise=1.0))
+    console.rule(f"1/3 train: MobileNetV2 (ImageNet) at {recipe.image_size} px on the stained nucleus, "
+                 f"blocks 13-16 fine-tuned")
     result = train(data / "TRAIN", out / "run", recipe, limit_per_class=per_class)
     val = result.metrics["validation"]
     console.print(f"trained on {result.metrics['training']['train_images']} images in {result.seconds:.0f} s; "
