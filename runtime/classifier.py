@@ -26,7 +26,8 @@ def default_threads() -> int:
 
     Measured on the 2-core CPU here with the packaged MobileNetV2 (128 px), idle machine: 1 thread 3.3 ms per
     image at batch 1 and 391 images/s at batch 32; 2 threads 1.6 ms and 626 images/s (at 160 px: 5.0 / 2.6 ms,
-    229 / 396 images/s; onnxruntime's own default (0) 3.1 ms). On a machine busy with other work, ``--threads 1`` can be the faster choice.
+    229 / 396 images/s; onnxruntime's own default (0) 3.1 ms). On a machine busy with other work,
+    ``--threads 1`` can be the faster choice.
     """
     return usable_cpus()
 

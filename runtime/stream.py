@@ -7,17 +7,14 @@ back in input order, a bounded number in flight, so memory stays flat on a folde
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import signal
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
-from itertools import islice
+from concurrent.futures import Future, ThreadPoolExecutor
 
-import cv2
 import numpy as np
 
+from .decoding_processes import CHUNK, decoded_in_processes
 from .preprocess import ImageError, Preprocess, load_image
 
 
@@ -58,7 +55,7 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
     """
     workers = workers or decode_workers(processes)
     if processes:
-        yield from _decoded_in_processes(paths, preprocess, workers, max(ahead, 2 * workers * CHUNK))
+        yield from decoded_in_processes(paths, preprocess, workers, max(ahead, 2 * workers * CHUNK))
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medclf-decode")
     try:
@@ -71,58 +68,6 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
             yield _result(*pending.popleft())
     finally:
         pool.shutdown(cancel_futures=True)  # a caller that stops early does not wait for the read-ahead
-
-
-CHUNK = 8  # images per task sent to a decoding process: one message each way per chunk, not per image
-
-
-def _decoded_in_processes(paths: Iterable[str], preprocess: Preprocess, workers: int,
-                          ahead: int) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    pool = ProcessPoolExecutor(workers, mp_context=_decoding_context(), initializer=_start_decoding_process)
-    try:
-        pending: deque[tuple[list[str], Future]] = deque()
-        paths = iter(paths)
-        while chunk := list(islice(paths, CHUNK)):
-            pending.append((chunk, pool.submit(_load_chunk, chunk, preprocess)))
-            if len(pending) * CHUNK >= ahead:
-                yield from _chunk_results(*pending.popleft())
-        while pending:
-            yield from _chunk_results(*pending.popleft())
-    finally:
-        pool.shutdown(cancel_futures=True)
-
-
-def _decoding_context() -> multiprocessing.context.BaseContext:
-    """Workers forked from a fresh server process that has imported the decoder once (~0.3 s), so each starts
-    in milliseconds. Never forked from this process: OpenCV's thread pool does not survive fork() and can
-    hang the child (opencv#5150), and this one may have used it."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():  # Windows: each worker starts afresh
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
-
-
-def _start_decoding_process() -> None:
-    """Ctrl-C is the parent's to handle; OpenCV's own threads would only oversubscribe the cores."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)
-
-
-def _load_chunk(paths: list[str], preprocess: Preprocess) -> list[tuple[np.ndarray | None, str | None]]:
-    """In a decoding process: ``(image, None)`` or ``(None, reason)`` per path."""
-    results: list[tuple[np.ndarray | None, str | None]] = []
-    for path in paths:
-        try:
-            results.append((load_image(path, preprocess), None))
-        except ImageError as exc:
-            results.append((None, exc.reason))
-    return results
-
-
-def _chunk_results(chunk: list[str], future: Future) -> Iterator[tuple[str, np.ndarray | None, str | None]]:
-    for path, (image, reason) in zip(chunk, future.result()):
-        yield path, image, reason
 
 
 def _result(path: str, future: Future) -> tuple[str, np.ndarray | None, str | None]:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,6 +48,35 @@ def test_an_endless_input_is_read_lazily_and_can_be_abandoned(mixed_paths, prepr
         first = [path for path, _, _ in itertools.islice(stream, len(mixed_paths) + 5)]
         stream.close()
         assert first == mixed_paths + mixed_paths[:5]
+
+
+def decoding_processes() -> list[int]:
+    """PIDs of this test's decoding workers: children of the forkserver, itself a child of this process."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    servers = {pid for pid, parent in parents.items() if parent == os.getpid()}
+    return [pid for pid, parent in parents.items() if parent in servers]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
+def test_a_decoding_process_killed_mid_run_costs_no_image(mixed_paths, preprocess):
+    """As the kernel's out-of-memory killer would: the pool is replaced, the chunks in flight are decoded
+    again, and every image still comes back, in order."""
+    paths = mixed_paths * 8
+    stream = decoded(paths, preprocess, workers=2, processes=True)
+    results = [next(stream) for _ in range(3)]
+    workers = decoding_processes()
+    assert workers, "no decoding process found"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    results += list(stream)
+    assert [path for path, _, _ in results] == paths
+    assert [reason for _, _, reason in results] == [reason for _, _, reason in decoded(paths, preprocess, 2)]
 
 
 def test_the_classifier_gives_the_same_answers_whichever_way_it_decodes(mixed_paths):
