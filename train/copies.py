@@ -18,7 +18,6 @@ and compares images a block at a time, so it stays within memory on large grey d
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -27,6 +26,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from medclf.runtime.preprocess import ImageError, Preprocess, decode_image, jpeg_scale, read_bytes
+from medclf.runtime.stream import decode_workers
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
     """A group id per file: files of one class whose colour signatures are within ``distance`` (directly or
     through a chain of such files) share one. Unreadable files get groups of their own. With ``most``, gives up
     (None) as soon as a group holds more files than that: look-alikes chained together, not copies."""
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
+    with ThreadPoolExecutor(decode_workers()) as pool:  # as many threads as decoding gains from (GIL)
         signatures = list(pool.map(colour_signature, paths))
     groups = np.arange(len(paths))
     next_id = 0

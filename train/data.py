@@ -12,7 +12,6 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,8 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
-from medclf.runtime.preprocess import ImageError, Preprocess, load_image
+from medclf.runtime.preprocess import Preprocess
+from medclf.runtime.stream import decoded
 
 log = logging.getLogger(__name__)
 
@@ -272,14 +272,13 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
             return saved["images"], kept.labels, kept
     images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
     readable, errors = np.zeros(len(folder), bool), []
-    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # OpenCV releases the GIL while decoding
-        decoded = pool.map(lambda path: _try_load(path, preprocess), folder.paths)
-        for i, image in enumerate(track(decoded, f"decoding {len(folder)} images", total=len(folder),
-                                        transient=True, console=Console(stderr=True))):
-            if isinstance(image, str):
-                errors.append(image)
-            else:
-                images[i], readable[i] = image, True
+    stream = decoded(folder.paths, preprocess, workers)  # the runtime's own decoding threads, reading ahead
+    for i, (path, image, reason) in enumerate(track(stream, f"decoding {len(folder)} images", total=len(folder),
+                                                    transient=True, console=Console(stderr=True))):
+        if reason is not None:
+            errors.append(f"{path}: {reason}")
+        else:
+            images[i], readable[i] = image, True
     _say_skipped(errors)
     indices = np.flatnonzero(readable)
     if len(indices) == 0:
@@ -318,14 +317,6 @@ def _say_skipped(errors: Iterable[str]) -> None:
     """One stderr line per unusable file ("PATH: reason"), whether it was just decoded or found so before."""
     for error in errors:
         print(f"skipping {error}", file=sys.stderr)
-
-
-def _try_load(path: str, preprocess: Preprocess) -> np.ndarray | str:
-    """The image, or why it cannot be used ("PATH: reason")."""
-    try:
-        return load_image(path, preprocess)
-    except ImageError as exc:
-        return str(exc)
 
 
 def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None) -> Path | None:
