@@ -29,7 +29,9 @@ Decoded = tuple[str, np.ndarray | None, str | None]  # (path, image, None) or (p
 
 
 def decoded_in_processes(paths: Iterable[str], preprocess: Preprocess, workers: int, ahead: int) -> Iterator[Decoded]:
-    """``(path, image, None)`` or ``(path, None, reason)`` per path, in order, up to ``ahead`` images ahead."""
+    """``(path, image, None)`` or ``(path, None, reason)`` per path, in order, up to ``ahead`` images ahead
+    (at least two chunks per worker, so that none waits)."""
+    ahead = max(ahead, 2 * workers * CHUNK)
     pool = DecodingProcesses(workers)
     try:
         pending: deque[tuple[list[str], Future]] = deque()

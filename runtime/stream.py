@@ -14,7 +14,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
-from .decoding_processes import CHUNK, decoded_in_processes
 from .preprocess import ImageError, Preprocess, load_image
 
 
@@ -55,7 +54,9 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
     """
     workers = workers or decode_workers(processes)
     if processes:
-        yield from decoded_in_processes(paths, preprocess, workers, max(ahead, 2 * workers * CHUNK))
+        from .decoding_processes import decoded_in_processes  # here: multiprocessing costs a one-shot run 30 ms
+
+        yield from decoded_in_processes(paths, preprocess, workers, ahead)
         return
     pool = ThreadPoolExecutor(workers, thread_name_prefix="medclf-decode")
     try:
