@@ -98,7 +98,7 @@ class Classifier:
         probabilities, maps = self.backend.run([OUTPUT_NAME, CAM_NAME], images)
         return probabilities, maps
 
-    def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 16,
+    def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32,
                  cam_dir: str | os.PathLike[str] | None = None, workers: int | None = None,
                  processes: bool = False) -> Iterator[Prediction]:
         """Classify files in order, batching the good ones, decoding ahead in ``workers`` threads (or processes)
