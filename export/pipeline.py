@@ -24,14 +24,14 @@ from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import CAM_NAME, ModelCard
-from medclf.runtime.preprocess import ImageError, load_image
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .fp16 import to_fp16
 from .int8 import ImageCalibrationReader, to_int8
+from .labelled_images import load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
-from .speed import cpu_speed
+from .speed import speed
 from .triton import write_model
 from .verify import TOLERANCES, Comparison, VerificationError, compare, keras_probabilities, onnx_probabilities
 
@@ -112,7 +112,7 @@ def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: 
     """The comparison with Keras, the file's size, and its CPU speed (measured even for a file that fails: what
     a precision would have bought is part of the decision)."""
     comparison = compare(reference, onnx_probabilities(str(candidate), images), tolerance, labels)
-    return {"size_bytes": candidate.stat().st_size, **comparison.to_dict(), **cpu_speed(candidate, images)}
+    return {"size_bytes": candidate.stat().st_size, **comparison.to_dict(), **speed(candidate, images)}
 
 
 def failed_files(report: dict) -> list[tuple[str, list[str]]]:
@@ -221,13 +221,13 @@ def _search_set(model: keras.Model, model_path: Path, card: ModelCard, data: str
     judges, so the choice is not fitted to its judge. With too few left, the verification images themselves
     (the report says so)."""
     paths, names = _all_images(model_path.parent, data, "val", "--verify-data")
-    verified = set(_spread(len(paths), most))  # the picks verification_set makes from the same list
+    verified = set(spread(len(paths), most))  # the picks verification_set makes from the same list
     rest = [i for i in range(len(paths)) if i not in verified]
     searched_on = f"{min(len(rest), most)} held-out images not used for verification"
     if len(rest) < MIN_SEARCH_IMAGES:
         rest, searched_on = range(len(paths)), "the verification images (too few others held out)"
-    pick = [rest[i] for i in _spread(len(rest), most)]
-    images, labels = _load([paths[i] for i in pick], [names[i] for i in pick], card)
+    pick = [rest[i] for i in spread(len(rest), most)]
+    images, labels = load_labelled([paths[i] for i in pick], [names[i] for i in pick], card)
     return images, keras_probabilities(model, images), labels, searched_on
 
 
@@ -240,7 +240,7 @@ def verification_set(model_path: Path, card: ModelCard, data: str | os.PathLike[
                      max_images: int = MAX_VERIFY_IMAGES) -> tuple[np.ndarray, np.ndarray | None]:
     """The real images every export is checked on, decoded by the runtime: the run's held-out validation split
     or ``data``, evenly spread, at most ``max_images``; with label indices when known."""
-    return _load(*_images(model_path.parent, data, "val", "--verify-data", max_images), card)
+    return load_labelled(*_images(model_path.parent, data, "val", "--verify-data", max_images), card)
 
 
 def model_card(model_path: Path, cam: bool = False) -> ModelCard:
@@ -256,7 +256,7 @@ def _images(run_dir: Path, data: str | os.PathLike[str] | None, split: str, opti
             most: int) -> tuple[list[str], list[str]]:
     """At most ``most`` of :func:`_all_images`, evenly spread, with their class names."""
     paths, names = _all_images(run_dir, data, split, option)
-    pick = _spread(len(paths), most)
+    pick = spread(len(paths), most)
     return [paths[i] for i in pick], [names[i] for i in pick]
 
 
@@ -277,28 +277,6 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
     if not paths:
         raise FileNotFoundError(f"no images in {data or run_dir / 'splits.json'}")
     return paths, names
-
-
-def _spread(count: int, most: int) -> np.ndarray:
-    """Indices of at most ``most`` items evenly spread over ``count`` (lists are sorted by class, so this keeps
-    every class in proportion)."""
-    return np.unique(np.linspace(0, count - 1, min(most, count)).astype(int))
-
-
-def _load(paths: list[str], names: list[str], card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decoded images, and their label indices when every file's class is one of the model's labels."""
-    images, kept = [], []
-    for i, path in enumerate(paths):
-        try:
-            images.append(load_image(path, card.preprocess))
-            kept.append(i)
-        except ImageError:
-            continue
-    if not images:
-        raise FileNotFoundError("none of the verification images could be read")
-    kept_names = [names[i] for i in kept]
-    labelled = all(name in card.labels for name in kept_names)
-    return np.stack(images), np.array([card.labels.index(n) for n in kept_names]) if labelled else None
 
 
 def _describe(run_dir: Path, data: str | os.PathLike[str] | None) -> str:

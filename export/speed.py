@@ -1,4 +1,5 @@
-"""How fast an exported file runs on this machine's CPU, through the runtime that will serve it.
+"""How fast an exported file runs on this machine — its CPU, or a GPU backend — through the runtime that will
+serve it.
 
 Medians of a few timed runs after a warm-up: latency at batch 1 (one image, as ``medclf-run image.jpg`` sees it)
 and throughput at batch 32 (folders). Model maths only — decoding is the runtime benchmarks' business.
@@ -21,24 +22,33 @@ from statistics import median
 import numpy as np
 
 BATCH = 32
+BACKEND_UNAVAILABLE = 3  # the timing process's exit status when the backend cannot start here
 
 
-def cpu_speed(model_path: str | os.PathLike[str], images: np.ndarray, repeats: int = 10) -> dict[str, float]:
-    """``{"latency_ms_batch1": ..., "images_per_s_batch32": ...}`` for real preprocessed ``images``."""
+def speed(model_path: str | os.PathLike[str], images: np.ndarray, backend: str = "cpu",
+          repeats: int = 10) -> dict[str, float]:
+    """``{"latency_ms_batch1": ..., "images_per_s_batch32": ...}`` for real preprocessed ``images`` on
+    ``backend`` (one of :data:`medclf.runtime.BACKENDS`); a backend that cannot start is a RuntimeError saying
+    why."""
     with tempfile.TemporaryDirectory() as tmp:
         batch = Path(tmp) / "images.npy"
         np.save(batch, np.resize(images, (BATCH, *images.shape[1:])))
         done = subprocess.run([sys.executable, "-m", "medclf.export.speed", os.fspath(model_path), str(batch),
-                               str(repeats)], capture_output=True, text=True, timeout=600)
+                               str(repeats), backend], capture_output=True, text=True, timeout=600)
+    last_line = " ".join(done.stderr.strip().splitlines()[-1:])
+    if done.returncode == BACKEND_UNAVAILABLE:
+        from medclf.runtime.backends import BackendUnavailable
+
+        raise BackendUnavailable(last_line)
     if done.returncode != 0:
-        raise RuntimeError(f"timing {model_path} failed: {done.stderr.strip().splitlines()[-1:]}")
+        raise RuntimeError(f"timing {model_path} failed: {last_line}")
     return json.loads(done.stdout)
 
 
-def measure(model_path: str, images: np.ndarray, repeats: int) -> dict[str, float]:
+def measure(model_path: str, images: np.ndarray, repeats: int, backend: str = "cpu") -> dict[str, float]:
     from medclf.runtime.classifier import Classifier
 
-    classifier = Classifier(model_path)
+    classifier = Classifier(model_path, backend=backend)
     latency = median_seconds(lambda: classifier.predict(images[:1]), repeats)
     per_batch = median_seconds(lambda: classifier.predict(images), max(3, repeats // 3))
     return {"latency_ms_batch1": round(latency * 1e3, 3), "images_per_s_batch32": round(len(images) / per_batch, 1)}
@@ -55,4 +65,10 @@ def median_seconds(run, repeats: int) -> float:
 
 
 if __name__ == "__main__":
-    print(json.dumps(measure(sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3]))))
+    from medclf.runtime.backends import BackendUnavailable
+
+    try:
+        print(json.dumps(measure(sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
+    except BackendUnavailable as exc:
+        print(exc, file=sys.stderr)
+        sys.exit(BACKEND_UNAVAILABLE)

@@ -296,20 +296,33 @@ def _parse_profile(text: str):
 
 @app.command()
 def benchmark(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
-    data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split.")] = None,
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train, or an exported .onnx file.")],
+    data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split (required for an .onnx file).")] = None,
     precision: Annotated[str, typer.Option(help="Comma-separated ONNX precisions to compare with Keras.")] = "fp32,fp16,int8",
     images: Annotated[int, typer.Option(min=1, help="At most this many images, evenly spread.")] = 256,
     json_out: Annotated[Path, typer.Option("--json-out", dir_okay=False, help="Where the JSON goes.")] = Path("benchmark.json"),
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: training images to calibrate on; default: the run's training split.")] = None,
+    backend: Annotated[str, typer.Option(help="An .onnx file's timing backend: cpu, cuda, ort-tensorrt, tensorrt or auto.")] = "cpu",
 ) -> None:
     """Every format of MODEL side by side — Keras and each ONNX precision — with size, accuracy, ms per image and
-    images/s on this machine."""
-    from medclf.export.benchmark import benchmark_model
+    images/s on this machine; or one exported .onnx file alone, without TensorFlow, on the backend chosen."""
     from medclf.export.report import benchmark_table
+    from medclf.runtime import BACKENDS
 
-    result = _library_call(lambda: benchmark_model(model, data, _parse_precisions(precision), images, json_out,
-                                                   calibration))
+    if backend not in BACKENDS:
+        raise typer.BadParameter(f"{backend!r}: choose one of {', '.join(BACKENDS)}", param_hint="--backend")
+    if model.suffix == ".onnx":
+        from medclf.export.onnx_benchmark import benchmark_onnx
+
+        result = _library_call(lambda: benchmark_onnx(model, data, images, json_out, backend))
+    elif backend != "cpu":
+        raise typer.BadParameter("Keras models are compared on the CPU; give an exported .onnx file for a GPU "
+                                 "backend", param_hint="--backend")
+    else:
+        from medclf.export.benchmark import benchmark_model
+
+        result = _library_call(lambda: benchmark_model(model, data, _parse_precisions(precision), images, json_out,
+                                                       calibration))
     console.print(benchmark_table(result))
     console.print(f"written: {json_out}")
 
@@ -357,11 +370,11 @@ def _parse_naming(text: str | None):
 
 def _library_call(call):
     """Run a library call; known failures become one red line and exit status 1, not a traceback."""
-    from medclf.runtime import ImageError, ModelCardError
+    from medclf.runtime import BackendUnavailable, ImageError, ModelCardError
     from medclf.runtime.tensorrt_engine import TensorRTUnavailable
 
     known: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, ImageError, ModelCardError,
-                                          TensorRTUnavailable)
+                                          TensorRTUnavailable, BackendUnavailable)
     try:
         from medclf.export.verify import VerificationError
         known += (VerificationError,)

@@ -1,11 +1,16 @@
-"""``medclf benchmark``: Keras and every ONNX precision of one model, side by side, as a table and JSON."""
+"""``medclf benchmark``: Keras and every ONNX precision of one model, side by side, as a table and JSON; or one
+exported ONNX file alone, on the machine and backend that serve it."""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import onnxruntime as ort
 from typer.testing import CliRunner
 
+from medclf.runtime import DEFAULT_MODEL
 from medclf.train.cli import app
 
 
@@ -23,3 +28,36 @@ def test_benchmark_compares_keras_with_each_exported_precision(run_dir, tmp_path
         assert row["ms_per_image"] > 0 and row["images_per_s"] > 0
         assert row["format"] in result.output
     assert not list(tmp_path.glob("*.onnx"))  # the exported files were only for measuring
+
+
+def medclf(*args: str) -> subprocess.CompletedProcess:
+    """``medclf ARGS`` in a fresh process that then says whether TensorFlow was loaded."""
+    code = ("import sys\nfrom medclf.train.cli import app\ntry:\n    app(sys.argv[1:])\nexcept SystemExit as e:\n"
+            "    print('exit', e.code, 'tensorflow' in sys.modules)")
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_an_exported_file_is_benchmarked_alone_without_tensorflow(blood_cells, tmp_path):
+    """On the machine that serves it, where only the runtime may be installed: accuracy on labelled images
+    called as medclf-run calls them, latency and throughput, no Keras model needed."""
+    out = tmp_path / "bench.json"
+    done = medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--images", "64",
+                  "--json-out", str(out))
+    assert done.stdout.strip().endswith("exit 0 False"), done.stdout + done.stderr  # and no TensorFlow
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["format"] == "ONNX fp32" and result["images"] == 64 and result["backend"] == "cpu"
+    assert row["accuracy"] > 0.7 and row["ms_per_image"] > 0 and row["images_per_s"] > 0
+    assert "ONNX fp32" in done.stdout
+
+
+def test_an_exported_file_needs_labelled_images_and_a_backend_that_starts(blood_cells, tmp_path):
+    no_data = medclf("benchmark", str(DEFAULT_MODEL), "--json-out", str(tmp_path / "b.json"))
+    assert no_data.stdout.strip().endswith("exit 1 False") and "pass --data" in no_data.stdout + no_data.stderr
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        no_gpu = medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--images", "8",
+                        "--backend", "cuda", "--json-out", str(tmp_path / "b.json"))
+        output = no_gpu.stdout + no_gpu.stderr
+        assert no_gpu.stdout.strip().endswith("exit 1 False") and "cuda: this onnxruntime has no" in output
+        assert "Traceback" not in output
+    assert not (tmp_path / "b.json").exists()
