@@ -3,7 +3,7 @@
 # FP16 vs the CPU at batch 1 and 64, the host-to-device copy and decoding timed alone) and medclf-run's backend
 # choice, one-shot and over a folder. Needs onnxruntime-gpu (and TensorRT, where NVIDIA's index is reachable).
 # Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] bash scripts/gpu_checks.sh
-# Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log.
+# Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log, benchmark-{cuda,cpu}.json.
 # medclf must be importable from the repository root (pip install --no-deps -e .). On a bare GPU machine without
 # pip access, copying runtime/ export/ train/ into medclf/ does the same for these checks (how the H200 ran them).
 set -uo pipefail
@@ -54,5 +54,10 @@ TIMEFORMAT="wall %R s"
     for backend in auto cuda cpu; do
         echo "== medclf-run --backend $backend --json FOLDER ($(ls "$IMAGES"/*/*.jpeg | wc -l) images)"
         time $PY -m medclf.runtime.cli --backend "$backend" --json "$IMAGES" | tail -1  # auto: says which
+    done
+    for backend in cuda cpu; do  # the packaged file alone, as a GPU user would measure it (no TensorFlow)
+        echo "== medclf benchmark MODEL.onnx --backend $backend"
+        $PY -m medclf.train.cli benchmark runtime/models/blood_cells/model.onnx --data "$IMAGES" \
+            --backend "$backend" --json-out "$OUT/benchmark-$backend.json"
     done
 } 2>&1 | tee "$OUT/cli.log"
