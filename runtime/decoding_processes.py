@@ -4,7 +4,10 @@ Threads share one GIL, which each image's decoding takes and gives back some twe
 Paths go to the workers in chunks (one message each way per chunk, not per image) and results come back in
 input order. A worker that dies — a decoder crash, or the kernel's out-of-memory killer on a huge image — would
 break a ``ProcessPoolExecutor`` for good; here the pool is replaced and the chunks that were in flight are
-decoded again one file per process, so the run goes on and only a file that kills its decoder is reported.
+decoded again one file at a time in a process of their own, so the run goes on and only a file that kills its
+decoder is reported. One case is beyond this: a worker killed from outside while it sends its results can leave
+half a message in the pipe the pool shares, and CPython's executor then waits for the rest for ever (its
+results are ~0.6 MB a chunk; the kernel's out-of-memory killer picks the far larger parent first).
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class DecodingProcesses:
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self.pool = _start(workers)
+        self.single: ProcessPoolExecutor | None = None  # one file at a time, after a worker died
 
     def submit(self, chunk: list[str], preprocess: Preprocess) -> Future:
         try:
@@ -64,21 +68,25 @@ class DecodingProcesses:
     def results(self, chunk: list[str], future: Future, preprocess: Preprocess) -> Iterator[Decoded]:
         try:
             pairs = future.result()
-        except BrokenProcessPool:  # this chunk was in flight when a worker died: one file per process
-            pairs = [_load_alone(path, preprocess) for path in chunk]
+        except BrokenProcessPool:  # this chunk was in flight when a worker died
+            pairs = [self._alone(path, preprocess) for path in chunk]
         for path, (image, reason) in zip(chunk, pairs):
             yield path, image, reason
 
-    def shutdown(self) -> None:
-        self.pool.shutdown(cancel_futures=True)  # a caller that stops early does not wait for the read-ahead
-
-
-def _load_alone(path: str, preprocess: Preprocess) -> tuple[np.ndarray | None, str | None]:
-    with _start(1) as single:
+    def _alone(self, path: str, preprocess: Preprocess) -> tuple[np.ndarray | None, str | None]:
+        """One file in a process that decodes nothing else meanwhile: if it dies, this file killed it."""
+        self.single = self.single or _start(1)
         try:
-            return single.submit(_load_chunk, [path], preprocess).result()[0]
+            return self.single.submit(_load_chunk, [path], preprocess).result()[0]
         except BrokenProcessPool:
+            self.single.shutdown(wait=False)
+            self.single = None
             return None, KILLED
+
+    def shutdown(self) -> None:
+        for pool in (self.pool, self.single):
+            if pool is not None:
+                pool.shutdown(cancel_futures=True)  # a caller that stops early does not wait for the read-ahead
 
 
 def _start(workers: int) -> ProcessPoolExecutor:

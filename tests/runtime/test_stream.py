@@ -5,12 +5,15 @@ from __future__ import annotations
 import itertools
 import os
 import signal
+import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier
+from medclf.runtime.decoding_processes import CHUNK
 from medclf.runtime.stream import PROCESSES_FROM, decode_workers, decoded, use_processes
 
 
@@ -63,17 +66,28 @@ def decoding_processes() -> list[int]:
     return [pid for pid, parent in parents.items() if parent in servers]
 
 
+@pytest.fixture(scope="module")
+def slow_image(tmp_path_factory) -> str:
+    """A real 8000x8000 PNG (64 megapixels, under the bomb limit) that takes a decoder about a second."""
+    ramp = np.linspace(0, 255, 8000, dtype=np.float32)
+    path = tmp_path_factory.mktemp("slow") / "slow.png"
+    cv2.imwrite(str(path), np.repeat((np.add.outer(ramp, ramp) / 2).astype(np.uint8)[:, :, None], 3, axis=2))
+    return str(path)
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
-def test_a_decoding_process_killed_mid_run_costs_no_image(mixed_paths, preprocess):
-    """As the kernel's out-of-memory killer would: the pool is replaced, the chunks in flight are decoded
-    again, and every image still comes back, in order."""
-    paths = mixed_paths * 8
-    stream = decoded(paths, preprocess, workers=2, processes=True)
-    results = [next(stream) for _ in range(3)]
-    workers = decoding_processes()
-    assert workers, "no decoding process found"
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
+def test_a_decoding_process_that_dies_mid_run_costs_no_image(mixed_paths, preprocess, slow_image):
+    """As a decoder crash or the kernel's out-of-memory killer would: the worker dies while decoding (the slow
+    image); the pool is replaced, the chunks in flight are decoded again one file per process, and every image
+    still comes back, in order. (Killed while sending its results instead, a worker can leave half a message in
+    the pipe the pool shares, and CPython's ProcessPoolExecutor then waits for the rest for ever: so the test
+    kills it while it decodes.)"""
+    paths = mixed_paths[:CHUNK] + [slow_image] + mixed_paths[CHUNK:]
+    stream = decoded(paths, preprocess, workers=1, processes=True)
+    results = [next(stream)]  # the first chunk is in: the worker has gone on to the slow image
+    time.sleep(0.2)
+    (worker,) = decoding_processes()
+    os.kill(worker, signal.SIGKILL)
     results += list(stream)
     assert [path for path, _, _ in results] == paths
     assert [reason for _, _, reason in results] == [reason for _, _, reason in decoded(paths, preprocess, 2)]
