@@ -15,6 +15,7 @@ from rich.table import Table
 from sklearn.metrics import accuracy_score, recall_score
 
 from medclf.runtime import Classifier
+from medclf.runtime.stream import use_processes
 
 from .data import read_folder
 from .fit import FitConfig
@@ -63,7 +64,8 @@ def _score_test(model: Path, test: Path, console: Console) -> dict:
     folder = read_folder(test, classifier.labels)
     index = {label: i for i, label in enumerate(classifier.labels)}
     start = time.perf_counter()
-    predicted = [index.get(p.label, -1) for p in classifier.classify(folder.paths, batch_size=32)]  # -1: failed
+    predictions = classifier.classify(folder.paths, batch_size=32, processes=use_processes(len(folder)))
+    predicted = [index.get(p.label, -1) for p in predictions]  # -1: failed
     seconds = time.perf_counter() - start
     recalls = recall_score(folder.labels, predicted, labels=list(index.values()), average=None, zero_division=0)
     table = Table("class", "images", "recall")
