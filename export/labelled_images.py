@@ -5,10 +5,20 @@ Kept free of TensorFlow, so that ``medclf benchmark MODEL.onnx`` runs where only
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 
+from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
 from medclf.runtime.preprocess import ImageError, load_image
+
+
+def folder_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """The images under ``folder`` with their class names: the folder each file sits in."""
+    paths = [str(p) for p in list_images(folder)]
+    return paths, [Path(p).parent.name for p in paths]
 
 
 def spread(count: int, most: int) -> np.ndarray:

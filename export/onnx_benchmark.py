@@ -13,9 +13,8 @@ from pathlib import Path
 from medclf.runtime.atomic import write_json
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import decide
-from medclf.runtime.inputs import list_images
 
-from .labelled_images import load_labelled, spread
+from .labelled_images import folder_images, load_labelled, spread
 from .speed import BATCH, speed
 
 
@@ -28,12 +27,11 @@ def benchmark_onnx(model_path: str | os.PathLike[str], data: str | os.PathLike[s
         raise FileNotFoundError(f"{model_path}: an ONNX file carries no validation split; pass --data with "
                                 f"labelled images (one folder per class)")
     classifier = Classifier(model_path)  # the CPU, for the calls; timing runs in a fresh process on `backend`
-    paths = [str(p) for p in list_images(data)]
+    paths, names = folder_images(data)
     if not paths:
         raise FileNotFoundError(f"no images in {data}")
     pick = spread(len(paths), max_images)
-    images, labels = load_labelled([paths[i] for i in pick], [Path(paths[i]).parent.name for i in pick],
-                                   classifier.card)
+    images, labels = load_labelled([paths[i] for i in pick], [names[i] for i in pick], classifier.card)
     called = decide(classifier.predict(images, batch_size=BATCH), classifier.labels, classifier.card.decision)
     timing = speed(model_path, images, backend=backend)
     row = {"format": f"ONNX {classifier.card.precision}" + ("" if backend == "cpu" else f" ({backend})"),

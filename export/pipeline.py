@@ -22,13 +22,12 @@ import onnx
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
-from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .fp16 import to_fp16
 from .int8 import ImageCalibrationReader, to_int8
-from .labelled_images import load_labelled, spread
+from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
 from .speed import speed
@@ -265,8 +264,7 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
     """Images with their class names: those under ``data`` (the class is the folder a file sits in), or the
     run's recorded ``split`` ("val" to verify on, "train" to calibrate on)."""
     if data is not None:
-        paths = [str(p) for p in list_images(data)]
-        names = [Path(p).parent.name for p in paths]
+        paths, names = folder_images(data)
     else:
         run = RunDir(run_dir)
         try:

@@ -28,8 +28,8 @@ BACKEND_UNAVAILABLE = 3  # the timing process's exit status when the backend can
 def speed(model_path: str | os.PathLike[str], images: np.ndarray, backend: str = "cpu",
           repeats: int = 10) -> dict[str, float]:
     """``{"latency_ms_batch1": ..., "images_per_s_batch32": ...}`` for real preprocessed ``images`` on
-    ``backend`` (one of :data:`medclf.runtime.BACKENDS`); a backend that cannot start is a RuntimeError saying
-    why."""
+    ``backend`` (one of :data:`medclf.runtime.BACKENDS`); a backend that cannot start here raises
+    :class:`~medclf.runtime.BackendUnavailable` saying why."""
     with tempfile.TemporaryDirectory() as tmp:
         batch = Path(tmp) / "images.npy"
         np.save(batch, np.resize(images, (BATCH, *images.shape[1:])))
