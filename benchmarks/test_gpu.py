@@ -14,9 +14,10 @@ import onnxruntime as ort
 import pytest
 
 from medclf.runtime import Classifier
+from medclf.runtime.backends import gpu_ready
 
-pytestmark = pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
-                                reason="onnxruntime-gpu with CUDA is not installed here (GPU machines only)")
+pytestmark = pytest.mark.skipif(not gpu_ready("cuda"), reason="onnxruntime-gpu with CUDA's libraries is not "
+                                                                "installed here (GPU machines only)")
 BIG = 64
 
 

@@ -81,6 +81,15 @@ def gpu_listed() -> bool:
     return any(PROVIDERS[name] in ort.get_available_providers() for name in ("cuda", "ort-tensorrt"))
 
 
+def gpu_ready(name: str = "cuda") -> bool:
+    """Whether onnxruntime here can start the GPU provider ``name`` ("cuda" or "ort-tensorrt"): listed, and
+    its libraries load. Asked without making a session."""
+    if PROVIDERS[name] not in ort.get_available_providers():
+        return False
+    _preload_gpu_libraries()
+    return missing_library(name) is None
+
+
 def _open(model: Path, name: str, threads: int, spin: bool) -> Backend:
     return _tensorrt(model) if name == "tensorrt" else _onnxruntime(model, name, threads, spin)
 
