@@ -2,23 +2,24 @@
 
 Threads share one GIL, which each image's decoding takes and gives back some twenty times; processes do not.
 Paths go to the workers in chunks (one message each way per chunk, not per image) and results come back in
-input order. A worker that dies — a decoder crash, or the kernel's out-of-memory killer on a huge image — would
-break a ``ProcessPoolExecutor`` for good; here the pool is replaced and the chunks that were in flight are
-decoded again one file at a time in a process of their own, so the run goes on and only a file that kills its
-decoder is reported. One case is beyond this: a worker killed from outside while it sends its results can leave
-half a message in the pipe the pool shares, and CPython's executor then waits for the rest for ever (its
-results are ~0.6 MB a chunk; the kernel's out-of-memory killer picks the far larger parent first).
+input order. Each worker has pipes of its own rather than a queue shared by all: a worker that dies — a decoder
+crash, or the kernel's out-of-memory killer on a huge image — at any moment, even halfway through sending its
+results, only closes its own pipe. The parent reads end-of-file there, knows which chunks that worker held,
+starts another, and decodes the chunk it was on again one file at a time in a process of its own: the run goes
+on, and only a file that kills its decoder (twice) is reported. (CPython's ``ProcessPoolExecutor``, used here before,
+shares one result pipe: a worker killed mid-send left half a message in it and the executor waited for ever.)
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import signal
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from itertools import islice
+from multiprocessing.connection import Connection, wait
 
 import cv2
 import numpy as np
@@ -29,68 +30,127 @@ CHUNK = 8  # images per task
 KILLED = "its decoding process died on it (a decoder crash, or out of memory)"
 
 Decoded = tuple[str, np.ndarray | None, str | None]  # (path, image, None) or (path, None, reason)
+Result = tuple[np.ndarray | None, str | None]  # (image, None) or (None, reason)
+Task = tuple[int, list[str]]  # (chunk number, paths)
 
 
 def decoded_in_processes(paths: Iterable[str], preprocess: Preprocess, workers: int, ahead: int) -> Iterator[Decoded]:
     """``(path, image, None)`` or ``(path, None, reason)`` per path, in order, up to ``ahead`` images ahead
     (at least two chunks per worker, so that none waits)."""
-    ahead = max(ahead, 2 * workers * CHUNK)
-    pool = DecodingProcesses(workers)
+    ahead_chunks = max(ahead // CHUNK, 2 * workers)
+    pool = DecodingProcesses(workers, preprocess)
     try:
-        pending: deque[tuple[list[str], Future]] = deque()
+        pending: deque[Task] = deque()
         paths = iter(paths)
-        while chunk := list(islice(paths, CHUNK)):
-            pending.append((chunk, pool.submit(chunk, preprocess)))
-            if len(pending) * CHUNK >= ahead:
-                yield from pool.results(*pending.popleft(), preprocess)
+        chunks = iter(lambda: list(islice(paths, CHUNK)), [])  # until a chunk comes back empty
+        for number, chunk in enumerate(chunks):
+            pool.submit((number, chunk))
+            pending.append((number, chunk))
+            if len(pending) >= ahead_chunks:
+                yield from _paired(*pending.popleft(), pool)
         while pending:
-            yield from pool.results(*pending.popleft(), preprocess)
+            yield from _paired(*pending.popleft(), pool)
     finally:
         pool.shutdown()
 
 
+def _paired(number: int, chunk: list[str], pool: DecodingProcesses) -> Iterator[Decoded]:
+    for path, (image, reason) in zip(chunk, pool.result(number)):
+        yield path, image, reason
+
+
 class DecodingProcesses:
-    """A pool of decoding processes that outlives one of them dying (see the module's docstring)."""
+    """Decoding processes, each fed chunks through its own pipes, that outlive any one of them dying."""
 
-    def __init__(self, workers: int) -> None:
-        self.workers = workers
-        self.pool = _start(workers)
-        self.single: ProcessPoolExecutor | None = None  # one file at a time, after a worker died
+    def __init__(self, workers: int, preprocess: Preprocess) -> None:
+        self.preprocess = preprocess
+        self.workers = [_Worker(preprocess) for _ in range(workers)]
+        self.done: dict[int, list[Result]] = {}  # results received, by chunk number
+        self.isolation: _Worker | None = None  # decodes one file at a time, after a worker died
 
-    def submit(self, chunk: list[str], preprocess: Preprocess) -> Future:
+    def submit(self, task: Task) -> None:
+        worker = min(self.workers, key=lambda w: len(w.held))
         try:
-            return self.pool.submit(_load_chunk, chunk, preprocess)
-        except BrokenProcessPool:  # a worker died since the last submission
-            self.pool.shutdown(wait=False, cancel_futures=True)
-            self.pool = _start(self.workers)
-            return self.pool.submit(_load_chunk, chunk, preprocess)
+            worker.send(task)
+        except OSError:  # it has died since it last answered
+            self._lost(worker)
+            self.submit(task)
 
-    def results(self, chunk: list[str], future: Future, preprocess: Preprocess) -> Iterator[Decoded]:
-        try:
-            pairs = future.result()
-        except BrokenProcessPool:  # this chunk was in flight when a worker died
-            pairs = [self._alone(path, preprocess) for path in chunk]
-        for path, (image, reason) in zip(chunk, pairs):
-            yield path, image, reason
+    def result(self, number: int) -> list[Result]:
+        """The results of chunk ``number``, waiting for whichever worker holds it (and for the others meanwhile)."""
+        while number not in self.done:
+            busy = {worker.results: worker for worker in self.workers if worker.held}
+            for connection in wait(list(busy)):
+                worker = busy[connection]
+                if worker not in self.workers:  # found dead and replaced meanwhile (sending it another chunk)
+                    continue
+                try:
+                    received, results = connection.recv()
+                except (EOFError, OSError):  # it died, perhaps halfway through a message: that pipe is its alone
+                    self._lost(worker)
+                    continue
+                worker.held.popleft()
+                self.done[received] = results
+        return self.done.pop(number)
 
-    def _alone(self, path: str, preprocess: Preprocess) -> tuple[np.ndarray | None, str | None]:
-        """One file in a process that decodes nothing else meanwhile: if it dies, this file killed it."""
-        self.single = self.single or _start(1)
-        try:
-            return self.single.submit(_load_chunk, [path], preprocess).result()[0]
-        except BrokenProcessPool:
-            self.single.shutdown(wait=False)
-            self.single = None
-            return None, KILLED
+    def _lost(self, worker: _Worker) -> None:
+        """Replace a dead worker; decode the chunk it was on again one file per process, and send on the rest."""
+        self.workers.remove(worker)
+        worker.stop()
+        self.workers.append(_Worker(self.preprocess))
+        if worker.held:
+            number, paths = worker.held.popleft()
+            self.done[number] = [self._alone(path) for path in paths]
+        for task in worker.held:
+            self.submit(task)
+
+    def _alone(self, path: str) -> Result:
+        """One file in a process that decodes nothing else meanwhile. Twice: a process killed from outside by
+        chance (or found dead before it started) is not this file's doing, but a file that kills its decoder
+        twice is reported."""
+        for _ in range(2):
+            if self.isolation is None or not self.isolation.process.is_alive():
+                self.isolation = _Worker(self.preprocess)
+            try:
+                self.isolation.send((-1, [path]))
+                (result,) = self.isolation.results.recv()[1]
+                self.isolation.held.popleft()
+                return result
+            except (EOFError, OSError):
+                self.isolation.stop()
+                self.isolation = None
+        return None, KILLED
 
     def shutdown(self) -> None:
-        for pool in (self.pool, self.single):
-            if pool is not None:
-                pool.shutdown(cancel_futures=True)  # a caller that stops early does not wait for the read-ahead
+        """Stop every worker now: a caller that stops early does not wait for the read-ahead."""
+        for worker in self.workers + [self.isolation] * (self.isolation is not None):
+            worker.stop()
 
 
-def _start(workers: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(workers, mp_context=_context(), initializer=_start_worker)
+class _Worker:
+    """One decoding process and the parent's ends of its two pipes (the parent keeps no copy of the child's
+    ends, so when the process dies its result pipe reads end-of-file)."""
+
+    def __init__(self, preprocess: Preprocess) -> None:
+        context = _context()
+        tasks_end, self.tasks = context.Pipe(duplex=False)
+        self.results, results_end = context.Pipe(duplex=False)
+        self.process = context.Process(target=_serve, args=(tasks_end, results_end, preprocess), daemon=True,
+                                       name="medclf-decode")
+        self.process.start()
+        tasks_end.close()
+        results_end.close()
+        self.held: deque[Task] = deque()  # sent and not yet answered, in the order it answers them
+
+    def send(self, task: Task) -> None:
+        self.tasks.send(task)
+        self.held.append(task)
+
+    def stop(self) -> None:
+        self.process.terminate()  # it only reads files: nothing of the user's to lose
+        self.process.join()
+        self.tasks.close()
+        self.results.close()
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -104,18 +164,32 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _start_worker() -> None:
-    """Ctrl-C is the parent's to handle; OpenCV's own threads would only oversubscribe the cores."""
+def _serve(tasks: Connection, results: Connection, preprocess: Preprocess) -> None:
+    """A decoding process: chunks in, results out, until the parent closes its end. Results go out from a
+    thread of their own, so that decoding the next chunk does not wait for the parent to read the last.
+    Ctrl-C is the parent's to handle; OpenCV's own threads would only oversubscribe the cores."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
+    outbox: queue.SimpleQueue = queue.SimpleQueue()
+    threading.Thread(target=_send_all, args=(outbox, results), daemon=True).start()
+    try:
+        while True:
+            number, paths = tasks.recv()
+            outbox.put((number, [_load(path, preprocess) for path in paths]))
+    except (EOFError, OSError):  # the parent has gone or stopped listening
+        pass
 
 
-def _load_chunk(paths: list[str], preprocess: Preprocess) -> list[tuple[np.ndarray | None, str | None]]:
-    """In a decoding process: ``(image, None)`` or ``(None, reason)`` per path."""
-    results: list[tuple[np.ndarray | None, str | None]] = []
-    for path in paths:
-        try:
-            results.append((load_image(path, preprocess), None))
-        except ImageError as exc:
-            results.append((None, exc.reason))
-    return results
+def _send_all(outbox: queue.SimpleQueue, results: Connection) -> None:
+    try:
+        while True:
+            results.send(outbox.get())
+    except OSError:  # the parent stopped reading
+        pass
+
+
+def _load(path: str, preprocess: Preprocess) -> Result:
+    try:
+        return load_image(path, preprocess), None
+    except ImageError as exc:
+        return None, exc.reason

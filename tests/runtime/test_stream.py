@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
@@ -13,7 +16,7 @@ import numpy as np
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier
-from medclf.runtime.decoding_processes import CHUNK
+from medclf.runtime.decoding_processes import CHUNK, Decoded
 from medclf.runtime.stream import PROCESSES_FROM, decode_workers, decoded, use_processes
 
 
@@ -75,22 +78,81 @@ def slow_image(tmp_path_factory) -> str:
     return str(path)
 
 
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
-def test_a_decoding_process_that_dies_mid_run_costs_no_image(mixed_paths, preprocess, slow_image):
-    """As a decoder crash or the kernel's out-of-memory killer would: the worker dies while decoding (the slow
-    image); the pool is replaced, the chunks in flight are decoded again one file per process, and every image
-    still comes back, in order. (Killed while sending its results instead, a worker can leave half a message in
-    the pipe the pool shares, and CPython's ProcessPoolExecutor then waits for the rest for ever: so the test
-    kills it while it decodes.)"""
+LINUX_PROC = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the workers through /proc (Linux)")
+
+
+def within(seconds: float, stream: Iterator[Decoded], between: Callable[[int], None] = lambda i: None) -> list:
+    """Everything ``stream`` yields, calling ``between(i)`` after the i-th item; a stream that hangs fails the
+    test after ``seconds`` instead of stalling the suite."""
+    results: list = []
+
+    def drain() -> None:
+        for item in stream:
+            results.append(item)
+            between(len(results))
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    reader.join(seconds)
+    assert not reader.is_alive(), f"the stream hung after {len(results)} items"
+    return results
+
+
+def assert_same_images(got: list[Decoded], expected: list[Decoded]) -> None:
+    assert [(path, reason) for path, _, reason in got] == [(path, reason) for path, _, reason in expected]
+    assert all((a is None and b is None) or np.array_equal(a, b) for (_, a, _), (_, b, _) in zip(got, expected))
+
+
+@LINUX_PROC
+def test_a_decoding_process_that_dies_while_decoding_costs_no_image(mixed_paths, preprocess, slow_image):
+    """As a decoder crash or the kernel's out-of-memory killer would: the worker dies on the slow image; another
+    takes its place, its chunk is decoded again one file per process, and every image still comes back, in
+    order."""
     paths = mixed_paths[:CHUNK] + [slow_image] + mixed_paths[CHUNK:]
     stream = decoded(paths, preprocess, workers=1, processes=True)
-    results = [next(stream)]  # the first chunk is in: the worker has gone on to the slow image
-    time.sleep(0.2)
-    (worker,) = decoding_processes()
-    os.kill(worker, signal.SIGKILL)
-    results += list(stream)
-    assert [path for path, _, _ in results] == paths
-    assert [reason for _, _, reason in results] == [reason for _, _, reason in decoded(paths, preprocess, 2)]
+    first = next(stream)  # the first chunk is in: the worker has gone on to the slow image
+
+    def kill_once(i: int) -> None:
+        if i == 1:
+            time.sleep(0.2)
+            (worker,) = decoding_processes()
+            os.kill(worker, signal.SIGKILL)
+
+    results = [first] + within(60, stream, kill_once)
+    assert_same_images(results, list(decoded(paths, preprocess, 2)))
+
+
+@LINUX_PROC
+def test_a_decoding_process_killed_halfway_through_sending_its_results_costs_no_image(mixed_paths, preprocess):
+    """A chunk of decoded smears (~400 kB) is more than a pipe holds, so while the reader is busy elsewhere each
+    worker waits halfway through sending one. Killed there, it leaves half a message: only in its own pipe,
+    which the parent then reads as the end of that worker (CPython's ProcessPoolExecutor, which shares one pipe
+    among its workers, waited for the rest of such a message for ever)."""
+    stream = decoded(mixed_paths * 3, preprocess, workers=2, processes=True)
+
+    def kill_all_once(i: int) -> None:
+        if i == 1:
+            time.sleep(0.5)  # every worker has a chunk decoded and is blocked sending it
+            for worker in decoding_processes():
+                os.kill(worker, signal.SIGKILL)
+
+    assert_same_images(within(60, stream, kill_all_once), list(decoded(mixed_paths * 3, preprocess, 2)))
+
+
+@LINUX_PROC
+def test_workers_killed_again_and_again_at_any_moment_cost_no_image(mixed_paths, preprocess):
+    paths = mixed_paths * 6
+    killed = []
+
+    def kill_a_worker_every_few_images(i: int) -> None:
+        if i % 7 == 0 and (workers := decoding_processes()):
+            killed.append(random.Random(i).choice(workers))
+            os.kill(killed[-1], signal.SIGKILL)
+            time.sleep(0.005)
+
+    results = within(120, decoded(paths, preprocess, workers=2, processes=True), kill_a_worker_every_few_images)
+    assert_same_images(results, list(decoded(paths, preprocess, 2)))
+    assert len(set(killed)) > 20
 
 
 def test_the_classifier_gives_the_same_answers_whichever_way_it_decodes(mixed_paths):
