@@ -29,6 +29,9 @@ def simplify(model: onnx.ModelProto, images: np.ndarray) -> tuple[onnx.ModelProt
     return (simplified if kept else model), record
 
 
-def _outputs(model: onnx.ModelProto, images: np.ndarray) -> list[np.ndarray]:
+def _outputs(model: onnx.ModelProto, images: np.ndarray, batch: int = 32) -> list[np.ndarray]:
+    """Every output for ``images``, computed ``batch`` at a time: all 256 verification images at once held
+    11 GB of activations for the 224-px two-backbone chest model."""
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run(None, {INPUT_NAME: images})
+    batches = [session.run(None, {INPUT_NAME: images[i:i + batch]}) for i in range(0, len(images), batch)]
+    return [np.concatenate(output) for output in zip(*batches)]
