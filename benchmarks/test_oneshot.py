@@ -31,7 +31,7 @@ def run(*args: str) -> None:
 
 
 def test_oneshot_medclf_run(benchmark, image_paths):
-    benchmark.pedantic(run, args=("-m", "medclf.runtime.cli", "--json", image_paths[0]), rounds=5, warmup_rounds=1)
+    benchmark.pedantic(run, args=("-m", "medclf.runtime.cli", image_paths[0]), rounds=5, warmup_rounds=1)
 
 
 def test_oneshot_floor(benchmark, classifier):

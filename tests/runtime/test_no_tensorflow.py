@@ -33,9 +33,12 @@ def test_medclf_run_starts_without_typer_pydantic_or_multiprocessing():
 
 
 @pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
-def test_a_medclf_run_call_loads_no_tensorflow(blood_cell_images):
+@pytest.mark.parametrize("output", [[], ["--json"]], ids=["table", "json"])
+def test_a_one_image_medclf_run_loads_no_tensorflow_nor_what_long_runs_need(blood_cell_images, output):
+    """Neither multiprocessing nor rich (0.04 s; it draws the progress bar of long runs, the table is plain)."""
     code = ("from medclf.runtime.cli import main\n"
-            f"try:\n    main([{str(blood_cell_images[0])!r}, '--json'])\nexcept SystemExit:\n    pass")
+            f"try:\n    main([{str(blood_cell_images[0])!r}, *{output!r}])\nexcept SystemExit:\n    pass")
     loaded = modules_loaded_by(code)
     assert "cv2" in loaded
     assert not loaded & set(HEAVY)
+    assert not loaded & {"rich", "multiprocessing"}
