@@ -74,7 +74,7 @@ class DecodingProcesses:
             worker.send(task)
         except OSError:  # it has died since it last answered
             self._lost(worker)
-            self.submit(task)
+            self.workers[-1].send(task)  # to its replacement; one that cannot take it either is the caller's error
 
     def result(self, number: int) -> list[Result]:
         """The results of chunk ``number``, waiting for whichever worker holds it (and for the others meanwhile)."""
