@@ -21,23 +21,32 @@ from onnxruntime.quantization import CalibrationDataReader
 
 def correct_biases(model: onnx.ModelProto, reader: CalibrationDataReader, skip: set[str]) -> onnx.ModelProto:
     """A copy of the float ``model`` in which every convolution not named in ``skip`` (those staying float)
-    has its bias corrected for its weights' int8 rounding, with input means measured on ``reader``'s images."""
+    has its bias corrected for its weights' int8 rounding, with input means measured on ``reader``'s images.
+    Each corrected bias is a new initializer of its own (another node may share the old one, which goes only
+    once nothing reads it); a convolution without a bias gets one."""
     corrected = onnx.ModelProto()
     corrected.CopyFrom(model)
     weights = {init.name: init for init in corrected.graph.initializer}
-    convs = [node for node in corrected.graph.node
-             if node.op_type == "Conv" and node.name not in skip and node.input[1] in weights]
+    convs = [node for node in corrected.graph.node if node.op_type == "Conv" and node.name not in skip
+             and node.input[1] in weights and (_bias(node) in weights or not _bias(node))]
     means = input_means(model, [node.input[0] for node in convs], reader)
-    for node in convs:
+    replaced = set()
+    for number, node in enumerate(convs):
         weight = numpy_helper.to_array(weights[node.input[1]])
         shift = mean_error(weight, int8_weights(weight), means[node.input[0]], _group(node))
-        if len(node.input) < 3:  # no bias yet: add one
-            node.input.append(f"{node.name}.corrected_bias")
-            bias = np.zeros(len(weight), np.float32)
+        old = _bias(node)
+        bias = numpy_helper.to_array(weights[old]) if old else np.zeros(len(weight), np.float32)
+        name = f"medclf_corrected_bias_{number}"
+        corrected.graph.initializer.append(numpy_helper.from_array((bias - shift).astype(np.float32), name))
+        if old:
+            node.input[2] = name
+            replaced.add(old)
         else:
-            bias = numpy_helper.to_array(weights[node.input[2]])
-            corrected.graph.initializer.remove(weights[node.input[2]])
-        corrected.graph.initializer.append(numpy_helper.from_array((bias - shift).astype(np.float32), node.input[2]))
+            del node.input[2:]
+            node.input.append(name)
+    still_read = {name for node in corrected.graph.node for name in node.input}
+    for name in replaced - still_read:
+        corrected.graph.initializer.remove(weights[name])
     return corrected
 
 
@@ -79,6 +88,11 @@ def input_means(model: onnx.ModelProto, tensors: list[str], reader: CalibrationD
         count += len(values[0])
     reader.rewind()
     return {name: total / count for name, total in zip(names, sums)}
+
+
+def _bias(node: onnx.NodeProto) -> str:
+    """The name of a convolution's bias input; "" when it has none."""
+    return node.input[2] if len(node.input) > 2 else ""
 
 
 def _group(node: onnx.NodeProto) -> int:

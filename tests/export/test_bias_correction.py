@@ -65,6 +65,24 @@ def test_the_corrected_bias_gives_int8_weights_the_float_outputs_mean():
     np.testing.assert_allclose(corrected_mean, float_mean, atol=1e-5)
 
 
+def test_a_bias_two_convolutions_share_is_corrected_for_each_and_the_old_one_goes():
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(0, 0.3, (3, 4, 3, 3)).astype(np.float32) for _ in range(2)]
+    nodes = [helper.make_node("Conv", ["x", f"w{i}", "b"], [f"y{i}"], name=f"conv{i}") for i in range(2)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, None) for i in range(2)],
+                              [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
+                              + [numpy_helper.from_array(np.full(3, 0.5, np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    reader = ArrayReader([np.broadcast_to(rng.uniform(0, 6, (8, 4, 1, 1)), (8, 4, 6, 6)).astype(np.float32)])
+    corrected = correct_biases(model, reader, skip=set())
+    assert "b" not in {init.name for init in corrected.graph.initializer}
+    assert len({node.input[2] for node in corrected.graph.node}) == 2
+    for output in ("y0", "y1"):
+        np.testing.assert_allclose(input_means(with_int8_weights(corrected), [output], reader)[output],
+                                   input_means(model, [output], reader)[output], atol=1e-5)
+
+
 def test_convolutions_that_stay_float_keep_their_bias(exported):
     model = onnx.load(exported[1]["precisions"]["fp32"]["file"])
     first = next(node for node in model.graph.node if node.op_type == "Conv")
@@ -73,9 +91,12 @@ def test_convolutions_that_stay_float_keep_their_bias(exported):
     corrected = correct_biases(model, reader, skip={first.name})
     biases = {init.name: numpy_helper.to_array(init) for init in corrected.graph.initializer}
     original = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    pairs = [(before, after) for before, after in zip(model.graph.node, corrected.graph.node)
+             if before.op_type == "Conv"]
+    assert pairs[0][1].input[2] == first.input[2]
     assert np.array_equal(biases[first.input[2]], original[first.input[2]])
-    changed = [node for node in model.graph.node if node.op_type == "Conv" and len(node.input) > 2
-               and not np.array_equal(biases[node.input[2]], original[node.input[2]])]
+    changed = [after for before, after in pairs[1:]
+               if not np.array_equal(biases[after.input[2]], original[before.input[2]])]
     assert len(changed) > 10
 
 
