@@ -120,6 +120,7 @@ def test_int8_keeps_more_leading_convolutions_float_until_it_clears_the_toleranc
         assert len(tries) == len(INT8_FLOAT_STEPS)
         assert entry["float_convs"] == max(tries, key=lambda t: (t["passed"], t["agreement"]))["float_convs"]
     assert "images" in entry["searched_on"]
+    assert entry["method"]["bias_correction"] and entry["method"]["calibration_images"] > 0
 
 
 def test_a_search_step_clears_int8s_tolerance_only_by_a_standard_error_of_the_search():
