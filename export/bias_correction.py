@@ -19,17 +19,16 @@ from onnxruntime import InferenceSession
 from onnxruntime.quantization import CalibrationDataReader
 
 
-def correct_biases(model: onnx.ModelProto, reader: CalibrationDataReader, skip: set[str]) -> onnx.ModelProto:
+def correct_biases(model: onnx.ModelProto, means: dict[str, np.ndarray], skip: set[str]) -> onnx.ModelProto:
     """A copy of the float ``model`` in which every convolution not named in ``skip`` (those staying float)
-    has its bias corrected for its weights' int8 rounding, with input means measured on ``reader``'s images.
-    Each corrected bias is a new initializer of its own (another node may share the old one, which goes only
-    once nothing reads it); a convolution without a bias gets one."""
+    has its bias corrected for its weights' int8 rounding, given its input's channel ``means``
+    (:func:`conv_input_means`). Each corrected bias is a new initializer of its own (another node may share
+    the old one, which goes only once nothing reads it); a convolution without a bias gets one."""
     corrected = onnx.ModelProto()
     corrected.CopyFrom(model)
     weights = {init.name: init for init in corrected.graph.initializer}
     convs = [node for node in corrected.graph.node if node.op_type == "Conv" and node.name not in skip
              and node.input[1] in weights and (_bias(node) in weights or not _bias(node))]
-    means = input_means(model, [node.input[0] for node in convs], reader)
     replaced = set()
     for number, node in enumerate(convs):
         weight = numpy_helper.to_array(weights[node.input[1]])
@@ -48,6 +47,12 @@ def correct_biases(model: onnx.ModelProto, reader: CalibrationDataReader, skip: 
     for name in replaced - still_read:
         corrected.graph.initializer.remove(weights[name])
     return corrected
+
+
+def conv_input_means(model: onnx.ModelProto, reader: CalibrationDataReader) -> dict[str, np.ndarray]:
+    """The channel means of every convolution's input over ``reader``'s images: what :func:`correct_biases`
+    needs, whichever convolutions it is then told to skip."""
+    return input_means(model, [node.input[0] for node in model.graph.node if node.op_type == "Conv"], reader)
 
 
 def int8_weights(weight: np.ndarray) -> np.ndarray:

@@ -26,7 +26,7 @@ from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .fp16 import to_fp16
-from .int8 import ImageCalibrationReader, to_int8
+from .int8 import ImageCalibrationReader, Int8Quantizer
 from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
@@ -68,7 +68,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if "int8" in precisions:
         search = _search_set(model, model_path, card, verify_data, max_images)
         paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
-        calibration = ImageCalibrationReader(paths, card.preprocess)
+        calibration = Int8Quantizer(ImageCalibrationReader(paths, card.preprocess))
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
               "verified_on": f"{len(images)} real images ({_describe(model_path.parent, verify_data)})",
               "cpu": this_cpu(), "precisions": {}}
@@ -167,7 +167,7 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in PRECISIONS if p == "fp32" or p in precisions)
 
 
-def _derive(precision: str, fp32: Path, card: ModelCard, calibration: ImageCalibrationReader | None = None,
+def _derive(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None = None,
             for_tensorrt: bool = False, float_convs: int = 1) -> Path:
     """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card. INT8 is
     calibrated on ``calibration``; ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built
@@ -178,13 +178,13 @@ def _derive(precision: str, fp32: Path, card: ModelCard, calibration: ImageCalib
     if precision == "fp16":
         proto = to_fp16(onnx.load(str(fp32)))
     else:  # verified on this CPU: the runtime warns when a CPU without int8 dot products serves it
-        proto = to_int8(fp32, calibration, for_tensorrt, float_convs)
+        proto = calibration.quantize(fp32, for_tensorrt, float_convs)
         card = dataclasses.replace(card, metrics=card.metrics | {VERIFIED_ON: this_cpu()})
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
 
 
-def _int8(fp32: Path, card: ModelCard, calibration: ImageCalibrationReader,
+def _int8(fp32: Path, card: ModelCard, calibration: Int8Quantizer,
           search: tuple[np.ndarray, np.ndarray, np.ndarray | None, str]) -> tuple[Path, dict]:
     """The INT8 candidate with the fewest leading convolutions kept float (``INT8_FLOAT_STEPS``) that clears
     INT8's tolerance on the search images with a margin (:func:`_clears`) — or, if none does, the one that agreed
@@ -203,14 +203,7 @@ def _int8(fp32: Path, card: ModelCard, calibration: ImageCalibrationReader,
             break
     chosen = tries[-1] if tries[-1]["cleared"] else max(tries, key=lambda t: (t["passed"], t["agreement"]))
     return files[chosen["float_convs"]], {"float_convs": chosen["float_convs"], "search": tries,
-                                          "searched_on": searched_on, "method": int8_method(calibration)}
-
-
-def int8_method(calibration: ImageCalibrationReader) -> dict:
-    """How the INT8 file was made, for whoever audits the report (see :mod:`.int8`)."""
-    return {"format": "QDQ (onnxruntime quantize_static)", "weights": "int8, symmetric, per output channel",
-            "activations": "uint8 with zero point, MinMax over the calibration images",
-            "bias_correction": True, "calibration_images": len(calibration.paths)}
+                                          "searched_on": searched_on, "method": calibration.method()}
 
 
 def _clears(comparison: Comparison) -> bool:

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
-from medclf.export.bias_correction import correct_biases, input_means, int8_weights
+from medclf.export.bias_correction import conv_input_means, correct_biases, input_means, int8_weights
 from medclf.export.int8 import ImageCalibrationReader, to_int8
 from medclf.runtime import Classifier
 
@@ -55,7 +55,7 @@ def test_the_corrected_bias_gives_int8_weights_the_float_outputs_mean():
     reader = ArrayReader([np.broadcast_to(rng.uniform(0, 6, (8, 4, 1, 1)), (8, 4, 6, 6)).astype(np.float32)
                           for _ in range(3)])
     model = grouped_conv_without_bias(weight)
-    corrected = correct_biases(model, reader, skip=set())
+    corrected = correct_biases(model, conv_input_means(model, reader), skip=set())
     (conv,) = corrected.graph.node
     assert len(conv.input) == 3
     float_mean = input_means(model, ["y"], reader)["y"]
@@ -75,7 +75,7 @@ def test_a_bias_two_convolutions_share_is_corrected_for_each_and_the_old_one_goe
                               + [numpy_helper.from_array(np.full(3, 0.5, np.float32), "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     reader = ArrayReader([np.broadcast_to(rng.uniform(0, 6, (8, 4, 1, 1)), (8, 4, 6, 6)).astype(np.float32)])
-    corrected = correct_biases(model, reader, skip=set())
+    corrected = correct_biases(model, conv_input_means(model, reader), skip=set())
     assert "b" not in {init.name for init in corrected.graph.initializer}
     assert len({node.input[2] for node in corrected.graph.node}) == 2
     for output in ("y0", "y1"):
@@ -88,7 +88,7 @@ def test_convolutions_that_stay_float_keep_their_bias(exported):
     first = next(node for node in model.graph.node if node.op_type == "Conv")
     card = Classifier(exported[1]["precisions"]["fp32"]["file"]).card
     reader = ArrayReader([np.zeros((2, *card.preprocess.shape), np.uint8)], "image")
-    corrected = correct_biases(model, reader, skip={first.name})
+    corrected = correct_biases(model, conv_input_means(model, reader), skip={first.name})
     biases = {init.name: numpy_helper.to_array(init) for init in corrected.graph.initializer}
     original = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     pairs = [(before, after) for before, after in zip(model.graph.node, corrected.graph.node)

@@ -10,7 +10,7 @@ import pytest
 from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
-from medclf.export.int8 import ImageCalibrationReader, to_int8
+from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.pipeline import INT8_FLOAT_STEPS, _clears, _derive
 from medclf.export.verify import TOLERANCES, Comparison
 from medclf.runtime import Classifier, load_image
@@ -80,7 +80,7 @@ def test_an_int8_file_carries_the_cpu_it_was_made_and_verified_on(exported, bloo
     shutil.copy(exported[1]["precisions"]["fp32"]["file"], fp32)
     card = Classifier(fp32).card
     paths = sorted(str(p) for p in (blood_cells / "TRAIN" / "LYMPHOCYTE").iterdir())[:8]
-    int8 = Classifier(_derive("int8", fp32, card, ImageCalibrationReader(paths, card.preprocess))).card
+    int8 = Classifier(_derive("int8", fp32, card, Int8Quantizer(ImageCalibrationReader(paths, card.preprocess)))).card
     assert int8.precision == "int8" and int8.metrics[VERIFIED_ON] == this_cpu()
     assert VERIFIED_ON not in card.metrics  # the FP32 file's maths do not depend on the CPU's int8 instructions
 
