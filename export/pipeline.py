@@ -87,12 +87,14 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
                 break  # the other precisions derive from a file that is already wrong
+        int8 = report["precisions"].get("int8", {"passed": False})
+        if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
+            candidates["int8 for tensorrt"] = _derive("int8", fp32, card, calibration, True, int8["float_convs"])
         for precision, entry in report["precisions"].items():  # publish only once everything is measured
             if entry["passed"]:
                 os.replace(candidates[precision], entry["file"])
                 if engine is not None:
-                    source = Path(entry["file"]) if precision != "int8" else \
-                        _derive("int8", fp32, card, calibration, True, entry["float_convs"])
+                    source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
                     entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
                                                 reference, images, labels)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
