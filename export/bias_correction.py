@@ -84,15 +84,17 @@ def input_means(model: onnx.ModelProto, tensors: list[str], reader: CalibrationD
     probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
                              for name in names if name not in outputs)
     session = InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    # float64 sums: in float32 the means depended on the batch size enough to move the chest model's INT8
+    # search (one step 100% → 99.6% agreement at 4 images a batch instead of 8)
     sums, count = [0.0] * len(names), 0
     reader.rewind()
     while (batch := reader.get_next()) is not None:
         values = session.run(names, batch)
-        sums = [total + value.sum(axis=(0, *range(2, value.ndim))) / np.prod(value.shape[2:])
+        sums = [total + value.sum(axis=(0, *range(2, value.ndim)), dtype=np.float64) / np.prod(value.shape[2:])
                 for total, value in zip(sums, values)]
         count += len(values[0])
     reader.rewind()
-    return {name: total / count for name, total in zip(names, sums)}
+    return {name: (total / count).astype(np.float32) for name, total in zip(names, sums)}
 
 
 def _bias(node: onnx.NodeProto) -> str:

@@ -50,9 +50,14 @@ class ImageCalibrationReader(CalibrationDataReader):
     """Feeds ``{"image": uint8 batch}`` dictionaries of real images to a calibrator; unreadable files are skipped.
 
     The first full pass decodes the files; after :meth:`rewind` the same batches are replayed from memory, so
-    one reader serves every quantization of an export (INT8's search steps, its TensorRT flavour)."""
+    one reader serves every quantization of an export (INT8's search steps, its TensorRT flavour).
 
-    def __init__(self, paths: Sequence[str | os.PathLike[str]], preprocess: Preprocess, batch_size: int = 32):
+    Small batches: onnxruntime's calibration session runs the graph unoptimised with every tensor feeding a
+    ReduceMin/ReduceMax, so a batch's whole set of activations is live at once. The 224-px chest model (two
+    backbones) exported fp32+fp16+int8 in 153 s with a 6.8 GB peak at 32 images a batch, 78 s and 3.5 GB at 8
+    (4: 87 s, 3.3 GB); the ranges (a min and max over all images) and the files are the same."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]], preprocess: Preprocess, batch_size: int = 8):
         self.paths, self.preprocess, self.batch_size = list(paths), preprocess, batch_size
         self._batches: Iterator[dict[str, np.ndarray]] | None = None
         self._decoded: list[dict[str, np.ndarray]] | None = None  # every batch, once a pass has finished
