@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,25 @@ def test_bad_options_are_refused_before_any_work_with_exit_2(option, reason, blo
     done = run(*option, str(blood_cell_images[0]))
     assert done.returncode == 2 and done.stdout == ""
     assert reason in done.stderr.splitlines()[-1]
+
+
+@pytest.mark.parametrize("output", [[], ["--json"]], ids=["table", "json"])
+def test_a_reader_that_stops_reading_ends_the_run_quietly_with_status_141(output, blood_cell_images):
+    """``medclf-run DIR --json | head -1``: the shell's SIGPIPE status, no traceback."""
+    process = subprocess.Popen([sys.executable, "-m", "medclf.runtime.cli", *output, *map(str, blood_cell_images)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process.stdout.close()  # before the run (0.2 s of start-up) has written anything
+    stderr = process.communicate(timeout=120)[1]
+    assert process.returncode == 141, stderr
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr
+
+
+def test_the_command_flushes_every_result_before_it_exits(tmp_path, blood_cell_images):
+    """``medclf-run`` skips the interpreter's teardown; what it printed and wrote must all be there."""
+    csv_file = tmp_path / "out.csv"
+    buffered = {name: value for name, value in os.environ.items() if name != "PYTHONUNBUFFERED"}
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--csv", str(csv_file),  # the table
+                           *map(str, blood_cell_images * 3)], capture_output=True, text=True, timeout=120, env=buffered)
+    assert done.returncode == 0, done.stderr
+    assert len(done.stdout.splitlines()) == 1 + 3 * len(blood_cell_images)
+    assert len(csv_file.read_text().splitlines()) == 1 + 3 * len(blood_cell_images)
