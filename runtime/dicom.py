@@ -1,14 +1,19 @@
-"""DICOM files as clinics store them, turned into the grey pixels a person would see on a viewer.
+"""DICOM files as clinics store them, turned into the pixels a person would see on a viewer.
 
-Optional: ``pip install 'medclf[dicom]'`` (pydicom). Stored values become physical ones through the modality
-LUT (rescale slope and intercept), the file's own window (centre/width) picks the range shown — or the full
-range when it has none — and MONOCHROME1 images, where high values are dark, are inverted. Multi-frame files
-give their first frame; colour (RGB) DICOMs pass through as colour.
+Optional: ``pip install 'medclf[dicom]'`` (pydicom, and GDCM for the compressed transfer syntaxes PACS use for
+radiographs: JPEG Lossless, JPEG-LS, JPEG 2000). Grey images go through the modality LUT (rescale slope and
+intercept), then the file's own VOI LUT or window — linear or sigmoid, applied by pydicom as the standard
+defines them — or, when it has neither, the values' full range; MONOCHROME1 images, where high values are dark,
+are inverted. Colour images are already display values: 8-bit ones pass through unchanged (a fundus photo
+stored as DICOM gives the pixels its JPEG would). Multi-frame files give their first frame, and only that
+frame is decoded.
 """
 
 from __future__ import annotations
 
+import functools
 import io
+import warnings
 
 import numpy as np
 
@@ -25,42 +30,75 @@ def decode_dicom(data: bytes, source: str) -> np.ndarray:
     """uint8 HW (grey) or HWC RGB, as :func:`medclf.runtime.preprocess.decode_image` continues from."""
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut
     except ImportError:
         raise ImageError(source, "a DICOM file, but pydicom is not installed (pip install 'medclf[dicom]')") from None
+    _quiet_pydicom()
+    dataset = None
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
-        rows, columns = int(dataset.Rows), int(dataset.Columns)
-        if rows * columns > MAX_PIXELS:
-            raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
-        pixels = dataset.pixel_array
+        return _displayed(dataset, source)
     except ImageError:
         raise
-    except Exception as exc:  # pydicom raises many types for damaged or unsupported files
-        raise ImageError(source, f"unreadable DICOM ({type(exc).__name__}: {exc})") from None
-    if int(dataset.get("NumberOfFrames", 1) or 1) > 1:
-        pixels = pixels[0]
+    except Exception as exc:  # pydicom raises many types for damaged or unsupported files, at any step
+        raise ImageError(source, _unreadable(exc, dataset)) from None
+
+
+def _displayed(dataset, source: str) -> np.ndarray:
+    from pydicom.pixels import apply_modality_lut, pixel_array
+
+    rows, columns = int(dataset.Rows), int(dataset.Columns)
+    if rows * columns > MAX_PIXELS:
+        raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
+    pixels = pixel_array(dataset, index=0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None)
     if pixels.ndim == 3:  # colour: already display values
-        return _scale(pixels.astype(np.float64), pixels.min(), pixels.max())
-    values = apply_modality_lut(pixels, dataset).astype(np.float64)
-    low, high = _window(dataset, values)
-    grey = _scale(values, low, high)
+        return pixels if pixels.dtype == np.uint8 else _scale(pixels, 0, 2 ** int(dataset.BitsStored) - 1)
+    values = apply_modality_lut(pixels, dataset)  # integers stay integers: a VOI LUT indexes with them
+    shown, low, high = _voi(values, dataset)
+    grey = _scale(shown, low, high)
     return 255 - grey if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else grey
 
 
-def _window(dataset, values: np.ndarray) -> tuple[float, float]:
-    """The range to show: the file's first window (DICOM's linear VOI function), else the values' own range."""
-    from pydicom.multival import MultiValue
+@functools.cache
+def _quiet_pydicom() -> None:
+    """pydicom warns on stderr about what vendors' files often get slightly wrong (a UID with a stray space, an
+    unexpected VR). A file that decodes has nothing to report, and one that does not gets its one line."""
+    warnings.filterwarnings("ignore", module=r"pydicom\.")
 
-    centre, width = dataset.get("WindowCenter"), dataset.get("WindowWidth")
-    if centre is not None and width is not None:
-        centre, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (centre, width))
-        if width > 1:
-            return centre - 0.5 - (width - 1) / 2, centre - 0.5 + (width - 1) / 2
-    return float(values.min()), float(values.max())
+
+def _voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
+    """The values as the file says to show them, and the range they are shown in: its first VOI LUT (range
+    0 to 2^bits - 1, the LUT's declared output) or window through pydicom (range: where the window function
+    sends -inf and +inf), else the values' own range. A window pydicom refuses (width under 1) counts as none."""
+    from pydicom.pixels import apply_voi_lut
+
+    try:
+        if "VOILUTSequence" in dataset:
+            bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+            return apply_voi_lut(values, dataset), 0.0, float(2 ** bits - 1)
+        if "WindowCenter" in dataset and "WindowWidth" in dataset:
+            with np.errstate(over="ignore"):  # the sigmoid's exp at ±inf: exactly its two ends
+                low, high = apply_voi_lut(np.array([-np.inf, np.inf]), dataset)
+            return apply_voi_lut(values.astype(np.float64), dataset), float(low), float(high)
+    except (ValueError, TypeError, IndexError, AttributeError):
+        pass
+    return values, float(values.min()), float(values.max())
+
+
+def _unreadable(exc: Exception, dataset) -> str:
+    """A compressed file without a decoder says what would read it (pydicom's list of plugins and the packages
+    each needs); anything else gives pydicom's reason. :class:`ImageError` makes it one line."""
+    message = str(exc)
+    if "missing dependencies:" in message and dataset is not None:
+        needs = "; ".join(line.strip() for line in message.split("missing dependencies:", 1)[1].splitlines()
+                          if line.strip())
+        hint = " (pip install 'medclf[dicom]' brings GDCM)" if "gdcm" in needs else ""
+        return (f"compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}) and no decoder for it is "
+                f"installed: {needs}{hint}")
+    return f"unreadable DICOM ({type(exc).__name__}: {message})"
 
 
 def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    if high <= low:
+    """``low`` → 0, ``high`` → 255, linearly (``low`` above ``high`` inverts: a decreasing VOI LUT)."""
+    if high == low:
         return np.zeros(values.shape, np.uint8)
-    return np.rint(np.clip((values - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
+    return np.rint(np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)

@@ -36,6 +36,7 @@ class ImageError(ValueError):
     """An input that cannot be turned into a model input; ``str()`` is one line naming the file and why."""
 
     def __init__(self, source: str, reason: str) -> None:
+        reason = " ".join(reason.split())  # libraries' messages can span lines (pydicom's list missing plugins)
         super().__init__(f"{source}: {reason}")
         self.source = source
         self.reason = reason

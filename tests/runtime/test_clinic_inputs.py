@@ -88,14 +88,77 @@ def test_monochrome1_is_inverted_so_bone_stays_bright():
 
 
 def test_colour_and_multi_frame_dicoms(tmp_path):
-    rgb = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)])
-    decoded = decode_image(dicom_bytes(rgb), "colour.dcm")
-    assert decoded.shape == (32, 64, 3) and decoded[0, -1, 0] == 255 and decoded[0, 0, 1] == 255
+    """An 8-bit colour DICOM (a fundus photo from a camera's PACS link) gives exactly the pixels its JPEG
+    would — not stretched to the full range; a multi-frame file its first frame."""
+    dim = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)]) // 2 + 20  # 20..146: a dim photo
+    np.testing.assert_array_equal(decode_image(dicom_bytes(dim), "colour.dcm"), dim)
     frames = np.stack([RAMP, 255 - RAMP]).astype(np.uint8)
     path = tmp_path / "cine.dcm"
     path.write_bytes(dicom_bytes(frames, NumberOfFrames=2))
     first = read_image(path, "grey")[:, :, 0]
     assert first.shape == (32, 64) and first[0, 0] == 0 and first[0, -1] == 255
+
+
+def gdcm_transcoded(data: bytes, syntax: str, tmp_path) -> bytes:
+    """``data`` recompressed by GDCM (a real encoder, as a PACS would store it) into transfer syntax ``syntax``."""
+    gdcm = pytest.importorskip("gdcm", reason="GDCM (medclf[dicom]) is not installed")
+    source, target = tmp_path / f"{syntax}.in.dcm", tmp_path / f"{syntax}.dcm"
+    source.write_bytes(data)
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(source))
+    assert reader.Read()
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change()
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(target))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write()
+    return target.read_bytes()
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGLSLossless", "JPEG2000Lossless", "RLELossless"])
+def test_compressed_radiographs_decode_to_the_pixels_of_the_uncompressed_file(syntax, tmp_path):
+    """PACS store radiographs compressed, JPEG Lossless most often: each decodes to exactly what the
+    uncompressed file gives."""
+    plain = dicom_bytes(RAMP.astype(np.uint16) * 16, BitsStored=12, HighBit=11, WindowCenter=2000, WindowWidth=3000)
+    compressed = gdcm_transcoded(plain, syntax, tmp_path)
+    assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID != ExplicitVRLittleEndian
+    np.testing.assert_array_equal(decode_image(compressed, "cr.dcm", color="grey"),
+                                  decode_image(plain, "cr.dcm", color="grey"))
+
+
+def test_a_compressed_dicom_without_a_decoder_says_in_one_line_what_would_read_it():
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import HTJ2KLossless  # High-Throughput JPEG 2000: neither GDCM nor Pillow reads it
+
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(RAMP.astype(np.uint16))))
+    dataset.file_meta.TransferSyntaxUID = HTJ2KLossless
+    dataset.PixelData = encapsulate([b"\xff\x4f" + bytes(64)])
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    with pytest.raises(ImageError, match=r"^ht.dcm: compressed DICOM \(High-Throughput JPEG 2000.*\) and no decoder "
+                                         r"for it is installed: .*pylibjpeg") as refused:
+        decode_image(out.getvalue(), "ht.dcm")
+    assert "\n" not in str(refused.value)
+
+
+def test_the_file_own_sigmoid_window_and_voi_lut_are_applied_as_the_standard_defines():
+    """VOI LUT Function SIGMOID: y = 1 / (1 + exp(-4 (x - c) / w)) of the output range (PS3.3 C.11.2.1.3.1);
+    a VOI LUT Sequence (here a table that inverts the 64 grey levels) wins over a window."""
+    stored = RAMP.astype(np.uint16)
+    sigmoid = decode_image(dicom_bytes(stored, WindowCenter=128, WindowWidth=100, VOILUTFunction="SIGMOID"),
+                           "s.dcm", color="grey")[:, :, 0]
+    expected = np.rint(255 / (1 + np.exp(-4 * (stored.astype(float) - 128) / 100)))
+    assert np.abs(sigmoid.astype(int) - expected).max() <= 1
+    lut = Dataset()
+    lut.LUTDescriptor = [256, 0, 8]
+    lut.add_new(0x00283006, "US", list(range(255, -1, -1)))  # LUT Data
+    inverted = decode_image(dicom_bytes(stored, VOILUTSequence=[lut], WindowCenter=128, WindowWidth=100),
+                            "lut.dcm", color="grey")[:, :, 0]
+    np.testing.assert_array_equal(inverted, 255 - stored)
 
 
 def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
