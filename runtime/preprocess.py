@@ -20,9 +20,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+# OpenCV logs its decoders' complaints about a damaged file on stderr, several lines each (a cut TIFF: 2-6);
+# the runtime reports each unusable file in one line of its own (ImageError), so OpenCV's log stays quiet.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 # Refuse images whose header claims more pixels than this, before decoding them (decompression bombs).
 MAX_PIXELS = 100_000_000
 MAX_FILE_BYTES = 1 << 30  # and files larger than this, before reading them
+COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 
 # JPEG decoding at 1/2, 1/4, 1/8 scale, by the colour the model takes (OpenCV's reduced modes).
 _REDUCED = {"rgb": {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8},
@@ -112,6 +117,15 @@ def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb", scale
     """
     if not data:
         raise ImageError(source, "empty file")
+    try:
+        return _decode(data, source, color, scale)
+    except ImageError:
+        raise
+    except Exception as exc:  # a decoder library failing in a way nobody foresaw: this file's error, not the batch's
+        raise ImageError(source, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+
+
+def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     from .dicom import decode_dicom, is_dicom  # here, not at the top: dicom.py imports this module
 
     if is_dicom(data):
@@ -125,6 +139,8 @@ def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb", scale
         raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
     if image is None:
         raise ImageError(source, "not a readable image (unknown format or corrupt data)")
+    if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
+        image = _to_uint8(image)
     return _to_uint8(_to_color(image, color))
 
 

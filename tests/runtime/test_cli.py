@@ -168,3 +168,21 @@ def test_the_command_flushes_every_result_before_it_exits(tmp_path, blood_cell_i
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 1 + 3 * len(blood_cell_images)
     assert len(csv_file.read_text().splitlines()) == 1 + 3 * len(blood_cell_images)
+
+
+def test_each_damaged_file_costs_one_line_on_stderr_whatever_its_decoder_says(tmp_path, blood_cell_images):
+    """A cut TIFF made OpenCV log two lines of its own before medclf's; a 32-bit integer TIFF (microscopy
+    software writes them) made OpenCV's colour conversion raise and stopped the run."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    ok, tiff = cv2.imencode(".tif", np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(tiff.tobytes()[:8000])
+    wide = tmp_path / "int32.tif"
+    Image.fromarray(np.arange(-2000, 2000, dtype=np.int32).reshape(40, 100)).save(wide)
+    done = run("--backend", "cpu", str(cut), str(wide), str(blood_cell_images[0]))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error {cut}: not a readable image (unknown format or corrupt data)"]
+    assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [str(wide), str(blood_cell_images[0])]

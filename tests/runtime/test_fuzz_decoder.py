@@ -1,6 +1,6 @@
 """Fuzzing the decoder: whatever bytes arrive, the answer is an image or one ImageError — never a crash, never a
-hang. Seeds are real files (a blood-cell JPEG, a PNG, a DICOM, a JPEG Lossless DICOM as PACS store radiographs)
-damaged at random: flipped bytes, cuts, splices."""
+hang. Seeds are real files (a blood-cell JPEG, a PNG, a 16-bit TIFF, a DICOM, a JPEG Lossless DICOM as PACS store
+radiographs) damaged at random: flipped bytes, cuts, splices."""
 
 from __future__ import annotations
 
@@ -31,18 +31,19 @@ def decodes_or_refuses(data: bytes) -> None:
 
 def expected_seeds() -> int:
     """Without pydicom, DICOM is refused in one line anyway; without GDCM, compressed DICOM likewise."""
-    return 2 + (importlib.util.find_spec("pydicom") is not None) * (1 + (importlib.util.find_spec("gdcm") is not None))
+    return 3 + (importlib.util.find_spec("pydicom") is not None) * (1 + (importlib.util.find_spec("gdcm") is not None))
 
 
 @pytest.fixture(scope="module")
 def seeds(blood_cell_images, tmp_path_factory) -> list[bytes]:
     ok, png = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (24, 32, 3), dtype=np.uint8))
-    files = [blood_cell_images[0].read_bytes(), png.tobytes()]
-    if expected_seeds() > 2:
+    ok, tiff = cv2.imencode(".tif", np.random.default_rng(1).integers(0, 65535, (24, 32, 3), dtype=np.uint16))
+    files = [blood_cell_images[0].read_bytes(), png.tobytes(), tiff.tobytes()]
+    if expected_seeds() > 3:
         from tests.runtime.test_clinic_inputs import RAMP, dicom_bytes, gdcm_transcoded
 
         files.append(dicom_bytes(RAMP.astype(np.uint16), WindowCenter=100, WindowWidth=200))
-        if expected_seeds() > 3:
+        if expected_seeds() > 4:
             plain = dicom_bytes(RAMP.astype(np.uint16) * 16, BitsStored=12, HighBit=11)
             files.append(gdcm_transcoded(plain, "JPEGLosslessProcess14_1", tmp_path_factory.mktemp("gdcm")))
     return files
@@ -62,7 +63,7 @@ def test_arbitrary_bytes(data):
 
 
 @FUZZ
-@given(seed=st.integers(0, 3), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=16),
+@given(seed=st.integers(0, 4), flips=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 255)), max_size=16),
        cut=st.floats(0.0, 1.0), splice=st.binary(max_size=64))
 def test_damaged_real_files(seeds, seed, flips, cut, splice):
     data = bytearray(seeds[seed % len(seeds)])
