@@ -112,6 +112,15 @@ def crossval(
     console.print(f"wrote {out}/crossval.json")
 
 
+def _home_of(model: Path) -> Path:
+    """Where a command writes what it makes of MODEL: beside it, except for the models packaged with medclf
+    (inside the installed package, perhaps read-only, and not the user's to add to): the current folder."""
+    from medclf.runtime import DEFAULT_MODEL
+
+    packaged = DEFAULT_MODEL.parent.parent.resolve()
+    return Path(".") if model.resolve().is_relative_to(packaged) else model.parent
+
+
 def _recipe(preset: str | None, options: dict):
     """The preset (or the defaults) with every option the user gave on the command line laid over it."""
     from .pipeline import Recipe
@@ -140,7 +149,7 @@ FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
     data: ExistingDir,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name>.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
@@ -151,7 +160,7 @@ def evaluate(
     With --group-pattern or --group-copies, also accuracy counted once per patient or source image."""
     from .pipeline import evaluate_run
 
-    out = out or model.parent / f"evaluation-{data.resolve().name}"
+    out = out or _home_of(model) / f"evaluation-{data.resolve().name}"
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=_parse_naming(name_labels), group_pattern=group_pattern,
                                                  group_copies=group_copies))
@@ -179,7 +188,7 @@ def calibrate(
 
     from .calibrate import calibrate_site, write_calibrated
 
-    out = out or model.with_name(f"{model.stem}.site{model.suffix}")
+    out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
                                                 group_pattern))
     record = site.record(data.resolve().name)

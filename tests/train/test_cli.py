@@ -80,3 +80,21 @@ def test_time_budget_is_given_in_minutes_and_zero_lifts_it():
 
     assert _recipe(None, {"time_budget": 5.0}).fit.time_budget == 5.0
     assert _recipe(None, {"time_budget": 0}).fit.time_budget is None
+
+
+def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the_package(tmp_path, monkeypatch,
+                                                                                         blood_cell_images):
+    import shutil
+
+    from medclf.runtime import DEFAULT_MODEL
+
+    data = tmp_path / "site"
+    for image in blood_cell_images:
+        (data / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, data / image.parent.name)
+    before = sorted(DEFAULT_MODEL.parent.iterdir())
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["evaluate", str(DEFAULT_MODEL), str(data)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "evaluation-site" / "metrics.json").is_file()
+    assert sorted(DEFAULT_MODEL.parent.iterdir()) == before
