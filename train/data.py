@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 # threshold would be chosen by noise.
 MIN_VAL_PER_CLASS = 20
 SCORING_CHUNK = 2048  # images decoded at a time when only their predictions are kept
+MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their class folder that makes it a layout
+MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7)
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
@@ -213,15 +215,42 @@ def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
 
 def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False) -> np.ndarray | None:
     """Which files must stay together: augmented copies of one source (``copies``), files whose names share
-    ``pattern``'s match (a patient), or None (every file on its own). ``copies=None`` decides by looking: copy
-    groups when no pattern is given and the files look shipped pre-augmented (``copies.detected_copies``)."""
+    ``pattern``'s match (a patient), or None (every file on its own). ``copies=None`` decides by looking, when
+    no pattern is given: files filed in sub-folders of their class folder stay together by that sub-folder
+    (:func:`subfolder_groups`), else copy groups if the files look shipped pre-augmented
+    (``copies.detected_copies``)."""
     from .copies import copy_groups, detected_copies
 
     if copies:
         return copy_groups(folder.paths, folder.labels)
     if pattern:
         return file_groups(folder.paths, pattern)
-    return detected_copies(folder.paths, folder.labels) if copies is None else None
+    if copies is not None:
+        return None
+    groups = subfolder_groups(folder)
+    return groups if groups is not None else detected_copies(folder.paths, folder.labels)
+
+
+def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
+    """The sub-folder right below each file's class folder — ``PNEUMONIA/patient12/study1/IM0001`` →
+    ``patient12``, as PACS exports and many archives file images by patient or study — when most files sit in
+    one (``MIN_NESTED``) and there are ``MIN_SUBFOLDERS`` of them; a file directly in its class folder is a
+    group of its own. The same sub-folder name under two classes is one group: one patient's normal and
+    abnormal films stay on one side of the split."""
+    groups, nested = [], 0
+    for path, label in zip(folder.paths, folder.labels):
+        file, name = Path(path), folder.classes[label]
+        below = None if file.parent.name == name else next(
+            (child.name for child, parent in zip(file.parents, file.parents[1:]) if parent.name == name), None)
+        nested += below is not None
+        groups.append(f"folder:{below}" if below is not None else f"file:{path}")
+    subfolders = len({group for group in groups if group.startswith("folder:")})
+    if nested < MIN_NESTED * len(groups) or subfolders < MIN_SUBFOLDERS:
+        return None
+    log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies): validation "
+                "holds out whole sub-folders (--no-group-copies to draw images one by one)",
+                nested, len(groups), subfolders)
+    return np.asarray(groups)
 
 
 def stratified_split(folder: ImageFolder, fraction: float, seed: int,

@@ -11,7 +11,7 @@ import pytest
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
     DatasetError, ImageFolder, NameLabels, file_groups, load_arrays, load_splits, predict_folder, read_folder,
-    read_named, split_groups, stratified_split, warn_missing_classes)
+    read_named, split_groups, stratified_split, subfolder_groups, warn_missing_classes)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -162,3 +162,20 @@ def test_a_val_folder_missing_a_class_joins_training(tmp_path, blood_cell_images
     make_tree(tmp_path / "val", {"cat": 30}, blood_cell_images[0])
     splits = load_splits(tmp_path, val_split=0.25)
     assert splits.val.class_counts() == {"cat": 18, "dog": 10}
+
+
+def test_images_filed_by_patient_folder_keep_each_patient_on_one_side_by_default(tmp_path, chest_xray, caplog):
+    """``CLASS/patient/image``, as PACS exports and many archives file them: the default split holds out whole
+    patient folders (here the chest films' real patients, refiled by the patient in their names)."""
+    pattern = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"
+    for name in ("NORMAL", "PNEUMONIA"):
+        for film in sorted((chest_xray / "train" / name).iterdir())[:150]:
+            patient = tmp_path / "data" / name / file_groups((film.name,), pattern)[0]
+            patient.mkdir(parents=True, exist_ok=True)
+            (patient / film.name).symlink_to(film)
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path / "data", 0.15, group_copies=None)
+    folder_of = {split: {Path(path).parent.name for path in getattr(splits, split).paths} for split in ("train", "val")}
+    assert folder_of["val"] and not folder_of["train"] & folder_of["val"]
+    assert "validation holds out whole sub-folders" in caplog.text
+    assert subfolder_groups(read_folder(chest_xray / "test")) is None  # files right in their class folders
