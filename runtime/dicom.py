@@ -6,7 +6,7 @@ intercept), then the file's own VOI LUT or window — linear or sigmoid, applied
 defines them — or, when it has neither, the values' full range; MONOCHROME1 images, where high values are dark,
 are inverted. Colour images are already display values: 8-bit ones pass through unchanged (a fundus photo
 stored as DICOM gives the pixels its JPEG would). Multi-frame files give their first frame, and only that
-frame is decoded.
+frame is decoded; enhanced objects' rescale and window are read from that frame's functional groups.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ import numpy as np
 from .preprocess import MAX_PIXELS, ImageError
 
 DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
+# Enhanced objects' per-frame functional groups that hold what classic objects keep at the top level
+FRAME_FUNCTIONAL_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
+                           "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction")}
 
 
 def is_dicom(data: bytes) -> bool:
@@ -46,6 +49,10 @@ def decode_dicom(data: bytes, source: str) -> np.ndarray:
 def _displayed(dataset, source: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, pixel_array
 
+    if "PixelData" not in dataset:  # a PACS export also holds reports, presentation states, key-object notes
+        kind = dataset.get("SOPClassUID")
+        raise ImageError(source, f"a DICOM object without an image ({kind.name if kind else 'no SOP class'})")
+    _first_frame_values(dataset)
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if rows * columns > MAX_PIXELS:
         raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
@@ -56,6 +63,18 @@ def _displayed(dataset, source: str) -> np.ndarray:
     shown, low, high = _voi(values, dataset)
     grey = _scale(shown, low, high)
     return 255 - grey if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else grey
+
+
+def _first_frame_values(dataset) -> None:
+    """Enhanced (multi-frame) objects keep their rescale and window per frame, in functional groups; pydicom's
+    LUT functions read them at the top level, so the first frame's values are copied there."""
+    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
+        frame = dataset[groups].value[0] if dataset.get(groups) else None
+        for sequence, names in FRAME_FUNCTIONAL_GROUPS.items():
+            values = frame[sequence].value[0] if frame is not None and frame.get(sequence) else None
+            for name in names if values is not None else ():
+                if name in values and name not in dataset:
+                    setattr(dataset, name, values[name].value)
 
 
 @functools.cache

@@ -161,6 +161,35 @@ def test_the_file_own_sigmoid_window_and_voi_lut_are_applied_as_the_standard_def
     np.testing.assert_array_equal(inverted, 255 - stored)
 
 
+def test_an_enhanced_dicom_takes_rescale_and_window_from_its_first_frame_functional_groups():
+    """Enhanced CT/MR/XA objects keep rescale and window in (shared or per-frame) functional groups."""
+    stored = RAMP.astype(np.uint16) * 4
+    classic = decode_image(dicom_bytes(stored, RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=0.5,
+                                       WindowWidth=1001), "classic.dcm", color="grey")
+    rescale, window, frame = Dataset(), Dataset(), Dataset()
+    rescale.RescaleSlope, rescale.RescaleIntercept, rescale.RescaleType = 2, -1000, "HU"
+    window.WindowCenter, window.WindowWidth = 0.5, 1001
+    frame.PixelValueTransformationSequence, frame.FrameVOILUTSequence = [rescale], [window]
+    frames = np.stack([stored, stored[:, ::-1]])
+    enhanced = decode_image(dicom_bytes(frames, NumberOfFrames=2, SharedFunctionalGroupsSequence=[frame]),
+                            "enhanced.dcm", color="grey")
+    np.testing.assert_array_equal(enhanced, classic)
+
+
+def test_a_dicom_without_pixels_says_what_it_is():
+    """PACS exports hold structured reports and presentation states beside the images."""
+    from pydicom.uid import EnhancedSRStorage
+
+    data = dicom_bytes(RAMP.astype(np.uint16))
+    report = pydicom.dcmread(io.BytesIO(data))
+    del report.PixelData
+    report.SOPClassUID = report.file_meta.MediaStorageSOPClassUID = EnhancedSRStorage
+    out = io.BytesIO()
+    report.save_as(out, enforce_file_format=True)
+    with pytest.raises(ImageError, match=r"^sr.dcm: a DICOM object without an image \(Enhanced SR Storage\)$"):
+        decode_image(out.getvalue(), "sr.dcm")
+
+
 def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
     data = dicom_bytes(RAMP.astype(np.uint16))
     with pytest.raises(ImageError, match=r"^cut.dcm: unreadable DICOM"):
