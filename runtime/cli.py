@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
     paths = list(expand_inputs(args.inputs))
     backend, why = _backend_for(args.backend, len(paths))
     try:
-        classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1)
+        classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1,
+                                reuse_optimized=True)
         for note in (why or classifier.backend.note, classifier.caveat):
             if note:
                 print(note, file=sys.stderr)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import platform
-from pathlib import Path
 
 from .modelcard import ModelCard
 
@@ -25,22 +24,38 @@ def this_cpu() -> dict[str, object]:
     return {"name": name, "int8_dot_product": dot_product}
 
 
+def cpu_signature() -> str:
+    """This CPU's name and instruction-set flags, in one string: what a graph optimized for it depends on."""
+    name, flags = _cpu_flags()
+    return f"{name} {' '.join(sorted(flags))}"
+
+
 @functools.cache
 def _read_cpu() -> tuple[str, bool | None]:
-    """/proc/cpuinfo read once per process (an export asks once per INT8 file it makes)."""
-    flags, name = set(), platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name":
-                name = value.strip()
-            elif key.strip() in ("flags", "Features"):
-                flags = set(value.split())
-    except OSError:
-        pass
+    name, flags = _cpu_flags()
     # x86: avx512_vnni / avx_vnni; ARM (Jetson Orin's Cortex-A78AE among them): asimddp, exact int8 dot products too
     dot_product = any("vnni" in flag for flag in flags) or "asimddp" in flags
     return name, dot_product if flags else None
+
+
+@functools.cache
+def _cpu_flags() -> tuple[str, frozenset[str]]:
+    """The first processor's name and flags from /proc/cpuinfo, read once per process and only up to the end of
+    that processor's entry (the whole file, one entry per core, takes milliseconds to make on big machines)."""
+    flags, name = frozenset(), platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    name = value.strip()
+                elif key.strip() in ("flags", "Features"):
+                    flags = frozenset(value.split())
+                elif not line.strip() and flags:
+                    break
+    except OSError:
+        pass
+    return name, flags
 
 
 def int8_caveat(card: ModelCard, model: str, backend: str, cpu: dict[str, object] | None = None) -> str:

@@ -1,0 +1,83 @@
+"""The optimized-graph cache ``medclf-run`` starts from: same answers, one entry per model file, never in the way."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from medclf.runtime import DEFAULT_MODEL, Classifier
+from medclf.runtime.preprocess import load_image
+
+pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "ort-optimized"
+
+
+@pytest.fixture
+def model(tmp_path):
+    copy = tmp_path / "model.onnx"
+    shutil.copy(DEFAULT_MODEL, copy)
+    return copy
+
+
+def batch(classifier, images) -> np.ndarray:
+    return np.stack([load_image(path, classifier.card.preprocess) for path in images])
+
+
+def test_the_cached_graph_gives_the_probabilities_of_the_model_itself(cache, model, blood_cell_images):
+    plain = Classifier(model)
+    first = Classifier(model, reuse_optimized=True)  # optimizes, and saves the graph
+    [entry] = cache.iterdir()
+    saved = entry.stat().st_mtime_ns
+    again = Classifier(model, reuse_optimized=True)  # starts from the saved graph
+    assert [path.name for path in cache.iterdir()] == [entry.name] and entry.stat().st_mtime_ns == saved
+    images = batch(plain, blood_cell_images)
+    expected = plain.predict(images)
+    for classifier in (first, again):
+        np.testing.assert_allclose(classifier.predict(images), expected, rtol=0, atol=1e-6)
+        assert classifier.card == plain.card
+
+
+def test_a_rewritten_model_gets_a_new_entry_that_replaces_the_old(cache, model):
+    Classifier(model, reuse_optimized=True)
+    [old] = cache.iterdir()
+    os.utime(model, ns=(model.stat().st_atime_ns, model.stat().st_mtime_ns + 10**9))  # re-exported in place
+    Classifier(model, reuse_optimized=True)
+    [new] = cache.iterdir()
+    assert new.name != old.name and new.name.split("-")[0] == old.name.split("-")[0]
+
+
+def test_a_damaged_entry_is_made_again(cache, model, blood_cell_images):
+    Classifier(model, reuse_optimized=True)
+    [entry] = cache.iterdir()
+    entry.write_bytes(b"half a graph")
+    classifier = Classifier(model, reuse_optimized=True)
+    images = batch(classifier, blood_cell_images)
+    np.testing.assert_allclose(classifier.predict(images), Classifier(model).predict(images), rtol=0, atol=1e-6)
+    assert entry.stat().st_size > 1_000_000
+
+
+def test_without_a_usable_cache_folder_the_model_still_starts(tmp_path, monkeypatch, model):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache folder cannot be made here")
+    monkeypatch.setenv("MEDCLF_CACHE", str(blocker))
+    assert Classifier(model, reuse_optimized=True).labels == Classifier(model).labels
+
+
+def test_medclf_run_saves_the_graph_silently_and_answers_the_same_from_it(cache, blood_cell_images):
+    """onnxruntime warns that a saved optimized graph suits only this machine; the cache key sees to that, so
+    the user does not see the warning."""
+    runs = [subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", str(blood_cell_images[0])],
+                           capture_output=True, text=True, timeout=120) for _ in range(2)]
+    assert [run.returncode for run in runs] == [0, 0]
+    assert runs[0].stderr == "" and runs[0].stdout == runs[1].stdout
+    assert len(list(cache.iterdir())) == 1
