@@ -10,6 +10,7 @@ is the whole cost; a long-lived ``Classifier`` saves nothing worth a file in the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import zlib
 from pathlib import Path
@@ -22,30 +23,38 @@ from .cpu import cpu_signature
 
 def optimized_session(model: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
     """A CPU session for ``model``: from its cached optimized graph (optimizing then off: it is done), else made
-    from ``model`` while onnxruntime writes that graph into the cache. Without a usable cache (read-only, a
-    damaged entry), an ordinary session."""
+    from ``model`` while onnxruntime writes that graph into the cache. Without a usable cache (no folder, a
+    damaged entry, a full disk), an ordinary session; a bad ``model`` raises as onnxruntime does."""
     entry = _entry(model)
     if entry is not None and entry.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             return ort.InferenceSession(os.fspath(entry), options, providers=providers)
-        except Exception:  # a damaged or foreign entry: made again below
+        except Exception:  # damaged: made again below
             entry.unlink(missing_ok=True)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if entry is None:
-        return ort.InferenceSession(os.fspath(model), options, providers=providers)
-    written = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
-    options.optimized_model_filepath = os.fspath(written)
-    options.log_severity_level = 3  # its warning that the saved graph suits this machine only: the key sees to it
-    session = ort.InferenceSession(os.fspath(model), options, providers=providers)
-    try:
-        os.replace(written, entry)
-        for older in entry.parent.glob(f"{entry.name.split('-')[0]}-*.onnx"):
-            if older != entry:
-                older.unlink(missing_ok=True)
-    except OSError:
-        written.unlink(missing_ok=True)
-    return session
+    if entry is not None:
+        written = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+        options.optimized_model_filepath = os.fspath(written)
+        options.log_severity_level = 3  # its warning that the saved graph suits this machine only: the key does
+        try:
+            session = ort.InferenceSession(os.fspath(model), options, providers=providers)
+        except Exception:  # could not save (or a bad model: said again below, by the ordinary session)
+            options.optimized_model_filepath = ""
+        else:
+            if written.is_file():
+                with contextlib.suppress(OSError):
+                    os.replace(written, entry)
+                    _remove_older(entry)
+            return session
+    return ort.InferenceSession(os.fspath(model), options, providers=providers)
+
+
+def _remove_older(entry: Path) -> None:
+    """The entries of the same model file from before it was rewritten."""
+    for older in entry.parent.glob(f"{entry.name.split('-')[0]}-*.onnx"):
+        if older != entry:
+            older.unlink(missing_ok=True)
 
 
 def _entry(model: Path) -> Path | None:

@@ -81,3 +81,13 @@ def test_medclf_run_saves_the_graph_silently_and_answers_the_same_from_it(cache,
     assert [run.returncode for run in runs] == [0, 0]
     assert runs[0].stderr == "" and runs[0].stdout == runs[1].stdout
     assert len(list(cache.iterdir())) == 1
+
+
+def test_a_graph_that_cannot_be_saved_still_starts_the_model(cache, model):
+    """Writing the graph fails (here a folder stands where the file would go, as a full disk would fail it)."""
+    from medclf.runtime.optimized import _entry
+
+    entry = _entry(model)
+    entry.with_name(f"{entry.name}.{os.getpid()}.tmp").mkdir(parents=True)
+    assert Classifier(model, reuse_optimized=True).labels == Classifier(model).labels
+    assert not entry.exists()
