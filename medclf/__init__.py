@@ -5,4 +5,13 @@ The work lives in three subpackages, whose folders sit at the top of the reposit
 ``medclf.train`` (Keras training and evaluation).
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# Images whose header claims more pixels than this are refused before decoding (decompression bombs: a 10 kB
+# WebP can declare 16000x16000). medclf checks PNG and JPEG headers itself; OpenCV checks every other format
+# against OPENCV_IO_MAX_IMAGE_PIXELS, which it reads once, when it loads — hence here, before any medclf
+# module imports cv2 (a value the user set wins).
+MAX_PIXELS = 100_000_000
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))

@@ -20,13 +20,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
+
 # OpenCV logs its decoders' complaints about a damaged file on stderr, several lines each (a cut TIFF: 2-6);
 # the runtime reports each unusable file in one line of its own (ImageError), so OpenCV's log stays quiet.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
-# Refuse images whose header claims more pixels than this, before decoding them (decompression bombs).
-MAX_PIXELS = 100_000_000
-MAX_FILE_BYTES = 1 << 30  # and files larger than this, before reading them
+MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 
 # JPEG decoding at 1/2, 1/4, 1/8 scale, by the colour the model takes (OpenCV's reduced modes).
@@ -136,6 +136,8 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     try:
         image = cv2.imdecode(buffer, flags)
     except cv2.error as exc:
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):  # OpenCV read the header of a format medclf does not parse
+            raise ImageError(source, f"image is over the {MAX_PIXELS:,}-pixel limit (its header says so)") from None
         raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
     if image is None:
         raise ImageError(source, "not a readable image (unknown format or corrupt data)")

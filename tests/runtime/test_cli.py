@@ -186,3 +186,17 @@ def test_each_damaged_file_costs_one_line_on_stderr_whatever_its_decoder_says(tm
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"error {cut}: not a readable image (unknown format or corrupt data)"]
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [str(wide), str(blood_cell_images[0])]
+
+
+def test_a_header_declaring_absurd_dimensions_is_refused_before_decoding_in_any_format(tmp_path):
+    """A 54-byte BMP that declares 20000x20000 pixels: OpenCV would allocate 1.2 GB for it (as for a 10 kB WebP
+    of 16000x16000, measured: 1.6 GB resident, 0.9 s). Formats whose headers OpenCV reads are held to
+    medclf's pixel limit too."""
+    import struct
+
+    bmp = tmp_path / "bomb.bmp"
+    bmp.write_bytes(b"BM" + struct.pack("<IHHI", 54, 0, 0, 54)
+                    + struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 24, 0, 0, 2835, 2835, 0, 0))
+    done = run("--backend", "cpu", str(bmp))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [f"error {bmp}: image is over the 100,000,000-pixel limit (its header says so)"]
