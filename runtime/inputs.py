@@ -47,13 +47,28 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
 def expand_inputs(inputs: Iterable[str]) -> Iterator[str]:
     """Each input as given: a folder becomes its images, a glob its matches, anything else passes through.
 
-    A path that does not exist passes through too, so the classifier reports it as a failed input in its place.
+    A path that does not exist passes through too, so the classifier reports it as a failed input in its place;
+    so does a folder without a single image (a mistyped folder, a phone's HEIC photos), rather than nothing.
     """
     for item in inputs:
         if os.path.isdir(item):
-            yield from (str(path) for path in list_images(item))
+            images = list_images(item)
+            yield from (str(path) for path in images) if images else [item]  # reported: no image in it
         elif not os.path.exists(item) and glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             yield from (m for m in matches if os.path.isfile(m)) if matches else [item]
         else:
             yield item
+
+
+def folder_contents(folder: str | os.PathLike[str]) -> str:
+    """What a folder without images holds instead, for its one-line error: ``12 .heic files``."""
+    counts: dict[str, int] = {}
+    for _, _, files in os.walk(folder):
+        for name in files:
+            suffix = Path(name).suffix.lower() or "extensionless"
+            counts[suffix] = counts.get(suffix, 0) + 1
+    if not counts:
+        return "it is empty"
+    listed = sorted(counts.items(), key=lambda item: -item[1])[:3]
+    return "it holds " + ", ".join(f"{n} {suffix} file{'s' if n > 1 else ''}" for suffix, n in listed)

@@ -28,6 +28,8 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
+# ISO base media files' major brands for HEIF/HEIC (iPhone photos) and AVIF, which OpenCV does not decode
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 
 # JPEG decoding at 1/2, 1/4, 1/8 scale, by the colour the model takes (OpenCV's reduced modes).
 _REDUCED = {"rgb": {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8},
@@ -140,6 +142,9 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
             raise ImageError(source, f"image is over the {MAX_PIXELS:,}-pixel limit (its header says so)") from None
         raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
     if image is None:
+        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+            raise ImageError(source, "a HEIF/HEIC or AVIF image (as phones save photos): not supported; save it as "
+                                     "JPEG or PNG")
         raise ImageError(source, "not a readable image (unknown format or corrupt data)")
     if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
         image = _to_uint8(image)
@@ -233,6 +238,11 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     over MAX_FILE_BYTES. Failures are :class:`ImageError`."""
     try:
         info = os.stat(path)
+        if stat.S_ISDIR(info.st_mode):
+            from .inputs import IMAGE_EXTENSIONS, folder_contents
+
+            raise ImageError(str(path), f"no image in this folder ({folder_contents(path)}; medclf reads "
+                                        f"{' '.join(sorted(IMAGE_EXTENSIONS))} and DICOM)")
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(str(path), "not a regular file")
         if info.st_size > MAX_FILE_BYTES:

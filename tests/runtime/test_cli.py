@@ -200,3 +200,22 @@ def test_a_header_declaring_absurd_dimensions_is_refused_before_decoding_in_any_
     done = run("--backend", "cpu", str(bmp))
     assert done.returncode == 1
     assert done.stderr.splitlines() == [f"error {bmp}: image is over the 100,000,000-pixel limit (its header says so)"]
+
+
+def test_a_folder_without_images_and_a_phone_photo_each_get_their_own_line(tmp_path, blood_cell_images):
+    """A mistyped or empty folder said nothing and exited 0; a folder of iPhone photos (HEIC, which OpenCV
+    cannot decode) likewise. Each is now one line saying what it holds; the rest are classified."""
+    empty, phone = tmp_path / "empty", tmp_path / "phone"
+    empty.mkdir()
+    phone.mkdir()
+    heic = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64)  # the ISO media header iPhones write
+    for name in ("IMG_0001.HEIC", "IMG_0002.HEIC"):
+        (phone / name).write_bytes(heic)
+    done = run("--backend", "cpu", str(empty), str(phone), str(phone / "IMG_0001.HEIC"), str(blood_cell_images[0]))
+    assert done.returncode == 1
+    errors = done.stderr.splitlines()
+    assert errors[0].startswith(f"error {empty}: no image in this folder (it is empty; medclf reads .bmp .dcm")
+    assert errors[1].startswith(f"error {phone}: no image in this folder (it holds 2 .heic files;")
+    assert errors[2] == (f"error {phone / 'IMG_0001.HEIC'}: a HEIF/HEIC or AVIF image (as phones save photos): not "
+                         "supported; save it as JPEG or PNG")
+    assert len(errors) == 3 and done.stdout.splitlines()[1].startswith(str(blood_cell_images[0]))
