@@ -14,13 +14,14 @@ import numpy as np
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success it replaces ``path``, on error it is removed."""
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` (``options`` go to :func:`open`); on success it replaces ``path``, on
+    error it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, mode) as handle:
+        with open(tmp, mode, **options) as handle:
             yield handle
         os.replace(tmp, path)
     finally:

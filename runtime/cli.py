@@ -117,8 +117,9 @@ def _recording(predictions: Iterable[Prediction], into: list[Prediction]) -> Ite
 
 
 def write_csv(path: Path, predictions: list[Prediction]) -> None:
-    """One row per input: path, label, probability, top_k as ``label:p;label:p``, heatmap, error."""
-    with atomic_write(path, "w") as handle:
+    """One row per input: path, label, probability, top_k as ``label:p;label:p``, heatmap, error. UTF-8; a file
+    name that is not (bytes from another system's encoding) is written back byte for byte, as the disk has it."""
+    with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "probability", "top_k", "heatmap", "error"])
         for p in predictions:

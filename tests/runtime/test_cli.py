@@ -107,6 +107,21 @@ def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_ima
     assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
 
 
+def test_file_names_in_any_encoding_are_printed_and_written_to_the_csv(tmp_path, blood_cell_images):
+    """A Latin-1 name from an old PACS share is not UTF-8: the table shows it with "?", the CSV keeps its bytes
+    (it made the CSV writer raise at the very end, losing the whole file)."""
+    latin1 = os.fsencode(tmp_path) + b"/r\xe9sultat.jpeg"
+    unicode = tmp_path / "ünïcode ✓ name.jpeg"
+    for name in (latin1, unicode):
+        shutil.copy(blood_cell_images[0], name)
+    table = tmp_path / "out.csv"
+    done = run("--csv", str(table), str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert f"{tmp_path}/r?sultat.jpeg" in done.stdout and str(unicode) in done.stdout
+    rows = table.read_bytes().splitlines()
+    assert rows[1].startswith(latin1 + b",") and rows[2].startswith(os.fsencode(unicode) + b",")
+
+
 def test_cam_with_a_model_exported_without_maps_is_refused_up_front(tmp_path, blood_cell_images):
     done = run("--cam", str(tmp_path / "heat"), str(blood_cell_images[0]))
     assert done.returncode == 2 and "medclf export --cam" in done.stderr
