@@ -145,5 +145,5 @@ def _heatmap_name(path: str, label: str) -> str:
     """``<stem>-<hash of the full path>.<label>.cam.png``: files with one name in two folders do not collide."""
     import hashlib  # here, not at the top: only --cam needs it, and every one-shot run would pay its import
 
-    digest = hashlib.sha1(os.path.abspath(path).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]  # any name's bytes
     return f"{Path(path).stem}-{digest}.{label}.cam.png"

@@ -355,5 +355,5 @@ def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     digest = hashlib.sha256(preprocess.to_json().encode())
     for path in folder.paths:
         stat = os.stat(path)
-        digest.update(f"{os.path.abspath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(os.path.abspath(path)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return Path(cache_dir) / f"images-{digest.hexdigest()[:24]}.npz"

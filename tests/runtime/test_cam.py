@@ -19,3 +19,12 @@ def test_heatmaps_keep_positive_evidence_scaled_to_each_maps_peak():
     assert heat.shape == (2, 8, 8) and heat[0].max() == 1.0 and heat[0].min() == 0.0
     assert heat[0, -1, -1] == 1.0 and heat[0, 0, 0] == 0.0  # the strongest corner stays the strongest
     assert not heat[1].any()  # no positive evidence anywhere: an empty map, not noise scaled up
+
+
+def test_a_heatmap_is_named_after_any_file_name_even_one_that_is_not_utf8():
+    import os
+
+    from medclf.runtime.classifier import _heatmap_name
+
+    name = _heatmap_name(os.fsdecode(b"/share/r\xe9sultat.jpeg"), "NORMAL")
+    assert name.startswith("r\udce9sultat-") and name.endswith(".NORMAL.cam.png")

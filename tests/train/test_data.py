@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -88,6 +90,21 @@ def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood
     cached, cached_labels, _ = load_arrays(folder, spec, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("images-*.npz"))) == 1
     assert np.array_equal(cached, images) and np.array_equal(cached_labels, labels)
+
+
+def test_file_and_class_names_in_any_encoding_train_and_cache(tmp_path, blood_cell_images):
+    """A Latin-1 file name (not UTF-8) and non-ASCII class names: decoded, cached and read back like any other
+    (the cache key's encoding raised on the Latin-1 name and stopped training)."""
+    root = tmp_path / "data"
+    for image, name in zip(blood_cell_images[::2], ("Éosinophile", "Lymphocyte ✓", "Monocyte", "Neutrophile")):
+        (root / name).mkdir(parents=True)
+        shutil.copy(image, os.fsencode(root / name) + b"/cellule_\xe9.jpeg")
+        shutil.copy(image, root / name / "b.jpeg")
+    folder = read_folder(root)
+    assert folder.classes == ("Lymphocyte ✓", "Monocyte", "Neutrophile", "Éosinophile")
+    spec = Preprocess(32, 32)
+    images, labels, kept = load_arrays(folder, spec, cache_dir=tmp_path / "cache")
+    assert len(kept) == 8 and np.array_equal(load_arrays(folder, spec, cache_dir=tmp_path / "cache")[0], images)
 
 
 def test_unreadable_training_files_are_skipped_with_a_line(tmp_path, blood_cell_images, capsys):
