@@ -53,15 +53,23 @@ def _head(features: keras.KerasTensor, num_classes: int, dropout: float) -> kera
     return layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
 
 
+def _as_rgb(x: keras.KerasTensor) -> keras.KerasTensor:
+    """ImageNet backbones see three channels: a grey model (``--grey``: one channel in, decoded and fed as such
+    by the runtime) repeats its one channel inside the model, as a grey image shown in colour would be."""
+    if x.shape[-1] == 3:
+        return x
+    if x.shape[-1] != 1:
+        raise ValueError(f"ImageNet backbones take RGB or grey images, not {x.shape[-1]} channels")
+    return layers.Concatenate(name="grey_as_rgb")([x, x, x])
+
+
 def _backbone_model(application: Callable[..., keras.Model], weights_file: str, scale: float, offset: float,
                     **kwargs: object) -> Callable[[tuple[int, int, int], int, bool], keras.Model]:
     """Normalise → ImageNet backbone (its layers inlined, so they can be split at any layer) → pooled head."""
 
     def build(shape: tuple[int, int, int], num_classes: int, pretrained: bool) -> keras.Model:
-        if shape[2] != 3:
-            raise ValueError("ImageNet backbones take RGB images; use color='rgb'")
         inputs = keras.Input(shape, name="image")
-        x = layers.Rescaling(scale, offset, name="normalize")(inputs)
+        x = _as_rgb(layers.Rescaling(scale, offset, name="normalize")(inputs))
         backbone = application(include_top=False, weights=None, input_tensor=x, **kwargs)
         if pretrained:
             # Any input size loads the 224 file's weights: convolutions do not depend on the image size.
@@ -109,10 +117,8 @@ def _squeezenet(shape: tuple[int, int, int], num_classes: int, pretrained: bool 
 def _two_backbones(shape: tuple[int, int, int], num_classes: int, pretrained: bool) -> keras.Model:
     """The seeds' stacked model: MobileNetV2 and MobileNet (alpha 0.25) side by side on the same image, their
     pooled features concatenated, one dense head. Both backbones stay frozen; only the head is trained."""
-    if shape[2] != 3:
-        raise ValueError("ImageNet backbones take RGB images; use color='rgb'")
     inputs = keras.Input(shape, name="image")
-    x = layers.Rescaling(1 / 127.5, -1.0, name="normalize")(inputs)
+    x = _as_rgb(layers.Rescaling(1 / 127.5, -1.0, name="normalize")(inputs))
     big = keras.applications.MobileNetV2(include_top=False, weights=None, input_tensor=x, alpha=1.0)
     small = keras.applications.MobileNet(include_top=False, weights=None, input_tensor=x, alpha=0.25)
     if pretrained:

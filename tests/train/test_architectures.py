@@ -28,6 +28,19 @@ def test_mobilenet_v2_gets_the_same_imagenet_weights_as_keras_applications_at_an
 
 
 @needs_weights
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_025", "two_backbones"])
+def test_a_grey_imagenet_model_is_the_rgb_model_fed_its_grey_image_as_rgb(name):
+    """``--grey`` with an ImageNet backbone: one channel in (the runtime decodes grey), repeated inside."""
+    keras.utils.set_random_seed(0)
+    grey = get_architecture(name).build((64, 64, 1), 2, True)
+    keras.utils.set_random_seed(0)
+    rgb = get_architecture(name).build((64, 64, 3), 2, True)
+    image = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(grey.predict(image, verbose=0), rgb.predict(np.repeat(image, 3, axis=-1), verbose=0),
+                               rtol=0, atol=1e-6)
+
+
+@needs_weights
 def test_the_frozen_cut_point_exists_in_each_transfer_model():
     for arch in ARCHITECTURES.values():
         if arch.frozen_until:
