@@ -13,8 +13,8 @@ import json
 import os
 import sys
 from collections.abc import Iterable, Iterator
-from typing import NoReturn
 from pathlib import Path
+from typing import NoReturn
 
 from .atomic import atomic_write
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
 def command() -> NoReturn:
     """The ``medclf-run`` command: :func:`main`, then out without the interpreter's teardown.
 
-    Unloading numpy, OpenCV and onnxruntime at exit took 26-37 ms of a 0.26 s one-image run (a tenth of it)
+    Unloading numpy, OpenCV and onnxruntime at exit took 23-37 ms of a 0.21-0.26 s one-image run (a tenth)
     and does nothing a finished run needs. So once the results are printed and flushed, the process ends at
     once — unless decoding processes were used (``multiprocessing`` loaded): then Python's own exit, which
     reaps them, is kept (such runs are long anyway)."""
