@@ -273,6 +273,10 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
             paths, indices = run.split(split)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}; pass {option} with real images") from None
+        if paths and not any(os.path.exists(path) for path in paths):
+            raise FileNotFoundError(f"{run_dir / 'splits.json'} lists its {split} images under "
+                                    f"{os.path.commonpath(paths)}, and none of them is there any more (moved or "
+                                    f"on another machine?); pass {option} with real images")
         names = [run.labels[i] for i in indices]
     if not paths:
         raise FileNotFoundError(f"no images in {data or run_dir / 'splits.json'}")

@@ -66,8 +66,7 @@ class Classifier:
     def __init__(self, model: str | os.PathLike[str] | None = None, threads: int | None = None,
                  backend: str = "cpu", streaming: bool = False, reuse_optimized: bool = False) -> None:
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
-        if not self.model_path.is_file():
-            raise FileNotFoundError(f"{self.model_path}: model file not found")
+        _check_model_path(self.model_path)
         self.backend = open_backend(self.model_path, backend, threads or default_threads(), spin=not streaming,
                                     reuse_optimized=reuse_optimized)
         self.card = ModelCard.from_metadata(self.backend.metadata, str(self.model_path))
@@ -139,6 +138,19 @@ class Classifier:
                 write_image(heatmap, overlay(image, heatmaps(maps[n:n + 1, :, :, label], *image.shape[:2])[0]))
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
                              top_k=tuple((self.labels[i], float(row[i])) for i in order), heatmap=heatmap)
+
+
+def _check_model_path(path: Path) -> None:
+    """The mistakes a first run makes, each said with its remedy: a run folder or a Keras file for the ONNX file."""
+    if path.is_dir():
+        onnx_files = sorted(path.rglob("model.onnx"))
+        hint = f"; did you mean {onnx_files[0]}?" if onnx_files else " (medclf export writes model.onnx)"
+        raise FileNotFoundError(f"{path}: a folder; give the exported .onnx file{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model file not found")
+    if path.suffix in (".keras", ".h5"):
+        raise ModelCardError(f"{path}: a Keras model; the runtime serves exported ONNX files: "
+                             f"medclf export {path} --out DIR, then --model DIR/model.onnx")
 
 
 def _heatmap_name(path: str, label: str) -> str:

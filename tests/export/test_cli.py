@@ -39,3 +39,20 @@ def test_engine_without_tensorrt_says_what_is_missing_before_any_work(run_dir, t
     result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path), "--engine"])
     assert result.exit_code == 1 and "TensorRT is not installed" in result.output and "medclf[gpu]" in result.output
     assert not (tmp_path / "model.onnx").exists()
+
+
+def test_a_run_whose_images_have_moved_says_so_and_what_to_pass(run_dir, tmp_path):
+    """Exporting on another machine, or after the dataset moved: the run's split lists files that are gone."""
+    import shutil
+
+    moved = tmp_path / "run"
+    shutil.copytree(run_dir, moved)
+    splits = json.loads((moved / "splits.json").read_text())
+    for split in splits.values():
+        split["paths"] = [f"/gone/data/{i}.jpeg" for i, _ in enumerate(split["paths"])]
+    (moved / "splits.json").write_text(json.dumps(splits))
+    result = runner.invoke(app, ["export", str(moved / "model.keras"), "--out", str(tmp_path / "out")],
+                           terminal_width=200)
+    assert result.exit_code == 1
+    assert "lists its val images under /gone/data, and none of them is there any more" in result.output
+    assert "pass --verify-data with real images" in result.output

@@ -92,6 +92,21 @@ def test_a_model_that_is_not_a_medclf_model_exits_2(tmp_path, blood_cell_images)
     assert done.returncode == 2 and "bogus.onnx" in done.stderr
 
 
+def test_a_run_folder_or_a_keras_file_given_as_the_model_says_what_to_give(tmp_path, blood_cell_images):
+    """The first mistakes after training: pointing medclf-run at the run folder, or at model.keras."""
+    run_dir = tmp_path / "run"
+    (run_dir / "exported").mkdir(parents=True)
+    shutil.copy(DEFAULT_MODEL, run_dir / "exported" / "model.onnx")
+    (run_dir / "model.keras").write_bytes(b"PK")
+    folder = run("--model", str(run_dir), str(blood_cell_images[0]))
+    assert folder.returncode == 2
+    suggestion = run_dir / "exported" / "model.onnx"
+    assert f"a folder; give the exported .onnx file; did you mean {suggestion}?" in folder.stderr
+    keras_file = run("--model", str(run_dir / "model.keras"), str(blood_cell_images[0]))
+    assert keras_file.returncode == 2 and "a Keras model; the runtime serves exported ONNX files: medclf export" \
+        in keras_file.stderr
+
+
 def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_images):
     fake = tmp_path / "notes.jpg"
     fake.write_text("not an image")
