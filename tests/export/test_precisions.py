@@ -75,6 +75,24 @@ def test_int8_is_explicit_per_channel_quantization_with_a_float_head(int8_flavou
     assert head.input[1] in float_weights  # the classifier head keeps its float weights
 
 
+def test_the_runtime_cached_optimized_graph_of_fp16_and_int8_files_answers_the_same(exported, int8_flavours,
+                                                                                     tmp_path, monkeypatch,
+                                                                                     blood_cell_images):
+    """``medclf-run`` starts from onnxruntime's saved optimized graph (QDQ fused into int8 kernels, FP16 casts
+    placed): the same probabilities as a session that optimizes the file itself."""
+    monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path / "cache"))
+    fp32_file = exported[1]["precisions"]["fp32"]["file"]
+    fp16, int8 = tmp_path / "model.fp16.onnx", tmp_path / "model.int8.onnx"
+    onnx.save(to_fp16(onnx.load(fp32_file)), str(fp16))
+    onnx.save(int8_flavours["onnxruntime"], str(int8))
+    for path in (fp16, int8):
+        plain = Classifier(path)
+        images = np.stack([load_image(p, plain.card.preprocess) for p in blood_cell_images])
+        for _ in range(2):  # saves the graph, then starts from it
+            np.testing.assert_array_equal(Classifier(path, reuse_optimized=True).predict(images), plain.predict(images))
+    assert len(list((tmp_path / "cache" / "ort-optimized").iterdir())) == 2
+
+
 def test_an_int8_file_carries_the_cpu_it_was_made_and_verified_on(exported, blood_cells, tmp_path):
     fp32 = tmp_path / "model.onnx"
     shutil.copy(exported[1]["precisions"]["fp32"]["file"], fp32)
