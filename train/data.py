@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,11 +295,11 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     Unreadable files are reported on stderr, one line each, and left out; ``kept`` lists the files used.
     """
     cache = _cache_path(folder, preprocess, cache_dir)
-    if cache is not None and cache.is_file():
-        with np.load(cache) as saved:
-            _say_skipped(saved["errors"] if "errors" in saved else ())  # said again: the files are still unusable
-            kept = folder.subset(saved["indices"])
-            return saved["images"], kept.labels, kept
+    if (saved := _read_cache(cache)) is not None:
+        images, indices, errors = saved
+        _say_skipped(errors)  # said again: the files are still unusable
+        kept = folder.subset(indices)
+        return images, kept.labels, kept
     images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
     readable, errors = np.zeros(len(folder), bool), []
     stream = decoded(folder.paths, preprocess, workers)  # the runtime's own decoding threads, reading ahead
@@ -314,11 +315,34 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         raise DatasetError(f"none of the {len(folder)} images could be read")
     if len(indices) < len(folder):
         images = images[indices]
-    if cache is not None:
-        with atomic_write(cache, "wb") as handle:
-            np.savez(handle, images=images, indices=indices, errors=np.array(errors, dtype=str))
+    _write_cache(cache, images, indices, errors)
     kept = folder.subset(indices)
     return images, kept.labels, kept
+
+
+def _read_cache(cache: Path | None) -> tuple[np.ndarray, np.ndarray, list[str]] | None:
+    """The cached arrays, or None: no cache, or one that cannot be read (it is then made again)."""
+    if cache is None or not cache.is_file():
+        return None
+    try:
+        with np.load(cache) as saved:
+            return saved["images"], saved["indices"], list(saved["errors"]) if "errors" in saved else []
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+        log.warning("%s: unreadable cache of decoded images (%s); decoding again", cache, exc)
+        return None
+
+
+def _write_cache(cache: Path | None, images: np.ndarray, indices: np.ndarray, errors: list[str]) -> None:
+    """Best effort: a cache folder that cannot be written, or a full disk, costs the next run a decode, not
+    this run its work."""
+    if cache is None:
+        return
+    try:
+        with atomic_write(cache, "wb") as handle:
+            np.savez(handle, images=images, indices=indices, errors=np.array(errors, dtype=str))
+    except OSError as exc:
+        log.warning("could not cache the decoded images in %s (%s); the next run decodes them again",
+                    cache.parent, exc.strerror or exc)
 
 
 def predict_folder(folder: ImageFolder, preprocess: Preprocess, predict: Callable[[np.ndarray], np.ndarray],
@@ -354,6 +378,10 @@ def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         return None
     digest = hashlib.sha256(preprocess.to_json().encode())
     for path in folder.paths:
-        stat = os.stat(path)
-        digest.update(os.fsencode(os.path.abspath(path)) + f"\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        try:
+            stat = os.stat(path)
+            state = f"\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+        except OSError:  # gone since it was listed, a broken link: decoding reports it; the key notes it missing
+            state = "\0missing\n"
+        digest.update(os.fsencode(os.path.abspath(path)) + state.encode())
     return Path(cache_dir) / f"images-{digest.hexdigest()[:24]}.npz"

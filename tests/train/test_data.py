@@ -107,6 +107,27 @@ def test_file_and_class_names_in_any_encoding_train_and_cache(tmp_path, blood_ce
     assert len(kept) == 8 and np.array_equal(load_arrays(folder, spec, cache_dir=tmp_path / "cache")[0], images)
 
 
+def test_the_decoded_image_cache_never_costs_a_run_its_work(tmp_path, blood_cell_images, caplog):
+    """A broken link among the files (it stopped training while the cache key was made), a cache folder that
+    cannot be made (a full disk alike) and a damaged cache file: each is said, and the arrays come back."""
+    root = tmp_path / "data"
+    make_tree(root, {"A": 3, "B": 3}, blood_cell_images[0])
+    (root / "A" / "gone.jpeg").symlink_to(tmp_path / "nowhere.jpeg")
+    folder, spec = read_folder(root), Preprocess(32, 32)
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would go")
+    with caplog.at_level(logging.WARNING):
+        images, _, kept = load_arrays(folder, spec, cache_dir=blocked / "cache")
+    assert len(kept) == 6 and "could not cache the decoded images" in caplog.text
+    cache = tmp_path / "cache"
+    load_arrays(folder, spec, cache_dir=cache)
+    [saved] = cache.glob("images-*.npz")
+    saved.write_bytes(saved.read_bytes()[:100])  # damaged
+    with caplog.at_level(logging.WARNING):
+        again, _, _ = load_arrays(folder, spec, cache_dir=cache)
+    assert "unreadable cache of decoded images" in caplog.text and np.array_equal(again, images)
+
+
 def test_unreadable_training_files_are_skipped_with_a_line(tmp_path, blood_cell_images, capsys):
     data = tmp_path / "data"
     make_tree(data, {"a": 2, "b": 2}, blood_cell_images[0])
