@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -19,6 +20,8 @@ import onnxruntime as ort
 
 from .cache import default_cache_dir
 from .cpu import cpu_signature
+
+UNUSED_DAYS = 30  # an entry no run has started from for this long is removed when another is written
 
 
 def optimized_session(model: Path, options: ort.SessionOptions, providers: list) -> ort.InferenceSession:
@@ -29,7 +32,10 @@ def optimized_session(model: Path, options: ort.SessionOptions, providers: list)
     if entry is not None and entry.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
-            return ort.InferenceSession(os.fspath(entry), options, providers=providers)
+            session = ort.InferenceSession(os.fspath(entry), options, providers=providers)
+            with contextlib.suppress(OSError):
+                os.utime(entry)  # last used now: entries unused for UNUSED_DAYS are removed (_remove_stale)
+            return session
         except Exception:  # damaged: made again below
             entry.unlink(missing_ok=True)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -45,16 +51,20 @@ def optimized_session(model: Path, options: ort.SessionOptions, providers: list)
             if written.is_file():
                 with contextlib.suppress(OSError):
                     os.replace(written, entry)
-                    _remove_older(entry)
+                    _remove_stale(entry)
             return session
     return ort.InferenceSession(os.fspath(model), options, providers=providers)
 
 
-def _remove_older(entry: Path) -> None:
-    """The entries of the same model file from before it was rewritten."""
-    for older in entry.parent.glob(f"{entry.name.split('-')[0]}-*.onnx"):
-        if older != entry:
-            older.unlink(missing_ok=True)
+def _remove_stale(entry: Path) -> None:
+    """The entries of the same model file from before it was rewritten, and any not used for UNUSED_DAYS (a model
+    deleted or moved leaves its entry behind): the cache holds about one graph per model in use."""
+    same_file = f"{entry.name.split('-')[0]}-"
+    unused_since = time.time() - UNUSED_DAYS * 86400
+    for other in entry.parent.glob("*.onnx"):
+        with contextlib.suppress(OSError):
+            if other != entry and (other.name.startswith(same_file) or other.stat().st_mtime < unused_since):
+                other.unlink()
 
 
 def _entry(model: Path) -> Path | None:

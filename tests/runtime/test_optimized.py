@@ -37,9 +37,9 @@ def test_the_cached_graph_gives_the_probabilities_of_the_model_itself(cache, mod
     plain = Classifier(model)
     first = Classifier(model, reuse_optimized=True)  # optimizes, and saves the graph
     [entry] = cache.iterdir()
-    saved = entry.stat().st_mtime_ns
+    saved = entry.stat().st_ino
     again = Classifier(model, reuse_optimized=True)  # starts from the saved graph
-    assert [path.name for path in cache.iterdir()] == [entry.name] and entry.stat().st_mtime_ns == saved
+    assert [path.name for path in cache.iterdir()] == [entry.name] and entry.stat().st_ino == saved  # not rewritten
     images = batch(plain, blood_cell_images)
     expected = plain.predict(images)
     for classifier in (first, again):
@@ -54,6 +54,25 @@ def test_a_rewritten_model_gets_a_new_entry_that_replaces_the_old(cache, model):
     Classifier(model, reuse_optimized=True)
     [new] = cache.iterdir()
     assert new.name != old.name and new.name.split("-")[0] == old.name.split("-")[0]
+
+
+def test_entries_of_models_unused_for_a_month_go_when_another_is_written(cache, model, tmp_path):
+    """A deleted or moved model leaves its entry; the cache keeps about one graph per model in use."""
+    import time
+
+    from medclf.runtime.optimized import UNUSED_DAYS
+
+    Classifier(model, reuse_optimized=True)
+    [old] = cache.iterdir()
+    month_ago = time.time() - (UNUSED_DAYS + 1) * 86400
+    os.utime(old, (month_ago, month_ago))
+    Classifier(model, reuse_optimized=True)  # starting from it marks it used
+    assert old.stat().st_mtime > month_ago
+    os.utime(old, (month_ago, month_ago))
+    other = tmp_path / "other.onnx"
+    shutil.copy(model, other)
+    Classifier(other, reuse_optimized=True)  # a new entry is written: the unused one goes
+    assert old not in list(cache.iterdir()) and len(list(cache.iterdir())) == 1
 
 
 def test_a_damaged_entry_is_made_again(cache, model, blood_cell_images):
