@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
                                  len(paths))
     results: list[Prediction] = []
     recorded = _recording(predictions, results) if args.csv_file is not None else predictions
-    failed = _print_json(recorded) if args.as_json else _print_table(recorded)
+    failed = _print_json(recorded) if args.as_json else _print_table(recorded, paths, classifier.labels)
     if args.csv_file is not None:
         write_csv(args.csv_file, results)
     return 1 if failed else 0
@@ -137,23 +137,28 @@ def _print_json(predictions: Iterable[Prediction]) -> int:
     return failed
 
 
-def _print_table(predictions: Iterable[Prediction]) -> int:
-    """Columns file, label, probability, others on stdout once all are in; a line per failed input on stderr as
-    it comes. Plain aligned text rather than rich's tables: importing rich costs ~40 ms, an eighth of a
-    one-shot ``medclf-run image.jpg`` (its progress bar, drawn on long runs only, still uses it)."""
-    rows, failed = [("file", "label", "probability", "others")], 0
+def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tuple[str, ...]) -> int:
+    """Columns file, label, probability, others on stdout, a row as each answer comes (the widths are known from
+    the inputs and the model's labels, so a long run's table streams); a line per failed input on stderr. Plain
+    aligned text rather than rich's tables: importing rich costs ~40 ms, an eighth of a one-shot ``medclf-run
+    image.jpg`` (its progress bar, drawn on long runs only, still uses it)."""
+    widths = (max(len("file"), *map(len, paths)), max(len("label"), *map(len, labels)), len("probability"))
+    failed, header = 0, ("file", "label", "probability", "others")
     for prediction in predictions:
         if prediction.error is not None:
             failed += 1
             print(f"error {_printable(prediction.path)}: {prediction.error}", file=sys.stderr, flush=True)
             continue
+        if header:
+            _print_row(header, widths)
+            header = ()
         others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k[1:])
-        rows.append((_printable(prediction.path), prediction.label, f"{prediction.probability:.3f}", others))
-    if len(rows) > 1:
-        widths = [max(len(row[column]) for row in rows) for column in range(3)]
-        for row in rows:
-            print("  ".join([*(cell.ljust(width) for cell, width in zip(row, widths)), row[3]]).rstrip())
+        _print_row((_printable(prediction.path), prediction.label, f"{prediction.probability:.3f}", others), widths)
     return failed
+
+
+def _print_row(cells: tuple[str, ...], widths: tuple[int, ...]) -> None:
+    print("  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths)), cells[3]]).rstrip())
 
 
 def _printable(path: str) -> str:

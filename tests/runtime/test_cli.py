@@ -74,6 +74,19 @@ def test_table_output_names_each_file(blood_cell_images):
     assert blood_cell_images[0].name in done.stdout
 
 
+def test_the_table_aligns_its_columns_across_names_of_any_length(tmp_path, blood_cell_images):
+    """The widths come from the inputs and the model's labels, so rows can be printed as answers come."""
+    names = ["a.jpeg", "a much longer file name.jpeg", "mid name.jpeg"]
+    for name, image in zip(names, blood_cell_images):
+        shutil.copy(image, tmp_path / name)
+    done = run("--top-k", "2", *(str(tmp_path / name) for name in names))
+    header, *rows = done.stdout.splitlines()
+    assert len(rows) == 3 and header.split() == ["file", "label", "probability", "others"]
+    for column in ("label", "probability", "others"):
+        start = header.index(column)
+        assert all(line[start - 1] == " " and line[start] != " " for line in rows), (column, rows)
+
+
 def test_names_that_look_like_markup_are_printed_as_they_are(tmp_path, blood_cell_images):
     image = tmp_path / "scan[red][1].jpeg"
     shutil.copy(blood_cell_images[0], image)
