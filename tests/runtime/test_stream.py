@@ -57,14 +57,16 @@ def test_an_endless_input_is_read_lazily_and_can_be_abandoned(mixed_paths, prepr
 
 
 def decoding_processes() -> list[int]:
-    """PIDs of this test's decoding workers: children of the forkserver, itself a child of this process."""
+    """PIDs of this test's live decoding workers: children of the forkserver, itself a child of this process. A
+    worker killed but not yet reaped stays in /proc as a zombie (state Z); choosing it again would kill nothing."""
     parents = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        parents[int(stat.parent.name)] = int(fields[1])
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
     servers = {pid for pid, parent in parents.items() if parent == os.getpid()}
     return [pid for pid, parent in parents.items() if parent in servers]
 
