@@ -142,8 +142,8 @@ class Classifier:
 
 def _check_model_path(path: Path) -> None:
     """The mistakes a first run makes, each said with its remedy: a run folder or a Keras file for the ONNX file."""
-    if path.is_dir():
-        onnx_files = sorted(path.rglob("model.onnx"))
+    if path.is_dir():  # looked for where medclf export puts it: in the folder or one below (not a whole tree)
+        onnx_files = sorted(path.glob("model.onnx")) + sorted(path.glob("*/model.onnx"))
         hint = f"; did you mean {onnx_files[0]}?" if onnx_files else " (medclf export writes model.onnx)"
         raise FileNotFoundError(f"{path}: a folder; give the exported .onnx file{hint}")
     if not path.is_file():

@@ -30,7 +30,6 @@ def cpu_signature() -> str:
     return f"{name} {' '.join(sorted(flags))}"
 
 
-@functools.cache
 def _read_cpu() -> tuple[str, bool | None]:
     name, flags = _cpu_flags()
     # x86: avx512_vnni / avx_vnni; ARM (Jetson Orin's Cortex-A78AE among them): asimddp, exact int8 dot products too

@@ -11,7 +11,6 @@ frame is decoded; enhanced objects' rescale and window are read from that frame'
 
 from __future__ import annotations
 
-import functools
 import io
 import warnings
 
@@ -24,6 +23,10 @@ DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
 FRAME_FUNCTIONAL_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
                            "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction")}
 
+# pydicom warns on stderr about what vendors' files often get slightly wrong (a UID with a stray space, an
+# unexpected VR). A file that decodes has nothing to report, and one that does not gets its one line.
+warnings.filterwarnings("ignore", module=r"pydicom\.")
+
 
 def is_dicom(data: bytes) -> bool:
     return data[128:132] == DICOM_MAGIC
@@ -35,7 +38,6 @@ def decode_dicom(data: bytes, source: str) -> np.ndarray:
         import pydicom
     except ImportError:
         raise ImageError(source, "a DICOM file, but pydicom is not installed (pip install 'medclf[dicom]')") from None
-    _quiet_pydicom()
     dataset = None
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
@@ -68,20 +70,14 @@ def _displayed(dataset, source: str) -> np.ndarray:
 def _first_frame_values(dataset) -> None:
     """Enhanced (multi-frame) objects keep their rescale and window per frame, in functional groups; pydicom's
     LUT functions read them at the top level, so the first frame's values are copied there."""
-    for groups in ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence"):
-        frame = dataset[groups].value[0] if dataset.get(groups) else None
+    frames = [dataset[groups].value[0] for groups in ("PerFrameFunctionalGroupsSequence",
+                                                       "SharedFunctionalGroupsSequence") if dataset.get(groups)]
+    for frame in frames:
         for sequence, names in FRAME_FUNCTIONAL_GROUPS.items():
-            values = frame[sequence].value[0] if frame is not None and frame.get(sequence) else None
-            for name in names if values is not None else ():
+            values = frame[sequence].value[0] if frame.get(sequence) else {}
+            for name in names:
                 if name in values and name not in dataset:
                     setattr(dataset, name, values[name].value)
-
-
-@functools.cache
-def _quiet_pydicom() -> None:
-    """pydicom warns on stderr about what vendors' files often get slightly wrong (a UID with a stray space, an
-    unexpected VR). A file that decodes has nothing to report, and one that does not gets its one line."""
-    warnings.filterwarnings("ignore", module=r"pydicom\.")
 
 
 def _voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -63,12 +64,7 @@ def expand_inputs(inputs: Iterable[str]) -> Iterator[str]:
 
 def folder_contents(folder: str | os.PathLike[str]) -> str:
     """What a folder without images holds instead, for its one-line error: ``12 .heic files``."""
-    counts: dict[str, int] = {}
-    for _, _, files in os.walk(folder):
-        for name in files:
-            suffix = Path(name).suffix.lower() or "extensionless"
-            counts[suffix] = counts.get(suffix, 0) + 1
+    counts = Counter(Path(name).suffix.lower() or "extensionless" for _, _, files in os.walk(folder) for name in files)
     if not counts:
         return "it is empty"
-    listed = sorted(counts.items(), key=lambda item: -item[1])[:3]
-    return "it holds " + ", ".join(f"{n} {suffix} file{'s' if n > 1 else ''}" for suffix, n in listed)
+    return "it holds " + ", ".join(f"{n} {suffix} file{'s' if n > 1 else ''}" for suffix, n in counts.most_common(3))
