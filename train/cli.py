@@ -7,7 +7,6 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter is not for users
+from .quiet_tensorflow import import_tensorflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
@@ -76,6 +75,7 @@ def train(
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
     (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png."""
     options = dict(locals())
+    import_tensorflow()
     from .pipeline import train as run_training
 
     recipe = _library_call(lambda: _recipe(preset, options))
@@ -101,6 +101,7 @@ def crossval(
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
+    import_tensorflow()
     from .crossval import REPORTED, cross_validate
 
     recipe = _library_call(lambda: _recipe(preset, options))
@@ -158,6 +159,7 @@ def evaluate(
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
     With --group-pattern or --group-copies, also accuracy counted once per patient or source image."""
+    import_tensorflow()
     from .pipeline import evaluate_run
 
     out = out or _home_of(model) / f"evaluation-{data.resolve().name}"
@@ -186,6 +188,7 @@ def calibrate(
     one, an honest estimate (chosen on half the images, scored on the other half)."""
     from medclf.runtime.atomic import write_json
 
+    import_tensorflow()
     from .calibrate import calibrate_site, write_calibrated
 
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
@@ -220,6 +223,7 @@ def explain(
     """Grad-CAM heatmaps over each image, as the model saw it: OUT/<name>.<class>.gradcam.png."""
     from medclf.runtime.inputs import expand_inputs
 
+    import_tensorflow()
     from .explain import explain_files
 
     failed = 0
@@ -242,6 +246,7 @@ def augment(
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write augmented copies of every image to disk (training augments on the fly and does not need this)."""
+    import_tensorflow()
     from .augment import augment_folder
 
     done = failed = 0
@@ -270,6 +275,7 @@ def export(
 ) -> None:
     """Export MODEL to ONNX per precision (uint8 in, probabilities out, labels and preprocessing inside), each
     verified against Keras before it is written under its final name."""
+    import_tensorflow()
     from medclf.export.pipeline import export_run, failed_files
     from medclf.export.report import export_table
 
@@ -328,6 +334,7 @@ def benchmark(
         raise typer.BadParameter("Keras models are compared on the CPU; give an exported .onnx file for a GPU "
                                  "backend", param_hint="--backend")
     else:
+        import_tensorflow()
         from medclf.export.benchmark import benchmark_model
 
         result = _library_call(lambda: benchmark_model(model, data, _parse_precisions(precision), images, json_out,
@@ -343,6 +350,7 @@ def demo(
     per_class: Annotated[int, typer.Option(min=10, help="Training images per class.")] = 400,
 ) -> None:
     """The main job end to end on real data: train → export + verify → classify unseen images."""
+    import_tensorflow()
     from .demo import default_data, run_demo
 
     data = data or default_data()

@@ -6,11 +6,15 @@ import json
 import subprocess
 import sys
 
+from medclf.train.quiet_tensorflow import NOTICES
+
 
 def cli(module: str, *args: str) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
+    notices = [line for line in done.stderr.splitlines() if NOTICES.search(line.encode())]
+    assert not notices, f"TensorFlow's start-up notices reached the user: {notices}"
     return done
 
 
