@@ -12,7 +12,8 @@ Left to itself (``--group-copies`` not given), training looks for copies and use
 shipped pre-augmented: enough images have a copy, and no group is so large that it must be look-alikes chained
 together rather than copies — grey radiographs, whose histograms have only a brightness axis, chain that way
 (chest-xray/train: one "group" of 73% of the films). The search stops as soon as one group passes that size,
-and compares images a block at a time, so it stays within memory on large grey datasets.
+and compares images a block at a time, so it stays within memory on large grey datasets; on large datasets a
+random sample is searched first, so data without copies costs seconds whatever its size.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ _SIGNATURE_SIZE = Preprocess(256, 256, shrink_jpeg=True)
 # are MIN_SOURCES sources to split. blood-cells/TRAIN: 99% copied, largest group 1.6%; chest-xray/train: 99%
 # "copied", largest 73% (chained); cataract: 7% (two near-duplicate photos).
 COPIED, CHAINED, MIN_SOURCES = 0.10, 0.10, 20
+# Files searched first on larger datasets (see detected_copies). A pair of copies both in a sample of fraction f
+# turns up with probability f, so the sample is taken to show copies when at least COPIED x f of it has one.
+LOOK_FIRST = 4_000
 
 
 def colour_signature(path: str) -> np.ndarray | None:
@@ -77,15 +81,26 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
     return groups
 
 
-def detected_copies(paths: tuple[str, ...], labels: np.ndarray) -> np.ndarray | None:
-    """Copy groups if the files look shipped pre-augmented (see the module docstring), else None."""
+def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -> np.ndarray | None:
+    """Copy groups if the files look shipped pre-augmented (see the module docstring), else None.
+
+    On more than ``LOOK_FIRST`` files a random sample of that many is searched first, and all of them only if
+    the sample shows copies: the search decodes every file and compares every pair within a class, which on
+    100,000 images of a class would take most of a run's time budget, and most datasets hold no copies."""
+    if len(paths) > LOOK_FIRST:
+        sample = np.sort(np.random.default_rng(seed).choice(len(paths), LOOK_FIRST, replace=False))
+        groups = copy_groups(tuple(paths[i] for i in sample), labels[sample], most=int(CHAINED * LOOK_FIRST))
+        if groups is None or _copied(groups) < COPIED * LOOK_FIRST / len(paths):  # the least copies can show
+            log.info("no augmented copies found among %d images sampled: validation images are drawn one by one",
+                     LOOK_FIRST)
+            return None
     groups = copy_groups(paths, labels, most=int(CHAINED * len(paths)))
     if groups is None:
         log.info("no augmented copies found (look-alike images chain into groups of over %.0f%% of the images): "
                  "validation images are drawn one by one", 100 * CHAINED)
         return None
     sizes = np.unique(groups, return_counts=True)[1]
-    copied, largest = sizes[sizes > 1].sum() / len(groups), sizes.max() / len(groups)
+    copied, largest = _copied(groups), sizes.max() / len(groups)
     if copied < COPIED or largest > CHAINED or len(sizes) < MIN_SOURCES:
         log.info("no augmented copies found (%.0f%% of images have a look-alike, the largest group holds %.0f%%): "
                  "validation images are drawn one by one", 100 * copied, 100 * largest)
@@ -93,6 +108,12 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray) -> np.ndarray | 
     log.warning("%d of %d images are augmented copies of %d sources: validation holds out whole sources "
                 "(--no-group-copies to draw images one by one)", sizes[sizes > 1].sum(), len(groups), len(sizes))
     return groups
+
+
+def _copied(groups: np.ndarray) -> float:
+    """The fraction of files that share their group with another."""
+    sizes = np.unique(groups, return_counts=True)[1]
+    return sizes[sizes > 1].sum() / len(groups)
 
 
 def _components(signatures: np.ndarray, distance: float, most: int | None = None,

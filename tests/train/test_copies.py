@@ -78,3 +78,18 @@ def test_a_big_jpeg_gets_nearly_the_signature_of_its_full_size_decode(cataract, 
     cv2.imwrite(str(jpeg), cv2.resize(photo, (2400, 2000), interpolation=cv2.INTER_CUBIC))
     cv2.imwrite(str(png), cv2.cvtColor(read_image(str(jpeg)), cv2.COLOR_RGB2BGR))  # its full decode; PNG: no shrink
     assert 1.0 - float(colour_signature(str(jpeg)) @ colour_signature(str(png))) < 0.2 * COPY_DISTANCE
+
+
+def test_on_many_files_a_sample_is_searched_first_and_all_only_when_it_shows_copies(blood_cells, chest_xray,
+                                                                                   monkeypatch):
+    from medclf.train import copies
+
+    read = []
+    monkeypatch.setattr(copies, "colour_signature", lambda path: read.append(path) or colour_signature(path))
+    monkeypatch.setattr(copies, "LOOK_FIRST", 500)
+    films = read_folder(chest_xray / "test")  # 624 films, no copies
+    assert copies.detected_copies(films.paths, films.labels) is None and len(read) == 500
+    read.clear()
+    cells = read_folder(blood_cells / "TEST")  # 100 cells, ~25 copies each: a fifth of them show it
+    groups = copies.detected_copies(cells.paths, cells.labels)
+    assert len(read) == 500 + len(cells) and len(np.unique(groups)) == 100
