@@ -86,7 +86,8 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
 
     On more than ``LOOK_FIRST`` files a random sample of that many is searched first, and all of them only if
     the sample shows copies: the search decodes every file and compares every pair within a class, which on
-    100,000 images of a class would take most of a run's time budget, and most datasets hold no copies."""
+    100,000 colour images of a class would take ~7 minutes here (3,875 take 0.6 s; pairs grow as the square),
+    a quarter of the default time budget, and most datasets hold no copies."""
     if len(paths) > LOOK_FIRST:
         sample = np.sort(np.random.default_rng(seed).choice(len(paths), LOOK_FIRST, replace=False))
         groups = copy_groups(tuple(paths[i] for i in sample), labels[sample], most=int(CHAINED * LOOK_FIRST))
