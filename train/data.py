@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -284,8 +285,29 @@ def _grouped_split(folder: ImageFolder, fraction: float, seed: int,
         raise DatasetError(f"the files form only {len(np.unique(groups))} groups (patients, sources): too few "
                            f"to hold out {fraction:.0%} of them")
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    keep, held = next(splitter.split(np.zeros(len(folder)), folder.labels, groups))
-    return folder.subset(np.sort(keep)), folder.subset(np.sort(held))
+    held = np.zeros(len(folder), dtype=bool)
+    with warnings.catch_warnings():  # "the least populated class has only N members": seen to below
+        warnings.simplefilter("ignore", UserWarning)
+        held[next(splitter.split(np.zeros(len(folder)), folder.labels, groups))[1]] = True
+    held = _every_class_on_both_sides(folder.labels, groups, held)
+    return folder.subset(np.flatnonzero(~held)), folder.subset(np.flatnonzero(held))
+
+
+def _every_class_on_both_sides(labels: np.ndarray, groups: np.ndarray, held: np.ndarray) -> np.ndarray:
+    """``held`` (True: validation) with whole groups moved so that every class is trained on, and validated on
+    where it has two or more groups. StratifiedGroupKFold balances classes only as far as groups allow: a rare
+    class of a few groups (three copies of one cell, two patients) can land wholly on one side — never learnt,
+    or never checked (a binary run then had no threshold to choose, after all its training)."""
+    held = held.copy()
+    for label in np.unique(labels):
+        members = labels == label
+        names, sizes = np.unique(groups[members], return_counts=True)
+        smallest = names[np.argmin(sizes)]
+        if held[members].all():  # never learnt: all its groups but the smallest train (that one too if alone)
+            held[np.isin(groups, names[names != smallest] if len(names) > 1 else names)] = False
+        elif not held[members].any() and len(names) > 1:  # never checked: its smallest group is validated
+            held[groups == smallest] = True
+    return held
 
 
 def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None = None,

@@ -42,9 +42,9 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, classes: Seq
         raise ValueError(f"an operating threshold needs a binary task, not {len(classes)} classes")
     positive = positive_class(classes)
     is_positive = labels == positive
-    if is_positive.all() or not is_positive.any():
-        raise ValueError("choosing a threshold needs validation images of both classes")
     smallest = min(int(is_positive.sum()), int((~is_positive).sum()))
+    if smallest == 0 and target_sensitivity is not None:
+        raise ValueError("choosing a threshold for a sensitivity needs validation images of both classes")
     if target_sensitivity is None and smallest < MIN_IMAGES_FOR_THRESHOLD:
         return Decision(positive_class=classes[positive], threshold=0.5,
                         rule=f"argmax (validation has only {smallest} images of a class)")

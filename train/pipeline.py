@@ -110,7 +110,10 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
-    warn_missing_classes(val_y, classes, "validation")
+    missing = warn_missing_classes(val_y, classes, "validation")
+    if missing and len(classes) == 2 and recipe.target_sensitivity is not None:  # said now, not after training
+        raise ValueError(f"validation holds no readable image of {missing[0]}: a threshold for sensitivity "
+                         f"{recipe.target_sensitivity:g} cannot be chosen on it")
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -183,6 +183,29 @@ def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray
     assert set(file_groups(naive_train.paths, pattern)) & set(file_groups(naive_val.paths, pattern))
 
 
+def test_a_rare_class_of_few_groups_is_trained_on_always_and_validated_on_when_it_can_be():
+    """A common class of many sources beside rare ones of one to five (patients, cells): StratifiedGroupKFold
+    alone left a class of several groups out of validation in two datasets of three like these."""
+    rng = np.random.default_rng(0)
+    for dataset in range(60):
+        labels, groups = [], []
+        for label in range(int(rng.integers(2, 5))):
+            for group in range(int(rng.integers(20, 60) if label == 0 else rng.integers(1, 6))):
+                size = int(rng.integers(2, 40))
+                labels += [label] * size
+                groups += [f"{label}-{group}"] * size
+        labels, groups = np.array(labels), np.array(groups)
+        folder = ImageFolder(tuple(f"{i}.png" for i in range(len(labels))), labels, tuple("abcd"[:labels.max() + 1]))
+        train, val = stratified_split(folder, 0.15, 0, groups)
+        held = np.isin(folder.paths, val.paths)
+        assert not set(groups[held]) & set(groups[~held]), dataset
+        for label in np.unique(labels):
+            assert (labels[~held] == label).any(), dataset  # every class is learnt
+            several = len(set(groups[labels == label])) > 1
+            assert (labels[held] == label).any() == several, dataset  # and checked, unless it is one group
+        assert 0.05 < held.mean() < 0.4, dataset
+
+
 def test_a_val_folder_too_small_to_judge_by_joins_training_and_a_split_is_held_out(tmp_path, blood_cell_images,
                                                                                    caplog):
     # Kermany's chest X-rays ship val/ with 8 images per class: early stopping and a threshold chosen on them

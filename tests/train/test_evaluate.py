@@ -86,11 +86,16 @@ def test_threshold_works_when_the_finding_is_class_zero():
     assert classification_metrics(labels, probabilities, classes, decision)["accuracy"] == 1.0
 
 
-def test_threshold_needs_a_binary_task_with_both_classes():
+def test_threshold_needs_a_binary_task_and_a_target_sensitivity_needs_both_classes():
     with pytest.raises(ValueError, match="binary"):
         choose_threshold(np.array([0, 1, 2]), np.eye(3), "abc")
     with pytest.raises(ValueError, match="both classes"):
-        choose_threshold(np.array([1, 1]), _binary([0.6, 0.7]), ("NORMAL", "PNEUMONIA"))
+        choose_threshold(np.array([1, 1]), _binary([0.6, 0.7]), ("NORMAL", "PNEUMONIA"), target_sensitivity=0.9)
+
+
+def test_without_validation_images_of_a_class_the_model_keeps_its_own_call():
+    decision = choose_threshold(np.array([1, 1]), _binary([0.6, 0.7]), ("NORMAL", "PNEUMONIA"))
+    assert decision.threshold == 0.5 and decision.rule.startswith("argmax (validation has only 0 images")
 
 
 def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_when_overconfident():
