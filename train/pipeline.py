@@ -29,8 +29,8 @@ from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
-from .data import (ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder, read_dataset,
-                   split_groups, warn_missing_classes)
+from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
+                   read_dataset, split_groups, warn_missing_classes)
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
@@ -109,6 +109,10 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     splits = fit_to_budget(splits, preprocess, model, budget, config.seed)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
+    given = splits.train.class_counts()
+    unlearnable = [f"{name} ({given[name]})" for i, name in enumerate(classes) if not (train_y == i).any()]
+    if unlearnable:  # else a model that never answers them would be trained, scored and written
+        raise DatasetError(f"no training image of {', '.join(unlearnable)} could be read (each is named above)")
     val_x, val_y, val_set = load_arrays(splits.val, preprocess, cache)
     missing = warn_missing_classes(val_y, classes, "validation")
     if missing and len(classes) == 2 and recipe.target_sensitivity is not None:  # said now, not after training

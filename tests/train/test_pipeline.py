@@ -8,8 +8,10 @@ import json
 import cv2
 import keras
 import numpy as np
+import pytest
 
 from medclf.rundir import RunDir
+from medclf.train.data import DatasetError
 from medclf.train.explain import explain_files
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, evaluate_run, train
@@ -65,3 +67,18 @@ def test_the_same_seed_trains_the_same_model(cataract, tmp_path):
         model = keras.models.load_model(tmp_path / run / "model.keras", compile=False)
         weights.append(model.get_weights())
     assert all(np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_a_class_none_of_whose_images_can_be_read_stops_the_run_before_training(blood_cell_images, tmp_path):
+    """It used to train a 'binary' model that only ever answered the other class, and report 100% accuracy."""
+    data = tmp_path / "data"
+    (data / "cells").mkdir(parents=True)
+    (data / "damaged").mkdir()
+    for image in blood_cell_images:
+        (data / "cells" / image.name).symlink_to(image)
+    for i in range(len(blood_cell_images)):
+        (data / "damaged" / f"scan{i}.jpg").write_text("not an image")
+    with pytest.raises(DatasetError, match=r"no training image of damaged \(\d+\) could be read"):
+        train(data, tmp_path / "run", Recipe(arch="small_cnn", image_size=32, val_split=0.3,
+                                             fit=FitConfig(epochs=1)))
+    assert not (tmp_path / "run").exists()
