@@ -84,6 +84,9 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
         classes = tuple(found)
         if len(classes) < 2:
             raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}")
+    else:
+        per_class = _named_as(per_class, classes)
+        found = sorted(name for name, files in per_class.items() if files)
     unknown = sorted(set(found) - set(classes))
     if unknown:
         raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}")
@@ -93,6 +96,20 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
             paths.append(str(path))
             labels.append(index)
     return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
+
+
+def _named_as(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
+    """``per_class`` with a name that differs from one of ``classes`` only in case renamed to it: a test/
+    folder of ``normal`` beside a train/ folder of ``NORMAL`` holds the same class (on Windows and macOS it is
+    even the same folder name)."""
+    by_case = {}
+    for name in classes:
+        by_case.setdefault(name.casefold(), []).append(name)
+    renamed: dict[str, list[Path]] = {}
+    for name, files in per_class.items():
+        matches = by_case.get(name.casefold(), [])
+        renamed.setdefault(name if name in classes or len(matches) != 1 else matches[0], []).extend(files)
+    return renamed
 
 
 @dataclass(frozen=True)

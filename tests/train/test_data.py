@@ -80,6 +80,21 @@ def test_test_folder_with_an_unknown_class_is_refused(tmp_path, blood_cell_image
         load_splits(tmp_path)
 
 
+def test_a_test_folder_whose_class_names_differ_only_in_case_is_read_as_the_training_classes(tmp_path,
+                                                                                             blood_cell_images):
+    make_tree(tmp_path / "train", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
+    make_tree(tmp_path / "test", {"normal": 1, "Pneumonia": 2}, blood_cell_images[0])
+    test = load_splits(tmp_path).test
+    assert test.classes == ("NORMAL", "PNEUMONIA") and test.class_counts() == {"NORMAL": 1, "PNEUMONIA": 2}
+
+
+def test_a_case_only_match_is_not_guessed_when_two_training_classes_share_it(tmp_path, blood_cell_images):
+    make_tree(tmp_path / "train", {"Normal": 2, "NORMAL": 2}, blood_cell_images[0])
+    make_tree(tmp_path / "test", {"normal": 1}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match="normal"):
+        load_splits(tmp_path)
+
+
 def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood_cells):
     folder = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 300))
     spec = Preprocess(96, 128)
