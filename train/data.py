@@ -89,7 +89,9 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
         found = sorted(name for name, files in per_class.items() if files)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}")
+        splits = [name for name in unknown if any(name.lower() in names for names in SPLIT_NAMES.values())]
+        hint = f" ({root / splits[0]} is a split: point at it)" if splits else ""
+        raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}{hint}")
     paths, labels = [], []
     for index, name in enumerate(classes):
         for path in per_class.get(name, []):

@@ -78,6 +78,8 @@ def test_test_folder_with_an_unknown_class_is_refused(tmp_path, blood_cell_image
     make_tree(tmp_path / "test", {"cat": 1, "bird": 1}, blood_cell_images[0])
     with pytest.raises(DatasetError, match="bird"):
         load_splits(tmp_path)
+    with pytest.raises(DatasetError, match=r"test is a split: point at it"):  # the whole dataset, not its test/
+        read_folder(tmp_path, ("cat", "dog"))
 
 
 def test_a_test_folder_whose_class_names_differ_only_in_case_is_read_as_the_training_classes(tmp_path,
