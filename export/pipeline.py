@@ -8,6 +8,7 @@ then moved to its final name. ``export_report.json`` is written either way and s
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 import math
 import os
 import re
@@ -32,15 +33,22 @@ from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
 from .speed import speed
 from .triton import write_model
-from .verify import TOLERANCES, Comparison, VerificationError, compare, keras_probabilities, onnx_probabilities
+from .verify import (TOLERANCES, Comparison, VerificationError, compare, expected_flips, keras_probabilities,
+                     onnx_probabilities)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-MAX_VERIFY_IMAGES = 256
+# Verification images, at most: FP16's tolerance (99.9% agreement) is "no flip at all" on fewer than 1,000,
+# and a file that truly flips 0.44% of answers (the demo model's FP16, on all 1,376 held-out cells) passed 256
+# images about one time in three. (medclf export's --verify-images default repeats it.)
+MAX_VERIFY_IMAGES = 1024
+MIN_VERIFY_IMAGES = 256  # kept for verification before any go to the search
 CALIBRATION_IMAGES = 256
-# INT8: how many leading convolutions to keep float, tried in turn until the file agrees (see _int8); 15 is
-# MobileNetV2's first five blocks, about a third of its work.
+# FP16 and INT8: how many leading convolutions to keep float32, tried in turn (see _search); 15 is MobileNetV2's
+# first five blocks, about a third of its work.
+FP16_FLOAT_STEPS = (0, 4, 8, 15, 20, 30)
 INT8_FLOAT_STEPS = (1, 3, 6, 9, 12, 15)
+SEARCH_IMAGES = 256  # held-out images the steps are chosen on, other than verification's where there are enough
 MIN_SEARCH_IMAGES = 64
 TRITON_MAX_BATCH = 64
 
@@ -62,11 +70,16 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         gpu_identity()
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
-    images, labels = verification_set(model_path, card, verify_data, max_images)
+    paths, names = _all_images(model_path.parent, verify_data, "val", "--verify-data")
+    verified, searched, searched_on = held_out_split(len(paths), max_images, bool({"fp16", "int8"} & set(precisions)))
+    images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
     reference = keras_probabilities(model, images)
-    search, calibration = None, None  # INT8's: held-out images to choose its float layers on, and its calibration
+    search, calibration = None, None  # FP16's and INT8's images to choose float layers on; INT8's calibration
+    if searched is not None:
+        search_images, search_labels = load_labelled([paths[i] for i in searched], [names[i] for i in searched], card)
+        search = Search(search_images, keras_probabilities(model, search_images), search_labels, searched_on,
+                        reference)
     if "int8" in precisions:
-        search = _search_set(model, model_path, card, verify_data, max_images)
         paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
         calibration = Int8Quantizer(ImageCalibrationReader(paths, card.preprocess))
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
@@ -79,10 +92,10 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         _save(proto, card, fp32)
         candidates = {}
         for precision in precisions:
-            if precision == "int8":
-                candidates[precision], tried = _int8(fp32, card, calibration, search)
+            if precision == "fp32":
+                candidates[precision], tried = fp32, {}
             else:
-                candidates[precision], tried = _derive(precision, fp32, card), {}
+                candidates[precision], tried = _search(precision, fp32, card, calibration, search)
             entry = _verify(candidates[precision], reference, images, labels, TOLERANCES[precision])
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
@@ -171,14 +184,15 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
 
 def _derive(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None = None,
             for_tensorrt: bool = False, float_convs: int = 1) -> Path:
-    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card. INT8 is
-    calibrated on ``calibration``; ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built
-    from (see :mod:`.int8`), on the same images as the published onnxruntime one."""
+    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card, its first
+    ``float_convs`` convolutions kept float32. INT8 is calibrated on ``calibration``; ``for_tensorrt``: the
+    symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), on the same images as the
+    published onnxruntime one."""
     if precision == "fp32":
         return fp32
     target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
     if precision == "fp16":
-        proto = to_fp16(onnx.load(str(fp32)))
+        proto = to_fp16(onnx.load(str(fp32)), float_convs)
     else:  # verified on this CPU: the runtime warns when a CPU without int8 dot products serves it
         proto = calibration.quantize(fp32, for_tensorrt, float_convs)
         card = dataclasses.replace(card, metrics=card.metrics | {VERIFIED_ON: this_cpu()})
@@ -186,26 +200,47 @@ def _derive(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
     return target
 
 
-def _int8(fp32: Path, card: ModelCard, calibration: Int8Quantizer,
-          search: tuple[np.ndarray, np.ndarray, np.ndarray | None, str]) -> tuple[Path, dict]:
-    """The INT8 candidate with the fewest leading convolutions kept float (``INT8_FLOAT_STEPS``) that clears
-    INT8's tolerance on the search images with a margin (:func:`_clears`) — or, if none does, the one that agreed
-    best, which verification then judges. Each step is a full quantization (~7 s for MobileNetV2); the tries go
-    into the report."""
-    images, reference, labels, searched_on = search
+@dataclass(frozen=True)
+class Search:
+    """Held-out images to choose a precision's float layers on, with Keras' probabilities for them, and Keras'
+    probabilities on the verification images (their top-two gaps are what FP16's estimate needs)."""
+
+    images: np.ndarray
+    reference: np.ndarray
+    labels: np.ndarray | None
+    searched_on: str
+    verification_reference: np.ndarray
+
+
+def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None,
+            search: Search) -> tuple[Path, dict]:
+    """The candidate with the fewest leading convolutions kept float32 (``FP16_FLOAT_STEPS``,
+    ``INT8_FLOAT_STEPS``) that is good enough on the search images — or, if none is, the best of them, which
+    verification then judges. INT8 is good enough when it clears its tolerance with a margin (:func:`_clears`);
+    FP16 changes too few answers to count on a few hundred images, so it is good enough when the answers it is
+    expected to change (:func:`expected_flips`) are within its tolerance. The tries go into the report."""
+    tolerance = TOLERANCES[precision]
     tries, files = [], {}
-    for float_convs in INT8_FLOAT_STEPS:
-        candidate = _derive("int8", fp32, card, calibration, float_convs=float_convs)
+    for float_convs in FP16_FLOAT_STEPS if precision == "fp16" else INT8_FLOAT_STEPS:
+        candidate = _derive(precision, fp32, card, calibration, float_convs=float_convs)
         files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
-        comparison = compare(reference, onnx_probabilities(str(files[float_convs]), images), TOLERANCES["int8"],
-                             labels)
-        tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed,
-                      "cleared": _clears(comparison)})
-        if tries[-1]["cleared"]:
+        probabilities = onnx_probabilities(str(files[float_convs]), search.images)
+        comparison = compare(search.reference, probabilities, tolerance, search.labels)
+        tried = {"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed}
+        if precision == "fp16":
+            flips = expected_flips(np.concatenate([search.verification_reference, search.reference]),
+                                   search.reference, probabilities)
+            tried |= {"expected_flips": flips, "cleared": flips <= 1 - tolerance.min_agreement}
+        else:
+            tried["cleared"] = _clears(comparison)
+        tries.append(tried)
+        if tried["cleared"]:
             break
-    chosen = tries[-1] if tries[-1]["cleared"] else max(tries, key=lambda t: (t["passed"], t["agreement"]))
+    rank = (lambda t: -t["expected_flips"]) if precision == "fp16" else (lambda t: (t["passed"], t["agreement"]))
+    chosen = tries[-1] if tries[-1]["cleared"] else max(tries, key=rank)
+    method = {"method": calibration.method()} if precision == "int8" else {}
     return files[chosen["float_convs"]], {"float_convs": chosen["float_convs"], "search": tries,
-                                          "searched_on": searched_on, "method": calibration.method()}
+                                          "searched_on": search.searched_on, **method}
 
 
 def _clears(comparison: Comparison) -> bool:
@@ -216,20 +251,21 @@ def _clears(comparison: Comparison) -> bool:
     return comparison.passed and comparison.agreement >= least + margin
 
 
-def _search_set(model: keras.Model, model_path: Path, card: ModelCard, data: str | os.PathLike[str] | None,
-                most: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, str]:
-    """Images for INT8's search, with Keras' probabilities: held-out images other than the ones verification
-    judges, so the choice is not fitted to its judge. With too few left, the verification images themselves
-    (the report says so)."""
-    paths, names = _all_images(model_path.parent, data, "val", "--verify-data")
-    verified = set(spread(len(paths), most))  # the picks verification_set makes from the same list
-    rest = [i for i in range(len(paths)) if i not in verified]
-    searched_on = f"{min(len(rest), most)} held-out images not used for verification"
-    if len(rest) < MIN_SEARCH_IMAGES:
-        rest, searched_on = range(len(paths)), "the verification images (too few others held out)"
-    pick = [rest[i] for i in spread(len(rest), most)]
-    images, labels = load_labelled([paths[i] for i in pick], [names[i] for i in pick], card)
-    return images, keras_probabilities(model, images), labels, searched_on
+def held_out_split(count: int, most: int, searching: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
+    """Which of ``count`` held-out images verification judges (at most ``most``, evenly spread), and which the
+    float-layer search chooses on: ``SEARCH_IMAGES`` others, so the choice is not fitted to its judge, as long as
+    verification keeps ``MIN_VERIFY_IMAGES``; with too few left, the verification images themselves (said in the
+    report). No search images unless ``searching``."""
+    if not searching:
+        return spread(count, most), None, ""
+    kept = min(most, max(MIN_VERIFY_IMAGES, count - SEARCH_IMAGES))
+    if count - kept < MIN_SEARCH_IMAGES:
+        verified = spread(count, most)
+        return verified, verified, "the verification images (too few others held out)"
+    verified = spread(count, kept)
+    rest = np.setdiff1d(np.arange(count), verified)
+    searched = rest[spread(len(rest), SEARCH_IMAGES)]
+    return verified, searched, f"{len(searched)} held-out images not used for verification"
 
 
 def _save(proto: onnx.ModelProto, card: ModelCard, path: Path) -> None:

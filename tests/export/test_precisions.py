@@ -11,8 +11,8 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
-from medclf.export.pipeline import INT8_FLOAT_STEPS, _clears, _derive
-from medclf.export.verify import TOLERANCES, Comparison
+from medclf.export.pipeline import FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, _clears, _derive, held_out_split
+from medclf.export.verify import TOLERANCES, Comparison, expected_flips
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 
@@ -164,3 +164,41 @@ def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell
     reader.rewind()
     second = [reader.get_next() for _ in range(3)]
     assert second[-1] is None and all(np.array_equal(a["image"], b["image"]) for a, b in zip(first[:2], second[:2]))
+
+
+def test_fp16_keeps_its_first_convolutions_float32_when_asked(exported):
+    fp32 = onnx.load(exported[1]["precisions"]["fp32"]["file"])
+    weights = {init.name: init.data_type for init in to_fp16(fp32, float_convs=3).graph.initializer}
+    convs = [node for node in to_fp16(fp32, float_convs=3).graph.node if node.op_type == "Conv"]
+    assert [weights.get(conv.input[1]) for conv in convs[:4]] == [onnx.TensorProto.FLOAT] * 3 + [
+        onnx.TensorProto.FLOAT16]
+
+
+def test_fp16_keeps_more_leading_convolutions_float32_until_few_answers_are_expected_to_change(exported):
+    entry = exported[1]["precisions"]["fp16"]
+    tries = entry["search"]
+    assert [t["float_convs"] for t in tries] == list(FP16_FLOAT_STEPS[:len(tries)])
+    assert not any(t["cleared"] for t in tries[:-1])
+    assert all(t["cleared"] == (t["expected_flips"] <= 0.001) for t in tries)
+    chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
+    assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
+
+
+def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_error():
+    reference = np.array([[0.50, 0.49, 0.01], [0.9, 0.07, 0.03], [0.6, 0.3, 0.1], [0.40, 0.35, 0.25]])
+    # gaps 0.01, 0.83, 0.3, 0.05; a candidate moving every gap by 0.02 beats one gap in four
+    moved = reference + np.array([[-0.01, 0.01, 0.0]] * 4)
+    assert expected_flips(reference, reference, moved) == pytest.approx(0.25)
+    assert expected_flips(reference, reference, reference) == 0.0
+    assert expected_flips(reference, reference[:1], moved[:1] * 0 + [[0.0, 1.0, 0.0]]) == pytest.approx(1.0)
+
+
+def test_verification_and_the_search_get_different_held_out_images_while_there_are_enough():
+    verified, searched, _ = held_out_split(1376, 1024, searching=True)  # the blood-cell runs' validation
+    assert len(verified) == 1024 and len(searched) == 256 and not set(verified) & set(searched)
+    verified, searched, _ = held_out_split(745, 1024, searching=True)  # the chest preset's
+    assert (len(verified), len(searched)) == (489, 256) and not set(verified) & set(searched)
+    verified, searched, said = held_out_split(300, 1024, searching=True)
+    assert len(verified) == 300 and searched is verified and "verification images" in said
+    verified, searched, _ = held_out_split(1376, 1024, searching=False)
+    assert len(verified) == 1024 and searched is None
