@@ -8,12 +8,12 @@ then moved to its final name. ``export_report.json`` is written either way and s
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 import math
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -71,7 +71,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
     paths, names = _all_images(model_path.parent, verify_data, "val", "--verify-data")
-    verified, searched, searched_on = held_out_split(len(paths), max_images, bool({"fp16", "int8"} & set(precisions)))
+    searching = bool({"fp16", "int8"} & set(precisions))
+    verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
     images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
     reference = keras_probabilities(model, images)
     search, calibration = None, None  # FP16's and INT8's images to choose float layers on; INT8's calibration
