@@ -45,7 +45,7 @@ def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[
 
 
 def _keras_row(model_path: Path, data, max_images: int, report: dict) -> dict:
-    images, _ = verification_set(model_path, model_card(model_path), data, max_images)
+    images, _ = verification_set(model_path, model_card(model_path), data, min(max_images, BATCH))  # to time
     model = keras.models.load_model(model_path, compile=False)
     one, batch = images[:1].astype(np.float32), np.resize(images, (BATCH, *images.shape[1:])).astype(np.float32)
     latency = median_seconds(lambda: model.predict_on_batch(one), 10)
