@@ -7,6 +7,7 @@ any precision) is scored by the same code; the call itself is ``medclf.runtime.d
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,13 +19,23 @@ from medclf.runtime.decision import Decision, decide
 # (about 10 validation images per fold) it cost 5 points of 5-fold accuracy against the model's own 0.5.
 MIN_IMAGES_FOR_THRESHOLD = 30
 
-NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no", "none", "control")
+# Words that name the class without the finding, as public datasets spell their folders: NORMAL, 0_normal,
+# Uninfected (malaria smears), No Finding (NIH chest X-rays), healthy, benign, negative, control.
+NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no", "none", "control", "uninfected", "clear",
+                  "nofinding", "notumor", "absent")
+NEGATIONS = ("non", "no", "not", "un")  # non-covid beside covid, no_tumor beside tumor
 
 
 def positive_class(classes: Sequence[str]) -> int:
-    """For a binary task, the class that counts as 'positive' (the finding): the one not named like 'normal'."""
-    negatives = [i for i, name in enumerate(classes) if name.lower().strip() in NEGATIVE_NAMES]
-    return 1 - negatives[0] if len(classes) == 2 and len(negatives) == 1 else 1
+    """For a binary task, the class that counts as 'positive' (the finding): the one not named like 'normal' or
+    as the negation of the other (``non-covid`` / ``covid``); class 1 when the names do not say (``0`` / ``1``)."""
+    if len(classes) != 2:
+        return 1
+    words = [re.findall(r"[a-z]+", name.lower()) for name in classes]
+    joined = ["".join(w) for w in words]
+    negatives = [i for i in (0, 1) if set(words[i]) & set(NEGATIVE_NAMES) or joined[i] in NEGATIVE_NAMES
+                 or any(joined[i] == prefix + joined[1 - i] for prefix in NEGATIONS)]
+    return 1 - negatives[0] if len(negatives) == 1 else 1
 
 
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],

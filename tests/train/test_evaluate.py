@@ -9,8 +9,11 @@ from medclf.train.evaluate import (
     MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics, expected_calibration_error, positive_class)
 
 
-@pytest.mark.parametrize("classes, positive", [(("NORMAL", "PNEUMONIA"), 1), (("cataract", "normal"), 0),
-                                               (("benign", "malignant"), 1), (("cat", "dog"), 1)])
+@pytest.mark.parametrize("classes, positive", [
+    (("NORMAL", "PNEUMONIA"), 1), (("cataract", "normal"), 0), (("benign", "malignant"), 1), (("cat", "dog"), 1),
+    (("Parasitized", "Uninfected"), 0), (("covid", "non-covid"), 0), (("no_tumor", "tumor"), 1),
+    (("notumor", "tumor"), 1), (("0_normal", "1_pneumonia"), 1), (("Effusion", "No Finding"), 0), (("0", "1"), 1),
+    (("Healthy Controls", "Glaucoma"), 1), (("normal", "abnormal"), 1)])
 def test_the_positive_class_is_the_finding(classes, positive):
     assert positive_class(classes) == positive
 
