@@ -182,6 +182,10 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
     train = read_dataset(root, naming=naming)
+    splits = [name for name in train.classes if any(name.lower() in SPLIT_NAMES[s] for s in ("val", "test"))]
+    if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
+        raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
+                           f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
     val_dir = find_split(data, "val") if train_dir else None
     val = read_dataset(val_dir, train.classes, naming) if val_dir is not None else None
     if val is not None and _too_small(val, train, val_split):

@@ -73,6 +73,12 @@ def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell
     assert all("/val/" in p for p in splits.val.paths)
 
 
+def test_a_test_folder_beside_the_class_folders_is_not_taken_for_a_class(tmp_path, blood_cell_images):
+    make_tree(tmp_path, {"cat": 2, "dog": 2, "test/cat": 1, "test/dog": 1}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"test looks like a split, not a class: .*--test"):
+        load_splits(tmp_path)
+
+
 def test_test_folder_with_an_unknown_class_is_refused(tmp_path, blood_cell_images):
     make_tree(tmp_path / "train", {"cat": 2, "dog": 2}, blood_cell_images[0])
     make_tree(tmp_path / "test", {"cat": 1, "bird": 1}, blood_cell_images[0])
