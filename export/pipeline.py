@@ -76,7 +76,9 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
     reference = keras_probabilities(model, images)
     search, calibration = None, None  # FP16's and INT8's images to choose float layers on; INT8's calibration
-    if searched is not None:
+    if searched is verified:  # too few held out for both: the search judges on verification's own images
+        search = Search(images, reference, labels, searched_on, reference)
+    elif searched is not None:
         search_images, search_labels = load_labelled([paths[i] for i in searched], [names[i] for i in searched], card)
         search = Search(search_images, keras_probabilities(model, search_images), search_labels, searched_on,
                         reference)

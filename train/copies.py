@@ -91,7 +91,7 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
     if len(paths) > LOOK_FIRST:
         sample = np.sort(np.random.default_rng(seed).choice(len(paths), LOOK_FIRST, replace=False))
         groups = copy_groups(tuple(paths[i] for i in sample), labels[sample], most=int(CHAINED * LOOK_FIRST))
-        if groups is None or _copied(groups) < COPIED * LOOK_FIRST / len(paths):  # the least copies can show
+        if groups is None or _copied(_sizes(groups)) < COPIED * LOOK_FIRST / len(paths):  # the least copies show
             log.info("no augmented copies found among %d images sampled: validation images are drawn one by one",
                      LOOK_FIRST)
             return None
@@ -100,8 +100,8 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
         log.info("no augmented copies found (look-alike images chain into groups of over %.0f%% of the images): "
                  "validation images are drawn one by one", 100 * CHAINED)
         return None
-    sizes = np.unique(groups, return_counts=True)[1]
-    copied, largest = _copied(groups), sizes.max() / len(groups)
+    sizes = _sizes(groups)
+    copied, largest = _copied(sizes), sizes.max() / len(groups)
     if copied < COPIED or largest > CHAINED or len(sizes) < MIN_SOURCES:
         log.info("no augmented copies found (%.0f%% of images have a look-alike, the largest group holds %.0f%%): "
                  "validation images are drawn one by one", 100 * copied, 100 * largest)
@@ -111,10 +111,13 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
     return groups
 
 
-def _copied(groups: np.ndarray) -> float:
-    """The fraction of files that share their group with another."""
-    sizes = np.unique(groups, return_counts=True)[1]
-    return sizes[sizes > 1].sum() / len(groups)
+def _sizes(groups: np.ndarray) -> np.ndarray:
+    return np.unique(groups, return_counts=True)[1]
+
+
+def _copied(sizes: np.ndarray) -> float:
+    """The fraction of files that share their group with another, from the groups' sizes."""
+    return sizes[sizes > 1].sum() / sizes.sum()
 
 
 def _components(signatures: np.ndarray, distance: float, most: int | None = None,

@@ -89,7 +89,7 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
         found = sorted(name for name, files in per_class.items() if files)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        splits = [name for name in unknown if any(name.lower() in names for names in SPLIT_NAMES.values())]
+        splits = [name for name in unknown if _is_split_name(name)]
         hint = f" ({root / splits[0]} is a split: point at it)" if splits else ""
         raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}{hint}")
     paths, labels = [], []
@@ -98,6 +98,11 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
             paths.append(str(path))
             labels.append(index)
     return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
+
+
+def _is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool:
+    """``name`` is how datasets name one of ``splits`` (``test``, ``Validation``...), not a class."""
+    return any(name.lower() in SPLIT_NAMES[split] for split in splits)
 
 
 def _named_as(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -182,7 +187,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
     train = read_dataset(root, naming=naming)
-    splits = [name for name in train.classes if any(name.lower() in SPLIT_NAMES[s] for s in ("val", "test"))]
+    splits = [name for name in train.classes if _is_split_name(name, ("val", "test"))]
     if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
         raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
                            f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
