@@ -128,11 +128,14 @@ def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb", scale
 
 
 def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
-    from .dicom import decode_dicom, is_dicom  # here, not at the top: dicom.py imports this module
+    from .dicom import decode_dicom, is_dicom  # here, not at the top: these modules import this one
+    from .jpeg import decode_jpeg
 
     if is_dicom(data):
         return _to_uint8(_to_color(_rgb_to_bgr(decode_dicom(data, source)), color))
     _refuse_huge(data, source)
+    if data[:2] == b"\xff\xd8" and (image := decode_jpeg(data, source, color, scale)) is not None:
+        return image
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = _REDUCED[color].get(scale, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # keeps 16-bit; EXIF applied
     try:

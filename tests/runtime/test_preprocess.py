@@ -79,12 +79,8 @@ def test_bad_bytes_give_one_line_naming_the_file(data, reason):
 
 def test_truncated_jpeg_is_an_error_not_a_crash(blood_cell_images):
     data = blood_cell_images[0].read_bytes()
-    try:
-        image = decode_image(data[: len(data) // 3], "cut.jpg")
-    except ImageError as exc:
-        assert str(exc).startswith("cut.jpg: ")
-    else:  # libjpeg may recover a truncated file with grey fill: then it must still be a proper image
-        assert image.shape == (240, 320, 3)
+    with pytest.raises(ImageError, match="^cut.jpg: "):
+        decode_image(data[: len(data) // 3], "cut.jpg")
 
 
 def test_decompression_bomb_is_refused_before_decoding():
