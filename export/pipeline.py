@@ -33,7 +33,7 @@ from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
 from .speed import speed
 from .triton import write_model
-from .verify import (TOLERANCES, Comparison, VerificationError, compare, expected_flips, keras_probabilities,
+from .verify import (TOLERANCES, VerificationError, compare, expected_flips, keras_probabilities,
                      onnx_probabilities)
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -218,40 +218,44 @@ class Search:
 def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None,
             search: Search) -> tuple[Path, dict]:
     """The candidate with the fewest leading convolutions kept float32 (``FP16_FLOAT_STEPS``,
-    ``INT8_FLOAT_STEPS``) that is good enough on the search images — or, if none is, the best of them, which
-    verification then judges. INT8 is good enough when it clears its tolerance with a margin (:func:`_clears`);
-    FP16 changes too few answers to count on a few hundred images, so it is good enough when the answers it is
-    expected to change (:func:`expected_flips`) are within its tolerance. The tries go into the report."""
-    tolerance = TOLERANCES[precision]
+    ``INT8_FLOAT_STEPS``) whose answers are expected to change on few enough images (:func:`allowed_flips`) —
+    or, if none is, the one expected to change fewest, which verification then judges. The tries go into the
+    report, with the agreement counted on the search images for the record.
+
+    Why an estimate (:func:`expected_flips`) rather than counting flips on the search images: FP16 changes too
+    few answers to count on a few hundred images, and INT8's counts move in blocks where held-out images are
+    copies of a few cells. On the packaged blood-cell model, INT8's counted agreement on 256 search images was
+    98.0%, 97.7%, 97.3%, 96.9%, 97.7%, 97.3% for 1, 3, 6, 9, 12, 15 float convolutions — falling as
+    verification's 1,024 other images rose 98.7% → 99.6% — while the estimate rose with them (99.1% → 99.4%)."""
+    allowed = allowed_flips(precision, len(search.verification_reference))
     tries, files = [], {}
     for float_convs in FP16_FLOAT_STEPS if precision == "fp16" else INT8_FLOAT_STEPS:
         candidate = _derive(precision, fp32, card, calibration, float_convs=float_convs)
         files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
         probabilities = onnx_probabilities(str(files[float_convs]), search.images)
-        comparison = compare(search.reference, probabilities, tolerance, search.labels)
-        tried = {"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed}
-        if precision == "fp16":
-            flips = expected_flips(np.concatenate([search.verification_reference, search.reference]),
-                                   search.reference, probabilities)
-            tried |= {"expected_flips": flips, "cleared": flips <= 1 - tolerance.min_agreement}
-        else:
-            tried["cleared"] = _clears(comparison)
-        tries.append(tried)
-        if tried["cleared"]:
+        comparison = compare(search.reference, probabilities, TOLERANCES[precision], search.labels)
+        flips = expected_flips(np.concatenate([search.verification_reference, search.reference]),
+                               search.reference, probabilities)
+        tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed,
+                      "expected_flips": flips, "cleared": flips <= allowed})
+        if tries[-1]["cleared"]:
             break
-    rank = (lambda t: -t["expected_flips"]) if precision == "fp16" else (lambda t: (t["passed"], t["agreement"]))
-    chosen = tries[-1] if tries[-1]["cleared"] else max(tries, key=rank)
+    chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     method = {"method": calibration.method()} if precision == "int8" else {}
     return files[chosen["float_convs"]], {"float_convs": chosen["float_convs"], "search": tries,
-                                          "searched_on": search.searched_on, **method}
+                                          "allowed_flips": allowed, "searched_on": search.searched_on, **method}
 
 
-def _clears(comparison: Comparison) -> bool:
-    """Passed, and by one binomial standard error of the agreement the tolerance asks for: a step that only just
-    passes on the search images is a coin toss on verification's other images."""
-    least = comparison.tolerance.min_agreement
-    margin = math.sqrt(least * (1 - least) / comparison.images)
-    return comparison.passed and comparison.agreement >= least + margin
+def allowed_flips(precision: str, verified: int) -> float:
+    """The expected share of changed answers a search step may have, for a file then verified on ``verified``
+    images. FP16: its tolerance (0.1%; the estimate ran at or above the counted rates, 0.20-0.77% for files that
+    flipped 0.10-0.59%). INT8: its tolerance (1%) less one binomial standard error of verification's count there
+    (0.31 points on 1,024 images), so that a step that only just makes it is not a coin toss on verification:
+    the packaged blood-cell model's first step was estimated at 0.94% and flipped 1.27%."""
+    allowed = 1 - TOLERANCES[precision].min_agreement
+    if precision == "fp16":
+        return allowed
+    return allowed - math.sqrt(allowed * (1 - allowed) / verified)
 
 
 def held_out_split(count: int, most: int, searching: bool) -> tuple[np.ndarray, np.ndarray | None, str]:

@@ -11,8 +11,8 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
-from medclf.export.pipeline import FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, _clears, _derive, held_out_split
-from medclf.export.verify import TOLERANCES, Comparison, expected_flips
+from medclf.export.pipeline import FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, _derive, allowed_flips, held_out_split
+from medclf.export.verify import expected_flips
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 
@@ -126,31 +126,24 @@ def test_the_calibration_reader_feeds_real_preprocessed_batches_and_skips_bad_fi
     np.testing.assert_array_equal(reader.get_next()["image"], batches[0])
 
 
-def test_int8_keeps_more_leading_convolutions_float_until_it_clears_the_tolerance_with_a_margin(exported):
+def test_int8_keeps_more_leading_convolutions_float_until_few_answers_are_expected_to_change(exported):
     entry = exported[1]["precisions"]["int8"]
     tries = entry["search"]
     assert [t["float_convs"] for t in tries] == list(INT8_FLOAT_STEPS[:len(tries)])
     assert not any(t["cleared"] for t in tries[:-1])  # it stops at the first step that clears
-    assert all(t["passed"] for t in tries if t["cleared"])
-    if tries[-1]["cleared"]:
-        assert entry["float_convs"] == tries[-1]["float_convs"]
-    else:  # none cleared: the best try goes to verification, one that passed before one that did not
-        assert len(tries) == len(INT8_FLOAT_STEPS)
-        assert entry["float_convs"] == max(tries, key=lambda t: (t["passed"], t["agreement"]))["float_convs"]
-    assert "images" in entry["searched_on"]
+    assert all(t["cleared"] == (t["expected_flips"] <= entry["allowed_flips"]) for t in tries)
+    chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
+    assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
+    assert entry["allowed_flips"] == allowed_flips("int8", exported[1]["images"])
     assert entry["method"]["bias_correction"] and entry["method"]["calibration_images"] > 0
 
 
-def test_a_search_step_clears_int8s_tolerance_only_by_a_standard_error_of_the_search():
-    """On 512 images the margin is 0.44 points: 99.2% passes but would fail verification's other images about
-    as often as not; 99.5% clears."""
-    def on_512(agreement: float) -> Comparison:
-        return Comparison(images=512, agreement=agreement, max_abs_diff=0.05, tolerance=TOLERANCES["int8"],
-                          reference_accuracy=0.9, accuracy=0.9)
-
-    assert on_512(0.992).passed and not _clears(on_512(0.992))
-    assert _clears(on_512(0.995))
-    assert not _clears(on_512(0.98))
+def test_int8_steps_must_clear_its_tolerance_by_a_standard_error_of_verifications_count():
+    """On 1,024 verification images a file that truly changes 0.9% of answers fails 99% agreement about one
+    time in three; the search asks for 0.69% or fewer. FP16's estimate runs high: its tolerance as it is."""
+    assert allowed_flips("int8", 1024) == pytest.approx(0.01 - 0.00311, abs=1e-5)
+    assert allowed_flips("int8", 256) == pytest.approx(0.01 - 0.00622, abs=1e-5)
+    assert allowed_flips("fp16", 1024) == pytest.approx(0.001)
 
 
 def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell_images, tmp_path):
