@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 # the runtime reports each unusable file in one line of its own (ImageError), so OpenCV's log stays quiet.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 # ISO base media files' major brands for HEIF/HEIC (iPhone photos) and AVIF, which OpenCV does not decode
@@ -136,6 +138,8 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     _refuse_huge(data, source)
     if data[:2] == b"\xff\xd8" and (image := decode_jpeg(data, source, color, scale)) is not None:
         return image
+    if data[:8] == PNG_SIGNATURE:
+        check_png(data, source)
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = _REDUCED[color].get(scale, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # keeps 16-bit; EXIF applied
     try:
@@ -152,6 +156,25 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
         image = _to_uint8(image)
     return _to_uint8(_to_color(image, color))
+
+
+def check_png(data: bytes, source: str) -> None:
+    """Refuse a PNG that is cut short or whose image chunks fail their checksum, naming the file. libpng would
+    refuse it too, but first print its complaint ("libpng error: IDAT: CRC error") on stderr, naming no file.
+    Ancillary chunks (text, colour profiles) with a bad checksum are libpng's to skip."""
+    view, position = memoryview(data), 8
+    while position + 12 <= len(data):
+        length = int.from_bytes(view[position:position + 4], "big")
+        kind, end = bytes(view[position + 4:position + 8]), position + 12 + length
+        name = kind.decode("latin-1")
+        if end > len(data):
+            raise ImageError(source, f"truncated PNG (the file ends inside its {name} chunk)")
+        if kind[:1].isupper() and zlib.crc32(view[position + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
+            raise ImageError(source, f"damaged PNG (its {name} chunk fails its checksum)")
+        if kind == b"IEND":
+            return
+        position = end
+    raise ImageError(source, "truncated PNG (the file ends before its end chunk)")
 
 
 def jpeg_scale(data: bytes, preprocess: Preprocess) -> int:
@@ -292,7 +315,7 @@ def _refuse_huge(data: bytes, source: str) -> None:
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
     """(height, width) from a PNG IHDR or a JPEG SOF marker; None for other formats or damaged headers."""
-    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+    if data[:8] == PNG_SIGNATURE and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if data[:2] != b"\xff\xd8":
         return None

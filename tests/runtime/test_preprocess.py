@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -81,6 +82,36 @@ def test_truncated_jpeg_is_an_error_not_a_crash(blood_cell_images):
     data = blood_cell_images[0].read_bytes()
     with pytest.raises(ImageError, match="^cut.jpg: "):
         decode_image(data[: len(data) // 3], "cut.jpg")
+
+
+def photo_png(blood_cell_images) -> bytes:
+    return encode(cv2.imread(str(blood_cell_images[0])))
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda png: png[:len(png) // 2], "truncated PNG (the file ends inside its IDAT chunk)"),
+    (lambda png: png[:-12], "truncated PNG (the file ends before its end chunk)"),
+    (lambda png: png[:len(png) // 2] + bytes(200) + png[len(png) // 2 + 200:], "damaged PNG (its IDAT chunk fails"),
+], ids=["cut", "no end", "zeroed"])
+def test_a_damaged_png_is_refused_by_name_before_libpng_complains_anonymously(damage, reason, blood_cell_images,
+                                                                              capfd):
+    with pytest.raises(ImageError, match=r"^smear\.png: " + reason.replace("(", r"\(").replace(")", r"\)")):
+        decode_image(damage(photo_png(blood_cell_images)), "smear.png")
+    assert capfd.readouterr().err == ""
+
+
+def test_pngs_with_every_depth_and_extra_chunks_still_decode(blood_cell_images):
+    """The checksum walk accepts what encoders write: 16-bit, grey, alpha, text and trailing bytes after IEND."""
+    from PIL import Image, PngImagePlugin
+
+    image = cv2.imread(str(blood_cell_images[0]))
+    for array in (image, image.astype(np.uint16) * 257, image[:, :, 0], np.dstack([image, image[:, :, :1]])):
+        assert decode_image(encode(array)).shape == (240, 320, 3)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "slide 7")
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "PNG", pnginfo=info)
+    assert decode_image(buffer.getvalue() + b"trailing").shape == (240, 320, 3)
 
 
 def test_decompression_bomb_is_refused_before_decoding():
