@@ -48,7 +48,8 @@ CALIBRATION_IMAGES = 256
 # first five blocks, about a third of its work.
 FP16_FLOAT_STEPS = (0, 4, 8, 15, 20, 30)
 INT8_FLOAT_STEPS = (1, 3, 6, 9, 12, 15)
-SEARCH_IMAGES = 256  # held-out images the steps are chosen on, other than verification's where there are enough
+SEARCH_IMAGES = 256  # held-out images the steps are chosen on, other than verification's where there are enough,
+MAX_SEARCH_IMAGES = 1024  # and up to this many where verification has all it takes: expected flips steady with more
 MIN_SEARCH_IMAGES = 64
 TRITON_MAX_BATCH = 64
 
@@ -260,9 +261,10 @@ def allowed_flips(precision: str, verified: int) -> float:
 
 def held_out_split(count: int, most: int, searching: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
     """Which of ``count`` held-out images verification judges (at most ``most``, evenly spread), and which the
-    float-layer search chooses on: ``SEARCH_IMAGES`` others, so the choice is not fitted to its judge, as long as
-    verification keeps ``MIN_VERIFY_IMAGES``; with too few left, the verification images themselves (said in the
-    report). No search images unless ``searching``."""
+    float-layer search chooses on: ``SEARCH_IMAGES`` others (all the rest, up to ``MAX_SEARCH_IMAGES``, once
+    verification has ``most``), so the choice is not fitted to its judge, as long as verification keeps
+    ``MIN_VERIFY_IMAGES``; with too few left, the verification images themselves (said in the report). No
+    search images unless ``searching``."""
     if not searching:
         return spread(count, most), None, ""
     kept = min(most, max(MIN_VERIFY_IMAGES, count - SEARCH_IMAGES))
@@ -271,7 +273,7 @@ def held_out_split(count: int, most: int, searching: bool) -> tuple[np.ndarray, 
         return verified, verified, "the verification images (too few others held out)"
     verified = spread(count, kept)
     rest = np.setdiff1d(np.arange(count), verified)
-    searched = rest[spread(len(rest), SEARCH_IMAGES)]
+    searched = rest[spread(len(rest), MAX_SEARCH_IMAGES)]
     return verified, searched, f"{len(searched)} held-out images not used for verification"
 
 

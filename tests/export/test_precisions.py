@@ -188,7 +188,9 @@ def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_er
 
 def test_verification_and_the_search_get_different_held_out_images_while_there_are_enough():
     verified, searched, _ = held_out_split(1376, 1024, searching=True)  # the blood-cell runs' validation
-    assert len(verified) == 1024 and len(searched) == 256 and not set(verified) & set(searched)
+    assert len(verified) == 1024 and len(searched) == 352 and not set(verified) & set(searched)
+    verified, searched, _ = held_out_split(5000, 1024, searching=True)
+    assert len(verified) == 1024 and len(searched) == 1024 and not set(verified) & set(searched)
     verified, searched, _ = held_out_split(745, 1024, searching=True)  # the chest preset's
     assert (len(verified), len(searched)) == (489, 256) and not set(verified) & set(searched)
     verified, searched, said = held_out_split(300, 1024, searching=True)
