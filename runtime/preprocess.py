@@ -27,6 +27,9 @@ from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 # the runtime reports each unusable file in one line of its own (ImageError), so OpenCV's log stays quiet.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
+# Bumped whenever the same bytes may decode differently, so caches of decoded images are made again
+# (2: damaged JPEGs and PNGs refused instead of decoded with grey fill).
+DECODING_VERSION = 2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes

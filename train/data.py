@@ -24,7 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
-from medclf.runtime.preprocess import Preprocess
+from medclf.runtime.preprocess import DECODING_VERSION, Preprocess
 from medclf.runtime.stream import decoded
 
 log = logging.getLogger(__name__)
@@ -423,10 +423,11 @@ def _say_skipped(errors: Iterable[str]) -> None:
 
 
 def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None) -> Path | None:
-    """A file named by everything the arrays depend on: paths, sizes, mtimes and the preprocessing."""
+    """A file named by everything the arrays depend on: paths, sizes, mtimes, the preprocessing and the decoders'
+    behaviour (``DECODING_VERSION``)."""
     if cache_dir is None:
         return None
-    digest = hashlib.sha256(preprocess.to_json().encode())
+    digest = hashlib.sha256(f"{DECODING_VERSION}\0{preprocess.to_json()}".encode())
     for path in folder.paths:
         try:
             stat = os.stat(path)

@@ -115,6 +115,17 @@ def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood
     assert np.array_equal(cached, images) and np.array_equal(cached_labels, labels)
 
 
+def test_a_cache_made_by_other_decoders_is_not_read(tmp_path, blood_cells, monkeypatch):
+    """Damaged JPEGs decoded with grey fill before are refused now: their old arrays must not come back."""
+    import medclf.train.data as data
+
+    folder, spec = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 600)), Preprocess(32, 32)
+    load_arrays(folder, spec, cache_dir=tmp_path)
+    monkeypatch.setattr(data, "DECODING_VERSION", data.DECODING_VERSION + 1)
+    load_arrays(folder, spec, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("images-*.npz"))) == 2
+
+
 def test_file_and_class_names_in_any_encoding_train_and_cache(tmp_path, blood_cell_images):
     """A Latin-1 file name (not UTF-8) and non-ASCII class names: decoded, cached and read back like any other
     (the cache key's encoding raised on the Latin-1 name and stopped training)."""
