@@ -46,6 +46,8 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
     try:
         image = simplejpeg.decode_jpeg(data, target, **size)
     except ValueError as exc:
+        if "premature end of jpeg file" in str(exc).lower():
+            raise ImageError(source, "truncated JPEG (the file ends before the picture does)") from None
         if any(sign in str(exc).lower() for sign in LOST_DATA):
             raise ImageError(source, f"damaged JPEG, part of the picture is lost ({exc})") from None
         try:  # a warning about nothing that shows, or an error OpenCV may get past
