@@ -20,8 +20,12 @@ import simplejpeg
 from .preprocess import ImageError  # preprocess imports this module when it first decodes a JPEG
 
 # libjpeg's warnings that mean part of the picture is missing or wrong (jerror.h: JWRN_HIT_MARKER, JWRN_JPEG_EOF,
-# JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION); the others leave it whole
+# JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION): the file is refused.
 LOST_DATA = ("premature end", "bad huffman code", "bad arithmetic code", "instead of rst", "inconsistent progression")
+# ... and those that leave it whole (JWRN_EXTRANEOUS_DATA, JWRN_JFIF_MAJOR, JWRN_BOGUS_ICC): it is decoded. Any
+# other complaint goes to OpenCV, which decided before this module existed (fuzzing found files whose only
+# strict complaint was "Invalid SOS parameters for sequential JPEG" that TurboJPEG would decode and OpenCV refused).
+HARMLESS = ("extraneous bytes", "unknown jfif revision", "bad icc marker")
 OPENCV_ONLY = ("CMYK", "YCCK")  # colour spaces TurboJPEG will not turn into RGB
 EXIF_ORIENTATION_TAG = 0x0112
 
@@ -31,8 +35,8 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
     OpenCV's grey conversion otherwise, as :func:`~medclf.runtime.preprocess.decode_image` always gave), EXIF
     orientation applied. None where OpenCV should decode the file instead. A damaged file is an ImageError."""
     try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-    except ValueError:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)  # decoding judges
+    except (ValueError, KeyError):  # KeyError: simplejpeg 1.9 on an unknown subsampling (fuzzed headers)
         return None
     if colorspace in OPENCV_ONLY:
         return None
@@ -46,13 +50,16 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
     try:
         image = simplejpeg.decode_jpeg(data, target, **size)
     except ValueError as exc:
-        if "premature end of jpeg file" in str(exc).lower():
+        complaint = str(exc).lower()
+        if "premature end of jpeg file" in complaint:
             raise ImageError(source, "truncated JPEG (the file ends before the picture does)") from None
-        if any(sign in str(exc).lower() for sign in LOST_DATA):
+        if any(sign in complaint for sign in LOST_DATA):
             raise ImageError(source, f"damaged JPEG, part of the picture is lost ({exc})") from None
-        try:  # a warning about nothing that shows, or an error OpenCV may get past
+        if not any(sign in complaint for sign in HARMLESS):
+            return None
+        try:
             image = simplejpeg.decode_jpeg(data, target, strict=False, **size)
-        except ValueError:
+        except ValueError:  # some stray bytes stop TurboJPEG even when told to go on; OpenCV gets past them
             return None
     if target == "BGR":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]

@@ -104,3 +104,13 @@ def test_an_orientation_out_of_range_is_ignored(value, blood_cell_images):
     whole = blood_cell_images[0].read_bytes()
     assert exif_orientation(with_orientation(whole, value)) == 1
     assert exif_orientation(whole) == 1
+
+
+@pytest.mark.parametrize("sampling", [0x13, 0x14, 0x41])
+def test_subsamplings_turbojpeg_cannot_name_go_to_opencv(sampling, blood_cell_images):
+    """Luma sampled 1x3 or 1x4: TurboJPEG's header reader gives up (simplejpeg 1.9 even raises KeyError for
+    4:4:1); OpenCV decodes them, as it did before this module. 4x1 (4:1:1) TurboJPEG reads itself."""
+    data = bytearray(blood_cell_images[0].read_bytes())
+    frame = data.index(b"\xff\xc0")  # SOF0: marker, length, precision, height, width, components, then per component
+    data[frame + 11] = sampling  # the first (luma) component's horizontal and vertical sampling factors
+    np.testing.assert_array_equal(decode_image(bytes(data), "odd.jpg"), opencv(bytes(data), "rgb", 1))
