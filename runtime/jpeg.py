@@ -7,8 +7,9 @@ damaged file becomes an :class:`ImageError` naming it, like any other unusable f
 bytes before a marker, an unknown JFIF revision) still decode. It is also the same libjpeg-turbo, giving the same
 pixels as OpenCV at every scale (tested), in ~two thirds of the time, and straight to RGB.
 
-OpenCV remains the decoder for what TurboJPEG does not take: CMYK/YCCK files and headers it cannot parse (OpenCV
-then refuses them, or decodes them as before). EXIF orientation, which OpenCV applies itself, is applied here.
+OpenCV remains the decoder for what TurboJPEG does not take — CMYK/YCCK files, headers it cannot parse,
+complaints this module does not know — and refuses or decodes those as it did before. EXIF orientation, which
+OpenCV applies itself, is applied here.
 """
 
 from __future__ import annotations
