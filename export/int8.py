@@ -15,7 +15,10 @@ quantizer never knows where images come from. Settings, and why:
   int8 weights will make taken out of its bias. On trained models the weights' rounding, not the activations',
   is most of INT8's disagreement with FP32 (the blood-cell model with only its weights rounded: 96.8%
   agreement); corrected, one to two thirds of the disagreements go;
-* the first convolution and the classifier head are left float in the file (TensorRT runs them so). Note that
+* the first convolution and the classifier tail — pooling, head and softmax, all that follows the last
+  convolution — are left float in the file (TensorRT runs them so). Quantized, the tail put the logits and the
+  probabilities themselves on a 256-level grid; float, flips fell 0.78% → 0.68% (blood cells, 3 float convs)
+  and 1.37% → 1.27% (a blood model fine-tuned from block 6, 9 float), at no measurable cost. Note that
   onnxruntime's CPU optimizer (``WeightBiasQuantization``) gives a float Conv or Gemm that sits between DQ and
   Q nodes per-tensor int8 weights when it loads the file; measured on the packaged blood-cell model, disabling
   that changed agreement by under one point (93.2% vs 94.0% of 512 TEST images), so it is left on.
@@ -139,6 +142,12 @@ def to_int8(fp32_path: str | os.PathLike[str], reader: ImageCalibrationReader, s
 
 
 def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
-    """The leading convolutions and the classifier head (see the module docstring)."""
-    convs = [node.name for node in model.graph.node if node.op_type == "Conv"]
-    return convs[:max(1, float_convs)] + [node.name for node in model.graph.node if node.op_type in HEAD_OPS]
+    """The leading convolutions, the classifier head, and everything after the last convolution's activation
+    (pooling, head, softmax; see the module docstring)."""
+    nodes = list(model.graph.node)
+    convs = [node.name for node in nodes if node.op_type == "Conv"]
+    head = [node.name for node in nodes if node.op_type in HEAD_OPS]
+    last = max((i for i, node in enumerate(nodes) if node.op_type == "Conv"), default=len(nodes) - 1)
+    if last + 1 < len(nodes) and nodes[last + 1].op_type in ("Clip", "Relu"):  # fused into it: keep it quantized
+        last += 1
+    return list(dict.fromkeys(convs[:max(1, float_convs)] + head + [node.name for node in nodes[last + 1:]]))

@@ -77,6 +77,17 @@ def test_int8_is_explicit_per_channel_quantization_with_a_float_head(int8_flavou
     assert head.input[1] in float_weights  # the classifier head keeps its float weights
 
 
+@pytest.mark.parametrize("flavour", ["onnxruntime", "tensorrt"])
+def test_int8_leaves_the_classifier_tail_float(int8_flavours, flavour):
+    """Pooling, head and softmax: nothing after the last convolution's activation is quantized, so the logits and
+    the probabilities are not put on a 256-level grid."""
+    nodes = list(int8_flavours[flavour].graph.node)
+    pool = next(i for i, node in enumerate(nodes) if node.op_type == "GlobalAveragePool")
+    tail = [node.op_type for node in nodes[pool:]]
+    assert "Gemm" in tail and "QuantizeLinear" not in tail and "DequantizeLinear" not in tail
+    assert nodes[-1].op_type == "Softmax" and nodes[-1].output[0] == "probabilities"
+
+
 def test_the_runtime_cached_optimized_graph_of_fp16_and_int8_files_answers_the_same(exported, int8_flavours,
                                                                                      tmp_path, monkeypatch,
                                                                                      blood_cell_images):
