@@ -27,14 +27,24 @@ def results(tmp_path: Path, fp32_s: float, int8_s: float, flags: list[str]) -> P
     return path
 
 
-def test_int8_speedup_is_judged_against_the_baseline_of_the_same_kind_of_cpu(guard, tmp_path, capsys):
-    baseline = json.loads(guard.BASELINE.read_text())
-    with_vnni = baseline["batch 32: INT8 / FP32 throughput (CPU) [VNNI]"]
-    without = baseline["batch 32: INT8 / FP32 throughput (CPU) [no VNNI]"]
+def test_int8_speedup_is_judged_against_the_baseline_of_the_same_kind_of_cpu(guard, tmp_path, capsys, monkeypatch):
+    with_vnni, without = 2.0, 1.0
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"batch 32: INT8 / FP32 throughput (CPU) [VNNI]": with_vnni,
+                                    "batch 32: INT8 / FP32 throughput (CPU) [no VNNI]": without}))
+    monkeypatch.setattr(guard, "BASELINE", baseline)
     ratio = (with_vnni * (1 - guard.TOLERANCE) + without) / 2  # a regression with VNNI, fine without it
     assert guard.main([str(results(tmp_path, ratio, 1.0, ["avx2", "avx512_vnni"]))]) == 1
     assert "REGRESSED" in capsys.readouterr().out
     assert guard.main([str(results(tmp_path, ratio, 1.0, ["avx2"]))]) == 0
+
+
+def test_a_kind_of_cpu_without_a_baseline_is_shown_and_not_failed(guard, tmp_path, capsys, monkeypatch):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"batch 32: INT8 / FP32 throughput (CPU) [VNNI]": 1.5}))
+    monkeypatch.setattr(guard, "BASELINE", baseline)
+    assert guard.main([str(results(tmp_path, 0.5, 1.0, ["avx2"]))]) == 0
+    assert "—" in capsys.readouterr().out
 
 
 def test_ratios_are_taken_from_the_fastest_rounds_and_missing_benchmarks_are_skipped(guard, tmp_path, capsys):
