@@ -80,11 +80,12 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     reference = keras_probabilities(model, images)
     search, calibration = None, None  # FP16's and INT8's images to choose float layers on; INT8's calibration
     if searched is verified:  # too few held out for both: the search judges on verification's own images
-        search = Search(images, reference, labels, searched_on, reference)
+        search = Search(images, reference, labels, searched_on, reference, len(images))
     elif searched is not None:
         search_images, search_labels = load_labelled([paths[i] for i in searched], [names[i] for i in searched], card)
-        search = Search(search_images, keras_probabilities(model, search_images), search_labels, searched_on,
-                        reference)
+        search_reference = keras_probabilities(model, search_images)
+        search = Search(search_images, search_reference, search_labels, searched_on,
+                        np.concatenate([reference, search_reference]), len(images))
     if "int8" in precisions:
         paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
         calibration = Int8Quantizer(ImageCalibrationReader(paths, card.preprocess))
@@ -208,14 +209,16 @@ def _derive(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
 
 @dataclass(frozen=True)
 class Search:
-    """Held-out images to choose a precision's float layers on, with Keras' probabilities for them, and Keras'
-    probabilities on the verification images (their top-two gaps are what FP16's estimate needs)."""
+    """Held-out images to choose a precision's float layers on, with Keras' probabilities for them; Keras'
+    probabilities on every held-out image, search's and verification's (their top-two gaps are what
+    :func:`expected_flips` compares changes with); and how many images verification will judge."""
 
     images: np.ndarray
     reference: np.ndarray
     labels: np.ndarray | None
     searched_on: str
-    verification_reference: np.ndarray
+    held_out_reference: np.ndarray
+    verified: int
 
 
 def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None,
@@ -237,9 +240,8 @@ def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
         files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
         probabilities = onnx_probabilities(str(files[float_convs]), search.images)
         comparison = compare(search.reference, probabilities, TOLERANCES[precision], search.labels)
-        flips = expected_flips(np.concatenate([search.verification_reference, search.reference]),
-                               search.reference, probabilities)
-        chance = pass_probability(precision, flips, len(search.verification_reference))
+        flips = expected_flips(search.held_out_reference, search.reference, probabilities)
+        chance = pass_probability(precision, flips, search.verified)
         tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed,
                       "expected_flips": flips, "pass_probability": chance, "cleared": chance >= PASS_CONFIDENCE})
         if tries[-1]["cleared"]:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from .preprocess import ImageError  # preprocess imports this module when it first decodes a JPEG
+from .preprocess import ImageError, jpeg_segments  # preprocess imports this module when it first decodes a JPEG
 
 # libjpeg's warnings that mean part of the picture is missing or wrong (jerror.h: JWRN_HIT_MARKER, JWRN_JPEG_EOF,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION): the file is refused.
@@ -80,15 +80,11 @@ def orient(image: np.ndarray, orientation: int) -> np.ndarray:
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation (1-8) in a JPEG's APP1 segment; 1 when there is none or it cannot be read."""
-    position = 2
-    while position + 4 <= len(data) and data[position] == 0xFF:
-        marker = data[position + 1]
+    for marker, start, length in jpeg_segments(data):
         if marker in (0xDA, 0xD9):  # start of the compressed data, or the end: no more headers
             break
-        length = int.from_bytes(data[position + 2:position + 4], "big")
-        if marker == 0xE1 and data[position + 4:position + 10] == b"Exif\x00\x00":
-            return _tiff_orientation(data[position + 10:position + 2 + length])
-        position += 2 + length
+        if marker == 0xE1 and data[start:start + 6] == b"Exif\x00\x00":
+            return _tiff_orientation(data[start + 6:start + length - 2])
     return 1
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import stat
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -322,13 +323,20 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if data[:2] != b"\xff\xd8":
         return None
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        length = int.from_bytes(data[i + 2:i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
-        i += 2 + length
+    for marker, start, _ in jpeg_segments(data):
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame: precision, H, W
+            if start + 5 >= len(data):
+                return None
+            return int.from_bytes(data[start + 1:start + 3], "big"), int.from_bytes(data[start + 3:start + 5], "big")
     return None
+
+
+def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
+    """``(marker, payload start, declared length)`` of each segment of a JPEG's marker chain, in order, until a
+    byte that is not a marker (the compressed data, or a damaged header). Callers read what they need from
+    ``data``; the declared length counts its own two bytes."""
+    position = 2
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        length = int.from_bytes(data[position + 2:position + 4], "big")
+        yield data[position + 1], position + 4, length
+        position += 2 + length
