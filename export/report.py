@@ -13,7 +13,7 @@ BENCHMARK_COLUMNS = ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b3
 
 def export_table(report: dict) -> Table:
     """``export_report.json`` as a rich table: size, agreement with Keras, accuracy, CPU speed, verdict."""
-    table = _table(f"{_folder(report)}: verified against Keras on {report['images']} real images{_cpu(report)}",
+    table = _table(f"{_folder(report)}: verified against Keras on {report['verified_on']}{_cpu(report)}",
                    COLUMNS)
     for name, entry in report["precisions"].items():
         rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])

@@ -20,7 +20,7 @@ LABELS = "labels.json"
 PREPROCESS = "preprocess.json"
 DECISION = "decision.json"  # binary tasks: the operating threshold chosen on validation data
 METRICS = "metrics.json"
-SPLITS = "splits.json"  # the training and held-out validation files: export calibrates and verifies on them
+SPLITS = "splits.json"  # the training, held-out validation and test files: export calibrates and verifies on them
 HISTORY = "history.csv"
 CHECKPOINT = "checkpoint.keras"  # the best model so far, written during training (a crash keeps it)
 
@@ -58,7 +58,7 @@ class RunDir:
         return self._json(METRICS) if (self.path / METRICS).is_file() else {}
 
     def split(self, name: str) -> tuple[list[str], list[int]]:
-        """Paths and labels of a recorded split: "train" or "val"."""
+        """Paths and labels of a recorded split: "train", "val" or "test" (runs given one)."""
         splits = self._json(SPLITS) if (self.path / SPLITS).is_file() else {}
         if name not in splits:
             raise FileNotFoundError(f"{self.path / SPLITS}: this run did not record its {name!r} split")

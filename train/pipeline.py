@@ -2,7 +2,7 @@
 
 RUN_DIR holds ``model.keras``, ``labels.json``, ``preprocess.json``, ``decision.json`` (binary tasks: the
 threshold chosen on validation data), ``history.csv``, ``metrics.json`` (validation, and test when given),
-``splits.json`` (the held-out validation files, which export verifies on) and the pictures ``curves.png``,
+``splits.json`` (the training, held-out validation and test files: export calibrates and verifies on them) and the pictures ``curves.png``,
 ``confusion_matrix.png`` and ``roc.png`` (of the test set when given, else of validation). See
 ``medclf.rundir``.
 """
@@ -148,7 +148,8 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     write_json(run_dir / rundir.METRICS, metrics)
     write_json(run_dir / rundir.SPLITS, {name: {"paths": [os.path.abspath(p) for p in part.paths],
                                                  "labels": part.labels.tolist()}
-                                          for name, part in (("train", train_set), ("val", val_set))})
+                                          for name, part in (("train", train_set), ("val", val_set),
+                                                             ("test", splits.test)) if part is not None})
     return TrainResult(run_dir, metrics, seconds)
 
 

@@ -37,7 +37,9 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
     assert len(list((tmp_path / "cam").glob("*.gradcam.png"))) == 1 and "gradcam.png" in done.stdout
 
     cli("medclf.train.cli", "export", run_dir / "model.keras", "--out", exported)
-    assert json.loads((exported / "export_report.json").read_text())["passed"]
+    report = json.loads((exported / "export_report.json").read_text())
+    assert report["passed"] and report["images"] == 256  # its 100 held-out cells, and TEST's to judge a tolerance
+    assert "100 held-out validation, 156 test images" in report["verified_on"]
 
     cli("medclf.train.cli", "evaluate", exported / "model.onnx", blood_cells / "TEST", "--out", tmp_path / "onnx",
         "--group-copies")

@@ -4,12 +4,14 @@ before it is published."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
 from medclf.export import pipeline
+from medclf.export.labelled_images import spread
 from medclf.export.verify import Tolerance, VerificationError, compare
 from medclf.rundir import RunDir
 from medclf.runtime import Classifier, load_image
@@ -45,7 +47,7 @@ def test_every_file_carries_labels_preprocessing_provenance_and_its_precision(ex
 def test_the_report_says_what_each_file_was_verified_on_and_how_fast_it_runs(exported):
     out, report, _ = exported
     assert json.loads((out / "export_report.json").read_text()) == report
-    assert report["images"] == 48 and "validation" in report["verified_on"]
+    assert report["images"] == 96 and "48 held-out validation, 48 training images" in report["verified_on"]
     assert list(report["precisions"]) == ["fp32", "fp16", "int8"]
     fp32 = report["precisions"]["fp32"]
     assert fp32["passed"] and fp32["agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
@@ -54,6 +56,33 @@ def test_the_report_says_what_each_file_was_verified_on_and_how_fast_it_runs(exp
         assert (out / entry["file"]).exists() == entry["passed"]
         assert entry["latency_ms_batch1"] > 0 and entry["images_per_s_batch32"] > 0  # measured either way
     assert report["passed"] == all(entry["passed"] for entry in report["precisions"].values())
+
+
+def test_a_small_held_out_split_is_topped_up_with_test_then_training_images_int8_is_not_calibrated_on(
+        blood_cells, tmp_path):
+    """On a few dozen images a tolerance cannot be judged: verification takes 256, and says what they are."""
+    classes = ["EOSINOPHIL", "LYMPHOCYTE"]
+    files = {name: sorted(str(p) for p in (blood_cells / "TRAIN" / name).iterdir())[:300] for name in classes}
+
+    def split(start: int, stop: int) -> dict:
+        return {"paths": files[classes[0]][start:stop] + files[classes[1]][start:stop],
+                "labels": [0] * (stop - start) + [1] * (stop - start)}
+
+    splits = {"train": split(30, 300), "val": split(0, 10), "test": split(10, 30)}
+    (tmp_path / "labels.json").write_text(json.dumps(classes))
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    paths, names, said = pipeline._verification_images(tmp_path, None, None)
+    assert len(paths) == 256 and said.startswith("20 held-out validation, 40 test, 196 training images")
+    assert paths[:60] == splits["val"]["paths"] + splits["test"]["paths"]
+    assert names == [Path(path).parent.name for path in paths]
+    training = splits["train"]["paths"]
+    calibrated = {training[i] for i in spread(len(training), pipeline.CALIBRATION_IMAGES)}
+    assert not calibrated & set(paths[60:]) and set(names[60:]) == set(classes)
+
+    splits["val"] = split(0, 130)  # enough held out: nothing else
+    (tmp_path / "splits.json").write_text(json.dumps(splits))
+    paths, _, said = pipeline._verification_images(tmp_path, None, None)
+    assert paths == splits["val"]["paths"] and said.startswith("held-out validation split")
 
 
 def test_onnxslim_simplifies_the_graph_only_where_outputs_stay_identical(exported):
