@@ -2,9 +2,9 @@
 
 RUN_DIR holds ``model.keras``, ``labels.json``, ``preprocess.json``, ``decision.json`` (binary tasks: the
 threshold chosen on validation data), ``history.csv``, ``metrics.json`` (validation, and test when given),
-``splits.json`` (the training, held-out validation and test files: export calibrates and verifies on them) and the pictures ``curves.png``,
-``confusion_matrix.png`` and ``roc.png`` (of the test set when given, else of validation). See
-``medclf.rundir``.
+``splits.json`` (the training, held-out validation and test files: export calibrates and verifies on them)
+and the pictures ``curves.png``, ``confusion_matrix.png`` and ``roc.png`` (of the test set when given, else of
+validation). See ``medclf.rundir``.
 """
 
 from __future__ import annotations
