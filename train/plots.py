@@ -21,6 +21,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E40
 
 from medclf.runtime.atomic import atomic_write  # noqa: E402
 
+LEGEND_INSIDE_MAX = 6  # ROC curves whose legend still fits inside the axes without hiding them
+
 
 def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Loss and accuracy per epoch, training vs validation, from the run's ``history.csv``; a dashed line marks
@@ -43,6 +45,7 @@ def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str
         ax.set(xlabel="epoch", ylabel=metric, title=metric)
         ax.grid(alpha=0.3)
         ax.legend()
+    figure.tight_layout()
     _save(figure, path)
 
 
@@ -54,24 +57,37 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(classes)).plot(
         ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(classes) > 3 else "horizontal")
     ax.set_title(title)
+    figure.tight_layout()
     _save(figure, path)
 
 
 def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: str | os.PathLike[str],
              title: str = "", positive: int | None = None) -> None:
     """ROC curve of the positive class (binary) or one-vs-rest per class, with AUC in the legend."""
+    _save(roc_figure(labels, probabilities, classes, title, positive), path)
+
+
+def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], title: str = "",
+               positive: int | None = None) -> Figure:
+    """:func:`plot_roc`'s picture. Past ``LEGEND_INSIDE_MAX`` curves the legend goes beside the axes, not over
+    them (20 classes' legend hid every curve), and colours come from a 20-colour palette, dashed after 20."""
     figure, ax = plt.subplots(figsize=(5.5, 5))
     shown = [positive] if positive is not None else range(len(classes))
-    for index in shown:
+    palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    for number, index in enumerate(shown):
         if np.any(labels == index) and not np.all(labels == index):
-            RocCurveDisplay.from_predictions(labels == index, probabilities[:, index], name=classes[index], ax=ax)
+            style = {"color": palette(number % palette.N), "linestyle": "-" if number < palette.N else "--"}
+            RocCurveDisplay.from_predictions(labels == index, probabilities[:, index], name=classes[index], ax=ax,
+                                             curve_kwargs=style)
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)", title=title)
-    _save(figure, path)
+    figure.tight_layout()  # before the legend goes beside the axes, which it would otherwise shrink to fit
+    if len(shown) > LEGEND_INSIDE_MAX:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
+    return figure
 
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> None:
-    figure.tight_layout()
-    with atomic_write(Path(path), "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
+    with atomic_write(Path(path), "wb") as handle:  # "tight": long class names and outside legends are not cut off
+        figure.savefig(handle, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
