@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 
 from .quiet_tensorflow import import_tensorflow
 
@@ -405,14 +407,28 @@ def _library_call(call):
 
 
 def _print_metrics(metrics: dict) -> None:
-    for split in ("validation", "test", "evaluation"):
-        if split in metrics:
-            m = metrics[split]
-            extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)
-            extra += _operating_point(m)
-            auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
-            console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
-                          f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
+    """One line per split; for three classes or more, the last split's per-class table beneath."""
+    splits = [split for split in ("validation", "test", "evaluation") if split in metrics]
+    for split in splits:
+        m = metrics[split]
+        extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)
+        extra += _operating_point(m)
+        auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
+        console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
+                      f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
+    if splits and len(metrics[splits[-1]]["per_class"]) > 2:
+        console.print(_per_class_table(metrics[splits[-1]]["per_class"], splits[-1]))
+
+
+def _per_class_table(per_class: dict, split: str) -> Table:
+    """Each class against the others: what a clinician reads of a multi-class result."""
+    table = Table("class", "images", "sensitivity", "specificity", "precision", "F1", "ROC AUC",
+                  title=f"{split}, per class", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+                  show_edge=False)
+    for name, c in per_class.items():
+        numbers = [c["recall"], c.get("specificity"), c["precision"], c["f1-score"], c.get("roc_auc")]
+        table.add_row(escape(name), f"{c['support']:.0f}", *("—" if x is None else f"{x:.3f}" for x in numbers))
+    return table
 
 
 def _operating_point(m: dict) -> str:

@@ -26,6 +26,9 @@ NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no", "none", "cont
 NEGATIONS = ("non", "no", "not", "un")  # non-covid beside covid, no_tumor beside tumor
 
 
+REPORTED = ("precision", "recall", "f1-score", "support")  # per class, from scikit-learn's classification report
+
+
 def positive_class(classes: Sequence[str]) -> int:
     """For a binary task, the class that counts as 'positive' (the finding): the one not named like 'normal' or
     as the negation of the other (``non-covid`` / ``covid``); class 1 when the names do not say (``0`` / ``1``)."""
@@ -81,13 +84,14 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
     indices = list(range(len(classes)))
     report = classification_report(labels, predicted, labels=indices, target_names=list(classes),
                                    output_dict=True, zero_division=0)
+    matrix = confusion_matrix(labels, predicted, labels=indices)
     metrics: dict = {
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
         "roc_auc_macro": macro_roc_auc(labels, probabilities),
-        "per_class": {name: {key: float(report[name][key]) for key in ("precision", "recall", "f1-score", "support")}
-                      for name in classes},
-        "confusion_matrix": confusion_matrix(labels, predicted, labels=indices).tolist(),
+        "per_class": {name: {**{key: float(report[name][key]) for key in REPORTED},
+                             **one_vs_rest(matrix, labels, probabilities, k)} for k, name in enumerate(classes)},
+        "confusion_matrix": matrix.tolist(),
         "expected_calibration_error": expected_calibration_error(labels, probabilities),
     }
     if len(classes) == 2:
@@ -100,6 +104,16 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         # The model's own call (p >= 0.5), beside the threshold's: what argmax-reporting baselines publish.
         metrics["accuracy_at_argmax"] = float(accuracy_score(labels, probabilities.argmax(axis=1)))
     return metrics
+
+
+def one_vs_rest(matrix: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, k: int) -> dict:
+    """Class ``k`` against all others, as a clinician reads a multi-class result: its specificity (of the images
+    not of class ``k``, the share not called ``k``; its sensitivity is the report's recall) and its ROC AUC
+    (None where ``labels`` lack either side)."""
+    others = matrix.sum() - matrix[k].sum()
+    is_k = labels == k
+    auc = float(roc_auc_score(is_k, probabilities[:, k])) if 0 < is_k.sum() < len(labels) else None
+    return {"specificity": _ratio(others - (matrix[:, k].sum() - matrix[k, k]), others), "roc_auc": auc}
 
 
 def per_source_metrics(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray, classes: Sequence[str],

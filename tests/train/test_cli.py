@@ -98,3 +98,5 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
     assert result.exit_code == 0, result.output
     assert (tmp_path / "evaluation-site" / "metrics.json").is_file()
     assert sorted(DEFAULT_MODEL.parent.iterdir()) == before
+    assert "evaluation, per class" in result.output and "specificity" in result.output  # four classes: a table
+    assert all(name in result.output for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"))

@@ -38,11 +38,17 @@ def test_multiclass_metrics_have_per_class_scores_and_macro_auc():
     assert metrics["per_class"]["c"]["recall"] == pytest.approx(0.5)
     assert metrics["per_class"]["b"]["precision"] == pytest.approx(0.5)
     assert "sensitivity" not in metrics and 0.5 < metrics["roc_auc_macro"] <= 1.0
+    # each class against the others: b is called for one of the three images not b (a c)
+    assert metrics["per_class"]["b"]["specificity"] == pytest.approx(2 / 3)
+    assert metrics["per_class"]["a"]["specificity"] == 1.0 and metrics["per_class"]["a"]["roc_auc"] == 1.0
+    assert metrics["per_class"]["c"]["roc_auc"] == pytest.approx(0.75)  # c scores 0.87, 0.07 vs 0.07, 0.07
 
 
 def test_auc_is_none_when_a_class_is_absent():
     metrics = classification_metrics(np.array([0, 0]), np.array([[0.9, 0.1, 0.0], [0.6, 0.3, 0.1]]), "abc")
     assert metrics["roc_auc_macro"] is None
+    assert metrics["per_class"]["a"]["roc_auc"] is None and metrics["per_class"]["a"]["specificity"] is None
+    assert metrics["per_class"]["b"]["roc_auc"] is None and metrics["per_class"]["b"]["specificity"] == 1.0
 
 
 def _many(labels, p, times=MIN_IMAGES_FOR_THRESHOLD):
