@@ -14,7 +14,7 @@ import typer
 from rich import box
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from .quiet_tensorflow import import_tensorflow
 
@@ -417,12 +417,16 @@ def _print_metrics(metrics: dict) -> None:
         console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
                       f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
     if splits and len(metrics[splits[-1]]["per_class"]) > 2:
-        console.print(_per_class_table(metrics[splits[-1]]["per_class"], splits[-1]))
+        table = _per_class_table(metrics[splits[-1]]["per_class"], splits[-1])
+        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
+        # a log or a pipe has no width to keep to: long class names stay on one line there
+        out = console if console.is_terminal else Console(file=console.file, width=max(console.width, natural))
+        out.print(table)
 
 
 def _per_class_table(per_class: dict, split: str) -> Table:
     """Each class against the others: what a clinician reads of a multi-class result."""
-    table = Table("class", "images", "sensitivity", "specificity", "precision", "F1", "ROC AUC",
+    table = Table(Column("class", overflow="fold"), "images", "sensitivity", "specificity", "precision", "F1", "ROC AUC",
                   title=f"{split}, per class", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
                   show_edge=False)
     for name, c in per_class.items():

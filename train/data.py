@@ -18,14 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.progress import track
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import DECODING_VERSION, Preprocess
 from medclf.runtime.stream import decoded
+
+from .bars import track
 
 log = logging.getLogger(__name__)
 
@@ -353,8 +353,7 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
     readable, errors = np.zeros(len(folder), bool), []
     stream = decoded(folder.paths, preprocess, workers)  # the runtime's own decoding threads, reading ahead
-    for i, (path, image, reason) in enumerate(track(stream, f"decoding {len(folder)} images", total=len(folder),
-                                                    transient=True, console=Console(stderr=True))):
+    for i, (path, image, reason) in enumerate(track(stream, f"decoding {len(folder)} images", total=len(folder))):
         if reason is not None:
             errors.append(f"{path}: {reason}")
         else:

@@ -21,13 +21,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 from keras import layers
-from rich.console import Console
-from rich.progress import track
 from sklearn.utils.class_weight import compute_class_weight
 
 from medclf.rundir import CHECKPOINT
 
 from .architectures import Architecture
+from .bars import track
 from .budget import TimeBudget
 from .evaluate import macro_roc_auc
 from .progress import RichProgress
@@ -341,7 +340,7 @@ def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential 
     out = []
     starts = range(0, len(inputs), batch)
     if progress is not None:
-        starts = track(starts, progress, console=Console(stderr=True), transient=True)
+        starts = track(starts, progress)
     for start in starts:
         out.append(np.asarray(step(inputs[start:start + batch]), dtype=dtype))
     return np.concatenate(out)

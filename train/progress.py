@@ -7,6 +7,8 @@ import keras
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .bars import stderr_console
+
 SHOWN = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
@@ -14,10 +16,10 @@ class RichProgress(keras.callbacks.Callback):
     def __init__(self, stage: str, epochs: int, console: Console | None = None) -> None:
         super().__init__()
         self.stage, self.epochs = stage, epochs
-        self.console = console or Console(stderr=True)
+        self.console = console or stderr_console()
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TimeElapsedColumn(), TextColumn("{task.fields[metrics]}"), console=self.console,
-                                 transient=True)
+                                 transient=True, disable=not self.console.is_terminal)  # see medclf.train.bars
         self._batches = None
 
     def on_train_begin(self, logs=None) -> None:

@@ -100,3 +100,15 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
     assert sorted(DEFAULT_MODEL.parent.iterdir()) == before
     assert "evaluation, per class" in result.output and "specificity" in result.output  # four classes: a table
     assert all(name in result.output for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"))
+
+
+def test_the_per_class_table_keeps_long_class_names_whole_in_a_log(capsys):
+    from medclf.train.cli import _print_metrics
+
+    scores = {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 4.0, "specificity": 0.9, "roc_auc": None}
+    names = [f"class_with_a_long_descriptive_name_{i}" for i in range(12)]
+    _print_metrics({"test": {"accuracy": 0.5, "roc_auc_macro": None, "expected_calibration_error": 0.1,
+                             "images": 48, "per_class": {name: scores for name in names}}})
+    lines = capsys.readouterr().out.splitlines()
+    assert all(any(line.startswith(name + " ") for line in lines) for name in names)  # one line each, not folded
+    assert "test, per class" in lines[1] and lines[-1].split()[-1] == "—"  # an AUC that cannot be had
