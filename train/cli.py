@@ -426,8 +426,8 @@ def _print_metrics(metrics: dict) -> None:
 
 def _per_class_table(per_class: dict, split: str) -> Table:
     """Each class against the others: what a clinician reads of a multi-class result."""
-    table = Table(Column("class", overflow="fold"), "images", "sensitivity", "specificity", "precision", "F1", "ROC AUC",
-                  title=f"{split}, per class", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+    table = Table(Column("class", overflow="fold"), "images", "sensitivity", "specificity", "precision", "F1",
+                  "ROC AUC", title=f"{split}, per class", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
                   show_edge=False)
     for name, c in per_class.items():
         numbers = [c["recall"], c.get("specificity"), c["precision"], c["f1-score"], c.get("roc_auc")]
