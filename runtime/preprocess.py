@@ -32,6 +32,8 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 # (2: damaged JPEGs and PNGs refused instead of decoded with grey fill).
 DECODING_VERSION = 2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
+PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})
 MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 # ISO base media files' major brands for HEIF/HEIC (iPhone photos) and AVIF, which OpenCV does not decode
@@ -143,7 +145,7 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     if data[:2] == b"\xff\xd8" and (image := decode_jpeg(data, source, color, scale)) is not None:
         return image
     if data[:8] == PNG_SIGNATURE:
-        check_png(data, source)
+        data = checked_png(data, source)
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = _REDUCED[color].get(scale, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # keeps 16-bit; EXIF applied
     try:
@@ -162,11 +164,14 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     return _to_uint8(_to_color(image, color))
 
 
-def check_png(data: bytes, source: str) -> None:
-    """Refuse a PNG that is cut short or whose image chunks fail their checksum, naming the file. libpng would
-    refuse it too, but first print its complaint ("libpng error: IDAT: CRC error") on stderr, naming no file.
-    Ancillary chunks (text, colour profiles) with a bad checksum are libpng's to skip."""
-    view, position = memoryview(data), 8
+def checked_png(data: bytes, source: str) -> bytes:
+    """``data`` as OpenCV should get it, once the PNG is known whole: refused, naming the file, when it is cut
+    short or its image chunks fail their checksum (libpng would refuse it too, but first print "libpng error:
+    IDAT: CRC error" on stderr, naming no file); and without the ancillary chunks OpenCV ignores — colour
+    profiles, gamma, text, resolution — which libpng still checks, warning as anonymously about any that is
+    damaged, invalid or out of place ("libpng warning: iCCP: known incorrect sRGB profile", common in files
+    saved by older image editors: one line per file on a folder of thousands). The pixels are the same."""
+    view, position, kept = memoryview(data), 8, [memoryview(data)[:8]]
     while position + 12 <= len(data):
         length = int.from_bytes(view[position:position + 4], "big")
         kind, end = bytes(view[position + 4:position + 8]), position + 12 + length
@@ -175,8 +180,10 @@ def check_png(data: bytes, source: str) -> None:
             raise ImageError(source, f"truncated PNG (the file ends inside its {name} chunk)")
         if kind[:1].isupper() and zlib.crc32(view[position + 4:end - 4]) != int.from_bytes(view[end - 4:end], "big"):
             raise ImageError(source, f"damaged PNG (its {name} chunk fails its checksum)")
+        if kind[:1].isupper() or kind in PNG_CHUNKS_READ:
+            kept.append(view[position:end])
         if kind == b"IEND":
-            return
+            return data if sum(map(len, kept)) == end else b"".join(kept)
         position = end
     raise ImageError(source, "truncated PNG (the file ends before its end chunk)")
 

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 
 import cv2
@@ -112,6 +113,34 @@ def test_pngs_with_every_depth_and_extra_chunks_still_decode(blood_cell_images):
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, "PNG", pnginfo=info)
     assert decode_image(buffer.getvalue() + b"trailing").shape == (240, 320, 3)
+
+
+def chunk(kind: bytes, body: bytes, crc: int | None = None) -> bytes:
+    return (len(body).to_bytes(4, "big") + kind + body
+            + (zlib.crc32(kind + body) if crc is None else crc).to_bytes(4, "big"))
+
+
+def test_ancillary_chunks_libpng_would_warn_about_anonymously_are_not_passed_on(blood_cell_images, capfd):
+    """A bad checksum on a text chunk, gamma after the image, an invalid sRGB intent: libpng prints one
+    "libpng warning: ..." line per file on stderr, naming none. OpenCV ignores those chunks, so it does not
+    get them; the pixels are those of the clean file, and transparency and EXIF orientation still count."""
+    clean = photo_png(blood_cell_images)
+    idat = clean.index(b"IDAT") - 4
+    iend = clean.index(b"IEND") - 4
+    noisy = (clean[:idat] + chunk(b"tEXt", b"Comment\x00slide 7", crc=1) + chunk(b"sRGB", b"\x09")
+             + clean[idat:iend] + chunk(b"gAMA", (45455).to_bytes(4, "big")) + clean[iend:])
+    assert (decode_image(noisy, "slide.png") == decode_image(clean)).all()
+    assert capfd.readouterr().err == ""
+
+    turned = clean[:idat] + chunk(b"eXIf", b"MM\x00\x2a\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01"
+                                          b"\x00\x06\x00\x00\x00\x00\x00\x00") + clean[idat:]  # orientation 6
+    assert decode_image(turned).shape == (320, 240, 3)
+    from PIL import Image
+
+    paletted, buffer = Image.open(blood_cell_images[0]).convert("P"), io.BytesIO()
+    paletted.save(buffer, "PNG", transparency=3)  # a tRNS chunk
+    assert b"tRNS" in buffer.getvalue()
+    assert (decode_image(buffer.getvalue()) == np.asarray(paletted.convert("RGB"))).all()
 
 
 def test_decompression_bomb_is_refused_before_decoding():
