@@ -12,8 +12,8 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
-from medclf.export.pipeline import (FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive, held_out_split,
-                                    pass_probability)
+from medclf.export.pipeline import (FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive, cleared,
+                                    held_out_split, pass_probability)
 from medclf.export.verify import expected_flips
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
@@ -144,9 +144,10 @@ def test_int8_keeps_more_leading_convolutions_float_until_verification_should_pa
     tries = entry["search"]
     assert [t["float_convs"] for t in tries] == list(INT8_FLOAT_STEPS[:len(tries)])
     assert not any(t["cleared"] for t in tries[:-1])  # it stops at the first step that clears
+    on_verification_images = "verification images" in entry["searched_on"]  # 96 held out: too few for both
     for t in tries:
         assert t["pass_probability"] == pass_probability("int8", t["expected_flips"], exported[1]["images"])
-        assert t["cleared"] == (t["pass_probability"] >= PASS_CONFIDENCE)
+        assert t["cleared"] == cleared(t["passed"], t["pass_probability"], on_verification_images)
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
     assert entry["method"]["bias_correction"] and entry["method"]["calibration_images"] > 0
@@ -161,6 +162,14 @@ def test_a_step_clears_when_verification_should_pass_it_nine_times_in_ten():
     assert pass_probability("fp16", 0.001, 1024) == pytest.approx(0.727, abs=0.001)
     assert pass_probability("fp16", 0.00026, 489) == pytest.approx(math.exp(-0.00026 * 489), abs=0.001)
     assert pass_probability("int8", 0.0, 1024) == 1.0
+
+
+def test_searched_on_verification_images_a_step_clears_when_it_passes_there_whatever_the_estimate():
+    """Too few images held out for a search of its own: the count on verification's images is its verdict."""
+    assert cleared(passed=True, chance=0.6, on_verification_images=True)
+    assert not cleared(passed=False, chance=0.99, on_verification_images=True)
+    assert cleared(passed=False, chance=PASS_CONFIDENCE, on_verification_images=False)
+    assert not cleared(passed=True, chance=0.6, on_verification_images=False)
 
 
 def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell_images, tmp_path):
@@ -189,7 +198,8 @@ def test_fp16_keeps_more_leading_convolutions_float32_until_few_answers_are_expe
     tries = entry["search"]
     assert [t["float_convs"] for t in tries] == list(FP16_FLOAT_STEPS[:len(tries)])
     assert not any(t["cleared"] for t in tries[:-1])
-    assert all(t["cleared"] == (t["pass_probability"] >= PASS_CONFIDENCE) for t in tries)
+    on_verification_images = "verification images" in entry["searched_on"]
+    assert all(t["cleared"] == cleared(t["passed"], t["pass_probability"], on_verification_images) for t in tries)
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
 
