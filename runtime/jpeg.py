@@ -7,8 +7,9 @@ damaged file becomes an :class:`ImageError` naming it, like any other unusable f
 bytes before a marker, an unknown JFIF revision) still decode. It is also the same libjpeg-turbo, giving the same
 pixels as OpenCV at every scale (tested), in ~two thirds of the time, and straight to RGB.
 
-OpenCV remains the decoder for what TurboJPEG does not take — CMYK/YCCK files, headers it cannot parse,
-complaints this module does not know — and refuses or decodes those as it did before. EXIF orientation, which
+OpenCV remains the decoder for what TurboJPEG does not take — CMYK/YCCK files (which TurboJPEG still checks
+first, so a damaged one is refused by name too), headers it cannot parse, complaints this module does not know
+— and refuses or decodes those as it did before. EXIF orientation, which
 OpenCV applies itself, is applied here.
 """
 
@@ -27,7 +28,7 @@ LOST_DATA = ("premature end", "bad huffman code", "bad arithmetic code", "instea
 # other complaint goes to OpenCV, which decided before this module existed (fuzzing found files whose only
 # strict complaint was "Invalid SOS parameters for sequential JPEG" that TurboJPEG would decode and OpenCV refused).
 HARMLESS = ("extraneous bytes", "unknown jfif revision", "bad icc marker")
-OPENCV_ONLY = ("CMYK", "YCCK")  # colour spaces TurboJPEG will not turn into RGB
+OPENCV_ONLY = ("CMYK", "YCCK")  # colour spaces TurboJPEG will not turn into RGB (it decodes them to CMYK)
 EXIF_ORIENTATION_TAG = 0x0112
 
 
@@ -39,24 +40,24 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)  # decoding judges
     except (ValueError, KeyError):  # KeyError: simplejpeg 1.9 on an unknown subsampling (fuzzed headers)
         return None
-    if colorspace in OPENCV_ONLY:
+    size = {}  # TurboJPEG picks the scale from limits: exactly 1/scale, as OpenCV's reduced modes decode
+    if scale > 1:
+        size = {"min_factor": scale, "min_height": -(-height // scale), "min_width": -(-width // scale)}
+    if colorspace in OPENCV_ONLY:  # no RGB from TurboJPEG, but it still says whether the picture is whole
+        try:
+            simplejpeg.decode_jpeg(data, "CMYK", **size)
+        except ValueError as exc:
+            refuse_lost_data(exc, source)
         return None
     if color == "rgb":
         target = "RGB"
     else:  # grey at full scale from a colour file: OpenCV's BGR → grey weights, not the file's luma
         target = "GRAY" if scale > 1 or colorspace == "Gray" else "BGR"
-    size = {}  # TurboJPEG picks the scale from limits: exactly 1/scale, as OpenCV's reduced modes decode
-    if scale > 1:
-        size = {"min_factor": scale, "min_height": -(-height // scale), "min_width": -(-width // scale)}
     try:
         image = simplejpeg.decode_jpeg(data, target, **size)
     except ValueError as exc:
-        complaint = str(exc).lower()
-        if "premature end of jpeg file" in complaint:
-            raise ImageError(source, "truncated JPEG (the file ends before the picture does)") from None
-        if any(sign in complaint for sign in LOST_DATA):
-            raise ImageError(source, f"damaged JPEG, part of the picture is lost ({exc})") from None
-        if not any(sign in complaint for sign in HARMLESS):
+        refuse_lost_data(exc, source)
+        if not any(sign in str(exc).lower() for sign in HARMLESS):
             return None
         try:
             image = simplejpeg.decode_jpeg(data, target, strict=False, **size)
@@ -65,6 +66,15 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
     if target == "BGR":
         image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
     return orient(image, exif_orientation(data))
+
+
+def refuse_lost_data(complaint: ValueError, source: str) -> None:
+    """An ImageError naming ``source`` when TurboJPEG's ``complaint`` means part of the picture is missing."""
+    said = str(complaint).lower()
+    if "premature end of jpeg file" in said:
+        raise ImageError(source, "truncated JPEG (the file ends before the picture does)") from None
+    if any(sign in said for sign in LOST_DATA):
+        raise ImageError(source, f"damaged JPEG, part of the picture is lost ({complaint})") from None
 
 
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:

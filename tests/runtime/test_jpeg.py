@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 
 import cv2
@@ -58,6 +59,28 @@ def test_a_damaged_jpeg_is_refused_by_name_and_nothing_anonymous_reaches_stderr(
     whole = blood_cell_images[0].read_bytes()
     with pytest.raises(ImageError, match=rf"^cell 7\.jpeg: {reason}$"):
         decode_image(cut(whole), "cell 7.jpeg")
+    assert capfd.readouterr().err == ""
+
+
+def cmyk_jpeg(path) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(path).convert("CMYK").save(out, "JPEG", quality=90)  # Adobe CMYK, as print workflows save
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("cut, reason", [
+    (damaged, r"damaged JPEG, part of the picture is lost \(Corrupt JPEG data: premature end of data segment\)"),
+    (lambda data: data[:len(data) * 2 // 3], r"truncated JPEG \(the file ends before the picture does\)"),
+], ids=["zeroed", "truncated"])
+@pytest.mark.parametrize("color, scale", [("rgb", 1), ("grey", 2)])
+def test_a_damaged_cmyk_jpeg_is_refused_by_name_too(cut, reason, color, scale, blood_cell_images, capfd):
+    """OpenCV decodes CMYK files (TurboJPEG makes no RGB of them), but TurboJPEG checks them first."""
+    whole = cmyk_jpeg(blood_cell_images[0])
+    assert (decode_image(whole, color=color, scale=scale) == opencv(whole, color, scale)).all()
+    with pytest.raises(ImageError, match=rf"^print\.jpg: {reason}$"):
+        decode_image(cut(whole), "print.jpg", color=color, scale=scale)
     assert capfd.readouterr().err == ""
 
 
