@@ -54,7 +54,7 @@ def _number(entry: dict, key: str, form: str, scale: float = 1.0) -> str:
 
 def _table(title: str, columns: tuple[str, ...]) -> Table:
     """Numbers right-aligned, the first (format) and last (verdict) columns left-aligned."""
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
     for i, column in enumerate(columns):
         table.add_column(column, justify="left" if i in (0, len(columns) - 1) else "right")
     return table
