@@ -26,7 +26,12 @@ quantizer never knows where images come from. Settings, and why:
   onnxruntime too: their neighbours are float, so there is no DQ-Conv-Q to fuse): in MobileNetV2 the early
   blocks' depthwise filters have the widest channel-to-channel ranges, and on a sharply trained blood-cell model
   agreement with FP32 rose 92.2% → 97.5% → 98.8% → 99.2% keeping 1, 3, 9, 15 of 52 float (at 2.3x → 1.4x
-  FP32's speed).
+  FP32's speed). The float prefix is every node up to the last float convolution, not its convolutions
+  alone: the input's normalisation and the residual Adds between float convolutions were quantized too,
+  rounding the residual stream to 256 levels where nothing around it ran in int8. On a MobileNetV2 trained
+  on 28-px chest films enlarged to 160 px, flips against FP32 with 9 / 15 / 51 float convolutions fell from
+  2.3% / 1.6% / 3.1% to 0.4% / 0.4% / 0%; on the packaged blood-cell model (1,024 held-out cells) the mean
+  |Δp| fell by a third at every step (9 float: 0.0082 → 0.0052, flips 0.59% → 0.29%).
 """
 
 from __future__ import annotations
@@ -142,12 +147,18 @@ def to_int8(fp32_path: str | os.PathLike[str], reader: ImageCalibrationReader, s
 
 
 def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
-    """The leading convolutions, the classifier head, and everything after the last convolution's activation
-    (pooling, head, softmax; see the module docstring)."""
+    """Every node up to the ``float_convs``-th convolution and its activation (the float prefix, whole: see the
+    module docstring), the classifier head, and everything after the last convolution's activation (pooling,
+    head, softmax)."""
     nodes = list(model.graph.node)
-    convs = [node.name for node in nodes if node.op_type == "Conv"]
+    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"] or [len(nodes) - 1]
+    prefix = _with_activation(nodes, convs[min(max(1, float_convs), len(convs)) - 1])
+    last = _with_activation(nodes, convs[-1])
     head = [node.name for node in nodes if node.op_type in HEAD_OPS]
-    last = max((i for i, node in enumerate(nodes) if node.op_type == "Conv"), default=len(nodes) - 1)
-    if last + 1 < len(nodes) and nodes[last + 1].op_type in ("Clip", "Relu"):  # fused into it: keep it quantized
-        last += 1
-    return list(dict.fromkeys(convs[:max(1, float_convs)] + head + [node.name for node in nodes[last + 1:]]))
+    return list(dict.fromkeys([node.name for node in nodes[:prefix + 1]] + head
+                              + [node.name for node in nodes[last + 1:]]))
+
+
+def _with_activation(nodes: list[onnx.NodeProto], conv: int) -> int:
+    """The index of the convolution at ``conv``, or of the Clip/Relu right after it, which is fused into it."""
+    return conv + 1 if conv + 1 < len(nodes) and nodes[conv + 1].op_type in ("Clip", "Relu") else conv

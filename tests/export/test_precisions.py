@@ -12,8 +12,8 @@ from onnx import numpy_helper
 
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
-from medclf.export.pipeline import (FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive, cleared,
-                                    held_out_split, pass_probability)
+from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive,
+                                    cleared, held_out_split, pass_probability)
 from medclf.export.verify import expected_flips
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
@@ -88,6 +88,23 @@ def test_int8_leaves_the_classifier_tail_float(int8_flavours, flavour):
     assert nodes[-1].op_type == "Softmax" and nodes[-1].output[0] == "probabilities"
 
 
+def test_int8_keeps_its_float_prefix_whole_residual_adds_included(blood_cells):
+    """An Add between float convolutions used to be quantized: the residual stream rounded to 256 levels where
+    nothing around it ran in int8 (a 28-px chest model: 2.3% flips with 9 float convolutions, 0.4% without)."""
+    from medclf.runtime import DEFAULT_MODEL
+
+    paths = sorted(str(p) for p in (blood_cells / "TRAIN" / "NEUTROPHIL").iterdir())[:8]
+    model = to_int8(DEFAULT_MODEL, ImageCalibrationReader(paths, Classifier().card.preprocess), float_convs=12)
+    nodes = list(model.graph.node)
+    made_by = {output: node.op_type for node in nodes for output in node.output}
+    twelfth = [i for i, node in enumerate(nodes) if node.op_type == "Conv"][11]
+    prefix = [node for node in nodes[:twelfth + 1] if node.op_type in ("Conv", "Add")]
+    assert [node.op_type for node in prefix].count("Add") == 2  # the input's normalisation, block 2's residual
+    assert all(made_by.get(name) != "DequantizeLinear" for node in prefix for name in node.input)
+    later = [node for node in nodes[twelfth + 1:] if node.op_type == "Conv"]
+    assert all(made_by.get(node.input[0]) == "DequantizeLinear" for node in later[1:-1])  # the rest: int8
+
+
 def test_the_runtime_cached_optimized_graph_of_fp16_and_int8_files_answers_the_same(exported, int8_flavours,
                                                                                      tmp_path, monkeypatch,
                                                                                      blood_cell_images):
@@ -117,9 +134,9 @@ def test_an_int8_file_carries_the_cpu_it_was_made_and_verified_on(exported, bloo
 
 
 def test_int8_for_onnxruntime_has_uint8_activations_and_for_tensorrt_symmetric_int8_ones(int8_flavours):
-    """U8S8 is what x86 CPUs run fastest; TensorRT reads only int8 QDQ with zero point 0."""
-    onnxruntime_zero_points = _zero_points(int8_flavours["onnxruntime"], onnx.TensorProto.UINT8)
-    assert len(onnxruntime_zero_points) > 10 and any((z != 0).any() for z in onnxruntime_zero_points)
+    """U8S8 is what x86 CPUs run fastest; TensorRT reads only int8 QDQ with zero point 0. (MobileNet's
+    activations quantized here all follow a ReLU, so even the uint8 ones have their zero at 0.)"""
+    assert len(_zero_points(int8_flavours["onnxruntime"], onnx.TensorProto.UINT8)) > 10
     assert not _zero_points(int8_flavours["tensorrt"], onnx.TensorProto.UINT8)
     assert all((z == 0).all() for z in _zero_points(int8_flavours["tensorrt"], onnx.TensorProto.INT8))
 
@@ -146,7 +163,8 @@ def test_int8_keeps_more_leading_convolutions_float_until_verification_should_pa
     assert not any(t["cleared"] for t in tries[:-1])  # it stops at the first step that clears
     on_verification_images = "verification images" in entry["searched_on"]  # 96 held out: too few for both
     for t in tries:
-        assert t["pass_probability"] == pass_probability("int8", t["expected_flips"], exported[1]["images"])
+        assert t["pass_probability"] == pass_probability("int8", ESTIMATE_MARGIN * t["expected_flips"],
+                                                         exported[1]["images"])  # twice: it reads low
         assert t["cleared"] == cleared(t["passed"], t["pass_probability"], on_verification_images)
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
