@@ -75,7 +75,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         gpu_identity()
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
-    paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data)
+    paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
     searching = bool({"fp16", "int8"} & set(precisions))
     verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
     images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
@@ -358,11 +358,12 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
 
 
 def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
-                         calibration_data: str | os.PathLike[str] | None) -> tuple[list[str], list[str], str]:
+                         calibration_data: str | os.PathLike[str] | None,
+                         most: int = MAX_VERIFY_IMAGES) -> tuple[list[str], list[str], str]:
     """The images export verifies on, their class names, and what they are for the report: those under
     ``data``, or the run's held-out validation split — topped up, when it holds fewer than
-    ``MIN_VERIFY_IMAGES``, with the run's test images and then its training images, those INT8 is not
-    calibrated on first.
+    ``MIN_VERIFY_IMAGES`` (or than the ``most`` asked for, if fewer), with the run's test images and then its
+    training images, those INT8 is not calibrated on first.
 
     Why: a tolerance cannot be judged on a few dozen images. On 27 (a 180-image run's validation split) one
     changed answer fails INT8 at 96.3%, and an FP16 file that changes 1% of answers still passes three times in
@@ -372,17 +373,18 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
         paths, names = _all_images(run_dir, data, "val", "--verify-data")
         return paths, names, f"from {data}"
     paths, names = _all_images(run_dir, None, "val", "--verify-data")
-    if len(paths) >= MIN_VERIFY_IMAGES:
+    wanted = min(MIN_VERIFY_IMAGES, most)
+    if len(paths) >= wanted:
         return paths, names, f"held-out validation split of {run_dir}"
     counts = {"held-out validation": len(paths)}
     for split in ("test", "training"):
         more, more_names = _recorded(run_dir, "train" if split == "training" else split)
-        pick = _top_up(len(more), MIN_VERIFY_IMAGES - len(paths),
+        pick = _top_up(len(more), wanted - len(paths),
                        calibration_last=split == "training" and calibration_data is None)
         paths, names = paths + [more[i] for i in pick], names + [more_names[i] for i in pick]
         counts[split] = len(pick)
     said = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
-    return paths, names, f"{said} images of {run_dir}: its held-out split has under {MIN_VERIFY_IMAGES}"
+    return paths, names, f"{said} images of {run_dir}: its held-out split has under {wanted}"
 
 
 def _recorded(run_dir: Path, split: str) -> tuple[list[str], list[str]]:

@@ -79,6 +79,7 @@ def test_a_small_held_out_split_is_topped_up_with_test_then_training_images_int8
     calibrated = {training[i] for i in spread(len(training), pipeline.CALIBRATION_IMAGES)}
     assert not calibrated & set(paths[60:]) and set(names[60:]) == set(classes)
 
+    assert pipeline._verification_images(tmp_path, None, None, most=16)[0] == splits["val"]["paths"]  # as asked
     splits["val"] = split(0, 130)  # enough held out: nothing else
     (tmp_path / "splits.json").write_text(json.dumps(splits))
     paths, _, said = pipeline._verification_images(tmp_path, None, None)
