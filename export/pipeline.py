@@ -342,16 +342,14 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
     if data is not None:
         paths, names = folder_images(data)
     else:
-        run = RunDir(run_dir)
         try:
-            paths, indices = run.split(split)
+            paths, names = _recorded(run_dir, split)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"{exc}; pass {option} with real images") from None
         if paths and not any(os.path.exists(path) for path in paths):
             raise FileNotFoundError(f"{run_dir / 'splits.json'} lists its {split} images under "
                                     f"{os.path.commonpath(paths)}, and none of them is there any more (moved or "
                                     f"on another machine?); pass {option} with real images")
-        names = [run.labels[i] for i in indices]
     if not paths:
         raise FileNotFoundError(f"no images in {data or run_dir / 'splits.json'}")
     return paths, names
@@ -377,23 +375,22 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
     if len(paths) >= wanted:
         return paths, names, f"held-out validation split of {run_dir}"
     counts = {"held-out validation": len(paths)}
-    for split in ("test", "training"):
-        more, more_names = _recorded(run_dir, "train" if split == "training" else split)
-        pick = _top_up(len(more), wanted - len(paths),
-                       calibration_last=split == "training" and calibration_data is None)
+    for split, kind in (("test", "test"), ("train", "training")):
+        try:
+            more, more_names = _recorded(run_dir, split)
+        except FileNotFoundError:  # runs trained without --test, or before splits.json recorded it
+            continue
+        pick = _top_up(len(more), wanted - len(paths), calibration_last=split == "train" and calibration_data is None)
         paths, names = paths + [more[i] for i in pick], names + [more_names[i] for i in pick]
-        counts[split] = len(pick)
+        counts[kind] = len(pick)
     said = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
     return paths, names, f"{said} images of {run_dir}: its held-out split has under {wanted}"
 
 
 def _recorded(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
-    """A recorded split's paths and class names; none for a split the run did not record."""
+    """A split's paths and class names as the run recorded them (FileNotFoundError if it did not)."""
     run = RunDir(run_dir)
-    try:
-        paths, indices = run.split(split)
-    except FileNotFoundError:
-        return [], []
+    paths, indices = run.split(split)
     return paths, [run.labels[i] for i in indices]
 
 

@@ -171,7 +171,8 @@ def checked_png(data: bytes, source: str) -> bytes:
     profiles, gamma, text, resolution — which libpng still checks, warning as anonymously about any that is
     damaged, invalid or out of place ("libpng warning: iCCP: known incorrect sRGB profile", common in files
     saved by older image editors: one line per file on a folder of thousands). The pixels are the same."""
-    view, position, kept = memoryview(data), 8, [memoryview(data)[:8]]
+    view, position = memoryview(data), 8
+    kept = [view[:8]]
     while position + 12 <= len(data):
         length = int.from_bytes(view[position:position + 4], "big")
         kind, end = bytes(view[position + 4:position + 8]), position + 12 + length

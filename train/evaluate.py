@@ -24,8 +24,6 @@ MIN_IMAGES_FOR_THRESHOLD = 30
 NEGATIVE_NAMES = ("normal", "negative", "healthy", "benign", "no", "none", "control", "uninfected", "clear",
                   "nofinding", "notumor", "absent")
 NEGATIONS = ("non", "no", "not", "un")  # non-covid beside covid, no_tumor beside tumor
-
-
 REPORTED = ("precision", "recall", "f1-score", "support")  # per class, from scikit-learn's classification report
 
 
