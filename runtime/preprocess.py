@@ -29,12 +29,15 @@ from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # Bumped whenever the same bytes may decode differently, so caches of decoded images are made again
-# (2: damaged JPEGs and PNGs refused instead of decoded with grey fill).
-DECODING_VERSION = 2
+# (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused).
+DECODING_VERSION = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
 PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})
 MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
+# Images with a side shorter than this are refused: a 1x1 web beacon or a one-pixel strip, stretched to the model's
+# input, is a flat colour the model would still put a confident label on (28x28 MedMNIST-sized images are fine).
+MIN_SIDE = 8
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 # ISO base media files' major brands for HEIF/HEIC (iPhone photos) and AVIF, which OpenCV does not decode
 HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
@@ -128,11 +131,15 @@ def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb", scale
     if not data:
         raise ImageError(source, "empty file")
     try:
-        return _decode(data, source, color, scale)
+        image = _decode(data, source, color, scale)
     except ImageError:
         raise
     except Exception as exc:  # a decoder library failing in a way nobody foresaw: this file's error, not the batch's
         raise ImageError(source, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+    height, width = (side * scale for side in image.shape[:2])
+    if min(height, width) < MIN_SIDE:
+        raise ImageError(source, f"image is {width}x{height} pixels: too small to classify (a side under {MIN_SIDE})")
+    return image
 
 
 def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:

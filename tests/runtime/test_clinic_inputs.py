@@ -62,6 +62,20 @@ def test_bmp_and_tiff_decode_like_png(suffix):
     np.testing.assert_array_equal(decode_image(encoded.tobytes(), "x" + suffix), bgr[:, :, ::-1])
 
 
+def test_a_gif_gives_its_first_frame_and_is_found_in_folders_like_other_images(tmp_path):
+    """Web-collected datasets hold GIFs; a file decoded when named is also picked from its folder."""
+    from PIL import Image
+
+    from medclf.runtime.inputs import list_images
+
+    first, second = (Image.new("RGB", (40, 30), colour) for colour in ((200, 30, 40), (20, 180, 60)))
+    first.save(tmp_path / "Cell.GIF", save_all=True, append_images=[second], duration=100)
+    image = read_image(tmp_path / "Cell.GIF")
+    assert image.shape == (30, 40, 3)
+    assert np.abs(image.reshape(-1, 3).mean(0) - [200, 30, 40]).max() < 12
+    assert [path.name for path in list_images(tmp_path)] == ["Cell.GIF"]
+
+
 def test_a_16_bit_tiff_is_scaled_to_8_bits():
     ok, encoded = cv2.imencode(".tif", RAMP.astype(np.uint16) * 257)
     assert ok

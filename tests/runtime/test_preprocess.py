@@ -25,34 +25,34 @@ def encode(image: np.ndarray, ext: str = ".png") -> bytes:
 
 
 def test_colour_png_decodes_to_rgb_order():
-    bgr = np.zeros((4, 6, 3), np.uint8)
+    bgr = np.zeros((8, 12, 3), np.uint8)
     bgr[..., 0] = 200  # blue in OpenCV's order
     rgb = decode_image(encode(bgr))
-    assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8
+    assert rgb.shape == (8, 12, 3) and rgb.dtype == np.uint8
     assert rgb[0, 0].tolist() == [0, 0, 200]
 
 
 def test_grey_image_becomes_three_equal_channels():
-    grey = np.arange(24, dtype=np.uint8).reshape(4, 6)
+    grey = np.arange(96, dtype=np.uint8).reshape(8, 12)
     rgb = decode_image(encode(grey))
-    assert rgb.shape == (4, 6, 3)
+    assert rgb.shape == (8, 12, 3)
     assert (rgb[..., 0] == grey).all() and (rgb[..., 1] == grey).all() and (rgb[..., 2] == grey).all()
 
 
 def test_rgba_drops_alpha():
-    bgra = np.full((3, 3, 4), 90, np.uint8)
+    bgra = np.full((8, 8, 4), 90, np.uint8)
     bgra[..., 3] = 0
-    assert decode_image(encode(bgra)).shape == (3, 3, 3)
+    assert decode_image(encode(bgra)).shape == (8, 8, 3)
 
 
 def test_16_bit_png_is_scaled_to_8_bits_over_the_full_range():
-    wide = np.array([[0, 257, 65535]], dtype=np.uint16)
-    assert decode_image(encode(wide))[0, :, 0].tolist() == [0, 1, 255]
+    wide = np.tile(np.array([0, 257, 65535], dtype=np.uint16), (8, 3))
+    assert decode_image(encode(wide))[0, :3, 0].tolist() == [0, 1, 255]
 
 
 def test_grey_models_get_one_channel():
-    bgr = np.full((5, 5, 3), 128, np.uint8)
-    assert decode_image(encode(bgr), color="grey").shape == (5, 5, 1)
+    bgr = np.full((8, 10, 3), 128, np.uint8)
+    assert decode_image(encode(bgr), color="grey").shape == (8, 10, 1)
 
 
 def turned_clockwise(jpeg: bytes) -> bytes:
@@ -64,8 +64,8 @@ def turned_clockwise(jpeg: bytes) -> bytes:
 
 
 def test_exif_orientation_is_applied():
-    # A 2x4 (h x w) JPEG tagged "rotate 90° clockwise" must come out 4x2.
-    assert decode_image(turned_clockwise(encode(np.zeros((2, 4, 3), np.uint8), ".jpg"))).shape[:2] == (4, 2)
+    # An 8x16 (h x w) JPEG tagged "rotate 90° clockwise" must come out 16x8.
+    assert decode_image(turned_clockwise(encode(np.zeros((8, 16, 3), np.uint8), ".jpg"))).shape[:2] == (16, 8)
 
 
 @pytest.mark.parametrize("data, reason", [
@@ -150,6 +150,17 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert 50_000 * 50_000 > MAX_PIXELS
     with pytest.raises(ImageError, match="pixel limit"):
         decode_image(bytes(huge), "bomb.png")
+
+
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 40_000), (300, 7)])
+def test_an_image_with_a_side_under_8_pixels_is_refused_not_stretched_into_a_flat_guess(height, width):
+    with pytest.raises(ImageError, match=rf"^pixel.png: image is {width}x{height} pixels: too small to classify"):
+        decode_image(encode(np.full((height, width), 128, np.uint8)), "pixel.png")
+
+
+def test_the_smallest_images_models_are_trained_on_still_decode():
+    assert decode_image(encode(np.zeros((8, 8), np.uint8))).shape == (8, 8, 3)
+    assert decode_image(encode(np.zeros((28, 28), np.uint8))).shape == (28, 28, 3)
 
 
 def test_missing_file_names_the_path(tmp_path):
