@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .cache import default_cache_dir
-from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
+from .modelcard import INPUT_NAME, ModelCard, ModelCardError
 from .optimized import optimized_session
 
 BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")
@@ -178,12 +178,7 @@ def _tensorrt(model: Path) -> Backend:
     except (TensorRTUnavailable, ValueError) as exc:
         raise BackendUnavailable(f"tensorrt: {exc}") from None
 
-    def run(outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
-        if outputs != [OUTPUT_NAME]:
-            raise BackendUnavailable(f"tensorrt: engines serve {OUTPUT_NAME} only; use --backend cuda for {outputs}")
-        return [engine.predict(images)]
-
-    return Backend("tensorrt", run, metadata)
+    return Backend("tensorrt", engine.run, metadata)
 
 
 def _session(model: Path, providers: list[str], threads: int, spin: bool,

@@ -139,7 +139,8 @@ def build_engine(onnx_path: str | os.PathLike[str], profile: BatchProfile) -> by
 
 
 class TensorRTEngine:
-    """Runs a plan: uint8 ``[N, H, W, C]`` in, float32 probabilities out, ``N`` within the engine's profile."""
+    """Runs a plan: uint8 ``[N, H, W, C]`` in, the model's outputs out (probabilities, and class activation
+    maps for files exported with ``--cam``), ``N`` within the engine's profile."""
 
     def __init__(self, plan: str | os.PathLike[str]) -> None:
         trt = tensorrt()
@@ -151,28 +152,41 @@ class TensorRTEngine:
         self.context = self.engine.create_execution_context()
         self.stream = _check(self._cuda.cudaStreamCreate())
         self.max_batch = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0]
+        names = (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
+        # Every output needs a device address to run, whichever ones the caller reads.
+        self.outputs = {name: trt.nptype(self.engine.get_tensor_dtype(name)) for name in names
+                        if self.engine.get_tensor_mode(name) == trt.TensorIOMode.OUTPUT}
 
     def predict(self, images: np.ndarray) -> np.ndarray:
+        """Probabilities ``[N, classes]``."""
+        return self.run([OUTPUT_NAME], images)[0]
+
+    def run(self, names: list[str], images: np.ndarray) -> list[np.ndarray]:
+        """The outputs called ``names``, in that order, for a batch of uint8 images."""
+        if unknown := [name for name in names if name not in self.outputs]:
+            raise ValueError(f"this engine has no output {unknown[0]!r} (it has {', '.join(self.outputs)})")
         if len(images) > self.max_batch:
-            return np.concatenate([self.predict(images[i:i + self.max_batch])
-                                   for i in range(0, len(images), self.max_batch)])
+            parts = [self.run(names, images[i:i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
+            return [np.concatenate(chunks) for chunks in zip(*parts)]
         images = np.ascontiguousarray(images, dtype=np.uint8)
         self.context.set_input_shape(INPUT_NAME, images.shape)
-        output = np.empty(tuple(self.context.get_tensor_shape(OUTPUT_NAME)), np.float32)
+        host = {name: np.empty(tuple(self.context.get_tensor_shape(name)), dtype)
+                for name, dtype in self.outputs.items()}
         cuda, kinds = self._cuda, self._cuda.cudaMemcpyKind
-        device_in = _check(cuda.cudaMallocAsync(images.nbytes, self.stream))
-        device_out = _check(cuda.cudaMallocAsync(output.nbytes, self.stream))
+        device = {}
         try:
-            _check(cuda.cudaMemcpyAsync(device_in, images.ctypes.data, images.nbytes,
+            for name, array in {INPUT_NAME: images, **host}.items():
+                device[name] = _check(cuda.cudaMallocAsync(array.nbytes, self.stream))
+                self.context.set_tensor_address(name, int(device[name]))
+            _check(cuda.cudaMemcpyAsync(device[INPUT_NAME], images.ctypes.data, images.nbytes,
                                         kinds.cudaMemcpyHostToDevice, self.stream))
-            self.context.set_tensor_address(INPUT_NAME, int(device_in))
-            self.context.set_tensor_address(OUTPUT_NAME, int(device_out))
             if not self.context.execute_async_v3(int(self.stream)):
                 raise RuntimeError("TensorRT execution failed")
-            _check(cuda.cudaMemcpyAsync(output.ctypes.data, device_out, output.nbytes,
-                                        kinds.cudaMemcpyDeviceToHost, self.stream))
+            for name, array in host.items():
+                _check(cuda.cudaMemcpyAsync(array.ctypes.data, device[name], array.nbytes,
+                                            kinds.cudaMemcpyDeviceToHost, self.stream))
             _check(cuda.cudaStreamSynchronize(self.stream))
         finally:
-            _check(cuda.cudaFreeAsync(device_in, self.stream))
-            _check(cuda.cudaFreeAsync(device_out, self.stream))
-        return output
+            for pointer in device.values():
+                _check(cuda.cudaFreeAsync(pointer, self.stream))
+        return [host[name] for name in names]

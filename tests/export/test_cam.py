@@ -3,6 +3,7 @@ TensorFlow — and they are exactly the model's own evidence: their spatial mean
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import keras
@@ -87,3 +88,17 @@ def test_medclf_run_draws_a_heatmap_per_image_without_tensorflow(cam_model, tmp_
     for line in lines:
         assert line["heatmap"].endswith(f".{line['label']}.cam.png") and Path(line["heatmap"]).stat().st_size > 1000
     assert len({line["heatmap"] for line in lines}) == 3
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                    reason="TensorRT is not installed (NVIDIA GPU machines only: medclf[gpu])")
+def test_a_tensorrt_engine_serves_the_maps_too(cam_model, blood_cell_images, tmp_path):
+    """TensorRT runs only when every output has a device address: an engine built from a --cam file must
+    give both, the same as onnxruntime."""
+    from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine
+
+    classifier = Classifier(cam_model)
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in blood_cell_images])
+    engine = TensorRTEngine(EngineCache(tmp_path).engine_for(cam_model, "fp32", BatchProfile(1, 4, 8)))
+    for served, expected in zip(engine.run(["probabilities", "cam"], images), classifier.cam(images)):
+        np.testing.assert_allclose(served, expected, atol=1e-3)
