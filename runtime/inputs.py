@@ -8,9 +8,9 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-# What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame.
+# What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pgm",
-                              ".ppm", ".dcm"})
+                              ".ppm", ".avif", ".dcm"})
 
 
 def is_image_file(path: Path) -> bool:

@@ -39,8 +39,6 @@ MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading th
 # input, is a flat colour the model would still put a confident label on (28x28 MedMNIST-sized images are fine).
 MIN_SIDE = 8
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
-# ISO base media files' major brands for HEIF/HEIC (iPhone photos) and AVIF, which OpenCV does not decode
-HEIF_BRANDS = frozenset({b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1", b"avif", b"avis"})
 
 # JPEG decoding at 1/2, 1/4, 1/8 scale, by the colour the model takes (OpenCV's reduced modes).
 _REDUCED = {"rgb": {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8},
@@ -162,10 +160,9 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
             raise ImageError(source, f"image is over the {MAX_PIXELS:,}-pixel limit (its header says so)") from None
         raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
     if image is None:
-        if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
-            raise ImageError(source, "a HEIF/HEIC or AVIF image (as phones save photos): not supported; save it as "
-                                     "JPEG or PNG")
-        raise ImageError(source, "not a readable image (unknown format or corrupt data)")
+        from .sniff import unreadable_reason  # only for files that fail
+
+        raise ImageError(source, unreadable_reason(data))
     if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
         image = _to_uint8(image)
     return _to_uint8(_to_color(image, color))

@@ -41,7 +41,7 @@ def test_bad_inputs_are_reported_in_place_and_the_rest_classified(tmp_path, bloo
     assert done.returncode == 1
     lines = [json.loads(line) for line in done.stdout.splitlines()]
     assert [set(line) for line in lines][1:3] == [{"path", "error"}] * 2
-    assert lines[1]["path"] == str(fake) and "not a readable image" in lines[1]["error"]
+    assert lines[1]["path"] == str(fake) and "a text file, not an image" in lines[1]["error"]
     assert lines[0]["label"] == lines[3]["label"]
 
 
@@ -131,7 +131,7 @@ def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_ima
     rows = list(csv.DictReader(table.open()))
     assert [row["path"] for row in rows] == [str(blood_cell_images[0]), str(fake)]
     assert rows[0]["label"] in Classifier().labels and len(rows[0]["top_k"].split(";")) == 2
-    assert rows[1]["label"] == "" and "not a readable image" in rows[1]["error"]
+    assert rows[1]["label"] == "" and "a text file, not an image" in rows[1]["error"]
     assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
 
 
@@ -227,7 +227,7 @@ def test_each_damaged_file_costs_one_line_on_stderr_whatever_its_decoder_says(tm
     Image.fromarray(np.arange(-2000, 2000, dtype=np.int32).reshape(40, 100)).save(wide)
     done = run("--backend", "cpu", str(cut), str(wide), str(blood_cell_images[0]))
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"error {cut}: not a readable image (unknown format or corrupt data)"]
+    assert done.stderr.splitlines() == [f"error {cut}: damaged or cut-short TIFF (cannot be decoded)"]
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [str(wide), str(blood_cell_images[0])]
 
 
@@ -259,6 +259,6 @@ def test_a_folder_without_images_and_a_phone_photo_each_get_their_own_line(tmp_p
     errors = done.stderr.splitlines()
     assert errors[0].startswith(f"error {empty}: no image in this folder (it is empty; medclf reads .bmp .dcm")
     assert errors[1].startswith(f"error {phone}: no image in this folder (it holds 2 .heic files;")
-    assert errors[2] == (f"error {phone / 'IMG_0001.HEIC'}: a HEIF/HEIC or AVIF image (as phones save photos): not "
+    assert errors[2] == (f"error {phone / 'IMG_0001.HEIC'}: a HEIF/HEIC image (as phones save photos): not "
                          "supported; save it as JPEG or PNG")
     assert len(errors) == 3 and done.stdout.splitlines()[1].startswith(str(blood_cell_images[0]))

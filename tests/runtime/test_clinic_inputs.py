@@ -76,6 +76,19 @@ def test_a_gif_gives_its_first_frame_and_is_found_in_folders_like_other_images(t
     assert [path.name for path in list_images(tmp_path)] == ["Cell.GIF"]
 
 
+def test_an_avif_photo_decodes_and_is_found_in_folders(tmp_path):
+    from medclf.runtime.inputs import list_images
+
+    bgr = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)])
+    if not cv2.haveImageWriter(".avif"):
+        pytest.skip(f"OpenCV {cv2.__version__} has no AVIF codec")
+    ok, encoded = cv2.imencode(".avif", bgr)
+    assert ok
+    (tmp_path / "fundus.avif").write_bytes(encoded.tobytes())
+    assert np.abs(read_image(tmp_path / "fundus.avif").astype(int) - bgr[:, :, ::-1]).max() < 40
+    assert [path.name for path in list_images(tmp_path)] == ["fundus.avif"]
+
+
 def test_a_16_bit_tiff_is_scaled_to_8_bits():
     ok, encoded = cv2.imencode(".tif", RAMP.astype(np.uint16) * 257)
     assert ok

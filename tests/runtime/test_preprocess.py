@@ -70,7 +70,7 @@ def test_exif_orientation_is_applied():
 
 @pytest.mark.parametrize("data, reason", [
     (b"", "empty file"),
-    (b"this is a text file, not a JPEG", "not a readable image"),
+    (b"this is a text file, not a JPEG", "a text file, not an image"),
 ])
 def test_bad_bytes_give_one_line_naming_the_file(data, reason):
     with pytest.raises(ImageError) as caught:

@@ -169,7 +169,7 @@ def test_unreadable_training_files_are_skipped_with_a_line(tmp_path, blood_cell_
     for _ in range(2):  # decoded, then from the cache: the broken file is reported both times
         images, labels, kept = load_arrays(read_folder(data), Preprocess(32, 32), cache_dir=tmp_path / "cache")
         assert len(images) == 4 and not any(p.endswith("broken.jpeg") for p in kept.paths)
-        assert capsys.readouterr().err.count("broken.jpeg: not a readable image") == 1
+        assert capsys.readouterr().err.count("broken.jpeg: a text file, not an image") == 1
 
 
 def test_scoring_decodes_a_chunk_at_a_time_and_gives_what_decoding_everything_gives(tmp_path, blood_cells, capsys):
@@ -186,7 +186,7 @@ def test_scoring_decodes_a_chunk_at_a_time_and_gives_what_decoding_everything_gi
     chunked_labels, outputs, chunked_kept = predict_folder(folder, spec, mean_pixel, chunk=5)
     assert np.array_equal(chunked_labels, labels) and np.array_equal(outputs, mean_pixel(images))
     assert chunked_kept.paths == kept.paths and len(kept) == 10
-    assert capsys.readouterr().err.count("not a readable image") == 4  # each broken file, once per decoding
+    assert capsys.readouterr().err.count("a text file, not an image") == 4  # each broken file, once per decoding
 
     with pytest.raises(DatasetError, match="none of the 2 images"):
         predict_folder(folder.subset(np.array([10, 11])), spec, mean_pixel)
