@@ -80,17 +80,17 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
     images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
     reference = keras_probabilities(model, images)
-    search, calibration = None, None  # FP16's and INT8's images to choose float layers on; INT8's calibration
+    search = None  # FP16's and INT8's images to choose float layers on
     if searched is verified:  # too few held out for both: the search judges on verification's own images
         search = Search(images, reference, labels, searched_on, reference, len(images), verification_images=True)
     elif searched is not None:
-        search_images, search_labels = load_labelled([paths[i] for i in searched], [names[i] for i in searched], card)
-        search_reference = keras_probabilities(model, search_images)
-        search = Search(search_images, search_reference, search_labels, searched_on,
-                        np.concatenate([reference, search_reference]), len(images))
+        search = _search_images(model, card, [paths[i] for i in searched], [names[i] for i in searched],
+                                searched_on, reference)
+    calibration = None
     if "int8" in precisions:
-        paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
-        calibration = Int8Quantizer(ImageCalibrationReader(paths, card.preprocess))
+        calibration_paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration",
+                                       CALIBRATION_IMAGES)
+        calibration = Int8Quantizer(ImageCalibrationReader(calibration_paths, card.preprocess))
     report = {"model": str(model_path), "opset": OPSET, "images": len(images),
               "verified_on": f"{len(images)} real images ({described})",
               "cpu": this_cpu(), "precisions": {}}
@@ -112,13 +112,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         int8 = report["precisions"].get("int8", {"passed": False})
         if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
             candidates["int8 for tensorrt"] = _derive("int8", fp32, card, calibration, True, int8["float_convs"])
-        for precision, entry in report["precisions"].items():  # publish only once everything is measured
-            if entry["passed"]:
-                os.replace(candidates[precision], entry["file"])
-                if engine is not None:
-                    source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
-                    entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
-                                                reference, images, labels)
+        _publish(report["precisions"], candidates, engine, reference, images, labels)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
         set(report["precisions"]) == set(precisions)
     if triton is not None:
@@ -128,6 +122,30 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise VerificationError("; ".join(f"{file} not written: {', '.join(failures)}"
                                           for file, failures in failed_files(report)))
     return report
+
+
+def _search_images(model, card: ModelCard, paths: list[str], names: list[str], searched_on: str,
+                   reference: np.ndarray) -> Search:
+    """The float-layer search's own held-out images, apart from verification's (whose Keras probabilities are
+    ``reference``)."""
+    images, labels = load_labelled(paths, names, card)
+    probabilities = keras_probabilities(model, images)
+    return Search(images, probabilities, labels, searched_on, np.concatenate([reference, probabilities]),
+                  len(reference))
+
+
+def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: BatchProfile | None,
+             reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None) -> None:
+    """Move each verified candidate to its final name — only once every precision is measured — and, when asked,
+    build and verify its TensorRT engine."""
+    for precision, entry in entries.items():
+        if not entry["passed"]:
+            continue
+        os.replace(candidates[precision], entry["file"])
+        if engine is not None:
+            source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
+            entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
+                                        reference, images, labels)
 
 
 def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None,

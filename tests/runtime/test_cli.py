@@ -257,7 +257,7 @@ def test_a_folder_without_images_and_a_phone_photo_each_get_their_own_line(tmp_p
     done = run("--backend", "cpu", str(empty), str(phone), str(phone / "IMG_0001.HEIC"), str(blood_cell_images[0]))
     assert done.returncode == 1
     errors = done.stderr.splitlines()
-    assert errors[0].startswith(f"error {empty}: no image in this folder (it is empty; medclf reads .bmp .dcm")
+    assert errors[0].startswith(f"error {empty}: no image in this folder (it is empty; medclf reads .avif .bmp")
     assert errors[1].startswith(f"error {phone}: no image in this folder (it holds 2 .heic files;")
     assert errors[2] == (f"error {phone / 'IMG_0001.HEIC'}: a HEIF/HEIC image (as phones save photos): not "
                          "supported; save it as JPEG or PNG")
