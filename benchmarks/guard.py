@@ -32,6 +32,7 @@ RATIOS = {
     "one image: Keras predict_on_batch / medclf": ("test_keras_predict_on_batch_one_image", "test_medclf_one_image",
                                                    3.0, True),
     "folder: Keras dataset+predict / medclf": ("test_keras_folder", "test_medclf_folder", 4.0, True),
+    "folder: Keras dataset+predict / medclf INT8": ("test_keras_folder", "test_medclf_folder_int8", 4.0, True),
     "folder: slower stage alone / medclf pipeline": (("test_bound_decode_only", "test_bound_inference_only"),
                                                      "test_medclf_folder", 0.8, True),
     "one-shot: Keras script / medclf-run": ("test_oneshot_keras_script", "test_oneshot_medclf_run", 25.0, True),
@@ -41,7 +42,8 @@ RATIOS = {
     "batch 32: INT8 / FP32 throughput (CPU)": ("test_inference[fp32-32]", "test_inference[int8-32]", 1.5, True),
 }
 
-BY_CPU = {"batch 32: INT8 / FP32 throughput (CPU)"}  # ratios whose baseline depends on the kind of CPU
+# ratios whose baseline depends on the kind of CPU
+BY_CPU = {"batch 32: INT8 / FP32 throughput (CPU)", "folder: Keras dataset+predict / medclf INT8"}
 
 
 def cpu_kind(results: dict) -> str:
