@@ -28,6 +28,10 @@ LOST_DATA = ("premature end", "bad huffman code", "bad arithmetic code", "instea
 # other complaint goes to OpenCV, which decided before this module existed (fuzzing found files whose only
 # strict complaint was "Invalid SOS parameters for sequential JPEG" that TurboJPEG would decode and OpenCV refused).
 HARMLESS = ("extraneous bytes", "unknown jfif revision", "bad icc marker")
+# Errors (not warnings) that mean the marker chain is broken: a marker byte damaged inside the compressed data
+# (``FF 00`` → ``FF 5A``) cuts the picture there, and OpenCV's libjpeg decodes the rest as grey, warning only
+# anonymously. (Not "Unsupported JPEG process", which lossless JPEGs earn from TurboJPEG, and OpenCV decodes.)
+BROKEN_STRUCTURE = ("unsupported marker type", "two sof markers", "two soi markers")
 OPENCV_ONLY = ("CMYK", "YCCK")  # colour spaces TurboJPEG will not turn into RGB (it decodes them to CMYK)
 EXIF_ORIENTATION_TAG = 0x0112
 
@@ -73,7 +77,7 @@ def refuse_lost_data(complaint: ValueError, source: str) -> None:
     said = str(complaint).lower()
     if "premature end of jpeg file" in said:
         raise ImageError(source, "truncated JPEG (the file ends before the picture does)") from None
-    if any(sign in said for sign in LOST_DATA):
+    if any(sign in said for sign in LOST_DATA + BROKEN_STRUCTURE):
         raise ImageError(source, f"damaged JPEG, part of the picture is lost ({complaint})") from None
 
 

@@ -34,6 +34,13 @@ def damaged(data: bytes) -> bytes:
     return data[:middle] + bytes(200) + data[middle + 200:]
 
 
+def marker_in_scan(data: bytes) -> bytes:
+    """The file with a stuffed ``FF 00`` in its compressed data turned into ``FF 5A``: a one-bit error that reads
+    as a marker, ending the picture there (OpenCV fills the rest with grey; TurboJPEG says "Unsupported marker")."""
+    stuffed = data.index(b"\xff\x00", data.index(b"\xff\xda") + 2)
+    return data[:stuffed + 1] + b"\x5a" + data[stuffed + 2:]
+
+
 def with_orientation(data: bytes, orientation: int, byte_order: bytes = b"MM") -> bytes:
     """The JPEG with an EXIF APP1 segment holding one tag, orientation, in either TIFF byte order."""
     order = "big" if byte_order == b"MM" else "little"
@@ -54,7 +61,8 @@ def test_opencv_alone_decodes_a_damaged_jpeg_as_if_it_were_whole(blood_cell_imag
 @pytest.mark.parametrize("cut, reason", [
     (damaged, r"damaged JPEG, part of the picture is lost \(Corrupt JPEG data: premature end of data segment\)"),
     (lambda data: data[:len(data) * 2 // 3], r"truncated JPEG \(the file ends before the picture does\)"),
-], ids=["zeroed", "truncated"])
+    (marker_in_scan, r"damaged JPEG, part of the picture is lost \(Unsupported marker type 0x5a\)"),
+], ids=["zeroed", "truncated", "marker in the scan"])
 def test_a_damaged_jpeg_is_refused_by_name_and_nothing_anonymous_reaches_stderr(cut, reason, blood_cell_images, capfd):
     whole = blood_cell_images[0].read_bytes()
     with pytest.raises(ImageError, match=rf"^cell 7\.jpeg: {reason}$"):
