@@ -30,7 +30,7 @@ def error(text: str) -> None:
 
 TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
 NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file names, not folders: SEP[:POS], e.g. '.' for cat.123.jpg → cat, '_:1' for x_cat_1.png.")]
-ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ [val/] [test/].")]
+ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ and optional val/ and test/.")]
 
 
 # Recipe options, shared by train and crossval. None = not given: the preset's value, else the library default.
@@ -42,19 +42,19 @@ HeadEpochs = Annotated[Optional[int], typer.Option(min=1, help="Transfer models:
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="[32]")]
 LearningRate = Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")]
 ValSplit = Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder [0.15].")]
-Grey = Annotated[Optional[bool], typer.Option("--grey/--rgb", help="Single-channel or colour input [rgb].", show_default=False)]
+Grey = Annotated[Optional[bool], typer.Option("--grey/--rgb", help="Single-channel or colour input (default: colour).", show_default=False)]
 Crop = Annotated[Optional[str], typer.Option(help="Where the crop window sits: centre, or stain (the nucleus of a stained smear).")]
 CropFraction = Annotated[Optional[float], typer.Option(min=0.05, max=1.0, help="Crop window side as a fraction of the shorter image side [1 = no crop].")]
 AugmentViews = Annotated[Optional[int], typer.Option(min=0, help="Augmented copies per image for cached-feature training [2].")]
-Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME [pretrained].", show_default=False)]
-Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way [off].", show_default=False)]
+Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME (default: pretrained).", show_default=False)]
+Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way (default: off).", show_default=False)]
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
 Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness), microscopy (any flip or turn, stain colour jitter) or radiograph (strong zoom-in and shifts, exposure and contrast).")]
-GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split [on when the data looks shipped pre-augmented; images filed in sub-folders of their class folder (patients, studies) are kept together by sub-folder unless --no-group-copies].", show_default=False)]
+GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split (default: on when the data looks shipped pre-augmented; images filed in sub-folders of their class folder (patients, studies) are kept together by sub-folder unless --no-group-copies).", show_default=False)]
 ScoreCopies = Annotated[bool, typer.Option("--group-copies", help="Also count one vote per source image, its augmented copies (near-identical colour histograms) averaged.")]
-Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) [plateau].")]
+Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) (default: plateau).")]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add; pool: the whole backbone, only the head is trained).")]
-Wise = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Transfer models: end on this mix of fine-tuned and linear-probe (ImageNet top + trained head) weights, WiSE-FT; lower is more robust to images from other sites, 1 is fully fine-tuned [the most robust of 0.5, 0.75, 1 within 0.01 validation AUC of the best].")]
+Wise = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Transfer models: end on this mix of fine-tuned and linear-probe (ImageNet top + trained head) weights, WiSE-FT; lower is more robust to images from other sites, 1 is fully fine-tuned (default: the most robust of 0.5, 0.75, 1 within 0.01 validation AUC of the best).")]
 TimeBudgetOption = Annotated[Optional[float], typer.Option("--time-budget", min=0, help="Minutes of wall clock for the whole run; augmented views and epochs that would not fit are dropped, with a warning (0: no limit) [28].")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 
@@ -270,7 +270,7 @@ def export(
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: real training images to calibrate on; default: the run's training split.")] = None,
     verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
     verify_images: Annotated[int, typer.Option(min=1, help="At most this many verification images, evenly spread (99.9% agreement, FP16's tolerance, needs 1,000 to mean anything).")] = 1024,
-    engine: Annotated[bool, typer.Option("--engine", help="Also build and verify a TensorRT engine per precision (needs an NVIDIA GPU and medclf[gpu]).")] = False,
+    engine: Annotated[bool, typer.Option("--engine", help="Also build and verify a TensorRT engine per precision (needs an NVIDIA GPU and the medclf\\[gpu] extra).")] = False,
     batch_profile: Annotated[str, typer.Option(help="Engine and Triton batch sizes: MIN,OPT,MAX.")] = "1,16,64",
     triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
     cam: Annotated[bool, typer.Option("--cam", help="Add a second output, class activation maps, so the runtime can draw heatmaps without TensorFlow.")] = False,

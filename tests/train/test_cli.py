@@ -112,3 +112,16 @@ def test_the_per_class_table_keeps_long_class_names_whole_in_a_log(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert all(any(line.startswith(name + " ") for line in lines) for name in names)  # one line each, not folded
     assert "test, per class" in lines[1] and lines[-1].split()[-1] == "—"  # an AUC that cannot be had
+
+
+def test_every_help_text_is_shown_as_written():
+    """typer renders help through rich, whose markup ate '[val/] [test/]', '[rgb]' and 'medclf[gpu]' whole."""
+    import typer
+    from rich.text import Text
+
+    from medclf.train.cli import app
+
+    group = typer.main.get_command(app)
+    for name, command in group.commands.items():
+        for text in [command.help or "", *(getattr(param, "help", None) or "" for param in command.params)]:
+            assert Text.from_markup(text).plain == text.replace("\\[", "["), f"medclf {name}: {text!r}"
