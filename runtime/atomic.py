@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,25 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None:
+    """Why nothing can be written at ``path`` (a file, or with ``folder`` a folder to write files in), or None.
+    Asked before a long run, so that it does not end, its work done, in a traceback (a read-only or missing
+    mount, a typo'd path under /proc, a file where a folder should be)."""
+    path = Path(path)
+    if folder and path.exists() and not path.is_dir():
+        return "is a file; give a folder"
+    if not folder and path.is_dir():
+        return "is a folder; give a file name"
+    try:
+        directory = path if folder else path.parent
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        return f"cannot write there ({exc.strerror or exc})"
+    return None
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
-from .atomic import atomic_write
+from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import expand_inputs
@@ -67,10 +67,6 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Classify ``args.inputs``, print one result per input, return the exit status."""
-    if args.csv_file is not None and args.csv_file.is_dir():
-        return _refuse(f"--csv {args.csv_file} is a folder; give a file name")
-    if args.cam is not None and args.cam.exists() and not args.cam.is_dir():
-        return _refuse(f"--cam {args.cam} is a file; give a folder")
     paths = list(expand_inputs(args.inputs))
     backend, why = _backend_for(args.backend, len(paths))
     try:
@@ -83,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             classifier.require_cam()  # refused before any work
     except (FileNotFoundError, ModelCardError, BackendUnavailable, ValueError) as exc:
         return _refuse(str(exc))
+    for option, destination, folder in (("--csv", args.csv_file, False), ("--cam", args.cam, True)):
+        if destination is not None and (problem := unwritable(destination, folder)):
+            return _refuse(f"{option} {destination}: {problem}")
     top_k = min(args.top_k, len(classifier.labels))
     predictions = _with_progress(classifier.classify(paths, top_k=top_k, batch_size=args.batch_size,
                                                      cam_dir=args.cam, processes=use_processes(len(paths))),
@@ -91,7 +90,11 @@ def run(args: argparse.Namespace) -> int:
     recorded = _recording(predictions, results) if args.csv_file is not None else predictions
     failed = _print_json(recorded) if args.as_json else _print_table(recorded, paths, classifier.labels)
     if args.csv_file is not None:
-        write_csv(args.csv_file, results)
+        try:
+            write_csv(args.csv_file, results)
+        except OSError as exc:  # the disk filled or went away during the run: the table above still holds it all
+            print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
+            return 1
     return 1 if failed else 0
 
 

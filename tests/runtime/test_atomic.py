@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from medclf.runtime.atomic import atomic_write, write_json
+from medclf.runtime.atomic import atomic_write, unwritable, write_json
 
 
 def test_write_json_replaces_the_file_whole(tmp_path):
@@ -26,3 +26,14 @@ def test_a_failed_write_keeps_the_previous_version(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_where_outputs_cannot_go_is_said_before_a_run_and_where_they_can_nothing_is_left(tmp_path):
+    (tmp_path / "file").write_text("")
+    assert unwritable("/proc/heat", folder=True).startswith("cannot write there")
+    assert unwritable("/proc/results.csv").startswith("cannot write there")
+    assert unwritable(tmp_path / "file", folder=True) == "is a file; give a folder"
+    assert unwritable(tmp_path) == "is a folder; give a file name"
+    assert unwritable(tmp_path / "new" / "heat", folder=True) is None
+    assert unwritable(tmp_path / "out" / "results.csv") is None
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "heat", "new", "out"]  # folders made, no files

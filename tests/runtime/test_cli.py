@@ -184,7 +184,7 @@ def test_a_folder_of_a_thousand_files_streams_through(tmp_path, blood_cell_image
 
 
 @pytest.mark.parametrize("option, reason", [(("--top-k", "0"), "at least 1"), (("--backend", "gpu"), "invalid choice"),
-                                            (("--csv", "."), "is a folder"), (("--cam", __file__), "is a file")])
+                                            (("--csv", "."), "is a folder")])
 def test_bad_options_are_refused_before_any_work_with_exit_2(option, reason, blood_cell_images):
     done = run(*option, str(blood_cell_images[0]))
     assert done.returncode == 2 and done.stdout == ""
@@ -262,3 +262,15 @@ def test_a_folder_without_images_and_a_phone_photo_each_get_their_own_line(tmp_p
     assert errors[2] == (f"error {phone / 'IMG_0001.HEIC'}: a HEIF/HEIC image (as phones save photos): not "
                          "supported; save it as JPEG or PNG")
     assert len(errors) == 3 and done.stdout.splitlines()[1].startswith(str(blood_cell_images[0]))
+
+
+@pytest.mark.parametrize("destination, problem", [
+    ("/proc/results.csv", "cannot write there"),
+    ("{tmp}", "is a folder; give a file name"),
+])
+def test_a_csv_that_cannot_be_written_is_refused_before_any_work(destination, problem, tmp_path, blood_cell_images):
+    """An unwritable --csv ended a finished run in a traceback, the CSV lost."""
+    destination = destination.format(tmp=tmp_path)
+    done = run("--csv", destination, str(blood_cell_images[0]))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines()[-1].startswith(f"error: --csv {destination}: {problem}")
