@@ -62,7 +62,7 @@ Seed = Annotated[Optional[int], typer.Option(help="[0]")]
 @app.command()
 def train(
     data: ExistingDir,
-    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")] = Path("runs/latest"),
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Run directory to write.")] = Path("runs/latest"),
     preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
     head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
     val_split: ValSplit = None,
@@ -90,7 +90,7 @@ def train(
 @app.command()
 def crossval(
     data: ExistingDir,
-    out: Annotated[Path, typer.Option("--out", help="Folder for one run directory per fold and crossval.json.")] = Path("runs/crossval"),
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for one run directory per fold and crossval.json.")] = Path("runs/crossval"),
     folds: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
     preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
     head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
@@ -152,7 +152,7 @@ FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
     data: ExistingDir,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
@@ -180,7 +180,7 @@ def evaluate(
 def calibrate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported binary .onnx model.")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each).")],
-    out: Annotated[Optional[Path], typer.Option("--out", help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_file, help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
     target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
@@ -218,7 +218,7 @@ def calibrate(
 def explain(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
     inputs: Annotated[list[str], typer.Argument(help="Image files, folders or globs.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the heatmap overlays.")] = Path("gradcam"),
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for the heatmap overlays.")] = Path("gradcam"),
     target: Annotated[Optional[str], typer.Option("--class", help="Explain this class (default: the model's call).")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Feature-map layer (default: the last convolutional one).")] = None,
 ) -> None:
@@ -242,7 +242,7 @@ def explain(
 @app.command()
 def augment(
     data: ExistingDir,
-    out: Annotated[Path, typer.Option("--out", help="Folder for the copies, mirroring DATA's sub-folders.")],
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for the copies, mirroring DATA's sub-folders.")],
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies per image.")] = 5,
     augmentation: Annotated[str, typer.Option(help="Policy: default or microscopy (as in medclf train).")] = "default",
     seed: Annotated[int, typer.Option()] = 0,
@@ -265,7 +265,7 @@ def augment(
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for the ONNX files and export_report.json.")] = Path("exported"),
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for the ONNX files and export_report.json.")] = Path("exported"),
     precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8. FP32 is always made; the others derive from it.")] = "fp32",
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: real training images to calibrate on; default: the run's training split.")] = None,
     verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
@@ -348,7 +348,7 @@ def benchmark(
 @app.command()
 def demo(
     data: Annotated[Optional[Path], typer.Option(help="blood-cells folder with TRAIN/ and TEST/; default ../shared/data/blood-cells.")] = None,
-    out: Annotated[Path, typer.Option("--out", help="Where the run and the export go.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Where the run and the export go.")] = Path("runs/demo"),
     per_class: Annotated[int, typer.Option(min=10, help="Training images per class.")] = 400,
 ) -> None:
     """The main job end to end on real data: train → export + verify → classify unseen images."""
@@ -360,6 +360,23 @@ def demo(
         error(f"{data}/TRAIN not found; pass --data with the blood-cells folder")
         raise typer.Exit(2)
     _library_call(lambda: run_demo(data, out, per_class, console))
+
+
+def _writable_folder(path: Path | None) -> Path | None:
+    """``--out`` checked before the work, not after it (a read-only mount, a file in the way)."""
+    return _writable(path, folder=True)
+
+
+def _writable_file(path: Path | None) -> Path | None:
+    return _writable(path, folder=False)
+
+
+def _writable(path: Path | None, folder: bool) -> Path | None:
+    from medclf.runtime.atomic import unwritable
+
+    if path is not None and (problem := unwritable(path, folder)):
+        raise typer.BadParameter(f"{path}: {problem}")
+    return path
 
 
 def _parse_size(text: str) -> int | tuple[int, int]:

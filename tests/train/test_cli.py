@@ -32,6 +32,16 @@ def test_bad_image_size_is_a_usage_error(tmp_path):
     assert result.exit_code == 2 and "--image-size" in result.output
 
 
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path):
+    """Not after a 25-minute training run (or an export's verification) has finished."""
+    (tmp_path / "taken").write_text("")
+    for command in (["train", str(tmp_path)], ["export", __file__], ["explain", __file__, __file__]):
+        for out, problem in (("/proc/run", "cannot write there"), (str(tmp_path / "taken"), "is a file")):
+            result = runner.invoke(app, [*command, "--out", out])
+            said = " ".join(result.output.replace("│", " ").split())  # the error box, unwrapped
+            assert result.exit_code == 2 and f"{out}: {problem}" in said, (command, said)
+
+
 def test_a_folder_that_is_not_a_dataset_gives_one_line_and_exit_1(tmp_path):
     (tmp_path / "only_class").mkdir()
     result = runner.invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run")])
