@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import zlib
@@ -346,3 +347,10 @@ def test_resizing_rounds_half_to_even_and_clips_like_numpy(blood_cell_images, in
         flags = {"linear": cv2.INTER_LINEAR, "cubic": cv2.INTER_CUBIC, "nearest": cv2.INTER_NEAREST}[interpolation]
         floats = cv2.resize(image.astype(np.float32), (97, 203), interpolation=flags)
         assert np.array_equal(resize(image, spec), np.clip(np.rint(floats), 0, 255).astype(np.uint8))
+
+
+def test_a_glob_that_matched_nothing_and_an_empty_path_say_so():
+    for path, reason in (("", "an empty path"), ("/no/such/scans/*.dcm", "no file matches this pattern"),
+                         ("/no/such/scan.dcm", "No such file or directory")):
+        with pytest.raises(ImageError, match=f"^{re.escape(path)}: {reason}$"):
+            load_image(path, Preprocess(8, 8))
