@@ -6,6 +6,9 @@ output (class activation maps computed inside the ONNX graph), so both draw the 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import cv2
 import numpy as np
 
@@ -29,3 +32,13 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
     blended = cv2.addWeighted(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), 1 - alpha, colours, alpha, 0)
     scale = max(1, int(np.ceil(MIN_OVERLAY_SIDE / min(blended.shape[:2]))))
     return cv2.resize(blended, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale > 1 else blended
+
+
+def overlay_name(path: str, label: str, kind: str) -> str:
+    """``<stem>-<hash of the full path>.<label>.<kind>.png``: files of one name in two folders (``a/scan.jpg``,
+    ``b/scan.jpg``), or of one stem (``scan.jpg``, ``scan.png``), get overlays of their own instead of
+    overwriting one another's; any name's bytes hash, UTF-8 or not."""
+    import hashlib  # here, not at the top: only heatmaps need it, and every one-shot run would pay its import
+
+    digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
+    return f"{Path(path).stem}-{digest}.{label}.{kind}.png"

@@ -11,7 +11,7 @@ import numpy as np
 
 from .atomic import write_image
 from .backends import open_backend
-from .cam import heatmaps, overlay
+from .cam import heatmaps, overlay, overlay_name
 from .cpu import int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, OUTPUT_NAME, ModelCard, ModelCardError
@@ -134,7 +134,7 @@ class Classifier:
             order = np.argsort(-row)[:top_k]
             heatmap = None
             if maps is not None:
-                heatmap = str(Path(cam_dir) / _heatmap_name(path, self.labels[label]))
+                heatmap = str(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"))
                 write_image(heatmap, overlay(image, heatmaps(maps[n:n + 1, :, :, label], *image.shape[:2])[0]))
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
                              top_k=tuple((self.labels[i], float(row[i])) for i in order), heatmap=heatmap)
@@ -151,11 +151,3 @@ def _check_model_path(path: Path) -> None:
     if path.suffix in (".keras", ".h5"):
         raise ModelCardError(f"{path}: a Keras model; the runtime serves exported ONNX files: "
                              f"medclf export {path} --out DIR, then --model DIR/model.onnx")
-
-
-def _heatmap_name(path: str, label: str) -> str:
-    """``<stem>-<hash of the full path>.<label>.cam.png``: files with one name in two folders do not collide."""
-    import hashlib  # here, not at the top: only --cam needs it, and every one-shot run would pay its import
-
-    digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]  # any name's bytes
-    return f"{Path(path).stem}-{digest}.{label}.cam.png"

@@ -222,7 +222,7 @@ def explain(
     target: Annotated[Optional[str], typer.Option("--class", help="Explain this class (default: the model's call).")] = None,
     layer: Annotated[Optional[str], typer.Option(help="Feature-map layer (default: the last convolutional one).")] = None,
 ) -> None:
-    """Grad-CAM heatmaps over each image, as the model saw it: OUT/<name>.<class>.gradcam.png."""
+    """Grad-CAM heatmaps over each image, as the model saw it: OUT/<name>-<path hash>.<class>.gradcam.png."""
     from medclf.runtime.inputs import expand_inputs
 
     import_tensorflow()

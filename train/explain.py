@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_image
-from medclf.runtime.cam import heatmaps, overlay
+from medclf.runtime.cam import heatmaps, overlay, overlay_name
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
@@ -70,8 +70,8 @@ class Explanation:
 
 def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out: str | os.PathLike[str],
                   target: str | None = None, layer: str | None = None) -> Iterator[Explanation]:
-    """Write ``OUT/<name>.<class>.gradcam.png`` per image for the called class (the run's own decision) or
-    ``target``; a file that cannot be read yields an error and the rest go on."""
+    """Write ``OUT/<name>-<path hash>.<class>.gradcam.png`` per image for the called class (the run's own
+    decision) or ``target``; a file that cannot be read yields an error and the rest go on."""
     run = RunDir.of_model(model_path)
     labels, preprocess, decision = run.labels, run.preprocess, run.decision
     if target is not None and target not in labels:
@@ -95,6 +95,6 @@ def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, .
             continue
         maps, probabilities = cam(image[None], classes, call)
         chosen = classes[0] if classes is not None else int(call(probabilities)[0])
-        destination = out / f"{Path(path).stem}.{labels[chosen]}.gradcam.png"
+        destination = out / overlay_name(path, labels[chosen], "gradcam")
         write_image(destination, overlay(image, maps[0]))
         yield Explanation(path, labels[chosen], float(probabilities[0, chosen]), destination)

@@ -24,7 +24,9 @@ def test_heatmaps_keep_positive_evidence_scaled_to_each_maps_peak():
 def test_a_heatmap_is_named_after_any_file_name_even_one_that_is_not_utf8():
     import os
 
-    from medclf.runtime.classifier import _heatmap_name
+    from medclf.runtime.cam import overlay_name
 
-    name = _heatmap_name(os.fsdecode(b"/share/r\xe9sultat.jpeg"), "NORMAL")
+    name = overlay_name(os.fsdecode(b"/share/r\xe9sultat.jpeg"), "NORMAL", "cam")
     assert name.startswith("r\udce9sultat-") and name.endswith(".NORMAL.cam.png")
+    same_stems = {overlay_name(path, "NORMAL", "gradcam") for path in ("a/scan.jpg", "b/scan.jpg", "a/scan.png")}
+    assert len(same_stems) == 3

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from medclf.rundir import RunDir
+from medclf.runtime.cam import overlay_name
 from medclf.train.data import DatasetError
 from medclf.train.explain import explain_files
 from medclf.train.fit import FitConfig
@@ -41,9 +42,15 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
 
     image = sorted((cataract / "cataract").iterdir())[0]
-    [explained] = explain_files(tmp_path / "model.keras", [str(image)], tmp_path / "cam", target="normal")
-    assert explained.label == "normal" and explained.heatmap.name == f"{image.stem}.normal.gradcam.png"
-    assert cv2.imread(str(explained.heatmap)).shape[0] >= 320
+    namesake = tmp_path / "elsewhere" / image.name  # one file name in two folders: two overlays, none overwritten
+    namesake.parent.mkdir()
+    namesake.symlink_to(sorted((cataract / "normal").iterdir())[0])
+    explained = list(explain_files(tmp_path / "model.keras", [str(image), str(namesake)], tmp_path / "cam",
+                                   target="normal"))
+    assert [e.label for e in explained] == ["normal", "normal"]
+    assert explained[0].heatmap.name == overlay_name(str(image), "normal", "gradcam")
+    assert len({e.heatmap for e in explained}) == 2 and len(list((tmp_path / "cam").iterdir())) == 2
+    assert cv2.imread(str(explained[0].heatmap)).shape[0] >= 320
 
 
 def test_the_defaults_train_on_tiny_grey_images_with_no_flags(chest_xray, tmp_path):
