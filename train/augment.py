@@ -35,7 +35,7 @@ class Augmented:
 def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
                    seed: int = 0, policy: str = "default") -> Iterator[Augmented]:
     """For every image under ``data``, write ``copies`` augmented versions to the same relative folder under
-    ``out`` as ``<name>.aug<k><ext>``; unreadable files are reported and skipped."""
+    ``out`` as ``<name>.aug<k><ext>`` (:func:`_copy_name`); unreadable files are reported and skipped."""
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
     data, out = Path(data), Path(out)
@@ -50,9 +50,17 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
             continue
         batch = tf.cast(np.repeat(image[None], copies, axis=0), tf.float32)
         views = np.clip(np.rint(augmenter(batch, training=True).numpy()), 0, 255).astype(np.uint8)
-        suffix = path.suffix.lower() if path.suffix.lower() in WRITABLE else ".png"
         folder = out / path.parent.relative_to(data)
-        written = tuple(folder / f"{path.stem}.aug{k}{suffix}" for k in range(copies))
+        written = tuple(folder / _copy_name(path, k) for k in range(copies))
         for destination, view in zip(written, views):
             write_image(destination, cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
         yield Augmented(str(path), written)
+
+
+def _copy_name(path: Path, k: int) -> str:
+    """``scan.aug0.jpg`` for ``scan.jpg``, in the file's own format where it is writable, its suffix's case kept
+    (``scan.JPG`` beside ``scan.jpg`` stays apart); PNG otherwise, after the whole name (``scan.webp.aug0.png``)
+    so that ``scan.webp`` beside ``scan.png`` stays apart too."""
+    if path.suffix.lower() in WRITABLE:
+        return f"{path.stem}.aug{k}{path.suffix}"
+    return f"{path.name}.aug{k}.png"

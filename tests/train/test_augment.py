@@ -30,6 +30,20 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
     assert not np.array_equal(views[0], views[1])
 
 
+def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):
+    """scan.webp and scan.png both made scan.aug0.png (the second overwrote the first); so did scan.JPG and scan.jpg."""
+    photo = cv2.imread(str(sorted((cataract / "normal").iterdir())[0]))
+    data = tmp_path / "data" / "normal"
+    data.mkdir(parents=True)
+    for name in ("scan.png", "scan.webp", "scan.jpg", "scan.JPG"):
+        cv2.imwrite(str(data / name), photo)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["augment", str(tmp_path / "data"), "--out", str(out), "--copies", "1"])
+    assert result.exit_code == 0 and "wrote 4 images" in result.output
+    assert sorted(p.name for p in (out / "normal").iterdir()) == [
+        "scan.aug0.JPG", "scan.aug0.jpg", "scan.aug0.png", "scan.webp.aug0.png"]
+
+
 @pytest.mark.parametrize("policy", sorted(AUGMENTATIONS))
 def test_every_augmentation_policy_keeps_shape_and_range_and_changes_the_image(policy, cataract):
     photo = cv2.resize(cv2.imread(str(sorted((cataract / "normal").iterdir())[0])), (96, 96))
