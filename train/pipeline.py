@@ -145,6 +145,8 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
     if decision is not None:
         write_text(run_dir / rundir.DECISION, decision.to_json() + "\n")
+    else:  # an earlier binary run's threshold in this folder would be exported with this model
+        (run_dir / rundir.DECISION).unlink(missing_ok=True)
     write_json(run_dir / rundir.METRICS, metrics)
     write_json(run_dir / rundir.SPLITS, {name: {"paths": [os.path.abspath(p) for p in part.paths],
                                                  "labels": part.labels.tolist()}

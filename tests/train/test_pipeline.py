@@ -89,3 +89,16 @@ def test_a_class_none_of_whose_images_can_be_read_stops_the_run_before_training(
         train(data, tmp_path / "run", Recipe(arch="small_cnn", image_size=32, val_split=0.3,
                                              fit=FitConfig(epochs=1)))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_written_over_an_earlier_binary_one_keeps_no_threshold_of_it(blood_cells, tmp_path):
+    """A 3-class model trained into a binary run's folder was exported with the old run's decision.json."""
+    recipe = Recipe(arch="small_cnn", image_size=32, val_split=0.3, fit=FitConfig(epochs=1))
+    for classes in (("EOSINOPHIL", "LYMPHOCYTE"), ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")):
+        data = tmp_path / f"data{len(classes)}"
+        for name in classes:
+            (data / name).mkdir(parents=True)
+            for image in sorted((blood_cells / "TEST" / name).iterdir())[:6]:
+                (data / name / image.name).symlink_to(image)
+        train(data, tmp_path / "run", recipe)
+        assert (RunDir(tmp_path / "run").decision is None) == (len(classes) == 3)
