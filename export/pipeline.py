@@ -8,6 +8,7 @@ then moved to its final name. ``export_report.json`` is written either way and s
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import re
@@ -24,7 +25,7 @@ from scipy.stats import binom
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
-from medclf.runtime.modelcard import CAM_NAME, ModelCard
+from medclf.runtime.modelcard import CAM_NAME, SOURCE_KEY, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .fp16 import to_fp16
@@ -113,6 +114,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
             candidates["int8 for tensorrt"] = _derive("int8", fp32, card, calibration, True, int8["float_convs"])
         _publish(report["precisions"], candidates, engine, reference, images, labels)
+    report["removed"] = _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
         set(report["precisions"]) == set(precisions)
     if triton is not None:
@@ -146,6 +148,34 @@ def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: Batc
             source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
             entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
                                         reference, images, labels)
+
+
+def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[str]:
+    """Remove, from ``out``, the files an earlier export of *another* Keras model left under the names this export
+    did not publish (a refused INT8, a precision not asked for this time), and their engines: beside the new
+    ``model.onnx`` they would be served as this model's. An earlier export of this same model stays: it was
+    verified against it. Returns the files removed."""
+    published = {Path(entry["file"]).name for entry in entries.values() if entry["passed"]}
+    removed = []
+    for name in sorted(set(FILE_NAMES.values()) - published):
+        path = out / name
+        source = _exported_from(path) if path.is_file() else None
+        if source is not None and source != card.source.get("keras_sha256"):
+            for stale in (path, path.with_suffix(".plan")):
+                if stale.is_file():
+                    stale.unlink()
+                    removed.append(str(stale))
+    return removed
+
+
+def _exported_from(path: Path) -> str | None:
+    """The hash of the Keras model a medclf export came from, as its model card records it; None for a file that
+    is not one (or cannot be read), which is left alone."""
+    try:
+        metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
+        return json.loads(metadata[SOURCE_KEY])["keras_sha256"]
+    except Exception:  # not ONNX, no medclf card, a damaged one: not known to be an earlier export
+        return None
 
 
 def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None,

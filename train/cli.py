@@ -289,6 +289,8 @@ def export(
     console.print(export_table(report))
     for path in report.get("triton", []):
         console.print(f"Triton model: {path}")
+    for path in report["removed"]:
+        console.print(f"removed {path}: an earlier export of another model, which would be served as this one")
     for file, reasons in failed_files(report):
         error(f"{file} not written: {'; '.join(reasons)}")
     if not report["passed"]:

@@ -56,3 +56,33 @@ def test_a_run_whose_images_have_moved_says_so_and_what_to_pass(run_dir, tmp_pat
     assert result.exit_code == 1
     assert "lists its val images under /gone/data, and none of them is there any more" in result.output
     assert "pass --verify-data with real images" in result.output
+
+
+def test_files_an_earlier_export_of_another_model_left_are_removed_and_said(run_dir, exported, tmp_path):
+    """An INT8 file refused (or not asked for) this time must not be served beside the new model.onnx from an
+    older model; an earlier export of this same model stays, verified against it."""
+    import shutil
+
+    import keras
+
+    earlier, _, _ = exported  # FP32, FP16 and INT8 files of run_dir's model
+    same, other = tmp_path / "same", tmp_path / "other"
+    for out in (same, other):
+        shutil.copytree(earlier, out)
+    retrained = tmp_path / "retrained"
+    shutil.copytree(run_dir, retrained)
+    model = keras.models.load_model(retrained / "model.keras", compile=False)
+    model.set_weights([w * 1.01 for w in model.get_weights()])  # another model of the same run: another hash
+    model.save(retrained / "model.keras")
+
+    result = runner.invoke(app, ["export", str(retrained / "model.keras"), "--out", str(other),
+                                 "--verify-images", "16"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in other.glob("*.onnx")) == ["model.onnx"]
+    left = [p.name for p in earlier.glob("model.*.onnx")]  # FP16, and INT8 where this tiny model's passed
+    assert left and all(f"removed {other / name}: an earlier export of another model" in result.output
+                        for name in left)
+
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(same), "--verify-images", "16"])
+    assert result.exit_code == 0 and "removed" not in result.output
+    assert sorted(p.name for p in same.glob("*.onnx")) == sorted(p.name for p in earlier.glob("*.onnx"))
