@@ -6,6 +6,7 @@ Kept free of TensorFlow, so that ``medclf benchmark MODEL.onnx`` runs where only
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +29,23 @@ def spread(count: int, most: int) -> np.ndarray:
 
 
 def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decoded images, and their label indices when every file's class is one of the model's labels."""
+    """Decoded images, and their label indices when every file's class is one of the model's labels (in any
+    case: ``normal`` for ``NORMAL``, as training reads val/ and test/). An unreadable file is skipped with a line
+    naming it; classes that are not the model's are said once, and accuracy is then not measured."""
     images, kept = [], []
     for i, path in enumerate(paths):
         try:
             images.append(load_image(path, card.preprocess))
             kept.append(i)
-        except ImageError:
-            continue
+        except ImageError as exc:
+            print(f"skipping {exc}", file=sys.stderr)
     if not images:
         raise FileNotFoundError("none of the verification images could be read")
-    kept_names = [names[i] for i in kept]
-    labelled = all(name in card.labels for name in kept_names)
-    return np.stack(images), np.array([card.labels.index(n) for n in kept_names]) if labelled else None
+    index = {label.casefold(): i for i, label in enumerate(card.labels)}
+    kept_names = [names[i].casefold() for i in kept]
+    unknown = sorted({names[i] for i in kept if names[i].casefold() not in index})
+    if unknown:
+        print(f"accuracy not measured: {', '.join(unknown[:5])} {'is' if len(unknown) == 1 else 'are'} not among "
+              f"the model's classes {', '.join(card.labels)}", file=sys.stderr)
+        return np.stack(images), None
+    return np.stack(images), np.array([index[name] for name in kept_names])
