@@ -229,6 +229,12 @@ def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchP
         if entry.get("tensorrt", {}).get("passed"):
             written.append(write_model(repo, f"{name}_tensorrt_{precision}", entry["tensorrt"]["file"],
                                        entry["file"], card, max_batch))
+    for precision in set(PRECISIONS) - {"fp32"} - {p for p, entry in report["precisions"].items() if entry["passed"]}:
+        stale = repo / f"{name}_{precision}"  # another model's, which Triton would serve beside this one
+        source = _exported_from(stale / "1" / "model.onnx") if stale.is_dir() else None
+        if source is not None and source != card.source.get("keras_sha256"):
+            shutil.rmtree(stale)
+            report["removed"].append(str(stale))
     return [str(path) for path in written]
 
 

@@ -65,20 +65,22 @@ def test_files_an_earlier_export_of_another_model_left_are_removed_and_said(run_
 
     import keras
 
-    earlier, _, _ = exported  # FP32, FP16 and INT8 files of run_dir's model
-    same, other = tmp_path / "same", tmp_path / "other"
+    earlier, _, earlier_repo = exported  # FP32, FP16 and INT8 files of run_dir's model, and their Triton models
+    same, other, repo = tmp_path / "same", tmp_path / "other", tmp_path / "triton"
     for out in (same, other):
         shutil.copytree(earlier, out)
-    retrained = tmp_path / "retrained"
+    shutil.copytree(earlier_repo, repo)
+    retrained = tmp_path / "retrained" / run_dir.name  # the same run name: the same Triton model names
     shutil.copytree(run_dir, retrained)
     model = keras.models.load_model(retrained / "model.keras", compile=False)
     model.set_weights([w * 1.01 for w in model.get_weights()])  # another model of the same run: another hash
     model.save(retrained / "model.keras")
 
-    result = runner.invoke(app, ["export", str(retrained / "model.keras"), "--out", str(other),
+    result = runner.invoke(app, ["export", str(retrained / "model.keras"), "--out", str(other), "--triton", str(repo),
                                  "--verify-images", "16"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in other.glob("*.onnx")) == ["model.onnx"]
+    assert sorted(p.name for p in repo.iterdir()) == [run_dir.name]
     left = [p.name for p in earlier.glob("model.*.onnx")]  # FP16, and INT8 where this tiny model's passed
     assert left and all(f"removed {other / name}: an earlier export of another model" in result.output
                         for name in left)
