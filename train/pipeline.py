@@ -10,6 +10,8 @@ validation). See ``medclf.rundir``.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -143,16 +145,25 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                                                "used": round(time.monotonic() - fitted, 1)}}
     write_json(run_dir / rundir.LABELS, list(classes))
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
+    _clear_replaced(run_dir, binary)
     if decision is not None:
         write_text(run_dir / rundir.DECISION, decision.to_json() + "\n")
-    else:  # an earlier binary run's threshold in this folder would be exported with this model
-        (run_dir / rundir.DECISION).unlink(missing_ok=True)
     write_json(run_dir / rundir.METRICS, metrics)
     write_json(run_dir / rundir.SPLITS, {name: {"paths": [os.path.abspath(p) for p in part.paths],
                                                  "labels": part.labels.tolist()}
                                           for name, part in (("train", train_set), ("val", val_set),
                                                              ("test", splits.test)) if part is not None})
     return TrainResult(run_dir, metrics, seconds)
+
+
+def _clear_replaced(run_dir: Path, binary: bool) -> None:
+    """What an earlier run in this folder left that would be taken for this run's: its threshold (read back
+    with a multi-class model, and exported in its card) and ``medclf evaluate``'s scores of the old model."""
+    if not binary:
+        (run_dir / rundir.DECISION).unlink(missing_ok=True)
+    for scores in sorted(run_dir.glob("evaluation-*/metrics.json")):
+        shutil.rmtree(scores.parent)
+        print(f"removed {scores.parent}: the evaluation of the model this run replaced", file=sys.stderr)
 
 
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],

@@ -92,7 +92,8 @@ def test_a_class_none_of_whose_images_can_be_read_stops_the_run_before_training(
 
 
 def test_a_run_written_over_an_earlier_binary_one_keeps_no_threshold_of_it(blood_cells, tmp_path):
-    """A 3-class model trained into a binary run's folder was exported with the old run's decision.json."""
+    """A 3-class model trained into a binary run's folder was exported with the old run's decision.json, and
+    the old model's evaluation sat in the folder as if it were the new one's."""
     recipe = Recipe(arch="small_cnn", image_size=32, val_split=0.3, fit=FitConfig(epochs=1))
     for classes in (("EOSINOPHIL", "LYMPHOCYTE"), ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE")):
         data = tmp_path / f"data{len(classes)}"
@@ -102,3 +103,6 @@ def test_a_run_written_over_an_earlier_binary_one_keeps_no_threshold_of_it(blood
                 (data / name / image.name).symlink_to(image)
         train(data, tmp_path / "run", recipe)
         assert (RunDir(tmp_path / "run").decision is None) == (len(classes) == 3)
+        if len(classes) == 2:  # scored, as medclf evaluate does by default: those scores go with the old model
+            evaluate_run(tmp_path / "run" / "model.keras", data, tmp_path / "run" / "evaluation-data2")
+    assert not (tmp_path / "run" / "evaluation-data2").exists()
