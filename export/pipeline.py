@@ -28,6 +28,7 @@ from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 from medclf.runtime.modelcard import CAM_NAME, SOURCE_KEY, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
+from .files import FILE_NAMES
 from .fp16 import to_fp16
 from .int8 import ImageCalibrationReader, Int8Quantizer
 from .labelled_images import folder_images, load_labelled, spread
@@ -39,7 +40,6 @@ from .verify import (TOLERANCES, VerificationError, compare, expected_flips, ker
                      onnx_probabilities)
 
 PRECISIONS = ("fp32", "fp16", "int8")
-FILE_NAMES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 # Verification images, at most: FP16's tolerance (99.9% agreement) is "no flip at all" on fewer than 1,000,
 # and a file that truly flips 0.44% of answers (the demo model's FP16, on all 1,376 held-out cells) passed 256
 # images about one time in three. (medclf export's --verify-images default repeats it.)

@@ -61,8 +61,12 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 
 
 def benchmark_table(result: dict) -> Table:
-    """``medclf benchmark``'s rows: format, size, accuracy, agreement with Keras, ms per image, images/s."""
-    table = _table(f"{result['model']}: {result['images']} real images", BENCHMARK_COLUMNS)
+    """``medclf benchmark``'s rows: format, size, accuracy, agreement with Keras (or, for an exported file and
+    its siblings, with the file's calls: its ``agreement_with``), ms per image, images/s."""
+    title = f"{result['model']}: {result['images']} real images"
+    if "agreement_with" in result:
+        title += f"; agree = same call as {result['agreement_with']}"
+    table = _table(title, BENCHMARK_COLUMNS)
     for row in result["rows"]:
         table.add_row(row["format"], _number(row, "size_mb", "{:.1f}"), _number(row, "accuracy", "{:.1%}"),
                       _number(row, "agreement", "{:.1%}"), _number(row, "ms_per_image", "{:.2f}"),

@@ -317,7 +317,7 @@ def _parse_profile(text: str):
 def benchmark(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train, or an exported .onnx file.")],
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split (required for an .onnx file).")] = None,
-    precision: Annotated[str, typer.Option(help="Comma-separated ONNX precisions to compare with Keras.")] = "fp32,fp16,int8",
+    precision: Annotated[str, typer.Option(help="Comma-separated ONNX precisions to compare with Keras (for an export's model.onnx: the files of these beside it).")] = "fp32,fp16,int8",
     images: Annotated[int, typer.Option(min=1, help="At most this many images, evenly spread.")] = 256,
     json_out: Annotated[Path, typer.Option("--json-out", dir_okay=False, help="Where the JSON goes.")] = Path("benchmark.json"),
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: training images to calibrate on; default: the run's training split.")] = None,
@@ -333,7 +333,8 @@ def benchmark(
     if model.suffix == ".onnx":
         from medclf.export.onnx_benchmark import benchmark_onnx
 
-        result = _library_call(lambda: benchmark_onnx(model, data, images, json_out, backend))
+        result = _library_call(lambda: benchmark_onnx(model, data, images, json_out, backend,
+                                                      _parse_precisions(precision)))
     elif backend != "cpu":
         raise typer.BadParameter("Keras models are compared on the CPU; give an exported .onnx file for a GPU "
                                  "backend", param_hint="--backend")

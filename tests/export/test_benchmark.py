@@ -45,10 +45,16 @@ def test_an_exported_file_is_benchmarked_alone_without_tensorflow(blood_cells, t
                   "--json-out", str(out))
     assert done.stdout.strip().endswith("exit 0 False"), done.stdout + done.stderr  # and no TensorFlow
     result = json.loads(out.read_text())
-    (row,) = result["rows"]
+    row, int8 = result["rows"]  # the packaged model.onnx, then the INT8 file exported beside it
     assert row["format"] == "ONNX fp32" and result["images"] == 64 and result["backend"] == "cpu"
     assert row["accuracy"] > 0.7 and row["ms_per_image"] > 0 and row["images_per_s"] > 0
-    assert "ONNX fp32" in done.stdout
+    assert "ONNX fp32" in done.stdout and "ONNX int8" in done.stdout
+    assert int8["format"] == "ONNX int8" and int8["file"] == "model.int8.onnx" and int8["agreement"] > 0.9
+    assert row["agreement"] is None and result["agreement_with"] == "model.onnx"
+
+    medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--images", "8",
+           "--precision", "fp32", "--json-out", str(out))
+    assert [r["file"] for r in json.loads(out.read_text())["rows"]] == ["model.onnx"]
 
 
 def test_an_exported_file_needs_labelled_images_and_a_backend_that_starts(blood_cells, tmp_path):
