@@ -41,8 +41,10 @@ def benchmark_onnx(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     rows, reference = [], None
     for file in _with_siblings(model_path, precisions):
         row, calls = _row(file, images, labels, backend)
-        row["agreement"] = None if reference is None else float((calls == reference).mean())
-        reference = calls if reference is None else reference
+        if reference is None:  # the file itself: the others are compared with its calls
+            reference = calls
+        else:
+            row["agreement"] = float((calls == reference).mean())
         rows.append(row)
     result = {"model": str(model_path), "images": len(images), "backend": backend,
               "verified_on": f"{len(images)} images from {data}", "rows": rows}

@@ -229,7 +229,8 @@ def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchP
         if entry.get("tensorrt", {}).get("passed"):
             written.append(write_model(repo, f"{name}_tensorrt_{precision}", entry["tensorrt"]["file"],
                                        entry["file"], card, max_batch))
-    for precision in set(PRECISIONS) - {"fp32"} - {p for p, entry in report["precisions"].items() if entry["passed"]}:
+    published = {precision for precision, entry in report["precisions"].items() if entry["passed"]}
+    for precision in sorted(set(PRECISIONS) - published - {"fp32"}):
         stale = repo / f"{name}_{precision}"  # another model's, which Triton would serve beside this one
         source = _exported_from(stale / "1" / "model.onnx") if stale.is_dir() else None
         if source is not None and source != card.source.get("keras_sha256"):
