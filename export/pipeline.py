@@ -218,7 +218,8 @@ def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile,
 
 
 def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchProfile | None) -> list[str]:
-    """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ..."""
+    """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ...; a
+    NAME_fp16 or NAME_int8 of another model that this export does not replace is removed (``report["removed"]``)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     written = []
     max_batch = engine.max if engine is not None else TRITON_MAX_BATCH
