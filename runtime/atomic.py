@@ -17,10 +17,12 @@ import numpy as np
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> Iterator[IO]:
     """Open a temporary file beside ``path`` (``options`` go to :func:`open`); on success it replaces ``path``, on
-    error it is removed."""
+    error it is removed. The temporary name is unique and short (``.<start of the name>.<random>.tmp``): a
+    name near the file system's 255 bytes must fit too, and two writers never share one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # not mkstemp: its files are the owner's alone (0600), and a model or report must keep the usual permissions
+    tmp = path.with_name(f".{path.name[:40]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, mode, **options) as handle:
             yield handle

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+MAX_NAME_BYTES = 255  # a file name's limit on ext4, XFS, NTFS, APFS
 MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
 
 
@@ -37,8 +38,13 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
 def overlay_name(path: str, label: str, kind: str) -> str:
     """``<stem>-<hash of the full path>.<label>.<kind>.png``: files of one name in two folders (``a/scan.jpg``,
     ``b/scan.jpg``), or of one stem (``scan.jpg``, ``scan.png``), get overlays of their own instead of
-    overwriting one another's; any name's bytes hash, UTF-8 or not."""
+    overwriting one another's; any name's bytes hash, UTF-8 or not. The stem is shortened where the whole would
+    pass the file system's 255 bytes (a 250-character scan name made writing its heatmap fail); the hash still
+    tells such names apart."""
     import hashlib  # here, not at the top: only heatmaps need it, and every one-shot run would pay its import
 
     digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
-    return f"{Path(path).stem}-{digest}.{label}.{kind}.png"
+    tail, stem = f"-{digest}.{label}.{kind}.png", Path(path).stem
+    while len(os.fsencode(stem + tail)) > MAX_NAME_BYTES and stem:
+        stem = stem[:-1]
+    return stem + tail

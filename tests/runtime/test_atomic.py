@@ -37,3 +37,15 @@ def test_where_outputs_cannot_go_is_said_before_a_run_and_where_they_can_nothing
     assert unwritable(tmp_path / "new" / "heat", folder=True) is None
     assert unwritable(tmp_path / "out" / "results.csv") is None
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "heat", "new", "out"]  # folders made, no files
+
+
+def test_a_name_near_the_255_byte_limit_is_written_with_the_usual_permissions(tmp_path):
+    """The temporary sibling's name was the final name plus 12 bytes: past 243 bytes every write failed."""
+    import os
+
+    target = tmp_path / ("r" * 250 + ".csv")
+    write_json(target, {"a": 1})
+    umask = os.umask(0)
+    os.umask(umask)
+    assert json.loads(target.read_text()) == {"a": 1} and target.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == [target.name]

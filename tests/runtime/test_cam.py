@@ -30,3 +30,18 @@ def test_a_heatmap_is_named_after_any_file_name_even_one_that_is_not_utf8():
     assert name.startswith("r\udce9sultat-") and name.endswith(".NORMAL.cam.png")
     same_stems = {overlay_name(path, "NORMAL", "gradcam") for path in ("a/scan.jpg", "b/scan.jpg", "a/scan.png")}
     assert len(same_stems) == 3
+
+
+def test_a_heatmap_of_a_file_with_a_name_near_the_limit_can_still_be_written(tmp_path):
+    """Names up to 255 bytes are legal; with the hash, label and suffix added, writing the heatmap failed."""
+    import numpy as np
+
+    from medclf.runtime.atomic import write_image
+    from medclf.runtime.cam import overlay_name
+
+    for stem in ("x" * 250, "é" * 120):
+        names = {overlay_name(str(tmp_path / f"{stem}{n}.jpg"), "PNEUMONIA", "gradcam") for n in range(2)}
+        assert len(names) == 2
+        for name in names:
+            assert len(name.encode()) <= 255 and name.endswith(".PNEUMONIA.gradcam.png")
+            write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
