@@ -13,6 +13,8 @@ from typing import IO
 import cv2
 import numpy as np
 
+MAX_NAME_BYTES = 255
+
 
 @contextmanager
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> Iterator[IO]:
@@ -29,6 +31,14 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def fitted_name(stem: str, tail: str) -> str:
+    """``stem + tail``, the stem shortened where the whole would pass the 255 bytes a file name may have
+    (ext4, XFS, NTFS, APFS): names made from an input's name plus a suffix of ours must still be writable."""
+    while len(os.fsencode(stem + tail)) > MAX_NAME_BYTES and stem:
+        stem = stem[:-1]
+    return stem + tail
 
 
 def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-MAX_NAME_BYTES = 255  # a file name's limit on ext4, XFS, NTFS, APFS
+from .atomic import fitted_name
+
 MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
 
 
@@ -44,7 +45,4 @@ def overlay_name(path: str, label: str, kind: str) -> str:
     import hashlib  # here, not at the top: only heatmaps need it, and every one-shot run would pay its import
 
     digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
-    tail, stem = f"-{digest}.{label}.{kind}.png", Path(path).stem
-    while len(os.fsencode(stem + tail)) > MAX_NAME_BYTES and stem:
-        stem = stem[:-1]
-    return stem + tail
+    return fitted_name(Path(path).stem, f"-{digest}.{label}.{kind}.png")

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from medclf.runtime.atomic import write_image
+from medclf.runtime.atomic import fitted_name, write_image
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
@@ -62,5 +62,5 @@ def _copy_name(path: Path, k: int) -> str:
     (``scan.JPG`` beside ``scan.jpg`` stays apart); PNG otherwise, after the whole name (``scan.webp.aug0.png``)
     so that ``scan.webp`` beside ``scan.png`` stays apart too."""
     if path.suffix.lower() in WRITABLE:
-        return f"{path.stem}.aug{k}{path.suffix}"
-    return f"{path.name}.aug{k}.png"
+        return fitted_name(path.stem, f".aug{k}{path.suffix}")
+    return fitted_name(path.name, f".aug{k}.png")

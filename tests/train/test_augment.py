@@ -44,6 +44,17 @@ def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):
         "scan.aug0.JPG", "scan.aug0.jpg", "scan.aug0.png", "scan.webp.aug0.png"]
 
 
+def test_a_name_near_the_255_byte_limit_gets_its_copies(cataract, tmp_path):
+    photo = cv2.imread(str(sorted((cataract / "normal").iterdir())[0]))
+    data = tmp_path / "data" / "normal"
+    data.mkdir(parents=True)
+    cv2.imwrite(str(data / ("r" * 250 + ".jpg")), photo)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["augment", str(tmp_path / "data"), "--out", str(out), "--copies", "2"])
+    assert result.exit_code == 0 and "wrote 2 images" in result.output
+    assert sorted(len(p.name) for p in (out / "normal").iterdir()) == [255, 255]
+
+
 @pytest.mark.parametrize("policy", sorted(AUGMENTATIONS))
 def test_every_augmentation_policy_keeps_shape_and_range_and_changes_the_image(policy, cataract):
     photo = cv2.resize(cv2.imread(str(sorted((cataract / "normal").iterdir())[0])), (96, 96))
