@@ -12,6 +12,7 @@ import csv
 import json
 import os
 import sys
+import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
@@ -145,7 +146,8 @@ def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tu
     the inputs and the model's labels, so a long run's table streams); a line per failed input on stderr. Plain
     aligned text rather than rich's tables: importing rich costs ~40 ms, an eighth of a one-shot ``medclf-run
     image.jpg`` (its progress bar, drawn on long runs only, still uses it)."""
-    widths = (max(len("file"), *map(len, paths)), max(len("label"), *map(len, labels)), len("probability"))
+    widths = (max(len("file"), *map(_width, map(_printable, paths))), max(len("label"), *map(_width, labels)),
+              len("probability"))
     failed, header = 0, ("file", "label", "probability", "others")
     for prediction in predictions:
         if prediction.error is not None:
@@ -161,7 +163,14 @@ def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tu
 
 
 def _print_row(cells: tuple[str, ...], widths: tuple[int, ...]) -> None:
-    print("  ".join([*(cell.ljust(width) for cell, width in zip(cells, widths)), cells[3]]).rstrip())
+    padded = (cell + " " * (width - _width(cell)) for cell, width in zip(cells, widths))
+    print("  ".join([*padded, cells[3]]).rstrip())
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: CJK characters (Japanese, Chinese, Korean file and class names) take
+    two, combining accents none; ``len`` counted one each and pushed the columns out of line."""
+    return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1 for c in text)
 
 
 def _printable(path: str) -> str:

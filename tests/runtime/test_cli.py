@@ -87,6 +87,26 @@ def test_the_table_aligns_its_columns_across_names_of_any_length(tmp_path, blood
         assert all(line[start - 1] == " " and line[start] != " " for line in rows), (column, rows)
 
 
+def test_the_columns_line_up_in_a_terminal_for_names_in_any_script(tmp_path, blood_cell_images):
+    """A CJK character takes two terminal columns, a combining accent none."""
+    import unicodedata
+
+    names = ["胸部X線 患者001.jpeg", "plain.jpeg", "cafe\u0301.jpeg"]
+    for name, image in zip(names, blood_cell_images):
+        shutil.copy(image, tmp_path / name)
+    done = run(*(str(tmp_path / name) for name in names))
+    lines = done.stdout.splitlines()
+    known = Classifier().labels
+    labels = ["label", *(next(label for label in known if f"  {label}" in line) for line in lines[1:])]
+
+    def columns(text: str) -> int:
+        return sum(0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+                   for c in text)
+
+    starts = {columns(line[:line.index(f"  {label}") + 2]) for line, label in zip(lines, labels)}
+    assert len(lines) == 4 and len(starts) == 1, done.stdout
+
+
 def test_names_that_look_like_markup_are_printed_as_they_are(tmp_path, blood_cell_images):
     image = tmp_path / "scan[red][1].jpeg"
     shutil.copy(blood_cell_images[0], image)
