@@ -8,6 +8,8 @@ spread across folds, which on 59 images says more than any single number.
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +44,17 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     summary = {"data": str(data), "folds": folds, "images": len(folder), "per_fold": per_fold,
                **{name: _spread([fold.get(name) for fold in per_fold]) for name in REPORTED}}
     write_json(Path(out) / "crossval.json", summary)
+    _remove_extra_folds(Path(out), folds)
     return summary
+
+
+def _remove_extra_folds(out: Path, folds: int) -> None:
+    """An earlier run in ``out`` with more folds left ``fold<k>`` runs this summary does not count; they go."""
+    for run in sorted(out.glob("fold*/model.keras")):
+        index = run.parent.name[len("fold"):]
+        if index.isdigit() and int(index) >= folds:
+            shutil.rmtree(run.parent)
+            print(f"removed {run.parent}: a fold of an earlier cross-validation with more folds", file=sys.stderr)
 
 
 def _spread(values: list[float | None]) -> dict[str, float] | None:

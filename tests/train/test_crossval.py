@@ -17,3 +17,6 @@ def test_each_fold_scores_its_held_out_images_and_the_summary_has_mean_and_sprea
     assert 0.0 <= summary["accuracy"]["mean"] <= 1.0 and summary["sensitivity"] is not None
     assert json.loads((tmp_path / "crossval.json").read_text())["folds"] == 3
     assert all((tmp_path / f"fold{k}" / "model.keras").is_file() for k in range(3))
+
+    again = cross_validate(cataract, tmp_path, recipe, folds=2)  # fewer folds into the same folder
+    assert again["folds"] == 2 and sorted(p.name for p in tmp_path.glob("fold*")) == ["fold0", "fold1"]
