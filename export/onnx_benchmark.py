@@ -36,11 +36,11 @@ def benchmark_onnx(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     if not paths:
         raise FileNotFoundError(f"no images in {data}")
     pick = spread(len(paths), max_images)
-    card = Classifier(model_path).card
-    images, labels = load_labelled([paths[i] for i in pick], [names[i] for i in pick], card)
+    classifiers = [Classifier(file) for file in _with_siblings(model_path, precisions)]  # the CPU, for the calls
+    images, labels = load_labelled([paths[i] for i in pick], [names[i] for i in pick], classifiers[0].card)
     rows, reference = [], None
-    for file in _with_siblings(model_path, precisions):
-        row, calls = _row(file, images, labels, backend)
+    for classifier in classifiers:
+        row, calls = _row(classifier, images, labels, backend)
         if reference is None:  # the file itself: the others are compared with its calls
             reference = calls
         else:
@@ -63,10 +63,11 @@ def _with_siblings(model_path: Path, precisions: tuple[str, ...]) -> list[Path]:
     return [model_path, *(path for path in siblings if path.is_file())]
 
 
-def _row(model_path: Path, images: np.ndarray, labels: np.ndarray | None, backend: str) -> tuple[dict, np.ndarray]:
+def _row(classifier: Classifier, images: np.ndarray, labels: np.ndarray | None,
+         backend: str) -> tuple[dict, np.ndarray]:
     """One file's row, and its calls on ``images`` (made on the CPU, as medclf-run makes them; the timing runs in
     a fresh process on ``backend``)."""
-    classifier = Classifier(model_path)
+    model_path = classifier.model_path
     called = decide(classifier.predict(images, batch_size=BATCH), classifier.labels, classifier.card.decision)
     timing = speed(model_path, images, backend=backend)
     row = {"format": f"ONNX {classifier.card.precision}" + ("" if backend == "cpu" else f" ({backend})"),

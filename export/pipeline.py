@@ -159,8 +159,7 @@ def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[
     removed = []
     for name in sorted(set(FILE_NAMES.values()) - published):
         path = out / name
-        source = _exported_from(path) if path.is_file() else None
-        if source is not None and source != card.source.get("keras_sha256"):
+        if path.is_file() and _from_another_model(path, card):
             for stale in (path, path.with_suffix(".plan")):
                 if stale.is_file():
                     stale.unlink()
@@ -168,14 +167,15 @@ def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[
     return removed
 
 
-def _exported_from(path: Path) -> str | None:
-    """The hash of the Keras model a medclf export came from, as its model card records it; None for a file that
-    is not one (or cannot be read), which is left alone."""
+def _from_another_model(path: Path, card: ModelCard) -> bool:
+    """Whether ``path`` is a medclf export of a Keras model other than ``card``'s (its card's ``keras_sha256``
+    differs). A file that is not a medclf export, or cannot be read, is not known to be one: it is left alone."""
     try:
         metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
-        return json.loads(metadata[SOURCE_KEY])["keras_sha256"]
-    except Exception:  # not ONNX, no medclf card, a damaged one: not known to be an earlier export
-        return None
+        source = json.loads(metadata[SOURCE_KEY])["keras_sha256"]
+    except Exception:  # not ONNX, no medclf card, a damaged one
+        return False
+    return source != card.source.get("keras_sha256")
 
 
 def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None,
@@ -233,8 +233,7 @@ def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchP
     published = {precision for precision, entry in report["precisions"].items() if entry["passed"]}
     for precision in sorted(set(PRECISIONS) - published - {"fp32"}):
         stale = repo / f"{name}_{precision}"  # another model's, which Triton would serve beside this one
-        source = _exported_from(stale / "1" / "model.onnx") if stale.is_dir() else None
-        if source is not None and source != card.source.get("keras_sha256"):
+        if (stale / "1" / "model.onnx").is_file() and _from_another_model(stale / "1" / "model.onnx", card):
             shutil.rmtree(stale)
             report["removed"].append(str(stale))
     return [str(path) for path in written]

@@ -23,6 +23,7 @@ METRICS = "metrics.json"
 SPLITS = "splits.json"  # the training, held-out validation and test files: export calibrates and verifies on them
 HISTORY = "history.csv"
 CHECKPOINT = "checkpoint.keras"  # the best model so far, written during training (a crash keeps it)
+EVALUATION = "evaluation-{data}"  # medclf evaluate's default folder in the run, per dataset scored
 
 
 @dataclass(frozen=True)

@@ -290,19 +290,20 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         if info.st_size > MAX_FILE_BYTES:
             raise ImageError(str(path), f"file is {info.st_size:,} bytes, over the {MAX_FILE_BYTES:,}-byte limit")
         return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ImageError(str(path), _missing(str(path))) from None
+    except FileNotFoundError as exc:
+        raise ImageError(str(path), _missing(str(path)) or exc.strerror or str(exc)) from None
     except OSError as exc:
         raise ImageError(str(path), exc.strerror or str(exc)) from None
 
 
-def _missing(path: str) -> str:
-    """Why ``path`` names no file: it is empty, a glob that matched nothing (passed on as given), or absent."""
+def _missing(path: str) -> str | None:
+    """Why ``path`` names no file when the system's "No such file or directory" says less: it is empty, or a
+    glob that matched nothing (passed on as given)."""
     import glob  # here, not at the top: only a missing file needs it
 
     if not path:
         return "an empty path"
-    return "no file matches this pattern" if glob.has_magic(path) else "No such file or directory"
+    return "no file matches this pattern" if glob.has_magic(path) else None
 
 
 def _rgb_to_bgr(image: np.ndarray) -> np.ndarray:

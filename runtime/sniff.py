@@ -8,10 +8,12 @@ files that decode.
 
 from __future__ import annotations
 
+from .preprocess import PNG_SIGNATURE  # imported by preprocess only once it is loaded
+
 # Magic bytes at the start of the file → what it is. Image formats medclf decodes mean the file is damaged.
 SIGNATURES = (
     (b"\xff\xd8", "damaged or cut-short JPEG (cannot be decoded)"),
-    (b"\x89PNG\r\n\x1a\n", "damaged PNG (cannot be decoded)"),
+    (PNG_SIGNATURE, "damaged PNG (cannot be decoded)"),
     (b"\x89PNG", "PNG whose signature bytes were changed, as copying in text mode does (FTP ASCII, a line-ending "
                  "converter): copy it again in binary mode"),
     (b"II*\x00", "damaged or cut-short TIFF (cannot be decoded)"),

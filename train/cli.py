@@ -162,9 +162,11 @@ def evaluate(
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
     With --group-pattern or --group-copies, also accuracy counted once per patient or source image."""
     import_tensorflow()
+    from medclf import rundir
+
     from .pipeline import evaluate_run
 
-    out = out or _home_of(model) / f"evaluation-{data.resolve().name}"
+    out = out or _home_of(model) / rundir.EVALUATION.format(data=data.resolve().name)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=_parse_naming(name_labels), group_pattern=group_pattern,
                                                  group_copies=group_copies))

@@ -161,7 +161,7 @@ def _clear_replaced(run_dir: Path, binary: bool) -> None:
     with a multi-class model, and exported in its card) and ``medclf evaluate``'s scores of the old model."""
     if not binary:
         (run_dir / rundir.DECISION).unlink(missing_ok=True)
-    for scores in sorted(run_dir.glob("evaluation-*/metrics.json")):
+    for scores in sorted(run_dir.glob(f"{rundir.EVALUATION.format(data='*')}/{rundir.METRICS}")):
         shutil.rmtree(scores.parent)
         print(f"removed {scores.parent}: the evaluation of the model this run replaced", file=sys.stderr)
 
