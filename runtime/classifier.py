@@ -44,11 +44,14 @@ class Prediction:
     top_k: tuple[tuple[str, float], ...] = ()
     error: str | None = None
     heatmap: str | None = None  # the overlay written for the called label, when asked for (--cam DIR)
+    heatmap_error: str | None = None  # why that overlay could not be written (the answer itself stands)
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
         heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else {}
+        if self.heatmap_error is not None:
+            heatmap = {"heatmap_error": self.heatmap_error}
         return {"path": self.path, "label": self.label, "probability": self.probability,
                 "top_k": [[label, p] for label, p in self.top_k]} | heatmap
 
@@ -132,12 +135,23 @@ class Classifier:
         called = decide(probabilities, self.labels, self.card.decision)
         for n, ((path, image), row, label) in enumerate(zip(batch, probabilities, called)):
             order = np.argsort(-row)[:top_k]
-            heatmap = None
+            heatmap, heatmap_error = None, None
             if maps is not None:
-                heatmap = str(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"))
-                write_image(heatmap, overlay(image, heatmaps(maps[n:n + 1, :, :, label], *image.shape[:2])[0]))
+                heatmap, heatmap_error = _write_heatmap(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"),
+                                                        image, maps[n, :, :, label])
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
-                             top_k=tuple((self.labels[i], float(row[i])) for i in order), heatmap=heatmap)
+                             top_k=tuple((self.labels[i], float(row[i])) for i in order), heatmap=heatmap,
+                             heatmap_error=heatmap_error)
+
+
+def _write_heatmap(path: Path, image: np.ndarray, cam: np.ndarray) -> tuple[str | None, str | None]:
+    """Write one overlay; ``(path, None)``, or ``(None, reason)`` when the disk refuses it (full, the folder gone
+    mid-run): the classification still stands and the run goes on, as for a bad input."""
+    try:
+        write_image(path, overlay(image, heatmaps(cam[None], *image.shape[:2])[0]))
+    except OSError as exc:
+        return None, f"heatmap {path} not written ({exc.strerror or exc})"
+    return str(path), None
 
 
 def _check_model_path(path: Path) -> None:

@@ -129,13 +129,14 @@ def write_csv(path: Path, predictions: list[Prediction]) -> None:
         for p in predictions:
             top_k = ";".join(f"{label}:{probability:.6f}" for label, probability in p.top_k)
             probability = "" if p.probability is None else f"{p.probability:.6f}"
-            writer.writerow([p.path, p.label or "", probability, top_k, p.heatmap or "", p.error or ""])
+            writer.writerow([p.path, p.label or "", probability, top_k, p.heatmap or "",
+                             p.error or p.heatmap_error or ""])
 
 
 def _print_json(predictions: Iterable[Prediction]) -> int:
     failed = 0
     for prediction in predictions:
-        failed += prediction.error is not None
+        failed += prediction.error is not None or prediction.heatmap_error is not None
         sys.stdout.write(json.dumps(prediction.to_dict()) + "\n")
         sys.stdout.flush()
     return failed
@@ -154,6 +155,9 @@ def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tu
             failed += 1
             print(f"error {_printable(prediction.path)}: {prediction.error}", file=sys.stderr, flush=True)
             continue
+        if prediction.heatmap_error is not None:  # classified (its row follows), only the overlay is missing
+            failed += 1
+            print(f"error {_printable(prediction.path)}: {prediction.heatmap_error}", file=sys.stderr, flush=True)
         if header:
             _print_row(header, widths)
             header = ()

@@ -96,5 +96,9 @@ def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, .
         maps, probabilities = cam(image[None], classes, call)
         chosen = classes[0] if classes is not None else int(call(probabilities)[0])
         destination = out / overlay_name(path, labels[chosen], "gradcam")
-        write_image(destination, overlay(image, maps[0]))
+        try:
+            write_image(destination, overlay(image, maps[0]))
+        except OSError as exc:  # the disk filled, the folder went away: this heatmap is lost, not the rest
+            yield Explanation(path=path, error=f"heatmap {destination} not written ({exc.strerror or exc})")
+            continue
         yield Explanation(path, labels[chosen], float(probabilities[0, chosen]), destination)

@@ -90,6 +90,26 @@ def test_medclf_run_draws_a_heatmap_per_image_without_tensorflow(cam_model, tmp_
     assert len({line["heatmap"] for line in lines}) == 3
 
 
+def test_a_heatmap_the_disk_refuses_is_one_line_and_the_run_goes_on(cam_model, tmp_path, blood_cell_images):
+    from medclf.runtime.cam import overlay_name
+    from medclf.runtime.cli import main
+
+    heat = tmp_path / "heat"
+    blocked = str(blood_cell_images[1])
+    for label in Classifier(cam_model).labels:  # a folder where its overlay would go, whatever it is called
+        (heat / overlay_name(blocked, label, "cam")).mkdir(parents=True)
+    csv_file = tmp_path / "results.csv"
+    with pytest.raises(SystemExit) as done:
+        main(["--model", str(cam_model), "--cam", str(heat), "--csv", str(csv_file),
+              *map(str, blood_cell_images[:3])])
+    assert done.value.code == 1  # something failed
+    rows = csv_file.read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in rows] == list(map(str, blood_cell_images[:3]))
+    assert all(row.split(",")[1] for row in rows)  # all three classified
+    assert "heatmap" in rows[1] and "not written (Is a directory)" in rows[1]
+    assert Path(rows[0].split(",")[4]).is_file() and Path(rows[2].split(",")[4]).is_file()
+
+
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
                     reason="TensorRT is not installed (NVIDIA GPU machines only: medclf[gpu])")
 def test_a_tensorrt_engine_serves_the_maps_too(cam_model, blood_cell_images, tmp_path):

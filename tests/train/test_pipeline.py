@@ -51,6 +51,11 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     assert explained[0].heatmap.name == overlay_name(str(image), "normal", "gradcam")
     assert len({e.heatmap for e in explained}) == 2 and len(list((tmp_path / "cam").iterdir())) == 2
     assert cv2.imread(str(explained[0].heatmap)).shape[0] >= 320
+    explained[0].heatmap.unlink()
+    explained[0].heatmap.mkdir()  # a folder in the way: that heatmap is lost, said, and the next one written
+    again = list(explain_files(tmp_path / "model.keras", [str(image), str(namesake)], tmp_path / "cam",
+                               target="normal"))
+    assert "not written (Is a directory)" in again[0].error and again[1].heatmap.is_file()
 
 
 def test_the_defaults_train_on_tiny_grey_images_with_no_flags(chest_xray, tmp_path):
