@@ -77,16 +77,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
-    searching = bool({"fp16", "int8"} & set(precisions))
-    verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
-    images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
-    reference = keras_probabilities(model, images)
-    search = None  # FP16's and INT8's images to choose float layers on
-    if searched is verified:  # too few held out for both: the search judges on verification's own images
-        search = Search(images, reference, labels, searched_on, reference, len(images), verification_images=True)
-    elif searched is not None:
-        search = _search_images(model, card, [paths[i] for i in searched], [names[i] for i in searched],
-                                searched_on, reference)
+    images, labels, reference, search = _held_out(model, card, paths, names, max_images,
+                                                  searching=bool({"fp16", "int8"} & set(precisions)))
     calibration = None
     if "int8" in precisions:
         calibration_paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration",
@@ -126,14 +118,23 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return report
 
 
-def _search_images(model, card: ModelCard, paths: list[str], names: list[str], searched_on: str,
-                   reference: np.ndarray) -> Search:
-    """The float-layer search's own held-out images, apart from verification's (whose Keras probabilities are
-    ``reference``)."""
-    images, labels = load_labelled(paths, names, card)
-    probabilities = keras_probabilities(model, images)
-    return Search(images, probabilities, labels, searched_on, np.concatenate([reference, probabilities]),
-                  len(reference))
+def _held_out(model, card: ModelCard, paths: list[str], names: list[str], max_images: int,
+              searching: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Search | None]:
+    """Verification's images, their labels and Keras' probabilities for them, and — when FP16 or INT8 will
+    choose float layers (``searching``) — the search's own images, apart from verification's where enough are
+    held out (:func:`held_out_split`)."""
+    verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
+    images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
+    reference = keras_probabilities(model, images)
+    if searched is None:
+        return images, labels, reference, None
+    if searched is verified:  # too few held out for both: the search judges on verification's own images
+        return images, labels, reference, Search(images, reference, labels, searched_on, reference, len(images),
+                                                 verification_images=True)
+    search_images, search_labels = load_labelled([paths[i] for i in searched], [names[i] for i in searched], card)
+    probabilities = keras_probabilities(model, search_images)
+    return images, labels, reference, Search(search_images, probabilities, search_labels, searched_on,
+                                             np.concatenate([reference, probabilities]), len(reference))
 
 
 def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: BatchProfile | None,
