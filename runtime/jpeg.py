@@ -32,6 +32,9 @@ HARMLESS = ("extraneous bytes", "unknown jfif revision", "bad icc marker")
 # (``FF 00`` → ``FF 5A``) cuts the picture there, and OpenCV's libjpeg decodes the rest as grey, warning only
 # anonymously. (Not "Unsupported JPEG process", which lossless JPEGs earn from TurboJPEG, and OpenCV decodes.)
 BROKEN_STRUCTURE = ("unsupported marker type", "two sof markers", "two soi markers")
+# ... and "Unsupported JPEG process" where the header's frame is one TurboJPEG decodes: the unsupported frame
+# marker (a damaged ``FF xx`` reading as SOF5-SOF15) sits inside the compressed data, ending the picture there.
+SUPPORTED_FRAMES = (0xC0, 0xC1, 0xC2)  # SOF0-2: baseline, extended sequential and progressive Huffman
 OPENCV_ONLY = ("CMYK", "YCCK")  # colour spaces TurboJPEG will not turn into RGB (it decodes them to CMYK)
 EXIF_ORIENTATION_TAG = 0x0112
 
@@ -51,7 +54,7 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
         try:
             simplejpeg.decode_jpeg(data, "CMYK", **size)
         except ValueError as exc:
-            refuse_lost_data(exc, source)
+            refuse_lost_data(exc, source, data)
         return None
     if color == "rgb":
         target = "RGB"
@@ -60,7 +63,7 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
     try:
         image = simplejpeg.decode_jpeg(data, target, **size)
     except ValueError as exc:
-        refuse_lost_data(exc, source)
+        refuse_lost_data(exc, source, data)
         if not any(sign in str(exc).lower() for sign in HARMLESS):
             return None
         try:
@@ -72,13 +75,25 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
     return orient(image, exif_orientation(data))
 
 
-def refuse_lost_data(complaint: ValueError, source: str) -> None:
-    """An ImageError naming ``source`` when TurboJPEG's ``complaint`` means part of the picture is missing."""
+def refuse_lost_data(complaint: ValueError, source: str, data: bytes) -> None:
+    """An ImageError naming ``source`` when TurboJPEG's ``complaint`` about ``data`` means part of the picture
+    is missing."""
     said = str(complaint).lower()
     if "premature end of jpeg file" in said:
         raise ImageError(source, "truncated JPEG (the file ends before the picture does)") from None
-    if any(sign in said for sign in LOST_DATA + BROKEN_STRUCTURE):
+    frame_inside_data = "unsupported jpeg process" in said and header_frame(data) in SUPPORTED_FRAMES
+    if any(sign in said for sign in LOST_DATA + BROKEN_STRUCTURE) or frame_inside_data:
         raise ImageError(source, f"damaged JPEG, part of the picture is lost ({complaint})") from None
+
+
+def header_frame(data: bytes) -> int | None:
+    """The marker of the frame the header declares (SOF0-SOF15) before the compressed data, or None."""
+    for marker, _, _ in jpeg_segments(data):
+        if marker in (0xDA, 0xD9):
+            return None
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # DHT, JPG and DAC share the range
+            return marker
+    return None
 
 
 def orient(image: np.ndarray, orientation: int) -> np.ndarray:

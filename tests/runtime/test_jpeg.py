@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medclf.runtime.jpeg import exif_orientation
+from medclf.runtime.jpeg import exif_orientation, header_frame
 from medclf.runtime.preprocess import ImageError, Preprocess, decode_image
 from medclf.runtime.stream import decoded
 
@@ -41,6 +41,14 @@ def marker_in_scan(data: bytes) -> bytes:
     return data[:stuffed + 1] + b"\x5a" + data[stuffed + 2:]
 
 
+def frame_in_scan(data: bytes) -> bytes:
+    """The same error reading as a frame marker TurboJPEG does not decode (``FF C6``, SOF6): TurboJPEG calls it
+    an unsupported process, as it does a lossless JPEG's whole header (which OpenCV decodes); here the header
+    declared a baseline frame, so the marker sits inside the compressed data and the rest of the picture is lost."""
+    stuffed = data.index(b"\xff\x00", data.index(b"\xff\xda") + 2)
+    return data[:stuffed + 1] + b"\xc6" + data[stuffed + 2:]
+
+
 def with_orientation(data: bytes, orientation: int, byte_order: bytes = b"MM") -> bytes:
     """The JPEG with an EXIF APP1 segment holding one tag, orientation, in either TIFF byte order."""
     order = "big" if byte_order == b"MM" else "little"
@@ -62,12 +70,22 @@ def test_opencv_alone_decodes_a_damaged_jpeg_as_if_it_were_whole(blood_cell_imag
     (damaged, r"damaged JPEG, part of the picture is lost \(Corrupt JPEG data: premature end of data segment\)"),
     (lambda data: data[:len(data) * 2 // 3], r"truncated JPEG \(the file ends before the picture does\)"),
     (marker_in_scan, r"damaged JPEG, part of the picture is lost \(Unsupported marker type 0x5a\)"),
-], ids=["zeroed", "truncated", "marker in the scan"])
+    (frame_in_scan, r"damaged JPEG, part of the picture is lost \(Unsupported JPEG process: SOF type 0xc6\)"),
+], ids=["zeroed", "truncated", "marker in the scan", "frame marker in the scan"])
 def test_a_damaged_jpeg_is_refused_by_name_and_nothing_anonymous_reaches_stderr(cut, reason, blood_cell_images, capfd):
     whole = blood_cell_images[0].read_bytes()
     with pytest.raises(ImageError, match=rf"^cell 7\.jpeg: {reason}$"):
         decode_image(cut(whole), "cell 7.jpeg")
     assert capfd.readouterr().err == ""
+
+
+def test_only_a_frame_marker_after_a_decodable_header_counts_as_damage(blood_cell_images):
+    """A lossless JPEG (SOF3 in its header) earns TurboJPEG's "unsupported process" too, and goes on to OpenCV."""
+    whole = blood_cell_images[0].read_bytes()
+    assert header_frame(whole) == 0xC0 and header_frame(frame_in_scan(whole)) == 0xC0
+    sof = whole.index(b"\xff\xc0")
+    assert header_frame(whole[:sof + 1] + b"\xc3" + whole[sof + 2:]) == 0xC3
+    assert header_frame(whole[:sof]) is None
 
 
 def cmyk_jpeg(path) -> bytes:
