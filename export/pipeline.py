@@ -8,7 +8,6 @@ then moved to its final name. ``export_report.json`` is written either way and s
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import re
@@ -25,7 +24,7 @@ from scipy.stats import binom
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
-from medclf.runtime.modelcard import CAM_NAME, SOURCE_KEY, ModelCard
+from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .files import FILE_NAMES
@@ -123,16 +122,18 @@ def _held_out(model, card: ModelCard, paths: list[str], names: list[str], max_im
     """Verification's images, their labels and Keras' probabilities for them, and — when FP16 or INT8 will
     choose float layers (``searching``) — the search's own images, apart from verification's where enough are
     held out (:func:`held_out_split`)."""
+    def scored(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        images, labels = load_labelled([paths[i] for i in indices], [names[i] for i in indices], card)
+        return images, labels, keras_probabilities(model, images)
+
     verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
-    images, labels = load_labelled([paths[i] for i in verified], [names[i] for i in verified], card)
-    reference = keras_probabilities(model, images)
+    images, labels, reference = scored(verified)
     if searched is None:
         return images, labels, reference, None
     if searched is verified:  # too few held out for both: the search judges on verification's own images
         return images, labels, reference, Search(images, reference, labels, searched_on, reference, len(images),
                                                  verification_images=True)
-    search_images, search_labels = load_labelled([paths[i] for i in searched], [names[i] for i in searched], card)
-    probabilities = keras_probabilities(model, search_images)
+    search_images, search_labels, probabilities = scored(searched)
     return images, labels, reference, Search(search_images, probabilities, search_labels, searched_on,
                                              np.concatenate([reference, probabilities]), len(reference))
 
@@ -173,10 +174,10 @@ def _from_another_model(path: Path, card: ModelCard) -> bool:
     differs). A file that is not a medclf export, or cannot be read, is not known to be one: it is left alone."""
     try:
         metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
-        source = json.loads(metadata[SOURCE_KEY])["keras_sha256"]
+        theirs = ModelCard.from_metadata(metadata, str(path)).source.get("keras_sha256")
     except Exception:  # not ONNX, no medclf card, a damaged one
         return False
-    return source != card.source.get("keras_sha256")
+    return theirs is not None and theirs != card.source.get("keras_sha256")
 
 
 def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None,

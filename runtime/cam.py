@@ -12,7 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .atomic import fitted_name
+from .atomic import fitted_name, write_image
 
 MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
 
@@ -46,3 +46,13 @@ def overlay_name(path: str, label: str, kind: str) -> str:
 
     digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
     return fitted_name(Path(path).stem, f"-{digest}.{label}.{kind}.png")
+
+
+def write_overlay(path: str | os.PathLike[str], image: np.ndarray, heat: np.ndarray) -> str | None:
+    """Write :func:`overlay` at ``path``; None, or why the disk refused it (full, the folder gone mid-run, a
+    folder in the name's way) — a lost heatmap is one line for that file, not the end of the run."""
+    try:
+        write_image(path, overlay(image, heat))
+    except OSError as exc:
+        return f"heatmap {path} not written ({exc.strerror or exc})"
+    return None

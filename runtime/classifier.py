@@ -9,9 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_image
 from .backends import open_backend
-from .cam import heatmaps, overlay, overlay_name
+from .cam import heatmaps, overlay_name, write_overlay
 from .cpu import int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, OUTPUT_NAME, ModelCard, ModelCardError
@@ -49,9 +48,8 @@ class Prediction:
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else {}
-        if self.heatmap_error is not None:
-            heatmap = {"heatmap_error": self.heatmap_error}
+        heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else \
+            {"heatmap_error": self.heatmap_error} if self.heatmap_error is not None else {}
         return {"path": self.path, "label": self.label, "probability": self.probability,
                 "top_k": [[label, p] for label, p in self.top_k]} | heatmap
 
@@ -137,21 +135,12 @@ class Classifier:
             order = np.argsort(-row)[:top_k]
             heatmap, heatmap_error = None, None
             if maps is not None:
-                heatmap, heatmap_error = _write_heatmap(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"),
-                                                        image, maps[n, :, :, label])
+                heatmap = str(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"))
+                heatmap_error = write_overlay(heatmap, image, heatmaps(maps[n:n + 1, :, :, label],
+                                                                       *image.shape[:2])[0])
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
-                             top_k=tuple((self.labels[i], float(row[i])) for i in order), heatmap=heatmap,
-                             heatmap_error=heatmap_error)
-
-
-def _write_heatmap(path: Path, image: np.ndarray, cam: np.ndarray) -> tuple[str | None, str | None]:
-    """Write one overlay; ``(path, None)``, or ``(None, reason)`` when the disk refuses it (full, the folder gone
-    mid-run): the classification still stands and the run goes on, as for a bad input."""
-    try:
-        write_image(path, overlay(image, heatmaps(cam[None], *image.shape[:2])[0]))
-    except OSError as exc:
-        return None, f"heatmap {path} not written ({exc.strerror or exc})"
-    return str(path), None
+                             top_k=tuple((self.labels[i], float(row[i])) for i in order),
+                             heatmap=heatmap if heatmap_error is None else None, heatmap_error=heatmap_error)
 
 
 def _check_model_path(path: Path) -> None:

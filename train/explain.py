@@ -17,8 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import write_image
-from medclf.runtime.cam import heatmaps, overlay, overlay_name
+from medclf.runtime.cam import heatmaps, overlay_name, write_overlay
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
@@ -96,9 +95,7 @@ def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, .
         maps, probabilities = cam(image[None], classes, call)
         chosen = classes[0] if classes is not None else int(call(probabilities)[0])
         destination = out / overlay_name(path, labels[chosen], "gradcam")
-        try:
-            write_image(destination, overlay(image, maps[0]))
-        except OSError as exc:  # the disk filled, the folder went away: this heatmap is lost, not the rest
-            yield Explanation(path=path, error=f"heatmap {destination} not written ({exc.strerror or exc})")
+        if (refused := write_overlay(destination, image, maps[0])) is not None:
+            yield Explanation(path=path, error=refused)
             continue
         yield Explanation(path, labels[chosen], float(probabilities[0, chosen]), destination)
