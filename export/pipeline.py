@@ -35,8 +35,8 @@ from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
 from .speed import speed
 from .triton import write_model
-from .verify import (TOLERANCES, VerificationError, compare, expected_flips, keras_probabilities,
-                     onnx_probabilities)
+from .verify import (TOLERANCES, Calls, Comparison, VerificationError, compare, expected_flips,
+                     keras_probabilities, onnx_probabilities)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Verification images, at most: FP16's tolerance (99.9% agreement) is "no flip at all" on fewer than 1,000,
@@ -76,20 +76,20 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
-    images, labels, reference, search = _held_out(model, card, paths, names, max_images,
-                                                  searching=bool({"fp16", "int8"} & set(precisions)))
+    held_out, search = _held_out(model, card, paths, names, max_images,
+                                 searching=bool({"fp16", "int8"} & set(precisions)))
     calibration = None
     if "int8" in precisions:
         calibration_paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration",
                                        CALIBRATION_IMAGES)
         calibration = Int8Quantizer(ImageCalibrationReader(calibration_paths, card.preprocess))
-    report = {"model": str(model_path), "opset": OPSET, "images": len(images),
-              "verified_on": f"{len(images)} real images ({described})",
+    report = {"model": str(model_path), "opset": OPSET, "images": len(held_out.images),
+              "verified_on": f"{len(held_out.images)} real images ({described})", "calls": held_out.calls.describe(),
               "cpu": this_cpu(), "precisions": {}}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
         fp32 = Path(work) / FILE_NAMES["fp32"]
-        proto, report["simplified"] = simplify(convert(model, card, cam=cam), images)
+        proto, report["simplified"] = simplify(convert(model, card, cam=cam), held_out.images)
         _save(proto, card, fp32)
         candidates = {}
         for precision in precisions:
@@ -97,14 +97,14 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 candidates[precision], tried = fp32, {}
             else:
                 candidates[precision], tried = _search(precision, fp32, card, calibration, search)
-            entry = _verify(candidates[precision], reference, images, labels, TOLERANCES[precision])
+            entry = _verify(candidates[precision], held_out, precision)
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
                 break  # the other precisions derive from a file that is already wrong
         int8 = report["precisions"].get("int8", {"passed": False})
         if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
             candidates["int8 for tensorrt"] = _derive("int8", fp32, card, calibration, True, int8["float_convs"])
-        _publish(report["precisions"], candidates, engine, reference, images, labels)
+        _publish(report["precisions"], candidates, engine, held_out)
     report["removed"] = _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
         set(report["precisions"]) == set(precisions)
@@ -117,29 +117,46 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     return report
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """Held-out images with their labels (None where unknown), Keras' probabilities for them, and the calls the
+    model serves (argmax, or a binary model's threshold), which every comparison with Keras counts."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+    reference: np.ndarray
+    calls: Calls
+
+    def compare(self, probabilities: np.ndarray, precision: str) -> Comparison:
+        """The exported file's ``probabilities`` for these images against Keras', within ``precision``'s
+        tolerance."""
+        return compare(self.reference, probabilities, TOLERANCES[precision], self.labels, self.calls)
+
+
 def _held_out(model, card: ModelCard, paths: list[str], names: list[str], max_images: int,
-              searching: bool) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, Search | None]:
-    """Verification's images, their labels and Keras' probabilities for them, and — when FP16 or INT8 will
-    choose float layers (``searching``) — the search's own images, apart from verification's where enough are
-    held out (:func:`held_out_split`)."""
-    def scored(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+              searching: bool) -> tuple[HeldOut, Search | None]:
+    """Verification's images, and — when FP16 or INT8 will choose float layers (``searching``) — the search's
+    own, apart from verification's where enough are held out (:func:`held_out_split`)."""
+    calls = Calls(card.labels, card.decision)
+
+    def scored(indices: np.ndarray) -> HeldOut:
         images, labels = load_labelled([paths[i] for i in indices], [names[i] for i in indices], card)
-        return images, labels, keras_probabilities(model, images)
+        return HeldOut(images, labels, keras_probabilities(model, images), calls)
 
     verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
-    images, labels, reference = scored(verified)
+    verification = scored(verified)
     if searched is None:
-        return images, labels, reference, None
+        return verification, None
     if searched is verified:  # too few held out for both: the search judges on verification's own images
-        return images, labels, reference, Search(images, reference, labels, searched_on, reference, len(images),
-                                                 verification_images=True)
-    search_images, search_labels, probabilities = scored(searched)
-    return images, labels, reference, Search(search_images, probabilities, search_labels, searched_on,
-                                             np.concatenate([reference, probabilities]), len(reference))
+        return verification, Search(verification, searched_on, verification.reference, len(verified),
+                                    verification_images=True)
+    searching_on = scored(searched)
+    return verification, Search(searching_on, searched_on,
+                                np.concatenate([verification.reference, searching_on.reference]), len(verified))
 
 
 def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: BatchProfile | None,
-             reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None) -> None:
+             held_out: HeldOut) -> None:
     """Move each verified candidate to its final name — only once every precision is measured — and, when asked,
     build and verify its TensorRT engine."""
     for precision, entry in entries.items():
@@ -149,7 +166,7 @@ def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: Batc
         if engine is not None:
             source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
             entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
-                                        reference, images, labels)
+                                        held_out)
 
 
 def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[str]:
@@ -180,12 +197,11 @@ def _from_another_model(path: Path, card: ModelCard) -> bool:
     return theirs is not None and theirs != card.source.get("keras_sha256")
 
 
-def _verify(candidate: Path, reference: np.ndarray, images: np.ndarray, labels: np.ndarray | None,
-            tolerance) -> dict:
+def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
     """The comparison with Keras, the file's size, and its CPU speed (measured even for a file that fails: what
     a precision would have bought is part of the decision)."""
-    comparison = compare(reference, onnx_probabilities(str(candidate), images), tolerance, labels)
-    return {"size_bytes": candidate.stat().st_size, **comparison.to_dict(), **speed(candidate, images)}
+    comparison = held_out.compare(onnx_probabilities(str(candidate), held_out.images), precision)
+    return {"size_bytes": candidate.stat().st_size, **comparison.to_dict(), **speed(candidate, held_out.images)}
 
 
 def failed_files(report: dict) -> list[tuple[str, list[str]]]:
@@ -202,14 +218,13 @@ def _passed(entry: dict) -> bool:
     return entry["passed"] and entry.get("tensorrt", {"passed": True})["passed"]
 
 
-def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile, reference: np.ndarray,
-            images: np.ndarray, labels: np.ndarray | None) -> dict:
+def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile, held_out: HeldOut) -> dict:
     """Build (or reuse from the cache) the TensorRT engine for ``onnx_file``, verify it like an ONNX file, and
     publish it as ``final`` (``.plan`` next to the precision's ONNX file). An ``onnx_file`` still in the work
     folder (INT8's TensorRT flavour) is published beside it, so ``medclf-run --backend tensorrt`` can be given
     the very file the engine was built and verified from (and finds that engine in the cache)."""
     plan = EngineCache().engine_for(onnx_file, precision, profile)
-    comparison = compare(reference, TensorRTEngine(plan).predict(images), TOLERANCES[precision], labels)
+    comparison = held_out.compare(TensorRTEngine(plan).predict(held_out.images), precision)
     source = final.with_name(onnx_file.name)
     if comparison.passed:
         shutil.copyfile(plan, final)
@@ -268,14 +283,12 @@ def _derive(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
 
 @dataclass(frozen=True)
 class Search:
-    """Held-out images to choose a precision's float layers on, with Keras' probabilities for them; Keras'
+    """Held-out images to choose a precision's float layers on (``on``) and what they are, in words; Keras'
     probabilities on every held-out image, search's and verification's (their top-two gaps are what
     :func:`expected_flips` compares changes with); how many images verification will judge; and whether the
     search images are verification's own (too few held out for both)."""
 
-    images: np.ndarray
-    reference: np.ndarray
-    labels: np.ndarray | None
+    on: HeldOut
     searched_on: str
     held_out_reference: np.ndarray
     verified: int
@@ -309,9 +322,9 @@ def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
     for float_convs in FP16_FLOAT_STEPS if precision == "fp16" else INT8_FLOAT_STEPS:
         candidate = _derive(precision, fp32, card, calibration, float_convs=float_convs)
         files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
-        probabilities = onnx_probabilities(str(files[float_convs]), search.images)
-        comparison = compare(search.reference, probabilities, TOLERANCES[precision], search.labels)
-        flips = expected_flips(search.held_out_reference, search.reference, probabilities)
+        probabilities = onnx_probabilities(str(files[float_convs]), search.on.images)
+        comparison = search.on.compare(probabilities, precision)
+        flips = expected_flips(search.held_out_reference, search.on.reference, probabilities, search.on.calls)
         chance = pass_probability(precision, ESTIMATE_MARGIN * flips, search.verified)
         tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed,
                       "expected_flips": flips, "pass_probability": chance,

@@ -13,8 +13,8 @@ BENCHMARK_COLUMNS = ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b3
 
 def export_table(report: dict) -> Table:
     """``export_report.json`` as a rich table: size, agreement with Keras, accuracy, CPU speed, verdict."""
-    table = _table(f"{_folder(report)}: verified against Keras on {report['verified_on']}{_cpu(report)}",
-                   COLUMNS)
+    table = _table(f"{_folder(report)}: verified against Keras on {report['verified_on']}{_cpu(report)}"
+                   f"{_calls(report)}", COLUMNS)
     for name, entry in report["precisions"].items():
         rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])
         for label, item in rows:
@@ -24,6 +24,12 @@ def export_table(report: dict) -> Table:
                           _number(item, "images_per_s_batch32", "{:.0f}"),
                           "[green]ok[/green]" if item["passed"] else "[red]failed[/red]")
     return table
+
+
+def _calls(report: dict) -> str:
+    """What "agree" counts, where it is not the most probable class: a binary model's threshold calls."""
+    calls = report.get("calls", "the most probable class")
+    return "" if calls == "the most probable class" else f"; agree = same call ({calls})"
 
 
 def _cpu(report: dict) -> str:

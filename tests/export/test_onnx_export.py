@@ -12,9 +12,10 @@ import pytest
 
 from medclf.export import pipeline
 from medclf.export.labelled_images import spread
-from medclf.export.verify import Tolerance, VerificationError, compare
+from medclf.export.verify import Calls, Tolerance, VerificationError, compare, expected_flips
 from medclf.rundir import RunDir
 from medclf.runtime import Classifier, load_image
+from medclf.runtime.decision import Decision
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, predict, train
 
@@ -146,13 +147,31 @@ def test_compare_bounds_the_accuracy_drop_when_labels_are_known():
     assert compare(reference, reference, tolerance, labels).passed
 
 
+def test_a_binary_model_is_verified_on_the_calls_its_threshold_makes_not_on_argmax():
+    labels = ("NORMAL", "PNEUMONIA")
+    calls = Calls(labels, Decision("PNEUMONIA", 0.62))
+    keras_p = np.array([[0.30, 0.70], [0.42, 0.58], [0.10, 0.90], [0.60, 0.40]])
+    exported = np.array([[0.36, 0.64], [0.36, 0.64], [0.10, 0.90], [0.60, 0.40]])  # argmax never moves
+    truth = np.array([1, 0, 1, 0])
+    assert compare(keras_p, exported, Tolerance(1.0), truth).agreement == 1.0
+    served = compare(keras_p, exported, Tolerance(1.0), truth, calls)
+    assert served.agreement == 0.75 and (served.reference_accuracy, served.accuracy) == (1.0, 0.75)
+    assert calls.describe() == "PNEUMONIA when its probability is at least 0.62"
+    # a call is as close to changing as its probability is to the threshold, not to one half: moves of 0.06
+    # beat no argmax gap (the smallest is 0.16) but do beat the 0.04 between 0.58 and the threshold
+    assert calls.scores(keras_p).argmax(1).tolist() == calls(keras_p).tolist() == [1, 0, 1, 0]
+    assert expected_flips(keras_p, keras_p, exported) == 0.0
+    assert expected_flips(keras_p, keras_p, exported, calls) == pytest.approx(2 / 16)
+
+
 def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_calls_by_it(cataract, tmp_path):
     recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.5, target_sensitivity=1.0,
                     fit=FitConfig(epochs=1, head_epochs=1, augment_views=0))
     train(cataract, tmp_path / "run", recipe)
-    pipeline.export_run(tmp_path / "run" / "model.keras", tmp_path / "out")
+    report = pipeline.export_run(tmp_path / "run" / "model.keras", tmp_path / "out")
     classifier = Classifier(tmp_path / "out" / "model.onnx")
     decision = RunDir(tmp_path / "run").decision
+    assert report["calls"] == f"cataract when its probability is at least {decision.threshold:.4g}"
     assert classifier.card.decision == decision and decision.rule == "sensitivity>=1"
     paths = [str(p) for p in sorted((cataract / "cataract").iterdir())[:6]]
     calls = [p.label for p in classifier.classify(paths)]
