@@ -57,6 +57,7 @@ FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the l
 Wise = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Transfer models: end on this mix of fine-tuned and linear-probe (ImageNet top + trained head) weights, WiSE-FT; lower is more robust to images from other sites, 1 is fully fine-tuned (default: the most robust of 0.5, 0.75, 1 within 0.01 validation AUC of the best).")]
 TimeBudgetOption = Annotated[Optional[float], typer.Option("--time-budget", min=0, help="Minutes of wall clock for the whole run; augmented views and epochs that would not fit are dropped, with a warning (0: no limit) [28].")]
 Seed = Annotated[Optional[int], typer.Option(help="[0]")]
+Distribute = Annotated[Optional[str], typer.Option(help="auto: mirror training over the machine's GPUs where it has two or more (tf.distribute; the batch size stays the global batch); off: one device (default: auto).")]
 
 
 @app.command()
@@ -72,7 +73,7 @@ def train(
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
     limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
-    wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None,
+    wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
     (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png."""
@@ -99,7 +100,7 @@ def crossval(
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
     augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None, wise: Wise = None, time_budget: TimeBudgetOption = None,
-    seed: Seed = None,
+    seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -126,11 +127,14 @@ def _home_of(model: Path) -> Path:
 
 def _recipe(preset: str | None, options: dict):
     """The preset (or the defaults) with every option the user gave on the command line laid over it."""
+    from .distribute import DISTRIBUTE
     from .pipeline import Recipe
     from .presets import get_preset
 
     base = get_preset(preset) if preset else Recipe()
     given = {name: options.get(name) for name in RECIPE_OPTIONS + FIT_OPTIONS}
+    if given["distribute"] not in (None, *DISTRIBUTE):  # said before the data is read, not after
+        raise ValueError(f"--distribute {given['distribute']}: choose from {', '.join(DISTRIBUTE)}")
     if given["image_size"] is not None:
         given["image_size"] = _parse_size(given["image_size"])
     if given["grey"] is not None:
@@ -145,7 +149,7 @@ def _recipe(preset: str | None, options: dict):
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",
                   "group_pattern", "group_copies", "target_sensitivity", "freeze_until")
 FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_views", "augmentation", "schedule",
-               "wise", "time_budget", "seed")
+               "wise", "time_budget", "seed", "distribute")
 
 
 @app.command()

@@ -69,6 +69,7 @@ class FitConfig:
     time_budget: float | None = 28.0  # minutes of wall clock for the whole run, decoding included: augmented
     # views and epochs that would not fit are dropped, and the run says so (None: no limit). See budget.py
     seed: int = 0
+    distribute: str = "auto"  # "auto": mirrored over several GPUs where there are (tf.distribute); "off": one
 
 
 def _default(seed: int) -> list[layers.Layer]:

@@ -33,6 +33,7 @@ from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
                    read_dataset, split_groups, warn_missing_classes)
+from .distribute import training_strategy
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
@@ -107,7 +108,9 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     classes = splits.train.classes
     keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
-    model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
+    strategy = training_strategy(config.distribute)
+    with strategy.scope():  # the model, and every model fit builds from it, are bound to it (see distribute.py)
+        model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
     splits = fit_to_budget(splits, preprocess, model, budget, config.seed)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
@@ -123,7 +126,9 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
 
     run_dir = Path(out)
     run_dir.mkdir(parents=True, exist_ok=True)
-    decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY, budget)
+    with strategy.scope():
+        decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY,
+                      budget)
 
     fitted = time.monotonic()
     val_p = predict(model, val_x)
@@ -140,6 +145,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "seconds": round(seconds, 1), "train_images": int(len(train_y)),
                            "val_images": int(len(val_y)), "validation_held_out": splits.held_out,
                            "data": source, "recipe": asdict(recipe),
+                           "replicas": strategy.num_replicas_in_sync,
                            "time_budget_cuts": budget.cuts, **decided,
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}

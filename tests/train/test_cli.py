@@ -92,6 +92,14 @@ def test_time_budget_is_given_in_minutes_and_zero_lifts_it():
     assert _recipe(None, {"time_budget": 0}).fit.time_budget is None
 
 
+def test_distribution_is_a_fitting_choice_refused_before_any_data_is_read(tmp_path):
+    from medclf.train.cli import _recipe
+
+    assert _recipe(None, {"distribute": "off"}).fit.distribute == "off"
+    result = runner.invoke(app, ["train", str(tmp_path), "--distribute", "horovod"])
+    assert result.exit_code == 1 and "--distribute horovod: choose from auto, off" in result.output
+
+
 def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the_package(tmp_path, monkeypatch,
                                                                                          blood_cell_images):
     import shutil
