@@ -10,7 +10,12 @@ building and fitting.
 
 from __future__ import annotations
 
+import logging
+import os
+
 import tensorflow as tf
+
+log = logging.getLogger(__name__)
 
 DISTRIBUTE = ("auto", "off")
 
@@ -21,6 +26,9 @@ def training_strategy(kind: str = "auto") -> tf.distribute.Strategy:
     device. ``off``: one device, always. One device is TensorFlow's default strategy, which adds nothing."""
     if kind not in DISTRIBUTE:
         raise ValueError(f"unknown distribution {kind!r}; choose from {', '.join(DISTRIBUTE)}")
+    if os.environ.get("TF_CONFIG"):  # workers would each decide their own time-budget cuts: they must agree
+        log.warning("TF_CONFIG is set, but training across several machines is not supported: this machine "
+                    "trains alone")
     devices = training_devices() if kind == "auto" else []
     if len(devices) < 2:
         return tf.distribute.get_strategy()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
@@ -34,6 +35,13 @@ def test_one_device_is_tensorflows_default_strategy_and_unknown_kinds_are_refuse
     assert training_strategy("auto").num_replicas_in_sync == 1
     with pytest.raises(ValueError, match="unknown distribution 'mirror'; choose from auto, off"):
         training_strategy("mirror")
+
+
+def test_a_cluster_configuration_is_not_silently_taken_for_multi_machine_training(monkeypatch, caplog):
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 0}}')
+    with caplog.at_level(logging.WARNING, logger="medclf.train.distribute"):
+        assert training_strategy("auto").num_replicas_in_sync == 1
+    assert "training across several machines is not supported" in caplog.text
 
 
 @needs_weights
