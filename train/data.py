@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
-from medclf.runtime.preprocess import DECODING_VERSION, Preprocess
+from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
 
 from .bars import track
@@ -207,6 +207,18 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
         train, val = stratified_split(train, val_split, seed, groups)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None, held_out)
+
+
+def shorter_side(paths: tuple[str, ...], sample: int = 16) -> float | None:
+    """The median shorter side, in pixels, of up to ``sample`` images spread over ``paths`` (None if none of
+    them can be read): how much detail the dataset's images carry, which decides the default input size."""
+    sides = []
+    for i in np.unique(np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int)):
+        try:
+            sides.append(min(read_image(paths[i]).shape[:2]))
+        except ImageError:
+            continue  # said when the images are decoded for training
+    return float(np.median(sides)) if sides else None
 
 
 def warn_missing_classes(labels: np.ndarray, classes: tuple[str, ...], split: str) -> list[str]:

@@ -32,7 +32,7 @@ from medclf.runtime.preprocess import Preprocess
 from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
-                   read_dataset, split_groups, warn_missing_classes)
+                   read_dataset, shorter_side, split_groups, warn_missing_classes)
 from .distribute import training_strategy
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
@@ -105,6 +105,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write.
     ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began."""
     budget = TimeBudget(recipe.fit.time_budget, started)
+    recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     classes = splits.train.classes
     keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
@@ -160,6 +161,16 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                                           for name, part in (("train", train_set), ("val", val_set),
                                                              ("test", splits.test)) if part is not None})
     return TrainResult(run_dir, metrics, seconds)
+
+
+def _sized(recipe: Recipe, paths: tuple[str, ...]) -> Recipe:
+    """The recipe with its input size settled: as given, or what the architecture takes for images with the
+    training images' detail (:meth:`Architecture.input_size`; their median shorter side)."""
+    if recipe.image_size is not None:
+        return recipe
+    side = shorter_side(paths)
+    architecture = recipe.architecture()
+    return replace(recipe, image_size=architecture.input_size(side) if side else architecture.default_size)
 
 
 def _clear_replaced(run_dir: Path, binary: bool) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+import cv2
 import pytest
 
-from medclf.train.pipeline import Recipe
+from medclf.train.data import shorter_side
+from medclf.train.pipeline import Recipe, _sized
 from medclf.train.presets import PRESETS, get_preset
 
 
@@ -14,6 +16,22 @@ def test_the_default_recipe_fine_tunes_mobilenet_v2_above_its_own_cut_at_160_px(
     recipe = Recipe()
     assert recipe.architecture().frozen_until == "block_12_add"
     assert recipe.preprocess().shape == (160, 160, 3)
+
+
+def test_without_a_size_images_with_imagenets_detail_are_seen_at_224_px_and_smaller_ones_at_160(blood_cells,
+                                                                                             tmp_path):
+    smears = tuple(str(p) for p in sorted((blood_cells / "TEST" / "MONOCYTE").iterdir())[:20])  # 320x240
+    assert shorter_side(smears) == 240 and _sized(Recipe(), smears).preprocess().shape == (224, 224, 3)
+    small = []
+    for i, path in enumerate(smears[:5]):  # the same smears at 64x48, as MedMNIST-sized datasets ship them
+        small.append(str(tmp_path / f"{i}.png"))
+        cv2.imwrite(small[-1], cv2.resize(cv2.imread(path), (64, 48), interpolation=cv2.INTER_AREA))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert shorter_side((*small, str(tmp_path / "broken.png"))) == 48
+    assert _sized(Recipe(), tuple(small)).preprocess().shape == (160, 160, 3)
+    assert _sized(Recipe(image_size=96), smears).image_size == 96  # a size given is kept
+    assert _sized(Recipe(arch="small_cnn"), smears).image_size == 128  # from scratch: no ImageNet scale to match
+    assert _sized(Recipe(), (str(tmp_path / "broken.png"),)).image_size == 160
 
 
 def test_freeze_until_moves_the_cut_of_a_transfer_model_only():
