@@ -50,7 +50,7 @@ def measure(model_path: str, images: np.ndarray, repeats: int, backend: str = "c
 
     classifier = Classifier(model_path, backend=backend)
     latency = median_seconds(lambda: classifier.predict(images[:1]), repeats)
-    per_batch = median_seconds(lambda: classifier.predict(images), max(3, repeats // 3))
+    per_batch = median_seconds(lambda: classifier.predict(images, batch_size=len(images)), max(3, repeats // 3))
     return {"latency_ms_batch1": round(latency * 1e3, 3), "images_per_s_batch32": round(len(images) / per_batch, 1)}
 
 
