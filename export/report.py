@@ -7,6 +7,8 @@ from pathlib import Path
 from rich import box
 from rich.table import Table
 
+from .verify import MOST_PROBABLE
+
 COLUMNS = ("format", "MB", "agree", "max|Δp|", "acc", "vs Keras", "ms b1", "img/s b32", "")
 BENCHMARK_COLUMNS = ("format", "MB", "accuracy", "agree", "ms/img b1", "img/s b32", "")
 
@@ -28,8 +30,8 @@ def export_table(report: dict) -> Table:
 
 def _calls(report: dict) -> str:
     """What "agree" counts, where it is not the most probable class: a binary model's threshold calls."""
-    calls = report.get("calls", "the most probable class")
-    return "" if calls == "the most probable class" else f"; agree = same call ({calls})"
+    calls = report.get("calls", MOST_PROBABLE)
+    return "" if calls == MOST_PROBABLE else f"; agree = same call ({calls})"
 
 
 def _cpu(report: dict) -> str:

@@ -14,6 +14,9 @@ from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
 
 
+MOST_PROBABLE = "the most probable class"  # how a model without a threshold calls, in the report's words
+
+
 @dataclass(frozen=True)
 class Calls:
     """The answers a model serves, which is what verification compares: its most probable class, or — for a
@@ -31,7 +34,7 @@ class Calls:
     def describe(self) -> str:
         """The rule, in words, for the report."""
         if self.decision is None:
-            return "the most probable class"
+            return MOST_PROBABLE
         return f"{self.decision.positive_class} when its probability is at least {self.decision.threshold:.4g}"
 
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
@@ -40,9 +43,9 @@ class Calls:
         probability 0.70 at threshold 0.62 scores 0.58 against 0.42)."""
         if self.decision is None:
             return probabilities
-        positive = probabilities[:, [self.labels.index(self.decision.positive_class)]].astype(np.float64)
-        shifted = positive + 0.5 - self.decision.threshold
-        return np.where(np.arange(2) == self.labels.index(self.decision.positive_class), shifted, 1 - shifted)
+        positive = self.labels.index(self.decision.positive_class)
+        shifted = probabilities[:, [positive]].astype(np.float64) + 0.5 - self.decision.threshold
+        return np.where(np.arange(2) == positive, shifted, 1 - shifted)
 
 
 ARGMAX = Calls()

@@ -18,9 +18,17 @@ from .stream import decoded, usable_cpus
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
 DEFAULT_MODEL = Path(__file__).parent / "models" / "blood_cells" / "model.onnx"
-# Pixels in one inference call, at most, unless a batch size is given: the 745 chest films of a validation split,
-# 352 px, in one call took onnxruntime past 24 GB (killed); in runs of this many (64 films), about 2 GB.
+# Pixels in one inference call, at most, unless a batch size is given: a call keeps every image's activations
+# until it ends. 745 chest films at 352 px in one call took onnxruntime past 24 GB (killed); in runs of this many
+# (64 films), about 2 GB. Training's Keras passes keep to it too (3.2 GB traced at 352 px).
 MAX_BATCH_PIXELS = 64 * 352 * 352
+
+
+def images_per_batch(height: int, width: int, most: int | None = None) -> int:
+    """How many ``height`` x ``width`` images one inference call takes: as many as hold ``MAX_BATCH_PIXELS``,
+    at least one, and no more than ``most`` when given."""
+    fits = max(1, MAX_BATCH_PIXELS // (height * width))
+    return fits if most is None else max(1, min(most, fits))
 
 
 def default_threads() -> int:
@@ -51,8 +59,9 @@ class Prediction:
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
             return {"path": self.path, "error": self.error}
-        heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else \
-            {"heatmap_error": self.heatmap_error} if self.heatmap_error is not None else {}
+        heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else {}
+        if self.heatmap_error is not None:  # the overlay the disk refused: its reason, in place of its name
+            heatmap = {"heatmap_error": self.heatmap_error}
         return {"path": self.path, "label": self.label, "probability": self.probability,
                 "top_k": [[label, p] for label, p in self.top_k]} | heatmap
 
@@ -89,7 +98,7 @@ class Classifier:
         ``batch_size`` — by default as many images as hold ``MAX_BATCH_PIXELS`` — since a run keeps all its
         images' activations in memory until it ends."""
         if batch_size is None:
-            batch_size = max(1, MAX_BATCH_PIXELS // (images.shape[1] * images.shape[2]))
+            batch_size = images_per_batch(*images.shape[1:3])
         if len(images) <= batch_size:
             return self.backend.run([OUTPUT_NAME], images)[0]
         return np.concatenate([self.predict(images[i:i + batch_size], batch_size)

@@ -24,6 +24,7 @@ from keras import layers
 from sklearn.utils.class_weight import compute_class_weight
 
 from medclf.rundir import CHECKPOINT
+from medclf.runtime.classifier import images_per_batch
 
 from .architectures import Architecture
 from .bars import track
@@ -324,9 +325,9 @@ TRACED_FROM = 8  # batches; see predict
 # An eager call of a functional Keras model keeps every layer's output alive until the call ends; a traced graph
 # frees each as soon as it is used. Peak memory of the stacked model's feature pass, 64 images a batch: 224 px
 # 7.2 GB eager, 1.7 GB traced; 352 px 16.6 vs 3.2 GB — and at 416 px the eager timing call that opens every
-# run was killed for memory on a 24 GB machine. So an eager batch holds at most this many pixels (about 2.5 GB):
+# run was killed for memory on a 24 GB machine. So an eager batch holds at most this many pixels (about 2.5 GB),
+# and any batch at most the runtime's MAX_BATCH_PIXELS (images_per_batch): larger images, smaller batches.
 EAGER_PIXELS = 64 * 128 * 128
-BATCH_PIXELS = 64 * 352 * 352  # and any batch at most this many (3.2 GB traced): larger images, smaller batches
 
 
 def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential | None = None,
@@ -343,8 +344,8 @@ def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential 
             x = augmenter(x, training=True)
         return model(x, training=False)
 
-    pixels = int(np.prod(inputs.shape[1:3])) if inputs.ndim == 4 else 1
-    batch = max(1, min(batch, BATCH_PIXELS // pixels))
+    pixels = int(np.prod(inputs.shape[1:3])) if inputs.ndim == 4 else 1  # cached features: no pixels to bound
+    batch = images_per_batch(*inputs.shape[1:3], most=batch) if inputs.ndim == 4 else batch
     if len(inputs) >= TRACED_FROM * batch or min(len(inputs), batch) * pixels > EAGER_PIXELS:
         step = tf.function(step, reduce_retracing=True)
     out = []
