@@ -38,6 +38,7 @@ from .evaluate import choose_threshold, classification_metrics, per_source_metri
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_roc
 from .sizing import fit_to_budget
+from .temperature import fit_temperature, fold_temperature, scaled
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Rec
 def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = Recipe(),
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "",
                  started: float | None = None) -> TrainResult:
-    """Train on given train/validation(/test) file lists: fit, choose the threshold on validation, score, write.
+    """Train on given train/validation(/test) file lists: fit; on validation, scale the probabilities'
+    temperature and choose the threshold; score, write.
     ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began."""
     budget = TimeBudget(recipe.fit.time_budget, started)
     recipe = _sized(recipe, splits.train.paths)
@@ -133,6 +135,11 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
 
     fitted = time.monotonic()
     val_p = predict(model, val_x)
+    temperature = fit_temperature(val_y, val_p)
+    if temperature is not None:  # before the threshold: it is chosen on the probabilities the model will give
+        with strategy.scope():
+            fold_temperature(model, temperature)
+        val_p = scaled(val_p, temperature)
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
@@ -146,7 +153,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "seconds": round(seconds, 1), "train_images": int(len(train_y)),
                            "val_images": int(len(val_y)), "validation_held_out": splits.held_out,
                            "data": source, "recipe": asdict(recipe),
-                           "replicas": strategy.num_replicas_in_sync,
+                           "replicas": strategy.num_replicas_in_sync, "temperature": temperature,
                            "time_budget_cuts": budget.cuts, **decided,
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}

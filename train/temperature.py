@@ -1,0 +1,65 @@
+"""Temperature scaling: probabilities that mean what they say on data like the validation data.
+
+Mixup and label smoothing train on soft targets (a smoothed 1 is 0.95), so a model trained with them answers
+less sure than it is right: the default run on blood cells said 0.78 on average and was right 85% of the time
+on TEST. One scalar fixes that without touching a call: the logits are divided by the temperature that
+minimises the validation images' negative log-likelihood (Guo et al., "On Calibration of Modern Neural
+Networks", ICML 2017), folded into the output layer so every export carries it. The ranking, the argmax and
+so the accuracy and ROC AUC stay as they were; a binary model's threshold is chosen after, on the scaled
+probabilities, so it makes the same calls on validation.
+
+Measured on four runs (expected calibration error on images never used to fit it): blood-cells TEST 0.075 →
+0.027 (default recipe) and 0.050 → 0.040 (the demo's); chest-xray test 0.101 → 0.056 (default recipe). The
+chest preset's test films come from another hospital, where it is right less often than on validation: there
+its unscaled underconfidence happened to fit better, 0.034 → 0.087. Validation data can only promise
+calibration on data like itself.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from .evaluate import MIN_IMAGES_FOR_THRESHOLD
+
+OUTPUT_LAYER = "probabilities"  # the Dense + softmax every architecture in the registry ends with
+BOUNDS = (0.05, 20.0)  # temperatures searched; none is taken unless the likelihood has its best inside
+
+
+def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
+    """The temperature that minimises the negative log-likelihood of ``labels`` under ``probabilities``
+    rescaled by it, or None where it cannot be told: fewer than ``MIN_IMAGES_FOR_THRESHOLD`` validation images
+    of a class, or no optimum inside ``BOUNDS`` (a validation set called perfectly would drive it towards
+    zero: a certainty that a few hundred images cannot justify)."""
+    counts = np.bincount(labels, minlength=probabilities.shape[1])
+    if counts.min() < MIN_IMAGES_FOR_THRESHOLD:
+        return None
+    log_p = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))  # logits, up to a constant per row
+
+    def nll(log_t: float) -> float:
+        return float(-np.mean(_log_softmax(log_p / np.exp(log_t))[np.arange(len(labels)), labels]))
+
+    low, high = np.log(BOUNDS)
+    best = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4}).x
+    if min(nll(low), nll(high)) <= nll(best):  # no minimum inside: the likelihood only grows towards an end
+        return None
+    return round(float(np.exp(best)), 4)
+
+
+def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
+    """``probabilities`` as the model answers once ``temperature`` is folded into it."""
+    return np.exp(_log_softmax(np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature))
+
+
+def fold_temperature(model: keras.Model, temperature: float) -> None:
+    """Divide the output layer's weights and bias by ``temperature``: the logits are divided by it, at no cost
+    per image and in every file exported from the model."""
+    layer = model.get_layer(OUTPUT_LAYER)
+    for weight in (layer.kernel, layer.bias):
+        weight.assign(weight.numpy() / temperature)
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
