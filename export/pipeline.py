@@ -243,10 +243,10 @@ def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchP
     for precision, entry in report["precisions"].items():
         suffix = "" if precision == "fp32" else f"_{precision}"
         if entry["passed"]:
-            written.append(write_model(repo, name + suffix, entry["file"], entry["file"], card, max_batch))
+            written.append(write_model(repo, name + suffix, entry["file"], entry["file"], max_batch))
         if entry.get("tensorrt", {}).get("passed"):
             written.append(write_model(repo, f"{name}_tensorrt_{precision}", entry["tensorrt"]["file"],
-                                       entry["file"], card, max_batch))
+                                       entry["file"], max_batch))
     published = {precision for precision, entry in report["precisions"].items() if entry["passed"]}
     for precision in sorted(set(PRECISIONS) - published - {"fp32"}):
         stale = repo / f"{name}_{precision}"  # another model's, which Triton would serve beside this one

@@ -1,4 +1,4 @@
-"""One tiny real model and one export of it in every precision, shared by the export tests."""
+"""Tiny real models and their exports, shared by the export tests."""
 
 from __future__ import annotations
 
@@ -25,3 +25,15 @@ def exported(run_dir, tmp_path_factory):
     out, repo = tmp_path_factory.mktemp("exported"), tmp_path_factory.mktemp("triton")
     report = pipeline.export_run(run_dir / "model.keras", out, ("fp32", "fp16", "int8"), triton=repo, strict=False)
     return out, report, repo
+
+
+@pytest.fixture(scope="session")
+def binary_export(cataract, tmp_path_factory):
+    """``(RUN_DIR, OUT_DIR, report, TRITON_REPO)``: a binary cataract model whose threshold (for sensitivity 1)
+    is far from 0.5, exported to FP32 and INT8 with a Triton repository."""
+    run, out, repo = (tmp_path_factory.mktemp(name) for name in ("binary_run", "binary_out", "binary_triton"))
+    recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.5, target_sensitivity=1.0,
+                    fit=FitConfig(epochs=1, head_epochs=1, augment_views=0))
+    train(cataract, run, recipe)
+    report = pipeline.export_run(run / "model.keras", out, ("fp32", "int8"), triton=repo, strict=False)
+    return run, out, report, repo

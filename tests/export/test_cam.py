@@ -65,7 +65,7 @@ def test_triton_config_lists_the_cam_output_too(cam_model, tmp_path):
 
     from medclf.export.triton import write_model
 
-    folder = write_model(tmp_path, "cells", cam_model, cam_model, Classifier(cam_model).card)
+    folder = write_model(tmp_path, "cells", cam_model, cam_model)
     config = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
     dims = [d.dim_value for d in onnx.load(str(cam_model)).graph.output[1].type.tensor_type.shape.dim[1:]]
     assert [(o.name, list(o.dims)) for o in config.output][1] == ("cam", dims)

@@ -16,8 +16,7 @@ from medclf.export.verify import Calls, Tolerance, VerificationError, compare, e
 from medclf.rundir import RunDir
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.decision import Decision
-from medclf.train.fit import FitConfig
-from medclf.train.pipeline import Recipe, predict, train
+from medclf.train.pipeline import predict
 
 
 def published(exported) -> dict[str, dict]:
@@ -164,13 +163,10 @@ def test_a_binary_model_is_verified_on_the_calls_its_threshold_makes_not_on_argm
     assert expected_flips(keras_p, keras_p, exported, calls) == pytest.approx(2 / 16)
 
 
-def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_calls_by_it(cataract, tmp_path):
-    recipe = Recipe(arch="mobilenet_025", image_size=64, val_split=0.5, target_sensitivity=1.0,
-                    fit=FitConfig(epochs=1, head_epochs=1, augment_views=0))
-    train(cataract, tmp_path / "run", recipe)
-    report = pipeline.export_run(tmp_path / "run" / "model.keras", tmp_path / "out")
-    classifier = Classifier(tmp_path / "out" / "model.onnx")
-    decision = RunDir(tmp_path / "run").decision
+def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_calls_by_it(binary_export, cataract):
+    run, out, report, _ = binary_export
+    classifier = Classifier(out / "model.onnx")
+    decision = RunDir(run).decision
     assert report["calls"] == f"cataract when its probability is at least {decision.threshold:.4g}"
     assert classifier.card.decision == decision and decision.rule == "sensitivity>=1"
     paths = [str(p) for p in sorted((cataract / "cataract").iterdir())[:6]]

@@ -11,6 +11,9 @@ import onnxruntime as ort
 import pytest
 from google.protobuf import text_format
 
+from medclf.runtime import Classifier, load_image
+from medclf.runtime.decision import decide
+
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
                                        reason="tritonclient[grpc] (Triton's ModelConfig schema) is not installed")
 
@@ -45,14 +48,35 @@ def test_the_config_matches_the_onnx_files_real_input_and_output(exported):
     assert probabilities.name == model.graph.output[0].name
 
 
-def test_labels_and_model_card_travel_with_the_model(exported, run_dir):
+def test_labels_and_each_files_own_model_card_travel_with_the_model(exported, run_dir):
     _, report, _ = exported
-    model_dir = Path(report["triton"][0])
-    config = config_of(model_dir)
-    labels = (model_dir / config.output[0].label_filename).read_text().splitlines()
-    assert labels == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
-    assert config.parameters["medclf.precision"].string_value == "fp32"
-    assert '"height": 64' in config.parameters["medclf.preprocess"].string_value
+    published = [precision for precision, entry in report["precisions"].items() if entry["passed"]]
+    assert len(published) == len(report["triton"])
+    for precision, model_dir in zip(published, map(Path, report["triton"])):
+        config = config_of(model_dir)
+        labels = (model_dir / config.output[0].label_filename).read_text().splitlines()
+        assert labels == ["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]
+        assert config.parameters["medclf.precision"].string_value == precision  # not the FP32 file's card
+        assert '"height": 64' in config.parameters["medclf.preprocess"].string_value
+
+
+def test_a_binary_model_also_answers_with_its_threshold_call_for_the_classification_extension(binary_export,
+                                                                                              cataract):
+    _, out, report, _ = binary_export
+    published = {precision: entry["file"] for precision, entry in report["precisions"].items() if entry["passed"]}
+    paths = sorted(str(p) for folder in ("cataract", "normal") for p in (cataract / folder).iterdir())
+    for (precision, file), model_dir in zip(published.items(), map(Path, report["triton"])):
+        config, verified = config_of(model_dir), Classifier(file)
+        assert [(o.name, o.label_filename) for o in config.output] == [("probabilities", "labels.txt"),
+                                                                         ("calls", "labels.txt")]
+        assert "threshold" in config.parameters["medclf.outputs"].string_value
+        images = np.stack([load_image(path, verified.card.preprocess) for path in paths])
+        session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+        probabilities, calls = session.run(["probabilities", "calls"], {"image": images})
+        np.testing.assert_allclose(probabilities, verified.predict(images), atol=1e-6)
+        served = decide(probabilities, verified.labels, verified.card.decision)
+        assert (calls.argmax(axis=1) == served).all() and (served != probabilities.argmax(axis=1)).any()
+        assert calls.min() >= 0 and calls.max() <= 1 and np.allclose(calls.sum(axis=1), 1)
 
 
 def test_a_batch_shaped_as_the_config_says_runs_on_the_repositorys_model(exported, blood_cell_images):
@@ -67,15 +91,13 @@ def test_a_batch_shaped_as_the_config_says_runs_on_the_repositorys_model(exporte
 
 def test_writing_again_replaces_the_model_whole(exported, tmp_path):
     from medclf.export.triton import write_model
-    from medclf.runtime import Classifier
 
     out, report, _ = exported
     onnx_file = report["precisions"]["fp32"]["file"]
-    card = Classifier(onnx_file).card
-    first = write_model(tmp_path, "m", onnx_file, onnx_file, card, max_batch_size=8)
+    first = write_model(tmp_path, "m", onnx_file, onnx_file, max_batch_size=8)
     (first / "1" / "stale.txt").write_text("left over")
-    second = write_model(tmp_path, "m", onnx_file, onnx_file, card, max_batch_size=16)
+    second = write_model(tmp_path, "m", onnx_file, onnx_file, max_batch_size=16)
     assert config_of(second).max_batch_size == 16 and not (second / "1" / "stale.txt").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     with pytest.raises(ValueError, match="Triton model name"):
-        write_model(tmp_path, "bad name", onnx_file, onnx_file, card)
+        write_model(tmp_path, "bad name", onnx_file, onnx_file)
