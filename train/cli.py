@@ -184,16 +184,16 @@ def evaluate(
 
 @app.command()
 def calibrate(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported binary .onnx model.")],
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported .onnx model.")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each).")],
     out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_file, help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
-    target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
+    target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
 ) -> None:
-    """Choose a binary model's decision threshold on a site's own labelled images and write it into a copy of
-    the ONNX file, so medclf-run calls by it. Prints the site's metrics at the old threshold and, for the new
-    one, an honest estimate (chosen on half the images, scored on the other half)."""
+    """Fit a model's temperature, and a binary model's decision threshold, on a site's own labelled images and
+    write them into a copy of the ONNX file, so medclf-run answers by them. Prints the site's metrics as the
+    model stands and an honest estimate of the new ones (fitted on half the images, scored on the other half)."""
     from medclf.runtime.atomic import write_json
 
     import_tensorflow()
@@ -203,21 +203,32 @@ def calibrate(
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
                                                 group_pattern))
     record = site.record(data.resolve().name)
-    _library_call(lambda: write_calibrated(model, out, site.decision, record))
+    _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
-    before, estimate = site.before, site.estimate
-    old = f"{before['threshold']:.3g}" if before["threshold"] is not None else "the most probable class"
-    console.print(f"at the model's threshold ({old}), {site.images} site images: accuracy {before['accuracy']:.3f}, "
-                  f"sensitivity {before['sensitivity']:.3f}, specificity {before['specificity']:.3f}")
-    if estimate is None:
-        console.print(f"new threshold {site.decision.threshold:.3g}; too few images to estimate its worth "
-                      "(60 of each class lets it be chosen on one half and scored on the other)")
+    console.print(f"as the model stands, {site.images} site images: {_site_metrics(site.before)}")
+    new = ", ".join(([f"temperature {site.temperature:.3g}"] if site.temperature is not None else
+                     ["no temperature (the site's images cannot tell one)"])
+                    + ([f"threshold {site.decision.threshold:.3g}"] if site.decision is not None else []))
+    if site.estimate is None:
+        console.print(f"new: {new}; too few images to estimate their worth (60 of each class lets them be fitted "
+                      "on one half and scored on the other)")
     else:
-        worth = ", ".join(f"{key} {estimate[key]['mean']:.3f} ± {estimate[key]['std']:.3f}"
-                          for key in ("accuracy", "sensitivity", "specificity"))
-        console.print(f"new threshold {site.decision.threshold:.3g}: {worth} (chosen on half the site images, "
-                      f"scored on the other half, {estimate['splits']} splits)")
+        console.print(f"new: {new}: {_site_metrics(site.estimate)} (fitted on half the site images, scored on the "
+                      f"other half, {site.estimate['splits']} splits)")
     console.print(f"wrote {out} and {out.with_suffix('.json')}")
+
+
+def _site_metrics(summary: dict) -> str:
+    """'threshold 0.622, accuracy 0.899, ..., calibration error 0.033', with ± spreads for an estimate."""
+    def number(value: float | dict) -> str:
+        return f"{value['mean']:.3f} ± {value['std']:.3f}" if isinstance(value, dict) else f"{value:.3f}"
+
+    shown = [f"threshold {summary['threshold']:.3g}"] if summary.get("threshold") is not None else []
+    shown += [f"{key} {number(summary[key])}" for key in ("accuracy", "sensitivity", "specificity") if key in summary]
+    text = ", ".join(shown) + f", calibration error {number(summary['expected_calibration_error'])}"
+    if "expected_calibration_error_before" in summary:
+        text += f" (as the model stands on the same halves: {number(summary['expected_calibration_error_before'])})"
+    return text
 
 
 @app.command()

@@ -1,9 +1,10 @@
-"""``medclf calibrate``: a site chooses its own threshold on its own labelled images, and gets a copy of the model
-that calls by it, with an honest estimate of what the new threshold is worth."""
+"""``medclf calibrate``: a site fits its own temperature and threshold on its own labelled images, and gets a copy of
+the model that answers by them, with an honest estimate of what they are worth."""
 
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,8 @@ from medclf.runtime.decision import Decision
 from medclf.train.calibrate import calibrate_site, write_calibrated
 from medclf.train.cli import app
 from medclf.train.data import load_arrays, read_folder
-from medclf.train.evaluate import classification_metrics
+from medclf.train.evaluate import classification_metrics, expected_calibration_error
+from medclf.train.temperature import scaled
 from tests.conftest import REPO
 from tests.onnx_graphs import brightness_model
 
@@ -32,6 +34,10 @@ def site_folder(chest_xray, tmp_path, per_class: int):
     return tmp_path / "site"
 
 
+def as_calibrated(probabilities: np.ndarray, temperature: float | None) -> np.ndarray:
+    return probabilities if temperature is None else scaled(probabilities, temperature)
+
+
 @pytest.fixture
 def model(tmp_path):
     """A real ONNX graph whose p(PNEUMONIA) is a film's mean brightness, with the training site's 0.5."""
@@ -43,15 +49,18 @@ def test_the_site_threshold_maximises_youden_on_the_sites_films_and_its_worth_is
     site = site_folder(chest_xray, tmp_path, 64)
     calibration = calibrate_site(model, site)
     images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
-    p = Classifier(model).predict(images)[:, 1]
+    raw = Classifier(model).predict(images)
+    p = as_calibrated(raw, calibration.temperature)[:, 1]  # the threshold is chosen after any temperature
     fpr, tpr, thresholds = roc_curve(labels == 1, p)
     at_chosen = np.mean(p[labels == 1] >= calibration.decision.threshold) - \
         np.mean(p[labels == 0] >= calibration.decision.threshold)
     assert at_chosen == pytest.approx(np.max(tpr - fpr))
     assert calibration.images == 128 and calibration.before["threshold"] == 0.5
-    assert calibration.before["accuracy"] == pytest.approx(np.mean((p >= 0.5) == (labels == 1)))
+    assert calibration.before["accuracy"] == pytest.approx(np.mean((raw[:, 1] >= 0.5) == (labels == 1)))
+    assert calibration.before["expected_calibration_error"] == pytest.approx(expected_calibration_error(labels, raw))
     assert calibration.estimate["splits"] == 10
     assert 0.0 < calibration.estimate["accuracy"]["std"] < calibration.estimate["accuracy"]["mean"] <= 1.0
+    assert 0.0 < calibration.estimate["expected_calibration_error"]["mean"] < 1.0
     assert "at the site on 128 images of site" in calibration.decision.rule
 
 
@@ -59,39 +68,68 @@ def test_a_target_sensitivity_is_reached_on_the_sites_films(chest_xray, tmp_path
     site = site_folder(chest_xray, tmp_path, 40)
     calibration = calibrate_site(model, site, target_sensitivity=0.9)
     images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
-    metrics = classification_metrics(labels, Classifier(model).predict(images), CARD.labels, calibration.decision)
+    calibrated = as_calibrated(Classifier(model).predict(images), calibration.temperature)
+    metrics = classification_metrics(labels, calibrated, CARD.labels, calibration.decision)
     assert metrics["sensitivity"] >= 0.9
     assert calibration.estimate is None  # 40 of a class: too few to choose on one half and score the other
 
 
-def test_the_calibrated_copy_carries_the_new_threshold_and_the_original_is_untouched(chest_xray, tmp_path, model):
+def test_the_calibrated_copy_answers_with_the_new_temperature_and_threshold_and_the_original_is_untouched(
+        chest_xray, tmp_path, model):
     original = (tmp_path / "model.onnx").read_bytes()
-    calibration = calibrate_site(model, site_folder(chest_xray, tmp_path, 30))
-    write_calibrated(model, tmp_path / "model.site.onnx", calibration.decision, calibration.record("site"))
-    card = Classifier(tmp_path / "model.site.onnx").card
+    site = site_folder(chest_xray, tmp_path, 30)
+    calibration = replace(calibrate_site(model, site), temperature=0.4)  # brightness has none to fit: say one
+    write_calibrated(model, tmp_path / "model.site.onnx", calibration, calibration.record("site"))
+    copy = Classifier(tmp_path / "model.site.onnx")
+    card = copy.card
     assert card.decision == calibration.decision and card.decision.threshold != 0.5
     assert card.labels == CARD.labels and card.preprocess == CARD.preprocess
-    assert card.metrics["site"]["images"] == 60
+    assert card.metrics["site"]["images"] == 60 and card.metrics["site"]["temperature"] == calibration.temperature
+    images, _, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
+    np.testing.assert_allclose(copy.predict(images), scaled(Classifier(model).predict(images),
+                                                            calibration.temperature), atol=1e-5)
     assert (tmp_path / "model.onnx").read_bytes() == original
     with pytest.raises(ValueError, match="must be a new file"):
-        write_calibrated(model, tmp_path / "model.onnx", calibration.decision, {})
+        write_calibrated(model, tmp_path / "model.onnx", calibration, {})
+    write_calibrated(tmp_path / "model.site.onnx", tmp_path / "again.onnx", calibration, {})  # on top: new names
+    np.testing.assert_allclose(Classifier(tmp_path / "again.onnx").predict(images),
+                               scaled(copy.predict(images), calibration.temperature), atol=1e-5)
 
 
-def test_too_few_films_of_a_class_and_multi_class_models_are_refused_with_the_reason(chest_xray, tmp_path, model):
+def test_a_multi_class_model_gets_the_sites_temperature_and_keeps_calling_the_most_probable(blood_cells, tmp_path):
+    site = tmp_path / "site"
+    for folder in sorted((blood_cells / "TEST").iterdir()):
+        (site / folder.name).mkdir(parents=True)
+        for path in sorted(folder.iterdir())[::20][:30]:
+            (site / folder.name / path.name).symlink_to(path)
+    packaged = REPO / "runtime" / "models" / "blood_cells" / "model.onnx"
+    calibration = calibrate_site(packaged, site)
+    assert calibration.decision is None and calibration.temperature is not None
+    assert set(calibration.before) == {"accuracy", "expected_calibration_error"}
+    write_calibrated(packaged, tmp_path / "cells.site.onnx", calibration, calibration.record("site"))
+    copy = Classifier(tmp_path / "cells.site.onnx")
+    images, _, _ = load_arrays(read_folder(site, copy.labels), copy.card.preprocess)
+    before, after = Classifier(packaged).predict(images), copy.predict(images)
+    assert (after.argmax(axis=1) == before.argmax(axis=1)).all() and copy.card.decision is None
+    with pytest.raises(ValueError, match="target sensitivity is for binary models; this one has 4 classes"):
+        calibrate_site(packaged, site, target_sensitivity=0.9)
+
+
+def test_too_few_films_of_a_class_are_refused_with_the_reason(chest_xray, tmp_path, model):
     with pytest.raises(ValueError, match="12 images of NORMAL.*at least 30"):
         calibrate_site(model, site_folder(chest_xray, tmp_path, 12))
-    four_classes = REPO / "runtime" / "models" / "blood_cells" / "model.onnx"
-    with pytest.raises(ValueError, match="binary models; this one has 4 classes"):
-        calibrate_site(four_classes, tmp_path / "site")
 
 
 def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_record(chest_xray, tmp_path, model):
     site = site_folder(chest_xray, tmp_path, 64)
     result = CliRunner().invoke(app, ["calibrate", model, str(site)])
     assert result.exit_code == 0, result.output
-    assert "at the model's threshold (0.5), 128 site images: accuracy" in result.output
+    assert "as the model stands, 128 site images: threshold 0.5, accuracy" in result.output
+    assert "calibration error 0." in result.output  # brightness is no probability: no temperature fits it
+    assert "new: no temperature (the site's images cannot tell one), threshold" in result.output
     assert "scored on the other half, 10 splits" in result.output
     assert Classifier(tmp_path / "model.site.onnx").card.decision.threshold != 0.5
     assert (tmp_path / "model.site.json").is_file()
-    refused = CliRunner().invoke(app, ["calibrate", str(REPO / "runtime/models/blood_cells/model.onnx"), str(site)])
+    refused = CliRunner().invoke(app, ["calibrate", str(REPO / "runtime/models/blood_cells/model.onnx"), str(site),
+                                       "--target-sensitivity", "0.9"], terminal_width=200)
     assert refused.exit_code == 1 and "binary models" in refused.output and "Traceback" not in refused.output
