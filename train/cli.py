@@ -85,6 +85,8 @@ def train(
     result = _library_call(lambda: run_training(data, out, recipe, test=test, naming=_parse_naming(name_labels),
                                                 limit_per_class=limit_per_class))
     _print_metrics(result.metrics)
+    if (temperature := result.metrics["training"].get("temperature")) is not None:
+        console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
 
 

@@ -24,7 +24,9 @@ from scipy.optimize import minimize_scalar
 from .evaluate import MIN_IMAGES_FOR_THRESHOLD
 
 OUTPUT_LAYER = "probabilities"  # the Dense + softmax every architecture in the registry ends with
-BOUNDS = (0.05, 20.0)  # temperatures searched; none is taken unless the likelihood has its best inside
+# Temperatures searched; none is taken unless the likelihood has its best inside. Measured: 0.32-0.77. A tenfold
+# sharpening also multiplies the exported file's rounding differences from Keras by ten (FP32's allowance: 1e-4).
+BOUNDS = (0.1, 10.0)
 
 
 def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float | None:
