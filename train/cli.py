@@ -76,7 +76,7 @@ def train(
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
-    (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png."""
+    (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png, calibration.png."""
     options = dict(locals())
     import_tensorflow()
     from .pipeline import train as run_training
@@ -158,7 +158,7 @@ FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
     data: ExistingDir,
-    out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
@@ -181,7 +181,7 @@ def evaluate(
         source = metrics["per_source"]
         right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
         console.print(f"per source: accuracy {source['accuracy']:.3f} over {source['sources']} sources ({right})")
-    console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png")
+    console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png, calibration.png")
 
 
 @app.command()

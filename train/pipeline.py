@@ -3,8 +3,8 @@
 RUN_DIR holds ``model.keras``, ``labels.json``, ``preprocess.json``, ``decision.json`` (binary tasks: the
 threshold chosen on validation data), ``history.csv``, ``metrics.json`` (validation, and test when given),
 ``splits.json`` (the training, held-out validation and test files: export calibrates and verifies on them)
-and the pictures ``curves.png``, ``confusion_matrix.png`` and ``roc.png`` (of the test set when given, else of
-validation). See ``medclf.rundir``.
+and the pictures ``curves.png``, ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` (of the test
+set when given, else of validation). See ``medclf.rundir``.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, l
 from .distribute import training_strategy
 from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
 from .fit import FitConfig, fit, predict, save_model
-from .plots import plot_confusion, plot_curves, plot_roc
+from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
 from .temperature import fit_temperature, fold_temperature, scaled
 
@@ -198,7 +198,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
     the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
     ``group_pattern`` / ``group_copies`` add ``per_source`` metrics (one vote per patient or source image).
-    With ``out``, writes ``metrics.json``, ``confusion_matrix.png`` and ``roc.png`` there."""
+    With ``out``, writes ``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
     scorer = _Scorer.load(model_path)
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
     if target_sensitivity is not None:
@@ -244,12 +244,17 @@ class _Scorer:
 
 def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
            decision: Decision | None, title: str) -> dict:
-    """Metrics for one split, with its confusion matrix and ROC curves drawn in ``out`` (the latest call wins)."""
+    """Metrics for one split, with its confusion matrix, ROC and reliability curves drawn in ``out`` (the latest
+    call wins)."""
     metrics = classification_metrics(labels, probabilities, classes, decision)
     at = f" at p ≥ {decision.threshold:.3g}" if decision is not None else ""
     plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", f"{title}{at}")
     binary = positive_class(classes) if len(classes) == 2 else None
     plot_roc(labels, probabilities, classes, out / "roc.png", title, positive=binary)
+    of_what = " (of the most probable class)" if binary is not None else ""  # the curve is p(finding)'s
+    plot_reliability(labels, probabilities, classes, out / "calibration.png",
+                     f"{title}: calibration error {metrics['expected_calibration_error']:.3f}{of_what}",
+                     positive=binary)
     return metrics
 
 

@@ -1,4 +1,4 @@
-"""The pictures a person reads faster than numbers: training curves, confusion matrix, ROC curves.
+"""The pictures a person reads faster than numbers: training curves, confusion matrix, ROC and reliability curves.
 
 Drawn with matplotlib (no display needed) and scikit-learn's own displays, written atomically as PNGs.
 """
@@ -17,6 +17,7 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from sklearn.calibration import CalibrationDisplay  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E402
 
 from medclf.runtime.atomic import atomic_write  # noqa: E402
@@ -84,6 +85,30 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[
     figure.tight_layout()  # before the legend goes beside the axes, which it would otherwise shrink to fit
     if len(shown) > LEGEND_INSIDE_MAX:
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small", frameon=False)
+    return figure
+
+
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
+                     path: str | os.PathLike[str], title: str = "", positive: int | None = None) -> None:
+    """Whether the model's probabilities mean what they say, in ten bins: for a binary model, how often the
+    finding is there against the probability it was given (``positive``); otherwise, how often the most
+    probable class is right against its probability."""
+    _save(reliability_figure(labels, probabilities, classes, title, positive), path)
+
+
+def reliability_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], title: str = "",
+                       positive: int | None = None) -> Figure:
+    """:func:`plot_reliability`'s picture."""
+    if positive is not None:
+        truth, said, name = labels == positive, probabilities[:, positive], f"p({classes[positive]})"
+        axis = (f"probability of {classes[positive]}", f"fraction that are {classes[positive]}")
+    else:
+        truth, said, name = probabilities.argmax(axis=1) == labels, probabilities.max(axis=1), "most probable class"
+        axis = ("probability of the most probable class", "fraction where it is right")
+    figure, ax = plt.subplots(figsize=(5.5, 5))
+    CalibrationDisplay.from_predictions(truth, said, n_bins=10, name=name, ax=ax)
+    ax.set(xlabel=axis[0], ylabel=axis[1], title=title)
+    figure.tight_layout()
     return figure
 
 

@@ -34,7 +34,7 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     decision = RunDir(tmp_path).decision
     assert decision.positive_class == "cataract" and validation["threshold"] == decision.threshold
     assert evaluate_run(tmp_path / "model.keras", val_dir)["accuracy"] == validation["accuracy"]
-    for picture in ("curves.png", "confusion_matrix.png", "roc.png"):
+    for picture in ("curves.png", "confusion_matrix.png", "roc.png", "calibration.png"):
         assert cv2.imread(str(tmp_path / picture)) is not None, picture
 
     strict = evaluate_run(tmp_path / "model.keras", val_dir, tmp_path / "eval", target_sensitivity=1.0)

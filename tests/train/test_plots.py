@@ -1,11 +1,12 @@
-"""The pictures: readable with many classes and long class names, not only with the seeds' two to four."""
+"""The pictures: readable with many classes and long class names, not only with the seeds' two to four; the
+reliability curve shows whether probabilities mean what they say."""
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
 
-from medclf.train.plots import plot_confusion, plot_roc, roc_figure
+from medclf.train.plots import plot_confusion, plot_reliability, plot_roc, reliability_figure, roc_figure
 
 CLASSES = [f"class_with_a_long_descriptive_name_{i}" for i in range(20)]
 
@@ -45,3 +46,27 @@ def test_saved_pictures_take_in_their_legend_and_long_labels(tmp_path):
     plot_confusion(matrix, CLASSES, tmp_path / "confusion.png", "validation")
     grey = cv2.imread(str(tmp_path / "confusion.png"), cv2.IMREAD_GRAYSCALE)
     assert (grey[:, :3] == 255).all() and (grey[:, -3:] == 255).all()  # a white margin: no label runs off
+
+
+def test_the_reliability_curve_follows_the_diagonal_for_honest_probabilities_and_not_for_shy_ones():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 4000)
+    labels = (rng.uniform(0, 1, 4000) < p).astype(int)  # the finding is there as often as its probability says
+    honest = np.stack([1 - p, p], axis=1)
+    shy = np.stack([0.75 - p / 2, 0.25 + p / 2], axis=1)  # the same ranking, half as sure
+    deviations = []
+    for probabilities in (honest, shy):
+        figure = reliability_figure(labels, probabilities, ["NORMAL", "PNEUMONIA"], positive=1)
+        curve = next(line for line in figure.axes[0].get_lines() if line.get_label() == "p(PNEUMONIA)")
+        said, seen = curve.get_data()
+        deviations.append(np.max(np.abs(np.asarray(seen) - np.asarray(said))))
+        assert figure.axes[0].get_xlabel() == "probability of PNEUMONIA"
+    assert deviations[0] < 0.06 < 0.15 < deviations[1]
+
+
+def test_a_multi_class_reliability_curve_judges_the_most_probable_class(tmp_path):
+    labels, probabilities = scores(classes=4)
+    plot_reliability(labels, probabilities, CLASSES[:4], tmp_path / "calibration.png", "validation")
+    assert cv2.imread(str(tmp_path / "calibration.png")) is not None
+    figure = reliability_figure(labels, probabilities, CLASSES[:4])
+    assert figure.axes[0].get_ylabel() == "fraction where it is right"
