@@ -113,6 +113,9 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_wh
     overconfident = np.array([[0.99, 0.01]] * 4)
     assert expected_calibration_error(labels, calibrated) == pytest.approx(0.0)
     assert expected_calibration_error(labels, overconfident) == pytest.approx(0.24)
+    # the log loss punishes the confident wrong answer: -(3 log 0.99 + log 0.01) / 4 vs -(3 log 0.75 + log 0.25) / 4
+    assert classification_metrics(labels, calibrated, ("a", "b"))["log_loss"] == pytest.approx(0.5623, abs=1e-4)
+    assert classification_metrics(labels, overconfident, ("a", "b"))["log_loss"] == pytest.approx(1.1588, abs=1e-4)
 
 
 def test_the_models_own_half_way_call_is_kept_when_it_is_among_the_best_thresholds():
