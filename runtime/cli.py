@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1,
                                 reuse_optimized=True)
-        for note in (why or classifier.backend.note, classifier.caveat):
+        for note in (why or classifier.backend.note, classifier.caveat, _operating_point(classifier)):
             if note:
                 print(note, file=sys.stderr)
         if args.cam is not None:
@@ -97,6 +97,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
             return 1
     return 1 if failed else 0
+
+
+def _operating_point(classifier: Classifier) -> str | None:
+    """Why a binary model may answer its finding at a probability under one half: its threshold, said once."""
+    decision = classifier.card.decision
+    if decision is None or decision.threshold == 0.5:
+        return None
+    return (f"{decision.positive_class} is called when its probability is at least {decision.threshold:.3g} "
+            f"(the model's threshold: {decision.rule})")
 
 
 def _refuse(reason: str) -> int:

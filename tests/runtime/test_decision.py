@@ -47,3 +47,18 @@ def test_a_decision_naming_a_class_the_model_lacks_is_refused():
     metadata = CARD.to_metadata() | {"medclf.decision": Decision("cataract", 0.5).to_json()}
     with pytest.raises(ModelCardError, match="cataract"):
         ModelCard.from_metadata(metadata, "m.onnx")
+
+
+def test_medclf_run_says_once_at_what_probability_the_finding_is_called(tmp_path):
+    import subprocess
+    import sys
+
+    decision = Decision("bright", threshold=0.3, rule="sensitivity>=0.95")
+    model = brightness_model(tmp_path / "t.onnx", dataclasses.replace(CARD, decision=decision))
+    images = [grey_png(tmp_path, f"{value}.png", value) for value in (102, 204)]
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--model", model, *images],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "is called when" in line]
+    assert said == ["bright is called when its probability is at least 0.3 (the model's threshold: sensitivity>=0.95)"]
+    assert "bright" in done.stdout.splitlines()[1] and "0.400" in done.stdout.splitlines()[1]
