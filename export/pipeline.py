@@ -190,8 +190,8 @@ def _from_another_model(path: Path, card: ModelCard) -> bool:
     """Whether ``path`` is a medclf export of a Keras model other than ``card``'s (its card's ``keras_sha256``
     differs). A file that is not a medclf export, or cannot be read, is not known to be one: it is left alone."""
     try:
-        metadata = {prop.key: prop.value for prop in onnx.load(str(path), load_external_data=False).metadata_props}
-        theirs = ModelCard.from_metadata(metadata, str(path)).source.get("keras_sha256")
+        theirs = ModelCard.from_proto(onnx.load(str(path), load_external_data=False), str(path)).source.get(
+            "keras_sha256")
     except Exception:  # not ONNX, no medclf card, a damaged one
         return False
     return theirs is not None and theirs != card.source.get("keras_sha256")

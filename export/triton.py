@@ -53,10 +53,10 @@ def write_model(repo: str | os.PathLike[str], name: str, model_file: str | os.Pa
     staged.chmod(0o755)  # mkdtemp makes it private; a Triton server often runs as another user
     try:
         (staged / "1").mkdir()
-        described = onnx.load(str(onnx_file))
-        card = ModelCard.from_metadata({prop.key: prop.value for prop in described.metadata_props}, str(onnx_file))
+        described = onnx.load(str(onnx_file))  # for an .onnx model_file, that file itself
+        card = ModelCard.from_proto(described, str(onnx_file))
         if file_name == "model.onnx" and card.decision is not None:
-            described = with_calls(onnx.load(str(model_file)), card)
+            described = with_calls(described, card)
             onnx.save(described, str(staged / "1" / file_name))
         else:  # an engine's outputs are those it was built with
             shutil.copyfile(model_file, staged / "1" / file_name)

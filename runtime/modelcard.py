@@ -75,3 +75,9 @@ class ModelCard:
         return cls(labels=labels, preprocess=preprocess, precision=metadata.get(PRECISION_KEY, "fp32"),
                    source=extras[SOURCE_KEY], metrics=extras[METRICS_KEY], decision=decision,
                    outputs=extras[OUTPUTS_KEY])
+
+    @classmethod
+    def from_proto(cls, model, source: str = "model") -> "ModelCard":
+        """The card of an ONNX ``ModelProto`` loaded with the onnx package (export and training edit files so;
+        the runtime reads a session's metadata instead and never imports onnx)."""
+        return cls.from_metadata({prop.key: prop.value for prop in model.metadata_props}, source)

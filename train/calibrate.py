@@ -131,12 +131,11 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
     if Path(out).resolve() == Path(model_path).resolve():
         raise ValueError(f"{out}: the calibrated model must be a new file; the original keeps its calibration")
     proto = onnx.load(str(model_path))
-    metadata = {prop.key: prop.value for prop in proto.metadata_props}
+    metadata = {prop.key: prop.value for prop in proto.metadata_props}  # other keys than the card's stay
     card = ModelCard.from_metadata(metadata, str(model_path))
     card = replace(card, decision=site.decision or card.decision, metrics=card.metrics | {"site": record})
     if site.temperature is not None:
         proto = with_temperature(proto, site.temperature)
-    del proto.metadata_props[:]
     onnx.helper.set_model_props(proto, metadata | card.to_metadata())
     with atomic_write(out, "wb") as handle:
         handle.write(proto.SerializeToString())

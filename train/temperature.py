@@ -37,7 +37,7 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float | No
     counts = np.bincount(labels, minlength=probabilities.shape[1])
     if counts.min() < MIN_IMAGES_FOR_THRESHOLD:
         return None
-    log_p = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))  # logits, up to a constant per row
+    log_p = _log(probabilities)
 
     def nll(log_t: float) -> float:
         return float(-np.mean(_log_softmax(log_p / np.exp(log_t))[np.arange(len(labels)), labels]))
@@ -51,7 +51,7 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float | No
 
 def scaled(probabilities: np.ndarray, temperature: float) -> np.ndarray:
     """``probabilities`` as the model answers once ``temperature`` is folded into it."""
-    return np.exp(_log_softmax(np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0)) / temperature))
+    return np.exp(_log_softmax(_log(probabilities) / temperature))
 
 
 def fold_temperature(model: keras.Model, temperature: float) -> None:
@@ -60,6 +60,11 @@ def fold_temperature(model: keras.Model, temperature: float) -> None:
     layer = model.get_layer(OUTPUT_LAYER)
     for weight in (layer.kernel, layer.bias):
         weight.assign(weight.numpy() / temperature)
+
+
+def _log(probabilities: np.ndarray) -> np.ndarray:
+    """The logits, up to a constant per row (which softmax ignores); a probability of 0 counts as 1e-12."""
+    return np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
