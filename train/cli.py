@@ -192,10 +192,12 @@ def calibrate(
     target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
+    group_copies: GroupCopies = None,
 ) -> None:
-    """Fit a model's temperature, and a binary model's decision threshold, on a site's own labelled images and
-    write them into a copy of the ONNX file, so medclf-run answers by them. Prints the site's metrics as the
-    model stands and an honest estimate of the new ones (fitted on half the images, scored on the other half)."""
+    """Fit a model's temperature and a bias per class (the site's own prevalence), and a binary model's decision
+    threshold, on a site's own labelled images and write them into a copy of the ONNX file, so medclf-run answers
+    by them. Prints the site's metrics as the model stands and an honest estimate of the new ones (fitted on half
+    the images, scored on the other half)."""
     from medclf.runtime.atomic import write_json
 
     import_tensorflow()
@@ -203,17 +205,18 @@ def calibrate(
 
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
-                                                group_pattern))
+                                                group_pattern, group_copies))
     record = site.record(data.resolve().name)
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
     console.print(f"as the model stands, {site.images} site images: {_site_metrics(site.before)}")
-    new = ", ".join(([f"temperature {site.temperature:.3g}"] if site.temperature is not None else
-                     ["no temperature (the site's images cannot tell one)"])
+    scaling = [f"temperature {site.temperature:.3g}, bias "
+               + " ".join(f"{name} {value:+.2f}" for name, value in site.bias.items())] if site.bias else []
+    new = ", ".join((scaling or ["no temperature or bias (the site's images cannot tell them)"])
                     + ([f"threshold {site.decision.threshold:.3g}"] if site.decision is not None else []))
     if site.estimate is None:
-        console.print(f"new: {new}; too few images to estimate their worth (60 of each class lets them be fitted "
-                      "on one half and scored on the other)")
+        console.print(f"new: {new}; too few images to estimate their worth (60 independent ones of each class let "
+                      "them be fitted on one half and scored on the other)")
     else:
         console.print(f"new: {new}: {_site_metrics(site.estimate)} (fitted on half the site images, scored on the "
                       f"other half, {site.estimate['splits']} splits)")
@@ -221,16 +224,18 @@ def calibrate(
 
 
 def _site_metrics(summary: dict) -> str:
-    """'threshold 0.622, accuracy 0.899, ..., calibration error 0.033', with ± spreads for an estimate."""
+    """'threshold 0.622, accuracy 0.899, ..., calibration error 0.033, log loss 0.218', with ± spreads for an
+    estimate, and the model as it stands on the estimate's halves beside them."""
     def number(value: float | dict) -> str:
         return f"{value['mean']:.3f} ± {value['std']:.3f}" if isinstance(value, dict) else f"{value:.3f}"
 
     shown = [f"threshold {summary['threshold']:.3g}"] if summary.get("threshold") is not None else []
     shown += [f"{key} {number(summary[key])}" for key in ("accuracy", "sensitivity", "specificity") if key in summary]
-    text = ", ".join(shown) + f", calibration error {number(summary['expected_calibration_error'])}"
-    if "expected_calibration_error_before" in summary:
-        text += f" (as the model stands on the same halves: {number(summary['expected_calibration_error_before'])})"
-    return text
+    for key, name in (("expected_calibration_error", "calibration error"), ("log_loss", "log loss")):
+        shown.append(f"{name} {number(summary[key])}")
+        if f"{key}_before" in summary:
+            shown[-1] += f" (as the model stands on the same halves: {number(summary[f'{key}_before'])})"
+    return ", ".join(shown)
 
 
 @app.command()

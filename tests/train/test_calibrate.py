@@ -1,5 +1,5 @@
-"""``medclf calibrate``: a site fits its own temperature and threshold on its own labelled images, and gets a copy of
-the model that answers by them, with an honest estimate of what they are worth."""
+"""``medclf calibrate``: a site fits its own temperature, class bias and threshold on its own labelled images, and
+gets a copy of the model that answers by them, with an honest estimate of what they are worth."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from medclf.runtime import Classifier, ModelCard, Preprocess
 from medclf.runtime.decision import Decision
-from medclf.train.calibrate import calibrate_site, write_calibrated
+from medclf.train.calibrate import SiteCalibration, calibrate_site, write_calibrated
 from medclf.train.cli import app
 from medclf.train.data import load_arrays, read_folder
 from medclf.train.evaluate import classification_metrics, expected_calibration_error
@@ -34,8 +34,11 @@ def site_folder(chest_xray, tmp_path, per_class: int):
     return tmp_path / "site"
 
 
-def as_calibrated(probabilities: np.ndarray, temperature: float | None) -> np.ndarray:
-    return probabilities if temperature is None else scaled(probabilities, temperature)
+def as_calibrated(probabilities: np.ndarray, site: SiteCalibration) -> np.ndarray:
+    """What the calibrated copy should answer."""
+    if site.temperature is None:
+        return probabilities
+    return scaled(probabilities, site.temperature, np.array(list(site.bias.values())))
 
 
 @pytest.fixture
@@ -50,7 +53,7 @@ def test_the_site_threshold_maximises_youden_on_the_sites_films_and_its_worth_is
     calibration = calibrate_site(model, site)
     images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
     raw = Classifier(model).predict(images)
-    p = as_calibrated(raw, calibration.temperature)[:, 1]  # the threshold is chosen after any temperature
+    p = as_calibrated(raw, calibration)[:, 1]  # the threshold is chosen after any rescaling
     fpr, tpr, thresholds = roc_curve(labels == 1, p)
     at_chosen = np.mean(p[labels == 1] >= calibration.decision.threshold) - \
         np.mean(p[labels == 0] >= calibration.decision.threshold)
@@ -68,7 +71,7 @@ def test_a_target_sensitivity_is_reached_on_the_sites_films(chest_xray, tmp_path
     site = site_folder(chest_xray, tmp_path, 40)
     calibration = calibrate_site(model, site, target_sensitivity=0.9)
     images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
-    calibrated = as_calibrated(Classifier(model).predict(images), calibration.temperature)
+    calibrated = as_calibrated(Classifier(model).predict(images), calibration)
     metrics = classification_metrics(labels, calibrated, CARD.labels, calibration.decision)
     assert metrics["sensitivity"] >= 0.9
     assert calibration.estimate is None  # 40 of a class: too few to choose on one half and score the other
@@ -78,41 +81,60 @@ def test_the_calibrated_copy_answers_with_the_new_temperature_and_threshold_and_
         chest_xray, tmp_path, model):
     original = (tmp_path / "model.onnx").read_bytes()
     site = site_folder(chest_xray, tmp_path, 30)
-    calibration = replace(calibrate_site(model, site), temperature=0.4)  # brightness has none to fit: say one
+    calibration = replace(calibrate_site(model, site), temperature=0.4,  # brightness has none to fit: say them
+                          bias={"NORMAL": 0.0, "PNEUMONIA": -1.2})
     write_calibrated(model, tmp_path / "model.site.onnx", calibration, calibration.record("site"))
     copy = Classifier(tmp_path / "model.site.onnx")
     card = copy.card
     assert card.decision == calibration.decision and card.decision.threshold != 0.5
     assert card.labels == CARD.labels and card.preprocess == CARD.preprocess
     assert card.metrics["site"]["images"] == 60 and card.metrics["site"]["temperature"] == calibration.temperature
+    assert card.metrics["site"]["bias"] == calibration.bias
     images, _, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
-    np.testing.assert_allclose(copy.predict(images), scaled(Classifier(model).predict(images),
-                                                            calibration.temperature), atol=1e-5)
+    np.testing.assert_allclose(copy.predict(images), as_calibrated(Classifier(model).predict(images), calibration),
+                               atol=1e-5)
     assert (tmp_path / "model.onnx").read_bytes() == original
     with pytest.raises(ValueError, match="must be a new file"):
         write_calibrated(model, tmp_path / "model.onnx", calibration, {})
     write_calibrated(tmp_path / "model.site.onnx", tmp_path / "again.onnx", calibration, {})  # on top: new names
     np.testing.assert_allclose(Classifier(tmp_path / "again.onnx").predict(images),
-                               scaled(copy.predict(images), calibration.temperature), atol=1e-5)
+                               as_calibrated(copy.predict(images), calibration), atol=1e-5)
 
 
-def test_a_multi_class_model_gets_the_sites_temperature_and_keeps_calling_the_most_probable(blood_cells, tmp_path):
+def blood_site(blood_cells, tmp_path, per_class: int = 30):
+    """A site's labelled smears: every 20th real TEST cell image of each class (TEST is copies of 100 cells)."""
     site = tmp_path / "site"
     for folder in sorted((blood_cells / "TEST").iterdir()):
         (site / folder.name).mkdir(parents=True)
-        for path in sorted(folder.iterdir())[::20][:30]:
+        for path in sorted(folder.iterdir())[::20][:per_class]:
             (site / folder.name / path.name).symlink_to(path)
+    return site
+
+
+def test_a_multi_class_model_gets_the_sites_temperature_and_class_bias_and_calls_the_most_probable(
+        blood_cells, tmp_path):
+    site = blood_site(blood_cells, tmp_path)
     packaged = REPO / "runtime" / "models" / "blood_cells" / "model.onnx"
-    calibration = calibrate_site(packaged, site)
+    calibration = calibrate_site(packaged, site, group_copies=False)  # as if each image were another cell
     assert calibration.decision is None and calibration.temperature is not None
-    assert set(calibration.before) == {"accuracy", "expected_calibration_error"}
+    assert list(calibration.bias) == list(Classifier(packaged).labels) and calibration.bias["EOSINOPHIL"] == 0.0
+    assert set(calibration.before) == {"accuracy", "expected_calibration_error", "log_loss"}
     write_calibrated(packaged, tmp_path / "cells.site.onnx", calibration, calibration.record("site"))
     copy = Classifier(tmp_path / "cells.site.onnx")
     images, _, _ = load_arrays(read_folder(site, copy.labels), copy.card.preprocess)
-    before, after = Classifier(packaged).predict(images), copy.predict(images)
-    assert (after.argmax(axis=1) == before.argmax(axis=1)).all() and copy.card.decision is None
+    np.testing.assert_allclose(copy.predict(images), as_calibrated(Classifier(packaged).predict(images),
+                                                                   calibration), atol=1e-5)
+    assert copy.card.decision is None
     with pytest.raises(ValueError, match="target sensitivity is for binary models; this one has 4 classes"):
         calibrate_site(packaged, site, target_sensitivity=0.9)
+
+
+def test_copies_of_one_cell_count_once_so_a_site_of_few_cells_is_refused(blood_cells, tmp_path):
+    """120 images that are augmented copies of a few cells (found by looking, as training does) tell a
+    temperature and a bias no more than those few cells would."""
+    with pytest.raises(ValueError, match=r"\d+ independent images of \w+ \(.*copies of one image count once\).*at "
+                                         "least 30"):
+        calibrate_site(REPO / "runtime" / "models" / "blood_cells" / "model.onnx", blood_site(blood_cells, tmp_path))
 
 
 def test_too_few_films_of_a_class_are_refused_with_the_reason(chest_xray, tmp_path, model):
@@ -126,7 +148,8 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert result.exit_code == 0, result.output
     assert "as the model stands, 128 site images: threshold 0.5, accuracy" in result.output
     assert "calibration error 0." in result.output  # brightness is no probability: no temperature fits it
-    assert "new: no temperature (the site's images cannot tell one), threshold" in result.output
+    assert "new: no temperature or bias (the site's images cannot tell them), threshold" in result.output
+    assert "log loss 0." in result.output
     assert "scored on the other half, 10 splits" in result.output
     assert Classifier(tmp_path / "model.site.onnx").card.decision.threshold != 0.5
     assert (tmp_path / "model.site.json").is_file()

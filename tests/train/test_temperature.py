@@ -13,7 +13,7 @@ from medclf.train.architectures import get_architecture
 from medclf.train.evaluate import expected_calibration_error
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
-from medclf.train.temperature import fit_temperature, fold_temperature, scaled
+from medclf.train.temperature import fit_bias_corrected, fit_temperature, fold_temperature, scaled
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -40,12 +40,30 @@ def test_an_underconfident_models_temperature_is_found_and_undoes_it():
     assert fit_temperature(labels, softmax(logits)) == pytest.approx(1.0, rel=0.1)  # calibrated: left alone
 
 
+def test_a_site_with_other_class_proportions_gets_the_log_of_their_ratio_as_its_bias():
+    """Bayes: at a site where class k is r_k times as common, p(k | image) moves by log r_k in the logits; the
+    bias-corrected fit finds that ratio (and the temperature) from the site's labels alone."""
+    logits, _ = calibrated_draws(6000, classes=3, seed=2)
+    prior_ratio = np.array([1.0, 0.2, 3.0])  # the site: class 1 five times rarer, class 2 three times commoner
+    rng = np.random.default_rng(3)
+    labels = np.array([rng.choice(3, p=p) for p in softmax(logits + np.log(prior_ratio))])
+    soft = softmax(logits / 2)  # the model, trained elsewhere: underconfident and unaware of the site's mix
+    temperature, bias = fit_bias_corrected(labels, soft)
+    assert temperature == pytest.approx(0.5, rel=0.1)
+    np.testing.assert_allclose(bias, np.log(prior_ratio), atol=0.15)
+    fixed = scaled(soft, temperature, bias)
+    assert np.mean(fixed.argmax(axis=1) == labels) > np.mean(soft.argmax(axis=1) == labels)  # the calls move
+    assert expected_calibration_error(labels, fixed) < expected_calibration_error(labels, scaled(
+        soft, fit_temperature(labels, soft)))  # which no temperature can do
+
+
 def test_no_temperature_from_too_few_images_of_a_class_or_from_a_perfectly_called_validation_set():
     logits, labels = calibrated_draws(400, classes=2)
     few = np.concatenate([np.flatnonzero(labels == 0)[:29], np.flatnonzero(labels == 1)])
     assert fit_temperature(labels[few], softmax(logits[few])) is None
+    assert fit_bias_corrected(labels[few], softmax(logits[few])) is None
     perfect = softmax(np.eye(2)[labels] * 3.0)  # every image called right: "infinitely sure" would fit best
-    assert fit_temperature(labels, perfect) is None
+    assert fit_temperature(labels, perfect) is None and fit_bias_corrected(labels, perfect) is None
 
 
 def test_folded_into_the_output_layer_the_model_answers_the_scaled_probabilities():
