@@ -51,7 +51,6 @@ Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equal
 GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
 Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness), microscopy (any flip or turn, stain colour jitter) or radiograph (strong zoom-in and shifts, exposure and contrast).")]
 GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split (default: on when the data looks shipped pre-augmented; images filed in sub-folders of their class folder (patients, studies) are kept together by sub-folder unless --no-group-copies).", show_default=False)]
-ScoreCopies = Annotated[bool, typer.Option("--group-copies", help="Also count one vote per source image, its augmented copies (near-identical colour histograms) averaged.")]
 Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) (default: plateau).")]
 FreezeUntil = Annotated[Optional[str], typer.Option(help="Transfer models: the last layer kept frozen; the layers above it are fine-tuned (default per architecture, e.g. block_12_add; pool: the whole backbone, only the head is trained).")]
 Wise = Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Transfer models: end on this mix of fine-tuned and linear-probe (ImageNet top + trained head) weights, WiSE-FT; lower is more robust to images from other sites, 1 is fully fine-tuned (default: the most robust of 0.5, 0.75, 1 within 0.01 validation AUC of the best).")]
@@ -162,11 +161,12 @@ def evaluate(
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
-    group_copies: ScoreCopies = False,
+    group_copies: GroupCopies = None,
 ) -> None:
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
-    With --group-pattern or --group-copies, also accuracy counted once per patient or source image."""
+    Where a patient's files (--group-pattern, or sub-folders) or augmented copies of one image (looked for) belong
+    together, also accuracy counted once per patient or source image."""
     import_tensorflow()
     from medclf import rundir
 
@@ -177,10 +177,6 @@ def evaluate(
                                                  naming=_parse_naming(name_labels), group_pattern=group_pattern,
                                                  group_copies=group_copies))
     _print_metrics({"evaluation": metrics})
-    if "per_source" in metrics:
-        source = metrics["per_source"]
-        right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
-        console.print(f"per source: accuracy {source['accuracy']:.3f} over {source['sources']} sources ({right})")
     console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png, calibration.png")
 
 
@@ -460,6 +456,11 @@ def _print_metrics(metrics: dict) -> None:
         auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
         console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
                       f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
+        if "per_source" in m:
+            source = m["per_source"]
+            right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
+            console.print(f"{split}, one vote per source: accuracy {source['accuracy']:.3f} over {source['sources']} "
+                          f"sources ({right})")
     if splits and len(metrics[splits[-1]]["per_class"]) > 2:
         table = _per_class_table(metrics[splits[-1]]["per_class"], splits[-1])
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum

@@ -106,8 +106,8 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
         log.info("no augmented copies found (%.0f%% of images have a look-alike, the largest group holds %.0f%%): "
                  "validation images are drawn one by one", 100 * copied, 100 * largest)
         return None
-    log.warning("%d of %d images are augmented copies of %d sources: images are held out by whole "
-                "source (--no-group-copies to draw them one by one)", sizes[sizes > 1].sum(), len(groups), len(sizes))
+    log.warning("%d of %d images are augmented copies of %d sources: a source's copies are held out and counted "
+                "together (--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups), len(sizes))
     return groups
 
 

@@ -289,8 +289,8 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
     subfolders = len({group for group in groups if group.startswith("folder:")})
     if nested < MIN_NESTED * len(groups) or subfolders < MIN_SUBFOLDERS:
         return None
-    log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies): images are "
-                "held out by whole sub-folder (--no-group-copies to draw them one by one)",
+    log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies): a "
+                "sub-folder's images are held out and counted together (--no-group-copies: each image on its own)",
                 nested, len(groups), subfolders)
     return np.asarray(groups)
 

@@ -121,13 +121,15 @@ def per_source_metrics(labels: np.ndarray, probabilities: np.ndarray, groups: np
                        decision: Decision | None = None) -> dict:
     """Accuracy counted once per source (a cell, a patient) instead of once per image: each group's call is made
     from its images' mean probabilities. For datasets shipped as augmented copies of few sources, this is the
-    number of *different* things the model got right — blood-cells TEST is ~100 cells in 2,487 images."""
-    ids, index = np.unique(groups, return_inverse=True)
+    number of *different* things the model got right — blood-cells TEST is ~100 cells in 2,487 images. A group
+    with files of two classes (one patient's normal and abnormal films) is a source of each."""
+    sources = np.array([f"{group}\0{label}" for group, label in zip(groups, labels)])
+    ids, index = np.unique(sources, return_inverse=True)
     mean = np.zeros((len(ids), probabilities.shape[1]))
     np.add.at(mean, index, probabilities)
     mean /= np.bincount(index)[:, None]
     truth = np.zeros(len(ids), dtype=np.int64)
-    truth[index] = labels  # a group holds one class (copy groups are found within a class)
+    truth[index] = labels
     called = decide(mean, classes, decision)
     per_class = {name: {"sources": int(np.sum(truth == k)), "right": int(np.sum((truth == k) & (called == k)))}
                  for k, name in enumerate(classes)}

@@ -144,8 +144,9 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
     if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
-        test_y, test_p, _ = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
-        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test")
+        test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
+        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | _per_source(
+            test_y, test_p, split_groups(test_set, recipe.group_pattern, recipe.group_copies), classes, decision)
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
     seconds = time.monotonic() - budget.started
@@ -193,11 +194,12 @@ def _clear_replaced(run_dir: Path, binary: bool) -> None:
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                  out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
-                 group_pattern: str | None = None, group_copies: bool = False) -> dict:
+                 group_pattern: str | None = None, group_copies: bool | None = None) -> dict:
     """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
     ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
     the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
-    ``group_pattern`` / ``group_copies`` add ``per_source`` metrics (one vote per patient or source image).
+    Files that belong together (``split_groups``: ``group_pattern``, patient sub-folders, or ``group_copies`` —
+    None looks for them) add ``per_source`` metrics: one vote per patient or source image.
     With ``out``, writes ``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
     scorer = _Scorer.load(model_path)
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
@@ -211,14 +213,20 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     labels, probabilities, folder = predict_folder(read_dataset(data, classes, naming), preprocess, scorer.predict,
                                                    cache_dir)
-    groups = split_groups(folder, group_pattern, group_copies)
-    per_source = {} if groups is None else \
-        {"per_source": per_source_metrics(labels, probabilities, groups, classes, decision)}
+    per_source = _per_source(labels, probabilities, split_groups(folder, group_pattern, group_copies), classes,
+                             decision)
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision) | per_source
     metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name) | per_source
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
+
+
+def _per_source(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None, classes: tuple[str, ...],
+                decision: Decision | None) -> dict:
+    """``{"per_source": ...}`` where files belong together (copies of one image, a patient's), else nothing."""
+    return {} if groups is None else {"per_source": per_source_metrics(labels, probabilities, groups, classes,
+                                                                       decision)}
 
 
 @dataclass(frozen=True)

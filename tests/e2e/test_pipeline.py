@@ -29,6 +29,10 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test"]["images"] == 2487 and set(metrics["test"]["per_class"]) == {
         "EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"}
+    cells = metrics["test"]["per_source"]  # TEST is augmented copies of 100 cells: found, and each votes once
+    assert cells["sources"] == 100 and {k: v["sources"] for k, v in cells["per_class"].items()} == {
+        "EOSINOPHIL": 17, "LYMPHOCYTE": 12, "MONOCYTE": 4, "NEUTROPHIL": 67}
+    assert "test, one vote per source: accuracy" in trained.stdout and "over 100 sources" in trained.stdout
     assert len((run_dir / "history.csv").read_text().splitlines()) == 4  # header, 1 head epoch, 2 fine-tuning
     # 25 held-out cells a class: too few to fit a temperature on, and the run says nothing of one
     assert metrics["training"]["temperature"] is None and "calibrated on validation" not in trained.stdout
@@ -45,13 +49,10 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
     assert report["passed"] and report["images"] == 256  # its 100 held-out cells, and TEST's to judge a tolerance
     assert "100 held-out validation, 156 test images" in report["verified_on"]
 
-    cli("medclf.train.cli", "evaluate", exported / "model.onnx", blood_cells / "TEST", "--out", tmp_path / "onnx",
-        "--group-copies")
+    cli("medclf.train.cli", "evaluate", exported / "model.onnx", blood_cells / "TEST", "--out", tmp_path / "onnx")
     onnx_metrics = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
     assert onnx_metrics["images"] == 2487 and abs(onnx_metrics["accuracy"] - metrics["test"]["accuracy"]) <= 0.002
-    cells = onnx_metrics["per_source"]  # TEST is augmented copies of 100 cells
-    assert cells["sources"] == 100 and {k: v["sources"] for k, v in cells["per_class"].items()} == {
-        "EOSINOPHIL": 17, "LYMPHOCYTE": 12, "MONOCYTE": 4, "NEUTROPHIL": 67}
+    assert onnx_metrics["per_source"]["per_class"] == cells["per_class"]  # copies found by the ONNX path too
 
     done = cli("medclf.runtime.cli", "--model", exported / "model.onnx", "--json", *blood_cell_images)
     lines = [json.loads(line) for line in done.stdout.splitlines()]

@@ -272,5 +272,5 @@ def test_images_filed_by_patient_folder_keep_each_patient_on_one_side_by_default
         splits = load_splits(tmp_path / "data", 0.15, group_copies=None)
     folder_of = {split: {Path(path).parent.name for path in getattr(splits, split).paths} for split in ("train", "val")}
     assert folder_of["val"] and not folder_of["train"] & folder_of["val"]
-    assert "images are held out by whole sub-folder" in caplog.text
+    assert "a sub-folder's images are held out and counted together" in caplog.text
     assert subfolder_groups(read_folder(chest_xray / "test")) is None  # files right in their class folders

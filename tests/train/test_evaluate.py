@@ -141,3 +141,13 @@ def test_per_source_accuracy_gives_each_source_one_vote_from_its_mean_probabilit
     result = per_source_metrics(labels, probabilities, groups, ("a", "b"))
     assert result["sources"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
     assert result["per_class"] == {"a": {"sources": 1, "right": 1}, "b": {"sources": 2, "right": 1}}
+
+
+def test_a_patient_with_films_of_both_classes_is_a_source_of_each():
+    from medclf.train.evaluate import per_source_metrics
+
+    probabilities = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8]])
+    labels = np.array([0, 1, 1])  # patient 4: a normal film and an abnormal one; patient 6: abnormal
+    result = per_source_metrics(labels, probabilities, np.array(["p4", "p4", "p6"]), ("NORMAL", "PNEUMONIA"))
+    assert result["sources"] == 3 and result["accuracy"] == 1.0
+    assert result["per_class"] == {"NORMAL": {"sources": 1, "right": 1}, "PNEUMONIA": {"sources": 2, "right": 2}}
