@@ -45,6 +45,19 @@ def test_bad_inputs_are_reported_in_place_and_the_rest_classified(tmp_path, bloo
     assert lines[0]["label"] == lines[3]["label"]
 
 
+def test_a_run_of_many_inputs_ends_with_how_many_got_each_call_on_stderr(tmp_path, blood_cell_images):
+    """A folder of one smear's cells is a differential count; a day's films, how many were called positive."""
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("not an image")
+    images = [str(path) for path in blood_cell_images[:6]]
+    done = run("--json", *images, str(fake))
+    calls = [json.loads(line).get("label") for line in done.stdout.splitlines()]
+    labels = Classifier(DEFAULT_MODEL).labels
+    shares = ", ".join(f"{label} {calls.count(label)} ({calls.count(label) / 6:.1%})" for label in labels)
+    assert done.stderr.splitlines()[-1] == f"6 of 7 inputs classified: {shares}; 1 could not be"
+    assert "inputs classified" not in run(images[0]).stderr  # one image: its row says it all
+
+
 def test_folders_and_globs_expand_to_their_images(tmp_path, blood_cell_images):
     folder = tmp_path / "scans with spaces" / "ünïcode"
     folder.mkdir(parents=True)
@@ -247,7 +260,8 @@ def test_each_damaged_file_costs_one_line_on_stderr_whatever_its_decoder_says(tm
     Image.fromarray(np.arange(-2000, 2000, dtype=np.int32).reshape(40, 100)).save(wide)
     done = run("--backend", "cpu", str(cut), str(wide), str(blood_cell_images[0]))
     assert done.returncode == 1
-    assert done.stderr.splitlines() == [f"error {cut}: damaged or cut-short TIFF (cannot be decoded)"]
+    assert done.stderr.splitlines()[:-1] == [f"error {cut}: damaged or cut-short TIFF (cannot be decoded)"]
+    assert done.stderr.splitlines()[-1].startswith("2 of 3 inputs classified: ")  # and the tally, last
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [str(wide), str(blood_cell_images[0])]
 
 
@@ -281,7 +295,8 @@ def test_a_folder_without_images_and_a_phone_photo_each_get_their_own_line(tmp_p
     assert errors[1].startswith(f"error {phone}: no image in this folder (it holds 2 .heic files;")
     assert errors[2] == (f"error {phone / 'IMG_0001.HEIC'}: a HEIF/HEIC image (as phones save photos): not "
                          "supported; save it as JPEG or PNG")
-    assert len(errors) == 3 and done.stdout.splitlines()[1].startswith(str(blood_cell_images[0]))
+    assert len(errors) == 4 and done.stdout.splitlines()[1].startswith(str(blood_cell_images[0]))
+    assert errors[3].startswith("1 of 4 inputs classified: ") and errors[3].endswith("; 3 could not be")
 
 
 @pytest.mark.parametrize("destination, problem", [
