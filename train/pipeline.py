@@ -20,6 +20,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from medclf import rundir
 from medclf.rundir import RunDir
@@ -134,12 +135,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                       budget)
 
     fitted = time.monotonic()
-    val_p = predict(model, val_x)
-    temperature = fit_temperature(val_y, val_p)
-    if temperature is not None:  # before the threshold: it is chosen on the probabilities the model will give
-        with strategy.scope():
-            fold_temperature(model, temperature)
-        val_p = scaled(val_p, temperature)
+    val_p, temperature = _calibrated(model, val_x, val_y, strategy)  # before the threshold is chosen on them
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
@@ -158,17 +154,36 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "time_budget_cuts": budget.cuts, **decided,
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}
+    _write_run(run_dir, classes, preprocess, decision, metrics,
+               {"train": train_set, "val": val_set, "test": splits.test})
+    return TrainResult(run_dir, metrics, seconds)
+
+
+def _calibrated(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray,
+                strategy: tf.distribute.Strategy) -> tuple[np.ndarray, float | None]:
+    """The validation images' probabilities once the temperature fitted on them (if any) is folded into
+    ``model``, and that temperature."""
+    val_p = predict(model, val_x)
+    temperature = fit_temperature(val_y, val_p)
+    if temperature is None:
+        return val_p, None
+    with strategy.scope():
+        fold_temperature(model, temperature)
+    return scaled(val_p, temperature), temperature
+
+
+def _write_run(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess, decision: Decision | None,
+               metrics: dict, parts: dict[str, ImageFolder | None]) -> None:
+    """Everything of the run beside ``model.keras``: labels, preprocessing, threshold, metrics and splits."""
     write_json(run_dir / rundir.LABELS, list(classes))
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
-    _clear_replaced(run_dir, binary)
+    _clear_replaced(run_dir, len(classes) == 2)
     if decision is not None:
         write_text(run_dir / rundir.DECISION, decision.to_json() + "\n")
     write_json(run_dir / rundir.METRICS, metrics)
     write_json(run_dir / rundir.SPLITS, {name: {"paths": [os.path.abspath(p) for p in part.paths],
                                                  "labels": part.labels.tolist()}
-                                          for name, part in (("train", train_set), ("val", val_set),
-                                                             ("test", splits.test)) if part is not None})
-    return TrainResult(run_dir, metrics, seconds)
+                                          for name, part in parts.items() if part is not None})
 
 
 def _sized(recipe: Recipe, paths: tuple[str, ...]) -> Recipe:
