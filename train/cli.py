@@ -183,7 +183,7 @@ def evaluate(
 @app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported .onnx model.")],
-    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each).")],
+    data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each; a patient or copies of one image count once).")],
     out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_file, help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
     target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
