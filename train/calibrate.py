@@ -35,7 +35,8 @@ from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
 from .data import NameLabels, predict_folder, read_dataset, split_groups
-from .evaluate import MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics
+from .evaluate import MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics, positive_class
+from .plots import plot_reliability
 from .temperature import fit_bias_corrected, scaled
 
 HALVES = 5  # random halvings for the estimate; each is scored both ways, so 10 estimates
@@ -63,10 +64,13 @@ class SiteCalibration:
 def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                    target_sensitivity: float | None = None, naming: NameLabels | None = None,
                    group_pattern: str | None = None, group_copies: bool | None = None,
-                   cache_dir: str | os.PathLike[str] | None = None) -> SiteCalibration:
+                   cache_dir: str | os.PathLike[str] | None = None,
+                   picture: str | os.PathLike[str] | None = None) -> SiteCalibration:
     """Fit an ONNX model's temperature and class bias, and a binary one's threshold, on a site's labelled
     folder-per-class ``data``. Files of one patient (``group_pattern``) or copies of one image (``group_copies``;
-    None: looked for, as training does) count as one image and stay on one side of the estimate's halves."""
+    None: looked for, as training does) count as one image and stay on one side of the estimate's halves. With
+    ``picture``, draws there the site's reliability curves as the model stands and calibrated (each image by
+    the scaling fitted on the half it is not in), when there are enough images for halves."""
     classifier = Classifier(model_path)
     card = classifier.card
     if target_sensitivity is not None and len(card.labels) != 2:
@@ -84,10 +88,16 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
         decision = replace(decision, rule=f"{decision.rule}, chosen at the site on {len(labels)} images of "
                                           f"{Path(data).name}")
     temperature, bias = scaling or (None, None)
+    estimate, cross_fitted = _split_half(labels, probabilities, card.labels, groups, target_sensitivity)
+    if picture is not None and cross_fitted is not None:
+        binary = positive_class(card.labels) if len(card.labels) == 2 else None
+        plot_reliability(labels, {"as the model stands": probabilities,
+                                  "calibrated (fitted on the other half)": cross_fitted},
+                         card.labels, picture, f"at {Path(data).name}: {len(labels)} images", binary)
     return SiteCalibration(temperature=temperature, decision=decision, images=len(labels),
                            bias=None if bias is None else dict(zip(card.labels, map(float, bias))),
                            before=_summary(classification_metrics(labels, probabilities, card.labels, card.decision)),
-                           estimate=_split_half(labels, probabilities, card.labels, groups, target_sensitivity))
+                           estimate=estimate)
 
 
 def _sources(labels: np.ndarray, groups: np.ndarray, classes: int) -> np.ndarray:
@@ -118,15 +128,16 @@ def _fitted(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, .
 
 
 def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], groups: np.ndarray | None,
-                target_sensitivity: float | None) -> dict | None:
+                target_sensitivity: float | None) -> tuple[dict | None, np.ndarray | None]:
     """Mean and spread of the metrics of a scaling and threshold fitted on one half and scored on the other,
     with the calibration error and log loss of the model as it stands on those same halves (the error measured
-    on fewer images reads higher, so only the same images compare); None when a half would hold too few
+    on fewer images reads higher, so only the same images compare); and every image's probabilities under the
+    scaling fitted on the other half of the first halving. (None, None) when a half would hold too few
     independent images of a class to fit on."""
     groups = np.arange(len(labels)) if groups is None else groups
     if _sources(labels, groups, len(classes)).min() < 2 * MIN_IMAGES_FOR_THRESHOLD:
-        return None
-    scores = []
+        return None, None
+    scores, cross_fitted = [], None
     for seed in range(HALVES):
         halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed).split(labels, labels, groups)
         for fit, score in halves:
@@ -135,8 +146,12 @@ def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[st
             before = classification_metrics(labels[score], probabilities[score], classes)
             scores.append(_summary(classification_metrics(labels[score], scored, classes, decision))
                           | {f"{key}_before": before[key] for key in ("expected_calibration_error", "log_loss")})
-    return {key: {"mean": float(np.mean([s[key] for s in scores])), "std": float(np.std([s[key] for s in scores]))}
-            for key in scores[0] if key != "threshold"} | {"splits": len(scores)}
+            if seed == 0:
+                cross_fitted = np.array(probabilities, dtype=np.float64) if cross_fitted is None else cross_fitted
+                cross_fitted[score] = scored
+    estimate = {key: {"mean": float(np.mean([s[key] for s in scores])), "std": float(np.std([s[key] for s in scores]))}
+                for key in scores[0] if key != "threshold"} | {"splits": len(scores)}
+    return estimate, cross_fitted
 
 
 def _summary(metrics: dict) -> dict:

@@ -193,15 +193,17 @@ def calibrate(
     """Fit a model's temperature and a bias per class (the site's own prevalence), and a binary model's decision
     threshold, on a site's own labelled images and write them into a copy of the ONNX file, so medclf-run answers
     by them. Prints the site's metrics as the model stands and an honest estimate of the new ones (fitted on half
-    the images, scored on the other half)."""
+    the images, scored on the other half), and draws the site's reliability curves before and after beside the
+    copy (.png)."""
     from medclf.runtime.atomic import write_json
 
     import_tensorflow()
     from .calibrate import calibrate_site, write_calibrated
 
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
+    picture = out.with_suffix(".png")
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
-                                                group_pattern, group_copies))
+                                                group_pattern, group_copies, picture=picture))
     record = site.record(data.resolve().name)
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
@@ -210,13 +212,19 @@ def calibrate(
                + " ".join(f"{name} {value:+.2f}" for name, value in site.bias.items())] if site.bias else []
     new = ", ".join((scaling or ["no temperature or bias (the site's images cannot tell them)"])
                     + ([f"threshold {site.decision.threshold:.3g}"] if site.decision is not None else []))
+    if site.estimate is None and picture.exists():  # an earlier calibration's, which this one did not redraw
+        picture.unlink()
+        errors.print(f"removed {escape(str(picture))}: the picture of the calibration this one replaced",
+                     highlight=False)
     if site.estimate is None:
         console.print(f"new: {new}; too few images to estimate their worth (60 independent ones of each class let "
                       "them be fitted on one half and scored on the other)")
     else:
         console.print(f"new: {new}: {_site_metrics(site.estimate)} (fitted on half the site images, scored on the "
                       f"other half, {site.estimate['splits']} splits)")
-    console.print(f"wrote {out} and {out.with_suffix('.json')}")
+    written = [out, out.with_suffix(".json")] + ([picture] if site.estimate is not None else [])
+    console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
+                  + (" (reliability before and after)" if site.estimate is not None else ""))
 
 
 def _site_metrics(summary: dict) -> str:

@@ -88,25 +88,30 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[
     return figure
 
 
-def plot_reliability(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
+def plot_reliability(labels: np.ndarray, probabilities: np.ndarray | dict[str, np.ndarray], classes: Sequence[str],
                      path: str | os.PathLike[str], title: str = "", positive: int | None = None) -> None:
     """Whether the model's probabilities mean what they say, in ten bins: for a binary model, how often the
     finding is there against the probability it was given (``positive``); otherwise, how often the most
-    probable class is right against its probability."""
+    probable class is right against its probability. A dict of probabilities for the same images (legend name
+    → probabilities) draws one curve each: before and after a calibration."""
     _save(reliability_figure(labels, probabilities, classes, title, positive), path)
 
 
-def reliability_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], title: str = "",
-                       positive: int | None = None) -> Figure:
+def reliability_figure(labels: np.ndarray, probabilities: np.ndarray | dict[str, np.ndarray], classes: Sequence[str],
+                       title: str = "", positive: int | None = None) -> Figure:
     """:func:`plot_reliability`'s picture."""
     if positive is not None:
-        truth, said, name = labels == positive, probabilities[:, positive], f"p({classes[positive]})"
+        name = f"p({classes[positive]})"
         axis = (f"probability of {classes[positive]}", f"fraction that are {classes[positive]}")
     else:
-        truth, said, name = probabilities.argmax(axis=1) == labels, probabilities.max(axis=1), "most probable class"
+        name = "most probable class"
         axis = ("probability of the most probable class", "fraction where it is right")
+    curves = probabilities if isinstance(probabilities, dict) else {name: probabilities}
     figure, ax = plt.subplots(figsize=(5.5, 5))
-    CalibrationDisplay.from_predictions(truth, said, n_bins=10, name=name, ax=ax)
+    for curve, p in curves.items():
+        truth, said = (labels == positive, p[:, positive]) if positive is not None else \
+            (p.argmax(axis=1) == labels, p.max(axis=1))
+        CalibrationDisplay.from_predictions(truth, said, n_bins=10, name=curve, ax=ax)
     ax.set(xlabel=axis[0], ylabel=axis[1], title=title)
     figure.tight_layout()
     return figure

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
+from sklearn.model_selection import StratifiedGroupKFold
 from typer.testing import CliRunner
 
 from medclf.runtime import Classifier, ModelCard, Preprocess
@@ -65,6 +66,23 @@ def test_the_site_threshold_maximises_youden_on_the_sites_films_and_its_worth_is
     assert 0.0 < calibration.estimate["accuracy"]["std"] < calibration.estimate["accuracy"]["mean"] <= 1.0
     assert 0.0 < calibration.estimate["expected_calibration_error"]["mean"] < 1.0
     assert "at the site on 128 images of site" in calibration.decision.rule
+
+
+def test_the_reliability_picture_shows_each_image_as_calibrated_by_the_half_it_is_not_in():
+    """An in-sample curve would flatter the site's fit: the 'after' curve of the picture is cross-fitted."""
+    from medclf.train.calibrate import _split_half
+    from medclf.train.temperature import fit_bias_corrected
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2.5, (400, 2))
+    labels = np.array([rng.choice(2, p=p) for p in np.exp(logits) / np.exp(logits).sum(1, keepdims=True)])
+    soft = np.exp(logits / 2) / np.exp(logits / 2).sum(1, keepdims=True)  # underconfident: a scaling to fit
+    estimate, cross_fitted = _split_half(labels, soft, CARD.labels, None, None)
+    halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=0).split(labels, labels, np.arange(400))
+    for fit, score in halves:
+        np.testing.assert_allclose(cross_fitted[score], scaled(soft[score], *fit_bias_corrected(labels[fit],
+                                                                                                soft[fit])))
+    assert estimate["splits"] == 10 and not np.allclose(cross_fitted, soft)
 
 
 def test_a_target_sensitivity_is_reached_on_the_sites_films(chest_xray, tmp_path, model):
@@ -153,6 +171,11 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert "scored on the other half, 10 splits" in result.output
     assert Classifier(tmp_path / "model.site.onnx").card.decision.threshold != 0.5
     assert (tmp_path / "model.site.json").is_file()
+    assert (tmp_path / "model.site.png").stat().st_size > 1000 and "(reliability before and after)" in result.output
+    few = CliRunner().invoke(app, ["calibrate", model, str(site_folder(chest_xray, tmp_path / "few", 40))])
+    assert few.exit_code == 0 and "too few images to estimate" in few.output
+    assert not (tmp_path / "model.site.png").exists()  # the earlier picture is not left to describe this copy
+    assert "removed" in few.output and "model.site.png" in few.output
     refused = CliRunner().invoke(app, ["calibrate", str(REPO / "runtime/models/blood_cells/model.onnx"), str(site),
                                        "--target-sensitivity", "0.9"], terminal_width=200)
     assert refused.exit_code == 1 and "binary models" in refused.output and "Traceback" not in refused.output
