@@ -19,7 +19,9 @@ standing in for the site (624 films, 427 patients): log loss 0.315 → 0.218 and
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -37,9 +39,12 @@ from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 from .data import NameLabels, predict_folder, read_dataset, split_groups
 from .evaluate import MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics, positive_class
 from .plots import plot_reliability
-from .temperature import fit_bias_corrected, scaled
+from .temperature import fit_bias_corrected, fit_temperature, scaled
+
+log = logging.getLogger(__name__)
 
 HALVES = 5  # random halvings for the estimate; each is scored both ways, so 10 estimates
+BALANCED = 1.1  # a site whose classes' image counts are within this ratio looks collected, not consecutive
 SUMMARY = ("accuracy", "sensitivity", "specificity", "expected_calibration_error", "log_loss")  # binary: all five
 
 
@@ -65,30 +70,40 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                    target_sensitivity: float | None = None, naming: NameLabels | None = None,
                    group_pattern: str | None = None, group_copies: bool | None = None,
                    cache_dir: str | os.PathLike[str] | None = None,
-                   picture: str | os.PathLike[str] | None = None) -> SiteCalibration:
+                   picture: str | os.PathLike[str] | None = None, class_bias: bool = True) -> SiteCalibration:
     """Fit an ONNX model's temperature and class bias, and a binary one's threshold, on a site's labelled
     folder-per-class ``data``. Files of one patient (``group_pattern``) or copies of one image (``group_copies``;
     None: looked for, as training does) count as one image and stay on one side of the estimate's halves. With
     ``picture``, draws there the site's reliability curves as the model stands and calibrated (each image by
-    the scaling fitted on the half it is not in), when there are enough images for halves."""
+    the scaling fitted on the half it is not in), when there are enough images for halves.
+
+    The class bias takes the site's prevalence from the proportions its labelled images come in: right for a
+    consecutive series of cases, wrong for a collection assembled to hold so many of each class. Without
+    ``class_bias`` only the temperature is fitted (a balanced-looking site is warned about)."""
     classifier = Classifier(model_path)
     card = classifier.card
     if target_sensitivity is not None and len(card.labels) != 2:
         raise ValueError(f"{model_path}: a target sensitivity is for binary models; this one has "
                          f"{len(card.labels)} classes and calls the most probable")
     site = read_dataset(data, card.labels, naming)
-    _enough(np.bincount(site.labels, minlength=len(card.labels)), card.labels, data)
+    counts = np.bincount(site.labels, minlength=len(card.labels))
+    _enough(counts, card.labels, data)
+    if class_bias and counts.max() <= BALANCED * counts.min():
+        log.warning("%s holds as many images of each class (%d-%d): the class bias takes them as the site's "
+                    "prevalence; if cases do not come in these proportions there, --no-class-bias fits the "
+                    "temperature alone", data, counts.min(), counts.max())
+    fit = fit_bias_corrected if class_bias else _temperature_only
     labels, probabilities, folder = predict_folder(site, card.preprocess, partial(classifier.predict, batch_size=64),
                                                    cache_dir)
     groups = split_groups(folder, group_pattern, group_copies)
     if groups is not None:
         _enough(_sources(labels, groups, len(card.labels)), card.labels, data, grouped=True)
-    scaling, decision = _fitted(labels, probabilities, card.labels, target_sensitivity)
+    scaling, decision = _fitted(labels, probabilities, card.labels, target_sensitivity, fit)
     if decision is not None:
         decision = replace(decision, rule=f"{decision.rule}, chosen at the site on {len(labels)} images of "
                                           f"{Path(data).name}")
     temperature, bias = scaling or (None, None)
-    estimate, cross_fitted = _split_half(labels, probabilities, card.labels, groups, target_sensitivity)
+    estimate, cross_fitted = _split_half(labels, probabilities, card.labels, groups, target_sensitivity, fit)
     if picture is not None and cross_fitted is not None:
         binary = positive_class(card.labels) if len(card.labels) == 2 else None
         plot_reliability(labels, {"as the model stands": probabilities,
@@ -116,19 +131,30 @@ def _enough(counts: np.ndarray, classes: tuple[str, ...], data: str | os.PathLik
                      "images of each class")
 
 
-def _fitted(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], target_sensitivity: float | None
-            ) -> tuple[tuple[float, np.ndarray] | None, Decision | None]:
+Scaling = tuple[float, np.ndarray]  # a temperature and a bias per class
+Fit = Callable[[np.ndarray, np.ndarray], Scaling | None]
+
+
+def _fitted(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], target_sensitivity: float | None,
+            fit: Fit = fit_bias_corrected) -> tuple[Scaling | None, Decision | None]:
     """The temperature and bias for these images, then — for a binary model — the threshold on the
     probabilities they give, as training fits it."""
-    scaling = fit_bias_corrected(labels, probabilities)
+    scaling = fit(labels, probabilities)
     if scaling is not None:
         probabilities = scaled(probabilities, *scaling)
     binary = len(classes) == 2
     return scaling, choose_threshold(labels, probabilities, classes, target_sensitivity) if binary else None
 
 
+def _temperature_only(labels: np.ndarray, probabilities: np.ndarray) -> Scaling | None:
+    """:func:`fit_bias_corrected`'s answer with the bias held at 0."""
+    temperature = fit_temperature(labels, probabilities)
+    return None if temperature is None else (temperature, np.zeros(probabilities.shape[1]))
+
+
 def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], groups: np.ndarray | None,
-                target_sensitivity: float | None) -> tuple[dict | None, np.ndarray | None]:
+                target_sensitivity: float | None, fit: Fit = fit_bias_corrected
+                ) -> tuple[dict | None, np.ndarray | None]:
     """Mean and spread of the metrics of a scaling and threshold fitted on one half and scored on the other,
     with the calibration error and log loss of the model as it stands on those same halves (the error measured
     on fewer images reads higher, so only the same images compare); and every image's probabilities under the
@@ -140,8 +166,8 @@ def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[st
     scores, cross_fitted = [], None
     for seed in range(HALVES):
         halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed).split(labels, labels, groups)
-        for fit, score in halves:
-            scaling, decision = _fitted(labels[fit], probabilities[fit], classes, target_sensitivity)
+        for half, score in halves:
+            scaling, decision = _fitted(labels[half], probabilities[half], classes, target_sensitivity, fit)
             scored = probabilities[score] if scaling is None else scaled(probabilities[score], *scaling)
             before = classification_metrics(labels[score], probabilities[score], classes)
             scores.append(_summary(classification_metrics(labels[score], scored, classes, decision))

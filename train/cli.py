@@ -189,6 +189,7 @@ def calibrate(
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
+    class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come.")] = True,
 ) -> None:
     """Fit a model's temperature and a bias per class (the site's own prevalence), and a binary model's decision
     threshold, on a site's own labelled images and write them into a copy of the ONNX file, so medclf-run answers
@@ -203,7 +204,8 @@ def calibrate(
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
-                                                group_pattern, group_copies, picture=picture))
+                                                group_pattern, group_copies, picture=picture,
+                                                class_bias=class_bias))
     record = site.record(data.resolve().name)
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)

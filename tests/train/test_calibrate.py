@@ -18,7 +18,7 @@ from medclf.train.calibrate import SiteCalibration, calibrate_site, write_calibr
 from medclf.train.cli import app
 from medclf.train.data import load_arrays, read_folder
 from medclf.train.evaluate import classification_metrics, expected_calibration_error
-from medclf.train.temperature import scaled
+from medclf.train.temperature import fit_temperature, scaled
 from tests.conftest import REPO
 from tests.onnx_graphs import brightness_model
 
@@ -143,6 +143,10 @@ def test_a_multi_class_model_gets_the_sites_temperature_and_class_bias_and_calls
     np.testing.assert_allclose(copy.predict(images), as_calibrated(Classifier(packaged).predict(images),
                                                                    calibration), atol=1e-5)
     assert copy.card.decision is None
+    alone = calibrate_site(packaged, site, group_copies=False, class_bias=False)  # a collection, not a series
+    raw = Classifier(packaged).predict(images)
+    _, labels, _ = load_arrays(read_folder(site, copy.labels), copy.card.preprocess)
+    assert alone.temperature == fit_temperature(labels, raw) and set(alone.bias.values()) == {0.0}
     with pytest.raises(ValueError, match="target sensitivity is for binary models; this one has 4 classes"):
         calibrate_site(packaged, site, target_sensitivity=0.9)
 
@@ -160,7 +164,8 @@ def test_too_few_films_of_a_class_are_refused_with_the_reason(chest_xray, tmp_pa
         calibrate_site(model, site_folder(chest_xray, tmp_path, 12))
 
 
-def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_record(chest_xray, tmp_path, model):
+def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_record(chest_xray, tmp_path, model,
+                                                                                 caplog):
     site = site_folder(chest_xray, tmp_path, 64)
     result = CliRunner().invoke(app, ["calibrate", model, str(site)])
     assert result.exit_code == 0, result.output
@@ -169,6 +174,7 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert "new: no temperature or bias (the site's images cannot tell them), threshold" in result.output
     assert "log loss 0." in result.output
     assert "scored on the other half, 10 splits" in result.output
+    assert "holds as many images of each class (64-64)" in caplog.text  # collected, perhaps: said
     assert Classifier(tmp_path / "model.site.onnx").card.decision.threshold != 0.5
     assert (tmp_path / "model.site.json").is_file()
     assert (tmp_path / "model.site.png").stat().st_size > 1000 and "(reliability before and after)" in result.output
