@@ -163,7 +163,7 @@ def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[st
     groups = np.arange(len(labels)) if groups is None else groups
     if _sources(labels, groups, len(classes)).min() < 2 * MIN_IMAGES_FOR_THRESHOLD:
         return None, None
-    scores, cross_fitted = [], None
+    scores, cross_fitted = [], probabilities.astype(np.float64)
     for seed in range(HALVES):
         halves = StratifiedGroupKFold(n_splits=2, shuffle=True, random_state=seed).split(labels, labels, groups)
         for half, score in halves:
@@ -172,8 +172,7 @@ def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[st
             before = classification_metrics(labels[score], probabilities[score], classes)
             scores.append(_summary(classification_metrics(labels[score], scored, classes, decision))
                           | {f"{key}_before": before[key] for key in ("expected_calibration_error", "log_loss")})
-            if seed == 0:
-                cross_fitted = np.array(probabilities, dtype=np.float64) if cross_fitted is None else cross_fitted
+            if seed == 0:  # each image once, scored by the half it is not in
                 cross_fitted[score] = scored
     estimate = {key: {"mean": float(np.mean([s[key] for s in scores])), "std": float(np.std([s[key] for s in scores]))}
                 for key in scores[0] if key != "threshold"} | {"splits": len(scores)}

@@ -123,8 +123,9 @@ def per_source_metrics(labels: np.ndarray, probabilities: np.ndarray, groups: np
     from its images' mean probabilities. For datasets shipped as augmented copies of few sources, this is the
     number of *different* things the model got right — blood-cells TEST is ~100 cells in 2,487 images. A group
     with files of two classes (one patient's normal and abnormal films) is a source of each."""
-    sources = np.array([f"{group}\0{label}" for group, label in zip(groups, labels)])
-    ids, index = np.unique(sources, return_inverse=True)
+    group_index = np.unique(groups, return_inverse=True)[1].reshape(-1)
+    ids, index = np.unique(group_index * probabilities.shape[1] + labels, return_inverse=True)  # (group, class)
+    index = index.reshape(-1)
     mean = np.zeros((len(ids), probabilities.shape[1]))
     np.add.at(mean, index, probabilities)
     mean /= np.bincount(index)[:, None]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
+from scipy.special import log_softmax
 
 from .evaluate import MIN_IMAGES_FOR_THRESHOLD
 
@@ -35,18 +36,14 @@ def fit_temperature(labels: np.ndarray, probabilities: np.ndarray) -> float | No
     rescaled by it, or None where it cannot be told: fewer than ``MIN_IMAGES_FOR_THRESHOLD`` validation images
     of a class, or no optimum inside ``BOUNDS`` (a validation set called perfectly would drive it towards
     zero: a certainty that a few hundred images cannot justify)."""
-    counts = np.bincount(labels, minlength=probabilities.shape[1])
-    if counts.min() < MIN_IMAGES_FOR_THRESHOLD:
+    if _too_few(labels, probabilities):
         return None
     log_p = _log(probabilities)
-
-    def nll(log_t: float) -> float:
-        return float(-np.mean(_log_softmax(log_p / np.exp(log_t))[np.arange(len(labels)), labels]))
-
     low, high = np.log(BOUNDS)
-    best = minimize_scalar(nll, bounds=(low, high), method="bounded", options={"xatol": 1e-4}).x
-    if min(nll(low), nll(high)) <= nll(best):  # no minimum inside: the likelihood only grows towards an end
-        return None
+    best = minimize_scalar(lambda log_t: _nll(log_p, labels, log_t), bounds=(low, high), method="bounded",
+                           options={"xatol": 1e-4}).x
+    if min(_nll(log_p, labels, low), _nll(log_p, labels, high)) <= _nll(log_p, labels, best):
+        return None  # no minimum inside: the likelihood only grows towards an end
     return round(float(np.exp(best)), 4)
 
 
@@ -60,18 +57,17 @@ def fit_bias_corrected(labels: np.ndarray, probabilities: np.ndarray) -> tuple[f
     pneumonia, and a bias of -2.1 on its log-odds took its log loss on held-out halves from 0.315 (temperature
     only) to 0.218. None where the data cannot tell (as :func:`fit_temperature`, with the temperature's optimum
     at an end of ``BOUNDS``)."""
-    classes = probabilities.shape[1]
-    if np.bincount(labels, minlength=classes).min() < MIN_IMAGES_FOR_THRESHOLD:
+    if _too_few(labels, probabilities):
         return None
-    log_p, rows = _log(probabilities), np.arange(len(labels))
+    log_p = _log(probabilities)
 
-    def nll(params: np.ndarray) -> float:
-        bias = np.concatenate([[0.0], params[1:]])
-        return float(-np.mean(_log_softmax(log_p / np.exp(params[0]) + bias)[rows, labels]))
+    def nll(params: np.ndarray) -> float:  # log T, then the bias of every class but the first
+        return _nll(log_p, labels, params[0], np.concatenate([[0.0], params[1:]]))
 
     low, high = np.log(BOUNDS)
-    bounds = [(low, high)] + [(-BIAS_BOUND, BIAS_BOUND)] * (classes - 1)
-    best = minimize(nll, np.zeros(classes), method="L-BFGS-B", bounds=bounds, options={"ftol": 1e-12}).x
+    bounds = [(low, high)] + [(-BIAS_BOUND, BIAS_BOUND)] * (probabilities.shape[1] - 1)
+    best = minimize(nll, np.zeros(probabilities.shape[1]), method="L-BFGS-B", bounds=bounds,
+                    options={"ftol": 1e-12}).x
     at_ends = min(nll(np.concatenate([[end], best[1:]])) for end in (low, high))
     if at_ends <= nll(best) or np.abs(best[1:]).max(initial=0.0) > BIAS_BOUND - 1e-3:
         return None  # the likelihood only grows towards an end: no temperature inside, as fit_temperature
@@ -81,7 +77,7 @@ def fit_bias_corrected(labels: np.ndarray, probabilities: np.ndarray) -> tuple[f
 def scaled(probabilities: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
     """``probabilities`` as the model answers once ``temperature`` (and a site's ``bias``) is applied to it."""
     logits = _log(probabilities) / temperature
-    return np.exp(_log_softmax(logits if bias is None else logits + bias))
+    return np.exp(log_softmax(logits if bias is None else logits + bias, axis=1))
 
 
 def fold_temperature(model: keras.Model, temperature: float) -> None:
@@ -97,6 +93,12 @@ def _log(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+def _too_few(labels: np.ndarray, probabilities: np.ndarray) -> bool:
+    """Fewer than ``MIN_IMAGES_FOR_THRESHOLD`` images of some class: too few to fit a scaling on."""
+    return np.bincount(labels, minlength=probabilities.shape[1]).min() < MIN_IMAGES_FOR_THRESHOLD
+
+
+def _nll(log_p: np.ndarray, labels: np.ndarray, log_temperature: float, bias: np.ndarray | float = 0.0) -> float:
+    """The mean negative log-likelihood of ``labels`` under softmax(log_p / T + bias)."""
+    scaled_log_p = log_softmax(log_p / np.exp(log_temperature) + bias, axis=1)
+    return float(-np.mean(scaled_log_p[np.arange(len(labels)), labels]))
