@@ -9,7 +9,11 @@ where training saw 74%. With a few hundred labelled images of its own, a site fi
 class (bias-corrected temperature scaling: the bias is the other prevalence), then chooses its threshold by the
 same rules training used (Youden's J, or a sensitivity it asks for); both are written into a *copy* of the
 ONNX file (the rescaling inside the graph, after ``probabilities``; the threshold in ``medclf.decision``), and
-the runtime answers by them. What they are worth is estimated honestly: fitted on half of the site's images,
+the runtime answers by them. A site whose labelled images were collected in other proportions than its cases
+come in (100 of each class, say) states its prevalence instead: the bias fitted on the images is moved by the
+log of the stated share over the images' share (a prior shift; Saerens et al. 2002), and every accuracy,
+calibration error and log loss reported weighs each image by that ratio, so it describes the site, not the
+collection. What they are worth is estimated honestly: fitted on half of the site's images,
 scored on the other half, over several random halves that keep a patient's films (``--group-pattern``), a
 patient's sub-folder or an image's augmented copies on one side. Images counted are independent ones: 620
 photos that are copies of 25 cells are 25 images. Measured on the chest preset's model, its test hospital
@@ -29,15 +33,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.numpy_helper
+from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.decision import Decision
+from medclf.runtime.decision import Decision, decide
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
 from .data import NameLabels, predict_folder, read_dataset, split_groups
-from .evaluate import MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics, positive_class
+from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics,
+                       expected_calibration_error, positive_class)
 from .plots import plot_reliability
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
@@ -58,19 +64,22 @@ class SiteCalibration:
     before: dict  # every site image, as the model answers now
     estimate: dict | None  # fitted on half the images, scored on the other half: mean and std
     images: int
+    prevalence: dict[str, dict[str, float]] | None = None  # "stated" and "images" shares per class, if stated
 
     def record(self, data: str) -> dict:
         """JSON-ready summary, stored in the calibrated model's card (``metrics.site``) and printed."""
         decision = {"threshold": self.decision.threshold, "rule": self.decision.rule} if self.decision else {}
+        stated = {"prevalence": self.prevalence} if self.prevalence else {}
         return {"data": data, "images": self.images, "temperature": self.temperature, "bias": self.bias, **decision,
-                "before": self.before, "estimate": self.estimate}
+                **stated, "before": self.before, "estimate": self.estimate}
 
 
 def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                    target_sensitivity: float | None = None, naming: NameLabels | None = None,
                    group_pattern: str | None = None, group_copies: bool | None = None,
                    cache_dir: str | os.PathLike[str] | None = None,
-                   picture: str | os.PathLike[str] | None = None, class_bias: bool = True) -> SiteCalibration:
+                   picture: str | os.PathLike[str] | None = None, class_bias: bool = True,
+                   prevalence: dict[str, float] | None = None) -> SiteCalibration:
     """Fit an ONNX model's temperature and class bias, and a binary one's threshold, on a site's labelled
     folder-per-class ``data``. Files of one patient (``group_pattern``) or copies of one image (``group_copies``;
     None: looked for, as training does) count as one image and stay on one side of the estimate's halves. With
@@ -78,21 +87,26 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     the scaling fitted on the half it is not in), when there are enough images for halves.
 
     The class bias takes the site's prevalence from the proportions its labelled images come in: right for a
-    consecutive series of cases, wrong for a collection assembled to hold so many of each class. Without
+    consecutive series of cases, wrong for a collection assembled to hold so many of each class. For those,
+    ``prevalence`` states the site's share of some or all classes (see :func:`stated_shares`), or without
     ``class_bias`` only the temperature is fitted (a balanced-looking site is warned about)."""
     classifier = Classifier(model_path)
     card = classifier.card
     if target_sensitivity is not None and len(card.labels) != 2:
         raise ValueError(f"{model_path}: a target sensitivity is for binary models; this one has "
                          f"{len(card.labels)} classes and calls the most probable")
+    if prevalence and not class_bias:
+        raise ValueError("a stated prevalence moves the class bias, so it needs one: drop --no-class-bias")
     site = read_dataset(data, card.labels, naming)
     counts = np.bincount(site.labels, minlength=len(card.labels))
     _enough(counts, card.labels, data)
-    if class_bias and counts.max() <= BALANCED * counts.min():
+    shares = stated_shares(prevalence, card.labels, counts) if prevalence else None
+    if class_bias and shares is None and counts.max() <= BALANCED * counts.min():
         log.warning("%s holds as many images of each class (%d-%d): the class bias takes them as the site's "
-                    "prevalence; if cases do not come in these proportions there, --no-class-bias fits the "
-                    "temperature alone", data, counts.min(), counts.max())
-    fit = fit_bias_corrected if class_bias else _temperature_only
+                    "prevalence; if cases do not come in these proportions there, state it (--prevalence) or "
+                    "fit the temperature alone (--no-class-bias)", data, counts.min(), counts.max())
+    fit = _temperature_only if not class_bias else fit_bias_corrected if shares is None else \
+        partial(_at_prevalence, shares=shares)
     labels, probabilities, folder = predict_folder(site, card.preprocess, partial(classifier.predict, batch_size=64),
                                                    cache_dir)
     groups = split_groups(folder, group_pattern, group_copies)
@@ -103,16 +117,61 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
         decision = replace(decision, rule=f"{decision.rule}, chosen at the site on {len(labels)} images of "
                                           f"{Path(data).name}")
     temperature, bias = scaling or (None, None)
-    estimate, cross_fitted = _split_half(labels, probabilities, card.labels, groups, target_sensitivity, fit)
+    estimate, cross_fitted = _split_half(labels, probabilities, card.labels, groups, target_sensitivity, fit, shares)
     if picture is not None and cross_fitted is not None:
-        binary = positive_class(card.labels) if len(card.labels) == 2 else None
-        plot_reliability(labels, {"as the model stands": probabilities,
-                                  "calibrated (fitted on the other half)": cross_fitted},
-                         card.labels, picture, f"at {Path(data).name}: {len(labels)} images", binary)
+        _draw(picture, labels, probabilities, cross_fitted, card.labels, shares, Path(data).name)
     return SiteCalibration(temperature=temperature, decision=decision, images=len(labels),
                            bias=None if bias is None else dict(zip(card.labels, map(float, bias))),
-                           before=_summary(classification_metrics(labels, probabilities, card.labels, card.decision)),
-                           estimate=estimate)
+                           before=_site_summary(labels, probabilities, card.labels, card.decision, shares),
+                           estimate=estimate, prevalence=None if shares is None else {
+                               "stated": dict(zip(card.labels, map(float, shares))),
+                               "images": dict(zip(card.labels, map(float, counts / counts.sum())))})
+
+
+def stated_shares(prevalence: dict[str, float], classes: tuple[str, ...], counts: np.ndarray) -> np.ndarray:
+    """The site's share of every class from the ``prevalence`` stated for some of them (``{"PNEUMONIA": 0.1}``):
+    what the stated ones leave is split among the others in the proportions of their ``counts`` at the site."""
+    unknown = sorted(set(prevalence) - set(classes))
+    if unknown:
+        raise ValueError(f"prevalence of {', '.join(unknown)}: not a class of this model ({', '.join(classes)})")
+    if not all(0.0 < share < 1.0 for share in prevalence.values()):
+        raise ValueError(f"a class's prevalence is a share between 0 and 1 (exclusive), not {prevalence}")
+    stated = np.array([name in prevalence for name in classes])
+    shares = np.array([prevalence.get(name, 0.0) for name in classes])
+    left = 1.0 - shares.sum()
+    if stated.all() and abs(left) > 1e-3 or not stated.all() and left <= 0:
+        raise ValueError(f"the stated prevalences add up to {shares.sum():g}: every class's share together is 1")
+    if stated.all():
+        return shares / shares.sum()
+    return np.where(stated, shares, left * counts / counts[~stated].sum())
+
+
+def _at_prevalence(labels: np.ndarray, probabilities: np.ndarray, shares: np.ndarray) -> Scaling | None:
+    """:func:`fit_bias_corrected`'s answer on these images, its bias moved from their class proportions to
+    ``shares``: what the same scaling would have found on images coming in the site's proportions."""
+    scaling = fit_bias_corrected(labels, probabilities)
+    if scaling is None:
+        return None
+    bias = scaling[1] + np.log(shares / _proportions(labels, len(shares)))
+    return scaling[0], np.round(bias - bias[0], 4)
+
+
+def _proportions(labels: np.ndarray, classes: int) -> np.ndarray:
+    return np.bincount(labels, minlength=classes) / len(labels)
+
+
+def _weights(labels: np.ndarray, shares: np.ndarray | None) -> np.ndarray | None:
+    """Each image's weight at the stated prevalence: its class's stated share over its share of ``labels``."""
+    return None if shares is None else (shares / _proportions(labels, len(shares)))[labels]
+
+
+def _draw(picture: str | os.PathLike[str], labels: np.ndarray, probabilities: np.ndarray, cross_fitted: np.ndarray,
+          classes: tuple[str, ...], shares: np.ndarray | None, data: str) -> None:
+    """The site's reliability curves as the model stands and calibrated, weighted to a stated prevalence."""
+    binary = positive_class(classes) if len(classes) == 2 else None
+    title = f"at {data}: {len(labels)} images" + (" weighted to the stated prevalence" if shares is not None else "")
+    plot_reliability(labels, {"as the model stands": probabilities, "calibrated (fitted on the other half)":
+                              cross_fitted}, classes, picture, title, binary, _weights(labels, shares))
 
 
 def _sources(labels: np.ndarray, groups: np.ndarray, classes: int) -> np.ndarray:
@@ -153,13 +212,13 @@ def _temperature_only(labels: np.ndarray, probabilities: np.ndarray) -> Scaling 
 
 
 def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...], groups: np.ndarray | None,
-                target_sensitivity: float | None, fit: Fit = fit_bias_corrected
+                target_sensitivity: float | None, fit: Fit = fit_bias_corrected, shares: np.ndarray | None = None
                 ) -> tuple[dict | None, np.ndarray | None]:
     """Mean and spread of the metrics of a scaling and threshold fitted on one half and scored on the other,
     with the calibration error and log loss of the model as it stands on those same halves (the error measured
     on fewer images reads higher, so only the same images compare); and every image's probabilities under the
     scaling fitted on the other half of the first halving. (None, None) when a half would hold too few
-    independent images of a class to fit on."""
+    independent images of a class to fit on. Scored at the stated prevalence ``shares``, if any."""
     groups = np.arange(len(labels)) if groups is None else groups
     if _sources(labels, groups, len(classes)).min() < 2 * MIN_IMAGES_FOR_THRESHOLD:
         return None, None
@@ -169,8 +228,8 @@ def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[st
         for half, score in halves:
             scaling, decision = _fitted(labels[half], probabilities[half], classes, target_sensitivity, fit)
             scored = probabilities[score] if scaling is None else scaled(probabilities[score], *scaling)
-            before = classification_metrics(labels[score], probabilities[score], classes)
-            scores.append(_summary(classification_metrics(labels[score], scored, classes, decision))
+            before = _site_summary(labels[score], probabilities[score], classes, shares=shares)
+            scores.append(_site_summary(labels[score], scored, classes, decision, shares)
                           | {f"{key}_before": before[key] for key in ("expected_calibration_error", "log_loss")})
             if seed == 0:  # each image once, scored by the half it is not in
                 cross_fitted[score] = scored
@@ -179,8 +238,19 @@ def _split_half(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[st
     return estimate, cross_fitted
 
 
-def _summary(metrics: dict) -> dict:
-    """What a site reads: accuracy and calibration error; sensitivity, specificity and threshold if binary."""
+def _site_summary(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
+                  decision: Decision | None = None, shares: np.ndarray | None = None) -> dict:
+    """What a site reads: accuracy, calibration error and log loss; sensitivity, specificity and threshold if
+    binary. At a stated prevalence (``shares``) the first three weigh each image by its class's stated share
+    over its share here (sensitivity and specificity, counted within a class, do not move)."""
+    metrics = classification_metrics(labels, probabilities, classes, decision)
+    weights = _weights(labels, shares)
+    if weights is not None:
+        metrics |= {
+            "accuracy": float(accuracy_score(labels, decide(probabilities, classes, decision), sample_weight=weights)),
+            "expected_calibration_error": expected_calibration_error(labels, probabilities, weights=weights),
+            "log_loss": float(log_loss(labels, np.clip(probabilities, 1e-15, 1.0), labels=range(len(classes)),
+                                       sample_weight=weights))}
     return {key: metrics[key] for key in (*SUMMARY, "threshold") if key in metrics}
 
 

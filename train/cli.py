@@ -190,6 +190,7 @@ def calibrate(
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come.")] = True,
+    prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="The site's prevalence when DATA was collected in other proportions, e.g. PNEUMONIA=0.1 or PNEUMONIA=10% (repeat or comma-separate for more classes; the rest share what is left as DATA holds them): the bias and every reported accuracy, calibration error and log loss are taken to it.")] = None,
 ) -> None:
     """Fit a model's temperature and a bias per class (the site's own prevalence), and a binary model's decision
     threshold, on a site's own labelled images and write them into a copy of the ONNX file, so medclf-run answers
@@ -201,14 +202,20 @@ def calibrate(
     import_tensorflow()
     from .calibrate import calibrate_site, write_calibrated
 
+    shares = _shares(prevalence)
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
                                                 group_pattern, group_copies, picture=picture,
-                                                class_bias=class_bias))
+                                                class_bias=class_bias, prevalence=shares))
     record = site.record(data.resolve().name)
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
+    if site.prevalence is not None:
+        stated, held = (", ".join(f"{name} {share:.1%}" for name, share in site.prevalence[key].items())
+                        for key in ("stated", "images"))
+        console.print(f"at the stated prevalence ({stated}; the site images hold {held}), each image weighted "
+                      "by the ratio:")
     console.print(f"as the model stands, {site.images} site images: {_site_metrics(site.before)}")
     scaling = [f"temperature {site.temperature:.3g}, bias "
                + " ".join(f"{name} {value:+.2f}" for name, value in site.bias.items())] if site.bias else []
@@ -227,6 +234,23 @@ def calibrate(
     written = [out, out.with_suffix(".json")] + ([picture] if site.estimate is not None else [])
     console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
                   + (" (reliability before and after)" if site.estimate is not None else ""))
+
+
+def _shares(texts: list[str] | None) -> dict[str, float] | None:
+    """['PNEUMONIA=0.1'] or ['A=10%,B=0.3'] → {'PNEUMONIA': 0.1} / {'A': 0.1, 'B': 0.3}; the range is the library's."""
+    if not texts:
+        return None
+    shares = {}
+    for item in (part.strip() for text in texts for part in text.split(",") if part.strip()):
+        name, _, value = item.rpartition("=")
+        try:
+            shares[name] = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+        except ValueError:
+            name = ""
+        if not name:
+            raise typer.BadParameter(f"{item!r}: give CLASS=SHARE, e.g. PNEUMONIA=0.1 or PNEUMONIA=10%",
+                                     param_hint="--prevalence")
+    return shares
 
 
 def _site_metrics(summary: dict) -> str:

@@ -137,15 +137,19 @@ def per_source_metrics(labels: np.ndarray, probabilities: np.ndarray, groups: np
     return {"sources": len(ids), "accuracy": float(np.mean(called == truth)), "per_class": per_class}
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15) -> float:
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15,
+                               weights: np.ndarray | None = None) -> float:
     """How far the top-1 probability is from the accuracy it promises: the mean |accuracy - confidence| over
-    equal-width confidence bins, weighted by their share of images (Guo et al. 2017). 0 is perfectly calibrated."""
+    equal-width confidence bins, weighted by their share of images (Guo et al. 2017). 0 is perfectly calibrated.
+    ``weights`` count some images more than others (a site's stated prevalence); by default each counts once."""
+    weights = np.ones(len(labels)) if weights is None else np.asarray(weights, dtype=np.float64)
     confidence = probabilities.max(axis=1)
     correct = probabilities.argmax(axis=1) == labels
     which = np.minimum((confidence * bins).astype(int), bins - 1)
-    gaps = [abs(correct[which == b].mean() - confidence[which == b].mean()) * np.mean(which == b)
+    gaps = [abs(np.average(correct[which == b], weights=weights[which == b])
+                - np.average(confidence[which == b], weights=weights[which == b])) * weights[which == b].sum()
             for b in range(bins) if np.any(which == b)]
-    return float(np.sum(gaps))
+    return float(np.sum(gaps) / weights.sum())
 
 
 def macro_roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float | None:

@@ -89,16 +89,18 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[
 
 
 def plot_reliability(labels: np.ndarray, probabilities: np.ndarray | dict[str, np.ndarray], classes: Sequence[str],
-                     path: str | os.PathLike[str], title: str = "", positive: int | None = None) -> None:
+                     path: str | os.PathLike[str], title: str = "", positive: int | None = None,
+                     weights: np.ndarray | None = None) -> None:
     """Whether the model's probabilities mean what they say, in ten bins: for a binary model, how often the
     finding is there against the probability it was given (``positive``); otherwise, how often the most
     probable class is right against its probability. A dict of probabilities for the same images (legend name
-    → probabilities) draws one curve each: before and after a calibration."""
-    _save(reliability_figure(labels, probabilities, classes, title, positive), path)
+    → probabilities) draws one curve each: before and after a calibration. ``weights`` count some images more
+    than others (a site's stated prevalence)."""
+    _save(reliability_figure(labels, probabilities, classes, title, positive, weights), path)
 
 
 def reliability_figure(labels: np.ndarray, probabilities: np.ndarray | dict[str, np.ndarray], classes: Sequence[str],
-                       title: str = "", positive: int | None = None) -> Figure:
+                       title: str = "", positive: int | None = None, weights: np.ndarray | None = None) -> Figure:
     """:func:`plot_reliability`'s picture."""
     if positive is not None:
         name = f"p({classes[positive]})"
@@ -111,10 +113,22 @@ def reliability_figure(labels: np.ndarray, probabilities: np.ndarray | dict[str,
     for curve, p in curves.items():
         truth, said = (labels == positive, p[:, positive]) if positive is not None else \
             (p.argmax(axis=1) == labels, p.max(axis=1))
-        CalibrationDisplay.from_predictions(truth, said, n_bins=10, name=curve, ax=ax)
+        CalibrationDisplay(*reliability_curve(truth, said, weights), said).plot(ax=ax, name=curve)
     ax.set(xlabel=axis[0], ylabel=axis[1], title=title)
     figure.tight_layout()
     return figure
+
+
+def reliability_curve(truth: np.ndarray, said: np.ndarray, weights: np.ndarray | None = None,
+                      bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's ``calibration_curve`` (uniform bins; the fraction true and the mean probability of each
+    bin that holds an image), with ``weights``, which it does not take."""
+    weights = np.ones(len(truth)) if weights is None else np.asarray(weights, dtype=np.float64)
+    which = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], said)
+    total = np.bincount(which, weights, minlength=bins)
+    held = total > 0
+    fraction = np.bincount(which, weights * truth, minlength=bins)[held] / total[held]
+    return fraction, np.bincount(which, weights * said, minlength=bins)[held] / total[held]
 
 
 def _save(figure: Figure, path: str | os.PathLike[str]) -> None:

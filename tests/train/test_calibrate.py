@@ -14,11 +14,11 @@ from typer.testing import CliRunner
 
 from medclf.runtime import Classifier, ModelCard, Preprocess
 from medclf.runtime.decision import Decision
-from medclf.train.calibrate import SiteCalibration, calibrate_site, write_calibrated
+from medclf.train.calibrate import SiteCalibration, calibrate_site, stated_shares, write_calibrated
 from medclf.train.cli import app
 from medclf.train.data import load_arrays, read_folder
 from medclf.train.evaluate import classification_metrics, expected_calibration_error
-from medclf.train.temperature import fit_temperature, scaled
+from medclf.train.temperature import fit_bias_corrected, fit_temperature, scaled
 from tests.conftest import REPO
 from tests.onnx_graphs import brightness_model
 
@@ -40,6 +40,11 @@ def as_calibrated(probabilities: np.ndarray, site: SiteCalibration) -> np.ndarra
     if site.temperature is None:
         return probabilities
     return scaled(probabilities, site.temperature, np.array(list(site.bias.values())))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
 
 
 @pytest.fixture
@@ -71,7 +76,6 @@ def test_the_site_threshold_maximises_youden_on_the_sites_films_and_its_worth_is
 def test_the_reliability_picture_shows_each_image_as_calibrated_by_the_half_it_is_not_in():
     """An in-sample curve would flatter the site's fit: the 'after' curve of the picture is cross-fitted."""
     from medclf.train.calibrate import _split_half
-    from medclf.train.temperature import fit_bias_corrected
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2.5, (400, 2))
@@ -143,6 +147,10 @@ def test_a_multi_class_model_gets_the_sites_temperature_and_class_bias_and_calls
     np.testing.assert_allclose(copy.predict(images), as_calibrated(Classifier(packaged).predict(images),
                                                                    calibration), atol=1e-5)
     assert copy.card.decision is None
+    neutrophils = calibrate_site(packaged, site, group_copies=False, prevalence={"NEUTROPHIL": 0.6})
+    moved = np.array(list(neutrophils.bias.values())) - np.array(list(calibration.bias.values()))
+    np.testing.assert_allclose(moved, np.log([0.4 / 3 / 0.25] * 3 + [0.6 / 0.25]) - np.log(0.4 / 3 / 0.25),
+                               atol=2e-4)  # 30 of each class held: the others share 40% equally
     alone = calibrate_site(packaged, site, group_copies=False, class_bias=False)  # a collection, not a series
     raw = Classifier(packaged).predict(images)
     _, labels, _ = load_arrays(read_folder(site, copy.labels), copy.card.preprocess)
@@ -185,3 +193,56 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     refused = CliRunner().invoke(app, ["calibrate", str(REPO / "runtime/models/blood_cells/model.onnx"), str(site),
                                        "--target-sensitivity", "0.9"], terminal_width=200)
     assert refused.exit_code == 1 and "binary models" in refused.output and "Traceback" not in refused.output
+
+
+def test_a_stated_prevalence_gives_a_collected_sample_the_bias_a_consecutive_series_would_have_given():
+    """A site whose cases are 10% positive labels 50/50 of them: stated, the 10% replaces the sample's 50%."""
+    from medclf.train.calibrate import _at_prevalence
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(0, 2.5, (40000, 2))
+    labels = np.array([rng.choice(2, p=p) for p in softmax(logits + np.log([1.0, 0.15]))])  # ~10% positive
+    soft = softmax(logits / 2)  # trained elsewhere: underconfident, another prevalence
+    series = fit_bias_corrected(labels, soft)
+    positives = np.flatnonzero(labels == 1)
+    collected = np.concatenate([positives, rng.choice(np.flatnonzero(labels == 0), len(positives), replace=False)])
+    prevalence = np.mean(labels == 1)
+    temperature, bias = _at_prevalence(labels[collected], soft[collected], np.array([1 - prevalence, prevalence]))
+    assert temperature == pytest.approx(series[0], rel=0.05)
+    assert bias[1] == pytest.approx(series[1][1], abs=0.1)
+    as_collected = fit_bias_corrected(labels[collected], soft[collected])[1]
+    assert as_collected[1] - bias[1] == pytest.approx(np.log(0.5 / prevalence) - np.log(0.5 / (1 - prevalence)),
+                                                      abs=1e-3)
+
+
+def test_classes_whose_prevalence_is_not_stated_share_what_is_left_as_the_site_images_hold_them():
+    classes, counts = ("E", "L", "M", "N"), np.array([10, 30, 10, 50])
+    np.testing.assert_allclose(stated_shares({"N": 0.6}, classes, counts), [0.08, 0.24, 0.08, 0.6])
+    np.testing.assert_allclose(stated_shares({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.6}, classes, counts),
+                               [0.1, 0.2, 0.1, 0.6])
+    for stated, reason in (({"X": 0.5}, "prevalence of X: not a class of this model"),
+                           ({"N": 1.2}, "share between 0 and 1"), ({"N": 0.7, "L": 0.4}, "add up to 1.1"),
+                           ({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.5}, "add up to 0.9")):
+        with pytest.raises(ValueError, match=reason):
+            stated_shares(stated, classes, counts)
+
+
+def test_at_a_stated_prevalence_the_site_reads_its_metrics_weighted_to_it(chest_xray, tmp_path, model, caplog):
+    site = site_folder(chest_xray, tmp_path, 64)
+    result = CliRunner().invoke(app, ["calibrate", model, str(site), "--prevalence", "PNEUMONIA=10%"])
+    assert result.exit_code == 0, result.output
+    assert ("at the stated prevalence (NORMAL 90.0%, PNEUMONIA 10.0%; the site images hold NORMAL 50.0%, "
+            "PNEUMONIA 50.0%)") in result.output
+    assert "holds as many images of each class" not in caplog.text  # stated: nothing to warn about
+    card = Classifier(tmp_path / "model.site.onnx").card
+    assert card.metrics["site"]["prevalence"]["stated"] == {"NORMAL": 0.9, "PNEUMONIA": 0.1}
+    images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
+    called = Classifier(model).predict(images)[:, 1] >= 0.5
+    weights = np.where(labels == 1, 0.1 / 0.5, 0.9 / 0.5)
+    assert card.metrics["site"]["before"]["accuracy"] == pytest.approx(np.average(called == labels, weights=weights))
+    assert card.metrics["site"]["before"]["sensitivity"] == pytest.approx(np.mean(called[labels == 1]))
+    for arguments, reason in ((["--prevalence", "PNEUMONIA"], "give CLASS=SHARE"),
+                              (["--prevalence", "COVID=0.2"], "prevalence of COVID: not a class of this model"),
+                              (["--prevalence", "PNEUMONIA=0.1", "--no-class-bias"], "drop --no-class-bias")):
+        refused = CliRunner().invoke(app, ["calibrate", model, str(site), *arguments], terminal_width=200)
+        assert refused.exit_code in (1, 2) and reason in refused.output and "Traceback" not in refused.output

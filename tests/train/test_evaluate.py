@@ -118,6 +118,16 @@ def test_calibration_error_is_zero_when_confidence_matches_accuracy_and_large_wh
     assert classification_metrics(labels, overconfident, ("a", "b"))["log_loss"] == pytest.approx(1.1588, abs=1e-4)
 
 
+def test_an_image_weighing_twice_counts_in_the_calibration_error_as_two_copies_of_it():
+    rng = np.random.default_rng(0)
+    labels, p = rng.integers(0, 2, 200), rng.uniform(0, 1, 200)
+    probabilities = np.stack([1 - p, p], axis=1)
+    weights = rng.integers(1, 4, 200)
+    copies = np.repeat(np.arange(200), weights)
+    assert expected_calibration_error(labels, probabilities, weights=weights) == pytest.approx(
+        expected_calibration_error(labels[copies], probabilities[copies]))
+
+
 def test_the_models_own_half_way_call_is_kept_when_it_is_among_the_best_thresholds():
     labels, p = _many([0, 0, 0, 1, 1, 1], [0.02, 0.1, 0.3, 0.7, 0.95, 0.99])  # any threshold in (0.3, 0.7]
     assert choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA")).threshold == 0.5

@@ -64,6 +64,21 @@ def test_the_reliability_curve_follows_the_diagonal_for_honest_probabilities_and
     assert deviations[0] < 0.06 < 0.15 < deviations[1]
 
 
+def test_the_reliability_curve_is_scikit_learns_and_weighs_an_image_as_so_many_copies_of_it():
+    from sklearn.calibration import calibration_curve
+
+    from medclf.train.plots import reliability_curve
+
+    rng = np.random.default_rng(1)
+    said = np.concatenate([rng.uniform(0, 1, 300), [0.0, 0.1, 0.5, 1.0]])  # bin edges land where sklearn puts them
+    truth = rng.uniform(0, 1, 304) < said
+    np.testing.assert_allclose(reliability_curve(truth, said), calibration_curve(truth, said, n_bins=10))
+    weights = rng.integers(1, 4, 304)
+    copies = np.repeat(np.arange(304), weights)
+    np.testing.assert_allclose(reliability_curve(truth, said, weights),
+                               calibration_curve(truth[copies], said[copies], n_bins=10))
+
+
 def test_a_multi_class_reliability_curve_judges_the_most_probable_class(tmp_path):
     labels, probabilities = scores(classes=4)
     plot_reliability(labels, probabilities, CLASSES[:4], tmp_path / "calibration.png", "validation")
