@@ -105,8 +105,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
         log.warning("%s holds as many images of each class (%d-%d): the class bias takes them as the site's "
                     "prevalence; if cases do not come in these proportions there, state it (--prevalence) or "
                     "fit the temperature alone (--no-class-bias)", data, counts.min(), counts.max())
-    fit = _temperature_only if not class_bias else fit_bias_corrected if shares is None else \
-        partial(_at_prevalence, shares=shares)
+    fit = _fit_for(class_bias, shares)
     labels, probabilities, folder = predict_folder(site, card.preprocess, partial(classifier.predict, batch_size=64),
                                                    cache_dir)
     groups = split_groups(folder, group_pattern, group_copies)
@@ -123,9 +122,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     return SiteCalibration(temperature=temperature, decision=decision, images=len(labels),
                            bias=None if bias is None else dict(zip(card.labels, map(float, bias))),
                            before=_site_summary(labels, probabilities, card.labels, card.decision, shares),
-                           estimate=estimate, prevalence=None if shares is None else {
-                               "stated": dict(zip(card.labels, map(float, shares))),
-                               "images": dict(zip(card.labels, map(float, counts / counts.sum())))})
+                           estimate=estimate, prevalence=_prevalence_record(shares, counts, card.labels))
 
 
 def stated_shares(prevalence: dict[str, float], classes: tuple[str, ...], counts: np.ndarray) -> np.ndarray:
@@ -144,6 +141,21 @@ def stated_shares(prevalence: dict[str, float], classes: tuple[str, ...], counts
     if stated.all():
         return shares / shares.sum()
     return np.where(stated, shares, left * counts / counts[~stated].sum())
+
+
+def _fit_for(class_bias: bool, shares: np.ndarray | None) -> Fit:
+    """The scaling to fit: temperature alone, with the class bias, or with the bias moved to a stated prevalence."""
+    if not class_bias:
+        return _temperature_only
+    return fit_bias_corrected if shares is None else partial(_at_prevalence, shares=shares)
+
+
+def _prevalence_record(shares: np.ndarray | None, counts: np.ndarray, classes: tuple[str, ...]) -> dict | None:
+    """The stated shares beside the site images' own, for the card and the printout."""
+    if shares is None:
+        return None
+    return {"stated": dict(zip(classes, map(float, shares))),
+            "images": dict(zip(classes, map(float, counts / counts.sum())))}
 
 
 def _at_prevalence(labels: np.ndarray, probabilities: np.ndarray, shares: np.ndarray) -> Scaling | None:

@@ -189,7 +189,7 @@ def calibrate(
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
-    class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come.")] = True,
+    class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come and the site's prevalence is not known (else --prevalence).")] = True,
     prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="The site's prevalence when DATA was collected in other proportions, e.g. PNEUMONIA=0.1 or PNEUMONIA=10% (repeat or comma-separate for more classes; the rest share what is left as DATA holds them): the bias and every reported accuracy, calibration error and log loss are taken to it.")] = None,
 ) -> None:
     """Fit a model's temperature and a bias per class (the site's own prevalence), and a binary model's decision
