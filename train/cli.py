@@ -328,6 +328,7 @@ def export(
     batch_profile: Annotated[str, typer.Option(help="Engine and Triton batch sizes: MIN,OPT,MAX.")] = "1,16,64",
     triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
     cam: Annotated[bool, typer.Option("--cam", help="Add a second output, class activation maps, so the runtime can draw heatmaps without TensorFlow.")] = False,
+    float_convs: Annotated[Optional[list[str]], typer.Option(metavar="PRECISION=N", help="Keep the first N convolutions float32 in that file instead of searching for the fewest that pass with a margin, e.g. int8=3 for a faster INT8 (repeat or comma-separate for fp16 too); verification still decides.")] = None,
 ) -> None:
     """Export MODEL to ONNX per precision (uint8 in, probabilities out, labels and preprocessing inside), each
     verified against Keras before it is written under its final name."""
@@ -336,10 +337,11 @@ def export(
     from medclf.export.report import export_table
 
     profile = _parse_profile(batch_profile)
+    counts = _float_counts(float_convs)
     report = _library_call(lambda: export_run(model, out, _parse_precisions(precision), verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
                                               engine=profile if engine else None, triton=triton, cam=cam,
-                                              strict=False))
+                                              strict=False, float_convs=counts))
     console.print(export_table(report))
     for path in report.get("triton", []):
         console.print(f"Triton model: {path}")
@@ -349,6 +351,20 @@ def export(
         error(f"{file} not written: {'; '.join(reasons)}")
     if not report["passed"]:
         raise typer.Exit(1)
+
+
+def _float_counts(texts: list[str] | None) -> dict[str, int] | None:
+    """['int8=3'] or ['fp16=4,int8=3'] → {'int8': 3} / {'fp16': 4, 'int8': 3}; which precisions take one is the
+    library's to say."""
+    if not texts:
+        return None
+    counts = {}
+    for item in (part.strip() for text in texts for part in text.split(",") if part.strip()):
+        name, _, value = item.partition("=")
+        if not value.strip().isdigit():
+            raise typer.BadParameter(f"{item!r}: give PRECISION=N, e.g. int8=3", param_hint="--float-convs")
+        counts[name.strip().lower()] = int(value)
+    return counts
 
 
 def _parse_precisions(text: str) -> tuple[str, ...]:

@@ -88,3 +88,20 @@ def test_files_an_earlier_export_of_another_model_left_are_removed_and_said(run_
     result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(same), "--verify-images", "16"])
     assert result.exit_code == 0 and "removed" not in result.output
     assert sorted(p.name for p in same.glob("*.onnx")) == sorted(p.name for p in earlier.glob("*.onnx"))
+
+
+def test_float_convolutions_asked_for_replace_the_search_and_verification_still_judges(run_dir, tmp_path):
+    """A faster INT8 than the search's margin allows: the user names the step, verification decides."""
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path), "--precision",
+                                 "fp32,int8", "--verify-images", "16", "--float-convs", "int8=6"], terminal_width=160)
+    entry = json.loads((tmp_path / "export_report.json").read_text())["precisions"]["int8"]
+    assert entry["float_convs"] == 6 and [t["float_convs"] for t in entry["search"]] == [6]
+    assert entry["searched_on"] == "none: 6 asked for (--float-convs)"
+    assert result.exit_code == (0 if entry["passed"] else 1), result.output
+    for arguments, status, reason in ((["--float-convs", "fp32=2"], 1, "not for fp32"),
+                                      (["--float-convs", "fp16=2"], 1, "not for fp16"),  # fp16 not exported
+                                      (["--float-convs", "int8=0"], 1, "at least its first one float"),
+                                      (["--float-convs", "int8"], 2, "PRECISION=N")):
+        refused = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path / "x"),
+                                      "--precision", "fp32,int8", *arguments], terminal_width=200)
+        assert refused.exit_code == status and reason in refused.output, refused.output
