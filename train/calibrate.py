@@ -33,17 +33,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.numpy_helper
-from sklearn.metrics import accuracy_score, log_loss
 from sklearn.model_selection import StratifiedGroupKFold
 
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.decision import Decision, decide
+from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
 from .data import NameLabels, predict_folder, read_dataset, split_groups
-from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics,
-                       expected_calibration_error, positive_class)
+from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
+                       positive_class, prevalence_weights, stated_shares)
 from .plots import plot_reliability
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
@@ -125,24 +124,6 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                            estimate=estimate, prevalence=_prevalence_record(shares, counts, card.labels))
 
 
-def stated_shares(prevalence: dict[str, float], classes: tuple[str, ...], counts: np.ndarray) -> np.ndarray:
-    """The site's share of every class from the ``prevalence`` stated for some of them (``{"PNEUMONIA": 0.1}``):
-    what the stated ones leave is split among the others in the proportions of their ``counts`` at the site."""
-    unknown = sorted(set(prevalence) - set(classes))
-    if unknown:
-        raise ValueError(f"prevalence of {', '.join(unknown)}: not a class of this model ({', '.join(classes)})")
-    if not all(0.0 < share < 1.0 for share in prevalence.values()):
-        raise ValueError(f"a class's prevalence is a share between 0 and 1 (exclusive), not {prevalence}")
-    stated = np.array([name in prevalence for name in classes])
-    shares = np.array([prevalence.get(name, 0.0) for name in classes])
-    left = 1.0 - shares.sum()
-    if stated.all() and abs(left) > 1e-3 or not stated.all() and left <= 0:
-        raise ValueError(f"the stated prevalences add up to {shares.sum():g}: every class's share together is 1")
-    if stated.all():
-        return shares / shares.sum()
-    return np.where(stated, shares, left * counts / counts[~stated].sum())
-
-
 def _fit_for(class_bias: bool, shares: np.ndarray | None) -> Fit:
     """The scaling to fit: temperature alone, with the class bias, or with the bias moved to a stated prevalence."""
     if not class_bias:
@@ -164,17 +145,8 @@ def _at_prevalence(labels: np.ndarray, probabilities: np.ndarray, shares: np.nda
     scaling = fit_bias_corrected(labels, probabilities)
     if scaling is None:
         return None
-    bias = scaling[1] + np.log(shares / _proportions(labels, len(shares)))
+    bias = scaling[1] + np.log(shares / (np.bincount(labels, minlength=len(shares)) / len(labels)))
     return scaling[0], np.round(bias - bias[0], 4)
-
-
-def _proportions(labels: np.ndarray, classes: int) -> np.ndarray:
-    return np.bincount(labels, minlength=classes) / len(labels)
-
-
-def _weights(labels: np.ndarray, shares: np.ndarray | None) -> np.ndarray | None:
-    """Each image's weight at the stated prevalence: its class's stated share over its share of ``labels``."""
-    return None if shares is None else (shares / _proportions(labels, len(shares)))[labels]
 
 
 def _draw(picture: str | os.PathLike[str], labels: np.ndarray, probabilities: np.ndarray, cross_fitted: np.ndarray,
@@ -183,7 +155,8 @@ def _draw(picture: str | os.PathLike[str], labels: np.ndarray, probabilities: np
     binary = positive_class(classes) if len(classes) == 2 else None
     title = f"at {data}: {len(labels)} images" + (" weighted to the stated prevalence" if shares is not None else "")
     plot_reliability(labels, {"as the model stands": probabilities, "calibrated (fitted on the other half)":
-                              cross_fitted}, classes, picture, title, binary, _weights(labels, shares))
+                              cross_fitted}, classes, picture, title, binary,
+                     None if shares is None else prevalence_weights(labels, shares))
 
 
 def _sources(labels: np.ndarray, groups: np.ndarray, classes: int) -> np.ndarray:
@@ -256,13 +229,9 @@ def _site_summary(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[
     binary. At a stated prevalence (``shares``) the first three weigh each image by its class's stated share
     over its share here (sensitivity and specificity, counted within a class, do not move)."""
     metrics = classification_metrics(labels, probabilities, classes, decision)
-    weights = _weights(labels, shares)
-    if weights is not None:
-        metrics |= {
-            "accuracy": float(accuracy_score(labels, decide(probabilities, classes, decision), sample_weight=weights)),
-            "expected_calibration_error": expected_calibration_error(labels, probabilities, weights=weights),
-            "log_loss": float(log_loss(labels, np.clip(probabilities, 1e-15, 1.0), labels=range(len(classes)),
-                                       sample_weight=weights))}
+    if shares is not None:
+        weighted = at_prevalence(labels, probabilities, classes, shares, decision)
+        metrics |= {key: weighted[key] for key in ("accuracy", "expected_calibration_error", "log_loss")}
     return {key: metrics[key] for key in (*SUMMARY, "threshold") if key in metrics}
 
 

@@ -162,6 +162,7 @@ def evaluate(
     name_labels: NameLabelsOption = None,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
+    prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="Also score the calls as they would do where cases come in these proportions, e.g. PNEUMONIA=10% (DATA collected so many of each class): accuracy, how often each call is right (a binary model's PPV and NPV), calibration error, log loss.")] = None,
 ) -> None:
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
@@ -172,10 +173,11 @@ def evaluate(
 
     from .pipeline import evaluate_run
 
+    shares = _shares(prevalence)
     out = out or _home_of(model) / rundir.EVALUATION.format(data=data.resolve().name)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=_parse_naming(name_labels), group_pattern=group_pattern,
-                                                 group_copies=group_copies))
+                                                 group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})
     console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png, calibration.png")
 
@@ -511,12 +513,29 @@ def _print_metrics(metrics: dict) -> None:
             right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
             console.print(f"{split}, one vote per source: accuracy {source['accuracy']:.3f} over {source['sources']} "
                           f"sources ({right})")
+        if "at_prevalence" in m:
+            console.print(f"{split}, {_at_prevalence(m['at_prevalence'], m.get('positive_class'))}")
     if splits and len(metrics[splits[-1]]["per_class"]) > 2:
         table = _per_class_table(metrics[splits[-1]]["per_class"], splits[-1])
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum
         # a log or a pipe has no width to keep to: long class names stay on one line there
         out = console if console.is_terminal else Console(file=console.file, width=max(console.width, natural))
         out.print(table)
+
+
+def _at_prevalence(site: dict, positive: str | None) -> str:
+    """'at the stated prevalence (NORMAL 90.0%, PNEUMONIA 10.0%): accuracy ..., a PNEUMONIA call right 0.412
+    of the time (PPV), a NORMAL call 0.993 (NPV), ...'; per class for more than two."""
+    shares = ", ".join(f"{name} {share:.1%}" for name, share in site["shares"].items())
+    precision = site["precision"]
+    if positive is not None:
+        negative = next(name for name in precision if name != positive)
+        right = (f"a {positive} call right {precision[positive]:.3f} of the time (PPV), a {negative} call "
+                 f"{precision[negative]:.3f} (NPV)")
+    else:
+        right = "calls right: " + ", ".join(f"{name} {value:.3f}" for name, value in precision.items())
+    return (f"at the stated prevalence ({shares}): accuracy {site['accuracy']:.3f}, {right}, calibration error "
+            f"{site['expected_calibration_error']:.3f}, log loss {site['log_loss']:.3f}")
 
 
 def _per_class_table(per_class: dict, split: str) -> Table:

@@ -11,8 +11,8 @@ import re
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, log_loss, roc_auc_score,
-                             roc_curve)
+from sklearn.metrics import (accuracy_score, classification_report, confusion_matrix, log_loss, precision_score,
+                             roc_auc_score, roc_curve)
 
 from medclf.runtime.decision import Decision, decide
 
@@ -135,6 +135,50 @@ def per_source_metrics(labels: np.ndarray, probabilities: np.ndarray, groups: np
     per_class = {name: {"sources": int(np.sum(truth == k)), "right": int(np.sum((truth == k) & (called == k)))}
                  for k, name in enumerate(classes)}
     return {"sources": len(ids), "accuracy": float(np.mean(called == truth)), "per_class": per_class}
+
+
+def stated_shares(prevalence: dict[str, float], classes: Sequence[str], counts: np.ndarray) -> np.ndarray:
+    """Every class's share of the cases at a site, from the ``prevalence`` stated for some of them
+    (``{"PNEUMONIA": 0.1}``): what the stated ones leave is split among the others in the proportions of their
+    image ``counts``."""
+    unknown = sorted(set(prevalence) - set(classes))
+    if unknown:
+        raise ValueError(f"prevalence of {', '.join(unknown)}: not a class of this model ({', '.join(classes)})")
+    if not all(0.0 < share < 1.0 for share in prevalence.values()):
+        raise ValueError(f"a class's prevalence is a share between 0 and 1 (exclusive), not {prevalence}")
+    stated = np.array([name in prevalence for name in classes])
+    shares = np.array([prevalence.get(name, 0.0) for name in classes])
+    left = 1.0 - shares.sum()
+    if stated.all() and abs(left) > 1e-3 or not stated.all() and left <= 0:
+        raise ValueError(f"the stated prevalences add up to {shares.sum():g}: every class's share together is 1")
+    if stated.all():
+        return shares / shares.sum()
+    return np.where(stated, shares, left * counts / counts[~stated].sum())
+
+
+def prevalence_weights(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Each image's weight at a stated prevalence: its class's share there over its share of ``labels``, so a
+    collection of so many of each class counts as the site's cases would."""
+    held = np.bincount(labels, minlength=len(shares)) / len(labels)
+    return (shares / held)[labels]
+
+
+def at_prevalence(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], shares: np.ndarray,
+                  decision: Decision | None = None) -> dict:
+    """What the calls are worth where the classes come in ``shares``: accuracy, calibration error, log loss and
+    each class's precision (how often a call of it is right; for a binary model the positive and negative
+    predictive values, which unlike sensitivity and specificity depend on prevalence), every image weighed by
+    :func:`prevalence_weights`."""
+    weights = prevalence_weights(labels, shares)
+    called = decide(probabilities, classes, decision)
+    indices = list(range(len(classes)))
+    precision = precision_score(labels, called, labels=indices, average=None, sample_weight=weights, zero_division=0)
+    return {"shares": dict(zip(classes, map(float, shares))),
+            "accuracy": float(accuracy_score(labels, called, sample_weight=weights)),
+            "expected_calibration_error": expected_calibration_error(labels, probabilities, weights=weights),
+            "log_loss": float(log_loss(labels, np.clip(probabilities, 1e-15, 1.0), labels=indices,
+                                       sample_weight=weights)),
+            "precision": dict(zip(classes, map(float, precision)))}
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, bins: int = 15,

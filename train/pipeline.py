@@ -35,7 +35,8 @@ from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
                    read_dataset, shorter_side, split_groups, warn_missing_classes)
 from .distribute import training_strategy
-from .evaluate import choose_threshold, classification_metrics, per_source_metrics, positive_class
+from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
+                       positive_class, stated_shares)
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
@@ -209,13 +210,16 @@ def _clear_replaced(run_dir: Path, binary: bool) -> None:
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                  out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
-                 group_pattern: str | None = None, group_copies: bool | None = None) -> dict:
+                 group_pattern: str | None = None, group_copies: bool | None = None,
+                 prevalence: dict[str, float] | None = None) -> dict:
     """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
     ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
     the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
     Files that belong together (``split_groups``: ``group_pattern``, patient sub-folders, or ``group_copies`` —
-    None looks for them) add ``per_source`` metrics: one vote per patient or source image.
-    With ``out``, writes ``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
+    None looks for them) add ``per_source`` metrics: one vote per patient or source image. A ``prevalence``
+    stated for some classes (see :func:`stated_shares`) adds ``at_prevalence``: the calls' worth where cases
+    come in those proportions rather than the data's. With ``out``, writes ``metrics.json``,
+    ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
     scorer = _Scorer.load(model_path)
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
     if target_sensitivity is not None:
@@ -228,11 +232,13 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     labels, probabilities, folder = predict_folder(read_dataset(data, classes, naming), preprocess, scorer.predict,
                                                    cache_dir)
-    per_source = _per_source(labels, probabilities, split_groups(folder, group_pattern, group_copies), classes,
-                             decision)
+    extra = _per_source(labels, probabilities, split_groups(folder, group_pattern, group_copies), classes, decision)
+    if prevalence:
+        shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
+        extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
     if out is None:
-        return classification_metrics(labels, probabilities, classes, decision) | per_source
-    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name) | per_source
+        return classification_metrics(labels, probabilities, classes, decision) | extra
+    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name) | extra
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from medclf.runtime import Classifier, ModelCard, Preprocess
 from medclf.runtime.decision import Decision
-from medclf.train.calibrate import SiteCalibration, calibrate_site, stated_shares, write_calibrated
+from medclf.train.calibrate import SiteCalibration, calibrate_site, write_calibrated
 from medclf.train.cli import app
 from medclf.train.data import load_arrays, read_folder
 from medclf.train.evaluate import classification_metrics, expected_calibration_error
@@ -213,18 +213,6 @@ def test_a_stated_prevalence_gives_a_collected_sample_the_bias_a_consecutive_ser
     as_collected = fit_bias_corrected(labels[collected], soft[collected])[1]
     assert as_collected[1] - bias[1] == pytest.approx(np.log(0.5 / prevalence) - np.log(0.5 / (1 - prevalence)),
                                                       abs=1e-3)
-
-
-def test_classes_whose_prevalence_is_not_stated_share_what_is_left_as_the_site_images_hold_them():
-    classes, counts = ("E", "L", "M", "N"), np.array([10, 30, 10, 50])
-    np.testing.assert_allclose(stated_shares({"N": 0.6}, classes, counts), [0.08, 0.24, 0.08, 0.6])
-    np.testing.assert_allclose(stated_shares({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.6}, classes, counts),
-                               [0.1, 0.2, 0.1, 0.6])
-    for stated, reason in (({"X": 0.5}, "prevalence of X: not a class of this model"),
-                           ({"N": 1.2}, "share between 0 and 1"), ({"N": 0.7, "L": 0.4}, "add up to 1.1"),
-                           ({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.5}, "add up to 0.9")):
-        with pytest.raises(ValueError, match=reason):
-            stated_shares(stated, classes, counts)
 
 
 def test_at_a_stated_prevalence_the_site_reads_its_metrics_weighted_to_it(chest_xray, tmp_path, model, caplog):

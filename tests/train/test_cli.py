@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from typer.testing import CliRunner
 
 from medclf.train.cli import _parse_size, app
@@ -143,3 +144,32 @@ def test_every_help_text_is_shown_as_written():
     for name, command in group.commands.items():
         for text in [command.help or "", *(getattr(param, "help", None) or "" for param in command.params)]:
             assert Text.from_markup(text).plain == text.replace("\\[", "["), f"medclf {name}: {text!r}"
+
+
+def test_evaluate_at_a_stated_prevalence_says_how_often_each_call_is_right_there(chest_xray, tmp_path):
+    """A balanced folder of films, read as a site where 10% have pneumonia: the positive predictive value falls
+    as Bayes says, and the line says which call is which."""
+    import json
+    import shutil
+
+    from medclf.runtime import ModelCard, Preprocess
+    from medclf.runtime.decision import Decision
+    from tests.onnx_graphs import brightness_model
+
+    model = brightness_model(tmp_path / "model.onnx", ModelCard(labels=("NORMAL", "PNEUMONIA"), preprocess=Preprocess(
+        8, 8, color="grey"), decision=Decision("PNEUMONIA", 0.5)))
+    for name in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "films" / name).mkdir(parents=True)
+        for path in sorted((chest_xray / "test" / name).iterdir())[:40]:
+            shutil.copy(path, tmp_path / "films" / name)
+    result = runner.invoke(app, ["evaluate", model, str(tmp_path / "films"), "--prevalence", "PNEUMONIA=10%",
+                                 "--out", str(tmp_path / "out")], terminal_width=250)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    sens, spec, site = metrics["sensitivity"], metrics["specificity"], metrics["at_prevalence"]
+    assert site["precision"]["PNEUMONIA"] == pytest.approx(sens * 0.1 / (sens * 0.1 + (1 - spec) * 0.9))
+    assert (f"evaluation, at the stated prevalence (NORMAL 90.0%, PNEUMONIA 10.0%): accuracy {site['accuracy']:.3f}, "
+            f"a PNEUMONIA call right {site['precision']['PNEUMONIA']:.3f} of the time (PPV), a NORMAL call "
+            f"{site['precision']['NORMAL']:.3f} (NPV)") in result.output
+    refused = runner.invoke(app, ["evaluate", model, str(tmp_path / "films"), "--prevalence", "COVID=0.2"])
+    assert refused.exit_code == 1 and "not a class of this model" in refused.output

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from medclf.runtime.decision import Decision
 from medclf.train.evaluate import (
-    MIN_IMAGES_FOR_THRESHOLD, choose_threshold, classification_metrics, expected_calibration_error, positive_class)
+    MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics, expected_calibration_error,
+    positive_class, stated_shares)
 
 
 @pytest.mark.parametrize("classes, positive", [
@@ -161,3 +163,33 @@ def test_a_patient_with_films_of_both_classes_is_a_source_of_each():
     result = per_source_metrics(labels, probabilities, np.array(["p4", "p4", "p6"]), ("NORMAL", "PNEUMONIA"))
     assert result["sources"] == 3 and result["accuracy"] == 1.0
     assert result["per_class"] == {"NORMAL": {"sources": 1, "right": 1}, "PNEUMONIA": {"sources": 2, "right": 2}}
+
+
+def test_classes_whose_prevalence_is_not_stated_share_what_is_left_as_the_site_images_hold_them():
+    classes, counts = ("E", "L", "M", "N"), np.array([10, 30, 10, 50])
+    np.testing.assert_allclose(stated_shares({"N": 0.6}, classes, counts), [0.08, 0.24, 0.08, 0.6])
+    np.testing.assert_allclose(stated_shares({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.6}, classes, counts),
+                               [0.1, 0.2, 0.1, 0.6])
+    for stated, reason in (({"X": 0.5}, "prevalence of X: not a class of this model"),
+                           ({"N": 1.2}, "share between 0 and 1"), ({"N": 0.7, "L": 0.4}, "add up to 1.1"),
+                           ({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.5}, "add up to 0.9")):
+        with pytest.raises(ValueError, match=reason):
+            stated_shares(stated, classes, counts)
+
+
+def test_at_a_stated_prevalence_a_positive_call_is_right_as_bayes_says_and_sensitivity_does_not_move():
+    """A balanced test set says nothing about how often a positive call is right at a site where 10% are
+    positive: PPV = sens·π / (sens·π + (1 - spec)(1 - π)). The weighted counts give exactly that."""
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1], 200)
+    p = np.clip(np.where(labels == 1, rng.normal(0.7, 0.2, 400), rng.normal(0.3, 0.2, 400)), 0.01, 0.99)
+    probabilities = np.stack([1 - p, p], axis=1)
+    decision = Decision("PNEUMONIA", 0.5)
+    plain = classification_metrics(labels, probabilities, ("NORMAL", "PNEUMONIA"), decision)
+    sens, spec = plain["sensitivity"], plain["specificity"]
+    site = at_prevalence(labels, probabilities, ("NORMAL", "PNEUMONIA"), np.array([0.9, 0.1]), decision)
+    assert site["precision"]["PNEUMONIA"] == pytest.approx(sens * 0.1 / (sens * 0.1 + (1 - spec) * 0.9))
+    assert site["precision"]["NORMAL"] == pytest.approx(spec * 0.9 / (spec * 0.9 + (1 - sens) * 0.1))
+    assert site["accuracy"] == pytest.approx(0.1 * sens + 0.9 * spec)
+    assert site["shares"] == {"NORMAL": 0.9, "PNEUMONIA": 0.1}
+    assert site["precision"]["PNEUMONIA"] < plain["per_class"]["PNEUMONIA"]["precision"]  # rarer: fewer right
