@@ -183,6 +183,25 @@ def evaluate(
 
 
 @app.command()
+def ensemble(
+    runs: Annotated[list[Path], typer.Argument(exists=True, file_okay=False, help="Two or more RUN_DIRs from medclf train that held out the same validation images (same --seed and --group-pattern).")],
+    out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="The ensemble's RUN_DIR (medclf export takes its model.keras).")],
+    test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Also score it on this held-out folder.")] = None,
+    target_sensitivity: TargetSensitivity = None,
+) -> None:
+    """Average the RUNS' models into one (the largest input size; smaller members resize inside the graph), with
+    its threshold chosen on their common validation images: models of different kinds err on different images."""
+    import_tensorflow()
+    from .ensemble import ensemble_runs
+
+    if len(runs) < 2:
+        raise typer.BadParameter("give two or more run directories", param_hint="RUNS")
+    metrics = _library_call(lambda: ensemble_runs(runs, out, test, target_sensitivity))
+    _print_metrics(metrics)
+    console.print(f"wrote {out}/model.keras and its run files")
+
+
+@app.command()
 def calibrate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported .onnx model.")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each; a patient or copies of one image count once).")],

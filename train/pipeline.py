@@ -155,7 +155,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "time_budget_cuts": budget.cuts, **decided,
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}
-    _write_run(run_dir, classes, preprocess, decision, metrics,
+    write_run(run_dir, classes, preprocess, decision, metrics,
                {"train": train_set, "val": val_set, "test": splits.test})
     return TrainResult(run_dir, metrics, seconds)
 
@@ -173,7 +173,7 @@ def _calibrated(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray,
     return scaled(val_p, temperature), temperature
 
 
-def _write_run(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess, decision: Decision | None,
+def write_run(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess, decision: Decision | None,
                metrics: dict, parts: dict[str, ImageFolder | None]) -> None:
     """Everything of the run beside ``model.keras``: labels, preprocessing, threshold, metrics and splits."""
     write_json(run_dir / rundir.LABELS, list(classes))

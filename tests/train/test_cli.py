@@ -19,7 +19,7 @@ def test_help_lists_the_commands_without_loading_tensorflow():
     assert done.stdout.strip() == "False"
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("train", "crossval", "evaluate", "calibrate", "explain", "augment", "export", "demo"):
+    for command in ("train", "crossval", "evaluate", "ensemble", "calibrate", "explain", "augment", "export", "demo"):
         assert command in result.output
 
 

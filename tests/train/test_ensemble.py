@@ -1,0 +1,60 @@
+"""``medclf ensemble``: trained runs averaged into one model that exports and serves as one file."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+from medclf.export.pipeline import export_run
+from medclf.rundir import RunDir
+from medclf.runtime import Classifier, load_image
+from medclf.train.ensemble import ensemble_runs
+from medclf.train.fit import FitConfig
+from medclf.train.pipeline import Recipe, train
+
+TINY = FitConfig(epochs=1, head_epochs=1, augment_views=0)
+
+
+@pytest.fixture(scope="module")
+def members(blood_cells, tmp_path_factory):
+    """Two kinds of model on the same held-out cells: MobileNet 0.25 at 64 px and a small CNN at 48 px."""
+    runs = []
+    for arch, size in (("mobilenet_025", 64), ("small_cnn", 48)):
+        out = tmp_path_factory.mktemp(arch)
+        train(blood_cells / "TRAIN", out, Recipe(arch=arch, image_size=size, val_split=0.5, fit=TINY),
+              limit_per_class=12, cache_dir=None)
+        runs.append(out)
+    return runs
+
+
+def test_the_ensemble_answers_the_mean_of_its_members_a_smaller_one_seeing_the_image_resized(members, tmp_path):
+    metrics = ensemble_runs(members, tmp_path / "pair")
+    run = RunDir(tmp_path / "pair")
+    assert run.preprocess.shape == (64, 64, 3) and run.labels == RunDir(members[0]).labels
+    assert run.split("val") == RunDir(members[0]).split("val") and metrics["validation"]["images"] > 0
+    assert metrics["training"]["members"] == [str(m.resolve()) for m in members]
+    paths = run.split("val")[0][:8]
+    images = np.stack([load_image(p, run.preprocess) for p in paths]).astype(np.float32)
+    big, small = (keras.models.load_model(m / "model.keras", compile=False) for m in members)
+    expected = (big.predict(images, verbose=0) + small.predict(keras.layers.Resizing(48, 48)(images), verbose=0)) / 2
+    pair = keras.models.load_model(tmp_path / "pair" / "model.keras", compile=False)
+    np.testing.assert_allclose(pair.predict(images, verbose=0), expected, atol=1e-5)
+    report = export_run(tmp_path / "pair" / "model.keras", tmp_path / "exported", max_images=16)
+    assert report["precisions"]["fp32"]["passed"]
+    served = Classifier(tmp_path / "exported" / "model.onnx")
+    np.testing.assert_allclose(served.predict(images.astype(np.uint8)), expected, atol=1e-4)
+
+
+def test_members_that_held_out_other_images_or_name_other_classes_are_refused(members, blood_cells, cataract,
+                                                                               tmp_path):
+    other_seed = tmp_path / "seed1"
+    train(blood_cells / "TRAIN", other_seed, Recipe(arch="small_cnn", image_size=48, val_split=0.5,
+                                                    fit=FitConfig(epochs=1, head_epochs=1, augment_views=0, seed=1)),
+          limit_per_class=12, cache_dir=None)
+    with pytest.raises(ValueError, match="held out other validation images.*same --seed"):
+        ensemble_runs([members[0], other_seed], tmp_path / "no")
+    eyes = tmp_path / "eyes"
+    train(cataract, eyes, Recipe(arch="small_cnn", image_size=48, val_split=0.5, fit=TINY), cache_dir=None)
+    with pytest.raises(ValueError, match="labels .* differ"):
+        ensemble_runs([members[0], eyes], tmp_path / "no")
