@@ -42,7 +42,7 @@ from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
 from .data import NameLabels, predict_folder, read_dataset, split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
-                       positive_class, prevalence_weights, stated_shares)
+                       positive_class, prevalence_ratios, prevalence_weights, stated_shares)
 from .plots import plot_reliability
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
@@ -128,7 +128,7 @@ def _fit_for(class_bias: bool, shares: np.ndarray | None) -> Fit:
     """The scaling to fit: temperature alone, with the class bias, or with the bias moved to a stated prevalence."""
     if not class_bias:
         return _temperature_only
-    return fit_bias_corrected if shares is None else partial(_at_prevalence, shares=shares)
+    return fit_bias_corrected if shares is None else partial(_fit_at_prevalence, shares=shares)
 
 
 def _prevalence_record(shares: np.ndarray | None, counts: np.ndarray, classes: tuple[str, ...]) -> dict | None:
@@ -139,13 +139,13 @@ def _prevalence_record(shares: np.ndarray | None, counts: np.ndarray, classes: t
             "images": dict(zip(classes, map(float, counts / counts.sum())))}
 
 
-def _at_prevalence(labels: np.ndarray, probabilities: np.ndarray, shares: np.ndarray) -> Scaling | None:
+def _fit_at_prevalence(labels: np.ndarray, probabilities: np.ndarray, shares: np.ndarray) -> Scaling | None:
     """:func:`fit_bias_corrected`'s answer on these images, its bias moved from their class proportions to
     ``shares``: what the same scaling would have found on images coming in the site's proportions."""
     scaling = fit_bias_corrected(labels, probabilities)
     if scaling is None:
         return None
-    bias = scaling[1] + np.log(shares / (np.bincount(labels, minlength=len(shares)) / len(labels)))
+    bias = scaling[1] + np.log(prevalence_ratios(labels, shares))
     return scaling[0], np.round(bias - bias[0], 4)
 
 

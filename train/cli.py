@@ -7,8 +7,9 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
@@ -233,8 +234,7 @@ def calibrate(
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
     if site.prevalence is not None:
-        stated, held = (", ".join(f"{name} {share:.1%}" for name, share in site.prevalence[key].items())
-                        for key in ("stated", "images"))
+        stated, held = (_percentages(site.prevalence[key]) for key in ("stated", "images"))
         console.print(f"at the stated prevalence ({stated}; the site images hold {held}), each image weighted "
                       "by the ratio:")
     console.print(f"as the model stands, {site.images} site images: {_site_metrics(site.before)}")
@@ -258,20 +258,34 @@ def calibrate(
 
 
 def _shares(texts: list[str] | None) -> dict[str, float] | None:
-    """['PNEUMONIA=0.1'] or ['A=10%,B=0.3'] → {'PNEUMONIA': 0.1} / {'A': 0.1, 'B': 0.3}; the range is the library's."""
+    """['PNEUMONIA=0.1'] or ['A=10%,B=0.3'] → {'PNEUMONIA': 0.1} / {'A': 0.1, 'B': 0.3}; the range is the
+    library's."""
+    def share(value: str) -> float:
+        return float(value[:-1]) / 100 if value.endswith("%") else float(value)
+
+    return _assignments(texts, share, "--prevalence", "CLASS=SHARE, e.g. PNEUMONIA=0.1 or PNEUMONIA=10%")
+
+
+def _assignments(texts: list[str] | None, parse: Callable[[str], Any], option: str, form: str) -> dict | None:
+    """Repeated or comma-separated NAME=VALUE items as {NAME: parse(VALUE)}; one that is not is a usage error
+    naming ``form``. None when none were given."""
     if not texts:
         return None
-    shares = {}
+    parsed = {}
     for item in (part.strip() for text in texts for part in text.split(",") if part.strip()):
         name, _, value = item.rpartition("=")
         try:
-            shares[name] = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+            parsed[name.strip()] = parse(value.strip())
         except ValueError:
             name = ""
-        if not name:
-            raise typer.BadParameter(f"{item!r}: give CLASS=SHARE, e.g. PNEUMONIA=0.1 or PNEUMONIA=10%",
-                                     param_hint="--prevalence")
-    return shares
+        if not name.strip():
+            raise typer.BadParameter(f"{item!r}: give {form}", param_hint=option)
+    return parsed
+
+
+def _percentages(shares: dict[str, float]) -> str:
+    """{'NORMAL': 0.9, 'PNEUMONIA': 0.1} → 'NORMAL 90.0%, PNEUMONIA 10.0%'."""
+    return ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
 
 
 def _site_metrics(summary: dict) -> str:
@@ -377,15 +391,13 @@ def export(
 def _float_counts(texts: list[str] | None) -> dict[str, int] | None:
     """['int8=3'] or ['fp16=4,int8=3'] → {'int8': 3} / {'fp16': 4, 'int8': 3}; which precisions take one is the
     library's to say."""
-    if not texts:
-        return None
-    counts = {}
-    for item in (part.strip() for text in texts for part in text.split(",") if part.strip()):
-        name, _, value = item.partition("=")
-        if not value.strip().isdigit():
-            raise typer.BadParameter(f"{item!r}: give PRECISION=N, e.g. int8=3", param_hint="--float-convs")
-        counts[name.strip().lower()] = int(value)
-    return counts
+    def count(value: str) -> int:
+        if not value.isdigit():
+            raise ValueError(value)
+        return int(value)
+
+    counts = _assignments(texts, count, "--float-convs", "PRECISION=N, e.g. int8=3")
+    return None if counts is None else {name.lower(): count for name, count in counts.items()}
 
 
 def _parse_precisions(text: str) -> tuple[str, ...]:
@@ -533,7 +545,7 @@ def _print_metrics(metrics: dict) -> None:
             console.print(f"{split}, one vote per source: accuracy {source['accuracy']:.3f} over {source['sources']} "
                           f"sources ({right})")
         if "at_prevalence" in m:
-            console.print(f"{split}, {_at_prevalence(m['at_prevalence'], m.get('positive_class'))}")
+            console.print(f"{split}, {_prevalence_line(m['at_prevalence'], m.get('positive_class'))}")
     if splits and len(metrics[splits[-1]]["per_class"]) > 2:
         table = _per_class_table(metrics[splits[-1]]["per_class"], splits[-1])
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum
@@ -542,10 +554,9 @@ def _print_metrics(metrics: dict) -> None:
         out.print(table)
 
 
-def _at_prevalence(site: dict, positive: str | None) -> str:
+def _prevalence_line(site: dict, positive: str | None) -> str:
     """'at the stated prevalence (NORMAL 90.0%, PNEUMONIA 10.0%): accuracy ..., a PNEUMONIA call right 0.412
     of the time (PPV), a NORMAL call 0.993 (NPV), ...'; per class for more than two."""
-    shares = ", ".join(f"{name} {share:.1%}" for name, share in site["shares"].items())
     precision = site["precision"]
     if positive is not None:
         negative = next(name for name in precision if name != positive)
@@ -553,8 +564,8 @@ def _at_prevalence(site: dict, positive: str | None) -> str:
                  f"{precision[negative]:.3f} (NPV)")
     else:
         right = "calls right: " + ", ".join(f"{name} {value:.3f}" for name, value in precision.items())
-    return (f"at the stated prevalence ({shares}): accuracy {site['accuracy']:.3f}, {right}, calibration error "
-            f"{site['expected_calibration_error']:.3f}, log loss {site['log_loss']:.3f}")
+    return (f"at the stated prevalence ({_percentages(site['shares'])}): accuracy {site['accuracy']:.3f}, {right}, "
+            f"calibration error {site['expected_calibration_error']:.3f}, log loss {site['log_loss']:.3f}")
 
 
 def _per_class_table(per_class: dict, split: str) -> Table:

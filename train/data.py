@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
+from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
@@ -207,6 +208,12 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
         train, val = stratified_split(train, val_split, seed, groups)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None, held_out)
+
+
+def recorded_split(run: RunDir, name: str) -> ImageFolder:
+    """A split (``train``, ``val``, ``test``) as ``run`` recorded it, with the run's labels."""
+    paths, labels = run.split(name)
+    return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), run.labels)
 
 
 def shorter_side(paths: tuple[str, ...], sample: int = 16) -> float | None:

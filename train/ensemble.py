@@ -17,15 +17,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import keras
-import numpy as np
 
+from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.preprocess import Preprocess
 
-from .data import ImageFolder, load_arrays, predict_folder, read_dataset
+from .data import ImageFolder, load_arrays, predict_folder, read_dataset, recorded_split
 from .evaluate import choose_threshold
 from .fit import predict, save_model
-from .pipeline import write_run, report
+from .pipeline import report, write_run
 
 
 def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
@@ -36,7 +36,7 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     members = [RunDir(Path(run)) for run in runs]
     preprocess = _common_preprocess(members)
     val = _common_validation(members)
-    model = averaged([keras.models.load_model(m.path / "model.keras", compile=False) for m in members],
+    model = averaged([keras.models.load_model(m.path / rundir.MODEL, compile=False) for m in members],
                      preprocess.shape)
     classes = members[0].labels
     out = Path(out)
@@ -52,8 +52,8 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test")
-    save_model(model, out / "model.keras")
-    splits = {"train": _split(members[0], "train", classes), "val": val, "test": test_folder}
+    save_model(model, out / rundir.MODEL)
+    splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}
     write_run(out, classes, preprocess, decision, metrics, splits)
     return metrics
 
@@ -84,14 +84,9 @@ def _common_preprocess(members: Sequence[RunDir]) -> Preprocess:
 
 def _common_validation(members: Sequence[RunDir]) -> ImageFolder:
     """The validation images every member held out; refused unless they are the same for all."""
-    paths, labels = members[0].split("val")
+    val = recorded_split(members[0], "val")
     for member in members[1:]:
-        if member.split("val")[0] != paths:
+        if member.split("val")[0] != list(val.paths):
             raise ValueError(f"{member.path} held out other validation images than {members[0].path}: train the "
                              "members with the same --seed, --val-split and --group-pattern")
-    return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), members[0].labels)
-
-
-def _split(member: RunDir, name: str, classes: tuple[str, ...]) -> ImageFolder:
-    paths, labels = member.split(name)
-    return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
+    return val

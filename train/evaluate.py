@@ -156,11 +156,15 @@ def stated_shares(prevalence: dict[str, float], classes: Sequence[str], counts: 
     return np.where(stated, shares, left * counts / counts[~stated].sum())
 
 
+def prevalence_ratios(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
+    """Per class, its share at the site over its share of ``labels``: how much likelier the site makes it."""
+    return shares / (np.bincount(labels, minlength=len(shares)) / len(labels))
+
+
 def prevalence_weights(labels: np.ndarray, shares: np.ndarray) -> np.ndarray:
-    """Each image's weight at a stated prevalence: its class's share there over its share of ``labels``, so a
-    collection of so many of each class counts as the site's cases would."""
-    held = np.bincount(labels, minlength=len(shares)) / len(labels)
-    return (shares / held)[labels]
+    """Each image's weight at a stated prevalence (its class's :func:`prevalence_ratios`), so a collection of so
+    many of each class counts as the site's cases would."""
+    return prevalence_ratios(labels, shares)[labels]
 
 
 def at_prevalence(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], shares: np.ndarray,

@@ -33,7 +33,7 @@ from medclf.runtime.preprocess import Preprocess
 from .architectures import Architecture, get_architecture
 from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
-                   read_dataset, shorter_side, split_groups, warn_missing_classes)
+                   read_dataset, recorded_split, shorter_side, split_groups, warn_missing_classes)
 from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
@@ -156,7 +156,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}
     write_run(run_dir, classes, preprocess, decision, metrics,
-               {"train": train_set, "val": val_set, "test": splits.test})
+              {"train": train_set, "val": val_set, "test": splits.test})
     return TrainResult(run_dir, metrics, seconds)
 
 
@@ -174,7 +174,7 @@ def _calibrated(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray,
 
 
 def write_run(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess, decision: Decision | None,
-               metrics: dict, parts: dict[str, ImageFolder | None]) -> None:
+              metrics: dict, parts: dict[str, ImageFolder | None]) -> None:
     """Everything of the run beside ``model.keras``: labels, preprocessing, threshold, metrics and splits."""
     write_json(run_dir / rundir.LABELS, list(classes))
     write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
@@ -226,9 +226,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         if scorer.run is None:
             raise ValueError(f"{model_path}: choosing a new threshold needs the run directory; pass "
                              "RUN_DIR/model.keras, or export again after choosing it")
-        paths, labels = scorer.run.split("val")
-        val = ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), classes)
-        val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
+        val_x, val_y, _ = load_arrays(recorded_split(scorer.run, "val"), preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     labels, probabilities, folder = predict_folder(read_dataset(data, classes, naming), preprocess, scorer.predict,
                                                    cache_dir)

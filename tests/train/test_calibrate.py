@@ -197,7 +197,7 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
 
 def test_a_stated_prevalence_gives_a_collected_sample_the_bias_a_consecutive_series_would_have_given():
     """A site whose cases are 10% positive labels 50/50 of them: stated, the 10% replaces the sample's 50%."""
-    from medclf.train.calibrate import _at_prevalence
+    from medclf.train.calibrate import _fit_at_prevalence
 
     rng = np.random.default_rng(4)
     logits = rng.normal(0, 2.5, (40000, 2))
@@ -207,7 +207,8 @@ def test_a_stated_prevalence_gives_a_collected_sample_the_bias_a_consecutive_ser
     positives = np.flatnonzero(labels == 1)
     collected = np.concatenate([positives, rng.choice(np.flatnonzero(labels == 0), len(positives), replace=False)])
     prevalence = np.mean(labels == 1)
-    temperature, bias = _at_prevalence(labels[collected], soft[collected], np.array([1 - prevalence, prevalence]))
+    temperature, bias = _fit_at_prevalence(labels[collected], soft[collected],
+                                           np.array([1 - prevalence, prevalence]))
     assert temperature == pytest.approx(series[0], rel=0.05)
     assert bias[1] == pytest.approx(series[1][1], abs=0.1)
     as_collected = fit_bias_corrected(labels[collected], soft[collected])[1]
