@@ -8,14 +8,17 @@ gives exactly the inference graph, with the uint8 → float32 cast as its first 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
+import numpy as np
 import onnx
 import tensorflow as tf
 import tf2onnx
+from onnx import numpy_helper
 
 import medclf
 from medclf.runtime.modelcard import CAM_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
@@ -45,6 +48,7 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
     _rename_io(proto)
+    _exact_resize_scales(proto)
     onnx.helper.set_model_props(proto, card.to_metadata())
     proto.producer_name = "medclf"
     proto.producer_version = medclf.__version__
@@ -74,6 +78,48 @@ def _with_features(model: keras.Model) -> keras.Model:
         raise ValueError(f"model {model.name} has no feature map → average pool → dense head; a CAM output "
                          f"needs one (two_backbones pools two maps)")
     return keras.Model(model.input, [model.get_layer("pool").input, model.output])
+
+
+def _exact_resize_scales(proto: onnx.ModelProto) -> None:
+    """Make every fixed-size Resize come out at the same size in every runtime.
+
+    tf2onnx writes a resize to a fixed size (an ensemble member's 352 → 224 px) as a Resize with constant
+    ``scales``: 224/352 is 0.6363636 in float32, and ONNX's rule, floor(352 × 0.6363636), gives 223. onnxruntime's
+    kernel makes 224, as Keras did, but its shape inference follows the rule and warns on every load that the
+    shapes disagree, and a runtime that sizes by the rule (TensorRT) would feed the member a 223-px image. Each
+    such scale is raised to the next float32 at which the rule gives the intended size: a change of 1e-7, which
+    moves the pixels sampled by under 1e-4 of a pixel."""
+    constants = {tensor.name: tensor for tensor in proto.graph.initializer}
+    inferred = onnx.shape_inference.infer_shapes(proto).graph
+    dims = {value.name: [d.dim_value or None for d in value.type.tensor_type.shape.dim]
+            for value in (*inferred.input, *inferred.value_info)}
+    replaced = set()
+    for node in proto.graph.node:
+        if node.op_type != "Resize" or len(node.input) < 3 or node.input[2] not in constants:
+            continue
+        sizes = dims.get(node.input[0])
+        scales = numpy_helper.to_array(constants[node.input[2]]).astype(np.float32)
+        if not sizes or len(sizes) != len(scales):
+            continue
+        exact = np.array([_exact_scale(size, scale) for size, scale in zip(sizes, scales)], np.float32)
+        if not np.array_equal(exact, scales):
+            replaced.add(node.input[2])
+            node.input[2] = f"{node.input[2]}_exact_{node.name}"
+            proto.graph.initializer.append(numpy_helper.from_array(exact, node.input[2]))
+    used = {name for node in proto.graph.node for name in node.input}
+    for name in replaced - used:
+        proto.graph.initializer.remove(constants[name])
+
+
+def _exact_scale(size: int | None, scale: np.float32) -> np.float32:
+    """``scale``, or the next float32 up at which floor(size × scale) reaches the integer size × scale was meant
+    to be (within 1e-3 of it); unchanged where the dimension is unknown or the product no near-integer."""
+    wanted = round(float(size or 0) * float(scale))
+    if not size or abs(size * float(scale) - wanted) > 1e-3:
+        return scale
+    while math.floor(size * float(scale)) < wanted:  # ONNX's rule multiplies in double precision
+        scale = np.nextafter(scale, np.float32(np.inf))
+    return scale
 
 
 def _rename_io(proto: onnx.ModelProto) -> None:

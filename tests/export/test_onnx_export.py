@@ -174,3 +174,30 @@ def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_ca
     images = np.stack([load_image(p, classifier.card.preprocess) for p in paths])
     p_cataract = classifier.predict(images)[:, classifier.labels.index("cataract")]
     assert calls == ["cataract" if p >= decision.threshold else "normal" for p in p_cataract]
+
+
+def test_a_resize_inside_the_model_comes_out_at_its_size_by_onnx_rule_not_only_in_onnxruntime(blood_cell_images):
+    """An ensemble member sees a 352-px image resized to 224 inside the graph; tf2onnx writes that as a scale of
+    224/352, which in float32 gives floor(352 × scale) = 223 by ONNX's rule. The exported scale must give 224 by
+    the rule too (no shape warnings, the same size in any runtime), with Keras' answers unchanged."""
+    import keras
+    import onnxruntime as ort
+
+    from medclf.export.onnx_export import convert
+    from medclf.runtime import Preprocess
+    from medclf.runtime.modelcard import ModelCard
+
+    keras.utils.set_random_seed(0)
+    image = keras.Input((88, 88, 3))  # 56/88 = 224/352
+    x = keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(keras.layers.Resizing(56, 56)(image)))
+    model = keras.Model(image, keras.layers.Dense(2, activation="softmax", name="probabilities")(
+        keras.layers.GlobalAveragePooling2D(name="pool")(x)))
+    card = ModelCard(labels=("a", "b"), preprocess=Preprocess(88, 88))
+    proto = onnx.shape_inference.infer_shapes(convert(model, card))
+    resized = {node.output[0] for node in proto.graph.node if node.op_type == "Resize"}
+    shapes = [[d.dim_value for d in v.type.tensor_type.shape.dim] for v in proto.graph.value_info if v.name in resized]
+    assert len(resized) == 1 and [shape[1:] for shape in shapes] == [[3, 56, 56]]
+    images = np.stack([load_image(path, card.preprocess) for path in blood_cell_images[:4]])
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"image": images})[0],
+                               model.predict(images.astype(np.float32), verbose=0), atol=1e-5)
