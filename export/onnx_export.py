@@ -76,7 +76,8 @@ def _with_features(model: keras.Model) -> keras.Model:
     if not {"pool", "probabilities"} <= names or \
             not isinstance(model.get_layer("pool"), keras.layers.GlobalAveragePooling2D):
         raise ValueError(f"model {model.name} has no feature map → average pool → dense head; a CAM output "
-                         f"needs one (two_backbones pools two maps)")
+                         "needs one (two_backbones pools two maps; an ensemble averages several models: `medclf "
+                         "explain` draws their Grad-CAM)")
     return keras.Model(model.input, [model.get_layer("pool").input, model.output])
 
 

@@ -60,10 +60,12 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
 
 def averaged(models: Sequence[keras.Model], shape: tuple[int, int, int]) -> keras.Model:
     """One model whose ``probabilities`` are the mean of ``models``' for an image of ``shape``; a member whose
-    input is smaller sees the image resized (bilinear) inside the graph."""
+    input is smaller sees the image resized (bilinear) inside the graph. Members are renamed ``member<i>_<name>``
+    (in place)."""
     image = keras.Input(shape, name="image")
     outputs = []
     for i, member in enumerate(models):
+        member.name = f"member{i}_{member.name}"  # two runs of one architecture share its name; a model may not
         size = tuple(member.input_shape[1:3])
         x = image if size == shape[:2] else keras.layers.Resizing(*size, name=f"member{i}_resize")(image)
         outputs.append(member(x))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import keras
 import numpy as np
 import tensorflow as tf
@@ -36,11 +37,21 @@ def _most_probable(probabilities: np.ndarray) -> np.ndarray:
 
 
 class GradCam:
-    """Heatmaps for one model, with the gradient graph built once."""
+    """Heatmaps for one model, with the gradient graph built once.
+
+    An ensemble (``medclf ensemble``) averages its members' probabilities, so its class score's gradient reaches
+    each member's last feature map: each member's map is weighted by its own gradients, brought to the largest
+    member map's size and summed — Grad-CAM over all the members' feature maps at once."""
 
     def __init__(self, model: keras.Model, layer: str | None = None) -> None:
-        self.layer = layer or last_conv_layer(model)
-        self._model = keras.Model(model.input, [model.get_layer(self.layer).output, model.output])
+        members = ensemble_members(model)
+        if members and layer is not None:
+            raise ValueError(f"model {model.name} averages {len(members)} models: it is explained at each one's "
+                             "last feature map, not at a named layer")
+        self.layer = layer or (last_conv_layer(model) if not members else None)
+        # per model whose probabilities are averaged: the size it sees the image at, image → (map, probabilities)
+        self._parts = [(None, keras.Model(model.input, [model.get_layer(self.layer).output, model.output]))] \
+            if not members else [(_resizing(member, model), _with_last_map(member)) for member in members]
 
     def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None,
                  choose: Callable[[np.ndarray], np.ndarray] = _most_probable) -> tuple[np.ndarray, np.ndarray]:
@@ -49,13 +60,37 @@ class GradCam:
         of the same forward pass (default: the most probable)."""
         x = tf.cast(images, tf.float32)
         with tf.GradientTape() as tape:
-            features, probabilities = self._model(x, training=False)
+            outputs = [part(x if resize is None else resize(x), training=False) for resize, part in self._parts]
+            features = [maps for maps, _ in outputs]
+            probabilities = tf.add_n([p for _, p in outputs]) / len(outputs)
             chosen = classes if classes is not None else choose(probabilities.numpy())
             score = tf.gather(probabilities, chosen, axis=1, batch_dims=1)
-        gradients = tape.gradient(score, features)
-        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-        cams = tf.reduce_sum(weights * features, axis=-1).numpy()
-        return heatmaps(cams, *images.shape[1:3]), probabilities.numpy()
+        cams = [tf.reduce_sum(tf.reduce_mean(gradients, axis=(1, 2), keepdims=True) * maps, axis=-1).numpy()
+                for gradients, maps in zip(tape.gradient(score, features), features)]
+        return heatmaps(_summed(cams), *images.shape[1:3]), probabilities.numpy()
+
+
+def ensemble_members(model: keras.Model) -> list[keras.Model]:
+    """The models a ``medclf ensemble`` model averages (nested whole inside it); empty for any other model."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)] if model.name == "ensemble" else []
+
+
+def _resizing(member: keras.Model, ensemble: keras.Model) -> keras.layers.Layer | None:
+    """The resize the ensemble feeds ``member`` through (:func:`medclf.train.ensemble.averaged`), or None."""
+    size = tuple(member.input_shape[1:3])
+    return None if size == tuple(ensemble.input_shape[1:3]) else keras.layers.Resizing(*size)
+
+
+def _with_last_map(model: keras.Model) -> keras.Model:
+    return keras.Model(model.input, [model.get_layer(last_conv_layer(model)).output, model.output])
+
+
+def _summed(cams: list[np.ndarray]) -> np.ndarray:
+    """Coarse maps ``[N, h, w]`` of several sizes summed at the largest's size (one map: itself)."""
+    if len(cams) == 1:
+        return cams[0]
+    height, width = max((c.shape[1:] for c in cams), key=lambda shape: shape[0] * shape[1])
+    return sum(np.stack([cv2.resize(m, (width, height), interpolation=cv2.INTER_LINEAR) for m in c]) for c in cams)
 
 
 @dataclass(frozen=True)

@@ -58,3 +58,16 @@ def test_members_that_held_out_other_images_or_name_other_classes_are_refused(me
     train(cataract, eyes, Recipe(arch="small_cnn", image_size=48, val_split=0.5, fit=TINY), cache_dir=None)
     with pytest.raises(ValueError, match="labels .* differ"):
         ensemble_runs([members[0], eyes], tmp_path / "no")
+
+
+def test_runs_of_one_architecture_average_and_the_ensemble_is_explained_with_grad_cam(members, tmp_path):
+    """Two runs of one architecture share its model name (here one run twice); the ensemble renames its members,
+    and ``medclf explain`` draws its heatmaps from every member's last feature map."""
+    from medclf.train.explain import explain_files
+
+    ensemble_runs([members[1], members[1]], tmp_path / "twins")
+    twins = keras.models.load_model(tmp_path / "twins" / "model.keras", compile=False)
+    assert [layer.name for layer in twins.layers][1:3] == ["member0_small_cnn", "member1_small_cnn"]
+    paths = RunDir(tmp_path / "twins").split("val")[0][:2]
+    explained = list(explain_files(tmp_path / "twins" / "model.keras", paths, tmp_path / "heat"))
+    assert all(item.error is None and item.heatmap.is_file() for item in explained) and len(explained) == 2

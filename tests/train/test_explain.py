@@ -8,12 +8,13 @@ import pytest
 from keras import layers
 
 from medclf.train.architectures import ARCHITECTURES, get_architecture
+from medclf.train.ensemble import averaged
 from medclf.train.explain import GradCam, last_conv_layer
 
 
-def brightness_model() -> keras.Model:
+def brightness_model(size: int = 32) -> keras.Model:
     """p(bright) grows with the mean of a 1x1 'conv' copy of the image: the evidence is where pixels are bright."""
-    inputs = keras.Input((32, 32, 1), name="image")
+    inputs = keras.Input((size, size, 1), name="image")
     x = layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="conv")(inputs)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(2, activation="softmax", kernel_initializer=keras.initializers.Constant([[-0.05, 0.05]]),
@@ -33,6 +34,21 @@ def test_the_heatmap_lights_up_where_the_evidence_is():
     assert heatmaps[0, 20:, :10].max() == 0.0  # nothing where the image is dark
     against, _ = cam(image, [0])  # the evidence counts against "dark": no positive contribution anywhere
     assert against.max() == 0.0
+
+
+@pytest.mark.parametrize("second", [32, 16])
+def test_an_ensemble_is_explained_at_each_members_feature_map_together(second):
+    """Two members of one architecture, the second seeing the image at its own size (as ``medclf ensemble``
+    nests them): the heatmap lights up where the evidence is, for the ensemble's own averaged probability."""
+    image = np.zeros((1, 32, 32, 1), np.uint8)
+    image[0, 2:10, 20:30] = 255
+    pair = averaged([brightness_model(32), brightness_model(second)], (32, 32, 1))
+    heatmaps, probabilities = GradCam(pair)(image, [1])
+    np.testing.assert_allclose(probabilities, pair.predict(image.astype(np.float32), verbose=0), atol=1e-6)
+    peak = np.unravel_index(heatmaps[0].argmax(), (32, 32))
+    assert 2 <= peak[0] < 10 and 20 <= peak[1] < 30 and heatmaps[0, 20:, :10].max() == 0.0
+    with pytest.raises(ValueError, match="each one's last feature map"):
+        GradCam(pair, "conv")
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
