@@ -28,6 +28,20 @@ def export_table(report: dict) -> Table:
     return table
 
 
+def search_lines(report: dict) -> list[str]:
+    """One line per searched precision: each try's float convolutions, images/s at batch 32 and chance of
+    passing verification, the kept one marked — what ``--float-convs`` would trade."""
+    lines = []
+    for name, entry in report["precisions"].items():
+        tries = [t for t in entry.get("search", []) if "images_per_s_batch32" in t]
+        if len(tries) > 1:
+            steps = " · ".join(f"{t['float_convs']}: {t['images_per_s_batch32']:,.0f}/s {t['pass_probability']:.0%}"
+                               + (" (kept)" if t["float_convs"] == entry["float_convs"] else "") for t in tries)
+            lines.append(f"{name} search, by leading convolutions kept float32 (images/s at batch 32, chance to "
+                         f"pass verification): {steps}")
+    return lines
+
+
 def _calls(report: dict) -> str:
     """What "agree" counts, where it is not the most probable class: a binary model's threshold calls."""
     calls = report.get("calls", MOST_PROBABLE)

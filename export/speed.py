@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from statistics import median
 
@@ -30,18 +31,24 @@ def speed(model_path: str | os.PathLike[str], images: np.ndarray, backend: str =
     """``{"latency_ms_batch1": ..., "images_per_s_batch32": ...}`` for real preprocessed ``images`` on
     ``backend`` (one of :data:`medclf.runtime.BACKENDS`); a backend that cannot start here raises
     :class:`~medclf.runtime.BackendUnavailable` saying why."""
+    return speeds([model_path], images, backend, repeats)[0]
+
+
+def speeds(model_paths: Sequence[str | os.PathLike[str]], images: np.ndarray, backend: str = "cpu",
+           repeats: int = 10) -> list[dict[str, float]]:
+    """:func:`speed` of several files, timed one after another in one process (one start-up for all)."""
     with tempfile.TemporaryDirectory() as tmp:
         batch = Path(tmp) / "images.npy"
         np.save(batch, np.resize(images, (BATCH, *images.shape[1:])))
-        done = subprocess.run([sys.executable, "-m", "medclf.export.speed", os.fspath(model_path), str(batch),
-                               str(repeats), backend], capture_output=True, text=True, timeout=600)
+        done = subprocess.run([sys.executable, "-m", "medclf.export.speed", str(batch), str(repeats), backend,
+                               *map(os.fspath, model_paths)], capture_output=True, text=True, timeout=600)
     last_line = " ".join(done.stderr.strip().splitlines()[-1:])
     if done.returncode == BACKEND_UNAVAILABLE:
         from medclf.runtime.backends import BackendUnavailable
 
         raise BackendUnavailable(last_line)
     if done.returncode != 0:
-        raise RuntimeError(f"timing {model_path} failed: {last_line}")
+        raise RuntimeError(f"timing {', '.join(map(os.fspath, model_paths))} failed: {last_line}")
     return json.loads(done.stdout)
 
 
@@ -64,11 +71,12 @@ def median_seconds(run, repeats: int) -> float:
     return median(times)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m medclf.export.speed IMAGES.npy REPEATS BACKEND MODEL [MODEL ...]
     from medclf.runtime.backends import BackendUnavailable
 
+    batch, repeat_count, backend_name = np.load(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
     try:
-        print(json.dumps(measure(sys.argv[1], np.load(sys.argv[2]), int(sys.argv[3]), sys.argv[4])))
+        print(json.dumps([measure(path, batch, repeat_count, backend_name) for path in sys.argv[4:]]))
     except BackendUnavailable as exc:
         print(exc, file=sys.stderr)
         sys.exit(BACKEND_UNAVAILABLE)

@@ -14,6 +14,7 @@ from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive,
                                     cleared, held_out_split, pass_probability)
+from medclf.export.report import search_lines
 from medclf.export.verify import expected_flips
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
@@ -169,6 +170,19 @@ def test_int8_keeps_more_leading_convolutions_float_until_verification_should_pa
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
     assert entry["method"]["bias_correction"] and entry["method"]["calibration_images"] > 0
+
+
+def test_every_search_try_is_timed_and_the_trade_is_printed_one_line_per_precision(exported):
+    """What keeping fewer layers float would buy: each try's images/s beside its chance of passing."""
+    for name in ("fp16", "int8"):
+        assert all(t["images_per_s_batch32"] > 0 for t in exported[1]["precisions"][name]["search"])
+    report = {"precisions": {"fp32": {}, "int8": {"float_convs": 12, "search": [
+        {"float_convs": 3, "images_per_s_batch32": 1740.2, "pass_probability": 0.42},
+        {"float_convs": 12, "images_per_s_batch32": 880.0, "pass_probability": 0.95}]}}}
+    assert search_lines(report) == ["int8 search, by leading convolutions kept float32 (images/s at batch 32, "
+                                    "chance to pass verification): 3: 1,740/s 42% · 12: 880/s 95% (kept)"]
+    report["precisions"]["int8"]["search"] = report["precisions"]["int8"]["search"][:1]  # one try: no trade
+    assert search_lines(report) == []
 
 
 def test_a_step_clears_when_verification_should_pass_it_nine_times_in_ten():
