@@ -48,10 +48,12 @@ class GradCam:
         if members and layer is not None:
             raise ValueError(f"model {model.name} averages {len(members)} models: it is explained at each one's "
                              "last feature map, not at a named layer")
-        self.layer = layer or (last_conv_layer(model) if not members else None)
-        # per model whose probabilities are averaged: the size it sees the image at, image → (map, probabilities)
-        self._parts = [(None, keras.Model(model.input, [model.get_layer(self.layer).output, model.output]))] \
-            if not members else [(_resizing(member, model), _with_last_map(member)) for member in members]
+        self.layer = layer or (None if members else last_conv_layer(model))
+        # per model whose probabilities are averaged: its resize of the image (or None), image → (map, probabilities)
+        if members:
+            self._parts = [(_resizing(member, model), _with_map(member, last_conv_layer(member))) for member in members]
+        else:
+            self._parts = [(None, _with_map(model, self.layer))]
 
     def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None,
                  choose: Callable[[np.ndarray], np.ndarray] = _most_probable) -> tuple[np.ndarray, np.ndarray]:
@@ -81,8 +83,8 @@ def _resizing(member: keras.Model, ensemble: keras.Model) -> keras.layers.Layer 
     return None if size == tuple(ensemble.input_shape[1:3]) else keras.layers.Resizing(*size)
 
 
-def _with_last_map(model: keras.Model) -> keras.Model:
-    return keras.Model(model.input, [model.get_layer(last_conv_layer(model)).output, model.output])
+def _with_map(model: keras.Model, layer: str) -> keras.Model:
+    return keras.Model(model.input, [model.get_layer(layer).output, model.output])
 
 
 def _summed(cams: list[np.ndarray]) -> np.ndarray:
