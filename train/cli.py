@@ -35,7 +35,7 @@ ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help=
 
 
 # Recipe options, shared by train and crossval. None = not given: the preset's value, else the library default.
-Preset = Annotated[Optional[str], typer.Option(help="Measured recipe for a seed dataset: blood-cells, chest-xray, cataract. Flags given too override it.")]
+Preset = Annotated[Optional[str], typer.Option(help="Measured recipe for a seed dataset: blood-cells, chest-xray, cataract; chest-xray-pair (train only) trains two models and averages them. Flags given too override it (each member's).")]
 Arch = Annotated[Optional[str], typer.Option(help="Architecture: mobilenet_v2 (default), mobilenet_025, two_backbones, small_cnn, squeezenet.")]
 ImageSize = Annotated[Optional[str], typer.Option(help="Input size, N or HxW (e.g. 240x320); default per architecture.")]
 Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs end to end, or of fine-tuning after the head stage [30].")]
@@ -79,11 +79,16 @@ def train(
     (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png, calibration.png."""
     options = dict(locals())
     import_tensorflow()
+    from .ensemble import train_ensemble
     from .pipeline import train as run_training
 
-    recipe = _library_call(lambda: _recipe(preset, options))
-    result = _library_call(lambda: run_training(data, out, recipe, test=test, naming=_parse_naming(name_labels),
-                                                limit_per_class=limit_per_class))
+    recipes = _library_call(lambda: _recipes(preset, options))
+    naming = _parse_naming(name_labels)
+    if len(recipes) > 1:  # an ensemble preset: its members trained in turn, then averaged into RUN_DIR
+        result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
+    else:
+        result = _library_call(lambda: run_training(data, out, recipes[0], test=test, naming=naming,
+                                                    limit_per_class=limit_per_class))
     _print_metrics(result.metrics)
     if (temperature := result.metrics["training"].get("temperature")) is not None:
         console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
@@ -129,11 +134,23 @@ def _home_of(model: Path) -> Path:
 
 def _recipe(preset: str | None, options: dict):
     """The preset (or the defaults) with every option the user gave on the command line laid over it."""
-    from .distribute import DISTRIBUTE
     from .pipeline import Recipe
     from .presets import get_preset
 
-    base = get_preset(preset) if preset else Recipe()
+    return _overlaid(get_preset(preset) if preset else Recipe(), options)
+
+
+def _recipes(preset: str | None, options: dict) -> list:
+    """:func:`_recipe`, for a preset that may train several models (an ensemble preset): the options over each."""
+    from .presets import get_members
+
+    return [_overlaid(member, options) for member in get_members(preset)] if preset else [_recipe(None, options)]
+
+
+def _overlaid(base, options: dict):
+    """``base`` with every option the user gave on the command line laid over it."""
+    from .distribute import DISTRIBUTE
+
     given = {name: options.get(name) for name in RECIPE_OPTIONS + FIT_OPTIONS}
     if given["distribute"] not in (None, *DISTRIBUTE):  # said before the data is read, not after
         raise ValueError(f"--distribute {given['distribute']}: choose from {', '.join(DISTRIBUTE)}")

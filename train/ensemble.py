@@ -12,6 +12,7 @@ once. Members must hold out the same validation images (train them with the same
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -22,10 +23,31 @@ from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.preprocess import Preprocess
 
-from .data import ImageFolder, load_arrays, predict_folder, read_dataset, recorded_split
+from .data import ImageFolder, NameLabels, load_arrays, predict_folder, read_dataset, recorded_split
 from .evaluate import choose_threshold
 from .fit import predict, save_model
-from .pipeline import report, write_run
+from .pipeline import Recipe, TrainResult, report, train, write_run
+
+ENSEMBLING_MINUTES = 2.0  # of a time budget, kept for averaging and scoring the members (the chest pair: 61 s)
+MIN_MEMBER_MINUTES = 1.0  # a member that starts with less still trains this long (its budget cuts the rest)
+
+
+def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], recipes: Sequence[Recipe],
+                   test: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
+                   limit_per_class: int | None = None) -> TrainResult:
+    """Train each recipe into ``OUT/members/<i>-<arch>`` and average them into ``OUT`` (:func:`ensemble_runs`;
+    an ensemble preset's way, ``medclf train --preset chest-xray-pair``). The first recipe's time budget is the
+    whole run's: each member trains on what is left of it, less ``ENSEMBLING_MINUTES`` for the averaging."""
+    started, total = time.monotonic(), recipes[0].fit.time_budget
+    runs = []
+    for i, recipe in enumerate(recipes):
+        if total is not None:
+            left = max(MIN_MEMBER_MINUTES, total - (time.monotonic() - started) / 60 - ENSEMBLING_MINUTES)
+            recipe = replace(recipe, fit=replace(recipe.fit, time_budget=min(recipe.fit.time_budget or left, left)))
+        member = Path(out) / "members" / f"{i}-{recipe.arch}"
+        runs.append(train(data, member, recipe, test=test, naming=naming, limit_per_class=limit_per_class).run_dir)
+    metrics = ensemble_runs(runs, out, test, recipes[0].target_sensitivity)
+    return TrainResult(Path(out), metrics, time.monotonic() - started)
 
 
 def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],

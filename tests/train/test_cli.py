@@ -81,6 +81,16 @@ def test_flags_given_next_to_a_preset_override_only_what_they_name():
     assert _recipe(None, {"grey": True}).color == "grey"
 
 
+def test_flags_next_to_an_ensemble_preset_override_each_members():
+    from medclf.train.cli import _recipes
+    from medclf.train.presets import ENSEMBLES
+
+    members = _recipes("chest-xray-pair", {"epochs": 3, "seed": 7})
+    assert [m.arch for m in members] == [m.arch for m in ENSEMBLES["chest-xray-pair"]]
+    assert all(m.fit.epochs == 3 and m.fit.seed == 7 for m in members)
+    assert _recipes("blood-cells", {}) == [_recipes("blood-cells", {})[0]] and len(_recipes(None, {})) == 1
+
+
 def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path), "--preset", "mnist"])
     assert result.exit_code == 1 and "chest-xray" in result.output

@@ -71,3 +71,22 @@ def test_runs_of_one_architecture_average_and_the_ensemble_is_explained_with_gra
     paths = RunDir(tmp_path / "twins").split("val")[0][:2]
     explained = list(explain_files(tmp_path / "twins" / "model.keras", paths, tmp_path / "heat"))
     assert all(item.error is None and item.heatmap.is_file() for item in explained) and len(explained) == 2
+
+
+def test_an_ensemble_preset_trains_its_members_in_turn_on_what_is_left_of_one_budget(blood_cells, tmp_path):
+    """``medclf train --preset chest-xray-pair``'s way: members under OUT/members, the average in OUT, and the
+    second member's budget what the first left of the whole run's, less the averaging's share."""
+    from medclf.train.ensemble import ENSEMBLING_MINUTES, train_ensemble
+
+    budget = FitConfig(epochs=1, head_epochs=1, augment_views=0, time_budget=30.0)
+    recipes = [Recipe(arch=arch, image_size=size, val_split=0.5, fit=budget)
+               for arch, size in (("mobilenet_025", 64), ("small_cnn", 48))]
+    result = train_ensemble(blood_cells / "TRAIN", tmp_path / "pair", recipes, limit_per_class=12)
+    members = sorted((tmp_path / "pair" / "members").iterdir())
+    assert [m.name for m in members] == ["0-mobilenet_025", "1-small_cnn"]
+    assert result.metrics["training"]["members"] == [str(m.resolve()) for m in members]
+    assert (tmp_path / "pair" / "model.keras").is_file() and result.metrics["validation"]["images"] > 0
+    first, second = (RunDir(m).metrics["training"] for m in members)
+    assert first["recipe"]["fit"]["time_budget"] <= 30.0 - ENSEMBLING_MINUTES  # what was left as it started
+    spent = (first["seconds"] - 0.05) / 60  # recorded to a tenth of a second
+    assert second["recipe"]["fit"]["time_budget"] <= 30.0 - ENSEMBLING_MINUTES - spent

@@ -9,7 +9,7 @@ import pytest
 
 from medclf.train.data import shorter_side
 from medclf.train.pipeline import Recipe, _sized
-from medclf.train.presets import PRESETS, get_preset
+from medclf.train.presets import ENSEMBLES, PRESETS, get_members, get_preset
 
 
 def test_the_default_recipe_fine_tunes_mobilenet_v2_above_its_own_cut_at_160_px():
@@ -53,3 +53,15 @@ def test_the_chest_xray_preset_groups_images_by_patient():
     for name, patient in [("person1000_bacteria_2931.jpeg", "person1000"), ("IM-0115-0001.jpeg", "IM-0115"),
                           ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427")]:
         assert pattern.search(name).group(1) == patient
+
+
+@pytest.mark.parametrize("name", sorted(ENSEMBLES))
+def test_an_ensemble_presets_members_hold_out_the_same_validation_images(name):
+    """Where the ensemble's threshold is chosen: one seed, one split fraction, one patient pattern."""
+    members = get_members(name)
+    assert len(members) > 1 and get_members("chest-xray") == (get_preset("chest-xray"),)
+    assert len({(m.fit.seed, m.val_split, m.group_pattern, m.group_copies) for m in members}) == 1
+    for member in members:
+        member.architecture(), member.preprocess()
+    with pytest.raises(ValueError, match="medclf train only"):
+        get_preset(name)
