@@ -79,6 +79,8 @@ def train(
     (binary), metrics.json, history.csv, curves.png, confusion_matrix.png, roc.png, calibration.png."""
     options = dict(locals())
     import_tensorflow()
+    from medclf.rundir import RunDir
+
     from .ensemble import train_ensemble
     from .pipeline import train as run_training
 
@@ -86,6 +88,10 @@ def train(
     naming = _parse_naming(name_labels)
     if len(recipes) > 1:  # an ensemble preset: its members trained in turn, then averaged into RUN_DIR
         result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
+        for member in result.metrics["training"]["members"]:
+            console.print(f"member {Path(member).name}:")
+            _print_metrics(RunDir(Path(member)).metrics)
+        console.print("the members averaged:")
     else:
         result = _library_call(lambda: run_training(data, out, recipes[0], test=test, naming=naming,
                                                     limit_per_class=limit_per_class))

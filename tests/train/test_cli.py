@@ -91,6 +91,15 @@ def test_flags_next_to_an_ensemble_preset_override_each_members():
     assert _recipes("blood-cells", {}) == [_recipes("blood-cells", {})[0]] and len(_recipes(None, {})) == 1
 
 
+def test_an_ensemble_preset_trains_its_members_and_prints_each_then_the_average(chest_xray, tmp_path):
+    result = runner.invoke(app, ["train", str(chest_xray / "train"), "--preset", "chest-xray-pair", "--out",
+                                 str(tmp_path / "pair"), "--limit-per-class", "16", "--epochs", "1", "--head-epochs",
+                                 "1", "--augment-views", "0", "--image-size", "48"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "member 0-two_backbones:\nvalidation:" in result.output and "member 1-mobilenet_v2:" in result.output
+    assert "the members averaged:\nvalidation:" in result.output and (tmp_path / "pair" / "model.keras").is_file()
+
+
 def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path), "--preset", "mnist"])
     assert result.exit_code == 1 and "chest-xray" in result.output
