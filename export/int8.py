@@ -134,7 +134,9 @@ class Int8Quantizer:
         if self._prepared is None or self._prepared[0] != key:
             with tempfile.TemporaryDirectory() as tmp:
                 prepared = Path(tmp) / "prepared.onnx"
-                quant_pre_process(str(fp32), str(prepared))
+                # auto_merge: an ensemble's members see the batch through a Resize (scale 1 on that axis), which
+                # symbolic inference names floor(1.0*N); their outputs' N and floor(1.0*N) are one dimension
+                quant_pre_process(str(fp32), str(prepared), auto_merge=True)
                 model = onnx.load(str(prepared))
             self._prepared = key, model, conv_input_means(model, self.reader)
         return self._prepared[1], self._prepared[2]

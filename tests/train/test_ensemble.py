@@ -40,8 +40,9 @@ def test_the_ensemble_answers_the_mean_of_its_members_a_smaller_one_seeing_the_i
     expected = (big.predict(images, verbose=0) + small.predict(keras.layers.Resizing(48, 48)(images), verbose=0)) / 2
     pair = keras.models.load_model(tmp_path / "pair" / "model.keras", compile=False)
     np.testing.assert_allclose(pair.predict(images, verbose=0), expected, atol=1e-5)
-    report = export_run(tmp_path / "pair" / "model.keras", tmp_path / "exported", max_images=16)
-    assert report["precisions"]["fp32"]["passed"]
+    report = export_run(tmp_path / "pair" / "model.keras", tmp_path / "exported", ("fp32", "int8"), max_images=16,
+                        strict=False)
+    assert report["precisions"]["fp32"]["passed"] and report["precisions"]["int8"]["search"]  # quantized, judged
     served = Classifier(tmp_path / "exported" / "model.onnx")
     np.testing.assert_allclose(served.predict(images.astype(np.uint8)), expected, atol=1e-4)
 
