@@ -140,6 +140,44 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
     assert all(name in result.output for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"))
 
 
+def test_evaluating_an_int8_file_also_says_how_often_it_calls_as_the_fp32_file_beside_it(tmp_path, blood_cells):
+    """Export verifies INT8 on the training site's images; at a site it can drift (the chest pair's changed 17 of
+    the other hospital's 624 calls). Scored on a site's images, it is compared with its FP32 sibling there."""
+    import json
+    import shutil
+
+    from medclf.runtime import DEFAULT_MODEL, Classifier
+
+    data, paths = tmp_path / "site", []
+    for cell in ("EOSINOPHIL", "MONOCYTE"):
+        (data / cell).mkdir(parents=True)
+        for image in sorted((blood_cells / "TEST" / cell).iterdir())[::40]:
+            paths.append(shutil.copy(image, data / cell))
+    int8 = DEFAULT_MODEL.with_name("model.int8.onnx")
+    result = runner.invoke(app, ["evaluate", str(int8), str(data), "--out", str(tmp_path / "scores")],
+                           terminal_width=300)
+    assert result.exit_code == 0, result.output
+    fp32 = json.loads((tmp_path / "scores" / "metrics.json").read_text())["agreement_with_fp32"]
+    calls = [[p.label for p in Classifier(model).classify(sorted(paths))] for model in (DEFAULT_MODEL, int8)]
+    changed = sum(a != b for a, b in zip(*calls))
+    assert (fp32["images"], fp32["changed"], fp32["tolerance"]) == (len(paths), changed, 0.99)
+    assert f"model.int8.onnx makes the same calls as model.onnx on {fp32['agreement']:.1%}" in result.output
+    packaged = runner.invoke(app, ["evaluate", str(DEFAULT_MODEL), str(data), "--out", str(tmp_path / "fp32")])
+    assert "agreement_with_fp32" not in json.loads((tmp_path / "fp32" / "metrics.json").read_text())
+    assert "makes the same calls" not in packaged.output
+
+
+def test_a_file_that_calls_differently_from_fp32_at_a_site_is_told_to_give_way_to_it():
+    from medclf.train.cli import _agreement_line
+
+    drift = {"file": "x/model.onnx", "images": 624, "changed": 17, "agreement": 607 / 624, "tolerance": 0.99,
+             "within_tolerance": False, "moves": {"NORMAL → PNEUMONIA": 17}}
+    line = _agreement_line(drift, "model.int8.onnx")
+    assert line.startswith("evaluation: model.int8.onnx makes the same calls as model.onnx on 97.3% of these "
+                           "images (17 of 624 changed: NORMAL → PNEUMONIA 17)") and "serve model.onnx" in line
+    assert "serve" not in _agreement_line(drift | {"within_tolerance": True}, "model.int8.onnx")
+
+
 def test_the_per_class_table_keeps_long_class_names_whole_in_a_log(capsys):
     from medclf.train.cli import _print_metrics
 
