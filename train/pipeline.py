@@ -24,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 
 from medclf import rundir
+from medclf.export.files import FILE_NAMES
 from medclf.export.verify import TOLERANCES
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json, write_text
@@ -261,10 +262,10 @@ def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Clas
     drift: the chest pair's INT8 agreed with FP32 on 99.6% of validation films and changed 17 of the other
     hospital's 624 calls, all normal → pneumonia. Scoring such a file on a site's images also says how often it
     calls as the FP32 file does there."""
-    path = Path(model_path)
-    if path.suffix != ".onnx" or scorer.precision == "fp32" or not (path.parent / "model.onnx").is_file():
+    fp32 = Path(model_path).with_name(FILE_NAMES["fp32"])
+    if Path(model_path).suffix != ".onnx" or scorer.precision == "fp32" or not fp32.is_file():
         return None
-    reference = Classifier(path.parent / "model.onnx")
+    reference = Classifier(fp32)
     return reference if reference.card.labels == scorer.labels and reference.card.precision == "fp32" else None
 
 
