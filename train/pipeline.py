@@ -243,8 +243,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
                                                    cache_dir)
     extra = _per_source(labels, probabilities, split_groups(folder, group_pattern, group_copies), classes, decision)
     if reference is not None:
-        extra["agreement_with_fp32"] = _agreement(probabilities, np.concatenate(reference_p), reference, classes,
-                                                  scorer.precision)
+        extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, np.concatenate(reference_p),
+                                                  reference, classes, scorer.precision)
     if prevalence:
         shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
@@ -269,18 +269,21 @@ def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Clas
     return reference if reference.card.labels == scorer.labels and reference.card.precision == "fp32" else None
 
 
-def _agreement(probabilities: np.ndarray, reference_p: np.ndarray, reference: Classifier,
-               classes: tuple[str, ...], precision: str) -> dict:
-    """How often the scored file calls as its FP32 sibling does (both by the threshold the export wrote into
-    each), which calls moved, and whether that is within the agreement export demands of ``precision``."""
-    calls = decide(probabilities, classes, reference.card.decision)
+def _agreement(labels: np.ndarray, probabilities: np.ndarray, decision: Decision | None, reference_p: np.ndarray,
+               reference: Classifier, classes: tuple[str, ...], precision: str) -> dict:
+    """How often the scored file's calls (by ``decision``, the threshold it is scored at) are its FP32 sibling's
+    (by that file's own), which calls moved, each file's accuracy, and whether the agreement is within what
+    export demands of ``precision``. Each file is judged as it would be served: after ``medclf calibrate``
+    their thresholds differ, and the changed calls may then be the better ones."""
+    calls = decide(probabilities, classes, decision)
     reference_calls = decide(reference_p, classes, reference.card.decision)
     changed = calls != reference_calls
     moves = Counter(f"{classes[a]} → {classes[b]}" for a, b in zip(reference_calls[changed], calls[changed]))
     agreement, tolerance = float(1 - changed.mean()), TOLERANCES[precision].min_agreement
     return {"file": str(reference.model_path), "images": int(len(calls)), "changed": int(changed.sum()),
             "agreement": agreement, "moves": dict(moves.most_common()), "tolerance": tolerance,
-            "within_tolerance": agreement >= tolerance}
+            "within_tolerance": agreement >= tolerance, "accuracy": float(np.mean(calls == labels)),
+            "fp32_accuracy": float(np.mean(reference_calls == labels))}
 
 
 def _per_source(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None, classes: tuple[str, ...],
