@@ -204,18 +204,18 @@ def evaluate(
                                                  group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
-        console.print(_agreement_line(fp32, model.name), highlight=False)
+        console.print(_agreement_line(fp32, model.name, metrics["accuracy"]), highlight=False)
     console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png, calibration.png")
 
 
-def _agreement_line(fp32: dict, name: str) -> str:
+def _agreement_line(fp32: dict, name: str, accuracy: float) -> str:
     """'evaluation: model.int8.onnx makes the same calls as model.onnx on 97.3% of these images (17 of 624 changed:
     NORMAL → PNEUMONIA 17); accuracy 0.822 here, model.onnx's 0.843 — below the 99.0% ...'."""
     reference = Path(fp32["file"]).name
     moves = ", ".join(f"{move} {count}" for move, count in fp32["moves"].items())
     line = (f"evaluation: {name} makes the same calls as {reference} on {fp32['agreement']:.1%} of these images "
             f"({fp32['changed']} of {fp32['images']} changed{': ' + moves if moves else ''}); accuracy "
-            f"{fp32['accuracy']:.3f} here, {reference}'s {fp32['fp32_accuracy']:.3f}")
+            f"{accuracy:.3f} here, {reference}'s {fp32['fp32_accuracy']:.3f}")
     if fp32["within_tolerance"]:
         return line
     return f"{line} — below the {fp32['tolerance']:.1%} its export was verified to on the training site's images"

@@ -28,6 +28,7 @@ from .evaluate import choose_threshold
 from .fit import predict, save_model
 from .pipeline import Recipe, TrainResult, report, train, write_run
 
+ENSEMBLE = "ensemble"  # the name averaged models carry, by which explain knows one
 ENSEMBLING_MINUTES = 2.0  # of a time budget, kept for averaging and scoring the members (the chest pair: 56-61 s)
 MIN_MEMBER_MINUTES = 1.0  # a member that starts with less still trains this long (its budget cuts the rest)
 
@@ -88,10 +89,20 @@ def averaged(models: Sequence[keras.Model], shape: tuple[int, int, int]) -> kera
     outputs = []
     for i, member in enumerate(models):
         member.name = f"member{i}_{member.name}"  # two runs of one architecture share its name; a model may not
-        size = tuple(member.input_shape[1:3])
-        x = image if size == shape[:2] else keras.layers.Resizing(*size, name=f"member{i}_resize")(image)
-        outputs.append(member(x))
-    return keras.Model(image, keras.layers.Average(name="probabilities")(outputs), name="ensemble")
+        resize = resizing(member, shape, name=f"member{i}_resize")
+        outputs.append(member(image if resize is None else resize(image)))
+    return keras.Model(image, keras.layers.Average(name="probabilities")(outputs), name=ENSEMBLE)
+
+
+def members(model: keras.Model) -> list[keras.Model]:
+    """The models an :func:`averaged` model nests whole; empty for any other model."""
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)] if model.name == ENSEMBLE else []
+
+
+def resizing(member: keras.Model, shape: tuple[int, ...], name: str | None = None) -> keras.layers.Layer | None:
+    """The resize (bilinear) through which ``member`` sees an image of ``shape``, or None at its own size."""
+    size = tuple(member.input_shape[1:3])
+    return None if size == tuple(shape[:2]) else keras.layers.Resizing(*size, name=name)
 
 
 def _common_preprocess(members: Sequence[RunDir]) -> Preprocess:

@@ -22,6 +22,8 @@ from medclf.runtime.cam import heatmaps, overlay_name, write_overlay
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
+from .ensemble import members, resizing
+
 
 def last_conv_layer(model: keras.Model) -> str:
     """The last layer with a spatial (4-D) output: Grad-CAM's usual choice, the most semantic feature map that
@@ -44,14 +46,15 @@ class GradCam:
     member map's size and summed — Grad-CAM over all the members' feature maps at once."""
 
     def __init__(self, model: keras.Model, layer: str | None = None) -> None:
-        members = ensemble_members(model)
-        if members and layer is not None:
-            raise ValueError(f"model {model.name} averages {len(members)} models: it is explained at each one's "
+        nested = members(model)
+        if nested and layer is not None:
+            raise ValueError(f"model {model.name} averages {len(nested)} models: it is explained at each one's "
                              "last feature map, not at a named layer")
-        self.layer = layer or (None if members else last_conv_layer(model))
+        self.layer = layer or (None if nested else last_conv_layer(model))
         # per model whose probabilities are averaged: its resize of the image (or None), image → (map, probabilities)
-        if members:
-            self._parts = [(_resizing(member, model), _with_map(member, last_conv_layer(member))) for member in members]
+        if nested:
+            shape = model.input_shape[1:]
+            self._parts = [(resizing(member, shape), _with_map(member, last_conv_layer(member))) for member in nested]
         else:
             self._parts = [(None, _with_map(model, self.layer))]
 
@@ -70,17 +73,6 @@ class GradCam:
         cams = [tf.reduce_sum(tf.reduce_mean(gradients, axis=(1, 2), keepdims=True) * maps, axis=-1).numpy()
                 for gradients, maps in zip(tape.gradient(score, features), features)]
         return heatmaps(_summed(cams), *images.shape[1:3]), probabilities.numpy()
-
-
-def ensemble_members(model: keras.Model) -> list[keras.Model]:
-    """The models a ``medclf ensemble`` model averages (nested whole inside it); empty for any other model."""
-    return [layer for layer in model.layers if isinstance(layer, keras.Model)] if model.name == "ensemble" else []
-
-
-def _resizing(member: keras.Model, ensemble: keras.Model) -> keras.layers.Layer | None:
-    """The resize the ensemble feeds ``member`` through (:func:`medclf.train.ensemble.averaged`), or None."""
-    size = tuple(member.input_shape[1:3])
-    return None if size == tuple(ensemble.input_shape[1:3]) else keras.layers.Resizing(*size)
 
 
 def _with_map(model: keras.Model, layer: str) -> keras.Model:

@@ -232,19 +232,14 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         val_x, val_y, _ = load_arrays(recorded_split(scorer.run, "val"), preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     reference = _fp32_sibling(model_path, scorer)
-    reference_p: list[np.ndarray] = []  # its probabilities, batch by batch, on the images scored
-
-    def predict_both(images: np.ndarray) -> np.ndarray:
-        if reference is not None:
-            reference_p.append(reference.predict(images, batch_size=64))
-        return scorer.predict(images)
-
-    labels, probabilities, folder = predict_folder(read_dataset(data, classes, naming), preprocess, predict_both,
-                                                   cache_dir)
+    predict_all = scorer.predict if reference is None else \
+        lambda images: np.hstack([scorer.predict(images), reference.predict(images, batch_size=64)])  # one decode
+    labels, outputs, folder = predict_folder(read_dataset(data, classes, naming), preprocess, predict_all, cache_dir)
+    probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
     extra = _per_source(labels, probabilities, split_groups(folder, group_pattern, group_copies), classes, decision)
     if reference is not None:
-        extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, np.concatenate(reference_p),
-                                                  reference, classes, scorer.precision)
+        extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, reference_p, reference, classes,
+                                                  scorer.precision)
     if prevalence:
         shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
@@ -263,7 +258,7 @@ def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Clas
     hospital's 624 calls, all normal → pneumonia. Scoring such a file on a site's images also says how often it
     calls as the FP32 file does there."""
     fp32 = Path(model_path).with_name(FILE_NAMES["fp32"])
-    if Path(model_path).suffix != ".onnx" or scorer.precision == "fp32" or not fp32.is_file():
+    if scorer.precision == "fp32" or not fp32.is_file():  # a Keras model is scored as FP32
         return None
     reference = Classifier(fp32)
     return reference if reference.card.labels == scorer.labels and reference.card.precision == "fp32" else None
@@ -272,7 +267,7 @@ def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Clas
 def _agreement(labels: np.ndarray, probabilities: np.ndarray, decision: Decision | None, reference_p: np.ndarray,
                reference: Classifier, classes: tuple[str, ...], precision: str) -> dict:
     """How often the scored file's calls (by ``decision``, the threshold it is scored at) are its FP32 sibling's
-    (by that file's own), which calls moved, each file's accuracy, and whether the agreement is within what
+    (by that file's own), which calls moved, the FP32 file's accuracy, and whether the agreement is within what
     export demands of ``precision``. Each file is judged as it would be served: after ``medclf calibrate``
     their thresholds differ, and the changed calls may then be the better ones."""
     calls = decide(probabilities, classes, decision)
@@ -282,8 +277,7 @@ def _agreement(labels: np.ndarray, probabilities: np.ndarray, decision: Decision
     agreement, tolerance = float(1 - changed.mean()), TOLERANCES[precision].min_agreement
     return {"file": str(reference.model_path), "images": int(len(calls)), "changed": int(changed.sum()),
             "agreement": agreement, "moves": dict(moves.most_common()), "tolerance": tolerance,
-            "within_tolerance": agreement >= tolerance, "accuracy": float(np.mean(calls == labels)),
-            "fp32_accuracy": float(np.mean(reference_calls == labels))}
+            "within_tolerance": agreement >= tolerance, "fp32_accuracy": float(np.mean(reference_calls == labels))}
 
 
 def _per_source(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None, classes: tuple[str, ...],

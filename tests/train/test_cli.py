@@ -174,13 +174,12 @@ def test_a_file_that_calls_differently_from_fp32_at_a_site_is_shown_beside_it_an
     from medclf.train.cli import _agreement_line
 
     drift = {"file": "x/model.onnx", "images": 624, "changed": 17, "agreement": 607 / 624, "tolerance": 0.99,
-             "within_tolerance": False, "moves": {"NORMAL → PNEUMONIA": 17}, "accuracy": 0.822,
-             "fp32_accuracy": 0.843}
-    assert _agreement_line(drift, "model.int8.onnx") == (
+             "within_tolerance": False, "moves": {"NORMAL → PNEUMONIA": 17}, "fp32_accuracy": 0.843}
+    assert _agreement_line(drift, "model.int8.onnx", 0.822) == (
         "evaluation: model.int8.onnx makes the same calls as model.onnx on 97.3% of these images (17 of 624 "
         "changed: NORMAL → PNEUMONIA 17); accuracy 0.822 here, model.onnx's 0.843 — below the 99.0% its export "
         "was verified to on the training site's images")
-    assert "below" not in _agreement_line(drift | {"within_tolerance": True}, "model.int8.onnx")
+    assert "below" not in _agreement_line(drift | {"within_tolerance": True}, "model.int8.onnx", 0.822)
 
 
 def test_the_per_class_table_keeps_long_class_names_whole_in_a_log(capsys):
