@@ -2,7 +2,9 @@
 # The checks only a GPU machine can run, in one go: the GPU backend tests, the GPU benchmarks (CUDA EP FP32 and
 # FP16 vs the CPU at batch 1 and 64, the host-to-device copy and decoding timed alone) and medclf-run's backend
 # choice, one-shot and over a folder. Needs onnxruntime-gpu (and TensorRT, where NVIDIA's index is reachable).
-# Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] bash scripts/gpu_checks.sh
+# Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] [MEDCLF_GPU_MODELS="MODEL=FOLDER ..."] bash scripts/gpu_checks.sh
+# MEDCLF_GPU_MODELS: more model files to compare on the GPU with the CPU, each on a folder of its own kind of images
+# (scripts/gpu_agreement.py; the packaged FP32 and INT8 files are always compared, on blood-cell TEST).
 # Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log, benchmark-{cuda,cpu}.json.
 # medclf must be importable from the repository root (pip install --no-deps -e .). On a bare GPU machine without
 # pip access, copying runtime/ export/ train/ into medclf/ does the same for these checks (how the H200 ran them).
@@ -34,6 +36,9 @@ for tf32 in ("1", "0"):
     print(f"use_tf32={tf32}: max |dp| vs CPU {np.abs(got - want).max():.2e} over {len(images)} images, "
           f"top-1 agreement {(got.argmax(1) == want.argmax(1)).mean():.2%}")
 EOF
+    PACKAGED=runtime/models/blood_cells
+    $PY scripts/gpu_agreement.py "$PACKAGED/model.onnx=$IMAGES" "$PACKAGED/model.int8.onnx=$IMAGES" \
+        ${MEDCLF_FP16_MODEL:+"$MEDCLF_FP16_MODEL=$IMAGES"} ${MEDCLF_GPU_MODELS:-}
 } 2>&1 | tee "$OUT/gpu.txt"
 
 $PY -m pytest -p no:cacheprovider -v -rs tests/runtime/test_backends.py tests/runtime/test_tensorrt_engine.py \

@@ -1,0 +1,65 @@
+"""Does each model file call the same on the GPU as on the CPU, and how much faster is it there?
+
+For each ``MODEL=FOLDER`` argument: the folder's images (recursively, each through the model's own
+preprocessing) classified by the CPU and by onnxruntime's CUDA EP (medclf's settings: TF32 off), then
+the largest |Δp| between them, top-1 agreement, and images/s at batch 64 on each (median of five warm runs).
+FP16 and INT8 files are compared with the CPU running the same file, so what is measured is the GPU's own
+arithmetic, not the precision's. Run by ``scripts/gpu_checks.sh``; needs onnxruntime-gpu and a GPU.
+
+Usage: python scripts/gpu_agreement.py MODEL=FOLDER [MODEL=FOLDER ...]
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from medclf.runtime import Classifier, load_image
+from medclf.runtime.inputs import IMAGE_EXTENSIONS
+
+BATCH = 64
+
+
+def images_for(classifier: Classifier, folder: Path) -> np.ndarray:
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+    return np.stack([load_image(p, classifier.card.preprocess) for p in paths])
+
+
+def images_per_second(classifier: Classifier, images: np.ndarray) -> float:
+    batch = np.ascontiguousarray(np.resize(images, (BATCH, *images.shape[1:])))
+    classifier.predict(batch, BATCH)  # kernels chosen, memory pools filled
+    times = []
+    for _ in range(5):
+        start = time.perf_counter()
+        classifier.predict(batch, BATCH)
+        times.append(time.perf_counter() - start)
+    return BATCH / statistics.median(times)
+
+
+def compare(model: Path, folder: Path) -> str:
+    cpu, cuda = Classifier(model), Classifier(model, backend="cuda")
+    images = images_for(cpu, folder)
+    want, got = cpu.predict(images, BATCH), cuda.predict(images, BATCH)
+    agreement = (want.argmax(1) == got.argmax(1)).mean()
+    return (f"{model.name} ({cpu.card.precision}, {images.shape[1]}x{images.shape[2]}) on {len(images)} images "
+            f"of {folder}: CUDA vs CPU max |dp| {np.abs(got - want).max():.1e}, top-1 agreement {agreement:.2%}; "
+            f"batch {BATCH}: CUDA {images_per_second(cuda, images):,.0f} images/s, "
+            f"CPU {images_per_second(cpu, images):,.0f} images/s")
+
+
+def main(pairs: list[str]) -> int:
+    for pair in pairs:
+        model, _, folder = pair.partition("=")
+        try:
+            print(compare(Path(model), Path(folder)), flush=True)
+        except Exception as error:  # one model that fails here must not hide the others' results
+            print(f"{model}: {type(error).__name__}: {error}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
