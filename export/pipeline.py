@@ -324,9 +324,10 @@ def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
     Where the search images are verification's own, the count is verification's verdict: the first step that
     passes there is the one (:func:`cleared`).
 
-    Each try is timed afterwards (images/s at batch 32 on this CPU, all in one process), so the report shows
-    what keeping fewer layers float would buy and at what chance of passing (``report.search_lines``) — the
-    trade ``asked`` makes.
+    Where there was more than one try, each is timed afterwards (images/s at batch 32 on this CPU, all in one
+    process), so the report shows what keeping fewer layers float would buy and at what chance of passing
+    (``report.search_lines``) — the trade ``asked`` makes. A single try is not: the report times the file
+    it publishes anyway.
 
     ``asked``: that many float convolutions and no search — for whoever wants a faster file than the search's
     margin allows (the packaged blood model's INT8 at 3 float: 99.0% on verification's images, 2.8x FP32's
@@ -346,7 +347,7 @@ def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
         if tries[-1]["cleared"]:
             break
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
-    if asked is None:  # what fewer float layers would buy, for the report (one timing process for all tries)
+    if len(tries) > 1:  # what fewer float layers would buy, for the report (one timing process for all tries)
         for entry, timing in zip(tries, speeds([files[t["float_convs"]] for t in tries], search.on.images,
                                                repeats=3)):
             entry["images_per_s_batch32"] = timing["images_per_s_batch32"]
