@@ -12,6 +12,8 @@ blood-cell model's 96.8% became 99.3%: the weights' error, not the activations',
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx
 from onnx import numpy_helper
@@ -22,31 +24,47 @@ from onnxruntime.quantization import CalibrationDataReader
 def correct_biases(model: onnx.ModelProto, means: dict[str, np.ndarray], skip: set[str]) -> onnx.ModelProto:
     """A copy of the float ``model`` in which every convolution not named in ``skip`` (those staying float)
     has its bias corrected for its weights' int8 rounding, given its input's channel ``means``
-    (:func:`conv_input_means`). Each corrected bias is a new initializer of its own (another node may share
-    the old one, which goes only once nothing reads it); a convolution without a bias gets one."""
-    corrected = onnx.ModelProto()
-    corrected.CopyFrom(model)
-    weights = {init.name: init for init in corrected.graph.initializer}
-    convs = [node for node in corrected.graph.node if node.op_type == "Conv" and node.name not in skip
-             and node.input[1] in weights and (_bias(node) in weights or not _bias(node))]
+    (:func:`conv_input_means`)."""
+    def corrected(node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return weight, bias - mean_error(weight, int8_weights(weight), means[node.input[0]], _group(node))
+    return rewrite_convs(model, skip, corrected)
+
+
+def rewrite_convs(model: onnx.ModelProto, skip: set[str],
+                  rewrite: Callable[[onnx.NodeProto, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]],
+                  ) -> onnx.ModelProto:
+    """A copy of ``model`` in which every convolution not named in ``skip`` has its weights and bias replaced
+    by what ``rewrite(node, weight, bias)`` returns (a convolution without a bias is given zeros). Each new
+    tensor is an initializer of its own — another node may share the old one, which goes only once nothing
+    reads it — and a weight ``rewrite`` returns unchanged keeps its initializer."""
+    rewritten = onnx.ModelProto()
+    rewritten.CopyFrom(model)
+    tensors = {init.name: init for init in rewritten.graph.initializer}
+    convs = [node for node in rewritten.graph.node if node.op_type == "Conv" and node.name not in skip
+             and node.input[1] in tensors and (_bias(node) in tensors or not _bias(node))]
     replaced = set()
     for number, node in enumerate(convs):
-        weight = numpy_helper.to_array(weights[node.input[1]])
-        shift = mean_error(weight, int8_weights(weight), means[node.input[0]], _group(node))
+        weight = numpy_helper.to_array(tensors[node.input[1]])
         old = _bias(node)
-        bias = numpy_helper.to_array(weights[old]) if old else np.zeros(len(weight), np.float32)
+        bias = numpy_helper.to_array(tensors[old]) if old else np.zeros(len(weight), np.float32)
+        new_weight, new_bias = rewrite(node, weight, bias)
+        if new_weight is not weight:
+            name = f"medclf_rewritten_weight_{number}"
+            rewritten.graph.initializer.append(numpy_helper.from_array(new_weight.astype(weight.dtype), name))
+            replaced.add(node.input[1])
+            node.input[1] = name
         name = f"medclf_corrected_bias_{number}"
-        corrected.graph.initializer.append(numpy_helper.from_array((bias - shift).astype(np.float32), name))
+        rewritten.graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), name))
         if old:
             node.input[2] = name
             replaced.add(old)
         else:
             del node.input[2:]
             node.input.append(name)
-    still_read = {name for node in corrected.graph.node for name in node.input}
+    still_read = {name for node in rewritten.graph.node for name in node.input}
     for name in replaced - still_read:
-        corrected.graph.initializer.remove(weights[name])
-    return corrected
+        rewritten.graph.initializer.remove(tensors[name])
+    return rewritten
 
 
 def conv_input_means(model: onnx.ModelProto, reader: CalibrationDataReader) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .files import FILE_NAMES
-from .fp16 import to_fp16
+from .fp16 import Fp16Converter
 from .int8 import ImageCalibrationReader, Int8Quantizer
 from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
@@ -56,6 +56,7 @@ PASS_CONFIDENCE = 0.9  # a search step is kept when verification should pass it 
 # ... judged on twice the flips expected_flips estimates: verification has counted up to 2.7x more (see _search)
 ESTIMATE_MARGIN = 2.0
 TRITON_MAX_BATCH = 64
+Converters = dict[str, "Fp16Converter | Int8Quantizer"]  # by precision: what makes its file from the FP32 one
 
 
 def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -82,11 +83,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
     held_out, search = _held_out(model, card, paths, names, max_images,
                                  searching=bool({"fp16", "int8"} & set(precisions)))
-    calibration = None
-    if "int8" in precisions:
-        calibration_paths, _ = _images(model_path.parent, calibration_data, "train", "--calibration",
-                                       CALIBRATION_IMAGES)
-        calibration = Int8Quantizer(ImageCalibrationReader(calibration_paths, card.preprocess))
+    converters = _converters(model_path.parent, calibration_data, card, precisions)
     report = {"model": str(model_path), "opset": OPSET, "images": len(held_out.images),
               "verified_on": f"{len(held_out.images)} real images ({described})", "calls": held_out.calls.describe(),
               "cpu": this_cpu(), "precisions": {}}
@@ -100,7 +97,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             if precision == "fp32":
                 candidates[precision], tried = fp32, {}
             else:
-                candidates[precision], tried = _search(precision, fp32, card, calibration, search,
+                candidates[precision], tried = _search(precision, fp32, card, converters, search,
                                                        float_convs.get(precision))
             entry = _verify(candidates[precision], held_out, precision)
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
@@ -108,7 +105,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 break  # the other precisions derive from a file that is already wrong
         int8 = report["precisions"].get("int8", {"passed": False})
         if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
-            candidates["int8 for tensorrt"] = _derive("int8", fp32, card, calibration, True, int8["float_convs"])
+            candidates["int8 for tensorrt"] = _derive("int8", fp32, card, converters, True, int8["float_convs"])
         _publish(report["precisions"], candidates, engine, held_out)
     report["removed"] = _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
@@ -268,19 +265,30 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(p for p in PRECISIONS if p == "fp32" or p in precisions)
 
 
-def _derive(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None = None,
+def _converters(run_dir: Path, calibration_data: str | os.PathLike[str] | None, card: ModelCard,
+                precisions: tuple[str, ...]) -> Converters:
+    """FP16's converter and INT8's quantizer for those of them asked for, both on one reader of the run's
+    training images (or ``calibration_data``): FP16 balances its weights' rounding on them, INT8 calibrates."""
+    if not {"fp16", "int8"} & set(precisions):
+        return {}
+    paths, _ = _images(run_dir, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
+    reader = ImageCalibrationReader(paths, card.preprocess)
+    return {"fp16": Fp16Converter(reader), "int8": Int8Quantizer(reader)}
+
+
+def _derive(precision: str, fp32: Path, card: ModelCard, converters: Converters | None = None,
             for_tensorrt: bool = False, float_convs: int = 1) -> Path:
     """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card, its first
-    ``float_convs`` convolutions kept float32. INT8 is calibrated on ``calibration``; ``for_tensorrt``: the
-    symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), on the same images as the
-    published onnxruntime one."""
+    ``float_convs`` convolutions kept float32, made by ``converters[precision]`` (:func:`_converters`);
+    ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), on the
+    same images as the published onnxruntime one."""
     if precision == "fp32":
         return fp32
     target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
     if precision == "fp16":
-        proto = to_fp16(onnx.load(str(fp32)), float_convs)
+        proto = converters["fp16"].convert(fp32, float_convs)
     else:  # verified on this CPU: the runtime warns when a CPU without int8 dot products serves it
-        proto = calibration.quantize(fp32, for_tensorrt, float_convs)
+        proto = converters["int8"].quantize(fp32, for_tensorrt, float_convs)
         card = dataclasses.replace(card, metrics=card.metrics | {VERIFIED_ON: this_cpu()})
     _save(proto, dataclasses.replace(card, precision=precision), target)
     return target
@@ -300,7 +308,7 @@ class Search:
     verification_images: bool = False
 
 
-def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quantizer | None,
+def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
             search: Search, asked: int | None = None) -> tuple[Path, dict]:
     """The candidate with the fewest leading convolutions kept float32 (``FP16_FLOAT_STEPS``,
     ``INT8_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥ ``PASS_CONFIDENCE``)
@@ -335,7 +343,7 @@ def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
     tries, files = [], {}
     steps = (asked,) if asked is not None else FP16_FLOAT_STEPS if precision == "fp16" else INT8_FLOAT_STEPS
     for float_convs in steps:
-        candidate = _derive(precision, fp32, card, calibration, float_convs=float_convs)
+        candidate = _derive(precision, fp32, card, converters, float_convs=float_convs)
         files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
         probabilities = onnx_probabilities(str(files[float_convs]), search.on.images)
         comparison = search.on.compare(probabilities, precision)
@@ -351,7 +359,7 @@ def _search(precision: str, fp32: Path, card: ModelCard, calibration: Int8Quanti
         for entry, timing in zip(tries, speeds([files[t["float_convs"]] for t in tries], search.on.images,
                                                repeats=3)):
             entry["images_per_s_batch32"] = timing["images_per_s_batch32"]
-    method = {"method": calibration.method()} if precision == "int8" else {}
+    method = {"method": converters[precision].method()}
     searched_on = search.searched_on if asked is None else f"none: {asked} asked for (--float-convs)"
     return files[chosen["float_convs"]], {"float_convs": chosen["float_convs"], "search": tries,
                                           "searched_on": searched_on, **method}

@@ -10,7 +10,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from medclf.export.fp16 import to_fp16
+from medclf.export.bias_correction import conv_input_means
+from medclf.export.fp16 import balanced_rounding, to_fp16
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive,
                                     cleared, held_out_split, pass_probability)
@@ -45,6 +46,56 @@ def test_fp16_probabilities_are_finite_and_within_a_few_hundredths(exported, tmp
     difference = np.abs(Classifier(fp16).predict(images) - fp32.predict(images))
     assert np.isfinite(difference).all() and difference.max() < 0.05
     assert exported[1]["precisions"]["fp16"]["max_abs_diff"] < 0.05
+
+
+@pytest.fixture(scope="module")
+def fp16_balanced(exported, blood_cells):
+    """``(FP32 model, its convolutions' input means, its card)``, the means on 32 real training images."""
+    fp32_file = exported[1]["precisions"]["fp32"]["file"]
+    card = Classifier(fp32_file).card
+    paths = [str(p) for c in sorted((blood_cells / "TRAIN").iterdir()) for p in sorted(c.iterdir())[:8]]
+    fp32 = onnx.load(fp32_file)
+    return fp32, conv_input_means(fp32, ImageCalibrationReader(paths, card.preprocess)), card
+
+
+def test_fp16_weights_are_rounded_so_each_channels_mean_error_cancels(fp16_balanced):
+    """Rounded each to its nearest float16, weights and bias shift every output channel's mean; balanced, the
+    file holds float16 values only and the shifts, at the calibration images' input means, mostly cancel."""
+    fp32, means, _ = fp16_balanced
+    balanced = balanced_rounding(fp32, means, skip=set())
+    before = {init.name: numpy_helper.to_array(init) for init in fp32.graph.initializer}
+    after = {init.name: numpy_helper.to_array(init) for init in balanced.graph.initializer}
+    nearest_shift, balanced_shift = [], []
+    for old, new in zip((n for n in fp32.graph.node if n.op_type == "Conv"),
+                        (n for n in balanced.graph.node if n.op_type == "Conv")):
+        w, b, w16, b16 = before[old.input[1]], before[old.input[2]], after[new.input[1]], after[new.input[2]]
+        assert np.array_equal(w16, w16.astype(np.float16).astype(np.float32))
+        assert np.array_equal(b16, b16.astype(np.float16).astype(np.float32))
+        assert np.abs(w16 - w).max() <= np.abs(w).max() * 2 ** -10  # each weight on one of its two neighbours
+        group = next((a.i for a in old.attribute if a.name == "group"), 1)
+        def shift(weights, bias):
+            error = (weights - w).reshape(len(w), w.shape[1], -1).sum(axis=2)
+            mean = np.repeat(means[old.input[0]].reshape(group, -1), len(w) // group, axis=0)
+            return np.abs((error * mean).sum(axis=1) + bias - b)
+        nearest = w.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+        nearest_shift.append(shift(*nearest))
+        balanced_shift.append(shift(w16, b16))
+    assert np.concatenate(balanced_shift).mean() < 0.25 * np.concatenate(nearest_shift).mean()
+
+
+def test_balanced_fp16_moves_real_images_probabilities_less_than_nearest_rounding(fp16_balanced, tmp_path,
+                                                                                  blood_cell_images):
+    fp32, means, card = fp16_balanced
+    images = np.stack([load_image(p, card.preprocess) for p in blood_cell_images])
+    reference = Classifier(_saved(fp32, tmp_path / "fp32.onnx")).predict(images)
+    def change(model: onnx.ModelProto, name: str) -> float:
+        return np.median(np.abs(Classifier(_saved(model, tmp_path / name)).predict(images) - reference))
+    assert change(to_fp16(fp32, means=means), "balanced.onnx") < 0.75 * change(to_fp16(fp32), "nearest.onnx")
+
+
+def _saved(model: onnx.ModelProto, path) -> str:
+    onnx.save(model, str(path))
+    return str(path)
 
 
 def _zero_points(model: onnx.ModelProto, tensor_type: int) -> list[np.ndarray]:
@@ -129,7 +180,8 @@ def test_an_int8_file_carries_the_cpu_it_was_made_and_verified_on(exported, bloo
     shutil.copy(exported[1]["precisions"]["fp32"]["file"], fp32)
     card = Classifier(fp32).card
     paths = sorted(str(p) for p in (blood_cells / "TRAIN" / "LYMPHOCYTE").iterdir())[:8]
-    int8 = Classifier(_derive("int8", fp32, card, Int8Quantizer(ImageCalibrationReader(paths, card.preprocess)))).card
+    quantizer = Int8Quantizer(ImageCalibrationReader(paths, card.preprocess))
+    int8 = Classifier(_derive("int8", fp32, card, {"int8": quantizer})).card
     assert int8.precision == "int8" and int8.metrics[VERIFIED_ON] == this_cpu()
     assert VERIFIED_ON not in card.metrics  # the FP32 file's maths do not depend on the CPU's int8 instructions
 
@@ -236,6 +288,7 @@ def test_fp16_keeps_more_leading_convolutions_float32_until_few_answers_are_expe
     assert all(t["cleared"] == cleared(t["passed"], t["pass_probability"], on_verification_images) for t in tries)
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
+    assert "cancels" in entry["method"]["weights"] and entry["method"]["calibration_images"] > 0  # balanced
 
 
 def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_error():
