@@ -2,7 +2,8 @@
 # The checks only a GPU machine can run, in one go: the GPU backend tests, the GPU benchmarks (CUDA EP FP32 and
 # FP16 vs the CPU at batch 1 and 64, the host-to-device copy and decoding timed alone) and medclf-run's backend
 # choice, one-shot and over a folder. Needs onnxruntime-gpu (and TensorRT, where NVIDIA's index is reachable).
-# Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] [MEDCLF_GPU_MODELS="MODEL=FOLDER ..."] bash scripts/gpu_checks.sh
+# Usage: OUT=DIR MEDCLF_SHARED=DIR [MEDCLF_FP16_MODEL=FILE] [MEDCLF_GPU_MODELS="MODEL=FOLDER ..."] \
+#        bash scripts/gpu_checks.sh
 # MEDCLF_GPU_MODELS: more model files to compare on the GPU with the CPU, each on a folder of its own kind of images
 # (scripts/gpu_agreement.py; the packaged FP32 and INT8 files are always compared, on blood-cell TEST).
 # Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log, benchmark-{cuda,cpu}.json.

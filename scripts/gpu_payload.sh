@@ -51,7 +51,8 @@ T0=\$(date +%s)
 cat $parts | tar -xf - -C /tmp || exit 3
 mkdir -p /tmp/site && xz -dc -T0 /tmp/.gpu/ortgpu.tar.xz | tar -xf - -C /tmp/site || exit 4
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/.gpu/simplejpeg-*.whl || exit 5
-rm -rf /tmp/pkg && mkdir -p /tmp/pkg/medclf && cp -r medclf/. /tmp/pkg/medclf/ && cp -r runtime export train /tmp/pkg/medclf/
+rm -rf /tmp/pkg && mkdir -p /tmp/pkg/medclf && cp -r medclf/. /tmp/pkg/medclf/
+cp -r runtime export train /tmp/pkg/medclf/
 export PYTHONPATH=/tmp/pkg:/tmp/site MEDCLF_SHARED=/tmp/.gpu/shared MEDCLF_FP16_MODEL=/tmp/.gpu/models/blood.fp16.onnx
 C=/tmp/.gpu/shared/data/chest-xray/test
 MEDCLF_GPU_MODELS=""
