@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from medclf.runtime import Classifier, load_image
-from medclf.runtime.inputs import IMAGE_EXTENSIONS
+from medclf.runtime.inputs import list_images
 
 BATCH = 64
 
 
 def images_for(classifier: Classifier, folder: Path) -> np.ndarray:
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    return np.stack([load_image(p, classifier.card.preprocess) for p in paths])
+    return np.stack([load_image(p, classifier.card.preprocess) for p in list_images(folder)])
 
 
 def images_per_second(classifier: Classifier, images: np.ndarray) -> float:

@@ -24,15 +24,22 @@ cp "$STAGE"/wheels/simplejpeg-*.whl "$STAGE/.gpu/"
 
 cp -r "$SHARED/data/blood-cells/TEST" "$STAGE/.gpu/shared/data/blood-cells/"
 cp -r "$SHARED/data/chest-xray/test" "$STAGE/.gpu/shared/data/chest-xray/"
-$PY - "$STAGE/.gpu/models/blood.fp16.onnx" <<'EOF'
+# FP16 as medclf export makes it (weights rounded balanced on training images), with the packaged model's card
+$PY - "$STAGE/.gpu/models/blood.fp16.onnx" "$SHARED/data/blood-cells/TRAIN" <<'EOF'
+import dataclasses
 import sys
 import onnx
-from medclf.export.fp16 import to_fp16
-from medclf.runtime import DEFAULT_MODEL
-from medclf.runtime.modelcard import PRECISION_KEY
-model = to_fp16(onnx.load(DEFAULT_MODEL))
-props = {p.key: p for p in model.metadata_props}
-(props[PRECISION_KEY] if PRECISION_KEY in props else model.metadata_props.add(key=PRECISION_KEY)).value = "fp16"
+from medclf.export.fp16 import Fp16Converter
+from medclf.export.int8 import ImageCalibrationReader
+from medclf.export.labelled_images import spread
+from medclf.export.pipeline import CALIBRATION_IMAGES
+from medclf.runtime import DEFAULT_MODEL, Classifier
+from medclf.runtime.inputs import list_images
+card = Classifier(DEFAULT_MODEL).card
+train = list_images(sys.argv[2])
+calibration = [train[i] for i in spread(len(train), CALIBRATION_IMAGES)]
+model = Fp16Converter(ImageCalibrationReader(calibration, card.preprocess)).convert(DEFAULT_MODEL)
+onnx.helper.set_model_props(model, dataclasses.replace(card, precision="fp16").to_metadata())
 onnx.save(model, sys.argv[1])
 EOF
 for model in "$@"; do cp "$model" "$STAGE/.gpu/models/$(basename "$(dirname "$model")")_$(basename "$model")"; done
