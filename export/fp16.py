@@ -6,14 +6,16 @@ probabilities here, and converts MobileNetV2 in 0.1 s where onnxconverter-common
 (uint8 → float32) stays on the block list: converted, it would become a cascade of casts wired to the wrong
 type. What is left in float32 is what the converter's default block list keeps.
 
-Rounding the weights to float16 is most of FP16's error on a CPU, and, as with INT8, its mean is a shift per output
-channel that every later layer inherits: with all else float32, the default-trained blood-cell model's convolution
-weights rounded to float16 moved its probabilities by a median 1.9e-3, the whole FP16 file 2.3e-3. So, given its
-convolutions' input means on calibration images, :func:`balanced_rounding` first takes that mean out of each bias
-(:mod:`.bias_correction`) — and since the bias is then rounded to float16 too (by up to 0.012 where BatchNorm
-folded a large one in), rounds weights the other way (11% of them) until the bias's own rounding error is cancelled
-as well. The same model: median |Δp| 2.3e-3 → 5.1e-4, 3 → 0 changed calls of 1,024 held-out images, with no
-convolution kept float32; the bias correction alone got 9.6e-4 (its float16 bias undid half of it).
+Rounding the weights to float16 is nearly all of FP16's error on a CPU: with everything else float32, the
+default-trained blood-cell model's convolution weights rounded to float16 moved its probabilities as much as the
+whole FP16 file did. Each weight rounded to its nearest float16 is not the best choice: the errors add up in
+every output, with a mean that later layers inherit (as with INT8) and a spread that depends on the image. So
+the weights are rounded as GPTQ rounds to integers (:func:`compensated_rounding`): a convolution's bias and
+weights one after another, each one's rounding error taken up by those not yet rounded, in the way that least
+changes the convolution's outputs on calibration images (:mod:`.input_moments`). Measured on the blood-cell
+model, 1,024 held-out images, no convolution kept float32 (median / max |Δp| against FP32): nearest rounding
+2.3e-3 / 3.6e-2 (3 changed calls), balanced rounding of each channel's mean error 5.0e-4 / 1.6e-2 (0 changed),
+compensated 2.6e-4 / 6.4e-3 (0 changed).
 """
 
 from __future__ import annotations
@@ -26,23 +28,25 @@ import onnx
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
-from .bias_correction import _group, conv_input_means, mean_error, rewrite_convs
+from .bias_correction import _group, rewrite_convs
+from .input_moments import conv_patch_moments
 from .int8 import ImageCalibrationReader
 
 KEEP_FLOAT32 = [*DEFAULT_OP_BLOCK_LIST, "Cast"]
+# How much of its mean diagonal is added to each convolution's patch moments before their inverse is taken. On
+# the blood-cell model above (median |Δp|): 0.001 3.3e-4, 0.01 2.9e-4, 0.1 2.6e-4, 0.3 4.0e-4, 1.0 5.0e-4.
+DAMPING = 0.1
 
 
 def to_fp16(model: onnx.ModelProto, float_convs: int = 0,
-            means: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+            moments: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Weights and activations in float16 between the uint8 input and the float32 probabilities, except the
-    first ``float_convs`` convolutions: float16's rounding error grows layer by layer, so what the early layers
-    add is carried furthest (MobileNetV2, the demo's blood-cell model, 1,376 held-out images: median |Δp|
-    0.0041 all float16; 0.0017, 0.0013, 0.0010 with the first 8, 15, 20 of 52 convolutions float32).
-    ``means`` (:func:`~.bias_correction.conv_input_means` of ``model``): the float16 convolutions' weights
-    rounded so that their mean error cancels (:func:`balanced_rounding`); without, each to its nearest."""
+    first ``float_convs`` convolutions, kept float32. ``moments``
+    (:func:`~.input_moments.conv_patch_moments` of ``model``): the float16 convolutions' weights rounded to keep
+    their outputs close (:func:`compensated_rounding`); without, each to its nearest."""
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"][:float_convs]
-    if means is not None:
-        model = balanced_rounding(model, means, set(convs))
+    if moments is not None:
+        model = compensated_rounding(model, moments, set(convs))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=KEEP_FLOAT32,
                                          node_block_list=convs)
     OnnxModel(converted).topological_sort()  # the converter appends its casts at the end; TensorRT wants order
@@ -52,68 +56,56 @@ def to_fp16(model: onnx.ModelProto, float_convs: int = 0,
 
 class Fp16Converter:
     """Converts FP32 files to FP16 as many ways as an export's search tries, with the weights' rounding
-    balanced on one calibration reader's images; the means each file's tries share are measured once."""
+    compensated on one calibration reader's images; the moments each file's tries share are measured once."""
 
     def __init__(self, reader: ImageCalibrationReader) -> None:
         self.reader = reader
-        self._means: tuple[tuple[str, int], dict[str, np.ndarray]] | None = None
+        self._moments: tuple[tuple[str, int], dict[str, np.ndarray]] | None = None
 
     def convert(self, fp32_path: str | os.PathLike[str], float_convs: int = 0) -> onnx.ModelProto:
         model = onnx.load(str(fp32_path))
         key = (str(Path(fp32_path).resolve()), Path(fp32_path).stat().st_mtime_ns)
-        if self._means is None or self._means[0] != key:
-            self._means = key, conv_input_means(model, self.reader)
-        return to_fp16(model, float_convs, self._means[1])
+        if self._moments is None or self._moments[0] != key:
+            self._moments = key, conv_patch_moments(model, self.reader)
+        return to_fp16(model, float_convs, self._moments[1])
 
     def method(self) -> dict:
         """How the files are made, for whoever audits an export report."""
         return {"converter": "onnxruntime float16 (keep_io_types)",
-                "weights": "float16, rounded so each convolution's mean error, its bias's rounding included, "
-                           "cancels on the calibration images",
+                "weights": "float16, each convolution's bias then weights rounded in turn, every rounding error "
+                           "compensated by the weights left (GPTQ) to keep its outputs on the calibration images",
                 "calibration_images": len(self.reader.paths)}
 
 
-def balanced_rounding(model: onnx.ModelProto, means: dict[str, np.ndarray], skip: set[str]) -> onnx.ModelProto:
-    """A copy of the float32 ``model`` whose convolutions (but those in ``skip``) hold float16-exact weights and
-    biases chosen so that, at their inputs' channel ``means``, each output channel's mean is what float32 gives:
-    the bias corrected for the weights' rounding and rounded itself, then what that rounding adds cancelled by
-    rounding weights the other way — those it costs least, a weight at a time while the mean error shrinks."""
-    def balanced(node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        mean = means[node.input[0]]
-        nearest, other = _float16_neighbours(weight)
-        corrected = bias.astype(np.float64) - mean_error(weight, nearest, mean, _group(node))
-        bias16 = corrected.astype(np.float16).astype(np.float32)
-        return _cancel(weight, nearest, other, _per_weight(mean, weight.shape, _group(node)),
-                       bias16 - corrected), bias16
-    return rewrite_convs(model, skip, balanced)
+def compensated_rounding(model: onnx.ModelProto, moments: dict[str, np.ndarray], skip: set[str],
+                         damping: float = DAMPING) -> onnx.ModelProto:
+    """A copy of the float32 ``model`` whose convolutions (but those named in ``skip``) hold float16-exact
+    weights and biases chosen to keep their outputs on the calibration images close to float32's, given their
+    input patches' ``moments`` (:func:`~.input_moments.conv_patch_moments`): the bias is rounded first, then each
+    weight in turn, every rounding error taken up by the weights not yet rounded (:func:`_round_compensating`)."""
+    def rounded(node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        group, out = _group(node), len(weight)
+        columns = np.concatenate([bias.reshape(group, out // group, 1), weight.reshape(group, out // group, -1)],
+                                 axis=2).astype(np.float64)
+        exact = _round_compensating(columns, moments[node.output[0]], damping)
+        return exact[:, :, 1:].reshape(weight.shape).astype(np.float32), exact[:, :, 0].reshape(out).astype(np.float32)
+    return rewrite_convs(model, skip, rounded)
 
 
-def _float16_neighbours(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each weight's nearest float16 value and the float16 value on its other side (itself where exact)."""
-    nearest = weight.astype(np.float16)
-    up, down = np.nextafter(nearest, np.float16(np.inf)), np.nextafter(nearest, np.float16(-np.inf))
-    other = np.where(nearest < weight, up, np.where(nearest > weight, down, nearest))
-    return nearest.astype(np.float32), other.astype(np.float32)
-
-
-def _per_weight(mean: np.ndarray, shape: tuple[int, ...], group: int) -> np.ndarray:
-    """The input channel mean each weight of a ``shape`` convolution of ``group`` groups multiplies."""
-    out_channels, per_group = shape[:2]
-    per_channel = np.repeat(mean.reshape(group, per_group), out_channels // group, axis=0)
-    return np.broadcast_to(per_channel.reshape(out_channels, per_group, *[1] * (len(shape) - 2)), shape)
-
-
-def _cancel(weight: np.ndarray, nearest: np.ndarray, other: np.ndarray, mean: np.ndarray,
-            residual: np.ndarray) -> np.ndarray:
-    """``nearest`` with, per output channel, weights moved to ``other`` until the channel's mean error
-    (``residual`` to start with) is as small as those moves make it, cheapest moves first."""
-    rows, others = nearest.reshape(len(weight), -1).copy(), other.reshape(len(weight), -1)
-    moves = ((other - nearest) * mean).reshape(len(weight), -1).astype(np.float64)
-    costs = (np.abs(other - weight) - np.abs(nearest - weight)).reshape(len(weight), -1)
-    for channel, error in enumerate(residual.astype(np.float64)):
-        candidates = np.flatnonzero(np.sign(moves[channel]) == -np.sign(error))
-        for i in candidates[np.argsort(costs[channel, candidates], kind="stable")]:
-            if abs(error + moves[channel, i]) < abs(error):
-                rows[channel, i] = others[channel, i]
-                error += moves[channel, i]
-    return rows.reshape(weight.shape)
+def _round_compensating(columns: np.ndarray, moments: np.ndarray, damping: float) -> np.ndarray:
+    """GPTQ's algorithm (Frantar et al., ICLR 2023) on float16's grid: ``columns`` ``(group, out, 1 + d)``, the
+    bias then the weights each output channel of a group multiplies by its ``(1, patch)``, rounded one column at
+    a time, each rounding error spread over the columns left so as to least change ``columns · (1, p)`` for
+    patches of second ``moments`` ``(group, 1 + d, 1 + d)``. ``damping`` (a fraction of the mean diagonal) keeps
+    the inverse stable and the spreading from fitting the calibration images alone."""
+    columns = columns.copy()
+    diagonal = np.einsum("gii->gi", moments)
+    damped, every = moments.copy(), np.arange(moments.shape[1])
+    damped[:, every, every] += damping * diagonal.mean(axis=1, keepdims=True) + (diagonal <= 0)  # <= 0: never read
+    upper = np.linalg.cholesky(np.linalg.inv(damped)).transpose(0, 2, 1)  # inverse = upperᵀ · upper
+    exact = np.empty_like(columns)
+    for i in range(columns.shape[2]):
+        exact[:, :, i] = columns[:, :, i].astype(np.float16)
+        error = (columns[:, :, i] - exact[:, :, i]) / upper[:, i, i, None]
+        columns[:, :, i + 1:] -= error[:, :, None] * upper[:, None, i, i + 1:]
+    return exact
