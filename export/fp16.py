@@ -84,6 +84,8 @@ def compensated_rounding(model: onnx.ModelProto, moments: dict[str, np.ndarray],
     input patches' ``moments`` (:func:`~.input_moments.conv_patch_moments`): the bias is rounded first, then each
     weight in turn, every rounding error taken up by the weights not yet rounded (:func:`_round_compensating`)."""
     def rounded(node: onnx.NodeProto, weight: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if node.output[0] not in moments:  # not a 2-D convolution: each to its nearest, as the converter would
+            return weight, bias
         group, out = _group(node), len(weight)
         columns = np.concatenate([bias.reshape(group, out // group, 1), weight.reshape(group, out // group, -1)],
                                  axis=2).astype(np.float64)

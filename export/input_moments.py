@@ -23,11 +23,12 @@ POSITIONS_PER_IMAGE = 2048
 
 def conv_patch_moments(model: onnx.ModelProto, reader: CalibrationDataReader,
                        positions_per_image: int = POSITIONS_PER_IMAGE) -> dict[str, np.ndarray]:
-    """Per convolution whose weights are initializers (keyed by its output's name), ``M = E[(1, p)(1, p)ᵀ]``
+    """Per 2-D convolution whose weights are initializers (keyed by its output's name), ``M = E[(1, p)(1, p)ᵀ]``
     over the patches ``p`` it reads from ``reader``'s images (from its first batch), one matrix per group:
     shape ``(group, 1 + d, 1 + d)``, ``d`` the group's weights per output channel, in the weights' order."""
     weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
-    convs = [node for node in model.graph.node if node.op_type == "Conv" and node.input[1] in weights]
+    convs = [node for node in model.graph.node  # 2-D convolutions, the only kind medclf's networks have
+             if node.op_type == "Conv" and len(weights.get(node.input[1], ())) == 4]
     names = list(dict.fromkeys(node.input[0] for node in convs))
     session = _probe(model, names)
     rng = np.random.default_rng(0)

@@ -8,6 +8,7 @@ import pytest
 from onnx import helper, numpy_helper
 from onnxruntime import InferenceSession
 
+from medclf.export.fp16 import compensated_rounding
 from medclf.export.input_moments import conv_patch_moments
 from tests.export.test_bias_correction import ArrayReader
 
@@ -69,3 +70,14 @@ def test_large_inputs_are_sampled_and_the_moments_stay_close():
     (full,) = conv_patch_moments(model, ArrayReader(batches), positions_per_image=10_000).values()
     (sampled,) = conv_patch_moments(model, ArrayReader(batches), positions_per_image=256).values()
     assert np.abs(sampled - full).max() < 0.1 * np.abs(full).max()
+
+
+def test_convolutions_other_than_2d_get_no_moments_and_keep_their_weights():
+    """1-D (or 3-D) convolutions are left to the float16 converter's nearest rounding."""
+    rng = np.random.default_rng(2)
+    weight, bias = rng.normal(0, 1, (2, 3, 3)).astype(np.float32), np.zeros(2, np.float32)
+    model = conv(weight, bias)
+    assert conv_patch_moments(model, ArrayReader([rng.normal(0, 1, (2, 3, 8)).astype(np.float32)])) == {}
+    rounded = compensated_rounding(model, {}, skip=set())
+    (kept,) = [numpy_helper.to_array(i) for i in rounded.graph.initializer if len(i.dims) == 3]
+    assert np.array_equal(kept, weight)
