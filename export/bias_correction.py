@@ -95,13 +95,8 @@ def input_means(model: onnx.ModelProto, tensors: list[str], reader: CalibrationD
     """Each of ``tensors``' per-channel mean (axis 1, NCHW) over every image ``reader`` yields (from its first
     batch: it must ``rewind()``, as :class:`~medclf.export.int8.ImageCalibrationReader` does), from one run of
     the float model with those tensors made outputs."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
     names = list(dict.fromkeys(tensors))
-    outputs = {output.name for output in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                             for name in names if name not in outputs)
-    session = InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = probe_session(model, names)
     # float64 sums: in float32 the means depended on the batch size enough to move the chest model's INT8
     # search (one step 100% → 99.6% agreement at 4 images a batch instead of 8)
     sums, count = [0.0] * len(names), 0
@@ -113,6 +108,16 @@ def input_means(model: onnx.ModelProto, tensors: list[str], reader: CalibrationD
         count += len(values[0])
     reader.rewind()
     return {name: (total / count).astype(np.float32) for name, total in zip(names, sums)}
+
+
+def probe_session(model: onnx.ModelProto, tensors: list[str]) -> InferenceSession:
+    """A CPU session of ``model`` that also outputs ``tensors`` (float32 activations inside it)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    outputs = {output.name for output in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                             for name in tensors if name not in outputs)
+    return InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 def _bias(node: onnx.NodeProto) -> str:

@@ -13,8 +13,9 @@ import math
 
 import numpy as np
 import onnx
-from onnxruntime import InferenceSession
 from onnxruntime.quantization import CalibrationDataReader
+
+from .bias_correction import probe_session
 
 # Patches sampled per image and convolution: a 224-px MobileNetV2's first layers have 12,544 positions an image,
 # neighbours nearly alike; a sample keeps the export's time and memory flat in the image size.
@@ -30,7 +31,7 @@ def conv_patch_moments(model: onnx.ModelProto, reader: CalibrationDataReader,
     convs = [node for node in model.graph.node  # 2-D convolutions, the only kind medclf's networks have
              if node.op_type == "Conv" and len(weights.get(node.input[1], ())) == 4]
     names = list(dict.fromkeys(node.input[0] for node in convs))
-    session = _probe(model, names)
+    session = probe_session(model, names)
     rng = np.random.default_rng(0)
     sums: dict[str, list] = {}
     reader.rewind()
@@ -96,13 +97,3 @@ def _pads(node: onnx.NodeProto, size: tuple[int, ...], kernel: tuple[int, ...], 
 
 def _attribute(node: onnx.NodeProto, name: str, default):
     return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
-
-
-def _probe(model: onnx.ModelProto, tensors: list[str]) -> InferenceSession:
-    """A CPU session of ``model`` that also outputs ``tensors``."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    outputs = {output.name for output in probe.graph.output}
-    probe.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-                             for name in tensors if name not in outputs)
-    return InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
