@@ -24,7 +24,7 @@ cp "$STAGE"/wheels/simplejpeg-*.whl "$STAGE/.gpu/"
 
 cp -r "$SHARED/data/blood-cells/TEST" "$STAGE/.gpu/shared/data/blood-cells/"
 cp -r "$SHARED/data/chest-xray/test" "$STAGE/.gpu/shared/data/chest-xray/"
-# FP16 as medclf export makes it (weights rounded balanced on training images), with the packaged model's card
+# FP16 as medclf export makes it (weights rounded compensated on training images), with the packaged model's card
 $PY - "$STAGE/.gpu/models/blood.fp16.onnx" "$SHARED/data/blood-cells/TRAIN" <<'EOF'
 import dataclasses
 import sys
