@@ -30,7 +30,7 @@ from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_floa
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 from .bias_correction import _group, rewrite_convs
-from .input_moments import conv_patch_moments
+from .input_moments import POSITIONS_PER_IMAGE, conv_patch_moments
 from .int8 import ImageCalibrationReader
 
 KEEP_FLOAT32 = [*DEFAULT_OP_BLOCK_LIST, "Cast"]
@@ -75,6 +75,7 @@ class Fp16Converter:
         return {"converter": "onnxruntime float16 (keep_io_types)",
                 "weights": "float16, each convolution's bias then weights rounded in turn, every rounding error "
                            "compensated by the weights left (GPTQ) to keep its outputs on the calibration images",
+                "damping": DAMPING, "patch_positions_per_image": POSITIONS_PER_IMAGE,
                 "calibration_images": len(self.reader.paths)}
 
 

@@ -288,6 +288,7 @@ def test_fp16_keeps_more_leading_convolutions_float32_until_few_answers_are_expe
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
     assert "compensated" in entry["method"]["weights"] and entry["method"]["calibration_images"] > 0
+    assert entry["method"]["damping"] > 0 and entry["method"]["patch_positions_per_image"] > 0
 
 
 def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_error():
