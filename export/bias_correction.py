@@ -36,7 +36,8 @@ def rewrite_convs(model: onnx.ModelProto, skip: set[str],
     """A copy of ``model`` in which every convolution not named in ``skip`` has its weights and bias replaced
     by what ``rewrite(node, weight, bias)`` returns (a convolution without a bias is given zeros). Each new
     tensor is an initializer of its own — another node may share the old one, which goes only once nothing
-    reads it — and a weight ``rewrite`` returns unchanged keeps its initializer."""
+    reads it — and a weight or bias ``rewrite`` returns unchanged (the same array) keeps its initializer, or
+    its absence."""
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     tensors = {init.name: init for init in rewritten.graph.initializer}
@@ -53,6 +54,8 @@ def rewrite_convs(model: onnx.ModelProto, skip: set[str],
             rewritten.graph.initializer.append(numpy_helper.from_array(new_weight.astype(weight.dtype), name))
             replaced.add(node.input[1])
             node.input[1] = name
+        if new_bias is bias:
+            continue
         name = f"medclf_corrected_bias_{number}"
         rewritten.graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), name))
         if old:
@@ -126,4 +129,9 @@ def _bias(node: onnx.NodeProto) -> str:
 
 
 def _group(node: onnx.NodeProto) -> int:
-    return next((attribute.i for attribute in node.attribute if attribute.name == "group"), 1)
+    return attribute(node, "group", 1)
+
+
+def attribute(node: onnx.NodeProto, name: str, default):
+    """The value of ``node``'s attribute ``name``, or ``default`` when it has none."""
+    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)

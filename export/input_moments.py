@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader
 
-from .bias_correction import probe_session
+from .bias_correction import _group, attribute, probe_session
 
 # Patches sampled per image and convolution: a 224-px MobileNetV2's first layers have 12,544 positions an image,
 # neighbours nearly alike; a sample keeps the export's time and memory flat in the image size.
@@ -61,7 +61,7 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, ...], per_i
     """The patches ``node`` reads from its input ``x`` (NCHW) at about ``per_image`` positions an image or
     fewer (every few output rows and columns, from a random first one), as ``(group, d, positions)``: copied
     one kernel offset at a time, a strided slice of the whole input each."""
-    strides, dilations = _attribute(node, "strides", [1, 1]), _attribute(node, "dilations", [1, 1])
+    strides, dilations = attribute(node, "strides", [1, 1]), attribute(node, "dilations", [1, 1])
     pads = _pads(node, x.shape[2:], kernel, strides, dilations)
     if any(pads):
         x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
@@ -76,16 +76,16 @@ def _patches(x: np.ndarray, node: onnx.NodeProto, kernel: tuple[int, ...], per_i
         rows, columns = strides[0] * step, strides[1] * step
         window = x[:, :, top:top + (kept[0] - 1) * rows + 1:rows, left:left + (kept[1] - 1) * columns + 1:columns]
         patches[:, offset] = window.transpose(1, 0, 2, 3)
-    return patches.reshape(_attribute(node, "group", 1), -1, math.prod(patches.shape[2:]))
+    return patches.reshape(_group(node), -1, math.prod(patches.shape[2:]))
 
 
 def _pads(node: onnx.NodeProto, size: tuple[int, ...], kernel: tuple[int, ...], strides: list[int],
           dilations: list[int]) -> list[int]:
     """``[top, left, bottom, right]``, from ``pads`` or what ``auto_pad`` means for this input size."""
-    auto = _attribute(node, "auto_pad", b"NOTSET")
+    auto = attribute(node, "auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else auto
     if auto in ("NOTSET", ""):
-        return list(_attribute(node, "pads", [0, 0, 0, 0]))
+        return list(attribute(node, "pads", [0, 0, 0, 0]))
     if auto == "VALID":
         return [0, 0, 0, 0]
     total = [max((math.ceil(n / s) - 1) * s + d * (k - 1) + 1 - n, 0)
@@ -94,6 +94,3 @@ def _pads(node: onnx.NodeProto, size: tuple[int, ...], kernel: tuple[int, ...], 
     large = [t - s for t, s in zip(total, small)]
     return small + large if auto == "SAME_UPPER" else large + small
 
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    return next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)

@@ -268,7 +268,7 @@ def _with_fp32(precisions: tuple[str, ...]) -> tuple[str, ...]:
 def _converters(run_dir: Path, calibration_data: str | os.PathLike[str] | None, card: ModelCard,
                 precisions: tuple[str, ...]) -> Converters:
     """FP16's converter and INT8's quantizer, where either is asked for, on one reader of the run's training
-    images (or ``calibration_data``), decoded once: FP16 balances its weights' rounding on them, INT8 calibrates."""
+    images (or ``calibration_data``), decoded once: FP16 rounds its weights to keep outputs on them, INT8 calibrates."""
     if not {"fp16", "int8"} & set(precisions):
         return {}
     paths, _ = _images(run_dir, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)

@@ -394,7 +394,7 @@ def export(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
     out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for the ONNX files and export_report.json.")] = Path("exported"),
     precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8. FP32 is always made; the others derive from it.")] = "fp32",
-    calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="FP16 and INT8: real training images to calibrate on (FP16 balances its weights' rounding on them); default: the run's training split.")] = None,
+    calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="FP16 and INT8: real training images to calibrate on (FP16 rounds its weights to keep their outputs on them); default: the run's training split.")] = None,
     verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
     verify_images: Annotated[int, typer.Option(min=1, help="At most this many verification images, evenly spread (99.9% agreement, FP16's tolerance, needs 1,000 to mean anything).")] = 1024,
     engine: Annotated[bool, typer.Option("--engine", help="Also build and verify a TensorRT engine per precision (needs an NVIDIA GPU and the medclf\\[gpu] extra).")] = False,
