@@ -28,7 +28,7 @@ from medclf.runtime.modelcard import CAM_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .files import FILE_NAMES
-from .fp16 import Fp16Converter
+from .fp16 import Fp16Converter, with_float16_activations
 from .int8 import ImageCalibrationReader, Int8Quantizer
 from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
@@ -202,8 +202,28 @@ def _from_another_model(path: Path, card: ModelCard) -> bool:
 def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
     """The comparison with Keras, the file's size, and its CPU speed (measured even for a file that fails: what
     a precision would have bought is part of the decision)."""
-    comparison = held_out.compare(onnx_probabilities(str(candidate), held_out.images), precision)
-    return {"size_bytes": candidate.stat().st_size, **comparison.to_dict(), **speed(candidate, held_out.images)}
+    comparison = held_out.compare(_probabilities(candidate, held_out.images, precision), precision)
+    entry = {"size_bytes": candidate.stat().st_size, **comparison.to_dict()}
+    if precision == "fp16":  # judged as a GPU computes it; how this CPU serves it, for the record
+        on_cpu = held_out.compare(onnx_probabilities(str(candidate), held_out.images), precision)
+        entry |= {"computed_as": FLOAT16_ACTIVATIONS,
+                  "on_this_cpu": {"agreement": on_cpu.agreement, "max_abs_diff": on_cpu.max_abs_diff}}
+    return entry | speed(candidate, held_out.images)
+
+
+FLOAT16_ACTIVATIONS = "float16 activations, as a GPU computes the file"
+
+
+def _probabilities(candidate: Path, images: np.ndarray, precision: str) -> np.ndarray:
+    """``candidate``'s probabilities as the hardware its precision is for computes them: an FP16 file with
+    float16 activations (:func:`~.fp16.with_float16_activations`), where onnxruntime's CPU would keep them
+    float32 and hide their rounding and overflow; the others as onnxruntime runs them here."""
+    if precision != "fp16":
+        return onnx_probabilities(str(candidate), images)
+    with tempfile.TemporaryDirectory() as tmp:
+        emulated = Path(tmp) / candidate.name
+        onnx.save(with_float16_activations(onnx.load(str(candidate))), str(emulated))
+        return onnx_probabilities(str(emulated), images)
 
 
 def failed_files(report: dict) -> list[tuple[str, list[str]]]:
@@ -345,7 +365,7 @@ def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
     for float_convs in steps:
         candidate = _derive(precision, fp32, card, converters, float_convs=float_convs)
         files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
-        probabilities = onnx_probabilities(str(files[float_convs]), search.on.images)
+        probabilities = _probabilities(files[float_convs], search.on.images, precision)
         comparison = search.on.compare(probabilities, precision)
         flips = expected_flips(search.held_out_reference, search.on.reference, probabilities, search.on.calls)
         chance = pass_probability(precision, ESTIMATE_MARGIN * flips, search.verified)

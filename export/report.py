@@ -42,6 +42,16 @@ def search_lines(report: dict) -> list[str]:
     return lines
 
 
+def computed_lines(report: dict) -> list[str]:
+    """How FP16 was computed for verification, beside how onnxruntime computes it on this CPU."""
+    entry = report["precisions"].get("fp16", {})
+    if "on_this_cpu" not in entry:
+        return []
+    cpu = entry["on_this_cpu"]
+    return [f"fp16 verified with {entry['computed_as']}; onnxruntime on this CPU computes it in float32 between "
+            f"casts: agreement {cpu['agreement']:.1%}, max |Δp| {cpu['max_abs_diff']:.1g}"]
+
+
 def _calls(report: dict) -> str:
     """What "agree" counts, where it is not the most probable class: a binary model's threshold calls."""
     calls = report.get("calls", MOST_PROBABLE)

@@ -4,13 +4,18 @@ For each ``MODEL=FOLDER`` argument: the folder's images (recursively, each throu
 preprocessing) classified by the CPU and by onnxruntime's CUDA EP (medclf's settings: TF32 off), then
 the largest |Δp| between them, top-1 agreement, and images/s at batch 64 on each (median of five warm runs).
 FP16 and INT8 files are compared with the CPU running the same file, so what is measured is the GPU's own
-arithmetic, not the precision's. Run by ``scripts/gpu_checks.sh``; needs onnxruntime-gpu and a GPU.
+arithmetic, not the precision's. An FP16 file is also compared with the CPU running its float16-activation
+emulation — what ``medclf export`` verifies FP16 on (``medclf.export.fp16.with_float16_activations``) — when
+``MEDCLF_FP16_EMULATIONS`` names a folder holding it under the same file name (made where ``onnx`` is installed:
+``scripts/gpu_payload.sh``): how faithful the emulation is. Run by ``scripts/gpu_checks.sh``; needs
+onnxruntime-gpu and a GPU.
 
 Usage: python scripts/gpu_agreement.py MODEL=FOLDER [MODEL=FOLDER ...]
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -46,8 +51,19 @@ def compare(model: Path, folder: Path) -> str:
     agreement = (want.argmax(1) == got.argmax(1)).mean()
     return (f"{model.name} ({cpu.card.precision}, {images.shape[1]}x{images.shape[2]}) on {len(images)} images "
             f"of {folder}: CUDA vs CPU max |dp| {np.abs(got - want).max():.1e}, top-1 agreement {agreement:.2%}; "
-            f"batch {BATCH}: CUDA {images_per_second(cuda, images):,.0f} images/s, "
+            f"{emulated(model, images, got)}batch {BATCH}: CUDA {images_per_second(cuda, images):,.0f} images/s, "
             f"CPU {images_per_second(cpu, images):,.0f} images/s")
+
+
+def emulated(model: Path, images: np.ndarray, cuda: np.ndarray) -> str:
+    """CUDA's answers against the CPU running ``model``'s float16-activation emulation, if there is one."""
+    emulation = Path(os.environ.get("MEDCLF_FP16_EMULATIONS", "/nonexistent")) / model.name
+    if not emulation.is_file():
+        return ""
+    want = Classifier(emulation).predict(images, BATCH)
+    return (f"CUDA vs CPU emulating float16 activations (export's verification) max |dp| "
+            f"{np.abs(cuda - want).max():.1e}, median {np.median(np.abs(cuda - want).max(1)):.1e}, top-1 agreement "
+            f"{(want.argmax(1) == cuda.argmax(1)).mean():.2%}; ")
 
 
 def main(pairs: list[str]) -> int:

@@ -407,7 +407,7 @@ def export(
     verified against Keras before it is written under its final name."""
     import_tensorflow()
     from medclf.export.pipeline import export_run, failed_files
-    from medclf.export.report import export_table, search_lines
+    from medclf.export.report import computed_lines, export_table, search_lines
 
     profile = _parse_profile(batch_profile)
     counts = _float_counts(float_convs)
@@ -416,7 +416,7 @@ def export(
                                               engine=profile if engine else None, triton=triton, cam=cam,
                                               strict=False, float_convs=counts))
     console.print(export_table(report))
-    for line in search_lines(report):
+    for line in search_lines(report) + computed_lines(report):
         console.print(line, highlight=False)
     for path in report.get("triton", []):
         console.print(f"Triton model: {path}")

@@ -33,7 +33,7 @@ def default_data() -> Path:
 def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | None = None) -> dict:
     console = console or Console()
     from medclf.export.pipeline import export_run, failed_files
-    from medclf.export.report import export_table, search_lines
+    from medclf.export.report import computed_lines, export_table, search_lines
     from medclf.export.verify import VerificationError
 
     # The preset's recipe, shortened for a demo: 10 epochs, and only blocks 13-16 fine-tuned (half the time).
@@ -50,7 +50,7 @@ def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | Non
     # Not strict: a reduced precision that fails its tolerance is reported and left unpublished; FP32 must pass.
     report = export_run(out / "run" / "model.keras", out / "exported", precisions=DEMO_PRECISIONS, strict=False)
     console.print(export_table(report))
-    for line in search_lines(report):
+    for line in search_lines(report) + computed_lines(report):
         console.print(line, highlight=False)
     for file, reasons in failed_files(report):
         console.print(f"not published: {Path(file).name}: {'; '.join(reasons)}", highlight=False)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 
+import keras
 import numpy as np
 import onnx
 import pytest
@@ -13,10 +14,11 @@ from onnx import numpy_helper
 from medclf.export.fp16 import compensated_rounding, to_fp16
 from medclf.export.input_moments import conv_patch_moments
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
-from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, _derive,
-                                    cleared, held_out_split, pass_probability)
-from medclf.export.report import search_lines
-from medclf.export.verify import expected_flips
+from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, HeldOut,
+                                    _derive, _probabilities, _verify, cleared, held_out_split, model_card,
+                                    pass_probability, verification_set)
+from medclf.export.report import computed_lines, search_lines
+from medclf.export.verify import Calls, expected_flips, keras_probabilities
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 
@@ -311,3 +313,27 @@ def test_verification_and_the_search_get_different_held_out_images_while_there_a
     assert len(verified) == 300 and searched is verified and "verification images" in said
     verified, searched, _ = held_out_split(1376, 1024, searching=False)
     assert len(verified) == 1024 and searched is None
+
+
+def test_fp16_is_verified_as_a_gpu_computes_it_with_float16_activations(run_dir, exported, tmp_path):
+    """onnxruntime's CPU computes an FP16 file in float32 between casts; verification judges the file with
+    float16 activations, and says so in the report."""
+    fp32_file = exported[1]["precisions"]["fp32"]["file"]
+    candidate = tmp_path / "model.fp16.onnx"
+    proto = to_fp16(onnx.load(fp32_file))
+    onnx.helper.set_model_props(proto, Classifier(fp32_file).card.to_metadata())
+    onnx.save(proto, str(candidate))
+    card = model_card(run_dir / "model.keras")
+    images, labels = verification_set(run_dir / "model.keras", card)
+    keras_p = keras_probabilities(keras.models.load_model(run_dir / "model.keras", compile=False), images)
+    entry = _verify(candidate, HeldOut(images, labels, keras_p, Calls(card.labels, card.decision)), "fp16")
+    as_gpus_compute, on_this_cpu = _probabilities(candidate, images, "fp16"), Classifier(candidate).predict(images)
+    assert "float16 activations" in entry["computed_as"] == exported[1]["precisions"]["fp16"]["computed_as"]
+    assert entry["max_abs_diff"] == pytest.approx(np.abs(as_gpus_compute - keras_p).max(), rel=1e-6)
+    assert entry["on_this_cpu"]["max_abs_diff"] == pytest.approx(np.abs(on_this_cpu - keras_p).max(), rel=1e-6)
+    assert not np.allclose(as_gpus_compute, on_this_cpu, rtol=0, atol=1e-6)
+    assert computed_lines({"precisions": {"fp16": entry}}) == [
+        f"fp16 verified with float16 activations, as a GPU computes the file; onnxruntime on this CPU computes it "
+        f"in float32 between casts: agreement {entry['on_this_cpu']['agreement']:.1%}, max |Δp| "
+        f"{entry['on_this_cpu']['max_abs_diff']:.1g}"]
+    assert computed_lines({"precisions": {"fp32": {}}}) == []
