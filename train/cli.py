@@ -393,7 +393,7 @@ def augment(
 def export(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
     out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for the ONNX files and export_report.json.")] = Path("exported"),
-    precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8. FP32 is always made; the others derive from it.")] = "fp32",
+    precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8. FP32 is always made; the others derive from it. FP16 is verified as a GPU computes it (float16 activations), the others as this CPU does.")] = "fp32",
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="FP16 and INT8: real training images to calibrate on (FP16 rounds its weights to keep their outputs on them); default: the run's training split.")] = None,
     verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
     verify_images: Annotated[int, typer.Option(min=1, help="At most this many verification images, evenly spread (99.9% agreement, FP16's tolerance, needs 1,000 to mean anything).")] = 1024,
@@ -401,7 +401,7 @@ def export(
     batch_profile: Annotated[str, typer.Option(help="Engine and Triton batch sizes: MIN,OPT,MAX.")] = "1,16,64",
     triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
     cam: Annotated[bool, typer.Option("--cam", help="Add a second output, class activation maps, so the runtime can draw heatmaps without TensorFlow.")] = False,
-    float_convs: Annotated[Optional[list[str]], typer.Option(metavar="PRECISION=N", help="Keep the first N convolutions float32 in that file instead of searching for the fewest that pass with a margin, e.g. int8=3 for a faster INT8 (repeat or comma-separate for fp16 too); verification still decides.")] = None,
+    float_convs: Annotated[Optional[list[str]], typer.Option(metavar="PRECISION=N", help="Keep the first N convolutions float32 in that file: for INT8 instead of searching for the fewest that pass with a margin (e.g. int8=3 for a faster INT8), for FP16 instead of none (repeat or comma-separate for both); verification still decides.")] = None,
 ) -> None:
     """Export MODEL to ONNX per precision (uint8 in, probabilities out, labels and preprocessing inside), each
     verified against Keras before it is written under its final name."""
