@@ -61,6 +61,7 @@ PASS_CONFIDENCE = 0.9  # a search step is kept when verification should pass it 
 # ... judged on twice the flips expected_flips estimates: verification has counted up to 2.7x more (see _search)
 ESTIMATE_MARGIN = 2.0
 TRITON_MAX_BATCH = 64
+FLOAT16_ACTIVATIONS = "float16 activations, as a GPU computes the file"  # how FP16 is verified (_probabilities)
 Converters = dict[str, "Fp16Converter | Int8Quantizer"]  # by precision: what makes its file from the FP32 one
 
 
@@ -216,9 +217,6 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
     return entry | speed(candidate, held_out.images)
 
 
-FLOAT16_ACTIVATIONS = "float16 activations, as a GPU computes the file"
-
-
 def _probabilities(candidate: Path, images: np.ndarray, precision: str) -> np.ndarray:
     """``candidate``'s probabilities as the hardware its precision is for computes them: an FP16 file with
     float16 activations (:func:`~.fp16.with_float16_activations`), where onnxruntime's CPU would keep them
@@ -336,9 +334,9 @@ class Search:
 def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
             search: Search, asked: int | None = None) -> tuple[Path, dict]:
     """The candidate with the fewest leading convolutions kept float32 (``INT8_FLOAT_STEPS``; FP16 has a
-    single step, ``FP16_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥ ``PASS_CONFIDENCE``)
-    given the answers it is expected to change (:func:`expected_flips`, doubled) — or, if none is, the one expected to
-    change fewest, which verification then judges. The tries go into the report, with the agreement counted on
+    single step, ``FP16_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥
+    ``PASS_CONFIDENCE``) given the answers it is expected to change (:func:`expected_flips`, doubled) — or, if
+    none is, the one expected to change fewest, which verification then judges. The tries go into the report, with the agreement counted on
     the search images for the record.
 
     Why an estimate rather than counting flips on the search images: FP16 changes too few answers to count on a

@@ -11,7 +11,8 @@ SHARED=${MEDCLF_SHARED:-../shared}
 PY=${PYTHON:-python3}
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
-mkdir -p "$STAGE/.gpu/models" "$STAGE/.gpu/emulated" "$STAGE/.gpu/shared/data/blood-cells" "$STAGE/.gpu/shared/data/chest-xray" .gpu
+mkdir -p "$STAGE/.gpu/models" "$STAGE/.gpu/emulated" "$STAGE/.gpu/shared/data/blood-cells" \
+    "$STAGE/.gpu/shared/data/chest-xray" .gpu
 grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
 
 $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -26,7 +27,8 @@ cp -r "$SHARED/data/blood-cells/TEST" "$STAGE/.gpu/shared/data/blood-cells/"
 cp -r "$SHARED/data/chest-xray/test" "$STAGE/.gpu/shared/data/chest-xray/"
 # FP16 as medclf export makes it (weights rounded compensated on training images), with the packaged model's card,
 # and its float16-activation emulation, which export verifies FP16 with (gpu_agreement.py compares it with CUDA)
-$PY - "$STAGE/.gpu/models/blood.fp16.onnx" "$SHARED/data/blood-cells/TRAIN" "$STAGE/.gpu/emulated/blood.fp16.onnx" <<'EOF'
+FP16=$STAGE/.gpu/models/blood.fp16.onnx
+$PY - "$FP16" "$SHARED/data/blood-cells/TRAIN" "$STAGE/.gpu/emulated/blood.fp16.onnx" <<'EOF'
 import dataclasses
 import sys
 import onnx
@@ -62,8 +64,8 @@ mkdir -p /tmp/site && xz -dc -T0 /tmp/.gpu/ortgpu.tar.xz | tar -xf - -C /tmp/sit
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site /tmp/.gpu/simplejpeg-*.whl || exit 5
 rm -rf /tmp/pkg && mkdir -p /tmp/pkg/medclf && cp -r medclf/. /tmp/pkg/medclf/
 cp -r runtime export train /tmp/pkg/medclf/
-export PYTHONPATH=/tmp/pkg:/tmp/site MEDCLF_SHARED=/tmp/.gpu/shared MEDCLF_FP16_MODEL=/tmp/.gpu/models/blood.fp16.onnx \\
-    MEDCLF_FP16_EMULATIONS=/tmp/.gpu/emulated
+export PYTHONPATH=/tmp/pkg:/tmp/site MEDCLF_SHARED=/tmp/.gpu/shared
+export MEDCLF_FP16_MODEL=/tmp/.gpu/models/blood.fp16.onnx MEDCLF_FP16_EMULATIONS=/tmp/.gpu/emulated
 C=/tmp/.gpu/shared/data/chest-xray/test
 MEDCLF_GPU_MODELS=""
 for m in /tmp/.gpu/models/*.onnx; do [ "\$m" = "\$MEDCLF_FP16_MODEL" ] || MEDCLF_GPU_MODELS+="\$m=\$C "; done
