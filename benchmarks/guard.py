@@ -12,10 +12,12 @@ machine, so noise alone does not fail. Ratios differ between machines of the sam
 vCPUs depends on whether they are two cores or one core's two hyper-threads (medclf 2.2 ms here, 3.3 ms on CI,
 Keras 11.4 ms on both), so the one-image baseline is the CI machine's 3.39, not this machine's 5.6. INT8's
 speed-up depends on the CPU's int8 dot-product instructions (VNNI), so that ratio's baseline is kept per kind of
-CPU, read from the results' machine_info. Since 2026-12-05 it times the packaged INT8 file that passed
-verification (9 leading convolutions float): 1.40-1.59x FP32 on an AVX-512 VNNI EPYC. The quantize-everything
-file timed before ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the verified file has no baseline yet
-(`--update` there rewrites the baselines from that run).
+CPU, read from the results' machine_info. It times the packaged INT8 file, which passed verification: since
+2026-12-06 the one with 3 leading convolutions float (99.0% on 1,024 held-out cells, 99.3% on TEST), 1.82-2.19x
+FP32 on an AVX-512 VNNI EPYC in three runs (baseline 1.8); the 12-float file before it 1.26-1.59x, the 9-float
+one before that 1.40-1.59x. The quantize-everything file timed before them ran 2.0-3.1x there and 1.2x on an
+AVX2-only EPYC, where the verified file has no baseline yet (`--update` there rewrites the baselines from that
+run).
 """
 
 from __future__ import annotations

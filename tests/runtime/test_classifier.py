@@ -70,8 +70,8 @@ def test_the_model_is_right_on_most_unseen_test_images(classifier, blood_cells):
 
 def test_the_packaged_int8_file_is_the_same_model_in_int8(classifier, blood_cells):
     """``model.int8.onnx`` ships beside the default model: same labels and preprocessing, int8 kernels, and the
-    same answers on nearly every unseen TEST image (verified 99.9% on held-out cell images; all 250 of these
-    TEST images on the VNNI CPU it was made on; CPUs without VNNI round int8 differently, hence the margin)."""
+    same answers on nearly every unseen TEST image (verified 99.0% on held-out cell images, 99.3% on all of TEST
+    on the VNNI CPU it was made on; CPUs without VNNI round int8 differently, hence the margin)."""
     int8 = Classifier(DEFAULT_MODEL.with_name("model.int8.onnx"))
     assert int8.card.precision == "int8" and int8.labels == classifier.labels
     assert int8.card.preprocess == classifier.card.preprocess
