@@ -14,10 +14,10 @@ Keras 11.4 ms on both), so the one-image baseline is the CI machine's 3.39, not 
 speed-up depends on the CPU's int8 dot-product instructions (VNNI), so that ratio's baseline is kept per kind of
 CPU, read from the results' machine_info. It times the packaged INT8 file, which passed verification: since
 2026-12-06 the one with 3 leading convolutions float (99.0% on 1,024 held-out cells, 99.3% on TEST), 1.82-2.19x
-FP32 on an AVX-512 VNNI EPYC in three runs here, 2.23x in a clean-clone CI run (baseline 1.8); the 12-float file before it 1.26-1.59x, the 9-float
-one before that 1.40-1.59x. The quantize-everything file timed before them ran 2.0-3.1x there and 1.2x on an
-AVX2-only EPYC, where the verified file has no baseline yet (`--update` there rewrites the baselines from that
-run).
+FP32 on an AVX-512 VNNI EPYC in three runs here, 2.23x in a clean-clone CI run (baseline 1.8); the 12-float
+file before it 1.26-1.59x, the 9-float one before that 1.40-1.59x. The quantize-everything file timed before
+them ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the verified file has no baseline yet (`--update`
+there rewrites the baselines from that run).
 """
 
 from __future__ import annotations
