@@ -2,8 +2,9 @@
 # Packs what scripts/gpu_checks.sh needs on a bare GPU machine that reaches no package index and does not see
 # ../shared: onnxruntime-gpu (CUDA 13 build) and simplejpeg for its Python 3.12, blood-cell TEST and the chest test
 # films, an FP16 export of the packaged model and any extra ONNX files given (compared with the CPU on the chest
-# films). The whole is split into .gpu/p0, .gpu/p1, ... each small enough to travel beside the working tree in one
-# call (64 MiB together), and .gpu/run.sh joins and installs them there and runs the checks.
+# films), with each FP16 file's float16-activation emulation (compared with CUDA: what export verifies). The
+# whole is split into .gpu/p0, .gpu/p1, ... each small enough to travel beside the working tree in one call (64 MiB
+# together), and .gpu/run.sh joins and installs them there and runs the checks.
 # Usage: bash scripts/gpu_payload.sh [CHEST_MODEL.onnx ...]   (then one device call per part, run.sh with the last)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +47,14 @@ onnx.helper.set_model_props(model, dataclasses.replace(card, precision="fp16").t
 onnx.save(model, sys.argv[1])
 onnx.save(with_float16_activations(model), sys.argv[3])
 EOF
-for model in "$@"; do cp "$model" "$STAGE/.gpu/models/$(basename "$(dirname "$model")")_$(basename "$model")"; done
+for model in "$@"; do
+    name="$(basename "$(dirname "$model")")_$(basename "$model")"
+    cp "$model" "$STAGE/.gpu/models/$name"
+    case "$model" in  # an FP16 file's emulation too, for gpu_agreement.py to compare CUDA with
+        *.fp16.onnx) $PY -c 'import sys, onnx; from medclf.export.fp16 import with_float16_activations as f
+onnx.save(f(onnx.load(sys.argv[1])), sys.argv[2])' "$model" "$STAGE/.gpu/emulated/$name" ;;
+    esac
+done
 
 tree=$(git ls-files -z | xargs -0 cat | wc -c)
 part=$(( 64 * 1024 * 1024 - tree - 2 * 1024 * 1024 ))  # 2 MiB to spare for run.sh and untracked files
