@@ -57,8 +57,8 @@ def compare(model: Path, folder: Path) -> str:
 
 def emulated(model: Path, images: np.ndarray, cuda: np.ndarray) -> str:
     """CUDA's answers against the CPU running ``model``'s float16-activation emulation, if there is one."""
-    emulation = Path(os.environ.get("MEDCLF_FP16_EMULATIONS", "/nonexistent")) / model.name
-    if not emulation.is_file():
+    folder = os.environ.get("MEDCLF_FP16_EMULATIONS")
+    if not folder or not (emulation := Path(folder) / model.name).is_file():
         return ""
     want = Classifier(emulation).predict(images, BATCH)
     return (f"CUDA vs CPU emulating float16 activations (export's verification) max |dp| "

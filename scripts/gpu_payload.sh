@@ -26,14 +26,12 @@ cp "$STAGE"/wheels/simplejpeg-*.whl "$STAGE/.gpu/"
 
 cp -r "$SHARED/data/blood-cells/TEST" "$STAGE/.gpu/shared/data/blood-cells/"
 cp -r "$SHARED/data/chest-xray/test" "$STAGE/.gpu/shared/data/chest-xray/"
-# FP16 as medclf export makes it (weights rounded compensated on training images), with the packaged model's card,
-# and its float16-activation emulation, which export verifies FP16 with (gpu_agreement.py compares it with CUDA)
-FP16=$STAGE/.gpu/models/blood.fp16.onnx
-$PY - "$FP16" "$SHARED/data/blood-cells/TRAIN" "$STAGE/.gpu/emulated/blood.fp16.onnx" <<'EOF'
+# FP16 as medclf export makes it (weights rounded compensated on training images), with the packaged model's card
+$PY - "$STAGE/.gpu/models/blood.fp16.onnx" "$SHARED/data/blood-cells/TRAIN" <<'EOF'
 import dataclasses
 import sys
 import onnx
-from medclf.export.fp16 import Fp16Converter, with_float16_activations
+from medclf.export.fp16 import Fp16Converter
 from medclf.export.int8 import ImageCalibrationReader
 from medclf.export.labelled_images import spread
 from medclf.export.pipeline import CALIBRATION_IMAGES
@@ -45,16 +43,17 @@ calibration = [train[i] for i in spread(len(train), CALIBRATION_IMAGES)]
 model = Fp16Converter(ImageCalibrationReader(calibration, card.preprocess)).convert(DEFAULT_MODEL)
 onnx.helper.set_model_props(model, dataclasses.replace(card, precision="fp16").to_metadata())
 onnx.save(model, sys.argv[1])
-onnx.save(with_float16_activations(model), sys.argv[3])
 EOF
-for model in "$@"; do
-    name="$(basename "$(dirname "$model")")_$(basename "$model")"
-    cp "$model" "$STAGE/.gpu/models/$name"
-    case "$model" in  # an FP16 file's emulation too, for gpu_agreement.py to compare CUDA with
-        *.fp16.onnx) $PY -c 'import sys, onnx; from medclf.export.fp16 import with_float16_activations as f
-onnx.save(f(onnx.load(sys.argv[1])), sys.argv[2])' "$model" "$STAGE/.gpu/emulated/$name" ;;
-    esac
-done
+for model in "$@"; do cp "$model" "$STAGE/.gpu/models/$(basename "$(dirname "$model")")_$(basename "$model")"; done
+# every FP16 file's float16-activation emulation, which export verifies FP16 with (gpu_agreement.py compares CUDA)
+$PY - "$STAGE/.gpu/emulated" "$STAGE"/.gpu/models/*.fp16.onnx <<'EOF'
+import sys
+from pathlib import Path
+import onnx
+from medclf.export.fp16 import with_float16_activations
+for fp16 in sys.argv[2:]:
+    onnx.save(with_float16_activations(onnx.load(fp16)), str(Path(sys.argv[1]) / Path(fp16).name))
+EOF
 
 tree=$(git ls-files -z | xargs -0 cat | wc -c)
 part=$(( 64 * 1024 * 1024 - tree - 2 * 1024 * 1024 ))  # 2 MiB to spare for run.sh and untracked files

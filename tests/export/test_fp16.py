@@ -74,11 +74,6 @@ def scale_and_shift(scale: float, shift: float, then: float = 1.0) -> onnx.Model
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
-def run(model: onnx.ModelProto, images: np.ndarray) -> np.ndarray:
-    return InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None,
-                                                                                            {"image": images})[0]
-
-
 def test_float16_activations_round_every_tensor_a_gpu_holds_in_float16_where_the_cpu_keeps_float32():
     images = np.arange(255, dtype=np.uint8).reshape(85, 3)
     fp16 = to_fp16(scale_and_shift(0.0123, 0.3))
@@ -88,11 +83,11 @@ def test_float16_activations_round_every_tensor_a_gpu_holds_in_float16_where_the
     logits = (scaled.astype(np.float32) + np.float32(half(0.3))).astype(half)
     exp = np.exp(logits.astype(np.float32) - logits.astype(np.float32).max(axis=1, keepdims=True))
     expected = (exp / exp.sum(axis=1, keepdims=True)).astype(half).astype(np.float32)
-    np.testing.assert_allclose(run(with_float16_activations(fp16), images), expected, rtol=0, atol=1e-7)
+    np.testing.assert_allclose(probabilities(with_float16_activations(fp16), images), expected, rtol=0, atol=1e-7)
     weights_alone = images * np.float32(half(0.0123)) + np.float32(half(0.3))  # what onnxruntime's CPU computes
     exp = np.exp(weights_alone - weights_alone.max(axis=1, keepdims=True))
-    np.testing.assert_allclose(run(fp16, images), exp / exp.sum(axis=1, keepdims=True), rtol=1e-6)
-    assert np.abs(run(fp16, images) - expected).max() > 1e-4
+    np.testing.assert_allclose(probabilities(fp16, images), exp / exp.sum(axis=1, keepdims=True), rtol=1e-6)
+    assert np.abs(probabilities(fp16, images) - expected).max() > 1e-4
 
 
 def test_an_activation_past_float16s_range_fails_verification_though_the_cpu_computes_the_file_fine():
@@ -100,7 +95,7 @@ def test_an_activation_past_float16s_range_fails_verification_though_the_cpu_com
     images = np.array([[255, 0, 128], [3, 200, 9]], np.uint8)
     fp32 = scale_and_shift(1000.0, 0.0, then=1e-4)
     fp16 = to_fp16(fp32)
-    reference = run(fp32, images)
-    assert compare(reference, run(fp16, images), TOLERANCES["fp16"]).passed
-    failures = compare(reference, run(with_float16_activations(fp16), images), TOLERANCES["fp16"]).failures
+    reference = probabilities(fp32, images)
+    assert compare(reference, probabilities(fp16, images), TOLERANCES["fp16"]).passed
+    failures = compare(reference, probabilities(with_float16_activations(fp16), images), TOLERANCES["fp16"]).failures
     assert "outputs contain NaN or infinity" in failures
