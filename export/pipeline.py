@@ -336,8 +336,8 @@ def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
     """The candidate with the fewest leading convolutions kept float32 (``INT8_FLOAT_STEPS``; FP16 has a
     single step, ``FP16_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥
     ``PASS_CONFIDENCE``) given the answers it is expected to change (:func:`expected_flips`, doubled) — or, if
-    none is, the one expected to change fewest, which verification then judges. The tries go into the report, with the agreement counted on
-    the search images for the record.
+    none is, the one expected to change fewest, which verification then judges. The tries go into the report,
+    with the agreement counted on the search images for the record.
 
     Why an estimate rather than counting flips on the search images: FP16 changes too few answers to count on a
     few hundred images, and INT8's counts move in blocks where held-out images are copies of a few cells. On
