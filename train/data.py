@@ -358,15 +358,17 @@ def _every_class_on_both_sides(labels: np.ndarray, groups: np.ndarray, held: np.
 
 
 def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None = None,
-                workers: int | None = None) -> tuple[np.ndarray, np.ndarray, ImageFolder]:
+                workers: int | None = None, say_skipped: bool = True) -> tuple[np.ndarray, np.ndarray, ImageFolder]:
     """Decode and resize every image once (cached on disk), returning ``(images, labels, kept)``.
 
-    Unreadable files are reported on stderr, one line each, and left out; ``kept`` lists the files used.
+    Unreadable files are left out, and reported on stderr, one line each, unless not ``say_skipped`` (a sample
+    decoded again later, where they are reported); ``kept`` lists the files used.
     """
     cache = _cache_path(folder, preprocess, cache_dir)
     if (saved := _read_cache(cache)) is not None:
         images, indices, errors = saved
-        _say_skipped(errors)  # said again: the files are still unusable
+        if say_skipped:  # said again: the files are still unusable
+            _say_skipped(errors)
         kept = folder.subset(indices)
         return images, kept.labels, kept
     images = np.empty((len(folder), *preprocess.shape), np.uint8)  # filled in place: no second copy to stack
@@ -377,7 +379,8 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
             errors.append(f"{path}: {reason}")
         else:
             images[i], readable[i] = image, True
-    _say_skipped(errors)
+    if say_skipped:
+        _say_skipped(errors)
     indices = np.flatnonzero(readable)
     if len(indices) == 0:
         raise DatasetError(f"none of the {len(folder)} images could be read")

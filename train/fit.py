@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import time
 import warnings
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -337,17 +339,14 @@ def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential 
     Many batches go through one traced graph rather than eager calls: MobileNetV2 at 224 px, 512 images, 5.8 s
     instead of 8.7 (the first time 7.6 s with the tracing, 14.6 s eager), the same outputs and augmentations.
     Below :data:`TRACED_FROM` batches the tracing costs more than it saves — unless the images are so large
-    that an eager batch would pass :data:`EAGER_PIXELS`."""
-    def step(x: tf.Tensor) -> tf.Tensor:
-        x = tf.cast(x, tf.float32)
-        if augmenter is not None:
-            x = augmenter(x, training=True)
-        return model(x, training=False)
-
+    that an eager batch would pass :data:`EAGER_PIXELS`. The graph is traced once per model and augmenter
+    (:func:`_traced_step`), not once per call."""
     pixels = int(np.prod(inputs.shape[1:3])) if inputs.ndim == 4 else 1  # cached features: no pixels to bound
     batch = images_per_batch(*inputs.shape[1:3], most=batch) if inputs.ndim == 4 else batch
     if len(inputs) >= TRACED_FROM * batch or min(len(inputs), batch) * pixels > EAGER_PIXELS:
-        step = tf.function(step, reduce_retracing=True)
+        step = _traced_step(model, augmenter)
+    else:
+        step = _step(weakref.ref(model), augmenter)
     out = []
     starts = range(0, len(inputs), batch)
     if progress is not None:
@@ -355,6 +354,32 @@ def predict(model: keras.Model, inputs: np.ndarray, augmenter: keras.Sequential 
     for start in starts:
         out.append(np.asarray(step(inputs[start:start + batch]), dtype=dtype))
     return np.concatenate(out)
+
+
+# model → {id(augmenter): its traced step}; an entry goes with its model (the steps hold the model weakly)
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _traced_step(model: keras.Model, augmenter: keras.Sequential | None) -> Callable[[np.ndarray], tf.Tensor]:
+    """The one ``tf.function`` of :func:`_step` for this model and augmenter. A new one per call traced the
+    model every time (MobileNetV2 at 224 px: 1.1 s a batch of 64 instead of 0.6), so the speed a run measures
+    on its first 64 images to size itself (:mod:`.sizing`) counted the tracing, and TensorFlow warned of
+    "retracing" on the user's terminal. Weights set later (a WiSE mix, a restored epoch) are read by the
+    graph: it holds the model's variables, not their values."""
+    steps = _TRACED.setdefault(model, {})
+    if id(augmenter) not in steps:  # the step holds the augmenter, so its id is not reused while it lives
+        steps[id(augmenter)] = tf.function(_step(weakref.ref(model), augmenter), reduce_retracing=True)
+    return steps[id(augmenter)]
+
+
+def _step(model: weakref.ref, augmenter: keras.Sequential | None) -> Callable[[np.ndarray], tf.Tensor]:
+    def step(x: tf.Tensor) -> tf.Tensor:
+        x = tf.cast(x, tf.float32)
+        if augmenter is not None:
+            x = augmenter(x, training=True)
+        return model()(x, training=False)
+
+    return step
 
 
 def _class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:

@@ -6,11 +6,13 @@ an absl preamble), and the first float16 tensor of a run adds an *error*-level l
 only on platforms with AVX-512") in the middle of training, which reads like a failure. None of them is
 actionable. So while TensorFlow loads, and its first float16 tensor is made, the process's native stderr (file
 descriptor 2) goes to a temporary file; afterwards every line of it that is not one of those notices is
-written to stderr, so a real problem during the import is still seen.
+written to stderr, so a real problem during the import is still seen. Its Python logger's "retracing" hint,
+which medclf's one graph per model sets off, is dropped too.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -27,14 +29,23 @@ NOTICES = re.compile(
 
 
 def import_tensorflow() -> None:
-    """Import TensorFlow (once per process) with its start-up notices dropped."""
-    if "tensorflow" in sys.modules:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # its INFO and WARNING lines, here and later
-    with native_stderr_filtered(NOTICES):
-        import tensorflow as tf
+    """Import TensorFlow (once per process) with its start-up notices dropped, and its retracing hint."""
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # its INFO and WARNING lines, here and later
+        with native_stderr_filtered(NOTICES):
+            import tensorflow as tf
 
-        tf.zeros([1], tf.float16)  # the one-time DT_HALF notice, now rather than mid-training
+            tf.zeros([1], tf.float16)  # the one-time DT_HALF notice, now rather than mid-training
+    import tensorflow as tf
+
+    tf.get_logger().addFilter(_not_a_retracing_hint)  # a no-op the second time: a filter is added once
+
+
+def _not_a_retracing_hint(record: logging.LogRecord) -> bool:
+    """False for TensorFlow's "N out of the last M calls to <function step> triggered tf.function retracing":
+    a run traces one graph per model it predicts with (the backbone's frozen part, the part above it, the
+    whole model: ``fit._traced_step``), and TensorFlow counts them as one function retracing."""
+    return "triggered tf.function retracing" not in record.getMessage()
 
 
 @contextmanager

@@ -44,3 +44,16 @@ def test_importing_and_using_tensorflow_prints_nothing():
               "tf.data.Dataset.from_tensor_slices(np.zeros((4, 2), np.float16)).map(lambda x: tf.cast(x, tf.float32))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stderr == ""
+
+
+def test_predicting_with_several_models_does_not_print_tensorflows_retracing_hint():
+    """A run traces one graph per model it predicts with; TensorFlow counts them as one function retracing."""
+    script = ("from medclf.train.quiet_tensorflow import import_tensorflow; import_tensorflow()\n"
+              "import numpy as np\nfrom medclf.train.architectures import get_architecture\n"
+              "from medclf.train.fit import predict\n"
+              "images = np.zeros((64, 160, 160, 3), np.uint8)  # large enough to be traced\n"
+              "for _ in range(7):\n"
+              "    predict(get_architecture('small_cnn').build((160, 160, 3), 2, False), images)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "retracing" not in done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 from medclf.runtime import Preprocess
@@ -52,3 +53,19 @@ def test_a_run_that_cannot_afford_its_training_images_trims_them_and_says_so(blo
 
     unlimited = TimeBudget(minutes=None)
     assert fit_to_budget(splits, preprocess, model, unlimited, seed=0) is splits and unlimited.reserved == 0
+
+
+def test_timing_a_sample_leaves_reporting_bad_files_to_the_full_pass(tmp_path, capsys):
+    from medclf.train.sizing import measure_speed
+
+    good = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            cv2.imwrite(str(tmp_path / name / f"{i}.png"), good)
+        (tmp_path / name / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    model = get_architecture("small_cnn").build((32, 32, 3), 2, False)
+
+    speed = measure_speed(read_folder(tmp_path), Preprocess(32, 32), model, seed=0)
+    assert speed.decode > 0 and speed.model > 0
+    assert capsys.readouterr().err == ""
