@@ -98,10 +98,6 @@ def train(
     _print_metrics(result.metrics)
     if (temperature := result.metrics["training"].get("temperature")) is not None:
         console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
-    if (bias := result.metrics["training"].get("class_bias")) is not None:
-        labels = RunDir(result.run_dir).labels
-        console.print("calls corrected on validation: logit bias " + ", ".join(
-            f"{label} {value:+.2f}" for label, value in zip(labels, bias)), highlight=False)
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
 
 

@@ -43,7 +43,7 @@ from .evaluate import (at_prevalence, choose_threshold, classification_metrics, 
 from .fit import FitConfig, fit, predict, save_model
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
-from .temperature import fit_class_bias, fit_temperature, fold_class_bias, fold_temperature, scaled
+from .temperature import fit_temperature, fold_temperature, scaled
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "",
                  started: float | None = None) -> TrainResult:
     """Train on given train/validation(/test) file lists: fit; on validation, scale the probabilities'
-    temperature, correct the calls' bias per class (three or more classes) and choose the threshold (two);
-    score, write.
+    temperature and choose the threshold; score, write.
     ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began."""
     budget = TimeBudget(recipe.fit.time_budget, started)
     recipe = _sized(recipe, splits.train.paths)
@@ -140,7 +139,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                       budget)
 
     fitted = time.monotonic()
-    val_p, calibration = _calibrated(model, val_x, val_y, strategy)  # before the threshold is chosen on them
+    val_p, temperature = _calibrated(model, val_x, val_y, strategy)  # before the threshold is chosen on them
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
@@ -155,35 +154,26 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "seconds": round(seconds, 1), "train_images": int(len(train_y)),
                            "val_images": int(len(val_y)), "validation_held_out": splits.held_out,
                            "data": source, "recipe": asdict(recipe),
-                           "replicas": strategy.num_replicas_in_sync, **calibration,
+                           "replicas": strategy.num_replicas_in_sync, "temperature": temperature,
                            "time_budget_cuts": budget.cuts, **decided,
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}
     write_run(run_dir, classes, preprocess, decision, metrics,
-              {"train": train_set, "val": val_set, "test": splits.test})
+              {"train": train_set, "val": val_set, "test": test_set if splits.test is not None else None})
     return TrainResult(run_dir, metrics, seconds)
 
 
 def _calibrated(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray,
-                strategy: tf.distribute.Strategy) -> tuple[np.ndarray, dict]:
-    """The validation images' probabilities once the temperature and (three or more classes) the class bias
-    fitted on them, if any, are folded into ``model``; and what was fitted, for metrics.json (the validation
-    accuracy before the bias too: it is fitted on those images)."""
+                strategy: tf.distribute.Strategy) -> tuple[np.ndarray, float | None]:
+    """The validation images' probabilities once the temperature fitted on them (if any) is folded into
+    ``model``, and that temperature."""
     val_p = predict(model, val_x)
     temperature = fit_temperature(val_y, val_p)
-    if temperature is not None:
-        with strategy.scope():
-            fold_temperature(model, temperature)
-        val_p = scaled(val_p, temperature)
-    fitted = {"temperature": temperature, "class_bias": None}
-    bias = fit_class_bias(val_y, val_p)
-    if bias is not None:
-        with strategy.scope():
-            fold_class_bias(model, bias)
-        before = float(np.mean(val_p.argmax(axis=1) == val_y))
-        fitted |= {"class_bias": bias.tolist(), "validation_accuracy_before_bias": before}
-        val_p = scaled(val_p, 1.0, bias)
-    return val_p, fitted
+    if temperature is None:
+        return val_p, None
+    with strategy.scope():
+        fold_temperature(model, temperature)
+    return scaled(val_p, temperature), temperature
 
 
 def write_run(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess, decision: Decision | None,

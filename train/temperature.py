@@ -13,13 +13,6 @@ Measured on four runs (expected calibration error on images never used to fit it
 chest preset's test films come from another hospital, where it is right less often than on validation: there
 its unscaled underconfidence happened to fit better, 0.034 → 0.087. Validation data can only promise
 calibration on data like itself.
-
-A model of three or more classes also gets a bias per class (:func:`fit_class_bias`), which does change calls:
-on images of sources it never trained on, a model leans towards some class, and validation held out by source
-measures by how much. Every blood-cell model here called unseen eosinophils and monocytes neutrophils more
-often than the reverse; the neutrophil bias fitted on their validation cells (-0.7 to -1.7) raised TEST
-accuracy on all six (+0.1 to +3.6 points; see the function). A binary model's threshold, chosen after, does
-the same already.
 """
 
 from __future__ import annotations
@@ -81,34 +74,6 @@ def fit_bias_corrected(labels: np.ndarray, probabilities: np.ndarray) -> tuple[f
     return round(float(np.exp(best[0])), 4), np.round(np.concatenate([[0.0], best[1:]]), 4)
 
 
-def fit_class_bias(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray | None:
-    """A bias per class (the first class's is 0), added to the logits, that minimises the negative log-likelihood
-    of ``labels`` with every class weighing alike — whatever their counts, so the bias corrects how the model
-    leans on unseen sources, not the classes' proportions (training balanced those out; a site's prevalence is
-    ``medclf calibrate``'s). None for a binary model (its threshold does this), with fewer than
-    ``MIN_IMAGES_FOR_THRESHOLD`` images of a class, or where a class would need more than ``BIAS_BOUND``.
-
-    Measured, fitted on each run's validation cells (held out whole) after its temperature, TEST accuracy
-    before → after: the packaged blood-cell model 86.1% → 87.5%, the preset re-run 84.8% → 88.3%, the default
-    224-px run 85.2% → 87.3%, stain windows 0.33 / 0.55 85.1% → 88.1% / 84.6% → 84.6%, the demo's 82.8% →
-    83.8%; the neutrophil bias -0.7 to -1.7 in every one."""
-    classes = probabilities.shape[1]
-    if classes < 3 or _too_few(labels, probabilities):
-        return None
-    log_p = _log(probabilities)
-    weights = 1.0 / np.bincount(labels, minlength=classes)[labels]
-
-    def nll(bias: np.ndarray) -> float:
-        scaled_log_p = log_softmax(log_p + np.concatenate([[0.0], bias]), axis=1)
-        return float(-np.sum(weights * scaled_log_p[np.arange(len(labels)), labels]) / weights.sum())
-
-    best = minimize(nll, np.zeros(classes - 1), method="L-BFGS-B", bounds=[(-BIAS_BOUND, BIAS_BOUND)] * (classes - 1),
-                    options={"ftol": 1e-12}).x
-    if np.abs(best).max() > BIAS_BOUND - 1e-3:
-        return None
-    return np.round(np.concatenate([[0.0], best]), 4)
-
-
 def scaled(probabilities: np.ndarray, temperature: float, bias: np.ndarray | None = None) -> np.ndarray:
     """``probabilities`` as the model answers once ``temperature`` (and a site's ``bias``) is applied to it."""
     logits = _log(probabilities) / temperature
@@ -121,13 +86,6 @@ def fold_temperature(model: keras.Model, temperature: float) -> None:
     layer = model.get_layer(OUTPUT_LAYER)
     for weight in (layer.kernel, layer.bias):
         weight.assign(weight.numpy() / temperature)
-
-
-def fold_class_bias(model: keras.Model, bias: np.ndarray) -> None:
-    """Add ``bias`` to the output layer's bias (after :func:`fold_temperature`): the logits move by it in
-    every file exported from the model."""
-    layer = model.get_layer(OUTPUT_LAYER)
-    layer.bias.assign(layer.bias.numpy() + bias.astype(np.float32))
 
 
 def _log(probabilities: np.ndarray) -> np.ndarray:

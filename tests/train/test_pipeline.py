@@ -111,3 +111,18 @@ def test_a_run_written_over_an_earlier_binary_one_keeps_no_threshold_of_it(blood
         if len(classes) == 2:  # scored, as medclf evaluate does by default: those scores go with the old model
             evaluate_run(tmp_path / "run" / "model.keras", data, tmp_path / "run" / "evaluation-data2")
     assert not (tmp_path / "run" / "evaluation-data2").exists()
+
+
+def test_the_run_records_the_test_images_it_scored_not_those_it_could_not_read(cataract, tmp_path):
+    """splits.json lists what each split was made of; export tops verification up from the test split and
+    says how many images of it there were."""
+    test = tmp_path / "test"
+    for name in ("cataract", "normal"):
+        (test / name).mkdir(parents=True)
+        for image in sorted((cataract / name).iterdir())[:3]:
+            (test / name / image.name).symlink_to(image)
+        (test / name / "notes.jpg").write_text("not an image")
+    result = train(cataract, tmp_path / "run", Recipe(arch="small_cnn", image_size=32, val_split=0.3,
+                                                      fit=FitConfig(epochs=1)), test=test)
+    paths, labels = RunDir(tmp_path / "run").split("test")
+    assert len(paths) == result.metrics["test"]["images"] == 6 and not any("notes" in path for path in paths)

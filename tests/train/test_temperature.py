@@ -13,8 +13,7 @@ from medclf.train.architectures import get_architecture
 from medclf.train.evaluate import expected_calibration_error
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
-from medclf.train.temperature import (fit_bias_corrected, fit_class_bias, fit_temperature, fold_class_bias,
-                                     fold_temperature, scaled)
+from medclf.train.temperature import fit_bias_corrected, fit_temperature, fold_temperature, scaled
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -58,36 +57,6 @@ def test_a_site_with_other_class_proportions_gets_the_log_of_their_ratio_as_its_
         soft, fit_temperature(labels, soft)))  # which no temperature can do
 
 
-def test_a_model_leaning_towards_a_class_on_unseen_sources_gets_the_lean_taken_out_of_its_logits():
-    """Validation held out by source measures how a model leans on sources it never trained on (blood-cell
-    models call unseen eosinophils neutrophils); the class bias takes that lean out, and the calls improve."""
-    logits, labels = calibrated_draws(6000, classes=3, seed=4)
-    leaning = softmax(logits + np.array([0.0, 0.0, 1.2]))  # says class 2 more often than it is
-    bias = fit_class_bias(labels, leaning)
-    np.testing.assert_allclose(bias, [0.0, 0.0, -1.2], atol=0.15)
-    fixed = scaled(leaning, 1.0, bias)
-    assert np.mean(fixed.argmax(axis=1) == labels) > np.mean(leaning.argmax(axis=1) == labels)
-
-
-def test_the_class_bias_corrects_the_lean_not_the_classes_proportions():
-    """Training balances the classes out; a validation split that holds one class ten times as often must not
-    put that proportion back into every call (a site's prevalence is medclf calibrate's to set)."""
-    logits, labels = calibrated_draws(12000, classes=3, seed=5)
-    common = np.concatenate([np.flatnonzero(labels == 0), np.flatnonzero(labels != 0)[::10]])
-    bias = fit_class_bias(labels[common], softmax(logits[common]))
-    np.testing.assert_allclose(bias, 0.0, atol=0.25)  # weighed alike, the classes ask for no bias (by count: -2.3)
-    assert fit_bias_corrected(labels[common], softmax(logits[common]))[1][1:].max() < -1.5  # by count: would
-
-
-def test_no_class_bias_for_a_binary_model_or_from_too_few_images_of_a_class():
-    """A binary model's threshold, chosen on validation after, already decides where its calls fall."""
-    logits, labels = calibrated_draws(400, classes=2)
-    assert fit_class_bias(labels, softmax(logits)) is None
-    logits, labels = calibrated_draws(400, classes=3)
-    few = np.concatenate([np.flatnonzero(labels == 0)[:29], np.flatnonzero(labels != 0)])
-    assert fit_class_bias(labels[few], softmax(logits[few])) is None
-
-
 def test_no_temperature_from_too_few_images_of_a_class_or_from_a_perfectly_called_validation_set():
     logits, labels = calibrated_draws(400, classes=2)
     few = np.concatenate([np.flatnonzero(labels == 0)[:29], np.flatnonzero(labels == 1)])
@@ -107,9 +76,6 @@ def test_folded_into_the_output_layer_the_model_answers_the_scaled_probabilities
     after = np.asarray(model.predict(images, verbose=0))
     np.testing.assert_allclose(after, scaled(before, 0.4), atol=1e-5)
     assert (after.argmax(axis=1) == before.argmax(axis=1)).all() and after.max() > before.max()
-    bias = np.array([0.0, -0.5, 0.8])
-    fold_class_bias(model, bias)
-    np.testing.assert_allclose(np.asarray(model.predict(images, verbose=0)), scaled(before, 0.4, bias), atol=1e-5)
 
 
 def test_a_trained_model_answers_its_validation_images_with_no_temperature_left_to_fit(chest_xray, tmp_path):
@@ -127,23 +93,3 @@ def test_a_trained_model_answers_its_validation_images_with_no_temperature_left_
     assert fit_temperature(np.array(labels), probabilities) == pytest.approx(1.0, abs=0.02)
     assert result.metrics["validation"]["expected_calibration_error"] == pytest.approx(
         expected_calibration_error(np.array(labels), probabilities), abs=1e-4)
-
-
-def test_a_trained_multi_class_model_answers_its_validation_images_with_no_class_bias_left_to_fit(blood_cells,
-                                                                                                   tmp_path):
-    """The class bias fitted on validation is folded into model.keras like the temperature; metrics.json keeps
-    it, and the validation accuracy before it (the bias was fitted on those very images)."""
-    recipe = Recipe(arch="mobilenet_025", image_size=48, val_split=0.3,
-                    fit=FitConfig(epochs=1, head_epochs=2, augment_views=0))
-    result = train(blood_cells / "TRAIN", tmp_path, recipe, limit_per_class=40)
-    training = result.metrics["training"]
-    assert len(training["class_bias"]) == 4 and training["class_bias"][0] == 0.0
-    assert 0.0 < training["validation_accuracy_before_bias"] <= 1.0
-    run = RunDir(tmp_path)
-    paths, labels = run.split("val")
-    images = np.stack([load_image(path, run.preprocess) for path in paths]).astype(np.float32)
-    model = keras.models.load_model(tmp_path / "model.keras", compile=False)
-    probabilities = np.asarray(model.predict(images, verbose=0))
-    np.testing.assert_allclose(fit_class_bias(np.array(labels), probabilities), 0.0, atol=0.02)
-    assert result.metrics["validation"]["accuracy"] == pytest.approx(
-        np.mean(probabilities.argmax(axis=1) == np.array(labels)))
