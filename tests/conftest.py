@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,6 +27,14 @@ needs_weights = pytest.mark.skipif(
 def _private_cache(tmp_path_factory):
     """Decoded-image caches go to a temporary folder, not the user's ~/.cache (subprocesses inherit it)."""
     os.environ["MEDCLF_CACHE"] = str(tmp_path_factory.mktemp("medclf-cache"))
+
+
+def run_python(code: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``code`` run by this interpreter in a fresh process (what a test of start-up, memory or stderr needs),
+    its output captured; a failure is the test's, with the end of its stderr."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done
 
 
 def require(path: Path) -> Path:

@@ -9,7 +9,7 @@ import pytest
 
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
-from tests.conftest import needs_weights
+from tests.conftest import needs_weights, run_python
 
 
 def history(run_dir) -> list[dict[str, str]]:
@@ -124,9 +124,6 @@ def test_a_fixed_wise_share_is_used_as_given_without_scoring():
 def test_large_images_go_through_the_model_a_bounded_batch_at_a_time():
     """Every run opens by timing the model eagerly on 64 images; an eager Keras call keeps all of its layers'
     outputs, so at 416 px that call alone passed 24 GB and the run was killed. Now it peaks at a few GB."""
-    import subprocess
-    import sys
-
     code = ("import resource, numpy as np\nfrom medclf.train.architectures import get_architecture\n"
             "from medclf.train.fit import predict\n"
             "model = get_architecture('mobilenet_v2').build((416, 416, 3), 2, False)\n"
@@ -134,9 +131,7 @@ def test_large_images_go_through_the_model_a_bounded_batch_at_a_time():
             "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
             "assert predict(model, images).shape == (64, 2)\n"
             "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 2**20)")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    grown_gb = float(done.stdout.split()[-1])
+    grown_gb = float(run_python(code).stdout.split()[-1])
     assert grown_gb < 5.0  # eager, 64 at once: 16.6 GB at 352 px
 
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 from medclf.train.quiet_tensorflow import NOTICES, native_stderr_filtered
+from tests.conftest import run_python
 
 # Lines TensorFlow 2.21 writes to native stderr as it loads (timestamps and thread ids vary).
 TENSORFLOW_NOTICES = (
@@ -54,6 +55,4 @@ def test_predicting_with_several_models_does_not_print_tensorflows_retracing_hin
               "images = np.zeros((64, 160, 160, 3), np.uint8)  # large enough to be traced\n"
               "for _ in range(7):\n"
               "    predict(get_architecture('small_cnn').build((160, 160, 3), 2, False), images)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "retracing" not in done.stderr
+    assert "retracing" not in run_python(script).stderr
