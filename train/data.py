@@ -361,8 +361,8 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
                 workers: int | None = None, say_skipped: bool = True) -> tuple[np.ndarray, np.ndarray, ImageFolder]:
     """Decode and resize every image once (cached on disk), returning ``(images, labels, kept)``.
 
-    Unreadable files are left out, and reported on stderr, one line each, unless not ``say_skipped`` (a sample
-    decoded again later, where they are reported); ``kept`` lists the files used.
+    Unreadable files are left out and, with ``say_skipped``, reported on stderr one line each (a timing sample
+    says nothing: the full pass reports them); ``kept`` lists the files used.
     """
     cache = _cache_path(folder, preprocess, cache_dir)
     if (saved := _read_cache(cache)) is not None:
