@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime import InferenceSession
 
-from medclf.export.fp16 import to_fp16, with_float16_activations
+from medclf.export.fp16 import centred_input, to_fp16, with_float16_activations
 from medclf.export.input_moments import conv_patch_moments
 from medclf.export.int8 import ImageCalibrationReader
 from medclf.export.onnx_export import convert
@@ -56,6 +56,38 @@ def test_compensated_rounding_moves_unseen_images_less_than_nearest(name, blood_
         assert compensated <= 1.1 * nearest
         if name in IMAGENET:
             assert compensated < 0.7 * nearest
+
+
+@needs_weights
+def test_the_input_normalisation_is_centred_so_float16_rounds_nothing_before_the_first_convolution(blood_cells):
+    """MobileNetV2's x / 127.5 - 1 in float16 rounds values near 1 before the 1 is taken off; x - 127.5 is exact
+    for every pixel, and the 1 / 127.5 goes into the first convolution's weights: the same function."""
+    keras.utils.set_random_seed(0)
+    model = get_architecture("mobilenet_v2").build((*PREPROCESS.shape[:2], 3), 4, True)
+    test = np.stack([load_image(p, PREPROCESS)
+                     for p in sorted(p for c in (blood_cells / "TEST").iterdir() for p in c.iterdir())[::39][:64]])
+    fp32, _ = simplify(convert(model, ModelCard(labels=("a", "b", "c", "d"), preprocess=PREPROCESS)), test[:8])
+    centred = centred_input(fp32)
+    reference = probabilities(fp32, test)
+    np.testing.assert_allclose(probabilities(centred, test), reference, atol=1e-5)
+    opening = [node.op_type for node in centred.graph.node][:centred_first_conv(centred) + 1]
+    assert "Mul" not in opening and opening[:2] == ["Cast", "Add"]
+    read = {name for node in centred.graph.node for name in node.input}
+    assert all(tensor.name in read for tensor in centred.graph.initializer)  # onnxruntime warns of unused ones
+
+    train = sorted(p for c in (blood_cells / "TRAIN").iterdir() for p in c.iterdir())[::150][:64]
+
+    def change(model: onnx.ModelProto) -> float:  # with compensated rounding and float16 activations, as export
+        moments = conv_patch_moments(model, ImageCalibrationReader(train, PREPROCESS))
+        emulated = with_float16_activations(to_fp16(model, moments=moments))
+        return float(np.median(np.abs(probabilities(emulated, test) - reference).max(axis=1)))
+    assert change(centred) < change(fp32)
+    no_convolution = scale_and_shift(0.0123, 0.3)
+    assert centred_input(no_convolution) is no_convolution  # any other opening is left as it is
+
+
+def centred_first_conv(model: onnx.ModelProto) -> int:
+    return next(i for i, node in enumerate(model.graph.node) if node.op_type == "Conv")
 
 
 def scale_and_shift(scale: float, shift: float, then: float = 1.0) -> onnx.ModelProto:
