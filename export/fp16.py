@@ -102,22 +102,21 @@ def centred_input(model: onnx.ModelProto) -> onnx.ModelProto:
     found = _normalisation(model)
     if found is None:
         return model
-    mul, add, conv, scale, shift = found
+    mul, add, conv, scale, shift = found  # positions in the graph's node list
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     graph = rewritten.graph
-    nodes = {node.name: node for node in graph.node}
     weights = {tensor.name: tensor for tensor in graph.initializer}
-    centring = nodes[mul.name]
-    centring.op_type, centring.input[:] = "Add", [centring.input[0] if centring.input[1] in weights
-                                                  else centring.input[1], "medclf_input_centre"]
-    for node in graph.node:  # the Add's readers read the centring instead
-        node.input[:] = [centring.output[0] if name == add.output[0] else name for name in node.input]
-    graph.node.remove(nodes[add.name])
-    scaled = numpy_helper.to_array(weights[conv.input[1]]) * np.float32(scale)
+    centring, removed = graph.node[mul], graph.node[add].output[0]
+    image = next(name for name in centring.input if name not in weights)
+    centring.op_type, centring.input[:] = "Add", [image, "medclf_input_centre"]
+    scaled = numpy_helper.to_array(weights[graph.node[conv].input[1]]) * np.float32(scale)
     graph.initializer.extend([numpy_helper.from_array(np.array(shift / scale, np.float32), "medclf_input_centre"),
                               numpy_helper.from_array(scaled.astype(np.float32), "medclf_first_conv_scaled")])
-    nodes[conv.name].input[1] = "medclf_first_conv_scaled"
+    graph.node[conv].input[1] = "medclf_first_conv_scaled"
+    del graph.node[add]
+    for node in graph.node:  # the Add's readers read the centring instead
+        node.input[:] = [centring.output[0] if name == removed else name for name in node.input]
     read = {name for node in graph.node for name in node.input}
     for index in reversed(range(len(graph.initializer))):  # those it replaced: onnxruntime warns of unused ones
         if graph.initializer[index].name not in read:
@@ -125,33 +124,34 @@ def centred_input(model: onnx.ModelProto) -> onnx.ModelProto:
     return rewritten
 
 
-def _normalisation(model: onnx.ModelProto) -> tuple | None:
-    """``(mul, add, conv, a, b)`` where the graph opens with the normalisation :func:`centred_input` rewrites."""
+def _normalisation(model: onnx.ModelProto) -> tuple[int, int, int, float, float] | None:
+    """``(mul, add, conv, a, b)``, the first three positions in the node list, where the graph opens with the
+    normalisation :func:`centred_input` rewrites."""
+    nodes = list(model.graph.node)
     weights = {tensor.name: numpy_helper.to_array(tensor) for tensor in model.graph.initializer}
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in model.graph.node:
+    readers: dict[str, list[int]] = {}
+    for index, node in enumerate(nodes):
         for name in node.input:
-            readers.setdefault(name, []).append(node)
+            readers.setdefault(name, []).append(index)
 
-    def only_reader(node: onnx.NodeProto, op_type: str) -> onnx.NodeProto | None:
-        found = readers.get(node.output[0], [])
-        return found[0] if len(found) == 1 and found[0].op_type == op_type else None
+    def only_reader(index: int, op_types: tuple[str, ...]) -> int | None:
+        found = readers.get(nodes[index].output[0], [])
+        return found[0] if len(found) == 1 and nodes[found[0]].op_type in op_types else None
 
-    def scalar(node: onnx.NodeProto) -> float | None:
-        constants = [weights[name] for name in node.input if name in weights]
+    def scalar(index: int) -> float | None:
+        constants = [weights[name] for name in nodes[index].input if name in weights]
         return float(constants[0].item()) if len(constants) == 1 and constants[0].size == 1 else None
 
     inputs = {value.name for value in model.graph.input}
-    cast = next((node for node in model.graph.node if node.op_type == "Cast" and node.input[0] in inputs), None)
-    mul = only_reader(cast, "Mul") if cast is not None else None
-    add = only_reader(mul, "Add") if mul is not None else None
+    cast = next((i for i, node in enumerate(nodes) if node.op_type == "Cast" and node.input[0] in inputs), None)
+    mul = only_reader(cast, ("Mul",)) if cast is not None else None
+    add = only_reader(mul, ("Add",)) if mul is not None else None
     if add is None or scalar(mul) in (None, 0.0) or scalar(add) is None:
         return None
     conv = add
-    while conv is not None and conv.op_type != "Conv":
-        following = only_reader(conv, "Transpose")
-        conv = following if following is not None else only_reader(conv, "Conv")
-    if conv is None or conv.input[1] not in weights:
+    while conv is not None and nodes[conv].op_type != "Conv":
+        conv = only_reader(conv, ("Transpose", "Conv"))
+    if conv is None or nodes[conv].input[1] not in weights:
         return None
     return mul, add, conv, scalar(mul), scalar(add)
 
