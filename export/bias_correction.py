@@ -36,27 +36,37 @@ def rewrite_convs(model: onnx.ModelProto, skip: set[str],
     """A copy of ``model`` in which every convolution not named in ``skip`` has its weights and bias replaced
     by what ``rewrite(node, weight, bias)`` returns (a convolution without a bias is given zeros). Each new
     tensor is an initializer of its own — another node may share the old one, which goes only once nothing
-    reads it — and a weight or bias ``rewrite`` returns unchanged (the same array) keeps its initializer, or
-    its absence."""
+    reads it — named apart from every tensor the model already holds (a model rewritten before, by another
+    pass, holds some of these names), and a weight or bias ``rewrite`` returns unchanged (the same array) keeps
+    its initializer, or its absence."""
     rewritten = onnx.ModelProto()
     rewritten.CopyFrom(model)
     tensors = {init.name: init for init in rewritten.graph.initializer}
     convs = [node for node in rewritten.graph.node if node.op_type == "Conv" and node.name not in skip
              and node.input[1] in tensors and (_bias(node) in tensors or not _bias(node))]
-    replaced = set()
+    replaced, taken = set(), set(tensors)
+
+    def fresh(name: str) -> str:
+        unique, copies = name, 0
+        while unique in taken:
+            copies += 1
+            unique = f"{name}_{copies}"
+        taken.add(unique)
+        return unique
+
     for number, node in enumerate(convs):
         weight = numpy_helper.to_array(tensors[node.input[1]])
         old = _bias(node)
         bias = numpy_helper.to_array(tensors[old]) if old else np.zeros(len(weight), np.float32)
         new_weight, new_bias = rewrite(node, weight, bias)
         if new_weight is not weight:
-            name = f"medclf_rewritten_weight_{number}"
+            name = fresh(f"medclf_rewritten_weight_{number}")
             rewritten.graph.initializer.append(numpy_helper.from_array(new_weight.astype(weight.dtype), name))
             replaced.add(node.input[1])
             node.input[1] = name
         if new_bias is bias:
             continue
-        name = f"medclf_corrected_bias_{number}"
+        name = fresh(f"medclf_corrected_bias_{number}")
         rewritten.graph.initializer.append(numpy_helper.from_array(new_bias.astype(np.float32), name))
         if old:
             node.input[2] = name

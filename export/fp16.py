@@ -103,24 +103,22 @@ def centred_input(model: onnx.ModelProto) -> onnx.ModelProto:
     if found is None:
         return model
     mul, add, conv, scale, shift = found  # positions in the graph's node list
-    rewritten = onnx.ModelProto()
-    rewritten.CopyFrom(model)
+    others = {node.name for node in model.graph.node if node.op_type == "Conv"} - {model.graph.node[conv].name}
+    rewritten = rewrite_convs(model, others, lambda node, weight, bias: (weight * np.float32(scale), bias))
     graph = rewritten.graph
-    weights = {tensor.name: tensor for tensor in graph.initializer}
-    centring, removed = graph.node[mul], graph.node[add].output[0]
-    image = next(name for name in centring.input if name not in weights)
+    constants = {tensor.name: tensor for tensor in graph.initializer}
+    centring, removed = graph.node[mul], graph.node[add]
+    image = next(name for name in centring.input if name not in constants)
+    replaced = [constants[name] for name in [*centring.input, *removed.input] if name in constants]
     centring.op_type, centring.input[:] = "Add", [image, "medclf_input_centre"]
-    scaled = numpy_helper.to_array(weights[graph.node[conv].input[1]]) * np.float32(scale)
-    graph.initializer.extend([numpy_helper.from_array(np.array(shift / scale, np.float32), "medclf_input_centre"),
-                              numpy_helper.from_array(scaled.astype(np.float32), "medclf_first_conv_scaled")])
-    graph.node[conv].input[1] = "medclf_first_conv_scaled"
-    del graph.node[add]
+    graph.initializer.append(numpy_helper.from_array(np.array(shift / scale, np.float32), "medclf_input_centre"))
     for node in graph.node:  # the Add's readers read the centring instead
-        node.input[:] = [centring.output[0] if name == removed else name for name in node.input]
+        node.input[:] = [centring.output[0] if name == removed.output[0] else name for name in node.input]
+    graph.node.remove(removed)
     read = {name for node in graph.node for name in node.input}
-    for index in reversed(range(len(graph.initializer))):  # those it replaced: onnxruntime warns of unused ones
-        if graph.initializer[index].name not in read:
-            del graph.initializer[index]
+    for tensor in replaced:  # a and b, unless something else reads them: onnxruntime warns of unused ones
+        if tensor.name not in read:
+            graph.initializer.remove(tensor)
     return rewritten
 
 

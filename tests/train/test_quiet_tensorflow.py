@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 from medclf.train.quiet_tensorflow import NOTICES, native_stderr_filtered
 from tests.conftest import run_python
@@ -43,8 +41,7 @@ def test_importing_and_using_tensorflow_prints_nothing():
     script = ("from medclf.train.quiet_tensorflow import import_tensorflow; import_tensorflow(); "
               "import numpy as np, tensorflow as tf; "
               "tf.data.Dataset.from_tensor_slices(np.zeros((4, 2), np.float16)).map(lambda x: tf.cast(x, tf.float32))")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0 and done.stderr == ""
+    assert run_python(script).stderr == ""
 
 
 def test_predicting_with_several_models_does_not_print_tensorflows_retracing_hint():
