@@ -22,7 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.inputs import list_images
+from medclf.runtime.inputs import folder_contents, list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
 
@@ -65,7 +65,8 @@ class ImageFolder:
 
 
 def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None) -> ImageFolder:
-    """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively).
+    """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively; a
+    folder without images is not a class, and is named in a warning).
 
     Pass ``classes`` to read a validation or test folder with the training set's label order; a class it lacks
     is allowed (a test set may miss one), a class it has and training did not is an error.
@@ -73,8 +74,16 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    return _labelled(root, {name: list_images(root / name) for name in found}, classes, "class folders")
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not _not_a_class(d.name))
+    per_class = {name: list_images(root / name) for name in found}
+    for name in (name for name, files in per_class.items() if not files):  # said, or a class would vanish unseen
+        log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
+    return _labelled(root, per_class, classes, "class folders")
+
+
+def _not_a_class(folder: str) -> bool:
+    """Hidden folders, and ``__MACOSX`` (macOS's zip archives unpack a copy of the tree there, of ``._`` files)."""
+    return folder.startswith(".") or folder == "__MACOSX"
 
 
 def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...] | None,

@@ -27,9 +27,22 @@ def test_classes_are_sorted_folder_names_and_hidden_things_are_ignored(tmp_path,
     make_tree(tmp_path, {"b": 2, "a": 3, ".cache": 2, "empty": 0}, blood_cell_images[0])
     (tmp_path / "a" / ".DS_Store").write_text("x")
     (tmp_path / "a" / "notes.txt").write_text("x")
+    (tmp_path / "__MACOSX" / "a").mkdir(parents=True)  # what unzipping a macOS archive leaves beside the classes
+    (tmp_path / "__MACOSX" / "a" / "._img0.jpeg").write_bytes(b"\x00\x05\x16\x07")
     folder = read_folder(tmp_path)
     assert folder.classes == ("a", "b")
     assert folder.class_counts() == {"a": 3, "b": 2}
+
+
+def test_a_class_folder_without_images_is_named_in_a_warning(tmp_path, blood_cell_images, caplog):
+    """A class whose photos are all in a format medclf does not read (a phone's HEIC) must not vanish unsaid."""
+    make_tree(tmp_path, {"a": 2, "b": 2, "c": 0}, blood_cell_images[0])
+    for i in range(3):
+        (tmp_path / "c" / f"IMG_{i}.heic").write_bytes(b"x")
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path).classes == ("a", "b")
+    assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'c'}: no image in it (it holds 3 .heic "
+                                                        "files), so it is not a class"]
 
 
 def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):

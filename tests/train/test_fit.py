@@ -117,8 +117,61 @@ def test_a_fixed_wise_share_is_used_as_given_without_scoring():
     from medclf.train.fit import _wise_mix
 
     model, probe_weights, val = _scorer(1.0, -1.0)
-    assert _wise_mix(model, probe_weights, val, wise=0.5) == {"mix": 0.5, "validation_auc": {}}
+    assert _wise_mix(model, probe_weights, val, wise=0.5) == {"mix": 0.5, "validation_auc": {},
+                                                                "validation_accuracy": {}}
     assert model.get_weights()[0][0, 1] == pytest.approx(0.0)
+
+
+def _leaning_scorer(classes: int):
+    """A softmax classifier of ``classes`` noisy clusters whose probe weights lean hard towards class 0: every
+    mix ranks each class about as well (a constant on one logit), but the leaning ones answer class 0 too often."""
+    import keras
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(classes), 30)
+    x = (np.eye(classes)[labels] + rng.normal(0, 0.35, (len(labels), classes))).astype(np.float32)
+    inputs = keras.Input((classes,))
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(inputs))
+    kernel = 4.0 * np.eye(classes, dtype=np.float32)
+    model.set_weights([kernel, np.zeros(classes, np.float32)])
+    probe = [kernel, np.eye(classes, dtype=np.float32)[0] * 6.0]
+    return model, probe, (x, np.eye(classes, dtype=np.float32)[labels])
+
+
+def test_with_more_than_two_classes_a_mix_that_answers_clearly_worse_is_not_chosen():
+    """Three classes: half-and-half ranks within 0.01 AUC of the best but gets 9 more of 90 images wrong; three
+    quarters answers as well as fully fine-tuned, so it is the most robust mix validation accepts."""
+    from medclf.train.fit import _wise_mix
+
+    model, probe, val = _leaning_scorer(3)
+    decided = _wise_mix(model, probe, val, wise=None)
+    auc, accuracy = decided["validation_auc"], decided["validation_accuracy"]
+    assert max(auc.values()) - auc["0.5"] < 0.01 and accuracy["0.5"] < accuracy["1.0"] - 0.05
+    assert decided["mix"] == 0.75
+
+
+def test_two_classes_are_judged_by_their_ranking_alone():
+    """A binary model answers at a threshold chosen on validation afterwards, so how its argmax leans at 0.5
+    does not count against a mix."""
+    from medclf.train.fit import _wise_mix
+
+    model, probe, val = _leaning_scorer(2)
+    assert _wise_mix(model, probe, val, wise=None)["mix"] == 0.5
+
+
+@pytest.mark.parametrize("lost, won, worse", [
+    (0, 0, False),  # the same answers
+    (3, 0, False),  # three images on a small validation set: noise
+    (12, 4, False),  # 8 more wrong of 16 that differ: within two standard deviations (8)
+    (14, 3, True),  # 11 more of 17: beyond (8.2)
+])
+def test_clearly_worse_is_a_sign_test_on_the_images_the_two_answer_differently(lost, won, worse):
+    from medclf.train.fit import clearly_worse
+
+    best = np.array([True] * lost + [False] * won + [True] * 50)
+    right = np.array([False] * lost + [True] * won + [True] * 50)
+    assert clearly_worse(right, best) is worse
+    assert not clearly_worse(best, right)
 
 
 def test_large_images_go_through_the_model_a_bounded_batch_at_a_time():

@@ -57,6 +57,14 @@ def test_a_site_with_other_class_proportions_gets_the_log_of_their_ratio_as_its_
         soft, fit_temperature(labels, soft)))  # which no temperature can do
 
 
+def test_a_rare_class_does_not_stop_the_temperature_of_the_others():
+    """One scalar, fitted on every image: three validation images of a fourth class leave it well determined."""
+    logits, labels = calibrated_draws(4000)
+    kept = np.concatenate([np.flatnonzero(labels != 3), np.flatnonzero(labels == 3)[:3]])
+    assert fit_temperature(labels[kept], softmax(logits[kept] / 2)) == pytest.approx(0.5, rel=0.1)
+    assert fit_bias_corrected(labels[kept], softmax(logits[kept] / 2)) is None  # a bias of 3 images: no
+
+
 def test_no_temperature_from_too_few_images_of_a_class_or_from_a_perfectly_called_validation_set():
     logits, labels = calibrated_draws(400, classes=2)
     few = np.concatenate([np.flatnonzero(labels == 0)[:29], np.flatnonzero(labels == 1)])
