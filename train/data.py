@@ -392,7 +392,7 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         _say_skipped(errors)
     indices = np.flatnonzero(readable)
     if len(indices) == 0:
-        raise DatasetError(f"none of the {len(folder)} images could be read")
+        raise DatasetError(f"none of the {len(folder)} images could be read (the first, {errors[0]})")
     if len(indices) < len(folder):
         images = images[indices]
     _write_cache(cache, images, indices, errors)
@@ -441,7 +441,7 @@ def predict_folder(folder: ImageFolder, preprocess: Preprocess, predict: Callabl
         outputs.append(predict(images))
         paths.extend(kept.paths)
     if not labels:
-        raise DatasetError(f"none of the {len(folder)} images could be read")
+        raise DatasetError(f"none of the {len(folder)} images could be read (each is named above)")
     labels = np.concatenate(labels)
     return labels, np.concatenate(outputs), ImageFolder(tuple(paths), labels, folder.classes)
 

@@ -22,7 +22,7 @@ import numpy as np
 from medclf.runtime.preprocess import Preprocess
 
 from .budget import TimeBudget
-from .data import ImageFolder, Splits, load_arrays
+from .data import DatasetError, ImageFolder, Splits, load_arrays
 from .fit import predict
 
 TIMED = 64  # training images decoded and classified to measure speed
@@ -46,7 +46,10 @@ def measure_speed(folder: ImageFolder, preprocess: Preprocess, model: keras.Mode
     rng = np.random.default_rng(seed)
     sample = folder.subset(np.sort(rng.choice(len(folder), min(TIMED, len(folder)), replace=False)))
     began = time.monotonic()
-    images = load_arrays(sample, preprocess, say_skipped=False)[0]  # the full pass reports bad files
+    try:
+        images = load_arrays(sample, preprocess, say_skipped=False)[0]  # the full pass reports bad files
+    except DatasetError as exc:  # not one readable: say so now, naming one, rather than decode the rest
+        raise DatasetError(f"timing the model on {len(sample)} training images drawn at random: {exc}") from None
     decode = (time.monotonic() - began) / len(images)
     predict(model, images)  # the first call of a batch shape sets up its kernels
     seconds = []

@@ -69,3 +69,19 @@ def test_timing_a_sample_leaves_reporting_bad_files_to_the_full_pass(tmp_path, c
     speed = measure_speed(read_folder(tmp_path), Preprocess(32, 32), model, seed=0)
     assert speed.decode > 0 and speed.model > 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_sample_of_which_nothing_can_be_read_stops_the_run_naming_a_file_and_why(tmp_path):
+    import pytest
+
+    from medclf.train.data import DatasetError
+    from medclf.train.sizing import measure_speed
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            (tmp_path / name / f"{i}.jpg").write_text("not an image")
+    model = get_architecture("small_cnn").build((32, 32, 3), 2, False)
+    with pytest.raises(DatasetError, match=r"^timing the model on 6 training images drawn at random: none of the 6 "
+                                           r"images could be read \(the first, .*[/\\]a[/\\]0\.jpg: .+\)$"):
+        measure_speed(read_folder(tmp_path), Preprocess(32, 32), model, seed=0)
