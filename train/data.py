@@ -392,7 +392,8 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
         _say_skipped(errors)
     indices = np.flatnonzero(readable)
     if len(indices) == 0:
-        raise DatasetError(f"none of the {len(folder)} images could be read (the first, {errors[0]})")
+        first = f" (the first, {errors[0]})" if errors else ""
+        raise DatasetError(f"none of the {len(folder)} images could be read{first}")
     if len(indices) < len(folder):
         images = images[indices]
     _write_cache(cache, images, indices, errors)
