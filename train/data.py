@@ -184,6 +184,16 @@ class Splits:
     test: ImageFolder | None = None
     held_out: str = "given"  # how the validation images were chosen, for metrics.json
 
+    def summary(self) -> str:
+        """One line of what a run learns from, said before minutes of decoding and fitting, so a dataset not
+        read as meant shows at once: ``2 classes (NORMAL 1,140, PNEUMONIA 3,294): 4,434 training images, ...``."""
+        counts = self.train.class_counts()
+        classes = (", ".join(f"{name} {n:,}" for name, n in counts.items()) if len(counts) <= 8
+                   else f"{min(counts.values()):,}-{max(counts.values()):,} training images each")
+        line = (f"{len(counts)} classes ({classes}): {len(self.train):,} training images, {len(self.val):,} "
+                f"validation ({self.held_out})")
+        return line + (f", {len(self.test):,} test" if self.test is not None else "")
+
 
 def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str | os.PathLike[str] | None = None,
                 seed: int = 0, naming: NameLabels | None = None, group_pattern: str | None = None,

@@ -34,6 +34,7 @@ from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
+from .bars import stderr_console
 from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
                    read_dataset, recorded_split, shorter_side, split_groups, warn_missing_classes)
@@ -120,6 +121,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     with strategy.scope():  # the model, and every model fit builds from it, are bound to it (see distribute.py)
         model = architecture.build(preprocess.shape, len(classes), recipe.pretrained)
     splits = fit_to_budget(splits, preprocess, model, budget, config.seed)
+    stderr_console().print(splits.summary(), highlight=False, soft_wrap=True)
     cache = cache_dir if cache_dir is not None else default_cache_dir()
     train_x, train_y, train_set = load_arrays(splits.train, preprocess, cache)
     given = splits.train.class_counts()

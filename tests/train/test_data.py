@@ -13,7 +13,7 @@ import pytest
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
     DatasetError, ImageFolder, NameLabels, file_groups, load_arrays, load_splits, predict_folder, read_folder,
-    read_named, split_groups, stratified_split, subfolder_groups, warn_missing_classes)
+    Splits, read_named, split_groups, stratified_split, subfolder_groups, warn_missing_classes)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -84,6 +84,17 @@ def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell
     splits = load_splits(tmp_path)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (4, 4, 4)
     assert all("/val/" in p for p in splits.val.paths)
+
+
+def test_a_run_opens_by_saying_in_one_line_what_it_learns_from(tmp_path, blood_cell_images):
+    for split, counts in (("train", {"cat": 3, "dog": 2}), ("val", {"cat": 1, "dog": 1}), ("test", {"cat": 1})):
+        make_tree(tmp_path / split, counts, blood_cell_images[0])
+    assert load_splits(tmp_path).summary() == ("2 classes (cat 3, dog 2): 5 training images, 2 validation "
+                                               "(val/ folder), 1 test")
+    labels = np.repeat(np.arange(10), [4, 2] + [3] * 8)  # past eight classes, their range rather than each
+    many = ImageFolder(tuple(f"{i}.png" for i in range(30)), labels, tuple(f"c{i}" for i in range(10)))
+    assert Splits(many, many.subset(np.arange(4)), held_out="15% of the images at random").summary() == (
+        "10 classes (2-4 training images each): 30 training images, 4 validation (15% of the images at random)")
 
 
 def test_a_test_folder_beside_the_class_folders_is_not_taken_for_a_class(tmp_path, blood_cell_images):
