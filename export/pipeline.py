@@ -385,7 +385,8 @@ def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
     method = {"method": converters[precision].method()}
     searched_on = search.searched_on if asked is None else f"none: {asked} asked for (--float-convs)"
     return files[chosen["float_convs"]], {"float_convs": chosen["float_convs"], "search": tries,
-                                          "searched_on": searched_on, **method}
+                                          "searched_on": searched_on,
+                                          "search_counted": search.verification_images, **method}
 
 
 def _asked_steps(float_convs: dict[str, int], precisions: tuple[str, ...]) -> dict[str, int]:

@@ -30,15 +30,19 @@ def export_table(report: dict) -> Table:
 
 def search_lines(report: dict) -> list[str]:
     """One line per searched precision: each try's float convolutions, images/s at batch 32 and chance of
-    passing verification, the kept one marked — what ``--float-convs`` would trade."""
+    passing verification — or, searched on verification's own images, the agreement counted there, which is
+    its verdict — the kept one marked: what ``--float-convs`` would trade."""
     lines = []
     for name, entry in report["precisions"].items():
         tries = [t for t in entry.get("search", []) if "images_per_s_batch32" in t]
+        counted = entry.get("search_counted", False)
+        judged = "agreement on the verification images" if counted else "chance to pass verification"
         if len(tries) > 1:
-            steps = " · ".join(f"{t['float_convs']}: {t['images_per_s_batch32']:,.0f}/s {t['pass_probability']:.0%}"
+            steps = " · ".join(f"{t['float_convs']}: {t['images_per_s_batch32']:,.0f}/s "
+                               + (f"{t['agreement']:.1%}" if counted else f"{t['pass_probability']:.0%}")
                                + (" (kept)" if t["float_convs"] == entry["float_convs"] else "") for t in tries)
-            lines.append(f"{name} search, by leading convolutions kept float32 (images/s at batch 32, chance to "
-                         f"pass verification): {steps}")
+            lines.append(f"{name} search, by leading convolutions kept float32 (images/s at batch 32, {judged}): "
+                         f"{steps}")
     return lines
 
 

@@ -222,6 +222,7 @@ def test_int8_keeps_more_leading_convolutions_float_until_verification_should_pa
         assert t["cleared"] == cleared(t["passed"], t["pass_probability"], on_verification_images)
     chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
     assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
+    assert entry["search_counted"] is on_verification_images
     assert entry["method"]["bias_correction"] and entry["method"]["calibration_images"] > 0
 
 
@@ -236,6 +237,12 @@ def test_every_search_try_is_timed_and_the_trade_is_printed_one_line_per_precisi
         {"float_convs": 12, "images_per_s_batch32": 880.0, "pass_probability": 0.95}]}}}
     assert search_lines(report) == ["int8 search, by leading convolutions kept float32 (images/s at batch 32, "
                                     "chance to pass verification): 3: 1,740/s 42% · 12: 880/s 95% (kept)"]
+    counted = {"precisions": {"int8": {"float_convs": 12, "search_counted": True, "search": [
+        {"float_convs": 3, "images_per_s_batch32": 1740.2, "pass_probability": 0.42, "agreement": 0.9857},
+        {"float_convs": 12, "images_per_s_batch32": 880.0, "pass_probability": 0.95, "agreement": 0.9892}]}}}
+    assert search_lines(counted) == [  # too few images held out for both: the count there is the verdict
+        "int8 search, by leading convolutions kept float32 (images/s at batch 32, agreement on the verification "
+        "images): 3: 1,740/s 98.6% · 12: 880/s 98.9% (kept)"]
     report["precisions"]["int8"]["search"] = report["precisions"]["int8"]["search"][:1]  # one try: no trade
     assert search_lines(report) == []
 
