@@ -78,7 +78,20 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     per_class = {name: list_images(root / name) for name in found}
     for name in (name for name, files in per_class.items() if not files):  # said, or a class would vanish unseen
         log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
+    with_images = [name for name, files in per_class.items() if files]
+    if classes is None and len(with_images) == 1:
+        _one_level_too_high(root, root / with_images[0])
     return _labelled(root, per_class, classes, "class folders")
+
+
+def _one_level_too_high(root: Path, only: Path) -> None:
+    """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
+    to ``dataset/images/{A,B}``), saying where to point instead."""
+    inner = sorted(d.name for d in only.iterdir() if d.is_dir() and not _not_a_class(d.name))
+    if len(inner) >= 2:
+        shown = ", ".join(inner[:4]) + (", ..." if len(inner) > 4 else "")
+        raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
+                           f"sub-folders ({shown}) are the classes, point at {only}")
 
 
 def _not_a_class(folder: str) -> bool:

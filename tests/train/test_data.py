@@ -51,6 +51,13 @@ def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):
         read_folder(tmp_path)
 
 
+def test_a_dataset_pointed_at_one_level_too_high_says_where_to_point(tmp_path, blood_cell_images):
+    make_tree(tmp_path / "images", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"found 1 \(images\); if its sub-folders \(NORMAL, PNEUMONIA\) are the "
+                                           r"classes, point at .*images$"):
+        read_folder(tmp_path)
+
+
 def test_validation_split_is_stratified_and_disjoint(blood_cells):
     folder = read_folder(blood_cells / "TRAIN")
     train, val = stratified_split(folder, 0.2, seed=0)
