@@ -241,3 +241,19 @@ def test_a_pacs_export_of_dicoms_without_extensions_is_found_in_its_folder(tmp_p
     os.mkfifo(study / "IM0002")  # opening a FIFO would block the listing
     found = sorted(path.name for path in list_images(tmp_path))
     assert found == ["1.2.840.113619.2.55.3.100", "IM0001", "scan.dcm"]
+
+
+def test_linked_folders_are_followed_once_and_a_link_up_the_tree_does_not_loop(tmp_path):
+    from medclf.runtime.inputs import list_images
+
+    patient = tmp_path / "elsewhere" / "patient7"
+    patient.mkdir(parents=True)
+    (patient / "film.png").write_bytes(b"\x89PNG")
+    cls = tmp_path / "data" / "PNEUMONIA"
+    cls.mkdir(parents=True)
+    (cls / "patient7").symlink_to(patient, target_is_directory=True)  # a dataset assembled from links
+    (cls / "again").symlink_to(patient, target_is_directory=True)  # the same folder twice: listed once
+    (cls / "up").symlink_to(tmp_path / "data", target_is_directory=True)  # up the tree: a loop, and NORMAL's
+    (tmp_path / "data" / "NORMAL").mkdir()
+    (tmp_path / "data" / "NORMAL" / "clear.png").write_bytes(b"\x89PNG")
+    assert [p.relative_to(cls).as_posix() for p in list_images(cls)] == ["again/film.png"]
