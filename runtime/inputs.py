@@ -42,14 +42,13 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     Linked folders are followed (datasets are often assembled from links to each patient's folder), each
     real folder once; a link up to ``folder`` or above it is not, so it can neither loop nor pull a sibling
     class's images in."""
-    found, seen = [], set()
-    above = {*Path(folder).resolve().parents}
+    found, seen = [], {*Path(folder).resolve().parents}  # what the walk must not enter again, or at all
     for root, dirs, files in os.walk(folder, followlinks=True):
-        where = os.stat(root)
-        if (where.st_dev, where.st_ino) in seen or Path(root).resolve() in above:
+        real = Path(root).resolve()
+        if real in seen:
             dirs[:] = []
             continue
-        seen.add((where.st_dev, where.st_ino))
+        seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         found.extend(Path(root, name) for name in sorted(files) if is_image_file(Path(root, name)))
     return found

@@ -197,22 +197,21 @@ def _wise_mix(rest: keras.Model, probe: list[np.ndarray], val: tuple[np.ndarray,
             probabilities = predict(rest, val[0])
             scores[mix] = macro_roc_auc(labels, probabilities)
             right[mix] = probabilities.argmax(axis=1) == labels
-    chosen = wise if wise is not None else next(
-        mix for mix in WISE_MIXES if _acceptable(mix, scores, right, binary=val[1].shape[1] == 2))
+    chosen = wise if wise is not None else _most_robust_accepted(scores, right, binary=val[1].shape[1] == 2)
     use(chosen)
     return {"mix": chosen, "validation_auc": {str(mix): auc for mix, auc in scores.items()},
             "validation_accuracy": {str(mix): float(answers.mean()) for mix, answers in right.items()}}
 
 
-def _acceptable(mix: float, scores: dict[float, float | None], right: dict[float, np.ndarray],
-                binary: bool) -> bool:
-    """Whether validation has no clear objection to ``mix`` (see _wise_mix); the last mix always passes."""
-    if mix == WISE_MIXES[-1]:
-        return True
-    if None not in scores.values() and scores[mix] < max(scores.values()) - WISE_TOLERANCE:
-        return False
+def _most_robust_accepted(scores: dict[float, float | None], right: dict[float, np.ndarray], binary: bool) -> float:
+    """The first of WISE_MIXES validation has no clear objection to (see _wise_mix), else the last."""
+    best_auc = None if None in scores.values() else max(scores.values())
     most_accurate = max(right.values(), key=np.count_nonzero)
-    return binary or not clearly_worse(right[mix], most_accurate)
+    for mix in WISE_MIXES[:-1]:
+        ranks = best_auc is None or scores[mix] >= best_auc - WISE_TOLERANCE
+        if ranks and (binary or not clearly_worse(right[mix], most_accurate)):
+            return mix
+    return WISE_MIXES[-1]
 
 
 def clearly_worse(right: np.ndarray, best_right: np.ndarray) -> bool:
