@@ -65,8 +65,8 @@ class ImageFolder:
 
 
 def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None) -> ImageFolder:
-    """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively; a
-    folder without images is not a class, and is named in a warning).
+    """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively; finding
+    the classes, a folder without images is not one, and is named in a warning).
 
     Pass ``classes`` to read a validation or test folder with the training set's label order; a class it lacks
     is allowed (a test set may miss one), a class it has and training did not is an error.
@@ -76,12 +76,13 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
         raise DatasetError(f"{root}: not a folder")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not _not_a_class(d.name))
     per_class = {name: list_images(root / name) for name in found}
-    for name in (name for name, files in per_class.items() if not files):  # said, or a class would vanish unseen
-        log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
-    with_images = [name for name, files in per_class.items() if files]
-    if classes is None and len(with_images) == 1:
-        _one_level_too_high(root, root / with_images[0])
-    return _labelled(root, per_class, classes, "class folders")
+    if classes is None:  # the classes are being found: one without images must not vanish unsaid
+        for name in (name for name, files in per_class.items() if not files):
+            log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
+        with_images = [name for name, files in per_class.items() if files]
+        if len(with_images) == 1:
+            _one_level_too_high(root, root / with_images[0])
+    return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
 
 
 def _one_level_too_high(root: Path, only: Path) -> None:

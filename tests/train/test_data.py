@@ -43,6 +43,10 @@ def test_a_class_folder_without_images_is_named_in_a_warning(tmp_path, blood_cel
         assert read_folder(tmp_path).classes == ("a", "b")
     assert [r.getMessage() for r in caplog.records] == [f"{tmp_path / 'c'}: no image in it (it holds 3 .heic "
                                                         "files), so it is not a class"]
+    caplog.clear()
+    with caplog.at_level("WARNING"):  # a test folder of known classes: c is one, only without test images
+        assert read_folder(tmp_path, ("a", "b", "c")).class_counts() == {"a": 2, "b": 2, "c": 0}
+    assert not caplog.records
 
 
 def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):
