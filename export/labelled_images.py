@@ -11,15 +11,30 @@ from pathlib import Path
 
 import numpy as np
 
+from medclf.runtime.annotations import dataset_masks
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
 from medclf.runtime.preprocess import ImageError, load_image
 
 
 def folder_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """The images under ``folder`` with their class names: the folder each file sits in."""
-    paths = [str(p) for p in list_images(folder)]
-    return paths, [Path(p).parent.name for p in paths]
+    """The images under ``folder`` with their class names, as training reads a folder: the sub-folder of
+    ``folder`` each file sits in, at any depth below it (``NORMAL/patient12/IM0001`` is ``NORMAL``), or
+    ``folder``'s own name for files directly in it (one class's folder). Segmentation masks beside the images
+    (:mod:`~medclf.runtime.annotations`) are left out, as training leaves them out."""
+    root = Path(folder)
+    images = list_images(root)
+    masks = dataset_masks(images, root)
+    if masks:
+        print(f"{root}: {len(masks)} segmentation mask(s) left out (e.g. {min(masks).relative_to(root)})",
+              file=sys.stderr)
+    paths = [path for path in images if path not in masks]
+    return [str(p) for p in paths], [_class_name(path, root) for path in paths]
+
+
+def _class_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).parts
+    return parts[0] if len(parts) > 1 else root.resolve().name
 
 
 def spread(count: int, most: int) -> np.ndarray:

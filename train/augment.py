@@ -7,6 +7,7 @@ the full-resolution decoded image.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,11 +17,14 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
+from medclf.runtime.annotations import dataset_masks
 from medclf.runtime.atomic import fitted_name, write_image
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
+
+log = logging.getLogger(__name__)
 
 WRITABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}  # other formats are written as PNG
 
@@ -42,7 +46,12 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: not a folder")
     augmenter = make_augmenter(seed, policy)
-    for path in list_images(data):
+    images = list_images(data)
+    masks = dataset_masks(images, data)
+    if masks:
+        log.warning("%s: %d segmentation mask(s) not augmented (e.g. %s): outlines of the images beside them",
+                    data, len(masks), min(masks).relative_to(data))
+    for path in (path for path in images if path not in masks):
         try:
             image = read_image(path)
         except ImageError as exc:

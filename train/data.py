@@ -22,6 +22,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
+from medclf.runtime.annotations import segmentation_masks
 from medclf.runtime.inputs import folder_contents, list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
@@ -75,7 +76,7 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not _not_a_class(d.name))
-    per_class = {name: list_images(root / name) for name in found}
+    per_class = _without_masks(root, {name: list_images(root / name) for name in found})
     if classes is None:  # the classes are being found: one without images must not vanish unsaid
         for name in (name for name, files in per_class.items() if not files):
             log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
@@ -93,6 +94,20 @@ def _one_level_too_high(root: Path, only: Path) -> None:
         shown = ", ".join(inner[:4]) + (", ..." if len(inner) > 4 else "")
         raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
                            f"sub-folders ({shown}) are the classes, point at {only}")
+
+
+def _without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Each folder's images (``root / name``: a class's) without the segmentation masks of others among them
+    (:mod:`~medclf.runtime.annotations`), which are said once for ``root``."""
+    kept, masks = {}, []
+    for name, files in per_folder.items():
+        found = segmentation_masks(files, root / name)
+        kept[name] = [file for file in files if file not in found]
+        masks.extend(sorted(found))
+    if masks:
+        log.warning("%s: %d segmentation mask(s) left out (e.g. %s): outlines of the images beside them, not images "
+                    "of a class", root, len(masks), masks[0].relative_to(root))
+    return kept
 
 
 def _not_a_class(folder: str) -> bool:
@@ -164,7 +179,7 @@ def read_named(root: str | os.PathLike[str], naming: NameLabels,
         raise DatasetError(f"{root}: not a folder")
     per_class: dict[str, list[Path]] = {}
     unlabelled = []
-    for path in list_images(root):
+    for path in _without_masks(root, {".": list_images(root)})["."]:
         label = naming.label(path)
         if label is None:
             unlabelled.append(path.name)

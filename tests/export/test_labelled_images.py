@@ -3,7 +3,11 @@ matches them."""
 
 from __future__ import annotations
 
-from medclf.export.labelled_images import load_labelled
+import shutil
+
+import cv2
+
+from medclf.export.labelled_images import folder_images, load_labelled
 from medclf.runtime import Classifier
 
 
@@ -21,3 +25,19 @@ def test_classes_the_model_does_not_know_are_said_and_leave_accuracy_unmeasured(
     images, labels = load_labelled([str(blood_cell_images[0])], ["cataract"], Classifier().card)
     assert len(images) == 1 and labels is None
     assert capsys.readouterr().err.startswith("accuracy not measured: cataract is not among the model's classes")
+
+
+def test_a_folder_names_each_image_by_its_class_folder_at_any_depth_and_leaves_masks_out(blood_cell_images, tmp_path,
+                                                                                          capsys):
+    """As training reads it: ``NORMAL/patient12/IM0001`` is NORMAL; ``x_mask.png`` beside ``x.png`` outlines x."""
+    (tmp_path / "EOSINOPHIL" / "patient12").mkdir(parents=True)
+    (tmp_path / "NEUTROPHIL").mkdir()
+    shutil.copy(blood_cell_images[0], tmp_path / "EOSINOPHIL" / "patient12" / "IM0001.jpeg")
+    shutil.copy(blood_cell_images[1], tmp_path / "NEUTROPHIL" / "cell 1.jpeg")
+    outline = (cv2.imread(str(blood_cell_images[1]), cv2.IMREAD_GRAYSCALE) < 128).astype("uint8") * 255
+    cv2.imwrite(str(tmp_path / "NEUTROPHIL" / "cell 1_mask.png"), outline)
+    paths, names = folder_images(tmp_path)
+    assert [p[len(str(tmp_path)) + 1:] for p in paths] == ["EOSINOPHIL/patient12/IM0001.jpeg", "NEUTROPHIL/cell 1.jpeg"]
+    assert names == ["EOSINOPHIL", "NEUTROPHIL"]
+    assert capsys.readouterr().err == f"{tmp_path}: 1 segmentation mask(s) left out (e.g. NEUTROPHIL/cell 1_mask.png)\n"
+    assert folder_images(tmp_path / "NEUTROPHIL")[1] == ["NEUTROPHIL"]  # one class's folder: its own name

@@ -1,4 +1,4 @@
-"""``medclf augment``: augmented copies on disk, mirroring the class folders, past unreadable files."""
+"""``medclf augment``: augmented copies on disk, mirroring the class folders, past unreadable files and masks."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
         for photo in sorted((cataract / name).iterdir())[:2]:
             (data / name / photo.name).symlink_to(photo)
     (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    first = sorted((cataract / "cataract").iterdir())[0]
+    cv2.imwrite(str(data / "cataract" / f"{first.stem}_mask.png"), np.zeros((8, 8), np.uint8))  # an outline: no copies
     result = CliRunner().invoke(app, ["augment", str(data), "--out", str(tmp_path / "out"), "--copies", "3"])
     assert result.exit_code == 1 and "broken.jpg" in result.output and "wrote 12 images" in result.output
-    first = sorted((cataract / "cataract").iterdir())[0]
     copies = sorted((tmp_path / "out" / "cataract").glob(f"{first.stem}.aug*"))
     assert len(copies) == 3
     original = cv2.imread(str(first))

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -47,6 +48,27 @@ def test_a_class_folder_without_images_is_named_in_a_warning(tmp_path, blood_cel
     with caplog.at_level("WARNING"):  # a test folder of known classes: c is one, only without test images
         assert read_folder(tmp_path, ("a", "b", "c")).class_counts() == {"a": 2, "b": 2, "c": 0}
     assert not caplog.records
+
+
+def test_segmentation_masks_beside_their_images_are_left_out_and_said(tmp_path, blood_cell_images, caplog):
+    """BUSI files ``benign (1)_mask.png`` beside ``benign (1).png``; the COVID-19 radiography database keeps
+    ``COVID/images/`` and ``COVID/masks/``. Read as images, masks would be half of training and validation."""
+    outline = (cv2.imread(str(blood_cell_images[0]), cv2.IMREAD_GRAYSCALE) < 128).astype(np.uint8) * 255
+    for i in range(3):
+        (tmp_path / "benign").mkdir(exist_ok=True)
+        shutil.copy(blood_cell_images[i], tmp_path / "benign" / f"benign ({i}).jpeg")
+        cv2.imwrite(str(tmp_path / "benign" / f"benign ({i})_mask.png"), outline)
+        for sub in ("images", "masks"):
+            (tmp_path / "COVID" / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(blood_cell_images[i], tmp_path / "COVID" / "images" / f"COVID-{i}.jpeg")
+        cv2.imwrite(str(tmp_path / "COVID" / "masks" / f"COVID-{i}.png"), outline)
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path)
+    assert folder.class_counts() == {"COVID": 3, "benign": 3}
+    assert not any("mask" in str(Path(path).relative_to(tmp_path)) for path in folder.paths)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: 6 segmentation mask(s) left out (e.g. COVID/masks/COVID-0.png): outlines of the images beside "
+        "them, not images of a class"]
 
 
 def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):
