@@ -76,14 +76,50 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not _not_a_class(d.name))
+    if classes is None:
+        found = _without_nested_copies(root, found)
     per_class = _without_masks(root, {name: list_images(root / name) for name in found})
-    if classes is None:  # the classes are being found: one without images must not vanish unsaid
-        for name in (name for name, files in per_class.items() if not files):
-            log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
-        with_images = [name for name, files in per_class.items() if files]
-        if len(with_images) == 1:
-            _one_level_too_high(root, root / with_images[0])
+    if classes is None:
+        _check_found(root, per_class)
     return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
+
+
+def _check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
+    """Say what looks wrong with the classes found: a folder without images must not vanish unsaid, and a
+    dataset whose class folders may be one level further down is refused or warned of."""
+    for name in (name for name, files in per_class.items() if not files):
+        log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
+    with_images = {name: files for name, files in per_class.items() if files}
+    if len(with_images) == 1:
+        _one_level_too_high(root, root / next(iter(with_images)))
+    inner = {frozenset(path.relative_to(root / name).parts[0] for path in files if path.parent != root / name)
+             for name, files in with_images.items()}
+    shared = sorted(next(iter(inner))) if len(inner) == 1 else []
+    if len(with_images) >= 2 and len(shared) >= 2:
+        log.warning("%s: every class folder (%s) holds the same sub-folders (%s): if those are the classes, point at "
+                    "one of the folders here or gather each class's images into one folder", root,
+                    _shown(list(with_images)), _shown(shared))
+
+
+def _without_nested_copies(root: Path, found: list[str]) -> list[str]:
+    """``found`` without folders holding folders named as two or more of the others: a copy of the dataset
+    inside itself, not a class (the NIH malaria archive unpacks to ``cell_images/{Parasitized,Uninfected}``
+    beside ``cell_images/cell_images/{Parasitized,Uninfected}``)."""
+    names = {name.casefold() for name in found}
+    kept = []
+    for name in found:
+        inner = sorted(d.name for d in (root / name).iterdir() if d.is_dir() and d.name.casefold() in names - {
+            name.casefold()})
+        if len(inner) >= 2 and not _is_split_name(name):  # a test/ beside the classes is said later, as a split
+            log.warning("%s: holds folders named as the classes beside it (%s), so it is a copy of the dataset, "
+                        "not a class; left out", root / name, _shown(inner))
+        else:
+            kept.append(name)
+    return kept
+
+
+def _shown(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
 
 
 def _one_level_too_high(root: Path, only: Path) -> None:
@@ -91,9 +127,8 @@ def _one_level_too_high(root: Path, only: Path) -> None:
     to ``dataset/images/{A,B}``), saying where to point instead."""
     inner = sorted(d.name for d in only.iterdir() if d.is_dir() and not _not_a_class(d.name))
     if len(inner) >= 2:
-        shown = ", ".join(inner[:4]) + (", ..." if len(inner) > 4 else "")
         raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
-                           f"sub-folders ({shown}) are the classes, point at {only}")
+                           f"sub-folders ({_shown(inner)}) are the classes, point at {only}")
 
 
 def _without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, list[Path]]:
@@ -124,7 +159,7 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
         if len(classes) < 2:
             raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}")
     else:
-        per_class = _named_as(per_class, classes)
+        per_class = _named_as(root, per_class, classes)
         found = sorted(name for name, files in per_class.items() if files)
     unknown = sorted(set(found) - set(classes))
     if unknown:
@@ -144,18 +179,39 @@ def _is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> boo
     return any(name.lower() in SPLIT_NAMES[split] for split in splits)
 
 
-def _named_as(per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
-    """``per_class`` with a name that differs from one of ``classes`` only in case renamed to it: a test/
-    folder of ``normal`` beside a train/ folder of ``NORMAL`` holds the same class (on Windows and macOS it is
-    even the same folder name)."""
-    by_case = {}
-    for name in classes:
-        by_case.setdefault(name.casefold(), []).append(name)
+def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
+    """``per_class`` with each name renamed to the one of ``classes`` it stands for (:func:`_training_name`)."""
     renamed: dict[str, list[Path]] = {}
     for name, files in per_class.items():
-        matches = by_case.get(name.casefold(), [])
-        renamed.setdefault(name if name in classes or len(matches) != 1 else matches[0], []).extend(files)
+        match = _training_name(name, classes)
+        if match is not None and match.casefold() != name.casefold() and files:
+            log.warning("%s: read as class %s, the one training class whose name begins like it", root / name, match)
+        renamed.setdefault(match or name, []).extend(files)
     return renamed
+
+
+def _training_name(name: str, classes: tuple[str, ...]) -> str | None:
+    """The one training class a validation or test folder's ``name`` stands for: itself; the one it differs
+    from only in case (``normal`` beside a train/ folder of ``NORMAL``: on Windows and macOS even the same
+    folder name); or the one it is the start of, or that is its start, up to a separator (the Kaggle chest CT
+    set's test/ has ``adenocarcinoma`` where its train/ has ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``).
+    None: no one, or more than one."""
+    if name in classes:
+        return name
+    for same in (lambda a, b: a == b, _begins_like):
+        matches = [known for known in classes if same(known.casefold(), name.casefold())]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            return None
+    return None
+
+
+def _begins_like(a: str, b: str) -> bool:
+    """One name is the other followed by a separator and more (``large.cell.carcinoma`` and
+    ``large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa``)."""
+    short, long = sorted((a, b), key=len)
+    return long.startswith(short) and len(long) > len(short) and long[len(short)] in "._- "
 
 
 @dataclass(frozen=True)

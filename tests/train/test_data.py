@@ -160,6 +160,46 @@ def test_a_case_only_match_is_not_guessed_when_two_training_classes_share_it(tmp
         load_splits(tmp_path)
 
 
+def test_a_test_folder_named_by_the_start_of_a_training_class_is_read_as_it(tmp_path, blood_cell_images, caplog):
+    """The Kaggle chest CT set's train/ has ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``, its test/
+    ``adenocarcinoma``; a start shared by two training classes is not guessed."""
+    make_tree(tmp_path / "train", {"adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib": 2, "normal": 2},
+              blood_cell_images[0])
+    make_tree(tmp_path / "test", {"adenocarcinoma": 1, "normal": 1}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        test = load_splits(tmp_path).test
+    assert test.class_counts() == {"adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib": 1, "normal": 1}
+    assert [r.getMessage() for r in caplog.records if "read as" in r.getMessage()] == [
+        f"{tmp_path / 'test' / 'adenocarcinoma'}: read as class adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib, the one "
+        "training class whose name begins like it"]
+    with pytest.raises(DatasetError, match="carcinoma"):
+        read_folder(tmp_path / "test", ("carcinoma_a", "carcinoma_b", "normal"))
+    with pytest.raises(DatasetError, match="adenocarcinoma"):  # a start is a whole word, not a few letters
+        read_folder(tmp_path / "test", ("adeno", "normal"))
+
+
+def test_a_copy_of_the_dataset_inside_it_is_not_a_class(tmp_path, blood_cell_images, caplog):
+    """The NIH malaria archive unpacks to ``cell_images/{Parasitized,Uninfected}`` and, beside them,
+    ``cell_images/cell_images/{Parasitized,Uninfected}``: a third class made of the other two."""
+    make_tree(tmp_path, {"Parasitized": 2, "Uninfected": 2, "cell_images/Parasitized": 2,
+                         "cell_images/Uninfected": 2}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path).class_counts() == {"Parasitized": 2, "Uninfected": 2}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'cell_images'}: holds folders named as the classes beside it (Parasitized, Uninfected), so "
+        "it is a copy of the dataset, not a class; left out"]
+
+
+def test_class_folders_that_all_hold_the_same_sub_folders_are_warned_of(tmp_path, blood_cell_images, caplog):
+    """C-NMC's ``training_data/fold_0/{all,hem}``, ``fold_1/{all,hem}``: the folds read as classes."""
+    make_tree(tmp_path, {f"fold_{k}/{name}": 1 for k in range(3) for name in ("all", "hem")}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path).classes == ("fold_0", "fold_1", "fold_2")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: every class folder (fold_0, fold_1, fold_2) holds the same sub-folders (all, hem): if those "
+        "are the classes, point at one of the folders here or gather each class's images into one folder"]
+
+
 def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood_cells):
     folder = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 300))
     spec = Preprocess(96, 128)
