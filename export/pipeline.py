@@ -336,7 +336,7 @@ def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
     """The candidate with the fewest leading convolutions kept float32 (``INT8_FLOAT_STEPS``; FP16 has a
     single step, ``FP16_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥
     ``PASS_CONFIDENCE``) given the answers it is expected to change (:func:`expected_flips`, doubled) — or, if
-    none is, the one expected to change fewest, which verification then judges. The tries go into the report,
+    none is, the best of them (:func:`chosen_try`), which verification then judges. The tries go into the report,
     with the agreement counted on the search images for the record.
 
     Why an estimate rather than counting flips on the search images: FP16 changes too few answers to count on a
@@ -377,7 +377,7 @@ def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
                       "cleared": cleared(comparison.passed, chance, search.verification_images)})
         if tries[-1]["cleared"]:
             break
-    chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
+    chosen = chosen_try(tries, search.verification_images)
     if len(tries) > 1:  # what fewer float layers would buy, for the report (one timing process for all tries)
         for entry, timing in zip(tries, speeds([files[t["float_convs"]] for t in tries], search.on.images,
                                                repeats=3)):
@@ -398,6 +398,17 @@ def _asked_steps(float_convs: dict[str, int], precisions: tuple[str, ...]) -> di
         if count < 0 or precision == "int8" and count < 1:
             raise ValueError(f"{precision}: {count} float convolutions; INT8 keeps at least its first one float")
     return float_convs
+
+
+def chosen_try(tries: list[dict], on_verification_images: bool) -> dict:
+    """The search's pick: the step it stopped at when one cleared (:func:`cleared`); else, searched on
+    verification's own images, the one that agreed most there (its count is verification's verdict; ties: the
+    one expected to change fewest); else the one expected to change fewest answers."""
+    if tries[-1]["cleared"]:
+        return tries[-1]
+    if on_verification_images:
+        return max(tries, key=lambda t: (t["agreement"], -t["expected_flips"]))
+    return min(tries, key=lambda t: t["expected_flips"])
 
 
 def cleared(passed: bool, chance: float, on_verification_images: bool) -> bool:

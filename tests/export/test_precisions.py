@@ -15,8 +15,8 @@ from medclf.export.fp16 import compensated_rounding, to_fp16
 from medclf.export.input_moments import conv_patch_moments
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, HeldOut,
-                                    _derive, _probabilities, _verify, cleared, held_out_split, model_card,
-                                    pass_probability, verification_set)
+                                    _derive, _probabilities, _verify, chosen_try, cleared, held_out_split,
+                                    model_card, pass_probability, verification_set)
 from medclf.export.report import computed_lines, search_lines
 from medclf.export.verify import Calls, expected_flips, keras_probabilities
 from medclf.runtime import Classifier, load_image
@@ -220,8 +220,8 @@ def test_int8_keeps_more_leading_convolutions_float_until_verification_should_pa
         assert t["pass_probability"] == pass_probability("int8", ESTIMATE_MARGIN * t["expected_flips"],
                                                          exported[1]["images"])  # twice: it reads low
         assert t["cleared"] == cleared(t["passed"], t["pass_probability"], on_verification_images)
-    chosen = tries[-1] if tries[-1]["cleared"] else min(tries, key=lambda t: t["expected_flips"])
-    assert entry["float_convs"] == chosen["float_convs"] and "images" in entry["searched_on"]
+    assert entry["float_convs"] == chosen_try(tries, on_verification_images)["float_convs"]
+    assert "images" in entry["searched_on"]
     assert entry["search_counted"] is on_verification_images
     assert entry["method"]["bias_correction"] and entry["method"]["calibration_images"] > 0
 
@@ -297,6 +297,20 @@ def test_fp16_is_float16_throughout_unless_asked_and_its_one_try_is_recorded(exp
     assert "images_per_s_batch32" not in one and "images" in entry["searched_on"]
     assert "compensated" in entry["method"]["weights"] and entry["method"]["calibration_images"] > 0
     assert entry["method"]["damping"] > 0 and entry["method"]["patch_positions_per_image"] > 0
+
+
+def test_when_no_step_clears_the_pick_is_the_most_agreeing_where_counted_else_the_fewest_expected_flips():
+    """Searched on verification's own images, the count is the verdict, so the step that counted most agreement
+    there is the one verification would refuse least; elsewhere a few hundred images' count is noise (see
+    ``_search``) and the estimate decides."""
+    tries = [{"float_convs": n, "agreement": a, "expected_flips": f, "cleared": False}
+             for n, a, f in ((9, 0.989, 0.0174), (12, 0.977, 0.0171), (15, 0.982, 0.0169))]
+    assert chosen_try(tries, on_verification_images=True)["float_convs"] == 9
+    assert chosen_try(tries, on_verification_images=False)["float_convs"] == 15
+    tries[-1]["cleared"] = True
+    assert chosen_try(tries, on_verification_images=True)["float_convs"] == 15
+    tied = [{**tries[0], "expected_flips": 0.02}, {**tries[0], "float_convs": 12}]
+    assert chosen_try(tied, on_verification_images=True)["float_convs"] == 12
 
 
 def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_error():
