@@ -98,7 +98,16 @@ def train(
     _print_metrics(result.metrics)
     if (temperature := result.metrics["training"].get("temperature")) is not None:
         console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
+    _print_unreadable(result.metrics["training"].get("unreadable", {}))
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
+
+
+def _print_unreadable(unreadable: dict[str, int]) -> None:
+    """One line at the end for files left out along the way (each was named as it was met, maybe far above)."""
+    if total := sum(unreadable.values()):
+        where = ", ".join(f"{n} {split}" for split, n in unreadable.items() if n)
+        console.print(f"{total} file{'s' if total > 1 else ''} could not be read and {'were' if total > 1 else 'was'} "
+                      f"left out ({where}): each is named above")
 
 
 @app.command()

@@ -158,11 +158,19 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "data": source, "recipe": asdict(recipe),
                            "replicas": strategy.num_replicas_in_sync, "temperature": temperature,
                            "time_budget_cuts": budget.cuts, **decided,
+                           "unreadable": _unreadable(splits, train_set, val_set,
+                                                     test_set if splits.test is not None else None),
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}
     write_run(run_dir, classes, preprocess, decision, metrics,
               {"train": train_set, "val": val_set, "test": test_set if splits.test is not None else None})
     return TrainResult(run_dir, metrics, seconds)
+
+
+def _unreadable(splits: Splits, train: ImageFolder, val: ImageFolder, test: ImageFolder | None) -> dict[str, int]:
+    """How many files of each split could not be read and were left out (each was named as it was met)."""
+    read = {"train": (splits.train, train), "val": (splits.val, val), "test": (splits.test, test)}
+    return {name: len(given) - len(kept) for name, (given, kept) in read.items() if kept is not None}
 
 
 def _calibrated(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medclf.train.cli import _parse_size, app
+from medclf.train.cli import _parse_size, _print_unreadable, app
 
 runner = CliRunner()
 
@@ -22,6 +22,15 @@ def test_help_lists_the_commands_without_loading_tensorflow():
     assert result.exit_code == 0
     for command in ("train", "crossval", "evaluate", "ensemble", "calibrate", "explain", "augment", "export", "demo"):
         assert command in result.output
+
+
+def test_files_left_out_along_the_way_are_counted_again_in_one_line_at_the_end(capsys):
+    """Each was named as it was met, maybe thousands of lines above the metrics."""
+    _print_unreadable({"train": 2, "val": 0, "test": 1})
+    _print_unreadable({"train": 0, "val": 0})
+    _print_unreadable({"test": 1})
+    assert capsys.readouterr().out == ("3 files could not be read and were left out (2 train, 1 test): each is named "
+                                       "above\n1 file could not be read and was left out (1 test): each is named above\n")
 
 
 def test_image_size_takes_n_or_height_x_width():
