@@ -108,14 +108,21 @@ def _without_nested_copies(root: Path, found: list[str]) -> list[str]:
     names = {name.casefold() for name in found}
     kept = []
     for name in found:
-        inner = sorted(d.name for d in (root / name).iterdir() if d.is_dir() and d.name.casefold() in names - {
-            name.casefold()})
+        inner = [d for d in _subfolders(root / name) if d.casefold() in names - {name.casefold()}]
         if len(inner) >= 2 and not _is_split_name(name):  # a test/ beside the classes is said later, as a split
             log.warning("%s: holds folders named as the classes beside it (%s), so it is a copy of the dataset, "
                         "not a class; left out", root / name, _shown(inner))
         else:
             kept.append(name)
     return kept
+
+
+def _subfolders(folder: Path) -> list[str]:
+    """The names of ``folder``'s sub-folders that could be classes, sorted; none where it cannot be listed."""
+    try:
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not _not_a_class(d.name))
+    except OSError:
+        return []
 
 
 def _shown(names: list[str], most: int = 4) -> str:
@@ -125,7 +132,7 @@ def _shown(names: list[str], most: int = 4) -> str:
 def _one_level_too_high(root: Path, only: Path) -> None:
     """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
     to ``dataset/images/{A,B}``), saying where to point instead."""
-    inner = sorted(d.name for d in only.iterdir() if d.is_dir() and not _not_a_class(d.name))
+    inner = _subfolders(only)
     if len(inner) >= 2:
         raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
                            f"sub-folders ({_shown(inner)}) are the classes, point at {only}")
