@@ -69,7 +69,11 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Classify ``args.inputs``, print one result per input, return the exit status."""
-    paths = list(expand_inputs(args.inputs))
+    masks: list[Path] = []
+    paths = list(expand_inputs(args.inputs, masks))
+    if masks:
+        print(f"left out {len(masks)} segmentation mask{'s' if len(masks) > 1 else ''} beside the images they outline "
+              f"(e.g. {masks[0]}); name one to classify it", file=sys.stderr)
     backend, why = _backend_for(args.backend, len(paths))
     try:
         classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1,

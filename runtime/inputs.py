@@ -8,6 +8,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from .annotations import segmentation_masks
+
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pgm",
                               ".ppm", ".avif", ".dcm"})
@@ -54,16 +56,21 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     return found
 
 
-def expand_inputs(inputs: Iterable[str]) -> Iterator[str]:
+def expand_inputs(inputs: Iterable[str], masks: list[Path] | None = None) -> Iterator[str]:
     """Each input as given: a folder becomes its images, a glob its matches, anything else passes through.
 
     A path that does not exist passes through too, so the classifier reports it as a failed input in its place;
     so does a folder without a single image (a mistyped folder, a phone's HEIC photos), rather than nothing.
+    A folder's segmentation masks (``x_mask.png`` beside ``x.png``, :mod:`.annotations`) are outlines, not
+    images to classify, as training leaves them out: they go to ``masks`` instead (a file named is classified).
     """
     for item in inputs:
         if os.path.isdir(item):
             images = list_images(item)
-            yield from (str(path) for path in images) if images else [item]  # reported: no image in it
+            found = segmentation_masks(images, Path(item))
+            if masks is not None:
+                masks.extend(sorted(found))
+            yield from (str(path) for path in images if path not in found) if images else [item]  # no image in it
         elif not os.path.exists(item) and glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True))
             yield from (m for m in matches if os.path.isfile(m)) if matches else [item]

@@ -72,6 +72,22 @@ def test_folders_and_globs_expand_to_their_images(tmp_path, blood_cell_images):
     assert len(by_folder.stdout.splitlines()) == 3
 
 
+def test_a_folders_segmentation_masks_are_left_out_in_one_line_and_a_mask_named_is_classified(
+        tmp_path, blood_cell_images):
+    """As training leaves them out: BUSI's ``benign (1)_mask.png`` outlines ``benign (1).png``."""
+    for i, image in enumerate(blood_cell_images[:2]):
+        shutil.copy(image, tmp_path / f"benign ({i}).jpeg")
+        shutil.copy(image, tmp_path / f"benign ({i})_mask.jpeg")
+    by_folder = run("--json", str(tmp_path))
+    assert by_folder.returncode == 0
+    assert [json.loads(line)["path"] for line in by_folder.stdout.splitlines()] == [
+        str(tmp_path / "benign (0).jpeg"), str(tmp_path / "benign (1).jpeg")]
+    assert by_folder.stderr.splitlines()[0] == (f"left out 2 segmentation masks beside the images they outline (e.g. "
+                                                f"{tmp_path / 'benign (0)_mask.jpeg'}); name one to classify it")
+    named = run("--json", str(tmp_path / "benign (0)_mask.jpeg"))
+    assert named.returncode == 0 and len(named.stdout.splitlines()) == 1 and "left out" not in named.stderr
+
+
 def test_auto_serves_one_image_from_the_cpu_and_probes_gpus_only_for_more(blood_cell_images):
     """A GPU's start-up took 2.5-3 s on an H200 against 0.6 s for the whole one-image run on its CPU."""
     one = run("--json", str(blood_cell_images[0]))
