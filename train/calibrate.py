@@ -40,7 +40,7 @@ from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
-from .data import NameLabels, predict_folder, read_dataset, split_groups
+from .data import Labeller, predict_folder, read_dataset, split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
 from .plots import plot_reliability
@@ -74,7 +74,7 @@ class SiteCalibration:
 
 
 def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
-                   target_sensitivity: float | None = None, naming: NameLabels | None = None,
+                   target_sensitivity: float | None = None, naming: Labeller | None = None,
                    group_pattern: str | None = None, group_copies: bool | None = None,
                    cache_dir: str | os.PathLike[str] | None = None,
                    picture: str | os.PathLike[str] | None = None, class_bias: bool = True,
@@ -107,7 +107,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     fit = _fit_for(class_bias, shares)
     labels, probabilities, folder = predict_folder(site, card.preprocess, partial(classifier.predict, batch_size=64),
                                                    cache_dir)
-    groups = split_groups(folder, group_pattern, group_copies)
+    groups = split_groups(folder, group_pattern, group_copies, naming)
     if groups is not None:
         _enough(_sources(labels, groups, len(card.labels)), card.labels, data, grouped=True)
     scaling, decision = _fitted(labels, probabilities, card.labels, target_sensitivity, fit)

@@ -31,6 +31,7 @@ def error(text: str) -> None:
 
 TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
 NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file names, not folders: SEP[:POS], e.g. '.' for cat.123.jpg → cat, '_:1' for x_cat_1.png.")]
+LabelsCsv = Annotated[Optional[str], typer.Option("--labels", metavar="FILE.csv[:IMAGE,LABEL]", help="Labels from a CSV beside the images, not folders: its image column (a file name, with or without extension, or an id) and label column (or one 0/1 column per class) are found by their headers unless named; a patient_id or lesion_id column keeps each patient's images on one side of the split. Images it does not list are left out.")]
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ and optional val/ and test/.")]
 
 
@@ -72,7 +73,7 @@ def train(
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
-    limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    labels: LabelsCsv = None, limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
@@ -85,7 +86,7 @@ def train(
     from .pipeline import train as run_training
 
     recipes = _library_call(lambda: _recipes(preset, options))
-    naming = _parse_naming(name_labels)
+    naming = _library_call(lambda: _parse_naming(name_labels, labels))
     if len(recipes) > 1:  # an ensemble preset: its members trained in turn, then averaged into RUN_DIR
         result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
         for member in result.metrics["training"]["members"]:
@@ -121,8 +122,8 @@ def crossval(
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
     augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None, wise: Wise = None, time_budget: TimeBudgetOption = None,
-    seed: Seed = None, distribute: Distribute = None,
+    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, wise: Wise = None,
+    time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -130,7 +131,7 @@ def crossval(
     from .crossval import REPORTED, cross_validate
 
     recipe = _library_call(lambda: _recipe(preset, options))
-    summary = _library_call(lambda: cross_validate(data, out, recipe, folds, _parse_naming(name_labels)))
+    summary = _library_call(lambda: cross_validate(data, out, recipe, folds, _parse_naming(name_labels, labels)))
     for name in REPORTED:
         if summary[name] is not None:
             console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
@@ -193,6 +194,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
+    labels: LabelsCsv = None,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="Also score the calls as they would do where cases come in these proportions, e.g. PNEUMONIA=10% (DATA collected so many of each class): accuracy, how often each call is right (a binary model's PPV and NPV), calibration error, log loss.")] = None,
@@ -209,7 +211,7 @@ def evaluate(
     shares = _shares(prevalence)
     out = out or _home_of(model) / rundir.EVALUATION.format(data=data.resolve().name)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
-                                                 naming=_parse_naming(name_labels), group_pattern=group_pattern,
+                                                 naming=_parse_naming(name_labels, labels), group_pattern=group_pattern,
                                                  group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
@@ -256,6 +258,7 @@ def calibrate(
     out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_file, help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
     target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
+    labels: LabelsCsv = None,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come and the site's prevalence is not known (else --prevalence).")] = True,
@@ -274,7 +277,7 @@ def calibrate(
     shares = _shares(prevalence)
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
-    site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels),
+    site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels, labels),
                                                 group_pattern, group_copies, picture=picture,
                                                 class_bias=class_bias, prevalence=shares))
     record = site.record(data.resolve().name)
@@ -545,10 +548,16 @@ def _parse_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-def _parse_naming(text: str | None):
-    """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); None → None (labels from folders)."""
+def _parse_naming(text: str | None, labels: str | None = None):
+    """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); ``labels`` (a CSV) → CsvLabels; None → None
+    (labels from folders)."""
     from .data import NameLabels
+    from .labels_csv import read_labels_csv
 
+    if labels is not None:
+        if text is not None:
+            raise typer.BadParameter("labels come from file names or from a CSV, not both", param_hint="--labels")
+        return read_labels_csv(labels)
     if text is None:
         return None
     if not text:

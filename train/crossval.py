@@ -17,20 +17,20 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medclf.runtime.atomic import write_json
 
-from .data import NameLabels, Splits, read_dataset, split_groups, stratified_split
+from .data import Labeller, Splits, read_dataset, split_groups, stratified_split
 from .pipeline import Recipe, train_splits
 
 REPORTED = ("accuracy", "roc_auc_macro", "sensitivity", "specificity", "expected_calibration_error")
 
 
 def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Recipe = Recipe(),
-                   folds: int = 5, naming: NameLabels | None = None,
+                   folds: int = 5, naming: Labeller | None = None,
                    cache_dir: str | os.PathLike[str] | None = None) -> dict:
     """Train ``folds`` models, write ``OUT/fold<k>/`` run directories and ``OUT/crossval.json``; return it."""
     folder = read_dataset(data, naming=naming)
     if np.bincount(folder.labels).min() < folds:
         raise ValueError(f"{data}: every class needs at least {folds} images for {folds}-fold cross-validation")
-    groups = split_groups(folder, recipe.group_pattern, recipe.group_copies)
+    groups = split_groups(folder, recipe.group_pattern, recipe.group_copies, naming)
     splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
     per_fold = []
@@ -39,7 +39,7 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
         train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, inner_groups)
         splits = Splits(train, val, folder.subset(held), f"{recipe.val_split:.0%} of the other folds")
         result = train_splits(splits, Path(out) / f"fold{k}", recipe, cache_dir,
-                              source=f"{data} fold {k + 1}/{folds}")
+                              source=f"{data} fold {k + 1}/{folds}", naming=naming)
         per_fold.append(result.metrics["test"] | {"seconds": result.seconds})
     summary = {"data": str(data), "folds": folds, "images": len(folder), "per_fold": per_fold,
                **{name: _spread([fold.get(name) for fold in per_fold]) for name in REPORTED}}

@@ -16,6 +16,7 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -28,6 +29,7 @@ from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, 
 from medclf.runtime.stream import decoded
 
 from .bars import track
+from .labels_csv import CsvLabels
 
 log = logging.getLogger(__name__)
 
@@ -229,14 +231,28 @@ class NameLabels:
     separator: str = "."
     position: int = 0
 
+    kind = "classes in the file names"
+
     def label(self, path: Path) -> str | None:
         parts = path.stem.split(self.separator) if self.separator else [path.stem]
         return parts[self.position] if -len(parts) <= self.position < len(parts) and len(parts) > 1 else None
 
+    def group(self, path: Path) -> str | None:
+        return None
 
-def read_named(root: str | os.PathLike[str], naming: NameLabels,
+    def unlabelled(self, root: Path, names: list[str]) -> None:
+        """A name without its label part is a mistake in the naming asked for: refused."""
+        raise DatasetError(f"{root}: {len(names)} file names have no label part at position {self.position} after "
+                           f"splitting on {self.separator!r}, e.g. {names[0]}")
+
+
+Labeller = Union[NameLabels, CsvLabels]  # where labels come from when not from class folders
+
+
+def read_named(root: str | os.PathLike[str], naming: Labeller,
                classes: tuple[str, ...] | None = None) -> ImageFolder:
-    """Every image under ``root``, labelled by its file name; names without a label part are an error."""
+    """Every image under ``root``, labelled by its file name (``NameLabels``: names without a label part are
+    an error) or by a labels file (``CsvLabels``: images it does not list are left out, with a warning)."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
@@ -249,14 +265,13 @@ def read_named(root: str | os.PathLike[str], naming: NameLabels,
         else:
             per_class.setdefault(label, []).append(path)
     if unlabelled:
-        raise DatasetError(f"{root}: {len(unlabelled)} file names have no label part at position "
-                           f"{naming.position} after splitting on {naming.separator!r}, e.g. {unlabelled[0]}")
-    return _labelled(root, per_class, classes, "classes in the file names")
+        naming.unlabelled(root, unlabelled)
+    return _labelled(root, per_class, classes, naming.kind)
 
 
 def read_dataset(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None,
-                 naming: NameLabels | None = None) -> ImageFolder:
-    """Class folders, or file-name labels when ``naming`` is given."""
+                 naming: Labeller | None = None) -> ImageFolder:
+    """Class folders, or the labels ``naming`` gives (file names, a labels file)."""
     return read_named(root, naming, classes) if naming is not None else read_folder(root, classes)
 
 
@@ -288,13 +303,14 @@ class Splits:
 
 
 def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str | os.PathLike[str] | None = None,
-                seed: int = 0, naming: NameLabels | None = None, group_pattern: str | None = None,
+                seed: int = 0, naming: Labeller | None = None, group_pattern: str | None = None,
                 group_copies: bool | None = False) -> Splits:
     """Train/validation(/test) from a folder-per-class tree, or from a folder holding train/ [val/] [test/].
 
     Without a ``val`` folder, or with one too small to judge by (``MIN_VAL_PER_CLASS``; it then joins the
     training images, with a warning), a stratified ``val_split`` fraction of training images is held out — whole
-    groups of them when ``group_pattern`` or ``group_copies`` says which files belong together (``split_groups``).
+    groups of them when ``group_pattern`` or ``group_copies`` says which files belong together (``split_groups``),
+    or else a labels file names each image's patient (``listed_groups``).
     """
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
@@ -312,9 +328,10 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
         train, val = _concat(train, val), None
     held_out = f"{val_dir.name}/ folder" if val is not None else f"{val_split:.0%} of the images at random"
     if val is None:
-        groups = split_groups(train, group_pattern, group_copies)
+        groups = split_groups(train, group_pattern, group_copies, naming)
         if groups is not None:
-            kind = "patients" if group_pattern and not group_copies else "sources"
+            listed = not (group_pattern or group_copies) and listed_groups(train, naming) is not None
+            kind = "patients" if listed or (group_pattern and not group_copies) else "sources"
             held_out = f"{val_split:.0%} of the images, whole {kind} at a time"
         train, val = stratified_split(train, val_split, seed, groups)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
@@ -373,18 +390,32 @@ def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
     return np.asarray(groups)
 
 
-def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False) -> np.ndarray | None:
+def listed_groups(folder: ImageFolder, naming: Labeller | None) -> np.ndarray | None:
+    """The patient (or lesion) a labels file gives each image, where it names them for every image; an image
+    it gives none is a group of its own. None where there are none to give."""
+    if naming is None:
+        return None
+    groups = [naming.group(Path(path)) for path in folder.paths]
+    if not any(group is not None for group in groups):
+        return None
+    return np.asarray([f"group:{g}" if g is not None else f"file:{p}" for g, p in zip(groups, folder.paths)])
+
+
+def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False,
+                 naming: Labeller | None = None) -> np.ndarray | None:
     """Which files must stay together: augmented copies of one source (``copies``), files whose names share
-    ``pattern``'s match (a patient), or None (every file on its own). ``copies=None`` decides by looking, when
-    no pattern is given: files filed in sub-folders of their class folder stay together by that sub-folder
-    (:func:`subfolder_groups`), else copy groups if the files look shipped pre-augmented
-    (``copies.detected_copies``)."""
+    ``pattern``'s match (a patient), the patients a labels file names (``naming``, :func:`listed_groups`), or
+    None (every file on its own). ``copies=None`` decides by looking, when no pattern or list is given: files
+    filed in sub-folders of their class folder stay together by that sub-folder (:func:`subfolder_groups`), else
+    copy groups if the files look shipped pre-augmented (``copies.detected_copies``)."""
     from .copies import copy_groups, detected_copies
 
     if copies:
         return copy_groups(folder.paths, folder.labels)
     if pattern:
         return file_groups(folder.paths, pattern)
+    if (listed := listed_groups(folder, naming)) is not None:
+        return listed
     if copies is not None:
         return None
     groups = subfolder_groups(folder)

@@ -23,7 +23,7 @@ from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.preprocess import Preprocess
 
-from .data import ImageFolder, NameLabels, load_arrays, predict_folder, read_dataset, recorded_split
+from .data import ImageFolder, Labeller, load_arrays, predict_folder, read_dataset, recorded_split
 from .evaluate import choose_threshold
 from .fit import predict, save_model
 from .pipeline import Recipe, TrainResult, report, train, write_run
@@ -34,7 +34,7 @@ MIN_MEMBER_MINUTES = 1.0  # a member that starts with less still trains this lon
 
 
 def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], recipes: Sequence[Recipe],
-                   test: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
+                   test: str | os.PathLike[str] | None = None, naming: Labeller | None = None,
                    limit_per_class: int | None = None) -> TrainResult:
     """Train each recipe into ``OUT/members/<i>-<arch>`` and average them into ``OUT`` (:func:`ensemble_runs`;
     an ensemble preset's way, ``medclf train --preset chest-xray-pair``). The first recipe's time budget is the

@@ -36,7 +36,7 @@ from medclf.runtime.preprocess import Preprocess
 from .architectures import Architecture, get_architecture
 from .bars import stderr_console
 from .budget import TimeBudget
-from .data import (DatasetError, ImageFolder, NameLabels, Splits, load_arrays, load_splits, predict_folder,
+from .data import (DatasetError, ImageFolder, Labeller, Splits, load_arrays, load_splits, predict_folder,
                    read_dataset, recorded_split, shorter_side, split_groups, warn_missing_classes)
 from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
@@ -93,25 +93,26 @@ class TrainResult:
 
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Recipe = Recipe(),
-          test: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
+          test: str | os.PathLike[str] | None = None, naming: Labeller | None = None,
           cache_dir: str | os.PathLike[str] | None = None, limit_per_class: int | None = None) -> TrainResult:
     """Train one model on a dataset folder and write its run directory. ``naming`` takes labels from file
-    names; ``limit_per_class`` trains on a subset (demos, tests)."""
+    names or a labels file; ``limit_per_class`` trains on a subset (demos, tests)."""
     started = time.monotonic()  # the time budget counts looking for copies and decoding too
     splits = load_splits(data, val_split=recipe.val_split, test=test, seed=recipe.fit.seed, naming=naming,
                          group_pattern=recipe.group_pattern, group_copies=recipe.group_copies)
     seed = recipe.fit.seed
     splits = replace(splits, train=_limit(splits.train, limit_per_class, seed),
                      val=_limit(splits.val, limit_per_class, seed))
-    return train_splits(splits, out, recipe, cache_dir, source=str(data), started=started)
+    return train_splits(splits, out, recipe, cache_dir, source=str(data), started=started, naming=naming)
 
 
 def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = Recipe(),
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "",
-                 started: float | None = None) -> TrainResult:
+                 started: float | None = None, naming: Labeller | None = None) -> TrainResult:
     """Train on given train/validation(/test) file lists: fit; on validation, scale the probabilities'
     temperature and choose the threshold; score, write.
-    ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began."""
+    ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began; ``naming``,
+    where a labels file names patients, says which test images are one patient's."""
     budget = TimeBudget(recipe.fit.time_budget, started)
     recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
@@ -148,7 +149,8 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
         metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | _per_source(
-            test_y, test_p, split_groups(test_set, recipe.group_pattern, recipe.group_copies), classes, decision)
+            test_y, test_p, split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming), classes,
+            decision)
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
     seconds = time.monotonic() - budget.started
@@ -222,7 +224,7 @@ def _clear_replaced(run_dir: Path, binary: bool) -> None:
 
 def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
                  out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, naming: NameLabels | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None, naming: Labeller | None = None,
                  group_pattern: str | None = None, group_copies: bool | None = None,
                  prevalence: dict[str, float] | None = None) -> dict:
     """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
@@ -246,7 +248,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         lambda images: np.hstack([scorer.predict(images), reference.predict(images, batch_size=64)])  # one decode
     labels, outputs, folder = predict_folder(read_dataset(data, classes, naming), preprocess, predict_all, cache_dir)
     probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
-    extra = _per_source(labels, probabilities, split_groups(folder, group_pattern, group_copies), classes, decision)
+    groups = split_groups(folder, group_pattern, group_copies, naming)
+    extra = _per_source(labels, probabilities, groups, classes, decision)
     if reference is not None:
         extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, reference_p, reference, classes,
                                                   scorer.precision)

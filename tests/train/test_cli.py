@@ -33,6 +33,13 @@ def test_files_left_out_along_the_way_are_counted_again_in_one_line_at_the_end(c
                                        "above\n1 file could not be read and was left out (1 test): each is named above\n")
 
 
+def test_labels_come_from_folders_file_names_or_a_csv_and_a_bad_csv_is_one_line(tmp_path):
+    both = runner.invoke(app, ["train", str(tmp_path), "--labels", "l.csv", "--name-labels", "."])
+    assert both.exit_code == 2 and "Invalid value for --labels: labels come from file names or" in both.output
+    missing = runner.invoke(app, ["evaluate", __file__, str(tmp_path), "--labels", str(tmp_path / "l.csv")])
+    assert missing.exit_code == 1 and f"{tmp_path / 'l.csv'}: cannot be read as CSV" in missing.output
+
+
 def test_image_size_takes_n_or_height_x_width():
     assert _parse_size("160") == 160
     assert _parse_size("240x320") == (240, 320)

@@ -1,0 +1,84 @@
+"""``--labels FILE.csv``: labels (and patients) from a spreadsheet beside one folder of images, as PACS exports
+and HAM10000, APTOS and ISIC ship them."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from medclf.train.data import load_splits, read_dataset
+from medclf.train.labels_csv import LabelsError, read_labels_csv
+
+
+def images(folder, blood_cell_images, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        (folder / name).symlink_to(blood_cell_images[i % len(blood_cell_images)])
+
+
+def test_a_ham10000_style_sheet_gives_labels_by_image_id_and_holds_out_whole_lesions(tmp_path, blood_cell_images):
+    """HAM10000's metadata: ``lesion_id,image_id,dx,...``; photos of one lesion stay on one side of the split."""
+    names = [f"ISIC_{i:07d}.jpg" for i in range(24)]
+    images(tmp_path / "images", blood_cell_images, names)
+    rows = [f"HAM_{i // 3:07d},ISIC_{i:07d},{'nv' if i < 12 else 'mel'},histo,45,male,back" for i in range(24)]
+    (tmp_path / "meta.csv").write_text("lesion_id,image_id,dx,dx_type,age,sex,localization\n" + "\n".join(rows))
+    naming = read_labels_csv(str(tmp_path / "meta.csv"))
+    folder = read_dataset(tmp_path / "images", naming=naming)
+    assert folder.class_counts() == {"mel": 12, "nv": 12}
+    splits = load_splits(tmp_path / "images", val_split=0.25, naming=naming)
+    assert splits.held_out == "25% of the images, whole patients at a time"
+    lesion = {f"ISIC_{i:07d}.jpg": i // 3 for i in range(24)}
+    held = {lesion[path.rsplit("/", 1)[1]] for path in splits.val.paths}
+    assert held and not held & {lesion[path.rsplit("/", 1)[1]] for path in splits.train.paths}
+
+
+def test_one_zero_or_one_column_per_class_is_read_as_the_class_holding_one(tmp_path, blood_cell_images):
+    """ISIC 2019's ground truth: ``image,MEL,NV,BCC,UNK`` with 1.0 under each image's class."""
+    images(tmp_path / "img", blood_cell_images, [f"ISIC_{i}.jpg" for i in range(6)])
+    rows = ["ISIC_0,1.0,0.0,0.0,0.0", "ISIC_1,0.0,1.0,0.0,0.0", "ISIC_2,0.0,0.0,1.0,0.0", "ISIC_3,1.0,0.0,0.0,0.0",
+            "ISIC_4,0.0,1.0,0.0,0.0", "ISIC_5,0.0,0.0,1.0,0.0"]
+    (tmp_path / "gt.csv").write_text("image,MEL,NV,BCC,UNK\n" + "\n".join(rows) + "\n")
+    folder = read_dataset(tmp_path / "img", naming=read_labels_csv(str(tmp_path / "gt.csv")))
+    assert folder.class_counts() == {"BCC": 2, "MEL": 2, "NV": 2}
+
+
+def test_numbers_are_class_names_and_files_are_found_with_or_without_extension_at_any_depth(tmp_path,
+                                                                                          blood_cell_images):
+    """APTOS: ``id_code,diagnosis`` with grades 0-4; a sheet may name files, ids or paths."""
+    images(tmp_path / "train_images" / "batch1", blood_cell_images, ["a1.png", "b2.png"])
+    images(tmp_path / "train_images", blood_cell_images, ["c3.png", "d4.png"])
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\na1,0\nbatch1/b2.png,2\nC3.PNG,0\nd4,2\n")
+    folder = read_dataset(tmp_path / "train_images", naming=read_labels_csv(str(tmp_path / "train.csv")))
+    assert folder.classes == ("0", "2") and folder.class_counts() == {"0": 2, "2": 2}
+
+
+def test_columns_named_otherwise_are_given_after_the_file(tmp_path, blood_cell_images):
+    images(tmp_path / "x", blood_cell_images, ["p1.jpg", "p2.jpg", "p3.jpg"])
+    (tmp_path / "sheet.csv").write_text("\ufeffAccession;Scan;Reading;Reader\n1;p1.jpg;normal;A\n2;p2.jpg;effusion;B\n"
+                                        "3;p3.jpg;normal;A\n")  # Excel's BOM and semicolons
+    with pytest.raises(LabelsError, match=r"which column is the label\? Columns: Accession, Scan, Reading, Reader; "
+                                          r"say it as --labels .*sheet.csv:Accession,COLUMN"):
+        read_labels_csv(str(tmp_path / "sheet.csv"))
+    naming = read_labels_csv(f"{tmp_path / 'sheet.csv'}:Scan,Reading")
+    assert read_dataset(tmp_path / "x", naming=naming).class_counts() == {"effusion": 1, "normal": 2}
+    with pytest.raises(LabelsError, match=r"no column 'Finding'"):
+        read_labels_csv(f"{tmp_path / 'sheet.csv'}:Scan,Finding")
+
+
+def test_an_image_listed_with_two_labels_is_refused(tmp_path):
+    (tmp_path / "l.csv").write_text("filename,label\nx.jpg,cat\nx.jpg,dog\n")
+    with pytest.raises(LabelsError, match=r"l.csv: x.jpg is listed as both cat and dog"):
+        read_labels_csv(str(tmp_path / "l.csv"))
+
+
+def test_images_the_sheet_does_not_list_are_left_out_in_one_warning(tmp_path, blood_cell_images, caplog):
+    images(tmp_path / "imgs", blood_cell_images, ["a.jpg", "b.jpg", "c.jpg", "extra.jpg"])
+    (tmp_path / "l.csv").write_text("image,label\na,x\nb,y\nc,x\nnot_here,y\n")
+    with caplog.at_level(logging.WARNING):
+        folder = read_dataset(tmp_path / "imgs", naming=read_labels_csv(str(tmp_path / "l.csv")))
+    assert len(folder) == 3 and not any("extra" in path for path in folder.paths)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'imgs'}: 1 image(s) not listed in {tmp_path / 'l.csv'}, left out (e.g. extra.jpg)"]
+    assert np.array_equal(np.bincount(folder.labels), [2, 1])

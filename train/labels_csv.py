@@ -1,0 +1,144 @@
+"""Labels from a spreadsheet, for datasets whose images sit in one folder beside a CSV of their findings.
+
+Hospitals export images from PACS with a list of findings beside them, and many public sets ship that way:
+HAM10000 (``image_id``, ``dx``, and ``lesion_id`` naming the lesion each photo shows), APTOS (``id_code``,
+``diagnosis``), ISIC 2019 (``image`` and one 0/1 column per class). ``--labels FILE.csv`` reads such a file:
+which column names the image, which holds the label, and which names the patient are found by their headers
+(``--labels FILE.csv:IMAGE,LABEL`` says it where they are named otherwise). An image is found by its file name
+with or without extension, wherever it sits under the data folder; one the file does not list is left out,
+counted in one warning.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from medclf.runtime.inputs import IMAGE_EXTENSIONS
+
+log = logging.getLogger(__name__)
+
+IMAGE_COLUMNS = ("image", "image_id", "imageid", "image_name", "image_index", "filename", "file_name", "file",
+                 "path", "id_code", "id", "img", "name")
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "target", "category", "finding",
+                 "findings", "y")
+# Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
+GROUP_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "lesion_id", "study_id")
+ONE_HOT = {"0", "1", "0.0", "1.0"}
+
+
+class LabelsError(ValueError):
+    """The labels file cannot say what each image is; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class CsvLabels:
+    """Each listed image's label (and group, where the file names patients), by file name."""
+
+    source: Path
+    labels: dict[str, str]  # casefolded file name, and its stem where it has an image extension → label
+    groups: dict[str, str] | None = None
+
+    @property
+    def kind(self) -> str:
+        return f"classes in {self.source.name}"
+
+    def _key(self, path: Path) -> str | None:
+        for key in (path.name.casefold(), path.stem.casefold()):
+            if key in self.labels:
+                return key
+        return None
+
+    def label(self, path: Path) -> str | None:
+        key = self._key(path)
+        return self.labels[key] if key is not None else None
+
+    def group(self, path: Path) -> str | None:
+        key = self._key(path)
+        return self.groups.get(key) if self.groups is not None and key is not None else None
+
+    def unlabelled(self, root: Path, names: list[str]) -> None:
+        """Images the file does not list are left out, said once (an images folder often holds more)."""
+        log.warning("%s: %d image(s) not listed in %s, left out (e.g. %s)", root, len(names), self.source, names[0])
+
+
+def read_labels_csv(spec: str) -> CsvLabels:
+    """``FILE.csv`` or ``FILE.csv:IMAGE_COLUMN,LABEL_COLUMN`` → the labels it gives."""
+    file, columns = _split_spec(spec)
+    try:
+        with open(file, newline="", encoding="utf-8-sig") as handle:
+            sample = handle.read(64 * 1024)
+            handle.seek(0)
+            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
+            rows = list(csv.DictReader(handle, dialect=dialect))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise LabelsError(f"{file}: cannot be read as CSV ({exc})") from exc
+    if not rows:
+        raise LabelsError(f"{file}: no rows under its header")
+    headers = list(rows[0])
+    image, label = columns or (_column(headers, IMAGE_COLUMNS) or headers[0], _column(headers, LABEL_COLUMNS))
+    for name in (image, label):
+        if name is not None and name not in headers:
+            raise LabelsError(f"{file}: no column {name!r} (columns: {', '.join(headers)})")
+    values = [row[image] for row in rows]
+    if label is not None:
+        found = [row[label] for row in rows]
+    elif (hot := _one_hot(rows, [h for h in headers if h != image])) is not None:
+        found = hot
+    elif len(headers) == 2:
+        found = [row[headers[1] if image == headers[0] else headers[0]] for row in rows]
+    else:
+        raise LabelsError(f"{file}: which column is the label? Columns: {', '.join(headers)}; say it as "
+                          f"--labels {file}:{image},COLUMN")
+    group = _column(headers, GROUP_COLUMNS)
+    return CsvLabels(file, _keyed(file, values, found), _keyed(file, values, [row[group] for row in rows], False)
+                     if group is not None else None)
+
+
+def _split_spec(spec: str) -> tuple[Path, tuple[str, str] | None]:
+    head, _, tail = spec.rpartition(":")
+    if head and "," in tail and not Path(spec).exists():
+        image, _, label = tail.partition(",")
+        return Path(head), (image.strip(), label.strip())
+    return Path(spec), None
+
+
+def _normalised(header: str) -> str:
+    return re.sub(r"[^0-9a-z]+", "_", header.strip().lower()).strip("_")
+
+
+def _column(headers: list[str], wanted: tuple[str, ...]) -> str | None:
+    """The header that normalises to the earliest of ``wanted``, if any."""
+    by_name = {_normalised(header): header for header in reversed(headers)}
+    return next((by_name[name] for name in wanted if name in by_name), None)
+
+
+def _one_hot(rows: list[dict[str, str]], columns: list[str]) -> list[str] | None:
+    """Each row's one column holding 1 where every other column holds 0 (ISIC's ground truth), else None."""
+    if len(columns) < 2 or any((row[c] or "").strip() not in ONE_HOT for row in rows for c in columns):
+        return None
+    hot = [[c for c in columns if float(row[c]) == 1.0] for row in rows]
+    return [names[0] for names in hot] if all(len(names) == 1 for names in hot) else None
+
+
+def _keyed(file: Path, images: Iterable[str], values: Iterable[str], strict: bool = True) -> dict[str, str]:
+    """``{file name: value, stem: value}``, casefolded, from each row's image (a name, an id, or a path);
+    an image listed twice with two labels is refused (``strict``)."""
+    keyed: dict[str, str] = {}
+    for image, value in zip(images, values):
+        image, value = (image or "").strip(), (value or "").strip()
+        if not image or not value:
+            continue
+        name = PurePosixPath(image.replace("\\", "/")).name
+        keys = {name.casefold()}
+        if PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS:
+            keys.add(PurePosixPath(name).stem.casefold())
+        for key in keys:
+            if strict and keyed.get(key, value) != value:
+                raise LabelsError(f"{file}: {image} is listed as both {keyed[key]} and {value}")
+            keyed[key] = value
+    return keyed
