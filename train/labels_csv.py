@@ -73,8 +73,7 @@ def read_labels_csv(spec: str) -> CsvLabels:
         with open(file, newline="", encoding="utf-8-sig") as handle:
             sample = handle.read(64 * 1024)
             handle.seek(0)
-            dialect = csv.Sniffer().sniff(sample, delimiters=",;\t") if sample.strip() else csv.excel
-            rows = list(csv.DictReader(handle, dialect=dialect))
+            rows = list(csv.DictReader(handle, dialect=_dialect(sample)))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{file}: cannot be read as CSV ({exc})") from exc
     if not rows:
@@ -97,6 +96,14 @@ def read_labels_csv(spec: str) -> CsvLabels:
     group = _column(headers, GROUP_COLUMNS)
     return CsvLabels(file, _keyed(file, values, found), _keyed(file, values, [row[group] for row in rows], False)
                      if group is not None else None)
+
+
+def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:
+    """Commas, semicolons (Excel in much of Europe) or tabs, as the file's first lines show; commas if unclear."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t")
+    except csv.Error:
+        return csv.excel
 
 
 def _split_spec(spec: str) -> tuple[Path, tuple[str, str] | None]:
