@@ -42,6 +42,8 @@ MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their
 MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7)
 
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+# ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
+_SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
 
 
 class DatasetError(ValueError):
@@ -185,7 +187,12 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
 
 def _is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool:
     """``name`` is how datasets name one of ``splits`` (``test``, ``Validation``...), not a class."""
-    return any(name.lower() in SPLIT_NAMES[split] for split in splits)
+    return any(_split_key(name) in SPLIT_NAMES[split] for split in splits)
+
+
+def _split_key(name: str) -> str:
+    """``Training_Set`` → ``training``: a folder name as :data:`SPLIT_NAMES` spells splits."""
+    return _SPLIT_SUFFIX.sub("", re.sub(r"[\s_.-]+", "", name.lower())) or name.lower()
 
 
 def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -276,11 +283,12 @@ def read_dataset(root: str | os.PathLike[str], classes: tuple[str, ...] | None =
 
 
 def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
-    """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms), if present."""
+    """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms, spelt
+    ``training_set`` or ``test-data`` too), if present."""
     root = Path(root)
     if not root.is_dir():
         return None
-    names = {d.name.lower(): d for d in root.iterdir() if d.is_dir()}
+    names = {_split_key(d.name): d for d in sorted(root.iterdir(), reverse=True) if d.is_dir()}  # first name wins
     return next((names[n] for n in SPLIT_NAMES[split] if n in names), None)
 
 

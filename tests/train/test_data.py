@@ -119,6 +119,22 @@ def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell
     assert all("/val/" in p for p in splits.val.paths)
 
 
+def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_images):
+    """The seed tutorials' dogs and cats ship ``training_set/`` and ``test_set/``; others ``Training``,
+    ``Testing``, ``val-images``."""
+    for split in ("training_set", "test_set"):
+        make_tree(tmp_path / "dogs" / split, {"cats": 2, "dogs": 2}, blood_cell_images[0])
+    for split in ("Training", "val-images", "Testing_Data"):
+        make_tree(tmp_path / "mri" / split, {"glioma": 2, "notumor": 2}, blood_cell_images[0])
+    dogs, mri = load_splits(tmp_path / "dogs"), load_splits(tmp_path / "mri")
+    assert all("/training_set/" in p for p in dogs.train.paths) and all("/test_set/" in p for p in dogs.test.paths)
+    assert [Path(s.paths[0]).parts[-3] for s in (mri.train, mri.val, mri.test)] == [
+        "Training", "val-images", "Testing_Data"]
+    make_tree(tmp_path / "flat", {"cats": 2, "dogs": 2, "test_set/cats": 1, "test_set/dogs": 1}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match="test_set looks like a split"):
+        load_splits(tmp_path / "flat")
+
+
 def test_a_run_opens_by_saying_in_one_line_what_it_learns_from(tmp_path, blood_cell_images):
     for split, counts in (("train", {"cat": 3, "dog": 2}), ("val", {"cat": 1, "dog": 1}), ("test", {"cat": 1})):
         make_tree(tmp_path / split, counts, blood_cell_images[0])
