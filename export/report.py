@@ -24,7 +24,7 @@ def export_table(report: dict) -> Table:
                           f"{item['agreement']:.1%}", f"{item['max_abs_diff']:.1g}", *_accuracy(item),
                           _number(item, "latency_ms_batch1", "{:.2f}"),
                           _number(item, "images_per_s_batch32", "{:.0f}"),
-                          "[green]ok[/green]" if item["passed"] else "[red]failed[/red]")
+                          "[green]ok[/green]" if item["passed"] else "[red]refused[/red]")  # not published
     return table
 
 

@@ -17,7 +17,7 @@ from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, HeldOut,
                                     _derive, _probabilities, _verify, chosen_try, cleared, held_out_split,
                                     model_card, pass_probability, verification_set)
-from medclf.export.report import computed_lines, search_lines
+from medclf.export.report import computed_lines, export_table, search_lines
 from medclf.export.verify import Calls, expected_flips, keras_probabilities
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
@@ -245,6 +245,18 @@ def test_every_search_try_is_timed_and_the_trade_is_printed_one_line_per_precisi
         "images): 3: 1,740/s 98.6% · 12: 880/s 98.9% (kept)"]
     report["precisions"]["int8"]["search"] = report["precisions"]["int8"]["search"][:1]  # one try: no trade
     assert search_lines(report) == []
+
+
+def test_the_table_says_which_files_were_published_and_which_verification_refused(exported):
+    """A refusal is verification working (the file is not published under its name), not a crash."""
+    from rich.console import Console
+
+    report = exported[1]
+    console = Console(record=True, width=200)
+    console.print(export_table(report))
+    rows = {line.split()[0]: line.split()[-1] for line in console.export_text().splitlines()
+            if line.split() and line.split()[0] in report["precisions"]}
+    assert rows == {name: "ok" if entry["passed"] else "refused" for name, entry in report["precisions"].items()}
 
 
 def test_a_step_clears_when_verification_should_pass_it_nine_times_in_ten():
