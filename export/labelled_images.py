@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medclf.runtime.annotations import dataset_masks
+from medclf.runtime.class_names import matching_class
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
 from medclf.runtime.preprocess import ImageError, load_image
@@ -44,9 +45,10 @@ def spread(count: int, most: int) -> np.ndarray:
 
 
 def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decoded images, and their label indices when every file's class is one of the model's labels (in any
-    case: ``normal`` for ``NORMAL``, as training reads val/ and test/). An unreadable file is skipped with a line
-    naming it; classes that are not the model's are said once, and accuracy is then not measured."""
+    """Decoded images, and their label indices when every file's class stands for one of the model's labels
+    (:func:`~medclf.runtime.class_names.matching_class`: ``normal`` for ``NORMAL``, as training reads val/ and
+    test/). An unreadable file is skipped with a line naming it; classes that are not the model's are said once,
+    and accuracy is then not measured."""
     images, kept = [], []
     for i, path in enumerate(paths):
         try:
@@ -56,11 +58,11 @@ def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[
             print(f"skipping {exc}", file=sys.stderr)
     if not images:
         raise FileNotFoundError("none of the verification images could be read")
-    index = {label.casefold(): i for i, label in enumerate(card.labels)}
-    kept_names = [names[i].casefold() for i in kept]
-    unknown = sorted({names[i] for i in kept if names[i].casefold() not in index})
+    classes = tuple(card.labels)
+    matched = {name: matching_class(name, classes) for name in {names[i] for i in kept}}
+    unknown = sorted(name for name, label in matched.items() if label is None)
     if unknown:
         print(f"accuracy not measured: {', '.join(unknown[:5])} {'is' if len(unknown) == 1 else 'are'} not among "
               f"the model's classes {', '.join(card.labels)}", file=sys.stderr)
         return np.stack(images), None
-    return np.stack(images), np.array([index[name] for name in kept_names])
+    return np.stack(images), np.array([classes.index(matched[names[i]]) for i in kept])

@@ -24,6 +24,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.annotations import segmentation_masks
+from medclf.runtime.class_names import matching_class
 from medclf.runtime.inputs import folder_contents, list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
@@ -196,38 +197,15 @@ def _split_key(name: str) -> str:
 
 
 def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
-    """``per_class`` with each name renamed to the one of ``classes`` it stands for (:func:`_training_name`)."""
+    """``per_class`` with each name renamed to the one of ``classes`` it stands for
+    (:func:`~medclf.runtime.class_names.matching_class`)."""
     renamed: dict[str, list[Path]] = {}
     for name, files in per_class.items():
-        match = _training_name(name, classes)
+        match = matching_class(name, classes)
         if match is not None and match.casefold() != name.casefold() and files:
             log.warning("%s: read as class %s, the one training class whose name begins like it", root / name, match)
         renamed.setdefault(match or name, []).extend(files)
     return renamed
-
-
-def _training_name(name: str, classes: tuple[str, ...]) -> str | None:
-    """The one training class a validation or test folder's ``name`` stands for: itself; the one it differs
-    from only in case (``normal`` beside a train/ folder of ``NORMAL``: on Windows and macOS even the same
-    folder name); or the one it is the start of, or that is its start, up to a separator (the Kaggle chest CT
-    set's test/ has ``adenocarcinoma`` where its train/ has ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``).
-    None: no one, or more than one."""
-    if name in classes:
-        return name
-    for same in (lambda a, b: a == b, _begins_like):
-        matches = [known for known in classes if same(known.casefold(), name.casefold())]
-        if len(matches) == 1:
-            return matches[0]
-        if matches:
-            return None
-    return None
-
-
-def _begins_like(a: str, b: str) -> bool:
-    """One name is the other followed by a separator and more (``large.cell.carcinoma`` and
-    ``large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa``)."""
-    short, long = sorted((a, b), key=len)
-    return long.startswith(short) and len(long) > len(short) and long[len(short)] in "._- "
 
 
 @dataclass(frozen=True)

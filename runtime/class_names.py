@@ -1,0 +1,27 @@
+"""Which of a model's classes a folder's name stands for, one rule wherever labelled folders are read (training's
+val/ and test/, ``medclf evaluate``, export's verification and ``medclf benchmark --data``)."""
+
+from __future__ import annotations
+
+
+def matching_class(name: str, classes: tuple[str, ...]) -> str | None:
+    """The one class ``name`` stands for: itself; the one it differs from only in case (``normal`` beside a
+    train/ folder of ``NORMAL``: on Windows and macOS even the same folder name); or the one it is the start of,
+    or that is its start, up to a separator (the Kaggle chest CT set's test/ has ``adenocarcinoma`` where its
+    train/ has ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``). None: no one, or more than one."""
+    if name in classes:
+        return name
+    for same in (lambda a, b: a == b, _begins_like):
+        matches = [known for known in classes if same(known.casefold(), name.casefold())]
+        if len(matches) == 1:
+            return matches[0]
+        if matches:
+            return None
+    return None
+
+
+def _begins_like(a: str, b: str) -> bool:
+    """One name is the other followed by a separator and more (``large.cell.carcinoma`` and
+    ``large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa``)."""
+    short, long = sorted((a, b), key=len)
+    return long.startswith(short) and len(long) > len(short) and long[len(short)] in "._- "
