@@ -29,6 +29,7 @@ LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "t
 # Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
 GROUP_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "lesion_id", "study_id")
 ONE_HOT = {"0", "1", "0.0", "1.0"}
+AUGMENTED_COPY = re.compile(r"\.aug\d+$")  # what medclf augment adds to a copy's name (augment._copy_name)
 
 
 class LabelsError(ValueError):
@@ -48,10 +49,12 @@ class CsvLabels:
         return f"classes in {self.source.name}"
 
     def _key(self, path: Path) -> str | None:
-        for key in (path.name.casefold(), path.stem.casefold()):
-            if key in self.labels:
-                return key
-        return None
+        """The image's own entry, or its source's for a copy ``medclf augment`` wrote (``x.aug3.jpg``, and
+        ``x.webp.aug3.png`` where the source's format is not written): a copy shows its source's finding, and
+        is held out with its source's patient."""
+        source = AUGMENTED_COPY.sub("", path.stem)
+        keys = (path.name, path.stem, source, PurePosixPath(source).stem)
+        return next((key.casefold() for key in keys if key.casefold() in self.labels), None)
 
     def label(self, path: Path) -> str | None:
         key = self._key(path)

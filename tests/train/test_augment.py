@@ -64,3 +64,25 @@ def test_every_augmentation_policy_keeps_shape_and_range_and_changes_the_image(p
     assert views.shape == batch.shape
     assert views.min() >= 0 and views.max() <= 255
     assert all(not np.allclose(view, batch[0], atol=1) for view in views)
+
+
+def test_copies_of_a_folder_labelled_by_a_sheet_take_their_sources_labels_and_patients(cataract, tmp_path):
+    """``--labels`` finds ``scan.aug0.jpg`` (and ``scan.webp.aug0.png``) under its source's row."""
+    from medclf.train.data import listed_groups, read_dataset
+    from medclf.train.labels_csv import read_labels_csv
+
+    photos = sorted((cataract / "normal").iterdir())[:2]
+    data = tmp_path / "data"
+    data.mkdir()
+    cv2.imwrite(str(data / "a.jpg"), cv2.imread(str(photos[0])))
+    cv2.imwrite(str(data / "b.webp"), cv2.imread(str(photos[1])))
+    (tmp_path / "sheet.csv").write_text("patient_id,image_id,label\nP1,a,normal\nP2,b.webp,cataract\n")
+    result = CliRunner().invoke(app, ["augment", str(data), "--out", str(data), "--copies", "2"])
+    assert result.exit_code == 0, result.output
+    naming = read_labels_csv(str(tmp_path / "sheet.csv"))
+    folder = read_dataset(data, naming=naming)
+    labels = {path.rsplit("/", 1)[1]: folder.classes[label] for path, label in zip(folder.paths, folder.labels)}
+    assert labels == {"a.jpg": "normal", "a.aug0.jpg": "normal", "a.aug1.jpg": "normal", "b.webp": "cataract",
+                      "b.webp.aug0.png": "cataract", "b.webp.aug1.png": "cataract"}
+    groups = dict(zip((p.rsplit("/", 1)[1] for p in folder.paths), listed_groups(folder, naming)))
+    assert groups["a.aug1.jpg"] == groups["a.jpg"] != groups["b.webp.aug0.png"] == groups["b.webp"]
