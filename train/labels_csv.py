@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 IMAGE_COLUMNS = ("image", "image_id", "imageid", "image_name", "image_index", "filename", "file_name", "file",
                  "path", "id_code", "id", "img", "name")
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "target", "category", "finding",
-                 "findings", "y")
+                 "findings", "finding_labels", "y")
+MULTI_LABEL = "|"  # NIH ChestX-ray14's "Effusion|Mass": several findings in one image
 # Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
 GROUP_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "lesion_id", "study_id")
 ONE_HOT = {"0", "1", "0.0", "1.0"}
@@ -96,6 +97,10 @@ def read_labels_csv(spec: str) -> CsvLabels:
     else:
         raise LabelsError(f"{file}: which column is the label? Columns: {', '.join(headers)}; say it as "
                           f"--labels {file}:{image},COLUMN")
+    several = [value for value in found if MULTI_LABEL in (value or "")]
+    if several:
+        raise LabelsError(f"{file}: {len(several)} rows name several findings (e.g. {several[0]}); medclf learns one "
+                          "label per image: keep the rows with one finding, or one finding per row")
     group = _column(headers, GROUP_COLUMNS)
     return CsvLabels(file, _keyed(file, values, found), _keyed(file, values, [row[group] for row in rows], False)
                      if group is not None else None)

@@ -82,3 +82,17 @@ def test_images_the_sheet_does_not_list_are_left_out_in_one_warning(tmp_path, bl
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / 'imgs'}: 1 image(s) not listed in {tmp_path / 'l.csv'}, left out (e.g. extra.jpg)"]
     assert np.array_equal(np.bincount(folder.labels), [2, 1])
+
+
+def test_a_multi_label_sheet_is_refused_with_what_to_do(tmp_path):
+    """NIH ChestX-ray14: ``Image Index, Finding Labels, Follow-up #, Patient ID``; 'Effusion|Mass' is two."""
+    (tmp_path / "Data_Entry_2017.csv").write_text("Image Index,Finding Labels,Follow-up #,Patient ID\n"
+                                                  "00000001_000.png,Cardiomegaly,0,1\n"
+                                                  "00000001_001.png,Cardiomegaly|Emphysema,1,1\n")
+    with pytest.raises(LabelsError, match=r"Data_Entry_2017.csv: 1 rows name several findings \(e.g. "
+                                          r"Cardiomegaly\|Emphysema\); medclf learns one label per image"):
+        read_labels_csv(str(tmp_path / "Data_Entry_2017.csv"))
+    (tmp_path / "one.csv").write_text("Image Index,Finding Labels,Follow-up #,Patient ID\n"
+                                      "00000001_000.png,Cardiomegaly,0,1\n00000002_000.png,No Finding,0,2\n")
+    naming = read_labels_csv(str(tmp_path / "one.csv"))  # its columns found by their headers, patients too
+    assert naming.labels["00000002_000"] == "No Finding" and naming.groups["00000001_000.png"] == "1"
