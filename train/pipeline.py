@@ -42,6 +42,7 @@ from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
 from .fit import FitConfig, fit, predict, save_model
+from .identical import identical_files
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
 from .temperature import fit_temperature, fold_temperature, scaled
@@ -151,6 +152,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
         metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | _per_source(
             test_y, test_p, split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming), classes,
             decision)
+    identical = identical_files(Splits(train_set, val_set, test_set if splits.test is not None else None))
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
     seconds = time.monotonic() - budget.started
@@ -160,6 +162,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "data": source, "recipe": asdict(recipe),
                            "replicas": strategy.num_replicas_in_sync, "temperature": temperature,
                            "time_budget_cuts": budget.cuts, **decided,
+                           "identical_files": identical,
                            "unreadable": _unreadable(splits, train_set, val_set,
                                                      test_set if splits.test is not None else None),
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),

@@ -127,3 +127,5 @@ def test_the_run_records_the_test_images_it_scored_not_those_it_could_not_read(c
     paths, labels = RunDir(tmp_path / "run").split("test")
     assert len(paths) == result.metrics["test"]["images"] == 6 and not any("notes" in path for path in paths)
     assert result.metrics["training"]["unreadable"] == {"train": 0, "val": 0, "test": 2}  # said again at the end
+    identical = result.metrics["training"]["identical_files"]  # the test photos are training's own: said, counted
+    assert identical["across_classes"] == 0 and identical["test_in_train_or_val"] == 6

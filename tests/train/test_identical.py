@@ -1,0 +1,36 @@
+"""Byte-identical files where the dataset says they differ are said once each and counted, never silently used."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from medclf.train.data import load_splits
+from medclf.train.identical import identical_files
+
+
+def test_an_image_under_two_classes_and_test_images_that_are_training_images_are_said_and_counted(
+        tmp_path, blood_cells, caplog):
+    """Kaggle's brain-tumour MRI sets hold one scan under two tumour types, and scans in both Training and
+    Testing."""
+    cells = iter(sorted((blood_cells / "TEST" / "EOSINOPHIL").iterdir()))
+    for split, per_class in (("train", 6), ("val", 20), ("test", 2)):
+        for cls in ("glioma", "meningioma"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for _ in range(per_class):
+                image = next(cells)
+                shutil.copy(image, tmp_path / split / cls / image.name)
+    first, second = sorted((tmp_path / "train" / "glioma").iterdir())[:2]
+    shutil.copy(first, tmp_path / "train" / "meningioma" / "Tr-me_0101.jpg")  # also a glioma
+    shutil.copy(second, tmp_path / "test" / "glioma" / "Te-gl_0007.jpg")  # also in training
+    splits = load_splits(tmp_path)
+    assert splits.held_out == "val/ folder"
+    with caplog.at_level(logging.WARNING, logger="medclf.train.identical"):
+        found = identical_files(splits)
+    assert found == {"across_classes": 1, "val_in_train": 0, "test_in_train_or_val": 1}
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2
+    assert said[0] == (f"1 image(s) are filed under two classes or more, byte for byte (e.g. {first} (glioma) = "
+                       f"{tmp_path}/train/meningioma/Tr-me_0101.jpg (meningioma)): their labels contradict each other")
+    assert said[1].startswith("1 test image(s) are byte-identical to training or validation images (e.g. ")
+    assert f"Te-gl_0007.jpg = {second}): test scores count them as unseen" in said[1]

@@ -1,0 +1,78 @@
+"""Byte-identical files where a dataset says they differ: one image filed under two classes, or a test or
+validation image that is also a training image.
+
+Public datasets assembled from several sources carry such files (Kaggle's brain-tumour MRI sets hold the same
+scan under two tumour types, and scans shared between their Training and Testing folders). Under two classes the
+labels contradict each other; shared with training, a test or validation image is not unseen, and its score
+reads better than the model is. Neither is fixed silently — which label is right, or whether the test set should
+change, is the data owner's call — but each is said once, with an example, and counted in ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+
+from .data import ImageFolder, Splits
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+
+
+def digest(path: str) -> str | None:
+    """The file's BLAKE2b digest, or None where it cannot be read (said later, where it is decoded)."""
+    hashed = hashlib.blake2b(digest_size=16)
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(CHUNK):
+                hashed.update(chunk)
+    except OSError:
+        return None
+    return hashed.hexdigest()
+
+
+def identical_files(splits: Splits) -> dict[str, int]:
+    """Count (and say, with an example each) the images filed under two classes, the validation images identical
+    to a training image, and the test images identical to a training or validation one (validation chose the
+    model). ``splits``: the images actually used, so that unreadable files (all alike) are not counted."""
+    folders = {"train": splits.train, "val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
+    with ThreadPoolExecutor(4) as pool:  # reading files: threads overlap the waits
+        digests = {name: list(pool.map(digest, folder.paths)) for name, folder in folders.items()}
+    found = {"across_classes": _across_classes(folders, digests),
+             "val_in_train": _shared("validation", folders["val"], digests["val"], [folders["train"]],
+                                     [digests["train"]], "training")}
+    if "test" in folders:
+        found["test_in_train_or_val"] = _shared("test", folders["test"], digests["test"],
+                                                [folders["train"], folders["val"]], [digests["train"], digests["val"]],
+                                                "training or validation")
+    return found
+
+
+def _across_classes(folders: dict[str, ImageFolder], digests: dict[str, list[str | None]]) -> int:
+    filed: dict[str, dict[int, str]] = defaultdict(dict)  # digest → {label: a path filed under it}
+    for name, folder in folders.items():
+        for path, label, key in zip(folder.paths, folder.labels, digests[name]):
+            if key is not None:
+                filed[key].setdefault(int(label), path)
+    contradicting = [as_filed for as_filed in filed.values() if len(as_filed) > 1]
+    if contradicting:
+        classes = folders["train"].classes
+        example = " = ".join(f"{path} ({classes[label]})" for label, path in sorted(contradicting[0].items()))
+        log.warning("%d image(s) are filed under two classes or more, byte for byte (e.g. %s): their labels "
+                    "contradict each other", len(contradicting), example)
+    return len(contradicting)
+
+
+def _shared(name: str, folder: ImageFolder, digests: list[str | None], seen: list[ImageFolder],
+            seen_digests: list[list[str | None]], seen_as: str) -> int:
+    """How many of ``folder``'s images are byte-identical to one of ``seen``'s, said with an example."""
+    twins = {key: path for other, keys in zip(seen, seen_digests) for path, key in zip(other.paths, keys)
+             if key is not None}
+    shared = [(path, twins[key]) for path, key in zip(folder.paths, digests) if key is not None and key in twins]
+    if shared:
+        log.warning("%d %s image(s) are byte-identical to %s images (e.g. %s = %s): %s scores count them as "
+                    "unseen", len(shared), name, seen_as, *shared[0], name)
+    return len(shared)
