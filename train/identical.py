@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import defaultdict
+import os
+from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 from .data import ImageFolder, Splits
@@ -34,13 +35,24 @@ def digest(path: str) -> str | None:
     return hashed.hexdigest()
 
 
+def _size(path: str) -> int | None:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
 def identical_files(splits: Splits) -> dict[str, int]:
     """Count (and say, with an example each) the images filed under two classes, the validation images identical
     to a training image, and the test images identical to a training or validation one (validation chose the
     model). ``splits``: the images actually used, so that unreadable files (all alike) are not counted."""
     folders = {"train": splits.train, "val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
+    sizes = {path: _size(path) for folder in folders.values() for path in folder.paths}
+    alike = Counter(sizes.values())
+    to_read = [path for path, size in sizes.items() if size is not None and alike[size] > 1]  # others have no twin
     with ThreadPoolExecutor(4) as pool:  # reading files: threads overlap the waits
-        digests = {name: list(pool.map(digest, folder.paths)) for name, folder in folders.items()}
+        read = dict(zip(to_read, pool.map(digest, to_read)))
+    digests = {name: [read.get(path) for path in folder.paths] for name, folder in folders.items()}
     found = {"across_classes": _across_classes(folders, digests),
              "val_in_train": _shared("validation", folders["val"], digests["val"], [folders["train"]],
                                      [digests["train"]], "training")}
