@@ -1,8 +1,9 @@
 """Byte-identical files where a dataset says they differ: one image filed under two classes, or a test or
 validation image that is also a training image.
 
-Public datasets assembled from several sources carry such files (Kaggle's brain-tumour MRI sets hold the same
-scan under two tumour types, and scans shared between their Training and Testing folders). Under two classes the
+Public datasets assembled from several sources carry such files: Kermany's chest films hold twins
+(``person1159_virus_1944.jpeg`` = ``..._1945.jpeg``; a random split put 5 of them beside their twin), and merged
+Kaggle sets repeat images across classes and across their training and test folders. Under two classes the
 labels contradict each other; shared with training, a test or validation image is not unseen, and its score
 reads better than the model is. Neither is fixed silently — which label is right, or whether the test set should
 change, is the data owner's call — but each is said once, with an example, and counted in ``metrics.json``.

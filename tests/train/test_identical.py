@@ -11,8 +11,7 @@ from medclf.train.identical import identical_files
 
 def test_an_image_under_two_classes_and_test_images_that_are_training_images_are_said_and_counted(
         tmp_path, blood_cells, caplog):
-    """Kaggle's brain-tumour MRI sets hold one scan under two tumour types, and scans in both Training and
-    Testing."""
+    """Merged sets repeat a scan under two classes, and scans in both their training and test folders."""
     cells = iter(sorted((blood_cells / "TEST" / "EOSINOPHIL").iterdir()))
     for split, per_class in (("train", 6), ("val", 20), ("test", 2)):
         for cls in ("glioma", "meningioma"):
