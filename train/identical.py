@@ -48,12 +48,7 @@ def identical_files(splits: Splits) -> dict[str, int]:
     to a training image, and the test images identical to a training or validation one (validation chose the
     model). ``splits``: the images actually used, so that unreadable files (all alike) are not counted."""
     folders = {"train": splits.train, "val": splits.val, **({"test": splits.test} if splits.test is not None else {})}
-    sizes = {path: _size(path) for folder in folders.values() for path in folder.paths}
-    alike = Counter(sizes.values())
-    to_read = [path for path, size in sizes.items() if size is not None and alike[size] > 1]  # others have no twin
-    with ThreadPoolExecutor(4) as pool:  # reading files: threads overlap the waits
-        read = dict(zip(to_read, pool.map(digest, to_read)))
-    digests = {name: [read.get(path) for path in folder.paths] for name, folder in folders.items()}
+    digests = _digests(folders)
     found = {"across_classes": _across_classes(folders, digests),
              "val_in_train": _shared("validation", folders["val"], digests["val"], [folders["train"]],
                                      [digests["train"]], "training")}
@@ -62,6 +57,24 @@ def identical_files(splits: Splits) -> dict[str, int]:
                                                 [folders["train"], folders["val"]], [digests["train"], digests["val"]],
                                                 "training or validation")
     return found
+
+
+def seen_in_training(folder: ImageFolder, train: ImageFolder, val: ImageFolder) -> int:
+    """How many of ``folder``'s images (scored by ``medclf evaluate``) are byte-identical to images the model
+    trained on or was chosen on (its run's recorded splits, where the files are still there), said once."""
+    digests = _digests({"data": folder, "train": train, "val": val})
+    return _shared("evaluation", folder, digests["data"], [train, val], [digests["train"], digests["val"]],
+                   "this model's training or validation")
+
+
+def _digests(folders: dict[str, ImageFolder]) -> dict[str, list[str | None]]:
+    """Each file's digest, where another file has its size (the others have no twin: not read)."""
+    sizes = {path: _size(path) for folder in folders.values() for path in folder.paths}
+    alike = Counter(sizes.values())
+    to_read = [path for path, size in sizes.items() if size is not None and alike[size] > 1]
+    with ThreadPoolExecutor(4) as pool:  # reading files: threads overlap the waits
+        read = dict(zip(to_read, pool.map(digest, to_read)))
+    return {name: [read.get(path) for path in folder.paths] for name, folder in folders.items()}
 
 
 def _across_classes(folders: dict[str, ImageFolder], digests: dict[str, list[str | None]]) -> int:
@@ -86,6 +99,6 @@ def _shared(name: str, folder: ImageFolder, digests: list[str | None], seen: lis
              if key is not None}
     shared = [(path, twins[key]) for path, key in zip(folder.paths, digests) if key is not None and key in twins]
     if shared:
-        log.warning("%d %s image(s) are byte-identical to %s images (e.g. %s = %s): %s scores count them as "
+        log.warning("%d %s image(s) are, byte for byte, %s images (e.g. %s = %s): %s scores count them as "
                     "unseen", len(shared), name, seen_as, *shared[0], name)
     return len(shared)

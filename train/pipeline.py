@@ -42,7 +42,7 @@ from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
 from .fit import FitConfig, fit, predict, save_model
-from .identical import identical_files
+from .identical import identical_files, seen_in_training
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
 from .temperature import fit_temperature, fold_temperature, scaled
@@ -253,6 +253,9 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = _per_source(labels, probabilities, groups, classes, decision)
+    if scorer.run is not None:  # a test set is only unseen if the model never saw its files
+        extra["identical_to_training"] = seen_in_training(folder, recorded_split(scorer.run, "train"),
+                                                          recorded_split(scorer.run, "val"))
     if reference is not None:
         extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, reference_p, reference, classes,
                                                   scorer.precision)

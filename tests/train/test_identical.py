@@ -31,5 +31,5 @@ def test_an_image_under_two_classes_and_test_images_that_are_training_images_are
     assert len(said) == 2
     assert said[0] == (f"1 image(s) are filed under two classes or more, byte for byte (e.g. {first} (glioma) = "
                        f"{tmp_path}/train/meningioma/Tr-me_0101.jpg (meningioma)): their labels contradict each other")
-    assert said[1].startswith("1 test image(s) are byte-identical to training or validation images (e.g. ")
+    assert said[1].startswith("1 test image(s) are, byte for byte, training or validation images (e.g. ")
     assert f"Te-gl_0007.jpg = {second}): test scores count them as unseen" in said[1]

@@ -33,7 +33,9 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
         (target / path.split("/")[-1]).symlink_to(path)
     decision = RunDir(tmp_path).decision
     assert decision.positive_class == "cataract" and validation["threshold"] == decision.threshold
-    assert evaluate_run(tmp_path / "model.keras", val_dir)["accuracy"] == validation["accuracy"]
+    scored = evaluate_run(tmp_path / "model.keras", val_dir)
+    assert scored["accuracy"] == validation["accuracy"]
+    assert scored["identical_to_training"] == validation["images"]  # its own validation images: not unseen
     for picture in ("curves.png", "confusion_matrix.png", "roc.png", "calibration.png"):
         assert cv2.imread(str(tmp_path / picture)) is not None, picture
 
