@@ -70,7 +70,7 @@ def seen_in_training(folder: ImageFolder, train: ImageFolder, val: ImageFolder) 
 def _digests(folders: dict[str, ImageFolder]) -> dict[str, list[str | None]]:
     """Each file's digest, where another file has its size (the others have no twin: not read)."""
     sizes = {path: _size(path) for folder in folders.values() for path in folder.paths}
-    alike = Counter(sizes.values())
+    alike = Counter(sizes[path] for folder in folders.values() for path in folder.paths)  # a path twice: twins
     to_read = [path for path, size in sizes.items() if size is not None and alike[size] > 1]
     with ThreadPoolExecutor(4) as pool:  # reading files: threads overlap the waits
         read = dict(zip(to_read, pool.map(digest, to_read)))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import shutil
 
+import numpy as np
+
 from medclf.train.data import load_splits
 from medclf.train.identical import identical_files
 
@@ -33,3 +35,14 @@ def test_an_image_under_two_classes_and_test_images_that_are_training_images_are
                        f"{tmp_path}/train/meningioma/Tr-me_0101.jpg (meningioma)): their labels contradict each other")
     assert said[1].startswith("1 test image(s) are, byte for byte, training or validation images (e.g. ")
     assert f"Te-gl_0007.jpg = {second}): test scores count them as unseen" in said[1]
+
+
+def test_an_evaluation_of_the_very_files_a_model_trained_on_counts_them(tmp_path, blood_cells, caplog):
+    """The same paths, not only copies: a run's own validation folder scored again is not unseen."""
+    from medclf.train.data import read_folder
+    from medclf.train.identical import seen_in_training
+
+    folder = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 400))
+    with caplog.at_level(logging.WARNING, logger="medclf.train.identical"):
+        assert seen_in_training(folder, folder.subset(np.arange(2)), folder.subset(np.arange(2, 3))) == 3
+    assert "3 evaluation image(s) are, byte for byte, this model's training or validation images" in caplog.text
