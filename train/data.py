@@ -319,9 +319,17 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
             listed = not (group_pattern or group_copies) and listed_groups(train, naming) is not None
             kind = "patients" if listed or (group_pattern and not group_copies) else "sources"
             held_out = f"{val_split:.0%} of the images, whole {kind} at a time"
-        train, val = stratified_split(train, val_split, seed, groups)
+        train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None, held_out)
+
+
+def _apart_from_twins(train: ImageFolder, val: ImageFolder, groups: np.ndarray | None,
+                      split: ImageFolder) -> tuple[ImageFolder, ImageFolder]:
+    """A held-out split without validation images whose byte-identical twin trains (:mod:`.identical`)."""
+    from .identical import twins_to_training
+
+    return twins_to_training(train, val, dict(zip(split.paths, groups)) if groups is not None else None)
 
 
 def recorded_split(run: RunDir, name: str) -> ImageFolder:

@@ -5,8 +5,9 @@ Public datasets assembled from several sources carry such files: Kermany's chest
 (``person1159_virus_1944.jpeg`` = ``..._1945.jpeg``; a random split put 5 of them beside their twin), and merged
 Kaggle sets repeat images across classes and across their training and test folders. Under two classes the
 labels contradict each other; shared with training, a test or validation image is not unseen, and its score
-reads better than the model is. Neither is fixed silently — which label is right, or whether the test set should
-change, is the data owner's call — but each is said once, with an example, and counted in ``metrics.json``.
+reads better than the model is. A validation split medclf holds out itself is mended (:func:`twins_to_training`);
+the rest is not fixed silently — which label is right, or whether a given test set should change, is the data
+owner's call — but each is said once, with an example, and counted in ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import os
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 
 from .data import ImageFolder, Splits
 
@@ -65,6 +68,30 @@ def seen_in_training(folder: ImageFolder, train: ImageFolder, val: ImageFolder) 
     digests = _digests({"data": folder, "train": train, "val": val})
     return _shared("evaluation", folder, digests["data"], [train, val], [digests["train"], digests["val"]],
                    "this model's training or validation")
+
+
+def twins_to_training(train: ImageFolder, val: ImageFolder,
+                      group_of: dict[str, str] | None = None) -> tuple[ImageFolder, ImageFolder]:
+    """``train`` and ``val`` with each validation image byte-identical to a training image of its class moved to
+    training — with the rest of its group (``group_of``: path → patient or source) — so that validation does not
+    score files the model trained on. A class keeps at least one validation image. Said in one line."""
+    digests = _digests({"train": train, "val": val})
+    trained = {(key, int(label)) for key, label in zip(digests["train"], train.labels) if key is not None}
+    twins = {path for path, key, label in zip(val.paths, digests["val"], val.labels) if (key, int(label)) in trained}
+    if group_of is not None:  # the twin's whole group goes, or the group would straddle the split
+        moved_groups = {group_of[path] for path in twins}
+        twins = {path for path in val.paths if group_of[path] in moved_groups}
+    moving = np.array([path in twins for path in val.paths])
+    for label in np.unique(val.labels):
+        if moving[val.labels == label].all():  # never every validation image of a class
+            moving[val.labels == label] = False
+    if not moving.any():
+        return train, val
+    log.warning("%d validation image(s) moved to training: byte-identical to training images of their class "
+                "(e.g. %s), they would be scored as unseen", int(moving.sum()), val.paths[int(np.argmax(moving))])
+    moved = val.subset(np.flatnonzero(moving))
+    return (ImageFolder(train.paths + moved.paths, np.concatenate([train.labels, moved.labels]), train.classes),
+            val.subset(np.flatnonzero(~moving)))
 
 
 def _digests(folders: dict[str, ImageFolder]) -> dict[str, list[str | None]]:

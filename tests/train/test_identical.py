@@ -46,3 +46,32 @@ def test_an_evaluation_of_the_very_files_a_model_trained_on_counts_them(tmp_path
     with caplog.at_level(logging.WARNING, logger="medclf.train.identical"):
         assert seen_in_training(folder, folder.subset(np.arange(2)), folder.subset(np.arange(2, 3))) == 3
     assert "3 evaluation image(s) are, byte for byte, this model's training or validation images" in caplog.text
+
+
+def test_a_held_out_split_moves_validation_twins_of_training_images_to_training_whole_groups_at_a_time(
+        tmp_path, blood_cells, caplog):
+    """Kermany's chest films hold twins (``person1159_virus_1944.jpeg`` = ``..._1945.jpeg``): a random split put 5
+    of them beside their twin. A class keeps a validation image; a patient's files move together."""
+    from medclf.train.data import ImageFolder
+    from medclf.train.identical import twins_to_training
+
+    cells = sorted((blood_cells / "TEST" / "EOSINOPHIL").iterdir())
+    for cls in ("a", "b"):
+        (tmp_path / cls).mkdir()
+        for i in range(20):
+            shutil.copy(cells[i + (20 if cls == "b" else 0)], tmp_path / cls / f"p{i // 2}_{i}.jpeg")
+        for i in range(0, 20, 4):  # a twin of every other patient's first file
+            shutil.copy(tmp_path / cls / f"p{i // 2}_{i}.jpeg", tmp_path / cls / f"twin_{i}.jpeg")
+    with caplog.at_level(logging.WARNING, logger="medclf.train.identical"):
+        splits = load_splits(tmp_path, val_split=0.3)
+    assert identical_files(splits)["val_in_train"] == 0
+    assert "validation image(s) moved to training: byte-identical to training images of their class" in caplog.text
+
+    paths = tuple(str(tmp_path / "a" / name) for name in ("p0_0.jpeg", "p0_1.jpeg", "p1_2.jpeg", "twin_0.jpeg"))
+    folder = ImageFolder(paths, np.zeros(4, np.int64), ("a",))
+    train, val = twins_to_training(folder.subset(np.array([3, 2])), folder.subset(np.array([0, 1])),
+                                   {paths[0]: "p0", paths[1]: "p0", paths[2]: "p1", paths[3]: "twin"})
+    assert len(val) == 2  # both held out: moving them would leave the class no validation image
+    train, val = twins_to_training(folder.subset(np.array([3])), folder.subset(np.array([0, 1, 2])),
+                                   {paths[0]: "p0", paths[1]: "p0", paths[2]: "p1", paths[3]: "twin"})
+    assert val.paths == (paths[2],) and set(train.paths) == {paths[3], paths[0], paths[1]}  # p0 moved whole
