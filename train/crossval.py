@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from medclf.runtime.atomic import write_json
 
 from .data import Labeller, Splits, read_dataset, split_groups, stratified_split
+from .identical import twin_groups
 from .pipeline import Recipe, train_splits
 
 REPORTED = ("accuracy", "roc_auc_macro", "sensitivity", "specificity", "expected_calibration_error")
@@ -30,7 +31,7 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     folder = read_dataset(data, naming=naming)
     if np.bincount(folder.labels).min() < folds:
         raise ValueError(f"{data}: every class needs at least {folds} images for {folds}-fold cross-validation")
-    groups = split_groups(folder, recipe.group_pattern, recipe.group_copies, naming)
+    groups = twin_groups(folder, split_groups(folder, recipe.group_pattern, recipe.group_copies, naming))
     splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
     per_fold = []

@@ -94,6 +94,34 @@ def twins_to_training(train: ImageFolder, val: ImageFolder,
             val.subset(np.flatnonzero(~moving)))
 
 
+def twin_groups(folder: ImageFolder, groups: np.ndarray | None) -> np.ndarray | None:
+    """``groups`` (one per file; None: each file its own) with the groups of byte-identical files of one class
+    joined, so that folds keep twins together (a 59-photo set's twin in the held-out fold scores 1/12 of it as
+    unseen). Unchanged where there are no twins — or where they are most of the files: one placeholder repeated
+    is not a patient."""
+    keys = _digests({"all": folder})["all"]
+    members: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for index, (key, label) in enumerate(zip(keys, folder.labels)):
+        if key is not None:
+            members[(key, int(label))].append(index)
+    twins = [indices for indices in members.values() if len(indices) > 1]
+    if not twins or sum(map(len, twins)) > len(folder) // 2:
+        return groups
+    names = list(groups) if groups is not None else [f"file:{path}" for path in folder.paths]
+    joined = {name: name for name in names}
+
+    def root(name: str) -> str:
+        while joined[name] != name:
+            name = joined[name]
+        return name
+
+    for indices in twins:
+        roots = sorted({root(names[i]) for i in indices})
+        for other in roots[1:]:
+            joined[other] = roots[0]
+    return np.asarray([root(name) for name in names])
+
+
 def _digests(folders: dict[str, ImageFolder]) -> dict[str, list[str | None]]:
     """Each file's digest, where another file has its size (the others have no twin: not read)."""
     sizes = {path: _size(path) for folder in folders.values() for path in folder.paths}
