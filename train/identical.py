@@ -25,6 +25,7 @@ from .data import ImageFolder, Splits
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+_READ: dict[tuple[str, tuple[int, int]], str | None] = {}  # (path, (size, mtime)) → digest, for this process
 
 
 def digest(path: str) -> str | None:
@@ -39,11 +40,13 @@ def digest(path: str) -> str | None:
     return hashed.hexdigest()
 
 
-def _size(path: str) -> int | None:
+def _stat(path: str) -> tuple[int, int] | None:
+    """Size and modification time: what a file's remembered digest is keyed by."""
     try:
-        return os.stat(path).st_size
+        found = os.stat(path)
     except OSError:
         return None
+    return found.st_size, found.st_mtime_ns
 
 
 def identical_files(splits: Splits) -> dict[str, int]:
@@ -123,13 +126,17 @@ def twin_groups(folder: ImageFolder, groups: np.ndarray | None) -> np.ndarray | 
 
 
 def _digests(folders: dict[str, ImageFolder]) -> dict[str, list[str | None]]:
-    """Each file's digest, where another file has its size (the others have no twin: not read)."""
-    sizes = {path: _size(path) for folder in folders.values() for path in folder.paths}
-    alike = Counter(sizes[path] for folder in folders.values() for path in folder.paths)  # a path twice: twins
-    to_read = [path for path, size in sizes.items() if size is not None and alike[size] > 1]
+    """Each file's digest, where another file has its size (the others have no twin: not read). A file read
+    once is not read again while unchanged: a run checks its split, then what it trained on, then cross-
+    validation's folds, on the same files."""
+    stats = {path: _stat(path) for folder in folders.values() for path in folder.paths}
+    alike = Counter(stats[path][0] for folder in folders.values() for path in folder.paths  # a path twice: twins
+                    if stats[path] is not None)
+    to_read = [path for path, stat in stats.items()
+               if stat is not None and alike[stat[0]] > 1 and (path, stat) not in _READ]
     with ThreadPoolExecutor(4) as pool:  # reading files: threads overlap the waits
-        read = dict(zip(to_read, pool.map(digest, to_read)))
-    return {name: [read.get(path) for path in folder.paths] for name, folder in folders.items()}
+        _READ.update(((path, stats[path]), key) for path, key in zip(to_read, pool.map(digest, to_read)))
+    return {name: [_READ.get((path, stats[path])) for path in folder.paths] for name, folder in folders.items()}
 
 
 def _across_classes(folders: dict[str, ImageFolder], digests: dict[str, list[str | None]]) -> int:

@@ -147,12 +147,13 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
+    test_set = None
     if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
         metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | _per_source(
             test_y, test_p, split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming), classes,
             decision)
-    identical = identical_files(Splits(train_set, val_set, test_set if splits.test is not None else None))
+    identical = identical_files(Splits(train_set, val_set, test_set))
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
     seconds = time.monotonic() - budget.started
@@ -163,12 +164,11 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                            "replicas": strategy.num_replicas_in_sync, "temperature": temperature,
                            "time_budget_cuts": budget.cuts, **decided,
                            "identical_files": identical,
-                           "unreadable": _unreadable(splits, train_set, val_set,
-                                                     test_set if splits.test is not None else None),
+                           "unreadable": _unreadable(splits, train_set, val_set, test_set),
                            "scoring_seconds": {"reserved": round(budget.reserved, 1),
                                                "used": round(time.monotonic() - fitted, 1)}}
     write_run(run_dir, classes, preprocess, decision, metrics,
-              {"train": train_set, "val": val_set, "test": test_set if splits.test is not None else None})
+              {"train": train_set, "val": val_set, "test": test_set})
     return TrainResult(run_dir, metrics, seconds)
 
 
