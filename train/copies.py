@@ -92,19 +92,18 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
         sample = np.sort(np.random.default_rng(seed).choice(len(paths), LOOK_FIRST, replace=False))
         groups = copy_groups(tuple(paths[i] for i in sample), labels[sample], most=int(CHAINED * LOOK_FIRST))
         if groups is None or _copied(_sizes(groups)) < COPIED * LOOK_FIRST / len(paths):  # the least copies show
-            log.info("no augmented copies found among %d images sampled: validation images are drawn one by one",
-                     LOOK_FIRST)
+            log.info("no augmented copies found among %d images sampled", LOOK_FIRST)
             return None
     groups = copy_groups(paths, labels, most=int(CHAINED * len(paths)))
     if groups is None:
-        log.info("no augmented copies found (look-alike images chain into groups of over %.0f%% of the images): "
-                 "validation images are drawn one by one", 100 * CHAINED)
+        log.info("no augmented copies found (look-alike images chain into groups of over %.0f%% of the images)",
+                 100 * CHAINED)
         return None
     sizes = _sizes(groups)
     copied, largest = _copied(sizes), sizes.max() / len(groups)
     if copied < COPIED or largest > CHAINED or len(sizes) < MIN_SOURCES:
-        log.info("no augmented copies found (%.0f%% of images have a look-alike, the largest group holds %.0f%%): "
-                 "validation images are drawn one by one", 100 * copied, 100 * largest)
+        log.info("no augmented copies found (%.0f%% of images have a look-alike, the largest group holds %.0f%%)",
+                 100 * copied, 100 * largest)
         return None
     log.warning("%d of %d images are augmented copies of %d sources: a source's copies are held out and counted "
                 "together (--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups), len(sizes))

@@ -17,7 +17,8 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medclf.runtime.atomic import write_json
 
-from .data import Labeller, Splits, read_dataset, split_groups, stratified_split
+from .data import Labeller, Splits, read_dataset, stratified_split
+from .groups import split_groups
 from .identical import twin_groups
 from .pipeline import Recipe, train_splits
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import sys
 import warnings
 import zipfile
@@ -23,14 +22,16 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.annotations import segmentation_masks
 from medclf.runtime.class_names import matching_class
-from medclf.runtime.inputs import folder_contents, list_images
+from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
 
 from .bars import track
+from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
+from .layout import (SPLIT_NAMES, DatasetError, check_found, is_split_name, not_a_class, split_key, without_masks,
+                     without_nested_copies)
 
 log = logging.getLogger(__name__)
 
@@ -39,16 +40,6 @@ log = logging.getLogger(__name__)
 # threshold would be chosen by noise.
 MIN_VAL_PER_CLASS = 20
 SCORING_CHUNK = 2048  # images decoded at a time when only their predictions are kept
-MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their class folder that makes it a layout
-MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7)
-
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
-# ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
-_SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
-
-
-class DatasetError(ValueError):
-    """The folder is not a usable folder-per-class dataset; the message says what is wrong."""
 
 
 @dataclass(frozen=True)
@@ -80,86 +71,13 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder")
-    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not _not_a_class(d.name))
+    found = sorted(d.name for d in root.iterdir() if d.is_dir() and not not_a_class(d.name))
     if classes is None:
-        found = _without_nested_copies(root, found)
-    per_class = _without_masks(root, {name: list_images(root / name) for name in found})
+        found = without_nested_copies(root, found)
+    per_class = without_masks(root, {name: list_images(root / name) for name in found})
     if classes is None:
-        _check_found(root, per_class)
+        check_found(root, per_class)
     return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
-
-
-def _check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
-    """Say what looks wrong with the classes found: a folder without images must not vanish unsaid, and a
-    dataset whose class folders may be one level further down is refused or warned of."""
-    for name in (name for name, files in per_class.items() if not files):
-        log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
-    with_images = {name: files for name, files in per_class.items() if files}
-    if len(with_images) == 1:
-        _one_level_too_high(root, root / next(iter(with_images)))
-    inner = {frozenset(path.relative_to(root / name).parts[0] for path in files if path.parent != root / name)
-             for name, files in with_images.items()}
-    shared = sorted(next(iter(inner))) if len(inner) == 1 else []
-    if len(with_images) >= 2 and len(shared) >= 2:
-        log.warning("%s: every class folder (%s) holds the same sub-folders (%s): if those are the classes, point at "
-                    "one of the folders here or gather each class's images into one folder", root,
-                    _shown(list(with_images)), _shown(shared))
-
-
-def _without_nested_copies(root: Path, found: list[str]) -> list[str]:
-    """``found`` without folders holding folders named as two or more of the others: a copy of the dataset
-    inside itself, not a class (the NIH malaria archive unpacks to ``cell_images/{Parasitized,Uninfected}``
-    beside ``cell_images/cell_images/{Parasitized,Uninfected}``)."""
-    names = {name.casefold() for name in found}
-    kept = []
-    for name in found:
-        inner = [d for d in _subfolders(root / name) if d.casefold() in names - {name.casefold()}]
-        if len(inner) >= 2 and not _is_split_name(name):  # a test/ beside the classes is said later, as a split
-            log.warning("%s: holds folders named as the classes beside it (%s), so it is a copy of the dataset, "
-                        "not a class; left out", root / name, _shown(inner))
-        else:
-            kept.append(name)
-    return kept
-
-
-def _subfolders(folder: Path) -> list[str]:
-    """The names of ``folder``'s sub-folders that could be classes, sorted; none where it cannot be listed."""
-    try:
-        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not _not_a_class(d.name))
-    except OSError:
-        return []
-
-
-def _shown(names: list[str], most: int = 4) -> str:
-    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
-
-
-def _one_level_too_high(root: Path, only: Path) -> None:
-    """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
-    to ``dataset/images/{A,B}``), saying where to point instead."""
-    inner = _subfolders(only)
-    if len(inner) >= 2:
-        raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
-                           f"sub-folders ({_shown(inner)}) are the classes, point at {only}")
-
-
-def _without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, list[Path]]:
-    """Each folder's images (``root / name``: a class's) without the segmentation masks of others among them
-    (:mod:`~medclf.runtime.annotations`), which are said once for ``root``."""
-    kept, masks = {}, []
-    for name, files in per_folder.items():
-        found = segmentation_masks(files, root / name)
-        kept[name] = [file for file in files if file not in found]
-        masks.extend(sorted(found))
-    if masks:
-        log.warning("%s: %d segmentation mask(s) left out (e.g. %s): outlines of the images beside them, not images "
-                    "of a class", root, len(masks), masks[0].relative_to(root))
-    return kept
-
-
-def _not_a_class(folder: str) -> bool:
-    """Hidden folders, and ``__MACOSX`` (macOS's zip archives unpack a copy of the tree there, of ``._`` files)."""
-    return folder.startswith(".") or folder == "__MACOSX"
 
 
 def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...] | None,
@@ -175,7 +93,7 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
         found = sorted(name for name, files in per_class.items() if files)
     unknown = sorted(set(found) - set(classes))
     if unknown:
-        splits = [name for name in unknown if _is_split_name(name)]
+        splits = [name for name in unknown if is_split_name(name)]
         hint = f" ({root / splits[0]} is a split: point at it)" if splits else ""
         raise DatasetError(f"{root}: classes {unknown} are not among the training classes {list(classes)}{hint}")
     paths, labels = [], []
@@ -184,16 +102,6 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
             paths.append(str(path))
             labels.append(index)
     return ImageFolder(tuple(paths), np.asarray(labels, dtype=np.int64), tuple(classes))
-
-
-def _is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool:
-    """``name`` is how datasets name one of ``splits`` (``test``, ``Validation``...), not a class."""
-    return any(_split_key(name) in SPLIT_NAMES[split] for split in splits)
-
-
-def _split_key(name: str) -> str:
-    """``Training_Set`` → ``training``: a folder name as :data:`SPLIT_NAMES` spells splits."""
-    return _SPLIT_SUFFIX.sub("", re.sub(r"[\s_.-]+", "", name.lower())) or name.lower()
 
 
 def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...]) -> dict[str, list[Path]]:
@@ -243,7 +151,7 @@ def read_named(root: str | os.PathLike[str], naming: Labeller,
         raise DatasetError(f"{root}: not a folder")
     per_class: dict[str, list[Path]] = {}
     unlabelled = []
-    for path in _without_masks(root, {".": list_images(root)})["."]:
+    for path in without_masks(root, {".": list_images(root)})["."]:
         label = naming.label(path)
         if label is None:
             unlabelled.append(path.name)
@@ -266,7 +174,7 @@ def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
     root = Path(root)
     if not root.is_dir():
         return None
-    names = {_split_key(d.name): d for d in sorted(root.iterdir(), reverse=True) if d.is_dir()}  # first name wins
+    names = {split_key(d.name): d for d in sorted(root.iterdir(), reverse=True) if d.is_dir()}  # first name wins
     return next((names[n] for n in SPLIT_NAMES[split] if n in names), None)
 
 
@@ -295,13 +203,13 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
 
     Without a ``val`` folder, or with one too small to judge by (``MIN_VAL_PER_CLASS``; it then joins the
     training images, with a warning), a stratified ``val_split`` fraction of training images is held out — whole
-    groups of them when ``group_pattern`` or ``group_copies`` says which files belong together (``split_groups``),
-    or else a labels file names each image's patient (``listed_groups``).
+    groups of them where files belong together (:func:`.groups.split_groups`: ``group_pattern``, ``group_copies``,
+    a labels file's patients, or what the layout and the names show).
     """
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
     train = read_dataset(root, naming=naming)
-    splits = [name for name in train.classes if _is_split_name(name, ("val", "test"))]
+    splits = [name for name in train.classes if is_split_name(name, ("val", "test"))]
     if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
         raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
                            f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
@@ -316,8 +224,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     if val is None:
         groups = split_groups(train, group_pattern, group_copies, naming)
         if groups is not None:
-            listed = not (group_pattern or group_copies) and listed_groups(train, naming) is not None
-            kind = "patients" if listed or (group_pattern and not group_copies) else "sources"
+            kind = "patients" if group_pattern and not group_copies else group_kind(groups)
             held_out = f"{val_split:.0%} of the images, whole {kind} at a time"
         train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
@@ -368,74 +275,6 @@ def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
 
 def _concat(a: ImageFolder, b: ImageFolder) -> ImageFolder:
     return ImageFolder(a.paths + b.paths, np.concatenate([a.labels, b.labels]), a.classes)
-
-
-def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
-    """A group name per file: the regex's first group (or whole match) in the file name, else the name itself.
-
-    Images of one patient (``person12_bacteria_3.jpeg`` → ``person12`` with ``^person\\d+``) must sit on one
-    side of a split, or validation measures memory of the patient rather than skill.
-    """
-    regex = re.compile(pattern)
-    groups = []
-    for path in paths:
-        match = regex.search(Path(path).name)
-        groups.append((match.group(1) if match.groups() else match.group(0)) if match else Path(path).name)
-    return np.asarray(groups)
-
-
-def listed_groups(folder: ImageFolder, naming: Labeller | None) -> np.ndarray | None:
-    """The patient (or lesion) a labels file gives each image, where it names them for every image; an image
-    it gives none is a group of its own. None where there are none to give."""
-    if naming is None:
-        return None
-    groups = [naming.group(Path(path)) for path in folder.paths]
-    if not any(group is not None for group in groups):
-        return None
-    return np.asarray([f"group:{g}" if g is not None else f"file:{p}" for g, p in zip(groups, folder.paths)])
-
-
-def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False,
-                 naming: Labeller | None = None) -> np.ndarray | None:
-    """Which files must stay together: augmented copies of one source (``copies``), files whose names share
-    ``pattern``'s match (a patient), the patients a labels file names (``naming``, :func:`listed_groups`), or
-    None (every file on its own). ``copies=None`` decides by looking, when no pattern or list is given: files
-    filed in sub-folders of their class folder stay together by that sub-folder (:func:`subfolder_groups`), else
-    copy groups if the files look shipped pre-augmented (``copies.detected_copies``)."""
-    from .copies import copy_groups, detected_copies
-
-    if copies:
-        return copy_groups(folder.paths, folder.labels)
-    if pattern:
-        return file_groups(folder.paths, pattern)
-    if (listed := listed_groups(folder, naming)) is not None:
-        return listed
-    if copies is not None:
-        return None
-    groups = subfolder_groups(folder)
-    return groups if groups is not None else detected_copies(folder.paths, folder.labels)
-
-
-def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
-    """The sub-folder right below each file's class folder — ``PNEUMONIA/patient12/study1/IM0001`` →
-    ``patient12``, as PACS exports and many archives file images by patient or study — when most files sit in
-    one (``MIN_NESTED``) and there are ``MIN_SUBFOLDERS`` of them; a file directly in its class folder is a
-    group of its own. The same sub-folder name under two classes is one group: one patient's normal and
-    abnormal films stay on one side of the split."""
-    groups, nested = [], 0
-    for path, label in zip(folder.paths, folder.labels):
-        file, name = Path(path), folder.classes[label]
-        below = None if file.parent.name == name else next(
-            (child.name for child, parent in zip(file.parents, file.parents[1:]) if parent.name == name), None)
-        nested += below is not None
-        groups.append(f"folder:{below}" if below is not None else f"file:{path}")
-    subfolders = len({group for group in groups if group.startswith("folder:")})
-    if nested < MIN_NESTED * len(groups) or subfolders < MIN_SUBFOLDERS:
-        return None
-    log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies): a "
-                "sub-folder's images are held out and counted together (--no-group-copies: each image on its own)",
-                nested, len(groups), subfolders)
-    return np.asarray(groups)
 
 
 def stratified_split(folder: ImageFolder, fraction: float, seed: int,

@@ -37,11 +37,12 @@ from .architectures import Architecture, get_architecture
 from .bars import stderr_console
 from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, Labeller, Splits, load_arrays, load_splits, predict_folder,
-                   read_dataset, recorded_split, shorter_side, split_groups, warn_missing_classes)
+                   read_dataset, recorded_split, shorter_side, warn_missing_classes)
 from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
 from .fit import FitConfig, fit, predict, save_model
+from .groups import split_groups
 from .identical import identical_files, seen_in_training
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget

@@ -68,7 +68,8 @@ def test_every_augmentation_policy_keeps_shape_and_range_and_changes_the_image(p
 
 def test_copies_of_a_folder_labelled_by_a_sheet_take_their_sources_labels_and_patients(cataract, tmp_path):
     """``--labels`` finds ``scan.aug0.jpg`` (and ``scan.webp.aug0.png``) under its source's row."""
-    from medclf.train.data import listed_groups, read_dataset
+    from medclf.train.data import read_dataset
+    from medclf.train.groups import listed_groups
     from medclf.train.labels_csv import read_labels_csv
 
     photos = sorted((cataract / "normal").iterdir())[:2]

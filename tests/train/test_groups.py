@@ -1,0 +1,103 @@
+"""Which files belong together: a patient's films stay on one side of a split, found from what the user says,
+the layout, or the names — and names numbered through a class or an augmentation are not taken for patients."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medclf.train.data import ImageFolder, load_splits, read_folder, stratified_split
+from medclf.train.groups import file_groups, group_kind, name_groups, name_key, split_groups, subfolder_groups
+
+KERMANY_PATIENT = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"  # the chest preset's --group-pattern
+
+
+def _folder(names_by_class: dict[str, list[str]]) -> ImageFolder:
+    """An ImageFolder of file names alone: name grouping reads names, never pixels."""
+    paths = [f"/data/{name}/{file}" for name, files in names_by_class.items() for file in files]
+    labels = [k for k, files in enumerate(names_by_class.values()) for _ in files]
+    return ImageFolder(tuple(paths), np.asarray(labels), tuple(names_by_class))
+
+
+@pytest.mark.parametrize("name, class_name, key", [
+    ("person12_bacteria_3.jpeg", "PNEUMONIA", "person12_bacteria_"),
+    ("IM-0115-0001.jpeg", "NORMAL", "IM-0115-"),
+    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL", "2-IM-1427-"),
+    ("CNV-1016042-1.jpeg", "CNV", "-1016042-"),
+    ("DRUSEN-1016042-2.jpeg", "DRUSEN", "-1016042-"),  # OCT: the same eye under another class, one group
+    ("C100P61ThinF_IMG_20150918_144104_cell_162.png", "Parasitized", "C100P61ThinF_IMG_20150918_144104_cell_"),
+    ("person12_bacteria_3.aug2.jpeg", "PNEUMONIA", "person12_bacteria_"),  # medclf augment's copy: its source's
+    ("benign (1).png", "benign", None),
+    ("0f3a9c.jpg", "grade0", None),
+    ("123.png", "x", None),
+])
+def test_a_name_without_its_last_number_is_what_a_patients_images_share(name, class_name, key):
+    assert name_key(name, class_name) == key
+
+
+def test_the_chest_films_numbered_names_hold_each_patient_on_one_side_by_default(chest_xray, caplog):
+    """Kermany's films are named per patient (person12_bacteria_3.jpeg, IM-0115-0001.jpeg); the default split
+    (no --group-pattern) holds out whole patients by name, where a split drawn image by image leaks them."""
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(chest_xray / "train", 0.15, group_copies=None)
+    assert "632 groups such as 'person23_bacteria_…'" in caplog.text
+    assert splits.held_out == "15% of the images, whole patients at a time"
+    keys = {split: {name_key(Path(p).name, "NORMAL") for p in getattr(splits, split).paths} for split in ("train",
+                                                                                                         "val")}
+    assert not (keys["train"] & keys["val"]) - {None}
+    folder = read_folder(chest_xray / "train")
+    _, naive_val = stratified_split(folder, 0.15, seed=0)  # drawn one by one: patients straddle
+    assert {name_key(Path(p).name, "NORMAL") for p in naive_val.paths} & keys["train"] - {None}
+    assert group_kind(split_groups(folder, copies=None)) == "patients"
+
+
+def test_names_numbered_through_a_class_or_an_augmentation_are_not_patients(blood_cells, cataract):
+    cats_and_dogs = _folder({"cats": [f"cat.{i}.jpg" for i in range(300)],
+                             "dogs": [f"dog.{i}.jpg" for i in range(300)]})
+    assert name_groups(cats_and_dogs) is None  # one "patient" per class
+    assert name_groups(read_folder(blood_cells / "TRAIN")) is None  # _3_1169.jpeg: augmentation 3, 3% of files
+    assert name_groups(read_folder(cataract)) is None  # 01.jpg ... 59.jpg: nothing shared
+    few = _folder({"a": [f"p{i}_{j}.png" for i in range(10) for j in range(2)] + [f"x{i}a.png" for i in range(40)],
+                   "b": [f"q{i}.png" for i in range(60)]})
+    assert name_groups(few) is None  # 10 patients of two images: too few groups to call it how the set is named
+
+
+def test_one_eye_filed_under_two_classes_is_one_group():
+    octs = {name: [f"{name}-{1000 + i}-{j}.jpeg" for i in range(100) for j in range(3)] for name in ("CNV", "DRUSEN")}
+    octs["DRUSEN"].append("DRUSEN-1000-7.jpeg")
+    groups = name_groups(_folder(octs))
+    assert groups is not None
+    assert groups[0] == groups[-1] == "name:-1000-"  # CNV-1000-0 and DRUSEN-1000-7
+
+
+def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray):
+    folder = read_folder(chest_xray / "train")
+    pattern = KERMANY_PATIENT
+    train, val = stratified_split(folder, 0.15, seed=0, groups=split_groups(folder, pattern))
+    train_patients, val_patients = set(file_groups(train.paths, pattern)), set(file_groups(val.paths, pattern))
+    assert not train_patients & val_patients
+    assert 0.10 < len(val) / len(folder) < 0.20
+    share = val.class_counts()["PNEUMONIA"] / len(val)
+    assert abs(share - folder.class_counts()["PNEUMONIA"] / len(folder)) < 0.05
+    naive_train, naive_val = stratified_split(folder, 0.15, seed=0)  # the ungrouped split leaks patients
+    assert set(file_groups(naive_train.paths, pattern)) & set(file_groups(naive_val.paths, pattern))
+
+
+def test_images_filed_by_patient_folder_keep_each_patient_on_one_side_by_default(tmp_path, chest_xray, caplog):
+    """``CLASS/patient/image``, as PACS exports and many archives file them: the default split holds out whole
+    patient folders (here the chest films' real patients, refiled by the patient in their names)."""
+    pattern = KERMANY_PATIENT
+    for name in ("NORMAL", "PNEUMONIA"):
+        for film in sorted((chest_xray / "train" / name).iterdir())[:150]:
+            patient = tmp_path / "data" / name / file_groups((film.name,), pattern)[0]
+            patient.mkdir(parents=True, exist_ok=True)
+            (patient / film.name).symlink_to(film)
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path / "data", 0.15, group_copies=None)
+    folder_of = {split: {Path(path).parent.name for path in getattr(splits, split).paths} for split in ("train", "val")}
+    assert folder_of["val"] and not folder_of["train"] & folder_of["val"]
+    assert "a sub-folder's images are held out and counted together" in caplog.text
+    assert subfolder_groups(read_folder(chest_xray / "test")) is None  # files right in their class folders

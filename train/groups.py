@@ -1,0 +1,155 @@
+"""Which files belong together — one patient's films, one source cell's augmented copies — so that a split puts
+them on one side and an evaluation counts them once.
+
+A validation image whose patient also trains measures memory of the patient, not skill (Kermany's chest films:
+98.6% validation accuracy on a split drawn image by image). The user can say what belongs together (a name
+pattern, a labels file's patient column, ``--group-copies``); otherwise the layout and the names are looked at,
+in the order of :func:`split_groups`, and what was found is said in one line.
+
+Every answer is one group name per file (an array); a file that belongs with no other has a group of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .labels_csv import AUGMENTED_COPY
+
+if TYPE_CHECKING:
+    from .data import ImageFolder, Labeller
+
+log = logging.getLogger(__name__)
+
+MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their class folder that makes it a layout
+MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7)
+# name_groups: names are numbered within patients when at least NAMED_SHARED of the files share their name with
+# another, in NAMED_GROUPS groups or more, and no group is a class's bulk (the same name numbered through a whole
+# class: cat.1 ... cat.12500) or over NAMED_LARGEST of the files. Kermany's chest films: 41% shared, 632 groups
+# of 2-30, the largest 0.6%; blood-cells' _3_1169.jpeg: an augmentation's index, 3% (its copies are found first).
+NAMED_SHARED, NAMED_GROUPS, NAMED_LARGEST = 0.10, 20, 0.02
+_NUMBERED = re.compile(r"(.*\D)\d+")  # a name and the number it ends with
+
+
+def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False,
+                 naming: Labeller | None = None) -> np.ndarray | None:
+    """Which files must stay together: augmented copies of one source (``copies``), files whose names share
+    ``pattern``'s match (a patient), the patients a labels file names (``naming``, :func:`listed_groups`), or
+    None (every file on its own). ``copies=None`` decides by looking, when no pattern or list is given: files
+    filed in sub-folders of their class folder stay together by that sub-folder (:func:`subfolder_groups`), else
+    copy groups if the files look shipped pre-augmented (``copies.detected_copies``), else files whose names
+    differ only in their last number (:func:`name_groups`)."""
+    from .copies import copy_groups, detected_copies
+
+    if copies:
+        return copy_groups(folder.paths, folder.labels)
+    if pattern:
+        return file_groups(folder.paths, pattern)
+    if (listed := listed_groups(folder, naming)) is not None:
+        return listed
+    if copies is not None:
+        return None
+    for found in (subfolder_groups, lambda f: detected_copies(f.paths, f.labels), name_groups):
+        if (groups := found(folder)) is not None:
+            return groups
+    return None
+
+
+def group_kind(groups: np.ndarray) -> str:
+    """What :func:`split_groups`' answer holds together, in a word for the split's summary line."""
+    named = [str(group) for group in groups[:1000] if not str(group).startswith("file:")]
+    return "patients" if named and all(group.startswith(("group:", "name:", "folder:")) for group in named) \
+        else "sources"
+
+
+def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:
+    """A group name per file: the regex's first group (or whole match) in the file name, else the name itself.
+
+    Images of one patient (``person12_bacteria_3.jpeg`` → ``person12`` with ``^person\\d+``) must sit on one
+    side of a split, or validation measures memory of the patient rather than skill.
+    """
+    regex = re.compile(pattern)
+    groups = []
+    for path in paths:
+        match = regex.search(Path(path).name)
+        groups.append((match.group(1) if match.groups() else match.group(0)) if match else Path(path).name)
+    return np.asarray(groups)
+
+
+def listed_groups(folder: ImageFolder, naming: Labeller | None) -> np.ndarray | None:
+    """The patient (or lesion) a labels file gives each image, where it names them for every image; an image
+    it gives none is a group of its own. None where there are none to give."""
+    if naming is None:
+        return None
+    groups = [naming.group(Path(path)) for path in folder.paths]
+    if not any(group is not None for group in groups):
+        return None
+    return np.asarray([f"group:{g}" if g is not None else f"file:{p}" for g, p in zip(groups, folder.paths)])
+
+
+def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
+    """The sub-folder right below each file's class folder — ``PNEUMONIA/patient12/study1/IM0001`` →
+    ``patient12``, as PACS exports and many archives file images by patient or study — when most files sit in
+    one (``MIN_NESTED``) and there are ``MIN_SUBFOLDERS`` of them; a file directly in its class folder is a
+    group of its own. The same sub-folder name under two classes is one group: one patient's normal and
+    abnormal films stay on one side of the split."""
+    groups, nested = [], 0
+    for path, label in zip(folder.paths, folder.labels):
+        file, name = Path(path), folder.classes[label]
+        below = None if file.parent.name == name else next(
+            (child.name for child, parent in zip(file.parents, file.parents[1:]) if parent.name == name), None)
+        nested += below is not None
+        groups.append(f"folder:{below}" if below is not None else f"file:{path}")
+    subfolders = len({group for group in groups if group.startswith("folder:")})
+    if nested < MIN_NESTED * len(groups) or subfolders < MIN_SUBFOLDERS:
+        return None
+    log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies): a "
+                "sub-folder's images are held out and counted together (--no-group-copies: each image on its own)",
+                nested, len(groups), subfolders)
+    return np.asarray(groups)
+
+
+def name_key(name: str, class_name: str) -> str | None:
+    """A file name without its extension, its last number and a class name it opens with — what the images of
+    one patient, slide or series share where a dataset numbers them: ``person12_bacteria_3.jpeg`` →
+    ``person12_bacteria_``, ``IM-0115-0001.jpeg`` → ``IM-0115-``, OCT's ``CNV-1016042-1.jpeg`` → ``-1016042-``
+    (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye). None for a name that does not end in a number.
+    A copy ``medclf augment`` wrote (``x.aug3.jpg``) has its source's."""
+    match = _NUMBERED.fullmatch(AUGMENTED_COPY.sub("", Path(name).stem))
+    if match is None:
+        return None
+    key = match.group(1)
+    return key[len(class_name):] if key.casefold().startswith(class_name.casefold()) else key
+
+
+def name_groups(folder: ImageFolder) -> np.ndarray | None:
+    """Files whose names differ only in their last number (:func:`name_key`), where that is how the dataset
+    names a patient's images (the ``NAMED_*`` bounds), else None."""
+    groups = []
+    for path, label in zip(folder.paths, folder.labels):
+        key = name_key(Path(path).name, folder.classes[label])
+        groups.append(f"name:{key}" if key is not None else f"file:{path}")
+    groups = np.asarray(groups)
+    names, index, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+    shared, largest = sizes[sizes > 1].sum() / len(groups), sizes.max()
+    if shared < NAMED_SHARED or np.sum(sizes > 1) < NAMED_GROUPS or largest > NAMED_LARGEST * len(groups) \
+            or _a_class_bulk(folder.labels, index.reshape(-1)):
+        return None
+    example = names[np.argmax(sizes)].removeprefix("name:")
+    log.warning("%d of %d images share their name but for its last number with others (%d groups such as "
+                "'%s…', up to %d images): read as one patient's or series' images, held out and counted "
+                "together (--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups),
+                np.sum(sizes > 1), example, largest)
+    return groups
+
+
+def _a_class_bulk(labels: np.ndarray, index: np.ndarray) -> bool:
+    """Whether one group holds over half of some class's images: a name numbered through a class, not a patient."""
+    for label in np.unique(labels):
+        if np.bincount(index[labels == label]).max() * 2 > np.sum(labels == label):
+            return True
+    return False

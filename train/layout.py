@@ -1,0 +1,124 @@
+"""How a dataset is laid out on disk: which folders are classes, which are splits, and which look like neither —
+a copy of the dataset inside it, segmentation masks beside their images, classes one level further down.
+
+Each finding is said in one warning line (or refused with a :class:`DatasetError` saying where to point), so a
+dataset as it unpacks is read as its owner meant, or the owner is told why not.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from medclf.runtime.annotations import segmentation_masks
+from medclf.runtime.inputs import folder_contents
+
+log = logging.getLogger(__name__)
+
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+# ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
+_SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
+FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies (groups.MIN_SUBFOLDERS), not finer classes
+
+
+class DatasetError(ValueError):
+    """The folder is not a usable folder-per-class dataset; the message says what is wrong."""
+
+
+def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
+    """Say what looks wrong with the classes found: a folder without images must not vanish unsaid, and a
+    dataset whose class folders may be one level further down is refused or warned of."""
+    for name in (name for name, files in per_class.items() if not files):
+        log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
+    with_images = {name: files for name, files in per_class.items() if files}
+    if len(with_images) == 1:
+        _one_level_too_high(root, root / next(iter(with_images)))
+    inner = {name: sorted({path.relative_to(root / name).parts[0] for path in files if path.parent != root / name})
+             for name, files in with_images.items()}
+    shared = inner[next(iter(inner))] if len(set(map(tuple, inner.values()))) == 1 else []
+    if len(with_images) >= 2 and len(shared) >= 2:
+        log.warning("%s: every class folder (%s) holds the same sub-folders (%s): if those are the classes, point at "
+                    "one of the folders here or gather each class's images into one folder", root,
+                    _shown(list(with_images)), _shown(shared))
+    elif len(with_images) >= 2 and _sorted_into_a_few_folders(root, with_images, inner):
+        log.warning("%s: every class folder keeps its images in a few sub-folders of its own (%s): trained as %d "
+                    "classes (%s); if the %d sub-folders are the classes, point at one class folder or gather them "
+                    "side by side in one folder", root,
+                    "; ".join(f"{name}: {_shown(folders, 3)}" for name, folders in list(inner.items())[:3]),
+                    len(with_images), _shown(list(with_images)), sum(map(len, inner.values())))
+
+
+def _sorted_into_a_few_folders(root: Path, with_images: dict[str, list[Path]], inner: dict[str, list[str]]) -> bool:
+    """Whether every class folder holds no image of its own, only 2 to ``FEW_SUBFOLDERS`` folders of them: maybe
+    the finer classes (LC25000's ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/...``),
+    maybe a few patients each — the user knows which."""
+    return all(2 <= len(inner[name]) <= FEW_SUBFOLDERS and all(path.parent != root / name for path in files)
+               for name, files in with_images.items())
+
+
+def without_nested_copies(root: Path, found: list[str]) -> list[str]:
+    """``found`` without folders holding folders named as two or more of the others: a copy of the dataset
+    inside itself, not a class (the NIH malaria archive unpacks to ``cell_images/{Parasitized,Uninfected}``
+    beside ``cell_images/cell_images/{Parasitized,Uninfected}``)."""
+    names = {name.casefold() for name in found}
+    kept = []
+    for name in found:
+        inner = [d for d in _subfolders(root / name) if d.casefold() in names - {name.casefold()}]
+        if len(inner) >= 2 and not is_split_name(name):  # a test/ beside the classes is said later, as a split
+            log.warning("%s: holds folders named as the classes beside it (%s), so it is a copy of the dataset, "
+                        "not a class; left out", root / name, _shown(inner))
+        else:
+            kept.append(name)
+    return kept
+
+
+def _subfolders(folder: Path) -> list[str]:
+    """The names of ``folder``'s sub-folders that could be classes, sorted; none where it cannot be listed."""
+    try:
+        return sorted(d.name for d in folder.iterdir() if d.is_dir() and not not_a_class(d.name))
+    except OSError:
+        return []
+
+
+def _shown(names: list[str], most: int = 4) -> str:
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "")
+
+
+def _one_level_too_high(root: Path, only: Path) -> None:
+    """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
+    to ``dataset/images/{A,B}``), saying where to point instead."""
+    inner = _subfolders(only)
+    if len(inner) >= 2:
+        raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
+                           f"sub-folders ({_shown(inner)}) are the classes, point at {only}")
+
+
+def without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, list[Path]]:
+    """Each folder's images (``root / name``: a class's) without the segmentation masks of others among them
+    (:mod:`~medclf.runtime.annotations`), which are said once for ``root``."""
+    kept, masks = {}, []
+    for name, files in per_folder.items():
+        found = segmentation_masks(files, root / name)
+        kept[name] = [file for file in files if file not in found]
+        masks.extend(sorted(found))
+    if masks:
+        log.warning("%s: %d segmentation mask(s) left out (e.g. %s): outlines of the images beside them, not images "
+                    "of a class", root, len(masks), masks[0].relative_to(root))
+    return kept
+
+
+def not_a_class(folder: str) -> bool:
+    """Hidden folders, and ``__MACOSX`` (macOS's zip archives unpack a copy of the tree there, of ``._`` files)."""
+    return folder.startswith(".") or folder == "__MACOSX"
+
+
+def is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool:
+    """``name`` is how datasets name one of ``splits`` (``test``, ``Validation``...), not a class."""
+    return any(split_key(name) in SPLIT_NAMES[split] for split in splits)
+
+
+def split_key(name: str) -> str:
+    """``Training_Set`` → ``training``: a folder name as :data:`SPLIT_NAMES` spells splits."""
+    return _SPLIT_SUFFIX.sub("", re.sub(r"[\s_.-]+", "", name.lower())) or name.lower()
