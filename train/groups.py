@@ -117,13 +117,15 @@ def name_key(name: str, class_name: str) -> str | None:
     """A file name without its extension, its last number and a class name it opens with — what the images of
     one patient, slide or series share where a dataset numbers them: ``person12_bacteria_3.jpeg`` →
     ``person12_bacteria_``, ``IM-0115-0001.jpeg`` → ``IM-0115-``, OCT's ``CNV-1016042-1.jpeg`` → ``-1016042-``
-    (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye). None for a name that does not end in a number.
+    (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye; a class name counts where a separator follows it).
+    None for a name that does not end in a number.
     A copy ``medclf augment`` wrote (``x.aug3.jpg``) has its source's."""
     match = _NUMBERED.fullmatch(AUGMENTED_COPY.sub("", Path(name).stem))
     if match is None:
         return None
     key = match.group(1)
-    return key[len(class_name):] if key.casefold().startswith(class_name.casefold()) else key
+    opens = key.casefold().startswith(class_name.casefold()) and not key[len(class_name):][:1].isalnum()
+    return key[len(class_name):] if opens else key  # CNV-1016042- → -1016042-; class 0's 0123456_ stays
 
 
 def name_groups(folder: ImageFolder) -> np.ndarray | None:

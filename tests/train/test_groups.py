@@ -25,11 +25,13 @@ def _folder(names_by_class: dict[str, list[str]]) -> ImageFolder:
 @pytest.mark.parametrize("name, class_name, key", [
     ("person12_bacteria_3.jpeg", "PNEUMONIA", "person12_bacteria_"),
     ("IM-0115-0001.jpeg", "NORMAL", "IM-0115-"),
-    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL", "2-IM-1427-"),
+    ("NORMAL2-IM-1427-0001.jpeg", "NORMAL", "NORMAL2-IM-1427-"),
     ("CNV-1016042-1.jpeg", "CNV", "-1016042-"),
     ("DRUSEN-1016042-2.jpeg", "DRUSEN", "-1016042-"),  # OCT: the same eye under another class, one group
     ("C100P61ThinF_IMG_20150918_144104_cell_162.png", "Parasitized", "C100P61ThinF_IMG_20150918_144104_cell_"),
     ("person12_bacteria_3.aug2.jpeg", "PNEUMONIA", "person12_bacteria_"),  # medclf augment's copy: its source's
+    ("9003175_1.png", "0", "9003175_"),  # knee X-rays graded 0-4: patient 9003175's first knee
+    ("0123456_2.png", "0", "0123456_"),  # a class name is not cut from a number it opens
     ("benign (1).png", "benign", None),
     ("0f3a9c.jpg", "grade0", None),
     ("123.png", "x", None),
