@@ -60,6 +60,7 @@ def provenance(keras_path: str | os.PathLike[str], opset: int = OPSET) -> dict[s
     """Where an export came from: the Keras file's hash, the tools' versions, the date."""
     return {
         "keras_model": Path(keras_path).name,
+        "run_dir": str(Path(keras_path).resolve().parent),  # so medclf evaluate knows what it trained on
         "keras_sha256": hashlib.sha256(Path(keras_path).read_bytes()).hexdigest(),
         "medclf_version": medclf.__version__,
         "tensorflow_version": tf.__version__,

@@ -6,6 +6,7 @@ TensorFlow here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -40,6 +41,17 @@ class RunDir:
             if not (run.path / name).is_file():
                 raise FileNotFoundError(f"{run.path / name}: missing; expected a run directory from medclf train")
         return run
+
+    @classmethod
+    def of_export(cls, source: dict[str, str]) -> "RunDir | None":
+        """The run directory an exported file came from (its card's ``source``: ``run_dir``), where that still
+        holds the very Keras model exported (``keras_sha256``); None where it moved, was trained again, or the
+        file predates the record. Evaluation then knows what the file was trained and validated on."""
+        run, digest = source.get("run_dir"), source.get("keras_sha256")
+        model = Path(run) / MODEL if run else None
+        if model is None or not digest or not model.is_file():
+            return None
+        return cls.of_model(model) if hashlib.sha256(model.read_bytes()).hexdigest() == digest else None
 
     @property
     def labels(self) -> tuple[str, ...]:

@@ -315,7 +315,7 @@ class _Scorer:
     preprocess: Preprocess
     decision: Decision | None
     predict: Callable[[np.ndarray], np.ndarray]  # uint8 images → probabilities
-    run: RunDir | None  # the run directory, for a Keras model
+    run: RunDir | None  # the run directory: a Keras model's, or the one an exported file names and still matches
     precision: str = "fp32"  # an exported file's (a Keras model is the FP32 reference itself)
 
     @classmethod
@@ -323,8 +323,8 @@ class _Scorer:
         if Path(model_path).suffix == ".onnx":
             classifier = Classifier(model_path)
             card = classifier.card
-            return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64), None,
-                       card.precision)
+            return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64),
+                       RunDir.of_export(card.source), card.precision)
         run = RunDir.of_model(model_path)
         model = keras.models.load_model(model_path, compile=False)
         return cls(run.labels, run.preprocess, run.decision, lambda x: predict(model, x), run)

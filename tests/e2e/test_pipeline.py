@@ -55,6 +55,8 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
     onnx_metrics = json.loads((tmp_path / "onnx" / "metrics.json").read_text())
     assert onnx_metrics["images"] == 2487 and abs(onnx_metrics["accuracy"] - metrics["test"]["accuracy"]) <= 0.002
     assert onnx_metrics["per_source"]["per_class"] == cells["per_class"]  # copies found by the ONNX path too
+    keras_metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert onnx_metrics["identical_to_training"] == keras_metrics["identical_to_training"]  # the file names its run
 
     done = cli("medclf.runtime.cli", "--model", exported / "model.onnx", "--json", *blood_cell_images)
     lines = [json.loads(line) for line in done.stdout.splitlines()]

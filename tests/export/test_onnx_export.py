@@ -44,6 +44,19 @@ def test_every_file_carries_labels_preprocessing_provenance_and_its_precision(ex
         assert card.metrics["validation"]["images"] > 0
 
 
+def test_a_file_names_its_run_while_the_run_still_holds_the_model_exported(exported, run_dir, tmp_path):
+    """So ``medclf evaluate FILE.onnx`` can tell which images the model trained and validated on."""
+    source = Classifier(published(exported)["fp32"]["file"]).card.source
+    assert RunDir.of_export(source).path == run_dir.resolve()
+    (tmp_path / "run").mkdir()
+    for name in ("labels.json", "preprocess.json", "model.keras"):
+        (tmp_path / "run" / name).write_bytes((run_dir / name).read_bytes())
+    assert RunDir.of_export(source | {"run_dir": str(tmp_path / "run")}).path == tmp_path / "run"  # a copy holding the model
+    (tmp_path / "run" / "model.keras").write_bytes(b"trained again")
+    assert RunDir.of_export(source | {"run_dir": str(tmp_path / "run")}) is None  # another model now
+    assert RunDir.of_export({k: v for k, v in source.items() if k != "run_dir"}) is None  # exported before
+
+
 def test_the_report_says_what_each_file_was_verified_on_and_how_fast_it_runs(exported):
     out, report, _ = exported
     assert json.loads((out / "export_report.json").read_text()) == report
