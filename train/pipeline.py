@@ -243,8 +243,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
     if target_sensitivity is not None:
         if scorer.run is None:
-            raise ValueError(f"{model_path}: choosing a new threshold needs the run directory; pass "
-                             "RUN_DIR/model.keras, or export again after choosing it")
+            raise ValueError(f"{model_path}: choosing a new threshold needs the run directory, and the file "
+                             "names none that still holds its model; pass RUN_DIR/model.keras")
         val_x, val_y, _ = load_arrays(recorded_split(scorer.run, "val"), preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     reference = _fp32_sibling(model_path, scorer)
