@@ -28,10 +28,12 @@ log = logging.getLogger(__name__)
 MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their class folder that makes it a layout
 MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7)
 # name_groups: names are numbered within patients when at least NAMED_SHARED of the files share their name with
-# another, in NAMED_GROUPS groups or more, and no group is a class's bulk (the same name numbered through a whole
-# class: cat.1 ... cat.12500) or over NAMED_LARGEST of the files. Kermany's chest films: 41% shared, 632 groups
-# of 2-30, the largest 0.6%; blood-cells' _3_1169.jpeg: an augmentation's index, 3% (its copies are found first).
-NAMED_SHARED, NAMED_GROUPS, NAMED_LARGEST = 0.10, 20, 0.02
+# another, in NAMED_GROUPS groups or more, none holding most of a class (NAMED_BULK: the same name numbered through
+# a class, cat.1 ... cat.12500) or over NAMED_LARGEST of the files (NAMED_FLOOR files on small sets), which would
+# unbalance the split. Kermany's chest films: 41% shared, 632 groups of 2-30, the largest 0.6%. A rare class of
+# two patients is two groups of about half: kept. Blood-cells' _3_1169.jpeg (augmentation 3, 3% of the files)
+# would pass, but copies are looked for first and found there.
+NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, 20, 0.9, 0.05, 20
 _NUMBERED = re.compile(r"(.*\D)\d+")  # a name and the number it ends with
 
 
@@ -138,7 +140,8 @@ def name_groups(folder: ImageFolder) -> np.ndarray | None:
     groups = np.asarray(groups)
     names, index, sizes = np.unique(groups, return_inverse=True, return_counts=True)
     shared, largest = sizes[sizes > 1].sum() / len(groups), sizes.max()
-    if shared < NAMED_SHARED or np.sum(sizes > 1) < NAMED_GROUPS or largest > NAMED_LARGEST * len(groups) \
+    too_large = largest > max(NAMED_LARGEST * len(groups), NAMED_FLOOR)
+    if shared < NAMED_SHARED or np.sum(sizes > 1) < NAMED_GROUPS or too_large \
             or _a_class_bulk(folder.labels, index.reshape(-1)):
         return None
     example = names[np.argmax(sizes)].removeprefix("name:")
@@ -150,8 +153,9 @@ def name_groups(folder: ImageFolder) -> np.ndarray | None:
 
 
 def _a_class_bulk(labels: np.ndarray, index: np.ndarray) -> bool:
-    """Whether one group holds over half of some class's images: a name numbered through a class, not a patient."""
+    """Whether one group holds most of some class's images (``NAMED_BULK``): a name numbered through a class, not
+    a patient."""
     for label in np.unique(labels):
-        if np.bincount(index[labels == label]).max() * 2 > np.sum(labels == label):
+        if np.bincount(index[labels == label]).max() > NAMED_BULK * np.sum(labels == label):
             return True
     return False

@@ -56,15 +56,24 @@ def test_the_chest_films_numbered_names_hold_each_patient_on_one_side_by_default
     assert group_kind(split_groups(folder, copies=None)) == "patients"
 
 
-def test_names_numbered_through_a_class_or_an_augmentation_are_not_patients(blood_cells, cataract):
+def test_names_numbered_through_a_class_are_not_patients_and_copies_are_looked_for_first(blood_cells, cataract):
     cats_and_dogs = _folder({"cats": [f"cat.{i}.jpg" for i in range(300)],
                              "dogs": [f"dog.{i}.jpg" for i in range(300)]})
     assert name_groups(cats_and_dogs) is None  # one "patient" per class
-    assert name_groups(read_folder(blood_cells / "TRAIN")) is None  # _3_1169.jpeg: augmentation 3, 3% of files
+    cells = split_groups(read_folder(blood_cells / "TEST"), copies=None)  # _3_1169.jpeg: augmentation 3's
+    assert len(set(cells)) == 100 and not any(str(group).startswith("name:") for group in cells)  # the 100 cells
     assert name_groups(read_folder(cataract)) is None  # 01.jpg ... 59.jpg: nothing shared
     few = _folder({"a": [f"p{i}_{j}.png" for i in range(10) for j in range(2)] + [f"x{i}a.png" for i in range(40)],
                    "b": [f"q{i}.png" for i in range(60)]})
     assert name_groups(few) is None  # 10 patients of two images: too few groups to call it how the set is named
+
+
+def test_a_rare_class_of_two_patients_does_not_hide_the_naming():
+    """Two patients' 30 images each are most of a rare class: still patients."""
+    common = {"common": [f"p{i}_{j}.png" for i in range(300) for j in range(3)],
+              "rare": [f"r{i}_{j}.png" for i in range(2) for j in range(30)]}
+    groups = name_groups(_folder(common))
+    assert groups is not None and len(set(groups)) == 302
 
 
 def test_one_eye_filed_under_two_classes_is_one_group():
