@@ -23,7 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.class_names import matching_class
-from medclf.runtime.inputs import list_images
+from medclf.runtime.inputs import folder_contents, list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
 
@@ -228,7 +228,39 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
             held_out = f"{val_split:.0%} of the images, whole {kind} at a time"
         train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
-    return Splits(train, val, read_dataset(test_dir, train.classes, naming) if test_dir else None, held_out)
+    return Splits(train, val, _labelled_test(test_dir, train.classes, naming, given=test is not None), held_out)
+
+
+def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labeller | None,
+                   given: bool) -> ImageFolder | None:
+    """The test split, or None where a ``test/`` found beside ``train/`` holds no labelled image: competitions
+    ship their test images loose, unlabelled (Kaggle's dogs vs cats ``test1/``) — said, not scored. A test
+    folder the user named must hold some: refused before training rather than after it."""
+    if folder is None:
+        return None
+    if given:
+        return read_labelled(folder, classes, naming)
+    test = read_dataset(folder, classes, naming)
+    if not len(test):
+        log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
+                    _unlabelled(folder, classes, naming))
+        return None
+    return test
+
+
+def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...],
+                  naming: Labeller | None = None) -> ImageFolder:
+    """:func:`read_dataset` for data to score against ``classes`` (a test set, ``medclf evaluate``'s DATA):
+    refuses a folder holding no labelled image, saying what it holds instead."""
+    folder = read_dataset(root, classes, naming)
+    if not len(folder):
+        raise DatasetError(_unlabelled(Path(root), classes, naming))
+    return folder
+
+
+def _unlabelled(root: Path, classes: tuple[str, ...], naming: Labeller | None) -> str:
+    where = f"class folders named as the training classes ({', '.join(classes)})" if naming is None else naming.kind
+    return f"{root}: no image in {where}; {folder_contents(root)}"
 
 
 def _apart_from_twins(train: ImageFolder, val: ImageFolder, groups: np.ndarray | None,

@@ -37,7 +37,7 @@ from .architectures import Architecture, get_architecture
 from .bars import stderr_console
 from .budget import TimeBudget
 from .data import (DatasetError, ImageFolder, Labeller, Splits, load_arrays, load_splits, predict_folder,
-                   read_dataset, recorded_split, shorter_side, warn_missing_classes)
+                   read_labelled, recorded_split, shorter_side, warn_missing_classes)
 from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
@@ -250,7 +250,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     reference = _fp32_sibling(model_path, scorer)
     predict_all = scorer.predict if reference is None else \
         lambda images: np.hstack([scorer.predict(images), reference.predict(images, batch_size=64)])  # one decode
-    labels, outputs, folder = predict_folder(read_dataset(data, classes, naming), preprocess, predict_all, cache_dir)
+    labels, outputs, folder = predict_folder(read_labelled(data, classes, naming), preprocess, predict_all,
+                                            cache_dir)
     probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = _per_source(labels, probabilities, groups, classes, decision)

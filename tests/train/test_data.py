@@ -119,6 +119,20 @@ def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell
     assert all("/val/" in p for p in splits.val.paths)
 
 
+def test_a_test_folder_of_loose_unlabelled_images_is_said_and_not_scored(tmp_path, blood_cell_images, caplog):
+    """Competitions ship their test images loose, without labels: training used to end, after its whole
+    budget, in "none of the 0 images could be read". A folder the user names with --test is refused at once."""
+    make_tree(tmp_path / "train", {"cat": 3, "dog": 3}, blood_cell_images[0])
+    make_tree(tmp_path, {"test": 2}, blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        assert load_splits(tmp_path).test is None
+    assert caplog.messages == [f"{tmp_path / 'test'}: no image in class folders named as the training classes (cat, "
+                               "dog); it holds 2 .jpeg files: unlabelled, so not a test set (classify its images with "
+                               "medclf-run)"]
+    with pytest.raises(DatasetError, match=r"test: no image in class folders named as the training classes"):
+        load_splits(tmp_path / "train", test=tmp_path / "test")
+
+
 def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_images):
     """The seed tutorials' dogs and cats ship ``training_set/`` and ``test_set/``; others ``Training``,
     ``Testing``, ``val-images``."""
