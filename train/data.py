@@ -30,7 +30,7 @@ from medclf.runtime.stream import decoded
 from .bars import track
 from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
-from .layout import (SPLIT_NAMES, DatasetError, check_found, is_split_name, not_a_class, split_key, without_masks,
+from .layout import (DatasetError, check_found, find_split, is_split_name, not_a_class, unwrapped, without_masks,
                      without_nested_copies)
 
 log = logging.getLogger(__name__)
@@ -168,16 +168,6 @@ def read_dataset(root: str | os.PathLike[str], classes: tuple[str, ...] | None =
     return read_named(root, naming, classes) if naming is not None else read_folder(root, classes)
 
 
-def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
-    """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms, spelt
-    ``training_set`` or ``test-data`` too), if present."""
-    root = Path(root)
-    if not root.is_dir():
-        return None
-    names = {split_key(d.name): d for d in sorted(root.iterdir(), reverse=True) if d.is_dir()}  # first name wins
-    return next((names[n] for n in SPLIT_NAMES[split] if n in names), None)
-
-
 @dataclass(frozen=True)
 class Splits:
     train: ImageFolder
@@ -206,6 +196,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     groups of them where files belong together (:func:`.groups.split_groups`: ``group_pattern``, ``group_copies``,
     a labels file's patients, or what the layout and the names show).
     """
+    data = unwrapped(data)
     train_dir = find_split(data, "train")
     root = train_dir or Path(data)
     train = read_dataset(root, naming=naming)

@@ -8,12 +8,13 @@ dataset as it unpacks is read as its owner meant, or the owner is told why not.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from medclf.runtime.annotations import segmentation_masks
-from medclf.runtime.inputs import folder_contents
+from medclf.runtime.inputs import folder_contents, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -122,3 +123,28 @@ def is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool
 def split_key(name: str) -> str:
     """``Training_Set`` → ``training``: a folder name as :data:`SPLIT_NAMES` spells splits."""
     return _SPLIT_SUFFIX.sub("", re.sub(r"[\s_.-]+", "", name.lower())) or name.lower()
+
+
+def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
+    """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms, spelt
+    ``training_set`` or ``test-data`` too), if present."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    names = {split_key(d.name): d for d in sorted(root.iterdir(), reverse=True) if d.is_dir()}  # first name wins
+    return next((names[n] for n in SPLIT_NAMES[split] if n in names), None)
+
+
+def unwrapped(data: str | os.PathLike[str]) -> Path:
+    """``data``, or the one folder it holds where that holds the splits (``train/``...) and ``data`` nothing else
+    that could be data: archives unpack into a folder of their own name (``chest_xray.zip`` →
+    ``chest_xray/chest_xray/{train,test,val}``). Said once; any other single folder is left to the class checks,
+    which ask the user (one patient folder of one class must not become the classes)."""
+    root = Path(data)
+    inner = [root / name for name in _subfolders(root)]
+    if len(inner) != 1 or find_split(inner[0], "train") is None or any(
+            is_image_file(path) for path in root.iterdir() if path.is_file()):
+        return root
+    log.warning("%s: holds only %s, a dataset split into %s: reading that", root, inner[0].name,
+                ", ".join(sorted(d.name for d in inner[0].iterdir() if d.is_dir() and not not_a_class(d.name))))
+    return inner[0]

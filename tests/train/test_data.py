@@ -119,6 +119,17 @@ def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell
     assert all("/val/" in p for p in splits.val.paths)
 
 
+def test_a_split_dataset_inside_a_folder_of_its_own_is_read_from_there(tmp_path, blood_cell_images, caplog):
+    """Archives unpack into a folder of their name: Kaggle's chest X-rays as ``chest_xray/chest_xray/train``."""
+    for split in ("train", "test"):
+        make_tree(tmp_path / "chest_xray" / split, {"NORMAL": 3, "PNEUMONIA": 3}, blood_cell_images[0])
+    (tmp_path / "notes.txt").write_text("downloaded from Kaggle")
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path)
+    assert (len(splits.train) + len(splits.val), len(splits.test)) == (6, 6)
+    assert caplog.messages == [f"{tmp_path}: holds only chest_xray, a dataset split into test, train: reading that"]
+
+
 def test_a_test_folder_of_loose_unlabelled_images_is_said_and_not_scored(tmp_path, blood_cell_images, caplog):
     """Competitions ship their test images loose, without labels: training used to end, after its whole
     budget, in "none of the 0 images could be read". A folder the user names with --test is refused at once."""
