@@ -30,8 +30,8 @@ from medclf.runtime.stream import decoded
 from .bars import track
 from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
-from .layout import (DatasetError, check_found, find_split, is_split_name, not_a_class, unwrapped, without_masks,
-                     without_nested_copies)
+from .layout import (DatasetError, check_found, find_split, is_split_name, loose_images_hint, not_a_class, unwrapped,
+                     without_masks, without_nested_copies)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,8 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
     if classes is None:
         classes = tuple(found)
         if len(classes) < 2:
-            raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}")
+            loose = loose_images_hint(root) if kind == "class folders" else ""
+            raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}{loose}")
     else:
         per_class = _named_as(root, per_class, classes)
         found = sorted(name for name, files in per_class.items() if files)

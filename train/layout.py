@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -21,6 +22,7 @@ log = logging.getLogger(__name__)
 SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 # ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
 _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
+NAME_SEPARATORS = (".", "_", "-", " ")  # loose_images_hint: how names put a label first (cat.0, benign (1))
 FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies (groups.MIN_SUBFOLDERS), not finer classes
 
 
@@ -148,3 +150,20 @@ def unwrapped(data: str | os.PathLike[str]) -> Path:
     log.warning("%s: holds only %s, a dataset split into %s: reading that", root, inner[0].name,
                 ", ".join(sorted(d.name for d in inner[0].iterdir() if d.is_dir() and not not_a_class(d.name))))
     return inner[0]
+
+
+def loose_images_hint(root: Path) -> str:
+    """What to do with a folder whose images lie loose rather than in class folders: the ``--name-labels`` that
+    would read their labels from their names, where one does (``cat.0.jpg``, ``dog.0.jpg`` → ``.``: two labels,
+    each on several files), else the two other ways. Empty where no image lies loose."""
+    names = [path.name for path in sorted(root.iterdir()) if path.is_file() and is_image_file(path)]
+    if not names:
+        return ""
+    for separator in NAME_SEPARATORS:
+        labels = Counter(Path(name).stem.split(separator)[0] for name in names if separator in Path(name).stem)
+        if sum(labels.values()) >= 0.9 * len(names) and 2 <= len(labels) <= 50 and min(labels.values()) >= 2 \
+                and not any(label.isdigit() for label in labels):
+            return (f"; {len(names)} images lie loose in it, named by label ({_shown(sorted(labels))}): pass "
+                    f"--name-labels '{separator}' to read labels from the names")
+    return (f"; {len(names)} images lie loose in it: sort them into one folder per class, or label them by name "
+            "(--name-labels SEP[:POS]) or by a sheet (--labels FILE.csv)")

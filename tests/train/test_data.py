@@ -77,6 +77,24 @@ def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):
         read_folder(tmp_path)
 
 
+def test_loose_images_named_by_label_are_answered_with_the_flag_that_reads_them(tmp_path, blood_cell_images):
+    """Kaggle's dogs vs cats ships ``train/cat.0.jpg``, ``train/dog.0.jpg``: the error names --name-labels '.'."""
+    for name in ("cat.0", "cat.1", "dog.0", "dog.1", "benign (1)", "benign (2)", "malignant (1)", "malignant (2)"):
+        folder = tmp_path / ("pets" if "." in name else "busi")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    with pytest.raises(DatasetError, match=r"found 0; 4 images lie loose in it, named by label \(cat, dog\): pass "
+                                           r"--name-labels '\.' to read labels from the names$"):
+        read_folder(tmp_path / "pets")
+    with pytest.raises(DatasetError, match=r"named by label \(benign, malignant\): pass --name-labels ' '"):
+        read_folder(tmp_path / "busi")
+    (tmp_path / "busi" / "other.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    (tmp_path / "busi" / "benign (1).jpeg").rename(tmp_path / "busi" / "IMG_1.jpeg")
+    with pytest.raises(DatasetError, match=r"5 images lie loose in it: sort them into one folder per class, or label "
+                                           r"them by name \(--name-labels SEP\[:POS\]\) or by a sheet"):
+        read_folder(tmp_path / "busi")
+
+
 def test_a_dataset_pointed_at_one_level_too_high_says_where_to_point(tmp_path, blood_cell_images):
     make_tree(tmp_path / "images", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
     with pytest.raises(DatasetError, match=r"found 1 \(images\); if its sub-folders \(NORMAL, PNEUMONIA\) are the "
