@@ -155,7 +155,8 @@ def unwrapped(data: str | os.PathLike[str]) -> Path:
 def loose_images_hint(root: Path) -> str:
     """What to do with a folder whose images lie loose rather than in class folders: the ``--name-labels`` that
     would read their labels from their names, where one does (``cat.0.jpg``, ``dog.0.jpg`` → ``.``: two labels,
-    each on several files), else the two other ways. Empty where no image lies loose."""
+    each on several files), else the other ways (naming a sheet beside it, as APTOS ships ``train.csv`` beside
+    ``train_images/``). Empty where no image lies loose."""
     names = [path.name for path in sorted(root.iterdir()) if path.is_file() and is_image_file(path)]
     if not names:
         return ""
@@ -165,5 +166,7 @@ def loose_images_hint(root: Path) -> str:
                 and not any(label.isdigit() for label in labels):
             return (f"; {len(names)} images lie loose in it, named by label ({_shown(sorted(labels))}): pass "
                     f"--name-labels '{separator}' to read labels from the names")
+    sheets = sorted(root.glob("*.csv")) + sorted(root.parent.glob("*.csv"))  # APTOS: train.csv by train_images/
+    sheet = f"--labels {sheets[0]}" if sheets else "--labels FILE.csv"
     return (f"; {len(names)} images lie loose in it: sort them into one folder per class, or label them by name "
-            "(--name-labels SEP[:POS]) or by a sheet (--labels FILE.csv)")
+            f"(--name-labels SEP[:POS]) or by a sheet ({sheet})")

@@ -91,7 +91,10 @@ def test_loose_images_named_by_label_are_answered_with_the_flag_that_reads_them(
     (tmp_path / "busi" / "other.jpeg").write_bytes(blood_cell_images[0].read_bytes())
     (tmp_path / "busi" / "benign (1).jpeg").rename(tmp_path / "busi" / "IMG_1.jpeg")
     with pytest.raises(DatasetError, match=r"5 images lie loose in it: sort them into one folder per class, or label "
-                                           r"them by name \(--name-labels SEP\[:POS\]\) or by a sheet"):
+                                           r"them by name \(--name-labels SEP\[:POS\]\) or by a sheet \(--labels FILE"):
+        read_folder(tmp_path / "busi")
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\n")  # APTOS: train.csv beside train_images/
+    with pytest.raises(DatasetError, match=r"or by a sheet \(--labels .*train\.csv\)$"):
         read_folder(tmp_path / "busi")
 
 
