@@ -30,11 +30,12 @@ MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (
 # name_groups: names are numbered within patients when at least NAMED_SHARED of the files share their name with
 # another, in NAMED_GROUPS groups or more, none holding most of a class (NAMED_BULK: the same name numbered through
 # a class, cat.1 ... cat.12500) or over NAMED_LARGEST of the files (NAMED_FLOOR files on small sets), which would
-# unbalance the split. Kermany's chest films: 41% shared, 632 groups of 2-30, the largest 0.6%. A rare class of
+# unbalance the split. Kermany's chest films: 65% shared, 1,065 groups of 2-30, the largest 0.6%. A rare class of
 # two patients is two groups of about half: kept. Blood-cells' _3_1169.jpeg (augmentation 3, 3% of the files)
 # would pass, but copies are looked for first and found there.
 NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, 20, 0.9, 0.05, 20
 _NUMBERED = re.compile(r"(.*\D)\d+")  # a name and the number it ends with
+_UP_TO_A_NUMBER = re.compile(r"^(.*\d)\D*$")  # a name up to its last digit
 
 
 def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False,
@@ -44,7 +45,7 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
     None (every file on its own). ``copies=None`` decides by looking, when no pattern or list is given: files
     filed in sub-folders of their class folder stay together by that sub-folder (:func:`subfolder_groups`), else
     copy groups if the files look shipped pre-augmented (``copies.detected_copies``), else files whose names
-    differ only in their last number (:func:`name_groups`)."""
+    share a patient's number (:func:`name_groups`)."""
     from .copies import copy_groups, detected_copies
 
     if copies:
@@ -116,22 +117,24 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
 
 
 def name_key(name: str, class_name: str) -> str | None:
-    """A file name without its extension, its last number and a class name it opens with — what the images of
-    one patient, slide or series share where a dataset numbers them: ``person12_bacteria_3.jpeg`` →
-    ``person12_bacteria_``, ``IM-0115-0001.jpeg`` → ``IM-0115-``, OCT's ``CNV-1016042-1.jpeg`` → ``-1016042-``
-    (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye; a class name counts where a separator follows it).
-    None for a name that does not end in a number.
-    A copy ``medclf augment`` wrote (``x.aug3.jpg``) has its source's."""
+    """What the images of one patient, slide or series share where a dataset numbers them: the file name without
+    its extension and its last number (the image's), then up to the number before it (the patient's; words
+    after it describe the image), and without a class name it opens with: ``person12_bacteria_3.jpeg`` and
+    ``person12_virus_7.jpeg`` → ``person12``, ``IM-0115-0001.jpeg`` → ``IM-0115``, OCT's ``CNV-1016042-1.jpeg``
+    → ``-1016042`` (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye; a class name counts where a separator
+    follows it). None for a name that does not end in a number. A copy ``medclf augment`` wrote (``x.aug3.jpg``)
+    has its source's."""
     match = _NUMBERED.fullmatch(AUGMENTED_COPY.sub("", Path(name).stem))
     if match is None:
         return None
     key = match.group(1)
+    key = _UP_TO_A_NUMBER.sub(r"\1", key)  # person12_bacteria_ → person12; cat. stays (no number before)
     opens = key.casefold().startswith(class_name.casefold()) and not key[len(class_name):][:1].isalnum()
-    return key[len(class_name):] if opens else key  # CNV-1016042- → -1016042-; class 0's 0123456_ stays
+    return key[len(class_name):] if opens else key  # CNV-1016042 → -1016042; class 0's 0123456 stays
 
 
 def name_groups(folder: ImageFolder) -> np.ndarray | None:
-    """Files whose names differ only in their last number (:func:`name_key`), where that is how the dataset
+    """Files whose names share what comes before their own number (:func:`name_key`), where that is how the dataset
     names a patient's images (the ``NAMED_*`` bounds), else None."""
     groups = []
     for path, label in zip(folder.paths, folder.labels):
@@ -145,10 +148,10 @@ def name_groups(folder: ImageFolder) -> np.ndarray | None:
             or _a_class_bulk(folder.labels, index.reshape(-1)):
         return None
     example = names[np.argmax(sizes)].removeprefix("name:")
-    log.warning("%d of %d images share their name but for its last number with others (%d groups such as "
-                "'%s…', up to %d images): read as one patient's or series' images, held out and counted "
-                "together (--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups),
-                np.sum(sizes > 1), example, largest)
+    log.warning("%d of %d images share the name before their own number with others (%d groups such as '%s…', up "
+                "to %d images): read as one patient's or series' images, held out and counted together "
+                "(--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups), np.sum(sizes > 1),
+                example, largest)
     return groups
 
 
