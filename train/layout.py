@@ -1,5 +1,6 @@
 """How a dataset is laid out on disk: which folders are classes, which are splits, and which look like neither —
-a copy of the dataset inside it, segmentation masks beside their images, classes one level further down.
+a copy of the dataset inside it, segmentation masks beside their images, classes one level further down or
+split further, a whole dataset wrapped in a folder of its own, images lying loose instead of in class folders.
 
 Each finding is said in one warning line (or refused with a :class:`DatasetError` saying where to point), so a
 dataset as it unpacks is read as its owner meant, or the owner is told why not.
