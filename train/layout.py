@@ -24,6 +24,7 @@ SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validati
 # ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
 _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
 NAME_SEPARATORS = (".", "_", "-", " ")  # loose_images_hint: how names put a label first (cat.0, benign (1))
+_PART = re.compile(r"[\W_]*(part|batch|chunk|split|set|folder)[\W_]*\d+$", re.IGNORECASE)  # _part_1, batch2
 FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies (groups.MIN_SUBFOLDERS), not finer classes
 
 
@@ -39,6 +40,7 @@ def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
     with_images = {name: files for name, files in per_class.items() if files}
     if len(with_images) == 1:
         _one_level_too_high(root, root / next(iter(with_images)))
+    _parts_of_one_folder(root, list(with_images))
     inner = {name: sorted({path.relative_to(root / name).parts[0] for path in files if path.parent != root / name})
              for name, files in with_images.items()}
     shared = inner[next(iter(inner))] if len(set(map(tuple, inner.values()))) == 1 else []
@@ -52,6 +54,21 @@ def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
                     "side by side in one folder", root,
                     "; ".join(f"{name}: {_shown(folders, 3)}" for name, folders in list(inner.items())[:3]),
                     len(with_images), _shown(list(with_images)), sum(map(len, inner.values())))
+
+
+def _parts_of_one_folder(root: Path, names: list[str]) -> None:
+    """Refuse (beside a sheet) or warn of class folders that are parts of one folder of images, not classes:
+    HAM10000 ships ``HAM10000_images_part_1/`` and ``_part_2/`` beside ``HAM10000_metadata.csv``, which holds
+    the labels — trained as folders, the model would learn which half of the download an image came in."""
+    if len(names) < 2 or not all(_PART.search(name) for name in names):
+        return
+    if len({_PART.sub("", name) for name in names}) > 1:
+        return
+    sheets = sorted(root.glob("*.csv"))
+    why = f"{root}: the class folders ({_shown(names)}) are numbered parts of one folder of images, not classes"
+    if sheets:
+        raise DatasetError(f"{why}; to take the labels from {sheets[0].name} beside them, pass --labels {sheets[0]}")
+    log.warning("%s: if the labels are elsewhere, pass --labels FILE.csv", why)
 
 
 def _sorted_into_a_few_folders(root: Path, with_images: dict[str, list[Path]], inner: dict[str, list[str]]) -> bool:

@@ -262,6 +262,22 @@ def test_class_folders_that_all_hold_the_same_sub_folders_are_warned_of(tmp_path
         "are the classes, point at one of the folders here or gather each class's images into one folder"]
 
 
+def test_numbered_parts_of_one_image_folder_are_not_classes(tmp_path, blood_cell_images, caplog):
+    """HAM10000 ships ``HAM10000_images_part_1/`` and ``_part_2/`` beside the sheet holding the labels."""
+    make_tree(tmp_path, {"HAM10000_images_part_1": 2, "HAM10000_images_part_2": 2}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        read_folder(tmp_path)
+    assert caplog.messages == [f"{tmp_path}: the class folders (HAM10000_images_part_1, HAM10000_images_part_2) are "
+                               "numbered parts of one folder of images, not classes: if the labels are elsewhere, "
+                               "pass --labels FILE.csv"]
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n")
+    with pytest.raises(DatasetError, match=r"not classes; to take the labels from HAM10000_metadata\.csv beside "
+                                           r"them, pass --labels .*HAM10000_metadata\.csv$"):
+        read_folder(tmp_path)
+    make_tree(tmp_path / "grades", {"grade1": 2, "grade2": 2}, blood_cell_images[0])
+    assert read_folder(tmp_path / "grades").classes == ("grade1", "grade2")  # classes named by number: classes
+
+
 def test_class_folders_that_keep_their_images_in_a_few_folders_of_their_own_are_warned_of(tmp_path,
                                                                                           blood_cell_images, caplog):
     """LC25000 unpacks to ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/{colon_aca,
