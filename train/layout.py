@@ -109,11 +109,16 @@ def _shown(names: list[str], most: int = 4) -> str:
 
 def _one_level_too_high(root: Path, only: Path) -> None:
     """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
-    to ``dataset/images/{A,B}``), saying where to point instead."""
-    inner = _subfolders(only)
+    to ``dataset/images/{A,B}``, or wrap twice: ``gaussian_filtered_images/gaussian_filtered_images/{Mild,...}``),
+    saying where to point instead."""
+    found = only
+    while len(inner := _subfolders(found)) == 1 and not any(path.is_file() and is_image_file(path)
+                                                             for path in found.iterdir()):
+        found = found / inner[0]
     if len(inner) >= 2:
-        raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if its "
-                           f"sub-folders ({_shown(inner)}) are the classes, point at {only}")
+        raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if the "
+                           f"sub-folders of {found.relative_to(root)} ({_shown(inner)}) are the classes, point at "
+                           f"{found}")
 
 
 def without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, list[Path]]:

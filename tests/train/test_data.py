@@ -99,10 +99,15 @@ def test_loose_images_named_by_label_are_answered_with_the_flag_that_reads_them(
 
 
 def test_a_dataset_pointed_at_one_level_too_high_says_where_to_point(tmp_path, blood_cell_images):
-    make_tree(tmp_path / "images", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
-    with pytest.raises(DatasetError, match=r"found 1 \(images\); if its sub-folders \(NORMAL, PNEUMONIA\) are the "
-                                           r"classes, point at .*images$"):
-        read_folder(tmp_path)
+    make_tree(tmp_path / "a" / "images", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"found 1 \(images\); if the sub-folders of images \(NORMAL, PNEUMONIA\) "
+                                           r"are the classes, point at .*images$"):
+        read_folder(tmp_path / "a")
+    # wrapped twice, as the diabetic retinopathy set's gaussian_filtered_images/gaussian_filtered_images/{Mild,...}
+    make_tree(tmp_path / "dr" / "gfi" / "gfi", {"Mild": 2, "No_DR": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"found 1 \(gfi\); if the sub-folders of gfi/gfi \(Mild, No_DR\) are the "
+                                           r"classes, point at .*dr/gfi/gfi$"):
+        read_folder(tmp_path / "dr")
 
 
 def test_validation_split_is_stratified_and_disjoint(blood_cells):
