@@ -30,8 +30,8 @@ from medclf.runtime.stream import decoded
 from .bars import track
 from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
-from .layout import (DatasetError, check_found, find_split, is_split_name, loose_images_hint, not_a_class, unwrapped,
-                     without_masks, without_nested_copies)
+from .layout import (DatasetError, check_found, find_split, is_split_name, loose_images_hint, not_a_class, not_a_folder,
+                     unwrapped, without_masks, without_nested_copies)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder")
+        raise not_a_folder(root)
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not not_a_class(d.name))
     if classes is None:
         found = without_nested_copies(root, found)
@@ -149,7 +149,7 @@ def read_named(root: str | os.PathLike[str], naming: Labeller,
     an error) or by a labels file (``CsvLabels``: images it does not list are left out, with a warning)."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: not a folder")
+        raise not_a_folder(root)
     per_class: dict[str, list[Path]] = {}
     unlabelled = []
     for path in without_masks(root, {".": list_images(root)})["."]:

@@ -25,11 +25,20 @@ SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validati
 _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
 NAME_SEPARATORS = (".", "_", "-", " ")  # loose_images_hint: how names put a label first (cat.0, benign (1))
 _PART = re.compile(r"[\W_]*(part|batch|chunk|split|set|folder)[\W_]*\d+$", re.IGNORECASE)  # _part_1, batch2
+ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".7z", ".rar")  # as datasets download
 FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies (groups.MIN_SUBFOLDERS), not finer classes
 
 
 class DatasetError(ValueError):
     """The folder is not a usable folder-per-class dataset; the message says what is wrong."""
+
+
+def not_a_folder(root: Path) -> DatasetError:
+    """The error for a dataset path that is no folder, saying what it is where that helps: an archive as
+    downloaded (``chest-xray-pneumonia.zip``) must be unpacked first."""
+    if root.is_file() and root.name.lower().endswith(ARCHIVES):
+        return DatasetError(f"{root}: an archive, not a folder: unpack it and pass the folder it gives")
+    return DatasetError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}")
 
 
 def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:

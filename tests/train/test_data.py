@@ -71,6 +71,14 @@ def test_segmentation_masks_beside_their_images_are_left_out_and_said(tmp_path, 
         "them, not images of a class"]
 
 
+def test_a_path_that_is_no_folder_says_what_it_is(tmp_path):
+    (tmp_path / "chest-xray-pneumonia.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DatasetError, match=r"pneumonia\.zip: an archive, not a folder: unpack it and pass the folder"):
+        load_splits(tmp_path / "chest-xray-pneumonia.zip")
+    with pytest.raises(DatasetError, match=r"missing: no such folder$"):
+        read_folder(tmp_path / "missing")
+
+
 def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):
     make_tree(tmp_path, {"only": 3}, blood_cell_images[0])
     with pytest.raises(DatasetError, match="at least 2 class folders"):
