@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medclf.runtime.atomic import write_json
 
-from .data import Labeller, Splits, read_dataset, stratified_split
+from .data import Labeller, Splits, pooled_for_folds, stratified_split
 from .groups import split_groups
 from .identical import twin_groups
 from .pipeline import Recipe, train_splits
@@ -29,7 +29,7 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
                    folds: int = 5, naming: Labeller | None = None,
                    cache_dir: str | os.PathLike[str] | None = None) -> dict:
     """Train ``folds`` models, write ``OUT/fold<k>/`` run directories and ``OUT/crossval.json``; return it."""
-    folder = read_dataset(data, naming=naming)
+    folder = pooled_for_folds(data, naming)
     if np.bincount(folder.labels).min() < folds:
         raise ValueError(f"{data}: every class needs at least {folds} images for {folds}-fold cross-validation")
     groups = twin_groups(folder, split_groups(folder, recipe.group_pattern, recipe.group_copies, naming))

@@ -199,12 +199,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     """
     data = unwrapped(data)
     train_dir = find_split(data, "train")
-    root = train_dir or Path(data)
-    train = read_dataset(root, naming=naming)
-    splits = [name for name in train.classes if is_split_name(name, ("val", "test"))]
-    if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
-        raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
-                           f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
+    train = _training_images(train_dir or data, naming)
     val_dir = find_split(data, "val") if train_dir else None
     val = read_dataset(val_dir, train.classes, naming) if val_dir is not None else None
     if val is not None and _too_small(val, train, val_split):
@@ -221,6 +216,33 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
         train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, _labelled_test(test_dir, train.classes, naming, given=test is not None), held_out)
+
+
+def _training_images(root: Path, naming: Labeller | None) -> ImageFolder:
+    """The images of ``root`` (a dataset, or its ``train/``), refusing a split folder read as a class."""
+    train = read_dataset(root, naming=naming)
+    splits = [name for name in train.classes if is_split_name(name, ("val", "test"))]
+    if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
+        raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
+                           f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
+    return train
+
+
+def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = None) -> ImageFolder:
+    """Every image cross-validation may fold: a dataset's, or a pre-split one's ``train/`` and ``val/`` pooled
+    — its ``test/`` is left out, said, so that it stays unseen (the folds read ``train`` and ``test`` as two
+    classes before)."""
+    data = unwrapped(data)
+    train_dir = find_split(data, "train")
+    folder = _training_images(train_dir or data, naming)
+    if train_dir is None:
+        return folder
+    if (val_dir := find_split(data, "val")) is not None:
+        folder = _concat(folder, read_dataset(val_dir, folder.classes, naming))
+    if (test_dir := find_split(data, "test")) is not None:
+        log.warning("%s: left out of the folds, so that it stays unseen (score the fold models on it with medclf "
+                    "evaluate)", test_dir)
+    return folder
 
 
 def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labeller | None,

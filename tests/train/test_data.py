@@ -13,8 +13,8 @@ import pytest
 
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
-    DatasetError, ImageFolder, NameLabels, load_arrays, load_splits, predict_folder, read_folder, Splits, read_named,
-    stratified_split, warn_missing_classes)
+    DatasetError, ImageFolder, NameLabels, load_arrays, load_splits, pooled_for_folds, predict_folder, read_folder,
+    Splits, read_named, stratified_split, warn_missing_classes)
 
 
 def make_tree(root, counts: dict[str, int], source) -> None:
@@ -162,6 +162,21 @@ def test_a_split_dataset_inside_a_folder_of_its_own_is_read_from_there(tmp_path,
         splits = load_splits(tmp_path)
     assert (len(splits.train) + len(splits.val), len(splits.test)) == (6, 6)
     assert caplog.messages == [f"{tmp_path}: holds only chest_xray, a dataset split into test, train: reading that"]
+
+
+def test_cross_validation_pools_train_and_val_and_leaves_test_unseen(tmp_path, blood_cell_images, caplog):
+    """``medclf crossval`` on a pre-split dataset folded ``train`` and ``test`` as two classes."""
+    for split in ("train", "val", "test"):
+        make_tree(tmp_path / split, {"cat": 2, "dog": 3}, blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        pooled = pooled_for_folds(tmp_path)
+    assert pooled.classes == ("cat", "dog") and len(pooled) == 10
+    assert all("/test/" not in path for path in pooled.paths)
+    assert caplog.messages == [f"{tmp_path / 'test'}: left out of the folds, so that it stays unseen (score the fold "
+                               "models on it with medclf evaluate)"]
+    make_tree(tmp_path / "flat", {"cat": 2, "dog": 2, "test": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match="test looks like a split"):
+        pooled_for_folds(tmp_path / "flat")
 
 
 def test_a_test_folder_of_loose_unlabelled_images_is_said_and_not_scored(tmp_path, blood_cell_images, caplog):
