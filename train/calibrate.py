@@ -40,7 +40,7 @@ from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
-from .data import Labeller, predict_folder, read_dataset
+from .data import Labeller, predict_folder, read_labelled
 from .groups import split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
@@ -97,7 +97,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                          f"{len(card.labels)} classes and calls the most probable")
     if prevalence and not class_bias:
         raise ValueError("a stated prevalence moves the class bias, so it needs one: drop --no-class-bias")
-    site = read_dataset(data, card.labels, naming)
+    site = read_labelled(data, card.labels, naming)
     counts = np.bincount(site.labels, minlength=len(card.labels))
     _enough(counts, card.labels, data)
     shares = stated_shares(prevalence, card.labels, counts) if prevalence else None

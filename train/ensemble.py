@@ -23,7 +23,7 @@ from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.preprocess import Preprocess
 
-from .data import ImageFolder, Labeller, load_arrays, predict_folder, read_dataset, recorded_split
+from .data import ImageFolder, Labeller, load_arrays, predict_folder, read_labelled, recorded_split
 from .evaluate import choose_threshold
 from .fit import predict, save_model
 from .pipeline import Recipe, TrainResult, report, train, write_run
@@ -71,7 +71,7 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
                "training": {"architecture": "ensemble", "members": [str(m.path.resolve()) for m in members]}}
     test_folder = None
     if test is not None:
-        test_folder = read_dataset(test, classes)
+        test_folder = read_labelled(test, classes)
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test")
