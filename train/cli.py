@@ -600,8 +600,9 @@ def _print_metrics(metrics: dict) -> None:
         if "per_source" in m:
             source = m["per_source"]
             right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
-            console.print(f"{split}, one vote per source: accuracy {source['accuracy']:.3f} over {source['sources']} "
-                          f"sources ({right})")
+            kind = source.get("kind", "sources")  # patients, or source images (copies of one cell)
+            console.print(f"{split}, one vote per {kind[:-1]}: accuracy {source['accuracy']:.3f} over "
+                          f"{source['sources']} {kind} ({right})")
         if "at_prevalence" in m:
             console.print(f"{split}, {_prevalence_line(m['at_prevalence'], m.get('positive_class'))}")
     if splits and len(metrics[splits[-1]]["per_class"]) > 2:

@@ -211,8 +211,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     if val is None:
         groups = split_groups(train, group_pattern, group_copies, naming)
         if groups is not None:
-            kind = "patients" if group_pattern and not group_copies else group_kind(groups)
-            held_out = f"{val_split:.0%} of the images, whole {kind} at a time"
+            held_out = f"{val_split:.0%} of the images, whole {group_kind(groups)} at a time"
         train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     return Splits(train, val, _labelled_test(test_dir, train.classes, naming, given=test is not None), held_out)

@@ -51,7 +51,7 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
     if copies:
         return copy_groups(folder.paths, folder.labels)
     if pattern:
-        return file_groups(folder.paths, pattern)
+        return np.char.add("pattern:", file_groups(folder.paths, pattern))
     if (listed := listed_groups(folder, naming)) is not None:
         return listed
     if copies is not None:
@@ -65,8 +65,8 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
 def group_kind(groups: np.ndarray) -> str:
     """What :func:`split_groups`' answer holds together, in a word for the split's summary line."""
     named = [str(group) for group in groups[:1000] if not str(group).startswith("file:")]
-    return "patients" if named and all(group.startswith(("group:", "name:", "folder:")) for group in named) \
-        else "sources"
+    return "patients" if named and all(group.startswith(("group:", "name:", "folder:", "pattern:"))
+                                       for group in named) else "sources"
 
 
 def file_groups(paths: tuple[str, ...], pattern: str) -> np.ndarray:

@@ -42,7 +42,7 @@ from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
 from .fit import FitConfig, fit, predict, save_model
-from .groups import split_groups
+from .groups import group_kind, split_groups
 from .identical import identical_files, seen_in_training
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
@@ -304,8 +304,10 @@ def _agreement(labels: np.ndarray, probabilities: np.ndarray, decision: Decision
 def _per_source(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None, classes: tuple[str, ...],
                 decision: Decision | None) -> dict:
     """``{"per_source": ...}`` where files belong together (copies of one image, a patient's), else nothing."""
-    return {} if groups is None else {"per_source": per_source_metrics(labels, probabilities, groups, classes,
-                                                                       decision)}
+    if groups is None:
+        return {}
+    return {"per_source": per_source_metrics(labels, probabilities, groups, classes, decision)
+            | {"kind": group_kind(groups)}}
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,13 @@ def test_a_rare_class_of_two_patients_does_not_hide_the_naming():
     assert groups is not None and len(set(groups)) == 302
 
 
+def test_what_is_held_together_is_named_for_the_summary_lines(blood_cells, chest_xray):
+    chest = read_folder(chest_xray / "test")
+    assert group_kind(split_groups(chest, KERMANY_PATIENT)) == "patients"
+    assert group_kind(split_groups(chest, copies=None)) == "patients"  # by their numbered names
+    assert group_kind(split_groups(read_folder(blood_cells / "TEST"), copies=True)) == "sources"  # one cell's copies
+
+
 def test_one_eye_filed_under_two_classes_is_one_group():
     octs = {name: [f"{name}-{1000 + i}-{j}.jpeg" for i in range(100) for j in range(3)] for name in ("CNV", "DRUSEN")}
     octs["DRUSEN"].append("DRUSEN-1000-7.jpeg")
