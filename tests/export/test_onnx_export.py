@@ -189,6 +189,17 @@ def test_a_binary_models_threshold_travels_into_the_onnx_file_and_the_runtime_ca
     assert calls == ["cataract" if p >= decision.threshold else "normal" for p in p_cataract]
 
 
+def test_an_exported_file_chooses_a_new_threshold_on_its_runs_validation_images(binary_export, cataract, tmp_path):
+    """The file names its run (``medclf.source.run_dir``): ``medclf evaluate FILE.onnx --target-sensitivity``
+    works as on the Keras model, and counts the run's own images among DATA as seen."""
+    from medclf.train.pipeline import evaluate_run
+
+    run, out, _, _ = binary_export
+    scored = evaluate_run(out / "model.onnx", cataract, target_sensitivity=1.0)
+    assert abs(scored["threshold"] - RunDir(run).decision.threshold) < 1e-3  # the rule training chose it by
+    assert scored["identical_to_training"] == 59  # every photo trained or validated the model
+
+
 def test_a_resize_inside_the_model_comes_out_at_its_size_by_onnx_rule_not_only_in_onnxruntime(blood_cell_images):
     """An ensemble member sees a 352-px image resized to 224 inside the graph; tf2onnx writes that as a scale of
     224/352, which in float32 gives floor(352 × scale) = 223 by ONNX's rule. The exported scale must give 224 by
