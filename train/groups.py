@@ -95,25 +95,36 @@ def listed_groups(folder: ImageFolder, naming: Labeller | None) -> np.ndarray | 
 
 
 def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
-    """The sub-folder right below each file's class folder — ``PNEUMONIA/patient12/study1/IM0001`` →
-    ``patient12``, as PACS exports and many archives file images by patient or study — when most files sit in
-    one (``MIN_NESTED``) and there are ``MIN_SUBFOLDERS`` of them; a file directly in its class folder is a
-    group of its own. The same sub-folder name under two classes is one group: one patient's normal and
-    abnormal films stay on one side of the split."""
-    groups, nested = [], 0
-    for path, label in zip(folder.paths, folder.labels):
-        file, name = Path(path), folder.classes[label]
-        below = None if file.parent.name == name else next(
-            (child.name for child, parent in zip(file.parents, file.parents[1:]) if parent.name == name), None)
-        nested += below is not None
-        groups.append(f"folder:{below}" if below is not None else f"file:{path}")
-    subfolders = len({group for group in groups if group.startswith("folder:")})
-    if nested < MIN_NESTED * len(groups) or subfolders < MIN_SUBFOLDERS:
-        return None
-    log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies): a "
-                "sub-folder's images are held out and counted together (--no-group-copies: each image on its own)",
-                nested, len(groups), subfolders)
-    return np.asarray(groups)
+    """The sub-folder below each file's class folder — ``PNEUMONIA/patient12/study1/IM0001`` → ``patient12``, as
+    PACS exports and many archives file images by patient or study — at the shallowest level where most files sit
+    in one (``MIN_NESTED``) and there are ``MIN_SUBFOLDERS`` of them: BreakHis files its patients three levels
+    down (``benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/``), below one ``SOB`` and a few tumour types. A file
+    above that level is a group of its own. Right below the class, the same sub-folder name under two classes
+    is one group: one patient's normal and abnormal films stay on one side of the split."""
+    below = [_folders_below(Path(path), folder.classes[label]) for path, label in zip(folder.paths, folder.labels)]
+    for level in range(max(map(len, below), default=0)):
+        groups = [f"folder:{'/'.join(folders[:level + 1])}" if len(folders) > level else f"file:{path}"
+                  for folders, path in zip(below, folder.paths)]
+        nested = sum(len(folders) > level for folders in below)
+        subfolders = len({group for group in groups if group.startswith("folder:")})
+        if nested >= MIN_NESTED * len(groups) and subfolders >= MIN_SUBFOLDERS:
+            example = next(group for group in groups if group.startswith("folder:")).removeprefix("folder:")
+            where = "sub-folders of their class folders" if level == 0 else \
+                f"folders {level + 1} levels below their class folders (such as {example})"
+            log.warning("%d of %d images sit in %d %s (patients, studies): a folder's images are held out and "
+                        "counted together (--no-group-copies: each image on its own)", nested, len(groups),
+                        subfolders, where)
+            return np.asarray(groups)
+    return None
+
+
+def _folders_below(file: Path, class_name: str) -> tuple[str, ...]:
+    """The folders between ``file`` and its class folder, outermost first; none where it sits right in it (or
+    in no folder of that name: labels from names or a sheet)."""
+    for depth, parent in enumerate(file.parents):
+        if parent.name == class_name:
+            return tuple(folder.name for folder in reversed(file.parents[:depth]))
+    return ()
 
 
 def name_key(name: str, class_name: str) -> str | None:

@@ -120,5 +120,23 @@ def test_images_filed_by_patient_folder_keep_each_patient_on_one_side_by_default
         splits = load_splits(tmp_path / "data", 0.15, group_copies=None)
     folder_of = {split: {Path(path).parent.name for path in getattr(splits, split).paths} for split in ("train", "val")}
     assert folder_of["val"] and not folder_of["train"] & folder_of["val"]
-    assert "a sub-folder's images are held out and counted together" in caplog.text
+    assert "sit in 237 sub-folders of their class folders (patients, studies): a folder's images are held out" \
+        in caplog.text
     assert subfolder_groups(read_folder(chest_xray / "test")) is None  # files right in their class folders
+
+
+def test_patients_filed_deeper_below_their_class_are_found_at_their_level(tmp_path, blood_cell_images, caplog):
+    """BreakHis: ``benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/*.png`` — one SOB folder and a few tumour types
+    per class above the patients, a folder per magnification below them."""
+    for k in range(24):
+        tumour = ("benign/SOB/adenosis", "benign/SOB/fibroadenoma", "malignant/SOB/ductal_carcinoma")[k % 3]
+        for magnification in ("40X", "100X"):
+            images = tmp_path / tumour / f"patient{k}" / magnification
+            images.mkdir(parents=True)
+            (images / f"{k}_{magnification}.png").symlink_to(blood_cell_images[k % len(blood_cell_images)])
+    folder = read_folder(tmp_path)
+    with caplog.at_level(logging.WARNING):
+        groups = subfolder_groups(folder)
+    assert len(set(groups)) == 24  # a patient's magnifications together
+    assert "48 of 48 images sit in 24 folders 3 levels below their class folders (such as SOB/adenosis/patient0)" \
+        in caplog.text
