@@ -23,6 +23,7 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
+from .layout import find_split, is_split_name
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: not a folder")
     augmenter = make_augmenter(seed, policy)
-    images = list_images(data)
+    images = list_images(_training_part(data, out))
     masks = dataset_masks(images, data)
     if masks:
         log.warning("%s: %d segmentation mask(s) not augmented (e.g. %s): outlines of the images beside them",
@@ -64,6 +65,20 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
         for destination, view in zip(written, views):
             write_image(destination, cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
         yield Augmented(str(path), written)
+
+
+def _training_part(data: Path, out: Path) -> Path:
+    """What to augment: a pre-split dataset's ``train/`` alone, said — augmented validation or test images would
+    judge a model on altered copies (blood-cells TEST is ~25 copies of each of 100 cells: 100 cells, not 2,487
+    images) — else all of ``data``."""
+    train = find_split(data, "train")
+    if train is None:
+        return data
+    others = sorted(d.name for d in data.iterdir() if d.is_dir() and d != train and is_split_name(d.name))
+    if others:
+        log.warning("%s: only %s/ is augmented (into %s); %s left out: a model is judged on real images", data,
+                    train.name, out / train.name, ", ".join(f"{name}/" for name in others))
+    return train
 
 
 def _copy_name(path: Path, k: int) -> str:

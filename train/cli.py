@@ -386,7 +386,8 @@ def augment(
     augmentation: Annotated[str, typer.Option(help="Policy: default or microscopy (as in medclf train).")] = "default",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
-    """Write augmented copies of every image to disk (training augments on the fly and does not need this)."""
+    """Write augmented copies of every image to disk, of train/ alone where DATA is split (training augments on
+    the fly and does not need this)."""
     import_tensorflow()
     from .augment import augment_folder
 

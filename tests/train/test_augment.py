@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -29,6 +32,22 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
     assert all(view.shape == original.shape for view in views)
     assert all(not np.array_equal(view, original) for view in views)
     assert not np.array_equal(views[0], views[1])
+
+
+def test_a_split_dataset_has_only_its_training_images_augmented(cataract, tmp_path, caplog):
+    """Augmented test images would judge a model on altered copies of a few sources."""
+    from medclf.train.augment import augment_folder
+
+    photo = sorted((cataract / "cataract").iterdir())[0]
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "cataract").mkdir(parents=True)
+        (tmp_path / "data" / split / "cataract" / f"{split}.jpg").symlink_to(photo)
+    with caplog.at_level(logging.WARNING):
+        done = list(augment_folder(tmp_path / "data", tmp_path / "out", copies=2))
+    assert [Path(item.source).parent.parent.name for item in done] == ["train"]
+    assert sorted(path.relative_to(tmp_path / "out").as_posix() for path in (tmp_path / "out").rglob("*.jpg")) == [
+        "train/cataract/train.aug0.jpg", "train/cataract/train.aug1.jpg"]
+    assert f"only train/ is augmented (into {tmp_path / 'out' / 'train'}); test/ left out" in caplog.text
 
 
 def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):
