@@ -202,7 +202,11 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     train = _training_images(train_dir or data, naming)
     val_dir = find_split(data, "val") if train_dir else None
     val = read_dataset(val_dir, train.classes, naming) if val_dir is not None else None
-    if val is not None and _too_small(val, train, val_split):
+    if val is not None and not len(val):
+        log.warning("%s: unlabelled, so %.0f%% of the training images are held out instead",
+                    _unlabelled(val_dir, train.classes, naming), 100 * val_split)
+        val = None
+    elif val is not None and _too_small(val, train, val_split):
         log.warning("%s: %d images (%s) are too few to choose a model or a threshold on; merged into training, "
                     "%.0f%% of it held out instead", val_dir, len(val),
                     ", ".join(f"{n} {name}" for name, n in val.class_counts().items()), 100 * val_split)

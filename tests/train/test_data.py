@@ -191,6 +191,13 @@ def test_a_test_folder_of_loose_unlabelled_images_is_said_and_not_scored(tmp_pat
                                "medclf-run)"]
     with pytest.raises(DatasetError, match=r"test: no image in class folders named as the training classes"):
         load_splits(tmp_path / "train", test=tmp_path / "test")
+    (tmp_path / "test").rename(tmp_path / "val")  # a loose val/: a split is held out instead
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(load_splits(tmp_path).val) == 2
+    assert caplog.messages == [f"{tmp_path / 'val'}: no image in class folders named as the training classes (cat, "
+                               "dog); it holds 2 .jpeg files: unlabelled, so 15% of the training images are held out "
+                               "instead"]
 
 
 def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_images):
