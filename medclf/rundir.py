@@ -51,7 +51,12 @@ class RunDir:
         model = Path(run) / MODEL if run else None
         if model is None or not digest or not model.is_file():
             return None
-        return cls.of_model(model) if hashlib.sha256(model.read_bytes()).hexdigest() == digest else None
+        if hashlib.sha256(model.read_bytes()).hexdigest() != digest:
+            return None
+        try:
+            return cls.of_model(model)
+        except FileNotFoundError:  # the model without its run's files: nothing to check against
+            return None
 
     @property
     def labels(self) -> tuple[str, ...]:
