@@ -30,8 +30,8 @@ from medclf.runtime.stream import decoded
 from .bars import track
 from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
-from .layout import (DatasetError, check_found, find_split, is_split_name, loose_images_hint, not_a_class, not_a_folder,
-                     unwrapped, without_masks, without_nested_copies)
+from .layout import (DatasetError, check_found, find_split, is_split_name, not_a_class, not_a_folder, unwrapped,
+                     without_masks, without_nested_copies)
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,7 @@ def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
     if classes is None:
         classes = tuple(found)
         if len(classes) < 2:
-            loose = loose_images_hint(root) if kind == "class folders" else ""
-            raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}{loose}")
+            raise DatasetError(f"{root}: need at least 2 {kind} with images, found {len(classes)}")
     else:
         per_class = _named_as(root, per_class, classes)
         found = sorted(name for name, files in per_class.items() if files)
@@ -210,7 +209,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
         log.warning("%s: %d images (%s) are too few to choose a model or a threshold on; merged into training, "
                     "%.0f%% of it held out instead", val_dir, len(val),
                     ", ".join(f"{n} {name}" for name, n in val.class_counts().items()), 100 * val_split)
-        train, val = _concat(train, val), None
+        train, val = concat(train, val), None
     held_out = f"{val_dir.name}/ folder" if val is not None else f"{val_split:.0%} of the images at random"
     if val is None:
         groups = split_groups(train, group_pattern, group_copies, naming)
@@ -241,7 +240,7 @@ def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = Non
     if train_dir is None:
         return folder
     if (val_dir := find_split(data, "val")) is not None:
-        folder = _concat(folder, read_dataset(val_dir, folder.classes, naming))
+        folder = concat(folder, read_dataset(val_dir, folder.classes, naming))
     if (test_dir := find_split(data, "test")) is not None:
         log.warning("%s: left out of the folds, so that it stays unseen (score the fold models on it with medclf "
                     "evaluate)", test_dir)
@@ -255,14 +254,14 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     folder the user named must hold some: refused before training rather than after it."""
     if folder is None:
         return None
-    if given:
-        return read_labelled(folder, classes, naming)
     test = read_dataset(folder, classes, naming)
-    if not len(test):
-        log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
-                    _unlabelled(folder, classes, naming))
-        return None
-    return test
+    if len(test):
+        return test
+    if given:
+        raise DatasetError(_unlabelled(folder, classes, naming))
+    log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
+                _unlabelled(folder, classes, naming))
+    return None
 
 
 def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...],
@@ -322,7 +321,8 @@ def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
     return any(have[name] < min(MIN_VAL_PER_CLASS, int(val_split * n)) for name, n in train.class_counts().items())
 
 
-def _concat(a: ImageFolder, b: ImageFolder) -> ImageFolder:
+def concat(a: ImageFolder, b: ImageFolder) -> ImageFolder:
+    """``a``'s images followed by ``b``'s (same classes)."""
     return ImageFolder(a.paths + b.paths, np.concatenate([a.labels, b.labels]), a.classes)
 
 

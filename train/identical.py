@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from .data import ImageFolder, Splits
+from .data import ImageFolder, Splits, concat
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ def twins_to_training(train: ImageFolder, val: ImageFolder,
         return train, val
     log.warning("%d validation image(s) moved to training: byte-identical to training images of their class "
                 "(e.g. %s), they would be scored as unseen", int(moving.sum()), val.paths[int(np.argmax(moving))])
-    moved = val.subset(np.flatnonzero(moving))
-    return (ImageFolder(train.paths + moved.paths, np.concatenate([train.labels, moved.labels]), train.classes),
-            val.subset(np.flatnonzero(~moving)))
+    return concat(train, val.subset(np.flatnonzero(moving))), val.subset(np.flatnonzero(~moving))
 
 
 def twin_groups(folder: ImageFolder, groups: np.ndarray | None) -> np.ndarray | None:

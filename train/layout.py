@@ -42,11 +42,14 @@ def not_a_folder(root: Path) -> DatasetError:
 
 
 def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
-    """Say what looks wrong with the classes found: a folder without images must not vanish unsaid, and a
-    dataset whose class folders may be one level further down is refused or warned of."""
+    """Say what looks wrong with the classes found: a folder without images must not vanish unsaid; a folder
+    of loose images, or a dataset whose class folders may be one level further down, is refused saying what to
+    do; class folders that may not be the classes are warned of."""
     for name in (name for name, files in per_class.items() if not files):
         log.warning("%s: no image in it (%s), so it is not a class", root / name, folder_contents(root / name))
     with_images = {name: files for name, files in per_class.items() if files}
+    if not with_images:
+        raise DatasetError(f"{root}: need at least 2 class folders with images, found 0{loose_images_hint(root)}")
     if len(with_images) == 1:
         _one_level_too_high(root, root / next(iter(with_images)))
     _parts_of_one_folder(root, list(with_images))
