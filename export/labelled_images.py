@@ -19,10 +19,11 @@ from medclf.runtime.preprocess import ImageError, load_image
 
 
 def folder_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
-    """The images under ``folder`` with their class names, as training reads a folder: the sub-folder of
-    ``folder`` each file sits in, at any depth below it (``NORMAL/patient12/IM0001`` is ``NORMAL``), or
-    ``folder``'s own name for files directly in it (one class's folder). Segmentation masks beside the images
-    (:mod:`~medclf.runtime.annotations`) are left out, as training leaves them out."""
+    """The images under ``folder`` with the folders each sits in below it, which name its class
+    (:func:`load_labelled` reads ``NORMAL/patient12`` as ``NORMAL``, ``fold_0/all`` and ``lung_image_sets/lung_aca``
+    as the model's ``all`` and ``lung_aca``, as training reads such layouts), or ``folder``'s own name for files
+    directly in it (one class's folder). Segmentation masks beside the images (:mod:`~medclf.runtime.annotations`)
+    are left out, as training leaves them out."""
     root = Path(folder)
     images = list_images(root)
     masks = dataset_masks(images, root)
@@ -30,12 +31,18 @@ def folder_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]
         print(f"{root}: {len(masks)} segmentation mask(s) left out (e.g. {min(masks).relative_to(root)})",
               file=sys.stderr)
     paths = [path for path in images if path not in masks]
-    return [str(p) for p in paths], [_class_name(path, root) for path in paths]
+    return [str(p) for p in paths], [_folders(path, root) for path in paths]
 
 
-def _class_name(path: Path, root: Path) -> str:
+def _folders(path: Path, root: Path) -> str:
     parts = path.relative_to(root).parts
-    return parts[0] if len(parts) > 1 else root.resolve().name
+    return "/".join(parts[:-1]) if len(parts) > 1 else root.resolve().name
+
+
+def _class_of(folders: str, classes: tuple[str, ...]) -> str | None:
+    """The first of ``folders`` (``a/b``) that stands for one of ``classes``, as that class."""
+    return next((match for name in folders.split("/") if (match := matching_class(name, classes)) is not None),
+                None)
 
 
 def spread(count: int, most: int) -> np.ndarray:
@@ -45,7 +52,8 @@ def spread(count: int, most: int) -> np.ndarray:
 
 
 def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
-    """Decoded images, and their label indices when every file's class stands for one of the model's labels
+    """Decoded images, and their label indices when every file's class — its name, or the first of its folders
+    (``fold_0/all``) that stands for one — is one of the model's labels
     (:func:`~medclf.runtime.class_names.matching_class`: ``normal`` for ``NORMAL``, as training reads val/ and
     test/). An unreadable file is skipped with a line naming it; classes that are not the model's are said once,
     and accuracy is then not measured."""
@@ -59,8 +67,8 @@ def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[
     if not images:
         raise FileNotFoundError("none of the verification images could be read")
     classes = tuple(card.labels)
-    matched = {name: matching_class(name, classes) for name in {names[i] for i in kept}}
-    unknown = sorted(name for name, label in matched.items() if label is None)
+    matched = {name: _class_of(name, classes) for name in {names[i] for i in kept}}
+    unknown = sorted({name.split("/")[0] for name, label in matched.items() if label is None})
     if unknown:
         print(f"accuracy not measured: {', '.join(unknown[:5])} {'is' if len(unknown) == 1 else 'are'} not among "
               f"the model's classes {', '.join(card.labels)}", file=sys.stderr)

@@ -30,8 +30,8 @@ from medclf.runtime.stream import decoded
 from .bars import track
 from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
-from .layout import (DatasetError, check_found, find_split, is_split_name, not_a_class, not_a_folder, unwrapped,
-                     without_masks, without_nested_copies)
+from .layout import (DatasetError, check_found, class_folders, find_split, is_split_name, not_a_class, not_a_folder,
+                     unwrapped, without_masks, without_nested_copies)
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,8 @@ class ImageFolder:
 
 def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None) -> ImageFolder:
     """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively; finding
-    the classes, a folder without images is not one, and is named in a warning).
+    the classes, a folder without images is not one, and is named in a warning) — or the folders below, where
+    the layout says those are the classes (:func:`~.layout.class_folders`: numbered parts, finer classes).
 
     Pass ``classes`` to read a validation or test folder with the training set's label order; a class it lacks
     is allowed (a test set may miss one), a class it has and training did not is an error.
@@ -74,8 +75,11 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not not_a_class(d.name))
     if classes is None:
         found = without_nested_copies(root, found)
-    per_class = without_masks(root, {name: list_images(root / name) for name in found})
-    if classes is None:
+    sources = class_folders(root, found)
+    per_folder = without_masks(root, {folder: list_images(root / folder) for folders in sources.values()
+                                      for folder in folders})
+    per_class = {name: [path for folder in folders for path in per_folder[folder]] for name, folders in sources.items()}
+    if classes is None and all(folders == [name] for name, folders in sources.items()):
         check_found(root, per_class)
     return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
 

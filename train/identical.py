@@ -19,6 +19,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from .data import ImageFolder, Splits, concat
 
@@ -108,19 +110,15 @@ def twin_groups(folder: ImageFolder, groups: np.ndarray | None) -> np.ndarray | 
     twins = [indices for indices in members.values() if len(indices) > 1]
     if not twins or sum(map(len, twins)) > len(folder) // 2:
         return groups
-    names = list(groups) if groups is not None else [f"file:{path}" for path in folder.paths]
-    joined = {name: name for name in names}
-
-    def root(name: str) -> str:
-        while joined[name] != name:
-            name = joined[name]
-        return name
-
-    for indices in twins:
-        roots = sorted({root(names[i]) for i in indices})
-        for other in roots[1:]:
-            joined[other] = roots[0]
-    return np.asarray([root(name) for name in names])
+    names, index = np.unique(np.asarray(groups if groups is not None else [f"file:{path}" for path in folder.paths]),
+                             return_inverse=True)
+    index = index.reshape(-1)
+    links = np.asarray([(index[a], index[b]) for indices in twins for a, b in zip(indices, indices[1:])]).T
+    graph = coo_matrix((np.ones(links.shape[1], np.int8), (links[0], links[1])), shape=(len(names), len(names)))
+    component = connected_components(graph, directed=False)[1]
+    first = np.full(component.max() + 1, len(names))  # a joined group is named by its first name, sorted
+    np.minimum.at(first, component, np.arange(len(names)))
+    return names[first[component]][index]
 
 
 def _digests(folders: dict[str, ImageFolder]) -> dict[str, list[str | None]]:

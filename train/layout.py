@@ -1,6 +1,7 @@
 """How a dataset is laid out on disk: which folders are classes, which are splits, and which look like neither —
-a copy of the dataset inside it, segmentation masks beside their images, classes one level further down or
-split further, a whole dataset wrapped in a folder of its own, images lying loose instead of in class folders.
+a copy of the dataset inside it, segmentation masks beside their images, classes one level further down, split
+further or into numbered parts, a whole dataset wrapped in a folder of its own, images lying loose instead of in
+class folders.
 
 Each finding is said in one warning line (or refused with a :class:`DatasetError` saying where to point), so a
 dataset as it unpacks is read as its owner meant, or the owner is told why not.
@@ -24,7 +25,7 @@ SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validati
 # ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
 _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
 NAME_SEPARATORS = (".", "_", "-", " ")  # loose_images_hint: how names put a label first (cat.0, benign (1))
-_PART = re.compile(r"[\W_]*(part|batch|chunk|split|set|folder)[\W_]*\d+$", re.IGNORECASE)  # _part_1, batch2
+_PART = re.compile(r"[\W_]*(part|batch|chunk|split|set|folder|fold)[\W_]*\d+$", re.IGNORECASE)  # _part_1, fold_0
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".7z", ".rar")  # as datasets download
 FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies (groups.MIN_SUBFOLDERS), not finer classes
 
@@ -39,6 +40,88 @@ def not_a_folder(root: Path) -> DatasetError:
     if root.is_file() and root.name.lower().endswith(ARCHIVES):
         return DatasetError(f"{root}: an archive, not a folder: unpack it and pass the folder it gives")
     return DatasetError(f"{root}: {'not a folder' if root.exists() else 'no such folder'}")
+
+
+def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
+    """Each class and the folders under ``root`` holding its images: each folder found is a class of its own,
+    unless the folders are plainly not the classes but the folders below them are — numbered parts of the
+    dataset that each hold the same class folders (C-NMC's ``fold_0/{all,hem}``, ``fold_1/{all,hem}``...: the
+    classes, pooled over the parts), or classes each split into finer ones named after it (LC25000's
+    ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/{colon_aca,colon_n}``: the five
+    tissue types). Either is said in one line."""
+    pooled = _pooled_parts(root, found)
+    if pooled is not None:
+        log.warning("%s: %s are numbered parts of the dataset, each holding the same class folders (%s): read as "
+                    "%d classes, each pooled over the parts", root, _shown(found), _shown(sorted(pooled)), len(pooled))
+        return pooled
+    finer = _finer_classes(root, found)
+    if finer is not None:
+        log.warning("%s: every folder here holds only folders named after it (%s): read as the %d finer classes "
+                    "(%s); to classify %s instead, gather each one's images into one folder", root,
+                    "; ".join(f"{name}: {_shown([Path(f).name for f in folders], 3)}" for name, folders in
+                              _by_parent(finer).items()), len(finer), _shown(sorted(finer)), _shown(found))
+        return finer
+    return {name: [name] for name in found}
+
+
+def _pooled_parts(root: Path, found: list[str]) -> dict[str, list[str]] | None:
+    """Class name → its folder in each part, where every folder found is a numbered part (``fold_0``, ``part 2``)
+    of one whole, holding no image of its own and the same two or more class folders as the others."""
+    if len(found) < 2 or not all(_PART.search(name) for name in found) or len({_PART.sub("", name).casefold()
+                                                                             for name in found}) > 1:
+        return None
+    inner = [_subfolders(root / name) for name in found]
+    if len(inner[0]) < 2 or any(folders != inner[0] for folders in inner) or any(_holds_images(root / name)
+                                                                                 for name in found):
+        return None
+    return {name: [f"{part}/{name}" for part in found] for name in inner[0]}
+
+
+def _finer_classes(root: Path, found: list[str]) -> dict[str, list[str]] | None:
+    """Finer class name → its folder, where every folder found holds no image of its own, only 2 to
+    ``FEW_SUBFOLDERS`` folders named after it (their first word begins like one of its words: ``lung_aca`` in
+    ``lung_image_sets``, ``cervix_dyk`` in ``Cervical Cancer``), all names different, and not the same finer
+    names under every folder (``Normal/{Normal_siteA,Normal_siteB}`` beside ``Pneumonia/{Pneumonia_siteA,...}``
+    are sites, not classes)."""
+    if len(found) < 2 or any(_holds_images(root / name) for name in found):
+        return None
+    inner = {name: _subfolders(root / name) for name in found}
+    if not all(2 <= len(folders) <= FEW_SUBFOLDERS and all(_named_after(sub, name) for sub in folders)
+               for name, folders in inner.items()):
+        return None
+    names = [sub.casefold() for folders in inner.values() for sub in folders]
+    endings = {frozenset(" ".join(_words(sub)[1:]) for sub in folders) for folders in inner.values()}
+    if len(set(names)) < len(names) or len(endings) == 1:
+        return None
+    return {sub: [f"{name}/{sub}"] for name, folders in inner.items() for sub in folders}
+
+
+def _named_after(child: str, parent: str) -> bool:
+    """Whether ``child``'s first word begins as one of ``parent``'s words does (at least 3 letters, 4 where both
+    have them): ``lung_aca`` / ``lung_image_sets``, ``lymph_cll`` / ``Lymphoma``, ``all_pre`` / ``ALL``."""
+    first = (_words(child) or [""])[0]
+    return any(len(common := os.path.commonprefix([first, word])) >= min(4, len(first), len(word)) and len(common) >= 3
+               for word in _words(parent))
+
+
+def _words(name: str) -> list[str]:
+    return re.findall(r"[a-z]+", name.lower())
+
+
+def _by_parent(folders: dict[str, list[str]]) -> dict[str, list[str]]:
+    parents: dict[str, list[str]] = {}
+    for paths in folders.values():
+        for path in paths:
+            parents.setdefault(Path(path).parent.name, []).append(path)
+    return parents
+
+
+def _holds_images(folder: Path) -> bool:
+    """Whether ``folder`` holds an image of its own (not in a sub-folder)."""
+    try:
+        return any(path.is_file() and is_image_file(path) for path in folder.iterdir())
+    except OSError:
+        return False
 
 
 def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
@@ -84,9 +167,9 @@ def _parts_of_one_folder(root: Path, names: list[str]) -> None:
 
 
 def _sorted_into_a_few_folders(root: Path, with_images: dict[str, list[Path]], inner: dict[str, list[str]]) -> bool:
-    """Whether every class folder holds no image of its own, only 2 to ``FEW_SUBFOLDERS`` folders of them: maybe
-    the finer classes (LC25000's ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/...``),
-    maybe a few patients each — the user knows which."""
+    """Whether every class folder holds no image of its own, only 2 to ``FEW_SUBFOLDERS`` folders of them, not
+    named after it (finer classes named so are read as the classes, :func:`class_folders`): maybe finer classes
+    (``benign/{adenosis,fibroadenoma}``), maybe a few patients each — the user knows which."""
     return all(2 <= len(inner[name]) <= FEW_SUBFOLDERS and all(path.parent != root / name for path in files)
                for name, files in with_images.items())
 

@@ -38,6 +38,15 @@ def test_a_folder_names_each_image_by_its_class_folder_at_any_depth_and_leaves_m
     cv2.imwrite(str(tmp_path / "NEUTROPHIL" / "cell 1_mask.png"), outline)
     paths, names = folder_images(tmp_path)
     assert [p[len(str(tmp_path)) + 1:] for p in paths] == ["EOSINOPHIL/patient12/IM0001.jpeg", "NEUTROPHIL/cell 1.jpeg"]
-    assert names == ["EOSINOPHIL", "NEUTROPHIL"]
+    assert names == ["EOSINOPHIL/patient12", "NEUTROPHIL"]
     assert capsys.readouterr().err == f"{tmp_path}: 1 segmentation mask(s) left out (e.g. NEUTROPHIL/cell 1_mask.png)\n"
     assert folder_images(tmp_path / "NEUTROPHIL")[1] == ["NEUTROPHIL"]  # one class's folder: its own name
+    assert load_labelled(paths, names, Classifier().card)[1].tolist() == [0, 3]
+
+
+def test_a_class_is_the_first_folder_that_names_one_of_the_models_classes(blood_cell_images):
+    """Layouts training reads below their top folders — numbered parts (``fold_0/EOSINOPHIL``), finer classes
+    (``granulocytes/NEUTROPHIL``) — label their images by the folder that names the model's class."""
+    paths = [str(blood_cell_images[0])] * 3
+    names = ["fold_0/EOSINOPHIL", "granulocytes/neutrophil", "fold_1/LYMPHOCYTE/patient3"]
+    assert load_labelled(paths, names, Classifier().card)[1].tolist() == [0, 3, 1]

@@ -1,0 +1,221 @@
+"""How a dataset's layout is read: which folders are the classes and which are splits, copies of the dataset,
+segmentation masks, numbered parts or finer classes — each read as its owner meant, or refused saying where
+to point."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from medclf.train.data import DatasetError, load_splits, read_folder
+
+from .trees import make_tree
+
+
+def test_segmentation_masks_beside_their_images_are_left_out_and_said(tmp_path, blood_cell_images, caplog):
+    """BUSI files ``benign (1)_mask.png`` beside ``benign (1).png``; the COVID-19 radiography database keeps
+    ``COVID/images/`` and ``COVID/masks/``. Read as images, masks would be half of training and validation."""
+    outline = (cv2.imread(str(blood_cell_images[0]), cv2.IMREAD_GRAYSCALE) < 128).astype(np.uint8) * 255
+    for i in range(3):
+        (tmp_path / "benign").mkdir(exist_ok=True)
+        shutil.copy(blood_cell_images[i], tmp_path / "benign" / f"benign ({i}).jpeg")
+        cv2.imwrite(str(tmp_path / "benign" / f"benign ({i})_mask.png"), outline)
+        for sub in ("images", "masks"):
+            (tmp_path / "COVID" / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(blood_cell_images[i], tmp_path / "COVID" / "images" / f"COVID-{i}.jpeg")
+        cv2.imwrite(str(tmp_path / "COVID" / "masks" / f"COVID-{i}.png"), outline)
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path)
+    assert folder.class_counts() == {"COVID": 3, "benign": 3}
+    assert not any("mask" in str(Path(path).relative_to(tmp_path)) for path in folder.paths)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: 6 segmentation mask(s) left out (e.g. COVID/masks/COVID-0.png): outlines of the images beside "
+        "them, not images of a class"]
+
+
+def test_a_path_that_is_no_folder_says_what_it_is(tmp_path):
+    (tmp_path / "chest-xray-pneumonia.zip").write_bytes(b"PK\x03\x04")
+    with pytest.raises(DatasetError, match=r"pneumonia\.zip: an archive, not a folder: unpack it and pass the folder"):
+        load_splits(tmp_path / "chest-xray-pneumonia.zip")
+    with pytest.raises(DatasetError, match=r"missing: no such folder$"):
+        read_folder(tmp_path / "missing")
+
+
+def test_one_class_is_not_a_classification_dataset(tmp_path, blood_cell_images):
+    make_tree(tmp_path, {"only": 3}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match="at least 2 class folders"):
+        read_folder(tmp_path)
+
+
+def test_loose_images_named_by_label_are_answered_with_the_flag_that_reads_them(tmp_path, blood_cell_images):
+    """Kaggle's dogs vs cats ships ``train/cat.0.jpg``, ``train/dog.0.jpg``: the error names --name-labels '.'."""
+    for name in ("cat.0", "cat.1", "dog.0", "dog.1", "benign (1)", "benign (2)", "malignant (1)", "malignant (2)"):
+        folder = tmp_path / ("pets" if "." in name else "busi")
+        folder.mkdir(exist_ok=True)
+        (folder / f"{name}.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    with pytest.raises(DatasetError, match=r"found 0; 4 images lie loose in it, named by label \(cat, dog\): pass "
+                                           r"--name-labels '\.' to read labels from the names$"):
+        read_folder(tmp_path / "pets")
+    with pytest.raises(DatasetError, match=r"named by label \(benign, malignant\): pass --name-labels ' '"):
+        read_folder(tmp_path / "busi")
+    (tmp_path / "busi" / "other.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    (tmp_path / "busi" / "benign (1).jpeg").rename(tmp_path / "busi" / "IMG_1.jpeg")
+    with pytest.raises(DatasetError, match=r"5 images lie loose in it: sort them into one folder per class, or label "
+                                           r"them by name \(--name-labels SEP\[:POS\]\) or by a sheet \(--labels FILE"):
+        read_folder(tmp_path / "busi")
+    (tmp_path / "train.csv").write_text("id_code,diagnosis\n")  # APTOS: train.csv beside train_images/
+    with pytest.raises(DatasetError, match=r"or by a sheet \(--labels .*train\.csv\)$"):
+        read_folder(tmp_path / "busi")
+
+
+def test_a_dataset_pointed_at_one_level_too_high_says_where_to_point(tmp_path, blood_cell_images):
+    make_tree(tmp_path / "a" / "images", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"found 1 \(images\); if the sub-folders of images \(NORMAL, PNEUMONIA\) "
+                                           r"are the classes, point at .*images$"):
+        read_folder(tmp_path / "a")
+    # wrapped twice, as the diabetic retinopathy set's gaussian_filtered_images/gaussian_filtered_images/{Mild,...}
+    make_tree(tmp_path / "dr" / "gfi" / "gfi", {"Mild": 2, "No_DR": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"found 1 \(gfi\); if the sub-folders of gfi/gfi \(Mild, No_DR\) are the "
+                                           r"classes, point at .*dr/gfi/gfi$"):
+        read_folder(tmp_path / "dr")
+
+
+def test_a_split_dataset_inside_a_folder_of_its_own_is_read_from_there(tmp_path, blood_cell_images, caplog):
+    """Archives unpack into a folder of their name: Kaggle's chest X-rays as ``chest_xray/chest_xray/train``."""
+    for split in ("train", "test"):
+        make_tree(tmp_path / "chest_xray" / split, {"NORMAL": 3, "PNEUMONIA": 3}, blood_cell_images[0])
+    (tmp_path / "notes.txt").write_text("downloaded from Kaggle")
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path)
+    assert (len(splits.train) + len(splits.val), len(splits.test)) == (6, 6)
+    assert caplog.messages == [f"{tmp_path}: holds only chest_xray, a dataset split into test, train: reading that"]
+
+
+def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_images):
+    """The seed tutorials' dogs and cats ship ``training_set/`` and ``test_set/``; others ``Training``,
+    ``Testing``, ``val-images``."""
+    for split in ("training_set", "test_set"):
+        make_tree(tmp_path / "dogs" / split, {"cats": 2, "dogs": 2}, blood_cell_images[0])
+    for split in ("Training", "val-images", "Testing_Data"):
+        make_tree(tmp_path / "mri" / split, {"glioma": 2, "notumor": 2}, blood_cell_images[0])
+    dogs, mri = load_splits(tmp_path / "dogs"), load_splits(tmp_path / "mri")
+    assert all("/training_set/" in p for p in dogs.train.paths) and all("/test_set/" in p for p in dogs.test.paths)
+    assert [Path(s.paths[0]).parts[-3] for s in (mri.train, mri.val, mri.test)] == [
+        "Training", "val-images", "Testing_Data"]
+    make_tree(tmp_path / "flat", {"cats": 2, "dogs": 2, "test_set/cats": 1, "test_set/dogs": 1}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match="test_set looks like a split"):
+        load_splits(tmp_path / "flat")
+
+
+def test_a_copy_of_the_dataset_inside_it_is_not_a_class(tmp_path, blood_cell_images, caplog):
+    """The NIH malaria archive unpacks to ``cell_images/{Parasitized,Uninfected}`` and, beside them,
+    ``cell_images/cell_images/{Parasitized,Uninfected}``: a third class made of the other two."""
+    make_tree(tmp_path, {"Parasitized": 2, "Uninfected": 2, "cell_images/Parasitized": 2,
+                         "cell_images/Uninfected": 2}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path).class_counts() == {"Parasitized": 2, "Uninfected": 2}
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'cell_images'}: holds folders named as the classes beside it (Parasitized, Uninfected), so "
+        "it is a copy of the dataset, not a class; left out"]
+
+
+def test_numbered_parts_holding_the_same_class_folders_are_pooled_by_class(tmp_path, blood_cell_images, caplog):
+    """C-NMC ships ``training_data/fold_0/{all,hem}``, ``fold_1/{all,hem}``, ``fold_2/{all,hem}``: the folds are
+    parts of one training set (they were read as three classes); ``all`` and ``hem`` are the classes."""
+    make_tree(tmp_path, {f"fold_{k}/{name}": k + 1 for k in range(3) for name in ("all", "hem")},
+              blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path)
+    assert folder.class_counts() == {"all": 6, "hem": 6}
+    assert sorted(Path(path).relative_to(tmp_path).as_posix() for path in folder.paths)[:3] == [
+        "fold_0/all/img0.jpeg", "fold_0/hem/img0.jpeg", "fold_1/all/img0.jpeg"]
+    assert caplog.messages == [f"{tmp_path}: fold_0, fold_1, fold_2 are numbered parts of the dataset, each holding "
+                               "the same class folders (all, hem): read as 2 classes, each pooled over the parts"]
+    make_tree(tmp_path / "test", {"fold_0/all": 1, "fold_0/hem": 1, "fold_1/all": 2, "fold_1/hem": 1},
+              blood_cell_images[0])
+    assert read_folder(tmp_path / "test", ("all", "hem")).class_counts() == {"all": 3, "hem": 2}  # a test split too
+
+
+def test_class_folders_that_all_hold_the_same_sub_folders_are_warned_of(tmp_path, blood_cell_images, caplog):
+    """Sites (or views) under each class are the same sub-folders everywhere: which level is the class is the
+    user's to say, so the folders stay the classes, with a warning."""
+    make_tree(tmp_path, {f"{site}/{name}": 1 for site in ("siteA", "siteB") for name in ("normal", "tumour")},
+              blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path).classes == ("siteA", "siteB")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: every class folder (siteA, siteB) holds the same sub-folders (normal, tumour): if those "
+        "are the classes, point at one of the folders here or gather each class's images into one folder"]
+    caplog.clear()
+    make_tree(tmp_path / "uneven", {"fold_0/all": 1, "fold_0/hem": 1, "fold_1/all": 1}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):  # parts that do not hold the same classes are not pooled
+        assert read_folder(tmp_path / "uneven").classes == ("fold_0", "fold_1")
+
+
+def test_numbered_parts_of_one_image_folder_are_not_classes(tmp_path, blood_cell_images, caplog):
+    """HAM10000 ships ``HAM10000_images_part_1/`` and ``_part_2/`` beside the sheet holding the labels."""
+    make_tree(tmp_path, {"HAM10000_images_part_1": 2, "HAM10000_images_part_2": 2}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        read_folder(tmp_path)
+    assert caplog.messages == [f"{tmp_path}: the class folders (HAM10000_images_part_1, HAM10000_images_part_2) are "
+                               "numbered parts of one folder of images, not classes: if the labels are elsewhere, "
+                               "pass --labels FILE.csv"]
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\n")
+    with pytest.raises(DatasetError, match=r"not classes; to take the labels from HAM10000_metadata\.csv beside "
+                                           r"them, pass --labels .*HAM10000_metadata\.csv$"):
+        read_folder(tmp_path)
+    make_tree(tmp_path / "grades", {"grade1": 2, "grade2": 2}, blood_cell_images[0])
+    assert read_folder(tmp_path / "grades").classes == ("grade1", "grade2")  # classes named by number: classes
+
+
+def test_classes_split_into_finer_ones_named_after_them_are_read_as_those(tmp_path, blood_cell_images, caplog):
+    """LC25000 unpacks to ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/{colon_aca,
+    colon_n}``: five tissue types, the classes of every paper on it (they were read as two organs); the Multi
+    Cancer set names its finer classes after its organs the same way (``Cervical Cancer/cervix_dyk``)."""
+    make_tree(tmp_path / "lc", {"lung_image_sets/lung_aca": 2, "lung_image_sets/lung_n": 1,
+                                "lung_image_sets/lung_scc": 1, "colon_image_sets/colon_aca": 1,
+                                "colon_image_sets/colon_n": 1}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path / "lc")
+    assert folder.class_counts() == {"colon_aca": 1, "colon_n": 1, "lung_aca": 2, "lung_n": 1, "lung_scc": 1}
+    assert caplog.messages == [
+        f"{tmp_path / 'lc'}: every folder here holds only folders named after it (colon_image_sets: colon_aca, "
+        "colon_n; lung_image_sets: lung_aca, lung_n, lung_scc): read as the 5 finer classes (colon_aca, colon_n, "
+        "lung_aca, lung_n, ...); to classify colon_image_sets, lung_image_sets instead, gather each one's images "
+        "into one folder"]
+    make_tree(tmp_path / "multi", {"Cervical Cancer/cervix_dyk": 1, "Cervical Cancer/cervix_koc": 1,
+                                   "Lymphoma/lymph_cll": 1, "Lymphoma/lymph_fl": 1, "ALL/all_benign": 1,
+                                   "ALL/all_early": 1}, blood_cell_images[0])
+    assert read_folder(tmp_path / "multi").classes == ("all_benign", "all_early", "cervix_dyk", "cervix_koc",
+                                                       "lymph_cll", "lymph_fl")
+
+
+def test_class_folders_that_keep_their_images_in_a_few_other_folders_stay_the_classes(tmp_path, blood_cell_images,
+                                                                                      caplog):
+    """Sub-folders not named after their folder (tumour types under benign and malignant), or named after it
+    with the same endings everywhere (sites), or beside images of the folder's own, do not make finer classes:
+    the folders stay the classes, the first two with a warning."""
+    make_tree(tmp_path / "types", {"benign/adenosis": 1, "benign/fibroadenoma": 1, "malignant/ductal_carcinoma": 1,
+                                   "malignant/lobular_carcinoma": 1}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path / "types").classes == ("benign", "malignant")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / 'types'}: every class folder keeps its images in a few sub-folders of its own (benign: "
+        "adenosis, fibroadenoma; malignant: ductal_carcinoma, lobular_carcinoma): trained as 2 classes (benign, "
+        "malignant); if the 4 sub-folders are the classes, point at one class folder or gather them side by side "
+        "in one folder"]
+    make_tree(tmp_path / "sites", {"Normal/Normal_siteA": 1, "Normal/Normal_siteB": 1, "Pneumonia/Pneumonia_siteA": 1,
+                                   "Pneumonia/Pneumonia_siteB": 1}, blood_cell_images[0])
+    assert read_folder(tmp_path / "sites").classes == ("Normal", "Pneumonia")
+    make_tree(tmp_path / "own", {"lung/lung_aca": 1, "lung/lung_n": 1, "colon/colon_aca": 1, "colon/colon_n": 1,
+                                 "colon/colon_scc": 1}, blood_cell_images[0])
+    (tmp_path / "own" / "colon" / "extra.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path / "own").classes == ("colon", "lung")
+    assert not caplog.records
