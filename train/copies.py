@@ -29,6 +29,8 @@ from scipy.sparse.csgraph import connected_components
 from medclf.runtime.preprocess import ImageError, Preprocess, decode_image, jpeg_scale, read_bytes
 from medclf.runtime.stream import decode_workers
 
+from .groups import KEPT_TOGETHER
+
 log = logging.getLogger(__name__)
 
 COPY_DISTANCE = 0.008  # 1 - Bhattacharyya coefficient between HSV histograms; copies sit below, other cells above
@@ -105,8 +107,8 @@ def detected_copies(paths: tuple[str, ...], labels: np.ndarray, seed: int = 0) -
         log.info("no augmented copies found (%.0f%% of images have a look-alike, the largest group holds %.0f%%)",
                  100 * copied, 100 * largest)
         return None
-    log.warning("%d of %d images are augmented copies of %d sources: a source's copies are held out and counted "
-                "together (--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups), len(sizes))
+    log.warning("%d of %d images are augmented copies of %d sources: a source's copies are %s",
+                sizes[sizes > 1].sum(), len(groups), len(sizes), KEPT_TOGETHER)
     return groups
 
 

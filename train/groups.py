@@ -34,6 +34,9 @@ MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (
 # two patients is two groups of about half: kept. Blood-cells' _3_1169.jpeg (augmentation 3, 3% of the files)
 # would pass, but copies are looked for first and found there.
 NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, 20, 0.9, 0.05, 20
+# What is done with files found to belong together, said in each finding's warning line.
+KEPT_TOGETHER = ("kept together, on one side of a split and one vote in a score (--no-group-copies: each image on "
+                 "its own)")
 _NUMBERED = re.compile(r"(.*\D)\d+")  # a name and the number it ends with
 _UP_TO_A_NUMBER = re.compile(r"^(.*\d)\D*$")  # a name up to its last digit
 
@@ -111,9 +114,8 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
             example = next(group for group in groups if group.startswith("folder:")).removeprefix("folder:")
             where = "sub-folders of their class folders" if level == 0 else \
                 f"folders {level + 1} levels below their class folders (such as {example})"
-            log.warning("%d of %d images sit in %d %s (patients, studies): a folder's images are held out and "
-                        "counted together (--no-group-copies: each image on its own)", nested, len(groups),
-                        subfolders, where)
+            log.warning("%d of %d images sit in %d %s (patients, studies): a folder's images are %s", nested,
+                        len(groups), subfolders, where, KEPT_TOGETHER)
             return np.asarray(groups)
     return None
 
@@ -160,9 +162,8 @@ def name_groups(folder: ImageFolder) -> np.ndarray | None:
         return None
     example = names[np.argmax(sizes)].removeprefix("name:")
     log.warning("%d of %d images share the name before their own number with others (%d groups such as '%s…', up "
-                "to %d images): read as one patient's or series' images, held out and counted together "
-                "(--no-group-copies: each image on its own)", sizes[sizes > 1].sum(), len(groups), np.sum(sizes > 1),
-                example, largest)
+                "to %d images): read as one patient's or series' images, %s", sizes[sizes > 1].sum(), len(groups),
+                np.sum(sizes > 1), example, largest, KEPT_TOGETHER)
     return groups
 
 

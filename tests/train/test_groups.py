@@ -120,7 +120,7 @@ def test_images_filed_by_patient_folder_keep_each_patient_on_one_side_by_default
         splits = load_splits(tmp_path / "data", 0.15, group_copies=None)
     folder_of = {split: {Path(path).parent.name for path in getattr(splits, split).paths} for split in ("train", "val")}
     assert folder_of["val"] and not folder_of["train"] & folder_of["val"]
-    assert "sit in 237 sub-folders of their class folders (patients, studies): a folder's images are held out" \
+    assert "sit in 237 sub-folders of their class folders (patients, studies): a folder's images are kept together" \
         in caplog.text
     assert subfolder_groups(read_folder(chest_xray / "test")) is None  # files right in their class folders
 
