@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medclf.runtime.annotations import dataset_masks
+from medclf.runtime.annotations import dataset_masks, masks_said
 from medclf.runtime.class_names import matching_class
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
@@ -28,8 +28,7 @@ def folder_images(folder: str | os.PathLike[str]) -> tuple[list[str], list[str]]
     images = list_images(root)
     masks = dataset_masks(images, root)
     if masks:
-        print(f"{root}: {len(masks)} segmentation mask(s) left out (e.g. {min(masks).relative_to(root)})",
-              file=sys.stderr)
+        print(masks_said(masks, root), file=sys.stderr)
     paths = [path for path in images if path not in masks]
     return [str(p) for p in paths], [_folders(path, root) for path in paths]
 

@@ -17,7 +17,7 @@ word removed) sits under the class folder outside any mask folder.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 _WORD = r"(?:mask|seg|segmentation|gt|groundtruth|ground[ _-]truth)"
@@ -56,3 +56,13 @@ def dataset_masks(paths: Iterable[Path], root: Path) -> set[Path]:
         parts = path.relative_to(root).parts
         by_folder.setdefault(root / parts[0] if len(parts) > 1 else root, []).append(path)
     return set().union(*(segmentation_masks(files, folder) for folder, files in by_folder.items()))
+
+
+def masks_said(masks: Collection[Path], root: Path | None = None, done: str = "left out") -> str:
+    """The one line saying that ``masks`` (found under ``root``, if one) were not taken for images — one wording
+    for training, augmentation, export and ``medclf-run``: ``ROOT: 3 segmentation masks left out (e.g.
+    COVID/masks/COVID-0.png): outlines of the images beside them``."""
+    example = min(masks)
+    where, shown = (f"{root}: ", example.relative_to(root)) if root is not None else ("", example)
+    return (f"{where}{len(masks)} segmentation mask{'s' if len(masks) > 1 else ''} {done} (e.g. {shown}): outlines "
+            f"of the images beside them")

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import NoReturn
 
+from .annotations import masks_said
 from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
@@ -72,8 +73,7 @@ def run(args: argparse.Namespace) -> int:
     masks: list[Path] = []
     paths = list(expand_inputs(args.inputs, masks))
     if masks:
-        print(f"left out {len(masks)} segmentation mask{'s' if len(masks) > 1 else ''} beside the images they outline "
-              f"(e.g. {masks[0]}); name one to classify it", file=sys.stderr)
+        print(f"{masks_said(masks)}; name one to classify it", file=sys.stderr)
     backend, why = _backend_for(args.backend, len(paths))
     try:
         classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1,

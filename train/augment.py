@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 import tensorflow as tf
 
-from medclf.runtime.annotations import dataset_masks
+from medclf.runtime.annotations import dataset_masks, masks_said
 from medclf.runtime.atomic import fitted_name, write_image
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
@@ -50,8 +50,7 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     images = list_images(_training_part(data, out))
     masks = dataset_masks(images, data)
     if masks:
-        log.warning("%s: %d segmentation mask(s) not augmented (e.g. %s): outlines of the images beside them",
-                    data, len(masks), min(masks).relative_to(data))
+        log.warning("%s", masks_said(masks, data, "not augmented"))
     for path in (path for path in images if path not in masks):
         try:
             image = read_image(path)

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from medclf.runtime.annotations import segmentation_masks
+from medclf.runtime.annotations import masks_said, segmentation_masks
 from medclf.runtime.inputs import folder_contents, is_image_file
 
 log = logging.getLogger(__name__)
@@ -225,8 +225,7 @@ def without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, li
         kept[name] = [file for file in files if file not in found]
         masks.extend(sorted(found))
     if masks:
-        log.warning("%s: %d segmentation mask(s) left out (e.g. %s): outlines of the images beside them, not images "
-                    "of a class", root, len(masks), masks[0].relative_to(root))
+        log.warning("%s, not images of a class", masks_said(masks, root))
     return kept
 
 

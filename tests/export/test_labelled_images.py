@@ -39,7 +39,8 @@ def test_a_folder_names_each_image_by_its_class_folder_at_any_depth_and_leaves_m
     paths, names = folder_images(tmp_path)
     assert [p[len(str(tmp_path)) + 1:] for p in paths] == ["EOSINOPHIL/patient12/IM0001.jpeg", "NEUTROPHIL/cell 1.jpeg"]
     assert names == ["EOSINOPHIL/patient12", "NEUTROPHIL"]
-    assert capsys.readouterr().err == f"{tmp_path}: 1 segmentation mask(s) left out (e.g. NEUTROPHIL/cell 1_mask.png)\n"
+    assert capsys.readouterr().err == (f"{tmp_path}: 1 segmentation mask left out (e.g. NEUTROPHIL/cell 1_mask.png): "
+                                         "outlines of the images beside them\n")
     assert folder_images(tmp_path / "NEUTROPHIL")[1] == ["NEUTROPHIL"]  # one class's folder: its own name
     assert load_labelled(paths, names, Classifier().card)[1].tolist() == [0, 3]
 

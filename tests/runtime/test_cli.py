@@ -82,8 +82,8 @@ def test_a_folders_segmentation_masks_are_left_out_in_one_line_and_a_mask_named_
     assert by_folder.returncode == 0
     assert [json.loads(line)["path"] for line in by_folder.stdout.splitlines()] == [
         str(tmp_path / "benign (0).jpeg"), str(tmp_path / "benign (1).jpeg")]
-    assert by_folder.stderr.splitlines()[0] == (f"left out 2 segmentation masks beside the images they outline (e.g. "
-                                                f"{tmp_path / 'benign (0)_mask.jpeg'}); name one to classify it")
+    assert by_folder.stderr.splitlines()[0] == (f"2 segmentation masks left out (e.g. {tmp_path}/benign (0)_mask.jpeg):"
+                                                " outlines of the images beside them; name one to classify it")
     named = run("--json", str(tmp_path / "benign (0)_mask.jpeg"))
     assert named.returncode == 0 and len(named.stdout.splitlines()) == 1 and "left out" not in named.stderr
 

@@ -14,7 +14,7 @@ from medclf.train.cli import app
 from medclf.train.fit import AUGMENTATIONS, make_augmenter
 
 
-def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path):
+def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path, caplog):
     data = tmp_path / "data"
     for name in ("cataract", "normal"):
         (data / name).mkdir(parents=True)
@@ -23,8 +23,10 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
     (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     first = sorted((cataract / "cataract").iterdir())[0]
     cv2.imwrite(str(data / "cataract" / f"{first.stem}_mask.png"), np.zeros((8, 8), np.uint8))  # an outline: no copies
-    result = CliRunner().invoke(app, ["augment", str(data), "--out", str(tmp_path / "out"), "--copies", "3"])
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(app, ["augment", str(data), "--out", str(tmp_path / "out"), "--copies", "3"])
     assert result.exit_code == 1 and "broken.jpg" in result.output and "wrote 12 images" in result.output
+    assert f"1 segmentation mask not augmented (e.g. cataract/{first.stem}_mask.png)" in caplog.text
     copies = sorted((tmp_path / "out" / "cataract").glob(f"{first.stem}.aug*"))
     assert len(copies) == 3
     original = cv2.imread(str(first))

@@ -34,7 +34,7 @@ def test_segmentation_masks_beside_their_images_are_left_out_and_said(tmp_path, 
     assert folder.class_counts() == {"COVID": 3, "benign": 3}
     assert not any("mask" in str(Path(path).relative_to(tmp_path)) for path in folder.paths)
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path}: 6 segmentation mask(s) left out (e.g. COVID/masks/COVID-0.png): outlines of the images beside "
+        f"{tmp_path}: 6 segmentation masks left out (e.g. COVID/masks/COVID-0.png): outlines of the images beside "
         "them, not images of a class"]
 
 
