@@ -31,7 +31,7 @@ from .bars import track
 from .groups import group_kind, split_groups
 from .labels_csv import CsvLabels
 from .layout import (DatasetError, check_found, class_folders, find_split, is_split_name, not_a_class, not_a_folder,
-                     unwrapped, without_masks, without_nested_copies)
+                     unwrapped, unwrapped_classes, without_masks, without_nested_copies)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     root = Path(root)
     if not root.is_dir():
         raise not_a_folder(root)
+    root = unwrapped_classes(root)
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not not_a_class(d.name))
     if classes is None:
         found = without_nested_copies(root, found)

@@ -204,7 +204,7 @@ def _shown(names: list[str], most: int = 4) -> str:
 
 def _one_level_too_high(root: Path, only: Path) -> None:
     """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
-    to ``dataset/images/{A,B}``, or wrap twice: ``gaussian_filtered_images/gaussian_filtered_images/{Mild,...}``),
+    to ``dataset/images/{A,B}``; wrapped in a folder of their own name they are found, :func:`unwrapped_classes`),
     saying where to point instead."""
     found = only
     while len(inner := _subfolders(found)) == 1 and not any(path.is_file() and is_image_file(path)
@@ -255,18 +255,45 @@ def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
 
 
 def unwrapped(data: str | os.PathLike[str]) -> Path:
-    """``data``, or the one folder it holds where that holds the splits (``train/``...) and ``data`` nothing else
-    that could be data: archives unpack into a folder of their own name (``chest_xray.zip`` →
-    ``chest_xray/chest_xray/{train,test,val}``). Said once; any other single folder is left to the class checks,
-    which ask the user (one patient folder of one class must not become the classes)."""
+    """``data``, or the folder below it that holds the splits (``train/``...) where ``data`` holds only a chain of
+    single folders down to it: archives unpack into a folder of their own name (``chest_xray.zip`` →
+    ``chest_xray/chest_xray/{train,test,val}``). Said once; class folders wrapped so are
+    :func:`unwrapped_classes`' to find."""
     root = Path(data)
-    inner = [root / name for name in _subfolders(root)]
-    if len(inner) != 1 or find_split(inner[0], "train") is None or any(
-            is_image_file(path) for path in root.iterdir() if path.is_file()):
+    inner = next((folder for folder in _single_folders(root)[1:] if find_split(folder, "train") is not None), None)
+    if inner is None:
         return root
-    log.warning("%s: holds only %s, a dataset split into %s: reading that", root, inner[0].name,
-                ", ".join(sorted(d.name for d in inner[0].iterdir() if d.is_dir() and not not_a_class(d.name))))
-    return inner[0]
+    log.warning("%s: holds only %s, a dataset split into %s: reading that", root, inner.relative_to(root).as_posix(),
+                ", ".join(sorted(d.name for d in inner.iterdir() if d.is_dir() and not not_a_class(d.name))))
+    return inner
+
+
+def unwrapped_classes(root: Path) -> Path:
+    """``root``, or the folder of class folders below it where ``root`` holds only a chain of single folders down
+    to it and one of them is named as the folder holding it — an archive unpacked into a folder of its name
+    (the kidney CT set's ``CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone/CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone/
+    {Cyst,Normal,Stone,Tumor}``). Said once. A chain named otherwise (``images/{A,B}``, or one class's
+    patient folders) is left to the class checks, which ask the user where to point."""
+    chain = _single_folders(root)
+    wrapped = any(_same_name(outer.name, inner.name) for outer, inner in zip(chain, chain[1:]))
+    if not wrapped or len(_subfolders(chain[-1])) < 2:
+        return root
+    log.warning("%s: holds only %s, wrapped in a folder of its own name as archives unpack: reading the classes "
+                "there", root, chain[-1].relative_to(root).as_posix())
+    return chain[-1]
+
+
+def _single_folders(root: Path, most: int = 4) -> list[Path]:
+    """``root`` and the folders below it, each the only folder in the one above, which holds no image (at most
+    ``most`` levels down)."""
+    chain = [root]
+    while len(chain) <= most and len(inner := _subfolders(chain[-1])) == 1 and not _holds_images(chain[-1]):
+        chain.append(chain[-1] / inner[0])
+    return chain
+
+
+def _same_name(a: str, b: str) -> bool:
+    return re.sub(r"[\W_]+", "", a).casefold() == re.sub(r"[\W_]+", "", b).casefold()
 
 
 def loose_images_hint(root: Path) -> str:

@@ -78,11 +78,30 @@ def test_a_dataset_pointed_at_one_level_too_high_says_where_to_point(tmp_path, b
     with pytest.raises(DatasetError, match=r"found 1 \(images\); if the sub-folders of images \(NORMAL, PNEUMONIA\) "
                                            r"are the classes, point at .*images$"):
         read_folder(tmp_path / "a")
-    # wrapped twice, as the diabetic retinopathy set's gaussian_filtered_images/gaussian_filtered_images/{Mild,...}
-    make_tree(tmp_path / "dr" / "gfi" / "gfi", {"Mild": 2, "No_DR": 2}, blood_cell_images[0])
-    with pytest.raises(DatasetError, match=r"found 1 \(gfi\); if the sub-folders of gfi/gfi \(Mild, No_DR\) are the "
-                                           r"classes, point at .*dr/gfi/gfi$"):
-        read_folder(tmp_path / "dr")
+    make_tree(tmp_path / "b" / "scans" / "images", {"NORMAL": 2, "PNEUMONIA": 2}, blood_cell_images[0])
+    with pytest.raises(DatasetError, match=r"found 1 \(scans\); if the sub-folders of scans/images \(NORMAL, "
+                                           r"PNEUMONIA\) are the classes, point at .*b/scans/images$"):
+        read_folder(tmp_path / "b")
+
+
+def test_class_folders_wrapped_in_a_folder_of_their_own_name_are_read_from_there(tmp_path, blood_cell_images,
+                                                                                 caplog):
+    """Archives unpack into a folder of their name, sometimes twice: the kidney CT set as
+    ``CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone/CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone/{Cyst,...}`` with its
+    sheet beside the inner folder, the diabetic retinopathy set as ``gaussian_filtered_images/gaussian_filtered_
+    images/{Mild,...}`` (both were refused, pointing at the inner folder)."""
+    name = "CT-KIDNEY-DATASET-Normal-Cyst-Tumor-Stone"
+    make_tree(tmp_path / "ct-kidney-dataset" / name / name, {"Cyst": 2, "Normal": 3}, blood_cell_images[0])
+    (tmp_path / "ct-kidney-dataset" / name / "kidneyData.csv").write_text("image_id,Class\n")
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path / "ct-kidney-dataset", val_split=0.4)
+        folder = read_folder(tmp_path / "ct-kidney-dataset")  # as medclf evaluate reads its DATA
+    assert splits.train.classes == folder.classes == ("Cyst", "Normal") and len(folder) == 5
+    assert caplog.messages == 2 * [f"{tmp_path / 'ct-kidney-dataset'}: holds only {name}/{name}, wrapped in a folder "
+                                   "of its own name as archives unpack: reading the classes there"]
+    make_tree(tmp_path / "gaussian_filtered_images" / "gaussian_filtered_images", {"Mild": 2, "No_DR": 2},
+              blood_cell_images[0])
+    assert read_folder(tmp_path / "gaussian_filtered_images").classes == ("Mild", "No_DR")
 
 
 def test_a_split_dataset_inside_a_folder_of_its_own_is_read_from_there(tmp_path, blood_cell_images, caplog):
