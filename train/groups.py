@@ -39,6 +39,7 @@ KEPT_TOGETHER = ("kept together, on one side of a split and one vote in a score 
                  "its own)")
 _NUMBERED = re.compile(r"(.*\D)\d+")  # a name and the number it ends with
 _UP_TO_A_NUMBER = re.compile(r"^(.*\d)\D*$")  # a name up to its last digit
+_LAST_WORD = re.compile(r"(.*[^\W_])[\W_]+[^\W_]+")  # a name and the word it ends with, after a separator
 
 
 def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False,
@@ -148,23 +149,44 @@ def name_key(name: str, class_name: str) -> str | None:
 
 def name_groups(folder: ImageFolder) -> np.ndarray | None:
     """Files whose names share what comes before their own number (:func:`name_key`), where that is how the dataset
-    names a patient's images (the ``NAMED_*`` bounds), else None."""
-    groups = []
-    for path, label in zip(folder.paths, folder.labels):
-        key = name_key(Path(path).name, folder.classes[label])
-        groups.append(f"name:{key}" if key is not None else f"file:{path}")
-    groups = np.asarray(groups)
-    names, index, sizes = np.unique(groups, return_inverse=True, return_counts=True)
-    shared, largest = sizes[sizes > 1].sum() / len(groups), sizes.max()
-    too_large = largest > max(NAMED_LARGEST * len(groups), NAMED_FLOOR)
-    if shared < NAMED_SHARED or np.sum(sizes > 1) < NAMED_GROUPS or too_large \
-            or _a_class_bulk(folder.labels, index.reshape(-1)):
+    names a patient's images (the ``NAMED_*`` bounds), else None — taken as far up the name as the bounds still
+    hold (:func:`coarser_key`): OASIS' ``OAS1_0028_MR1_mpr-1_100.jpg`` is one scan's slice, and the subject's other
+    scans (``mpr-2``...) are the same brain, so ``OAS1_0028``; Kermany's ``IM-0115`` stays (all ``IM`` is most of a
+    class)."""
+    keys = [name_key(Path(path).name, folder.classes[label]) for path, label in zip(folder.paths, folder.labels)]
+    groups = _named(keys, folder.paths)
+    if not _how_names_are_numbered(groups, folder.labels):
         return None
+    while (coarser := [coarser_key(key) for key in keys]) != keys and _how_names_are_numbered(
+            grouped := _named(coarser, folder.paths), folder.labels):
+        keys, groups = coarser, grouped
+    names, sizes = np.unique(groups, return_counts=True)
     example = names[np.argmax(sizes)].removeprefix("name:")
     log.warning("%d of %d images share the name before their own number with others (%d groups such as '%s…', up "
                 "to %d images): read as one patient's or series' images, %s", sizes[sizes > 1].sum(), len(groups),
-                np.sum(sizes > 1), example, largest, KEPT_TOGETHER)
+                np.sum(sizes > 1), example, sizes.max(), KEPT_TOGETHER)
     return groups
+
+
+def coarser_key(key: str | None) -> str | None:
+    """``key`` without its last word (``OAS1_0028_MR1_mpr-1`` → ``OAS1_0028_MR1_mpr``); unchanged where it has
+    one word (``person12``, OCT's ``-1016042``)."""
+    match = _LAST_WORD.fullmatch(key) if key is not None else None
+    return match.group(1) if match else key
+
+
+def _named(keys: list[str | None], paths: tuple[str, ...]) -> np.ndarray:
+    return np.asarray([f"name:{key}" if key is not None else f"file:{path}" for key, path in zip(keys, paths)])
+
+
+def _how_names_are_numbered(groups: np.ndarray, labels: np.ndarray) -> bool:
+    """Whether ``groups`` (from names) are how the dataset numbers a patient's images: within the ``NAMED_*``
+    bounds."""
+    index, sizes = np.unique(groups, return_inverse=True, return_counts=True)[1:]
+    shared, largest = sizes[sizes > 1].sum() / len(groups), sizes.max()
+    too_large = largest > max(NAMED_LARGEST * len(groups), NAMED_FLOOR)
+    return not (shared < NAMED_SHARED or np.sum(sizes > 1) < NAMED_GROUPS or too_large
+                or _a_class_bulk(labels, index.reshape(-1)))
 
 
 def _a_class_bulk(labels: np.ndarray, index: np.ndarray) -> bool:

@@ -79,6 +79,30 @@ def test_a_rare_class_of_two_patients_does_not_hide_the_naming():
     assert groups is not None and len(set(groups)) == 302
 
 
+def test_names_are_grouped_as_far_up_as_they_still_name_patients():
+    """OASIS numbers each scan's slices (``OAS1_0028_MR1_mpr-1_100.jpg``) and scans a subject 3-4 times
+    (``mpr-1``...``mpr-4``): one brain, one group. BreakHis' ``SOB_B_A-14-22549AB-40-001.png`` is one patient at
+    one magnification: the patient's four magnifications, one group — not the year's tumours of one type."""
+    oasis = {grade: [f"OAS1_{subject:04d}_MR1_mpr-{scan}_{k}.jpg" for subject in range(30 * g, 30 * g + 30)
+                     for scan in range(1, 5) for k in range(100, 110)]
+             for g, grade in enumerate(("Non Demented", "Mild Dementia"))}
+    groups = name_groups(_folder(oasis))
+    assert groups is not None and len(set(groups)) == 60 and groups[0] == "name:OAS1_0000"
+    types = {"B": ("A", "F", "PT", "TA"), "M": ("DC", "LC", "MC", "PC")}
+    breakhis = {kind: [f"SOB_{kind}_{t}-14-{patient}{t}-{zoom}-{k:03d}.png" for t in tumours
+                       for patient in range(10000, 10006) for zoom in (40, 100, 200, 400) for k in range(5)]
+                for kind, tumours in types.items()}
+    groups = name_groups(_folder(breakhis))
+    assert groups is not None and len(set(groups)) == 48 and groups[0] == "name:SOB_B_A-14-10000A"
+
+
+
+def test_kermanys_chest_films_stay_grouped_by_patient_not_by_prefix(chest_xray):
+    """``IM-0115`` → ``IM`` would be most of the normal films: the grouping stops at the patient."""
+    groups, sizes = np.unique(name_groups(read_folder(chest_xray / "train")), return_counts=True)
+    assert (len(groups), np.sum(sizes > 1), sizes.max()) == (2914, 1065, 30)
+
+
 def test_what_is_held_together_is_named_for_the_summary_lines(blood_cells, chest_xray):
     chest = read_folder(chest_xray / "test")
     assert group_kind(split_groups(chest, KERMANY_PATIENT)) == "patients"
