@@ -39,6 +39,9 @@ KEPT_TOGETHER = ("kept together, on one side of a split and one vote in a score 
                  "its own)")
 _NUMBERED = re.compile(r"(.*\D)\d+")  # a name and the number it ends with
 _UP_TO_A_NUMBER = re.compile(r"^(.*\d)\D*$")  # a name up to its last digit
+# a name ending in the side or view an image shows: left/right eye (OD/OS), breast (L/R), mammography and chest views
+_SIDE_OR_VIEW = re.compile(r"(.*?[^\W_])(?:[\W_]+(?:left|right|l|r|od|os|cc|mlo|pa|ap|lat|lateral|frontal))+",
+                           re.IGNORECASE)
 _LAST_WORD = re.compile(r"(.*[^\W_])[\W_]+[^\W_]+")  # a name and the word it ends with, after a separator
 
 
@@ -136,14 +139,19 @@ def name_key(name: str, class_name: str) -> str | None:
     after it describe the image), and without a class name it opens with: ``person12_bacteria_3.jpeg`` and
     ``person12_virus_7.jpeg`` → ``person12``, ``IM-0115-0001.jpeg`` → ``IM-0115``, OCT's ``CNV-1016042-1.jpeg``
     → ``-1016042`` (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye; a class name counts where a separator
-    follows it). None for a name that does not end in a number. A copy ``medclf augment`` wrote (``x.aug3.jpg``)
-    has its source's."""
-    match = _NUMBERED.fullmatch(AUGMENTED_COPY.sub("", Path(name).stem))
-    if match is None:
+    follows it). A name ending in which eye, breast or view it shows is the patient's without it: EyePACS'
+    ``10_left.jpeg`` and ``10_right.jpeg`` → ``10``, CBIS-DDSM's ``Calc-Training_P_00005_RIGHT_CC`` →
+    ``Calc-Training_P_00005``. None for a name that ends in neither. A copy ``medclf augment`` wrote
+    (``x.aug3.jpg``) has its source's."""
+    stem = AUGMENTED_COPY.sub("", Path(name).stem)
+    if (side := _SIDE_OR_VIEW.fullmatch(stem)) is not None:
+        key = side.group(1)
+    elif (match := _NUMBERED.fullmatch(stem)) is not None:
+        key = _UP_TO_A_NUMBER.sub(r"\1", match.group(1))  # person12_bacteria_ → person12; cat. stays (no number)
+    else:
         return None
-    key = match.group(1)
-    key = _UP_TO_A_NUMBER.sub(r"\1", key)  # person12_bacteria_ → person12; cat. stays (no number before)
-    opens = key.casefold().startswith(class_name.casefold()) and not key[len(class_name):][:1].isalnum()
+    opens = key.casefold().startswith(class_name.casefold()) and not key[len(class_name):][:1].isalnum() \
+        and len(key) > len(class_name)  # the class name and more: class 0's patient 0 (0_left.jpeg) stays 0
     return key[len(class_name):] if opens else key  # CNV-1016042 → -1016042; class 0's 0123456 stays
 
 

@@ -33,6 +33,8 @@ def _folder(names_by_class: dict[str, list[str]]) -> ImageFolder:
     ("person12_bacteria_3.aug2.jpeg", "PNEUMONIA", "person12"),  # medclf augment's copy: its source's
     ("9003175_1.png", "0", "9003175"),  # knee X-rays graded 0-4: patient 9003175's first knee
     ("0123456_2.png", "0", "0123456"),  # a class name is not cut from a number it opens
+    ("10_left.jpeg", "0", "10"),  # EyePACS: patient 10's left eye (and 10_right.jpeg, perhaps in another grade)
+    ("Calc-Training_P_00005_RIGHT_CC.png", "BENIGN", "Calc-Training_P_00005"),  # CBIS-DDSM: breast and view
     ("cat.12.jpg", "cats", "cat."),  # no number before the image's: the whole class (refused by name_groups)
     ("benign (1).png", "benign", None),
     ("0f3a9c.jpg", "grade0", None),
@@ -95,6 +97,11 @@ def test_names_are_grouped_as_far_up_as_they_still_name_patients():
     groups = name_groups(_folder(breakhis))
     assert groups is not None and len(set(groups)) == 48 and groups[0] == "name:SOB_B_A-14-10000A"
 
+
+    eyes = {grade: [f"{patient}_{side}.jpeg" for patient in range(100 * g, 100 * g + 100) for side in ("left", "right")]
+            for g, grade in enumerate("01234")}
+    groups = name_groups(_folder(eyes))
+    assert groups is not None and len(set(groups)) == 500 and list(groups[:2]) == ["name:0", "name:0"]
 
 
 def test_kermanys_chest_films_stay_grouped_by_patient_not_by_prefix(chest_xray):
