@@ -32,6 +32,7 @@ def error(text: str) -> None:
 TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
 NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file names, not folders: SEP[:POS], e.g. '.' for cat.123.jpg → cat, '_:1' for x_cat_1.png.")]
 LabelsCsv = Annotated[Optional[str], typer.Option("--labels", metavar="FILE.csv[:IMAGE,LABEL]", help="Labels from a CSV beside the images, not folders: its image column (a file name, with or without extension, or an id) and label column (or one 0/1 column per class) are found by their headers unless named; a patient_id or lesion_id column keeps each patient's images on one side of the split. Images it does not list are left out.")]
+LeafFolders = Annotated[bool, typer.Option("--leaf-folders", help="Labels from the folder each image sits in, at any depth (folders of one name are one class), not from the folders right below DATA: for classes filed under groups of them, e.g. lower-gi-tract/pathological-findings/polyps/ → polyps.")]
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ and optional val/ and test/.")]
 
 
@@ -73,7 +74,7 @@ def train(
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
-    labels: LabelsCsv = None, limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    labels: LabelsCsv = None, leaf_folders: LeafFolders = False, limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
@@ -86,7 +87,7 @@ def train(
     from .pipeline import train as run_training
 
     recipes = _library_call(lambda: _recipes(preset, options))
-    naming = _library_call(lambda: _parse_naming(name_labels, labels))
+    naming = _library_call(lambda: _parse_naming(name_labels, labels, leaf_folders))
     if len(recipes) > 1:  # an ensemble preset: its members trained in turn, then averaged into RUN_DIR
         result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
         for member in result.metrics["training"]["members"]:
@@ -122,8 +123,8 @@ def crossval(
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
     augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, wise: Wise = None,
-    time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
+    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, leaf_folders: LeafFolders = False,
+    wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -131,7 +132,8 @@ def crossval(
     from .crossval import REPORTED, cross_validate
 
     recipe = _library_call(lambda: _recipe(preset, options))
-    summary = _library_call(lambda: cross_validate(data, out, recipe, folds, _parse_naming(name_labels, labels)))
+    summary = _library_call(lambda: cross_validate(data, out, recipe, folds,
+                                                              _parse_naming(name_labels, labels, leaf_folders)))
     for name in REPORTED:
         if summary[name] is not None:
             console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
@@ -195,6 +197,7 @@ def evaluate(
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
+    leaf_folders: LeafFolders = False,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="Also score the calls as they would do where cases come in these proportions, e.g. PNEUMONIA=10% (DATA collected so many of each class): accuracy, how often each call is right (a binary model's PPV and NPV), calibration error, log loss.")] = None,
@@ -211,7 +214,8 @@ def evaluate(
     shares = _shares(prevalence)
     out = out or _home_of(model) / rundir.EVALUATION.format(data=data.resolve().name)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
-                                                 naming=_parse_naming(name_labels, labels), group_pattern=group_pattern,
+                                                 naming=_parse_naming(name_labels, labels, leaf_folders),
+                                                 group_pattern=group_pattern,
                                                  group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
@@ -259,6 +263,7 @@ def calibrate(
     target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
+    leaf_folders: LeafFolders = False,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come and the site's prevalence is not known (else --prevalence).")] = True,
@@ -277,7 +282,8 @@ def calibrate(
     shares = _shares(prevalence)
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
-    site = _library_call(lambda: calibrate_site(model, data, target_sensitivity, _parse_naming(name_labels, labels),
+    site = _library_call(lambda: calibrate_site(model, data, target_sensitivity,
+                                                _parse_naming(name_labels, labels, leaf_folders),
                                                 group_pattern, group_copies, picture=picture,
                                                 class_bias=class_bias, prevalence=shares))
     record = site.record(data.resolve().name)
@@ -549,16 +555,19 @@ def _parse_size(text: str) -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-def _parse_naming(text: str | None, labels: str | None = None):
-    """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); ``labels`` (a CSV) → CsvLabels; None → None
-    (labels from folders)."""
-    from .data import NameLabels
+def _parse_naming(text: str | None, labels: str | None = None, leaf_folders: bool = False):
+    """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); ``labels`` (a CSV) → CsvLabels; ``leaf_folders`` →
+    FolderLabels; none → None (labels from the class folders)."""
+    from .data import FolderLabels, NameLabels
     from .labels_csv import read_labels_csv
 
+    if (text is not None) + (labels is not None) + leaf_folders > 1:
+        raise typer.BadParameter("labels come from file names, a CSV or the folders holding the images: one of them",
+                                 param_hint="--name-labels, --labels, --leaf-folders")
     if labels is not None:
-        if text is not None:
-            raise typer.BadParameter("labels come from file names or from a CSV, not both", param_hint="--labels")
         return read_labels_csv(labels)
+    if leaf_folders:
+        return FolderLabels()
     if text is None:
         return None
     if not text:

@@ -144,20 +144,39 @@ class NameLabels:
                            f"splitting on {self.separator!r}, e.g. {names[0]}")
 
 
-Labeller = Union[NameLabels, CsvLabels]  # where labels come from when not from class folders
+@dataclass(frozen=True)
+class FolderLabels:
+    """Labels from the folder each image sits in, at any depth (folders of one name are one class), for classes
+    filed under folders of their own: HyperKvasir's ``lower-gi-tract/pathological-findings/polyps/`` → ``polyps``,
+    ``benign/adenosis/`` → ``adenosis``. An image in no folder below the dataset's has no label: left out."""
+
+    kind = "classes in the folders holding the images"
+
+    def label(self, path: Path) -> str | None:
+        return path.parent.name or None
+
+    def group(self, path: Path) -> str | None:
+        return None
+
+    def unlabelled(self, root: Path, names: list[str]) -> None:
+        log.warning("%s: %d image(s) in no folder of their own, left out (e.g. %s)", root, len(names), names[0])
+
+
+Labeller = Union[NameLabels, CsvLabels, FolderLabels]  # where labels come from when not from class folders
 
 
 def read_named(root: str | os.PathLike[str], naming: Labeller,
                classes: tuple[str, ...] | None = None) -> ImageFolder:
     """Every image under ``root``, labelled by its file name (``NameLabels``: names without a label part are
-    an error) or by a labels file (``CsvLabels``: images it does not list are left out, with a warning)."""
+    an error), by a labels file (``CsvLabels``: images it does not list are left out, with a warning) or by the
+    folder holding it (``FolderLabels``)."""
     root = Path(root)
     if not root.is_dir():
         raise not_a_folder(root)
     per_class: dict[str, list[Path]] = {}
     unlabelled = []
     for path in without_masks(root, {".": list_images(root)})["."]:
-        label = naming.label(path)
+        label = naming.label(path.relative_to(root))
         if label is None:
             unlabelled.append(path.name)
         else:

@@ -140,13 +140,12 @@ def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
              for name, files in with_images.items()}
     shared = inner[next(iter(inner))] if len(set(map(tuple, inner.values()))) == 1 else []
     if len(with_images) >= 2 and len(shared) >= 2:
-        log.warning("%s: every class folder (%s) holds the same sub-folders (%s): if those are the classes, point at "
-                    "one of the folders here or gather each class's images into one folder", root,
-                    _shown(list(with_images)), _shown(shared))
+        log.warning("%s: every class folder (%s) holds the same sub-folders (%s): if those are the classes, pass "
+                    "--leaf-folders (or point at one of the folders here)", root, _shown(list(with_images)),
+                    _shown(shared))
     elif len(with_images) >= 2 and _sorted_into_a_few_folders(root, with_images, inner):
         log.warning("%s: every class folder keeps its images in a few sub-folders of its own (%s): trained as %d "
-                    "classes (%s); if the %d sub-folders are the classes, point at one class folder or gather them "
-                    "side by side in one folder", root,
+                    "classes (%s); if the %d sub-folders are the classes, pass --leaf-folders", root,
                     "; ".join(f"{name}: {_shown(folders, 3)}" for name, folders in list(inner.items())[:3]),
                     len(with_images), _shown(list(with_images)), sum(map(len, inner.values())))
 

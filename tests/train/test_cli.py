@@ -36,7 +36,10 @@ def test_files_left_out_along_the_way_are_counted_again_in_one_line_at_the_end(c
 
 def test_labels_come_from_folders_file_names_or_a_csv_and_a_bad_csv_is_one_line(tmp_path):
     both = runner.invoke(app, ["train", str(tmp_path), "--labels", "l.csv", "--name-labels", "."])
-    assert both.exit_code == 2 and "Invalid value for --labels: labels come from file names or" in both.output
+    assert both.exit_code == 2 and "labels come from file names, a CSV or the folders holding the images: one of" \
+        in " ".join(both.output.replace("│", " ").split())
+    leaves = runner.invoke(app, ["evaluate", __file__, str(tmp_path), "--leaf-folders", "--name-labels", "."])
+    assert leaves.exit_code == 2 and "--leaf-folders" in leaves.output
     missing = runner.invoke(app, ["evaluate", __file__, str(tmp_path), "--labels", str(tmp_path / "l.csv")])
     assert missing.exit_code == 1 and f"{tmp_path / 'l.csv'}: cannot be read as CSV" in missing.output
 
@@ -78,12 +81,13 @@ def test_export_of_a_file_outside_a_run_directory_says_what_is_missing(tmp_path)
 
 def test_name_labels_take_a_separator_and_an_optional_position():
     from medclf.train.cli import _parse_naming
-    from medclf.train.data import NameLabels
+    from medclf.train.data import FolderLabels, NameLabels
 
     assert _parse_naming(".") == NameLabels(".", 0)
     assert _parse_naming("_:1") == NameLabels("_", 1)
     assert _parse_naming("::-1") == NameLabels(":", -1)
     assert _parse_naming(None) is None
+    assert _parse_naming(None, leaf_folders=True) == FolderLabels()
 
 
 def test_flags_given_next_to_a_preset_override_only_what_they_name():

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medclf.train.data import DatasetError, load_splits, read_folder
+from medclf.train.data import DatasetError, FolderLabels, load_splits, read_folder, read_named
 
 from .trees import make_tree
 
@@ -169,7 +169,7 @@ def test_class_folders_that_all_hold_the_same_sub_folders_are_warned_of(tmp_path
         assert read_folder(tmp_path).classes == ("siteA", "siteB")
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path}: every class folder (siteA, siteB) holds the same sub-folders (normal, tumour): if those "
-        "are the classes, point at one of the folders here or gather each class's images into one folder"]
+        "are the classes, pass --leaf-folders (or point at one of the folders here)"]
     caplog.clear()
     make_tree(tmp_path / "uneven", {"fold_0/all": 1, "fold_0/hem": 1, "fold_1/all": 1}, blood_cell_images[0])
     with caplog.at_level("WARNING"):  # parts that do not hold the same classes are not pooled
@@ -226,8 +226,7 @@ def test_class_folders_that_keep_their_images_in_a_few_other_folders_stay_the_cl
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / 'types'}: every class folder keeps its images in a few sub-folders of its own (benign: "
         "adenosis, fibroadenoma; malignant: ductal_carcinoma, lobular_carcinoma): trained as 2 classes (benign, "
-        "malignant); if the 4 sub-folders are the classes, point at one class folder or gather them side by side "
-        "in one folder"]
+        "malignant); if the 4 sub-folders are the classes, pass --leaf-folders"]
     make_tree(tmp_path / "sites", {"Normal/Normal_siteA": 1, "Normal/Normal_siteB": 1, "Pneumonia/Pneumonia_siteA": 1,
                                    "Pneumonia/Pneumonia_siteB": 1}, blood_cell_images[0])
     assert read_folder(tmp_path / "sites").classes == ("Normal", "Pneumonia")
@@ -238,3 +237,20 @@ def test_class_folders_that_keep_their_images_in_a_few_other_folders_stay_the_cl
     with caplog.at_level("WARNING"):
         assert read_folder(tmp_path / "own").classes == ("colon", "lung")
     assert not caplog.records
+
+
+def test_leaf_folders_read_the_folder_holding_each_image_as_its_class(tmp_path, blood_cell_images, caplog):
+    """HyperKvasir files its 23 classes two levels down (``lower-gi-tract/pathological-findings/polyps/``); sites
+    hold the same classes (``siteB/.../polyps``: one class with the others); an image in no folder is left out."""
+    make_tree(tmp_path / "kvasir", {"lower-gi-tract/pathological-findings/polyps": 2,
+                                    "lower-gi-tract/anatomical-landmarks/cecum": 1,
+                                    "upper-gi-tract/anatomical-landmarks/pylorus": 1,
+                                    "siteB/lower-gi-tract/pathological-findings/polyps": 1}, blood_cell_images[0])
+    (tmp_path / "kvasir" / "loose.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    with caplog.at_level(logging.WARNING):
+        folder = read_named(tmp_path / "kvasir", FolderLabels())
+    assert folder.class_counts() == {"cecum": 1, "polyps": 3, "pylorus": 1}
+    assert caplog.messages == [f"{tmp_path / 'kvasir'}: 1 image(s) in no folder of their own, left out (e.g. "
+                               "loose.jpeg)"]
+    assert read_named(tmp_path / "kvasir" / "lower-gi-tract", FolderLabels(), ("cecum", "polyps", "pylorus")
+                      ).class_counts() == {"cecum": 1, "polyps": 2, "pylorus": 0}  # a test split of some of them
