@@ -297,12 +297,14 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
 
 
 def _missing(path: str) -> str | None:
-    """Why ``path`` names no file when the system's "No such file or directory" says less: it is empty, or a
-    glob that matched nothing (passed on as given)."""
+    """Why ``path`` names no file when the system's "No such file or directory" says less: it is empty, a glob
+    that matched nothing (passed on as given), or a link whose file is gone (a dataset copied without it)."""
     import glob  # here, not at the top: only a missing file needs it
 
     if not path:
         return "an empty path"
+    if os.path.islink(path):
+        return f"a link to {os.readlink(path)}, which does not exist"
     return "no file matches this pattern" if glob.has_magic(path) else None
 
 

@@ -167,6 +167,9 @@ def test_the_smallest_images_models_are_trained_on_still_decode():
 def test_missing_file_names_the_path(tmp_path):
     with pytest.raises(ImageError, match="nothere.jpg: No such file"):
         load_image(tmp_path / "nothere.jpg", Preprocess(8, 8))
+    (tmp_path / "scan.jpg").symlink_to(tmp_path / "gone" / "scan.jpg")  # a dataset of links, copied without them
+    with pytest.raises(ImageError, match=f"scan.jpg: a link to {tmp_path}/gone/scan.jpg, which does not exist$"):
+        load_image(tmp_path / "scan.jpg", Preprocess(8, 8))
 
 
 def as_unprivileged_user(task):
