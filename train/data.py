@@ -220,9 +220,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     groups of them where files belong together (:func:`.groups.split_groups`: ``group_pattern``, ``group_copies``,
     a labels file's patients, or what the layout and the names show).
     """
-    data = unwrapped(data)
-    train_dir = find_split(data, "train")
-    train = _training_images(train_dir or data, naming)
+    data, train_dir, train = _training_part(data, naming)
     val_dir = find_split(data, "val") if train_dir else None
     val = read_dataset(val_dir, train.classes, naming) if val_dir is not None else None
     if val is not None and not len(val):
@@ -244,6 +242,13 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     return Splits(train, val, _labelled_test(test_dir, train.classes, naming, given=test is not None), held_out)
 
 
+def _training_part(data: str | os.PathLike[str], naming: Labeller | None) -> tuple[Path, Path | None, ImageFolder]:
+    """The dataset's folder (:func:`~.layout.unwrapped`), its ``train/`` if it is split, and the training images."""
+    data = unwrapped(data)
+    train_dir = find_split(data, "train")
+    return data, train_dir, _training_images(train_dir or data, naming)
+
+
 def _training_images(root: Path, naming: Labeller | None) -> ImageFolder:
     """The images of ``root`` (a dataset, or its ``train/``), refusing a split folder read as a class."""
     train = read_dataset(root, naming=naming)
@@ -258,9 +263,7 @@ def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = Non
     """Every image cross-validation may fold: a dataset's, or a pre-split one's ``train/`` and ``val/`` pooled
     — its ``test/`` is left out, said, so that it stays unseen (the folds read ``train`` and ``test`` as two
     classes before)."""
-    data = unwrapped(data)
-    train_dir = find_split(data, "train")
-    folder = _training_images(train_dir or data, naming)
+    data, train_dir, folder = _training_part(data, naming)
     if train_dir is None:
         return folder
     if (val_dir := find_split(data, "val")) is not None:
