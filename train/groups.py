@@ -141,9 +141,10 @@ def name_key(name: str, class_name: str) -> str | None:
     → ``-1016042`` (as ``DRUSEN-1016042-2.jpeg`` in class DRUSEN: one eye; a class name counts where a separator
     follows it). A name ending in which eye, breast or view it shows is the patient's without it: EyePACS'
     ``10_left.jpeg`` and ``10_right.jpeg`` → ``10``, CBIS-DDSM's ``Calc-Training_P_00005_RIGHT_CC`` →
-    ``Calc-Training_P_00005``. None for a name that ends in neither. A copy ``medclf augment`` wrote
-    (``x.aug3.jpg``) has its source's."""
-    stem = AUGMENTED_COPY.sub("", Path(name).stem)
+    ``Calc-Training_P_00005``; one ending in its class's name, without it (C-NMC's ``UID_11_10_1_all.bmp`` →
+    ``UID_11_10``). None for a name that ends in none of these. A copy ``medclf augment`` wrote (``x.aug3.jpg``)
+    has its source's."""
+    stem = _without_class_name(AUGMENTED_COPY.sub("", Path(name).stem), class_name)
     if (side := _SIDE_OR_VIEW.fullmatch(stem)) is not None:
         key = side.group(1)
     elif (match := _NUMBERED.fullmatch(stem)) is not None:
@@ -153,6 +154,15 @@ def name_key(name: str, class_name: str) -> str | None:
     opens = key.casefold().startswith(class_name.casefold()) and not key[len(class_name):][:1].isalnum() \
         and len(key) > len(class_name)  # the class name and more: class 0's patient 0 (0_left.jpeg) stays 0
     return key[len(class_name):] if opens else key  # CNV-1016042 → -1016042; class 0's 0123456 stays
+
+
+def _without_class_name(stem: str, class_name: str) -> str:
+    """``stem`` without the class name it ends in after a separator (``UID_11_10_1_all`` in class ``all``); a
+    class named by a number is not cut (knee grade 1's ``9003175_1`` is that patient's first knee)."""
+    ends = stem.casefold().endswith(class_name.casefold()) and len(stem) > len(class_name)
+    if not ends or not any(c.isalpha() for c in class_name) or stem[-len(class_name) - 1].isalnum():
+        return stem
+    return stem[:-len(class_name)].rstrip(" _.-")
 
 
 def name_groups(folder: ImageFolder) -> np.ndarray | None:

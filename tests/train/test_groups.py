@@ -35,6 +35,9 @@ def _folder(names_by_class: dict[str, list[str]]) -> ImageFolder:
     ("0123456_2.png", "0", "0123456"),  # a class name is not cut from a number it opens
     ("10_left.jpeg", "0", "10"),  # EyePACS: patient 10's left eye (and 10_right.jpeg, perhaps in another grade)
     ("Calc-Training_P_00005_RIGHT_CC.png", "BENIGN", "Calc-Training_P_00005"),  # CBIS-DDSM: breast and view
+    ("UID_11_10_1_all.bmp", "all", "UID_11_10"),  # C-NMC: subject 11's image 10, cell 1, and its class
+    ("UID_H10_1_2_hem.bmp", "hem", "UID_H10_1"),
+    ("9003175_1.png", "1", "9003175"),  # a class named by a number is not cut from the name's end
     ("cat.12.jpg", "cats", "cat."),  # no number before the image's: the whole class (refused by name_groups)
     ("benign (1).png", "benign", None),
     ("0f3a9c.jpg", "grade0", None),
@@ -98,6 +101,10 @@ def test_names_are_grouped_as_far_up_as_they_still_name_patients():
     assert groups is not None and len(set(groups)) == 48 and groups[0] == "name:SOB_B_A-14-10000A"
 
 
+    cells = {kind: [f"UID_{'H' if kind == 'hem' else ''}{subject}_{image}_{cell}_{kind}.bmp" for subject in range(30)
+                    for image in range(1, 6) for cell in range(1, 4)] for kind in ("all", "hem")}
+    groups = name_groups(_folder(cells))  # C-NMC: one subject's cells, every image of them
+    assert groups is not None and len(set(groups)) == 60 and groups[0] == "name:UID_0"
     eyes = {grade: [f"{patient}_{side}.jpeg" for patient in range(100 * g, 100 * g + 100) for side in ("left", "right")]
             for g, grade in enumerate("01234")}
     groups = name_groups(_folder(eyes))
