@@ -222,7 +222,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     """
     data, train_dir, train = _training_part(data, naming)
     val_dir = find_split(data, "val") if train_dir else None
-    val = read_dataset(val_dir, train.classes, naming) if val_dir is not None else None
+    val = _found_split(val_dir, train.classes, naming) if val_dir is not None else None
     if val is not None and not len(val):
         log.warning("%s: unlabelled, so %.0f%% of the training images are held out instead",
                     _unlabelled(val_dir, train.classes, naming), 100 * val_split)
@@ -281,7 +281,7 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     folder the user named must hold some: refused before training rather than after it."""
     if folder is None:
         return None
-    test = read_dataset(folder, classes, naming)
+    test = read_dataset(folder, classes, naming) if given else _found_split(folder, classes, naming)
     if len(test):
         return test
     if given:
@@ -289,6 +289,18 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
                 _unlabelled(folder, classes, naming))
     return None
+
+
+def _found_split(folder: Path, classes: tuple[str, ...], naming: Labeller | None) -> ImageFolder:
+    """A ``val/`` or ``test/`` found beside ``train/``, read by the training classes; empty where it holds no
+    folder named as one of them — its images are labelled otherwise or not at all (C-NMC's ``validation_data/``
+    holds one folder of loose images beside a sheet), which is said, not an error about unknown classes."""
+    folders = [d.name for d in folder.iterdir() if d.is_dir() and not not_a_class(d.name)]
+    named = {name.casefold() for name in classes}  # named as one, if ambiguously (Normal, NORMAL): refused later
+    if naming is None and not any(matching_class(name, classes) is not None or name.casefold() in named
+                                  for name in folders):
+        return ImageFolder((), np.zeros(0, dtype=np.int64), classes)
+    return read_dataset(folder, classes, naming)
 
 
 def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...],

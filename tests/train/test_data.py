@@ -115,6 +115,23 @@ def test_a_test_folder_of_loose_unlabelled_images_is_said_and_not_scored(tmp_pat
                                "instead"]
 
 
+def test_a_split_holding_a_folder_of_images_that_is_no_class_is_read_as_unlabelled(tmp_path, blood_cell_images,
+                                                                                     caplog):
+    """C-NMC's ``validation_data/`` holds ``C-NMC_test_prelim_phase_data/*.bmp`` beside the sheet labelling them:
+    not a folder of a training class, so not an error about unknown classes — unlabelled, as loose images are."""
+    make_tree(tmp_path / "training_data", {"all": 3, "hem": 3}, blood_cell_images[0])
+    make_tree(tmp_path / "validation_data", {"C-NMC_test_prelim_phase_data": 2}, blood_cell_images[0])
+    make_tree(tmp_path / "testing_data", {"C-NMC_test_final_phase_data": 2}, blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path, val_split=0.4)
+    assert splits.test is None and len(splits.val) == 2
+    assert [message.split(":")[-1] for message in caplog.messages] == [
+        " unlabelled, so 40% of the training images are held out instead",
+        " unlabelled, so not a test set (classify its images with medclf-run)"]
+    with pytest.raises(DatasetError, match=r"classes \['C-NMC_test_final_phase_data'\] are not among the training"):
+        load_splits(tmp_path, test=tmp_path / "testing_data")  # named by the user: said as it is
+
+
 def test_a_run_opens_by_saying_in_one_line_what_it_learns_from(tmp_path, blood_cell_images):
     for split, counts in (("train", {"cat": 3, "dog": 2}), ("val", {"cat": 1, "dog": 1}), ("test", {"cat": 1})):
         make_tree(tmp_path / split, counts, blood_cell_images[0])
