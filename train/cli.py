@@ -87,7 +87,7 @@ def train(
     from .pipeline import train as run_training
 
     recipes = _library_call(lambda: _recipes(preset, options))
-    naming = _library_call(lambda: _parse_naming(name_labels, labels, leaf_folders))
+    naming = _library_call(lambda: _naming(data, name_labels, labels, leaf_folders))
     if len(recipes) > 1:  # an ensemble preset: its members trained in turn, then averaged into RUN_DIR
         result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
         for member in result.metrics["training"]["members"]:
@@ -133,7 +133,7 @@ def crossval(
 
     recipe = _library_call(lambda: _recipe(preset, options))
     summary = _library_call(lambda: cross_validate(data, out, recipe, folds,
-                                                              _parse_naming(name_labels, labels, leaf_folders)))
+                                                              _naming(data, name_labels, labels, leaf_folders)))
     for name in REPORTED:
         if summary[name] is not None:
             console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
@@ -214,7 +214,7 @@ def evaluate(
     shares = _shares(prevalence)
     out = out or _home_of(model) / rundir.EVALUATION.format(data=data.resolve().name)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
-                                                 naming=_parse_naming(name_labels, labels, leaf_folders),
+                                                 naming=_naming(data, name_labels, labels, leaf_folders),
                                                  group_pattern=group_pattern,
                                                  group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})
@@ -283,7 +283,7 @@ def calibrate(
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity,
-                                                _parse_naming(name_labels, labels, leaf_folders),
+                                                _naming(data, name_labels, labels, leaf_folders),
                                                 group_pattern, group_copies, picture=picture,
                                                 class_bias=class_bias, prevalence=shares))
     record = site.record(data.resolve().name)
@@ -553,6 +553,14 @@ def _parse_size(text: str) -> int | tuple[int, int]:
     if len(parts) not in (1, 2) or min(parts) < 16:
         raise typer.BadParameter(f"{text!r}: give N or HxW, each at least 16", param_hint="--image-size")
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _naming(data: Path, text: str | None, labels: str | None, leaf_folders: bool):
+    """Where labels come from (:func:`_parse_naming`); with no option given, a sheet named as DATA beside it
+    where DATA holds its images loose (``labels_csv.sheet_beside``: MedMNIST's own export), else class folders."""
+    from .labels_csv import sheet_beside
+
+    return _parse_naming(text, labels, leaf_folders) or sheet_beside(data)
 
 
 def _parse_naming(text: str | None, labels: str | None = None, leaf_folders: bool = False):

@@ -221,25 +221,43 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     a labels file's patients, or what the layout and the names show).
     """
     data, train_dir, train = _training_part(data, naming)
+    train, listed_val, listed_test = _listed_splits(train, naming)
     val_dir = find_split(data, "val") if train_dir else None
-    val = _found_split(val_dir, train.classes, naming) if val_dir is not None else None
+    val = _found_split(val_dir, train.classes, naming) if val_dir is not None else listed_val
+    given_val = f"{val_dir.name}/ folder" if val_dir is not None else "validation rows of the labels file"
     if val is not None and not len(val):
         log.warning("%s: unlabelled, so %.0f%% of the training images are held out instead",
                     _unlabelled(val_dir, train.classes, naming), 100 * val_split)
         val = None
     elif val is not None and _too_small(val, train, val_split):
         log.warning("%s: %d images (%s) are too few to choose a model or a threshold on; merged into training, "
-                    "%.0f%% of it held out instead", val_dir, len(val),
+                    "%.0f%% of it held out instead", val_dir or given_val, len(val),
                     ", ".join(f"{n} {name}" for name, n in val.class_counts().items()), 100 * val_split)
         train, val = concat(train, val), None
-    held_out = f"{val_dir.name}/ folder" if val is not None else f"{val_split:.0%} of the images at random"
+    held_out = given_val if val is not None else f"{val_split:.0%} of the images at random"
     if val is None:
         groups = split_groups(train, group_pattern, group_copies, naming)
         if groups is not None:
             held_out = f"{val_split:.0%} of the images, whole {group_kind(groups)} at a time"
         train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
-    return Splits(train, val, _labelled_test(test_dir, train.classes, naming, given=test is not None), held_out)
+    test_images = listed_test if test_dir is None else _labelled_test(test_dir, train.classes, naming,
+                                                                      given=test is not None)
+    return Splits(train, val, test_images, held_out)
+
+
+def _listed_splits(folder: ImageFolder, naming: Labeller | None
+                   ) -> tuple[ImageFolder, ImageFolder | None, ImageFolder | None]:
+    """``folder`` as the labels file splits it (a split column; MedMNIST's AutoML Vision list): its training
+    rows and those it puts in no split, then its validation and test rows (None where it lists none); all of
+    ``folder`` for training where the file says no split. Said in one line."""
+    if not isinstance(naming, CsvLabels) or naming.splits is None:
+        return folder, None, None
+    said = np.asarray([naming.split(Path(path)) or "train" for path in folder.paths])
+    parts = {name: folder.subset(np.flatnonzero(said == name)) for name in ("train", "val", "test")}
+    log.warning("%s: splits its images itself (%s): each is used as its split", naming.source.name,
+                ", ".join(f"{len(part):,} {name}" for name, part in parts.items()))
+    return parts["train"], parts["val"] if len(parts["val"]) else None, parts["test"] if len(parts["test"]) else None
 
 
 def _training_part(data: str | os.PathLike[str], naming: Labeller | None) -> tuple[Path, Path | None, ImageFolder]:
@@ -265,7 +283,11 @@ def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = Non
     classes before)."""
     data, train_dir, folder = _training_part(data, naming)
     if train_dir is None:
-        return folder
+        train, val, test = _listed_splits(folder, naming)
+        if test is not None:
+            log.warning("%s: its %d test rows are left out of the folds, so that they stay unseen",
+                        naming.source.name, len(test))
+        return concat(train, val) if val is not None else train
     if (val_dir := find_split(data, "val")) is not None:
         folder = concat(folder, read_dataset(val_dir, folder.classes, naming))
     if (test_dir := find_split(data, "test")) is not None:
@@ -306,8 +328,11 @@ def _found_split(folder: Path, classes: tuple[str, ...], naming: Labeller | None
 def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...],
                   naming: Labeller | None = None) -> ImageFolder:
     """:func:`read_dataset` for data to score against ``classes`` (a test set, ``medclf evaluate``'s DATA):
-    refuses a folder holding no labelled image, saying what it holds instead."""
+    refuses a folder holding no labelled image, saying what it holds instead. A labels file that splits its
+    rows gives its test rows (training's rows would be scored as unseen)."""
     folder = read_dataset(root, classes, naming)
+    listed_test = _listed_splits(folder, naming)[2]
+    folder = listed_test if listed_test is not None else folder
     if not len(folder):
         raise DatasetError(_unlabelled(Path(root), classes, naming))
     return folder

@@ -6,7 +6,10 @@ HAM10000 (``image_id``, ``dx``, and ``lesion_id`` naming the lesion each photo s
 which column names the image, which holds the label, and which names the patient are found by their headers
 (``--labels FILE.csv:IMAGE,LABEL`` says it where they are named otherwise). An image is found by its file name
 with or without extension, wherever it sits under the data folder; one the file does not list is left out,
-counted in one warning.
+counted in one warning. A column saying which split a row belongs to (``split``, ``set``: train / validation /
+test) is followed — as is Google AutoML Vision's headerless ``SET,IMAGE,LABEL``, in which MedMNIST's own
+``save`` lists its images (``TRAIN,train0_3.png,3``) — so a published benchmark is trained and scored on its
+published splits.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medclf.runtime.inputs import IMAGE_EXTENSIONS
+from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +33,11 @@ MULTI_LABEL = "|"  # NIH ChestX-ray14's "Effusion|Mass": several findings in one
 # Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
 GROUP_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "lesion_id", "study_id")
 ONE_HOT = {"0", "1", "0.0", "1.0"}
+SPLIT_COLUMNS = ("split", "set", "subset", "partition", "fold_set", "data_split")
+# A row's split as sheets spell it (AutoML Vision: TRAIN, VALIDATION, TEST, UNASSIGNED) → train / val / test.
+SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+                "dev": "val", "test": "test", "testing": "test"}
+AUTOML_SETS = {"TRAIN", "VALIDATION", "TEST", "UNASSIGNED"}
 AUGMENTED_COPY = re.compile(r"\.aug\d+$")  # what medclf augment adds to a copy's name (augment._copy_name)
 
 
@@ -44,6 +52,7 @@ class CsvLabels:
     source: Path
     labels: dict[str, str]  # casefolded file name, and its stem where it has an image extension → label
     groups: dict[str, str] | None = None
+    splits: dict[str, str] | None = None  # the same keys → "train", "val" or "test", where the sheet says
 
     @property
     def kind(self) -> str:
@@ -65,6 +74,11 @@ class CsvLabels:
         key = self._key(path)
         return self.groups.get(key) if self.groups is not None and key is not None else None
 
+    def split(self, path: Path) -> str | None:
+        """The split the sheet puts the image in (``train``, ``val``, ``test``), or None where it says none."""
+        key = self._key(path)
+        return self.splits.get(key) if self.splits is not None and key is not None else None
+
     def unlabelled(self, root: Path, names: list[str]) -> None:
         """Images the file does not list are left out, said once (an images folder often holds more)."""
         log.warning("%s: %d image(s) not listed in %s, left out (e.g. %s)", root, len(names), self.source, names[0])
@@ -77,9 +91,16 @@ def read_labels_csv(spec: str) -> CsvLabels:
         with open(file, newline="", encoding="utf-8-sig") as handle:
             sample = handle.read(64 * 1024)
             handle.seek(0)
-            rows = list(csv.DictReader(handle, dialect=_dialect(sample)))
+            table = list(csv.reader(handle, dialect=_dialect(sample)))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise LabelsError(f"{file}: cannot be read as CSV ({exc})") from exc
+    if table and len(table[0]) >= 3 and table[0][0].strip().upper() in AUTOML_SETS:  # no header: SET,IMAGE,LABEL...
+        table.insert(0, ["set", "image"] + (["label"] if len(table[0]) == 3 else [f"label{k}" for k in
+                                                                                  range(len(table[0]) - 2)]))
+        if len(table[1]) > 3:
+            raise LabelsError(f"{file}: rows give {len(table[1]) - 2} labels each (e.g. {','.join(table[1][2:])}); "
+                              "medclf learns one label per image")
+    rows = [dict(zip(table[0], row + [""] * (len(table[0]) - len(row)))) for row in table[1:] if any(row)]
     if not rows:
         raise LabelsError(f"{file}: no rows under its header")
     headers = list(rows[0])
@@ -101,9 +122,35 @@ def read_labels_csv(spec: str) -> CsvLabels:
     if several:
         raise LabelsError(f"{file}: {len(several)} rows name several findings (e.g. {several[0]}); medclf learns one "
                           "label per image: keep the rows with one finding, or one finding per row")
-    group = _column(headers, GROUP_COLUMNS)
-    return CsvLabels(file, _keyed(file, values, found), _keyed(file, values, [row[group] for row in rows], False)
-                     if group is not None else None)
+    group, split = _column(headers, GROUP_COLUMNS), _split_column(rows, headers)
+    return CsvLabels(file, _keyed(file, values, found),
+                     _keyed(file, values, [row[group] for row in rows], False) if group is not None else None,
+                     _keyed(file, values, [SPLIT_VALUES.get(_normalised(row[split])) or "" for row in rows], False)
+                     if split is not None else None)
+
+
+def _split_column(rows: list[dict[str, str]], headers: list[str]) -> str | None:
+    """The column naming each row's split, where its values are splits (``TRAIN``, ``validation``, ``test``...);
+    rows it names none (AutoML's ``UNASSIGNED``, a blank) are training's to split."""
+    column = _column(headers, SPLIT_COLUMNS)
+    if column is None or not any(_normalised(row[column] or "") in SPLIT_VALUES for row in rows):
+        return None
+    return column
+
+
+def sheet_beside(folder: Path) -> CsvLabels | None:
+    """The labels file named as ``folder``, beside it, where ``folder`` holds its images loose (no sub-folders):
+    MedMNIST's ``save`` writes ``bloodmnist/`` and ``bloodmnist.csv`` so, and a user pointing at the images
+    means that list. Read as ``--labels`` would, said once; None where there is none such."""
+    sheet = folder.parent / f"{folder.name}.csv"
+    if not sheet.is_file() or not folder.is_dir():
+        return None
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    if any(entry.is_dir() for entry in entries) or not any(is_image_file(entry) for entry in entries):
+        return None
+    log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder, sheet.name,
+                sheet)
+    return read_labels_csv(str(sheet))
 
 
 def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:

@@ -4,12 +4,13 @@ and HAM10000, APTOS and ISIC ship them."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from medclf.train.data import load_splits, read_dataset
-from medclf.train.labels_csv import LabelsError, read_labels_csv
+from medclf.train.data import load_splits, pooled_for_folds, read_dataset, read_labelled
+from medclf.train.labels_csv import LabelsError, read_labels_csv, sheet_beside
 
 
 def images(folder, blood_cell_images, names):
@@ -96,3 +97,52 @@ def test_a_multi_label_sheet_is_refused_with_what_to_do(tmp_path):
                                       "00000001_000.png,Cardiomegaly,0,1\n00000002_000.png,No Finding,0,2\n")
     naming = read_labels_csv(str(tmp_path / "one.csv"))  # its columns found by their headers, patients too
     assert naming.labels["00000002_000"] == "No Finding" and naming.groups["00000001_000.png"] == "1"
+
+
+def test_a_sheet_that_splits_its_images_is_trained_chosen_and_scored_on_its_splits(tmp_path, blood_cell_images,
+                                                                                      caplog):
+    """MedMNIST's own ``save`` writes every split into one folder (``train0_3.png``, ``val5_1.png``,
+    ``test2_0.png``) beside a headerless AutoML Vision list, ``TRAIN,train0_3.png,3``: its published splits are
+    what baselines are measured on. Cross-validation folds its training and validation rows, never its test rows;
+    ``medclf evaluate`` scores its test rows."""
+    folder = tmp_path / "bloodmnist"
+    folder.mkdir()
+    rows = []
+    for split, count in (("train", 40), ("val", 24), ("test", 10)):
+        for i in range(count):
+            name = f"{split}{i}_{i % 2}.png"
+            (folder / name).symlink_to(blood_cell_images[i % len(blood_cell_images)])
+            rows.append(f"{ {'val': 'VALIDATION'}.get(split, split.upper()) },{name},{i % 2}")
+    (tmp_path / "bloodmnist.csv").write_text("\n".join(rows) + "\n")
+    naming = read_labels_csv(str(tmp_path / "bloodmnist.csv"))
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(folder, naming=naming)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 24, 10)
+    assert {Path(p).name[:4] for p in splits.test.paths} == {"test"} and splits.train.classes == ("0", "1")
+    assert caplog.messages[0] == ("bloodmnist.csv: splits its images itself (40 train, 24 val, 10 test): each is "
+                                  "used as its split")
+    assert len(pooled_for_folds(folder, naming)) == 64
+    assert {Path(p).name[:4] for p in read_labelled(folder, ("0", "1"), naming).paths} == {"test"}
+
+
+def test_a_sheet_giving_several_labels_a_row_without_a_header_is_refused(tmp_path):
+    """MedMNIST's ChestMNIST lists 14 findings a row."""
+    (tmp_path / "chestmnist.csv").write_text("TRAIN,train0_0_1_0.png,0,1,0\n")
+    with pytest.raises(LabelsError, match="rows give 3 labels each"):
+        read_labels_csv(str(tmp_path / "chestmnist.csv"))
+
+
+def test_a_sheet_named_as_a_folder_of_loose_images_labels_them_unasked(tmp_path, blood_cell_images, caplog):
+    """``python -m medmnist save`` leaves ``bloodmnist/`` and ``bloodmnist.csv`` side by side: pointing at the
+    images is enough. A folder with sub-folders (classes) or a sheet named otherwise is not read so."""
+    images(tmp_path / "bloodmnist", blood_cell_images, ["train0_1.png", "test0_0.png"])
+    (tmp_path / "bloodmnist.csv").write_text("TRAIN,train0_1.png,1\nTEST,test0_0.png,0\n")
+    with caplog.at_level(logging.WARNING):
+        naming = sheet_beside(tmp_path / "bloodmnist")
+    assert naming is not None and naming.label(Path("train0_1.png")) == "1"
+    assert naming.split(Path("test0_0.png")) == "test"
+    assert caplog.messages == [f"{tmp_path / 'bloodmnist'}: its images lie loose beside bloodmnist.csv: labels read "
+                               f"from that (as --labels {tmp_path / 'bloodmnist.csv'})"]
+    (tmp_path / "bloodmnist" / "extra").mkdir()
+    assert sheet_beside(tmp_path / "bloodmnist") is None
+    assert sheet_beside(tmp_path) is None  # no tmp_path.csv beside it
