@@ -566,7 +566,7 @@ def _naming(data: Path, text: str | None, labels: str | None, leaf_folders: bool
 def _parse_naming(text: str | None, labels: str | None = None, leaf_folders: bool = False):
     """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); ``labels`` (a CSV) → CsvLabels; ``leaf_folders`` →
     FolderLabels; none → None (labels from the class folders)."""
-    from .data import FolderLabels, NameLabels
+    from .labellers import FolderLabels, NameLabels
     from .labels_csv import read_labels_csv
 
     if (text is not None) + (labels is not None) + leaf_folders > 1:

@@ -15,7 +15,6 @@ import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -29,6 +28,7 @@ from medclf.runtime.stream import decoded
 
 from .bars import track
 from .groups import group_kind, split_groups
+from .labellers import Labeller
 from .labels_csv import CsvLabels
 from .layout import (DatasetError, check_found, class_folders, find_split, is_split_name, not_a_class, not_a_folder,
                      unwrapped, unwrapped_classes, without_masks, without_nested_copies)
@@ -121,48 +121,6 @@ def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
     return renamed
 
 
-@dataclass(frozen=True)
-class NameLabels:
-    """Labels from file names, for datasets kept in one folder: ``cat.123.jpg`` → ``cat`` with separator ``.``
-    and position 0 (the part of the name without its extension, split on ``separator``)."""
-
-    separator: str = "."
-    position: int = 0
-
-    kind = "classes in the file names"
-
-    def label(self, path: Path) -> str | None:
-        parts = path.stem.split(self.separator) if self.separator else [path.stem]
-        return parts[self.position] if -len(parts) <= self.position < len(parts) and len(parts) > 1 else None
-
-    def group(self, path: Path) -> str | None:
-        return None
-
-    def unlabelled(self, root: Path, names: list[str]) -> None:
-        """A name without its label part is a mistake in the naming asked for: refused."""
-        raise DatasetError(f"{root}: {len(names)} file names have no label part at position {self.position} after "
-                           f"splitting on {self.separator!r}, e.g. {names[0]}")
-
-
-@dataclass(frozen=True)
-class FolderLabels:
-    """Labels from the folder each image sits in, at any depth (folders of one name are one class), for classes
-    filed under folders of their own: HyperKvasir's ``lower-gi-tract/pathological-findings/polyps/`` → ``polyps``,
-    ``benign/adenosis/`` → ``adenosis``. An image in no folder below the dataset's has no label: left out."""
-
-    kind = "classes in the folders holding the images"
-
-    def label(self, path: Path) -> str | None:
-        return path.parent.name or None
-
-    def group(self, path: Path) -> str | None:
-        return None
-
-    def unlabelled(self, root: Path, names: list[str]) -> None:
-        log.warning("%s: %d image(s) in no folder of their own, left out (e.g. %s)", root, len(names), names[0])
-
-
-Labeller = Union[NameLabels, CsvLabels, FolderLabels]  # where labels come from when not from class folders
 
 
 def read_named(root: str | os.PathLike[str], naming: Labeller,

@@ -81,7 +81,7 @@ def test_export_of_a_file_outside_a_run_directory_says_what_is_missing(tmp_path)
 
 def test_name_labels_take_a_separator_and_an_optional_position():
     from medclf.train.cli import _parse_naming
-    from medclf.train.data import FolderLabels, NameLabels
+    from medclf.train.labellers import FolderLabels, NameLabels
 
     assert _parse_naming(".") == NameLabels(".", 0)
     assert _parse_naming("_:1") == NameLabels("_", 1)

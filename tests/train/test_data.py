@@ -12,8 +12,9 @@ import pytest
 
 from medclf.runtime.preprocess import Preprocess, load_image
 from medclf.train.data import (
-    DatasetError, ImageFolder, NameLabels, load_arrays, load_splits, pooled_for_folds, predict_folder, read_folder,
+    DatasetError, ImageFolder, load_arrays, load_splits, pooled_for_folds, predict_folder, read_folder,
     Splits, read_named, stratified_split, warn_missing_classes)
+from medclf.train.labellers import NameLabels
 
 from .trees import make_tree
 

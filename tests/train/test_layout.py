@@ -12,7 +12,8 @@ import cv2
 import numpy as np
 import pytest
 
-from medclf.train.data import DatasetError, FolderLabels, load_splits, read_folder, read_named
+from medclf.train.data import DatasetError, load_splits, read_folder, read_named
+from medclf.train.labellers import FolderLabels
 
 from .trees import make_tree
 
