@@ -51,7 +51,8 @@ def test_a_file_names_its_run_while_the_run_still_holds_the_model_exported(expor
     (tmp_path / "run").mkdir()
     for name in ("labels.json", "preprocess.json", "model.keras"):
         (tmp_path / "run" / name).write_bytes((run_dir / name).read_bytes())
-    assert RunDir.of_export(source | {"run_dir": str(tmp_path / "run")}).path == tmp_path / "run"  # a copy holding the model
+    # a copy holding the model
+    assert RunDir.of_export(source | {"run_dir": str(tmp_path / "run")}).path == tmp_path / "run"
     (tmp_path / "bare").mkdir()
     (tmp_path / "bare" / "model.keras").write_bytes((run_dir / "model.keras").read_bytes())
     assert RunDir.of_export(source | {"run_dir": str(tmp_path / "bare")}) is None  # the model without its run
