@@ -21,7 +21,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file
+from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file, list_images
+
+from .layout import numbered_parts
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,7 @@ SPLIT_COLUMNS = ("split", "set", "subset", "partition", "fold_set", "data_split"
 SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
                 "dev": "val", "test": "test", "testing": "test"}
 AUTOML_SETS = {"TRAIN", "VALIDATION", "TEST", "UNASSIGNED"}
+LISTED_SHARE = 0.9  # of a dataset's images a sheet found beside them must label to be taken as their labels
 AUGMENTED_COPY = re.compile(r"\.aug\d+$")  # what medclf augment adds to a copy's name (augment._copy_name)
 
 
@@ -139,18 +142,40 @@ def _split_column(rows: list[dict[str, str]], headers: list[str]) -> str | None:
 
 
 def sheet_beside(folder: Path) -> CsvLabels | None:
-    """The labels file named as ``folder``, beside it, where ``folder`` holds its images loose (no sub-folders):
-    MedMNIST's ``save`` writes ``bloodmnist/`` and ``bloodmnist.csv`` so, and a user pointing at the images
-    means that list. Read as ``--labels`` would, said once; None where there is none such."""
-    sheet = folder.parent / f"{folder.name}.csv"
-    if not sheet.is_file() or not folder.is_dir():
+    """The labels file a dataset ships beside its images where no folder says a class: named as ``folder``,
+    beside it, where ``folder`` holds its images loose (MedMNIST's ``save`` writes ``bloodmnist/`` and
+    ``bloodmnist.csv``), or inside ``folder`` where its folders are numbered parts of one folder of images
+    (HAM10000's ``HAM10000_images_part_1/``, ``_part_2/`` beside ``HAM10000_metadata.csv``) and the sheet labels
+    nearly all of them. Read as ``--labels`` would, said once; None where there is none such."""
+    if not folder.is_dir():
         return None
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
-    if any(entry.is_dir() for entry in entries) or not any(is_image_file(entry) for entry in entries):
-        return None
-    log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder, sheet.name,
-                sheet)
-    return read_labels_csv(str(sheet))
+    folders = [entry for entry in entries if entry.is_dir()]
+    sheet = folder.parent / f"{folder.name}.csv"
+    if sheet.is_file() and not folders and any(is_image_file(entry) for entry in entries):
+        log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder,
+                    sheet.name, sheet)
+        return read_labels_csv(str(sheet))
+    with_images = {entry: list_images(entry) for entry in folders}
+    parts = [entry for entry, found in with_images.items() if found]
+    if numbered_parts([part.name for part in parts]):
+        return _sheet_of_parts(folder, [image for part in parts for image in with_images[part]])
+    return None
+
+
+def _sheet_of_parts(folder: Path, images: list[Path]) -> CsvLabels | None:
+    """The first sheet in ``folder`` that labels ``LISTED_SHARE`` of ``images`` (HAM10000 ships pixel tables
+    beside its metadata: those label none), said once."""
+    for sheet in sorted(folder.glob("*.csv")):
+        try:
+            labels = read_labels_csv(str(sheet))
+        except LabelsError:
+            continue
+        if images and sum(labels.label(image) is not None for image in images) >= LISTED_SHARE * len(images):
+            log.warning("%s: its images are in numbered parts (%s), labelled by %s: reading that (as --labels %s)",
+                        folder, ", ".join(sorted({image.parent.name for image in images})), sheet.name, sheet)
+            return labels
+    return None
 
 
 def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:

@@ -64,11 +64,17 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
     return {name: [name] for name in found}
 
 
+def numbered_parts(names: list[str]) -> bool:
+    """Whether ``names`` are two or more numbered parts of one whole: ``fold_0``, ``fold_1``; HAM10000's
+    ``HAM10000_images_part_1``, ``_part_2`` (and the lowercase copies Kaggle's version adds)."""
+    return len(names) >= 2 and all(_PART.search(name) for name in names) and len(
+        {_PART.sub("", name).casefold() for name in names}) == 1
+
+
 def _pooled_parts(root: Path, found: list[str]) -> dict[str, list[str]] | None:
     """Class name → its folder in each part, where every folder found is a numbered part (``fold_0``, ``part 2``)
     of one whole, holding no image of its own and the same two or more class folders as the others."""
-    if len(found) < 2 or not all(_PART.search(name) for name in found) or len({_PART.sub("", name).casefold()
-                                                                             for name in found}) > 1:
+    if not numbered_parts(found):
         return None
     inner = [_subfolders(root / name) for name in found]
     if len(inner[0]) < 2 or any(folders != inner[0] for folders in inner) or any(_holds_images(root / name)
@@ -154,9 +160,7 @@ def _parts_of_one_folder(root: Path, names: list[str]) -> None:
     """Refuse (beside a sheet) or warn of class folders that are parts of one folder of images, not classes:
     HAM10000 ships ``HAM10000_images_part_1/`` and ``_part_2/`` beside ``HAM10000_metadata.csv``, which holds
     the labels — trained as folders, the model would learn which half of the download an image came in."""
-    if len(names) < 2 or not all(_PART.search(name) for name in names):
-        return
-    if len({_PART.sub("", name) for name in names}) > 1:
+    if not numbered_parts(names):
         return
     sheets = sorted(root.glob("*.csv"))
     why = f"{root}: the class folders ({_shown(names)}) are numbered parts of one folder of images, not classes"

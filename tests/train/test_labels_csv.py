@@ -146,3 +146,23 @@ def test_a_sheet_named_as_a_folder_of_loose_images_labels_them_unasked(tmp_path,
     (tmp_path / "bloodmnist" / "extra").mkdir()
     assert sheet_beside(tmp_path / "bloodmnist") is None
     assert sheet_beside(tmp_path) is None  # no tmp_path.csv beside it
+
+
+def test_a_sheet_beside_numbered_parts_of_one_image_folder_labels_them_unasked(tmp_path, blood_cell_images, caplog):
+    """HAM10000 unpacks to ``HAM10000_images_part_1/``, ``_part_2/`` (Kaggle's copy adds lowercase twins of both)
+    beside ``HAM10000_metadata.csv`` and pixel tables (``hmnist_8_8_L.csv``), which label no image file."""
+    images(tmp_path / "HAM10000_images_part_1", blood_cell_images, ["ISIC_0000001.jpg", "ISIC_0000002.jpg"])
+    images(tmp_path / "HAM10000_images_part_2", blood_cell_images, ["ISIC_0000003.jpg", "ISIC_0000004.jpg"])
+    (tmp_path / "hmnist_8_8_L.csv").write_text("pixel0000,pixel0001,label\n12,40,2\n")
+    (tmp_path / "HAM10000_metadata.csv").write_text(
+        "lesion_id,image_id,dx\nHAM_1,ISIC_0000001,nv\nHAM_1,ISIC_0000002,nv\nHAM_2,ISIC_0000003,mel\n"
+        "HAM_3,ISIC_0000004,bkl\n")
+    with caplog.at_level(logging.WARNING):
+        naming = sheet_beside(tmp_path)
+    assert naming is not None and naming.source.name == "HAM10000_metadata.csv"
+    assert caplog.messages == [f"{tmp_path}: its images are in numbered parts (HAM10000_images_part_1, "
+                               "HAM10000_images_part_2), labelled by HAM10000_metadata.csv: reading that (as "
+                               f"--labels {tmp_path / 'HAM10000_metadata.csv'})"]
+    assert read_dataset(tmp_path, naming=naming).class_counts() == {"bkl": 1, "mel": 1, "nv": 2}
+    (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_0000001,nv\n")
+    assert sheet_beside(tmp_path) is None  # a sheet labelling a quarter of them is not theirs: refused as before
