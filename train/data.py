@@ -121,8 +121,6 @@ def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
     return renamed
 
 
-
-
 def read_named(root: str | os.PathLike[str], naming: Labeller,
                classes: tuple[str, ...] | None = None) -> ImageFolder:
     """Every image under ``root``, labelled by its file name (``NameLabels``: names without a label part are

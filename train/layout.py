@@ -209,11 +209,8 @@ def _one_level_too_high(root: Path, only: Path) -> None:
     """Refuse a dataset of one class folder whose own sub-folders may be the classes (archives often unpack
     to ``dataset/images/{A,B}``; wrapped in a folder of their own name they are found, :func:`unwrapped_classes`),
     saying where to point instead."""
-    found = only
-    while len(inner := _subfolders(found)) == 1 and not any(path.is_file() and is_image_file(path)
-                                                             for path in found.iterdir()):
-        found = found / inner[0]
-    if len(inner) >= 2:
+    found = _single_folders(only)[-1]
+    if len(inner := _subfolders(found)) >= 2:
         raise DatasetError(f"{root}: need at least 2 class folders with images, found 1 ({only.name}); if the "
                            f"sub-folders of {found.relative_to(root)} ({_shown(inner)}) are the classes, point at "
                            f"{found}")
@@ -288,7 +285,7 @@ def unwrapped_classes(root: Path) -> Path:
 
 def _single_folders(root: Path, most: int = 4) -> list[Path]:
     """``root`` and the folders below it, each the only folder in the one above, which holds no image (at most
-    ``most`` levels down)."""
+    ``most`` levels down: a folder holding only a link to itself would never end)."""
     chain = [root]
     while len(chain) <= most and len(inner := _subfolders(chain[-1])) == 1 and not _holds_images(chain[-1]):
         chain.append(chain[-1] / inner[0])
