@@ -23,7 +23,7 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
-from .layout import find_split, is_split_name
+from .layout import find_split, is_split_name, unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +69,16 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
 def _training_part(data: Path, out: Path) -> Path:
     """What to augment: a pre-split dataset's ``train/`` alone, said — augmented validation or test images would
     judge a model on altered copies (blood-cells TEST is ~25 copies of each of 100 cells: 100 cells, not 2,487
-    images) — else all of ``data``."""
-    train = find_split(data, "train")
+    images) — else all of ``data``. A split dataset inside the folder of its archive's name is found there
+    (:func:`~.layout.unwrapped`), as training finds it."""
+    split = unwrapped(data)
+    train = find_split(split, "train")
     if train is None:
         return data
-    others = sorted(d.name for d in data.iterdir() if d.is_dir() and d != train and is_split_name(d.name))
+    others = sorted(d.name for d in split.iterdir() if d.is_dir() and d != train and is_split_name(d.name))
     if others:
-        log.warning("%s: only %s/ is augmented (into %s); %s left out: a model is judged on real images", data,
-                    train.name, out / train.name, ", ".join(f"{name}/" for name in others))
+        log.warning("%s: only %s/ is augmented (into %s); %s left out: a model is judged on real images", split,
+                    train.name, out / train.relative_to(data), ", ".join(f"{name}/" for name in others))
     return train
 
 

@@ -35,6 +35,7 @@ import onnx
 import onnx.numpy_helper
 from sklearn.model_selection import StratifiedGroupKFold
 
+from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
@@ -97,7 +98,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                          f"{len(card.labels)} classes and calls the most probable")
     if prevalence and not class_bias:
         raise ValueError("a stated prevalence moves the class bias, so it needs one: drop --no-class-bias")
-    site = read_labelled(data, card.labels, naming)
+    site = read_labelled(data, card.labels, naming, RunDir.of_export(card.source))
     counts = np.bincount(site.labels, minlength=len(card.labels))
     _enough(counts, card.labels, data)
     shares = stated_shares(prevalence, card.labels, counts) if prevalence else None

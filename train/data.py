@@ -28,10 +28,11 @@ from medclf.runtime.stream import decoded
 
 from .bars import track
 from .groups import group_kind, split_groups
-from .labellers import Labeller
+from .labellers import Labeller, rule_recorded
 from .labels_csv import CsvLabels
 from .layout import (DatasetError, check_found, class_folders, find_split, is_split_name, not_a_class, not_a_folder,
-                     unwrapped, unwrapped_classes, without_masks, without_nested_copies)
+                     unwrapped, unwrapped_classes, without_masks, without_nested_copies, without_outputs,
+                     written_by_medclf)
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +75,15 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
         raise not_a_folder(root)
     root = unwrapped_classes(root)
     found = sorted(d.name for d in root.iterdir() if d.is_dir() and not not_a_class(d.name))
+    if written := [name for name in found if written_by_medclf(root / name)]:
+        log.warning("%s: written by medclf (a run, an evaluation), not a class: left out", ", ".join(
+            str(root / name) for name in written))
+        found = [name for name in found if name not in written]
     if classes is None:
         found = without_nested_copies(root, found)
     sources = class_folders(root, found)
-    per_folder = without_masks(root, {folder: list_images(root / folder) for folders in sources.values()
-                                      for folder in folders})
+    per_folder = without_masks(root, {folder: without_outputs(root, list_images(root / folder))
+                                      for folders in sources.values() for folder in folders})
     per_class = {name: [path for folder in folders for path in per_folder[folder]] for name, folders in sources.items()}
     if classes is None and all(folders == [name] for name, folders in sources.items()):
         check_found(root, per_class)
@@ -131,7 +136,7 @@ def read_named(root: str | os.PathLike[str], naming: Labeller,
         raise not_a_folder(root)
     per_class: dict[str, list[Path]] = {}
     unlabelled = []
-    for path in without_masks(root, {".": list_images(root)})["."]:
+    for path in without_masks(root, {".": without_outputs(root, list_images(root))})["."]:
         label = naming.label(path.relative_to(root))
         if label is None:
             unlabelled.append(path.name)
@@ -245,7 +250,11 @@ def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = Non
                         naming.source.name, len(test))
         return concat(train, val) if val is not None else train
     if (val_dir := find_split(data, "val")) is not None:
-        folder = concat(folder, read_dataset(val_dir, folder.classes, naming))
+        val = _found_split(val_dir, folder.classes, naming)
+        if len(val):
+            folder = concat(folder, val)
+        else:
+            log.warning("%s: unlabelled, so not folded", _unlabelled(val_dir, folder.classes, naming))
     if (test_dir := find_split(data, "test")) is not None:
         log.warning("%s: left out of the folds, so that it stays unseen (score the fold models on it with medclf "
                     "evaluate)", test_dir)
@@ -281,12 +290,23 @@ def _found_split(folder: Path, classes: tuple[str, ...], naming: Labeller | None
     return read_dataset(folder, classes, naming)
 
 
-def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...],
-                  naming: Labeller | None = None) -> ImageFolder:
+def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...], naming: Labeller | None = None,
+                  run: RunDir | None = None) -> ImageFolder:
     """:func:`read_dataset` for data to score against ``classes`` (a test set, ``medclf evaluate``'s DATA):
     refuses a folder holding no labelled image, saying what it holds instead. A labels file that splits its
-    rows gives its test rows (training's rows would be scored as unseen)."""
-    folder = read_dataset(root, classes, naming)
+    rows gives its test rows (training's rows would be scored as unseen). Where nothing says how and no class
+    folders do, the images are labelled by the rule the model's ``run`` labelled its own by (file names, the
+    folders holding them), said in one line: a model trained with ``--name-labels`` is scored without it."""
+    rule = rule_recorded(run.metrics.get("training", {}).get("labelled_by")) if run and naming is None else None
+    try:
+        folder = read_dataset(root, classes, naming)
+    except DatasetError:
+        if rule is None:
+            raise
+        folder = None
+    if rule is not None and (folder is None or not len(folder)):
+        log.warning("%s: no class folders; labelled by %s, as this model's training images were", root, rule.kind)
+        folder, naming = read_dataset(root, classes, rule), rule
     listed_test = _listed_splits(folder, naming)[2]
     folder = listed_test if listed_test is not None else folder
     if not len(folder):

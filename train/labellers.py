@@ -60,3 +60,24 @@ class FolderLabels:
 
 
 Labeller = Union[NameLabels, CsvLabels, FolderLabels]  # where labels come from when not from class folders
+
+
+def recorded(naming: Labeller | None) -> dict | None:
+    """How a run's labels were read, for its ``metrics.json``: None for class folders."""
+    if isinstance(naming, NameLabels):
+        return {"file_names": {"separator": naming.separator, "position": naming.position}}
+    if isinstance(naming, FolderLabels):
+        return {"leaf_folders": True}
+    if isinstance(naming, CsvLabels):
+        return {"sheet": str(naming.source)}
+    return None
+
+
+def rule_recorded(record: dict | None) -> NameLabels | FolderLabels | None:
+    """The rule a run's labels were read by (:func:`recorded`), to read other data of its kind the same way: a
+    model trained on ``cat.123.jpg``'s is scored on ``dog.7.jpg``'s without ``--name-labels`` given again. A
+    sheet lists its own dataset's files, so it is no rule: None, as for class folders."""
+    record = record or {}
+    if "file_names" in record:
+        return NameLabels(**record["file_names"])
+    return FolderLabels() if record.get("leaf_folders") else None

@@ -229,6 +229,35 @@ def without_masks(root: Path, per_folder: dict[str, list[Path]]) -> dict[str, li
     return kept
 
 
+MEDCLF_WRITES = ("preprocess.json", "metrics.json", "crossval.json")  # in a run, an evaluation, a cross-validation
+
+
+def written_by_medclf(folder: Path) -> bool:
+    """A folder medclf wrote — a run's ``--out`` put inside its dataset, an evaluation's, a cross-validation's:
+    its pictures (``roc.png``, ``curves.png``) are no images of a class, and the next run would learn them."""
+    return any((folder / name).is_file() for name in MEDCLF_WRITES)
+
+
+def without_outputs(root: Path, images: list[Path]) -> list[Path]:
+    """``images`` but those in a folder below ``root`` that medclf wrote (:func:`written_by_medclf`), said once."""
+    written: dict[Path, bool] = {}
+
+    def inside_output(folder: Path) -> bool:
+        if folder == root or root not in folder.parents:
+            return False
+        if folder not in written:
+            written[folder] = written_by_medclf(folder) or inside_output(folder.parent)
+        return written[folder]
+
+    kept = [image for image in images if not inside_output(image.parent)]
+    if len(kept) < len(images):
+        folders = sorted(folder.relative_to(root).as_posix() for folder, was in written.items()
+                         if was and not written.get(folder.parent))  # the outermost: a run, not its evaluation
+        log.warning("%s: %d images in folders medclf wrote (%s) left out: a run's pictures are not data", root,
+                    len(images) - len(kept), ", ".join(folders[:3]) + (", ..." if len(folders) > 3 else ""))
+    return kept
+
+
 def not_a_class(folder: str) -> bool:
     """Hidden folders, and ``__MACOSX`` (macOS's zip archives unpack a copy of the tree there, of ``._`` files)."""
     return folder.startswith(".") or folder == "__MACOSX"

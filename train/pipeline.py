@@ -44,6 +44,7 @@ from .evaluate import (at_prevalence, choose_threshold, classification_metrics, 
 from .fit import FitConfig, fit, predict, save_model
 from .groups import group_kind, split_groups
 from .identical import identical_files, seen_in_training
+from .labellers import recorded
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
 from .temperature import fit_temperature, fold_temperature, scaled
@@ -161,7 +162,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     metrics["training"] = {"architecture": recipe.arch, "image_size": [preprocess.height, preprocess.width],
                            "seconds": round(seconds, 1), "train_images": int(len(train_y)),
                            "val_images": int(len(val_y)), "validation_held_out": splits.held_out,
-                           "data": source, "recipe": asdict(recipe),
+                           "data": source, "labelled_by": recorded(naming), "recipe": asdict(recipe),
                            "replicas": strategy.num_replicas_in_sync, "temperature": temperature,
                            "time_budget_cuts": budget.cuts, **decided,
                            "identical_files": identical,
@@ -250,8 +251,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     reference = _fp32_sibling(model_path, scorer)
     predict_all = scorer.predict if reference is None else \
         lambda images: np.hstack([scorer.predict(images), reference.predict(images, batch_size=64)])  # one decode
-    labels, outputs, folder = predict_folder(read_labelled(data, classes, naming), preprocess, predict_all,
-                                            cache_dir)
+    labels, outputs, folder = predict_folder(read_labelled(data, classes, naming, scorer.run), preprocess,
+                                             predict_all, cache_dir)
     probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = _per_source(labels, probabilities, groups, classes, decision)

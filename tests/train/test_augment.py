@@ -50,6 +50,11 @@ def test_a_split_dataset_has_only_its_training_images_augmented(cataract, tmp_pa
     assert sorted(path.relative_to(tmp_path / "out").as_posix() for path in (tmp_path / "out").rglob("*.jpg")) == [
         "train/cataract/train.aug0.jpg", "train/cataract/train.aug1.jpg"]
     assert f"only train/ is augmented (into {tmp_path / 'out' / 'train'}); test/ left out" in caplog.text
+    (tmp_path / "data").rename(tmp_path / "chest_xray")  # as chest_xray.zip unpacks: chest_xray/chest_xray/...
+    (tmp_path / "data").mkdir()
+    (tmp_path / "chest_xray").rename(tmp_path / "data" / "chest_xray")
+    done = list(augment_folder(tmp_path / "data", tmp_path / "wrapped", copies=1))
+    assert [Path(item.source).parent.parent.name for item in done] == ["train"]
 
 
 def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):

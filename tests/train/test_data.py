@@ -30,6 +30,26 @@ def test_classes_are_sorted_folder_names_and_hidden_things_are_ignored(tmp_path,
     assert folder.class_counts() == {"a": 3, "b": 2}
 
 
+def test_what_medclf_wrote_inside_a_dataset_is_not_read_as_its_images(tmp_path, blood_cell_images, caplog):
+    """``medclf train data --out data/run`` puts a run's pictures (roc.png, curves.png) in the dataset: the next
+    run must not learn them, as a class ``run`` or as loose images labelled by their names."""
+    make_tree(tmp_path / "classes", {"cat": 2, "dog": 2}, blood_cell_images[0])
+    for run in (tmp_path / "classes" / "run", tmp_path / "classes" / "cat" / "run", tmp_path / "loose" / "run"):
+        make_tree(run, {"evaluation-test": 1}, blood_cell_images[0])
+        shutil.copy(blood_cell_images[1], run / "roc.png")
+        (run / "preprocess.json").write_text("{}")
+        (run / "evaluation-test" / "metrics.json").write_text("{}")
+    for k in range(4):
+        shutil.copy(blood_cell_images[k], tmp_path / "loose" / f"{('cat', 'dog')[k % 2]}.{k}.png")
+    with caplog.at_level(logging.WARNING):
+        assert read_folder(tmp_path / "classes").class_counts() == {"cat": 2, "dog": 2}
+        assert read_named(tmp_path / "loose", NameLabels(".")).class_counts() == {"cat": 2, "dog": 2}
+    assert caplog.messages == [
+        f"{tmp_path / 'classes' / 'run'}: written by medclf (a run, an evaluation), not a class: left out",
+        f"{tmp_path / 'classes'}: 2 images in folders medclf wrote (cat/run) left out: a run's pictures are not data",
+        f"{tmp_path / 'loose'}: 2 images in folders medclf wrote (run) left out: a run's pictures are not data"]
+
+
 def test_a_class_folder_without_images_is_named_in_a_warning(tmp_path, blood_cell_images, caplog):
     """A class whose photos are all in a format medclf does not read (a phone's HEIC) must not vanish unsaid."""
     make_tree(tmp_path, {"a": 2, "b": 2, "c": 0}, blood_cell_images[0])
@@ -131,6 +151,10 @@ def test_a_split_holding_a_folder_of_images_that_is_no_class_is_read_as_unlabell
         " unlabelled, so not a test set (classify its images with medclf-run)"]
     with pytest.raises(DatasetError, match=r"classes \['C-NMC_test_final_phase_data'\] are not among the training"):
         load_splits(tmp_path, test=tmp_path / "testing_data")  # named by the user: said as it is
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert len(pooled_for_folds(tmp_path)) == 6  # cross-validation folds the training images alone
+    assert caplog.messages[0].endswith(" unlabelled, so not folded")
 
 
 def test_a_run_opens_by_saying_in_one_line_what_it_learns_from(tmp_path, blood_cell_images):

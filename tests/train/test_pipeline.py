@@ -131,3 +131,24 @@ def test_the_run_records_the_test_images_it_scored_not_those_it_could_not_read(c
     assert result.metrics["training"]["unreadable"] == {"train": 0, "val": 0, "test": 2}  # said again at the end
     identical = result.metrics["training"]["identical_files"]  # the test photos are training's own: said, counted
     assert identical["across_classes"] == 0 and identical["test_in_train_or_val"] == 6
+
+
+def test_a_run_labelled_by_file_names_scores_other_data_named_so_without_being_told_again(cataract, tmp_path,
+                                                                                         caplog):
+    """Trained on ``cataract.0.jpg``-style names (``--name-labels .``), ``medclf evaluate`` of a folder named the
+    same way reads its labels the same way: the rule is in the run's metrics.json."""
+    from medclf.train.labellers import NameLabels
+
+    for split, chosen in (("train", slice(0, 12)), ("held", slice(12, 16))):
+        (tmp_path / split).mkdir()
+        for name in ("cataract", "normal"):
+            for k, image in enumerate(sorted((cataract / name).iterdir())[chosen]):
+                (tmp_path / split / f"{name}.{k}.jpg").symlink_to(image)
+    train(tmp_path / "train", tmp_path / "run", Recipe(arch="small_cnn", image_size=32, val_split=0.3,
+                                                       fit=FitConfig(epochs=1)), naming=NameLabels("."))
+    assert RunDir(tmp_path / "run").metrics["training"]["labelled_by"] == {"file_names": {"separator": ".",
+                                                                                          "position": 0}}
+    with caplog.at_level("WARNING"):
+        scored = evaluate_run(tmp_path / "run" / "model.keras", tmp_path / "held")
+    assert scored["images"] == 8
+    assert "no class folders; labelled by classes in the file names, as this model's training images" in caplog.text
