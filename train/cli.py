@@ -36,6 +36,32 @@ LeafFolders = Annotated[bool, typer.Option("--leaf-folders", help="Labels from t
 ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help="Folder-per-class images, or a folder with train/ and optional val/ and test/.")]
 
 
+def _training_data(path: Path) -> Path:
+    """DATA as a folder: a MedMNIST ``.npz`` becomes the pre-split folder it stands for (``medmnist.unpacked``)."""
+    from .layout import DatasetError
+    from .medmnist import is_npz, unpacked
+
+    if path.is_dir():
+        return path
+    if not is_npz(path):
+        raise typer.BadParameter(f"{path}: not a folder of images, nor a MedMNIST .npz file")
+    try:
+        return unpacked(path)
+    except (DatasetError, OSError, ValueError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+
+
+def _scored_data(path: Path) -> Path:
+    """What ``evaluate`` scores of DATA: the folder, or a MedMNIST ``.npz``'s test split."""
+    from .medmnist import test_split
+
+    return path if path.is_dir() else test_split(_training_data(path))
+
+
+TrainingData = Annotated[Path, typer.Argument(exists=True, callback=_training_data, help="Folder-per-class images, a folder with train/ and optional val/ and test/, or a MedMNIST .npz file (its train/val/test arrays).")]
+ScoredData = Annotated[Path, typer.Argument(exists=True, callback=_scored_data, help="Folder-per-class images, or a MedMNIST .npz file (its test arrays are scored).")]
+
+
 # Recipe options, shared by train and crossval. None = not given: the preset's value, else the library default.
 Preset = Annotated[Optional[str], typer.Option(help="Measured recipe for a seed dataset: blood-cells, chest-xray, cataract; chest-xray-pair (train only) trains two models and averages them. Flags given too override it (each member's).")]
 Arch = Annotated[Optional[str], typer.Option(help="Architecture: mobilenet_v2 (default), mobilenet_025, two_backbones, small_cnn, squeezenet.")]
@@ -64,7 +90,7 @@ Distribute = Annotated[Optional[str], typer.Option(help="auto: mirror training o
 
 @app.command()
 def train(
-    data: ExistingDir,
+    data: TrainingData,
     out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Run directory to write.")] = Path("runs/latest"),
     preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
     head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
@@ -114,7 +140,7 @@ def _print_unreadable(unreadable: dict[str, int]) -> None:
 
 @app.command()
 def crossval(
-    data: ExistingDir,
+    data: TrainingData,
     out: Annotated[Path, typer.Option("--out", callback=_writable_folder, help="Folder for one run directory per fold and crossval.json.")] = Path("runs/crossval"),
     folds: Annotated[int, typer.Option(min=2, help="Number of folds.")] = 5,
     preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
@@ -192,7 +218,7 @@ FIT_OPTIONS = ("epochs", "head_epochs", "batch_size", "learning_rate", "augment_
 @app.command()
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
-    data: ExistingDir,
+    data: ScoredData,
     out: Annotated[Optional[Path], typer.Option("--out", callback=_writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,

@@ -155,12 +155,25 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     if sheet.is_file() and not folders and any(is_image_file(entry) for entry in entries):
         log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder,
                     sheet.name, sheet)
-        return read_labels_csv(str(sheet))
+        return _medmnist_named(read_labels_csv(str(sheet)))
     with_images = {entry: list_images(entry) for entry in folders}
     parts = [entry for entry, found in with_images.items() if found]
     if numbered_parts([part.name for part in parts]):
         return _sheet_of_parts(folder, [image for part in parts for image in with_images[part]])
     return None
+
+
+def _medmnist_named(labels: CsvLabels) -> CsvLabels:
+    """MedMNIST's ``save`` labels its images by number (``TRAIN,train0_3.png,3``): a set MedMNIST names
+    (``bloodmnist.csv``) gets its classes' names (``3`` → ``immature granulocytes(...)``), as its ``.npz`` does."""
+    from dataclasses import replace
+
+    from .medmnist import CLASS_NAMES
+
+    names = CLASS_NAMES.get(labels.source.stem.lower().split("_")[0])
+    if names is None or not all(label.isdigit() and int(label) < len(names) for label in labels.labels.values()):
+        return labels
+    return replace(labels, labels={key: names[int(label)] for key, label in labels.labels.items()})
 
 
 def _sheet_of_parts(folder: Path, images: list[Path]) -> CsvLabels | None:

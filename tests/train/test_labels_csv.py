@@ -139,12 +139,15 @@ def test_a_sheet_named_as_a_folder_of_loose_images_labels_them_unasked(tmp_path,
     (tmp_path / "bloodmnist.csv").write_text("TRAIN,train0_1.png,1\nTEST,test0_0.png,0\n")
     with caplog.at_level(logging.WARNING):
         naming = sheet_beside(tmp_path / "bloodmnist")
-    assert naming is not None and naming.label(Path("train0_1.png")) == "1"
-    assert naming.split(Path("test0_0.png")) == "test"
+    assert naming is not None and naming.label(Path("train0_1.png")) == "eosinophil"  # as MedMNIST names its 1
+    assert naming.label(Path("test0_0.png")) == "basophil" and naming.split(Path("test0_0.png")) == "test"
     assert caplog.messages == [f"{tmp_path / 'bloodmnist'}: its images lie loose beside bloodmnist.csv: labels read "
                                f"from that (as --labels {tmp_path / 'bloodmnist.csv'})"]
-    (tmp_path / "bloodmnist" / "extra").mkdir()
-    assert sheet_beside(tmp_path / "bloodmnist") is None
+    (tmp_path / "bloodmnist.csv").rename(tmp_path / "mine.csv")  # a set MedMNIST does not name: its numbers kept
+    (tmp_path / "bloodmnist").rename(tmp_path / "mine")
+    assert sheet_beside(tmp_path / "mine").label(Path("train0_1.png")) == "1"
+    (tmp_path / "mine" / "extra").mkdir()
+    assert sheet_beside(tmp_path / "mine") is None
     assert sheet_beside(tmp_path) is None  # no tmp_path.csv beside it
 
 
