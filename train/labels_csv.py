@@ -23,14 +23,14 @@ from pathlib import Path, PurePosixPath
 
 from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file, list_images
 
-from .layout import numbered_parts
+from .layout import find_split, numbered_parts
 
 log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "image_id", "imageid", "image_name", "image_index", "filename", "file_name", "file",
                  "path", "id_code", "id", "img", "name")
 LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "target", "category", "finding",
-                 "findings", "finding_labels", "y")
+                 "findings", "finding_labels", "level", "grade", "y")  # level: EyePACS' retinopathy grade
 MULTI_LABEL = "|"  # NIH ChestX-ray14's "Effusion|Mass": several findings in one image
 # Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
 GROUP_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "lesion_id", "study_id")
@@ -144,9 +144,10 @@ def _split_column(rows: list[dict[str, str]], headers: list[str]) -> str | None:
 def sheet_beside(folder: Path) -> CsvLabels | None:
     """The labels file a dataset ships beside its images where no folder says a class: named as ``folder``,
     beside it, where ``folder`` holds its images loose (MedMNIST's ``save`` writes ``bloodmnist/`` and
-    ``bloodmnist.csv``), or inside ``folder`` where its folders are numbered parts of one folder of images
-    (HAM10000's ``HAM10000_images_part_1/``, ``_part_2/`` beside ``HAM10000_metadata.csv``) and the sheet labels
-    nearly all of them. Read as ``--labels`` would, said once; None where there is none such."""
+    ``bloodmnist.csv``); else a sheet that labels nearly all of them, where they are in numbered parts of one
+    folder (HAM10000's ``HAM10000_images_part_1/``, ``_part_2/`` beside ``HAM10000_metadata.csv``) or lie loose
+    in ``folder`` or its training split (APTOS' ``train_images/`` beside ``train.csv``, EyePACS' ``train/``
+    beside ``trainLabels.csv``). Read as ``--labels`` would, said once; None where there is none such."""
     if not folder.is_dir():
         return None
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
@@ -159,8 +160,35 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     with_images = {entry: list_images(entry) for entry in folders}
     parts = [entry for entry, found in with_images.items() if found]
     if numbered_parts([part.name for part in parts]):
-        return _sheet_of_parts(folder, [image for part in parts for image in with_images[part]])
+        return _listing_sheet(folder, [folder], [image for part in parts for image in with_images[part]],
+                              f"its images are in numbered parts ({', '.join(sorted(part.name for part in parts))})")
+    where = folder if not folders else find_split(folder, "train")
+    loose = [entry for entry in where.iterdir() if is_image_file(entry)] if where is not None else []
+    if loose and not any(entry.is_dir() and not entry.name.startswith(".") for entry in where.iterdir()):
+        return _listing_sheet(folder, list(dict.fromkeys([where, folder, folder.parent])), loose,
+                              f"the images in {where.name}/ lie loose")
     return None
+
+
+SHEET_MOST_BYTES = 64 << 20  # sheets larger are pixel tables (HAM10000's hmnist_28_28_RGB.csv), not labels
+
+
+def _listing_sheet(folder: Path, places: list[Path], images: list[Path], how: str) -> CsvLabels | None:
+    """The sheet in ``places`` that labels the most of ``images``, if ``LISTED_SHARE`` of them or more (HAM10000
+    ships pixel tables beside its metadata, APTOS a ``sample_submission.csv`` beside ``train.csv``: those label
+    none), said once."""
+    best, listed = None, 0
+    for sheet in (sheet for place in places for sheet in sorted(place.glob("*.csv"))):
+        try:
+            labels = read_labels_csv(str(sheet)) if sheet.stat().st_size <= SHEET_MOST_BYTES else None
+        except (LabelsError, OSError):
+            continue
+        if labels is not None and (count := sum(labels.label(image) is not None for image in images)) > listed:
+            best, listed = labels, count
+    if best is None or listed < LISTED_SHARE * len(images):
+        return None
+    log.warning("%s: %s, labelled by %s: reading that (as --labels %s)", folder, how, best.source.name, best.source)
+    return best
 
 
 def _medmnist_named(labels: CsvLabels) -> CsvLabels:
@@ -174,21 +202,6 @@ def _medmnist_named(labels: CsvLabels) -> CsvLabels:
     if names is None or not all(label.isdigit() and int(label) < len(names) for label in labels.labels.values()):
         return labels
     return replace(labels, labels={key: names[int(label)] for key, label in labels.labels.items()})
-
-
-def _sheet_of_parts(folder: Path, images: list[Path]) -> CsvLabels | None:
-    """The first sheet in ``folder`` that labels ``LISTED_SHARE`` of ``images`` (HAM10000 ships pixel tables
-    beside its metadata: those label none), said once."""
-    for sheet in sorted(folder.glob("*.csv")):
-        try:
-            labels = read_labels_csv(str(sheet))
-        except LabelsError:
-            continue
-        if images and sum(labels.label(image) is not None for image in images) >= LISTED_SHARE * len(images):
-            log.warning("%s: its images are in numbered parts (%s), labelled by %s: reading that (as --labels %s)",
-                        folder, ", ".join(sorted({image.parent.name for image in images})), sheet.name, sheet)
-            return labels
-    return None
 
 
 def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:

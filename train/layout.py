@@ -61,6 +61,14 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
                     "; ".join(f"{name}: {_shown([Path(f).name for f in folders], 3)}" for name, folders in
                               _by_parent(finer).items()), len(finer), _shown(sorted(finer)), _shown(found))
         return finer
+    leaves = _category_leaves(root, found)
+    if leaves is not None:
+        log.warning("%s: %s are categories, their images filed %d levels down or more (%s): read as the %d classes "
+                    "there (%s); to classify %s instead, gather each one's images into one folder", root,
+                    _shown(found), min(path.count("/") for paths in leaves.values() for path in paths),
+                    _shown([paths[0] for paths in leaves.values()], 2), len(leaves), _shown(list(leaves)),
+                    _shown(found))
+        return leaves
     return {name: [name] for name in found}
 
 
@@ -100,6 +108,32 @@ def _finer_classes(root: Path, found: list[str]) -> dict[str, list[str]] | None:
     if len(set(names)) < len(names) or len(endings) == 1:
         return None
     return {sub: [f"{name}/{sub}"] for name, folders in inner.items() for sub in folders}
+
+
+def _category_leaves(root: Path, found: list[str], deepest: int = 4) -> dict[str, list[str]] | None:
+    """Leaf folder name → its folder, where the folders found are trees of categories (HyperKvasir's
+    ``lower-gi-tract/pathological-findings/polyps/``, 23 classes under 2 regions and 6 kinds of finding): every
+    folder above the leaves holds no image and 2 to ``FEW_SUBFOLDERS`` folders, every leaf holds images and no
+    folder, no leaf less than two levels down, each named with a word (a scan's UID is not a class) and all
+    differently (``patient1/{40X,100X}`` under every class are magnifications, not classes). Patients' folders
+    fail it at once: a class holds more of them, or one study each."""
+    leaves: list[str] = []
+
+    def is_tree(path: str, depth: int) -> bool:
+        inner = _subfolders(root / path)
+        if not inner:
+            leaves.append(path)
+            return depth >= 2 and _holds_images(root / path)
+        return (depth < deepest and 2 <= len(inner) <= FEW_SUBFOLDERS and not _holds_images(root / path)
+                and all(is_tree(f"{path}/{name}", depth + 1) for name in inner))
+
+    if len(found) < 2 or not all(is_tree(name, 0) for name in found):
+        return None
+    names = [Path(path).name for path in leaves]
+    if len({name.casefold() for name in names}) < len(names) or not all(
+            any(len(word) >= 3 for word in _words(name)) for name in names):
+        return None
+    return {name: [path] for name, path in zip(names, leaves)}
 
 
 def _named_after(child: str, parent: str) -> bool:

@@ -169,3 +169,31 @@ def test_a_sheet_beside_numbered_parts_of_one_image_folder_labels_them_unasked(t
     assert read_dataset(tmp_path, naming=naming).class_counts() == {"bkl": 1, "mel": 1, "nv": 2}
     (tmp_path / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx\nHAM_1,ISIC_0000001,nv\n")
     assert sheet_beside(tmp_path) is None  # a sheet labelling a quarter of them is not theirs: refused as before
+
+
+def test_a_training_split_of_loose_images_is_labelled_by_the_sheet_beside_it_that_lists_them(tmp_path,
+                                                                                           blood_cell_images, caplog):
+    """APTOS ships ``train_images/`` beside ``train.csv`` (id_code, diagnosis), a ``test_images/`` its
+    ``test.csv`` does not label, and a ``sample_submission.csv``; EyePACS ``train/`` beside ``trainLabels.csv``
+    (image, level). Pointing at the dataset, or at its loose folder, is enough."""
+    ids = [f"{k:08x}" for k in range(12)]
+    images(tmp_path / "aptos" / "train_images", blood_cell_images, [f"{name}.png" for name in ids])
+    images(tmp_path / "aptos" / "test_images", blood_cell_images, ["ffff0001.png", "ffff0002.png"])
+    (tmp_path / "aptos" / "sample_submission.csv").write_text("id_code,diagnosis\nffff0001,0\nffff0002,0\n")
+    (tmp_path / "aptos" / "train.csv").write_text("id_code,diagnosis\n" + "".join(
+        f"{name},{k % 3}\n" for k, name in enumerate(ids)))
+    with caplog.at_level(logging.WARNING):
+        naming = sheet_beside(tmp_path / "aptos")
+    assert naming.source.name == "train.csv"
+    assert caplog.messages == [f"{tmp_path / 'aptos'}: the images in train_images/ lie loose, labelled by train.csv: "
+                               f"reading that (as --labels {tmp_path / 'aptos' / 'train.csv'})"]
+    splits = load_splits(tmp_path / "aptos", val_split=0.25, naming=naming)
+    assert splits.train.classes == ("0", "1", "2") and len(splits.train) + len(splits.val) == 12
+    assert splits.test is None  # its test images are listed by no sheet: unlabelled, said
+    assert sheet_beside(tmp_path / "aptos" / "train_images").source.name == "train.csv"
+    images(tmp_path / "eyepacs" / "train", blood_cell_images, ["10_left.jpeg", "10_right.jpeg", "13_left.jpeg"])
+    (tmp_path / "eyepacs" / "trainLabels.csv").write_text("image,level\n10_left,0\n10_right,0\n13_left,2\n")
+    assert read_dataset(tmp_path / "eyepacs" / "train", naming=sheet_beside(tmp_path / "eyepacs")
+                        ).class_counts() == {"0": 2, "2": 1}
+    (tmp_path / "eyepacs" / "trainLabels.csv").write_text("image,level\n10_left,0\n")
+    assert sheet_beside(tmp_path / "eyepacs") is None  # a sheet listing a third of them is not theirs

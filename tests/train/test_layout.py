@@ -215,6 +215,39 @@ def test_classes_split_into_finer_ones_named_after_them_are_read_as_those(tmp_pa
                                                        "lymph_cll", "lymph_fl")
 
 
+def test_trees_of_categories_are_read_as_the_classes_at_their_ends(tmp_path, blood_cell_images, caplog):
+    """HyperKvasir files its 23 classes under 2 regions and the kinds of finding (``lower-gi-tract/
+    pathological-findings/polyps/``): they were read as the two regions. Trees whose ends repeat a name
+    (BreakHis' magnifications under each patient) or are numbers (a scan's UID), or with more folders on a level
+    than categories have (patients), keep their top folders as the classes."""
+    kvasir = {"lower-gi-tract/anatomical-landmarks/cecum": 2, "lower-gi-tract/anatomical-landmarks/ileum": 1,
+              "lower-gi-tract/pathological-findings/polyps": 1, "lower-gi-tract/pathological-findings/hemorrhoids": 1,
+              "upper-gi-tract/anatomical-landmarks/pylorus": 1, "upper-gi-tract/anatomical-landmarks/z-line": 1,
+              "upper-gi-tract/pathological-findings/barretts": 1,
+              "upper-gi-tract/pathological-findings/esophagitis-a": 1}
+    make_tree(tmp_path / "kvasir", kvasir, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path / "kvasir")
+    assert folder.class_counts() == {"barretts": 1, "cecum": 2, "esophagitis-a": 1, "hemorrhoids": 1, "ileum": 1,
+                                     "polyps": 1, "pylorus": 1, "z-line": 1}
+    assert caplog.messages == [
+        f"{tmp_path / 'kvasir'}: lower-gi-tract, upper-gi-tract are categories, their images filed 2 levels down or "
+        "more (lower-gi-tract/anatomical-landmarks/cecum, lower-gi-tract/anatomical-landmarks/ileum, ...): read as "
+        "the 8 classes there (cecum, ileum, hemorrhoids, polyps, ...); to classify lower-gi-tract, upper-gi-tract "
+        "instead, gather each one's images into one folder"]
+    breakhis = {f"{kind}/{tumour}/patient{k}/{zoom}": 1 for kind, tumour in (("benign", "adenosis"),
+                                                                           ("malignant", "ductal_carcinoma"))
+                for k in (1, 2) for zoom in ("40X", "100X")}
+    make_tree(tmp_path / "breakhis", breakhis, blood_cell_images[0])
+    assert read_folder(tmp_path / "breakhis").classes == ("benign", "malignant")
+    make_tree(tmp_path / "uids", {f"{kind}/P{k}/1.2.840.{k}{s}": 1 for kind in ("NORMAL", "TUMOUR") for k in (1, 2)
+                                  for s in (1, 2)}, blood_cell_images[0])
+    assert read_folder(tmp_path / "uids").classes == ("NORMAL", "TUMOUR")
+    make_tree(tmp_path / "patients", {f"{kind}/patient{k}/{view}_{k}": 1 for kind in ("NORMAL", "TUMOUR")
+                                      for k in range(12) for view in ("axial", "coronal")}, blood_cell_images[0])
+    assert read_folder(tmp_path / "patients").classes == ("NORMAL", "TUMOUR")
+
+
 def test_class_folders_that_keep_their_images_in_a_few_other_folders_stay_the_classes(tmp_path, blood_cell_images,
                                                                                       caplog):
     """Sub-folders not named after their folder (tumour types under benign and malignant), or named after it
