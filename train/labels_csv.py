@@ -146,8 +146,8 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     beside it, where ``folder`` holds its images loose (MedMNIST's ``save`` writes ``bloodmnist/`` and
     ``bloodmnist.csv``); else a sheet that labels nearly all of them, where they are in numbered parts of one
     folder (HAM10000's ``HAM10000_images_part_1/``, ``_part_2/`` beside ``HAM10000_metadata.csv``) or lie loose
-    in ``folder`` or its training split (APTOS' ``train_images/`` beside ``train.csv``, EyePACS' ``train/``
-    beside ``trainLabels.csv``). Read as ``--labels`` would, said once; None where there is none such."""
+    in ``folder``, its training split or its one folder (APTOS' ``train_images/`` beside ``train.csv``, EyePACS'
+    ``train/`` beside ``trainLabels.csv``, ISIC 2019's ``ISIC_2019_Training_Input/`` beside its ground truth). Read as ``--labels`` would, said once; None where there is none such."""
     if not folder.is_dir():
         return None
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
@@ -162,7 +162,7 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     if numbered_parts([part.name for part in parts]):
         return _listing_sheet(folder, [folder], [image for part in parts for image in with_images[part]],
                               f"its images are in numbered parts ({', '.join(sorted(part.name for part in parts))})")
-    where = folder if not folders else find_split(folder, "train")
+    where = folder if not folders else find_split(folder, "train") or (folders[0] if len(folders) == 1 else None)
     loose = [entry for entry in where.iterdir() if is_image_file(entry)] if where is not None else []
     if loose and not any(entry.is_dir() and not entry.name.startswith(".") for entry in where.iterdir()):
         return _listing_sheet(folder, list(dict.fromkeys([where, folder, folder.parent])), loose,

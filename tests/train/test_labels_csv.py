@@ -197,3 +197,9 @@ def test_a_training_split_of_loose_images_is_labelled_by_the_sheet_beside_it_tha
                         ).class_counts() == {"0": 2, "2": 1}
     (tmp_path / "eyepacs" / "trainLabels.csv").write_text("image,level\n10_left,0\n")
     assert sheet_beside(tmp_path / "eyepacs") is None  # a sheet listing a third of them is not theirs
+    isic = tmp_path / "isic"  # one folder of images beside a one-hot ground truth and a metadata sheet
+    images(isic / "ISIC_2019_Training_Input", blood_cell_images, ["ISIC_0000000.jpg", "ISIC_0000001.jpg"])
+    (isic / "ISIC_2019_Training_Metadata.csv").write_text("image,age_approx,lesion_id\nISIC_0000000,55,\n")
+    (isic / "ISIC_2019_Training_GroundTruth.csv").write_text("image,MEL,NV\nISIC_0000000,1.0,0.0\n"
+                                                            "ISIC_0000001,0.0,1.0\n")
+    assert read_dataset(isic, naming=sheet_beside(isic)).class_counts() == {"MEL": 1, "NV": 1}
