@@ -18,12 +18,13 @@ import csv
 import logging
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file, list_images
 
 from .layout import find_split, numbered_parts
+from .medmnist import CLASS_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,8 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     ``bloodmnist.csv``); else a sheet that labels nearly all of them, where they are in numbered parts of one
     folder (HAM10000's ``HAM10000_images_part_1/``, ``_part_2/`` beside ``HAM10000_metadata.csv``) or lie loose
     in ``folder``, its training split or its one folder (APTOS' ``train_images/`` beside ``train.csv``, EyePACS'
-    ``train/`` beside ``trainLabels.csv``, ISIC 2019's ``ISIC_2019_Training_Input/`` beside its ground truth). Read as ``--labels`` would, said once; None where there is none such."""
+    ``train/`` beside ``trainLabels.csv``, ISIC 2019's ``ISIC_2019_Training_Input/`` beside its ground truth).
+    Read as ``--labels`` would, said once; None where there is none such."""
     if not folder.is_dir():
         return None
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
@@ -194,10 +196,6 @@ def _listing_sheet(folder: Path, places: list[Path], images: list[Path], how: st
 def _medmnist_named(labels: CsvLabels) -> CsvLabels:
     """MedMNIST's ``save`` labels its images by number (``TRAIN,train0_3.png,3``): a set MedMNIST names
     (``bloodmnist.csv``) gets its classes' names (``3`` → ``immature granulocytes(...)``), as its ``.npz`` does."""
-    from dataclasses import replace
-
-    from .medmnist import CLASS_NAMES
-
     names = CLASS_NAMES.get(labels.source.stem.lower().split("_")[0])
     if names is None or not all(label.isdigit() and int(label) < len(names) for label in labels.labels.values()):
         return labels
