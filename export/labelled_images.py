@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from medclf.runtime.annotations import dataset_masks, masks_said
-from medclf.runtime.class_names import matching_class
+from medclf.runtime.class_names import class_on_path
 from medclf.runtime.inputs import list_images
 from medclf.runtime.modelcard import ModelCard
 from medclf.runtime.preprocess import ImageError, load_image
@@ -38,12 +38,6 @@ def _folders(path: Path, root: Path) -> str:
     return "/".join(parts[:-1]) if len(parts) > 1 else root.resolve().name
 
 
-def _class_of(folders: str, classes: tuple[str, ...]) -> str | None:
-    """The first of ``folders`` (``a/b``) that stands for one of ``classes``, as that class."""
-    return next((match for name in folders.split("/") if (match := matching_class(name, classes)) is not None),
-                None)
-
-
 def spread(count: int, most: int) -> np.ndarray:
     """Indices of at most ``most`` items evenly spread over ``count`` (lists are sorted by class, so this keeps
     every class in proportion)."""
@@ -66,7 +60,7 @@ def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[
     if not images:
         raise FileNotFoundError("none of the verification images could be read")
     classes = tuple(card.labels)
-    matched = {name: _class_of(name, classes) for name in {names[i] for i in kept}}
+    matched = {name: class_on_path(name, classes) for name in {names[i] for i in kept}}
     unknown = sorted({name.split("/")[0] for name, label in matched.items() if label is None})
     if unknown:
         print(f"accuracy not measured: {', '.join(unknown[:5])} {'is' if len(unknown) == 1 else 'are'} not among "

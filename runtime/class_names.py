@@ -20,6 +20,14 @@ def matching_class(name: str, classes: tuple[str, ...]) -> str | None:
     return None
 
 
+def class_on_path(folders: str, classes: tuple[str, ...]) -> str | None:
+    """The class the first of ``folders`` (``fold_0/all``, ``lung_image_sets/lung_aca``) that stands for one of
+    ``classes`` stands for (:func:`matching_class`), or None: a file is labelled by it wherever its dataset
+    files classes under folders of another kind (parts, organs, regions)."""
+    return next((match for name in folders.split("/") if (match := matching_class(name, classes)) is not None),
+                None)
+
+
 def _begins_like(a: str, b: str) -> bool:
     """One name is the other followed by a separator and more (``large.cell.carcinoma`` and
     ``large.cell.carcinoma_left.hilum_T2_N2_M0_IIIa``)."""

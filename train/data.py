@@ -21,7 +21,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.class_names import matching_class
+from medclf.runtime.class_names import class_on_path, matching_class
 from medclf.runtime.inputs import folder_contents, list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
@@ -81,6 +81,9 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
         found = [name for name in found if name not in written]
     if classes is None:
         found = without_nested_copies(root, found)
+    elif found and not any(matching_class(name, classes) or is_split_name(name) for name in found):
+        if (on_paths := _classes_on_paths(root, classes)) is not None:
+            return on_paths
     sources = class_folders(root, found)
     per_folder = without_masks(root, {folder: without_outputs(root, list_images(root / folder))
                                       for folders in sources.values() for folder in folders})
@@ -88,6 +91,25 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     if classes is None and all(folders == [name] for name, folders in sources.items()):
         check_found(root, per_class)
     return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
+
+
+def _classes_on_paths(root: Path, classes: tuple[str, ...]) -> ImageFolder | None:
+    """A validation or test folder whose top folders are not the classes, read by the first folder on each
+    image's path named as one (C-NMC's ``fold_0/all``, LC25000's ``lung_image_sets/lung_aca``, part of
+    HyperKvasir's categories), said in one line; images under none are left out, counted. None where no image
+    is under a folder named as a class."""
+    per_class: dict[str, list[Path]] = {}
+    images = without_masks(root, {".": without_outputs(root, list_images(root))})["."]
+    for path in images:
+        label = class_on_path(path.parent.relative_to(root).as_posix(), classes)
+        per_class.setdefault(label, []).append(path)
+    unlabelled = per_class.pop(None, [])
+    if not per_class:
+        return None
+    log.warning("%s: no folder here is a training class: each image labelled by the first folder on its path "
+                "named as one%s", root, f"; {len(unlabelled)} under none left out (e.g. "
+                f"{unlabelled[0].relative_to(root)})" if unlabelled else "")
+    return _labelled(root, per_class, classes, "class folders")
 
 
 def _labelled(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, ...] | None,

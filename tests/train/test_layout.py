@@ -248,6 +248,24 @@ def test_trees_of_categories_are_read_as_the_classes_at_their_ends(tmp_path, blo
     assert read_folder(tmp_path / "patients").classes == ("NORMAL", "TUMOUR")
 
 
+def test_a_split_read_against_the_training_classes_finds_them_anywhere_on_its_paths(tmp_path, blood_cell_images,
+                                                                                    caplog):
+    """A test folder filed as its training set was, but holding only some of its categories' classes (one leaf
+    under a category is no tree), or a validation fold (``fold_2/{all,hem}``), is read by the first folder on
+    each path named as a training class; files under none are left out, counted."""
+    make_tree(tmp_path / "test", {"lower-gi-tract/pathological-findings/polyps": 2,
+                                  "upper-gi-tract/anatomical-landmarks/z-line": 1, "upper-gi-tract/unsorted": 1},
+                                  blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path / "test", ("cecum", "polyps", "z-line"))
+    assert folder.class_counts() == {"cecum": 0, "polyps": 2, "z-line": 1}
+    assert caplog.messages == [f"{tmp_path / 'test'}: no folder here is a training class: each image labelled by the "
+                               "first folder on its path named as one; 1 under none left out (e.g. "
+                               "upper-gi-tract/unsorted/img0.jpeg)"]
+    make_tree(tmp_path / "validation", {"fold_2/all": 1, "fold_2/hem": 2}, blood_cell_images[0])
+    assert read_folder(tmp_path / "validation", ("all", "hem")).class_counts() == {"all": 1, "hem": 2}
+
+
 def test_class_folders_that_keep_their_images_in_a_few_other_folders_stay_the_classes(tmp_path, blood_cell_images,
                                                                                       caplog):
     """Sub-folders not named after their folder (tumour types under benign and malignant), or named after it
