@@ -41,11 +41,12 @@ from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
-from .data import Labeller, predict_folder, read_labelled
+from .data import Labeller, predict_folder
 from .groups import split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
 from .plots import plot_reliability
+from .splits import read_labelled
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
 log = logging.getLogger(__name__)

@@ -17,10 +17,11 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
 from medclf.runtime.atomic import write_json
 
-from .data import Labeller, Splits, pooled_for_folds, stratified_split
+from .data import Labeller
 from .groups import split_groups
 from .identical import twin_groups
 from .pipeline import Recipe, train_splits
+from .splits import Splits, pooled_for_folds, stratified_split
 
 REPORTED = ("accuracy", "roc_auc_macro", "sensitivity", "specificity", "expected_calibration_error")
 

@@ -23,10 +23,11 @@ from medclf import rundir
 from medclf.rundir import RunDir
 from medclf.runtime.preprocess import Preprocess
 
-from .data import ImageFolder, Labeller, load_arrays, predict_folder, read_labelled, recorded_split
+from .data import ImageFolder, Labeller, load_arrays, predict_folder
 from .evaluate import choose_threshold
 from .fit import predict, save_model
 from .pipeline import Recipe, TrainResult, report, train, write_run
+from .splits import read_labelled, recorded_split
 
 ENSEMBLE = "ensemble"  # the name averaged models carry, by which explain knows one
 ENSEMBLING_MINUTES = 2.0  # of a time budget, kept for averaging and scoring the members (the chest pair: 56-61 s)

@@ -22,7 +22,8 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .data import ImageFolder, Splits, concat
+from .data import ImageFolder, concat
+from .splits import Splits
 
 log = logging.getLogger(__name__)
 

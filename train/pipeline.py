@@ -36,8 +36,7 @@ from medclf.runtime.preprocess import Preprocess
 from .architectures import Architecture, get_architecture
 from .bars import stderr_console
 from .budget import TimeBudget
-from .data import (DatasetError, ImageFolder, Labeller, Splits, load_arrays, load_splits, predict_folder,
-                   read_labelled, recorded_split, shorter_side, warn_missing_classes)
+from .data import DatasetError, ImageFolder, Labeller, load_arrays, predict_folder, shorter_side
 from .distribute import training_strategy
 from .evaluate import (at_prevalence, choose_threshold, classification_metrics, per_source_metrics,
                        positive_class, stated_shares)
@@ -47,6 +46,7 @@ from .identical import identical_files, seen_in_training
 from .labellers import recorded
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
+from .splits import Splits, load_splits, read_labelled, recorded_split, warn_missing_classes
 from .temperature import fit_temperature, fold_temperature, scaled
 
 

@@ -22,8 +22,9 @@ import numpy as np
 from medclf.runtime.preprocess import Preprocess
 
 from .budget import TimeBudget
-from .data import DatasetError, ImageFolder, Splits, load_arrays
+from .data import DatasetError, ImageFolder, load_arrays
 from .fit import predict
+from .splits import Splits
 
 TIMED = 64  # training images decoded and classified to measure speed
 PASS_SHARE = 0.15  # of the time left: one pass of decoding + the model over the training images

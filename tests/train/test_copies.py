@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 
 from medclf.train.copies import COPY_DISTANCE, colour_signature, copy_groups, detected_copies
-from medclf.train.data import load_splits, read_folder, stratified_split
+from medclf.train.data import read_folder
+from medclf.train.splits import load_splits, stratified_split
 
 
 def test_turned_and_mirrored_copies_share_a_group_and_other_cells_do_not(blood_cells, tmp_path):

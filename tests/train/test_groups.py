@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medclf.train.data import ImageFolder, load_splits, read_folder, stratified_split
+from medclf.train.data import ImageFolder, read_folder
 from medclf.train.groups import file_groups, group_kind, name_groups, name_key, split_groups, subfolder_groups
+from medclf.train.splits import load_splits, stratified_split
 
 KERMANY_PATIENT = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"  # the chest preset's --group-pattern
 

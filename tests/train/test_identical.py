@@ -7,8 +7,8 @@ import shutil
 
 import numpy as np
 
-from medclf.train.data import load_splits
 from medclf.train.identical import identical_files
+from medclf.train.splits import load_splits
 
 
 def test_an_image_under_two_classes_and_test_images_that_are_training_images_are_said_and_counted(

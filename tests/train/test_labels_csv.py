@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medclf.train.data import load_splits, pooled_for_folds, read_dataset, read_labelled
+from medclf.train.data import read_dataset
 from medclf.train.labels_csv import LabelsError, read_labels_csv, sheet_beside
+from medclf.train.splits import load_splits, pooled_for_folds, read_labelled
 
 
 def images(folder, blood_cell_images, names):

@@ -12,8 +12,9 @@ import cv2
 import numpy as np
 import pytest
 
-from medclf.train.data import DatasetError, load_splits, read_folder, read_named
+from medclf.train.data import DatasetError, read_folder, read_named
 from medclf.train.labellers import FolderLabels
+from medclf.train.splits import load_splits
 
 from .trees import make_tree
 

@@ -11,9 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from medclf.train.cli import app
-from medclf.train.data import load_splits
 from medclf.train.layout import DatasetError
 from medclf.train.medmnist import unpacked
+from medclf.train.splits import load_splits
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,10 @@ import numpy as np
 from medclf.runtime import Preprocess
 from medclf.train.architectures import get_architecture
 from medclf.train.budget import TimeBudget
-from medclf.train.data import ImageFolder, Splits, read_folder
+from medclf.train.data import ImageFolder, read_folder
 from medclf.train.sizing import (MIN_TRAIN_IMAGES, PASS_SHARE, Speed, affordable_images, fit_to_budget,
                                  proportional, trimmed)
+from medclf.train.splits import Splits
 
 
 def folder_of(counts: list[int]) -> ImageFolder:
