@@ -70,6 +70,9 @@ def unpacked(npz: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
     try:
         _write_folders(npz, partial)
         partial.rename(folder)
+    except OSError:
+        if not folder.is_dir():  # else another run unpacked the same file first: theirs is as good
+            raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
