@@ -162,14 +162,18 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
 
 
 def _found_split(folder: Path, classes: tuple[str, ...], naming: Labeller | None) -> ImageFolder:
-    """A ``val/`` or ``test/`` found beside ``train/``, read by the training classes; empty where it holds no
-    folder named as one of them — its images are labelled otherwise or not at all (C-NMC's ``validation_data/``
+    """A ``val/`` or ``test/`` found beside ``train/``, read by the training classes — where none of its folders
+    is named as one, by the folders named so further down (a category tree's ``test/upper-gi-tract/.../z-line``);
+    empty where there are none — its images are labelled otherwise or not at all (C-NMC's ``validation_data/``
     holds one folder of loose images beside a sheet), which is said, not an error about unknown classes."""
     folders = [d.name for d in folder.iterdir() if d.is_dir() and not not_a_class(d.name)]
     named = {name.casefold() for name in classes}  # named as one, if ambiguously (Normal, NORMAL): refused later
     if naming is None and not any(matching_class(name, classes) is not None or name.casefold() in named
                                   for name in folders):
-        return ImageFolder((), np.zeros(0, dtype=np.int64), classes)
+        try:
+            return read_dataset(folder, classes)
+        except DatasetError:
+            return ImageFolder((), np.zeros(0, dtype=np.int64), classes)
     return read_dataset(folder, classes, naming)
 
 

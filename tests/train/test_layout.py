@@ -265,6 +265,14 @@ def test_a_split_read_against_the_training_classes_finds_them_anywhere_on_its_pa
                                "upper-gi-tract/unsorted/img0.jpeg)"]
     make_tree(tmp_path / "validation", {"fold_2/all": 1, "fold_2/hem": 2}, blood_cell_images[0])
     assert read_folder(tmp_path / "validation", ("all", "hem")).class_counts() == {"all": 1, "hem": 2}
+    make_tree(tmp_path / "kvasir" / "train", {f"{region}/{kind}/{name}": 3 for region, kind, names in (
+        ("lower-gi-tract", "anatomical-landmarks", ("cecum", "ileum")),
+        ("lower-gi-tract", "pathological-findings", ("polyps", "hemorrhoids")),
+        ("upper-gi-tract", "anatomical-landmarks", ("z-line", "pylorus")),
+        ("upper-gi-tract", "pathological-findings", ("barretts", "esophagitis-a"))) for name in names},
+        blood_cell_images[0])
+    (tmp_path / "test").rename(tmp_path / "kvasir" / "test")  # found beside train/, not named: read the same way
+    assert load_splits(tmp_path / "kvasir").test.class_counts()["polyps"] == 2
 
 
 def test_class_folders_that_keep_their_images_in_a_few_other_folders_stay_the_classes(tmp_path, blood_cell_images,
