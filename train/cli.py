@@ -235,10 +235,11 @@ def evaluate(
     import_tensorflow()
     from medclf import rundir
 
+    from .medmnist import dataset_name
     from .pipeline import evaluate_run
 
     shares = _shares(prevalence)
-    out = out or _home_of(model) / rundir.EVALUATION.format(data=data.resolve().name)
+    out = out or _home_of(model) / rundir.EVALUATION.format(data=dataset_name(data))
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=_naming(data, name_labels, labels, leaf_folders),
                                                  group_pattern=group_pattern,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -81,6 +82,16 @@ def unpacked(npz: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
 def test_split(folder: Path) -> Path:
     """Where :func:`unpacked` put the test images: what ``medclf evaluate`` of an ``.npz`` scores."""
     return folder / "test"
+
+
+def dataset_name(folder: Path) -> str:
+    """What ``medclf evaluate`` names its folder after: ``folder``'s name, but an unpacked file's test split
+    (``.../medmnist/pneumoniamnist-<digest>/test``) is named after the file, ``pneumoniamnist``."""
+    folder = Path(folder).resolve()
+    unpacked = folder.parent
+    if folder.name == "test" and unpacked.parent.name == "medmnist" and re.search(r"-[0-9a-f]{12}$", unpacked.name):
+        return unpacked.name.rsplit("-", 1)[0]
+    return folder.name
 
 
 def _write_folders(npz: Path, out: Path) -> None:

@@ -85,5 +85,8 @@ def test_medclf_train_and_evaluate_take_the_npz_file_itself(films, tmp_path):
                                  str(tmp_path / "pneumoniamnist.npz"), "--out", str(tmp_path / "scored")])
     assert scored.exit_code == 0, scored.output
     assert json.loads((tmp_path / "scored" / "metrics.json").read_text())["images"] == 8  # the test arrays
+    default = runner.invoke(app, ["evaluate", str(tmp_path / "run" / "model.keras"),
+                                  str(tmp_path / "pneumoniamnist.npz")])
+    assert default.exit_code == 0 and (tmp_path / "run" / "evaluation-pneumoniamnist" / "metrics.json").is_file()
     refused = runner.invoke(app, ["train", str(tmp_path / "run" / "metrics.json")])
     assert refused.exit_code == 2 and "not a folder of images, nor a MedMNIST .npz file" in refused.output
