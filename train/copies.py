@@ -11,9 +11,10 @@ largest 34 — the dataset's copies per source (checked by eye: one group's imag
 Left to itself (``--group-copies`` not given), training looks for copies and uses them only when the data looks
 shipped pre-augmented: enough images have a copy, and no group is so large that it must be look-alikes chained
 together rather than copies — grey radiographs, whose histograms have only a brightness axis, chain that way
-(chest-xray/train: one "group" of 73% of the films). The search stops as soon as one group passes that size,
-and compares images a block at a time, so it stays within memory on large grey datasets; on large datasets a
-random sample is searched first, so data without copies costs seconds whatever its size.
+(chest-xray/train: one "group" of 73% of the films), so a class of grey images is not grouped by colour at
+all. The search stops as soon as one group passes that size, and compares images a block at a time, so it
+stays within memory on large look-alike datasets; on large datasets a random sample is searched first, so data
+without copies costs seconds whatever its size.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ _SIGNATURE_SIZE = Preprocess(256, 256, shrink_jpeg=True)
 # are MIN_SOURCES sources to split. blood-cells/TRAIN: 99% copied, largest group 1.6%; chest-xray/train: 99%
 # "copied", largest 73% (chained); cataract: 7% (two near-duplicate photos).
 COPIED, CHAINED, MIN_SOURCES = 0.10, 0.10, 20
+GREY_CLASS = 0.9  # of a class's images grey: its files are not grouped by colour (see copy_groups)
 # Files searched first on larger datasets (see detected_copies). A pair of copies both in a sample of fraction f
 # turns up with probability f, so the sample is taken to show copies when at least COPIED x f of it has one.
 LOOK_FIRST = 4_000
@@ -59,11 +61,18 @@ def colour_signature(path: str) -> np.ndarray | None:
     return np.sqrt(histogram / max(histogram.sum(), 1.0)).astype(np.float32)
 
 
+def _grey(signature: np.ndarray) -> bool:
+    """Whether the image a signature was taken of is grey: nearly all of it in the lowest saturation bins."""
+    return float(np.square(signature.reshape(_BINS)[:, 0, :]).sum()) > 0.95
+
+
 def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = COPY_DISTANCE,
                 most: int | None = None) -> np.ndarray | None:
     """A group id per file: files of one class whose colour signatures are within ``distance`` (directly or
-    through a chain of such files) share one. Unreadable files get groups of their own. With ``most``, gives up
-    (None) as soon as a group holds more files than that: look-alikes chained together, not copies."""
+    through a chain of such files) share one. Unreadable files, and the files of a class of grey images (whose
+    brightness histograms chain most of them together: a class of films beside classes of cells shipped as
+    copies would be one "group"), get groups of their own. With ``most``, gives up (None) as soon as a group
+    holds more files than that: look-alikes chained together, not copies."""
     with ThreadPoolExecutor(decode_workers()) as pool:  # as many threads as decoding gains from (GIL)
         signatures = list(pool.map(colour_signature, paths))
     groups = np.arange(len(paths))
@@ -71,8 +80,8 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
         readable = [i for i in members if signatures[i] is not None]
-        if not readable:
-            continue
+        if not readable or np.mean([_grey(signatures[i]) for i in readable]) > GREY_CLASS:
+            continue  # a class of grey images: its histograms have a brightness axis alone, and chain
         ids = _components(np.stack([signatures[i] for i in readable]), distance, most)
         if ids is None:
             return None

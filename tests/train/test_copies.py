@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from medclf.train.copies import COPY_DISTANCE, colour_signature, copy_groups, detected_copies
+from medclf.train.copies import COPY_DISTANCE, _components, colour_signature, copy_groups, detected_copies
 from medclf.train.data import read_folder
 from medclf.train.splits import load_splits, stratified_split
 
@@ -55,9 +55,25 @@ def test_pre_augmented_data_is_recognised_and_split_by_source_without_being_aske
 def test_grey_films_that_chain_together_and_photos_without_copies_are_split_image_by_image(chest_xray, cataract):
     films = read_folder(chest_xray / "test")  # 8-bin brightness histograms chain most films into one "group"
     assert detected_copies(films.paths, films.labels) is None
-    assert copy_groups(films.paths, films.labels, most=len(films) // 10) is None  # it stops once one group is too big
+    assert len(np.unique(copy_groups(films.paths, films.labels))) == len(films)  # grey: each film its own group
+    signatures = np.stack([colour_signature(path) for path in films.paths])  # why: brightness alone chains them,
+    assert _components(signatures, COPY_DISTANCE, most=len(films) // 10) is None  # and the search stops there
     assert detected_copies(*_paths_and_labels(cataract)) is None  # two near-identical photos of 59
     assert "at random" in load_splits(cataract, val_split=0.2, group_copies=None).held_out
+
+
+def test_a_class_of_grey_films_beside_classes_of_copies_is_not_one_film_group(blood_cells, chest_xray):
+    """Cells shipped as copies beside films that are not: the cells keep their copy groups, while the films,
+    whose brightness histograms chain together, are each their own (one "group" of most of them would sit
+    wholly on one side of a split)."""
+    cells = read_folder(blood_cells / "TEST")
+    films = sorted((chest_xray / "test" / "NORMAL").iterdir())[:60]
+    keep = np.flatnonzero(cells.labels < 2)[:500]
+    paths = tuple(cells.paths[i] for i in keep) + tuple(map(str, films))
+    labels = np.concatenate([cells.labels[keep], np.full(len(films), 2)])
+    groups = detected_copies(paths, labels)
+    assert groups is not None and len(np.unique(groups[labels == 2])) == len(films)
+    assert len(np.unique(groups[labels < 2])) < 60  # the cells' copies are still found: 500 images of a few dozen
 
 
 def test_asking_for_copy_groups_or_declining_them_overrides_the_automatic_choice(cataract, blood_cells):
