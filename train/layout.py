@@ -374,6 +374,25 @@ def loose_images_hint(root: Path) -> str:
             return (f"; {len(names)} images lie loose in it, named by label ({_shown(sorted(labels))}): pass "
                     f"--name-labels '{separator}' to read labels from the names")
     sheets = sorted(root.glob("*.csv")) + sorted(root.parent.glob("*.csv"))  # APTOS: train.csv by train_images/
-    sheet = f"--labels {sheets[0]}" if sheets else "--labels FILE.csv"
+    likeliest = _likeliest_sheet(sheets, [root / name for name in names])
+    sheet = f"--labels {likeliest}" if likeliest else "--labels FILE.csv"
     return (f"; {len(names)} images lie loose in it: sort them into one folder per class, or label them by name "
             f"(--name-labels SEP[:POS]) or by a sheet ({sheet})")
+
+
+def _likeliest_sheet(sheets: list[Path], images: list[Path]) -> Path | None:
+    """The sheet that lists the most of ``images``; where none lists any, the first that is no competition's
+    submission template (APTOS' ``sample_submission.csv`` beside ``train.csv``)."""
+    from .labels_csv import SHEET_MOST_BYTES, LabelsError, read_labels_csv  # it imports this module
+
+    listed = {}
+    for sheet in sheets:
+        try:
+            if sheet.stat().st_size <= SHEET_MOST_BYTES:
+                labels = read_labels_csv(str(sheet))
+                listed[sheet] = sum(labels.label(image) is not None for image in images)
+        except (LabelsError, OSError):
+            continue
+    if listed and max(listed.values()) > 0:
+        return max(listed, key=listed.get)
+    return next((sheet for sheet in sheets if "submission" not in sheet.name.lower()), sheets[0] if sheets else None)

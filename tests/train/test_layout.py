@@ -71,7 +71,11 @@ def test_loose_images_named_by_label_are_answered_with_the_flag_that_reads_them(
                                            r"them by name \(--name-labels SEP\[:POS\]\) or by a sheet \(--labels FILE"):
         read_folder(tmp_path / "busi")
     (tmp_path / "train.csv").write_text("id_code,diagnosis\n")  # APTOS: train.csv beside train_images/
-    with pytest.raises(DatasetError, match=r"or by a sheet \(--labels .*train\.csv\)$"):
+    (tmp_path / "sample_submission.csv").write_text("id_code,diagnosis\n")  # ... and the template to fill in
+    with pytest.raises(DatasetError, match=r"or by a sheet \(--labels .*/train\.csv\)$"):
+        read_folder(tmp_path / "busi")
+    (tmp_path / "zz_labels.csv").write_text("image,label\nIMG_1,benign\nother,benign\n")  # lists 2 of the 5
+    with pytest.raises(DatasetError, match=r"or by a sheet \(--labels .*/zz_labels\.csv\)$"):
         read_folder(tmp_path / "busi")
 
 
