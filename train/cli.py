@@ -38,7 +38,6 @@ ExistingDir = Annotated[Path, typer.Argument(exists=True, file_okay=False, help=
 
 def _training_data(path: Path) -> Path:
     """DATA as a folder: a MedMNIST ``.npz`` becomes the pre-split folder it stands for (``medmnist.unpacked``)."""
-    from .layout import DatasetError
     from .medmnist import is_npz, unpacked
 
     if path.is_dir():
@@ -47,7 +46,7 @@ def _training_data(path: Path) -> Path:
         raise typer.BadParameter(f"{path}: not a folder of images, nor a MedMNIST .npz file")
     try:
         return unpacked(path)
-    except (DatasetError, OSError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # DatasetError is a ValueError
         raise typer.BadParameter(str(exc)) from None
 
 
@@ -583,8 +582,8 @@ def _parse_size(text: str) -> int | tuple[int, int]:
 
 
 def _naming(data: Path, text: str | None, labels: str | None, leaf_folders: bool):
-    """Where labels come from (:func:`_parse_naming`); with no option given, a sheet named as DATA beside it
-    where DATA holds its images loose (``labels_csv.sheet_beside``: MedMNIST's own export), else class folders."""
+    """Where labels come from (:func:`_parse_naming`); with no option given, the sheet a dataset ships beside
+    images no folder labels (``labels_csv.sheet_beside``: MedMNIST's export, HAM10000, APTOS), else class folders."""
     from .labels_csv import sheet_beside
 
     return _parse_naming(text, labels, leaf_folders) or sheet_beside(data)

@@ -90,8 +90,7 @@ def _classes_on_paths(root: Path, classes: tuple[str, ...]) -> ImageFolder | Non
     HyperKvasir's categories), said in one line; images under none are left out, counted. None where no image
     is under a folder named as a class."""
     per_class: dict[str, list[Path]] = {}
-    images = without_masks(root, {".": without_outputs(root, list_images(root))})["."]
-    for path in images:
+    for path in _images_under(root):
         label = class_on_path(path.parent.relative_to(root).as_posix(), classes)
         per_class.setdefault(label, []).append(path)
     unlabelled = per_class.pop(None, [])
@@ -149,7 +148,7 @@ def read_named(root: str | os.PathLike[str], naming: Labeller,
         raise not_a_folder(root)
     per_class: dict[str, list[Path]] = {}
     unlabelled = []
-    for path in without_masks(root, {".": without_outputs(root, list_images(root))})["."]:
+    for path in _images_under(root):
         label = naming.label(path.relative_to(root))
         if label is None:
             unlabelled.append(path.name)
@@ -158,6 +157,11 @@ def read_named(root: str | os.PathLike[str], naming: Labeller,
     if unlabelled:
         naming.unlabelled(root, unlabelled)
     return _labelled(root, per_class, classes, naming.kind)
+
+
+def _images_under(root: Path) -> list[Path]:
+    """Every image below ``root``, at any depth, but segmentation masks and what medclf wrote there."""
+    return without_masks(root, {".": without_outputs(root, list_images(root))})["."]
 
 
 def read_dataset(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None,

@@ -23,8 +23,8 @@ from pathlib import Path, PurePosixPath
 
 from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file, list_images
 
-from .layout import find_split, numbered_parts
-from .medmnist import CLASS_NAMES
+from .layout import find_split, is_part_name, numbered_parts
+from .medmnist import known_classes
 
 log = logging.getLogger(__name__)
 
@@ -159,14 +159,16 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
         log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder,
                     sheet.name, sheet)
         return _medmnist_named(read_labels_csv(str(sheet)))
-    with_images = {entry: list_images(entry) for entry in folders}
-    parts = [entry for entry, found in with_images.items() if found]
-    if numbered_parts([part.name for part in parts]):
-        return _listing_sheet(folder, [folder], [image for part in parts for image in with_images[part]],
-                              f"its images are in numbered parts ({', '.join(sorted(part.name for part in parts))})")
+    if sum(is_part_name(entry.name) for entry in folders) >= 2:  # else no folder is walked for its images
+        with_images = {entry: list_images(entry) for entry in folders}
+        parts = [entry for entry, found in with_images.items() if found]
+        if numbered_parts([part.name for part in parts]):
+            return _listing_sheet(folder, [folder], [image for part in parts for image in with_images[part]],
+                                  f"its images are in numbered parts ({', '.join(sorted(p.name for p in parts))})")
     where = folder if not folders else find_split(folder, "train") or (folders[0] if len(folders) == 1 else None)
-    loose = [entry for entry in where.iterdir() if is_image_file(entry)] if where is not None else []
-    if loose and not any(entry.is_dir() and not entry.name.startswith(".") for entry in where.iterdir()):
+    inside = list(where.iterdir()) if where is not None else []
+    loose = [entry for entry in inside if is_image_file(entry)]
+    if loose and not any(entry.is_dir() and not entry.name.startswith(".") for entry in inside):
         return _listing_sheet(folder, list(dict.fromkeys([where, folder, folder.parent])), loose,
                               f"the images in {where.name}/ lie loose")
     return None
@@ -179,24 +181,31 @@ def _listing_sheet(folder: Path, places: list[Path], images: list[Path], how: st
     """The sheet in ``places`` that labels the most of ``images``, if ``LISTED_SHARE`` of them or more (HAM10000
     ships pixel tables beside its metadata, APTOS a ``sample_submission.csv`` beside ``train.csv``: those label
     none), said once."""
-    best, listed = None, 0
-    for sheet in (sheet for place in places for sheet in sorted(place.glob("*.csv"))):
-        try:
-            labels = read_labels_csv(str(sheet)) if sheet.stat().st_size <= SHEET_MOST_BYTES else None
-        except (LabelsError, OSError):
-            continue
-        if labels is not None and (count := sum(labels.label(image) is not None for image in images)) > listed:
-            best, listed = labels, count
+    best, listed = most_listing([sheet for place in places for sheet in sorted(place.glob("*.csv"))], images)
     if best is None or listed < LISTED_SHARE * len(images):
         return None
     log.warning("%s: %s, labelled by %s: reading that (as --labels %s)", folder, how, best.source.name, best.source)
     return best
 
 
+def most_listing(sheets: list[Path], images: list[Path]) -> tuple[CsvLabels | None, int]:
+    """The sheet among ``sheets`` that labels the most of ``images``, and how many (None, 0 where none labels
+    any); sheets that cannot be read as labels, or larger than ``SHEET_MOST_BYTES``, are passed over."""
+    best, listed = None, 0
+    for sheet in sheets:
+        try:
+            labels = read_labels_csv(str(sheet)) if sheet.stat().st_size <= SHEET_MOST_BYTES else None
+        except (LabelsError, OSError):
+            continue
+        if labels is not None and (count := sum(labels.label(image) is not None for image in images)) > listed:
+            best, listed = labels, count
+    return best, listed
+
+
 def _medmnist_named(labels: CsvLabels) -> CsvLabels:
     """MedMNIST's ``save`` labels its images by number (``TRAIN,train0_3.png,3``): a set MedMNIST names
     (``bloodmnist.csv``) gets its classes' names (``3`` → ``immature granulocytes(...)``), as its ``.npz`` does."""
-    names = CLASS_NAMES.get(labels.source.stem.lower().split("_")[0])
+    names = known_classes(labels.source.stem)
     if names is None or not all(label.isdigit() and int(label) < len(names) for label in labels.labels.values()):
         return labels
     return replace(labels, labels={key: names[int(label)] for key, label in labels.labels.items()})

@@ -72,10 +72,15 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
     return {name: [name] for name in found}
 
 
+def is_part_name(name: str) -> bool:
+    """``name`` ends as a numbered part's does (``_part_1``, ``fold_0``)."""
+    return _PART.search(name) is not None
+
+
 def numbered_parts(names: list[str]) -> bool:
     """Whether ``names`` are two or more numbered parts of one whole: ``fold_0``, ``fold_1``; HAM10000's
     ``HAM10000_images_part_1``, ``_part_2`` (and the lowercase copies Kaggle's version adds)."""
-    return len(names) >= 2 and all(_PART.search(name) for name in names) and len(
+    return len(names) >= 2 and all(map(is_part_name, names)) and len(
         {_PART.sub("", name).casefold() for name in names}) == 1
 
 
@@ -383,16 +388,9 @@ def loose_images_hint(root: Path) -> str:
 def _likeliest_sheet(sheets: list[Path], images: list[Path]) -> Path | None:
     """The sheet that lists the most of ``images``; where none lists any, the first that is no competition's
     submission template (APTOS' ``sample_submission.csv`` beside ``train.csv``)."""
-    from .labels_csv import SHEET_MOST_BYTES, LabelsError, read_labels_csv  # it imports this module
+    from .labels_csv import most_listing  # it imports this module
 
-    listed = {}
-    for sheet in sheets:
-        try:
-            if sheet.stat().st_size <= SHEET_MOST_BYTES:
-                labels = read_labels_csv(str(sheet))
-                listed[sheet] = sum(labels.label(image) is not None for image in images)
-        except (LabelsError, OSError):
-            continue
-    if listed and max(listed.values()) > 0:
-        return max(listed, key=listed.get)
+    best = most_listing(sheets, images)[0]
+    if best is not None:
+        return best.source
     return next((sheet for sheet in sheets if "submission" not in sheet.name.lower()), sheets[0] if sheets else None)

@@ -94,33 +94,34 @@ def dataset_name(folder: Path) -> str:
     return folder.name
 
 
+def known_classes(name: str) -> tuple[str, ...] | None:
+    """MedMNIST's class names for a file or folder it names (``bloodmnist_224`` is ``bloodmnist`` at 224 px)."""
+    return CLASS_NAMES.get(name.lower().split("_")[0])
+
+
 def _write_folders(npz: Path, out: Path) -> None:
     with zipfile.ZipFile(npz) as archive:
         arrays = {Path(name).stem for name in archive.namelist()}
-        missing = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")
-                   if f"{split}_{kind}" not in arrays]
-        if "train_images" in missing or "train_labels" in missing:
+        if not {"train_images", "train_labels"} <= arrays:
             raise DatasetError(f"{npz}: not a MedMNIST file (it holds {', '.join(sorted(arrays))}; MedMNIST's hold "
                                "train_images, train_labels, val_... and test_...)")
-        classes = _class_names(npz, archive)
-        for split in SPLITS:
-            if f"{split}_images" in missing:
-                continue
-            labels = _labels(npz, archive, split)
-            for folder in {classes[label] for label in np.unique(labels)}:
+        labels = {split: _labels(npz, archive, split) for split in SPLITS
+                  if {f"{split}_images", f"{split}_labels"} <= arrays}
+        classes = _class_names(npz, labels)
+        for split, split_labels in labels.items():
+            for folder in {classes[label] for label in np.unique(split_labels)}:
                 (out / split / folder).mkdir(parents=True)
             for start, images in _image_chunks(npz, archive, f"{split}_images"):
                 for k, image in enumerate(images, start):
-                    path = out / split / classes[labels[k]] / f"{split}{k}.png"
+                    path = out / split / classes[split_labels[k]] / f"{split}{k}.png"
                     if not cv2.imwrite(str(path), image if image.ndim == 2 else image[..., ::-1]):
                         raise OSError(f"{path}: could not be written")
 
 
-def _class_names(npz: Path, archive: zipfile.ZipFile) -> tuple[str, ...]:
-    """MedMNIST's names for the labels (``bloodmnist_224`` is ``bloodmnist`` at 224 px), else the numbers."""
-    known = CLASS_NAMES.get(npz.stem.lower().split("_")[0])
-    count = int(max(_labels(npz, archive, split).max() for split in SPLITS if f"{split}_labels.npy" in
-                    archive.namelist())) + 1
+def _class_names(npz: Path, labels: dict[str, np.ndarray]) -> tuple[str, ...]:
+    """MedMNIST's names for the labels, else the numbers."""
+    known = known_classes(npz.stem)
+    count = int(max(split_labels.max() for split_labels in labels.values())) + 1
     if known is not None and len(known) >= count:
         return known
     return tuple(str(label) for label in range(count))
