@@ -57,6 +57,11 @@ def _scored_data(path: Path) -> Path:
     return path if path.is_dir() else test_split(_training_data(path))
 
 
+def _test_data(path: Path | None) -> Path | None:
+    """``--test``: scored as ``evaluate`` scores its DATA."""
+    return None if path is None else _scored_data(path)
+
+
 TrainingData = Annotated[Path, typer.Argument(exists=True, callback=_training_data, help="Folder-per-class images, a folder with train/ and optional val/ and test/, or a MedMNIST .npz file (its train/val/test arrays).")]
 ScoredData = Annotated[Path, typer.Argument(exists=True, callback=_scored_data, help="Folder-per-class images, or a MedMNIST .npz file (its test arrays are scored).")]
 
@@ -94,7 +99,7 @@ def train(
     preset: Preset = None, arch: Arch = None, image_size: ImageSize = None, epochs: Epochs = None,
     head_epochs: HeadEpochs = None, batch_size: BatchSize = None, learning_rate: LearningRate = None,
     val_split: ValSplit = None,
-    test: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Test folder, scored once at the end.")] = None,
+    test: Annotated[Optional[Path], typer.Option(exists=True, callback=_test_data, help="Test folder, or a MedMNIST .npz file (its test arrays), scored once at the end.")] = None,
     grey: Grey = None, crop: Crop = None, crop_fraction: CropFraction = None, augment_views: AugmentViews = None,
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,

@@ -16,6 +16,7 @@ import re
 import shutil
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -108,14 +109,19 @@ def _write_folders(npz: Path, out: Path) -> None:
         labels = {split: _labels(npz, archive, split) for split in SPLITS
                   if {f"{split}_images", f"{split}_labels"} <= arrays}
         classes = _class_names(npz, labels)
-        for split, split_labels in labels.items():
-            for folder in {classes[label] for label in np.unique(split_labels)}:
-                (out / split / folder).mkdir(parents=True)
-            for start, images in _image_chunks(npz, archive, f"{split}_images"):
-                for k, image in enumerate(images, start):
-                    path = out / split / classes[split_labels[k]] / f"{split}{k}.png"
-                    if not cv2.imwrite(str(path), image if image.ndim == 2 else image[..., ::-1]):
-                        raise OSError(f"{path}: could not be written")
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # OpenCV's PNG encoder lets go of the GIL
+            for split, split_labels in labels.items():
+                for folder in {classes[label] for label in np.unique(split_labels)}:
+                    (out / split / folder).mkdir(parents=True)
+                for start, images in _image_chunks(npz, archive, f"{split}_images"):
+                    paths = [out / split / classes[split_labels[k]] / f"{split}{k}.png"
+                             for k in range(start, start + len(images))]
+                    list(pool.map(_write_png, paths, images))
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image if image.ndim == 2 else image[..., ::-1]):
+        raise OSError(f"{path}: could not be written")
 
 
 def _class_names(npz: Path, labels: dict[str, np.ndarray]) -> tuple[str, ...]:

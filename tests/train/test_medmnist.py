@@ -90,3 +90,17 @@ def test_medclf_train_and_evaluate_take_the_npz_file_itself(films, tmp_path):
     assert default.exit_code == 0 and (tmp_path / "run" / "evaluation-pneumoniamnist" / "metrics.json").is_file()
     refused = runner.invoke(app, ["train", str(tmp_path / "run" / "metrics.json")])
     assert refused.exit_code == 2 and "not a folder of images, nor a MedMNIST .npz file" in refused.output
+
+
+def test_another_datasets_npz_is_a_test_set_too(films, tmp_path, chest_xray):
+    np.savez_compressed(tmp_path / "pneumoniamnist.npz", **films)
+    folder = tmp_path / "films"
+    for name in ("NORMAL", "PNEUMONIA"):  # the same classes, as a folder of a hospital's own films
+        (folder / name).mkdir(parents=True)
+        for path in sorted((chest_xray / "test" / name).iterdir())[:12]:
+            (folder / name / path.name).symlink_to(path)
+    trained = CliRunner().invoke(app, ["train", str(folder), "--out", str(tmp_path / "run"), "--arch", "small_cnn",
+                                       "--image-size", "28", "--epochs", "1", "--val-split", "0.34",
+                                       "--test", str(tmp_path / "pneumoniamnist.npz")])
+    assert trained.exit_code == 0, trained.output
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["images"] == 8  # its test arrays
