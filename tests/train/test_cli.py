@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medclf.train.cli import _parse_size, _print_unreadable, app
+from medclf.train.cli import _print_unreadable, app
 
 runner = CliRunner()
 
@@ -44,11 +44,6 @@ def test_labels_come_from_folders_file_names_or_a_csv_and_a_bad_csv_is_one_line(
     assert missing.exit_code == 1 and f"{tmp_path / 'l.csv'}: cannot be read as CSV" in missing.output
 
 
-def test_image_size_takes_n_or_height_x_width():
-    assert _parse_size("160") == 160
-    assert _parse_size("240x320") == (240, 320)
-
-
 def test_bad_image_size_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path), "--image-size", "big"])
     assert result.exit_code == 2 and "--image-size" in result.output
@@ -79,40 +74,6 @@ def test_export_of_a_file_outside_a_run_directory_says_what_is_missing(tmp_path)
     assert result.exit_code == 1 and "labels.json" in result.output
 
 
-def test_name_labels_take_a_separator_and_an_optional_position():
-    from medclf.train.cli import _parse_naming
-    from medclf.train.labellers import FolderLabels, NameLabels
-
-    assert _parse_naming(".") == NameLabels(".", 0)
-    assert _parse_naming("_:1") == NameLabels("_", 1)
-    assert _parse_naming("::-1") == NameLabels(":", -1)
-    assert _parse_naming(None) is None
-    assert _parse_naming(None, leaf_folders=True) == FolderLabels()
-
-
-def test_flags_given_next_to_a_preset_override_only_what_they_name():
-    from medclf.train.cli import _recipe
-    from medclf.train.pipeline import Recipe
-    from medclf.train.presets import PRESETS
-
-    recipe = _recipe("blood-cells", {"epochs": 3, "image_size": "96x128", "grey": None, "clahe": True})
-    preset = PRESETS["blood-cells"]
-    assert recipe.fit.epochs == 3 and recipe.fit.batch_size == preset.fit.batch_size
-    assert recipe.image_size == (96, 128) and recipe.clahe and recipe.crop == "stain"
-    assert _recipe(None, {}) == Recipe()
-    assert _recipe(None, {"grey": True}).color == "grey"
-
-
-def test_flags_next_to_an_ensemble_preset_override_each_members():
-    from medclf.train.cli import _recipes
-    from medclf.train.presets import ENSEMBLES
-
-    members = _recipes("chest-xray-pair", {"epochs": 3, "seed": 7})
-    assert [m.arch for m in members] == [m.arch for m in ENSEMBLES["chest-xray-pair"]]
-    assert all(m.fit.epochs == 3 and m.fit.seed == 7 for m in members)
-    assert _recipes("blood-cells", {}) == [_recipes("blood-cells", {})[0]] and len(_recipes(None, {})) == 1
-
-
 def test_an_ensemble_preset_trains_its_members_and_prints_each_then_the_average(chest_xray, tmp_path):
     result = runner.invoke(app, ["train", str(chest_xray / "train"), "--preset", "chest-xray-pair", "--out",
                                  str(tmp_path / "pair"), "--limit-per-class", "16", "--epochs", "1", "--head-epochs",
@@ -127,17 +88,7 @@ def test_an_unknown_preset_lists_the_known_ones(tmp_path):
     assert result.exit_code == 1 and "chest-xray" in result.output
 
 
-def test_time_budget_is_given_in_minutes_and_zero_lifts_it():
-    from medclf.train.cli import _recipe
-
-    assert _recipe(None, {"time_budget": 5.0}).fit.time_budget == 5.0
-    assert _recipe(None, {"time_budget": 0}).fit.time_budget is None
-
-
-def test_distribution_is_a_fitting_choice_refused_before_any_data_is_read(tmp_path):
-    from medclf.train.cli import _recipe
-
-    assert _recipe(None, {"distribute": "off"}).fit.distribute == "off"
+def test_an_unknown_distribution_is_refused_before_any_data_is_read(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path), "--distribute", "horovod"])
     assert result.exit_code == 1 and "--distribute horovod: choose from auto, off" in result.output
 

@@ -1,0 +1,46 @@
+"""The command line's options: what was typed becomes a recipe, a source of labels, a size — or one usage error."""
+
+from __future__ import annotations
+
+from medclf.train.labellers import FolderLabels, NameLabels
+from medclf.train.options import parse_naming, parse_size, recipe_of, recipes_of
+from medclf.train.pipeline import Recipe
+from medclf.train.presets import ENSEMBLES, PRESETS
+
+
+def test_image_size_takes_n_or_height_x_width():
+    assert parse_size("160") == 160
+    assert parse_size("240x320") == (240, 320)
+
+
+def test_name_labels_take_a_separator_and_an_optional_position():
+    assert parse_naming(".") == NameLabels(".", 0)
+    assert parse_naming("_:1") == NameLabels("_", 1)
+    assert parse_naming("::-1") == NameLabels(":", -1)
+    assert parse_naming(None) is None
+    assert parse_naming(None, leaf_folders=True) == FolderLabels()
+
+
+def test_flags_given_next_to_a_preset_override_only_what_they_name():
+    recipe = recipe_of("blood-cells", {"epochs": 3, "image_size": "96x128", "grey": None, "clahe": True})
+    preset = PRESETS["blood-cells"]
+    assert recipe.fit.epochs == 3 and recipe.fit.batch_size == preset.fit.batch_size
+    assert recipe.image_size == (96, 128) and recipe.clahe and recipe.crop == "stain"
+    assert recipe_of(None, {}) == Recipe()
+    assert recipe_of(None, {"grey": True}).color == "grey"
+
+
+def test_flags_next_to_an_ensemble_preset_override_each_members():
+    members = recipes_of("chest-xray-pair", {"epochs": 3, "seed": 7})
+    assert [m.arch for m in members] == [m.arch for m in ENSEMBLES["chest-xray-pair"]]
+    assert all(m.fit.epochs == 3 and m.fit.seed == 7 for m in members)
+    assert recipes_of("blood-cells", {}) == [recipes_of("blood-cells", {})[0]] and len(recipes_of(None, {})) == 1
+
+
+def test_time_budget_is_given_in_minutes_and_zero_lifts_it():
+    assert recipe_of(None, {"time_budget": 5.0}).fit.time_budget == 5.0
+    assert recipe_of(None, {"time_budget": 0}).fit.time_budget is None
+
+
+def test_distribution_is_a_fitting_choice():
+    assert recipe_of(None, {"distribute": "off"}).fit.distribute == "off"
