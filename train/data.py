@@ -56,7 +56,8 @@ class ImageFolder:
 def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = None) -> ImageFolder:
     """One sub-folder per class, class = folder name (hidden folders ignored, images found recursively; finding
     the classes, a folder without images is not one, and is named in a warning) — or the folders below, where
-    the layout says those are the classes (:func:`~.layout.class_folders`: numbered parts, finer classes).
+    the layout says those are the classes (:func:`~.layout.class_folders`: numbered parts, patients holding
+    class folders, finer classes).
 
     Pass ``classes`` to read a validation or test folder with the training set's label order; a class it lacks
     is allowed (a test set may miss one), a class it has and training did not is an error.

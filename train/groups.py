@@ -63,7 +63,7 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
         return listed
     if copies is not None:
         return None
-    for found in (subfolder_groups, lambda f: detected_copies(f.paths, f.labels), name_groups):
+    for found in (source_groups, subfolder_groups, lambda f: detected_copies(f.paths, f.labels), name_groups):
         if (groups := found(folder)) is not None:
             return groups
     return None
@@ -99,6 +99,33 @@ def listed_groups(folder: ImageFolder, naming: Labeller | None) -> np.ndarray | 
     if not any(group is not None for group in groups):
         return None
     return np.asarray([f"group:{g}" if g is not None else f"file:{p}" for g, p in zip(groups, folder.paths)])
+
+
+def source_groups(folder: ImageFolder) -> np.ndarray | None:
+    """The folder each file's class folder sits in, where there are ``MIN_SUBFOLDERS`` or more of them and
+    every class sits in two or more: patients or slides each holding class folders (the IDC breast histology
+    patches' ``10253/{0,1}/``, which :func:`~.layout.class_folders` pools). Categories each holding classes of
+    their own (HyperKvasir's ``pathological-findings/polyps``) are not: a category's classes would all be held
+    out together."""
+    above = [_folder_above(Path(path), folder.classes[label]) for path, label in zip(folder.paths, folder.labels)]
+    per_class: dict[int, set[str]] = {}
+    for source, label in zip(above, folder.labels):
+        if source is not None:
+            per_class.setdefault(int(label), set()).add(source)
+    sources = set().union(*per_class.values())
+    if len(sources) < MIN_SUBFOLDERS or any(len(names) < 2 for names in per_class.values()):
+        return None
+    log.warning("%d images sit in class folders inside %d folders (patients, slides: %s...): a folder's images are "
+                "%s", sum(source is not None for source in above), len(sources), ", ".join(sorted(sources)[:3]),
+                KEPT_TOGETHER)
+    return np.asarray([f"folder:{source}" if source is not None else f"file:{path}"
+                       for source, path in zip(above, folder.paths)])
+
+
+def _folder_above(file: Path, class_name: str) -> str | None:
+    """The name of the folder holding ``file``'s class folder (the nearest folder of the class's name above it);
+    None where no folder on its path is named as its class."""
+    return next((parent.parent.name for parent in file.parents if parent.name == class_name), None)
 
 
 def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:

@@ -46,7 +46,8 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
     """Each class and the folders under ``root`` holding its images: each folder found is a class of its own,
     unless the folders are plainly not the classes but the folders below them are — numbered parts of the
     dataset that each hold the same class folders (C-NMC's ``fold_0/{all,hem}``, ``fold_1/{all,hem}``...: the
-    classes, pooled over the parts), or classes each split into finer ones named after it (LC25000's
+    classes, pooled over the parts), patients or slides each holding class folders (IDC's ``10253/{0,1}``: pooled
+    too, and a patient's images kept together by :func:`~.groups.source_groups`), or classes each split into finer ones named after it (LC25000's
     ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/{colon_aca,colon_n}``: the five
     tissue types). Either is said in one line."""
     pooled = _pooled_parts(root, found)
@@ -54,6 +55,12 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
         log.warning("%s: %s are numbered parts of the dataset, each holding the same class folders (%s): read as "
                     "%d classes, each pooled over the parts", root, _shown(found), _shown(sorted(pooled)), len(pooled))
         return pooled
+    sources = _pooled_sources(root, found)
+    if sources is not None:
+        log.warning("%s: its %d folders (%s) are numbered as patients or slides are, each holding class folders (%s): "
+                    "read as %d classes, each pooled over them", root, len(found), _shown(found),
+                    _shown(sorted(sources)), len(sources))
+        return sources
     finer = _finer_classes(root, found)
     if finer is not None:
         log.warning("%s: every folder here holds only folders named after it (%s): read as the %d finer classes "
@@ -94,6 +101,29 @@ def _pooled_parts(root: Path, found: list[str]) -> dict[str, list[str]] | None:
                                                                                  for name in found):
         return None
     return {name: [f"{part}/{name}" for part in found] for name in inner[0]}
+
+
+def _pooled_sources(root: Path, found: list[str]) -> dict[str, list[str]] | None:
+    """Class name → its folder in each source, where the folders found are more than ``FEW_SUBFOLDERS``
+    patients or slides numbered alike (the IDC breast histology patches' ``10253/{0,1}``, ``10254/{0,1}``...),
+    none holding an image of its own, each holding class folders from one set of 2 to ``FEW_SUBFOLDERS`` names
+    (not splits), each name in two of them or more (a patient holds the classes it has: IDC's both, mostly; a
+    patient with one diagnosis, one). Classes are rarely numbered alike, and never ten of them or more, each
+    holding a few folders of the same names."""
+    if len(found) <= FEW_SUBFOLDERS or not _numbered_alike(found) or any(_holds_images(root / n) for n in found):
+        return None
+    inner = {name: _subfolders(root / name) for name in found}
+    classes = sorted({sub for subs in inner.values() for sub in subs})
+    if not 2 <= len(classes) <= FEW_SUBFOLDERS or not all(inner.values()) or any(map(is_split_name, classes)):
+        return None
+    if any(sum(name in subs for subs in inner.values()) < 2 for name in classes):
+        return None
+    return {name: [f"{source}/{name}" for source in found if name in inner[source]] for name in classes}
+
+
+def _numbered_alike(names: list[str]) -> bool:
+    """``10253``, ``10254``; ``patient_01``, ``patient_02``: names that differ only in their numbers."""
+    return len(shapes := {re.sub(r"\d+", "#", name.casefold()) for name in names}) == 1 and "#" in shapes.pop()
 
 
 def _finer_classes(root: Path, found: list[str]) -> dict[str, list[str]] | None:

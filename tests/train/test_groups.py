@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from medclf.train.data import ImageFolder, read_folder
-from medclf.train.groups import file_groups, group_kind, name_groups, name_key, split_groups, subfolder_groups
+from medclf.train.groups import (file_groups, group_kind, name_groups, name_key, source_groups, split_groups,
+                                 subfolder_groups)
 from medclf.train.splits import load_splits, stratified_split
 
 KERMANY_PATIENT = r"^(person\d+|(?:NORMAL2-)?IM-\d+)"  # the chest preset's --group-pattern
@@ -179,3 +180,33 @@ def test_patients_filed_deeper_below_their_class_are_found_at_their_level(tmp_pa
     assert len(set(groups)) == 24  # a patient's magnifications together
     assert "48 of 48 images sit in 24 folders 3 levels below their class folders (such as SOB/adenosis/patient0)" \
         in caplog.text
+
+
+def test_patients_holding_class_folders_keep_each_patient_on_one_side_by_default(tmp_path, chest_xray, caplog):
+    """The IDC breast histology patches are filed ``<patient>/{0,1}/``: the classes are pooled over the patients
+    (:mod:`.layout`) and the default split holds out whole patients (here the chest films' real patients)."""
+    numbers: dict[str, int] = {}  # IDC numbers its patients: 10253, 10254...
+    for name, label in (("NORMAL", "0"), ("PNEUMONIA", "1")):
+        for film in sorted((chest_xray / "train" / name).iterdir())[:150]:
+            number = numbers.setdefault(file_groups((film.name,), KERMANY_PATIENT)[0], 10253 + len(numbers))
+            patient = tmp_path / "data" / str(number) / label
+            patient.mkdir(parents=True, exist_ok=True)
+            (patient / film.name).symlink_to(film)
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path / "data", 0.15, group_copies=None)
+    assert splits.train.classes == ("0", "1")
+    patient_of = {split: {Path(path).parent.parent.name for path in getattr(splits, split).paths}
+                  for split in ("train", "val")}
+    assert patient_of["val"] and not patient_of["train"] & patient_of["val"]
+    assert "images sit in class folders inside" in caplog.text and "whole patients" in splits.summary()
+
+
+def test_categories_each_holding_classes_of_their_own_are_not_patients(tmp_path, blood_cell_images):
+    """Grouped by category, a category's classes would all be held out together, and never trained on."""
+    for k in range(12):
+        for leaf in (f"finding{k}a", f"finding{k}b"):
+            (tmp_path / f"category{k}" / leaf).mkdir(parents=True)
+            (tmp_path / f"category{k}" / leaf / "x.png").symlink_to(blood_cell_images[0])
+    folder = read_folder(tmp_path, tuple(f"finding{k}{s}" for k in range(12) for s in "ab"))
+    assert source_groups(folder) is None
+    assert source_groups(read_folder(tmp_path / "category0")) is None  # class folders right in DATA

@@ -166,6 +166,23 @@ def test_numbered_parts_holding_the_same_class_folders_are_pooled_by_class(tmp_p
     assert read_folder(tmp_path / "test", ("all", "hem")).class_counts() == {"all": 3, "hem": 2}  # a test split too
 
 
+def test_patients_or_slides_each_holding_class_folders_are_not_classes(tmp_path, blood_cell_images, caplog):
+    """The IDC breast histology patches: ``10253/{0,1}``, ``10254/{0,1}``... for 279 patients (one without any
+    positive patch lacks ``1/``). Read as 279 classes of patients before."""
+    make_tree(tmp_path, {f"{patient}/{label}": 2 for patient in range(10253, 10265) for label in "01"
+                         if (patient, label) != (10264, "1")}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        folder = read_folder(tmp_path)
+    assert folder.class_counts() == {"0": 24, "1": 22}
+    assert caplog.messages == [f"{tmp_path}: its 12 folders (10253, 10254, 10255, 10256, ...) are numbered as "
+                               "patients or slides are, each holding class folders (0, 1): read as 2 classes, each "
+                               "pooled over them"]
+    make_tree(tmp_path / "words", {f"{organ}/{view}": 1 for organ in ("liver", "lung", "heart", "brain", "bone",
+                                                                      "skin", "eye", "colon", "kidney", "breast")
+                                   for view in ("axial", "coronal")}, blood_cell_images[0])
+    assert len(read_folder(tmp_path / "words").classes) == 10  # classes named by words hold what they like
+
+
 def test_class_folders_that_all_hold_the_same_sub_folders_are_warned_of(tmp_path, blood_cell_images, caplog):
     """Sites (or views) under each class are the same sub-folders everywhere: which level is the class is the
     user's to say, so the folders stay the classes, with a warning."""
