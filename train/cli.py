@@ -18,7 +18,7 @@ from rich.table import Column, Table
 from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, CropFraction, Distribute, Epochs,
                       ExistingDir, FreezeUntil, Grey, GroupCopies, GroupPattern, HeadEpochs, ImageSize, LabelsCsv,
                       LeafFolders, LearningRate, NameLabelsOption, Preset, Pretrained, Schedule, ScoredData, Seed,
-                      TargetSensitivity, TimeBudgetOption, TrainingData, ValSplit, Wise, held_out_data, label_source,
+                      TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, ValSplit, Wise, held_out_data, label_source,
                       parse_float_counts, parse_precisions, parse_profile, parse_shares, recipe_of, recipes_of,
                       writable_file, writable_folder)
 from .quiet_tensorflow import import_tensorflow
@@ -46,7 +46,7 @@ def train(
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
-    labels: LabelsCsv = None, leaf_folders: LeafFolders = False, limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    labels: LabelsCsv = None, leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False, limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
@@ -59,7 +59,7 @@ def train(
     from .pipeline import train as run_training
 
     recipes = _library_call(lambda: recipes_of(preset, options))
-    naming = _library_call(lambda: label_source(data, name_labels, labels, leaf_folders))
+    naming = _library_call(lambda: label_source(data, name_labels, labels, leaf_folders, top_folders))
     if len(recipes) > 1:  # an ensemble preset: its members trained in turn, then averaged into RUN_DIR
         result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
         for member in result.metrics["training"]["members"]:
@@ -95,7 +95,7 @@ def crossval(
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
     augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, leaf_folders: LeafFolders = False,
+    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
@@ -105,7 +105,7 @@ def crossval(
 
     recipe = _library_call(lambda: recipe_of(preset, options))
     summary = _library_call(lambda: cross_validate(data, out, recipe, folds,
-                                                              label_source(data, name_labels, labels, leaf_folders)))
+                                                              label_source(data, name_labels, labels, leaf_folders, top_folders)))
     for name in REPORTED:
         if summary[name] is not None:
             console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
@@ -130,7 +130,7 @@ def evaluate(
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
-    leaf_folders: LeafFolders = False,
+    leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="Also score the calls as they would do where cases come in these proportions, e.g. PNEUMONIA=10% (DATA collected so many of each class): accuracy, how often each call is right (a binary model's PPV and NPV), calibration error, log loss.")] = None,
@@ -148,7 +148,7 @@ def evaluate(
     shares = parse_shares(prevalence)
     out = out or _home_of(model) / rundir.EVALUATION.format(data=dataset_name(data))
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
-                                                 naming=label_source(data, name_labels, labels, leaf_folders),
+                                                 naming=label_source(data, name_labels, labels, leaf_folders, top_folders),
                                                  group_pattern=group_pattern,
                                                  group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})
@@ -197,7 +197,7 @@ def calibrate(
     target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
-    leaf_folders: LeafFolders = False,
+    leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come and the site's prevalence is not known (else --prevalence).")] = True,
@@ -217,7 +217,7 @@ def calibrate(
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity,
-                                                label_source(data, name_labels, labels, leaf_folders),
+                                                label_source(data, name_labels, labels, leaf_folders, top_folders),
                                                 group_pattern, group_copies, picture=picture,
                                                 class_bias=class_bias, prevalence=shares))
     record = site.record(data.resolve().name)

@@ -64,14 +64,14 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
     finer = _finer_classes(root, found)
     if finer is not None:
         log.warning("%s: every folder here holds only folders named after it (%s): read as the %d finer classes "
-                    "(%s); to classify %s instead, gather each one's images into one folder", root,
+                    "(%s); to classify %s instead, pass --top-folders", root,
                     "; ".join(f"{name}: {_shown([Path(f).name for f in folders], 3)}" for name, folders in
                               _by_parent(finer).items()), len(finer), _shown(sorted(finer)), _shown(found))
         return finer
     leaves = _category_leaves(root, found)
     if leaves is not None:
         log.warning("%s: %s are categories, their images filed %d levels down or more (%s): read as the %d classes "
-                    "there (%s); to classify %s instead, gather each one's images into one folder", root,
+                    "there (%s); to classify %s instead, pass --top-folders", root,
                     _shown(found), min(path.count("/") for paths in leaves.values() for path in paths),
                     _shown([paths[0] for paths in leaves.values()], 2), len(leaves), _shown(list(leaves)),
                     _shown(found))

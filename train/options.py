@@ -68,29 +68,32 @@ def _writable(path: Path | None, folder: bool) -> Path | None:
 NameLabelsOption = Annotated[Optional[str], typer.Option(help="Labels from file names, not folders: SEP[:POS], e.g. '.' for cat.123.jpg → cat, '_:1' for x_cat_1.png.")]
 LabelsCsv = Annotated[Optional[str], typer.Option("--labels", metavar="FILE.csv[:IMAGE,LABEL]", help="Labels from a CSV beside the images, not folders: its image column (a file name, with or without extension, or an id) and label column (or one 0/1 column per class) are found by their headers unless named; a patient_id or lesion_id column keeps each patient's images on one side of the split. Images it does not list are left out.")]
 LeafFolders = Annotated[bool, typer.Option("--leaf-folders", help="Labels from the folder each image sits in, at any depth (folders of one name are one class), not from the folders right below DATA: for classes filed under groups of them, e.g. lower-gi-tract/pathological-findings/polyps/ → polyps.")]
+TopFoldersOption = Annotated[bool, typer.Option("--top-folders", help="Labels from the folders right below DATA as they stand, where medclf would read the classes further down (folders holding only finer classes named after them, a tree of categories, numbered parts or patients holding class folders; each said in a warning when read so): e.g. LC25000's two organs, not its five tissue types.")]
 
 
-def label_source(data: Path, text: str | None, labels: str | None, leaf_folders: bool):
+def label_source(data: Path, text: str | None, labels: str | None, leaf_folders: bool, top_folders: bool = False):
     """Where labels come from (:func:`parse_naming`); with no option given, the sheet a dataset ships beside
     images no folder labels (``labels_csv.sheet_beside``: MedMNIST's export, HAM10000, APTOS), else class folders."""
     from .labels_csv import sheet_beside
 
-    return parse_naming(text, labels, leaf_folders) or sheet_beside(data)
+    return parse_naming(text, labels, leaf_folders, top_folders) or sheet_beside(data)
 
 
-def parse_naming(text: str | None, labels: str | None = None, leaf_folders: bool = False):
+def parse_naming(text: str | None, labels: str | None = None, leaf_folders: bool = False, top_folders: bool = False):
     """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); ``labels`` (a CSV) → CsvLabels; ``leaf_folders`` →
-    FolderLabels; none → None (labels from the class folders)."""
-    from .labellers import FolderLabels, NameLabels
+    FolderLabels; ``top_folders`` → TopFolders; none → None (labels from the class folders, as medclf reads them)."""
+    from .labellers import FolderLabels, NameLabels, TopFolders
     from .labels_csv import read_labels_csv
 
-    if (text is not None) + (labels is not None) + leaf_folders > 1:
+    if (text is not None) + (labels is not None) + leaf_folders + top_folders > 1:
         raise typer.BadParameter("labels come from file names, a CSV or the folders holding the images: one of them",
-                                 param_hint="--name-labels, --labels, --leaf-folders")
+                                 param_hint="--name-labels, --labels, --leaf-folders, --top-folders")
     if labels is not None:
         return read_labels_csv(labels)
     if leaf_folders:
         return FolderLabels()
+    if top_folders:
+        return TopFolders()
     if text is None:
         return None
     if not text:

@@ -40,6 +40,8 @@ def test_labels_come_from_folders_file_names_or_a_csv_and_a_bad_csv_is_one_line(
         in " ".join(both.output.replace("│", " ").split())
     leaves = runner.invoke(app, ["evaluate", __file__, str(tmp_path), "--leaf-folders", "--name-labels", "."])
     assert leaves.exit_code == 2 and "--leaf-folders" in leaves.output
+    tops = runner.invoke(app, ["train", str(tmp_path), "--leaf-folders", "--top-folders"])
+    assert tops.exit_code == 2 and "--top-folders" in tops.output
     missing = runner.invoke(app, ["evaluate", __file__, str(tmp_path), "--labels", str(tmp_path / "l.csv")])
     assert missing.exit_code == 1 and f"{tmp_path / 'l.csv'}: cannot be read as CSV" in missing.output
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from medclf.train.data import DatasetError, read_folder, read_named
-from medclf.train.labellers import FolderLabels
+from medclf.train.labellers import FolderLabels, TopFolders, recorded, rule_recorded
 from medclf.train.splits import load_splits
 
 from .trees import make_tree
@@ -228,8 +228,7 @@ def test_classes_split_into_finer_ones_named_after_them_are_read_as_those(tmp_pa
     assert caplog.messages == [
         f"{tmp_path / 'lc'}: every folder here holds only folders named after it (colon_image_sets: colon_aca, "
         "colon_n; lung_image_sets: lung_aca, lung_n, lung_scc): read as the 5 finer classes (colon_aca, colon_n, "
-        "lung_aca, lung_n, ...); to classify colon_image_sets, lung_image_sets instead, gather each one's images "
-        "into one folder"]
+        "lung_aca, lung_n, ...); to classify colon_image_sets, lung_image_sets instead, pass --top-folders"]
     make_tree(tmp_path / "multi", {"Cervical Cancer/cervix_dyk": 1, "Cervical Cancer/cervix_koc": 1,
                                    "Lymphoma/lymph_cll": 1, "Lymphoma/lymph_fl": 1, "ALL/all_benign": 1,
                                    "ALL/all_early": 1}, blood_cell_images[0])
@@ -256,7 +255,7 @@ def test_trees_of_categories_are_read_as_the_classes_at_their_ends(tmp_path, blo
         f"{tmp_path / 'kvasir'}: lower-gi-tract, upper-gi-tract are categories, their images filed 2 levels down or "
         "more (lower-gi-tract/anatomical-landmarks/cecum, lower-gi-tract/anatomical-landmarks/ileum, ...): read as "
         "the 8 classes there (cecum, ileum, hemorrhoids, polyps, ...); to classify lower-gi-tract, upper-gi-tract "
-        "instead, gather each one's images into one folder"]
+        "instead, pass --top-folders"]
     breakhis = {f"{kind}/{tumour}/patient{k}/{zoom}": 1 for kind, tumour in (("benign", "adenosis"),
                                                                            ("malignant", "ductal_carcinoma"))
                 for k in (1, 2) for zoom in ("40X", "100X")}
@@ -336,3 +335,19 @@ def test_leaf_folders_read_the_folder_holding_each_image_as_its_class(tmp_path, 
                                "loose.jpeg)"]
     assert read_named(tmp_path / "kvasir" / "lower-gi-tract", FolderLabels(), ("cecum", "polyps", "pylorus")
                       ).class_counts() == {"cecum": 1, "polyps": 2, "pylorus": 0}  # a test split of some of them
+
+
+def test_top_folders_read_the_folders_below_the_dataset_as_they_stand(tmp_path, blood_cell_images, caplog):
+    """The other reading of a layout medclf reads further down: LC25000's organs, not its five tissue types (a
+    run trained so scores other data the same way)."""
+    make_tree(tmp_path / "lc", {"lung_image_sets/lung_aca": 2, "lung_image_sets/lung_n": 1,
+                                "colon_image_sets/colon_aca": 1, "colon_image_sets/colon_n": 1}, blood_cell_images[0])
+    (tmp_path / "lc" / "loose.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    (tmp_path / "lc" / "__MACOSX" / "lung_image_sets").mkdir(parents=True)
+    (tmp_path / "lc" / "__MACOSX" / "lung_image_sets" / "x.jpeg").write_bytes(blood_cell_images[0].read_bytes())
+    with caplog.at_level(logging.WARNING):
+        folder = read_named(tmp_path / "lc", TopFolders())
+    assert folder.class_counts() == {"colon_image_sets": 2, "lung_image_sets": 3}
+    assert caplog.messages == [f"{tmp_path / 'lc'}: 2 image(s) in no folder of their own, left out (e.g. "
+                               "loose.jpeg)"]  # and macOS' copy of the tree
+    assert rule_recorded(recorded(TopFolders())) == TopFolders()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from medclf.train.labellers import FolderLabels, NameLabels
+from medclf.train.labellers import FolderLabels, NameLabels, TopFolders
 from medclf.train.options import parse_naming, parse_size, recipe_of, recipes_of
 from medclf.train.pipeline import Recipe
 from medclf.train.presets import ENSEMBLES, PRESETS
@@ -19,6 +19,7 @@ def test_name_labels_take_a_separator_and_an_optional_position():
     assert parse_naming("::-1") == NameLabels(":", -1)
     assert parse_naming(None) is None
     assert parse_naming(None, leaf_folders=True) == FolderLabels()
+    assert parse_naming(None, top_folders=True) == TopFolders()
 
 
 def test_flags_given_next_to_a_preset_override_only_what_they_name():
