@@ -18,9 +18,9 @@ from rich.table import Column, Table
 from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, CropFraction, Distribute, Epochs,
                       ExistingDir, FreezeUntil, Grey, GroupCopies, GroupPattern, HeadEpochs, ImageSize, LabelsCsv,
                       LeafFolders, LearningRate, NameLabelsOption, Preset, Pretrained, Schedule, ScoredData, Seed,
-                      TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, ValSplit, Wise, held_out_data, label_source,
-                      parse_float_counts, parse_precisions, parse_profile, parse_shares, recipe_of, recipes_of,
-                      writable_file, writable_folder)
+                      TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, ValSplit, Wise,
+                      held_out_data, label_source, parse_float_counts, parse_precisions, parse_profile, parse_shares,
+                      recipe_of, recipes_of, writable_file, writable_folder)
 from .quiet_tensorflow import import_tensorflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -46,7 +46,8 @@ def train(
     pretrained: Pretrained = None, clahe: Clahe = None, group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
-    labels: LabelsCsv = None, leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False, limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    labels: LabelsCsv = None, leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
+    limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json
@@ -95,8 +96,9 @@ def crossval(
     augment_views: AugmentViews = None, pretrained: Pretrained = None, clahe: Clahe = None,
     group_pattern: GroupPattern = None, group_copies: GroupCopies = None, freeze_until: FreezeUntil = None,
     augmentation: Augmentation = None, schedule: Schedule = None, target_sensitivity: TargetSensitivity = None,
-    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
-    wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
+    name_labels: NameLabelsOption = None, labels: LabelsCsv = None, leaf_folders: LeafFolders = False,
+    top_folders: TopFoldersOption = False, wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None,
+    distribute: Distribute = None,
 ) -> None:
     """K-fold cross-validation for small datasets: each fold's model scored on its held-out fold; mean ± spread."""
     options = dict(locals())
@@ -104,8 +106,8 @@ def crossval(
     from .crossval import REPORTED, cross_validate
 
     recipe = _library_call(lambda: recipe_of(preset, options))
-    summary = _library_call(lambda: cross_validate(data, out, recipe, folds,
-                                                              label_source(data, name_labels, labels, leaf_folders, top_folders)))
+    naming = _library_call(lambda: label_source(data, name_labels, labels, leaf_folders, top_folders))
+    summary = _library_call(lambda: cross_validate(data, out, recipe, folds, naming))
     for name in REPORTED:
         if summary[name] is not None:
             console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
@@ -148,7 +150,8 @@ def evaluate(
     shares = parse_shares(prevalence)
     out = out or _home_of(model) / rundir.EVALUATION.format(data=dataset_name(data))
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
-                                                 naming=label_source(data, name_labels, labels, leaf_folders, top_folders),
+                                                 naming=label_source(data, name_labels, labels, leaf_folders,
+                                                                     top_folders),
                                                  group_pattern=group_pattern,
                                                  group_copies=group_copies, prevalence=shares))
     _print_metrics({"evaluation": metrics})

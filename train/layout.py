@@ -46,10 +46,11 @@ def class_folders(root: Path, found: list[str]) -> dict[str, list[str]]:
     """Each class and the folders under ``root`` holding its images: each folder found is a class of its own,
     unless the folders are plainly not the classes but the folders below them are — numbered parts of the
     dataset that each hold the same class folders (C-NMC's ``fold_0/{all,hem}``, ``fold_1/{all,hem}``...: the
-    classes, pooled over the parts), patients or slides each holding class folders (IDC's ``10253/{0,1}``: pooled
-    too, and a patient's images kept together by :func:`~.groups.source_groups`), or classes each split into finer ones named after it (LC25000's
-    ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside ``colon_image_sets/{colon_aca,colon_n}``: the five
-    tissue types). Either is said in one line."""
+    classes, pooled over the parts), patients or slides each holding class folders (IDC's ``10253/{0,1}``:
+    pooled too, a patient's images kept together by :func:`~.groups.source_groups`), classes each split into
+    finer ones named after it (LC25000's ``lung_image_sets/{lung_aca,lung_n,lung_scc}`` beside
+    ``colon_image_sets/{colon_aca,colon_n}``: the five tissue types), or trees of categories (their leaves).
+    Each is said in one line; ``--top-folders`` (:class:`~.labellers.TopFolders`) reads the folders as found."""
     pooled = _pooled_parts(root, found)
     if pooled is not None:
         log.warning("%s: %s are numbered parts of the dataset, each holding the same class folders (%s): read as "

@@ -81,7 +81,8 @@ def label_source(data: Path, text: str | None, labels: str | None, leaf_folders:
 
 def parse_naming(text: str | None, labels: str | None = None, leaf_folders: bool = False, top_folders: bool = False):
     """'.' → NameLabels('.', 0); '_:1' → NameLabels('_', 1); ``labels`` (a CSV) → CsvLabels; ``leaf_folders`` →
-    FolderLabels; ``top_folders`` → TopFolders; none → None (labels from the class folders, as medclf reads them)."""
+    FolderLabels; ``top_folders`` → TopFolders; none → None (labels from the class folders as medclf reads
+    them)."""
     from .labellers import FolderLabels, NameLabels, TopFolders
     from .labels_csv import read_labels_csv
 
