@@ -6,7 +6,9 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 echo "installing medclf and its dependencies into .venv (a few minutes on a fresh machine)..."
-if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install --progress-bar off -e ".[dev]"; } \
+# The tested versions (scripts/constraints.txt): a new release upstream cannot turn the tests red overnight.
+if ! { .venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install --progress-bar off \
+        -c scripts/constraints.txt -e ".[dev]"; } \
     > .venv/install.log 2>&1; then
     tail -n 40 .venv/install.log
     echo "install failed; full log: .venv/install.log" >&2
