@@ -22,7 +22,7 @@ from .annotations import masks_said
 from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
-from .inputs import expand_inputs
+from .inputs import STDIN, expand_inputs
 from .modelcard import ModelCardError
 from .stream import use_processes
 
@@ -34,7 +34,8 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="medclf-run", description="Classify INPUTS with a medclf ONNX model; exit "
                                   "status 1 when any input could not be classified, 2 when nothing could start.")
     add = cli.add_argument
-    add("inputs", nargs="+", metavar="INPUTS", help="Image files, folders or globs (quote globs).")
+    add("inputs", nargs="+", metavar="INPUTS", help="Image files, folders or globs (quote globs); - is an image "
+                                                    "piped in.")
     add("--model", type=Path, metavar="FILE", help="A medclf ONNX model; default: the packaged blood-cell model.")
     add("--top-k", type=_positive, default=1, metavar="N", help="How many labels to report per image (default 1).")
     add("--json", dest="as_json", action="store_true", help="One JSON object per input per line.")
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             return _refuse(f"{option} {destination}: {problem}")
     top_k = min(args.top_k, len(classifier.labels))
     predictions = _with_progress(classifier.classify(paths, top_k=top_k, batch_size=args.batch_size,
-                                                     cam_dir=args.cam, processes=use_processes(len(paths))),
+                                                     cam_dir=args.cam,
+                                                     processes=use_processes(len(paths)) and STDIN not in paths),
                                  len(paths))
     results: list[Prediction] = []
     calls: Counter[str | None] = Counter()  # None: could not be classified

@@ -24,6 +24,8 @@ import numpy as np
 
 from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 
+from .inputs import IMAGE_EXTENSIONS, STDIN, folder_contents, piped_in
+
 # OpenCV logs its decoders' complaints about a damaged file on stderr, several lines each (a cut TIFF: 2-6);
 # the runtime reports each unusable file in one line of its own (ImageError), so OpenCV's log stays quiet.
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
@@ -277,12 +279,15 @@ def load_image(path: str | os.PathLike[str], preprocess: Preprocess) -> np.ndarr
 
 def read_bytes(path: str | os.PathLike[str]) -> bytes:
     """A file's bytes; only regular files are opened (a FIFO or device would block or never end), and none
-    over MAX_FILE_BYTES. Failures are :class:`ImageError`."""
+    over MAX_FILE_BYTES — or, for ``-`` (:data:`~.inputs.STDIN`), what was piped in. Failures are
+    :class:`ImageError`."""
     try:
+        if str(path) == STDIN:
+            if len(data := piped_in(MAX_FILE_BYTES)) > MAX_FILE_BYTES:
+                raise ImageError(STDIN, f"more than {MAX_FILE_BYTES:,} bytes piped in, over the limit")
+            return data
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
-            from .inputs import IMAGE_EXTENSIONS, folder_contents
-
             raise ImageError(str(path), f"no image in this folder ({folder_contents(path)}; medclf reads "
                                         f"{' '.join(sorted(IMAGE_EXTENSIONS))} and DICOM)")
         if not stat.S_ISREG(info.st_mode):

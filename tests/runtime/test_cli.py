@@ -325,3 +325,22 @@ def test_a_csv_that_cannot_be_written_is_refused_before_any_work(destination, pr
     done = run("--csv", destination, str(blood_cell_images[0]))
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines()[-1].startswith(f"error: --csv {destination}: {problem}")
+
+
+def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
+    """``-`` is standard input, for what pipes an image along (a PACS router, curl, dcmj2pnm); named twice, it is
+    the same image. A terminal is no image: refused in its line rather than waited on for ever."""
+    image = blood_cell_images[0]
+    piped = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", "-", str(image), "-"],
+                           input=image.read_bytes(), capture_output=True, timeout=120)
+    assert piped.returncode == 0, piped.stderr
+    lines = [json.loads(line) for line in piped.stdout.decode().splitlines()]
+    assert [line["path"] for line in lines] == ["-", str(image), "-"]
+    assert lines[0] == {**lines[1], "path": "-"} == lines[2]
+    import pty
+
+    _, terminal = pty.openpty()
+    waiting = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", "-"], stdin=terminal,
+                             capture_output=True, text=True, timeout=120)
+    assert waiting.returncode == 1 and json.loads(waiting.stdout) == {
+        "path": "-", "error": "standard input is a terminal: pipe an image in (medclf-run - < scan.png)"}
