@@ -6,24 +6,33 @@ import functools
 import glob
 import os
 import sys
+import threading
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from .annotations import segmentation_masks
 
-STDIN = "-"  # an INPUT that is the image piped in (a PACS router, curl, dcmj2pnm): ``medclf-run - < scan.png``
+STDIN = "-"  # an INPUT that is the image piped in (a DICOMweb fetch, a router): ``medclf-run - < scan.png``
 
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pgm",
                               ".ppm", ".avif", ".dcm"})
 
 
-@functools.lru_cache(maxsize=1)
 def piped_in(most: int) -> bytes:
-    """What was piped to standard input, read once (``-`` given twice is the same image); at most ``most``
-    bytes and one more, so that the caller can tell a file too large. Nothing piped in, only a terminal, is an
-    ``OSError``: reading would wait for ever."""
+    """What was piped to standard input, read once (``-`` given twice is the same image, whichever decoding
+    thread asks first); at most ``most`` bytes and one more, so that the caller can tell a file too large. A
+    terminal, where nothing is piped in, is an ``OSError``: reading would wait for ever."""
+    with _READING:
+        return _read_piped(most)
+
+
+_READING = threading.Lock()
+
+
+@functools.lru_cache(maxsize=1)
+def _read_piped(most: int) -> bytes:
     if sys.stdin is None or sys.stdin.isatty():
         raise OSError("standard input is a terminal: pipe an image in (medclf-run - < scan.png)")
     return sys.stdin.buffer.read(most + 1)
