@@ -41,8 +41,9 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
         inner_groups = groups[rest] if groups is not None else None
         train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, inner_groups)
         splits = Splits(train, val, folder.subset(held), f"{recipe.val_split:.0%} of the other folds")
+        held_groups = dict(zip(splits.test.paths, map(str, groups[held]))) if groups is not None else None
         result = train_splits(splits, Path(out) / f"fold{k}", recipe, cache_dir,
-                              source=f"{data} fold {k + 1}/{folds}", naming=naming)
+                              source=f"{data} fold {k + 1}/{folds}", naming=naming, test_groups=held_groups)
         per_fold.append(result.metrics["test"] | {"seconds": result.seconds})
     summary = {"data": str(data), "folds": folds, "images": len(folder), "per_fold": per_fold,
                **{name: _spread([fold.get(name) for fold in per_fold]) for name in REPORTED}}

@@ -111,11 +111,14 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Rec
 
 def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = Recipe(),
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "",
-                 started: float | None = None, naming: Labeller | None = None) -> TrainResult:
+                 started: float | None = None, naming: Labeller | None = None,
+                 test_groups: dict[str, str] | None = None) -> TrainResult:
     """Train on given train/validation(/test) file lists: fit; on validation, scale the probabilities'
     temperature and choose the threshold; score, write.
     ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began; ``naming``,
-    where a labels file names patients, says which test images are one patient's."""
+    where a labels file names patients, says which test images are one patient's; ``test_groups`` (path →
+    group), which test images belong together where the caller knows already (a cross-validation fold: the
+    groups its folds were drawn by), else they are looked for as in a split."""
     budget = TimeBudget(recipe.fit.time_budget, started)
     recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
@@ -152,9 +155,10 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     test_set = None
     if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
+        groups = (np.asarray([test_groups.get(path, f"file:{path}") for path in test_set.paths]) if test_groups
+                  else split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming))
         metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | _per_source(
-            test_y, test_p, split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming), classes,
-            decision)
+            test_y, test_p, groups, classes, decision)
     identical = identical_files(Splits(train_set, val_set, test_set))
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)

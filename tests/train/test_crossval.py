@@ -20,3 +20,19 @@ def test_each_fold_scores_its_held_out_images_and_the_summary_has_mean_and_sprea
 
     again = cross_validate(cataract, tmp_path, recipe, folds=2)  # fewer folds into the same folder
     assert again["folds"] == 2 and sorted(p.name for p in tmp_path.glob("fold*")) == ["fold0", "fold1"]
+
+
+def test_a_folds_one_vote_per_patient_counts_the_patients_the_folds_were_drawn_by(blood_cell_images, tmp_path):
+    """IDC-style ``<patient>/{0,1}/``: fourteen patients make the folds; each fold holds seven, too few to be
+    found as patients again on their own, so the fold is scored by the groups it was drawn by."""
+    for k, patient in enumerate(range(10253, 10267)):
+        for label in "01":
+            (tmp_path / "data" / str(patient) / label).mkdir(parents=True)
+            for i in range(3):
+                image = blood_cell_images[(6 * k + 3 * int(label) + i) % len(blood_cell_images)]
+                (tmp_path / "data" / str(patient) / label / f"{i}.png").symlink_to(image)
+    recipe = Recipe(arch="small_cnn", image_size=32, fit=FitConfig(epochs=1))
+    summary = cross_validate(tmp_path / "data", tmp_path / "cv", recipe, folds=2)
+    for fold in summary["per_fold"]:
+        assert fold["per_source"]["kind"] == "patients"
+        assert fold["per_source"]["sources"] == 14  # seven patients, each with both classes
