@@ -123,9 +123,15 @@ def source_groups(folder: ImageFolder) -> np.ndarray | None:
 
 
 def _folder_above(file: Path, class_name: str) -> str | None:
-    """The name of the folder holding ``file``'s class folder (the nearest folder of the class's name above it);
-    None where no folder on its path is named as its class."""
-    return next((parent.parent.name for parent in file.parents if parent.name == class_name), None)
+    """The name of the folder holding ``file``'s class folder; None where it has none (:func:`_class_folder`)."""
+    folder = _class_folder(file, class_name)
+    return folder.parent.name if folder is not None else None
+
+
+def _class_folder(file: Path, class_name: str) -> Path | None:
+    """The nearest folder above ``file`` named as its class; None where there is none (labels from names or a
+    sheet)."""
+    return next((parent for parent in file.parents if parent.name == class_name), None)
 
 
 def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
@@ -153,11 +159,9 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
 
 def _folders_below(file: Path, class_name: str) -> tuple[str, ...]:
     """The folders between ``file`` and its class folder, outermost first; none where it sits right in it (or
-    in no folder of that name: labels from names or a sheet)."""
-    for depth, parent in enumerate(file.parents):
-        if parent.name == class_name:
-            return tuple(folder.name for folder in reversed(file.parents[:depth]))
-    return ()
+    has none: :func:`_class_folder`)."""
+    folder = _class_folder(file, class_name)
+    return file.parent.relative_to(folder).parts if folder is not None else ()
 
 
 def name_key(name: str, class_name: str) -> str | None:

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from medclf.runtime.cache import default_cache_dir
+from medclf.runtime.stream import usable_cpus
 
 from .layout import DatasetError
 
@@ -109,7 +110,7 @@ def _write_folders(npz: Path, out: Path) -> None:
         labels = {split: _labels(npz, archive, split) for split in SPLITS
                   if {f"{split}_images", f"{split}_labels"} <= arrays}
         classes = _class_names(npz, labels)
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # OpenCV's PNG encoder lets go of the GIL
+        with ThreadPoolExecutor(usable_cpus()) as pool:  # OpenCV's PNG encoder lets go of the GIL
             for split, split_labels in labels.items():
                 for folder in {classes[label] for label in np.unique(split_labels)}:
                     (out / split / folder).mkdir(parents=True)
