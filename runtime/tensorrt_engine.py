@@ -8,7 +8,10 @@ own hash; a plan whose record does not match this machine, or whose bytes change
 
 Precision comes from the ONNX file, not from builder flags: FP16 and INT8 (QDQ) files are exported as such,
 and the network is built *strongly typed* — TensorRT 10's recommended mode for explicit quantization and the
-only mode TensorRT 11 has.
+only mode TensorRT 11 has. TensorRT 8.6 (JetPack 6.0's, on Jetson Orin) has no strongly typed networks: there
+the network is built with an explicit batch axis (without it the ONNX parser refuses the file) and the file's
+precision is allowed by builder flags — FP16 for an FP16 file, INT8 for a QDQ file, as its own documentation
+for explicit quantization asks.
 
 Written against TensorRT's documented Python API (``tensorrt`` 10+) and NVIDIA's ``cuda-python`` for the GPU's
 identity and memory; neither can be installed on the CPU machines medclf is developed on, so this module is
@@ -31,6 +34,8 @@ from .gpu_libraries import TensorRTUnavailable, cudart, tensorrt
 from .modelcard import INPUT_NAME, OUTPUT_NAME
 
 WORKSPACE_BYTES = 1 << 30
+# TensorRT 8.6's builder flags for each precision's file (10+ reads the precision from the strongly typed network)
+PRECISION_FLAGS = {"fp32": (), "fp16": ("FP16",), "int8": ("INT8",)}
 
 
 @dataclass(frozen=True)
@@ -97,7 +102,7 @@ class EngineCache:
         plan, record = self.root / f"{key.digest}.plan", self.root / f"{key.digest}.json"
         if not self._valid(plan, record, key):
             self.root.mkdir(parents=True, exist_ok=True)
-            data = build_engine(onnx_path, profile)
+            data = build_engine(onnx_path, profile, precision)
             with atomic_write(plan, "wb") as file:
                 file.write(data)
             write_json(record, {**asdict(key), "plan_sha256": hashlib.sha256(data).hexdigest()})
@@ -115,19 +120,24 @@ class EngineCache:
         return recorded == json.loads(json.dumps(expected))
 
 
-def build_engine(onnx_path: str | os.PathLike[str], profile: BatchProfile) -> bytes:
-    """Parse the ONNX file into a strongly typed network and build a serialized engine for ``profile``."""
+def build_engine(onnx_path: str | os.PathLike[str], profile: BatchProfile, precision: str = "fp32") -> bytes:
+    """Parse the ONNX file (of ``precision``: fp32, fp16 or int8) into a network and build a serialized engine
+    for ``profile``: strongly typed on TensorRT 10+, with the precision's builder flag on TensorRT 8.6."""
     trt = tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-    network = builder.create_network(0 if strongly_typed is None else 1 << int(strongly_typed))
+    explicit_batch = trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH  # deprecated and ignored from 10 on
+    network = builder.create_network(1 << int(strongly_typed if strongly_typed is not None else explicit_batch))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(Path(onnx_path).read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ValueError(f"{onnx_path}: TensorRT cannot parse it: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    if strongly_typed is None:  # weakly typed: the flags let the builder use the file's float16 / int8 layers
+        for flag in PRECISION_FLAGS[precision]:
+            config.set_flag(getattr(trt.BuilderFlag, flag))
     shape = tuple(network.get_input(0).shape)[1:]
     optimization = builder.create_optimization_profile()
     optimization.set_shape(INPUT_NAME, (profile.min, *shape), (profile.opt, *shape), (profile.max, *shape))
