@@ -37,7 +37,15 @@ CUDA_OPTIONS = {"use_tf32": "0"}
 TENSORRT_PRECISION_OPTIONS = {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}, "int8": {"trt_int8_enable": "True"}}
 PROVIDER_LIBRARIES = {"cuda": "libonnxruntime_providers_cuda.so",
                       "ort-tensorrt": "libonnxruntime_providers_tensorrt.so"}
-GPU_HINT = "install onnxruntime-gpu (pip install 'medclf[gpu]') on a machine with an NVIDIA GPU"
+# onnxruntime's CPU and GPU builds are two distributions that unpack into one ``onnxruntime`` folder, file over file;
+# with both installed (what ``pip install 'medclf[gpu]'`` leaves: medclf needs onnxruntime, and pip cannot know the
+# GPU build provides it) the CPU build's files won here, and no GPU provider was listed (onnxruntime 1.32.0 with
+# onnxruntime-gpu 1.31.1). Uninstalling one of them then breaks the other, so the GPU build is reinstalled after.
+GPU_HINT = ("on a machine with an NVIDIA GPU, replace onnxruntime by its GPU build: pip uninstall -y onnxruntime && "
+            "pip install --force-reinstall --no-deps onnxruntime-gpu")
+BOTH_BUILDS_HINT = ("onnxruntime and onnxruntime-gpu are both installed and share one folder, where the CPU build's "
+                    "files hide the GPU build's: pip uninstall -y onnxruntime && pip install --force-reinstall "
+                    "--no-deps onnxruntime-gpu")
 
 
 class BackendUnavailable(RuntimeError):
@@ -74,7 +82,7 @@ def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = 
         note = f"backend {candidate} (auto)"
         if passed_over:
             hint = candidate == "cpu" and not gpu_listed()
-            note += f"; passed over {', '.join(passed_over)}" + (f" ({GPU_HINT})" if hint else "")
+            note += f"; passed over {', '.join(passed_over)}" + (f" ({gpu_hint()})" if hint else "")
         return Backend(backend.name, backend.run, backend.metadata, note)
     raise BackendUnavailable("; ".join(passed_over))  # unreachable while the CPU provider exists
 
@@ -82,6 +90,18 @@ def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = 
 def gpu_listed() -> bool:
     """Whether this onnxruntime lists a GPU provider (onnxruntime-gpu does, even where it cannot start one)."""
     return any(PROVIDERS[name] in ort.get_available_providers() for name in ("cuda", "ort-tensorrt"))
+
+
+def gpu_hint(paths: list[str] | None = None) -> str:
+    """What to do for onnxruntime's GPU providers where this onnxruntime lists none, knowing which of its builds
+    are installed (looked up on ``paths``, default ``sys.path``)."""
+    import importlib.metadata  # here, not at the top: 10 ms that a one-shot run on the CPU never needs
+
+    where = {} if paths is None else {"path": paths}
+
+    def installed(name: str) -> bool:
+        return next(iter(importlib.metadata.Distribution.discover(name=name, **where)), None) is not None
+    return BOTH_BUILDS_HINT if installed("onnxruntime") and installed("onnxruntime-gpu") else GPU_HINT
 
 
 def gpu_ready(name: str = "cuda") -> bool:
@@ -100,7 +120,7 @@ def _open(model: Path, name: str, threads: int, spin: bool, reuse_optimized: boo
 def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimized: bool = False) -> Backend:
     provider = PROVIDERS[name]
     if provider not in ort.get_available_providers():
-        raise BackendUnavailable(f"{name}: this onnxruntime has no {provider}; {GPU_HINT}")
+        raise BackendUnavailable(f"{name}: this onnxruntime has no {provider}; {gpu_hint()}")
     if name != "cpu":
         _preload_gpu_libraries()
         if missing := missing_library(name):  # asked first: a failed TensorRT EP prints its error on stdout

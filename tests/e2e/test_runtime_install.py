@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +24,15 @@ PYTHON_310 = sorted(glob.glob("/usr/bin/python3.10") + glob.glob(
     os.path.expanduser(os.environ.get("PYENV_ROOT", "~/.pyenv")) + "/versions/3.10*/bin/python3.10"))
 
 
+CONSTRAINTS = REPO / "scripts" / "constraints.txt"
+
+
+def frozen_on_this_python() -> bool:
+    """Whether scripts/constraints.txt was frozen on this Python and CPU (its ``# frozen on:`` line)."""
+    tag = f"python{sys.version_info[0]}.{sys.version_info[1]}-{platform.machine()}"
+    return f"# frozen on: {tag}" in CONSTRAINTS.read_text().splitlines()
+
+
 def python_310() -> str:
     if not PYTHON_310:
         pytest.skip("no Python 3.10 on this machine (JetPack 6's): looked in /usr/bin and pyenv's versions")
@@ -35,8 +45,8 @@ def test_the_runtime_alone_installs_and_classifies_a_real_image(interpreter, tmp
     venv = tmp_path / "venv"
     subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=120)
     pip = [str(venv / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
-    # the tested versions where they apply: scripts/constraints.txt is this interpreter's freeze
-    pinned = ["-c", str(REPO / "scripts" / "constraints.txt")] if python == sys.executable else []
+    # the tested versions where they apply, as scripts/install.sh decides: on the Python and CPU they were frozen on
+    pinned = ["-c", str(CONSTRAINTS)] if python == sys.executable and frozen_on_this_python() else []
     installed = subprocess.run([*pip, "install", "-q", *pinned, str(REPO)], capture_output=True, text=True,
                                timeout=900)
     assert installed.returncode == 0, installed.stdout + installed.stderr

@@ -15,7 +15,8 @@ import onnxruntime as ort
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
-from medclf.runtime.backends import BackendUnavailable, gpu_ready, open_backend
+from medclf.runtime.backends import (BOTH_BUILDS_HINT, GPU_HINT, BackendUnavailable, gpu_hint, gpu_ready,
+                                     open_backend)
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -36,7 +37,23 @@ def test_auto_says_which_backend_it_chose_and_why_the_others_were_passed_over():
     assert backend.name == "cpu"
     assert backend.note.startswith("backend cpu (auto); passed over tensorrt: TensorRT is not installed")
     assert "cuda: this onnxruntime has no CUDAExecutionProvider" in backend.note
-    assert backend.note.count("install onnxruntime-gpu") == 1
+    assert backend.note.count(GPU_HINT) == 1
+
+
+def test_the_gpu_hint_knows_onnxruntimes_two_builds_cannot_share_one_environment(tmp_path):
+    """The CPU and GPU builds unpack into one ``onnxruntime`` folder. ``pip install 'medclf[gpu]'`` leaves both,
+    and then no GPU provider is listed; installing onnxruntime-gpu again, the usual advice, would change nothing."""
+    def site(*installed: tuple[str, str]) -> list[str]:
+        folder = tmp_path / "-".join(name for name, _ in installed)
+        for name, version in installed:  # as pip writes them: onnxruntime_gpu-1.31.1.dist-info, Name: onnxruntime-gpu
+            info = folder / f"{name.replace('-', '_')}-{version}.dist-info"
+            info.mkdir(parents=True)
+            (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+        return [str(folder)]
+
+    assert gpu_hint(site(("onnxruntime", "1.32.0"), ("onnxruntime-gpu", "1.31.1"))) == BOTH_BUILDS_HINT
+    assert gpu_hint(site(("onnxruntime", "1.32.0"))) == GPU_HINT
+    assert "pip uninstall -y onnxruntime &&" in BOTH_BUILDS_HINT and "--force-reinstall" in BOTH_BUILDS_HINT
 
 
 def test_auto_without_tensorrt_does_not_load_the_engine_code():
