@@ -26,7 +26,7 @@ from medclf.runtime.preprocess import Preprocess
 from .data import ImageFolder, Labeller, load_arrays, predict_folder
 from .evaluate import choose_threshold
 from .fit import predict, save_model
-from .pipeline import Recipe, TrainResult, report, train, write_run
+from .pipeline import Recipe, TrainResult, report, test_extras, train, write_run
 from .splits import read_labelled, recorded_split
 
 ENSEMBLE = "ensemble"  # the name averaged models carry, by which explain knows one
@@ -75,7 +75,8 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         test_folder = read_labelled(test, classes)
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
-        metrics["test"] = report(out, labels, probabilities, classes, decision, "test")
+        metrics["test"] = report(out, labels, probabilities, classes, decision, "test") | test_extras(
+            labels, probabilities, None, classes, decision)
     save_model(model, out / rundir.MODEL)
     splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}
     write_run(out, classes, preprocess, decision, metrics, splits)

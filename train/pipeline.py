@@ -43,6 +43,7 @@ from .evaluate import (at_prevalence, choose_threshold, classification_metrics, 
 from .fit import FitConfig, fit, predict, save_model
 from .groups import group_kind, split_groups
 from .identical import identical_files, seen_in_training
+from .intervals import bootstrap_intervals
 from .labellers import recorded
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
@@ -157,7 +158,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
         groups = (np.asarray([test_groups.get(path, f"file:{path}") for path in test_set.paths]) if test_groups
                   else split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming))
-        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | _per_source(
+        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | test_extras(
             test_y, test_p, groups, classes, decision)
     identical = identical_files(Splits(train_set, val_set, test_set))
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
@@ -259,7 +260,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
                                              predict_all, cache_dir)
     probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
     groups = split_groups(folder, group_pattern, group_copies, naming)
-    extra = _per_source(labels, probabilities, groups, classes, decision)
+    extra = test_extras(labels, probabilities, groups, classes, decision)
     if scorer.run is not None:  # a test set is only unseen if the model never saw its files
         extra["identical_to_training"] = seen_in_training(folder, recorded_split(scorer.run, "train"),
                                                           recorded_split(scorer.run, "val"))
@@ -306,13 +307,16 @@ def _agreement(labels: np.ndarray, probabilities: np.ndarray, decision: Decision
             "within_tolerance": agreement >= tolerance, "fp32_accuracy": float(np.mean(reference_calls == labels))}
 
 
-def _per_source(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None, classes: tuple[str, ...],
+def test_extras(labels: np.ndarray, probabilities: np.ndarray, groups: np.ndarray | None, classes: tuple[str, ...],
                 decision: Decision | None) -> dict:
-    """``{"per_source": ...}`` where files belong together (copies of one image, a patient's), else nothing."""
+    """What scoring a test set adds to its metrics: 95% ``confidence_intervals``, and where files belong
+    together (copies of one image, a patient's) ``per_source`` (one vote per source), whole sources being what
+    the intervals resample."""
+    intervals = {"confidence_intervals": bootstrap_intervals(labels, probabilities, classes, decision, groups)}
     if groups is None:
-        return {}
-    return {"per_source": per_source_metrics(labels, probabilities, groups, classes, decision)
-            | {"kind": group_kind(groups)}}
+        return intervals
+    return intervals | {"per_source": per_source_metrics(labels, probabilities, groups, classes, decision)
+                        | {"kind": group_kind(groups)}}
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,11 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
     assert cells["sources"] == 100 and {k: v["sources"] for k, v in cells["per_class"].items()} == {
         "EOSINOPHIL": 17, "LYMPHOCYTE": 12, "MONOCYTE": 4, "NEUTROPHIL": 67}
     assert "test, one vote per source: accuracy" in trained.stdout and "over 100 sources" in trained.stdout
+    intervals = metrics["test"]["confidence_intervals"]  # resampled by cell: as wide as 100 cells allow
+    assert intervals["resampled"] == "sources" and intervals["sources"] == 100
+    low, high = intervals["accuracy"]
+    assert low <= metrics["test"]["accuracy"] <= high and high - low > 0.08
+    assert "test, 95% confidence intervals (1000 resamples of its 100 sources): accuracy" in trained.stdout
     assert len((run_dir / "history.csv").read_text().splitlines()) == 4  # header, 1 head epoch, 2 fine-tuning
     # 25 held-out cells a class: too few to fit a temperature on, and the run says nothing of one
     assert metrics["training"]["temperature"] is None and "calibrated on validation" not in trained.stdout

@@ -1,0 +1,76 @@
+"""95% confidence intervals: as wide as the test set's independent sources allow, never as narrow as its files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from medclf.runtime.decision import Decision
+from medclf.train.evaluate import classification_metrics, macro_roc_auc
+from medclf.train.intervals import bootstrap_intervals, one_vs_rest_auc
+
+CLASSES = ("NORMAL", "PNEUMONIA")
+
+
+def scored(n: int, accuracy: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images, half of each class, called right at ``accuracy`` (probability 0.8 for the called class)."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2
+    right = rng.permutation(n) < round(accuracy * n)
+    called = np.where(right, labels, 1 - labels)
+    p = np.where(called == 1, 0.8, 0.2) + rng.uniform(-0.1, 0.1, n)
+    return labels, np.stack([1 - p, p], axis=1)
+
+
+def test_for_independent_images_the_interval_is_wilsons():
+    labels, probabilities = scored(400, 0.85)
+    low, high = bootstrap_intervals(labels, probabilities, CLASSES)["accuracy"]
+    wilson = binomtest(340, 400).proportion_ci(0.95, method="wilson")
+    assert low < 0.85 < high
+    assert low == pytest.approx(wilson.low, abs=0.01) and high == pytest.approx(wilson.high, abs=0.01)
+
+
+def test_copies_of_few_sources_give_the_interval_of_the_sources_not_of_the_files():
+    """Blood-cells TEST is 100 cells in 2,487 images: 25 copies of each of 40 sources here measure no more than
+    the 40 sources would, and an interval over files would read five times narrower."""
+    labels, probabilities = scored(40, 0.8)
+    copies = 25
+    labels_c, probabilities_c = np.repeat(labels, copies), np.repeat(probabilities, copies, axis=0)
+    groups = np.repeat([f"cell{i}" for i in range(40)], copies)
+    by_source = bootstrap_intervals(labels_c, probabilities_c, CLASSES, groups=groups)
+    by_file = bootstrap_intervals(labels_c, probabilities_c, CLASSES)
+    alone = bootstrap_intervals(labels, probabilities, CLASSES)
+    assert by_source["resampled"] == "sources" and by_source["sources"] == 40
+    assert by_source["accuracy"] == pytest.approx(alone["accuracy"], abs=0.03)
+    width = {name: r["accuracy"][1] - r["accuracy"][0] for name, r in (("source", by_source), ("file", by_file))}
+    assert width["source"] > 4 * width["file"]
+
+
+def test_sensitivity_and_specificity_are_of_the_calls_at_the_models_threshold():
+    labels, probabilities = scored(300, 0.9, seed=1)
+    at_half = bootstrap_intervals(labels, probabilities, CLASSES)
+    eager = bootstrap_intervals(labels, probabilities, CLASSES, Decision(positive_class="PNEUMONIA", threshold=0.05))
+    assert eager["sensitivity"] == [1.0, 1.0] and eager["specificity"][1] < 0.1  # everything called pneumonia
+    measured = classification_metrics(labels, probabilities, CLASSES)
+    for name in ("sensitivity", "specificity", "accuracy", "roc_auc_macro"):
+        assert at_half[name][0] < measured[name] < at_half[name][1], name
+
+
+def test_every_resample_holds_every_class_so_a_rare_one_keeps_its_roc_auc():
+    """Four monocytes among 100 cells: resampled freely, one resample in 60 would hold none and have no AUC."""
+    rng = np.random.default_rng(2)
+    labels = np.array([0] * 96 + [1] * 4)
+    probabilities = rng.dirichlet([1, 1], 100)
+    result = bootstrap_intervals(labels, probabilities, CLASSES, resamples=200)
+    assert result["roc_auc_macro"] is not None and result["sensitivity"] is not None
+
+
+@pytest.mark.parametrize("classes", [2, 4])
+def test_roc_auc_from_ranks_is_scikit_learns(classes):
+    rng = np.random.default_rng(classes)
+    labels = rng.integers(0, classes, 500)
+    probabilities = rng.dirichlet(np.ones(classes), 500)
+    probabilities[:, 0] = np.round(probabilities[:, 0], 2)  # ties, which count half in both
+    probabilities[:, 1:] *= ((1 - probabilities[:, 0]) / probabilities[:, 1:].sum(axis=1))[:, None]
+    assert one_vs_rest_auc(labels, probabilities) == pytest.approx(macro_roc_auc(labels, probabilities), abs=1e-12)

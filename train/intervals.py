@@ -1,0 +1,103 @@
+"""How sure a test set lets anyone be: 95% confidence intervals of accuracy, ROC AUC, sensitivity and specificity.
+
+A test set is a sample, and a clinician reading "sensitivity 97.9%" needs to know of how many. The chest films'
+624 test images pin accuracy down to about ±2.5 points. Blood-cells TEST is 2,487 images but only 100 cells,
+four of them monocytes: one cell more or less right moves accuracy by up to six points, and an interval over
+images (about ±1.3) would claim a precision the data does not have. So the bootstrap resamples whole *sources*
+where files come in groups (a patient's films, one cell's augmented copies: the groups ``per_source`` counts)
+and single images otherwise. Each class's sources are resampled apart (a source belongs to the class of most of
+its files), so every resample holds each class as often as the data does and ROC AUC is always defined.
+
+Percentile intervals from :data:`RESAMPLES` resamples with a fixed seed, so a report can be reproduced. The
+calls themselves are not redone: each image keeps the call made at the model's threshold, as in serving. ROC
+AUC is computed as the Mann-Whitney statistic from ranks (:func:`one_vs_rest_auc`): scikit-learn's value to the
+last digit, five times faster, which matters a thousand times over (4-class blood TEST: 1.3 vs 6.2 ms).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from scipy.stats import rankdata
+
+from medclf.runtime.decision import Decision, decide
+
+from .evaluate import positive_class
+
+LEVEL = 0.95
+RESAMPLES = 1000
+
+
+def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
+                        decision: Decision | None = None, groups: np.ndarray | None = None,
+                        resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """``{"level", "resampled", "sources", "resamples", "accuracy": [low, high], "roc_auc_macro": [...]}`` and,
+    for a binary task, ``"sensitivity"`` and ``"specificity"`` of its positive class; ``groups`` (one id per
+    image) are resampled whole."""
+    order, starts, sizes = _sources(labels, groups)
+    strata = _strata(_majority(labels, order, sizes, len(classes)), len(classes))
+    called = decide(probabilities, classes, decision)
+    positive = positive_class(classes) if len(classes) == 2 else None
+    rng = np.random.default_rng(seed)
+    estimates: dict[str, list[float]] = {"accuracy": [], "roc_auc_macro": []}
+    if positive is not None:
+        estimates |= {"sensitivity": [], "specificity": []}
+    for _ in range(resamples):
+        picked = np.concatenate([rng.choice(stratum, len(stratum)) for stratum in strata])  # sources
+        chosen = order[_ranges(starts[picked], sizes[picked])]  # their images
+        truth, calls = labels[chosen], called[chosen]
+        estimates["accuracy"].append(float(np.mean(truth == calls)))
+        if len(np.unique(truth)) == len(classes):  # else AUC is undefined (a class lost to a one-image group)
+            estimates["roc_auc_macro"].append(one_vs_rest_auc(truth, probabilities[chosen]))
+        if positive is not None:
+            is_positive = truth == positive
+            if is_positive.any():
+                estimates["sensitivity"].append(float(np.mean(calls[is_positive] == positive)))
+            if (~is_positive).any():
+                estimates["specificity"].append(float(np.mean(calls[~is_positive] != positive)))
+    tails = 100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2
+    return {"level": LEVEL, "resampled": "images" if groups is None else "sources", "sources": len(sizes),
+            "resamples": resamples,
+            **{name: [float(x) for x in np.percentile(values, tails)] if values else None
+               for name, values in estimates.items()}}
+
+
+def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """Macro one-vs-rest ROC AUC (the positive class's alone for two classes), each class's from the ranks of
+    its probability: the chance that an image of the class is ranked above one that is not, ties counting half."""
+    aucs = []
+    for k in range(1, 2) if probabilities.shape[1] == 2 else range(probabilities.shape[1]):
+        ranks, is_k = rankdata(probabilities[:, k]), labels == k
+        n_k = int(is_k.sum())
+        aucs.append((ranks[is_k].sum() - n_k * (n_k + 1) / 2) / (n_k * (len(labels) - n_k)))
+    return float(np.mean(aucs))
+
+
+def _sources(labels: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, starts, sizes)``: the images sorted by source, and where each source's run starts and how long
+    it is; every image a source of its own without ``groups``."""
+    if groups is None:
+        return np.arange(len(labels)), np.arange(len(labels)), np.ones(len(labels), dtype=np.int64)
+    owner = np.unique(np.asarray(groups), return_inverse=True)[1].reshape(-1)
+    sizes = np.bincount(owner)
+    return np.argsort(owner, kind="stable"), np.cumsum(sizes) - sizes, sizes
+
+
+def _majority(labels: np.ndarray, order: np.ndarray, sizes: np.ndarray, num_classes: int) -> np.ndarray:
+    """Each source's class: the class of most of its files."""
+    owner = np.repeat(np.arange(len(sizes)), sizes)
+    counts = np.zeros((len(sizes), num_classes), dtype=np.int64)
+    np.add.at(counts, (owner, labels[order]), 1)
+    return counts.argmax(axis=1)
+
+
+def _strata(source_classes: np.ndarray, num_classes: int) -> list[np.ndarray]:
+    """The sources of each class present, resampled apart."""
+    return [np.flatnonzero(source_classes == k) for k in range(num_classes) if np.any(source_classes == k)]
+
+
+def _ranges(starts: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``starts[0], starts[0] + 1, ... starts[0] + sizes[0] - 1, starts[1], ...`` without a Python loop."""
+    offsets = np.arange(sizes.sum()) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    return np.repeat(starts, sizes) + offsets
