@@ -74,3 +74,9 @@ def test_roc_auc_from_ranks_is_scikit_learns(classes):
     probabilities[:, 0] = np.round(probabilities[:, 0], 2)  # ties, which count half in both
     probabilities[:, 1:] *= ((1 - probabilities[:, 0]) / probabilities[:, 1:].sum(axis=1))[:, None]
     assert one_vs_rest_auc(labels, probabilities) == pytest.approx(macro_roc_auc(labels, probabilities), abs=1e-12)
+
+
+def test_large_test_sets_take_fewer_resamples_to_stay_within_seconds():
+    labels, probabilities = scored(40_000, 0.9)
+    assert bootstrap_intervals(labels, probabilities, CLASSES)["resamples"] == 250
+    assert bootstrap_intervals(*scored(400, 0.9), CLASSES)["resamples"] == 1000
