@@ -34,7 +34,7 @@ def grouped_conv_without_bias(weight: np.ndarray) -> onnx.ModelProto:
     graph = helper.make_graph([conv], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, "w")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def with_int8_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -73,7 +73,7 @@ def test_a_bias_two_convolutions_share_is_corrected_for_each_and_the_old_one_goe
                               [helper.make_tensor_value_info(f"y{i}", onnx.TensorProto.FLOAT, None) for i in range(2)],
                               [numpy_helper.from_array(w, f"w{i}") for i, w in enumerate(weights)]
                               + [numpy_helper.from_array(np.full(3, 0.5, np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     reader = ArrayReader([np.broadcast_to(rng.uniform(0, 6, (8, 4, 1, 1)), (8, 4, 6, 6)).astype(np.float32)])
     corrected = correct_biases(model, conv_input_means(model, reader), skip=set())
     assert "b" not in {init.name for init in corrected.graph.initializer}

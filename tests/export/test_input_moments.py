@@ -27,7 +27,7 @@ def conv(weight: np.ndarray, bias: np.ndarray, **attributes) -> onnx.ModelProto:
     graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
                               [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
 
 def outputs(model: onnx.ModelProto, batches: list[np.ndarray]) -> np.ndarray:
