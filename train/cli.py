@@ -112,6 +112,10 @@ def crossval(
         if summary[name] is not None:
             console.print(f"{name}: {summary[name]['mean']:.3f} ± {summary[name]['std']:.3f} "
                           f"over {summary[name]['folds']} folds")
+    pooled = summary["pooled"]
+    auc = f", ROC AUC {pooled['roc_auc_macro']:.3f}" if pooled["roc_auc_macro"] is not None else ""
+    console.print(f"the {pooled['images']} held-out images pooled: accuracy {pooled['accuracy']:.3f}{auc}; "
+                  f"{_intervals_line(pooled['confidence_intervals'], None)}")
     console.print(f"wrote {out}/crossval.json")
 
 
@@ -459,7 +463,7 @@ def _print_metrics(metrics: dict) -> None:
 
 def _intervals_line(intervals: dict, per_source: dict | None) -> str:
     """'95% confidence intervals (1000 resamples of its 100 sources): accuracy 0.749-0.964, ROC AUC ...'."""
-    of = f"{intervals['sources']} {per_source.get('kind', 'sources') if per_source else 'images'}"
+    of = f"{intervals['sources']} {per_source.get('kind', 'sources') if per_source else intervals['resampled']}"
     shown = [f"{name} {intervals[key][0]:.3f}-{intervals[key][1]:.3f}"
              for key, name in (("accuracy", "accuracy"), ("roc_auc_macro", "ROC AUC"), ("sensitivity", "sensitivity"),
                                ("specificity", "specificity")) if intervals.get(key)]

@@ -37,14 +37,23 @@ def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, classes: 
                         decision: Decision | None = None, groups: np.ndarray | None = None,
                         resamples: int | None = None, seed: int = 0) -> dict:
     """``{"level", "resampled", "sources", "resamples", "accuracy": [low, high], "roc_auc_macro": [...]}`` and,
-    for a binary task, ``"sensitivity"`` and ``"specificity"`` of its positive class; ``groups`` (one id per
-    image) are resampled whole. ``resamples``: :data:`RESAMPLES`, fewer for test sets over 10,000 images."""
+    for a binary task, ``"sensitivity"`` and ``"specificity"`` of its positive class, for the calls made at
+    ``decision``'s threshold; ``groups`` (one id per image) are resampled whole. ``resamples``:
+    :data:`RESAMPLES`, fewer for test sets over 10,000 images."""
+    positive = positive_class(classes) if len(classes) == 2 else None
+    return intervals_of_calls(labels, probabilities, decide(probabilities, classes, decision), positive, groups,
+                              resamples, seed)
+
+
+def intervals_of_calls(labels: np.ndarray, probabilities: np.ndarray, called: np.ndarray, positive: int | None = None,
+                       groups: np.ndarray | None = None, resamples: int | None = None, seed: int = 0) -> dict:
+    """:func:`bootstrap_intervals` of calls already made (cross-validation's, each by its fold's model and
+    threshold); ``positive``: the binary task's positive class index, None for more classes."""
     if resamples is None:
         resamples = max(MIN_RESAMPLES, min(RESAMPLES, RESAMPLED_IMAGES // max(len(labels), 1)))
+    classes = probabilities.shape[1]
     order, starts, sizes = _sources(labels, groups)
-    strata = _strata(_majority(labels, order, sizes, len(classes)), len(classes))
-    called = decide(probabilities, classes, decision)
-    positive = positive_class(classes) if len(classes) == 2 else None
+    strata = _strata(_majority(labels, order, sizes, classes), classes)
     rng = np.random.default_rng(seed)
     estimates: dict[str, list[float]] = {"accuracy": [], "roc_auc_macro": []}
     if positive is not None:
@@ -54,7 +63,7 @@ def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, classes: 
         chosen = order[_ranges(starts[picked], sizes[picked])]  # their images
         truth, calls = labels[chosen], called[chosen]
         estimates["accuracy"].append(float(np.mean(truth == calls)))
-        if len(np.unique(truth)) == len(classes):  # else AUC is undefined (a class lost to a one-image group)
+        if len(np.unique(truth)) == classes:  # else AUC is undefined (a class lost to a one-image group)
             estimates["roc_auc_macro"].append(one_vs_rest_auc(truth, probabilities[chosen]))
         if positive is not None:
             is_positive = truth == positive

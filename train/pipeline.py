@@ -90,10 +90,22 @@ class Recipe:
 
 
 @dataclass(frozen=True)
+class TestScores:
+    """A test set's labels, probabilities and calls (at the run's threshold), and the groups its files were
+    scored by (None: each file alone) — what cross-validation pools over its folds."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    calls: np.ndarray
+    groups: np.ndarray | None
+
+
+@dataclass(frozen=True)
 class TrainResult:
     run_dir: Path
     metrics: dict
     seconds: float
+    test: TestScores | None = None
 
 
 def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Recipe = Recipe(),
@@ -153,13 +165,14 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
-    test_set = None
+    test_set = scores = None
     if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
         groups = (np.asarray([test_groups.get(path, f"file:{path}") for path in test_set.paths]) if test_groups
                   else split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming))
         metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | test_extras(
             test_y, test_p, groups, classes, decision)
+        scores = TestScores(test_y, test_p, decide(test_p, classes, decision), groups)
     identical = identical_files(Splits(train_set, val_set, test_set))
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
@@ -176,7 +189,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                                                "used": round(time.monotonic() - fitted, 1)}}
     write_run(run_dir, classes, preprocess, decision, metrics,
               {"train": train_set, "val": val_set, "test": test_set})
-    return TrainResult(run_dir, metrics, seconds)
+    return TrainResult(run_dir, metrics, seconds, scores)
 
 
 def _unreadable(splits: Splits, train: ImageFolder, val: ImageFolder, test: ImageFolder | None) -> dict[str, int]:

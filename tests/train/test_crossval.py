@@ -16,6 +16,12 @@ def test_each_fold_scores_its_held_out_images_and_the_summary_has_mean_and_sprea
     assert summary["accuracy"]["folds"] == 3 and summary["accuracy"]["std"] >= 0.0
     assert 0.0 <= summary["accuracy"]["mean"] <= 1.0 and summary["sensitivity"] is not None
     assert json.loads((tmp_path / "crossval.json").read_text())["folds"] == 3
+    pooled = summary["pooled"]  # every image called once, by the fold that held it out
+    right = sum(fold["accuracy"] * fold["images"] for fold in summary["per_fold"])
+    assert pooled["images"] == 59 and pooled["accuracy"] * 59 == round(right)
+    low, high = pooled["confidence_intervals"]["accuracy"]
+    assert low <= pooled["accuracy"] <= high
+    assert pooled["confidence_intervals"]["sources"] == 58  # the photo the set holds twice is resampled as one
     assert all((tmp_path / f"fold{k}" / "model.keras").is_file() for k in range(3))
 
     again = cross_validate(cataract, tmp_path, recipe, folds=2)  # fewer folds into the same folder
@@ -36,3 +42,5 @@ def test_a_folds_one_vote_per_patient_counts_the_patients_the_folds_were_drawn_b
     for fold in summary["per_fold"]:
         assert fold["per_source"]["kind"] == "patients"
         assert fold["per_source"]["sources"] == 14  # seven patients, each with both classes
+    intervals = summary["pooled"]["confidence_intervals"]  # the fourteen patients resampled, not their 84 images
+    assert intervals["resampled"] == "sources" and intervals["sources"] == 14
