@@ -454,7 +454,9 @@ def _print_metrics(metrics: dict) -> None:
         if "at_prevalence" in m:
             console.print(f"{split}, {_prevalence_line(m['at_prevalence'], m.get('positive_class'))}")
     if splits and len(metrics[splits[-1]]["per_class"]) > 2:
-        table = _per_class_table(metrics[splits[-1]]["per_class"], splits[-1])
+        last = metrics[splits[-1]]
+        intervals = (last.get("confidence_intervals") or {}).get("per_class")
+        table = _per_class_table(last["per_class"], splits[-1], intervals)
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum
         # a log or a pipe has no width to keep to: long class names stay on one line there
         out = console if console.is_terminal else Console(file=console.file, width=max(console.width, natural))
@@ -485,14 +487,20 @@ def _prevalence_line(site: dict, positive: str | None) -> str:
             f"calibration error {site['expected_calibration_error']:.3f}, log loss {site['log_loss']:.3f}")
 
 
-def _per_class_table(per_class: dict, split: str) -> Table:
-    """Each class against the others: what a clinician reads of a multi-class result."""
+def _per_class_table(per_class: dict, split: str, intervals: dict | None = None) -> Table:
+    """Each class against the others: what a clinician reads of a multi-class result, sensitivity and
+    specificity with their 95% confidence intervals where the split has them."""
     table = Table(Column("class", overflow="fold"), "images", "sensitivity", "specificity", "precision", "F1",
-                  "ROC AUC", title=f"{split}, per class", box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
-                  show_edge=False)
+                  "ROC AUC", title=f"{split}, per class" + (" (95% confidence intervals)" if intervals else ""),
+                  box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False)
     for name, c in per_class.items():
+        bounds = (intervals or {}).get(name) or {}
         numbers = [c["recall"], c.get("specificity"), c["precision"], c["f1-score"], c.get("roc_auc")]
-        table.add_row(escape(name), f"{c['support']:.0f}", *("—" if x is None else f"{x:.3f}" for x in numbers))
+        shown = ["—" if x is None else f"{x:.3f}" for x in numbers]
+        for column, key in ((0, "sensitivity"), (1, "specificity")):
+            if bounds.get(key) and numbers[column] is not None:
+                shown[column] += f" ({bounds[key][0]:.3f}-{bounds[key][1]:.3f})"
+        table.add_row(escape(name), f"{c['support']:.0f}", *shown)
     return table
 
 

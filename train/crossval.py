@@ -19,7 +19,7 @@ from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from medclf.runtime.atomic import write_json
 
 from .data import Labeller
-from .evaluate import macro_roc_auc, positive_class
+from .evaluate import macro_roc_auc
 from .groups import split_groups
 from .identical import twin_groups
 from .intervals import intervals_of_calls
@@ -77,10 +77,9 @@ def _pooled(folds: list[TestScores], classes: tuple[str, ...]) -> dict:
         groups = np.concatenate([[f"{k}|{g}" for g in (fold.groups if fold.groups is not None
                                                         else np.arange(len(fold.labels)))]
                                  for k, fold in enumerate(folds)])
-    positive = positive_class(classes) if len(classes) == 2 else None
     return {"images": int(len(labels)), "accuracy": float(np.mean(calls == labels)),
             "roc_auc_macro": macro_roc_auc(labels, probabilities),
-            "confidence_intervals": intervals_of_calls(labels, probabilities, calls, positive, groups)}
+            "confidence_intervals": intervals_of_calls(labels, probabilities, calls, classes, groups)}
 
 
 def _spread(values: list[float | None]) -> dict[str, float] | None:

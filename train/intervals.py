@@ -36,46 +36,55 @@ MIN_RESAMPLES = 200
 def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
                         decision: Decision | None = None, groups: np.ndarray | None = None,
                         resamples: int | None = None, seed: int = 0) -> dict:
-    """``{"level", "resampled", "sources", "resamples", "accuracy": [low, high], "roc_auc_macro": [...]}`` and,
-    for a binary task, ``"sensitivity"`` and ``"specificity"`` of its positive class, for the calls made at
-    ``decision``'s threshold; ``groups`` (one id per image) are resampled whole. ``resamples``:
-    :data:`RESAMPLES`, fewer for test sets over 10,000 images."""
-    positive = positive_class(classes) if len(classes) == 2 else None
-    return intervals_of_calls(labels, probabilities, decide(probabilities, classes, decision), positive, groups,
+    """``{"level", "resampled", "sources", "resamples", "accuracy": [low, high], "roc_auc_macro": [...]}``, and
+    ``"sensitivity"`` and ``"specificity"`` of a binary task's positive class or, for more classes, of each
+    (``"per_class"``), for the calls made at ``decision``'s threshold; ``groups`` (one id per image) are
+    resampled whole. ``resamples``: :data:`RESAMPLES`, fewer for test sets over 10,000 images."""
+    return intervals_of_calls(labels, probabilities, decide(probabilities, classes, decision), classes, groups,
                               resamples, seed)
 
 
-def intervals_of_calls(labels: np.ndarray, probabilities: np.ndarray, called: np.ndarray, positive: int | None = None,
+def intervals_of_calls(labels: np.ndarray, probabilities: np.ndarray, called: np.ndarray, classes: Sequence[str],
                        groups: np.ndarray | None = None, resamples: int | None = None, seed: int = 0) -> dict:
     """:func:`bootstrap_intervals` of calls already made (cross-validation's, each by its fold's model and
-    threshold); ``positive``: the binary task's positive class index, None for more classes."""
+    threshold)."""
     if resamples is None:
         resamples = max(MIN_RESAMPLES, min(RESAMPLES, RESAMPLED_IMAGES // max(len(labels), 1)))
-    classes = probabilities.shape[1]
     order, starts, sizes = _sources(labels, groups)
-    strata = _strata(_majority(labels, order, sizes, classes), classes)
+    strata = _strata(_majority(labels, order, sizes, len(classes)), len(classes))
     rng = np.random.default_rng(seed)
-    estimates: dict[str, list[float]] = {"accuracy": [], "roc_auc_macro": []}
-    if positive is not None:
-        estimates |= {"sensitivity": [], "specificity": []}
+    estimates: dict[str, list[float]] = {}
     for _ in range(resamples):
         picked = np.concatenate([rng.choice(stratum, len(stratum)) for stratum in strata])  # sources
         chosen = order[_ranges(starts[picked], sizes[picked])]  # their images
-        truth, calls = labels[chosen], called[chosen]
-        estimates["accuracy"].append(float(np.mean(truth == calls)))
-        if len(np.unique(truth)) == classes:  # else AUC is undefined (a class lost to a one-image group)
-            estimates["roc_auc_macro"].append(one_vs_rest_auc(truth, probabilities[chosen]))
-        if positive is not None:
-            is_positive = truth == positive
-            if is_positive.any():
-                estimates["sensitivity"].append(float(np.mean(calls[is_positive] == positive)))
-            if (~is_positive).any():
-                estimates["specificity"].append(float(np.mean(calls[~is_positive] != positive)))
+        for name, value in _scores(labels[chosen], called[chosen], probabilities[chosen]).items():
+            estimates.setdefault(name, []).append(value)
     tails = 100 * (1 - LEVEL) / 2, 100 * (1 + LEVEL) / 2
-    return {"level": LEVEL, "resampled": "images" if groups is None else "sources", "sources": len(sizes),
-            "resamples": resamples,
-            **{name: [float(x) for x in np.percentile(values, tails)] if values else None
-               for name, values in estimates.items()}}
+    bounds = {name: [float(x) for x in np.percentile(values, tails)] for name, values in estimates.items()}
+    result = {"level": LEVEL, "resampled": "images" if groups is None else "sources", "sources": len(sizes),
+              "resamples": resamples, "accuracy": bounds["accuracy"], "roc_auc_macro": bounds.get("roc_auc_macro")}
+    if len(classes) == 2:
+        positive = positive_class(classes)
+        return result | {"sensitivity": bounds.get(f"sensitivity {positive}"),
+                         "specificity": bounds.get(f"specificity {positive}")}
+    return result | {"per_class": {name: {"sensitivity": bounds.get(f"sensitivity {k}"),
+                                          "specificity": bounds.get(f"specificity {k}")}
+                                   for k, name in enumerate(classes)}}
+
+
+def _scores(truth: np.ndarray, calls: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
+    """One resample's accuracy, macro ROC AUC (where every class is in it) and each class's sensitivity and
+    specificity (where it has images of the class and of others)."""
+    scores = {"accuracy": float(np.mean(truth == calls))}
+    if len(np.unique(truth)) == probabilities.shape[1]:  # else undefined (a class lost to a one-image group)
+        scores["roc_auc_macro"] = one_vs_rest_auc(truth, probabilities)
+    for k in range(probabilities.shape[1]):
+        is_k = truth == k
+        if is_k.any():
+            scores[f"sensitivity {k}"] = float(np.mean(calls[is_k] == k))
+        if (~is_k).any():
+            scores[f"specificity {k}"] = float(np.mean(calls[~is_k] != k))
+    return scores
 
 
 def one_vs_rest_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:

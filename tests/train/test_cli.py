@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,6 +113,10 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
     assert (tmp_path / "evaluation-site" / "metrics.json").is_file()
     assert sorted(DEFAULT_MODEL.parent.iterdir()) == before
     assert "evaluation, per class" in result.output and "specificity" in result.output  # four classes: a table
+    assert "evaluation, 95% confidence intervals (1000 resamples of its" in result.output
+    metrics = json.loads((tmp_path / "evaluation-site" / "metrics.json").read_text())
+    eosinophils = metrics["confidence_intervals"]["per_class"]["EOSINOPHIL"]["sensitivity"]
+    assert f"({eosinophils[0]:.3f}-{eosinophils[1]:.3f})" in result.output  # beside its sensitivity, in the table
     assert all(name in result.output for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"))
 
 

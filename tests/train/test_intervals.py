@@ -80,3 +80,20 @@ def test_large_test_sets_take_fewer_resamples_to_stay_within_seconds():
     labels, probabilities = scored(40_000, 0.9)
     assert bootstrap_intervals(labels, probabilities, CLASSES)["resamples"] == 250
     assert bootstrap_intervals(*scored(400, 0.9), CLASSES)["resamples"] == 1000
+
+
+def test_with_more_classes_each_gets_its_sensitivity_and_specificity_interval():
+    """Four monocyte cells in blood TEST: their sensitivity's interval spans most of 0-1, a clinician should see."""
+    rng = np.random.default_rng(3)
+    labels = np.repeat([0, 1, 2], [200, 200, 8])
+    probabilities = rng.dirichlet([1, 1, 1], len(labels))
+    probabilities[np.arange(len(labels)), labels] += 0.6  # mostly right
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    result = bootstrap_intervals(labels, probabilities, ("a", "b", "rare"))
+    measured = classification_metrics(labels, probabilities, ("a", "b", "rare"))["per_class"]
+    assert set(result["per_class"]) == {"a", "b", "rare"} and "sensitivity" not in result
+    for name, bounds in result["per_class"].items():
+        assert bounds["sensitivity"][0] <= measured[name]["recall"] <= bounds["sensitivity"][1]
+        assert bounds["specificity"][0] <= measured[name]["specificity"] <= bounds["specificity"][1]
+    width = {name: bounds["sensitivity"][1] - bounds["sensitivity"][0] for name, bounds in result["per_class"].items()}
+    assert width["rare"] > 3 * width["a"]
