@@ -26,6 +26,7 @@ from medclf.runtime.preprocess import Preprocess
 from .data import ImageFolder, Labeller, load_arrays, predict_folder
 from .evaluate import choose_threshold
 from .fit import predict, save_model
+from .groups import split_groups
 from .pipeline import Recipe, TrainResult, report, test_extras, train, write_run
 from .splits import read_labelled, recorded_split
 
@@ -75,8 +76,10 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         test_folder = read_labelled(test, classes)
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
+        recipe = members[0].metrics.get("training", {}).get("recipe", {})  # the members share their split
+        groups = split_groups(test_folder, recipe.get("group_pattern"), recipe.get("group_copies"))
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test") | test_extras(
-            labels, probabilities, None, classes, decision)
+            labels, probabilities, groups, classes, decision)
     save_model(model, out / rundir.MODEL)
     splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}
     write_run(out, classes, preprocess, decision, metrics, splits)

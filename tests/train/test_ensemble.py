@@ -22,14 +22,21 @@ def members(blood_cells, tmp_path_factory):
     runs = []
     for arch, size in (("mobilenet_025", 64), ("small_cnn", 48)):
         out = tmp_path_factory.mktemp(arch)
-        train(blood_cells / "TRAIN", out, Recipe(arch=arch, image_size=size, val_split=0.5, fit=TINY),
-              limit_per_class=12, cache_dir=None)
+        train(blood_cells / "TRAIN", out, Recipe(arch=arch, image_size=size, val_split=0.5, fit=TINY,
+                                                 group_pattern=r"^patient\d+"), limit_per_class=12, cache_dir=None)
         runs.append(out)
     return runs
 
 
-def test_the_ensemble_answers_the_mean_of_its_members_a_smaller_one_seeing_the_image_resized(members, tmp_path):
-    metrics = ensemble_runs(members, tmp_path / "pair")
+def test_the_ensemble_answers_the_mean_of_its_members_a_smaller_one_seeing_the_image_resized(members, tmp_path,
+                                                                                           blood_cell_images):
+    test = tmp_path / "test"  # 8 films of 3 patients, named as the members' split named patients
+    for i, image in enumerate(blood_cell_images):
+        (test / image.parent.name).mkdir(parents=True, exist_ok=True)
+        (test / image.parent.name / f"patient{i // 3}_{i}{image.suffix}").symlink_to(image)
+    metrics = ensemble_runs(members, tmp_path / "pair", test)
+    intervals = metrics["test"]["confidence_intervals"]  # resampled by the patients the members' split knew
+    assert intervals["resampled"] == "sources" and intervals["sources"] == 3
     run = RunDir(tmp_path / "pair")
     assert run.preprocess.shape == (64, 64, 3) and run.labels == RunDir(members[0]).labels
     assert run.split("val") == RunDir(members[0]).split("val") and metrics["validation"]["images"] > 0
