@@ -449,7 +449,9 @@ def _print_metrics(metrics: dict) -> None:
             source = m["per_source"]
             right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
             kind = source.get("kind", "sources")  # patients, or source images (copies of one cell)
-            console.print(f"{split}, one vote per {kind[:-1]}: accuracy {source['accuracy']:.3f} over "
+            low, high = source.get("accuracy_interval") or (None, None)
+            interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
+            console.print(f"{split}, one vote per {kind[:-1]}: accuracy {source['accuracy']:.3f}{interval} over "
                           f"{source['sources']} {kind} ({right})")
         if "at_prevalence" in m:
             console.print(f"{split}, {_prevalence_line(m['at_prevalence'], m.get('positive_class'))}")

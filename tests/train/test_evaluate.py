@@ -152,6 +152,7 @@ def test_per_source_accuracy_gives_each_source_one_vote_from_its_mean_probabilit
     groups = np.array([5, 5, 5, 9, 7, 7])
     result = per_source_metrics(labels, probabilities, groups, ("a", "b"))
     assert result["sources"] == 3 and result["accuracy"] == pytest.approx(2 / 3)
+    assert result["accuracy_interval"] == pytest.approx([0.2077, 0.9385], abs=1e-4)  # Wilson's, by hand: 3 trials
     assert result["per_class"] == {"a": {"sources": 1, "right": 1}, "b": {"sources": 2, "right": 1}}
 
 
