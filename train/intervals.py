@@ -35,7 +35,7 @@ MIN_RESAMPLES = 200
 
 def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
                         decision: Decision | None = None, groups: np.ndarray | None = None,
-                        resamples: int | None = None, seed: int = 0) -> dict:
+                        resamples: int | None = None, seed: int = 0) -> dict | None:
     """``{"level", "resampled", "sources", "resamples", "accuracy": [low, high], "roc_auc_macro": [...]}``, and
     ``"sensitivity"`` and ``"specificity"`` of a binary task's positive class or, for more classes, of each
     (``"per_class"``), for the calls made at ``decision``'s threshold; ``groups`` (one id per image) are
@@ -45,9 +45,12 @@ def bootstrap_intervals(labels: np.ndarray, probabilities: np.ndarray, classes: 
 
 
 def intervals_of_calls(labels: np.ndarray, probabilities: np.ndarray, called: np.ndarray, classes: Sequence[str],
-                       groups: np.ndarray | None = None, resamples: int | None = None, seed: int = 0) -> dict:
+                       groups: np.ndarray | None = None, resamples: int | None = None,
+                       seed: int = 0) -> dict | None:
     """:func:`bootstrap_intervals` of calls already made (cross-validation's, each by its fold's model and
-    threshold)."""
+    threshold); None for no images."""
+    if len(labels) == 0:
+        return None
     if resamples is None:
         resamples = max(MIN_RESAMPLES, min(RESAMPLES, RESAMPLED_IMAGES // max(len(labels), 1)))
     order, starts, sizes = _sources(labels, groups)

@@ -97,3 +97,7 @@ def test_with_more_classes_each_gets_its_sensitivity_and_specificity_interval():
         assert bounds["specificity"][0] <= measured[name]["specificity"] <= bounds["specificity"][1]
     width = {name: bounds["sensitivity"][1] - bounds["sensitivity"][0] for name, bounds in result["per_class"].items()}
     assert width["rare"] > 3 * width["a"]
+
+
+def test_no_images_have_no_interval():
+    assert bootstrap_intervals(np.zeros(0, dtype=int), np.zeros((0, 2)), CLASSES) is None
