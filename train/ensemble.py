@@ -78,8 +78,8 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
                                                             cache_dir)
         recipe = members[0].metrics.get("training", {}).get("recipe", {})  # the members share their split
         groups = split_groups(test_folder, recipe.get("group_pattern"), recipe.get("group_copies"))
-        metrics["test"] = report(out, labels, probabilities, classes, decision, "test") | test_extras(
-            labels, probabilities, groups, classes, decision)
+        extras = test_extras(labels, probabilities, groups, classes, decision)
+        metrics["test"] = report(out, labels, probabilities, classes, decision, "test", extras) | extras
     save_model(model, out / rundir.MODEL)
     splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}
     write_run(out, classes, preprocess, decision, metrics, splits)

@@ -170,8 +170,8 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)
         groups = (np.asarray([test_groups.get(path, f"file:{path}") for path in test_set.paths]) if test_groups
                   else split_groups(test_set, recipe.group_pattern, recipe.group_copies, naming))
-        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test") | test_extras(
-            test_y, test_p, groups, classes, decision)
+        extras = test_extras(test_y, test_p, groups, classes, decision)
+        metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test", extras) | extras
         scores = TestScores(test_y, test_p, decide(test_p, classes, decision), groups)
     identical = identical_files(Splits(train_set, val_set, test_set))
     plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
@@ -285,7 +285,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision) | extra
-    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name) | extra
+    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name, extra) | extra
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
 
@@ -356,19 +356,32 @@ class _Scorer:
 
 
 def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],
-           decision: Decision | None, title: str) -> dict:
+           decision: Decision | None, title: str, extras: dict | None = None) -> dict:
     """Metrics for one split, with its confusion matrix, ROC and reliability curves drawn in ``out`` (the latest
-    call wins)."""
+    call wins); a test set's ``extras`` (:func:`test_extras`) put its ROC AUC's interval under the ROC's title."""
     metrics = classification_metrics(labels, probabilities, classes, decision)
     at = f" at p ≥ {decision.threshold:.3g}" if decision is not None else ""
     plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", f"{title}{at}")
     binary = positive_class(classes) if len(classes) == 2 else None
-    plot_roc(labels, probabilities, classes, out / "roc.png", title, positive=binary)
+    plot_roc(labels, probabilities, classes, out / "roc.png", title + _auc_interval(metrics, extras or {}),
+             positive=binary)
     of_what = " (of the most probable class)" if binary is not None else ""  # the curve is p(finding)'s
     plot_reliability(labels, probabilities, classes, out / "calibration.png",
                      f"{title}: calibration error {metrics['expected_calibration_error']:.3f}{of_what}",
                      positive=binary)
     return metrics
+
+
+def _auc_interval(metrics: dict, extras: dict) -> str:
+    """'\nROC AUC 0.969, 95% CI 0.955-0.980 over 427 patients', or "" where there is no interval."""
+    intervals = extras.get("confidence_intervals") or {}
+    if not intervals.get("roc_auc_macro") or metrics.get("roc_auc_macro") is None:
+        return ""
+    low, high = intervals["roc_auc_macro"]
+    kind = extras.get("per_source", {}).get("kind") or intervals["resampled"]
+    macro = "macro " if "per_class" in intervals else ""  # per-class intervals: three classes or more
+    return (f"\n{macro}ROC AUC {metrics['roc_auc_macro']:.3f}, 95% CI {low:.3f}-{high:.3f} over "
+            f"{intervals['sources']} {kind}")
 
 
 def _limit(folder: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:

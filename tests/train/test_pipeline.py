@@ -152,3 +152,16 @@ def test_a_run_labelled_by_file_names_scores_other_data_named_so_without_being_t
         scored = evaluate_run(tmp_path / "run" / "model.keras", tmp_path / "held")
     assert scored["images"] == 8
     assert "no class folders; labelled by classes in the file names, as this model's training images" in caplog.text
+
+
+def test_a_test_sets_roc_picture_names_its_auc_interval_and_what_was_resampled():
+    from medclf.train.pipeline import _auc_interval
+
+    binary = {"confidence_intervals": {"roc_auc_macro": [0.955, 0.980], "resampled": "sources", "sources": 427,
+                                       "sensitivity": [0.966, 0.992]}, "per_source": {"kind": "patients"}}
+    assert _auc_interval({"roc_auc_macro": 0.969}, binary) == "\nROC AUC 0.969, 95% CI 0.955-0.980 over 427 patients"
+    cells = {"confidence_intervals": {"roc_auc_macro": [0.946, 0.990], "resampled": "sources", "sources": 100,
+                                      "per_class": {}}}
+    expected = "\nmacro ROC AUC 0.971, 95% CI 0.946-0.990 over 100 sources"  # more classes: their macro average
+    assert _auc_interval({"roc_auc_macro": 0.971}, cells) == expected
+    assert _auc_interval({"roc_auc_macro": 0.9}, {}) == ""  # validation: no interval, the title alone
