@@ -41,11 +41,10 @@ PROVIDER_LIBRARIES = {"cuda": "libonnxruntime_providers_cuda.so",
 # with both installed (what ``pip install 'medclf[gpu]'`` leaves: medclf needs onnxruntime, and pip cannot know the
 # GPU build provides it) the CPU build's files won here, and no GPU provider was listed (onnxruntime 1.32.0 with
 # onnxruntime-gpu 1.31.1). Uninstalling one of them then breaks the other, so the GPU build is reinstalled after.
-GPU_HINT = ("on a machine with an NVIDIA GPU, replace onnxruntime by its GPU build: pip uninstall -y onnxruntime && "
-            "pip install --force-reinstall --no-deps onnxruntime-gpu")
+TO_GPU_BUILD = "pip uninstall -y onnxruntime && pip install --force-reinstall --no-deps onnxruntime-gpu"
+GPU_HINT = f"on a machine with an NVIDIA GPU, replace onnxruntime by its GPU build: {TO_GPU_BUILD}"
 BOTH_BUILDS_HINT = ("onnxruntime and onnxruntime-gpu are both installed and share one folder, where the CPU build's "
-                    "files hide the GPU build's: pip uninstall -y onnxruntime && pip install --force-reinstall "
-                    "--no-deps onnxruntime-gpu")
+                    f"files hide the GPU build's: {TO_GPU_BUILD}")
 
 
 class BackendUnavailable(RuntimeError):

@@ -467,12 +467,13 @@ def _print_metrics(metrics: dict) -> None:
 
 def _intervals_line(intervals: dict, per_source: dict | None) -> str:
     """'95% confidence intervals (1000 resamples of its 100 sources): accuracy 0.749-0.964, ROC AUC ...'."""
-    of = f"{intervals['sources']} {per_source.get('kind', 'sources') if per_source else intervals['resampled']}"
+    from .intervals import resampled
+
     shown = [f"{name} {intervals[key][0]:.3f}-{intervals[key][1]:.3f}"
              for key, name in (("accuracy", "accuracy"), ("roc_auc_macro", "ROC AUC"), ("sensitivity", "sensitivity"),
                                ("specificity", "specificity")) if intervals.get(key)]
-    return f"{intervals['level']:.0%} confidence intervals ({intervals['resamples']} resamples of its {of}): " + \
-        ", ".join(shown)
+    return (f"{intervals['level']:.0%} confidence intervals ({intervals['resamples']} resamples of its "
+            f"{resampled(intervals, per_source)}): " + ", ".join(shown))
 
 
 def _prevalence_line(site: dict, positive: str | None) -> str:

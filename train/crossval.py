@@ -74,9 +74,8 @@ def _pooled(folds: list[TestScores], classes: tuple[str, ...]) -> dict:
     calls = np.concatenate([fold.calls for fold in folds])
     groups = None
     if any(fold.groups is not None for fold in folds):  # a fold's groups are its own: named apart
-        groups = np.concatenate([[f"{k}|{g}" for g in (fold.groups if fold.groups is not None
-                                                        else np.arange(len(fold.labels)))]
-                                 for k, fold in enumerate(folds)])
+        named = [fold.groups if fold.groups is not None else np.arange(len(fold.labels)) for fold in folds]
+        groups = np.concatenate([[f"{k}|{group}" for group in fold_groups] for k, fold_groups in enumerate(named)])
     return {"images": int(len(labels)), "accuracy": float(np.mean(calls == labels)),
             "roc_auc_macro": macro_roc_auc(labels, probabilities),
             "confidence_intervals": intervals_of_calls(labels, probabilities, calls, classes, groups)}

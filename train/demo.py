@@ -80,13 +80,14 @@ def _score_test(model: Path, test: Path, console: Console) -> dict:
         table.add_row(label, str(count), f"{recall:.3f}")
     console.print(table)
     accuracy = float(accuracy_score(folder.labels, predicted))
-    console.print(f"test accuracy {accuracy:.3f} on {len(folder)} images{_interval(folder, predictions, index)}; "
+    interval = _interval(folder, predictions, np.asarray(predicted), index)
+    console.print(f"test accuracy {accuracy:.3f} on {len(folder)} images{interval}; "
                   f"{len(folder) / seconds:.0f} images/s including decode ({seconds:.1f} s)")
     console.print(f"try it: .venv/bin/medclf-run --model {model} {test}/EOSINOPHIL --top-k 2")
     return {"accuracy": accuracy, "images": len(folder), "seconds": seconds}
 
 
-def _interval(folder: ImageFolder, predictions: list[Prediction], index: dict[str, int]) -> str:
+def _interval(folder: ImageFolder, predictions: list[Prediction], predicted: np.ndarray, index: dict[str, int]) -> str:
     """' (95% confidence interval 0.70-0.93 over the 100 cells they are copies of)': TEST is augmented copies
     of 100 cells, so those, not its images, are what the accuracy was measured on (``medclf.train.intervals``)."""
     scored = [i for i, p in enumerate(predictions) if p.error is None]
@@ -94,7 +95,7 @@ def _interval(folder: ImageFolder, predictions: list[Prediction], index: dict[st
     for row, i in enumerate(scored):
         for label, probability in predictions[i].top_k:
             probabilities[row, index[label]] = probability
-    labels, calls = folder.labels[scored], np.array([index[predictions[i].label] for i in scored])
+    labels, calls = folder.labels[scored], predicted[scored]
     groups = detected_copies(tuple(folder.paths[i] for i in scored), labels)
     intervals = intervals_of_calls(labels, probabilities, calls, tuple(index), groups)
     if intervals is None:

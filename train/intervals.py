@@ -75,6 +75,12 @@ def intervals_of_calls(labels: np.ndarray, probabilities: np.ndarray, called: np
                                    for k, name in enumerate(classes)}}
 
 
+def resampled(intervals: dict, per_source: dict | None = None) -> str:
+    """What ``intervals`` resampled, for a reader: '427 patients' (as ``per_source`` names its groups), '100
+    sources' or '624 images'."""
+    return f"{intervals['sources']} {(per_source or {}).get('kind') or intervals['resampled']}"
+
+
 def _scores(truth: np.ndarray, calls: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
     """One resample's accuracy, macro ROC AUC (where every class is in it) and each class's sensitivity and
     specificity (where it has images of the class and of others)."""

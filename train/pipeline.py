@@ -43,7 +43,7 @@ from .evaluate import (at_prevalence, choose_threshold, classification_metrics, 
 from .fit import FitConfig, fit, predict, save_model
 from .groups import group_kind, split_groups
 from .identical import identical_files, seen_in_training
-from .intervals import bootstrap_intervals
+from .intervals import bootstrap_intervals, resampled
 from .labellers import recorded
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .sizing import fit_to_budget
@@ -378,10 +378,9 @@ def _auc_interval(metrics: dict, extras: dict) -> str:
     if not intervals.get("roc_auc_macro") or metrics.get("roc_auc_macro") is None:
         return ""
     low, high = intervals["roc_auc_macro"]
-    kind = extras.get("per_source", {}).get("kind") or intervals["resampled"]
     macro = "macro " if "per_class" in intervals else ""  # per-class intervals: three classes or more
     return (f"\n{macro}ROC AUC {metrics['roc_auc_macro']:.3f}, 95% CI {low:.3f}-{high:.3f} over "
-            f"{intervals['sources']} {kind}")
+            f"{resampled(intervals, extras.get('per_source'))}")
 
 
 def _limit(folder: ImageFolder, per_class: int | None, seed: int) -> ImageFolder:
