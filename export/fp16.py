@@ -46,6 +46,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from .bias_correction import _group, rewrite_convs
 from .input_moments import POSITIONS_PER_IMAGE, conv_patch_moments
 from .int8 import ImageCalibrationReader
+from .output_nodes import familiarity_nodes
 
 KEEP_FLOAT32 = [*DEFAULT_OP_BLOCK_LIST, "Cast"]
 # How much of its mean diagonal is added to each convolution's patch moments before their inverse is taken. On
@@ -56,14 +57,14 @@ DAMPING = 0.1
 def to_fp16(model: onnx.ModelProto, float_convs: int = 0,
             moments: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Weights and activations in float16 between the uint8 input and the float32 probabilities, except the
-    first ``float_convs`` convolutions, kept float32. ``moments``
+    first ``float_convs`` convolutions and the ``unfamiliarity`` output's nodes, kept float32. ``moments``
     (:func:`~.input_moments.conv_patch_moments` of ``model``): the float16 convolutions' weights rounded to keep
     their outputs close (:func:`compensated_rounding`); without, each to its nearest."""
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"][:float_convs]
     if moments is not None:
         model = compensated_rounding(model, moments, set(convs))
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=KEEP_FLOAT32,
-                                         node_block_list=convs)
+                                         node_block_list=convs + familiarity_nodes(model))
     OnnxModel(converted).topological_sort()  # the converter appends its casts at the end; TensorRT wants order
     onnx.checker.check_model(converted)
     return converted

@@ -50,6 +50,7 @@ from medclf.runtime.modelcard import INPUT_NAME
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
 from .bias_correction import conv_input_means, correct_biases
+from .output_nodes import familiarity_nodes
 
 HEAD_OPS = ("MatMul", "Gemm")
 
@@ -151,14 +152,14 @@ def to_int8(fp32_path: str | os.PathLike[str], reader: ImageCalibrationReader, s
 def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
     """Every node up to the ``float_convs``-th convolution and its activation (the float prefix, whole: see the
     module docstring), the classifier head, and everything after the last convolution's activation (pooling,
-    head, softmax)."""
+    head, softmax), and those that compute ``unfamiliarity`` alone."""
     nodes = list(model.graph.node)
     convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"] or [len(nodes) - 1]
     prefix = _with_activation(nodes, convs[min(max(1, float_convs), len(convs)) - 1])
     last = _with_activation(nodes, convs[-1])
     head = [node.name for node in nodes if node.op_type in HEAD_OPS]
     return list(dict.fromkeys([node.name for node in nodes[:prefix + 1]] + head
-                              + [node.name for node in nodes[last + 1:]]))
+                              + [node.name for node in nodes[last + 1:]] + familiarity_nodes(model)))
 
 
 def _with_activation(nodes: list[onnx.NodeProto], conv: int) -> int:

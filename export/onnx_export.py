@@ -21,7 +21,9 @@ import tf2onnx
 from onnx import numpy_helper
 
 import medclf
-from medclf.runtime.modelcard import CAM_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
+from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
+
+from .familiarity import Familiarity, features_model, unfamiliarity
 
 OPSET = 17
 
@@ -30,24 +32,33 @@ CAM_DESCRIPTION = ("class activation maps [batch, h, w, classes]: the last featu
                    "weights plus its bias (Zhou et al. 2016); their spatial mean is the logits")
 
 
-def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool = False) -> onnx.ModelProto:
-    """The inference graph: input ``image`` uint8 NHWC (dynamic batch), output ``probabilities`` float32 and, with
-    ``cam``, a second output ``cam`` (see :data:`CAM_DESCRIPTION`) the runtime draws heatmaps from."""
+def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool = False,
+            familiarity: Familiarity | None = None) -> onnx.ModelProto:
+    """The inference graph: input ``image`` uint8 NHWC (dynamic batch), output ``probabilities`` float32; with
+    ``cam``, an output ``cam`` (see :data:`CAM_DESCRIPTION`) the runtime draws heatmaps from; with
+    ``familiarity``, an output ``unfamiliarity`` (see :mod:`.familiarity`). One Keras graph gives them all: the
+    backbone runs once."""
     spec = tf.TensorSpec((None, *card.preprocess.shape), tf.uint8, name=INPUT_NAME)
-    features_and_probabilities = _with_features(model) if cam else None
+    outputs = [model.output] + ([_feature_map(model)] if cam else [])
+    if familiarity is not None:
+        outputs += features_model(model, [level.layer for level in familiarity.levels[1:]]).outputs
+    graph = keras.Model(model.input, outputs)
 
     @tf.function(input_signature=[spec])
     def serve(image: tf.Tensor):
-        x = tf.cast(image, tf.float32)
-        if features_and_probabilities is None:
-            return tf.identity(model(x, training=False), name=OUTPUT_NAME)
-        features, probabilities = features_and_probabilities(x, training=False)
-        head = model.get_layer("probabilities")
-        maps = tf.einsum("nhwk,kc->nhwc", features, head.kernel) + head.bias
-        return tf.identity(probabilities, name=OUTPUT_NAME), tf.identity(maps, name=CAM_NAME)
+        probabilities, *rest = tf.nest.flatten(graph(tf.cast(image, tf.float32), training=False))
+        named = [tf.identity(probabilities, name=OUTPUT_NAME)]
+        if cam:
+            head = model.get_layer("probabilities")
+            maps = tf.einsum("nhwk,kc->nhwc", rest.pop(0), head.kernel) + head.bias
+            named.append(tf.identity(maps, name=CAM_NAME))
+        if familiarity is not None:
+            score = unfamiliarity(rest, familiarity.levels, familiarity.threshold)  # [batch, 1], not [batch]: in
+            named.append(tf.identity(score, name=FAMILIARITY_NAME))  # Triton's config, dims [1] without a reshape
+        return tuple(named) if len(named) > 1 else named[0]
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
-    _rename_io(proto)
+    _rename_io(proto, [OUTPUT_NAME] + [CAM_NAME] * cam + [FAMILIARITY_NAME] * (familiarity is not None))
     _exact_resize_scales(proto)
     onnx.helper.set_model_props(proto, card.to_metadata())
     proto.producer_name = "medclf"
@@ -70,16 +81,16 @@ def provenance(keras_path: str | os.PathLike[str], opset: int = OPSET) -> dict[s
     }
 
 
-def _with_features(model: keras.Model) -> keras.Model:
-    """``image → (last feature map, probabilities)`` for a registry model whose head is the exact CAM form:
-    feature map → global average pool → (dropout) → dense softmax named ``probabilities``."""
+def _feature_map(model: keras.Model) -> keras.KerasTensor:
+    """The last feature map of a registry model whose head is the exact CAM form: feature map → global average
+    pool → (dropout) → dense softmax named ``probabilities``."""
     names = {layer.name for layer in model.layers}
     if not {"pool", "probabilities"} <= names or \
             not isinstance(model.get_layer("pool"), keras.layers.GlobalAveragePooling2D):
         raise ValueError(f"model {model.name} has no feature map → average pool → dense head; a CAM output "
                          "needs one (two_backbones pools two maps; an ensemble averages several models: `medclf "
                          "explain` draws their Grad-CAM)")
-    return keras.Model(model.input, [model.get_layer("pool").input, model.output])
+    return model.get_layer("pool").input
 
 
 def _exact_resize_scales(proto: onnx.ModelProto) -> None:
@@ -124,11 +135,11 @@ def _exact_scale(size: int | None, scale: np.float32) -> np.float32:
     return scale
 
 
-def _rename_io(proto: onnx.ModelProto) -> None:
-    """tf2onnx keeps TensorFlow's tensor names (``image:0``, ``Identity:0``); give them the contract's names."""
-    renames = {proto.graph.input[0].name: INPUT_NAME, proto.graph.output[0].name: OUTPUT_NAME}
-    if len(proto.graph.output) > 1:
-        renames[proto.graph.output[1].name] = CAM_NAME
+def _rename_io(proto: onnx.ModelProto, outputs: list[str]) -> None:
+    """tf2onnx keeps TensorFlow's tensor names (``image:0``, ``Identity:0``); give them the contract's names,
+    ``outputs`` in the order the function returned them."""
+    renames = {proto.graph.input[0].name: INPUT_NAME} | {
+        value.name: name for value, name in zip(proto.graph.output, outputs, strict=True)}
     for value in (*proto.graph.input, *proto.graph.output):
         value.name = renames.get(value.name, value.name)
     for node in proto.graph.node:

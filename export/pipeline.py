@@ -24,9 +24,12 @@ from scipy.stats import binom
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
-from medclf.runtime.modelcard import CAM_NAME, ModelCard
+from medclf.runtime.classifier import Classifier
+from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
+from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
+from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit
 from .files import FILE_NAMES
 from .fp16 import Fp16Converter, with_float16_activations
 from .int8 import ImageCalibrationReader, Int8Quantizer
@@ -70,14 +73,15 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                calibration_data: str | os.PathLike[str] | None = None,
                max_images: int = MAX_VERIFY_IMAGES, engine: BatchProfile | None = None,
                triton: str | os.PathLike[str] | None = None, cam: bool = False, strict: bool = True,
-               float_convs: dict[str, int] | None = None) -> dict:
+               float_convs: dict[str, int] | None = None, familiarity: bool = True) -> dict:
     """Export, verify and publish one file per precision in ``OUT_DIR``. A file that disagrees with Keras is not
     published (the others are); ``strict`` raises :class:`VerificationError` naming every such file, otherwise
     the report's ``passed`` says so. ``engine`` also builds, verifies and publishes a TensorRT engine per
     precision (GPU machines only); ``triton`` writes a Triton model repository of what was published; ``cam``
     adds a class-activation-map output the runtime draws heatmaps from. ``float_convs`` (``{"int8": 3}``) keeps
     that many leading convolutions float instead of searching for the number (see :func:`_search`);
-    verification judges the file as always."""
+    verification judges the file as always. ``familiarity`` adds the output that says how unlike the training
+    images an image is (:mod:`.familiarity`), where the model allows it (the report says why not)."""
     model_path, out = Path(model_path), Path(out_dir)
     precisions = _with_fp32(precisions)
     float_convs = _asked_steps(float_convs or {}, precisions)
@@ -89,14 +93,21 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
     held_out, search = _held_out(model, card, paths, names, max_images,
                                  searching=bool({"fp16", "int8"} & set(precisions)))
+    fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
+    if familiarity:
+        fitted, familiarity_record = _familiarity(model, card, model_path.parent, calibration_data, held_out,
+                                                  described)
+    if fitted is not None:
+        card = dataclasses.replace(card, outputs=card.outputs | {FAMILIARITY_NAME: FAMILIARITY_DESCRIPTION},
+                                   metrics=card.metrics | {"familiarity": fitted.record})
     converters = _converters(model_path.parent, calibration_data, card, precisions)
     report = {"model": str(model_path), "opset": OPSET, "images": len(held_out.images),
               "verified_on": f"{len(held_out.images)} real images ({described})", "calls": held_out.calls.describe(),
-              "cpu": this_cpu(), "precisions": {}}
+              "cpu": this_cpu(), "familiarity": familiarity_record, "precisions": {}}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
         fp32 = Path(work) / FILE_NAMES["fp32"]
-        proto, report["simplified"] = simplify(convert(model, card, cam=cam), held_out.images)
+        proto, report["simplified"] = simplify(convert(model, card, cam=cam, familiarity=fitted), held_out.images)
         _save(proto, card, fp32)
         candidates = {}
         for precision in precisions:
@@ -214,7 +225,31 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
         on_cpu = held_out.compare(onnx_probabilities(str(candidate), held_out.images), precision)
         entry |= {"computed_as": FLOAT16_ACTIVATIONS,
                   "on_this_cpu": {"agreement": on_cpu.agreement, "max_abs_diff": on_cpu.max_abs_diff}}
-    return entry | speed(candidate, held_out.images)
+    return entry | _unlike_training(candidate, held_out.images) | speed(candidate, held_out.images)
+
+
+def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | os.PathLike[str] | None,
+                 held_out: HeldOut, described: str) -> tuple[Familiarity | None, dict]:
+    """The fitted :class:`~.familiarity.Familiarity` — class means and covariances on up to ``FIT_IMAGES`` of
+    the run's training images (or ``calibration_data``), threshold on the verification images (``described``:
+    where a run holds out too few, topped up with training images, which sets it tighter) — and its record for
+    the report; or None and why it could not be added (an ensemble, too few held-out images)."""
+    try:
+        paths, names = _images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES)
+        training, labels = load_labelled(paths, names, card)
+        fitted = fit(model, training, labels, held_out.images)
+    except FamiliarityUnavailable as exc:
+        return None, {"added": False, "why": str(exc)}
+    return fitted, {"added": True, **fitted.record, "threshold_on": described}
+
+
+def _unlike_training(candidate: Path, images: np.ndarray) -> dict:
+    """The share of held-out ``images`` the file says are unlike the training images (by construction about
+    0.5% for FP32), where it has that output: FP16 and INT8 move the features it is measured on."""
+    classifier = Classifier(candidate)
+    if FAMILIARITY_NAME not in classifier.card.outputs:
+        return {}
+    return {"unlike_training": float(np.mean(classifier.unfamiliarity(images) > 1))}
 
 
 def _probabilities(candidate: Path, images: np.ndarray, precision: str) -> np.ndarray:

@@ -56,6 +56,21 @@ def computed_lines(report: dict) -> list[str]:
             f"casts: agreement {cpu['agreement']:.1%}, max |Δp| {cpu['max_abs_diff']:.1g}"]
 
 
+def familiarity_lines(report: dict) -> list[str]:
+    """Whether the files say how unlike the training images an image is, and what share of the held-out images
+    each file flags (FP32: about 0.5% by construction); or why they do not say."""
+    familiarity = report.get("familiarity")
+    if not familiarity:
+        return []
+    if not familiarity["added"]:
+        return [f"no unfamiliarity output: {familiarity['why']}"]
+    flagged = ", ".join(f"{name} {entry['unlike_training']:.1%}" for name, entry in report["precisions"].items()
+                        if "unlike_training" in entry)
+    return [f"unfamiliarity output (the runtime warns above 1): fitted on {familiarity['fitted_on_images']} "
+            f"training images, threshold on the {familiarity['threshold_on_images']} verification images; of "
+            f"these, flagged: {flagged}"]
+
+
 def _calls(report: dict) -> str:
     """What "agree" counts, where it is not the most probable class: a binary model's threshold calls."""
     calls = report.get("calls", MOST_PROBABLE)

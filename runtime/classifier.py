@@ -13,7 +13,7 @@ from .backends import open_backend
 from .cam import heatmaps, overlay_name, write_overlay
 from .cpu import int8_caveat
 from .decision import decide
-from .modelcard import CAM_NAME, OUTPUT_NAME, ModelCard, ModelCardError
+from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .stream import decoded, usable_cpus
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
@@ -55,6 +55,13 @@ class Prediction:
     error: str | None = None
     heatmap: str | None = None  # the overlay written for the called label, when asked for (--cam DIR)
     heatmap_error: str | None = None  # why that overlay could not be written (the answer itself stands)
+    unfamiliarity: float | None = None  # how unlike the training images (models that say): above 1, warn
+
+    @property
+    def unlike_training(self) -> bool:
+        """Whether the image lies farther from the model's training images than 99.5% of its held-out images
+        do: its call is then no more than a guess (a chest film given to a blood-cell model, a grey smear)."""
+        return self.unfamiliarity is not None and self.unfamiliarity > 1
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
@@ -62,8 +69,10 @@ class Prediction:
         heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else {}
         if self.heatmap_error is not None:  # the overlay the disk refused: its reason, in place of its name
             heatmap = {"heatmap_error": self.heatmap_error}
+        familiarity = {} if self.unfamiliarity is None else {"unfamiliarity": self.unfamiliarity,
+                                                            "unlike_training": self.unlike_training}
         return {"path": self.path, "label": self.label, "probability": self.probability,
-                "top_k": [[label, p] for label, p in self.top_k]} | heatmap
+                "top_k": [[label, p] for label, p in self.top_k]} | familiarity | heatmap
 
 
 class Classifier:
@@ -89,6 +98,11 @@ class Classifier:
         return self.card.labels
 
     @property
+    def says_unfamiliar(self) -> bool:
+        """Whether the model says how unlike its training images an image is (exported since 2026-12-06)."""
+        return FAMILIARITY_NAME in self.card.outputs
+
+    @property
     def caveat(self) -> str:
         """One line worth telling the user about serving this file here, or "" (see :mod:`.cpu`)."""
         return int8_caveat(self.card, str(self.model_path), self.backend.name)
@@ -97,12 +111,24 @@ class Classifier:
         """Probabilities ``[N, classes]`` for uint8 images ``[N, H, W, C]`` already preprocessed, in runs of
         ``batch_size`` — by default as many images as hold ``MAX_BATCH_PIXELS`` — since a run keeps all its
         images' activations in memory until it ends."""
+        return self._outputs([OUTPUT_NAME], images, batch_size)[0]
+
+    def unfamiliarity(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """``[N]``: how unlike the model's training images each image is, above 1 unlike them (see
+        :attr:`Prediction.unlike_training`); ModelCardError for a model exported without it."""
+        if not self.says_unfamiliar:
+            raise ModelCardError(f"{self.model_path}: exported without the unfamiliarity output (medclf export "
+                                 "adds it by default since 2026-12-06)")
+        return self._outputs([FAMILIARITY_NAME], images, batch_size)[0][:, 0]
+
+    def _outputs(self, names: list[str], images: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
+        """The outputs ``names`` for ``images``, in runs of ``batch_size`` (see :meth:`predict`)."""
         if batch_size is None:
             batch_size = images_per_batch(*images.shape[1:3])
         if len(images) <= batch_size:
-            return self.backend.run([OUTPUT_NAME], images)[0]
-        return np.concatenate([self.predict(images[i:i + batch_size], batch_size)
-                               for i in range(0, len(images), batch_size)])
+            return self.backend.run(names, images)
+        runs = [self.backend.run(names, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+        return [np.concatenate(output) for output in zip(*runs)]
 
     def require_cam(self) -> None:
         """Raise :class:`ModelCardError` unless the model has a class-activation-map output."""
@@ -114,7 +140,7 @@ class Classifier:
         """Probabilities ``[N, classes]`` and class activation maps ``[N, h, w, classes]``, for a model exported
         with ``medclf export --cam``; draw them with :mod:`medclf.runtime.cam`."""
         self.require_cam()
-        probabilities, maps = self.backend.run([OUTPUT_NAME, CAM_NAME], images)
+        probabilities, maps = self._outputs([OUTPUT_NAME, CAM_NAME], images)
         return probabilities, maps
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32,
@@ -145,7 +171,10 @@ class Classifier:
         if not batch:
             return
         images = np.stack([image for _, image in batch])
-        probabilities, maps = self.cam(images) if cam_dir is not None else (self.predict(images), None)
+        names = [OUTPUT_NAME] + [CAM_NAME] * (cam_dir is not None) + [FAMILIARITY_NAME] * self.says_unfamiliar
+        outputs = dict(zip(names, self._outputs(names, images)))
+        probabilities, maps = outputs[OUTPUT_NAME], outputs.get(CAM_NAME)
+        unfamiliarity = outputs[FAMILIARITY_NAME][:, 0] if self.says_unfamiliar else [None] * len(batch)
         called = decide(probabilities, self.labels, self.card.decision)
         for n, ((path, image), row, label) in enumerate(zip(batch, probabilities, called)):
             order = np.argsort(-row)[:top_k]
@@ -156,7 +185,8 @@ class Classifier:
                                                                        *image.shape[:2])[0])
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
                              top_k=tuple((self.labels[i], float(row[i])) for i in order),
-                             heatmap=heatmap if heatmap_error is None else None, heatmap_error=heatmap_error)
+                             heatmap=heatmap if heatmap_error is None else None, heatmap_error=heatmap_error,
+                             unfamiliarity=None if unfamiliarity[n] is None else float(unfamiliarity[n]))
 
 
 def _check_model_path(path: Path) -> None:

@@ -28,6 +28,7 @@ from .stream import use_processes
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 READER_LEFT = 141  # exit status when stdout's reader went away: what a shell reports for SIGPIPE
+UNLIKE_MARK = "UNLIKE TRAINING"  # the table's mark on a row whose image the model says it was not trained for
 
 
 def parser() -> argparse.ArgumentParser:
@@ -96,11 +97,14 @@ def run(args: argparse.Namespace) -> int:
                                  len(paths))
     results: list[Prediction] = []
     calls: Counter[str | None] = Counter()  # None: could not be classified
-    counted = _counting(predictions, calls)
+    unlike: list[str] = []  # the inputs unlike the model's training images
+    counted = _counting(predictions, calls, unlike)
     recorded = _recording(counted, results) if args.csv_file is not None else counted
     failed = _print_json(recorded) if args.as_json else _print_table(recorded, paths, classifier.labels)
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
+    if unlike:
+        print(unlike_warning(unlike, sum(calls.values()) - calls[None]), file=sys.stderr)
     if args.csv_file is not None:
         try:
             write_csv(args.csv_file, results)
@@ -140,10 +144,22 @@ def _recording(predictions: Iterable[Prediction], into: list[Prediction]) -> Ite
         yield prediction
 
 
-def _counting(predictions: Iterable[Prediction], calls: Counter) -> Iterator[Prediction]:
+def _counting(predictions: Iterable[Prediction], calls: Counter, unlike: list[str]) -> Iterator[Prediction]:
     for prediction in predictions:
         calls[prediction.label if prediction.error is None else None] += 1
+        if prediction.unlike_training:
+            unlike.append(prediction.path)
         yield prediction
+
+
+def unlike_warning(unlike: list[str], classified: int) -> str:
+    """One line for the inputs the model says are unlike its training images, whose calls are guesses: a chest
+    film given to a blood-cell model, a grey smear given to a colour one, another stain or exposure."""
+    which = (f"{_printable(unlike[0])} is" if len(unlike) == 1 else
+             f"{len(unlike)} of {classified} classified inputs are")
+    return (f"warning: {which} unlike the images the model was trained on ({UNLIKE_MARK} above; it lies farther "
+            f"from them than 99.5% of its held-out images): {'its call is' if len(unlike) == 1 else 'their calls are'}"
+            " a guess — check it is the kind of image the model is for")
 
 
 def tally(calls: Counter, labels: tuple[str, ...]) -> str:
@@ -158,15 +174,17 @@ def tally(calls: Counter, labels: tuple[str, ...]) -> str:
 
 
 def write_csv(path: Path, predictions: list[Prediction]) -> None:
-    """One row per input: path, label, probability, top_k as ``label:p;label:p``, heatmap, error. UTF-8; a file
-    name that is not (bytes from another system's encoding) is written back byte for byte, as the disk has it."""
+    """One row per input: path, label, probability, top_k as ``label:p;label:p``, unfamiliarity (empty where the
+    model does not say), heatmap, error. UTF-8; a file name that is not (bytes from another system's encoding) is
+    written back byte for byte, as the disk has it."""
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", "label", "probability", "top_k", "heatmap", "error"])
+        writer.writerow(["path", "label", "probability", "top_k", "unfamiliarity", "heatmap", "error"])
         for p in predictions:
             top_k = ";".join(f"{label}:{probability:.6f}" for label, probability in p.top_k)
             probability = "" if p.probability is None else f"{p.probability:.6f}"
-            writer.writerow([p.path, p.label or "", probability, top_k, p.heatmap or "",
+            unfamiliarity = "" if p.unfamiliarity is None else f"{p.unfamiliarity:.4f}"
+            writer.writerow([p.path, p.label or "", probability, top_k, unfamiliarity, p.heatmap or "",
                              p.error or p.heatmap_error or ""])
 
 
@@ -199,6 +217,8 @@ def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tu
             _print_row(header, widths)
             header = ()
         others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k[1:])
+        if prediction.unlike_training:
+            others = f"{UNLIKE_MARK} ({prediction.unfamiliarity:.3g}) {others}".rstrip()
         _print_row((_printable(prediction.path), prediction.label, f"{prediction.probability:.3f}", others), widths)
     return failed
 

@@ -15,7 +15,8 @@ from .preprocess import Preprocess
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-CAM_NAME = "cam"  # optional second output: class activation maps, [batch, h, w, classes]
+CAM_NAME = "cam"  # optional output: class activation maps, [batch, h, w, classes]
+FAMILIARITY_NAME = "unfamiliarity"  # optional output: how unlike the training images, [batch, 1]; above 1: warn
 
 LABELS_KEY = "medclf.labels"
 PREPROCESS_KEY = "medclf.preprocess"

@@ -336,21 +336,22 @@ def export(
     triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
     cam: Annotated[bool, typer.Option("--cam", help="Add a second output, class activation maps, so the runtime can draw heatmaps without TensorFlow.")] = False,
     float_convs: Annotated[Optional[list[str]], typer.Option(metavar="PRECISION=N", help="Keep the first N convolutions float32 in that file: for INT8 instead of searching for the fewest that pass with a margin (e.g. int8=3 for a faster INT8), for FP16 instead of none (repeat or comma-separate for both); verification still decides.")] = None,
+    familiarity: Annotated[bool, typer.Option(help="Add an output saying how unlike the training images each image is, so the runtime warns where a call is a guess (a chest film given to a blood-cell model).")] = True,
 ) -> None:
     """Export MODEL to ONNX per precision (uint8 in, probabilities out, labels and preprocessing inside), each
     verified against Keras before it is written under its final name."""
     import_tensorflow()
     from medclf.export.pipeline import export_run, failed_files
-    from medclf.export.report import computed_lines, export_table, search_lines
+    from medclf.export.report import computed_lines, export_table, familiarity_lines, search_lines
 
     profile = parse_profile(batch_profile)
     counts = parse_float_counts(float_convs)
     report = _library_call(lambda: export_run(model, out, parse_precisions(precision), verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
                                               engine=profile if engine else None, triton=triton, cam=cam,
-                                              strict=False, float_convs=counts))
+                                              strict=False, float_convs=counts, familiarity=familiarity))
     console.print(export_table(report))
-    for line in search_lines(report) + computed_lines(report):
+    for line in search_lines(report) + computed_lines(report) + familiarity_lines(report):
         console.print(line, highlight=False)
     for path in report.get("triton", []):
         console.print(f"Triton model: {path}")

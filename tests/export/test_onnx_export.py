@@ -27,12 +27,15 @@ def test_the_graph_takes_uint8_pixels_with_a_dynamic_batch_in_every_precision(ex
     assert "fp32" in published(exported)
     for entry in published(exported).values():
         model = onnx.load(entry["file"])
-        (image,), (probabilities,) = model.graph.input, model.graph.output
+        (image,), (probabilities, unfamiliarity) = model.graph.input, model.graph.output
         assert image.name == "image" and image.type.tensor_type.elem_type == onnx.TensorProto.UINT8
         dims = image.type.tensor_type.shape.dim
         assert not dims[0].HasField("dim_value") and [d.dim_value for d in dims[1:]] == [64, 64, 3]
         assert probabilities.name == "probabilities"
         assert probabilities.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert unfamiliarity.name == "unfamiliarity"  # by default, in every precision (export/familiarity.py)
+        assert unfamiliarity.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+        assert unfamiliarity.type.tensor_type.shape.dim[1].dim_value == 1
 
 
 def test_every_file_carries_labels_preprocessing_provenance_and_its_precision(exported, run_dir):

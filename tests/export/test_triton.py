@@ -39,13 +39,15 @@ def test_the_config_matches_the_onnx_files_real_input_and_output(exported):
     config, model = config_of(model_dir), onnx.load(str(model_dir / "1" / "model.onnx"))
     assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
     assert config.HasField("dynamic_batching")
-    (image,), (probabilities,) = config.input, config.output
+    (image,), (probabilities, unfamiliarity) = config.input, config.output
     assert (image.name, image.data_type, list(image.dims)) == ("image", model_config_pb2.TYPE_UINT8, [64, 64, 3])
     assert image.format == model_config_pb2.ModelInput.FORMAT_NHWC
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]] == list(image.dims)
     assert (probabilities.name, probabilities.data_type, list(probabilities.dims)) == (
         "probabilities", model_config_pb2.TYPE_FP32, [4])
     assert probabilities.name == model.graph.output[0].name
+    assert (unfamiliarity.name, unfamiliarity.data_type, list(unfamiliarity.dims), unfamiliarity.label_filename) == (
+        "unfamiliarity", model_config_pb2.TYPE_FP32, [1], "")  # [batch, 1]: no reshape of a batch-only axis
 
 
 def test_labels_and_each_files_own_model_card_travel_with_the_model(exported, run_dir):
@@ -85,8 +87,8 @@ def test_a_batch_shaped_as_the_config_says_runs_on_the_repositorys_model(exporte
     config = config_of(model_dir)
     batch = np.zeros((2, *config.input[0].dims), np.uint8)
     session = ort.InferenceSession(str(model_dir / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
-    (probabilities,) = session.run([config.output[0].name], {config.input[0].name: batch})
-    assert probabilities.shape == (2, *config.output[0].dims)
+    outputs = session.run([output.name for output in config.output], {config.input[0].name: batch})
+    assert [array.shape for array in outputs] == [(2, *output.dims) for output in config.output]
 
 
 def test_writing_again_replaces_the_model_whole(exported, tmp_path):
