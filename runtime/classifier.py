@@ -111,7 +111,7 @@ class Classifier:
         """Probabilities ``[N, classes]`` for uint8 images ``[N, H, W, C]`` already preprocessed, in runs of
         ``batch_size`` — by default as many images as hold ``MAX_BATCH_PIXELS`` — since a run keeps all its
         images' activations in memory until it ends."""
-        return self._outputs([OUTPUT_NAME], images, batch_size)[0]
+        return self.outputs([OUTPUT_NAME], images, batch_size)[0]
 
     def unfamiliarity(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """``[N]``: how unlike the model's training images each image is, above 1 unlike them (see
@@ -119,10 +119,11 @@ class Classifier:
         if not self.says_unfamiliar:
             raise ModelCardError(f"{self.model_path}: exported without the unfamiliarity output (medclf export "
                                  "adds it by default since 2026-12-06)")
-        return self._outputs([FAMILIARITY_NAME], images, batch_size)[0][:, 0]
+        return self.outputs([FAMILIARITY_NAME], images, batch_size)[0][:, 0]
 
-    def _outputs(self, names: list[str], images: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
-        """The outputs ``names`` for ``images``, in runs of ``batch_size`` (see :meth:`predict`)."""
+    def outputs(self, names: list[str], images: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
+        """The outputs ``names`` (``probabilities``, and those the card lists) for ``images``, in runs of
+        ``batch_size`` (see :meth:`predict`): several outputs from one pass."""
         if batch_size is None:
             batch_size = images_per_batch(*images.shape[1:3])
         if len(images) <= batch_size:
@@ -140,7 +141,7 @@ class Classifier:
         """Probabilities ``[N, classes]`` and class activation maps ``[N, h, w, classes]``, for a model exported
         with ``medclf export --cam``; draw them with :mod:`medclf.runtime.cam`."""
         self.require_cam()
-        probabilities, maps = self._outputs([OUTPUT_NAME, CAM_NAME], images)
+        probabilities, maps = self.outputs([OUTPUT_NAME, CAM_NAME], images)
         return probabilities, maps
 
     def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32,
@@ -172,7 +173,7 @@ class Classifier:
             return
         images = np.stack([image for _, image in batch])
         names = [OUTPUT_NAME] + [CAM_NAME] * (cam_dir is not None) + [FAMILIARITY_NAME] * self.says_unfamiliar
-        outputs = dict(zip(names, self._outputs(names, images)))
+        outputs = dict(zip(names, self.outputs(names, images)))
         probabilities, maps = outputs[OUTPUT_NAME], outputs.get(CAM_NAME)
         unfamiliarity = outputs[FAMILIARITY_NAME][:, 0] if self.says_unfamiliar else [None] * len(batch)
         called = decide(probabilities, self.labels, self.card.decision)

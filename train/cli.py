@@ -161,7 +161,19 @@ def evaluate(
     _print_metrics({"evaluation": metrics})
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
         console.print(_agreement_line(fp32, model.name, metrics["accuracy"]), highlight=False)
+    if (unlike := metrics.get("unlike_training")) is not None:
+        console.print(unlike_line(unlike, model.name), highlight=False)
     console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png, calibration.png")
+
+
+def unlike_line(unlike: dict, name: str) -> str:
+    """'evaluation: model.onnx says 1 of 624 images (0.2%) are unlike its training images (about 0.5% of images
+    like them are), the farthest: ...'."""
+    line = (f"evaluation: {name} says {unlike['count']} of {unlike['images']} images ({unlike['share']:.1%}) are "
+            f"unlike its training images (of images like them, about 0.5% are)")
+    if unlike["share"] > 0.05:
+        line += "; these scores describe a mix of kinds of images, not the model on the kind it is for"
+    return line + (f"; the farthest: {', '.join(unlike['examples'])}" if unlike["examples"] else "")
 
 
 def _agreement_line(fp32: dict, name: str, accuracy: float) -> str:

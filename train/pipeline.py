@@ -31,6 +31,7 @@ from medclf.runtime.atomic import write_json, write_text
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
+from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
@@ -267,11 +268,15 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         val_x, val_y, _ = load_arrays(recorded_split(scorer.run, "val"), preprocess, cache_dir)
         decision = choose_threshold(val_y, scorer.predict(val_x), classes, target_sensitivity)
     reference = _fp32_sibling(model_path, scorer)
-    predict_all = scorer.predict if reference is None else \
-        lambda images: np.hstack([scorer.predict(images), reference.predict(images, batch_size=64)])  # one decode
+    scored = scorer.with_unfamiliarity or scorer.predict  # [probabilities | unfamiliarity], from one pass
+    predict_all = scored if reference is None else \
+        lambda images: np.hstack([scored(images), reference.predict(images, batch_size=64)])  # one decode
     labels, outputs, folder = predict_folder(read_labelled(data, classes, naming, scorer.run), preprocess,
                                              predict_all, cache_dir)
-    probabilities, reference_p = outputs[:, :len(classes)], outputs[:, len(classes):]
+    probabilities, unfamiliarity = outputs[:, :len(classes)], None
+    if scorer.with_unfamiliarity is not None:
+        unfamiliarity, outputs = outputs[:, len(classes)], np.delete(outputs, len(classes), axis=1)
+    reference_p = outputs[:, len(classes):]
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = test_extras(labels, probabilities, groups, classes, decision)
     if scorer.run is not None:  # a test set is only unseen if the model never saw its files
@@ -283,11 +288,23 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     if prevalence:
         shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
+    if unfamiliarity is not None:
+        extra["unlike_training"] = unlike_training(unfamiliarity, folder.paths)
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision) | extra
     metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name, extra) | extra
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
+
+
+def unlike_training(unfamiliarity: np.ndarray, paths: tuple[str, ...]) -> dict:
+    """How many of a scored set's images the exported file says are unlike its training images (about 0.5% of
+    images like them lie beyond its threshold), with a few of them named: a set with many is not the kind of
+    data the scores describe, or holds images that do not belong (another modality, a stain the model never
+    saw)."""
+    beyond = np.flatnonzero(unfamiliarity > 1)
+    return {"images": int(len(unfamiliarity)), "count": int(len(beyond)), "share": float(len(beyond) / len(paths)),
+            "examples": [paths[i] for i in beyond[np.argsort(-unfamiliarity[beyond])][:3]]}
 
 
 def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Classifier | None:
@@ -342,14 +359,19 @@ class _Scorer:
     predict: Callable[[np.ndarray], np.ndarray]  # uint8 images → probabilities
     run: RunDir | None  # the run directory: a Keras model's, or the one an exported file names and still matches
     precision: str = "fp32"  # an exported file's (a Keras model is the FP32 reference itself)
+    # uint8 images → [probabilities | unfamiliarity] in one pass, for a file that says how unlike its training
+    # images an image is (medclf.export.familiarity); None for others
+    with_unfamiliarity: Callable[[np.ndarray], np.ndarray] | None = None
 
     @classmethod
     def load(cls, model_path: str | os.PathLike[str]) -> "_Scorer":
         if Path(model_path).suffix == ".onnx":
             classifier = Classifier(model_path)
             card = classifier.card
+            both = (lambda x: np.hstack(classifier.outputs([OUTPUT_NAME, FAMILIARITY_NAME], x, batch_size=64))) \
+                if classifier.says_unfamiliar else None
             return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64),
-                       RunDir.of_export(card.source), card.precision)
+                       RunDir.of_export(card.source), card.precision, both)
         run = RunDir.of_model(model_path)
         model = keras.models.load_model(model_path, compile=False)
         return cls(run.labels, run.preprocess, run.decision, lambda x: predict(model, x), run)

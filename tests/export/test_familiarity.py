@@ -152,3 +152,21 @@ def test_medclf_run_marks_and_warns_once_for_images_unlike_the_training_images(e
         main(["--model", model, "--json", str(film)])
     answer = json.loads(capsys.readouterr().out)
     assert answer["unlike_training"] is True and answer["unfamiliarity"] > 1
+
+
+def test_evaluating_a_file_counts_and_names_the_images_unlike_its_training_images(exported, blood_cells,
+                                                                                    chest_xray, tmp_path):
+    """A test folder into which chest films have strayed: scored all the same, and said."""
+    from medclf.train.pipeline import evaluate_run
+
+    for cls in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"):
+        (tmp_path / cls).mkdir()
+        for path in sorted((blood_cells / "TEST" / cls).iterdir())[::60][:8]:
+            (tmp_path / cls / path.name).symlink_to(path)
+    films = sorted((chest_xray / "test" / "NORMAL").iterdir())[:3]
+    for film in films:
+        (tmp_path / "NEUTROPHIL" / film.name).symlink_to(film)
+    metrics = evaluate_run(exported[1]["precisions"]["fp32"]["file"], tmp_path, group_copies=False)
+    unlike = metrics["unlike_training"]
+    assert unlike["images"] == 35 and 3 <= unlike["count"] <= 5
+    assert set(unlike["examples"]) == {str(tmp_path / "NEUTROPHIL" / film.name) for film in films}
