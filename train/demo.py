@@ -37,7 +37,7 @@ def default_data() -> Path:
 def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | None = None) -> dict:
     console = console or Console()
     from medclf.export.pipeline import export_run, failed_files
-    from medclf.export.report import computed_lines, export_table, search_lines
+    from medclf.export.report import computed_lines, export_table, familiarity_lines, search_lines
     from medclf.export.verify import VerificationError
 
     # The preset's recipe, shortened for a demo: 10 epochs, and only blocks 13-16 fine-tuned (half the time).
@@ -54,7 +54,7 @@ def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | Non
     # Not strict: a reduced precision that fails its tolerance is reported and left unpublished; FP32 must pass.
     report = export_run(out / "run" / "model.keras", out / "exported", precisions=DEMO_PRECISIONS, strict=False)
     console.print(export_table(report))
-    for line in search_lines(report) + computed_lines(report):
+    for line in search_lines(report) + computed_lines(report) + familiarity_lines(report):
         console.print(line, highlight=False)
     for file, reasons in failed_files(report):
         console.print(f"not published: {Path(file).name}: {'; '.join(reasons)}", highlight=False)
@@ -83,6 +83,10 @@ def _score_test(model: Path, test: Path, console: Console) -> dict:
     interval = _interval(folder, predictions, np.asarray(predicted), index)
     console.print(f"test accuracy {accuracy:.3f} on {len(folder)} images{interval}; "
                   f"{len(folder) / seconds:.0f} images/s including decode ({seconds:.1f} s)")
+    if classifier.says_unfamiliar:
+        unlike = sum(p.unlike_training for p in predictions)
+        console.print(f"{unlike} of the {len(folder)} TEST images ({unlike / len(folder):.1%}) are unlike the "
+                      "training images by the model's unfamiliarity output (of held-out images like them, 0.5%)")
     console.print(f"try it: .venv/bin/medclf-run --model {model} {test}/EOSINOPHIL --top-k 2")
     return {"accuracy": accuracy, "images": len(folder), "seconds": seconds}
 

@@ -170,3 +170,26 @@ def test_evaluating_a_file_counts_and_names_the_images_unlike_its_training_image
     unlike = metrics["unlike_training"]
     assert unlike["images"] == 35 and 3 <= unlike["count"] <= 5
     assert set(unlike["examples"]) == {str(tmp_path / "NEUTROPHIL" / film.name) for film in films}
+
+
+def test_the_demo_says_how_many_test_images_are_unlike_the_training_images(exported, blood_cell_images,
+                                                                            chest_xray, tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from medclf.train.demo import _score_test
+
+    for image in blood_cell_images:
+        (tmp_path / image.parent.name).mkdir(exist_ok=True)
+        (tmp_path / image.parent.name / image.name).symlink_to(image)
+    film = sorted((chest_xray / "test" / "NORMAL").iterdir())[0]
+    (tmp_path / "NEUTROPHIL" / film.name).symlink_to(film)
+    out, model = io.StringIO(), exported[1]["precisions"]["fp32"]["file"]
+    _score_test(model, tmp_path, Console(file=out, width=300))
+    classifier = Classifier(model)
+    files = [*blood_cell_images, film]
+    flagged = int(np.sum(classifier.unfamiliarity(np.stack([load_image(f, classifier.card.preprocess)
+                                                             for f in files])) > 1))
+    assert flagged >= 1 and classifier.unfamiliarity(load_image(film, classifier.card.preprocess)[None])[0] > 1
+    assert f"{flagged} of the 9 TEST images ({flagged / 9:.1%}) are unlike the training images" in out.getvalue()
