@@ -155,11 +155,13 @@ def _counting(predictions: Iterable[Prediction], calls: Counter, unlike: list[st
 def unlike_warning(unlike: list[str], classified: int) -> str:
     """One line for the inputs the model says are unlike its training images, whose calls are guesses: a chest
     film given to a blood-cell model, a grey smear given to a colour one, another stain or exposure."""
-    which = (f"{_printable(unlike[0])} is" if len(unlike) == 1 else
-             f"{len(unlike)} of {classified} classified inputs are")
-    return (f"warning: {which} unlike the images the model was trained on ({UNLIKE_MARK} above; it lies farther "
-            f"from them than 99.5% of its held-out images): {'its call is' if len(unlike) == 1 else 'their calls are'}"
-            " a guess — check it is the kind of image the model is for")
+    if len(unlike) == 1:
+        which, calls, kind = f"{_printable(unlike[0])} is", "its call is", "it is"
+    else:
+        which, calls, kind = f"{len(unlike)} of {classified} classified inputs are", "their calls are", "they are"
+    return (f"warning: {which} unlike the images the model was trained on (farther from them than 99.5% of its "
+            f"held-out images; {UNLIKE_MARK} in the table, unlike_training in JSON): {calls} a guess — check "
+            f"{kind} the kind of image the model is for")
 
 
 def tally(calls: Counter, labels: tuple[str, ...]) -> str:
