@@ -37,7 +37,7 @@ QUANTILE = 0.995  # held-out images beyond 1: 1 in 200, by construction
 FIT_IMAGES = 1024  # training images the class means and covariances are estimated on, at most
 MIN_HELD_OUT = 64  # fewer held-out images do not place a 99.5th percentile
 MAX_DIRECTIONS = 256  # principal directions of a level's covariance kept apart; the rest share one variance
-PIXELS = "pixels"  # the level of the image itself: each channel's mean and standard deviation
+PIXELS = "pixels"  # the level of the image itself: each channel's mean
 HEAD = "probabilities"  # the level of the classifier's input (the layer it feeds)
 DESCRIPTION = ("how unlike the training images each image is [batch, 1]: above 1, farther from them (Mahalanobis "
                "distance at several depths of the network) than 99.5% of held-out images")
@@ -92,17 +92,19 @@ def feature_layers(model: keras.Model) -> list[str]:
     return [by_size[size] for size in sizes[:-1] if size <= model.input.shape[1] / 4] + [HEAD]
 
 
-def features_model(model: keras.Model, layers: list[str]) -> keras.Model:
-    """``float image → [channel means, pooled feature maps..., the classifier's input]``, one array per level."""
-    image = model.input
-    outputs = [keras.layers.GlobalAveragePooling2D(name="familiarity_pixels")(image)]
-    for name in layers:
-        layer = model.get_layer(name)
-        if name == HEAD:
-            outputs.append(layer.input)
+def features_model(model: keras.Model, levels: list[str]) -> keras.Model:
+    """``float image → one array per level``: for :data:`PIXELS` the channel means, for :data:`HEAD` the
+    classifier's input, for any other layer its pooled feature map."""
+    outputs = []
+    for name in levels:
+        if name == PIXELS:
+            outputs.append(keras.layers.GlobalAveragePooling2D(name="familiarity_pixels")(model.input))
+        elif name == HEAD:
+            outputs.append(model.get_layer(name).input)
         else:
-            outputs.append(keras.layers.GlobalAveragePooling2D(name=f"familiarity_{name}")(layer.output))
-    return keras.Model(image, outputs, name="familiarity_features")
+            pool = keras.layers.GlobalAveragePooling2D(name=f"familiarity_{name}")
+            outputs.append(pool(model.get_layer(name).output))
+    return keras.Model(model.input, outputs, name="familiarity_features")
 
 
 def unfamiliarity(features: list[tf.Tensor], levels: tuple[Level, ...], threshold: float) -> tf.Tensor:
@@ -136,21 +138,25 @@ def fit(model: keras.Model, training: np.ndarray, labels: np.ndarray | None, hel
     if len(held_out) < MIN_HELD_OUT:
         raise FamiliarityUnavailable(f"{len(held_out)} held-out images place no 99.5th percentile "
                                      f"(at least {MIN_HELD_OUT})")
-    layers = feature_layers(model)
-    extract = features_model(model, layers)
+    names = [PIXELS, *feature_layers(model)]
+    extract = features_model(model, names)
     fitted, held = _features(extract, training, batch), _features(extract, held_out, batch)
     classes = np.zeros(len(training), int) if labels is None else labels
     levels = []
-    for name, train_f, held_f in zip([PIXELS, *layers], fitted, held):
+    kept_features = []
+    for name, train_f, held_f in zip(names, fitted, held):
         level = _level(name, train_f.astype(np.float64), classes)
-        distances = _nearest_distance(held_f, level).numpy()[:, 0]
-        levels.append(dataclasses.replace(level, scale=float(np.quantile(distances, QUANTILE))))
+        scale = float(np.quantile(_nearest_distance(held_f, level).numpy()[:, 0], QUANTILE))
+        if scale > 0:  # a level whose features never vary (a dead layer) tells nothing apart
+            levels.append(dataclasses.replace(level, scale=scale))
+            kept_features.append(held_f)
     levels = tuple(levels)
-    threshold = float(np.quantile(unfamiliarity(held, levels, 1.0).numpy()[:, 0], QUANTILE))
+    threshold = float(np.quantile(unfamiliarity(kept_features, levels, 1.0).numpy()[:, 0], QUANTILE))
     return Familiarity(levels, threshold, {
         "method": "Mahalanobis distance to the nearest class mean, shared Ledoit-Wolf covariance, at each level "
                   "over its 99.5th percentile on held-out images; the largest, over its own 99.5th percentile",
-        "levels": [PIXELS, *layers], "fitted_on_images": len(training), "threshold_on_images": len(held_out),
+        "levels": [level.layer for level in levels], "fitted_on_images": len(training),
+        "threshold_on_images": len(held_out),
         "quantile": QUANTILE})
 
 

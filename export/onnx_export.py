@@ -41,7 +41,7 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
     spec = tf.TensorSpec((None, *card.preprocess.shape), tf.uint8, name=INPUT_NAME)
     outputs = [model.output] + ([_feature_map(model)] if cam else [])
     if familiarity is not None:
-        outputs += features_model(model, [level.layer for level in familiarity.levels[1:]]).outputs
+        outputs += features_model(model, [level.layer for level in familiarity.levels]).outputs
     graph = keras.Model(model.input, outputs)
 
     @tf.function(input_signature=[spec])

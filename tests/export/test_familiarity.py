@@ -75,7 +75,7 @@ def test_the_file_computes_what_the_fit_computed(run_dir, exported, blood_cells)
     card = model_card(run_dir / "model.keras")
     training, held_out = images_of(blood_cells / "TRAIN", card, 64), images_of(blood_cells / "TEST", card, 64)
     fitted = fit(model, training, None, held_out)
-    features = features_model(model, [level.layer for level in fitted.levels[1:]]).predict(
+    features = features_model(model, [level.layer for level in fitted.levels]).predict(
         held_out.astype(np.float32), verbose=0)
     expected = unfamiliarity(features, fitted.levels, fitted.threshold).numpy()[:, 0]
     assert np.mean(expected > 1) == pytest.approx(0.5 / 100, abs=1 / 64)  # its own threshold's images
