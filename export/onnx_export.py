@@ -58,7 +58,8 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
         return tuple(named) if len(named) > 1 else named[0]
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=[spec], opset=opset)
-    _rename_io(proto, [OUTPUT_NAME] + [CAM_NAME] * cam + [FAMILIARITY_NAME] * (familiarity is not None))
+    extra = ([CAM_NAME] if cam else []) + ([FAMILIARITY_NAME] if familiarity is not None else [])
+    _rename_io(proto, [OUTPUT_NAME, *extra])  # in the order serve returns them
     _exact_resize_scales(proto)
     onnx.helper.set_model_props(proto, card.to_metadata())
     proto.producer_name = "medclf"

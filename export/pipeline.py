@@ -24,7 +24,6 @@ from scipy.stats import binom
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
-from medclf.runtime.classifier import Classifier
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
@@ -39,7 +38,7 @@ from .simplify import simplify
 from .speed import speed, speeds
 from .triton import write_model
 from .verify import (TOLERANCES, Calls, Comparison, VerificationError, compare, expected_flips,
-                     keras_probabilities, onnx_probabilities)
+                     keras_probabilities, onnx_probabilities, onnx_served)
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Verification images, at most: FP16's tolerance (99.9% agreement) is "no flip at all" on fewer than 1,000,
@@ -217,15 +216,20 @@ def _from_another_model(path: Path, card: ModelCard) -> bool:
 
 
 def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
-    """The comparison with Keras, the file's size, and its CPU speed (measured even for a file that fails: what
-    a precision would have bought is part of the decision)."""
-    comparison = held_out.compare(_probabilities(candidate, held_out.images, precision), precision)
-    entry = {"size_bytes": candidate.stat().st_size, **comparison.to_dict()}
-    if precision == "fp16":  # judged as a GPU computes it; how this CPU serves it, for the record
-        on_cpu = held_out.compare(onnx_probabilities(str(candidate), held_out.images), precision)
+    """The comparison with Keras, the file's size, the share of held-out images it calls unlike the training
+    images (where it says), and its CPU speed (measured even for a file that fails: what a precision would have
+    bought is part of the decision). One pass as onnxruntime serves the file here gives its probabilities and
+    unfamiliarity; FP16 is judged on a second, with float16 activations, as a GPU computes it."""
+    served, unfamiliarity = onnx_served(str(candidate), held_out.images)
+    judged = served if precision != "fp16" else _probabilities(candidate, held_out.images, precision)
+    entry = {"size_bytes": candidate.stat().st_size, **held_out.compare(judged, precision).to_dict()}
+    if precision == "fp16":  # how this CPU serves it, for the record
+        on_cpu = held_out.compare(served, precision)
         entry |= {"computed_as": FLOAT16_ACTIVATIONS,
                   "on_this_cpu": {"agreement": on_cpu.agreement, "max_abs_diff": on_cpu.max_abs_diff}}
-    return entry | _unlike_training(candidate, held_out.images) | speed(candidate, held_out.images)
+    if unfamiliarity is not None:  # FP32 about 0.5% by construction; FP16 and INT8 move the features under it
+        entry["unlike_training"] = float(np.mean(unfamiliarity > 1))
+    return entry | speed(candidate, held_out.images)
 
 
 def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | os.PathLike[str] | None,
@@ -241,15 +245,6 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
     except FamiliarityUnavailable as exc:
         return None, {"added": False, "why": str(exc)}
     return fitted, {"added": True, **fitted.record, "threshold_on": described}
-
-
-def _unlike_training(candidate: Path, images: np.ndarray) -> dict:
-    """The share of held-out ``images`` the file says are unlike the training images (by construction about
-    0.5% for FP32), where it has that output: FP16 and INT8 move the features it is measured on."""
-    classifier = Classifier(candidate)
-    if FAMILIARITY_NAME not in classifier.card.outputs:
-        return {}
-    return {"unlike_training": float(np.mean(classifier.unfamiliarity(images) > 1))}
 
 
 def _probabilities(candidate: Path, images: np.ndarray, precision: str) -> np.ndarray:

@@ -172,7 +172,8 @@ class Classifier:
         if not batch:
             return
         images = np.stack([image for _, image in batch])
-        names = [OUTPUT_NAME] + [CAM_NAME] * (cam_dir is not None) + [FAMILIARITY_NAME] * self.says_unfamiliar
+        names = [OUTPUT_NAME] + ([CAM_NAME] if cam_dir is not None else []) + \
+            ([FAMILIARITY_NAME] if self.says_unfamiliar else [])
         outputs = dict(zip(names, self.outputs(names, images)))
         probabilities, maps = outputs[OUTPUT_NAME], outputs.get(CAM_NAME)
         unfamiliarity = outputs[FAMILIARITY_NAME][:, 0] if self.says_unfamiliar else [None] * len(batch)

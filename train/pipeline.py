@@ -273,10 +273,9 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         lambda images: np.hstack([scored(images), reference.predict(images, batch_size=64)])  # one decode
     labels, outputs, folder = predict_folder(read_labelled(data, classes, naming, scorer.run), preprocess,
                                              predict_all, cache_dir)
-    probabilities, unfamiliarity = outputs[:, :len(classes)], None
-    if scorer.with_unfamiliarity is not None:
-        unfamiliarity, outputs = outputs[:, len(classes)], np.delete(outputs, len(classes), axis=1)
-    reference_p = outputs[:, len(classes):]
+    says_unfamiliar = scorer.with_unfamiliarity is not None
+    probabilities, unfamiliarity, reference_p = np.split(outputs, [len(classes), len(classes) + says_unfamiliar],
+                                                         axis=1)
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = test_extras(labels, probabilities, groups, classes, decision)
     if scorer.run is not None:  # a test set is only unseen if the model never saw its files
@@ -288,8 +287,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     if prevalence:
         shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
-    if unfamiliarity is not None:
-        extra["unlike_training"] = unlike_training(unfamiliarity, folder.paths)
+    if says_unfamiliar:
+        extra["unlike_training"] = unlike_training(unfamiliarity[:, 0], folder.paths)
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision) | extra
     metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name, extra) | extra
@@ -303,7 +302,7 @@ def unlike_training(unfamiliarity: np.ndarray, paths: tuple[str, ...]) -> dict:
     data the scores describe, or holds images that do not belong (another modality, a stain the model never
     saw)."""
     beyond = np.flatnonzero(unfamiliarity > 1)
-    return {"images": int(len(unfamiliarity)), "count": int(len(beyond)), "share": float(len(beyond) / len(paths)),
+    return {"images": len(paths), "count": len(beyond), "share": len(beyond) / len(paths),
             "examples": [paths[i] for i in beyond[np.argsort(-unfamiliarity[beyond])][:3]]}
 
 

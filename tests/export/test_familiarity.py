@@ -9,6 +9,7 @@ import cv2
 import keras
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from sklearn.covariance import LedoitWolf
 
@@ -79,7 +80,6 @@ def test_the_file_computes_what_the_fit_computed(run_dir, exported, blood_cells)
         held_out.astype(np.float32), verbose=0)
     expected = unfamiliarity(features, fitted.levels, fitted.threshold).numpy()[:, 0]
     assert np.mean(expected > 1) == pytest.approx(0.5 / 100, abs=1 / 64)  # its own threshold's images
-    import onnxruntime as ort
     session = ort.InferenceSession(convert(model, card, familiarity=fitted).SerializeToString(),
                                    providers=["CPUExecutionProvider"])
     (served,) = session.run(["unfamiliarity"], {"image": held_out})
