@@ -15,11 +15,12 @@ speed-up depends on the CPU's int8 dot-product instructions (VNNI), so that rati
 CPU, read from the results' machine_info; its two sides are timed call by call in turn by one benchmark (each
 side's fastest call, from its extra_info), so a slow spell of the machine falls on both. It times the packaged
 INT8 file, which passed verification: since
-2026-12-06 the one with 3 leading convolutions float (99.0% on 1,024 held-out cells, 99.3% on TEST), 1.82-2.19x
-FP32 on an AVX-512 VNNI EPYC in three runs here, 2.23x in a clean-clone CI run (baseline 1.8); the 12-float
-file before it 1.26-1.59x, the 9-float one before that 1.40-1.59x. The quantize-everything file timed before
-them ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the verified file has no baseline yet (`--update`
-there rewrites the baselines from that run).
+2026-12-06's second export the one with 5 leading convolutions float and the float unfamiliarity output (99.6%
+on 1,024 held-out cells, 99.4% on TEST), 1.41-1.56x FP32 on an AVX-512 VNNI EPYC in four runs here (baseline
+1.4; the output costs INT8 proportionally more: its feature maps are dequantized and transposed for it); the
+3-float file of the model before it 1.82-2.19x, its 12-float file 1.26-1.59x, the 9-float one 1.40-1.59x.
+The quantize-everything file timed before them ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the
+verified file has no baseline yet (`--update` there rewrites the baselines from that run).
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ def test_json_gives_one_object_per_input_with_the_contract_keys(blood_cell_image
     assert [line["path"] for line in lines] == list(map(str, blood_cell_images))
     labels = set(Classifier().labels)
     for line in lines:
-        assert set(line) == {"path", "label", "probability", "top_k"}
+        # the contract's keys, and the packaged model's unfamiliarity output (a smear: like its training images)
+        assert set(line) == {"path", "label", "probability", "top_k", "unfamiliarity", "unlike_training"}
+        assert line["unfamiliarity"] >= 0.0 and line["unlike_training"] == (line["unfamiliarity"] > 1)
         assert line["label"] in labels and 0.0 <= line["probability"] <= 1.0
         assert len(line["top_k"]) == 3 and line["top_k"][0] == [line["label"], line["probability"]]
         assert [p for _, p in line["top_k"]] == sorted((p for _, p in line["top_k"]), reverse=True)
@@ -276,8 +278,10 @@ def test_each_damaged_file_costs_one_line_on_stderr_whatever_its_decoder_says(tm
     Image.fromarray(np.arange(-2000, 2000, dtype=np.int32).reshape(40, 100)).save(wide)
     done = run("--backend", "cpu", str(cut), str(wide), str(blood_cell_images[0]))
     assert done.returncode == 1
-    assert done.stderr.splitlines()[:-1] == [f"error {cut}: damaged or cut-short TIFF (cannot be decoded)"]
-    assert done.stderr.splitlines()[-1].startswith("2 of 3 inputs classified: ")  # and the tally, last
+    error, tally, warning = done.stderr.splitlines()  # the error, the tally, and the grey ramp called unlike
+    assert error == f"error {cut}: damaged or cut-short TIFF (cannot be decoded)"
+    assert tally.startswith("2 of 3 inputs classified: ")
+    assert warning.startswith(f"warning: {wide} is unlike the images the model was trained on")
     assert [line.split()[0] for line in done.stdout.splitlines()[1:]] == [str(wide), str(blood_cell_images[0])]
 
 
