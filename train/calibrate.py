@@ -19,6 +19,13 @@ patient's sub-folder or an image's augmented copies on one side. Images counted 
 photos that are copies of 25 cells are 25 images. Measured on the chest preset's model, its test hospital
 standing in for the site (624 films, 427 patients): log loss 0.315 → 0.218 and calibration error 0.047 →
 0.033 against a temperature alone, on the same halves.
+
+A model exported with the ``unfamiliarity`` output (``medclf.export.familiarity``) is also asked how unlike its
+training images the site's are: the share beyond 1 is reported (a site whose images are often beyond it is
+outside what the model was made for, or images there look otherwise: another scanner, stain or exposure). If
+the site says its images are the kind the model is for (``--familiarity-from-site``), the copy's unfamiliarity
+is set again on them, depth by depth, so that they lie beyond 1 as often as the training site's held-out images
+did (1 in 200): warnings then mean "unlike this site's images" (:mod:`.site_familiarity`).
 """
 
 from __future__ import annotations
@@ -41,11 +48,12 @@ from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
 from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
 
-from .data import Labeller, predict_folder
+from .data import ImageFolder, Labeller, predict_folder
 from .groups import split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
 from .plots import plot_reliability
+from .site_familiarity import SiteFamiliarity, site_familiarity, site_outputs, with_site_weights
 from .splits import read_labelled
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
@@ -67,13 +75,15 @@ class SiteCalibration:
     estimate: dict | None  # fitted on half the images, scored on the other half: mean and std
     images: int
     prevalence: dict[str, dict[str, float]] | None = None  # "stated" and "images" shares per class, if stated
+    familiarity: SiteFamiliarity | None = None  # a model with the unfamiliarity output only
 
     def record(self, data: str) -> dict:
         """JSON-ready summary, stored in the calibrated model's card (``metrics.site``) and printed."""
         decision = {"threshold": self.decision.threshold, "rule": self.decision.rule} if self.decision else {}
         stated = {"prevalence": self.prevalence} if self.prevalence else {}
+        familiarity = {"familiarity": self.familiarity.record()} if self.familiarity else {}
         return {"data": data, "images": self.images, "temperature": self.temperature, "bias": self.bias, **decision,
-                **stated, "before": self.before, "estimate": self.estimate}
+                **stated, **familiarity, "before": self.before, "estimate": self.estimate}
 
 
 def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[str],
@@ -81,7 +91,8 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                    group_pattern: str | None = None, group_copies: bool | None = None,
                    cache_dir: str | os.PathLike[str] | None = None,
                    picture: str | os.PathLike[str] | None = None, class_bias: bool = True,
-                   prevalence: dict[str, float] | None = None) -> SiteCalibration:
+                   prevalence: dict[str, float] | None = None, familiarity_from_site: bool = False
+                   ) -> SiteCalibration:
     """Fit an ONNX model's temperature and class bias, and a binary one's threshold, on a site's labelled
     folder-per-class ``data``. Files of one patient (``group_pattern``) or copies of one image (``group_copies``;
     None: looked for, as training does) count as one image and stay on one side of the estimate's halves. With
@@ -91,9 +102,15 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     The class bias takes the site's prevalence from the proportions its labelled images come in: right for a
     consecutive series of cases, wrong for a collection assembled to hold so many of each class. For those,
     ``prevalence`` states the site's share of some or all classes (see :func:`stated_shares`), or without
-    ``class_bias`` only the temperature is fitted (a balanced-looking site is warned about)."""
+    ``class_bias`` only the temperature is fitted (a balanced-looking site is warned about).
+
+    A model with the unfamiliarity output is asked how unlike its training images the site's are
+    (:func:`site_familiarity`); ``familiarity_from_site`` takes them as the reference instead."""
     classifier = Classifier(model_path)
     card = classifier.card
+    if familiarity_from_site and not classifier.says_unfamiliar:
+        raise ValueError(f"{model_path}: exported without the unfamiliarity output, so there is no familiarity to "
+                         "take from the site (medclf export adds it by default since 2026-12-06)")
     if target_sensitivity is not None and len(card.labels) != 2:
         raise ValueError(f"{model_path}: a target sensitivity is for binary models; this one has "
                          f"{len(card.labels)} classes and calls the most probable")
@@ -108,8 +125,8 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                     "prevalence; if cases do not come in these proportions there, state it (--prevalence) or "
                     "fit the temperature alone (--no-class-bias)", data, counts.min(), counts.max())
     fit = _fit_for(class_bias, shares)
-    labels, probabilities, folder = predict_folder(site, card.preprocess, partial(classifier.predict, batch_size=64),
-                                                   cache_dir)
+    labels, probabilities, levels, folder = _site_outputs(classifier, site, cache_dir)
+    familiarity = None if levels is None else site_familiarity(levels, card, familiarity_from_site, data)
     groups = split_groups(folder, group_pattern, group_copies, naming)
     if groups is not None:
         _enough(_sources(labels, groups, len(card.labels)), card.labels, data, grouped=True)
@@ -124,7 +141,19 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     return SiteCalibration(temperature=temperature, decision=decision, images=len(labels),
                            bias=None if bias is None else dict(zip(card.labels, map(float, bias))),
                            before=_site_summary(labels, probabilities, card.labels, card.decision, shares),
-                           estimate=estimate, prevalence=_prevalence_record(shares, counts, card.labels))
+                           estimate=estimate, prevalence=_prevalence_record(shares, counts, card.labels),
+                           familiarity=familiarity)
+
+
+def _site_outputs(classifier: Classifier, site: ImageFolder, cache_dir: str | os.PathLike[str] | None
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ImageFolder]:
+    """Labels and probabilities of every readable site image, each image's per-depth unfamiliarity ratios from
+    the same pass where the file has the output (else None), and the images kept."""
+    score = site_outputs(classifier.model_path) if classifier.says_unfamiliar else \
+        partial(classifier.predict, batch_size=64)
+    labels, scores, folder = predict_folder(site, classifier.card.preprocess, score, cache_dir)
+    probabilities, levels = np.split(scores, [len(classifier.labels)], axis=1)
+    return labels, probabilities, levels if classifier.says_unfamiliar else None, folder
 
 
 def _fit_for(class_bias: bool, shares: np.ndarray | None) -> Fit:
@@ -240,9 +269,9 @@ def _site_summary(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[
 
 def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[str], site: SiteCalibration,
                      record: dict) -> None:
-    """A copy of the ONNX file that answers with the ``site``'s scaling and threshold, its card carrying the
-    site's record (``metrics.site``); written atomically, never over the original (which keeps the training
-    site's calibration)."""
+    """A copy of the ONNX file that answers with the ``site``'s scaling and threshold (and unfamiliarity, if the
+    site took its images as the reference), its card carrying the site's record (``metrics.site``); written
+    atomically, never over the original (which keeps the training site's calibration)."""
     if Path(out).resolve() == Path(model_path).resolve():
         raise ValueError(f"{out}: the calibrated model must be a new file; the original keeps its calibration")
     proto = onnx.load(str(model_path))
@@ -251,6 +280,8 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
     card = replace(card, decision=site.decision or card.decision, metrics=card.metrics | {"site": record})
     if site.temperature is not None:
         proto = with_scaling(proto, site.temperature, np.array(list(site.bias.values())))
+    if site.familiarity is not None and site.familiarity.weights is not None:
+        proto = with_site_weights(proto, site.familiarity.weights)
     onnx.helper.set_model_props(proto, metadata | card.to_metadata())
     with atomic_write(out, "wb") as handle:
         handle.write(proto.SerializeToString())

@@ -7,7 +7,7 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich import box
@@ -22,6 +22,9 @@ from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, 
                       held_out_data, label_source, parse_float_counts, parse_precisions, parse_profile, parse_shares,
                       recipe_of, recipes_of, writable_file, writable_folder)
 from .quiet_tensorflow import import_tensorflow
+
+if TYPE_CHECKING:
+    from .site_familiarity import SiteFamiliarity
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
@@ -221,6 +224,7 @@ def calibrate(
     group_copies: GroupCopies = None,
     class_bias: Annotated[bool, typer.Option("--class-bias/--no-class-bias", help="Fit a bias per class: the site's prevalence, taken from the proportions DATA holds. Off (temperature alone) when DATA was collected to hold so many of each class rather than as cases come and the site's prevalence is not known (else --prevalence).")] = True,
     prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="The site's prevalence when DATA was collected in other proportions, e.g. PNEUMONIA=0.1 or PNEUMONIA=10% (repeat or comma-separate for more classes; the rest share what is left as DATA holds them): the bias and every reported accuracy, calibration error and log loss are taken to it.")] = None,
+    familiarity_from_site: Annotated[bool, typer.Option("--familiarity-from-site", help="DATA's images are the kind the model is for here: rescale the copy's unfamiliarity so that they lie beyond 1 as rarely as the training site's held-out images did (1 in 200), e.g. for another scanner or stain. Needs 64 images and a model exported with the unfamiliarity output.")] = False,
 ) -> None:
     """Fit a model's temperature and a bias per class (the site's own prevalence), and a binary model's decision
     threshold, on a site's own labelled images and write them into a copy of the ONNX file, so medclf-run answers
@@ -238,7 +242,8 @@ def calibrate(
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity,
                                                 label_source(data, name_labels, labels, leaf_folders, top_folders),
                                                 group_pattern, group_copies, picture=picture,
-                                                class_bias=class_bias, prevalence=shares))
+                                                class_bias=class_bias, prevalence=shares,
+                                                familiarity_from_site=familiarity_from_site))
     record = site.record(data.resolve().name)
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
@@ -247,6 +252,8 @@ def calibrate(
         console.print(f"at the stated prevalence ({stated}; the site images hold {held}), each image weighted "
                       "by the ratio:")
     console.print(f"as the model stands, {site.images} site images: {_site_metrics(site.before)}")
+    if site.familiarity is not None:
+        console.print(familiarity_line(site.familiarity))
     scaling = [f"temperature {site.temperature:.3g}, bias "
                + " ".join(f"{name} {value:+.2f}" for name, value in site.bias.items())] if site.bias else []
     new = ", ".join((scaling or ["no temperature or bias (the site's images cannot tell them)"])
@@ -264,6 +271,21 @@ def calibrate(
     written = [out, out.with_suffix(".json")] + ([picture] if site.estimate is not None else [])
     console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
                   + (" (reliability before and after)" if site.estimate is not None else ""))
+
+
+def familiarity_line(familiarity: SiteFamiliarity) -> str:
+    """'unfamiliarity: 394 of 498 site images (79.1%) lie beyond 1, unlike the training images (...)' and, if
+    the site took its images as the reference, that; else, where many are beyond, the option that would."""
+    line = (f"unfamiliarity: {familiarity.beyond} of {familiarity.images} site images "
+            f"({familiarity.beyond / familiarity.images:.1%}) lie beyond 1, unlike the training images (of the "
+            f"training site's held-out images, {1 - familiarity.quantile:.1%})")
+    if familiarity.weights is not None:
+        return line + ("; the copy's is set again on these images, depth by depth, so that they lie beyond 1 as "
+                       "rarely: its warnings mean unlike this site's images")
+    if familiarity.beyond > 0.05 * familiarity.images:
+        line += ("; the model will warn on these images — if they are the kind it is for here (another scanner, "
+                 "stain or exposure), --familiarity-from-site takes them as the reference")
+    return line
 
 
 def _percentages(shares: dict[str, float]) -> str:

@@ -1,0 +1,105 @@
+"""How unlike a model's training images a site's images are, and a copy of the model whose unfamiliarity takes the
+site's images as the reference (``medclf calibrate --familiarity-from-site``).
+
+An exported file's ``unfamiliarity`` is the largest of several ratios, one per depth of the network: each
+depth's distance from the training images over its 99.5th percentile on held-out images, the largest over its
+own (``medclf.export.familiarity``). A site whose images look otherwise (another scanner, stain or exposure)
+can be beyond 1 on most of them. Rescaling the output alone to bring them back under 1 also brings back what
+the model must still refuse: on the packaged blood model with a site's smears 30% brighter (79% of 498 beyond
+1), one factor (0.24) let 75% of chest films through. The shallow depths, which see the brightness, are the
+ones to relax; the deep ones, which see that a film is not a cell, hardly move. So each depth is set again at
+the site, then the largest: chest films stay 100% flagged, cataract photos 98%, the site's other smears 1.2%
+(0.5% by construction on the images set on), plain smears 0.4%. Smears 40% darker (all 498 beyond 1): 0.4%
+after, chest films and cataract photos 100%. The graph is changed where the ratios meet — a ``Mul`` by one weight per depth before the ``ReduceMax``
+that gives the output — so it works on a file of any precision, and on one set at a site before.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+import onnxruntime
+
+from medclf.runtime.modelcard import FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
+
+MIN_IMAGES = 64  # site images that place a 99.5th percentile, as export needs held-out ones
+QUANTILE = 0.995  # where export set the threshold, for files whose card does not say
+
+
+class NotLevelled(ValueError):
+    """The file's unfamiliarity is not the largest of per-depth ratios (not exported by medclf)."""
+
+
+@dataclass(frozen=True)
+class SiteFamiliarity:
+    """How many of the site's images lie beyond 1, and — if the site takes its images as the reference — the
+    weight the copy gives each depth's ratio (the depth's and the largest's 99.5th percentiles at the site)."""
+
+    images: int
+    beyond: int  # site images beyond 1, as the model stands
+    quantile: float  # where the threshold is set: 0.995, 1 image in 200 beyond
+    weights: tuple[float, ...] | None = None  # None: the copy keeps the training site's
+
+    def record(self) -> dict:
+        return {"images": self.images, "beyond": self.beyond, "share": self.beyond / self.images,
+                "quantile": self.quantile, "weights": None if self.weights is None else list(self.weights)}
+
+
+def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
+                     data: str | os.PathLike[str]) -> SiteFamiliarity:
+    """``levels``: each site image's per-depth ratios ``[N, depths]`` as the file computes them (its
+    unfamiliarity is their largest). With ``from_site``, the weights that put each depth, then the largest,
+    at its 99.5th percentile over these images."""
+    quantile = card.metrics.get("familiarity", {}).get("quantile", QUANTILE)
+    beyond = int(np.sum(levels.max(axis=1) > 1))
+    if not from_site:
+        return SiteFamiliarity(len(levels), beyond, quantile)
+    if len(levels) < MIN_IMAGES:
+        raise ValueError(f"{data}: {len(levels)} images; taking a site's images as what the model is familiar with "
+                         f"needs at least {MIN_IMAGES}")
+    depth = np.quantile(levels, quantile, axis=0)
+    depth = np.where(depth > 0, depth, 1.0)  # a depth that never moves here keeps its training-site scale
+    largest = float(np.quantile((levels / depth).max(axis=1), quantile))
+    return SiteFamiliarity(len(levels), beyond, quantile, tuple(float(w) for w in 1 / (depth * largest)))
+
+
+def levels_tensor(model: onnx.ModelProto) -> str:
+    """The name of the ``[batch, depths]`` tensor whose largest entry is the model's unfamiliarity."""
+    producer = next((node for node in model.graph.node if FAMILIARITY_NAME in node.output), None)
+    if producer is None or producer.op_type != "ReduceMax":
+        raise NotLevelled(f"{FAMILIARITY_NAME} is not the largest of per-depth ratios in this file: export it again "
+                          "with medclf")
+    return producer.input[0]
+
+
+def site_outputs(model_path: str | os.PathLike[str]):
+    """``images → [probabilities | per-depth ratios]``: the file with its ratios as an output too, on the CPU."""
+    model = onnx.load(str(model_path))
+    levels = levels_tensor(model)
+    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(levels))
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def run(images: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        return np.concatenate([np.hstack(session.run([OUTPUT_NAME, levels], {INPUT_NAME: images[i:i + batch_size]}))
+                               for i in range(0, len(images), batch_size)])
+    return run
+
+
+def with_site_weights(model: onnx.ModelProto, weights: tuple[float, ...]) -> onnx.ModelProto:
+    """A copy of ``model`` whose per-depth ratios are multiplied by ``weights`` before their largest is taken."""
+    levels = levels_tensor(model)
+    prefix = f"medclf_site{len(model.graph.node)}_"
+    weighted = onnx.ModelProto()
+    weighted.CopyFrom(model)
+    nodes = weighted.graph.node
+    at = next(i for i, node in enumerate(nodes) if FAMILIARITY_NAME in node.output)
+    nodes[at].input[0] = prefix + "weighted_levels"
+    nodes.insert(at, onnx.helper.make_node("Mul", [levels, prefix + "weights"], [prefix + "weighted_levels"]))
+    weighted.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray([weights], np.float32),
+                                                                   prefix + "weights"))
+    onnx.checker.check_model(weighted)
+    return weighted
