@@ -44,7 +44,7 @@ DESCRIPTION = ("how unlike the training images each image is [batch, 1]: above 1
 
 
 class FamiliarityUnavailable(ValueError):
-    """The model has no single dense head whose input the features can be read from (an ensemble)."""
+    """The model has no dense head whose input the features can be read from, or too few held-out images."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +74,22 @@ class Familiarity:
     record: dict
 
 
+def level_names(model: keras.Model) -> list[str]:
+    """The levels read: the image's channel means (:data:`PIXELS`), then the model's :func:`feature_layers` — for
+    an ensemble (``medclf ensemble``: whole models averaged), each member's, named ``<member>/<layer>``."""
+    parts = members(model)
+    if not parts:
+        return [PIXELS, *feature_layers(model)]
+    return [PIXELS] + [f"{member.name}/{layer}" for member in parts for layer in feature_layers(member)]
+
+
+def members(model: keras.Model) -> list[keras.Model]:
+    """The models an ensemble nests whole and averages into ``probabilities``; [] for any other model."""
+    head = next((layer for layer in model.layers if layer.name == HEAD), None)
+    return [layer for layer in model.layers if isinstance(layer, keras.Model)] \
+        if isinstance(head, keras.layers.Average) else []
+
+
 def feature_layers(model: keras.Model) -> list[str]:
     """The layers whose pooled outputs are read: the last feature map at each spatial size of the network from
     a quarter of the image's side down (larger maps cost the most to pool and told least apart), except the
@@ -81,8 +97,7 @@ def feature_layers(model: keras.Model) -> list[str]:
     :class:`FamiliarityUnavailable` without one dense head."""
     head = next((layer for layer in model.layers if layer.name == HEAD), None)
     if not isinstance(head, keras.layers.Dense):
-        raise FamiliarityUnavailable(f"model {model.name} has no dense head named {HEAD!r} to read features from "
-                                     "(an ensemble averages several models)")
+        raise FamiliarityUnavailable(f"model {model.name} has no dense head named {HEAD!r} to read features from")
     by_size: dict[int, str] = {}
     for layer in model.layers:
         shape = layer.output.shape
@@ -92,9 +107,28 @@ def feature_layers(model: keras.Model) -> list[str]:
     return [by_size[size] for size in sizes[:-1] if size <= model.input.shape[1] / 4] + [HEAD]
 
 
-def features_model(model: keras.Model, levels: list[str]) -> keras.Model:
-    """``float image → one array per level``: for :data:`PIXELS` the channel means, for :data:`HEAD` the
-    classifier's input, for any other layer its pooled feature map."""
+def with_features(model: keras.Model, levels: list[str]) -> keras.Model:
+    """``float image → [probabilities, one array per level]``, each network run once. For :data:`PIXELS` the
+    channel means, for :data:`HEAD` the classifier's input, for any other layer its pooled feature map; an
+    ensemble's members are called as its graph calls them (one smaller than the image on it resized, bilinear)
+    and their probabilities averaged, so the file's probabilities are the ensemble's."""
+    parts = members(model)
+    if not parts:
+        return keras.Model(model.input, [model.output, *_feature_tensors(model, levels)])
+    image = keras.Input(model.input.shape[1:], name="image")
+    probabilities, features = [], {PIXELS: keras.layers.GlobalAveragePooling2D(name="familiarity_pixels")(image)}
+    for member in parts:
+        own = [name.split("/", 1)[1] for name in levels if name.startswith(f"{member.name}/")]
+        size = tuple(member.input.shape[1:3])
+        view = image if size == tuple(image.shape[1:3]) else keras.layers.Resizing(*size)(image)
+        member_probabilities, *member_features = tf.nest.flatten(with_features(member, own)(view))
+        probabilities.append(member_probabilities)
+        features |= {f"{member.name}/{name}": tensor for name, tensor in zip(own, member_features)}
+    averaged = keras.layers.Average(name=HEAD)(probabilities)
+    return keras.Model(image, [averaged, *(features[name] for name in levels)], name=f"{model.name}_features")
+
+
+def _feature_tensors(model: keras.Model, levels: list[str]) -> list[keras.KerasTensor]:
     outputs = []
     for name in levels:
         if name == PIXELS:
@@ -104,7 +138,7 @@ def features_model(model: keras.Model, levels: list[str]) -> keras.Model:
         else:
             pool = keras.layers.GlobalAveragePooling2D(name=f"familiarity_{name}")
             outputs.append(pool(model.get_layer(name).output))
-    return keras.Model(model.input, outputs, name="familiarity_features")
+    return outputs
 
 
 def unfamiliarity(features: list[tf.Tensor], levels: tuple[Level, ...], threshold: float) -> tf.Tensor:
@@ -138,9 +172,9 @@ def fit(model: keras.Model, training: np.ndarray, labels: np.ndarray | None, hel
     if len(held_out) < MIN_HELD_OUT:
         raise FamiliarityUnavailable(f"{len(held_out)} held-out images place no 99.5th percentile "
                                      f"(at least {MIN_HELD_OUT})")
-    names = [PIXELS, *feature_layers(model)]
-    extract = features_model(model, names)
-    fitted, held = _features(extract, training, batch), _features(extract, held_out, batch)
+    names = level_names(model)
+    extract = with_features(model, names)
+    fitted, held = _features(extract, training, batch)[1:], _features(extract, held_out, batch)[1:]
     classes = np.zeros(len(training), int) if labels is None else labels
     levels = []
     kept_features = []

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 import medclf
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
 
-from .familiarity import Familiarity, features_model, unfamiliarity
+from .familiarity import Familiarity, unfamiliarity, with_features
 
 OPSET = 17
 
@@ -39,10 +39,10 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
     ``familiarity``, an output ``unfamiliarity`` (see :mod:`.familiarity`). One Keras graph gives them all: the
     backbone runs once."""
     spec = tf.TensorSpec((None, *card.preprocess.shape), tf.uint8, name=INPUT_NAME)
-    outputs = [model.output] + ([_feature_map(model)] if cam else [])
-    if familiarity is not None:
-        outputs += features_model(model, [level.layer for level in familiarity.levels]).outputs
-    graph = keras.Model(model.input, outputs)
+    levels = [level.layer for level in familiarity.levels] if familiarity is not None else []
+    graph = with_features(model, levels) if levels else keras.Model(model.input, [model.output])
+    if cam:
+        graph = keras.Model(graph.input, [*graph.outputs, _feature_map(model)])
 
     @tf.function(input_signature=[spec])
     def serve(image: tf.Tensor):
@@ -50,7 +50,7 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
         named = [tf.identity(probabilities, name=OUTPUT_NAME)]
         if cam:
             head = model.get_layer("probabilities")
-            maps = tf.einsum("nhwk,kc->nhwc", rest.pop(0), head.kernel) + head.bias
+            maps = tf.einsum("nhwk,kc->nhwc", rest.pop(), head.kernel) + head.bias
             named.append(tf.identity(maps, name=CAM_NAME))
         if familiarity is not None:
             score = unfamiliarity(rest, familiarity.levels, familiarity.threshold)  # [batch, 1], not [batch]: in

@@ -237,7 +237,7 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
     """The fitted :class:`~.familiarity.Familiarity` — class means and covariances on up to ``FIT_IMAGES`` of
     the run's training images (or ``calibration_data``), threshold on the verification images (``described``:
     where a run holds out too few, topped up with training images, which sets it tighter) — and its record for
-    the report; or None and why it could not be added (an ensemble, too few held-out images)."""
+    the report; or None and why it could not be added (no dense head, too few held-out images)."""
     try:
         paths, names = _images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES)
         training, labels = load_labelled(paths, names, card)

@@ -13,8 +13,8 @@ import onnxruntime as ort
 import pytest
 from sklearn.covariance import LedoitWolf
 
-from medclf.export.familiarity import (MAX_DIRECTIONS, FamiliarityUnavailable, _level, _nearest_distance,
-                                       feature_layers, features_model, fit, unfamiliarity)
+from medclf.export.familiarity import (MAX_DIRECTIONS, PIXELS, FamiliarityUnavailable, _level, _nearest_distance,
+                                       feature_layers, fit, level_names, unfamiliarity, with_features)
 from medclf.export.fp16 import to_fp16
 from medclf.export.int8 import ImageCalibrationReader, to_int8
 from medclf.export.labelled_images import spread
@@ -22,6 +22,8 @@ from medclf.export.onnx_export import convert
 from medclf.export.pipeline import model_card
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.cli import main
+from medclf.train.architectures import get_architecture
+from medclf.train.ensemble import averaged
 
 
 def images_of(folder, card, most=48) -> np.ndarray:
@@ -76,7 +78,7 @@ def test_the_file_computes_what_the_fit_computed(run_dir, exported, blood_cells)
     card = model_card(run_dir / "model.keras")
     training, held_out = images_of(blood_cells / "TRAIN", card, 64), images_of(blood_cells / "TEST", card, 64)
     fitted = fit(model, training, None, held_out)
-    features = features_model(model, [level.layer for level in fitted.levels]).predict(
+    _, *features = with_features(model, [level.layer for level in fitted.levels]).predict(
         held_out.astype(np.float32), verbose=0)
     expected = unfamiliarity(features, fitted.levels, fitted.threshold).numpy()[:, 0]
     assert np.mean(expected > 1) == pytest.approx(0.5 / 100, abs=1 / 64)  # its own threshold's images
@@ -115,17 +117,40 @@ def test_a_wide_level_keeps_its_main_directions_and_the_rest_as_one_variance():
                                                                                rel=1e-3)
 
 
-def test_a_model_without_one_dense_head_or_enough_held_out_images_gets_none(run_dir, blood_cells):
-    model = keras.models.load_model(run_dir / "model.keras", compile=False)
+def test_a_model_without_a_dense_head_or_enough_held_out_images_gets_none(run_dir, blood_cells):
     image = keras.Input((64, 64, 3))
-    averaged = keras.Model(image, keras.layers.Average(name="probabilities")([model(image), model(image)]))
-    with pytest.raises(FamiliarityUnavailable, match="ensemble"):
-        feature_layers(averaged)
+    pooled = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(image))
+    headless = keras.Model(image, keras.layers.Softmax(name="probabilities")(pooled))
+    with pytest.raises(FamiliarityUnavailable, match="no dense head named 'probabilities'"):
+        level_names(headless)
+    model = keras.models.load_model(run_dir / "model.keras", compile=False)
     layers = feature_layers(model)
     assert layers[-1] == "probabilities" and len(layers) >= 3  # stage ends, then the classifier's input
     few = images_of(blood_cells / "TEST", model_card(run_dir / "model.keras"), 20)
     with pytest.raises(FamiliarityUnavailable, match="20 held-out images"):
         fit(model, few, None, few)
+
+
+def test_an_ensemble_reads_each_members_levels_on_the_image_as_that_member_sees_it(run_dir, blood_cells, chest_xray):
+    """``medclf ensemble`` nests whole models and averages them: the levels are each member's, read where the
+    member runs (a smaller one on the image resized), and the file's probabilities stay the ensemble's."""
+    card = model_card(run_dir / "model.keras")
+    small = get_architecture("small_cnn").build((48, 48, 3), 4, False)  # random weights: the wiring is the point
+    ensemble = averaged([keras.models.load_model(run_dir / "model.keras", compile=False), small], (64, 64, 3))
+    names = level_names(ensemble)
+    first, second = (m.name for m in ensemble.layers if isinstance(m, keras.Model))
+    assert names[0] == PIXELS and names[-1] == f"{second}/probabilities"
+    assert f"{first}/probabilities" in names and all(n.split("/")[0] in (first, second) for n in names[1:])
+    training, held_out = images_of(blood_cells / "TRAIN", card, 96), images_of(blood_cells / "TEST", card, 64)
+    probabilities, *_ = with_features(ensemble, names).predict(held_out.astype(np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities, ensemble.predict(held_out.astype(np.float32), verbose=0), atol=1e-6)
+    fitted = fit(ensemble, training, None, held_out)
+    session = ort.InferenceSession(convert(ensemble, card, familiarity=fitted).SerializeToString(),
+                                   providers=["CPUExecutionProvider"])
+    films = images_of(chest_xray / "test", card)
+    served, score = session.run(["probabilities", "unfamiliarity"], {"image": np.concatenate([held_out, films])})
+    np.testing.assert_allclose(served[:64], probabilities, atol=1e-5)
+    assert np.mean(score[:64] > 1) <= 1 / 32 and np.mean(score[64:] > 1) >= 0.9
 
 
 def test_without_it_the_file_has_probabilities_alone(run_dir):
