@@ -23,7 +23,7 @@ from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import STDIN, expand_inputs
-from .modelcard import ModelCardError
+from .modelcard import ModelCard, ModelCardError
 from .stream import use_processes
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
-        print(unlike_warning(unlike, sum(calls.values()) - calls[None]), file=sys.stderr)
+        print(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card)),
+              file=sys.stderr)
     if args.csv_file is not None:
         try:
             write_csv(args.csv_file, results)
@@ -152,16 +153,24 @@ def _counting(predictions: Iterable[Prediction], calls: Counter, unlike: list[st
         yield prediction
 
 
-def unlike_warning(unlike: list[str], classified: int) -> str:
+def unlike_warning(unlike: list[str], classified: int, site: str | None = None) -> str:
     """One line for the inputs the model says are unlike its training images, whose calls are guesses: a chest
-    film given to a blood-cell model, a grey smear given to a colour one, another stain or exposure."""
+    film given to a blood-cell model, a grey smear given to a colour one, another stain or exposure. ``site``:
+    where a copy's unfamiliarity was set again (``medclf calibrate --familiarity-from-site``)."""
     if len(unlike) == 1:
         which, calls, kind = f"{_printable(unlike[0])} is", "its call is", "it is"
     else:
         which, calls, kind = f"{len(unlike)} of {classified} classified inputs are", "their calls are", "they are"
-    return (f"warning: {which} unlike the images the model was trained on (farther from them than 99.5% of its "
-            f"held-out images; {UNLIKE_MARK} in the table, unlike_training in JSON): {calls} a guess — check "
-            f"{kind} the kind of image the model is for")
+    images = "the images the model was trained on (farther from them than 99.5% of its held-out images" \
+        if site is None else f"the images of {site}, where this copy was set (farther from them than 99.5% of those"
+    return (f"warning: {which} unlike {images}; {UNLIKE_MARK} in the table, unlike_training in JSON): {calls} a "
+            f"guess — check {kind} the kind of image the model is for")
+
+
+def familiarity_site(card: ModelCard) -> str | None:
+    """The site whose images a calibrated copy's unfamiliarity was set on, or None (the training site's)."""
+    site = card.metrics.get("site", {})
+    return site.get("data") if site.get("familiarity", {}).get("weights") else None
 
 
 def tally(calls: Counter, labels: tuple[str, ...]) -> str:

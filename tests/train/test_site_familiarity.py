@@ -4,6 +4,8 @@ model's unfamiliarity, depth by depth, without letting through what the model mu
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -51,6 +53,9 @@ def test_a_brighter_site_sets_each_depth_again_and_chest_films_are_still_refused
     record = json.loads(copy.with_suffix(".json").read_text())["familiarity"]
     assert record["beyond"] > 0.5 * record["images"] and len(record["weights"]) == 5
     assert at_site.card.metrics["site"]["familiarity"] == record
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--model", str(copy), str(films[0])],
+                          capture_output=True, text=True, timeout=120)
+    assert "unlike the images of site, where this copy was set" in done.stderr  # what beyond 1 now means
 
 
 def test_without_asking_the_copy_keeps_the_training_sites_unfamiliarity_and_says_how_far_the_site_is(
