@@ -10,13 +10,15 @@ the model must still refuse: on the packaged blood model with a site's smears 30
 ones to relax; the deep ones, which see that a film is not a cell, hardly move. So each depth is set again at
 the site, then the largest: chest films stay 100% flagged, cataract photos 98%, the site's other smears 1.2%
 (0.5% by construction on the images set on), plain smears 0.4%. Smears 40% darker (all 498 beyond 1): 0.4%
-after, chest films and cataract photos 100%. The graph is changed where the ratios meet — a ``Mul`` by one weight per depth before the ``ReduceMax``
-that gives the output — so it works on a file of any precision, and on one set at a site before.
+after, chest films and cataract photos 100%. The graph is changed where the ratios meet — a ``Mul`` by one
+weight per depth before the ``ReduceMax`` that gives the output — so it works on a file of any precision, and on
+one set at a site before.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,7 +78,7 @@ def levels_tensor(model: onnx.ModelProto) -> str:
     return producer.input[0]
 
 
-def site_outputs(model_path: str | os.PathLike[str]):
+def site_outputs(model_path: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray]:
     """``images → [probabilities | per-depth ratios]``: the file with its ratios as an output too, on the CPU."""
     model = onnx.load(str(model_path))
     levels = levels_tensor(model)
