@@ -46,14 +46,15 @@ from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
-from medclf.runtime.modelcard import OUTPUT_NAME, ModelCard
+from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME, ModelCard
 
 from .data import ImageFolder, Labeller, predict_folder
 from .groups import split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
 from .plots import plot_reliability
-from .site_familiarity import SiteFamiliarity, site_familiarity, site_outputs, with_site_weights
+from .site_familiarity import (SiteFamiliarity, site_description, site_familiarity, site_outputs,
+                               with_site_weights)
 from .splits import read_labelled
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
@@ -282,6 +283,7 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
         proto = with_scaling(proto, site.temperature, np.array(list(site.bias.values())))
     if site.familiarity is not None and site.familiarity.weights is not None:
         proto = with_site_weights(proto, site.familiarity.weights)
+        card = replace(card, outputs=card.outputs | {FAMILIARITY_NAME: site_description(record["data"])})
     onnx.helper.set_model_props(proto, metadata | card.to_metadata())
     with atomic_write(out, "wb") as handle:
         handle.write(proto.SerializeToString())

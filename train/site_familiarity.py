@@ -69,6 +69,13 @@ def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
     return SiteFamiliarity(len(levels), beyond, quantile, tuple(float(w) for w in 1 / (depth * largest)))
 
 
+def site_description(site: str) -> str:
+    """What a site copy's unfamiliarity now measures, for its card."""
+    return (f"how unlike the images of {site} each image is [batch, 1], set again there (medclf calibrate "
+            "--familiarity-from-site): above 1, farther from them (Mahalanobis distance at several depths of the "
+            "network) than 99.5% of those images")
+
+
 def levels_tensor(model: onnx.ModelProto) -> str:
     """The name of the ``[batch, depths]`` tensor whose largest entry is the model's unfamiliarity."""
     producer = next((node for node in model.graph.node if FAMILIARITY_NAME in node.output), None)

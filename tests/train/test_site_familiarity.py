@@ -53,6 +53,7 @@ def test_a_brighter_site_sets_each_depth_again_and_chest_films_are_still_refused
     record = json.loads(copy.with_suffix(".json").read_text())["familiarity"]
     assert record["beyond"] > 0.5 * record["images"] and len(record["weights"]) == 5
     assert at_site.card.metrics["site"]["familiarity"] == record
+    assert at_site.card.outputs["unfamiliarity"].startswith("how unlike the images of site each image is")
     done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--model", str(copy), str(films[0])],
                           capture_output=True, text=True, timeout=120)
     assert "unlike the images of site, where this copy was set" in done.stderr  # what beyond 1 now means
