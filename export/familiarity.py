@@ -33,9 +33,10 @@ import numpy as np
 import tensorflow as tf
 from sklearn.covariance import LedoitWolf
 
-QUANTILE = 0.995  # held-out images beyond 1: 1 in 200, by construction
+from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES as MIN_HELD_OUT
+from medclf.runtime.modelcard import FAMILIARITY_QUANTILE as QUANTILE
+
 FIT_IMAGES = 1024  # training images the class means and covariances are estimated on, at most
-MIN_HELD_OUT = 64  # fewer held-out images do not place a 99.5th percentile
 MAX_DIRECTIONS = 256  # principal directions of a level's covariance kept apart; the rest share one variance
 PIXELS = "pixels"  # the level of the image itself: each channel's mean
 HEAD = "probabilities"  # the level of the classifier's input (the layer it feeds)

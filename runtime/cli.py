@@ -23,7 +23,7 @@ from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import STDIN, expand_inputs
-from .modelcard import ModelCard, ModelCardError
+from .modelcard import FAMILIARITY_QUANTILE, ModelCard, ModelCardError
 from .stream import use_processes
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
@@ -161,8 +161,9 @@ def unlike_warning(unlike: list[str], classified: int, site: str | None = None) 
         which, calls, kind = f"{_printable(unlike[0])} is", "its call is", "it is"
     else:
         which, calls, kind = f"{len(unlike)} of {classified} classified inputs are", "their calls are", "they are"
-    images = "the images the model was trained on (farther from them than 99.5% of its held-out images" \
-        if site is None else f"the images of {site}, where this copy was set (farther from them than 99.5% of those"
+    images = f"the images the model was trained on (farther from them than {FAMILIARITY_QUANTILE:.1%} of its " \
+        "held-out images" if site is None else \
+        f"the images of {site}, where this copy was set (farther from them than {FAMILIARITY_QUANTILE:.1%} of those"
     return (f"warning: {which} unlike {images}; {UNLIKE_MARK} in the table, unlike_training in JSON): {calls} a "
             f"guess — check {kind} the kind of image the model is for")
 

@@ -17,6 +17,8 @@ INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 CAM_NAME = "cam"  # optional output: class activation maps, [batch, h, w, classes]
 FAMILIARITY_NAME = "unfamiliarity"  # optional output: how unlike the training images, [batch, 1]; above 1: warn
+FAMILIARITY_QUANTILE = 0.995  # where its 1 is set: held-out images beyond it, 1 in 200, by construction
+FAMILIARITY_MIN_IMAGES = 64  # fewer images (held out at export, or a site's) do not place that percentile
 
 LABELS_KEY = "medclf.labels"
 PREPROCESS_KEY = "medclf.preprocess"

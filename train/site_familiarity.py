@@ -26,10 +26,8 @@ import onnx
 import onnx.numpy_helper
 import onnxruntime
 
-from medclf.runtime.modelcard import FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
-
-MIN_IMAGES = 64  # site images that place a 99.5th percentile, as export needs held-out ones
-QUANTILE = 0.995  # where export set the threshold, for files whose card does not say
+from medclf.runtime.modelcard import (FAMILIARITY_MIN_IMAGES, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, INPUT_NAME,
+                                     OUTPUT_NAME, ModelCard)
 
 
 class NotLevelled(ValueError):
@@ -56,13 +54,13 @@ def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
     """``levels``: each site image's per-depth ratios ``[N, depths]`` as the file computes them (its
     unfamiliarity is their largest). With ``from_site``, the weights that put each depth, then the largest,
     at its 99.5th percentile over these images."""
-    quantile = card.metrics.get("familiarity", {}).get("quantile", QUANTILE)
+    quantile = card.metrics.get("familiarity", {}).get("quantile", FAMILIARITY_QUANTILE)
     beyond = int(np.sum(levels.max(axis=1) > 1))
     if not from_site:
         return SiteFamiliarity(len(levels), beyond, quantile)
-    if len(levels) < MIN_IMAGES:
+    if len(levels) < FAMILIARITY_MIN_IMAGES:
         raise ValueError(f"{data}: {len(levels)} images; taking a site's images as what the model is familiar with "
-                         f"needs at least {MIN_IMAGES}")
+                         f"needs at least {FAMILIARITY_MIN_IMAGES}")
     depth = np.quantile(levels, quantile, axis=0)
     depth = np.where(depth > 0, depth, 1.0)  # a depth that never moves here keeps its training-site scale
     largest = float(np.quantile((levels / depth).max(axis=1), quantile))
