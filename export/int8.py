@@ -50,6 +50,7 @@ from medclf.runtime.modelcard import INPUT_NAME
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
 from .bias_correction import conv_input_means, correct_biases
+from .integer_pooling import pool_levels_in_integers
 from .output_nodes import familiarity_nodes
 
 HEAD_OPS = ("MatMul", "Gemm")
@@ -107,7 +108,8 @@ class Int8Quantizer:
     def quantize(self, fp32_path: str | os.PathLike[str], symmetric: bool = False,
                  float_convs: int = 1) -> onnx.ModelProto:
         """The QDQ-quantized model, calibrated on the reader's images; ``symmetric`` for TensorRT. The first
-        ``float_convs`` convolutions stay float (at least the first one; see the module docstring)."""
+        ``float_convs`` convolutions stay float (at least the first one; see the module docstring). For
+        onnxruntime, the familiarity levels are pooled in integers (:mod:`.integer_pooling`)."""
         model, means = self._prepare(Path(fp32_path))
         float_nodes = _float_nodes(model, float_convs)
         activations = QuantType.QInt8 if symmetric else QuantType.QUInt8
@@ -119,7 +121,8 @@ class Int8Quantizer:
                             per_channel=True, activation_type=activations, weight_type=QuantType.QInt8,
                             nodes_to_exclude=float_nodes,
                             extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True})
-            return onnx.load(str(quantized))
+            model = onnx.load(str(quantized))
+        return model if symmetric else pool_levels_in_integers(model)  # TensorRT parses no MatMulInteger
 
     def method(self) -> dict:
         """How the files are made, for whoever audits an export report."""

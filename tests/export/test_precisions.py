@@ -153,6 +153,20 @@ def test_int8_leaves_the_classifier_tail_float(int8_flavours, flavour):
     assert nodes[-1].op_type == "Softmax" and nodes[-1].output[0] == "probabilities"
 
 
+def test_int8_for_onnxruntime_sums_its_levels_and_for_tensorrt_pools_them_in_float(int8_flavours):
+    """TensorRT's parser takes no MatMulInteger; onnxruntime's flavour reads no level through a dequantization."""
+    for flavour, model in int8_flavours.items():
+        producers = {name: node for node in model.graph.node for name in node.output}
+        familiar = set(familiarity_nodes(model))
+        pools = [node for node in model.graph.node if node.op_type == "GlobalAveragePool" and node.name in familiar]
+        dequantized = [pool for pool in pools if producers.get(pool.input[0], pool).op_type == "DequantizeLinear"]
+        sums = [node for node in model.graph.node if node.op_type == "MatMulInteger"]
+        if flavour == "onnxruntime":
+            assert sums and not dequantized, flavour
+        else:
+            assert dequantized and not sums, flavour
+
+
 def test_int8_keeps_its_float_prefix_whole_residual_adds_included(blood_cells):
     """An Add between float convolutions used to be quantized: the residual stream rounded to 256 levels where
     nothing around it ran in int8 (a 28-px chest model: 2.3% flips with 9 float convolutions, 0.4% without)."""
