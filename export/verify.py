@@ -12,7 +12,6 @@ import numpy as np
 
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
-from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME
 
 
 MOST_PROBABLE = "the most probable class"  # how a model without a threshold calls, in the report's words
@@ -160,8 +159,4 @@ def onnx_probabilities(onnx_path: str, images: np.ndarray, batch: int = 32) -> n
 def onnx_served(onnx_path: str, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
     """The file's probabilities and, where it has that output, its unfamiliarity ``[N]``, from one pass as
     onnxruntime serves it here."""
-    classifier = Classifier(onnx_path)
-    if not classifier.says_unfamiliar:
-        return classifier.predict(images, batch_size=batch), None
-    probabilities, unfamiliarity = classifier.outputs([OUTPUT_NAME, FAMILIARITY_NAME], images, batch)
-    return probabilities, unfamiliarity[:, 0]
+    return Classifier(onnx_path).assess(images, batch)

@@ -113,6 +113,17 @@ class Classifier:
         images' activations in memory until it ends."""
         return self.outputs([OUTPUT_NAME], images, batch_size)[0]
 
+    @property
+    def answer_outputs(self) -> list[str]:
+        """The outputs every answer reads: ``probabilities``, and ``unfamiliarity`` where the model has it."""
+        return [OUTPUT_NAME] + ([FAMILIARITY_NAME] if self.says_unfamiliar else [])
+
+    def assess(self, images: np.ndarray, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Probabilities ``[N, classes]`` and, where the model has that output, unfamiliarity ``[N]`` (else None),
+        from one pass (see :meth:`predict` for ``batch_size``)."""
+        probabilities, *unfamiliarity = self.outputs(self.answer_outputs, images, batch_size)
+        return probabilities, unfamiliarity[0][:, 0] if unfamiliarity else None
+
     def unfamiliarity(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """``[N]``: how unlike the model's training images each image is, above 1 unlike them (see
         :attr:`Prediction.unlike_training`); ModelCardError for a model exported without it."""
@@ -172,11 +183,10 @@ class Classifier:
         if not batch:
             return
         images = np.stack([image for _, image in batch])
-        names = [OUTPUT_NAME] + ([CAM_NAME] if cam_dir is not None else []) + \
-            ([FAMILIARITY_NAME] if self.says_unfamiliar else [])
+        names = self.answer_outputs + ([CAM_NAME] if cam_dir is not None else [])
         outputs = dict(zip(names, self.outputs(names, images)))
         probabilities, maps = outputs[OUTPUT_NAME], outputs.get(CAM_NAME)
-        unfamiliarity = outputs[FAMILIARITY_NAME][:, 0] if self.says_unfamiliar else [None] * len(batch)
+        unfamiliarity = outputs[FAMILIARITY_NAME][:, 0] if FAMILIARITY_NAME in outputs else [None] * len(batch)
         called = decide(probabilities, self.labels, self.card.decision)
         for n, ((path, image), row, label) in enumerate(zip(batch, probabilities, called)):
             order = np.argsort(-row)[:top_k]

@@ -31,7 +31,6 @@ from medclf.runtime.atomic import write_json, write_text
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
-from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
@@ -367,8 +366,7 @@ class _Scorer:
         if Path(model_path).suffix == ".onnx":
             classifier = Classifier(model_path)
             card = classifier.card
-            both = (lambda x: np.hstack(classifier.outputs([OUTPUT_NAME, FAMILIARITY_NAME], x, batch_size=64))) \
-                if classifier.says_unfamiliar else None
+            both = (lambda x: np.column_stack(classifier.assess(x, 64))) if classifier.says_unfamiliar else None
             return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64),
                        RunDir.of_export(card.source), card.precision, both)
         run = RunDir.of_model(model_path)

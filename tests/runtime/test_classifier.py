@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
+from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, Preprocess, load_image
+from tests.onnx_graphs import brightness_model
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 
@@ -29,6 +30,18 @@ def test_probabilities_are_a_distribution_and_do_not_depend_on_the_batch(classif
     np.testing.assert_allclose(together.sum(axis=1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
+
+
+def test_assess_answers_probabilities_and_unfamiliarity_from_one_pass(classifier, blood_cell_images, tmp_path):
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in blood_cell_images])
+    probabilities, unfamiliarity = classifier.assess(images)
+    np.testing.assert_allclose(probabilities, classifier.predict(images), atol=1e-6)
+    assert unfamiliarity.shape == (len(images),)
+    np.testing.assert_allclose(unfamiliarity, classifier.unfamiliarity(images), rtol=1e-6)
+    card = ModelCard(("dark", "bright"), Preprocess(8, 8, "grey"))
+    plain = Classifier(brightness_model(tmp_path / "plain.onnx", card))
+    assert plain.answer_outputs == ["probabilities"]
+    assert plain.assess(np.zeros((2, 8, 8, 1), np.uint8))[1] is None
 
 def test_many_images_run_in_batches_of_bounded_pixels_unless_a_batch_size_is_given(blood_cell_images,
                                                                                      monkeypatch):
