@@ -166,16 +166,25 @@ def _nearest_distance(features: tf.Tensor, level: Level) -> tf.Tensor:
     return inside + tf.maximum(outside, 0.0) * np.float32(level.residual_weight)
 
 
+def probabilities_and_levels(model: keras.Model, images: np.ndarray, batch: int = 32) -> list[np.ndarray]:
+    """``[probabilities, one array per level of level_names(model)]`` for uint8 ``images``, from one Keras pass
+    (export takes its reference probabilities from the pass that gives the held-out images' features).
+    Raises :class:`FamiliarityUnavailable` without one dense head."""
+    return _features(with_features(model, level_names(model)), images, batch)
+
+
 def fit(model: keras.Model, training: np.ndarray, labels: np.ndarray | None, held_out: np.ndarray,
-        batch: int = 32) -> Familiarity:
+        batch: int = 32, held_out_features: list[np.ndarray] | None = None) -> Familiarity:
     """Class means and shared covariances on ``training`` uint8 images (one mean where ``labels`` are unknown),
-    scales and threshold on ``held_out`` ones (:data:`MIN_HELD_OUT` at least)."""
+    scales and threshold on ``held_out`` ones (:data:`MIN_HELD_OUT` at least), whose
+    :func:`probabilities_and_levels` are computed unless given."""
     if len(held_out) < MIN_HELD_OUT:
         raise FamiliarityUnavailable(f"{len(held_out)} held-out images place no 99.5th percentile "
                                      f"(at least {MIN_HELD_OUT})")
     names = level_names(model)
     extract = with_features(model, names)
-    fitted, held = _features(extract, training, batch)[1:], _features(extract, held_out, batch)[1:]
+    fitted = _features(extract, training, batch)[1:]
+    held = (held_out_features or _features(extract, held_out, batch))[1:]
     classes = np.zeros(len(training), int) if labels is None else labels
     levels = []
     kept_features = []

@@ -28,7 +28,7 @@ from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
-from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit
+from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit, probabilities_and_levels
 from .files import FILE_NAMES
 from .fp16 import Fp16Converter, with_float16_activations
 from .int8 import ImageCalibrationReader, Int8Quantizer
@@ -91,7 +91,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model = keras.models.load_model(model_path, compile=False)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
     held_out, search = _held_out(model, card, paths, names, max_images,
-                                 searching=bool({"fp16", "int8"} & set(precisions)))
+                                 searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
     if familiarity:
         fitted, familiarity_record = _familiarity(model, card, model_path.parent, calibration_data, held_out,
@@ -138,12 +138,15 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
 @dataclass(frozen=True)
 class HeldOut:
     """Held-out images with their labels (None where unknown), Keras' probabilities for them, and the calls the
-    model serves (argmax, or a binary model's threshold), which every comparison with Keras counts."""
+    model serves (argmax, or a binary model's threshold), which every comparison with Keras counts; where the
+    unfamiliarity output is fitted on them, the pass that gave the probabilities gave its levels' features too
+    (``outputs``: :func:`~.familiarity.probabilities_and_levels`)."""
 
     images: np.ndarray
     labels: np.ndarray | None
     reference: np.ndarray
     calls: Calls
+    outputs: list[np.ndarray] | None = None
 
     def compare(self, probabilities: np.ndarray, precision: str) -> Comparison:
         """The exported file's ``probabilities`` for these images against Keras', within ``precision``'s
@@ -152,17 +155,24 @@ class HeldOut:
 
 
 def _held_out(model, card: ModelCard, paths: list[str], names: list[str], max_images: int,
-              searching: bool) -> tuple[HeldOut, Search | None]:
-    """Verification's images, and — when FP16 or INT8 will choose float layers (``searching``) — the search's
-    own, apart from verification's where enough are held out (:func:`held_out_split`)."""
+              searching: bool, levels: bool = False) -> tuple[HeldOut, Search | None]:
+    """Verification's images (with the familiarity levels' features, from the same Keras pass, when ``levels``
+    are asked for and the model has them), and — when FP16 or INT8 will choose float layers (``searching``) —
+    the search's own, apart from verification's where enough are held out (:func:`held_out_split`)."""
     calls = Calls(card.labels, card.decision)
 
-    def scored(indices: np.ndarray) -> HeldOut:
+    def scored(indices: np.ndarray, levels: bool = False) -> HeldOut:
         images, labels = load_labelled([paths[i] for i in indices], [names[i] for i in indices], card)
+        if levels:
+            try:
+                outputs = probabilities_and_levels(model, images)
+                return HeldOut(images, labels, outputs[0], calls, outputs)
+            except FamiliarityUnavailable:  # no dense head: _familiarity says so in the report
+                pass
         return HeldOut(images, labels, keras_probabilities(model, images), calls)
 
     verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
-    verification = scored(verified)
+    verification = scored(verified, levels)
     if searched is None:
         return verification, None
     if searched is verified:  # too few held out for both: the search judges on verification's own images
@@ -241,7 +251,7 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
     try:
         paths, names = _images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES)
         training, labels = load_labelled(paths, names, card)
-        fitted = fit(model, training, labels, held_out.images)
+        fitted = fit(model, training, labels, held_out.images, held_out_features=held_out.outputs)
     except FamiliarityUnavailable as exc:
         return None, {"added": False, "why": str(exc)}
     return fitted, {"added": True, **fitted.record, "threshold_on": described}
