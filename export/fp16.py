@@ -63,11 +63,40 @@ def to_fp16(model: onnx.ModelProto, float_convs: int = 0,
     convs = [node.name for node in model.graph.node if node.op_type == "Conv"][:float_convs]
     if moments is not None:
         model = compensated_rounding(model, moments, set(convs))
+    kept = convs + familiarity_nodes(model)
     converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=KEEP_FLOAT32,
-                                         node_block_list=convs + familiarity_nodes(model))
+                                         node_block_list=kept)
+    converted = _without_round_trips(converted, set(kept))
     OnnxModel(converted).topological_sort()  # the converter appends its casts at the end; TensorRT wants order
     onnx.checker.check_model(converted)
     return converted
+
+
+def _without_round_trips(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelProto:
+    """The converter casts a ``kept`` (float32) node's output to float16 for whatever reads it, and back to
+    float32 for a kept reader: between two kept nodes, a round trip through float16 after every one. In the
+    unfamiliarity's nodes that rounded each step and made the squared distances of an image far from the training
+    ones infinite (65,504 is float16's largest; FP32 said 905 for a noise image, this 'inf' — and inf - inf is
+    NaN, which no threshold flags). Each such pair becomes an ``Identity`` of the float32 value; a cast to
+    float16 that nothing else reads goes."""
+    producers = {name: node for node in model.graph.node for name in node.output}
+
+    def cast_to(node: onnx.NodeProto | None) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node and node.op_type == "Cast" else None
+
+    def round_trip(node: onnx.NodeProto) -> onnx.NodeProto | None:
+        """The cast to float16 that ``node``, a cast back to float32, undoes, where its input was float32."""
+        first = producers.get(node.input[0]) if cast_to(node) == TensorProto.FLOAT else None
+        source = producers.get(first.input[0]) if cast_to(first) == TensorProto.FLOAT16 else None
+        return first if source is not None and source.name in kept else None
+
+    nodes = [helper.make_node("Identity", [first.input[0]], list(node.output), node.name)
+             if (first := round_trip(node)) is not None else node for node in model.graph.node]
+    read = {name for node in nodes for name in node.input} | {value.name for value in model.graph.output}
+    del model.graph.node[:]
+    model.graph.node.extend(node for node in nodes
+                            if not (cast_to(node) == TensorProto.FLOAT16 and node.output[0] not in read))
+    return model
 
 
 class Fp16Converter:

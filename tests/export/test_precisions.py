@@ -46,6 +46,10 @@ def test_fp16_holds_float16_weights_and_keeps_uint8_in_float32_out(exported, tmp
     assert fp16.ByteSize() < fp32.ByteSize() - 0.4 * weights
     casts = [node for node in network if node.op_type == "Cast"]
     assert len(casts) <= 3  # uint8 → float32 → float16 at the input, float16 → float32 at the output; no cascades
+    # nor a round trip through float16 between the unfamiliarity's float32 nodes (its distances overflowed to inf)
+    producers = {name: node for node in fp16.graph.node for name in node.output}
+    assert not [node for node in fp16.graph.node if node.op_type == "Cast" and node.name in familiar
+                and producers.get(node.input[0], node).name in familiar]
 
 
 def test_fp16_probabilities_are_finite_and_within_a_few_hundredths(exported, tmp_path, blood_cell_images):
