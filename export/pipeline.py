@@ -24,9 +24,10 @@ from scipy.stats import binom
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
-from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, ModelCard
+from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
+from .depth_weights import set_again_on
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
 from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit, probabilities_and_levels
 from .files import FILE_NAMES
@@ -115,6 +116,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             else:
                 candidates[precision], tried = _search(precision, fp32, card, converters, search,
                                                        float_convs.get(precision))
+                if fitted is not None:
+                    tried["familiarity_weights"] = _familiarity_as_computed(candidates[precision], held_out, card)
             entry = _verify(candidates[precision], held_out, precision)
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
@@ -122,6 +125,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         int8 = report["precisions"].get("int8", {"passed": False})
         if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
             candidates["int8 for tensorrt"] = _derive("int8", fp32, card, converters, True, int8["float_convs"])
+            if fitted is not None:
+                _familiarity_as_computed(candidates["int8 for tensorrt"], held_out, card)
         _publish(report["precisions"], candidates, engine, held_out)
     report["removed"] = _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
@@ -255,6 +260,13 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
     except FamiliarityUnavailable as exc:
         return None, {"added": False, "why": str(exc)}
     return fitted, {"added": True, **fitted.record, "threshold_on": described}
+
+
+def _familiarity_as_computed(candidate: Path, held_out: HeldOut, card: ModelCard) -> list[float]:
+    """Set an FP16 or INT8 file's unfamiliarity again on the verification images — where FP32's threshold was
+    set — as that file computes its features (:mod:`.depth_weights`: a quantized feature map can sit far from the
+    float one); the depths' weights, for the report."""
+    return list(set_again_on(candidate, held_out.images, len(card.labels), FAMILIARITY_QUANTILE, "medclf_precision"))
 
 
 def _probabilities(candidate: Path, images: np.ndarray, precision: str) -> np.ndarray:

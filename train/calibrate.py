@@ -42,6 +42,7 @@ import onnx
 import onnx.numpy_helper
 from sklearn.model_selection import StratifiedGroupKFold
 
+from medclf.export.depth_weights import outputs_with_ratios, with_depth_weights
 from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
@@ -53,8 +54,7 @@ from .groups import split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
 from .plots import plot_reliability
-from .site_familiarity import (SiteFamiliarity, site_description, site_familiarity, site_outputs,
-                               with_site_weights)
+from .site_familiarity import SITE_PREFIX, SiteFamiliarity, site_description, site_familiarity
 from .splits import read_labelled
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
@@ -150,7 +150,7 @@ def _site_outputs(classifier: Classifier, site: ImageFolder, cache_dir: str | os
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, ImageFolder]:
     """Labels and probabilities of every readable site image, each image's per-depth unfamiliarity ratios from
     the same pass where the file has the output (else None), and the images kept."""
-    score = site_outputs(classifier.model_path) if classifier.says_unfamiliar else \
+    score = outputs_with_ratios(classifier.model_path) if classifier.says_unfamiliar else \
         partial(classifier.predict, batch_size=64)
     labels, scores, folder = predict_folder(site, classifier.card.preprocess, score, cache_dir)
     probabilities, levels = np.split(scores, [len(classifier.labels)], axis=1)
@@ -282,7 +282,7 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
     if site.temperature is not None:
         proto = with_scaling(proto, site.temperature, np.array(list(site.bias.values())))
     if site.familiarity is not None and site.familiarity.weights is not None:
-        proto = with_site_weights(proto, site.familiarity.weights)
+        proto = with_depth_weights(proto, site.familiarity.weights, SITE_PREFIX)
         card = replace(card, outputs=card.outputs | {FAMILIARITY_NAME: site_description(record["data"])})
     onnx.helper.set_model_props(proto, metadata | card.to_metadata())
     with atomic_write(out, "wb") as handle:

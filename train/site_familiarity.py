@@ -11,27 +11,22 @@ ones to relax; the deep ones, which see that a film is not a cell, hardly move. 
 the site, then the largest: chest films stay 100% flagged, cataract photos 98%, the site's other smears 1.2%
 (0.5% by construction on the images set on), plain smears 0.4%. Smears 40% darker (all 498 beyond 1): 0.4%
 after, chest films and cataract photos 100%. The graph is changed where the ratios meet — a ``Mul`` by one
-weight per depth before the ``ReduceMax`` that gives the output — so it works on a file of any precision, and on
-one set at a site before.
+weight per depth before the ``ReduceMax`` that gives the output (:mod:`medclf.export.depth_weights`, which export
+uses too, to set an FP16 or INT8 file's own) — so it works on a file of any precision, and on one set at a site
+before.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-import onnx.numpy_helper
-import onnxruntime
 
-from medclf.runtime.modelcard import (FAMILIARITY_MIN_IMAGES, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, INPUT_NAME,
-                                     OUTPUT_NAME, ModelCard)
+from medclf.export.depth_weights import depth_weights
+from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES, FAMILIARITY_QUANTILE, ModelCard
 
-
-class NotLevelled(ValueError):
-    """The file's unfamiliarity is not the largest of per-depth ratios (not exported by medclf)."""
+SITE_PREFIX = "medclf_site"  # names the nodes a site's weights add
 
 
 @dataclass(frozen=True)
@@ -61,10 +56,7 @@ def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
     if len(levels) < FAMILIARITY_MIN_IMAGES:
         raise ValueError(f"{data}: {len(levels)} images; taking a site's images as what the model is familiar with "
                          f"needs at least {FAMILIARITY_MIN_IMAGES}")
-    depth = np.quantile(levels, quantile, axis=0)
-    depth = np.where(depth > 0, depth, 1.0)  # a depth that never moves here keeps its training-site scale
-    largest = float(np.quantile((levels / depth).max(axis=1), quantile))
-    return SiteFamiliarity(len(levels), beyond, quantile, tuple(float(w) for w in 1 / (depth * largest)))
+    return SiteFamiliarity(len(levels), beyond, quantile, depth_weights(levels, quantile))
 
 
 def site_description(site: str) -> str:
@@ -72,41 +64,3 @@ def site_description(site: str) -> str:
     return (f"how unlike the images of {site} each image is [batch, 1], set again there (medclf calibrate "
             "--familiarity-from-site): above 1, farther from them (Mahalanobis distance at several depths of the "
             "network) than 99.5% of those images")
-
-
-def levels_tensor(model: onnx.ModelProto) -> str:
-    """The name of the ``[batch, depths]`` tensor whose largest entry is the model's unfamiliarity."""
-    producer = next((node for node in model.graph.node if FAMILIARITY_NAME in node.output), None)
-    if producer is None or producer.op_type != "ReduceMax":
-        raise NotLevelled(f"{FAMILIARITY_NAME} is not the largest of per-depth ratios in this file: export it again "
-                          "with medclf")
-    return producer.input[0]
-
-
-def site_outputs(model_path: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray]:
-    """``images → [probabilities | per-depth ratios]``: the file with its ratios as an output too, on the CPU."""
-    model = onnx.load(str(model_path))
-    levels = levels_tensor(model)
-    model.graph.output.append(onnx.helper.make_empty_tensor_value_info(levels))
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-
-    def run(images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        return np.concatenate([np.hstack(session.run([OUTPUT_NAME, levels], {INPUT_NAME: images[i:i + batch_size]}))
-                               for i in range(0, len(images), batch_size)])
-    return run
-
-
-def with_site_weights(model: onnx.ModelProto, weights: tuple[float, ...]) -> onnx.ModelProto:
-    """A copy of ``model`` whose per-depth ratios are multiplied by ``weights`` before their largest is taken."""
-    levels = levels_tensor(model)
-    prefix = f"medclf_site{len(model.graph.node)}_"
-    weighted = onnx.ModelProto()
-    weighted.CopyFrom(model)
-    nodes = weighted.graph.node
-    at = next(i for i, node in enumerate(nodes) if FAMILIARITY_NAME in node.output)
-    nodes[at].input[0] = prefix + "weighted_levels"
-    nodes.insert(at, onnx.helper.make_node("Mul", [levels, prefix + "weights"], [prefix + "weighted_levels"]))
-    weighted.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray([weights], np.float32),
-                                                                   prefix + "weights"))
-    onnx.checker.check_model(weighted)
-    return weighted

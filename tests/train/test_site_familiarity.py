@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, Preprocess, load_image
 from medclf.train.calibrate import calibrate_site
 from medclf.train.cli import app
-from medclf.train.site_familiarity import levels_tensor, site_familiarity, site_outputs, with_site_weights
+from medclf.export.depth_weights import levels_tensor, outputs_with_ratios, with_depth_weights
+from medclf.train.site_familiarity import SITE_PREFIX, site_familiarity
 from tests.onnx_graphs import brightness_model
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
@@ -81,13 +82,13 @@ def test_the_files_unfamiliarity_is_the_largest_of_the_ratios_read_and_a_copy_se
     card = Classifier().card
     images = np.stack([load_image(str(p), card.preprocess) for c in sorted((blood_cells / "TEST").iterdir())
                        for p in sorted(c.iterdir())[::20]])
-    scores = site_outputs(DEFAULT_MODEL)(images)
+    scores = outputs_with_ratios(DEFAULT_MODEL)(images)
     levels = scores[:, len(card.labels):]
     np.testing.assert_allclose(levels.max(axis=1), Classifier().unfamiliarity(images), rtol=1e-6)
     weights = site_familiarity(levels, card, True, "site").weights
     copy = tmp_path / "copy.onnx"
-    onnx.save(with_site_weights(onnx.load(str(DEFAULT_MODEL)), weights), str(copy))
-    again = site_familiarity(site_outputs(copy)(images)[:, len(card.labels):], card, True, "site")
+    onnx.save(with_depth_weights(onnx.load(str(DEFAULT_MODEL)), weights, SITE_PREFIX), str(copy))
+    again = site_familiarity(outputs_with_ratios(copy)(images)[:, len(card.labels):], card, True, "site")
     np.testing.assert_allclose(again.weights, 1.0, rtol=1e-5)
     assert levels_tensor(onnx.load(str(copy))).startswith("medclf_site")
 
