@@ -77,8 +77,8 @@ def _without_round_trips(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelPr
     float32 for a kept reader: between two kept nodes, a round trip through float16 after every one. In the
     unfamiliarity's nodes that rounded each step and made the squared distances of an image far from the training
     ones infinite (65,504 is float16's largest; FP32 said 905 for a noise image, this 'inf' — and inf - inf is
-    NaN, which no threshold flags). Each such pair becomes an ``Identity`` of the float32 value; a cast to
-    float16 that nothing else reads goes."""
+    NaN, which no threshold flags). Each such pair goes: its readers read the float32 value (a graph output
+    becomes an ``Identity`` of it, to keep its name); a cast to float16 that nothing else reads goes too."""
     producers = {name: node for node in model.graph.node for name in node.output}
 
     def cast_to(node: onnx.NodeProto | None) -> int | None:
@@ -90,9 +90,18 @@ def _without_round_trips(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelPr
         source = producers.get(first.input[0]) if cast_to(first) == TensorProto.FLOAT16 else None
         return first if source is not None and source.name in kept else None
 
-    nodes = [helper.make_node("Identity", [first.input[0]], list(node.output), node.name)
-             if (first := round_trip(node)) is not None else node for node in model.graph.node]
-    read = {name for node in nodes for name in node.input} | {value.name for value in model.graph.output}
+    outputs = {value.name for value in model.graph.output}
+    undone = {node.output[0]: first.input[0] for node in model.graph.node
+              if (first := round_trip(node)) is not None and node.output[0] not in outputs}
+    nodes = []
+    for node in model.graph.node:
+        if node.output[0] in undone:
+            continue  # its readers read the float32 value itself
+        if (first := round_trip(node)) is not None:  # a graph output keeps its name
+            node = helper.make_node("Identity", [first.input[0]], list(node.output), node.name)
+        node.input[:] = [undone.get(name, name) for name in node.input]
+        nodes.append(node)
+    read = {name for node in nodes for name in node.input} | outputs
     del model.graph.node[:]
     model.graph.node.extend(node for node in nodes
                             if not (cast_to(node) == TensorProto.FLOAT16 and node.output[0] not in read))
