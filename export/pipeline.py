@@ -8,64 +8,45 @@ then moved to its final name. ``export_report.json`` is written either way and s
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 import onnx
-from scipy.stats import binom
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
-from medclf.runtime.cpu import VERIFIED_ON, this_cpu
+from medclf.runtime.cpu import this_cpu
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
+from .candidates import FLOAT16_ACTIVATIONS, Converters, derive, judged_probabilities, save
 from .depth_weights import set_again_on
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
-from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit, probabilities_and_levels
+from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit
 from .files import FILE_NAMES
-from .fp16 import Fp16Converter, with_float16_activations
+from .float_search import asked_steps, choose_float_layers
+from .fp16 import Fp16Converter
+from .held_out import MIN_VERIFY_IMAGES, HeldOut, held_out_sets
 from .int8 import ImageCalibrationReader, Int8Quantizer
 from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
-from .speed import speed, speeds
+from .speed import speed
 from .triton import write_model
-from .verify import (TOLERANCES, Calls, Comparison, VerificationError, compare, expected_flips,
-                     keras_probabilities, onnx_probabilities, onnx_served)
+from .verify import VerificationError, onnx_served
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Verification images, at most: FP16's tolerance (99.9% agreement) is "no flip at all" on fewer than 1,000,
 # and a file that truly flips 0.44% of answers (the demo model's FP16, on all 1,376 held-out cells) passed 256
 # images about one time in three. (medclf export's --verify-images default repeats it.)
 MAX_VERIFY_IMAGES = 1024
-MIN_VERIFY_IMAGES = 256  # kept for verification before any go to the search
 CALIBRATION_IMAGES = 256
-# FP16 and INT8: how many leading convolutions to keep float32, tried in turn (see _search); 15 is MobileNetV2's
-# first five blocks, about a third of its work. FP16 tries none: with float16 activations, as GPUs compute it and
-# verification judges it, a float32 prefix does not pay — activations are rounded at its end instead, as damaging
-# as the roundings it saves. Changed calls on all held-out images with float16 activations, for 0 / 4 / 8 / 15
-# leading convolutions float32 (and every node up to them): the default-trained 224-px blood model 0 / 2 / 2 / 2
-# of 1,376, the demo's 5 / 4 / 3 / 4 of 1,376 (30: 4); the 224-px chest model (its convolutions alone float32)
-# 0 / 1 / 1 of 782. ``--float-convs fp16=N`` still keeps N.
-FP16_FLOAT_STEPS = (0,)
-INT8_FLOAT_STEPS = (1, 3, 6, 9, 12, 15)
-SEARCH_IMAGES = 256  # held-out images the steps are chosen on, other than verification's where there are enough,
-MAX_SEARCH_IMAGES = 1024  # and up to this many where verification has all it takes: expected flips steady with more
-MIN_SEARCH_IMAGES = 64
-PASS_CONFIDENCE = 0.9  # a search step is kept when verification should pass it this often (see pass_probability)
-# ... judged on twice the flips expected_flips estimates: verification has counted up to 2.7x more (see _search)
-ESTIMATE_MARGIN = 2.0
 TRITON_MAX_BATCH = 64
-FLOAT16_ACTIVATIONS = "float16 activations, as a GPU computes the file"  # how FP16 is verified (_probabilities)
-Converters = dict[str, "Fp16Converter | Int8Quantizer"]  # by precision: what makes its file from the FP32 one
 
 
 def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -79,19 +60,20 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     the report's ``passed`` says so. ``engine`` also builds, verifies and publishes a TensorRT engine per
     precision (GPU machines only); ``triton`` writes a Triton model repository of what was published; ``cam``
     adds a class-activation-map output the runtime draws heatmaps from. ``float_convs`` (``{"int8": 3}``) keeps
-    that many leading convolutions float instead of searching for the number (see :func:`_search`);
+    that many leading convolutions float instead of searching for the number
+    (:func:`~.float_search.choose_float_layers`);
     verification judges the file as always. ``familiarity`` adds the output that says how unlike the training
     images an image is (:mod:`.familiarity`), where the model allows it (the report says why not)."""
     model_path, out = Path(model_path), Path(out_dir)
     precisions = _with_fp32(precisions)
-    float_convs = _asked_steps(float_convs or {}, precisions)
+    float_convs = asked_steps(float_convs or {}, precisions)
     if engine is not None:  # no TensorRT or no GPU: say so now, before minutes of work
         tensorrt()
         gpu_identity()
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
-    held_out, search = _held_out(model, card, paths, names, max_images,
+    held_out, search = held_out_sets(model, card, paths, names, max_images,
                                  searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
     if familiarity:
@@ -108,13 +90,13 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
         fp32 = Path(work) / FILE_NAMES["fp32"]
         proto, report["simplified"] = simplify(convert(model, card, cam=cam, familiarity=fitted), held_out.images)
-        _save(proto, card, fp32)
+        save(proto, card, fp32)
         candidates = {}
         for precision in precisions:
             if precision == "fp32":
                 candidates[precision], tried = fp32, {}
             else:
-                candidates[precision], tried = _search(precision, fp32, card, converters, search,
+                candidates[precision], tried = choose_float_layers(precision, fp32, card, converters, search,
                                                        float_convs.get(precision))
                 if fitted is not None:
                     tried["familiarity_weights"] = _familiarity_as_computed(candidates[precision], held_out, card)
@@ -124,7 +106,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 break  # the other precisions derive from a file that is already wrong
         int8 = report["precisions"].get("int8", {"passed": False})
         if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
-            candidates["int8 for tensorrt"] = _derive("int8", fp32, card, converters, True, int8["float_convs"])
+            candidates["int8 for tensorrt"] = derive("int8", fp32, card, converters, True, int8["float_convs"])
             if fitted is not None:
                 _familiarity_as_computed(candidates["int8 for tensorrt"], held_out, card)
         _publish(report["precisions"], candidates, engine, held_out)
@@ -138,54 +120,6 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise VerificationError("; ".join(f"{file} not written: {', '.join(failures)}"
                                           for file, failures in failed_files(report)))
     return report
-
-
-@dataclass(frozen=True)
-class HeldOut:
-    """Held-out images with their labels (None where unknown), Keras' probabilities for them, and the calls the
-    model serves (argmax, or a binary model's threshold), which every comparison with Keras counts; where the
-    unfamiliarity output is fitted on them, the pass that gave the probabilities gave its levels' features too
-    (``outputs``: :func:`~.familiarity.probabilities_and_levels`)."""
-
-    images: np.ndarray
-    labels: np.ndarray | None
-    reference: np.ndarray
-    calls: Calls
-    outputs: list[np.ndarray] | None = None
-
-    def compare(self, probabilities: np.ndarray, precision: str) -> Comparison:
-        """The exported file's ``probabilities`` for these images against Keras', within ``precision``'s
-        tolerance."""
-        return compare(self.reference, probabilities, TOLERANCES[precision], self.labels, self.calls)
-
-
-def _held_out(model, card: ModelCard, paths: list[str], names: list[str], max_images: int,
-              searching: bool, levels: bool = False) -> tuple[HeldOut, Search | None]:
-    """Verification's images (with the familiarity levels' features, from the same Keras pass, when ``levels``
-    are asked for and the model has them), and — when FP16 or INT8 will choose float layers (``searching``) —
-    the search's own, apart from verification's where enough are held out (:func:`held_out_split`)."""
-    calls = Calls(card.labels, card.decision)
-
-    def scored(indices: np.ndarray, levels: bool = False) -> HeldOut:
-        images, labels = load_labelled([paths[i] for i in indices], [names[i] for i in indices], card)
-        if levels:
-            try:
-                outputs = probabilities_and_levels(model, images)
-                return HeldOut(images, labels, outputs[0], calls, outputs)
-            except FamiliarityUnavailable:  # no dense head: _familiarity says so in the report
-                pass
-        return HeldOut(images, labels, keras_probabilities(model, images), calls)
-
-    verified, searched, searched_on = held_out_split(len(paths), max_images, searching)
-    verification = scored(verified, levels)
-    if searched is None:
-        return verification, None
-    if searched is verified:  # too few held out for both: the search judges on verification's own images
-        return verification, Search(verification, searched_on, verification.reference, len(verified),
-                                    verification_images=True)
-    searching_on = scored(searched)
-    return verification, Search(searching_on, searched_on,
-                                np.concatenate([verification.reference, searching_on.reference]), len(verified))
 
 
 def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: BatchProfile | None,
@@ -236,7 +170,7 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
     bought is part of the decision). One pass as onnxruntime serves the file here gives its probabilities and
     unfamiliarity; FP16 is judged on a second, with float16 activations, as a GPU computes it."""
     served, unfamiliarity = onnx_served(str(candidate), held_out.images)
-    judged = served if precision != "fp16" else _probabilities(candidate, held_out.images, precision)
+    judged = served if precision != "fp16" else judged_probabilities(candidate, held_out.images, precision)
     entry = {"size_bytes": candidate.stat().st_size, **held_out.compare(judged, precision).to_dict()}
     if precision == "fp16":  # how this CPU serves it, for the record
         on_cpu = held_out.compare(served, precision)
@@ -267,18 +201,6 @@ def _familiarity_as_computed(candidate: Path, held_out: HeldOut, card: ModelCard
     set — as that file computes its features (:mod:`.depth_weights`: a quantized feature map can sit far from the
     float one); the depths' weights, for the report."""
     return list(set_again_on(candidate, held_out.images, len(card.labels), FAMILIARITY_QUANTILE, "medclf_precision"))
-
-
-def _probabilities(candidate: Path, images: np.ndarray, precision: str) -> np.ndarray:
-    """``candidate``'s probabilities as the hardware its precision is for computes them: an FP16 file with
-    float16 activations (:func:`~.fp16.with_float16_activations`), where onnxruntime's CPU would keep them
-    float32 and hide their rounding and overflow; the others as onnxruntime runs them here."""
-    if precision != "fp16":
-        return onnx_probabilities(str(candidate), images)
-    with tempfile.TemporaryDirectory() as tmp:
-        emulated = Path(tmp) / candidate.name
-        onnx.save(with_float16_activations(onnx.load(str(candidate))), str(emulated))
-        return onnx_probabilities(str(emulated), images)
 
 
 def failed_files(report: dict) -> list[tuple[str, list[str]]]:
@@ -349,163 +271,6 @@ def _converters(run_dir: Path, calibration_data: str | os.PathLike[str] | None, 
     paths, _ = _images(run_dir, calibration_data, "train", "--calibration", CALIBRATION_IMAGES)
     reader = ImageCalibrationReader(paths, card.preprocess)
     return {"fp16": Fp16Converter(reader), "int8": Int8Quantizer(reader)}
-
-
-def _derive(precision: str, fp32: Path, card: ModelCard, converters: Converters | None = None,
-            for_tensorrt: bool = False, float_convs: int = 1) -> Path:
-    """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card, its first
-    ``float_convs`` convolutions kept float32, made by ``converters[precision]`` (:func:`_converters`);
-    ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), on the
-    same images as the published onnxruntime one."""
-    if precision == "fp32":
-        return fp32
-    target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
-    if precision == "fp16":
-        proto = converters["fp16"].convert(fp32, float_convs)
-    else:  # verified on this CPU: the runtime warns when a CPU without int8 dot products serves it
-        proto = converters["int8"].quantize(fp32, for_tensorrt, float_convs)
-        card = dataclasses.replace(card, metrics=card.metrics | {VERIFIED_ON: this_cpu()})
-    _save(proto, dataclasses.replace(card, precision=precision), target)
-    return target
-
-
-@dataclass(frozen=True)
-class Search:
-    """Held-out images to choose a precision's float layers on (``on``) and what they are, in words; Keras'
-    probabilities on every held-out image, search's and verification's (their top-two gaps are what
-    :func:`expected_flips` compares changes with); how many images verification will judge; and whether the
-    search images are verification's own (too few held out for both)."""
-
-    on: HeldOut
-    searched_on: str
-    held_out_reference: np.ndarray
-    verified: int
-    verification_images: bool = False
-
-
-def _search(precision: str, fp32: Path, card: ModelCard, converters: Converters,
-            search: Search, asked: int | None = None) -> tuple[Path, dict]:
-    """The candidate with the fewest leading convolutions kept float32 (``INT8_FLOAT_STEPS``; FP16 has a
-    single step, ``FP16_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥
-    ``PASS_CONFIDENCE``) given the answers it is expected to change (:func:`expected_flips`, doubled) — or, if
-    none is, the best of them (:func:`chosen_try`), which verification then judges. The tries go into the report,
-    with the agreement counted on the search images for the record.
-
-    Why an estimate rather than counting flips on the search images: FP16 changes too few answers to count on a
-    few hundred images, and INT8's counts move in blocks where held-out images are copies of a few cells. On
-    the packaged blood-cell model, INT8's counted agreement on 256 search images was 98.0%, 97.7%, 97.3%,
-    96.9%, 97.7%, 97.3% for 1, 3, 6, 9, 12, 15 float convolutions — falling as verification's 1,024 other
-    images rose 98.7% → 99.6% — while the estimate rose with them (99.1% → 99.4%).
-
-    Why twice the estimate (``ESTIMATE_MARGIN``): it reads low, most where few layers are float. INT8 with 1, 3,
-    6, 9, 12, 15 float convolutions, estimated vs counted on verification's 1,024 images — the blood model
-    packaged until 2026-12-06: 0.70/1.07%, 0.54/0.98%, 0.45/1.07%, 0.47/0.29%, 0.36/0.10%, 0.36/0.39%; one
-    fine-tuned from block 6: 0.61/1.66%, 0.47/1.27%, 0.36/0.78%, 0.42/0.78%, 0.22/0.78%, 0.28/1.27%; the 160-px
-    one 1.41/2.25% ... 0.63/0.39%. Taken at its word, the search kept 3 float for the first (99.0%, passed by
-    one flip) and 1 for the second (98.3%, refused); at twice, 12 (99.9%) and 12 (99.2%), and 15 for the third (99.6%).
-
-    Where the search images are verification's own, the count is verification's verdict: the first step that
-    passes there is the one (:func:`cleared`).
-
-    Where there was more than one try, each is timed afterwards (images/s at batch 32 on this CPU, all in one
-    process), so the report shows what keeping fewer layers float would buy and at what chance of passing
-    (``report.search_lines``) — the trade ``asked`` makes. A single try is not: the report times the file
-    it publishes anyway.
-
-    ``asked``: that many float convolutions and no search — for whoever wants a faster file than the search's
-    margin allows (the blood model packaged until 2026-12-06, INT8 at 3 float: 99.0% on verification's images,
-    2.8x FP32's speed, where the search keeps 12: 99.9%, 1.4x; the one packaged since passed at 3 with 99.3%,
-    yet changed 1.2% of TEST's calls: it ships at 5). Its one try is still recorded; verification decides."""
-    tries, files = [], {}
-    steps = (asked,) if asked is not None else FP16_FLOAT_STEPS if precision == "fp16" else INT8_FLOAT_STEPS
-    for float_convs in steps:
-        candidate = _derive(precision, fp32, card, converters, float_convs=float_convs)
-        files[float_convs] = candidate.rename(candidate.with_suffix(f".float{float_convs}.onnx"))  # each try kept
-        probabilities = _probabilities(files[float_convs], search.on.images, precision)
-        comparison = search.on.compare(probabilities, precision)
-        flips = expected_flips(search.held_out_reference, search.on.reference, probabilities, search.on.calls)
-        chance = pass_probability(precision, ESTIMATE_MARGIN * flips, search.verified)
-        tries.append({"float_convs": float_convs, "agreement": comparison.agreement, "passed": comparison.passed,
-                      "expected_flips": flips, "pass_probability": chance,
-                      "cleared": cleared(comparison.passed, chance, search.verification_images)})
-        if tries[-1]["cleared"]:
-            break
-    chosen = chosen_try(tries, search.verification_images)
-    if len(tries) > 1:  # what fewer float layers would buy, for the report (one timing process for all tries)
-        for entry, timing in zip(tries, speeds([files[t["float_convs"]] for t in tries], search.on.images,
-                                               repeats=3)):
-            entry["images_per_s_batch32"] = timing["images_per_s_batch32"]
-    method = {"method": converters[precision].method()}
-    searched_on = search.searched_on if asked is None else f"none: {asked} asked for (--float-convs)"
-    return files[chosen["float_convs"]], {"float_convs": chosen["float_convs"], "search": tries,
-                                          "searched_on": searched_on,
-                                          "search_counted": search.verification_images, **method}
-
-
-def _asked_steps(float_convs: dict[str, int], precisions: tuple[str, ...]) -> dict[str, int]:
-    """``float_convs`` checked against what is exported: only FP16 and INT8 have float layers to choose."""
-    for precision, count in float_convs.items():
-        if precision not in ("fp16", "int8") or precision not in precisions:
-            raise ValueError(f"float convolutions are chosen for fp16 or int8 files being exported "
-                             f"({', '.join(precisions)}), not for {precision}")
-        if count < 0 or precision == "int8" and count < 1:
-            raise ValueError(f"{precision}: {count} float convolutions; INT8 keeps at least its first one float")
-    return float_convs
-
-
-def chosen_try(tries: list[dict], on_verification_images: bool) -> dict:
-    """The search's pick: the step it stopped at when one cleared (:func:`cleared`); else, searched on
-    verification's own images, the one that agreed most there (its count is verification's verdict; ties: the
-    one expected to change fewest); else the one expected to change fewest answers."""
-    if tries[-1]["cleared"]:
-        return tries[-1]
-    if on_verification_images:
-        return max(tries, key=lambda t: (t["agreement"], -t["expected_flips"]))
-    return min(tries, key=lambda t: t["expected_flips"])
-
-
-def cleared(passed: bool, chance: float, on_verification_images: bool) -> bool:
-    """Whether the search stops at a step: verification should pass it nine times in ten (``chance``,
-    :func:`pass_probability`) — or, searched on verification's own images, it ``passed`` there, which is then
-    verification's verdict itself. Judged by the estimate alone, a 180-film DICOM run's INT8 (256 images, all
-    of them verification's) was kept at 6 float convolutions, expected to change the fewest answers, and refused
-    at 98.4%, while 12 and 15 had counted 99.2% on those very images."""
-    return passed if on_verification_images else chance >= PASS_CONFIDENCE
-
-
-def pass_probability(precision: str, flips: float, verified: int) -> float:
-    """The chance that verification on ``verified`` images passes a file that changes a share ``flips`` of
-    answers: that it counts no more changed answers than ``precision``'s tolerance allows (binomial).
-
-    Judging a step by its estimate alone is a coin toss where the estimate sits at the tolerance: an FP16 file
-    changing 0.1% of answers passes 99.9% on 1,024 images 73% of the time (0.05%: 91%), an INT8 one changing
-    0.94% passes 99% 63% of the time (0.69%: 90%). Measured: 0.09% expected, 0.20% counted (the 160-px blood
-    model's FP16, failed); 0.62% expected, 1.27% counted (a blood model fine-tuned from block 6, INT8, failed)."""
-    most = math.floor(verified * (1 - TOLERANCES[precision].min_agreement) + 1e-9)
-    return float(binom.cdf(most, verified, flips))
-
-
-def held_out_split(count: int, most: int, searching: bool) -> tuple[np.ndarray, np.ndarray | None, str]:
-    """Which of ``count`` held-out images verification judges (at most ``most``, evenly spread), and which the
-    float-layer search chooses on: ``SEARCH_IMAGES`` others (all the rest, up to ``MAX_SEARCH_IMAGES``, once
-    verification has ``most``), so the choice is not fitted to its judge, as long as verification keeps
-    ``MIN_VERIFY_IMAGES``; with too few left, the verification images themselves (said in the report). No
-    search images unless ``searching``."""
-    if not searching:
-        return spread(count, most), None, ""
-    kept = min(most, max(MIN_VERIFY_IMAGES, count - SEARCH_IMAGES))
-    if count - kept < MIN_SEARCH_IMAGES:
-        verified = spread(count, most)
-        return verified, verified, "the verification images (too few others held out)"
-    verified = spread(count, kept)
-    rest = np.setdiff1d(np.arange(count), verified)
-    searched = rest[spread(len(rest), MAX_SEARCH_IMAGES)]
-    return verified, searched, f"{len(searched)} held-out images not used for verification"
-
-
-def _save(proto: onnx.ModelProto, card: ModelCard, path: Path) -> None:
-    onnx.helper.set_model_props(proto, card.to_metadata())
-    onnx.save(proto, str(path))
 
 
 def verification_set(model_path: Path, card: ModelCard, data: str | os.PathLike[str] | None = None,

@@ -12,7 +12,7 @@ import pytest
 
 from medclf.export import pipeline
 from medclf.export.labelled_images import spread
-from medclf.export.verify import Calls, Tolerance, VerificationError, compare, expected_flips
+from medclf.export.verify import TOLERANCES, Calls, Tolerance, VerificationError, compare, expected_flips
 from medclf.rundir import RunDir
 from medclf.runtime import Classifier, load_image
 from medclf.runtime.decision import Decision
@@ -124,7 +124,7 @@ def test_onnx_matches_keras_on_unseen_test_images(exported, run_dir, blood_cell_
 
 
 def test_a_file_that_fails_verification_is_not_published_and_the_others_are(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline.TOLERANCES, "fp16", Tolerance(min_agreement=1.0, max_abs_diff=-1.0))
+    monkeypatch.setitem(TOLERANCES, "fp16", Tolerance(min_agreement=1.0, max_abs_diff=-1.0))
     with pytest.raises(VerificationError, match=r"model.fp16.onnx not written: .*max \|Δp\|"):
         pipeline.export_run(run_dir / "model.keras", tmp_path, ("fp16",))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export_report.json", "model.onnx"]
@@ -133,7 +133,7 @@ def test_a_file_that_fails_verification_is_not_published_and_the_others_are(run_
 
 
 def test_when_fp32_fails_nothing_derived_from_it_is_attempted(run_dir, tmp_path, monkeypatch):
-    monkeypatch.setitem(pipeline.TOLERANCES, "fp32", Tolerance(min_agreement=1.0, max_abs_diff=-1.0))
+    monkeypatch.setitem(TOLERANCES, "fp32", Tolerance(min_agreement=1.0, max_abs_diff=-1.0))
     report = pipeline.export_run(run_dir / "model.keras", tmp_path, ("fp32", "int8"), strict=False)
     assert list(report["precisions"]) == ["fp32"] and not report["passed"]
     assert [p.name for p in tmp_path.iterdir()] == ["export_report.json"]

@@ -15,9 +15,11 @@ from medclf.export.fp16 import compensated_rounding, to_fp16
 from medclf.export.input_moments import conv_patch_moments
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.output_nodes import familiarity_nodes
-from medclf.export.pipeline import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE, HeldOut,
-                                    _derive, _probabilities, _verify, chosen_try, cleared, held_out_split,
-                                    model_card, pass_probability, verification_set)
+from medclf.export.candidates import derive, judged_probabilities
+from medclf.export.float_search import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE,
+                                        chosen_try, cleared, pass_probability)
+from medclf.export.held_out import HeldOut, held_out_split
+from medclf.export.pipeline import _verify, model_card, verification_set
 from medclf.export.report import computed_lines, export_table, search_lines
 from medclf.export.verify import Calls, expected_flips, keras_probabilities
 from medclf.runtime import Classifier, load_image
@@ -212,7 +214,7 @@ def test_an_int8_file_carries_the_cpu_it_was_made_and_verified_on(exported, bloo
     card = Classifier(fp32).card
     paths = sorted(str(p) for p in (blood_cells / "TRAIN" / "LYMPHOCYTE").iterdir())[:8]
     quantizer = Int8Quantizer(ImageCalibrationReader(paths, card.preprocess))
-    int8 = Classifier(_derive("int8", fp32, card, {"int8": quantizer})).card
+    int8 = Classifier(derive("int8", fp32, card, {"int8": quantizer})).card
     assert int8.precision == "int8" and int8.metrics[VERIFIED_ON] == this_cpu()
     assert VERIFIED_ON not in card.metrics  # the FP32 file's maths do not depend on the CPU's int8 instructions
 
@@ -389,7 +391,8 @@ def test_fp16_is_verified_as_a_gpu_computes_it_with_float16_activations(run_dir,
     images, labels = verification_set(run_dir / "model.keras", card)
     keras_p = keras_probabilities(keras.models.load_model(run_dir / "model.keras", compile=False), images)
     entry = _verify(candidate, HeldOut(images, labels, keras_p, Calls(card.labels, card.decision)), "fp16")
-    as_gpus_compute, on_this_cpu = _probabilities(candidate, images, "fp16"), Classifier(candidate).predict(images)
+    as_gpus_compute = judged_probabilities(candidate, images, "fp16")
+    on_this_cpu = Classifier(candidate).predict(images)
     assert "float16 activations" in entry["computed_as"] == exported[1]["precisions"]["fp16"]["computed_as"]
     assert entry["max_abs_diff"] == pytest.approx(np.abs(as_gpus_compute - keras_p).max(), rel=1e-6)
     assert entry["on_this_cpu"]["max_abs_diff"] == pytest.approx(np.abs(on_this_cpu - keras_p).max(), rel=1e-6)
