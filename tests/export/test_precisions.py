@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import shutil
 
 import keras
@@ -16,9 +15,9 @@ from medclf.export.input_moments import conv_patch_moments
 from medclf.export.int8 import ImageCalibrationReader, Int8Quantizer, to_int8
 from medclf.export.output_nodes import familiarity_nodes
 from medclf.export.candidates import derive, judged_probabilities
-from medclf.export.float_search import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, PASS_CONFIDENCE,
-                                        chosen_try, cleared, pass_probability)
-from medclf.export.held_out import HeldOut, held_out_split
+from medclf.export.float_search import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, chosen_try, cleared,
+                                        pass_probability)
+from medclf.export.held_out import HeldOut
 from medclf.export.pipeline import _verify, model_card, verification_set
 from medclf.export.report import computed_lines, export_table, search_lines
 from medclf.export.verify import Calls, expected_flips, keras_probabilities
@@ -291,25 +290,6 @@ def test_the_table_says_which_files_were_published_and_which_verification_refuse
     assert rows == {name: "ok" if entry["passed"] else "refused" for name, entry in report["precisions"].items()}
 
 
-def test_a_step_clears_when_verification_should_pass_it_nine_times_in_ten():
-    """INT8 on 1,024 images may count 10 changed answers: a file expected to change 0.69% passes 90% of the
-    time, 0.94% only 63%. FP16 may count 1: 0.05% passes 91%, 0.1% 73%. On 489 images FP16 may count none."""
-    assert pass_probability("int8", 0.0069, 1024) == pytest.approx(0.897, abs=0.001)
-    assert pass_probability("int8", 0.0094, 1024) == pytest.approx(0.63, abs=0.01)
-    assert pass_probability("fp16", 0.0005, 1024) == pytest.approx(0.906, abs=0.001)
-    assert pass_probability("fp16", 0.001, 1024) == pytest.approx(0.727, abs=0.001)
-    assert pass_probability("fp16", 0.00026, 489) == pytest.approx(math.exp(-0.00026 * 489), abs=0.001)
-    assert pass_probability("int8", 0.0, 1024) == 1.0
-
-
-def test_searched_on_verification_images_a_step_clears_when_it_passes_there_whatever_the_estimate():
-    """Too few images held out for a search of its own: the count on verification's images is its verdict."""
-    assert cleared(passed=True, chance=0.6, on_verification_images=True)
-    assert not cleared(passed=False, chance=0.99, on_verification_images=True)
-    assert cleared(passed=False, chance=PASS_CONFIDENCE, on_verification_images=False)
-    assert not cleared(passed=True, chance=0.6, on_verification_images=False)
-
-
 def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell_images, tmp_path):
     card = Classifier().card
     copy = tmp_path / "cell.jpeg"
@@ -343,20 +323,6 @@ def test_fp16_is_float16_throughout_unless_asked_and_its_one_try_is_recorded(exp
     assert entry["method"]["damping"] > 0 and entry["method"]["patch_positions_per_image"] > 0
 
 
-def test_when_no_step_clears_the_pick_is_the_most_agreeing_where_counted_else_the_fewest_expected_flips():
-    """Searched on verification's own images, the count is the verdict, so the step that counted most agreement
-    there is the one verification would refuse least; elsewhere a few hundred images' count is noise (see
-    ``_search``) and the estimate decides."""
-    tries = [{"float_convs": n, "agreement": a, "expected_flips": f, "cleared": False}
-             for n, a, f in ((9, 0.989, 0.0174), (12, 0.977, 0.0171), (15, 0.982, 0.0169))]
-    assert chosen_try(tries, on_verification_images=True)["float_convs"] == 9
-    assert chosen_try(tries, on_verification_images=False)["float_convs"] == 15
-    tries[-1]["cleared"] = True
-    assert chosen_try(tries, on_verification_images=True)["float_convs"] == 15
-    tied = [{**tries[0], "expected_flips": 0.02}, {**tries[0], "float_convs": 12}]
-    assert chosen_try(tied, on_verification_images=True)["float_convs"] == 12
-
-
 def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_error():
     reference = np.array([[0.50, 0.49, 0.01], [0.9, 0.07, 0.03], [0.6, 0.3, 0.1], [0.40, 0.35, 0.25]])
     # gaps 0.01, 0.83, 0.3, 0.05; a candidate moving every gap by 0.02 beats one gap in four
@@ -364,19 +330,6 @@ def test_expected_flips_is_how_often_one_images_top_two_gap_is_below_anothers_er
     assert expected_flips(reference, reference, moved) == pytest.approx(0.25)
     assert expected_flips(reference, reference, reference) == 0.0
     assert expected_flips(reference, reference[:1], moved[:1] * 0 + [[0.0, 1.0, 0.0]]) == pytest.approx(1.0)
-
-
-def test_verification_and_the_search_get_different_held_out_images_while_there_are_enough():
-    verified, searched, _ = held_out_split(1376, 1024, searching=True)  # the blood-cell runs' validation
-    assert len(verified) == 1024 and len(searched) == 352 and not set(verified) & set(searched)
-    verified, searched, _ = held_out_split(5000, 1024, searching=True)
-    assert len(verified) == 1024 and len(searched) == 1024 and not set(verified) & set(searched)
-    verified, searched, _ = held_out_split(745, 1024, searching=True)  # the chest preset's
-    assert (len(verified), len(searched)) == (489, 256) and not set(verified) & set(searched)
-    verified, searched, said = held_out_split(300, 1024, searching=True)
-    assert len(verified) == 300 and searched is verified and "verification images" in said
-    verified, searched, _ = held_out_split(1376, 1024, searching=False)
-    assert len(verified) == 1024 and searched is None
 
 
 def test_fp16_is_verified_as_a_gpu_computes_it_with_float16_activations(run_dir, exported, tmp_path):
