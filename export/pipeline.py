@@ -177,7 +177,7 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
         entry |= {"computed_as": FLOAT16_ACTIVATIONS,
                   "on_this_cpu": {"agreement": on_cpu.agreement, "max_abs_diff": on_cpu.max_abs_diff}}
     if unfamiliarity is not None:  # FP32 about 0.5% by construction; FP16 and INT8 move the features under it
-        entry["unlike_training"] = float(np.mean(unfamiliarity > 1))
+        entry["unlike_training"] = float(np.mean(~(unfamiliarity <= 1)))  # NaN measured nothing familiar
     return entry | speed(candidate, held_out.images)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -60,8 +61,10 @@ class Prediction:
     @property
     def unlike_training(self) -> bool:
         """Whether the image lies farther from the model's training images than 99.5% of its held-out images
-        do: its call is then no more than a guess (a chest film given to a blood-cell model, a grey smear)."""
-        return self.unfamiliarity is not None and self.unfamiliarity > 1
+        do: its call is then no more than a guess (a chest film given to a blood-cell model, a grey smear). A
+        distance that came out NaN (an FP16 file exported before 2026-12-07 could overflow) measured nothing
+        familiar either: unlike."""
+        return self.unfamiliarity is not None and not self.unfamiliarity <= 1
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:
@@ -69,8 +72,9 @@ class Prediction:
         heatmap = {"heatmap": self.heatmap} if self.heatmap is not None else {}
         if self.heatmap_error is not None:  # the overlay the disk refused: its reason, in place of its name
             heatmap = {"heatmap_error": self.heatmap_error}
-        familiarity = {} if self.unfamiliarity is None else {"unfamiliarity": self.unfamiliarity,
-                                                            "unlike_training": self.unlike_training}
+        familiarity = {} if self.unfamiliarity is None else {  # JSON has no inf or NaN: null, flagged
+            "unfamiliarity": self.unfamiliarity if math.isfinite(self.unfamiliarity) else None,
+            "unlike_training": self.unlike_training}
         return {"path": self.path, "label": self.label, "probability": self.probability,
                 "top_k": [[label, p] for label, p in self.top_k]} | familiarity | heatmap
 

@@ -300,7 +300,7 @@ def unlike_training(unfamiliarity: np.ndarray, paths: tuple[str, ...]) -> dict:
     images like them lie beyond its threshold), with a few of them named: a set with many is not the kind of
     data the scores describe, or holds images that do not belong (another modality, a stain the model never
     saw)."""
-    beyond = np.flatnonzero(unfamiliarity > 1)
+    beyond = np.flatnonzero(~(unfamiliarity <= 1))  # as Prediction.unlike_training: NaN is unlike
     return {"images": len(paths), "count": len(beyond), "share": len(beyond) / len(paths),
             "examples": [paths[i] for i in beyond[np.argsort(-unfamiliarity[beyond])][:3]]}
 

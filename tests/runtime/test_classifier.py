@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, Preprocess, load_image
+from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, Prediction, Preprocess, load_image
 from tests.onnx_graphs import brightness_model
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
@@ -42,6 +44,14 @@ def test_assess_answers_probabilities_and_unfamiliarity_from_one_pass(classifier
     plain = Classifier(brightness_model(tmp_path / "plain.onnx", card))
     assert plain.answer_outputs == ["probabilities"]
     assert plain.assess(np.zeros((2, 8, 8, 1), np.uint8))[1] is None
+
+
+@pytest.mark.parametrize("unfamiliarity", [float("inf"), float("nan")])
+def test_a_distance_that_overflowed_is_unlike_training_and_its_json_line_stays_json(unfamiliarity):
+    answer = Prediction("smear.png", "MONOCYTE", 0.6, (("MONOCYTE", 0.6),), unfamiliarity=unfamiliarity)
+    assert answer.unlike_training
+    line = json.loads(json.dumps(answer.to_dict(), allow_nan=False))
+    assert line["unfamiliarity"] is None and line["unlike_training"] is True
 
 def test_many_images_run_in_batches_of_bounded_pixels_unless_a_batch_size_is_given(blood_cell_images,
                                                                                      monkeypatch):
