@@ -1,5 +1,6 @@
 """``medclf``: the toolchain CLI — train, crossval, evaluate, explain, augment, export, benchmark, demo.
-Thin commands: validate (the option types and their parsers are :mod:`.options`), call the library, print.
+Thin commands: validate (the option types and their parsers are :mod:`.options`), call the library, print
+(what is printed is formatted in :mod:`.printed`).
 
 TensorFlow is imported inside the commands that need it, so ``medclf --help`` answers at once.
 """
@@ -7,13 +8,10 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich import box
-from rich.console import Console
 from rich.markup import escape
-from rich.table import Column, Table
 
 from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, CropFraction, Distribute, Epochs,
                       ExistingDir, FreezeUntil, Grey, GroupCopies, GroupPattern, HeadEpochs, ImageSize, LabelsCsv,
@@ -21,20 +19,12 @@ from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, 
                       TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, ValSplit, Wise,
                       held_out_data, label_source, parse_float_counts, parse_precisions, parse_profile, parse_shares,
                       recipe_of, recipes_of, writable_file, writable_folder)
+from .printed import (agreement_line, console, error, errors, familiarity_line, intervals_line, percentages,
+                      print_metrics, print_unreadable, site_metrics, unlike_line)
 from .quiet_tensorflow import import_tensorflow
-
-if TYPE_CHECKING:
-    from .site_familiarity import SiteFamiliarity
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
-console = Console(soft_wrap=True)  # paths and metrics stay on one line, in terminals and logs alike
-errors = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
-
-
-def error(text: str) -> None:
-    """One red 'error:' line on stderr; the text is printed as is (a path like scan[1].png is not markup)."""
-    errors.print(f"[red]error[/red]: {escape(text)}", highlight=False)
 
 
 @app.command()
@@ -68,24 +58,16 @@ def train(
         result = _library_call(lambda: train_ensemble(data, out, recipes, test, naming, limit_per_class))
         for member in result.metrics["training"]["members"]:
             console.print(f"member {Path(member).name}:")
-            _print_metrics(RunDir(Path(member)).metrics)
+            print_metrics(RunDir(Path(member)).metrics)
         console.print("the members averaged:")
     else:
         result = _library_call(lambda: run_training(data, out, recipes[0], test=test, naming=naming,
                                                     limit_per_class=limit_per_class))
-    _print_metrics(result.metrics)
+    print_metrics(result.metrics)
     if (temperature := result.metrics["training"].get("temperature")) is not None:
         console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
-    _print_unreadable(result.metrics["training"].get("unreadable", {}))
+    print_unreadable(result.metrics["training"].get("unreadable", {}))
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
-
-
-def _print_unreadable(unreadable: dict[str, int]) -> None:
-    """One line at the end for files left out along the way (each was named as it was met, maybe far above)."""
-    if total := sum(unreadable.values()):
-        where = ", ".join(f"{n} {split}" for split, n in unreadable.items() if n)
-        console.print(f"{total} file{'s' if total > 1 else ''} could not be read and {'were' if total > 1 else 'was'} "
-                      f"left out ({where}): each is named above")
 
 
 @app.command()
@@ -118,7 +100,7 @@ def crossval(
     pooled = summary["pooled"]
     auc = f", ROC AUC {pooled['roc_auc_macro']:.3f}" if pooled["roc_auc_macro"] is not None else ""
     console.print(f"the {pooled['images']} held-out images pooled: accuracy {pooled['accuracy']:.3f}{auc}; "
-                  f"{_intervals_line(pooled['confidence_intervals'], None)}")
+                  f"{intervals_line(pooled['confidence_intervals'], None)}")
     console.print(f"wrote {out}/crossval.json")
 
 
@@ -161,35 +143,12 @@ def evaluate(
                                                                      top_folders),
                                                  group_pattern=group_pattern,
                                                  group_copies=group_copies, prevalence=shares))
-    _print_metrics({"evaluation": metrics})
+    print_metrics({"evaluation": metrics})
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
-        console.print(_agreement_line(fp32, model.name, metrics["accuracy"]), highlight=False)
+        console.print(agreement_line(fp32, model.name, metrics["accuracy"]), highlight=False)
     if (unlike := metrics.get("unlike_training")) is not None:
         console.print(unlike_line(unlike, model.name), highlight=False)
     console.print(f"wrote {out}/metrics.json, confusion_matrix.png, roc.png, calibration.png")
-
-
-def unlike_line(unlike: dict, name: str) -> str:
-    """'evaluation: model.onnx says 1 of 624 images (0.2%) are unlike its training images (about 0.5% of images
-    like them are), the farthest: ...'."""
-    line = (f"evaluation: {name} says {unlike['count']} of {unlike['images']} images ({unlike['share']:.1%}) are "
-            f"unlike its training images (of images like them, about 0.5% are)")
-    if unlike["share"] > 0.05:
-        line += "; these scores describe a mix of kinds of images, not the model on the kind it is for"
-    return line + (f"; the farthest: {', '.join(unlike['examples'])}" if unlike["examples"] else "")
-
-
-def _agreement_line(fp32: dict, name: str, accuracy: float) -> str:
-    """'evaluation: model.int8.onnx makes the same calls as model.onnx on 97.3% of these images (17 of 624 changed:
-    NORMAL → PNEUMONIA 17); accuracy 0.822 here, model.onnx's 0.843 — below the 99.0% ...'."""
-    reference = Path(fp32["file"]).name
-    moves = ", ".join(f"{move} {count}" for move, count in fp32["moves"].items())
-    line = (f"evaluation: {name} makes the same calls as {reference} on {fp32['agreement']:.1%} of these images "
-            f"({fp32['changed']} of {fp32['images']} changed{': ' + moves if moves else ''}); accuracy "
-            f"{accuracy:.3f} here, {reference}'s {fp32['fp32_accuracy']:.3f}")
-    if fp32["within_tolerance"]:
-        return line
-    return f"{line} — below the {fp32['tolerance']:.1%} its export was verified to on the training site's images"
 
 
 @app.command()
@@ -207,7 +166,7 @@ def ensemble(
     if len(runs) < 2:
         raise typer.BadParameter("give two or more run directories", param_hint="RUNS")
     metrics = _library_call(lambda: ensemble_runs(runs, out, test, target_sensitivity))
-    _print_metrics(metrics)
+    print_metrics(metrics)
     console.print(f"wrote {out}/model.keras and its run files")
 
 
@@ -248,10 +207,10 @@ def calibrate(
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
     if site.prevalence is not None:
-        stated, held = (_percentages(site.prevalence[key]) for key in ("stated", "images"))
+        stated, held = (percentages(site.prevalence[key]) for key in ("stated", "images"))
         console.print(f"at the stated prevalence ({stated}; the site images hold {held}), each image weighted "
                       "by the ratio:")
-    console.print(f"as the model stands, {site.images} site images: {_site_metrics(site.before)}")
+    console.print(f"as the model stands, {site.images} site images: {site_metrics(site.before)}")
     if site.familiarity is not None:
         console.print(familiarity_line(site.familiarity))
     scaling = [f"temperature {site.temperature:.3g}, bias "
@@ -266,46 +225,11 @@ def calibrate(
         console.print(f"new: {new}; too few images to estimate their worth (60 independent ones of each class let "
                       "them be fitted on one half and scored on the other)")
     else:
-        console.print(f"new: {new}: {_site_metrics(site.estimate)} (fitted on half the site images, scored on the "
+        console.print(f"new: {new}: {site_metrics(site.estimate)} (fitted on half the site images, scored on the "
                       f"other half, {site.estimate['splits']} splits)")
     written = [out, out.with_suffix(".json")] + ([picture] if site.estimate is not None else [])
     console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
                   + (" (reliability before and after)" if site.estimate is not None else ""))
-
-
-def familiarity_line(familiarity: SiteFamiliarity) -> str:
-    """'unfamiliarity: 394 of 498 site images (79.1%) lie beyond 1, unlike the training images (...)' and, if
-    the site took its images as the reference, that; else, where many are beyond, the option that would."""
-    line = (f"unfamiliarity: {familiarity.beyond} of {familiarity.images} site images "
-            f"({familiarity.beyond / familiarity.images:.1%}) lie beyond 1, unlike the training images (of the "
-            f"training site's held-out images, {1 - familiarity.quantile:.1%})")
-    if familiarity.weights is not None:
-        return line + ("; the copy's is set again on these images, depth by depth, so that they lie beyond 1 as "
-                       "rarely: its warnings mean unlike this site's images")
-    if familiarity.beyond > 0.05 * familiarity.images:
-        line += ("; the model will warn on these images — if they are the kind it is for here (another scanner, "
-                 "stain or exposure), --familiarity-from-site takes them as the reference")
-    return line
-
-
-def _percentages(shares: dict[str, float]) -> str:
-    """{'NORMAL': 0.9, 'PNEUMONIA': 0.1} → 'NORMAL 90.0%, PNEUMONIA 10.0%'."""
-    return ", ".join(f"{name} {share:.1%}" for name, share in shares.items())
-
-
-def _site_metrics(summary: dict) -> str:
-    """'threshold 0.622, accuracy 0.899, ..., calibration error 0.033, log loss 0.218', with ± spreads for an
-    estimate, and the model as it stands on the estimate's halves beside them."""
-    def number(value: float | dict) -> str:
-        return f"{value['mean']:.3f} ± {value['std']:.3f}" if isinstance(value, dict) else f"{value:.3f}"
-
-    shown = [f"threshold {summary['threshold']:.3g}"] if summary.get("threshold") is not None else []
-    shown += [f"{key} {number(summary[key])}" for key in ("accuracy", "sensitivity", "specificity") if key in summary]
-    for key, name in (("expected_calibration_error", "calibration error"), ("log_loss", "log loss")):
-        shown.append(f"{name} {number(summary[key])}")
-        if f"{key}_before" in summary:
-            shown[-1] += f" (as the model stands on the same halves: {number(summary[f'{key}_before'])})"
-    return ", ".join(shown)
 
 
 @app.command()
@@ -466,89 +390,6 @@ def _library_call(call):
     except known as exc:
         error(str(exc))
         raise typer.Exit(1) from None
-
-
-def _print_metrics(metrics: dict) -> None:
-    """One line per split; for three classes or more, the last split's per-class table beneath."""
-    splits = [split for split in ("validation", "test", "evaluation") if split in metrics]
-    for split in splits:
-        m = metrics[split]
-        extra = "".join(f", {k} {m[k]:.3f}" for k in ("sensitivity", "specificity") if m.get(k) is not None)
-        extra += _operating_point(m)
-        auc = f", ROC AUC {m['roc_auc_macro']:.3f}" if m.get("roc_auc_macro") is not None else ""
-        console.print(f"{split}: accuracy {m['accuracy']:.3f}{auc}{extra}, "
-                      f"calibration error {m['expected_calibration_error']:.3f} on {m['images']} images")
-        if m.get("confidence_intervals"):
-            console.print(f"{split}, {_intervals_line(m['confidence_intervals'], m.get('per_source'))}")
-        if "per_source" in m:
-            source = m["per_source"]
-            right = ", ".join(f"{name} {c['right']}/{c['sources']}" for name, c in source["per_class"].items())
-            kind = source.get("kind", "sources")  # patients, or source images (copies of one cell)
-            low, high = source.get("accuracy_interval") or (None, None)
-            interval = f" (95% CI {low:.3f}-{high:.3f})" if low is not None else ""
-            console.print(f"{split}, one vote per {kind[:-1]}: accuracy {source['accuracy']:.3f}{interval} over "
-                          f"{source['sources']} {kind} ({right})")
-        if "at_prevalence" in m:
-            console.print(f"{split}, {_prevalence_line(m['at_prevalence'], m.get('positive_class'))}")
-    if splits and len(metrics[splits[-1]]["per_class"]) > 2:
-        last = metrics[splits[-1]]
-        intervals = (last.get("confidence_intervals") or {}).get("per_class")
-        table = _per_class_table(last["per_class"], splits[-1], intervals)
-        natural = console.measure(table, options=console.options.update_width(10_000)).maximum
-        # a log or a pipe has no width to keep to: long class names stay on one line there
-        out = console if console.is_terminal else Console(file=console.file, width=max(console.width, natural))
-        out.print(table)
-
-
-def _intervals_line(intervals: dict, per_source: dict | None) -> str:
-    """'95% confidence intervals (1000 resamples of its 100 sources): accuracy 0.749-0.964, ROC AUC ...'."""
-    from .intervals import resampled
-
-    shown = [f"{name} {intervals[key][0]:.3f}-{intervals[key][1]:.3f}"
-             for key, name in (("accuracy", "accuracy"), ("roc_auc_macro", "ROC AUC"), ("sensitivity", "sensitivity"),
-                               ("specificity", "specificity")) if intervals.get(key)]
-    return (f"{intervals['level']:.0%} confidence intervals ({intervals['resamples']} resamples of its "
-            f"{resampled(intervals, per_source)}): " + ", ".join(shown))
-
-
-def _prevalence_line(site: dict, positive: str | None) -> str:
-    """'at the stated prevalence (NORMAL 90.0%, PNEUMONIA 10.0%): accuracy ..., a PNEUMONIA call right 0.412
-    of the time (PPV), a NORMAL call 0.993 (NPV), ...'; per class for more than two."""
-    precision = site["precision"]
-    if positive is not None:
-        negative = next(name for name in precision if name != positive)
-        right = (f"a {positive} call right {precision[positive]:.3f} of the time (PPV), a {negative} call "
-                 f"{precision[negative]:.3f} (NPV)")
-    else:
-        right = "calls right: " + ", ".join(f"{name} {value:.3f}" for name, value in precision.items())
-    return (f"at the stated prevalence ({_percentages(site['shares'])}): accuracy {site['accuracy']:.3f}, {right}, "
-            f"calibration error {site['expected_calibration_error']:.3f}, log loss {site['log_loss']:.3f}")
-
-
-def _per_class_table(per_class: dict, split: str, intervals: dict | None = None) -> Table:
-    """Each class against the others: what a clinician reads of a multi-class result, sensitivity and
-    specificity with their 95% confidence intervals where the split has them."""
-    table = Table(Column("class", overflow="fold"), "images", "sensitivity", "specificity", "precision", "F1",
-                  "ROC AUC", title=f"{split}, per class" + (" (95% confidence intervals)" if intervals else ""),
-                  box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False, show_edge=False)
-    for name, c in per_class.items():
-        bounds = (intervals or {}).get(name) or {}
-        numbers = [c["recall"], c.get("specificity"), c["precision"], c["f1-score"], c.get("roc_auc")]
-        shown = ["—" if x is None else f"{x:.3f}" for x in numbers]
-        for column, key in ((0, "sensitivity"), (1, "specificity")):
-            if bounds.get(key) and numbers[column] is not None:
-                shown[column] += f" ({bounds[key][0]:.3f}-{bounds[key][1]:.3f})"
-        table.add_row(escape(name), f"{c['support']:.0f}", *shown)
-    return table
-
-
-def _operating_point(m: dict) -> str:
-    """" (threshold T)" for a binary split, with the accuracy of the model's own call when T is not 0.5."""
-    if m.get("threshold") is None:
-        return ""
-    if m["threshold"] == 0.5 or m.get("accuracy_at_argmax") is None:
-        return f" (threshold {m['threshold']:.3g})"
-    return f" (threshold {m['threshold']:.3g}; accuracy {m['accuracy_at_argmax']:.3f} at 0.5)"
 
 
 def main() -> None:

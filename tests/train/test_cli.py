@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from medclf.train.cli import _print_unreadable, app
+from medclf.train.cli import app
+from medclf.train.printed import print_unreadable
 
 runner = CliRunner()
 
@@ -27,9 +28,9 @@ def test_help_lists_the_commands_without_loading_tensorflow():
 
 def test_files_left_out_along_the_way_are_counted_again_in_one_line_at_the_end(capsys):
     """Each was named as it was met, maybe thousands of lines above the metrics."""
-    _print_unreadable({"train": 2, "val": 0, "test": 1})
-    _print_unreadable({"train": 0, "val": 0})
-    _print_unreadable({"test": 1})
+    print_unreadable({"train": 2, "val": 0, "test": 1})
+    print_unreadable({"train": 0, "val": 0})
+    print_unreadable({"test": 1})
     assert capsys.readouterr().out.splitlines() == [
         "3 files could not be read and were left out (2 train, 1 test): each is named above",
         "1 file could not be read and was left out (1 test): each is named above"]
@@ -150,23 +151,23 @@ def test_evaluating_an_int8_file_also_says_how_often_it_calls_as_the_fp32_file_b
 
 
 def test_a_file_that_calls_differently_from_fp32_at_a_site_is_shown_beside_it_and_its_tolerance():
-    from medclf.train.cli import _agreement_line
+    from medclf.train.printed import agreement_line
 
     drift = {"file": "x/model.onnx", "images": 624, "changed": 17, "agreement": 607 / 624, "tolerance": 0.99,
              "within_tolerance": False, "moves": {"NORMAL → PNEUMONIA": 17}, "fp32_accuracy": 0.843}
-    assert _agreement_line(drift, "model.int8.onnx", 0.822) == (
+    assert agreement_line(drift, "model.int8.onnx", 0.822) == (
         "evaluation: model.int8.onnx makes the same calls as model.onnx on 97.3% of these images (17 of 624 "
         "changed: NORMAL → PNEUMONIA 17); accuracy 0.822 here, model.onnx's 0.843 — below the 99.0% its export "
         "was verified to on the training site's images")
-    assert "below" not in _agreement_line(drift | {"within_tolerance": True}, "model.int8.onnx", 0.822)
+    assert "below" not in agreement_line(drift | {"within_tolerance": True}, "model.int8.onnx", 0.822)
 
 
 def test_the_per_class_table_keeps_long_class_names_whole_in_a_log(capsys):
-    from medclf.train.cli import _print_metrics
+    from medclf.train.printed import print_metrics
 
     scores = {"precision": 0.5, "recall": 0.5, "f1-score": 0.5, "support": 4.0, "specificity": 0.9, "roc_auc": None}
     names = [f"class_with_a_long_descriptive_name_{i}" for i in range(12)]
-    _print_metrics({"test": {"accuracy": 0.5, "roc_auc_macro": None, "expected_calibration_error": 0.1,
+    print_metrics({"test": {"accuracy": 0.5, "roc_auc_macro": None, "expected_calibration_error": 0.1,
                              "images": 48, "per_class": {name: scores for name in names}}})
     lines = capsys.readouterr().out.splitlines()
     assert all(any(line.startswith(name + " ") for line in lines) for name in names)  # one line each, not folded
