@@ -66,9 +66,17 @@ def familiarity_lines(report: dict) -> list[str]:
         return [f"no unfamiliarity output: {familiarity['why']}"]
     flagged = ", ".join(f"{name} {entry['unlike_training']:.1%}" for name, entry in report["precisions"].items()
                         if "unlike_training" in entry)
-    return [f"unfamiliarity output (the runtime warns above 1): fitted on {familiarity['fitted_on_images']} "
-            f"training images, threshold on the {familiarity['threshold_on_images']} verification images; of "
-            f"these, flagged: {flagged}"]
+    lines = [f"unfamiliarity output (the runtime warns above 1): fitted on {familiarity['fitted_on_images']} "
+             f"training images, threshold on the {familiarity['threshold_on_images']} verification images; of "
+             f"these, flagged: {flagged}"]
+    for name, entry in report["precisions"].items():  # FP16 / INT8: set again on their own features
+        moved = {level: weight for level, weight in zip(familiarity["levels"], entry.get("familiarity_weights", []))
+                 if not 0.5 <= weight <= 2}
+        if moved:
+            weights = ", ".join(f"{level} {weight:.2f}" for level, weight in moved.items())
+            lines.append(f"{name}: its features sit apart from FP32's; set again on them, its depths weigh {weights} "
+                         "(below 1, it warns from there only on images farther off than FP32 would)")
+    return lines
 
 
 def _calls(report: dict) -> str:

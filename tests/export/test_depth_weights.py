@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from medclf.export import pipeline
+from medclf.export.report import familiarity_lines
 from medclf.runtime import Classifier, load_image
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe, train
@@ -32,3 +33,10 @@ def test_int8_flags_as_few_verification_images_as_fp32_and_still_every_chest_fil
     films = [str(p) for p in sorted((chest_xray / "test").glob("*/*.jpeg"))[::20]]
     images = np.stack([load_image(p, classifier.card.preprocess) for p in films])
     assert np.mean(classifier.unfamiliarity(images) > 1) >= 0.9
+
+
+def test_the_export_says_which_depths_of_a_file_sat_apart_from_fp32(squeezenet_export):
+    _, report = squeezenet_export
+    (line,) = [line for line in familiarity_lines(report) if line.startswith("int8:")]
+    assert "probabilities" in line and "farther off than FP32" in line
+    assert not [line for line in familiarity_lines(report) if line.startswith("fp32:")]
