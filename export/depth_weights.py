@@ -8,9 +8,9 @@ its 99.5th percentile over the images at hand.
 
 * Another precision (export): FP16 and INT8 compute the features the distances are measured on, and a quantized
   feature map can sit far from the float one in directions the training images hardly vary in. A SqueezeNet-style
-  model's INT8 file flagged every one of its held-out images (its FP32 file 1.3%): the classifier input's depth
-  was 6.5x its float scale. Set again on the verification images as the INT8 file computes them: 0.6% of them
-  flagged, blood TEST 1.2%, chest films and eye photos still 100%.
+  model's INT8 file flagged every one of its 256 verification images (its FP32 file 0.8%): at the classifier
+  input's depth its distances ran 6.5x FP32's. Set again on those images as the INT8 file computes them: 0.8% of
+  them flagged, blood TEST 1.6%, chest films and eye photos still 100%.
 * Another site (``medclf calibrate --familiarity-from-site``): another scanner, stain or exposure moves the
   shallow depths (see :mod:`medclf.train.site_familiarity`).
 
