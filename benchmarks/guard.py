@@ -7,20 +7,20 @@ issue's targets and the committed baseline, and exits 1 when one is more than TO
 
     python benchmarks/guard.py RESULTS.json [--update]    # --update rewrites benchmarks/baseline.json
 
-The committed baseline is the worst ratio seen over several runs on the development machine and on the CI
-machine, so noise alone does not fail. Ratios differ between machines of the same size: batch-1 latency on two
-vCPUs depends on whether they are two cores or one core's two hyper-threads (medclf 2.2 ms here, 3.3 ms on CI,
-Keras 11.4 ms on both), so the one-image baseline is the CI machine's 3.39, not this machine's 5.6. INT8's
-speed-up depends on the CPU's int8 dot-product instructions (VNNI), so that ratio's baseline is kept per kind of
-CPU, read from the results' machine_info; its two sides are timed call by call in turn by one benchmark (each
-side's fastest call, from its extra_info), so a slow spell of the machine falls on both. It times the packaged
-INT8 file, which passed verification: since
-2026-12-06's second export the one with 5 leading convolutions float and the float unfamiliarity output (99.6%
-on 1,024 held-out cells, 99.4% on TEST), 1.41-1.56x FP32 on an AVX-512 VNNI EPYC in four runs here (baseline
-1.4) while the output's feature maps were transposed and dequantized for it, 1.62-1.67x since its levels are
-summed in integers (``export/integer_pooling.py``); the 3-float file of the model before it 1.82-2.19x, its 12-float file 1.26-1.59x, the 9-float one 1.40-1.59x.
-The quantize-everything file timed before them ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the
-verified file has no baseline yet (`--update` there rewrites the baselines from that run).
+The committed baseline is the worst ratio seen over several runs on the development machine and on the CI machine,
+so noise alone does not fail. Ratios differ between machines of the same size: batch-1 latency on two vCPUs depends
+on whether they are two cores or one core's two hyper-threads (medclf 2.2 ms here, 3.3 ms on CI, Keras 11.4 ms on
+both), so the one-image baseline is the CI machine's 3.39, not this machine's 5.6. INT8's speed-up depends on the
+CPU's int8 dot-product instructions (VNNI), so that ratio's baseline is kept per kind of CPU, read from the results'
+machine_info; its two sides are timed call by call in turn by one benchmark (each side's fastest call, from its
+extra_info), so a slow spell of the machine falls on both. It times the packaged INT8 file, which passed
+verification: since 2026-12-06's second export the one with 5 leading convolutions float and the float unfamiliarity
+output (99.6% on 1,024 held-out cells, 99.4% on TEST), 1.41-1.56x FP32 on an AVX-512 VNNI EPYC in four runs here
+(baseline 1.4) while the output's feature maps were transposed and dequantized for it, 1.57-1.72x in six runs since
+its levels are summed in integers (``export/integer_pooling.py``); the 3-float file of the model before it
+1.82-2.19x, its 12-float file 1.26-1.59x, the 9-float one 1.40-1.59x. The quantize-everything file timed before them
+ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the verified file has no baseline yet (`--update` there
+rewrites the baselines from that run).
 """
 
 from __future__ import annotations
