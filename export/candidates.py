@@ -26,7 +26,7 @@ Converters = dict[str, Fp16Converter | Int8Quantizer]  # by precision: what make
 
 
 def derive(precision: str, fp32: Path, card: ModelCard, converters: Converters | None = None,
-            for_tensorrt: bool = False, float_convs: int = 1) -> Path:
+           for_tensorrt: bool = False, float_convs: int = 1) -> Path:
     """The candidate file for ``precision``, next to the FP32 one, stamped with its own model card, its first
     ``float_convs`` convolutions kept float32, made by ``converters[precision]`` (:func:`~.pipeline._converters`);
     ``for_tensorrt``: the symmetric INT8 flavour TensorRT engines are built from (see :mod:`.int8`), on the

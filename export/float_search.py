@@ -34,7 +34,7 @@ ESTIMATE_MARGIN = 2.0
 
 
 def choose_float_layers(precision: str, fp32: Path, card: ModelCard, converters: Converters,
-            search: Search, asked: int | None = None) -> tuple[Path, dict]:
+                        search: Search, asked: int | None = None) -> tuple[Path, dict]:
     """The candidate with the fewest leading convolutions kept float32 (``INT8_FLOAT_STEPS``; FP16 has a
     single step, ``FP16_FLOAT_STEPS``) that verification is likely to pass (:func:`pass_probability` ≥
     ``PASS_CONFIDENCE``) given the answers it is expected to change (:func:`expected_flips`, doubled) — or, if

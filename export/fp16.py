@@ -91,14 +91,15 @@ def _without_round_trips(model: onnx.ModelProto, kept: set[str]) -> onnx.ModelPr
         return first if source is not None and source.name in kept else None
 
     outputs = {value.name for value in model.graph.output}
-    undone = {node.output[0]: first.input[0] for node in model.graph.node
-              if (first := round_trip(node)) is not None and node.output[0] not in outputs}
+    trips = {node.name: first for node in model.graph.node if (first := round_trip(node)) is not None}
+    undone = {node.output[0]: trips[node.name].input[0] for node in model.graph.node
+              if node.name in trips and node.output[0] not in outputs}
     nodes = []
     for node in model.graph.node:
         if node.output[0] in undone:
             continue  # its readers read the float32 value itself
-        if (first := round_trip(node)) is not None:  # a graph output keeps its name
-            node = helper.make_node("Identity", [first.input[0]], list(node.output), node.name)
+        if node.name in trips:  # a graph output keeps its name
+            node = helper.make_node("Identity", [trips[node.name].input[0]], list(node.output), node.name)
         node.input[:] = [undone.get(name, name) for name in node.input]
         nodes.append(node)
     read = {name for node in nodes for name in node.input} | outputs

@@ -56,7 +56,7 @@ class Search:
 
 
 def held_out_sets(model, card: ModelCard, paths: list[str], names: list[str], max_images: int,
-              searching: bool, levels: bool = False) -> tuple[HeldOut, Search | None]:
+                  searching: bool, levels: bool = False) -> tuple[HeldOut, Search | None]:
     """Verification's images (with the familiarity levels' features, from the same Keras pass, when ``levels``
     are asked for and the model has them), and — when FP16 or INT8 will choose float layers (``searching``) —
     the search's own, apart from verification's where enough are held out (:func:`held_out_split`)."""

@@ -20,6 +20,7 @@ import onnx
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
+from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
@@ -38,7 +39,7 @@ from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
 from .speed import speed
 from .triton import write_model
-from .verify import VerificationError, onnx_served
+from .verify import VerificationError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 # Verification images, at most: FP16's tolerance (99.9% agreement) is "no flip at all" on fewer than 1,000,
@@ -74,7 +75,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model = keras.models.load_model(model_path, compile=False)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
     held_out, search = held_out_sets(model, card, paths, names, max_images,
-                                 searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
+                                     searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
     if familiarity:
         fitted, familiarity_record = _familiarity(model, card, model_path.parent, calibration_data, held_out,
@@ -97,7 +98,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 candidates[precision], tried = fp32, {}
             else:
                 candidates[precision], tried = choose_float_layers(precision, fp32, card, converters, search,
-                                                       float_convs.get(precision))
+                                                                   float_convs.get(precision))
                 if fitted is not None:
                     tried["familiarity_weights"] = _familiarity_as_computed(candidates[precision], held_out, card)
             entry = _verify(candidates[precision], held_out, precision)
@@ -169,7 +170,7 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
     images (where it says), and its CPU speed (measured even for a file that fails: what a precision would have
     bought is part of the decision). One pass as onnxruntime serves the file here gives its probabilities and
     unfamiliarity; FP16 is judged on a second, with float16 activations, as a GPU computes it."""
-    served, unfamiliarity = onnx_served(str(candidate), held_out.images)
+    served, unfamiliarity = Classifier(candidate).assess(held_out.images, batch_size=32)
     judged = served if precision != "fp16" else judged_probabilities(candidate, held_out.images, precision)
     entry = {"size_bytes": candidate.stat().st_size, **held_out.compare(judged, precision).to_dict()}
     if precision == "fp16":  # how this CPU serves it, for the record

@@ -155,8 +155,3 @@ def keras_probabilities(model, images: np.ndarray, batch: int = 32) -> np.ndarra
 def onnx_probabilities(onnx_path: str, images: np.ndarray, batch: int = 32) -> np.ndarray:
     return Classifier(onnx_path).predict(images, batch_size=batch)
 
-
-def onnx_served(onnx_path: str, images: np.ndarray, batch: int = 32) -> tuple[np.ndarray, np.ndarray | None]:
-    """The file's probabilities and, where it has that output, its unfamiliarity ``[N]``, from one pass as
-    onnxruntime serves it here."""
-    return Classifier(onnx_path).assess(images, batch)
