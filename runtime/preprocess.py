@@ -40,6 +40,7 @@ MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading th
 # Images with a side shorter than this are refused: a 1x1 web beacon or a one-pixel strip, stretched to the model's
 # input, is a flat colour the model would still put a confident label on (28x28 MedMNIST-sized images are fine).
 MIN_SIDE = 8
+BIT_DEPTHS = (8, 10, 12, 14, 16)  # what 16-bit files hold (significant_bits)
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 
 # JPEG decoding at 1/2, 1/4, 1/8 scale, by the colour the model takes (OpenCV's reduced modes).
@@ -124,7 +125,8 @@ class Preprocess:
 def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb", scale: int = 1) -> np.ndarray:
     """Decode image bytes to uint8 HWC RGB (or HW1 grey), whatever the file's depth and channels.
 
-    EXIF orientation is applied; alpha is dropped; 16-bit images are scaled to 8 bits over the full range;
+    EXIF orientation is applied; alpha is dropped; 16-bit images are scaled to 8 bits over the range of the
+    bit depth they hold (:func:`significant_bits`);
     DICOM goes through its modality LUT and window (:mod:`medclf.runtime.dicom`). ``scale`` 2, 4 or 8 decodes
     a JPEG at that fraction of its size (:func:`jpeg_scale` says when that is safe).
     """
@@ -334,11 +336,22 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8:
         return image
     if image.dtype == np.uint16:
-        return np.rint(image / 257.0).astype(np.uint8)
+        return np.rint(image / (((1 << significant_bits(image)) - 1) / 255.0)).astype(np.uint8)  # 16 bits: / 257
     if np.issubdtype(image.dtype, np.floating):  # e.g. 32-bit float TIFF/EXR in [0, 1]
         return np.clip(np.rint(np.nan_to_num(image) * 255.0), 0, 255).astype(np.uint8)
     info = np.iinfo(image.dtype)
     return np.rint((image.astype(np.float64) - info.min) / (info.max - info.min) * 255).astype(np.uint8)
+
+
+def significant_bits(image: np.ndarray) -> int:
+    """The bit depth a 16-bit image holds: the smallest of 8, 10, 12, 14 and 16 bits whose range takes its
+    brightest value. X-ray detectors store 10 to 14 bits, and a film saved as its raw values
+    (``cv2.imwrite("film.png", dataset.pixel_array)``) keeps them in the low bits with nothing saying so: 0-4095
+    of 65535, near black read as 16-bit. An image scaled to 16 bits reaches past 2^14 and reads as 16-bit.
+    The depths are few and far apart so that the films of one source read alike: a 12-bit film reads as
+    10-bit only if nothing in it is brighter than a quarter of its range."""
+    peak = int(image.max())
+    return next((bits for bits in BIT_DEPTHS if peak < 1 << bits), 16)
 
 
 def _refuse_huge(data: bytes, source: str) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -102,6 +104,22 @@ def test_the_default_model_says_when_an_image_is_not_a_white_blood_cell(classifi
     flagged = {name: np.mean([r.unlike_training for r in classifier.classify(paths, batch_size=32)])
                for name, paths in (("others", others), ("smears", smears))}
     assert flagged["others"] == 1.0 and flagged["smears"] <= 0.05
+
+
+def test_smears_saved_as_12_bit_values_in_16_bit_pngs_get_the_jpegs_answers(classifier, blood_cell_images,
+                                                                           tmp_path):
+    """As a camera's raw 12-bit values written to PNG (0-4095 of 65535, no tag saying so): read as 12-bit, each
+    gets its JPEG's answer exactly (the same 8-bit pixels); read as 16-bit, they were near-black images, unlike any smear."""
+    raw = []
+    for path in blood_cell_images:
+        bgr = cv2.imread(str(path))
+        raw.append(tmp_path / f"{Path(path).stem}.png")
+        cv2.imwrite(str(raw[-1]), np.rint(bgr * (4095 / 255)).astype(np.uint16))
+    jpegs = list(classifier.classify([str(p) for p in blood_cell_images]))
+    pngs = list(classifier.classify([str(p) for p in raw]))
+    assert [p.label for p in pngs] == [p.label for p in jpegs]
+    assert not any(p.unlike_training for p in pngs)
+    np.testing.assert_allclose([p.probability for p in pngs], [p.probability for p in jpegs], atol=1e-6)
 
 
 def test_the_packaged_int8_file_is_the_same_model_in_int8(classifier, blood_cells):

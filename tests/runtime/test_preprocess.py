@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 import pytest
 
-from medclf.runtime.preprocess import MAX_PIXELS, ImageError, Preprocess, decode_image, equalize, load_image, resize
+from medclf.runtime.preprocess import (MAX_PIXELS, ImageError, Preprocess, decode_image, equalize, load_image, resize,
+                                       significant_bits)
 from medclf.runtime.stream import decoded
 
 
@@ -49,6 +50,23 @@ def test_rgba_drops_alpha():
 def test_16_bit_png_is_scaled_to_8_bits_over_the_full_range():
     wide = np.tile(np.array([0, 257, 65535], dtype=np.uint16), (8, 3))
     assert decode_image(encode(wide))[0, :3, 0].tolist() == [0, 1, 255]
+
+
+@pytest.mark.parametrize("bits", [8, 10, 12, 14])
+def test_16_bit_png_holding_fewer_bits_reads_over_their_range(bits):
+    """A film saved as its raw detector values (0-4095 for 12 bits) reads as the same picture as its 8-bit
+    version, not near black; the depth is the smallest of 8/10/12/14/16 bits that holds the brightest pixel."""
+    picture = np.tile(np.arange(0, 256, 5, dtype=np.uint8), (8, 1))
+    raw = np.rint(picture * (((1 << bits) - 1) / 255)).astype(np.uint16)
+    assert significant_bits(raw) == bits
+    assert np.abs(decode_image(encode(raw))[:, :, 0].astype(int) - picture).max() <= 1
+
+
+def test_a_dark_16_bit_image_is_brightened_only_by_whole_depths():
+    """Brightest pixel 3000: a 12-bit image (3000 of 4095 → 187), not stretched to its own peak."""
+    raw = np.tile(np.array([0, 1500, 3000], np.uint16).repeat(3), (8, 1))
+    assert significant_bits(raw) == 12
+    assert decode_image(encode(raw))[0, ::3, 0].tolist() == [0, 93, 187]
 
 
 def test_grey_models_get_one_channel():
