@@ -109,7 +109,8 @@ def test_the_default_model_says_when_an_image_is_not_a_white_blood_cell(classifi
 def test_smears_saved_as_12_bit_values_in_16_bit_pngs_get_the_jpegs_answers(classifier, blood_cell_images,
                                                                            tmp_path):
     """As a camera's raw 12-bit values written to PNG (0-4095 of 65535, no tag saying so): read as 12-bit, each
-    gets its JPEG's answer exactly (the same 8-bit pixels); read as 16-bit, they were near-black images, unlike any smear."""
+    gets its JPEG's answer exactly (the same 8-bit pixels); read as 16-bit, they were near-black images, unlike
+    any smear."""
     raw = []
     for path in blood_cell_images:
         bgr = cv2.imread(str(path))
