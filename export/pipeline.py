@@ -22,7 +22,7 @@ from medclf.rundir import RunDir
 from medclf.runtime.atomic import write_json
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
-from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard
+from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard, unlike
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .candidates import FLOAT16_ACTIVATIONS, Converters, derive, judged_probabilities, save
@@ -178,7 +178,7 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
         entry |= {"computed_as": FLOAT16_ACTIVATIONS,
                   "on_this_cpu": {"agreement": on_cpu.agreement, "max_abs_diff": on_cpu.max_abs_diff}}
     if unfamiliarity is not None:  # FP32 about 0.5% by construction; FP16 and INT8 move the features under it
-        entry["unlike_training"] = float(np.mean(~(unfamiliarity <= 1)))  # NaN measured nothing familiar
+        entry["unlike_training"] = float(np.mean(unlike(unfamiliarity)))
     return entry | speed(candidate, held_out.images)
 
 

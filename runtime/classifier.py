@@ -14,7 +14,7 @@ from .backends import open_backend
 from .cam import heatmaps, overlay_name, write_overlay
 from .cpu import int8_caveat
 from .decision import decide
-from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError
+from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
 from .stream import decoded, usable_cpus
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
@@ -61,10 +61,9 @@ class Prediction:
     @property
     def unlike_training(self) -> bool:
         """Whether the image lies farther from the model's training images than 99.5% of its held-out images
-        do: its call is then no more than a guess (a chest film given to a blood-cell model, a grey smear). A
-        distance that came out NaN (an FP16 file exported before 2026-12-07 could overflow) measured nothing
-        familiar either: unlike."""
-        return self.unfamiliarity is not None and not self.unfamiliarity <= 1
+        do: its call is then no more than a guess (a chest film given to a blood-cell model, a grey smear); NaN
+        counts as unlike (:func:`~.modelcard.unlike`)."""
+        return self.unfamiliarity is not None and bool(unlike(self.unfamiliarity))
 
     def to_dict(self) -> dict[str, object]:
         if self.error is not None:

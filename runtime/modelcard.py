@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from .decision import Decision
 from .preprocess import Preprocess
 
@@ -19,6 +21,13 @@ CAM_NAME = "cam"  # optional output: class activation maps, [batch, h, w, classe
 FAMILIARITY_NAME = "unfamiliarity"  # optional output: how unlike the training images, [batch, 1]; above 1: warn
 FAMILIARITY_QUANTILE = 0.995  # where its 1 is set: held-out images beyond it, 1 in 200, by construction
 FAMILIARITY_MIN_IMAGES = 64  # fewer images (held out at export, or a site's) do not place that percentile
+
+
+def unlike(unfamiliarity: np.ndarray | float) -> np.ndarray:
+    """Which ``unfamiliarity`` values say an image is unlike the model's training images: above 1, or NaN — a
+    distance that came out NaN (an FP16 file exported before 2026-12-07 could overflow) measured nothing
+    familiar either."""
+    return ~(np.asarray(unfamiliarity) <= 1)
 
 LABELS_KEY = "medclf.labels"
 PREPROCESS_KEY = "medclf.preprocess"

@@ -31,6 +31,7 @@ from medclf.runtime.atomic import write_json, write_text
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
+from medclf.runtime.modelcard import unlike
 from medclf.runtime.preprocess import Preprocess
 
 from .architectures import Architecture, get_architecture
@@ -300,7 +301,7 @@ def unlike_training(unfamiliarity: np.ndarray, paths: tuple[str, ...]) -> dict:
     images like them lie beyond its threshold), with a few of them named: a set with many is not the kind of
     data the scores describe, or holds images that do not belong (another modality, a stain the model never
     saw)."""
-    beyond = np.flatnonzero(~(unfamiliarity <= 1))  # as Prediction.unlike_training: NaN is unlike
+    beyond = np.flatnonzero(unlike(unfamiliarity))
     return {"images": len(paths), "count": len(beyond), "share": len(beyond) / len(paths),
             "examples": [paths[i] for i in beyond[np.argsort(-unfamiliarity[beyond])][:3]]}
 
