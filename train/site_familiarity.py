@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medclf.export.depth_weights import depth_weights
-from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES, FAMILIARITY_QUANTILE, ModelCard
+from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES, FAMILIARITY_QUANTILE, ModelCard, unlike
 
 SITE_PREFIX = "medclf_site"  # names the nodes a site's weights add
 
@@ -50,7 +50,7 @@ def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
     unfamiliarity is their largest). With ``from_site``, the weights that put each depth, then the largest,
     at its 99.5th percentile over these images."""
     quantile = card.metrics.get("familiarity", {}).get("quantile", FAMILIARITY_QUANTILE)
-    beyond = int(np.sum(levels.max(axis=1) > 1))
+    beyond = int(np.sum(unlike(levels.max(axis=1))))  # a NaN level measured nothing familiar
     if not from_site:
         return SiteFamiliarity(len(levels), beyond, quantile)
     if len(levels) < FAMILIARITY_MIN_IMAGES:

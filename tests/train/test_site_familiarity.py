@@ -105,6 +105,12 @@ def test_the_weights_put_each_depth_then_the_largest_at_the_quantile():
     assert familiarity.beyond == int(np.sum(levels.max(axis=1) > 1)) and familiarity.quantile == 0.99
 
 
+def test_an_image_whose_level_came_out_nan_counts_as_beyond_as_the_runtime_flags_it():
+    card = ModelCard(labels=("a", "b"), preprocess=Preprocess(8, 8))
+    levels = np.array([[0.5, 0.2], [np.nan, 0.3], [0.1, 2.0], [0.9, 0.9]])
+    assert site_familiarity(levels, card, False, "site").beyond == 2
+
+
 def test_a_model_without_the_output_or_a_site_too_small_is_refused_by_name(blood_cells, tmp_path):
     card = ModelCard(labels=("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"), preprocess=Preprocess(8, 8))
     plain = brightness_model(tmp_path / "plain.onnx", card)
