@@ -6,7 +6,6 @@ by the answers it is expected to change; verification, on other images, decides 
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from scipy.stats import binom
@@ -131,5 +130,4 @@ def pass_probability(precision: str, flips: float, verified: int) -> float:
     changing 0.1% of answers passes 99.9% on 1,024 images 73% of the time (0.05%: 91%), an INT8 one changing
     0.94% passes 99% 63% of the time (0.69%: 90%). Measured: 0.09% expected, 0.20% counted (the 160-px blood
     model's FP16, failed); 0.62% expected, 1.27% counted (a blood model fine-tuned from block 6, INT8, failed)."""
-    most = math.floor(verified * (1 - TOLERANCES[precision].min_agreement) + 1e-9)
-    return float(binom.cdf(most, verified, flips))
+    return float(binom.cdf(TOLERANCES[precision].most_changes(verified), verified, flips))

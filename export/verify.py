@@ -6,6 +6,7 @@ The ONNX side runs through ``medclf.runtime.Classifier`` — the code that will 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -57,6 +58,10 @@ class Tolerance:
     max_abs_diff: float | None = None  # largest allowed |p_onnx - p_keras| over all images and classes
     max_accuracy_drop: float | None = None  # largest allowed fall in accuracy (0.005 = half a point); needs labels
 
+    def most_changes(self, images: int) -> int:
+        """How many of ``images`` calls may change within ``min_agreement``: none for FP16 (99.9%) below 1,000."""
+        return math.floor(images * (1 - self.min_agreement) + 1e-9)
+
 
 # What each precision must keep of the Keras model's behaviour (issue 5). Reduced precisions are judged by the
 # decisions they make, not by bit-closeness: FP16 moves probabilities by ~1e-3, INT8 by a few percent.
@@ -81,7 +86,7 @@ class Comparison:
         """Why the file fails, in words; empty when it passes."""
         reasons = []
         if self.agreement < self.tolerance.min_agreement:
-            reasons.append(f"agreement {self.agreement:.2%} with Keras' calls < {self.tolerance.min_agreement:.2%}")
+            reasons.append(self._disagreement())
         if not np.isfinite(self.max_abs_diff):
             reasons.append("outputs contain NaN or infinity")
         elif self.tolerance.max_abs_diff is not None and self.max_abs_diff > self.tolerance.max_abs_diff:
@@ -97,6 +102,16 @@ class Comparison:
     @property
     def passed(self) -> bool:
         return not self.failures
+
+    def _disagreement(self) -> str:
+        """The agreement failure with how many calls changed, and — where the images are too few for the
+        tolerance to allow any change (FP16's 99.9% below 1,000 images) — that more held-back images would."""
+        wanted = self.tolerance.min_agreement
+        changed = round((1 - self.agreement) * self.images)
+        text = f"agreement {self.agreement:.2%} with Keras' calls < {wanted:.2%} ({changed} of {self.images:,} changed"
+        if wanted < 1 and self.tolerance.most_changes(self.images) == 0:
+            text += f"; on {self.images:,} images {wanted:.2%} allows none: --verify-data gives it more held-back images"
+        return text + ")"
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed, "failures": self.failures}

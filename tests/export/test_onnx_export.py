@@ -153,6 +153,22 @@ def test_compare_flags_disagreement_and_nan():
         "outputs contain NaN or infinity"]
 
 
+def test_a_failed_agreement_says_how_many_calls_changed_and_when_the_images_are_too_few_to_allow_any():
+    reference = np.tile(np.array([[0.9, 0.1]], np.float32), (500, 1))
+    one_changed = reference.copy()
+    one_changed[0] = [0.1, 0.9]
+    assert compare(reference, one_changed, Tolerance(0.999)).failures == [
+        "agreement 99.80% with Keras' calls < 99.90% (1 of 500 changed; on 500 images 99.90% allows none: "
+        "--verify-data gives it more held-back images)"]
+    many = np.tile(reference, (4, 1))  # 2,000 images: two changes are allowed, three are not
+    three_changed = many.copy()
+    three_changed[:3] = [0.1, 0.9]
+    assert compare(many, three_changed, Tolerance(0.999)).failures == [
+        "agreement 99.85% with Keras' calls < 99.90% (3 of 2,000 changed)"]
+    assert Tolerance(0.999).most_changes(999) == 0 and Tolerance(0.999).most_changes(1000) == 1
+    assert Tolerance(0.99).most_changes(489) == 4 and Tolerance(1.0).most_changes(10_000) == 0
+
+
 def test_compare_bounds_the_accuracy_drop_when_labels_are_known():
     reference = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.7, 0.3]], np.float32)
     labels = np.array([0, 1, 0, 0])
