@@ -110,7 +110,9 @@ class Comparison:
         changed = round((1 - self.agreement) * self.images)
         text = f"agreement {self.agreement:.2%} with Keras' calls < {wanted:.2%} ({changed} of {self.images:,} changed"
         if wanted < 1 and self.tolerance.most_changes(self.images) == 0:
-            text += f"; on {self.images:,} images {wanted:.2%} allows none: --verify-data gives it more held-back images"
+            needed = math.ceil(1 / (1 - wanted) - 1e-9)
+            text += (f"; {wanted:.2%} allows none under {needed:,} images: --verify-data can give it that many "
+                     "held-back images")
         return text + ")"
 
     def to_dict(self) -> dict:

@@ -158,8 +158,8 @@ def test_a_failed_agreement_says_how_many_calls_changed_and_when_the_images_are_
     one_changed = reference.copy()
     one_changed[0] = [0.1, 0.9]
     assert compare(reference, one_changed, Tolerance(0.999)).failures == [
-        "agreement 99.80% with Keras' calls < 99.90% (1 of 500 changed; on 500 images 99.90% allows none: "
-        "--verify-data gives it more held-back images)"]
+        "agreement 99.80% with Keras' calls < 99.90% (1 of 500 changed; 99.90% allows none under 1,000 images: "
+        "--verify-data can give it that many held-back images)"]
     many = np.tile(reference, (4, 1))  # 2,000 images: two changes are allowed, three are not
     three_changed = many.copy()
     three_changed[:3] = [0.1, 0.9]
