@@ -53,10 +53,12 @@ def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
     beyond = int(np.sum(unlike(levels.max(axis=1))))  # a NaN level measured nothing familiar
     if not from_site:
         return SiteFamiliarity(len(levels), beyond, quantile)
-    if len(levels) < FAMILIARITY_MIN_IMAGES:
-        raise ValueError(f"{data}: {len(levels)} images; taking a site's images as what the model is familiar with "
-                         f"needs at least {FAMILIARITY_MIN_IMAGES}")
-    return SiteFamiliarity(len(levels), beyond, quantile, depth_weights(levels, quantile))
+    measured = levels[np.isfinite(levels).all(axis=1)]  # NaN (an old FP16 file's overflow) is no reference
+    if len(measured) < FAMILIARITY_MIN_IMAGES:
+        finite = " with finite levels" if len(measured) < len(levels) else ""
+        raise ValueError(f"{data}: {len(measured)} images{finite}; taking a site's images as what the model is "
+                         f"familiar with needs at least {FAMILIARITY_MIN_IMAGES}")
+    return SiteFamiliarity(len(levels), beyond, quantile, depth_weights(measured, quantile))
 
 
 def site_description(site: str) -> str:

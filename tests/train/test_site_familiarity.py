@@ -105,10 +105,15 @@ def test_the_weights_put_each_depth_then_the_largest_at_the_quantile():
     assert familiarity.beyond == int(np.sum(levels.max(axis=1) > 1)) and familiarity.quantile == 0.99
 
 
-def test_an_image_whose_level_came_out_nan_counts_as_beyond_as_the_runtime_flags_it():
+def test_an_image_whose_level_came_out_nan_counts_as_beyond_and_is_no_reference_for_the_site():
     card = ModelCard(labels=("a", "b"), preprocess=Preprocess(8, 8))
     levels = np.array([[0.5, 0.2], [np.nan, 0.3], [0.1, 2.0], [0.9, 0.9]])
-    assert site_familiarity(levels, card, False, "site").beyond == 2
+    assert site_familiarity(levels, card, False, "site").beyond == 2  # as the runtime flags it
+    site = np.random.default_rng(0).lognormal(size=(200, 2))
+    with_nan = np.vstack([site, [[np.nan, 1.0]]])
+    assert site_familiarity(with_nan, card, True, "site").weights == site_familiarity(site, card, True, "site").weights
+    with pytest.raises(ValueError, match="site: 63 images with finite levels; .* needs at least 64"):
+        site_familiarity(np.vstack([site[:63], [[np.nan, 1.0]]]), card, True, "site")
 
 
 def test_a_model_without_the_output_or_a_site_too_small_is_refused_by_name(blood_cells, tmp_path):
