@@ -53,9 +53,14 @@ def _largest(model: onnx.ModelProto) -> onnx.NodeProto:
     return producer
 
 
-def outputs_with_ratios(model_path: str | os.PathLike[str]) -> Callable[[np.ndarray], np.ndarray]:
-    """``images → [probabilities | per-depth ratios]``: the file with its ratios as an output too, on the CPU."""
-    model = onnx.load(str(model_path))
+def outputs_with_ratios(model: str | os.PathLike[str] | onnx.ModelProto) -> Callable[[np.ndarray], np.ndarray]:
+    """``images → [probabilities | per-depth ratios]``: the file (or a loaded model, left as it is) with its ratios
+    as an output too, on the CPU."""
+    if isinstance(model, onnx.ModelProto):
+        given, model = model, onnx.ModelProto()
+        model.CopyFrom(given)  # the caller's model keeps its outputs
+    else:
+        model = onnx.load(str(model))
     levels = levels_tensor(model)
     model.graph.output.append(onnx.helper.make_empty_tensor_value_info(levels))
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -96,6 +101,7 @@ def set_again_on(model_path: str | os.PathLike[str], images: np.ndarray, classes
                  prefix: str) -> tuple[float, ...]:
     """Rewrite the file at ``model_path`` with its unfamiliarity set again on ``images`` as it computes them
     (``classes``: how many probabilities come before the ratios); returns the depths' weights."""
-    weights = depth_weights(outputs_with_ratios(model_path)(images)[:, classes:], quantile)
-    onnx.save(with_depth_weights(onnx.load(str(model_path)), weights, prefix), str(model_path))
+    model = onnx.load(str(model_path))
+    weights = depth_weights(outputs_with_ratios(model)(images)[:, classes:], quantile)
+    onnx.save(with_depth_weights(model, weights, prefix), str(model_path))
     return weights

@@ -83,6 +83,9 @@ def test_the_files_unfamiliarity_is_the_largest_of_the_ratios_read_and_a_copy_se
     images = np.stack([load_image(str(p), card.preprocess) for c in sorted((blood_cells / "TEST").iterdir())
                        for p in sorted(c.iterdir())[::20]])
     scores = outputs_with_ratios(DEFAULT_MODEL)(images)
+    loaded = onnx.load(str(DEFAULT_MODEL))  # a model already loaded gives the same and keeps its own outputs
+    np.testing.assert_array_equal(outputs_with_ratios(loaded)(images), scores)
+    assert [o.name for o in loaded.graph.output] == [o.name for o in onnx.load(str(DEFAULT_MODEL)).graph.output]
     levels = scores[:, len(card.labels):]
     np.testing.assert_allclose(levels.max(axis=1), Classifier().unfamiliarity(images), rtol=1e-6)
     weights = site_familiarity(levels, card, True, "site").weights
