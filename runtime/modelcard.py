@@ -22,13 +22,6 @@ FAMILIARITY_NAME = "unfamiliarity"  # optional output: how unlike the training i
 FAMILIARITY_QUANTILE = 0.995  # where its 1 is set: held-out images beyond it, 1 in 200, by construction
 FAMILIARITY_MIN_IMAGES = 64  # fewer images (held out at export, or a site's) do not place that percentile
 
-
-def unlike(unfamiliarity: np.ndarray | float) -> np.ndarray:
-    """Which ``unfamiliarity`` values say an image is unlike the model's training images: above 1, or NaN — a
-    distance that came out NaN (an FP16 file exported before 2026-12-07 could overflow) measured nothing
-    familiar either."""
-    return ~(np.asarray(unfamiliarity) <= 1)
-
 LABELS_KEY = "medclf.labels"
 PREPROCESS_KEY = "medclf.preprocess"
 PRECISION_KEY = "medclf.precision"
@@ -36,6 +29,13 @@ SOURCE_KEY = "medclf.source"
 METRICS_KEY = "medclf.metrics"
 DECISION_KEY = "medclf.decision"  # binary models only: the operating threshold chosen on validation data
 OUTPUTS_KEY = "medclf.outputs"  # extra outputs beyond probabilities: name → what it holds
+
+
+def unlike(unfamiliarity: np.ndarray | float) -> np.ndarray:
+    """Which ``unfamiliarity`` values say an image is unlike the model's training images: above 1, or NaN — a
+    distance that came out NaN (an FP16 file exported before 2026-12-07 could overflow) measured nothing
+    familiar either."""
+    return ~(np.asarray(unfamiliarity) <= 1)
 
 
 class ModelCardError(ValueError):
