@@ -33,7 +33,7 @@ class Architecture:
     default_size: int
     frozen_until: str | None  # last layer kept frozen (and cached) during training; None = train everything
     learning_rate: float  # Adam's rate: low when fine-tuning ImageNet layers, higher from scratch
-    summary: str
+    summary: str  # what it is, in a few words, for the line a run opens with (:func:`training_plan`)
     full_size: int | None = None  # the input size for images that have this much detail: ImageNet's own 224
 
     def input_size(self, shorter_side: float) -> int:
@@ -147,14 +147,14 @@ ARCHITECTURES: dict[str, Architecture] = {
     for arch in (
         Architecture("mobilenet_v2", _backbone_model(keras.applications.MobileNetV2, MOBILENET_V2_WEIGHTS,
                                                      1 / 127.5, -1.0, alpha=1.0),
-                     160, "block_12_add", 1e-4, "MobileNetV2 (ImageNet), blocks 13-16 fine-tuned", full_size=224),
+                     160, "block_12_add", 1e-4, "MobileNetV2", full_size=224),
         Architecture("mobilenet_025", _backbone_model(keras.applications.MobileNet, MOBILENET_025_WEIGHTS,
                                                       1 / 127.5, -1.0, alpha=0.25),
-                     128, "conv_pw_11_relu", 3e-4, "MobileNet alpha 0.25 (ImageNet), last block fine-tuned; tiny"),
+                     128, "conv_pw_11_relu", 3e-4, "MobileNet alpha 0.25 (tiny)"),
         Architecture("two_backbones", _two_backbones, 160, "pool", 1e-3,
-                     "MobileNetV2 + MobileNet 0.25 (ImageNet, both frozen), concatenated features, dense head"),
-        Architecture("small_cnn", _small_cnn, 128, None, 1e-3, "four conv-BN-pool blocks from scratch"),
-        Architecture("squeezenet", _squeezenet, 128, None, 1e-3, "SqueezeNet-style fire modules from scratch"),
+                     "MobileNetV2 and MobileNet 0.25 side by side"),
+        Architecture("small_cnn", _small_cnn, 128, None, 1e-3, "a small CNN (four conv-BN-pool blocks)"),
+        Architecture("squeezenet", _squeezenet, 128, None, 1e-3, "a SqueezeNet-style network (fire modules)"),
     )
 }
 

@@ -19,8 +19,8 @@ from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, 
                       TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, ValSplit, Wise,
                       held_out_data, label_source, parse_float_counts, parse_precisions, parse_profile, parse_shares,
                       recipe_of, recipes_of, writable_file, writable_folder)
-from .printed import (agreement_line, console, error, errors, familiarity_line, intervals_line, percentages,
-                      print_metrics, print_unreadable, site_metrics, unlike_line)
+from .printed import (agreement_line, console, error, errors, familiarity_line, final_weights_line, intervals_line,
+                      percentages, print_metrics, print_unreadable, site_metrics, unlike_line)
 from .quiet_tensorflow import import_tensorflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -64,6 +64,8 @@ def train(
         result = _library_call(lambda: run_training(data, out, recipes[0], test=test, naming=naming,
                                                     limit_per_class=limit_per_class))
     print_metrics(result.metrics)
+    if (wise := result.metrics["training"].get("wise")) is not None:
+        console.print(final_weights_line(wise), highlight=False)
     if (temperature := result.metrics["training"].get("temperature")) is not None:
         console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
     print_unreadable(result.metrics["training"].get("unreadable", {}))

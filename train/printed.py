@@ -13,6 +13,10 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 if TYPE_CHECKING:
+    from medclf.runtime.preprocess import Preprocess
+
+    from .architectures import Architecture
+    from .fit import FitConfig
     from .site_familiarity import SiteFamiliarity
 
 console = Console(soft_wrap=True)  # paths and metrics stay on one line, in terminals and logs alike
@@ -30,6 +34,43 @@ def print_unreadable(unreadable: dict[str, int]) -> None:
         where = ", ".join(f"{n} {split}" for split, n in unreadable.items() if n)
         console.print(f"{total} file{'s' if total > 1 else ''} could not be read and {'were' if total > 1 else 'was'} "
                       f"left out ({where}): each is named above")
+
+
+def training_plan(architecture: Architecture, preprocess: Preprocess, config: FitConfig, pretrained: bool) -> str:
+    """What a run is about to train, said before minutes of decoding and fitting — what a run with no flags
+    chose is otherwise only in metrics.json: 'training MobileNetV2 from ImageNet weights at 224x224 px: a new
+    head on its frozen features for 10 epochs, then the layers after block_12_add fine-tuned for up to 30 more;
+    time budget 28 min'."""
+    transfer = architecture.frozen_until is not None
+    weights = "ImageNet weights" if transfer and pretrained else "random weights"
+    if not transfer:
+        stages = f"up to {_epochs(config.epochs)}"
+    elif architecture.frozen_until == "pool":
+        stages = f"a new head on their frozen features for up to {_epochs(config.head_epochs + config.epochs)}"
+    else:
+        stages = (f"a new head on its frozen features for {_epochs(config.head_epochs)}, then the layers after "
+                  f"{architecture.frozen_until} fine-tuned for up to {config.epochs} more")
+    budget = f"; time budget {config.time_budget:g} min" if config.time_budget else ""
+    return (f"training {architecture.summary} from {weights} at {preprocess.height}x{preprocess.width} px: "
+            f"{stages}{budget}")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def final_weights_line(wise: dict) -> str:
+    """How the fine-tuned weights were mixed with the head-only (linear-probe) ones at the end — the one choice
+    a run makes after fitting: 'final weights: 0.5 fine-tuned + 0.5 head-only (WiSE), the most robust mix
+    validation accepts (ROC AUC at 0.5, 0.75, 1.0 fine-tuned: 0.998, 0.998, 0.999)'."""
+    mix = wise["mix"]
+    line = "final weights: " + (f"{mix:g} fine-tuned + {1 - mix:g} head-only (WiSE)" if mix < 1 else "fine-tuned")
+    scores = wise.get("validation_auc") or {}
+    if not scores:  # a mix given (--wise, or a preset's): nothing was compared
+        return line + " as asked"
+    aucs = ", ".join("—" if auc is None else f"{auc:.3f}" for auc in scores.values())
+    return (f"{line}, the most robust mix validation accepts (ROC AUC at {', '.join(scores)} fine-tuned: "
+            f"{aucs})")
 
 
 def unlike_line(unlike: dict, name: str) -> str:

@@ -214,3 +214,30 @@ def test_evaluate_at_a_stated_prevalence_says_how_often_each_call_is_right_there
             f"{site['precision']['NORMAL']:.3f} (NPV)") in result.output
     refused = runner.invoke(app, ["evaluate", model, str(tmp_path / "films"), "--prevalence", "COVID=0.2"])
     assert refused.exit_code == 1 and "not a class of this model" in refused.output
+
+
+def test_a_run_says_first_what_it_trains_and_last_how_its_final_weights_were_mixed():
+    from medclf.runtime.preprocess import Preprocess
+    from medclf.train.architectures import get_architecture
+    from medclf.train.fit import FitConfig
+    from medclf.train.printed import final_weights_line, training_plan
+
+    default = training_plan(get_architecture("mobilenet_v2"), Preprocess(224, 224), FitConfig(), pretrained=True)
+    assert default == ("training MobileNetV2 from ImageNet weights at 224x224 px: a new head on its frozen features "
+                       "for 10 epochs, then the layers after block_12_add fine-tuned for up to 30 more; time budget "
+                       "28 min")
+    frozen = training_plan(get_architecture("two_backbones"), Preprocess(352, 352), FitConfig(epochs=12, head_epochs=1,
+                                                                                              time_budget=None), True)
+    assert frozen == ("training MobileNetV2 and MobileNet 0.25 side by side from ImageNet weights at 352x352 px: a "
+                      "new head on their frozen features for up to 13 epochs")
+    scratch = training_plan(get_architecture("small_cnn"), Preprocess(128, 128), FitConfig(epochs=1), pretrained=True)
+    assert scratch.startswith("training a small CNN (four conv-BN-pool blocks) from random weights at 128x128 px: "
+                              "up to 1 epoch;")
+
+    chosen = {"mix": 0.5, "validation_auc": {"0.5": 0.9976, "0.75": 0.9977, "1.0": 0.9985}}
+    assert final_weights_line(chosen) == ("final weights: 0.5 fine-tuned + 0.5 head-only (WiSE), the most robust mix "
+                                          "validation accepts (ROC AUC at 0.5, 0.75, 1.0 fine-tuned: 0.998, 0.998, "
+                                          "0.999)")
+    assert final_weights_line({"mix": 1.0, "validation_auc": {}}) == "final weights: fine-tuned as asked"
+    undefined = {"mix": 0.5, "validation_auc": {"0.5": None, "0.75": None, "1.0": None}}  # a class missing
+    assert final_weights_line(undefined).endswith("(ROC AUC at 0.5, 0.75, 1.0 fine-tuned: —, —, —)")
