@@ -12,7 +12,7 @@ import numpy as np
 
 from .backends import open_backend
 from .cam import heatmaps, overlay_name, write_overlay
-from .cpu import int8_caveat
+from .cpu import fp16_caveat, int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
 from .stream import decoded, usable_cpus
@@ -108,7 +108,8 @@ class Classifier:
     @property
     def caveat(self) -> str:
         """One line worth telling the user about serving this file here, or "" (see :mod:`.cpu`)."""
-        return int8_caveat(self.card, str(self.model_path), self.backend.name)
+        model, backend = str(self.model_path), self.backend.name
+        return int8_caveat(self.card, model, backend) or fp16_caveat(self.card, model, backend)
 
     def predict(self, images: np.ndarray, batch_size: int | None = None) -> np.ndarray:
         """Probabilities ``[N, classes]`` for uint8 images ``[N, H, W, C]`` already preprocessed, in runs of

@@ -1,4 +1,4 @@
-"""Which CPU this is, as far as INT8 files are concerned.
+"""Which CPU this is, as far as INT8 and FP16 files are concerned.
 
 An INT8 file's agreement with its model depends on the CPU that runs it. x86 CPUs with int8 dot-product
 instructions (VNNI) multiply onnxruntime's U8S8 QDQ files exactly; without them onnxruntime uses AVX2's
@@ -6,6 +6,10 @@ instructions (VNNI) multiply onnxruntime's U8S8 QDQ files exactly; without them 
 packaged blood-cell model's INT8 file against its FP32 one, 512 TEST images: 97.1% agreement on an AVX-512 VNNI
 EPYC, 93-94% on an AVX2-only one. So export records the CPU it verified on, and the runtime says when it serves
 a file verified with VNNI on a CPU without it.
+
+An FP16 file costs speed on an x86 CPU: onnxruntime has no float16 convolutions there and computes the file in
+float32 between casts — a 128-px MobileNetV2 at 405 images/s against its FP32 file's 854 (batch 32; 362 vs 685
+at batch 1) on an Intel Xeon that has AVX-512 FP16 instructions. So the runtime says so when it serves one there.
 """
 
 from __future__ import annotations
@@ -69,3 +73,14 @@ def int8_caveat(card: ModelCard, model: str, backend: str, cpu: dict[str, object
     return (f"{model}: this INT8 file was verified on a CPU with int8 dot products (VNNI, {verified['name']}); "
             f"this CPU ({cpu['name']}) has none and can agree less with the original model (3-6 points measured): "
             f"check it here with `medclf benchmark`, or serve the FP32 file")
+
+
+def fp16_caveat(card: ModelCard, model: str, backend: str, machine: str | None = None) -> str:
+    """One line when a float16 file is served by onnxruntime on an x86 CPU (``machine``: this one's, default
+    ``platform.machine()``), where it runs at about half its FP32 file's speed; else "". (ARM CPUs with
+    float16 arithmetic, a Jetson's among them, have onnxruntime kernels of their own: not measured here.)"""
+    machine = platform.machine() if machine is None else machine
+    if card.precision != "fp16" or backend != "cpu" or machine.lower() not in ("x86_64", "amd64"):
+        return ""
+    return (f"{model}: a float16 file on this x86 CPU, which onnxruntime computes in float32 between casts, at "
+            f"about half the FP32 file's speed; float16 pays on GPUs: on CPUs serve the FP32 (or INT8) file")

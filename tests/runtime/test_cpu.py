@@ -1,4 +1,5 @@
-"""An INT8 file verified on a CPU with int8 dot products says so when a CPU without them serves it."""
+"""An INT8 file verified on a CPU with int8 dot products says so when a CPU without them serves it; an FP16 file
+says so when an x86 CPU serves it."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import sys
 import pytest
 
 from medclf.runtime import Preprocess
-from medclf.runtime.cpu import VERIFIED_ON, int8_caveat, this_cpu
+from medclf.runtime.cpu import VERIFIED_ON, fp16_caveat, int8_caveat, this_cpu
 from medclf.runtime.modelcard import ModelCard
 
 VNNI = {"name": "AVX-512 VNNI CPU", "int8_dot_product": True}
@@ -38,3 +39,13 @@ def test_a_vnni_verified_int8_file_served_on_a_cpu_without_vnni_gets_one_line_na
 ])
 def test_nothing_is_said_otherwise(card, backend, cpu):
     assert int8_caveat(card, "model.int8.onnx", backend, cpu=cpu) == ""
+
+
+def test_an_fp16_file_served_by_an_x86_cpu_says_in_one_line_that_it_runs_slower_there_than_fp32():
+    fp16 = dataclasses.replace(INT8, precision="fp16", metrics={})
+    line = fp16_caveat(fp16, "exported/model.fp16.onnx", "cpu", machine="x86_64")
+    assert line.startswith("exported/model.fp16.onnx: a float16 file on this x86 CPU") and "\n" not in line
+    assert "half the FP32 file's speed" in line and "serve the FP32" in line
+    assert fp16_caveat(fp16, "m.onnx", "cpu", machine="AMD64")  # Windows' name for it
+    for card, backend, machine in ((fp16, "cuda", "x86_64"), (fp16, "cpu", "aarch64"), (INT8, "cpu", "x86_64")):
+        assert fp16_caveat(card, "m.onnx", backend, machine=machine) == ""
