@@ -16,6 +16,7 @@ from .cpu import fp16_caveat, int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
 from .stream import decoded, usable_cpus
+from .tta import VIEWS, views
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
 DEFAULT_MODEL = Path(__file__).parent / "models" / "blood_cells" / "model.onnx"
@@ -86,12 +87,18 @@ class Classifier:
     ``streaming``: set it when this classifier will mostly :meth:`classify` many files, so that the model's
     threads sleep rather than spin while the decoding threads work (faster folders, slower single images).
     ``reuse_optimized``: start the CPU session from the graph onnxruntime optimized for this machine last time,
-    kept in the cache (35 ms faster for the packaged model; what a one-shot ``medclf-run`` asks for)."""
+    kept in the cache (35 ms faster for the packaged model; what a one-shot ``medclf-run`` asks for).
+    ``tta``: ``flip`` or ``dihedral`` averages the probabilities over those views of each image (:mod:`.tta`);
+    unfamiliarity and class activation maps stay the image's own."""
 
     def __init__(self, model: str | os.PathLike[str] | None = None, threads: int | None = None,
-                 backend: str = "cpu", streaming: bool = False, reuse_optimized: bool = False) -> None:
+                 backend: str = "cpu", streaming: bool = False, reuse_optimized: bool = False,
+                 tta: str | None = None) -> None:
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
         _check_model_path(self.model_path)
+        if tta is not None and tta not in VIEWS:
+            raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(VIEWS)}")
+        self.tta = tta
         self.backend = open_backend(self.model_path, backend, threads or default_threads(), spin=not streaming,
                                     reuse_optimized=reuse_optimized)
         self.card = ModelCard.from_metadata(self.backend.metadata, str(self.model_path))
@@ -138,7 +145,18 @@ class Classifier:
 
     def outputs(self, names: list[str], images: np.ndarray, batch_size: int | None = None) -> list[np.ndarray]:
         """The outputs ``names`` (``probabilities``, and those the card lists) for ``images``, in runs of
-        ``batch_size`` (see :meth:`predict`): several outputs from one pass."""
+        ``batch_size`` (see :meth:`predict`): several outputs from one pass; with ``tta``, the probabilities
+        averaged over the views (:mod:`.tta`), the other outputs from the images as they are."""
+        results = self._outputs(names, images, batch_size)
+        if self.tta is None or OUTPUT_NAME not in names:
+            return results
+        at = names.index(OUTPUT_NAME)
+        others = [self._outputs([OUTPUT_NAME], np.ascontiguousarray(view), batch_size)[0]
+                  for view in views(images, self.tta)[1:]]
+        results[at] = np.mean([results[at], *others], axis=0)
+        return results
+
+    def _outputs(self, names: list[str], images: np.ndarray, batch_size: int | None) -> list[np.ndarray]:
         if batch_size is None:
             batch_size = images_per_batch(*images.shape[1:3])
         if len(images) <= batch_size:

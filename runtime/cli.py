@@ -25,6 +25,7 @@ from .classifier import Classifier, Prediction
 from .inputs import STDIN, expand_inputs
 from .modelcard import FAMILIARITY_QUANTILE, ModelCard, ModelCardError
 from .stream import use_processes
+from .tta import VIEWS
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 READER_LEFT = 141  # exit status when stdout's reader went away: what a shell reports for SIGPIPE
@@ -48,6 +49,9 @@ def parser() -> argparse.ArgumentParser:
         help="Also write every result to this CSV file (atomically, when done).")
     add("--cam", type=Path, metavar="DIR",
         help="Write a heatmap overlay per image here (models exported with medclf export --cam).")
+    add("--tta", choices=tuple(VIEWS), help="Average each image's probabilities over its mirror image (flip) or "
+        "every mirror and quarter turn (dihedral): for images with no up or left, such as smears; costs an inference "
+        "per view. Check it pays on labelled images first: medclf evaluate --tta.")
     add("--backend", default="auto", choices=BACKENDS,
         help="auto (the first of tensorrt, ort-tensorrt, cuda, cpu that starts; says which), or one of them: then "
              "it must start.")
@@ -79,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     backend, why = _backend_for(args.backend, len(paths))
     try:
         classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1,
-                                reuse_optimized=True)
+                                reuse_optimized=True, tta=args.tta)
         for note in (why or classifier.backend.note, classifier.caveat, _operating_point(classifier)):
             if note:
                 print(note, file=sys.stderr)

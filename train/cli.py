@@ -16,7 +16,7 @@ from rich.markup import escape
 from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, CropFraction, Distribute, Epochs,
                       ExistingDir, FreezeUntil, Grey, GroupCopies, GroupPattern, HeadEpochs, ImageSize, LabelsCsv,
                       LeafFolders, LearningRate, NameLabelsOption, Preset, Pretrained, Schedule, ScoredData, Seed,
-                      TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, ValSplit, Wise,
+                      TargetSensitivity, TimeBudgetOption, TopFoldersOption, TrainingData, Tta, ValSplit, Wise,
                       held_out_data, label_source, parse_float_counts, parse_precisions, parse_profile, parse_shares,
                       recipe_of, recipes_of, writable_file, writable_folder)
 from .printed import (agreement_line, console, error, errors, familiarity_line, final_weights_line, intervals_line,
@@ -127,6 +127,7 @@ def evaluate(
     group_pattern: GroupPattern = None,
     group_copies: GroupCopies = None,
     prevalence: Annotated[Optional[list[str]], typer.Option(metavar="CLASS=SHARE", help="Also score the calls as they would do where cases come in these proportions, e.g. PNEUMONIA=10% (DATA collected so many of each class): accuracy, how often each call is right (a binary model's PPV and NPV), calibration error, log loss.")] = None,
+    tta: Tta = None,
 ) -> None:
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
@@ -139,12 +140,17 @@ def evaluate(
     from .pipeline import evaluate_run
 
     shares = parse_shares(prevalence)
-    out = out or _home_of(model) / rundir.EVALUATION.format(data=dataset_name(data))
+    scored = dataset_name(data) + (f"-tta-{tta}" if tta else "")  # beside the plain evaluation, to compare
+    out = out or _home_of(model) / rundir.EVALUATION.format(data=scored)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=label_source(data, name_labels, labels, leaf_folders,
                                                                      top_folders),
                                                  group_pattern=group_pattern,
-                                                 group_copies=group_copies, prevalence=shares))
+                                                 group_copies=group_copies, prevalence=shares, tta=tta))
+    if tta:
+        from medclf.runtime.tta import VIEWS
+
+        console.print(f"probabilities averaged over test-time views: {VIEWS[tta]}")
     print_metrics({"evaluation": metrics})
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
         console.print(agreement_line(fp32, model.name, metrics["accuracy"]), highlight=False)

@@ -33,6 +33,7 @@ from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.modelcard import unlike
 from medclf.runtime.preprocess import Preprocess
+from medclf.runtime.tta import averaged
 
 from .architectures import Architecture, get_architecture
 from .bars import stderr_console
@@ -253,16 +254,17 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
                  out: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
                  cache_dir: str | os.PathLike[str] | None = None, naming: Labeller | None = None,
                  group_pattern: str | None = None, group_copies: bool | None = None,
-                 prevalence: dict[str, float] | None = None) -> dict:
+                 prevalence: dict[str, float] | None = None, tta: str | None = None) -> dict:
     """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
     ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
     the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
     Files that belong together (``split_groups``: ``group_pattern``, patient sub-folders, or ``group_copies`` —
     None looks for them) add ``per_source`` metrics: one vote per patient or source image. A ``prevalence``
     stated for some classes (see :func:`stated_shares`) adds ``at_prevalence``: the calls' worth where cases
-    come in those proportions rather than the data's. With ``out``, writes ``metrics.json``,
-    ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
-    scorer = _Scorer.load(model_path)
+    come in those proportions rather than the data's. ``tta`` (``flip``, ``dihedral``) scores the probabilities
+    averaged over those views of each image (:mod:`medclf.runtime.tta`), as ``medclf-run --tta`` serves them.
+    With ``out``, writes ``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
+    scorer = _Scorer.load(model_path, tta)
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
     if target_sensitivity is not None:
         if scorer.run is None:
@@ -287,6 +289,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     if reference is not None:
         extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, reference_p, reference, classes,
                                                   scorer.precision)
+    if tta is not None:
+        extra["test_time_augmentation"] = tta
     if prevalence:
         shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
@@ -319,7 +323,7 @@ def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Clas
     fp32 = Path(model_path).with_name(FILE_NAMES["fp32"])
     if scorer.precision == "fp32" or not fp32.is_file():  # a Keras model is scored as FP32
         return None
-    reference = Classifier(fp32)
+    reference = Classifier(fp32, tta=scorer.tta)
     return reference if reference.card.labels == scorer.labels and reference.card.precision == "fp32" else None
 
 
@@ -364,18 +368,20 @@ class _Scorer:
     # uint8 images → [probabilities | unfamiliarity] in one pass, for a file that says how unlike its training
     # images an image is (medclf.export.familiarity); None for others
     with_unfamiliarity: Callable[[np.ndarray], np.ndarray] | None = None
+    tta: str | None = None  # the test-time views its probabilities are averaged over (medclf.runtime.tta)
 
     @classmethod
-    def load(cls, model_path: str | os.PathLike[str]) -> "_Scorer":
+    def load(cls, model_path: str | os.PathLike[str], tta: str | None = None) -> "_Scorer":
         if Path(model_path).suffix == ".onnx":
-            classifier = Classifier(model_path)
+            classifier = Classifier(model_path, tta=tta)
             card = classifier.card
             both = (lambda x: np.column_stack(classifier.assess(x, 64))) if classifier.says_unfamiliar else None
             return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64),
-                       RunDir.of_export(card.source), card.precision, both)
+                       RunDir.of_export(card.source), card.precision, both, tta)
         run = RunDir.of_model(model_path)
         model = keras.models.load_model(model_path, compile=False)
-        return cls(run.labels, run.preprocess, run.decision, lambda x: predict(model, x), run)
+        scored = (lambda x: predict(model, x)) if tta is None else partial(averaged, partial(predict, model), kind=tta)
+        return cls(run.labels, run.preprocess, run.decision, scored, run, tta=tta)
 
 
 def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tuple[str, ...],

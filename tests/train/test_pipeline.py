@@ -12,9 +12,10 @@ import pytest
 
 from medclf.rundir import RunDir
 from medclf.runtime.cam import overlay_name
-from medclf.train.data import DatasetError
+from medclf.runtime.decision import decide
+from medclf.train.data import DatasetError, load_arrays, read_folder
 from medclf.train.explain import explain_files
-from medclf.train.fit import FitConfig
+from medclf.train.fit import FitConfig, predict
 from medclf.train.pipeline import Recipe, evaluate_run, train
 
 
@@ -38,6 +39,16 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     assert scored["identical_to_training"] == validation["images"]  # its own validation images: not unseen
     for picture in ("curves.png", "confusion_matrix.png", "roc.png", "calibration.png"):
         assert cv2.imread(str(tmp_path / picture)) is not None, picture
+
+    run = RunDir(tmp_path)  # scored with each photo's mirror image too, as medclf-run --tta flip serves it
+    images, labels, _ = load_arrays(read_folder(val_dir, run.labels), run.preprocess)
+    model = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    plain = predict(model, images)
+    mean = (plain + predict(model, np.ascontiguousarray(images[:, :, ::-1]))) / 2
+    assert not np.allclose(mean, plain)  # the mirror images are scored otherwise: the test can tell
+    flipped = evaluate_run(tmp_path / "model.keras", val_dir, tta="flip")
+    assert flipped["test_time_augmentation"] == "flip"
+    assert flipped["accuracy"] == (decide(mean, run.labels, decision) == labels).mean()
 
     strict = evaluate_run(tmp_path / "model.keras", val_dir, tmp_path / "eval", target_sensitivity=1.0)
     assert strict["sensitivity"] == 1.0 and 0.0 < strict["threshold"] <= 1.0
