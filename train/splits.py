@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 # used as is: Kermany's chest X-rays ship val/ with 8 images per class, on which early stopping and a
 # threshold would be chosen by noise.
 MIN_VAL_PER_CLASS = 20
+# A class with fewer training images than this is named in a warning before training: transfer learning wants
+# tens of images a class, and a folder of two photos (a rare finding, a stray folder) is seldom called at all.
+MIN_TRAIN_PER_CLASS = 10
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,19 @@ def warn_missing_classes(labels: np.ndarray, classes: tuple[str, ...], split: st
         log.warning("%s holds no readable image of %s: the model is not checked on %s there",
                     split, ", ".join(missing), "it" if len(missing) == 1 else "them")
     return missing
+
+
+def warn_scarce_classes(train: ImageFolder) -> list[str]:
+    """Warn (and return) the classes with fewer than ``MIN_TRAIN_PER_CLASS`` training images, in one line, said
+    before minutes of training: their calls will be rare and their scores mean little."""
+    scarce = {name: n for name, n in train.class_counts().items() if n < MIN_TRAIN_PER_CLASS}
+    if scarce:
+        listed = ", ".join(f"{name} ({n} training image{'s' if n != 1 else ''})" for name, n in scarce.items())
+        log.warning("%s: too few to learn %s from (tens a class are needed): the model will seldom call %s and "
+                    "its scores there mean little; gather more images, or leave %s out",
+                    listed, "a class" if len(scarce) == 1 else "classes", "it" if len(scarce) == 1 else "them",
+                    "its folder" if len(scarce) == 1 else "their folders")
+    return list(scarce)
 
 
 def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from medclf.train.data import DatasetError, ImageFolder, read_folder
-from medclf.train.splits import Splits, load_splits, pooled_for_folds, stratified_split, warn_missing_classes
+from medclf.train.splits import (Splits, load_splits, pooled_for_folds, stratified_split, warn_missing_classes,
+                                 warn_scarce_classes)
 
 from .trees import make_tree
 
@@ -39,6 +40,19 @@ def test_a_class_whose_only_validation_file_is_unreadable_is_named_in_a_warning(
         assert warn_missing_classes(np.array([0, 1, 2]), ("a", "b", "c"), "validation") == []
     assert [r.getMessage() for r in caplog.records] == ["validation holds no readable image of b: the model is not "
                                                         "checked on it there"]
+
+
+def test_classes_with_too_few_training_images_to_learn_from_are_named_in_one_warning(caplog):
+    labels = np.repeat([0, 1, 2, 3], [40, 1, 9, 10])
+    folder = ImageFolder(tuple(f"{i}.png" for i in range(len(labels))), labels, ("common", "stray", "rare", "enough"))
+    with caplog.at_level(logging.WARNING, logger="medclf.train.splits"):
+        assert warn_scarce_classes(folder) == ["stray", "rare"]
+        plenty = np.repeat([0, 1], [10, 12])
+        assert warn_scarce_classes(ImageFolder(tuple(f"{i}.png" for i in range(22)), plenty, ("a", "b"))) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "stray (1 training image), rare (9 training images): too few to learn classes from (tens a class are "
+        "needed): the model will seldom call them and its scores there mean little; gather more images, or leave "
+        "their folders out"]
 
 
 def test_pre_split_layout_uses_its_own_val_and_test_folders(tmp_path, blood_cell_images):
