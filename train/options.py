@@ -132,7 +132,7 @@ Distribute = Annotated[Optional[str], typer.Option(help="auto: mirror training o
 TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary tasks: pick the threshold reaching this sensitivity on validation data (default: Youden's J).")]
 
 
-def test_time_views(value: str | None) -> str | None:
+def tta_views(value: str | None) -> str | None:
     """``--tta``: one of the runtime's kinds of test-time views (``medclf.runtime.tta.VIEWS``), checked before any
     work starts."""
     if value is None:
@@ -144,7 +144,7 @@ def test_time_views(value: str | None) -> str | None:
     return value
 
 
-Tta = Annotated[Optional[str], typer.Option("--tta", callback=test_time_views, help="Score the probabilities averaged over each image's mirror image (flip) or every mirror and quarter turn (dihedral), as medclf-run --tta serves them; the default output folder gets -tta-<views> so the plain scores stay beside.")]
+Tta = Annotated[Optional[str], typer.Option("--tta", callback=tta_views, help="Score the probabilities averaged over each image's mirror image (flip) or every mirror and quarter turn (dihedral), as medclf-run --tta serves them; the default output folder gets -tta-<views> so the plain scores stay beside.")]
 
 
 def recipe_of(preset: str | None, options: dict):
