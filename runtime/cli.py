@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         classifier = Classifier(args.model, threads=args.threads, backend=backend, streaming=len(paths) > 1,
                                 reuse_optimized=True, tta=args.tta)
-        for note in (why or classifier.backend.note, classifier.caveat, _operating_point(classifier)):
+        views = f"probabilities averaged over test-time views: {VIEWS[args.tta]}" if args.tta else ""
+        for note in (why or classifier.backend.note, classifier.caveat, _operating_point(classifier), views):
             if note:
                 print(note, file=sys.stderr)
         if args.cam is not None:

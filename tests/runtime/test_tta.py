@@ -60,6 +60,7 @@ def test_medclf_run_tta_serves_the_averaged_calls_and_refuses_an_unknown_kind(bl
     done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", "--tta", "flip",
                            *map(str, blood_cell_images)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+    assert "probabilities averaged over test-time views: the image and its mirror image (2 views)" in done.stderr
     served = [json.loads(line)["probability"] for line in done.stdout.splitlines()]
     classifier = Classifier(tta="flip")
     images = np.stack([load_image(path, classifier.card.preprocess) for path in blood_cell_images])
