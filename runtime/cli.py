@@ -22,6 +22,7 @@ from .annotations import masks_said
 from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
+from .describe import describe, described_lines
 from .inputs import STDIN, expand_inputs
 from .modelcard import FAMILIARITY_QUANTILE, ModelCard, ModelCardError
 from .stream import use_processes
@@ -36,7 +37,7 @@ def parser() -> argparse.ArgumentParser:
     cli = argparse.ArgumentParser(prog="medclf-run", description="Classify INPUTS with a medclf ONNX model; exit "
                                   "status 1 when any input could not be classified, 2 when nothing could start.")
     add = cli.add_argument
-    add("inputs", nargs="+", metavar="INPUTS", help="Image files, folders or globs (quote globs); - is an image "
+    add("inputs", nargs="*", metavar="INPUTS", help="Image files, folders or globs (quote globs); - is an image "
                                                     "piped in.")
     add("--model", type=Path, metavar="FILE", help="A medclf ONNX model; default: the packaged blood-cell model.")
     add("--top-k", type=_positive, default=1, metavar="N", help="How many labels to report per image (default 1).")
@@ -55,7 +56,48 @@ def parser() -> argparse.ArgumentParser:
     add("--backend", default="auto", choices=BACKENDS,
         help="auto (the first of tensorrt, ort-tensorrt, cuda, cpu that starts; says which), or one of them: then "
              "it must start.")
+    add("--describe", action="store_true", help="Say what the model file is and exit: its sha256 (to record beside "
+        "results), classes and threshold, input, precision, outputs, training scores and export (--json: as JSON).")
+    add("--version", action="store_true", help="Say which medclf and which runtime libraries answer, and exit.")
     return cli
+
+
+def version_line() -> str:
+    """'medclf-run 0.1.0 (onnxruntime 1.23.2, OpenCV 4.12.0, numpy 2.3.5, Python 3.11.7)': what an answer
+    depends on besides the model file."""
+    import platform
+
+    import cv2
+    import numpy
+    import onnxruntime
+
+    from medclf import __version__
+
+    return (f"medclf-run {__version__} (onnxruntime {onnxruntime.__version__}, OpenCV {cv2.__version__}, numpy "
+            f"{numpy.__version__}, Python {platform.python_version()})")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The arguments, INPUTS required unless the model is only to be described; ``--version`` answered here."""
+    cli = parser()
+    args = cli.parse_args(argv)
+    if args.version:
+        print(version_line())
+        cli.exit()
+    if not args.inputs and not args.describe:
+        cli.error("the following arguments are required: INPUTS")
+    return args
+
+
+def described(args: argparse.Namespace) -> int:
+    """``--describe``: the model file's identity and card, as lines or ``--json``."""
+    try:
+        classifier = Classifier(args.model, threads=1, reuse_optimized=True)
+    except (FileNotFoundError, ModelCardError, ValueError) as exc:
+        return _refuse(str(exc))
+    about = describe(classifier.model_path, classifier.card)
+    print(json.dumps(about, ensure_ascii=False) if args.as_json else "\n".join(described_lines(about)))
+    return 0
 
 
 def _backend_for(requested: str, inputs: int) -> tuple[str, str]:
@@ -76,6 +118,8 @@ def _positive(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Classify ``args.inputs``, print one result per input, return the exit status."""
+    if args.describe:
+        return described(args)
     masks: list[Path] = []
     paths = list(expand_inputs(args.inputs, masks))
     if masks:
@@ -282,7 +326,7 @@ def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
     """:func:`run`; when whoever reads the output stops reading (``medclf-run DIR --json | head``), the run stops
     quietly with the shell's status for it, not a traceback."""
     try:
-        return run(parser().parse_args(argv))
+        return run(parse(argv))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush has nowhere to fail
         return READER_LEFT

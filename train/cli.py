@@ -27,6 +27,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Medical image classification: folder-per-class data → verified ONNX → medclf-run.")
 
 
+def _say_version(asked: bool) -> None:
+    if asked:
+        from medclf import __version__
+
+        console.print(f"medclf {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[bool, typer.Option("--version", callback=_say_version, is_eager=True,
+                                                   help="Say which medclf this is, and exit.")] = False) -> None:
+    """Medical image classification: folder-per-class data → verified ONNX → medclf-run."""
+
+
 @app.command()
 def train(
     data: TrainingData,

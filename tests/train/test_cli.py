@@ -241,3 +241,10 @@ def test_a_run_says_first_what_it_trains_and_last_how_its_final_weights_were_mix
     assert final_weights_line({"mix": 1.0, "validation_auc": {}}) == "final weights: fine-tuned as asked"
     undefined = {"mix": 0.5, "validation_auc": {"0.5": None, "0.75": None, "1.0": None}}  # a class missing
     assert final_weights_line(undefined).endswith("(ROC AUC at 0.5, 0.75, 1.0 fine-tuned: —, —, —)")
+
+
+def test_version_says_which_medclf_without_loading_tensorflow():
+    code = "import sys\nfrom medclf.train.cli import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n" \
+           "print('tensorflow' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=60)
+    assert done.stdout == "medclf 0.1.0\nFalse\n", done.stderr

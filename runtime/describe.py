@@ -1,0 +1,87 @@
+"""What a model file is, for a person auditing a result or a log that must name the model behind it.
+
+``medclf-run --describe`` answers from the file alone: its hash (the identity to record beside results), the
+classes and how one is called, the input it expects, its precision and outputs, and the model card's record of
+where it came from — the training run, its validation and test scores, the export — so a file found on a
+workstation can be told apart from its siblings without the run directory that made it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Any
+
+from .modelcard import ModelCard
+
+
+def describe(path: str | os.PathLike[str], card: ModelCard) -> dict[str, Any]:
+    """The file's identity and its card, as JSON-ready data (``medclf-run --describe --json``)."""
+    return {"file": str(path), "size_bytes": os.path.getsize(path), "sha256": file_sha256(path),
+            "labels": list(card.labels),
+            "decision": None if card.decision is None else json.loads(card.decision.to_json()),
+            "preprocess": json.loads(card.preprocess.to_json()), "precision": card.precision, "outputs": card.outputs,
+            "source": card.source, "metrics": card.metrics}
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def described_lines(about: dict[str, Any]) -> list[str]:
+    """``describe``'s data as lines a person reads: 'calls: EOSINOPHIL, LYMPHOCYTE, ... (the most probable)'."""
+    source, metrics, preprocess = about["source"], about["metrics"], about["preprocess"]
+    lines = [f"{about['file']}: {about['size_bytes'] / 1e6:.1f} MB, sha256 {about['sha256']}",
+             f"calls: {_calls(about['labels'], about['decision'])}",
+             f"input: {_input(preprocess)}",
+             f"precision: {about['precision']}{_verified_on(metrics)}",
+             f"outputs: probabilities{''.join(f', {name}' for name in about['outputs'])}"]
+    if training := metrics.get("training"):
+        lines.append(f"trained: {training.get('architecture', '?')} on {training.get('train_images', 0):,} images"
+                     f" of {training.get('data') or '?'} in {training.get('seconds', 0):,.0f} s")
+    lines += [f"{split}: {_scores(metrics[split])}" for split in ("validation", "test") if split in metrics]
+    if site := metrics.get("site"):
+        lines.append(f"calibrated at a site: {site.get('data', '?')}")
+    if source:
+        made = ", ".join(f"{name} {source[key]}" for key, name in (
+            ("medclf_version", "medclf"), ("tensorflow_version", "TensorFlow"), ("tf2onnx_version", "tf2onnx"))
+            if key in source)
+        keras = f" from {source.get('keras_model', '?')} (sha256 {str(source.get('keras_sha256', '?'))[:16]}…)"
+        lines.append(f"exported: {source.get('exported_at', '?')}{keras}{', ' + made if made else ''}")
+    return lines
+
+
+def _calls(labels: list[str], decision: dict | None) -> str:
+    if decision is None:
+        return f"{', '.join(labels)} (the most probable)"
+    return (f"{', '.join(labels)}: {decision['positive_class']} when its probability is at least "
+            f"{decision['threshold']:.3g} ({decision['rule']})")
+
+
+def _input(preprocess: dict) -> str:
+    colour = "RGB" if preprocess["color"] == "rgb" else "grey"
+    fraction = preprocess.get("crop_fraction", 1.0)
+    window = "the whole image" if fraction >= 1.0 else f"a square {fraction:g} of the shorter side, " + (
+        "centred on the stained nucleus" if preprocess.get("crop") == "stain" else "at the centre")
+    clahe = ", contrast equalised (CLAHE)" if preprocess.get("clahe") else ""
+    return (f"{preprocess['height']}x{preprocess['width']} {colour} uint8: {window}, {preprocess['interpolation']} "
+            f"resize{clahe}")
+
+
+def _verified_on(metrics: dict) -> str:
+    cpu = metrics.get("int8_verified_on")
+    if not cpu:
+        return ""
+    dot = "with" if cpu.get("int8_dot_product") else "without"
+    return f" (verified on {cpu.get('name', '?')}, {dot} int8 dot products)"
+
+
+def _scores(split: dict) -> str:
+    auc = split.get("roc_auc_macro")
+    return (f"accuracy {split.get('accuracy', float('nan')):.3f}"
+            + (f", ROC AUC {auc:.3f}" if auc is not None else "") + f" on {split.get('images', 0):,} images")
