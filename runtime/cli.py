@@ -23,7 +23,7 @@ from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .describe import describe, described_lines
-from .inputs import STDIN, expand_inputs
+from .inputs import STDIN, expand_inputs, listed_inputs
 from .modelcard import FAMILIARITY_QUANTILE, ModelCard, ModelCardError
 from .stream import use_processes
 from .tta import VIEWS
@@ -39,6 +39,8 @@ def parser() -> argparse.ArgumentParser:
     add = cli.add_argument
     add("inputs", nargs="*", metavar="INPUTS", help="Image files, folders or globs (quote globs); - is an image "
                                                     "piped in.")
+    add("--files-from", metavar="LIST", help="Also classify the inputs LIST names, one per line (a worklist from a "
+        "PACS or lab system, a find output); - reads the list from standard input.")
     add("--model", type=Path, metavar="FILE", help="A medclf ONNX model; default: the packaged blood-cell model.")
     add("--top-k", type=_positive, default=1, metavar="N", help="How many labels to report per image (default 1).")
     add("--json", dest="as_json", action="store_true", help="One JSON object per input per line.")
@@ -84,8 +86,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.version:
         print(version_line())
         cli.exit()
-    if not args.inputs and not args.describe:
-        cli.error("the following arguments are required: INPUTS")
+    if not args.inputs and not args.describe and args.files_from is None:
+        cli.error("the following arguments are required: INPUTS (or --files-from LIST)")
+    if args.files_from == STDIN and STDIN in args.inputs:
+        cli.error("standard input can hold the list (--files-from -) or an image (-), not both")
     return args
 
 
@@ -120,8 +124,14 @@ def run(args: argparse.Namespace) -> int:
     """Classify ``args.inputs``, print one result per input, return the exit status."""
     if args.describe:
         return described(args)
+    try:
+        listed = listed_inputs(args.files_from) if args.files_from is not None else []
+    except OSError as exc:
+        return _refuse(f"--files-from {args.files_from}: {exc.strerror or exc}")
     masks: list[Path] = []
-    paths = list(expand_inputs(args.inputs, masks))
+    paths = list(expand_inputs(args.inputs + listed, masks))
+    if not paths:
+        return _refuse(f"--files-from {args.files_from}: names no input")
     if masks:
         print(f"{masks_said(masks)}; name one to classify it", file=sys.stderr)
     backend, why = _backend_for(args.backend, len(paths))

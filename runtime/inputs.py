@@ -101,6 +101,19 @@ def expand_inputs(inputs: Iterable[str], masks: list[Path] | None = None) -> Ite
             yield item
 
 
+def listed_inputs(source: str) -> list[str]:
+    """The inputs a worklist names, one per line (a PACS or lab system's export, a ``find`` output): ``source`` is
+    a text file, or ``-`` for standard input. Blank lines are skipped and Windows line ends taken off; a name in
+    another encoding than UTF-8 is kept byte for byte. An unreadable list is an OSError naming it."""
+    if source == STDIN:
+        text = sys.stdin.buffer.read()
+    else:
+        with open(source, "rb") as handle:
+            text = handle.read()
+    lines = text.decode("utf-8", errors="surrogateescape").splitlines()
+    return [line.rstrip("\r") for line in lines if line.strip()]
+
+
 def folder_contents(folder: str | os.PathLike[str]) -> str:
     """What a folder without images holds instead, for its one-line error: ``12 .heic files``."""
     counts = Counter(Path(name).suffix.lower() or "extensionless" for _, _, files in os.walk(folder) for name in files)

@@ -348,3 +348,28 @@ def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
                              capture_output=True, text=True, timeout=120)
     assert waiting.returncode == 1 and json.loads(waiting.stdout) == {
         "path": "-", "error": "standard input is a terminal: pipe an image in (medclf-run - < scan.png)"}
+
+
+def test_a_worklist_names_inputs_one_per_line_from_a_file_or_standard_input(tmp_path, blood_cell_images):
+    worklist = tmp_path / "worklist.txt"  # as a lab system writes it: Windows line ends, a blank line, a bad path
+    worklist.write_bytes(b"\r\n".join([str(blood_cell_images[0]).encode(), b"", str(tmp_path / "gone.jpeg").encode(),
+                                       str(blood_cell_images[1]).encode()]) + b"\r\n")
+    done = run("--json", "--files-from", str(worklist), str(blood_cell_images[2]))
+    assert done.returncode == 1  # one named input is missing: reported in its place, the others classified
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [line["path"] for line in lines] == [str(blood_cell_images[2]), str(blood_cell_images[0]),
+                                                str(tmp_path / "gone.jpeg"), str(blood_cell_images[1])]
+    assert "error" in lines[2] and all("label" in lines[i] for i in (0, 1, 3))
+    piped = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", "--files-from", "-"],
+                           input=f"{blood_cell_images[3]}\n", capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and json.loads(piped.stdout)["path"] == str(blood_cell_images[3])
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--files-from", "absent.txt"], "--files-from absent.txt: No such file or directory"),
+    (["--files-from", "-", "-"], "standard input can hold the list (--files-from -) or an image (-), not both"),
+])
+def test_a_worklist_that_cannot_be_read_or_clashes_with_a_piped_image_is_refused_with_exit_2(args, reason):
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", *args], capture_output=True, text=True,
+                          timeout=60, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and reason in done.stderr
