@@ -14,6 +14,7 @@ import ctypes
 import functools
 import io
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,11 +80,27 @@ def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = 
             passed_over.append(str(exc).split("; ")[0])  # the reason; the install hint is said once below
             continue
         note = f"backend {candidate} (auto)"
-        if passed_over:
+        if passed_over and candidate == "cpu" and not nvidia_gpu():  # why no GPU backend started is beside the point
+            note += ": no NVIDIA GPU here"
+        elif passed_over:
             hint = candidate == "cpu" and not gpu_listed()
             note += f"; passed over {', '.join(passed_over)}" + (f" ({gpu_hint()})" if hint else "")
         return Backend(backend.name, backend.run, backend.metadata, note)
     raise BackendUnavailable("; ".join(passed_over))  # unreachable while the CPU provider exists
+
+
+def nvidia_gpu() -> bool:
+    """Whether this machine shows an NVIDIA GPU: its driver's devices (a workstation's ``/dev/nvidia0``, a Jetson's
+    ``/dev/nvhost-ctrl-gpu``), a Jetson's device tree, or ``nvidia-smi``. Where none shows, ``auto`` says so in
+    four words instead of why each GPU backend could not start and how to install one."""
+    devices = ("/dev/nvidia0", "/dev/nvidiactl", "/dev/nvhost-ctrl-gpu", "/dev/nvgpu", "/proc/driver/nvidia/gpus")
+    if any(os.path.exists(path) for path in devices) or shutil.which("nvidia-smi"):
+        return True
+    try:
+        with open("/proc/device-tree/compatible", "rb") as tree:
+            return b"nvidia,tegra" in tree.read()
+    except OSError:
+        return False
 
 
 def gpu_listed() -> bool:

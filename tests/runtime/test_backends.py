@@ -15,6 +15,7 @@ import onnxruntime as ort
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
+from medclf.runtime import backends
 from medclf.runtime.backends import (BOTH_BUILDS_HINT, GPU_HINT, BackendUnavailable, gpu_hint, gpu_ready,
                                      open_backend)
 
@@ -32,12 +33,20 @@ def test_cpu_is_the_default_and_says_nothing():
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
-def test_auto_says_which_backend_it_chose_and_why_the_others_were_passed_over():
+def test_auto_says_which_backend_it_chose_and_why_the_others_were_passed_over(monkeypatch):
+    monkeypatch.setattr(backends, "nvidia_gpu", lambda: True)  # a GPU machine with the CPU build of onnxruntime
     backend = open_backend(DEFAULT_MODEL, "auto")
     assert backend.name == "cpu"
     assert backend.note.startswith("backend cpu (auto); passed over tensorrt: TensorRT is not installed")
     assert "cuda: this onnxruntime has no CUDAExecutionProvider" in backend.note
     assert backend.note.count(GPU_HINT) == 1
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this onnxruntime has CUDA")
+def test_on_a_machine_without_an_nvidia_gpu_auto_says_so_in_four_words(monkeypatch):
+    monkeypatch.setattr(backends, "nvidia_gpu", lambda: False)
+    backend = open_backend(DEFAULT_MODEL, "auto")
+    assert backend.name == "cpu" and backend.note == "backend cpu (auto): no NVIDIA GPU here"
 
 
 def test_the_gpu_hint_knows_onnxruntimes_two_builds_cannot_share_one_environment(tmp_path):
