@@ -84,6 +84,9 @@ def train(
         console.print(f"probabilities calibrated on validation: the model divides its logits by {temperature:.3g}")
     print_unreadable(result.metrics["training"].get("unreadable", {}))
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
+    exported = result.run_dir / "exported"
+    console.print(f"next: medclf export {result.run_dir / 'model.keras'} --out {exported}, then medclf-run --model "
+                  f"{exported / 'model.onnx'} IMAGES", highlight=False)
 
 
 @app.command()
