@@ -7,6 +7,7 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -418,7 +419,20 @@ def _library_call(call):
 
 
 def main() -> None:
+    _plain_warnings()
     app()
+
+
+def _plain_warnings() -> None:
+    """medclf's warnings as plain lines on stderr for the whole run, whatever a library does to the root logger:
+    a dependency's module-level ``logging.warning()`` configures it, and from then on medclf's lines came out as
+    ``WARNING:medclf.train.copies:...`` (the demo's last step did)."""
+    handler = logging.StreamHandler()  # stderr
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("medclf")
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
 
 
 if __name__ == "__main__":

@@ -248,3 +248,13 @@ def test_version_says_which_medclf_without_loading_tensorflow():
            "print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code, "--version"], capture_output=True, text=True, timeout=60)
     assert done.stdout == "medclf 0.1.0\nFalse\n", done.stderr
+
+
+def test_warnings_stay_plain_lines_after_a_library_configures_the_root_logger():
+    """A dependency's module-level logging.warning() sets up the root logger midway through a run; medclf's own
+    warnings keep their plain form (the demo printed 'WARNING:medclf.train.copies:...' once it had)."""
+    code = ("import logging, sys\nfrom medclf.train import cli\ncli._plain_warnings()\nlogging.warning('library')\n"
+            "logging.getLogger('medclf.train.copies').warning('2468 of 2487 images are copies')\n"
+            "logging.getLogger('medclf.train.copies').info('not said')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.stderr.splitlines() == ["WARNING:root:library", "2468 of 2487 images are copies"]
