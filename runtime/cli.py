@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def version_line() -> str:
-    """'medclf-run 0.1.0 (onnxruntime 1.23.2, OpenCV 4.12.0, numpy 2.3.5, Python 3.11.7)': what an answer
+    """'medclf-run 0.1.0 (onnxruntime 1.32.0, OpenCV 5.1.0, numpy 2.4.6, Python 3.11.7)': what an answer
     depends on besides the model file."""
     import platform
 

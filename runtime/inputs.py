@@ -110,8 +110,8 @@ def listed_inputs(source: str) -> list[str]:
     else:
         with open(source, "rb") as handle:
             text = handle.read()
-    lines = text.decode("utf-8", errors="surrogateescape").splitlines()
-    return [line.rstrip("\r") for line in lines if line.strip()]
+    lines = text.decode("utf-8", errors="surrogateescape").split("\n")  # not splitlines(): a name may hold \f
+    return [line.removesuffix("\r") for line in lines if line.strip()]
 
 
 def folder_contents(folder: str | os.PathLike[str]) -> str:
