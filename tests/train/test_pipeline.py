@@ -176,3 +176,14 @@ def test_a_test_sets_roc_picture_names_its_auc_interval_and_what_was_resampled()
     expected = "\nmacro ROC AUC 0.971, 95% CI 0.946-0.990 over 100 sources"  # more classes: their macro average
     assert _auc_interval({"roc_auc_macro": 0.971}, cells) == expected
     assert _auc_interval({"roc_auc_macro": 0.9}, {}) == ""  # validation: no interval, the title alone
+
+
+def test_evaluating_a_runs_model_groups_its_files_by_the_runs_own_pattern(cataract, tmp_path):
+    """So that `medclf evaluate RUN/model.keras TEST` gives the run's own test scores, per-patient votes and all
+    (the chest preset's run counted 427 patients, its evaluation 431, grouping the names its own way)."""
+    train(cataract, tmp_path, Recipe(arch="small_cnn", image_size=48, val_split=0.3, group_pattern=r"^\d",
+                                     fit=FitConfig(epochs=1)))
+    first_digits = {(path.name[0], kind) for kind in ("cataract", "normal") for path in (cataract / kind).iterdir()}
+    assert evaluate_run(tmp_path / "model.keras", cataract)["per_source"]["sources"] == len(first_digits)
+    whole_names = evaluate_run(tmp_path / "model.keras", cataract, group_pattern=r"^\d+")  # given: it wins
+    assert whole_names["per_source"]["sources"] > len(first_digits)
