@@ -22,7 +22,6 @@ from .annotations import masks_said
 from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
-from .describe import describe, described_lines
 from .inputs import STDIN, expand_inputs, listed_inputs
 from .modelcard import FAMILIARITY_QUANTILE, ModelCard, ModelCardError
 from .stream import use_processes
@@ -95,6 +94,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def described(args: argparse.Namespace) -> int:
     """``--describe``: the model file's identity and card, as lines or ``--json``."""
+    from .describe import describe, described_lines  # here: hashlib's OpenSSL is 3-5 ms a one-shot run never needs
+
     try:
         classifier = Classifier(args.model, threads=1, reuse_optimized=True)
     except (FileNotFoundError, ModelCardError, ValueError) as exc:
