@@ -75,6 +75,11 @@ class RunDir:
     def metrics(self) -> dict[str, Any]:
         return self._json(METRICS) if (self.path / METRICS).is_file() else {}
 
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The recipe the run was trained with, as ``metrics.json`` records it (empty for runs that did not)."""
+        return self.metrics.get("training", {}).get("recipe", {})
+
     def split(self, name: str) -> tuple[list[str], list[int]]:
         """Paths and labels of a recorded split: "train", "val" or "test" (runs given one)."""
         splits = self._json(SPLITS) if (self.path / SPLITS).is_file() else {}

@@ -16,7 +16,7 @@ from .cpu import fp16_caveat, int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
 from .stream import decoded, usable_cpus
-from .tta import VIEWS, views
+from .tta import averaged, checked
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
 DEFAULT_MODEL = Path(__file__).parent / "models" / "blood_cells" / "model.onnx"
@@ -96,9 +96,7 @@ class Classifier:
                  tta: str | None = None) -> None:
         self.model_path = Path(model) if model is not None else DEFAULT_MODEL
         _check_model_path(self.model_path)
-        if tta is not None and tta not in VIEWS:
-            raise ValueError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(VIEWS)}")
-        self.tta = tta
+        self.tta = tta if tta is None else checked(tta)
         self.backend = open_backend(self.model_path, backend, threads or default_threads(), spin=not streaming,
                                     reuse_optimized=reuse_optimized)
         self.card = ModelCard.from_metadata(self.backend.metadata, str(self.model_path))
@@ -151,9 +149,8 @@ class Classifier:
         if self.tta is None or OUTPUT_NAME not in names:
             return results
         at = names.index(OUTPUT_NAME)
-        others = [self._outputs([OUTPUT_NAME], np.ascontiguousarray(view), batch_size)[0]
-                  for view in views(images, self.tta)[1:]]
-        results[at] = np.mean([results[at], *others], axis=0)
+        results[at] = averaged(lambda view: self._outputs([OUTPUT_NAME], view, batch_size)[0], images, self.tta,
+                               own=results[at])
         return results
 
     def _outputs(self, names: list[str], images: np.ndarray, batch_size: int | None) -> list[np.ndarray]:

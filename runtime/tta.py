@@ -23,12 +23,17 @@ VIEWS = {
 }
 
 
-def views(images: np.ndarray, kind: str) -> list[np.ndarray]:
-    """``images`` (``[N, H, W, C]``) as each of ``kind``'s views, the images themselves first."""
+def checked(kind: str) -> str:
+    """``kind``, if it is one of :data:`VIEWS`; else a ValueError naming them."""
     if kind not in VIEWS:
         raise ValueError(f"unknown test-time augmentation {kind!r}; choose one of {', '.join(VIEWS)}")
+    return kind
+
+
+def views(images: np.ndarray, kind: str) -> list[np.ndarray]:
+    """``images`` (``[N, H, W, C]``) as each of ``kind``'s views, the images themselves first."""
     mirrored = images[:, :, ::-1]
-    if kind == "flip":
+    if checked(kind) == "flip":
         return [images, mirrored]
     if images.shape[1] != images.shape[2]:  # half turns keep the shape; quarter turns would not
         return [images, mirrored, images[:, ::-1], images[:, ::-1, ::-1]]
@@ -36,6 +41,9 @@ def views(images: np.ndarray, kind: str) -> list[np.ndarray]:
     return turns + [turn[:, :, ::-1] for turn in turns]
 
 
-def averaged(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, kind: str) -> np.ndarray:
-    """The mean of ``predict`` over ``kind``'s views of ``images`` (each passed contiguous, as models take them)."""
-    return np.mean([predict(np.ascontiguousarray(view)) for view in views(images, kind)], axis=0)
+def averaged(predict: Callable[[np.ndarray], np.ndarray], images: np.ndarray, kind: str,
+             own: np.ndarray | None = None) -> np.ndarray:
+    """The mean of ``predict`` over ``kind``'s views of ``images`` (each passed contiguous, as models take them);
+    ``own``: ``predict``'s answer for the images as they are, where the caller has it already."""
+    others = [predict(np.ascontiguousarray(view)) for view in views(images, kind)[1:]]
+    return np.mean([predict(np.ascontiguousarray(images)) if own is None else own, *others], axis=0)

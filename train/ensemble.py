@@ -76,7 +76,7 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         test_folder = read_labelled(test, classes)
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
-        recipe = members[0].metrics.get("training", {}).get("recipe", {})  # the members share their split
+        recipe = members[0].recipe  # the members share their split
         groups = split_groups(test_folder, recipe.get("group_pattern"), recipe.get("group_copies"))
         extras = test_extras(labels, probabilities, groups, classes, decision)
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test", extras) | extras

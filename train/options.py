@@ -133,15 +133,15 @@ TargetSensitivity = Annotated[Optional[float], typer.Option(min=0.01, max=1.0, h
 
 
 def tta_views(value: str | None) -> str | None:
-    """``--tta``: one of the runtime's kinds of test-time views (``medclf.runtime.tta.VIEWS``), checked before any
-    work starts."""
+    """``--tta``: one of the runtime's kinds of test-time views, checked before any work starts."""
     if value is None:
         return None
-    from medclf.runtime.tta import VIEWS
+    from medclf.runtime.tta import checked
 
-    if value not in VIEWS:
-        raise typer.BadParameter(f"{value!r}: choose one of {', '.join(VIEWS)}")
-    return value
+    try:
+        return checked(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 Tta = Annotated[Optional[str], typer.Option("--tta", callback=tta_views, help="Score the probabilities averaged over each image's mirror image (flip) or every mirror and quarter turn (dihedral), as medclf-run --tta serves them; the default output folder gets -tta-<views> so the plain scores stay beside.")]

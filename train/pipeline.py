@@ -285,7 +285,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     probabilities, unfamiliarity, reference_p = np.split(outputs, [len(classes), len(classes) + says_unfamiliar],
                                                          axis=1)
     if group_pattern is None and scorer.run is not None:  # the run's own, so its test scores come out the same
-        group_pattern = scorer.run.metrics.get("training", {}).get("recipe", {}).get("group_pattern")
+        group_pattern = scorer.run.recipe.get("group_pattern")
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = test_extras(labels, probabilities, groups, classes, decision)
     if scorer.run is not None:  # a test set is only unseen if the model never saw its files
