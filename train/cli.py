@@ -150,7 +150,8 @@ def evaluate(
     """Score MODEL (Keras, or exported ONNX through the runtime) on a folder-per-class DATA set: accuracy, ROC
     AUC, per-class scores, calibration, and for binary tasks sensitivity/specificity at the model's threshold.
     Where a patient's files (--group-pattern, sub-folders, names numbered within a patient) or augmented copies of
-    one image (looked for) belong together, also accuracy counted once per patient or source image."""
+    one image (looked for) belong together, also accuracy counted once per patient or source image; a run's model
+    groups them as its run did unless --group-pattern or --group-copies is given."""
     import_tensorflow()
     from medclf import rundir
 

@@ -260,8 +260,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     """Score a model on a folder-per-class dataset with its own labels, preprocessing and threshold: a run's
     ``model.keras``, or an exported ``.onnx`` file through the runtime (so the deployed artifact is scored by
     the same code). With ``target_sensitivity`` a new threshold is chosen on the run's validation split first.
-    Files that belong together (``split_groups``: ``group_pattern`` — by default the one the model's run was
-    trained with —, patient sub-folders, or ``group_copies`` — None looks for them) add ``per_source`` metrics:
+    Files that belong together (``split_groups``: ``group_pattern``, patient sub-folders, or ``group_copies`` —
+    None looks for them; neither given: as the model's run was trained with) add ``per_source`` metrics:
     one vote per patient or source image. A ``prevalence``
     stated for some classes (see :func:`stated_shares`) adds ``at_prevalence``: the calls' worth where cases
     come in those proportions rather than the data's. ``tta`` (``flip``, ``dihedral``) scores the probabilities
@@ -284,8 +284,9 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     says_unfamiliar = scorer.with_unfamiliarity is not None
     probabilities, unfamiliarity, reference_p = np.split(outputs, [len(classes), len(classes) + says_unfamiliar],
                                                          axis=1)
-    if group_pattern is None and scorer.run is not None:  # the run's own, so its test scores come out the same
-        group_pattern = scorer.run.recipe.get("group_pattern")
+    if scorer.run is not None and group_pattern is None and group_copies is None:  # the run's own grouping, so
+        recipe = scorer.run.recipe  # its test scores come out the same
+        group_pattern, group_copies = recipe.get("group_pattern"), recipe.get("group_copies")
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = test_extras(labels, probabilities, groups, classes, decision)
     if scorer.run is not None:  # a test set is only unseen if the model never saw its files

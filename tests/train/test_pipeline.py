@@ -13,6 +13,7 @@ import pytest
 from medclf.rundir import RunDir
 from medclf.runtime.cam import overlay_name
 from medclf.runtime.decision import decide
+from medclf.train.copies import copy_groups
 from medclf.train.data import DatasetError, load_arrays, read_folder
 from medclf.train.explain import explain_files
 from medclf.train.fit import FitConfig, predict
@@ -187,3 +188,14 @@ def test_evaluating_a_runs_model_groups_its_files_by_the_runs_own_pattern(catara
     assert evaluate_run(tmp_path / "model.keras", cataract)["per_source"]["sources"] == len(first_digits)
     whole_names = evaluate_run(tmp_path / "model.keras", cataract, group_pattern=r"^\d+")  # given: it wins
     assert whole_names["per_source"]["sources"] > len(first_digits)
+
+
+def test_evaluating_a_runs_model_finds_the_augmented_copies_the_run_grouped(cataract, tmp_path):
+    """A run told its images are augmented copies (`--group-copies`, as the blood-cells preset) is evaluated on
+    its copy groups too: one vote per source image, as its own test scores count them."""
+    train(cataract, tmp_path, Recipe(arch="small_cnn", image_size=48, val_split=0.3, group_copies=True,
+                                     fit=FitConfig(epochs=1)))
+    folder = read_folder(cataract)
+    copies = copy_groups(folder.paths, folder.labels)
+    assert evaluate_run(tmp_path / "model.keras", cataract)["per_source"]["sources"] == len(set(copies)) < 59
+    assert "per_source" not in evaluate_run(tmp_path / "model.keras", cataract, group_copies=False)  # given: wins
