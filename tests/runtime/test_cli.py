@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import shutil
@@ -13,6 +15,11 @@ import pytest
 from medclf.runtime import DEFAULT_MODEL, Classifier
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
+
+
+@functools.cache
+def packaged_sha256() -> str:
+    return hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -28,7 +35,9 @@ def test_json_gives_one_object_per_input_with_the_contract_keys(blood_cell_image
     labels = set(Classifier().labels)
     for line in lines:
         # the contract's keys, and the packaged model's unfamiliarity output (a smear: like its training images)
-        assert set(line) == {"path", "label", "probability", "top_k", "unfamiliarity", "unlike_training"}
+        assert set(line) == {"path", "label", "probability", "top_k", "unfamiliarity", "unlike_training",
+                             "model_sha256"}
+        assert line["model_sha256"] == packaged_sha256()  # what a log keeps of the model that answered
         assert line["unfamiliarity"] >= 0.0 and line["unlike_training"] == (line["unfamiliarity"] > 1)
         assert line["label"] in labels and 0.0 <= line["probability"] <= 1.0
         assert len(line["top_k"]) == 3 and line["top_k"][0] == [line["label"], line["probability"]]
@@ -183,6 +192,7 @@ def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_ima
     assert [row["path"] for row in rows] == [str(blood_cell_images[0]), str(fake)]
     assert rows[0]["label"] in Classifier().labels and len(rows[0]["top_k"].split(";")) == 2
     assert rows[1]["label"] == "" and "a text file, not an image" in rows[1]["error"]
+    assert [row["model_sha256"] for row in rows] == [packaged_sha256()] * 2  # a spreadsheet names its model
     assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
 
 
