@@ -161,7 +161,8 @@ def run(args: argparse.Namespace) -> int:
     counted = _counting(predictions, calls, unlike)
     recorded = _recording(counted, results) if args.csv_file is not None else counted
     model = _model_sha256(classifier) if args.as_json or args.csv_file is not None else ""
-    failed = _print_json(recorded, model) if args.as_json else _print_table(recorded, paths, classifier.labels)
+    answered_by = {"model_sha256": model} | ({"tta": args.tta} if args.tta else {})  # what a result depends on
+    failed = _print_json(recorded, answered_by) if args.as_json else _print_table(recorded, paths, classifier.labels)
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.csv_file is not None:
         try:
-            write_csv(args.csv_file, results, model)
+            write_csv(args.csv_file, results, model, args.tta or "")
         except OSError as exc:  # the disk filled or went away during the run: the table above still holds it all
             print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
             return 1
@@ -255,28 +256,30 @@ def tally(calls: Counter, labels: tuple[str, ...]) -> str:
             + (f"; {failed} could not be" if failed else ""))
 
 
-def write_csv(path: Path, predictions: list[Prediction], model_sha256: str = "") -> None:
+def write_csv(path: Path, predictions: list[Prediction], model_sha256: str = "", tta: str = "") -> None:
     """One row per input: path, label, probability, top_k as ``label:p;label:p``, unfamiliarity (empty where the
-    model does not say), heatmap, error, and the sha256 of the model file that answered. UTF-8; a file name that
-    is not (bytes from another system's encoding) is written back byte for byte, as the disk has it."""
+    model does not say), heatmap, error, the sha256 of the model file that answered and the test-time views its
+    probabilities were averaged over (empty: none). UTF-8; a file name that is not (bytes from another system's
+    encoding) is written back byte for byte, as the disk has it."""
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "probability", "top_k", "unfamiliarity", "heatmap", "error",
-                         "model_sha256"])
+                         "model_sha256", "tta"])
         for p in predictions:
             top_k = ";".join(f"{label}:{probability:.6f}" for label, probability in p.top_k)
             probability = "" if p.probability is None else f"{p.probability:.6f}"
             unfamiliarity = "" if p.unfamiliarity is None else f"{p.unfamiliarity:.4f}"
             writer.writerow([p.path, p.label or "", probability, top_k, unfamiliarity, p.heatmap or "",
-                             p.error or p.heatmap_error or "", model_sha256])
+                             p.error or p.heatmap_error or "", model_sha256, tta])
 
 
-def _print_json(predictions: Iterable[Prediction], model_sha256: str) -> int:
+def _print_json(predictions: Iterable[Prediction], answered_by: dict[str, str]) -> int:
+    """A JSON line per input; each answer also names what gave it (``answered_by``: the model's hash, any
+    test-time views), an input that failed only its reason."""
     failed = 0
     for prediction in predictions:
         failed += prediction.error is not None or prediction.heatmap_error is not None
-        answered = {} if prediction.error is not None else {"model_sha256": model_sha256}
-        sys.stdout.write(json.dumps(prediction.to_dict() | answered) + "\n")
+        sys.stdout.write(json.dumps(prediction.to_dict() | ({} if prediction.error else answered_by)) + "\n")
         sys.stdout.flush()
     return failed
 

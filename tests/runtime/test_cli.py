@@ -193,6 +193,7 @@ def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_ima
     assert rows[0]["label"] in Classifier().labels and len(rows[0]["top_k"].split(";")) == 2
     assert rows[1]["label"] == "" and "a text file, not an image" in rows[1]["error"]
     assert [row["model_sha256"] for row in rows] == [packaged_sha256()] * 2  # a spreadsheet names its model
+    assert [row["tta"] for row in rows] == ["", ""]  # and says no test-time views were averaged
     assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
 
 

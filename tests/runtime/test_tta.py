@@ -61,7 +61,9 @@ def test_medclf_run_tta_serves_the_averaged_calls_and_refuses_an_unknown_kind(bl
                            *map(str, blood_cell_images)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "probabilities averaged over test-time views: the image and its mirror image (2 views)" in done.stderr
-    served = [json.loads(line)["probability"] for line in done.stdout.splitlines()]
+    answers = [json.loads(line) for line in done.stdout.splitlines()]
+    assert all(answer["tta"] == "flip" for answer in answers)  # a kept result says how it was made
+    served = [answer["probability"] for answer in answers]
     classifier = Classifier(tta="flip")
     images = np.stack([load_image(path, classifier.card.preprocess) for path in blood_cell_images])
     assert np.allclose(served, classifier.predict(images).max(axis=1), atol=1e-5)
