@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
 from functools import partial
 from pathlib import Path
 
@@ -23,6 +24,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import medclf
 from medclf import rundir
 from medclf.export.files import FILE_NAMES
 from medclf.export.verify import TOLERANCES
@@ -31,6 +33,7 @@ from medclf.runtime.atomic import write_json, write_text
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
+from medclf.runtime.describe import file_sha256
 from medclf.runtime.modelcard import unlike
 from medclf.runtime.preprocess import Preprocess
 from medclf.runtime.tta import averaged
@@ -295,6 +298,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     if reference is not None:
         extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, reference_p, reference, classes,
                                                   scorer.precision)
+    extra["evaluated"] = scored_what(model_path, data, scorer.precision)
     if tta is not None:
         extra["test_time_augmentation"] = tta
     if prevalence:
@@ -307,6 +311,15 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name, extra) | extra
     write_json(Path(out) / rundir.METRICS, metrics)
     return metrics
+
+
+def scored_what(model_path: str | os.PathLike[str], data: str | os.PathLike[str], precision: str) -> dict:
+    """What an evaluation scored, when and with what: its ``metrics.json`` is the record a site keeps when it
+    accepts a model, and must name the very file (its sha256, as ``medclf-run --describe`` and every
+    ``medclf-run --json`` answer give it) even after the folders are moved."""
+    return {"model": str(Path(model_path).resolve()), "model_sha256": file_sha256(model_path),
+            "precision": precision, "data": str(Path(data).resolve()), "medclf_version": medclf.__version__,
+            "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
 def unlike_training(unfamiliarity: np.ndarray, paths: tuple[str, ...]) -> dict:

@@ -119,6 +119,11 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
     eosinophils = metrics["confidence_intervals"]["per_class"]["EOSINOPHIL"]["sensitivity"]
     assert f"({eosinophils[0]:.3f}-{eosinophils[1]:.3f})" in result.output  # beside its sensitivity, in the table
     assert all(name in result.output for name in ("EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"))
+    import hashlib  # the record a site keeps names the very file it scored, and the images
+
+    evaluated = metrics["evaluated"]
+    assert evaluated["model_sha256"] == hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert (evaluated["model"], evaluated["data"], evaluated["precision"]) == (str(DEFAULT_MODEL), str(data), "fp32")
 
 
 def test_evaluating_an_int8_file_also_says_how_often_it_calls_as_the_fp32_file_beside_it(tmp_path, blood_cells):
@@ -138,7 +143,9 @@ def test_evaluating_an_int8_file_also_says_how_often_it_calls_as_the_fp32_file_b
     result = runner.invoke(app, ["evaluate", str(int8), str(data), "--out", str(tmp_path / "scores")],
                            terminal_width=300)
     assert result.exit_code == 0, result.output
-    fp32 = json.loads((tmp_path / "scores" / "metrics.json").read_text())["agreement_with_fp32"]
+    scores = json.loads((tmp_path / "scores" / "metrics.json").read_text())
+    fp32 = scores["agreement_with_fp32"]
+    assert scores["evaluated"]["precision"] == "int8"
     calls = [[p.label for p in Classifier(model).classify(sorted(paths))] for model in (DEFAULT_MODEL, int8)]
     changed = sum(a != b for a, b in zip(*calls))
     assert (fp32["images"], fp32["changed"], fp32["tolerance"]) == (len(paths), changed, 0.99)
