@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import glob
 import os
@@ -16,8 +17,8 @@ from .annotations import segmentation_masks
 STDIN = "-"  # an INPUT that is the image piped in (a DICOMweb fetch, a router): ``medclf-run - < scan.png``
 
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2", ".pgm",
-                              ".ppm", ".avif", ".dcm"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2",
+                              ".pgm", ".ppm", ".avif", ".dcm", ".dicom", ".dic"})  # .dicom: VinDr-CXR's names
 
 
 def piped_in(most: int) -> bytes:
@@ -62,13 +63,15 @@ def _starts_like_dicom(path: Path) -> bool:
         return False
 
 
-def list_images(folder: str | os.PathLike[str]) -> list[Path]:
+def list_images(folder: str | os.PathLike[str], unlisted: list[str] | None = None) -> list[Path]:
     """Image files under a folder, recursively, in a stable order; hidden files and folders are skipped.
     Linked folders are followed (datasets are often assembled from links to each patient's folder), each
     real folder once; a link up to ``folder`` or above it is not, so it can neither loop nor pull a sibling
-    class's images in."""
+    class's images in. Sub-folders that cannot be listed (permissions, a share gone away) go to ``unlisted``,
+    so that the caller can say so rather than classify the rest as if they were all."""
     found, seen = [], {*Path(folder).resolve().parents}  # what the walk must not enter again, or at all
-    for root, dirs, files in os.walk(folder, followlinks=True):
+    said = (lambda exc: unlisted.append(exc.filename)) if unlisted is not None else None
+    for root, dirs, files in os.walk(folder, onerror=said, followlinks=True):
         real = Path(root).resolve()
         if real in seen:
             dirs[:] = []
@@ -86,31 +89,45 @@ def expand_inputs(inputs: Iterable[str], masks: list[Path] | None = None) -> Ite
     so does a folder without a single image (a mistyped folder, a phone's HEIC photos), rather than nothing.
     A folder's segmentation masks (``x_mask.png`` beside ``x.png``, :mod:`.annotations`) are outlines, not
     images to classify, as training leaves them out: they go to ``masks`` instead (a file named is classified).
+    A sub-folder that cannot be listed passes through as an input of its own, whose error says why.
     """
     for item in inputs:
         if os.path.isdir(item):
-            images = list_images(item)
-            found = segmentation_masks(images, Path(item))
-            if masks is not None:
-                masks.extend(sorted(found))
-            yield from (str(path) for path in images if path not in found) if images else [item]  # no image in it
+            yield from _folder_inputs(item, masks)
         elif not os.path.exists(item) and glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True))
-            yield from (m for m in matches if os.path.isfile(m)) if matches else [item]
+            matches = sorted(glob.glob(item, recursive=True)) or [item]
+            for match in matches:  # a class's folder among them: its images, as if named
+                yield from _folder_inputs(match, masks) if os.path.isdir(match) else [match]
         else:
             yield item
+
+
+def _folder_inputs(folder: str, masks: list[Path] | None) -> Iterator[str]:
+    unlisted: list[str] = []
+    images = list_images(folder, unlisted)
+    found = segmentation_masks(images, Path(folder))
+    if masks is not None:
+        masks.extend(sorted(found))
+    yield from (str(path) for path in images if path not in found) if images or unlisted else [folder]  # no image
+    yield from unlisted
 
 
 def listed_inputs(source: str) -> list[str]:
     """The inputs a worklist names, one per line (a PACS or lab system's export, a ``find`` output): ``source`` is
     a text file, or ``-`` for standard input. Blank lines are skipped and Windows line ends taken off; a name in
-    another encoding than UTF-8 is kept byte for byte. An unreadable list is an OSError naming it."""
+    another encoding than UTF-8 is kept byte for byte. A list saved by Windows tools (a byte-order mark; UTF-16,
+    as PowerShell's ``>`` writes) and ``find -print0``'s NUL-separated names are read as meant. An unreadable
+    list is an OSError naming it."""
     if source == STDIN:
-        text = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read()
     else:
         with open(source, "rb") as handle:
-            text = handle.read()
-    lines = text.decode("utf-8", errors="surrogateescape").split("\n")  # not splitlines(): a name may hold \f
+            data = handle.read()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        text = data.decode("utf-16", errors="surrogateescape")
+    else:
+        text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
+    lines = text.split("\0") if "\0" in text else text.split("\n")  # not splitlines(): a name may hold \f
     return [line.removesuffix("\r") for line in lines if line.strip()]
 
 

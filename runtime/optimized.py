@@ -3,9 +3,10 @@
 Every CPU session re-optimizes the graph it loads (fusions, the NCHWc layout): for the packaged model that is
 54 ms (median; 19 ms from the saved optimized graph) of a one-image ``medclf-run`` that takes about 0.19 s.
 The saved graph is specific to this CPU (NCHWc blocks follow its vector width) and to this onnxruntime, so the
-cache key holds both, and the model file's path, size and modification time: an edited or re-exported file
-gets a new entry, which replaces the old one. Only ``medclf-run`` asks for it — a one-shot run is where start-up
-is the whole cost; a long-lived ``Classifier`` saves nothing worth a file in the user's cache.
+cache key holds both, and the model file's path, size, modification and change times and inode: an edited,
+re-exported or copied-over file gets a new entry, which replaces the old one. Only ``medclf-run`` asks for it — a
+one-shot run is where start-up is the whole cost; a long-lived ``Classifier`` saves nothing worth a file in the
+user's cache.
 """
 
 from __future__ import annotations
@@ -80,5 +81,8 @@ def _entry(model: Path) -> Path | None:
         return None
     # CRC-32s, not a cryptographic hash: a name, not a guard (and hashlib's import alone costs 4 ms of 0.2 s)
     where = zlib.crc32(os.fsencode(model.resolve()))
-    what = zlib.crc32(f"{info.st_size} {info.st_mtime_ns} {ort.__version__} {cpu_signature()}".encode())
+    # the change time and inode too: a copy that keeps the old file's size and time (cp -p, rsync -a, tar) is
+    # another model all the same, and the kernel sets those two anew whatever the copy preserves
+    stamp = f"{info.st_size} {info.st_mtime_ns} {info.st_ctime_ns} {info.st_ino}"
+    what = zlib.crc32(f"{stamp} {ort.__version__} {cpu_signature()}".encode())
     return folder / f"{where:08x}-{what:08x}.onnx"

@@ -288,10 +288,11 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
             if len(data := piped_in(MAX_FILE_BYTES)) > MAX_FILE_BYTES:
                 raise ImageError(STDIN, f"more than {MAX_FILE_BYTES:,} bytes piped in, over the limit")
             return data
+        if "\0" in os.fspath(path):  # no file has such a name: a worklist read in an encoding it is not in
+            raise ImageError(str(path), "not a usable file name (it holds a NUL byte)")
         info = os.stat(path)
         if stat.S_ISDIR(info.st_mode):
-            raise ImageError(str(path), f"no image in this folder ({folder_contents(path)}; medclf reads "
-                                        f"{' '.join(sorted(IMAGE_EXTENSIONS))} and DICOM)")
+            raise ImageError(str(path), _folder_said(path))
         if not stat.S_ISREG(info.st_mode):
             raise ImageError(str(path), "not a regular file")
         if info.st_size > MAX_FILE_BYTES:
@@ -301,6 +302,16 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
         raise ImageError(str(path), _missing(str(path)) or exc.strerror or str(exc)) from None
     except OSError as exc:
         raise ImageError(str(path), exc.strerror or str(exc)) from None
+
+
+def _folder_said(path: str | os.PathLike[str]) -> str:
+    """Why a folder given as an input was not classified: it holds no image, or cannot even be listed."""
+    try:
+        os.listdir(path)
+    except OSError as exc:
+        return f"a folder that cannot be listed ({exc.strerror or exc})"
+    return f"no image in this folder ({folder_contents(path)}; medclf reads {' '.join(sorted(IMAGE_EXTENSIONS))} " \
+        "and DICOM)"
 
 
 def _missing(path: str) -> str | None:

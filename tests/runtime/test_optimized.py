@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier
-from medclf.runtime.preprocess import load_image
+from medclf.runtime.modelcard import ModelCard
+from medclf.runtime.preprocess import Preprocess, load_image
+from tests.onnx_graphs import brightness_model
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 
@@ -54,6 +56,20 @@ def test_a_rewritten_model_gets_a_new_entry_that_replaces_the_old(cache, model):
     Classifier(model, reuse_optimized=True)
     [new] = cache.iterdir()
     assert new.name != old.name and new.name.split("-")[0] == old.name.split("-")[0]
+
+
+def test_another_model_copied_over_with_the_same_size_and_time_is_not_served_from_the_old_ones_graph(cache,
+                                                                                                      tmp_path):
+    """``cp -p``, ``rsync -a`` and tar keep a file's modification time; two exports can have the same size."""
+    deployed = tmp_path / "deploy" / "model.onnx"
+    deployed.parent.mkdir()
+    first, second = (brightness_model(tmp_path / f"{i}.onnx", ModelCard(labels, Preprocess(8, 8, "grey")))
+                     for i, labels in enumerate((("dark", "bright"), ("bright", "dark"))))
+    assert os.path.getsize(first) == os.path.getsize(second)
+    for served in (first, second):
+        shutil.copy2(served, deployed)
+        os.utime(deployed, ns=(0, 10**18))  # the same time for both
+        assert Classifier(deployed, reuse_optimized=True).labels == Classifier(served).labels
 
 
 def test_entries_of_models_unused_for_a_month_go_when_another_is_written(cache, model, tmp_path):

@@ -1,0 +1,68 @@
+"""The inputs ``medclf-run`` is given, as they come from shells, lab systems and shares: globs, worklists in
+Windows' encodings and ``find -print0``'s, folders some of which cannot be read."""
+
+from __future__ import annotations
+
+import codecs
+import os
+import shutil
+
+import pytest
+
+from medclf.runtime.inputs import expand_inputs, is_image_file, listed_inputs
+from medclf.runtime.preprocess import ImageError, read_bytes
+
+NAMES = ["/scans/a b.jpeg", "/scans/ünï.png"]
+
+
+@pytest.mark.parametrize("data", [
+    "\n".join(NAMES).encode() + b"\n",
+    codecs.BOM_UTF8 + "\r\n".join(NAMES).encode() + b"\r\n",  # Notepad, Excel's "CSV UTF-8"
+    "\r\n".join(NAMES).encode("utf-16"),  # PowerShell's `dir -Name > list.txt`: UTF-16 with its mark
+    b"\0".join(name.encode() for name in NAMES) + b"\0",  # find -print0
+], ids=["utf-8", "utf-8 with a mark", "utf-16", "print0"])
+def test_a_worklist_is_read_as_its_writer_meant_it(data, tmp_path):
+    worklist = tmp_path / "list.txt"
+    worklist.write_bytes(data)
+    assert listed_inputs(str(worklist)) == NAMES
+
+
+def test_a_glob_that_matches_class_folders_classifies_their_images(tmp_path, blood_cell_images):
+    """`medclf-run 'TEST/*'` matched the four class folders and classified nothing of them (exit 0)."""
+    for i, image in enumerate(blood_cell_images[:3]):
+        (tmp_path / f"class{i}").mkdir()
+        shutil.copy(image, tmp_path / f"class{i}" / "cell.jpeg")
+    shutil.copy(blood_cell_images[3], tmp_path / "loose.jpeg")
+    (tmp_path / "empty").mkdir()
+    assert list(expand_inputs([str(tmp_path / "*")])) == [
+        *(str(tmp_path / f"class{i}" / "cell.jpeg") for i in range(3)),
+        str(tmp_path / "empty"),  # reported in its place: no image in this folder
+        str(tmp_path / "loose.jpeg")]
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_an_input_whose_error_says_so(tmp_path, blood_cell_images):
+    shutil.copy(blood_cell_images[0], tmp_path / "cell.jpeg")
+    locked = tmp_path / "patient2"
+    locked.mkdir(mode=0)
+    if os.access(locked, os.R_OK):  # root reads any folder: a link to one the kernel refuses even root
+        locked.rmdir()
+        locked.symlink_to("/proc/1/map_files")
+        try:
+            os.listdir(locked)
+            pytest.skip("no folder here that this user cannot list")
+        except OSError:
+            pass
+    assert list(expand_inputs([str(tmp_path)])) == [str(tmp_path / "cell.jpeg"), str(locked)]
+    with pytest.raises(ImageError, match="a folder that cannot be listed"):
+        read_bytes(locked)
+
+
+def test_a_name_holding_a_nul_byte_is_a_failed_input_not_a_crash():
+    with pytest.raises(ImageError, match="it holds a NUL byte"):
+        read_bytes("/scans/a\0b.jpeg")
+
+
+@pytest.mark.parametrize("name", ["image.dicom", "IMG.DIC", "photo.jfif"])
+def test_the_names_dicom_and_jpeg_files_go_by_are_picked_from_folders(name, tmp_path):
+    """VinDr-CXR names its films `.dicom`; Windows saves web JPEGs as `.jfif`."""
+    assert is_image_file(tmp_path / name)
