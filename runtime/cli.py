@@ -303,7 +303,8 @@ def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tu
         if header:
             _print_row(header, widths)
             header = ()
-        others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k[1:])
+        others = ", ".join(f"{label} {p:.3f}" for label, p in prediction.top_k  # a threshold may call the
+                           if label != prediction.label)  # less probable class: the others are the rest
         if prediction.unlike_training:
             others = f"{UNLIKE_MARK} ({prediction.unfamiliarity:.3g}) {others}".rstrip()
         _print_row((_printable(prediction.path), prediction.label, f"{prediction.probability:.3f}", others), widths)

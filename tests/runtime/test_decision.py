@@ -59,6 +59,10 @@ def test_medclf_run_says_once_at_what_probability_the_finding_is_called(tmp_path
     done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--model", model, *images],
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+    # the more probable class beside a call made under one half (it said "bright 0.400" twice with --top-k 2)
+    assert done.stdout.splitlines()[1].split()[1:] == ["bright", "0.400", "dark", "0.600"]
+    ranked = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--model", model, "--top-k", "2", images[0]],
+                            capture_output=True, text=True)
+    assert ranked.stdout.splitlines()[1].split()[1:] == ["bright", "0.400", "dark", "0.600"]
     said = [line for line in done.stderr.splitlines() if "is called when" in line]
     assert said == ["bright is called when its probability is at least 0.3 (the model's threshold: sensitivity>=0.95)"]
-    assert "bright" in done.stdout.splitlines()[1] and "0.400" in done.stdout.splitlines()[1]
