@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,14 +21,28 @@ MAX_NAME_BYTES = 255
 def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> Iterator[IO]:
     """Open a temporary file beside ``path`` (``options`` go to :func:`open`); on success it replaces ``path``, on
     error it is removed. The temporary name is unique and short (``.<start of the name>.<random>.tmp``): a
-    name near the file system's 255 bytes must fit too, and two writers never share one."""
-    path = Path(path)
+    name near the file system's 255 bytes must fit too, and two writers never share one.
+
+    A link is written through (the file it names is replaced; the link stays), a file replaced keeps its
+    permissions (a results file kept private stays so), and what is no regular file (``/dev/stdout``, a pipe)
+    is written in place, as there is nothing to rename over."""
+    path = Path(os.path.realpath(path))
+    try:
+        kept = path.stat().st_mode
+    except OSError:
+        kept = None
+    if kept is not None and not stat.S_ISREG(kept) and not stat.S_ISDIR(kept):
+        with open(path, mode, **options) as handle:
+            yield handle
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     # not mkstemp: its files are the owner's alone (0600), and a model or report must keep the usual permissions
     tmp = path.with_name(f".{path.name[:40]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
         with open(tmp, mode, **options) as handle:
             yield handle
+        if kept is not None:
+            os.chmod(tmp, stat.S_IMODE(kept))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -46,6 +61,8 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
     Asked before a long run, so that it does not end, its work done, in a traceback (a read-only or missing
     mount, a typo'd path under /proc, a file where a folder should be)."""
     path = Path(path)
+    if not folder and path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a pipe
+        return None if os.access(path, os.W_OK) else "cannot write there (Permission denied)"
     if folder and path.exists() and not path.is_dir():
         return "is a file; give a folder"
     if not folder and path.is_dir():

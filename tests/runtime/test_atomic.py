@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
+import threading
 
 import pytest
 
-from medclf.runtime.atomic import atomic_write, unwritable, write_json
+from medclf.runtime.atomic import atomic_write, unwritable, write_json, write_text
 
 
 def test_write_json_replaces_the_file_whole(tmp_path):
@@ -49,3 +52,29 @@ def test_a_name_near_the_255_byte_limit_is_written_with_the_usual_permissions(tm
     os.umask(umask)
     assert json.loads(target.read_text()) == {"a": 1} and target.stat().st_mode & 0o777 == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_link_is_written_through_and_a_private_file_stays_private(tmp_path):
+    """`--csv results.csv` where results.csv links into a shared folder, or was made readable by its owner alone."""
+    kept = tmp_path / "shared" / "results.csv"
+    kept.parent.mkdir()
+    kept.write_text("old")
+    kept.chmod(0o600)
+    link = tmp_path / "results.csv"
+    link.symlink_to(kept)
+    write_text(link, "new")
+    assert link.is_symlink() and kept.read_text() == "new"
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+
+
+def test_what_is_no_regular_file_is_written_in_place_not_replaced(tmp_path):
+    """`--csv /dev/stdout` (as root, the rename replaced /dev/stdout itself); here a pipe, read as it is written."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    read: list[str] = []
+    reader = threading.Thread(target=lambda: read.append(pipe.read_text()), daemon=True)
+    reader.start()
+    assert unwritable(pipe) is None
+    write_text(pipe, "path,label\n")
+    reader.join(timeout=10)
+    assert read == ["path,label\n"] and stat.S_ISFIFO(pipe.stat().st_mode)
