@@ -59,12 +59,23 @@ def _displayed(dataset, source: str) -> np.ndarray:
     if rows * columns > MAX_PIXELS:
         raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
     pixels = pixel_array(dataset, index=0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None)
+    if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into the file's colour table
+        return _palette_rgb(pixels, dataset)
     if pixels.ndim == 3:  # colour: already display values
         return pixels if pixels.dtype == np.uint8 else _scale(pixels, 0, 2 ** int(dataset.BitsStored) - 1)
     values = apply_modality_lut(pixels, dataset)  # integers stay integers: a VOI LUT indexes with them
     shown, low, high = _voi(values, dataset)
     grey = _scale(shown, low, high)
     return 255 - grey if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else grey
+
+
+def _palette_rgb(indices: np.ndarray, dataset) -> np.ndarray:
+    """A PALETTE COLOR image (ultrasound, nuclear medicine, secondary captures) as its colours: the stored values
+    index the file's red, green and blue tables, of 8 or 16 bits each (their descriptors' third value)."""
+    from pydicom.pixels import apply_color_lut
+
+    bits = int(dataset.RedPaletteColorLookupTableDescriptor[2])
+    return _scale(apply_color_lut(indices, dataset), 0, 2 ** bits - 1)
 
 
 def _first_frame_values(dataset) -> None:

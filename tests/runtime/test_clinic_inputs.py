@@ -126,6 +126,18 @@ def test_colour_and_multi_frame_dicoms(tmp_path):
     assert first.shape == (32, 64) and first[0, 0] == 0 and first[0, -1] == 255
 
 
+def test_a_palette_colour_dicom_shows_its_colours_not_its_indices():
+    """Ultrasound and secondary captures store indices into a colour table (it was read as a grey ramp of them)."""
+    indices = np.zeros((32, 64), np.uint8)
+    indices[:, 32:] = 1
+    tables = np.zeros((3, 256), np.uint16)
+    tables[0, 0] = tables[1, 1] = 0xFFFF  # index 0 red, 1 green, in 16-bit tables
+    tags = {f"{colour}PaletteColorLookupTable{part}": value for colour, table in zip(("Red", "Green", "Blue"), tables)
+            for part, value in (("Descriptor", [256, 0, 16]), ("Data", table.tobytes()))}
+    shown = decode_image(dicom_bytes(indices, PhotometricInterpretation="PALETTE COLOR", **tags), "us.dcm")
+    assert shown[0, 0].tolist() == [255, 0, 0] and shown[0, -1].tolist() == [0, 255, 0]
+
+
 def gdcm_transcoded(data: bytes, syntax: str, tmp_path) -> bytes:
     """``data`` recompressed by GDCM (a real encoder, as a PACS would store it) into transfer syntax ``syntax``."""
     gdcm = pytest.importorskip("gdcm", reason="GDCM (medclf[dicom]) is not installed")
