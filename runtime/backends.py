@@ -142,7 +142,14 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
         if missing := missing_library(name):  # asked first: a failed TensorRT EP prints its error on stdout
             raise BackendUnavailable(f"{name}: onnxruntime cannot start {provider} (missing library {missing})")
     precision = _precision(model) if name == "ort-tensorrt" else "fp32"
-    session = _session(model, _providers(name, precision), threads, spin, reuse_optimized and name == "cpu")
+    try:
+        session = _session(model, _providers(name, precision), threads, spin, reuse_optimized and name == "cpu")
+    except ModelCardError:
+        if name == "cpu":
+            raise
+        _metadata(model)  # a bad file fails on the CPU too, and is said as such; else the GPU provider failed
+        raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} for this model, which loads on "
+                                 "the CPU (onnxruntime's log says why)") from None
     if session.get_providers()[0] != provider:
         raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} and would have run on the CPU "
                                  f"instead (onnxruntime's log says why)")
