@@ -16,7 +16,7 @@ import onnx
 from medclf.runtime.cpu import VERIFIED_ON, this_cpu
 from medclf.runtime.modelcard import ModelCard
 
-from .files import FILE_NAMES
+from .files import FILE_NAMES, TENSORRT_FLAVOUR
 from .fp16 import Fp16Converter, with_float16_activations
 from .int8 import Int8Quantizer
 from .verify import onnx_probabilities
@@ -33,7 +33,7 @@ def derive(precision: str, fp32: Path, card: ModelCard, converters: Converters |
     same images as the published onnxruntime one."""
     if precision == "fp32":
         return fp32
-    target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else "model.int8.tensorrt.onnx")
+    target = fp32.with_name(FILE_NAMES[precision] if not for_tensorrt else TENSORRT_FLAVOUR[precision])
     if precision == "fp16":
         proto = converters["fp16"].convert(fp32, float_convs)
     else:  # verified on this CPU: the runtime warns when a CPU without int8 dot products serves it

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import write_json
+from medclf.runtime.atomic import atomic_write, write_json
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard, unlike
@@ -29,7 +29,7 @@ from .candidates import FLOAT16_ACTIVATIONS, Converters, derive, judged_probabil
 from .depth_weights import set_again_on
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
 from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit
-from .files import FILE_NAMES
+from .files import FILE_NAMES, TENSORRT_FLAVOUR
 from .float_search import asked_steps, choose_float_layers
 from .fp16 import Fp16Converter
 from .held_out import MIN_VERIFY_IMAGES, HeldOut, held_out_sets
@@ -47,19 +47,19 @@ PRECISIONS = ("fp32", "fp16", "int8")
 # images about one time in three. (medclf export's --verify-images default repeats it.)
 MAX_VERIFY_IMAGES = 1024
 CALIBRATION_IMAGES = 256
-TRITON_MAX_BATCH = 64
 
 
 def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                precisions: tuple[str, ...] = ("fp32",), verify_data: str | os.PathLike[str] | None = None,
                calibration_data: str | os.PathLike[str] | None = None,
-               max_images: int = MAX_VERIFY_IMAGES, engine: BatchProfile | None = None,
+               max_images: int = MAX_VERIFY_IMAGES, engine: bool = False, profile: BatchProfile = BatchProfile(),
                triton: str | os.PathLike[str] | None = None, cam: bool = False, strict: bool = True,
                float_convs: dict[str, int] | None = None, familiarity: bool = True) -> dict:
     """Export, verify and publish one file per precision in ``OUT_DIR``. A file that disagrees with Keras is not
     published (the others are); ``strict`` raises :class:`VerificationError` naming every such file, otherwise
     the report's ``passed`` says so. ``engine`` also builds, verifies and publishes a TensorRT engine per
-    precision (GPU machines only); ``triton`` writes a Triton model repository of what was published; ``cam``
+    precision (GPU machines only) for the batch sizes of ``profile``, whose largest is also Triton's
+    ``max_batch_size``; ``triton`` writes a Triton model repository of what was published; ``cam``
     adds a class-activation-map output the runtime draws heatmaps from. ``float_convs`` (``{"int8": 3}``) keeps
     that many leading convolutions float instead of searching for the number
     (:func:`~.float_search.choose_float_layers`);
@@ -68,7 +68,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model_path, out = Path(model_path), Path(out_dir)
     precisions = _with_fp32(precisions)
     float_convs = asked_steps(float_convs or {}, precisions)
-    if engine is not None:  # no TensorRT or no GPU: say so now, before minutes of work
+    if engine:  # no TensorRT or no GPU: say so now, before minutes of work
         tensorrt()
         gpu_identity()
     card = model_card(model_path, cam)
@@ -106,16 +106,16 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
             if precision == "fp32" and not entry["passed"]:
                 break  # the other precisions derive from a file that is already wrong
         int8 = report["precisions"].get("int8", {"passed": False})
-        if engine is not None and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
+        if engine and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
             candidates["int8 for tensorrt"] = derive("int8", fp32, card, converters, True, int8["float_convs"])
             if fitted is not None:
                 _familiarity_as_computed(candidates["int8 for tensorrt"], held_out, card)
-        _publish(report["precisions"], candidates, engine, held_out)
-    report["removed"] = _remove_stale(out, report["precisions"], card)
+        report["removed"] = _publish(report["precisions"], candidates, profile if engine else None, held_out)
+    report["removed"] += _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
         set(report["precisions"]) == set(precisions)
     if triton is not None:
-        report["triton"] = _triton(Path(triton), model_path.parent.name, report, card, engine)
+        report["triton"] = _triton(Path(triton), model_path.parent.name, report, card, profile.max)
     write_json(out / "export_report.json", report)
     if strict and not report["passed"]:
         raise VerificationError("; ".join(f"{file} not written: {', '.join(failures)}"
@@ -124,17 +124,25 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
 
 
 def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: BatchProfile | None,
-             held_out: HeldOut) -> None:
+             held_out: HeldOut) -> list[str]:
     """Move each verified candidate to its final name — only once every precision is measured — and, when asked,
-    build and verify its TensorRT engine."""
+    build and verify its TensorRT engine. The engine files an earlier export left beside a file replaced now were
+    built from that earlier file, and go (returned): an engine is served only beside the file it came from."""
+    removed = []
     for precision, entry in entries.items():
         if not entry["passed"]:
             continue
-        os.replace(candidates[precision], entry["file"])
+        final = Path(entry["file"])
+        for stale in _engine_files(final):
+            if stale.is_file():
+                stale.unlink()
+                removed.append(str(stale))
+        os.replace(candidates[precision], final)
         if engine is not None:
             source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
             entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,
                                         held_out)
+    return removed
 
 
 def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[str]:
@@ -147,11 +155,19 @@ def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[
     for name in sorted(set(FILE_NAMES.values()) - published):
         path = out / name
         if path.is_file() and _from_another_model(path, card):
-            for stale in (path, path.with_suffix(".plan")):
+            for stale in (path, *_engine_files(path)):
                 if stale.is_file():
                     stale.unlink()
                     removed.append(str(stale))
     return removed
+
+
+def _engine_files(onnx_file: Path) -> list[Path]:
+    """What an export with ``--engine`` puts beside a published file: its engine, and for INT8 the flavour of the
+    file the engine was built from."""
+    precision = next(p for p, name in FILE_NAMES.items() if name == onnx_file.name)
+    flavour = [onnx_file.with_name(TENSORRT_FLAVOUR[precision])] if precision in TENSORRT_FLAVOUR else []
+    return [onnx_file.with_suffix(".plan"), *flavour]
 
 
 def _from_another_model(path: Path, card: ModelCard) -> bool:
@@ -223,33 +239,40 @@ def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile,
     publish it as ``final`` (``.plan`` next to the precision's ONNX file). An ``onnx_file`` still in the work
     folder (INT8's TensorRT flavour) is published beside it, so ``medclf-run --backend tensorrt`` can be given
     the very file the engine was built and verified from (and finds that engine in the cache)."""
-    plan = EngineCache().engine_for(onnx_file, precision, profile)
-    comparison = held_out.compare(TensorRTEngine(plan).predict(held_out.images), precision)
     source = final.with_name(onnx_file.name)
+    entry = {"file": str(final), "onnx": str(source), "profile": dataclasses.asdict(profile)}
+    try:
+        plan = EngineCache().engine_for(onnx_file, precision, profile)
+    except ValueError as exc:  # TensorRT could not parse or build it: this engine fails, the export goes on
+        return entry | {"passed": False, "failures": [str(exc)]}
+    comparison = held_out.compare(TensorRTEngine(plan).predict(held_out.images), precision)
     if comparison.passed:
-        shutil.copyfile(plan, final)
+        with atomic_write(final, "wb") as published, open(plan, "rb") as built:
+            shutil.copyfileobj(built, published)
         if onnx_file != source:
             os.replace(onnx_file, source)
-    return {"file": str(final), "onnx": str(source), "cached_as": str(plan), "profile": dataclasses.asdict(profile),
-            **comparison.to_dict()}
+    return entry | {"cached_as": str(plan), **comparison.to_dict()}
 
 
-def _triton(repo: Path, name: str, report: dict, card: ModelCard, engine: BatchProfile | None) -> list[str]:
-    """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ...; a
-    NAME_fp16 or NAME_int8 of another model that this export does not replace is removed (``report["removed"]``)."""
+def _triton(repo: Path, name: str, report: dict, card: ModelCard, max_batch: int) -> list[str]:
+    """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ...; a NAME,
+    NAME_fp16 or NAME_int8 of another model that this export does not replace is removed, and so is the
+    NAME_tensorrt_* of a file replaced without an engine of its own (``report["removed"]``)."""
     name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     written = []
-    max_batch = engine.max if engine is not None else TRITON_MAX_BATCH
     for precision, entry in report["precisions"].items():
-        suffix = "" if precision == "fp32" else f"_{precision}"
+        onnx_model = name + ("" if precision == "fp32" else f"_{precision}")
+        engine_model = repo / f"{name}_tensorrt_{precision}"
         if entry["passed"]:
-            written.append(write_model(repo, name + suffix, entry["file"], entry["file"], max_batch))
+            written.append(write_model(repo, onnx_model, entry["file"], entry["file"], max_batch))
         if entry.get("tensorrt", {}).get("passed"):
-            written.append(write_model(repo, f"{name}_tensorrt_{precision}", entry["tensorrt"]["file"],
-                                       entry["file"], max_batch))
+            written.append(write_model(repo, engine_model.name, entry["tensorrt"]["file"], entry["file"], max_batch))
+        elif entry["passed"] and engine_model.is_dir():  # built from the file NAME_<precision> no longer holds
+            shutil.rmtree(engine_model)
+            report["removed"].append(str(engine_model))
     published = {precision for precision, entry in report["precisions"].items() if entry["passed"]}
-    for precision in sorted(set(PRECISIONS) - published - {"fp32"}):
-        stale = repo / f"{name}_{precision}"  # another model's, which Triton would serve beside this one
+    for precision in sorted(set(PRECISIONS) - published):
+        stale = repo / (name if precision == "fp32" else f"{name}_{precision}")  # another model's, served beside
         if (stale / "1" / "model.onnx").is_file() and _from_another_model(stale / "1" / "model.onnx", card):
             shutil.rmtree(stale)
             report["removed"].append(str(stale))

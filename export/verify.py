@@ -94,7 +94,7 @@ class Comparison:
         if self.tolerance.max_accuracy_drop is not None:
             if self.accuracy is None:
                 reasons.append("accuracy drop not measurable: the verification images have no labels")
-            elif self.reference_accuracy - self.accuracy > self.tolerance.max_accuracy_drop:
+            elif self.reference_accuracy - self.accuracy > self.tolerance.max_accuracy_drop + 1e-9:  # 0.5 is in
                 reasons.append(f"accuracy {self.accuracy:.2%} is more than {self.tolerance.max_accuracy_drop:.1%} "
                                f"below Keras' {self.reference_accuracy:.2%}")
         return reasons

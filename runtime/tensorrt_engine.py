@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -96,17 +96,34 @@ class EngineCache:
         self.root = Path(root) if root is not None else default_cache_dir() / "engines"
 
     def engine_for(self, onnx_path: str | os.PathLike[str], precision: str,
-                   profile: BatchProfile = BatchProfile()) -> Path:
-        """The cached plan for this file on this machine, built first if missing, stale or foreign."""
-        key = engine_key(onnx_path, precision, profile)
+                   profile: BatchProfile | None = None) -> Path:
+        """The cached plan for this file on this machine, built first if missing, stale or foreign. Without a
+        ``profile``, that of the engine built last for this file here (the one ``medclf export --engine
+        --batch-profile`` verified), else the default."""
+        key = engine_key(onnx_path, precision, profile or BatchProfile())
+        if profile is None:
+            key = replace(key, profile=self._built_profile(key) or key.profile)
         plan, record = self.root / f"{key.digest}.plan", self.root / f"{key.digest}.json"
         if not self._valid(plan, record, key):
             self.root.mkdir(parents=True, exist_ok=True)
-            data = build_engine(onnx_path, profile, precision)
+            data = build_engine(onnx_path, key.profile, precision)
             with atomic_write(plan, "wb") as file:
                 file.write(data)
             write_json(record, {**asdict(key), "plan_sha256": hashlib.sha256(data).hexdigest()})
         return plan
+
+    def _built_profile(self, key: EngineKey) -> BatchProfile | None:
+        """The batch profile of the newest engine recorded here for ``key`` but for its profile."""
+        wanted = {name: value for name, value in asdict(key).items() if name != "profile"}
+        found = []
+        for record in self.root.glob("*.json"):
+            try:
+                fields = json.loads(record.read_text())
+                if {name: fields.get(name) for name in wanted} == wanted:
+                    found.append((record.stat().st_mtime, BatchProfile(**fields["profile"])))
+            except (OSError, ValueError, TypeError, KeyError):  # damaged or foreign: not this file's engine
+                continue
+        return max(found, key=lambda item: item[0])[1] if found else None
 
     @staticmethod
     def _valid(plan: Path, record: Path, key: EngineKey) -> bool:
@@ -161,7 +178,8 @@ class TensorRTEngine:
             raise TensorRTUnavailable(f"{plan}: TensorRT could not load this engine (other version or GPU?)")
         self.context = self.engine.create_execution_context()
         self.stream = _check(self._cuda.cudaStreamCreate())
-        self.max_batch = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)[2][0]
+        smallest, _, largest = self.engine.get_tensor_profile_shape(INPUT_NAME, 0)
+        self.min_batch, self.max_batch = smallest[0], largest[0]
         names = (self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors))
         # Every output needs a device address to run, whichever ones the caller reads.
         self.outputs = {name: trt.nptype(self.engine.get_tensor_dtype(name)) for name in names
@@ -178,8 +196,12 @@ class TensorRTEngine:
         if len(images) > self.max_batch:
             parts = [self.run(names, images[i:i + self.max_batch]) for i in range(0, len(images), self.max_batch)]
             return [np.concatenate(chunks) for chunks in zip(*parts)]
+        if 0 < len(images) < self.min_batch:  # a folder's last few, under a profile that starts higher: padded
+            padded = np.concatenate([images, np.repeat(images[-1:], self.min_batch - len(images), axis=0)])
+            return [output[:len(images)] for output in self.run(names, padded)]
         images = np.ascontiguousarray(images, dtype=np.uint8)
-        self.context.set_input_shape(INPUT_NAME, images.shape)
+        if not self.context.set_input_shape(INPUT_NAME, images.shape):
+            raise ValueError(f"this engine does not take a batch of shape {images.shape}")
         host = {name: np.empty(tuple(self.context.get_tensor_shape(name)), dtype)
                 for name, dtype in self.outputs.items()}
         cuda, kinds = self._cuda, self._cuda.cudaMemcpyKind

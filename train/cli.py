@@ -333,7 +333,7 @@ def export(
     counts = parse_float_counts(float_convs)
     report = _library_call(lambda: export_run(model, out, parse_precisions(precision), verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
-                                              engine=profile if engine else None, triton=triton, cam=cam,
+                                              engine=engine, profile=profile, triton=triton, cam=cam,
                                               strict=False, float_convs=counts, familiarity=familiarity))
     console.print(export_table(report))
     for line in search_lines(report) + computed_lines(report) + familiarity_lines(report):
@@ -341,7 +341,8 @@ def export(
     for path in report.get("triton", []):
         console.print(f"Triton model: {path}")
     for path in report["removed"]:
-        console.print(f"removed {path}: an earlier export of another model, which would be served as this one")
+        console.print(f"removed {path}: left by an earlier export (of another model, or an engine of a file "
+                      "replaced now), it would be served as this one's")
     for file, reasons in failed_files(report):
         error(f"{file} not written: {'; '.join(reasons)}")
     if not report["passed"]:

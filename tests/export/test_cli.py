@@ -73,6 +73,8 @@ def test_files_an_earlier_export_of_another_model_left_are_removed_and_said(run_
         shutil.copyfile(earlier / "model.onnx", other / "model.fp16.onnx")
     left = sorted(p.name for p in other.glob("model.*.onnx"))
     shutil.copytree(earlier_repo, repo)
+    (other / "model.plan").write_bytes(b"an engine built from the earlier model.onnx")  # as --engine leaves them
+    shutil.copytree(repo / run_dir.name, repo / f"{run_dir.name}_tensorrt_fp32")
     retrained = tmp_path / "retrained" / run_dir.name  # the same run name: the same Triton model names
     shutil.copytree(run_dir, retrained)
     model = keras.models.load_model(retrained / "model.keras", compile=False)
@@ -80,12 +82,13 @@ def test_files_an_earlier_export_of_another_model_left_are_removed_and_said(run_
     model.save(retrained / "model.keras")
 
     result = runner.invoke(app, ["export", str(retrained / "model.keras"), "--out", str(other), "--triton", str(repo),
-                                 "--verify-images", "16"], terminal_width=200)
+                                 "--verify-images", "16", "--batch-profile", "1,4,8"], terminal_width=200)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in other.glob("*.onnx")) == ["model.onnx"]
+    assert not (other / "model.plan").exists()  # an engine is served only beside the file it was built from
     assert sorted(p.name for p in repo.iterdir()) == [run_dir.name]
-    assert left and all(f"removed {other / name}: an earlier export of another model" in result.output
-                        for name in left)
+    assert left and all(f"removed {other / name}: left by an earlier export" in result.output for name in left)
+    assert "max_batch_size: 8" in (repo / run_dir.name / "config.pbtxt").read_text()  # the profile, without --engine
 
     result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(same), "--verify-images", "16"])
     assert result.exit_code == 0 and "removed" not in result.output

@@ -180,6 +180,11 @@ def test_compare_bounds_the_accuracy_drop_when_labels_are_known():
     assert compare(reference, worse, tolerance).failures == [
         "accuracy drop not measurable: the verification images have no labels"]
     assert compare(reference, reference, tolerance, labels).passed
+    # exactly the half point allowed, on 200 images (0.5 - 0.495 is 0.0050000000000000044 in floating point)
+    half, truth = np.tile([[0.6, 0.4]], (200, 1)), np.r_[np.zeros(100, int), np.ones(100, int)]
+    one_turned = half.copy()
+    one_turned[0] = [0.4, 0.6]
+    assert compare(half, one_turned, Tolerance(min_agreement=0.99, max_accuracy_drop=0.005), truth).passed
 
 
 def test_a_binary_model_is_verified_on_the_calls_its_threshold_makes_not_on_argmax():

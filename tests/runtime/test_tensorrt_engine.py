@@ -77,3 +77,21 @@ def test_an_engine_is_built_once_matches_onnxruntime_and_is_reused(tmp_path, blo
     images = np.stack([load_image(p, classifier.card.preprocess) for p in blood_cell_images])
     np.testing.assert_allclose(TensorRTEngine(plan).predict(images), classifier.predict(images), atol=1e-3)
     json.loads(plan.with_suffix(".json").read_text())["plan_sha256"]
+
+
+@needs_tensorrt
+def test_the_runtime_serves_the_engine_export_built_for_its_profile_and_pads_a_short_last_batch(tmp_path,
+                                                                                              blood_cell_images):
+    """`medclf export --engine --batch-profile 2,4,8` verifies one engine; `medclf-run --backend tensorrt` asks for
+    the file's engine without a profile and must get that one, not build and serve an unverified other."""
+    from medclf.runtime import Classifier, load_image
+    from medclf.runtime.classifier import DEFAULT_MODEL
+    from medclf.runtime.tensorrt_engine import TensorRTEngine
+
+    cache = EngineCache(tmp_path)
+    verified = cache.engine_for(DEFAULT_MODEL, "fp32", BatchProfile(2, 4, 8))
+    assert cache.engine_for(DEFAULT_MODEL, "fp32") == verified and len(list(tmp_path.glob("*.plan"))) == 1
+    classifier = Classifier(DEFAULT_MODEL)
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in [*blood_cell_images, blood_cell_images[0]]])
+    assert len(images) == 9  # runs as 8, then 1 under the profile's smallest batch of 2
+    np.testing.assert_allclose(TensorRTEngine(verified).predict(images), classifier.predict(images), atol=1e-3)
