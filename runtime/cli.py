@@ -160,9 +160,20 @@ def run(args: argparse.Namespace) -> int:
     unlike: list[str] = []  # the inputs unlike the model's training images
     counted = _counting(predictions, calls, unlike)
     recorded = _recording(counted, results) if args.csv_file is not None else counted
+    reader_left = False
     model = _model_sha256(classifier) if args.as_json or args.csv_file is not None else ""
     answered_by = {"model_sha256": model} | ({"tta": args.tta} if args.tta else {})  # what a result depends on
-    failed = _print_json(recorded, answered_by) if args.as_json else _print_table(recorded, paths, classifier.labels)
+    try:
+        failed = _print_json(recorded, answered_by) if args.as_json else _print_table(recorded, paths,
+                                                                                     classifier.labels)
+    except BrokenPipeError:  # the reader of the results went away (| head): the CSV asked for is still written
+        if args.csv_file is None:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        for _ in recorded:  # the answers not yet printed, each recorded on its way to the CSV
+            pass
+        failed = sum(p.error is not None or p.heatmap_error is not None for p in results)
+        reader_left = True
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
@@ -174,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:  # the disk filled or went away during the run: the table above still holds it all
             print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
             return 1
-    return 1 if failed else 0
+    return READER_LEFT if reader_left else 1 if failed else 0
 
 
 def _model_sha256(classifier: Classifier) -> str:

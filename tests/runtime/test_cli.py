@@ -264,6 +264,17 @@ def test_a_reader_that_stops_reading_ends_the_run_quietly_with_status_141(output
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
 
 
+def test_a_reader_that_stops_reading_still_gets_the_csv_asked_for_whole(tmp_path, blood_cell_images):
+    """``medclf-run DIR --csv day.csv | head``: the screen's reader left; the file is the work to keep."""
+    table = tmp_path / "day.csv"
+    process = subprocess.Popen([sys.executable, "-m", "medclf.runtime.cli", "--csv", str(table),
+                                *map(str, blood_cell_images)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    stderr = process.communicate(timeout=120)[1].decode()
+    assert process.returncode == 141 and "Traceback" not in stderr, stderr
+    assert len(table.read_text().splitlines()) == 1 + len(blood_cell_images)
+
+
 def test_the_command_flushes_every_result_before_it_exits(tmp_path, blood_cell_images):
     """``medclf-run`` skips the interpreter's teardown; what it printed and wrote must all be there."""
     csv_file = tmp_path / "out.csv"
