@@ -53,6 +53,11 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
     filed in sub-folders of their class folder stay together by that sub-folder (:func:`subfolder_groups`), else
     copy groups if the files look shipped pre-augmented (``copies.detected_copies``), else files whose names
     share a patient's number (:func:`name_groups`)."""
+    return with_augment_copies(_found_groups(folder, pattern, copies, naming), folder)
+
+
+def _found_groups(folder: ImageFolder, pattern: str | None, copies: bool | None,
+                  naming: Labeller | None) -> np.ndarray | None:
     from .copies import copy_groups, detected_copies
 
     if copies:
@@ -67,6 +72,34 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
         if (groups := found(folder)) is not None:
             return groups
     return None
+
+
+def with_augment_copies(groups: np.ndarray | None, folder: ImageFolder) -> np.ndarray | None:
+    """``groups`` with the copies ``medclf augment`` wrote (``01.aug3.jpg``) in their source's group (``01.jpg``
+    beside them, in the same class): whatever else was found, a copy on the other side of a split from its source
+    is the same image scored as unseen (all 32 validation photos of an augmented cataract set had copies in
+    training). Its brightness and turns hide it from the colour-histogram search, its name does not."""
+    where = [(label, str(Path(path).parent), AUGMENTED_COPY.sub("", Path(path).stem))
+             for path, label in zip(folder.paths, folder.labels)]
+    copied = {key for key, path in zip(where, folder.paths) if key[2] != Path(path).stem}
+    if not copied:
+        return groups
+    named = [f"file:{path}" for path in folder.paths] if groups is None else [str(group) for group in groups]
+    parent: dict[str, str] = {}  # groups merged: a source's copies join its whole group (a patient's other films)
+
+    def root(group: str) -> str:
+        while parent.get(group, group) != group:
+            group = parent[group]
+        return group
+    first: dict[tuple, str] = {}
+    for group, key in zip(named, where):
+        if key in copied:
+            parent[root(group)] = root(first.setdefault(key, group))
+    named = [root(group) for group in named]
+    log.warning("%d of %d images are copies medclf augment wrote (name.augN): each kept with its source and the "
+                "source's other copies, on one side of a split and one vote in a score",
+                sum(Path(path).stem != key[2] for key, path in zip(where, folder.paths)), len(named))
+    return np.asarray(named)
 
 
 def group_kind(groups: np.ndarray) -> str:

@@ -134,6 +134,21 @@ def test_one_eye_filed_under_two_classes_is_one_group():
     assert groups[0] == groups[-1] == "name:-1000"  # CNV-1000-0 and DRUSEN-1000-7
 
 
+def test_copies_medclf_augment_wrote_stay_with_their_source_and_its_whole_group(caplog):
+    """Its brightness and turns hid them from the copy search: every validation photo of an augmented cataract
+    set had copies in training."""
+    photos = _folder({"cataract": [f"{i:02d}.aug{k}.jpg" for i in range(30) for k in range(4)],
+                      "normal": [f"{i:02d}.jpg" for i in range(30)]})
+    with caplog.at_level(logging.WARNING):
+        groups = split_groups(photos, copies=None)
+    assert len(set(groups)) == 60 and len(set(groups[:4])) == 1  # 30 sources of 4 copies, 30 photos alone
+    assert "120 of 150 images are copies medclf augment wrote" in caplog.text
+    films = _folder({"PNEUMONIA": ["person1_virus_1.jpeg", "person1_virus_2.jpeg", "person1_virus_2.aug0.jpeg",
+                                   "person2_virus_1.aug0.jpeg"]})
+    by_pattern = split_groups(films, pattern=r"^(person\d+)_virus_\d+\.jpeg$")  # no match in the copies' names
+    assert set(by_pattern[:3]) == {"pattern:person1"} and by_pattern[3] != by_pattern[0]  # with patient 1's films
+
+
 def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray):
     folder = read_folder(chest_xray / "train")
     pattern = KERMANY_PATIENT
