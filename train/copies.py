@@ -75,7 +75,7 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
     holds more files than that: look-alikes chained together, not copies."""
     with ThreadPoolExecutor(decode_workers()) as pool:  # as many threads as decoding gains from (GIL)
         signatures = list(pool.map(colour_signature, paths))
-    groups = np.arange(len(paths))
+    groups = np.full(len(paths), -1)
     next_id = 0
     for label in np.unique(labels):
         members = np.flatnonzero(labels == label)
@@ -87,8 +87,8 @@ def copy_groups(paths: tuple[str, ...], labels: np.ndarray, distance: float = CO
             return None
         groups[readable] = ids + next_id
         next_id += len(readable)  # ids name a group by one of its members' positions: below len(readable)
-    unreadable = [i for i, s in enumerate(signatures) if s is None]
-    groups[unreadable] = next_id + np.arange(len(unreadable))
+    alone = np.flatnonzero(groups < 0)  # a grey class's files, unreadable ones: after every id given above
+    groups[alone] = next_id + np.arange(len(alone))
     return groups
 
 

@@ -74,6 +74,9 @@ def test_a_class_of_grey_films_beside_classes_of_copies_is_not_one_film_group(bl
     groups = detected_copies(paths, labels)
     assert groups is not None and len(np.unique(groups[labels == 2])) == len(films)
     assert len(np.unique(groups[labels < 2])) < 60  # the cells' copies are still found: 500 images of a few dozen
+    films_first = copy_groups(tuple(map(str, films)) + tuple(cells.paths[i] for i in keep),
+                              np.concatenate([np.zeros(len(films), int), cells.labels[keep] + 1]))
+    assert not set(films_first[:len(films)]) & set(films_first[len(films):])  # no film in a group of cells
 
 
 def test_asking_for_copy_groups_or_declining_them_overrides_the_automatic_choice(cataract, blood_cells):
