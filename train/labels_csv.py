@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file, list_images
 
-from .layout import find_split, is_part_name, numbered_parts
+from .layout import find_split, is_part_name, numbered_parts, split_key
 from .medmnist import known_classes
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ ONE_HOT = {"0", "1", "0.0", "1.0"}
 SPLIT_COLUMNS = ("split", "set", "subset", "partition", "fold_set", "data_split")
 # A row's split as sheets spell it (AutoML Vision: TRAIN, VALIDATION, TEST, UNASSIGNED) → train / val / test.
 SPLIT_VALUES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-                "dev": "val", "test": "test", "testing": "test"}
+                "validate": "val", "dev": "val", "test": "test", "testing": "test", "holdout": "test"}
+UNSPLIT_VALUES = {"", "unassigned"}  # rows a sheet leaves to training's split (AutoML Vision's UNASSIGNED)
 AUTOML_SETS = {"TRAIN", "VALIDATION", "TEST", "UNASSIGNED"}
 LISTED_SHARE = 0.9  # of a dataset's images a sheet found beside them must label to be taken as their labels
 AUGMENTED_COPY = re.compile(r"\.aug\d+$")  # what medclf augment adds to a copy's name (augment._copy_name)
@@ -129,17 +130,33 @@ def read_labels_csv(spec: str) -> CsvLabels:
     group, split = _column(headers, GROUP_COLUMNS), _split_column(rows, headers)
     return CsvLabels(file, _keyed(file, values, found),
                      _keyed(file, values, [row[group] for row in rows], False) if group is not None else None,
-                     _keyed(file, values, [SPLIT_VALUES.get(_normalised(row[split])) or "" for row in rows], False)
-                     if split is not None else None)
+                     _keyed(file, values, _splits(file, split, rows), False) if split is not None else None)
+
+
+def _split_of(value: str | None) -> str | None:
+    """A row's split as ``train``/``val``/``test`` (spelt as folders are: ``TRAIN``, ``validation_set``,
+    ``test-data``), ``""`` where the sheet leaves it to training's split, None for a value that is no split."""
+    key = split_key(value or "")
+    return "" if key in UNSPLIT_VALUES else SPLIT_VALUES.get(key)
 
 
 def _split_column(rows: list[dict[str, str]], headers: list[str]) -> str | None:
     """The column naming each row's split, where its values are splits (``TRAIN``, ``validation``, ``test``...);
     rows it names none (AutoML's ``UNASSIGNED``, a blank) are training's to split."""
     column = _column(headers, SPLIT_COLUMNS)
-    if column is None or not any(_normalised(row[column] or "") in SPLIT_VALUES for row in rows):
+    if column is None or not any(_split_of(row[column]) for row in rows):
         return None
     return column
+
+
+def _splits(file: Path, column: str, rows: list[dict[str, str]]) -> list[str]:
+    """Each row's split; a value that is none (``holdout2``) is refused rather than trained on: a sheet's own
+    test rows taken for training images would be scored as unseen."""
+    found = [_split_of(row[column]) for row in rows]
+    if unknown := sorted({row[column] for row, split in zip(rows, found) if split is None}):
+        raise LabelsError(f"{file}: column {column} names splits, but also {', '.join(map(repr, unknown[:3]))}, "
+                          "which medclf does not read as one: say train, val or test (blank: training's to split)")
+    return found
 
 
 def sheet_beside(folder: Path) -> CsvLabels | None:

@@ -126,6 +126,23 @@ def test_a_sheet_that_splits_its_images_is_trained_chosen_and_scored_on_its_spli
     assert {Path(p).name[:4] for p in read_labelled(folder, ("0", "1"), naming).paths} == {"test"}
 
 
+@pytest.mark.parametrize("spelt", [("train", "validate", "holdout"), ("train_set", "validation_set", "test_set"),
+                                   ("Training", "Dev", "Test-Data")])
+def test_a_sheets_splits_are_read_however_it_spells_them(spelt, tmp_path):
+    """Spellings outside a short list were read as training rows (or the column dropped): the sheet's own test
+    images trained on, then scored as unseen."""
+    rows = [f"{i}.png,{i % 2},{spelt[i % 3]}" for i in range(6)] + ["6.png,0,", "7.png,1,UNASSIGNED"]
+    (tmp_path / "labels.csv").write_text("image,label,split\n" + "\n".join(rows) + "\n")
+    splits = read_labels_csv(str(tmp_path / "labels.csv")).splits
+    assert [splits.get(f"{i}.png", "") for i in range(8)] == ["train", "val", "test"] * 2 + ["", ""]
+
+
+def test_a_split_value_medclf_cannot_read_is_refused_not_trained_on(tmp_path):
+    (tmp_path / "labels.csv").write_text("image,label,split\na.png,0,train\nb.png,1,test\nc.png,1,holdout2\n")
+    with pytest.raises(LabelsError, match="column split names splits, but also 'holdout2'"):
+        read_labels_csv(str(tmp_path / "labels.csv"))
+
+
 def test_a_sheet_giving_several_labels_a_row_without_a_header_is_refused(tmp_path):
     """MedMNIST's ChestMNIST lists 14 findings a row."""
     (tmp_path / "chestmnist.csv").write_text("TRAIN,train0_0_1_0.png,0,1,0\n")
