@@ -82,7 +82,21 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     per_class = {name: [path for folder in folders for path in per_folder[folder]] for name, folders in sources.items()}
     if classes is None and all(folders == [name] for name, folders in sources.items()):
         check_found(root, per_class)
+    if classes is None:
+        _warn_of_case_twins(root, list(per_class))
     return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
+
+
+def _warn_of_case_twins(root: Path, names: list[str]) -> None:
+    """Class folders whose names differ only in case (``Normal`` and ``normal``): most likely one class filed
+    twice, which trains as two that split its images between them (and is one folder on a Windows or macOS
+    disk)."""
+    spellings: dict[str, list[str]] = {}
+    for name in names:
+        spellings.setdefault(name.casefold(), []).append(name)
+    for twins in (found for found in spellings.values() if len(found) > 1):
+        log.warning("%s: classes %s differ only in case and are trained as %d classes: if they are one, move "
+                    "their images into one folder", root, " and ".join(twins), len(twins))
 
 
 def _classes_on_paths(root: Path, classes: tuple[str, ...]) -> ImageFolder | None:

@@ -63,6 +63,16 @@ def test_a_class_folder_without_images_is_named_in_a_warning(tmp_path, blood_cel
     assert not caplog.records
 
 
+def test_class_folders_differing_only_in_case_are_named_in_a_warning(tmp_path, blood_cell_images, caplog):
+    """``Normal/`` beside ``normal/`` trained silently as two classes splitting one class's images."""
+    make_tree(tmp_path, {"Cataract": 2, "Normal": 2, "normal": 2}, blood_cell_images[0])
+    with caplog.at_level("WARNING"):
+        assert read_folder(tmp_path).classes == ("Cataract", "Normal", "normal")
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path}: classes Normal and normal differ only in case and are trained as 2 classes: if they are one, "
+        "move their images into one folder"]
+
+
 def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood_cells):
     folder = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 300))
     spec = Preprocess(96, 128)
