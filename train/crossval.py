@@ -34,13 +34,15 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
                    cache_dir: str | os.PathLike[str] | None = None) -> dict:
     """Train ``folds`` models, write ``OUT/fold<k>/`` run directories and ``OUT/crossval.json``; return it."""
     folder = pooled_for_folds(data, naming)
-    if np.bincount(folder.labels).min() < folds:
+    if np.bincount(folder.labels, minlength=len(folder.classes)).min() < folds:
         raise ValueError(f"{data}: every class needs at least {folds} images for {folds}-fold cross-validation")
     groups = twin_groups(folder, split_groups(folder, recipe.group_pattern, recipe.group_copies, naming))
     splitter = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
+    made = list(splitter.split(np.zeros(len(folder)), folder.labels, groups))
+    _check_folds(data, folder, made)
     per_fold, held_out = [], []
-    for k, (rest, held) in enumerate(splitter.split(np.zeros(len(folder)), folder.labels, groups)):
+    for k, (rest, held) in enumerate(made):
         inner_groups = groups[rest] if groups is not None else None
         train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, inner_groups)
         splits = Splits(train, val, folder.subset(held), f"{recipe.val_split:.0%} of the other folds")
@@ -55,6 +57,18 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     write_json(Path(out) / "crossval.json", summary)
     _remove_extra_folds(Path(out), folds)
     return summary
+
+
+def _check_folds(data, folder, made: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Refuse, before any fold trains, folds that would train on fewer than two images of a class (one to train,
+    one to validate on): a class whose images are one patient's (or one source's) is held out whole by one fold,
+    which found out only after training the folds before it."""
+    for k, (rest, _) in enumerate(made):
+        counts = np.bincount(folder.labels[rest], minlength=len(folder.classes))
+        if short := [folder.classes[c] for c in np.flatnonzero(counts < 2)]:
+            raise ValueError(f"{data}: fold {k + 1} of {len(made)} would train on fewer than 2 images of "
+                             f"{', '.join(short)}: its images belong to too few patients or sources to spread over "
+                             f"{len(made)} folds (use fewer --folds, or no grouping if they are not one patient's)")
 
 
 def _remove_extra_folds(out: Path, folds: int) -> None:

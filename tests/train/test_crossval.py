@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from medclf.train.crossval import cross_validate
 from medclf.train.fit import FitConfig
 from medclf.train.pipeline import Recipe
@@ -44,3 +46,18 @@ def test_a_folds_one_vote_per_patient_counts_the_patients_the_folds_were_drawn_b
         assert fold["per_source"]["sources"] == 14  # seven patients, each with both classes
     intervals = summary["pooled"]["confidence_intervals"]  # the fourteen patients resampled, not their 84 images
     assert intervals["resampled"] == "sources" and intervals["sources"] == 14
+
+
+def test_a_class_whose_images_are_one_patients_is_refused_before_any_fold_trains(blood_cell_images, tmp_path):
+    """One fold holds that patient out whole and has nothing of the class to train on: found, before, only after
+    training the folds before it."""
+    for i in range(12):
+        (tmp_path / "data" / "common").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "data" / "common" / f"p{i}_1.png").symlink_to(blood_cell_images[i % 4])
+    (tmp_path / "data" / "rare").mkdir()
+    for i in range(6):
+        (tmp_path / "data" / "rare" / f"p99_{i}.png").symlink_to(blood_cell_images[4 + i % 4])
+    recipe = Recipe(arch="small_cnn", image_size=32, group_pattern=r"^(p\d+)_", fit=FitConfig(epochs=1))
+    with pytest.raises(ValueError, match=r"fold \d of 3 would train on fewer than 2 images of rare"):
+        cross_validate(tmp_path / "data", tmp_path / "cv", recipe, folds=3)
+    assert not (tmp_path / "cv").exists()
