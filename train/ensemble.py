@@ -49,15 +49,17 @@ def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], re
             recipe = replace(recipe, fit=replace(recipe.fit, time_budget=min(recipe.fit.time_budget or left, left)))
         member = Path(out) / "members" / f"{i}-{recipe.arch}"
         runs.append(train(data, member, recipe, test=test, naming=naming, limit_per_class=limit_per_class).run_dir)
-    metrics = ensemble_runs(runs, out, test, recipes[0].target_sensitivity)
+    metrics = ensemble_runs(runs, out, test, recipes[0].target_sensitivity, naming=naming)
     return TrainResult(Path(out), metrics, time.monotonic() - started)
 
 
 def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
                   test: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
-                  cache_dir: str | os.PathLike[str] | None = None) -> dict:
+                  cache_dir: str | os.PathLike[str] | None = None, naming: Labeller | None = None) -> dict:
     """Average the ``runs``' models into ``out`` (a run directory ``medclf export`` takes), choose a binary
-    ensemble's threshold on the members' common validation images, and score it there (and on ``test``)."""
+    ensemble's threshold on the members' common validation images, and score it there and on ``test`` (labelled
+    by ``naming``, else as the members' images were) — without ``test``, on the test images the members
+    recorded (a dataset's own ``test/`` folder, which each member found)."""
     members = [RunDir(Path(run)) for run in runs]
     preprocess = _common_preprocess(members)
     val = _common_validation(members)
@@ -69,17 +71,20 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
     val_p = predict(model, val_x)
     decision = choose_threshold(val_y, val_p, classes, target_sensitivity) if len(classes) == 2 else None
+    shared = {name: members[0].recipe.get(name) for name in ("group_pattern", "group_copies")}  # one split
     metrics = {"validation": report(out, val_y, val_p, classes, decision, "validation"),
-               "training": {"architecture": "ensemble", "members": [str(m.path.resolve()) for m in members]}}
-    test_folder = None
-    if test is not None:
-        test_folder = read_labelled(test, classes)
+               "training": {"architecture": "ensemble", "members": [str(m.path.resolve()) for m in members],
+                            "recipe": shared, "labelled_by": members[0].metrics.get("training", {}).get(
+                                "labelled_by")}}
+    test_folder = read_labelled(test, classes, naming, members[0]) if test is not None else _recorded_test(members)
+    if test_folder is not None:
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
-        recipe = members[0].recipe  # the members share their split
-        groups = split_groups(test_folder, recipe.get("group_pattern"), recipe.get("group_copies"))
+        groups = split_groups(test_folder, shared["group_pattern"], shared["group_copies"], naming)
         extras = test_extras(labels, probabilities, groups, classes, decision)
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test", extras) | extras
+    for stale in (rundir.CHECKPOINT, rundir.HISTORY, "curves.png"):  # a single run's, trained here before
+        (out / stale).unlink(missing_ok=True)
     save_model(model, out / rundir.MODEL)
     splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}
     write_run(out, classes, preprocess, decision, metrics, splits)
@@ -120,6 +125,14 @@ def _common_preprocess(members: Sequence[RunDir]) -> Preprocess:
         if unsized != first.preprocess:
             raise ValueError(f"{member.path}: its preprocessing differs from {first.path}'s in more than size")
     return max((m.preprocess for m in members), key=lambda p: p.height * p.width)
+
+
+def _recorded_test(members: Sequence[RunDir]) -> ImageFolder | None:
+    """The test images the first member recorded, or None where it was given none."""
+    try:
+        return recorded_split(members[0], "test")
+    except FileNotFoundError:
+        return None
 
 
 def _common_validation(members: Sequence[RunDir]) -> ImageFolder:

@@ -16,27 +16,39 @@ from medclf.train.pipeline import Recipe, train
 TINY = FitConfig(epochs=1, head_epochs=1, augment_views=0)
 
 
+def patients_test(folder, images):
+    """8 cells filed as 3 patients' images, named as the members' split names patients."""
+    for i, image in enumerate(images):
+        (folder / image.parent.name).mkdir(parents=True, exist_ok=True)
+        (folder / image.parent.name / f"patient{i // 3}_{i}{image.suffix}").symlink_to(image)
+    return folder
+
+
 @pytest.fixture(scope="module")
-def members(blood_cells, tmp_path_factory):
+def members(blood_cells, blood_cell_images, tmp_path_factory):
     """Two kinds of model on the same held-out cells: MobileNet 0.25 at 64 px and a small CNN at 48 px."""
-    runs = []
+    runs, test = [], patients_test(tmp_path_factory.mktemp("test"), blood_cell_images)
     for arch, size in (("mobilenet_025", 64), ("small_cnn", 48)):
         out = tmp_path_factory.mktemp(arch)
         train(blood_cells / "TRAIN", out, Recipe(arch=arch, image_size=size, val_split=0.5, fit=TINY,
-                                                 group_pattern=r"^patient\d+"), limit_per_class=12, cache_dir=None)
+                                                 group_pattern=r"^patient\d+"), test=test, limit_per_class=12,
+              cache_dir=None)
         runs.append(out)
     return runs
 
 
 def test_the_ensemble_answers_the_mean_of_its_members_a_smaller_one_seeing_the_image_resized(members, tmp_path,
                                                                                            blood_cell_images):
-    test = tmp_path / "test"  # 8 films of 3 patients, named as the members' split named patients
-    for i, image in enumerate(blood_cell_images):
-        (test / image.parent.name).mkdir(parents=True, exist_ok=True)
-        (test / image.parent.name / f"patient{i // 3}_{i}{image.suffix}").symlink_to(image)
+    test = patients_test(tmp_path / "test", blood_cell_images)
     metrics = ensemble_runs(members, tmp_path / "pair", test)
     intervals = metrics["test"]["confidence_intervals"]  # resampled by the patients the members' split knew
     assert intervals["resampled"] == "sources" and intervals["sources"] == 3
+    assert metrics["training"]["recipe"]["group_pattern"] == r"^patient\d+"  # for medclf evaluate to group alike
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "checkpoint.keras").write_text("a single run's, trained in this folder before")
+    again = ensemble_runs(members, tmp_path / "again")  # no --test: the test images the members recorded
+    assert again["test"]["images"] == 8 and again["test"]["confidence_intervals"]["sources"] == 3
+    assert not (tmp_path / "again" / "checkpoint.keras").exists()
     run = RunDir(tmp_path / "pair")
     assert run.preprocess.shape == (64, 64, 3) and run.labels == RunDir(members[0]).labels
     assert run.split("val") == RunDir(members[0]).split("val") and metrics["validation"]["images"] > 0
