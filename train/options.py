@@ -112,7 +112,7 @@ ImageSize = Annotated[Optional[str], typer.Option(help="Input size, N or HxW (e.
 Epochs = Annotated[Optional[int], typer.Option(min=1, help="Epochs end to end, or of fine-tuning after the head stage [30].")]
 HeadEpochs = Annotated[Optional[int], typer.Option(min=1, help="Transfer models: epochs for the new head alone [10].")]
 BatchSize = Annotated[Optional[int], typer.Option(min=1, help="[32]")]
-LearningRate = Annotated[Optional[float], typer.Option(min=0.0, help="Adam's rate; default per architecture.")]
+LearningRate = Annotated[Optional[float], typer.Option(min=1e-9, help="Adam's rate (above 0); default per architecture.")]
 ValSplit = Annotated[Optional[float], typer.Option(min=0.01, max=0.9, help="Held-out fraction when there is no val/ folder [0.15].")]
 Grey = Annotated[Optional[bool], typer.Option("--grey/--rgb", help="Single-channel or colour input (default: colour).", show_default=False)]
 Crop = Annotated[Optional[str], typer.Option(help="Where the crop window sits: centre, or stain (the nucleus of a stained smear).")]
@@ -177,6 +177,8 @@ def _overlaid(base, options: dict):
     if given["time_budget"] == 0:
         fit = dataclasses.replace(fit, time_budget=None)
     fields = {k: given[k] for k in RECIPE_OPTIONS if given[k] is not None and k != "grey"}
+    if fields.get("arch", base.arch) != base.arch:  # a preset's layer to fine-tune from is its architecture's
+        fields.setdefault("freeze_until", None)
     return dataclasses.replace(base, fit=fit, **fields)
 
 

@@ -29,6 +29,9 @@ def test_flags_given_next_to_a_preset_override_only_what_they_name():
     assert recipe.image_size == (96, 128) and recipe.clahe and recipe.crop == "stain"
     assert recipe_of(None, {}) == Recipe()
     assert recipe_of(None, {"grey": True}).color == "grey"
+    assert preset.freeze_until == "block_9_add"  # MobileNetV2's: another architecture fine-tunes from its own
+    assert recipe_of("blood-cells", {"arch": "mobilenet_025"}).freeze_until is None
+    assert recipe_of("blood-cells", {"arch": "mobilenet_025", "freeze_until": "conv_pw_11"}).freeze_until == "conv_pw_11"
 
 
 def test_flags_next_to_an_ensemble_preset_override_each_members():
