@@ -165,6 +165,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                          f"{recipe.target_sensitivity:g} cannot be chosen on it")
 
     run_dir = Path(out)
+    set_aside_earlier_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
         decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY,
@@ -243,6 +244,28 @@ def _sized(recipe: Recipe, paths: tuple[str, ...]) -> Recipe:
     side = shorter_side(paths)
     architecture = recipe.architecture()
     return replace(recipe, image_size=architecture.input_size(side) if side else architecture.default_size)
+
+
+# What a run (or an ensemble, or medclf evaluate/export pointed into a run) writes in its folder.
+RUN_FILES = (rundir.MODEL, rundir.LABELS, rundir.PREPROCESS, rundir.DECISION, rundir.METRICS, rundir.SPLITS,
+             rundir.HISTORY, rundir.CHECKPOINT, "curves.png", "confusion_matrix.png", "roc.png", "calibration.png",
+             "members", "exported", rundir.EVALUATION.format(data="*"))
+PREVIOUS = "previous"  # where a run set aside the one it replaces
+
+
+def set_aside_earlier_run(run_dir: Path) -> None:
+    """Move what an earlier run left in ``run_dir`` into ``run_dir/previous`` (replacing the one there) before
+    this run writes anything: a run that fails midway would otherwise leave its history and pictures beside the
+    earlier run's model and metrics, and the earlier model would be lost to a run that never finished."""
+    found = sorted({path for pattern in RUN_FILES for path in run_dir.glob(pattern)})
+    if not any(path.name in (rundir.MODEL, rundir.METRICS, rundir.HISTORY) for path in found):
+        return
+    previous = run_dir / PREVIOUS
+    shutil.rmtree(previous, ignore_errors=True)
+    previous.mkdir()
+    for path in found:
+        os.replace(path, previous / path.name)
+    print(f"moved the earlier run in {run_dir} to {previous}: this run replaces it", file=sys.stderr)
 
 
 def _clear_replaced(run_dir: Path, binary: bool) -> None:

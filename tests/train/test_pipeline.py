@@ -199,3 +199,19 @@ def test_evaluating_a_runs_model_finds_the_augmented_copies_the_run_grouped(cata
     copies = copy_groups(folder.paths, folder.labels)
     assert evaluate_run(tmp_path / "model.keras", cataract)["per_source"]["sources"] == len(set(copies)) < 59
     assert "per_source" not in evaluate_run(tmp_path / "model.keras", cataract, group_copies=False)  # given: wins
+
+
+def test_a_run_into_the_folder_of_an_earlier_one_sets_it_aside_whole_before_writing(cataract, tmp_path):
+    """A rerun that failed after fitting left its history and pictures beside the earlier model and metrics (and
+    had deleted the earlier history): one folder, two runs' files."""
+    recipe = Recipe(arch="small_cnn", image_size=32, val_split=0.3, fit=FitConfig(epochs=1))
+    train(cataract, tmp_path / "run", recipe)
+    earlier = (tmp_path / "run" / "metrics.json").read_text()
+    broken = tmp_path / "test" / "cataract"
+    broken.mkdir(parents=True)
+    (broken / "scan.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    with pytest.raises(DatasetError):
+        train(cataract, tmp_path / "run", recipe, test=tmp_path / "test")
+    assert (tmp_path / "run" / "previous" / "metrics.json").read_text() == earlier  # the earlier run, whole
+    assert (tmp_path / "run" / "previous" / "model.keras").is_file()
+    assert not (tmp_path / "run" / "model.keras").exists()  # nothing of it left to be taken for this run's
