@@ -34,6 +34,15 @@ def last_conv_layer(model: keras.Model) -> str:
     raise ValueError(f"model {model.name} has no convolutional feature map to explain")
 
 
+def explained_layers(model: keras.Model) -> list[str]:
+    """The feature maps Grad-CAM reads: those the model pools into the features its head reads where there are
+    several (``two_backbones``: MobileNetV2's and MobileNet 0.25's, side by side — the last map alone is the
+    small branch, 256 of the 1,536 features), else the last one."""
+    pools = [layer for layer in model.layers if isinstance(layer, keras.layers.GlobalAveragePooling2D)]
+    pooled = [layer.name for layer in model.layers for pool in pools if layer.output is pool.input]
+    return pooled if len(pooled) > 1 else [last_conv_layer(model)]
+
+
 def _most_probable(probabilities: np.ndarray) -> np.ndarray:
     return probabilities.argmax(axis=1)
 
@@ -43,20 +52,22 @@ class GradCam:
 
     An ensemble (``medclf ensemble``) averages its members' probabilities, so its class score's gradient reaches
     each member's last feature map: each member's map is weighted by its own gradients, brought to the largest
-    member map's size and summed — Grad-CAM over all the members' feature maps at once."""
+    member map's size and summed — Grad-CAM over all the members' feature maps at once. A model whose head reads
+    several branches' pooled maps (:func:`explained_layers`) is explained at all of them the same way."""
 
     def __init__(self, model: keras.Model, layer: str | None = None) -> None:
         nested = members(model)
         if nested and layer is not None:
             raise ValueError(f"model {model.name} averages {len(nested)} models: it is explained at each one's "
                              "last feature map, not at a named layer")
-        self.layer = layer or (None if nested else last_conv_layer(model))
-        # per model whose probabilities are averaged: its resize of the image (or None), image → (map, probabilities)
+        self.layer = layer or (None if nested else ", ".join(explained_layers(model)))
+        # per model whose probabilities are averaged: its resize of the image (or None), image → [*maps, probabilities]
         if nested:
             shape = model.input_shape[1:]
-            self._parts = [(resizing(member, shape), _with_map(member, last_conv_layer(member))) for member in nested]
+            self._parts = [(resizing(member, shape), _with_maps(member, explained_layers(member)))
+                           for member in nested]
         else:
-            self._parts = [(None, _with_map(model, self.layer))]
+            self._parts = [(None, _with_maps(model, [layer] if layer else explained_layers(model)))]
 
     def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None,
                  choose: Callable[[np.ndarray], np.ndarray] = _most_probable) -> tuple[np.ndarray, np.ndarray]:
@@ -66,8 +77,8 @@ class GradCam:
         x = tf.cast(images, tf.float32)
         with tf.GradientTape() as tape:
             outputs = [part(x if resize is None else resize(x), training=False) for resize, part in self._parts]
-            features = [maps for maps, _ in outputs]
-            probabilities = tf.add_n([p for _, p in outputs]) / len(outputs)
+            features = [maps for output in outputs for maps in output[:-1]]
+            probabilities = tf.add_n([output[-1] for output in outputs]) / len(outputs)
             chosen = classes if classes is not None else choose(probabilities.numpy())
             score = tf.gather(probabilities, chosen, axis=1, batch_dims=1)
         cams = [tf.reduce_sum(tf.reduce_mean(gradients, axis=(1, 2), keepdims=True) * maps, axis=-1).numpy()
@@ -75,8 +86,8 @@ class GradCam:
         return heatmaps(_summed(cams), *images.shape[1:3]), probabilities.numpy()
 
 
-def _with_map(model: keras.Model, layer: str) -> keras.Model:
-    return keras.Model(model.input, [model.get_layer(layer).output, model.output])
+def _with_maps(model: keras.Model, layers: list[str]) -> keras.Model:
+    return keras.Model(model.input, [*(model.get_layer(layer).output for layer in layers), model.output])
 
 
 def _summed(cams: list[np.ndarray]) -> np.ndarray:

@@ -9,7 +9,7 @@ from keras import layers
 
 from medclf.train.architectures import ARCHITECTURES, get_architecture
 from medclf.train.ensemble import averaged
-from medclf.train.explain import GradCam, last_conv_layer
+from medclf.train.explain import GradCam, explained_layers, last_conv_layer
 
 
 def brightness_model(size: int = 32) -> keras.Model:
@@ -60,4 +60,13 @@ def test_every_registry_architecture_can_be_explained(name):
     heatmaps, probabilities = GradCam(model)(rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
     assert heatmaps.shape == (2, 64, 64) and np.isfinite(heatmaps).all()
     assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0 and probabilities.shape == (2, 3)
+
+
+def test_a_model_reading_two_branches_is_explained_at_both():
+    """The chest preset's two_backbones: its head reads MobileNetV2's 1,280 pooled features and MobileNet 0.25's
+    256; explained at the last feature map alone, the heatmap was the small branch's."""
+    model = get_architecture("two_backbones").build((64, 64, 3), 2, False)
+    assert explained_layers(model) == ["out_relu", "conv_pw_13_relu"]
+    assert GradCam(model).layer == "out_relu, conv_pw_13_relu"
+    assert explained_layers(get_architecture("mobilenet_v2").build((64, 64, 3), 2, False)) == ["out_relu"]
 
