@@ -67,7 +67,7 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     groups of them where files belong together (:func:`.groups.split_groups`: ``group_pattern``, ``group_copies``,
     a labels file's patients, or what the layout and the names show).
     """
-    data, train_dir, train = _training_part(data, naming)
+    data, train_dir, train = _training_part(data, naming, test)
     train, listed_val, listed_test = _listed_splits(train, naming)
     val_dir = find_split(data, "val") if train_dir else None
     val = _found_split(val_dir, train.classes, naming) if val_dir is not None else listed_val
@@ -107,21 +107,36 @@ def _listed_splits(folder: ImageFolder, naming: Labeller | None
     return parts["train"], parts["val"] if len(parts["val"]) else None, parts["test"] if len(parts["test"]) else None
 
 
-def _training_part(data: str | os.PathLike[str], naming: Labeller | None) -> tuple[Path, Path | None, ImageFolder]:
-    """The dataset's folder (:func:`~.layout.unwrapped`), its ``train/`` if it is split, and the training images."""
+def _training_part(data: str | os.PathLike[str], naming: Labeller | None,
+                   test: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None, ImageFolder]:
+    """The dataset's folder (:func:`~.layout.unwrapped`), its ``train/`` if it is split, and the training images
+    (without the ``test`` folder, where that is one of its folders)."""
     data = unwrapped(data)
     train_dir = find_split(data, "train")
-    return data, train_dir, _training_images(train_dir or data, naming)
+    return data, train_dir, _training_images(train_dir or data, naming, test)
 
 
-def _training_images(root: Path, naming: Labeller | None) -> ImageFolder:
-    """The images of ``root`` (a dataset, or its ``train/``), refusing a split folder read as a class."""
+def _training_images(root: Path, naming: Labeller | None, test: str | os.PathLike[str] | None = None) -> ImageFolder:
+    """The images of ``root`` (a dataset, or its ``train/``), refusing a split folder read as a class — unless it
+    is the ``test`` folder given, which is then no class (``DATA/{NORMAL,PNEUMONIA,test}`` with ``--test DATA/test``)."""
     train = read_dataset(root, naming=naming)
+    given = [name for name in train.classes if test is not None and (root / name).resolve() == Path(test).resolve()]
+    if given:
+        train = _without_class(train, given[0])
     splits = [name for name in train.classes if is_split_name(name, ("val", "test"))]
     if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
         raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
                            f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
     return train
+
+
+def _without_class(folder: ImageFolder, name: str) -> ImageFolder:
+    """``folder`` without the class ``name`` and its images, the classes after it renumbered."""
+    k = folder.classes.index(name)
+    keep = np.flatnonzero(folder.labels != k)
+    labels = folder.labels[keep]
+    return ImageFolder(tuple(folder.paths[i] for i in keep), labels - (labels > k),
+                       folder.classes[:k] + folder.classes[k + 1:])
 
 
 def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = None) -> ImageFolder:

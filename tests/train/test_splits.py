@@ -135,6 +135,9 @@ def test_a_test_folder_beside_the_class_folders_is_not_taken_for_a_class(tmp_pat
     make_tree(tmp_path, {"cat": 2, "dog": 2, "test/cat": 1, "test/dog": 1}, blood_cell_images[0])
     with pytest.raises(DatasetError, match=r"test looks like a split, not a class: .*--test"):
         load_splits(tmp_path)
+    splits = load_splits(tmp_path, val_split=0.5, test=tmp_path / "test")  # as the refusal says (it refused again)
+    assert splits.train.classes == ("cat", "dog") and len(splits.train) + len(splits.val) == 4
+    assert len(splits.test) == 2
 
 
 def test_test_folder_with_an_unknown_class_is_refused(tmp_path, blood_cell_images):
