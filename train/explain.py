@@ -61,7 +61,8 @@ class GradCam:
             raise ValueError(f"model {model.name} averages {len(nested)} models: it is explained at each one's "
                              "last feature map, not at a named layer")
         self.layer = layer or (None if nested else ", ".join(explained_layers(model)))
-        # per model whose probabilities are averaged: its resize of the image (or None), image → [*maps, probabilities]
+        # per model whose probabilities are averaged: its resize of the image (or None),
+        # image → [*maps, probabilities]
         if nested:
             shape = model.input_shape[1:]
             self._parts = [(resizing(member, shape), _with_maps(member, explained_layers(member)))

@@ -118,7 +118,7 @@ def _training_part(data: str | os.PathLike[str], naming: Labeller | None,
 
 def _training_images(root: Path, naming: Labeller | None, test: str | os.PathLike[str] | None = None) -> ImageFolder:
     """The images of ``root`` (a dataset, or its ``train/``), refusing a split folder read as a class — unless it
-    is the ``test`` folder given, which is then no class (``DATA/{NORMAL,PNEUMONIA,test}`` with ``--test DATA/test``)."""
+    is the ``test`` folder given, which is then no class (``DATA/{NORMAL,PNEUMONIA,test}``, ``--test DATA/test``)."""
     train = read_dataset(root, naming=naming)
     given = [name for name in train.classes if test is not None and (root / name).resolve() == Path(test).resolve()]
     if given:

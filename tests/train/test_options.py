@@ -31,7 +31,8 @@ def test_flags_given_next_to_a_preset_override_only_what_they_name():
     assert recipe_of(None, {"grey": True}).color == "grey"
     assert preset.freeze_until == "block_9_add"  # MobileNetV2's: another architecture fine-tunes from its own
     assert recipe_of("blood-cells", {"arch": "mobilenet_025"}).freeze_until is None
-    assert recipe_of("blood-cells", {"arch": "mobilenet_025", "freeze_until": "conv_pw_11"}).freeze_until == "conv_pw_11"
+    given = recipe_of("blood-cells", {"arch": "mobilenet_025", "freeze_until": "conv_pw_11"})
+    assert given.freeze_until == "conv_pw_11"
 
 
 def test_flags_next_to_an_ensemble_preset_override_each_members():
