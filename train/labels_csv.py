@@ -15,6 +15,7 @@ published splits.
 from __future__ import annotations
 
 import csv
+import functools
 import logging
 import re
 from collections.abc import Iterable
@@ -66,10 +67,21 @@ class CsvLabels:
     def _key(self, path: Path) -> str | None:
         """The image's own entry, or its source's for a copy ``medclf augment`` wrote (``x.aug3.jpg``, and
         ``x.webp.aug3.png`` where the source's format is not written): a copy shows its source's finding, and
-        is held out with its source's patient."""
+        is held out with its source's patient. Where the sheet lists paths (``patient01/view1.jpg``), the entry
+        of the most folders the image's own path ends in comes first."""
         source = AUGMENTED_COPY.sub("", path.stem)
-        keys = (path.name, path.stem, source, PurePosixPath(source).stem)
-        return next((key.casefold() for key in keys if key.casefold() in self.labels), None)
+        names = [name.casefold() for name in (path.name, path.stem, source, PurePosixPath(source).stem)]
+        folders = [part.casefold() for part in path.parent.parts if part not in (path.anchor, "")]
+        for depth in range(min(self._deepest, len(folders)), -1, -1):  # depth 0: the name alone
+            prefix = "".join(f"{folder}/" for folder in folders[len(folders) - depth:])
+            if key := next((prefix + name for name in names if prefix + name in self.labels), None):
+                return key
+        return None
+
+    @functools.cached_property
+    def _deepest(self) -> int:
+        """The most folders a listed path has."""
+        return max((key.count("/") for key in self.labels), default=0)
 
     def label(self, path: Path) -> str | None:
         key = self._key(path)
@@ -264,18 +276,25 @@ def _one_hot(rows: list[dict[str, str]], columns: list[str]) -> list[str] | None
 
 def _keyed(file: Path, images: Iterable[str], values: Iterable[str], strict: bool = True) -> dict[str, str]:
     """``{file name: value, stem: value}``, casefolded, from each row's image (a name, an id, or a path);
-    an image listed twice with two labels is refused (``strict``)."""
+    an image listed twice with two labels is refused (``strict``). Where rows list paths whose file names repeat
+    (MURA's and CheXpert's ``patient01/study1/view1.png``), they are keyed by their paths, and the repeated
+    names alone by nothing: every patient's ``view1.png`` is another image."""
+    rows = [(PurePosixPath((image or "").strip().replace("\\", "/")), (value or "").strip())
+            for image, value in zip(images, values)]
+    rows = [(path, value) for path, value in rows if path.name and value]
+    paths_of: dict[str, set[PurePosixPath]] = {}
+    for path, _ in rows:
+        paths_of.setdefault(path.name.casefold(), set()).add(path)
     keyed: dict[str, str] = {}
-    for image, value in zip(images, values):
-        image, value = (image or "").strip(), (value or "").strip()
-        if not image or not value:
-            continue
-        name = PurePosixPath(image.replace("\\", "/")).name
-        keys = {name.casefold()}
-        if PurePosixPath(name).suffix.lower() in IMAGE_EXTENSIONS:
-            keys.add(PurePosixPath(name).stem.casefold())
+    for path, value in rows:
+        repeated = len(paths_of[path.name.casefold()]) > 1 and len(path.parts) > 1
+        listed = PurePosixPath(*[part for part in path.parts if part not in (path.anchor, "")]) if repeated \
+            else PurePosixPath(path.name)
+        keys = {str(listed).casefold()}
+        if listed.suffix.lower() in IMAGE_EXTENSIONS:
+            keys.add(str(listed.with_suffix("")).casefold())
         for key in keys:
             if strict and keyed.get(key, value) != value:
-                raise LabelsError(f"{file}: {image} is listed as both {keyed[key]} and {value}")
+                raise LabelsError(f"{file}: {path} is listed as both {keyed[key]} and {value}")
             keyed[key] = value
     return keyed

@@ -143,6 +143,27 @@ def test_a_split_value_medclf_cannot_read_is_refused_not_trained_on(tmp_path):
         read_labels_csv(str(tmp_path / "labels.csv"))
 
 
+def test_a_sheet_listing_paths_whose_file_names_repeat_labels_each_image_by_its_path(tmp_path, blood_cell_images):
+    """MURA, CheXpert: every patient's study holds a ``view1.png``. Keyed by name, two labels for one name were
+    refused, and agreeing ones collapsed every patient into the last one listed."""
+    rows = ["Path,label,patient_id"]
+    for i, label in enumerate(["normal", "abnormal", "normal", "abnormal"]):
+        for view in (1, 2):
+            image = tmp_path / "data" / "images" / f"patient{i:02d}" / f"view{view}.jpeg"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.symlink_to(blood_cell_images[2 * i + view - 1])
+            rows.append(f"images/patient{i:02d}/view{view}.jpeg,{label},p{i}")
+    (tmp_path / "data" / "images" / "patient09").mkdir()
+    (tmp_path / "data" / "images" / "patient09" / "view1.jpeg").symlink_to(blood_cell_images[0])  # not listed
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    naming = read_labels_csv(str(tmp_path / "labels.csv"))
+    root = tmp_path / "data" / "images"
+    assert [naming.label(root / f"patient{i:02d}" / "view1.jpeg") for i in range(4)] == ["normal", "abnormal"] * 2
+    assert naming.group(root / "patient03" / "view2.jpeg") == "p3" and naming.label(root / "patient09" / "view1.jpeg") \
+        is None
+    assert read_dataset(tmp_path / "data", naming=naming).class_counts() == {"abnormal": 4, "normal": 4}
+
+
 def test_a_sheet_giving_several_labels_a_row_without_a_header_is_refused(tmp_path):
     """MedMNIST's ChestMNIST lists 14 findings a row."""
     (tmp_path / "chestmnist.csv").write_text("TRAIN,train0_0_1_0.png,0,1,0\n")
