@@ -122,6 +122,7 @@ def _radiograph(seed: int) -> list[layers.Layer]:
 
 
 AUGMENTATIONS = {"default": _default, "microscopy": _microscopy, "radiograph": _radiograph}
+SCHEDULES = ("plateau", "step")
 
 
 def make_augmenter(seed: int, policy: str = "default") -> keras.Sequential:
@@ -287,7 +288,7 @@ def _schedule(config: FitConfig, learning_rate: float, initial_epoch: int) -> ke
     if config.schedule == "step":
         return keras.callbacks.LearningRateScheduler(
             lambda epoch: learning_rate * 0.5 ** ((epoch - initial_epoch) // config.step_epochs))
-    raise ValueError(f"unknown schedule {config.schedule!r}; choose plateau or step")
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose {' or '.join(SCHEDULES)}")
 
 
 def _split(model: keras.Model, frozen_until: str) -> tuple[keras.Model, ...]:

@@ -165,10 +165,12 @@ def recipes_of(preset: str | None, options: dict) -> list:
 def _overlaid(base, options: dict):
     """``base`` with every option the user gave on the command line laid over it."""
     from .distribute import DISTRIBUTE
+    from .fit import AUGMENTATIONS, SCHEDULES
 
     given = {name: options.get(name) for name in RECIPE_OPTIONS + FIT_OPTIONS}
-    if given["distribute"] not in (None, *DISTRIBUTE):  # said before the data is read, not after
-        raise ValueError(f"--distribute {given['distribute']}: choose from {', '.join(DISTRIBUTE)}")
+    for option, known in (("distribute", DISTRIBUTE), ("schedule", SCHEDULES), ("augmentation", AUGMENTATIONS)):
+        if given[option] not in (None, *known):  # said before the data is read, not after
+            raise ValueError(f"--{option} {given[option]}: choose from {', '.join(known)}")
     if given["image_size"] is not None:
         given["image_size"] = parse_size(given["image_size"])
     if given["grey"] is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from medclf.train.labellers import FolderLabels, NameLabels, TopFolders
 from medclf.train.options import parse_naming, parse_size, recipe_of, recipes_of
 from medclf.train.pipeline import Recipe
@@ -49,3 +51,10 @@ def test_time_budget_is_given_in_minutes_and_zero_lifts_it():
 
 def test_distribution_is_a_fitting_choice():
     assert recipe_of(None, {"distribute": "off"}).fit.distribute == "off"
+
+
+@pytest.mark.parametrize("option, value", [("distribute", "gpus"), ("schedule", "cosine"), ("augmentation", "heavy")])
+def test_an_unknown_choice_is_refused_before_the_data_is_read(option, value):
+    """--schedule cosine was refused only after decoding and caching the features, minutes in."""
+    with pytest.raises(ValueError, match=f"--{option} {value}: choose from"):
+        recipe_of(None, {option: value})
