@@ -137,7 +137,7 @@ def _home_of(model: Path) -> Path:
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
     data: ScoredData,
-    out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model), -int8, -fp16, -site... added for those files, so each precision's record stands beside the others.")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
@@ -159,7 +159,8 @@ def evaluate(
     from .pipeline import evaluate_run
 
     shares = parse_shares(prevalence)
-    scored = dataset_name(data) + (f"-tta-{tta}" if tta else "")  # beside the plain evaluation, to compare
+    which = model.name.rsplit(".", 1)[0].removeprefix("model").lstrip(".")  # model.int8.onnx: int8
+    scored = dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
     out = out or _home_of(model) / rundir.EVALUATION.format(data=scored)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=label_source(data, name_labels, labels, leaf_folders,

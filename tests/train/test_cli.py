@@ -124,6 +124,10 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
     evaluated = metrics["evaluated"]
     assert evaluated["model_sha256"] == hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
     assert (evaluated["model"], evaluated["data"], evaluated["precision"]) == (str(DEFAULT_MODEL), str(data), "fp32")
+    int8 = runner.invoke(app, ["evaluate", str(DEFAULT_MODEL.with_name("model.int8.onnx")), str(data)])
+    assert int8.exit_code == 0, int8.output  # its record beside FP32's, not over it
+    assert json.loads((tmp_path / "evaluation-site-int8" / "metrics.json").read_text())["evaluated"]["precision"] == \
+        "int8" and json.loads((tmp_path / "evaluation-site" / "metrics.json").read_text()) == metrics
 
 
 def test_evaluating_an_int8_file_also_says_how_often_it_calls_as_the_fp32_file_beside_it(tmp_path, blood_cells):
