@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from .preprocess import ImageError, jpeg_segments  # preprocess imports this module when it first decodes a JPEG
+from .preprocess import MAX_PIXELS, ImageError, jpeg_segments  # preprocess imports this module when it first decodes a JPEG
 
 # libjpeg's warnings that mean part of the picture is missing or wrong (jerror.h: JWRN_HIT_MARKER, JWRN_JPEG_EOF,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION): the file is refused.
@@ -47,6 +47,8 @@ def decode_jpeg(data: bytes, source: str, color: str, scale: int = 1) -> np.ndar
         height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data, strict=False)  # decoding judges
     except (ValueError, KeyError):  # KeyError: simplejpeg 1.9 on an unknown subsampling (fuzzed headers)
         return None
+    if height * width > MAX_PIXELS:  # whatever the marker walk read: TurboJPEG allocates what the frame says
+        raise ImageError(source, f"image is {width}x{height} pixels, over the {MAX_PIXELS:,}-pixel limit")
     size = {}  # TurboJPEG picks the scale from limits: exactly 1/scale, as OpenCV's reduced modes decode
     if scale > 1:
         size = {"min_factor": scale, "min_height": -(-height // scale), "min_width": -(-width // scale)}

@@ -388,10 +388,14 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
 
 def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:
     """``(marker, payload start, declared length)`` of each segment of a JPEG's marker chain, in order, until a
-    byte that is not a marker (the compressed data, or a damaged header). Callers read what they need from
-    ``data``; the declared length counts its own two bytes."""
+    byte that is not a marker (the compressed data, or a damaged header); ``0xFF`` fill bytes before a marker,
+    which the standard allows, are passed over (read as a marker, they hid the frame's size from the
+    pixel-limit check). Callers read what they need from ``data``; the declared length counts its own two
+    bytes."""
     position = 2
     while position + 4 <= len(data) and data[position] == 0xFF:
+        while data[position + 1] == 0xFF and position + 5 <= len(data):  # fill bytes a marker may follow
+            position += 1
         length = int.from_bytes(data[position + 2:position + 4], "big")
         yield data[position + 1], position + 4, length
         position += 2 + length

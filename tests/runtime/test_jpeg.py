@@ -148,6 +148,20 @@ def test_every_exif_orientation_turns_the_image_as_opencv_does(byte_order, blood
                                           err_msg=f"orientation {orientation}, {color}, 1/{scale}")
 
 
+def test_fill_bytes_before_a_marker_hide_neither_the_frames_size_nor_the_orientation(blood_cell_images):
+    """The standard allows 0xFF fill bytes before any marker; read as a marker, they hid a 20000x20000 frame
+    from the pixel limit (TurboJPEG then allocated 1.2 GB before failing) and the EXIF orientation with it."""
+    whole = blood_cell_images[0].read_bytes()
+    turned = with_orientation(whole, 6)
+    filled = turned[:2] + b"\xff" + turned[2:]  # one fill byte before the EXIF segment
+    assert exif_orientation(filled) == 6
+    np.testing.assert_array_equal(decode_image(filled, "x.jpg"), opencv(turned, "rgb", 1))
+    frame = whole.index(b"\xff\xc0")
+    huge = whole[:frame] + b"\xff" + whole[frame:frame + 5] + (20000).to_bytes(2, "big") * 2 + whole[frame + 9:]
+    with pytest.raises(ImageError, match="20000x20000 pixels, over the"):
+        decode_image(huge, "bomb.jpg")
+
+
 @pytest.mark.parametrize("value", [0, 9, 255])
 def test_an_orientation_out_of_range_is_ignored(value, blood_cell_images):
     whole = blood_cell_images[0].read_bytes()
