@@ -182,7 +182,9 @@ def _normalisation(model: onnx.ModelProto) -> tuple[int, int, int, float, float]
 
     inputs = {value.name for value in model.graph.input}
     cast = next((i for i, node in enumerate(nodes) if node.op_type == "Cast" and node.input[0] in inputs), None)
-    mul = only_reader(cast, ("Mul",)) if cast is not None else None
+    muls = [i for i in readers.get(nodes[cast].output[0], []) if nodes[i].op_type == "Mul"] if cast is not None \
+        else []  # one Mul among the cast's readers: the unfamiliarity output reads the raw pixels beside it
+    mul = muls[0] if len(muls) == 1 else None
     add = only_reader(mul, ("Add",)) if mul is not None else None
     if add is None or scalar(mul) in (None, 0.0) or scalar(add) is None:
         return None
