@@ -73,12 +73,13 @@ class ModelCard:
         if missing:
             raise ModelCardError(f"{source}: not a medclf model, metadata lacks {', '.join(missing)}")
         try:
-            labels = tuple(str(label) for label in json.loads(metadata[LABELS_KEY]))
+            labels = _json_of(metadata, LABELS_KEY, list)
             preprocess = Preprocess.from_json(metadata[PREPROCESS_KEY])
-            extras = {key: json.loads(metadata.get(key) or "{}") for key in (SOURCE_KEY, METRICS_KEY, OUTPUTS_KEY)}
+            extras = {key: _json_of(metadata, key, dict) for key in (SOURCE_KEY, METRICS_KEY, OUTPUTS_KEY)}
             decision = Decision.from_json(metadata[DECISION_KEY]) if DECISION_KEY in metadata else None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelCardError(f"{source}: malformed medclf metadata ({exc})") from None
+        labels = tuple(str(label) for label in labels)
         if not labels:
             raise ModelCardError(f"{source}: medclf.labels is empty")
         if decision is not None and (len(labels) != 2 or decision.positive_class not in labels):
@@ -93,3 +94,12 @@ class ModelCard:
         """The card of an ONNX ``ModelProto`` loaded with the onnx package (export and training edit files so;
         the runtime reads a session's metadata instead and never imports onnx)."""
         return cls.from_metadata({prop.key: prop.value for prop in model.metadata_props}, source)
+
+
+def _json_of(metadata: dict[str, str], key: str, kind: type) -> list | dict:
+    """``metadata[key]`` parsed, which must be a JSON ``kind`` (list or dict; an absent key: an empty one) — a
+    string there would be split into characters, a null fail far from here."""
+    value = json.loads(metadata[key]) if metadata.get(key) else kind()
+    if not isinstance(value, kind):
+        raise ValueError(f"{key} is {type(value).__name__}, not a JSON {'array' if kind is list else 'object'}")
+    return value

@@ -116,10 +116,12 @@ class Preprocess:
     @classmethod
     def from_json(cls, text: str) -> "Preprocess":
         data = json.loads(text)
+        flags = {name: data.get(name, False) for name in ("clahe", "shrink_jpeg")}
+        if not all(isinstance(flag, bool) for flag in flags.values()):  # bool("false") is True
+            raise ValueError(f"clahe and shrink_jpeg must be JSON true or false, not {flags}")
         return cls(height=int(data["height"]), width=int(data["width"]), color=data.get("color", "rgb"),
                    interpolation=data.get("interpolation", "linear"), crop=data.get("crop", "centre"),
-                   crop_fraction=float(data.get("crop_fraction", 1.0)), clahe=bool(data.get("clahe", False)),
-                   shrink_jpeg=bool(data.get("shrink_jpeg", False)))
+                   crop_fraction=float(data.get("crop_fraction", 1.0)), **flags)
 
 
 def decode_image(data: bytes, source: str = "<bytes>", color: str = "rgb", scale: int = 1) -> np.ndarray:
