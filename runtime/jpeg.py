@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from .preprocess import MAX_PIXELS, ImageError, jpeg_segments  # preprocess imports this module when it first decodes a JPEG
+from .preprocess import MAX_PIXELS, ImageError, jpeg_segments  # preprocess imports this module when it decodes
 
 # libjpeg's warnings that mean part of the picture is missing or wrong (jerror.h: JWRN_HIT_MARKER, JWRN_JPEG_EOF,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION): the file is refused.
