@@ -72,7 +72,11 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
 
 
 def _result(path: str, future: Future) -> tuple[str, np.ndarray | None, str | None]:
+    """One file's answer; whatever its decoding raised is that file's failure, not the batch's (the decoders
+    turn what they know into an ImageError; OpenCV out of memory on a resize is a cv2.error)."""
     try:
         return path, future.result(), None
     except ImageError as exc:
         return path, None, exc.reason
+    except Exception as exc:  # noqa: BLE001 — a batch goes on past one file, whatever stopped it
+        return path, None, f"could not be decoded ({type(exc).__name__}: {exc})"
