@@ -14,8 +14,10 @@ published splits.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
+import io
 import logging
 import re
 from collections.abc import Iterable
@@ -105,11 +107,14 @@ def read_labels_csv(spec: str) -> CsvLabels:
     """``FILE.csv`` or ``FILE.csv:IMAGE_COLUMN,LABEL_COLUMN`` → the labels it gives."""
     file, columns = _split_spec(spec)
     try:
-        with open(file, newline="", encoding="utf-8-sig") as handle:
-            sample = handle.read(64 * 1024)
-            handle.seek(0)
-            table = list(csv.reader(handle, dialect=_dialect(sample)))
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        text = _sheet_text(file)
+        first, _, rest = text.partition("\n")
+        if (hint := re.fullmatch(r"sep=(.)\r?", first)) is not None:  # Excel's delimiter line, before the header
+            text, dialect = rest, _with_delimiter(hint.group(1))
+        else:
+            dialect = _dialect(text[:64 * 1024])
+        table = list(csv.reader(io.StringIO(text, newline=""), dialect=dialect))
+    except (OSError, csv.Error) as exc:
         raise LabelsError(f"{file}: cannot be read as CSV ({exc})") from exc
     if table and len(table[0]) >= 3 and table[0][0].strip().upper() in AUTOML_SETS:  # no header: SET,IMAGE,LABEL...
         table.insert(0, ["set", "image"] + (["label"] if len(table[0]) == 3 else [f"label{k}" for k in
@@ -238,6 +243,23 @@ def _medmnist_named(labels: CsvLabels) -> CsvLabels:
     if names is None or not all(label.isdigit() and int(label) < len(names) for label in labels.labels.values()):
         return labels
     return replace(labels, labels={key: names[int(label)] for key, label in labels.labels.items()})
+
+
+def _sheet_text(file: Path) -> str:
+    """The sheet's text as Excel and Windows tools save it: UTF-8 (with or without its mark), UTF-16 with its
+    mark ("Unicode Text"), else Windows-1252 ("CSV (Comma delimited)" on a Western Windows), said in one line."""
+    data = file.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        log.warning("%s: not UTF-8; read as Windows-1252, as Excel on Windows saves CSV", file)
+        return data.decode("cp1252", errors="replace")
+
+
+def _with_delimiter(delimiter: str) -> type[csv.Dialect]:
+    return type("sheet", (csv.excel,), {"delimiter": delimiter})
 
 
 def _dialect(sample: str) -> type[csv.Dialect] | csv.Dialect:

@@ -21,7 +21,8 @@ from medclf.runtime.inputs import folder_contents, is_image_file
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "validate", "dev"),
+               "test": ("test", "testing", "holdout")}
 # ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
 _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
 NAME_SEPARATORS = (".", "_", "-", " ")  # loose_images_hint: how names put a label first (cat.0, benign (1))

@@ -164,6 +164,18 @@ def test_a_sheet_listing_paths_whose_file_names_repeat_labels_each_image_by_its_
     assert read_dataset(tmp_path / "data", naming=naming).class_counts() == {"abnormal": 4, "normal": 4}
 
 
+@pytest.mark.parametrize("encoded", [
+    lambda text: text.encode("cp1252"),  # Excel's "CSV (Comma delimited)" on a Western Windows
+    lambda text: text.encode("utf-16"),  # Excel's "Unicode Text", with its mark
+    lambda text: ("sep=;\r\n" + text.replace(",", ";")).encode("utf-8-sig"),  # Excel's delimiter line first
+], ids=["windows-1252", "utf-16", "sep line"])
+def test_a_sheet_is_read_as_excel_saves_it(encoded, tmp_path, caplog):
+    """Refused as "cannot be read as CSV" (Windows-1252, UTF-16), or read with a stray `sep=;` entry."""
+    (tmp_path / "labels.csv").write_bytes(encoded("image,diagnosis\r\na.png,névus\r\nb.png,mélanome\r\n"))
+    naming = read_labels_csv(str(tmp_path / "labels.csv"))
+    assert naming.labels == {"a.png": "névus", "a": "névus", "b.png": "mélanome", "b": "mélanome"}
+
+
 def test_a_sheet_giving_several_labels_a_row_without_a_header_is_refused(tmp_path):
     """MedMNIST's ChestMNIST lists 14 findings a row."""
     (tmp_path / "chestmnist.csv").write_text("TRAIN,train0_0_1_0.png,0,1,0\n")

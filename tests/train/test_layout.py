@@ -132,6 +132,10 @@ def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_ima
     assert all("/training_set/" in p for p in dogs.train.paths) and all("/test_set/" in p for p in dogs.test.paths)
     assert [Path(s.paths[0]).parts[-3] for s in (mri.train, mri.val, mri.test)] == [
         "Training", "val-images", "Testing_Data"]
+    for split in ("train", "dev", "holdout"):  # ignored without a word before: trained on train/ alone
+        make_tree(tmp_path / "nlp-style" / split, {"a": 2, "b": 2}, blood_cell_images[0])
+    spelt = load_splits(tmp_path / "nlp-style")
+    assert "/dev/" in spelt.val.paths[0] and "/holdout/" in spelt.test.paths[0]
     make_tree(tmp_path / "flat", {"cats": 2, "dogs": 2, "test_set/cats": 1, "test_set/dogs": 1}, blood_cell_images[0])
     with pytest.raises(DatasetError, match="test_set looks like a split"):
         load_splits(tmp_path / "flat")
