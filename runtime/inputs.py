@@ -124,7 +124,7 @@ def listed_inputs(source: str) -> list[str]:
         with open(source, "rb") as handle:
             data = handle.read()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        text = data.decode("utf-16", errors="surrogateescape")
+        text = data.decode("utf-16", errors="replace")  # a name appended in another encoding: a failed input
     else:
         text = data.removeprefix(codecs.BOM_UTF8).decode("utf-8", errors="surrogateescape")
     lines = text.split("\0") if "\0" in text else text.split("\n")  # not splitlines(): a name may hold \f

@@ -250,10 +250,14 @@ def _sheet_text(file: Path) -> str:
     mark ("Unicode Text"), else Windows-1252 ("CSV (Comma delimited)" on a Western Windows), said in one line."""
     data = file.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return data.decode("utf-16")
+        return data.decode("utf-16", errors="replace")  # a line appended as bytes: its own row, garbled, said
     try:
         return data.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if re.search(rb"[\xc2-\xf4][\x80-\xbf]", data):  # UTF-8 elsewhere: no one encoding reads it right
+            line = data[:exc.start].count(b"\n") + 1
+            raise LabelsError(f"{file}: line {line} is not UTF-8 where the rest is: save the sheet as UTF-8") \
+                from None
         log.warning("%s: not UTF-8; read as Windows-1252, as Excel on Windows saves CSV", file)
         return data.decode("cp1252", errors="replace")
 
@@ -297,26 +301,44 @@ def _one_hot(rows: list[dict[str, str]], columns: list[str]) -> list[str] | None
 
 
 def _keyed(file: Path, images: Iterable[str], values: Iterable[str], strict: bool = True) -> dict[str, str]:
-    """``{file name: value, stem: value}``, casefolded, from each row's image (a name, an id, or a path);
-    an image listed twice with two labels is refused (``strict``). Where rows list paths whose file names repeat
-    (MURA's and CheXpert's ``patient01/study1/view1.png``), they are keyed by their paths, and the repeated
-    names alone by nothing: every patient's ``view1.png`` is another image."""
-    rows = [(PurePosixPath((image or "").strip().replace("\\", "/")), (value or "").strip())
-            for image, value in zip(images, values)]
-    rows = [(path, value) for path, value in rows if path.name and value]
-    paths_of: dict[str, set[PurePosixPath]] = {}
-    for path, _ in rows:
-        paths_of.setdefault(path.name.casefold(), set()).add(path)
+    """``{key: value}`` from each row's image (a name, an id, or a path), casefolded: its file name (and stem),
+    and where it is a path, each of its endings with one folder or more (``patient01/study1/view1.png``,
+    ``study1/view1.png``...) — every ending that names one listed image alone, decided over all the rows, so
+    labels, splits and patients are keyed alike. MURA's and CheXpert's every patient has a ``view1.png``: that
+    name alone keys nothing, its patient's folders do, whether DATA is the folder the paths start from or the
+    one below it. An image listed twice with two labels is refused (``strict``)."""
+    listed = [_listed(image) for image in images]
+    owners: dict[str, set[PurePosixPath]] = {}  # each key, and the listed images it could name
+    for path in listed:
+        for key in _endings(path):
+            owners.setdefault(key, set()).add(path)
     keyed: dict[str, str] = {}
-    for path, value in rows:
-        repeated = len(paths_of[path.name.casefold()]) > 1 and len(path.parts) > 1
-        listed = PurePosixPath(*[part for part in path.parts if part not in (path.anchor, "")]) if repeated \
-            else PurePosixPath(path.name)
-        keys = {str(listed).casefold()}
-        if listed.suffix.lower() in IMAGE_EXTENSIONS:
-            keys.add(str(listed.with_suffix("")).casefold())
-        for key in keys:
+    for path, value in zip(listed, values):
+        value = (value or "").strip()
+        if not value:
+            continue
+        for key in _endings(path):
+            if len(owners[key]) > 1:  # names several listed images: none of them
+                continue
             if strict and keyed.get(key, value) != value:
                 raise LabelsError(f"{file}: {path} is listed as both {keyed[key]} and {value}")
             keyed[key] = value
     return keyed
+
+
+def _listed(image: str | None) -> PurePosixPath:
+    path = PurePosixPath((image or "").strip().replace("\\", "/"))
+    return PurePosixPath(*[part for part in path.parts if part not in (path.anchor, ".")]) if path.parts else path
+
+
+def _endings(path: PurePosixPath) -> list[str]:
+    """The keys a listed image answers to: its name (and stem, for a name with an image extension), then its
+    path's endings of one folder and more, casefolded."""
+    if not path.name:
+        return []
+    keys = [path.name.casefold()]
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        keys.append(path.stem.casefold())
+    parts = path.parts
+    keys += ["/".join(parts[len(parts) - 1 - depth:]).casefold() for depth in range(1, len(parts))]
+    return keys

@@ -27,6 +27,14 @@ def test_a_worklist_is_read_as_its_writer_meant_it(data, tmp_path):
     assert listed_inputs(str(worklist)) == NAMES
 
 
+def test_a_utf16_worklist_with_a_line_appended_in_another_encoding_is_still_read(tmp_path):
+    """``echo scan.jpg >> list.txt`` onto PowerShell's UTF-16 list: a traceback before, now that line's name
+    fails as an input and the others are classified."""
+    worklist = tmp_path / "list.txt"
+    worklist.write_bytes(("\r\n".join(NAMES) + "\r\n").encode("utf-16") + b"/scans/c.png\n")
+    assert listed_inputs(str(worklist))[:2] == NAMES
+
+
 def test_a_glob_that_matches_class_folders_classifies_their_images(tmp_path, blood_cell_images):
     """`medclf-run 'TEST/*'` matched the four class folders and classified nothing of them (exit 0)."""
     for i, image in enumerate(blood_cell_images[:3]):

@@ -176,6 +176,35 @@ def test_a_sheet_is_read_as_excel_saves_it(encoded, tmp_path, caplog):
     assert naming.labels == {"a.png": "névus", "a": "névus", "b.png": "mélanome", "b": "mélanome"}
 
 
+def test_a_sheet_listing_paths_from_the_datasets_own_folder_labels_and_splits_them_alike(tmp_path, blood_cell_images):
+    """CheXpert's sheet lists ``CheXpert-v1.0-small/train/patientNN/...`` and DATA may be that folder itself; a
+    name keyed by its path for labels but by itself for splits (its blank-split twin kept) put a test image in
+    training."""
+    root = tmp_path / "CheXpert-v1.0-small"
+    rows = ["Path,label,split"]
+    for i in range(4):
+        for view, split in ((1, "train" if i else "test"), (2, "test" if i == 0 else "")):
+            image = root / "train" / f"patient{i:05d}" / "study1" / f"view{view}.jpg"
+            image.parent.mkdir(parents=True, exist_ok=True)
+            image.symlink_to(blood_cell_images[2 * i + view - 1])
+            rows.append(f"CheXpert-v1.0-small/train/patient{i:05d}/study1/view{view}.jpg,{'ab' if i % 2 else 'no'},"
+                        f"{split}")
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    naming = read_labels_csv(str(root / "train.csv"))
+    for data in (tmp_path, root):  # the folder the paths start from, or the dataset's own
+        assert read_dataset(data, naming=naming).class_counts() == {"ab": 4, "no": 4}
+    splits = load_splits(root, naming=naming, val_split=0.3)
+    assert sorted(Path(p).relative_to(root).as_posix() for p in splits.test.paths) == [
+        "train/patient00000/study1/view1.jpg", "train/patient00000/study1/view2.jpg"]
+
+
+def test_a_utf8_sheet_with_one_row_in_another_encoding_is_refused_naming_the_line(tmp_path):
+    """Read as Windows-1252 whole, its UTF-8 labels were garbled into other classes (névus → nÃ©vus)."""
+    (tmp_path / "labels.csv").write_bytes("image,label\na.png,névus\n".encode() + "b.png,névus\n".encode("cp1252"))
+    with pytest.raises(LabelsError, match="line 3 is not UTF-8 where the rest is"):
+        read_labels_csv(str(tmp_path / "labels.csv"))
+
+
 def test_a_sheet_giving_several_labels_a_row_without_a_header_is_refused(tmp_path):
     """MedMNIST's ChestMNIST lists 14 findings a row."""
     (tmp_path / "chestmnist.csv").write_text("TRAIN,train0_0_1_0.png,0,1,0\n")
