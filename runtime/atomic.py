@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 MAX_NAME_BYTES = 255
+STREAMS = ("/proc/", "/dev/")  # where /dev/stdout and /dev/fd/N lead: a process's streams, not files to replace
 
 
 @contextmanager
@@ -24,17 +25,20 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
     name near the file system's 255 bytes must fit too, and two writers never share one.
 
     A link is written through (the file it names is replaced; the link stays), a file replaced keeps its
-    permissions (a results file kept private stays so), and what is no regular file (``/dev/stdout``, a pipe)
-    is written in place, as there is nothing to rename over."""
-    path = Path(os.path.realpath(path))
+    permissions (a results file kept private stays so), and a stream — what is no regular file (a pipe, a
+    terminal) or is one of this process's own descriptors (``/dev/stdout`` redirected to a file) — is written
+    in place, appended to, as there is nothing to rename over and what it already holds is not ours."""
+    resolved = os.path.realpath(path)
     try:
-        kept = path.stat().st_mode
+        kept = os.stat(path).st_mode
     except OSError:
         kept = None
-    if kept is not None and not stat.S_ISREG(kept) and not stat.S_ISDIR(kept):
-        with open(path, mode, **options) as handle:
+    streamed = any(str(name).startswith(STREAMS) for name in (os.path.abspath(path), resolved))
+    if kept is not None and not stat.S_ISDIR(kept) and (not stat.S_ISREG(kept) or streamed):
+        with open(path, mode.replace("w", "a"), **options) as handle:
             yield handle
         return
+    path = Path(resolved)
     path.parent.mkdir(parents=True, exist_ok=True)
     # not mkstemp: its files are the owner's alone (0600), and a model or report must keep the usual permissions
     tmp = path.with_name(f".{path.name[:40]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -61,7 +65,8 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
     Asked before a long run, so that it does not end, its work done, in a traceback (a read-only or missing
     mount, a typo'd path under /proc, a file where a folder should be)."""
     path = Path(path)
-    if not folder and path.exists() and not path.is_file() and not path.is_dir():  # /dev/stdout, a pipe
+    stream = not path.is_file() or str(path.absolute()).startswith(STREAMS)
+    if not folder and path.exists() and stream and not path.is_dir():  # /dev/stdout, a pipe
         return None if os.access(path, os.W_OK) else "cannot write there (Permission denied)"
     if folder and path.exists() and not path.is_dir():
         return "is a file; give a folder"

@@ -181,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     if args.csv_file is not None:
         try:
+            sys.stdout.flush()  # the table first, where --csv is /dev/stdout
             write_csv(args.csv_file, results, model, args.tta or "")
         except OSError as exc:  # the disk filled or went away during the run: the table above still holds it all
             print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)

@@ -197,6 +197,20 @@ def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_ima
     assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
 
 
+@pytest.mark.parametrize("where", ["pipe", "file"])
+def test_a_csv_to_standard_output_follows_the_table_whether_piped_or_redirected(where, tmp_path, blood_cell_images):
+    """``--csv /dev/stdout``: written nowhere when piped (its link resolved to a pipe's name), and renamed over
+    the file standard output was redirected to, the table lost."""
+    out = tmp_path / "out.txt"
+    with open(out, "w") as redirected:
+        done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--csv", "/dev/stdout",
+                               str(blood_cell_images[0])], text=True, timeout=120, stderr=subprocess.PIPE,
+                              stdout=redirected if where == "file" else subprocess.PIPE)
+    assert done.returncode == 0, done.stderr
+    lines = (out.read_text() if where == "file" else done.stdout).splitlines()
+    assert lines[0].startswith("file") and lines[2].startswith("path,label") and len(lines) == 4
+
+
 def test_file_names_in_any_encoding_are_printed_and_written_to_the_csv(tmp_path, blood_cell_images):
     """A Latin-1 name from an old PACS share is not UTF-8: the table shows it with "?", the CSV keeps its bytes
     (it made the CSV writer raise at the very end, losing the whole file)."""
