@@ -96,8 +96,9 @@ def expand_inputs(inputs: Iterable[str], masks: list[Path] | None = None) -> Ite
             yield from _folder_inputs(item, masks)
         elif not os.path.exists(item) and glob.has_magic(item):
             matches = sorted(glob.glob(item, recursive=True)) or [item]
-            for match in matches:  # a class's folder among them: its images, as if named
-                yield from _folder_inputs(match, masks) if os.path.isdir(match) else [match]
+            found = (path for match in matches  # a class's folder among them: its images, as if named
+                     for path in (_folder_inputs(match, masks) if os.path.isdir(match) else [match]))
+            yield from dict.fromkeys(found)  # once each: "**" matches a folder, the folders in it and its files
         else:
             yield item
 

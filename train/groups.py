@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medclf.runtime.inputs import IMAGE_EXTENSIONS
+
 from .labels_csv import AUGMENTED_COPY
 
 if TYPE_CHECKING:
@@ -56,6 +58,15 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
     return with_augment_copies(_found_groups(folder, pattern, copies, naming), folder)
 
 
+def _source_stem(path: Path) -> str:
+    """The stem of the file a copy ``medclf augment`` wrote was made from: ``x`` for ``x.aug3.jpg`` and for
+    ``x.webp.aug3.png`` (a format it does not write is written as PNG); a file's own stem otherwise."""
+    stem = AUGMENTED_COPY.sub("", path.stem)
+    if stem != path.stem and Path(stem).suffix.lower() in IMAGE_EXTENSIONS:
+        stem = Path(stem).stem
+    return stem
+
+
 def _found_groups(folder: ImageFolder, pattern: str | None, copies: bool | None,
                   naming: Labeller | None) -> np.ndarray | None:
     from .copies import copy_groups, detected_copies
@@ -79,8 +90,8 @@ def with_augment_copies(groups: np.ndarray | None, folder: ImageFolder) -> np.nd
     beside them, in the same class): whatever else was found, a copy on the other side of a split from its source
     is the same image scored as unseen (all 32 validation photos of an augmented cataract set had copies in
     training). Its brightness and turns hide it from the colour-histogram search, its name does not."""
-    where = [(label, str(Path(path).parent), AUGMENTED_COPY.sub("", Path(path).stem))
-             for path, label in zip(folder.paths, folder.labels)]
+    where = [(label, str(Path(path).parent), _source_stem(Path(path))) for path, label in zip(folder.paths,
+                                                                                             folder.labels)]
     copied = {key for key, path in zip(where, folder.paths) if key[2] != Path(path).stem}
     if not copied:
         return groups

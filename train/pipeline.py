@@ -250,22 +250,27 @@ def _sized(recipe: Recipe, paths: tuple[str, ...]) -> Recipe:
 RUN_FILES = (rundir.MODEL, rundir.LABELS, rundir.PREPROCESS, rundir.DECISION, rundir.METRICS, rundir.SPLITS,
              rundir.HISTORY, rundir.CHECKPOINT, "curves.png", "confusion_matrix.png", "roc.png", "calibration.png",
              "members", "exported", rundir.EVALUATION.format(data="*"))
-PREVIOUS = "previous"  # where a run set aside the one it replaces
+PREVIOUS, UNFINISHED = "previous", "unfinished"  # where a run sets aside a finished run, and a run's leftovers
 
 
 def set_aside_earlier_run(run_dir: Path) -> None:
-    """Move what an earlier run left in ``run_dir`` into ``run_dir/previous`` (replacing the one there) before
-    this run writes anything: a run that fails midway would otherwise leave its history and pictures beside the
-    earlier run's model and metrics, and the earlier model would be lost to a run that never finished."""
+    """Move what an earlier run left in ``run_dir`` aside before this run writes anything: a finished run (its
+    model and metrics) into ``run_dir/previous``, the leftovers of one that did not finish (its history and
+    checkpoint) into ``run_dir/unfinished``, each replacing the one there. A run that fails midway would
+    otherwise leave its history and pictures beside the earlier run's model and metrics; and the last finished
+    model is never lost to runs that never finished."""
     found = sorted({path for pattern in RUN_FILES for path in run_dir.glob(pattern)})
-    if not any(path.name in (rundir.MODEL, rundir.METRICS, rundir.HISTORY) for path in found):
+    if not found:
         return
-    previous = run_dir / PREVIOUS
-    shutil.rmtree(previous, ignore_errors=True)
-    previous.mkdir()
+    names = {path.name for path in found}
+    aside = run_dir / (PREVIOUS if {rundir.MODEL, rundir.METRICS} <= names else UNFINISHED)
+    if aside.is_symlink() or aside.is_file():  # not one medclf made: a folder is wanted there
+        aside.unlink()
+    shutil.rmtree(aside, ignore_errors=True)
+    aside.mkdir()
     for path in found:
-        os.replace(path, previous / path.name)
-    print(f"moved the earlier run in {run_dir} to {previous}: this run replaces it", file=sys.stderr)
+        os.replace(path, aside / path.name)
+    print(f"moved what an earlier run left in {run_dir} to {aside}: this run replaces it", file=sys.stderr)
 
 
 def _clear_replaced(run_dir: Path, binary: bool) -> None:

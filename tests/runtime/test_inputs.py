@@ -48,6 +48,14 @@ def test_a_glob_that_matches_class_folders_classifies_their_images(tmp_path, blo
         str(tmp_path / "loose.jpeg")]
 
 
+def test_a_recursive_glob_gives_each_image_once(tmp_path, blood_cell_images):
+    """``**`` matches the folder, the folders in it and their files: each image was classified three times."""
+    for name in ("a", "b"):
+        (tmp_path / "g" / name).mkdir(parents=True)
+        shutil.copy(blood_cell_images[0], tmp_path / "g" / name / "x.jpeg")
+    assert list(expand_inputs([str(tmp_path / "g" / "**")])) == [str(tmp_path / "g" / n / "x.jpeg") for n in "ab"]
+
+
 def test_a_sub_folder_that_cannot_be_listed_is_an_input_whose_error_says_so(tmp_path, blood_cell_images):
     shutil.copy(blood_cell_images[0], tmp_path / "cell.jpeg")
     locked = tmp_path / "patient2"

@@ -147,6 +147,8 @@ def test_copies_medclf_augment_wrote_stay_with_their_source_and_its_whole_group(
                                    "person2_virus_1.aug0.jpeg"]})
     by_pattern = split_groups(films, pattern=r"^(person\d+)_virus_\d+\.jpeg$")  # no match in the copies' names
     assert set(by_pattern[:3]) == {"pattern:person1"} and by_pattern[3] != by_pattern[0]  # with patient 1's films
+    webp = split_groups(_folder({"a": ["scan.webp", "scan.webp.aug0.png", "scan.webp.aug1.png", "other.webp"]}))
+    assert len(set(webp[:3])) == 1 and webp[3] != webp[0]  # a format augment does not write is copied as PNG
 
 
 def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray):

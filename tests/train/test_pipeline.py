@@ -215,3 +215,7 @@ def test_a_run_into_the_folder_of_an_earlier_one_sets_it_aside_whole_before_writ
     assert (tmp_path / "run" / "previous" / "metrics.json").read_text() == earlier  # the earlier run, whole
     assert (tmp_path / "run" / "previous" / "model.keras").is_file()
     assert not (tmp_path / "run" / "model.keras").exists()  # nothing of it left to be taken for this run's
+    with pytest.raises(DatasetError):  # failing again: its leftovers go aside, the last finished run stays
+        train(cataract, tmp_path / "run", recipe, test=tmp_path / "test")
+    assert (tmp_path / "run" / "previous" / "metrics.json").read_text() == earlier
+    assert (tmp_path / "run" / "unfinished" / "history.csv").is_file()
