@@ -23,6 +23,7 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
+from .labels_csv import sheet_beside
 from .layout import find_split, is_split_name, unwrapped
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: not a folder")
     augmenter = make_augmenter(seed, policy)
-    images = list_images(_training_part(data, out))
+    images = _training_images(data, out)
     masks = dataset_masks(images, data)
     if masks:
         log.warning("%s", masks_said(masks, data, "not augmented"))
@@ -66,20 +67,31 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
         yield Augmented(str(path), written)
 
 
-def _training_part(data: Path, out: Path) -> Path:
-    """What to augment: a pre-split dataset's ``train/`` alone, said — augmented validation or test images would
+def _training_images(data: Path, out: Path) -> list[Path]:
+    """What to augment: the images training would train on, said — augmented validation or test images would
     judge a model on altered copies (blood-cells TEST is ~25 copies of each of 100 cells: 100 cells, not 2,487
-    images) — else all of ``data``. A split dataset inside the folder of its archive's name is found there
-    (:func:`~.layout.unwrapped`), as training finds it."""
+    images). A pre-split dataset's ``train/`` alone (found inside the folder of its archive's name, as training
+    finds it: :func:`~.layout.unwrapped`); beside class folders, no ``val/`` or ``test/``; of images a sheet
+    beside them labels and splits (MedMNIST's ``save``), its training rows — the copies take their source's row
+    when that sheet labels their folder."""
     split = unwrapped(data)
     train = find_split(split, "train")
-    if train is None:
-        return data
-    others = sorted(d.name for d in split.iterdir() if d.is_dir() and d != train and is_split_name(d.name))
+    others = sorted(d for d in split.iterdir() if d.is_dir() and d != train and is_split_name(d.name))
     if others:
-        log.warning("%s: only %s/ is augmented (into %s); %s left out: a model is judged on real images", split,
-                    train.name, out / train.relative_to(data), ", ".join(f"{name}/" for name in others))
-    return train
+        kept = f"only {train.name}/ is augmented (into {out / train.relative_to(data)})" if train else \
+            "the class folders are augmented"
+        log.warning("%s: %s; %s left out: a model is judged on real images", split, kept,
+                    ", ".join(f"{d.name}/" for d in others))
+    images = list_images(train) if train is not None else [
+        path for path in list_images(data) if not any(path.is_relative_to(other) for other in others)]
+    sheet = sheet_beside(data)
+    if sheet is not None and sheet.splits:
+        held = [path for path in images if sheet.split(path) in ("val", "test")]
+        if held:
+            log.warning("%s: its %d validation and test rows are left out: a model is judged on real images",
+                        sheet.source.name, len(held))
+            images = [path for path in images if path not in set(held)]
+    return images
 
 
 def _copy_name(path: Path, k: int) -> str:

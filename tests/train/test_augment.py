@@ -57,6 +57,27 @@ def test_a_split_dataset_has_only_its_training_images_augmented(cataract, tmp_pa
     assert [Path(item.source).parent.parent.name for item in done] == ["train"]
 
 
+def test_validation_and_test_images_are_left_out_however_the_dataset_splits_them(cataract, tmp_path, caplog):
+    """Class folders beside test/ (trained with --test DATA/test), and MedMNIST's save (one folder, a sheet of
+    TRAIN/VALIDATION/TEST rows): their validation and test images were augmented too."""
+    from medclf.train.augment import augment_folder
+
+    photo = sorted((cataract / "cataract").iterdir())[0]
+    for folder in ("beside/cataract", "beside/test/cataract", "beside/val/cataract", "save/bloodmnist"):
+        (tmp_path / folder).mkdir(parents=True)
+    for name in ("beside/cataract/a.jpg", "beside/test/cataract/t.jpg", "beside/val/cataract/v.jpg",
+                 "save/bloodmnist/train0_0.jpg", "save/bloodmnist/val0_0.jpg", "save/bloodmnist/test0_0.jpg"):
+        (tmp_path / name).symlink_to(photo)
+    (tmp_path / "save" / "bloodmnist.csv").write_text(
+        "TRAIN,train0_0.jpg,0\nVALIDATION,val0_0.jpg,0\nTEST,test0_0.jpg,0\n")
+    with caplog.at_level(logging.WARNING):
+        beside = [Path(item.source).name for item in augment_folder(tmp_path / "beside", tmp_path / "o1", 1)]
+        save = [Path(item.source).name for item in augment_folder(tmp_path / "save" / "bloodmnist", tmp_path / "o2", 1)]
+    assert beside == ["a.jpg"] and save == ["train0_0.jpg"]
+    assert "the class folders are augmented; test/, val/ left out" in caplog.text
+    assert "bloodmnist.csv: its 2 validation and test rows are left out" in caplog.text
+
+
 def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):
     """scan.webp and scan.png both made scan.aug0.png (the second overwrote the first); so did scan.JPG and scan.jpg."""
     photo = cv2.imread(str(sorted((cataract / "normal").iterdir())[0]))
