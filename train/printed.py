@@ -99,9 +99,11 @@ def agreement_line(fp32: dict, name: str, accuracy: float) -> str:
 def familiarity_line(familiarity: SiteFamiliarity) -> str:
     """'unfamiliarity: 394 of 498 site images (79.1%) lie beyond 1, unlike the training images (...)' and, if
     the site took its images as the reference, that; else, where many are beyond, the option that would."""
+    reference = "the training images (of the training site's held-out images" if familiarity.reference is None \
+        else f"the images of {familiarity.reference}, where this file's was set (of those"
     line = (f"unfamiliarity: {familiarity.beyond} of {familiarity.images} site images "
-            f"({familiarity.beyond / familiarity.images:.1%}) lie beyond 1, unlike the training images (of the "
-            f"training site's held-out images, {1 - familiarity.quantile:.1%})")
+            f"({familiarity.beyond / familiarity.images:.1%}) lie beyond 1, unlike {reference}, "
+            f"{1 - familiarity.quantile:.1%})")
     if familiarity.weights is not None:
         return line + ("; the copy's is set again on these images, depth by depth, so that they lie beyond 1 as "
                        "rarely: its warnings mean unlike this site's images")

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from medclf.export.depth_weights import depth_weights
+from medclf.runtime.cli import familiarity_site
 from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES, FAMILIARITY_QUANTILE, ModelCard, unlike
 
 SITE_PREFIX = "medclf_site"  # names the nodes a site's weights add
@@ -38,6 +39,7 @@ class SiteFamiliarity:
     beyond: int  # site images beyond 1, as the model stands
     quantile: float  # where the threshold is set: 0.995, 1 image in 200 beyond
     weights: tuple[float, ...] | None = None  # None: the copy keeps the training site's
+    reference: str | None = None  # the site whose images the calibrated file's unfamiliarity was set on, if any
 
     def record(self) -> dict:
         return {"images": self.images, "beyond": self.beyond, "share": self.beyond / self.images,
@@ -52,13 +54,13 @@ def site_familiarity(levels: np.ndarray, card: ModelCard, from_site: bool,
     quantile = card.metrics.get("familiarity", {}).get("quantile", FAMILIARITY_QUANTILE)
     beyond = int(np.sum(unlike(levels.max(axis=1))))  # a NaN level measured nothing familiar
     if not from_site:
-        return SiteFamiliarity(len(levels), beyond, quantile)
+        return SiteFamiliarity(len(levels), beyond, quantile, reference=familiarity_site(card))
     measured = levels[np.isfinite(levels).all(axis=1)]  # NaN (an old FP16 file's overflow) is no reference
     if len(measured) < FAMILIARITY_MIN_IMAGES:
         finite = " with finite levels" if len(measured) < len(levels) else ""
         raise ValueError(f"{data}: {len(measured)} images{finite}; taking a site's images as what the model is "
                          f"familiar with needs at least {FAMILIARITY_MIN_IMAGES}")
-    return SiteFamiliarity(len(levels), beyond, quantile, depth_weights(measured, quantile))
+    return SiteFamiliarity(len(levels), beyond, quantile, depth_weights(measured, quantile), familiarity_site(card))
 
 
 def site_description(site: str) -> str:
