@@ -159,7 +159,8 @@ def evaluate(
     from .pipeline import evaluate_run
 
     shares = parse_shares(prevalence)
-    which = model.name.rsplit(".", 1)[0].removeprefix("model").lstrip(".")  # model.int8.onnx: int8
+    stem = model.name.rsplit(".", 1)[0]
+    which = "" if stem == "model" else stem.removeprefix("model.")  # model.int8.onnx: int8; mine.onnx: mine
     scored = dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
     out = out or _home_of(model) / rundir.EVALUATION.format(data=scored)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
