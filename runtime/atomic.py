@@ -15,7 +15,8 @@ import cv2
 import numpy as np
 
 MAX_NAME_BYTES = 255
-STREAMS = ("/proc/", "/dev/")  # where /dev/stdout and /dev/fd/N lead: a process's streams, not files to replace
+STREAMS = ("/proc/", "/dev/std", "/dev/fd/")  # a process's own streams (/dev/stdout → /proc/self/fd/1): not
+# files to replace, whatever they are redirected to (a regular file elsewhere under /dev, /dev/shm, is one)
 
 
 @contextmanager

@@ -95,12 +95,23 @@ def expand_inputs(inputs: Iterable[str], masks: list[Path] | None = None) -> Ite
         if os.path.isdir(item):
             yield from _folder_inputs(item, masks)
         elif not os.path.exists(item) and glob.has_magic(item):
-            matches = sorted(glob.glob(item, recursive=True)) or [item]
-            found = (path for match in matches  # a class's folder among them: its images, as if named
-                     for path in (_folder_inputs(match, masks) if os.path.isdir(match) else [match]))
-            yield from dict.fromkeys(found)  # once each: "**" matches a folder, the folders in it and its files
+            yield from _glob_inputs(item, masks)
         else:
             yield item
+
+
+def _glob_inputs(pattern: str, masks: list[Path] | None) -> Iterator[str]:
+    """A glob's matches: a folder among them (a class's, ``TEST/*``) as its images, as if named; a file as it
+    is, unless a folder matched holds it (``**`` matches a folder, the folders in it and their files: each image
+    once, and what the folder's expansion leaves out — masks, notes — stays out)."""
+    matches = [os.path.normpath(match) for match in sorted(glob.glob(pattern, recursive=True))] or [pattern]
+    folders = [match for match in matches if os.path.isdir(match)]
+
+    def within(path: str) -> bool:
+        return any(path != folder and path.startswith(folder.rstrip(os.sep) + os.sep) for folder in folders)
+    for match in matches:
+        if not within(match):
+            yield from _folder_inputs(match, masks) if match in folders else [match]
 
 
 def _folder_inputs(folder: str, masks: list[Path] | None) -> Iterator[str]:

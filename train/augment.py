@@ -23,7 +23,7 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
-from .labels_csv import sheet_beside
+from .labels_csv import LabelsError, sheet_beside
 from .layout import find_split, is_split_name, unwrapped
 
 log = logging.getLogger(__name__)
@@ -84,13 +84,16 @@ def _training_images(data: Path, out: Path) -> list[Path]:
                     ", ".join(f"{d.name}/" for d in others))
     images = list_images(train) if train is not None else [
         path for path in list_images(data) if not any(path.is_relative_to(other) for other in others)]
-    sheet = sheet_beside(data)
+    try:
+        sheet = sheet_beside(data)
+    except LabelsError:  # a sheet of that name that labels nothing (sizes, sites): nothing to follow
+        sheet = None
     if sheet is not None and sheet.splits:
-        held = [path for path in images if sheet.split(path) in ("val", "test")]
+        held = {path for path in images if sheet.split(path) in ("val", "test")}
         if held:
             log.warning("%s: its %d validation and test rows are left out: a model is judged on real images",
                         sheet.source.name, len(held))
-            images = [path for path in images if path not in set(held)]
+            images = [path for path in images if path not in held]
     return images
 
 

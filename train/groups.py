@@ -18,8 +18,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medclf.runtime.inputs import IMAGE_EXTENSIONS
-
 from .labels_csv import AUGMENTED_COPY
 
 if TYPE_CHECKING:
@@ -58,13 +56,24 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
     return with_augment_copies(_found_groups(folder, pattern, copies, naming), folder)
 
 
-def _source_stem(path: Path) -> str:
-    """The stem of the file a copy ``medclf augment`` wrote was made from: ``x`` for ``x.aug3.jpg`` and for
-    ``x.webp.aug3.png`` (a format it does not write is written as PNG); a file's own stem otherwise."""
-    stem = AUGMENTED_COPY.sub("", path.stem)
-    if stem != path.stem and Path(stem).suffix.lower() in IMAGE_EXTENSIONS:
-        stem = Path(stem).stem
-    return stem
+def _source_keys(folder: ImageFolder) -> tuple[list[tuple], int]:
+    """Per file, the source it shows: itself, or for a copy ``medclf augment`` wrote the file in its folder (and
+    class) it was made from — ``x.jpg`` for ``x.aug3.jpg``; ``x.webp`` for ``x.webp.aug3.png`` (a format augment
+    does not write is copied as PNG after the whole name), and so for a DICOM named by its UID, whose last part
+    looks like an extension. Also how many files are such copies."""
+    own = [(label, str(Path(path).parent), Path(path)) for path, label in zip(folder.paths, folder.labels)]
+    sources = {}  # a source is itself by its whole name, and answers to its stem too (x.aug3.jpg's x)
+    for label, parent, path in own:
+        if AUGMENTED_COPY.search(path.stem) is None:
+            sources[(label, parent, path.name)] = (label, parent, path.name)
+            sources.setdefault((label, parent, path.stem), (label, parent, path.name))
+    keys, copies = [], 0
+    for label, parent, path in own:
+        base = AUGMENTED_COPY.sub("", path.stem)
+        copies += base != path.stem
+        keys.append(sources.get((label, parent, base), (label, parent, base)) if base != path.stem
+                    else (label, parent, path.name))
+    return keys, copies
 
 
 def _found_groups(folder: ImageFolder, pattern: str | None, copies: bool | None,
@@ -90,9 +99,8 @@ def with_augment_copies(groups: np.ndarray | None, folder: ImageFolder) -> np.nd
     beside them, in the same class): whatever else was found, a copy on the other side of a split from its source
     is the same image scored as unseen (all 32 validation photos of an augmented cataract set had copies in
     training). Its brightness and turns hide it from the colour-histogram search, its name does not."""
-    where = [(label, str(Path(path).parent), _source_stem(Path(path))) for path, label in zip(folder.paths,
-                                                                                             folder.labels)]
-    copied = {key for key, path in zip(where, folder.paths) if key[2] != Path(path).stem}
+    where, copies = _source_keys(folder)
+    copied = {key for key, path in zip(where, folder.paths) if AUGMENTED_COPY.search(Path(path).stem)}
     if not copied:
         return groups
     named = [f"file:{path}" for path in folder.paths] if groups is None else [str(group) for group in groups]
@@ -108,8 +116,7 @@ def with_augment_copies(groups: np.ndarray | None, folder: ImageFolder) -> np.nd
             parent[root(group)] = root(first.setdefault(key, group))
     named = [root(group) for group in named]
     log.warning("%d of %d images are copies medclf augment wrote (name.augN): each kept with its source and the "
-                "source's other copies, on one side of a split and one vote in a score",
-                sum(Path(path).stem != key[2] for key, path in zip(where, folder.paths)), len(named))
+                "source's other copies, on one side of a split and one vote in a score", copies, len(named))
     return np.asarray(named)
 
 

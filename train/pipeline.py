@@ -254,8 +254,8 @@ PREVIOUS, UNFINISHED = "previous", "unfinished"  # where a run sets aside a fini
 
 
 def set_aside_earlier_run(run_dir: Path) -> None:
-    """Move what an earlier run left in ``run_dir`` aside before this run writes anything: a finished run (its
-    model and metrics) into ``run_dir/previous``, the leftovers of one that did not finish (its history and
+    """Move what an earlier run left in ``run_dir`` aside before this run writes anything: a finished run (it
+    wrote its metrics) into ``run_dir/previous``, the leftovers of one that did not finish (its history and
     checkpoint) into ``run_dir/unfinished``, each replacing the one there. A run that fails midway would
     otherwise leave its history and pictures beside the earlier run's model and metrics; and the last finished
     model is never lost to runs that never finished."""
@@ -263,7 +263,7 @@ def set_aside_earlier_run(run_dir: Path) -> None:
     if not found:
         return
     names = {path.name for path in found}
-    aside = run_dir / (PREVIOUS if {rundir.MODEL, rundir.METRICS} <= names else UNFINISHED)
+    aside = run_dir / (PREVIOUS if rundir.METRICS in names else UNFINISHED)  # metrics.json: written as a run ends
     if aside.is_symlink() or aside.is_file():  # not one medclf made: a folder is wanted there
         aside.unlink()
     shutil.rmtree(aside, ignore_errors=True)

@@ -78,3 +78,15 @@ def test_what_is_no_regular_file_is_written_in_place_not_replaced(tmp_path):
     write_text(pipe, "path,label\n")
     reader.join(timeout=10)
     assert read == ["path,label\n"] and stat.S_ISFIFO(pipe.stat().st_mode)
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this system")
+def test_a_regular_file_under_dev_is_replaced_like_any_other(tmp_path):
+    """/dev/shm holds ordinary files: taken for a stream, a report written twice there was two reports."""
+    path = f"/dev/shm/medclf-test-{os.getpid()}.json"
+    try:
+        write_json(path, {"run": 1})
+        write_json(path, {"run": 2})
+        assert json.loads(open(path).read()) == {"run": 2}
+    finally:
+        os.unlink(path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -48,12 +49,19 @@ def test_a_glob_that_matches_class_folders_classifies_their_images(tmp_path, blo
         str(tmp_path / "loose.jpeg")]
 
 
-def test_a_recursive_glob_gives_each_image_once(tmp_path, blood_cell_images):
-    """``**`` matches the folder, the folders in it and their files: each image was classified three times."""
+def test_a_recursive_glob_gives_each_image_once_and_what_a_folder_leaves_out_stays_out(tmp_path, blood_cell_images,
+                                                                                         monkeypatch):
+    """``**`` matches the folder, the folders in it and their files: each image was classified three times, and
+    the masks and notes beside them as inputs of their own."""
     for name in ("a", "b"):
         (tmp_path / "g" / name).mkdir(parents=True)
-        shutil.copy(blood_cell_images[0], tmp_path / "g" / name / "x.jpeg")
-    assert list(expand_inputs([str(tmp_path / "g" / "**")])) == [str(tmp_path / "g" / n / "x.jpeg") for n in "ab"]
+        shutil.copy(blood_cell_images[0], tmp_path / "g" / name / "x.png")
+    shutil.copy(blood_cell_images[0], tmp_path / "g" / "a" / "x_mask.png")
+    (tmp_path / "g" / "a" / "readme.txt").write_text("notes")
+    monkeypatch.chdir(tmp_path)
+    masks: list = []
+    assert list(expand_inputs(["./g/**"], masks)) == ["g/a/x.png", "g/b/x.png"]
+    assert masks == [Path("g/a/x_mask.png")]  # said once
 
 
 def test_a_sub_folder_that_cannot_be_listed_is_an_input_whose_error_says_so(tmp_path, blood_cell_images):

@@ -76,6 +76,8 @@ def test_validation_and_test_images_are_left_out_however_the_dataset_splits_them
     assert beside == ["a.jpg"] and save == ["train0_0.jpg"]
     assert "the class folders are augmented; test/, val/ left out" in caplog.text
     assert "bloodmnist.csv: its 2 validation and test rows are left out" in caplog.text
+    (tmp_path / "save" / "bloodmnist.csv").write_text("file,width,height\ntrain0_0.jpg,28,28\n")  # no labels
+    assert len(list(augment_folder(tmp_path / "save" / "bloodmnist", tmp_path / "o3", 1))) == 3
 
 
 def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):

@@ -149,6 +149,9 @@ def test_copies_medclf_augment_wrote_stay_with_their_source_and_its_whole_group(
     assert set(by_pattern[:3]) == {"pattern:person1"} and by_pattern[3] != by_pattern[0]  # with patient 1's films
     webp = split_groups(_folder({"a": ["scan.webp", "scan.webp.aug0.png", "scan.webp.aug1.png", "other.webp"]}))
     assert len(set(webp[:3])) == 1 and webp[3] != webp[0]  # a format augment does not write is copied as PNG
+    uid = "1.2.840.113619.2.55.3.100"  # a DICOM named by its UID: its last part looks like an extension
+    dicom = split_groups(_folder({"a": [uid, f"{uid}.aug0.png", f"{uid}.aug1.png", "1.2.840.113619.2.55.3.101"]}))
+    assert len(set(dicom[:3])) == 1 and dicom[3] != dicom[0]
 
 
 def test_a_grouped_split_never_puts_one_patients_images_on_both_sides(chest_xray):
