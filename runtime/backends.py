@@ -143,7 +143,11 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
             raise BackendUnavailable(f"{name}: onnxruntime cannot start {provider} (missing library {missing})")
     precision = _precision(model) if name == "ort-tensorrt" else "fp32"
     try:
-        session = _session(model, _providers(name, precision), threads, spin, reuse_optimized and name == "cpu")
+        providers = _providers(name, precision)
+    except OSError as exc:  # the TensorRT EP's engine cache cannot be made
+        raise BackendUnavailable(f"{name}: its engine cache cannot be written ({exc})") from None
+    try:
+        session = _session(model, providers, threads, spin, reuse_optimized and name == "cpu")
     except ModelCardError:
         if name == "cpu":
             raise
@@ -218,7 +222,7 @@ def _tensorrt(model: Path) -> Backend:
 
         metadata = _metadata(model)
         engine = TensorRTEngine(EngineCache().engine_for(model, _precision(model, metadata)))
-    except (TensorRTUnavailable, ValueError) as exc:
+    except (TensorRTUnavailable, ValueError, OSError) as exc:  # OSError: an engine cache it cannot write
         raise BackendUnavailable(f"tensorrt: {exc}") from None
 
     return Backend("tensorrt", engine.run, metadata)

@@ -45,6 +45,7 @@ def overlay_name(path: str, label: str, kind: str) -> str:
     import hashlib  # here, not at the top: only heatmaps need it, and every one-shot run would pay its import
 
     digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
+    label = label.replace("/", "_").replace(os.sep, "_")  # ER+/PR+: one file, not a folder ER+ holding PR+...
     return fitted_name(Path(path).stem, f"-{digest}.{label}.{kind}.png")
 
 

@@ -41,7 +41,9 @@ def described_lines(about: dict[str, Any]) -> list[str]:
              f"input: {_input(preprocess)}",
              f"precision: {about['precision']}{_verified_on(metrics)}",
              f"outputs: probabilities{''.join(f', {name}' for name in about['outputs'])}"]
-    if training := metrics.get("training"):
+    if (training := metrics.get("training")) and "members" in training:  # medclf ensemble's average
+        lines.append(f"trained: an average of {len(training['members'])} runs ({', '.join(training['members'])})")
+    elif training:
         lines.append(f"trained: {training.get('architecture', '?')} on {training.get('train_images', 0):,} images"
                      f" of {training.get('data') or '?'} in {training.get('seconds', 0):,.0f} s")
     lines += [f"{split}: {_scores(metrics[split])}" for split in ("validation", "test") if split in metrics]

@@ -30,6 +30,7 @@ def test_a_heatmap_is_named_after_any_file_name_even_one_that_is_not_utf8():
     assert name.startswith("r\udce9sultat-") and name.endswith(".NORMAL.cam.png")
     same_stems = {overlay_name(path, "NORMAL", "gradcam") for path in ("a/scan.jpg", "b/scan.jpg", "a/scan.png")}
     assert len(same_stems) == 3
+    assert "/" not in overlay_name("scan.png", "ER+/PR+", "cam")  # a label a sheet gives: one file, no folder
 
 
 def test_a_heatmap_of_a_file_with_a_name_near_the_limit_can_still_be_written(tmp_path):

@@ -57,6 +57,13 @@ def test_a_binary_model_says_how_it_calls_its_finding_and_where_its_int8_file_wa
     assert len(lines) == 5  # no training record, scores or export in this card: nothing made up
 
 
+def test_an_ensemble_is_described_by_its_members_not_as_a_run_of_nothing():
+    """Its training record names members, no images or data: it read 'ensemble on 0 images of ? in 0 s'."""
+    card = ModelCard(labels=("a", "b"), preprocess=Preprocess(64, 64),
+                     metrics={"training": {"architecture": "ensemble", "members": ["/runs/a", "/runs/b"]}})
+    assert "trained: an average of 2 runs (/runs/a, /runs/b)" in described_lines(describe(DEFAULT_MODEL, card))
+
+
 def test_version_names_medclf_and_the_libraries_that_answer_and_inputs_are_required_otherwise():
     done = run("--version")
     assert done.returncode == 0 and done.stdout.startswith("medclf-run 0.1.0 (onnxruntime ")
