@@ -254,7 +254,7 @@ def unlike_warning(unlike: list[str], classified: int, site: str | None = None) 
 def familiarity_site(card: ModelCard) -> str | None:
     """The site whose images a calibrated copy's unfamiliarity was set on, or None (the training site's)."""
     site = card.metrics.get("site", {})
-    return site.get("data") if site.get("familiarity", {}).get("weights") else None
+    return site.get("familiarity_set_at") or (site.get("data") if site.get("familiarity", {}).get("weights") else None)
 
 
 def tally(calls: Counter, labels: tuple[str, ...]) -> str:

@@ -47,6 +47,7 @@ from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
+from medclf.runtime.cli import familiarity_site
 from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME, ModelCard
 
 from .data import ImageFolder, Labeller, predict_folder
@@ -278,10 +279,13 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
     proto = onnx.load(str(model_path))
     metadata = {prop.key: prop.value for prop in proto.metadata_props}  # other keys than the card's stay
     card = ModelCard.from_metadata(metadata, str(model_path))
+    set_here = site.familiarity is not None and site.familiarity.weights is not None
+    if (set_at := record["data"] if set_here else familiarity_site(card)) is not None:  # a copy of a copy keeps it
+        record = record | {"familiarity_set_at": set_at}
     card = replace(card, decision=site.decision or card.decision, metrics=card.metrics | {"site": record})
     if site.temperature is not None:
         proto = with_scaling(proto, site.temperature, np.array(list(site.bias.values())))
-    if site.familiarity is not None and site.familiarity.weights is not None:
+    if set_here:
         proto = with_depth_weights(proto, site.familiarity.weights, SITE_PREFIX)
         card = replace(card, outputs=card.outputs | {FAMILIARITY_NAME: site_description(record["data"])})
     onnx.helper.set_model_props(proto, metadata | card.to_metadata())

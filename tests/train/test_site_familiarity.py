@@ -61,6 +61,10 @@ def test_a_brighter_site_sets_each_depth_again_and_chest_films_are_still_refused
     again = CliRunner().invoke(app, ["calibrate", str(copy), str(site), "--out", str(tmp_path / "again.onnx"),
                                      "--no-group-copies"], terminal_width=400)  # the copy calibrated again
     assert "lie beyond 1, unlike the images of site, where this file's was set" in again.output, again.output
+    assert Classifier(tmp_path / "again.onnx").card.metrics["site"]["familiarity_set_at"] == "site"  # it still is
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--model", str(tmp_path / "again.onnx"),
+                           str(films[0])], capture_output=True, text=True, timeout=120)
+    assert "unlike the images of site, where this copy was set" in done.stderr
 
 
 def test_without_asking_the_copy_keeps_the_training_sites_unfamiliarity_and_says_how_far_the_site_is(
