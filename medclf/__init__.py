@@ -12,6 +12,9 @@ __version__ = "0.1.0"
 # Images whose header claims more pixels than this are refused before decoding (decompression bombs: a 10 kB
 # WebP can declare 16000x16000). medclf checks PNG and JPEG headers itself; OpenCV checks every other format
 # against OPENCV_IO_MAX_IMAGE_PIXELS, which it reads once, when it loads — hence here, before any medclf
-# module imports cv2 (a value the user set wins).
-MAX_PIXELS = 100_000_000
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
+# module imports cv2. A value the user set wins, for medclf's own checks and messages too.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "100000000")
+try:
+    MAX_PIXELS = int(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
+except ValueError:  # OpenCV would not read it either: its own default then, ours here
+    MAX_PIXELS = 100_000_000

@@ -171,6 +171,19 @@ def test_decompression_bomb_is_refused_before_decoding():
         decode_image(bytes(huge), "bomb.png")
 
 
+def test_a_pixel_limit_the_user_set_is_the_one_medclf_checks_and_names(tmp_path):
+    """OPENCV_IO_MAX_IMAGE_PIXELS set lower (a Jetson's memory) was OpenCV's alone: medclf's own PNG and JPEG
+    checks, and every message, still said 100,000,000."""
+    import subprocess
+    import sys
+
+    image = tmp_path / "scan.png"
+    cv2.imwrite(str(image), np.zeros((64, 64), np.uint8))
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", str(image)], capture_output=True, text=True,
+                          env=os.environ | {"OPENCV_IO_MAX_IMAGE_PIXELS": "1000"}, timeout=120)
+    assert done.returncode == 1 and "image is 64x64 pixels, over the 1,000-pixel limit" in done.stderr
+
+
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 40_000), (300, 7)])
 def test_an_image_with_a_side_under_8_pixels_is_refused_not_stretched_into_a_flat_guess(height, width):
     with pytest.raises(ImageError, match=rf"^pixel.png: image is {width}x{height} pixels: too small to classify"):
