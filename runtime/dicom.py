@@ -28,6 +28,16 @@ FRAME_FUNCTIONAL_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", 
 warnings.filterwarnings("ignore", module=r"pydicom\.")
 
 
+def optional_decoders() -> str:
+    """Which optional DICOM decoders this Python has (pydicom, GDCM, pylibjpeg and its plugins), found without
+    importing them: what a file decodes to — or whether it decodes — depends on them, so caches of decoded
+    images are keyed by this too (installing the decoder a refusal named must read those files next time)."""
+    import importlib.util
+
+    names = ("pydicom", "gdcm", "pylibjpeg", "openjpeg", "libjpeg", "rle")
+    return ",".join(name for name in names if importlib.util.find_spec(name) is not None)
+
+
 def is_dicom(data: bytes) -> bool:
     return data[128:132] == DICOM_MAGIC
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.class_names import class_on_path, matching_class
+from medclf.runtime.dicom import optional_decoders
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
 from medclf.runtime.stream import decoded
@@ -290,11 +291,12 @@ def _say_skipped(errors: Iterable[str]) -> None:
 
 
 def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None) -> Path | None:
-    """A file named by everything the arrays depend on: paths, sizes, mtimes, the preprocessing and the decoders'
-    behaviour (``DECODING_VERSION``)."""
+    """A file named by everything the arrays depend on: paths, sizes, mtimes, the preprocessing, the decoders'
+    behaviour (``DECODING_VERSION``) and which optional ones are installed (a DICOM skipped for want of pydicom
+    is read once it is there)."""
     if cache_dir is None:
         return None
-    digest = hashlib.sha256(f"{DECODING_VERSION}\0{preprocess.to_json()}".encode())
+    digest = hashlib.sha256(f"{DECODING_VERSION}\0{preprocess.to_json()}\0{optional_decoders()}".encode())
     for path in folder.paths:
         try:
             stat = os.stat(path)

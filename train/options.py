@@ -181,6 +181,9 @@ def _overlaid(base, options: dict):
     fields = {k: given[k] for k in RECIPE_OPTIONS if given[k] is not None and k != "grey"}
     if fields.get("arch", base.arch) != base.arch:  # a preset's layer to fine-tune from is its architecture's
         fields.setdefault("freeze_until", None)
+    if fields.get("color", base.color) == "grey" and fit.augmentation == "microscopy":  # said now, not mid-run
+        raise ValueError("--augmentation microscopy jitters stain colours, which grey images do not have: use "
+                         "default or radiograph with --grey")
     return dataclasses.replace(base, fit=fit, **fields)
 
 

@@ -96,6 +96,19 @@ def test_a_cache_made_by_other_decoders_is_not_read(tmp_path, blood_cells, monke
     assert len(list(tmp_path.glob("images-*.npz"))) == 2
 
 
+def test_a_cache_made_with_other_optional_decoders_installed_is_not_read(tmp_path, blood_cells, monkeypatch):
+    """DICOM files skipped for want of pydicom stayed skipped, from the cache, once it was installed."""
+    import medclf.train.data as data
+    from medclf.runtime.dicom import optional_decoders
+
+    assert "pydicom" in optional_decoders()  # medclf[dicom], installed with the tests
+    folder, spec = read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 600)), Preprocess(32, 32)
+    load_arrays(folder, spec, cache_dir=tmp_path)
+    monkeypatch.setattr(data, "optional_decoders", lambda: "")  # as before pydicom was installed
+    load_arrays(folder, spec, cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("images-*.npz"))) == 2
+
+
 def test_file_and_class_names_in_any_encoding_train_and_cache(tmp_path, blood_cell_images):
     """A Latin-1 file name (not UTF-8) and non-ASCII class names: decoded, cached and read back like any other
     (the cache key's encoding raised on the Latin-1 name and stopped training)."""

@@ -58,3 +58,9 @@ def test_an_unknown_choice_is_refused_before_the_data_is_read(option, value):
     """--schedule cosine was refused only after decoding and caching the features, minutes in."""
     with pytest.raises(ValueError, match=f"--{option} {value}: choose from"):
         recipe_of(None, {option: value})
+
+
+def test_grey_images_with_stain_colour_jitter_are_refused_before_the_data_is_read():
+    """It failed in RandomSaturation after decoding (and, for transfer models, the whole frozen-feature pass)."""
+    with pytest.raises(ValueError, match="microscopy jitters stain colours"):
+        recipe_of(None, {"grey": True, "augmentation": "microscopy"})
