@@ -91,6 +91,9 @@ def twins_to_training(train: ImageFolder, val: ImageFolder,
     for label in np.unique(val.labels):
         if moving[val.labels == label].all():  # never every validation image of a class
             moving[val.labels == label] = False
+    if group_of is not None:  # and a group one of whose images stays, stays whole
+        staying = {group_of[path] for path, moves in zip(val.paths, moving) if not moves}
+        moving &= np.array([group_of[path] not in staying for path in val.paths])
     if not moving.any():
         return train, val
     log.warning("%d validation image(s) moved to training: byte-identical to training images of their class "

@@ -75,6 +75,10 @@ def test_a_held_out_split_moves_validation_twins_of_training_images_to_training_
     train, val = twins_to_training(folder.subset(np.array([3])), folder.subset(np.array([0, 1, 2])),
                                    {paths[0]: "p0", paths[1]: "p0", paths[2]: "p1", paths[3]: "twin"})
     assert val.paths == (paths[2],) and set(train.paths) == {paths[3], paths[0], paths[1]}  # p0 moved whole
+    two_classes = ImageFolder(paths, np.array([0, 1, 1, 0]), ("a", "b"))  # p0: a twin in a, the one b held out
+    train, val = twins_to_training(two_classes.subset(np.array([3])), two_classes.subset(np.array([0, 1, 2])),
+                                   {paths[0]: "p0", paths[1]: "p0", paths[2]: "p1", paths[3]: "twin"})
+    assert set(val.paths) == set(paths[:3])  # a's one validation image stays, so p0 stays whole: it straddled
 
 
 def test_folds_keep_twins_of_one_class_together_joining_their_groups(cataract):
