@@ -66,6 +66,21 @@ def test_every_resample_holds_every_class_so_a_rare_one_keeps_its_roc_auc():
     assert result["roc_auc_macro"] is not None and result["sensitivity"] is not None
 
 
+def test_a_class_present_only_beside_another_in_mixed_sources_is_in_every_resample():
+    """Patient p0: mostly films of a, one of c; stratified by each source's main class, c went missing from
+    3 resamples in 10 and its AUC and sensitivity came from the rest (while "resamples" said all)."""
+    from medclf.train.intervals import _class_sets, _sources, _strata
+
+    labels = np.array([0, 0, 0, 2] + [0] * 10 + [1] * 10)
+    groups = np.array(["p0"] * 4 + [f"q{i}" for i in range(20)])
+    order, _, sizes = _sources(labels, groups)
+    strata = _strata(_class_sets(labels, order, sizes, 3))
+    owner = np.unique(groups, return_inverse=True)[1]
+    holds = [{int(k) for k in labels[owner == source]} for source in range(len(sizes))]
+    for k in range(3):  # some stratum each of whose sources holds k: every resample draws one of them
+        assert any(all(k in holds[source] for source in stratum) for stratum in strata)
+
+
 @pytest.mark.parametrize("classes", [2, 4])
 def test_roc_auc_from_ranks_is_scikit_learns(classes):
     rng = np.random.default_rng(classes)
