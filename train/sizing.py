@@ -63,9 +63,22 @@ def measure_speed(folder: ImageFolder, preprocess: Preprocess, model: keras.Mode
 
 def affordable_images(speed: Speed, seconds_left: float, bytes_each: int) -> int:
     """How many training images one decoding + model pass over affords in ``PASS_SHARE`` of ``seconds_left``
-    and ``MAX_DECODED_BYTES`` of memory; at least ``MIN_TRAIN_IMAGES``."""
+    and ``MAX_DECODED_BYTES`` of memory; at least ``MIN_TRAIN_IMAGES``. Rounded down to a coarse step (``STEPS``,
+    about a quarter apart): the timing varies by a tenth between runs, and every other count drew another sample,
+    decoded and cached anew each run (a cache file of up to 4 GiB a run)."""
     by_time = PASS_SHARE * max(seconds_left, 0.0) / (speed.decode + speed.model)
-    return max(MIN_TRAIN_IMAGES, int(min(by_time, MAX_DECODED_BYTES // bytes_each)))
+    return max(MIN_TRAIN_IMAGES, _step_below(min(by_time, MAX_DECODED_BYTES // bytes_each)))
+
+
+STEPS = (1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0)  # Renard's R10 series: ten steps a decade
+
+
+def _step_below(n: float) -> int:
+    """The largest of ``STEPS`` times a power of ten not above ``n`` (8,000 for 8,181 and for 9,000)."""
+    if n < 1:
+        return 0
+    decade = 10 ** int(np.floor(np.log10(n)))
+    return int(max(step * decade for step in STEPS if step * decade <= n))
 
 
 def trimmed(folder: ImageFolder, n: int, seed: int) -> ImageFolder:

@@ -9,7 +9,7 @@ from medclf.runtime import Preprocess
 from medclf.train.architectures import get_architecture
 from medclf.train.budget import TimeBudget
 from medclf.train.data import ImageFolder, read_folder
-from medclf.train.sizing import (MIN_TRAIN_IMAGES, PASS_SHARE, Speed, affordable_images, fit_to_budget,
+from medclf.train.sizing import (MIN_TRAIN_IMAGES, Speed, affordable_images, fit_to_budget,
                                  proportional, trimmed)
 from medclf.train.splits import Splits
 
@@ -22,9 +22,15 @@ def folder_of(counts: list[int]) -> ImageFolder:
 
 def test_the_images_afforded_are_one_pass_in_a_share_of_the_time_left_within_memory_and_never_too_few():
     speed = Speed(decode=0.001, model=0.004)
-    assert affordable_images(speed, seconds_left=1000, bytes_each=100) == int(PASS_SHARE * 1000 / 0.005)
-    assert affordable_images(speed, seconds_left=1e9, bytes_each=2**20) == 4 * 2**10  # 4 GiB of 1 MiB images
+    assert affordable_images(speed, seconds_left=1000, bytes_each=100) == 25_000  # 0.15 * 1000 / 0.005 = 30,000
+    assert affordable_images(speed, seconds_left=1e9, bytes_each=2**20) == 4_000  # 4 GiB of 1 MiB images: 4,096
     assert affordable_images(speed, seconds_left=-5, bytes_each=100) == MIN_TRAIN_IMAGES
+
+
+def test_timings_a_tenth_apart_afford_the_same_images_so_a_rerun_reuses_its_cache():
+    """The count followed the timing: every run drew another sample, decoded and cached it anew (up to 4 GiB)."""
+    counts = {affordable_images(Speed(decode=0.002, model=0.008 * slower), 600, 100) for slower in (1.0, 1.05, 1.1)}
+    assert counts == {8_000}  # 9,000, 8,571 and 8,182 afforded
 
 
 def test_trimming_cuts_the_largest_classes_first_and_keeps_rare_ones_whole():
