@@ -160,20 +160,9 @@ def run(args: argparse.Namespace) -> int:
     unlike: list[str] = []  # the inputs unlike the model's training images
     counted = _counting(predictions, calls, unlike)
     recorded = _recording(counted, results) if args.csv_file is not None else counted
-    reader_left = False
     model = _model_sha256(classifier) if args.as_json or args.csv_file is not None else ""
     answered_by = {"model_sha256": model} | ({"tta": args.tta} if args.tta else {})  # what a result depends on
-    try:
-        failed = _print_json(recorded, answered_by) if args.as_json else _print_table(recorded, paths,
-                                                                                     classifier.labels)
-    except BrokenPipeError:  # the reader of the results went away (| head): the CSV asked for is still written
-        if args.csv_file is None:
-            raise
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        for _ in recorded:  # the answers not yet printed, each recorded on its way to the CSV
-            pass
-        failed = sum(p.error is not None or p.heatmap_error is not None for p in results)
-        reader_left = True
+    failed, reader_left = _printed(recorded, results, answered_by, args, paths, classifier.labels)
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
@@ -187,6 +176,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
             return 1
     return READER_LEFT if reader_left else 1 if failed else 0
+
+
+def _printed(recorded: Iterable[Prediction], results: list[Prediction], answered_by: dict[str, str],
+             args: argparse.Namespace, paths: list[str], labels: tuple[str, ...]) -> tuple[int, bool]:
+    """Print every result, as JSON lines or the table: how many failed, and whether the reader went away
+    (``| head``) — then, with ``--csv``, the rest are still classified and recorded for it."""
+    try:
+        printed = _print_json(recorded, answered_by) if args.as_json else _print_table(recorded, paths, labels)
+        return printed, False
+    except BrokenPipeError:
+        if args.csv_file is None:
+            raise
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        for _ in recorded:  # the answers not yet printed, each recorded on its way to the CSV
+            pass
+        return sum(p.error is not None or p.heatmap_error is not None for p in results), True
 
 
 def _model_sha256(classifier: Classifier) -> str:
