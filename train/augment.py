@@ -23,7 +23,7 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
-from .labels_csv import LabelsError, sheet_beside
+from .labels_csv import LabelsError, SplitsError, sheet_beside
 from .layout import find_split, is_split_name, unwrapped
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ def _training_images(data: Path, out: Path) -> list[Path]:
         path for path in list_images(data) if not any(path.is_relative_to(other) for other in others)]
     try:
         sheet = sheet_beside(data)
+    except SplitsError:  # splits it cannot follow: its test rows cannot be left out
+        raise
     except LabelsError:  # a sheet of that name that labels nothing (sizes, sites): nothing to follow
         sheet = None
     if sheet is not None and sheet.splits:

@@ -53,6 +53,11 @@ class LabelsError(ValueError):
     """The labels file cannot say what each image is; the message names the file and why."""
 
 
+class SplitsError(LabelsError):
+    """The labels file splits its images in a way medclf cannot follow: training on its rows would risk its test
+    images."""
+
+
 @dataclass(frozen=True)
 class CsvLabels:
     """Each listed image's label (and group, where the file names patients), by file name."""
@@ -171,7 +176,7 @@ def _splits(file: Path, column: str, rows: list[dict[str, str]]) -> list[str]:
     test rows taken for training images would be scored as unseen."""
     found = [_split_of(row[column]) for row in rows]
     if unknown := sorted({row[column] for row, split in zip(rows, found) if split is None}):
-        raise LabelsError(f"{file}: column {column} names splits, but also {', '.join(map(repr, unknown[:3]))}, "
+        raise SplitsError(f"{file}: column {column} names splits, but also {', '.join(map(repr, unknown[:3]))}, "
                           "which medclf does not read as one: say train, val or test (blank: training's to split)")
     return found
 

@@ -61,13 +61,16 @@ def measure_speed(folder: ImageFolder, preprocess: Preprocess, model: keras.Mode
     return Speed(decode=decode, model=min(seconds) / len(images))
 
 
-def affordable_images(speed: Speed, seconds_left: float, bytes_each: int) -> int:
+def affordable_images(speed: Speed, seconds_left: float, bytes_each: int, available: int | None = None) -> int:
     """How many training images one decoding + model pass over affords in ``PASS_SHARE`` of ``seconds_left``
-    and ``MAX_DECODED_BYTES`` of memory; at least ``MIN_TRAIN_IMAGES``. Rounded down to a coarse step (``STEPS``,
-    about a quarter apart): the timing varies by a tenth between runs, and every other count drew another sample,
-    decoded and cached anew each run (a cache file of up to 4 GiB a run)."""
+    and ``MAX_DECODED_BYTES`` of memory (all ``available`` where they fit); at least ``MIN_TRAIN_IMAGES``.
+    Rounded down to a coarse step (``STEPS``, about a quarter apart): the timing varies by a tenth between runs,
+    and every other count drew another sample, decoded and cached anew each run (up to 4 GiB a run)."""
     by_time = PASS_SHARE * max(seconds_left, 0.0) / (speed.decode + speed.model)
-    return max(MIN_TRAIN_IMAGES, _step_below(min(by_time, MAX_DECODED_BYTES // bytes_each)))
+    afforded = min(by_time, MAX_DECODED_BYTES // bytes_each)
+    if available is not None and afforded >= available:  # all of them: nothing to round, nothing cut
+        return available
+    return max(MIN_TRAIN_IMAGES, _step_below(afforded))
 
 
 STEPS = (1.0, 1.25, 1.6, 2.0, 2.5, 3.2, 4.0, 5.0, 6.3, 8.0)  # Renard's R10 series: ten steps a decade
@@ -109,7 +112,8 @@ def fit_to_budget(splits: Splits, preprocess: Preprocess, model: keras.Model, bu
     val = proportional(splits.val, MAX_VAL_IMAGES, seed)
     tested = len(splits.test) if splits.test is not None else 0  # decoded after fitting, validation before
     budget.reserve(speed.model * len(val) + (speed.decode + speed.model) * tested + WRITING_SECONDS)
-    n = affordable_images(speed, budget.left(), bytes_each=preprocess.height * preprocess.width * preprocess.channels)
+    n = affordable_images(speed, budget.left(), preprocess.height * preprocess.width * preprocess.channels,
+                          available=len(splits.train))
     train = trimmed(splits.train, n, seed)
     if len(train) < len(splits.train):
         budget.cut(f"training on {len(train):,} of {len(splits.train):,} images, the largest classes trimmed: one pass "

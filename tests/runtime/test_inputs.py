@@ -62,6 +62,8 @@ def test_a_recursive_glob_gives_each_image_once_and_what_a_folder_leaves_out_sta
     masks: list = []
     assert list(expand_inputs(["./g/**"], masks)) == ["g/a/x.png", "g/b/x.png"]
     assert masks == [Path("g/a/x_mask.png")]  # said once
+    monkeypatch.chdir(tmp_path / "g")
+    assert list(expand_inputs(["./**"])) == ["a/x.png", "b/x.png"]  # the folder "." matched as well
 
 
 def test_a_sub_folder_that_cannot_be_listed_is_an_input_whose_error_says_so(tmp_path, blood_cell_images):

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from medclf.train.cli import app
 from medclf.train.fit import AUGMENTATIONS, make_augmenter
+from medclf.train.labels_csv import LabelsError
 
 
 def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path, caplog):
@@ -78,6 +79,10 @@ def test_validation_and_test_images_are_left_out_however_the_dataset_splits_them
     assert "bloodmnist.csv: its 2 validation and test rows are left out" in caplog.text
     (tmp_path / "save" / "bloodmnist.csv").write_text("file,width,height\ntrain0_0.jpg,28,28\n")  # no labels
     assert len(list(augment_folder(tmp_path / "save" / "bloodmnist", tmp_path / "o3", 1))) == 3
+    (tmp_path / "save" / "bloodmnist.csv").write_text(  # splits it cannot follow: refused, not all augmented
+        "split,file,label\nTRAIN,train0_0.jpg,0\nTEST,test0_0.jpg,0\nholdout2,val0_0.jpg,0\n")
+    with pytest.raises(LabelsError, match="names splits, but also 'holdout2'"):
+        list(augment_folder(tmp_path / "save" / "bloodmnist", tmp_path / "o4", 1))
 
 
 def test_files_of_one_stem_get_copies_of_their_own(cataract, tmp_path):

@@ -31,6 +31,7 @@ def test_timings_a_tenth_apart_afford_the_same_images_so_a_rerun_reuses_its_cach
     """The count followed the timing: every run drew another sample, decoded and cached it anew (up to 4 GiB)."""
     counts = {affordable_images(Speed(decode=0.002, model=0.008 * slower), 600, 100) for slower in (1.0, 1.05, 1.1)}
     assert counts == {8_000}  # 9,000, 8,571 and 8,182 afforded
+    assert affordable_images(Speed(decode=0.002, model=0.008), 600, 100, available=8_500) == 8_500  # all fit: all
 
 
 def test_trimming_cuts_the_largest_classes_first_and_keeps_rare_ones_whole():
