@@ -90,7 +90,9 @@ def with_calls(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
     on each side of it; 0 and 1 stay put), and the other class one minus that. ``probabilities`` is untouched."""
     labels, decision = card.labels, card.decision
     positive = labels.index(decision.positive_class)
-    threshold = min(max(decision.threshold, 1e-6), 1 - 1e-6)
+    threshold = np.float32(min(max(decision.threshold, 1e-6), 1 - 1e-6))
+    if threshold < decision.threshold:  # the float32 nearest below: p between would be called in the graph only
+        threshold = np.nextafter(threshold, np.float32(1))
 
     def const(name: str, value: float | list[int]) -> onnx.TensorProto:
         array = np.array(value, np.int64 if isinstance(value, list) else np.float32)
@@ -102,7 +104,8 @@ def with_calls(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
         make("Mul", ["medclf_calls_p", "medclf_calls_below_scale"], ["medclf_calls_below"]),
         make("Sub", ["medclf_calls_p", "medclf_calls_threshold"], ["medclf_calls_over"]),
         make("Mul", ["medclf_calls_over", "medclf_calls_above_scale"], ["medclf_calls_above_half"]),
-        make("Add", ["medclf_calls_above_half", "medclf_calls_half"], ["medclf_calls_above"]),
+        make("Add", ["medclf_calls_above_half", "medclf_calls_over_half"], ["medclf_calls_above_uncapped"]),
+        make("Min", ["medclf_calls_above_uncapped", "medclf_calls_one"], ["medclf_calls_above"]),
         make("GreaterOrEqual", ["medclf_calls_p", "medclf_calls_threshold"], ["medclf_calls_is_finding"]),
         make("Where", ["medclf_calls_is_finding", "medclf_calls_above", "medclf_calls_below"],
              ["medclf_calls_finding"]),
@@ -110,9 +113,11 @@ def with_calls(model: onnx.ModelProto, card: ModelCard) -> onnx.ModelProto:
         make("Concat", ["medclf_calls_other", "medclf_calls_finding"][::1 if positive == 1 else -1], [CALLS_NAME],
              axis=1),
     ]
-    constants = [const("positive", [positive]), const("threshold", threshold), const("half", 0.5),
-                 const("one", 1.0), const("below_scale", 0.5 / threshold),
-                 const("above_scale", 0.5 / (1 - threshold))]
+    # at the threshold itself the finding must still be the larger entry: just over one half, not a tie
+    over_half = float(np.nextafter(np.float32(0.5), np.float32(1)))
+    constants = [const("positive", [positive]), const("threshold", float(threshold)), const("over_half", over_half),
+                 const("one", 1.0), const("below_scale", 0.5 / float(threshold)),
+                 const("above_scale", 0.5 / (1 - float(threshold)))]
     served = onnx.ModelProto()
     served.CopyFrom(model)
     outputs = card.outputs | {CALLS_NAME: CALLS_DESCRIPTION.format(finding=decision.positive_class,

@@ -81,6 +81,34 @@ def test_a_binary_model_also_answers_with_its_threshold_call_for_the_classificat
         assert calls.min() >= 0 and calls.max() <= 1 and np.allclose(calls.sum(axis=1), 1)
 
 
+@pytest.mark.parametrize("positive", ["PNEUMONIA", "NORMAL"])
+def test_the_threshold_call_holds_at_the_threshold_itself_and_a_float32_step_either_side(positive):
+    """At p = threshold (and one float32 step over) the two entries tied at one half, so the extension had no
+    call to report; a threshold stored as the float32 below it called probabilities the runtime does not."""
+    from medclf.export.triton import with_calls
+    from medclf.runtime import ModelCard, Preprocess
+    from medclf.runtime.decision import Decision
+
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Identity", ["x"], ["probabilities"])], "p",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 2])],
+        [onnx.helper.make_tensor_value_info("probabilities", onnx.TensorProto.FLOAT, ["N", 2])])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    labels = ("NORMAL", "PNEUMONIA")
+    for threshold in (0.3, 0.1, 0.013, 0.62, 0.77):
+        card = ModelCard(labels, Preprocess(8, 8), decision=Decision(positive, threshold))
+        session = ort.InferenceSession(with_calls(model, card).SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        t = np.float32(threshold)
+        finding = np.array([np.nextafter(t, np.float32(0)), t, np.nextafter(t, np.float32(1))], np.float32)
+        k = labels.index(positive)
+        probabilities = np.zeros((3, 2), np.float32)
+        probabilities[:, k], probabilities[:, 1 - k] = finding, 1 - finding
+        calls = session.run(["calls"], {"x": probabilities})[0]
+        assert (calls.argmax(axis=1) == decide(probabilities, labels, card.decision)).all(), (threshold, calls)
+        assert (calls[:, 0] != calls[:, 1]).all()
+
+
 def test_a_batch_shaped_as_the_config_says_runs_on_the_repositorys_model(exported, blood_cell_images):
     _, report, _ = exported
     model_dir = Path(report["triton"][0])
