@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
-export KERAS_HOME=${KERAS_HOME:-$(realpath ../shared/keras)}
+if [ -d ../shared/keras ]; then export KERAS_HOME=${KERAS_HOME:-$(realpath ../shared/keras)}; fi  # else unset, not ""
 .venv/bin/medclf demo "$@"

@@ -9,14 +9,16 @@
 # Results under $OUT: gpu.txt, tests.log, bench.json, bench.log, cli.log, benchmark-{cuda,cpu}.json.
 # medclf must be importable from the repository root (pip install --no-deps -e .). On a bare GPU machine without
 # pip access, copying runtime/ export/ train/ into medclf/ does the same for these checks (how the H200 ran them).
-set -uo pipefail
+set -uo pipefail  # not -e: every check runs; the exit status says whether any failed (rc below)
+OUT=$(realpath -m "${OUT:-out}")  # the caller's relative paths, before the cd
+MEDCLF_SHARED=$(realpath -m "${MEDCLF_SHARED:-$(dirname "$0")/../../shared}")
 cd "$(dirname "$0")/.."
-OUT=${OUT:-out}
+rc=0
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 $PY -c "import medclf.runtime" || { echo "medclf.runtime is not importable: see the header of $0" >&2; exit 2; }
 export PYTHONUNBUFFERED=1
-IMAGES="${MEDCLF_SHARED:-../shared}/data/blood-cells/TEST"
+IMAGES="$MEDCLF_SHARED/data/blood-cells/TEST"
 
 {
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
@@ -40,15 +42,15 @@ EOF
     PACKAGED=runtime/models/blood_cells
     $PY scripts/gpu_agreement.py "$PACKAGED/model.onnx=$IMAGES" "$PACKAGED/model.int8.onnx=$IMAGES" \
         ${MEDCLF_FP16_MODEL:+"$MEDCLF_FP16_MODEL=$IMAGES"} ${MEDCLF_GPU_MODELS:-}
-} 2>&1 | tee "$OUT/gpu.txt"
+} 2>&1 | tee "$OUT/gpu.txt" || rc=1
 
 $PY -m pytest -p no:cacheprovider -v -rs tests/runtime/test_backends.py tests/runtime/test_tensorrt_engine.py \
-    tests/runtime/test_classifier.py 2>&1 | tee "$OUT/tests.log"
+    tests/runtime/test_classifier.py 2>&1 | tee "$OUT/tests.log" || rc=1
 
 $PY -m pytest -p no:cacheprovider -rs benchmarks/test_gpu.py benchmarks/test_latency.py benchmarks/test_throughput.py \
     -k "not keras and not folder and not inference_only" \
     --benchmark-only --benchmark-json="$OUT/bench.json" --benchmark-columns=min,median,mean,rounds 2>&1 \
-    | tee "$OUT/bench.log"
+    | tee "$OUT/bench.log" || rc=1
 
 TIMEFORMAT="wall %R s"
 {
@@ -66,4 +68,5 @@ TIMEFORMAT="wall %R s"
         $PY -m medclf.train.cli benchmark runtime/models/blood_cells/model.onnx --data "$IMAGES" \
             --backend "$backend" --json-out "$OUT/benchmark-$backend.json"
     done
-} 2>&1 | tee "$OUT/cli.log"
+} 2>&1 | tee "$OUT/cli.log" || rc=1
+exit $rc

@@ -7,8 +7,10 @@
 # together), and .gpu/run.sh joins and installs them there and runs the checks.
 # Usage: bash scripts/gpu_payload.sh [CHEST_MODEL.onnx ...]   (then one device call per part, run.sh with the last)
 set -euo pipefail
+models=()  # the caller's relative paths, resolved before the cd
+for model in "$@"; do models+=("$(realpath "$model")"); done
+SHARED=$(realpath "${MEDCLF_SHARED:-$(dirname "$0")/../../shared}")
 cd "$(dirname "$0")/.."
-SHARED=${MEDCLF_SHARED:-../shared}
 PY=${PYTHON:-python3}
 STAGE=$(mktemp -d)
 trap 'rm -rf "$STAGE"' EXIT
@@ -44,7 +46,7 @@ model = Fp16Converter(ImageCalibrationReader(calibration, card.preprocess)).conv
 onnx.helper.set_model_props(model, dataclasses.replace(card, precision="fp16").to_metadata())
 onnx.save(model, sys.argv[1])
 EOF
-for model in "$@"; do cp "$model" "$STAGE/.gpu/models/$(basename "$(dirname "$model")")_$(basename "$model")"; done
+for model in ${models[@]+"${models[@]}"}; do cp "$model" "$STAGE/.gpu/models/$(basename "$(dirname "$model")")_$(basename "$model")"; done
 # every FP16 file's float16-activation emulation, which export verifies FP16 with (gpu_agreement.py compares CUDA)
 $PY - "$STAGE/.gpu/emulated" "$STAGE"/.gpu/models/*.fp16.onnx <<'EOF'
 import sys
@@ -79,7 +81,9 @@ for m in /tmp/.gpu/models/*.onnx; do [ "\$m" = "\$MEDCLF_FP16_MODEL" ] || MEDCLF
 export MEDCLF_GPU_MODELS
 echo "setup \$(( \$(date +%s) - T0 )) s"
 bash scripts/gpu_checks.sh
+checks=\$?
 echo "total \$(( \$(date +%s) - T0 )) s"
+exit \$checks
 EOF
 echo "parts: $parts(at most $(( part / 1024 / 1024 )) MiB each, beside a $(( tree / 1024 / 1024 )) MiB tree)"
 echo "device calls: one per part with carry [\".gpu/pK\"] (within the machine's idle time of each other), the last"
