@@ -7,7 +7,6 @@ gives exactly the inference graph, with the uint8 → float32 cast as its first 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from datetime import datetime, timezone
@@ -21,6 +20,7 @@ import tf2onnx
 from onnx import numpy_helper
 
 import medclf
+from medclf.runtime.describe import file_sha256
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, INPUT_NAME, OUTPUT_NAME, ModelCard
 
 from .familiarity import Familiarity, unfamiliarity, with_features
@@ -73,7 +73,7 @@ def provenance(keras_path: str | os.PathLike[str], opset: int = OPSET) -> dict[s
     return {
         "keras_model": Path(keras_path).name,
         "run_dir": str(Path(keras_path).resolve().parent),  # so medclf evaluate knows what it trained on
-        "keras_sha256": hashlib.sha256(Path(keras_path).read_bytes()).hexdigest(),
+        "keras_sha256": file_sha256(keras_path),
         "medclf_version": medclf.__version__,
         "tensorflow_version": tf.__version__,
         "tf2onnx_version": tf2onnx.__version__,

@@ -133,10 +133,7 @@ def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: Batc
         if not entry["passed"]:
             continue
         final = Path(entry["file"])
-        for stale in _engine_files(final):
-            if stale.is_file():
-                stale.unlink()
-                removed.append(str(stale))
+        removed += _unlinked(_engine_files(final))
         os.replace(candidates[precision], final)
         if engine is not None:
             source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
@@ -155,10 +152,15 @@ def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[
     for name in sorted(set(FILE_NAMES.values()) - published):
         path = out / name
         if path.is_file() and _from_another_model(path, card):
-            for stale in (path, *_engine_files(path)):
-                if stale.is_file():
-                    stale.unlink()
-                    removed.append(str(stale))
+            removed += _unlinked([path, *_engine_files(path)])
+    return removed
+
+
+def _unlinked(paths: list[Path]) -> list[str]:
+    """The files among ``paths`` that were there, removed."""
+    removed = [str(path) for path in paths if path.is_file()]
+    for path in removed:
+        os.unlink(path)
     return removed
 
 

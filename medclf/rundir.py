@@ -6,7 +6,6 @@ TensorFlow here.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from medclf.runtime.decision import Decision
+from medclf.runtime.describe import file_sha256
 from medclf.runtime.preprocess import Preprocess
 
 MODEL = "model.keras"
@@ -51,7 +51,7 @@ class RunDir:
         model = Path(run) / MODEL if run else None
         if model is None or not digest or not model.is_file():
             return None
-        if hashlib.sha256(model.read_bytes()).hexdigest() != digest:
+        if file_sha256(model) != digest:
             return None
         try:
             return cls.of_model(model)

@@ -29,17 +29,15 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
     permissions (a results file kept private stays so), and a stream — what is no regular file (a pipe, a
     terminal) or is one of this process's own descriptors (``/dev/stdout`` redirected to a file) — is written
     in place, appended to, as there is nothing to rename over and what it already holds is not ours."""
-    resolved = os.path.realpath(path)
+    if _is_stream(path):
+        with open(path, mode.replace("w", "a"), **options) as handle:
+            yield handle
+        return
     try:
         kept = os.stat(path).st_mode
     except OSError:
         kept = None
-    streamed = any(str(name).startswith(STREAMS) for name in (os.path.abspath(path), resolved))
-    if kept is not None and not stat.S_ISDIR(kept) and (not stat.S_ISREG(kept) or streamed):
-        with open(path, mode.replace("w", "a"), **options) as handle:
-            yield handle
-        return
-    path = Path(resolved)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     # not mkstemp: its files are the owner's alone (0600), and a model or report must keep the usual permissions
     tmp = path.with_name(f".{path.name[:40]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
@@ -51,6 +49,17 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _is_stream(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is written in place: it exists, is no folder, and is no regular file (a pipe, a terminal)
+    or is one of this process's own streams by its name or where it leads (``/dev/stdout``)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    names = (os.path.abspath(path), os.path.realpath(path))
+    return not stat.S_ISDIR(mode) and (not stat.S_ISREG(mode) or any(name.startswith(STREAMS) for name in names))
 
 
 def fitted_name(stem: str, tail: str) -> str:
@@ -65,10 +74,9 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
     """Why nothing can be written at ``path`` (a file, or with ``folder`` a folder to write files in), or None.
     Asked before a long run, so that it does not end, its work done, in a traceback (a read-only or missing
     mount, a typo'd path under /proc, a file where a folder should be)."""
-    path = Path(path)
-    stream = not path.is_file() or str(path.absolute()).startswith(STREAMS)
-    if not folder and path.exists() and stream and not path.is_dir():  # /dev/stdout, a pipe
+    if not folder and _is_stream(path):  # /dev/stdout, a pipe
         return None if os.access(path, os.W_OK) else "cannot write there (Permission denied)"
+    path = Path(path)
     if folder and path.exists() and not path.is_dir():
         return "is a file; give a folder"
     if not folder and path.is_dir():

@@ -23,7 +23,7 @@ from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import STDIN, expand_inputs, listed_inputs
-from .modelcard import FAMILIARITY_QUANTILE, ModelCard, ModelCardError
+from .modelcard import FAMILIARITY_QUANTILE, ModelCardError, familiarity_site
 from .stream import use_processes
 from .tta import VIEWS
 
@@ -254,12 +254,6 @@ def unlike_warning(unlike: list[str], classified: int, site: str | None = None) 
         f"the images of {site}, where this copy was set (farther from them than {FAMILIARITY_QUANTILE:.1%} of those"
     return (f"warning: {which} unlike {images}; {UNLIKE_MARK} in the table, unlike_training in JSON): {calls} a "
             f"guess — check {kind} the kind of image the model is for")
-
-
-def familiarity_site(card: ModelCard) -> str | None:
-    """The site whose images a calibrated copy's unfamiliarity was set on, or None (the training site's)."""
-    site = card.metrics.get("site", {})
-    return site.get("familiarity_set_at") or (site.get("data") if site.get("familiarity", {}).get("weights") else None)
 
 
 def tally(calls: Counter, labels: tuple[str, ...]) -> str:

@@ -103,3 +103,9 @@ def _json_of(metadata: dict[str, str], key: str, kind: type) -> list | dict:
     if not isinstance(value, kind):
         raise ValueError(f"{key} is {type(value).__name__}, not a JSON {'array' if kind is list else 'object'}")
     return value
+
+
+def familiarity_site(card: ModelCard) -> str | None:
+    """The site whose images a calibrated copy's unfamiliarity was set on, or None (the training site's)."""
+    site = card.metrics.get("site", {})
+    return site.get("familiarity_set_at") or (site.get("data") if site.get("familiarity", {}).get("weights") else None)

@@ -30,6 +30,7 @@ import numpy as np
 
 from .atomic import atomic_write, write_json
 from .cache import default_cache_dir
+from .describe import file_sha256
 from .gpu_libraries import TensorRTUnavailable, cudart, tensorrt
 from .modelcard import INPUT_NAME, OUTPUT_NAME
 
@@ -84,7 +85,7 @@ def gpu_identity(device: int = 0) -> tuple[str, str]:
 
 def engine_key(onnx_path: str | os.PathLike[str], precision: str, profile: BatchProfile) -> EngineKey:
     name, capability = gpu_identity()
-    return EngineKey(onnx_sha256=hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+    return EngineKey(onnx_sha256=file_sha256(onnx_path),
                      tensorrt_version=tensorrt().__version__, gpu_name=name, compute_capability=capability,
                      precision=precision, profile=profile)
 

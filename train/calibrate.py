@@ -47,8 +47,7 @@ from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
-from medclf.runtime.cli import familiarity_site
-from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME, ModelCard
+from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, familiarity_site
 
 from .data import ImageFolder, Labeller, predict_folder
 from .groups import split_groups

@@ -56,22 +56,22 @@ def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool |
     return with_augment_copies(_found_groups(folder, pattern, copies, naming), folder)
 
 
-def _source_keys(folder: ImageFolder) -> tuple[list[tuple], int]:
+def _source_keys(folder: ImageFolder) -> tuple[list[tuple], list[bool]]:
     """Per file, the source it shows: itself, or for a copy ``medclf augment`` wrote the file in its folder (and
     class) it was made from — ``x.jpg`` for ``x.aug3.jpg``; ``x.webp`` for ``x.webp.aug3.png`` (a format augment
     does not write is copied as PNG after the whole name), and so for a DICOM named by its UID, whose last part
-    looks like an extension. Also how many files are such copies."""
+    looks like an extension. Also which files are such copies."""
     own = [(label, str(Path(path).parent), Path(path)) for path, label in zip(folder.paths, folder.labels)]
     sources = {}  # a source is itself by its whole name, and answers to its stem too (x.aug3.jpg's x)
     for label, parent, path in own:
         if AUGMENTED_COPY.search(path.stem) is None:
             sources[(label, parent, path.name)] = (label, parent, path.name)
             sources.setdefault((label, parent, path.stem), (label, parent, path.name))
-    keys, copies = [], 0
+    keys, copies = [], []
     for label, parent, path in own:
         base = AUGMENTED_COPY.sub("", path.stem)
-        copies += base != path.stem
-        keys.append(sources.get((label, parent, base), (label, parent, base)) if base != path.stem
+        copies.append(base != path.stem)
+        keys.append(sources.get((label, parent, base), (label, parent, base)) if copies[-1]
                     else (label, parent, path.name))
     return keys, copies
 
@@ -100,7 +100,7 @@ def with_augment_copies(groups: np.ndarray | None, folder: ImageFolder) -> np.nd
     is the same image scored as unseen (all 32 validation photos of an augmented cataract set had copies in
     training). Its brightness and turns hide it from the colour-histogram search, its name does not."""
     where, copies = _source_keys(folder)
-    copied = {key for key, path in zip(where, folder.paths) if AUGMENTED_COPY.search(Path(path).stem)}
+    copied = {key for key, copy in zip(where, copies) if copy}
     if not copied:
         return groups
     named = [f"file:{path}" for path in folder.paths] if groups is None else [str(group) for group in groups]
@@ -116,7 +116,7 @@ def with_augment_copies(groups: np.ndarray | None, folder: ImageFolder) -> np.nd
             parent[root(group)] = root(first.setdefault(key, group))
     named = [root(group) for group in named]
     log.warning("%d of %d images are copies medclf augment wrote (name.augN): each kept with its source and the "
-                "source's other copies, on one side of a split and one vote in a score", copies, len(named))
+                "source's other copies, on one side of a split and one vote in a score", sum(copies), len(named))
     return np.asarray(named)
 
 

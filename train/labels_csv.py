@@ -149,10 +149,10 @@ def read_labels_csv(spec: str) -> CsvLabels:
     if several:
         raise LabelsError(f"{file}: {len(several)} rows name several findings (e.g. {several[0]}); medclf learns one "
                           "label per image: keep the rows with one finding, or one finding per row")
-    group, split = _column(headers, GROUP_COLUMNS), _split_column(rows, headers)
-    return CsvLabels(file, _keyed(file, values, found),
-                     _keyed(file, values, [row[group] for row in rows], False) if group is not None else None,
-                     _keyed(file, values, _splits(file, split, rows), False) if split is not None else None)
+    group, split, keys = _column(headers, GROUP_COLUMNS), _split_column(rows, headers), _row_keys(values)
+    return CsvLabels(file, _keyed(file, keys, found),
+                     _keyed(file, keys, [row[group] for row in rows], False) if group is not None else None,
+                     _keyed(file, keys, _splits(file, split, rows), False) if split is not None else None)
 
 
 def _split_of(value: str | None) -> str | None:
@@ -305,26 +305,29 @@ def _one_hot(rows: list[dict[str, str]], columns: list[str]) -> list[str] | None
     return [names[0] for names in hot] if all(len(names) == 1 for names in hot) else None
 
 
-def _keyed(file: Path, images: Iterable[str], values: Iterable[str], strict: bool = True) -> dict[str, str]:
-    """``{key: value}`` from each row's image (a name, an id, or a path), casefolded: its file name (and stem),
-    and where it is a path, each of its endings with one folder or more (``patient01/study1/view1.png``,
-    ``study1/view1.png``...) — every ending that names one listed image alone, decided over all the rows, so
-    labels, splits and patients are keyed alike. MURA's and CheXpert's every patient has a ``view1.png``: that
-    name alone keys nothing, its patient's folders do, whether DATA is the folder the paths start from or the
-    one below it. An image listed twice with two labels is refused (``strict``)."""
+def _row_keys(images: Iterable[str]) -> list[tuple[PurePosixPath, list[str]]]:
+    """Each row's image (a name, an id, or a path) and the keys it answers to, casefolded: its file name (and
+    stem), and where it is a path, each of its endings with one folder or more (``patient01/study1/view1.png``,
+    ``study1/view1.png``...) — every ending that names one listed image alone, decided once over all the rows,
+    so labels, splits and patients are keyed alike. MURA's and CheXpert's every patient has a ``view1.png``:
+    that name alone keys nothing, its patient's folders do, whether DATA is the folder the paths start from or
+    the one below it."""
     listed = [_listed(image) for image in images]
     owners: dict[str, set[PurePosixPath]] = {}  # each key, and the listed images it could name
     for path in listed:
         for key in _endings(path):
             owners.setdefault(key, set()).add(path)
+    return [(path, [key for key in _endings(path) if len(owners[key]) == 1]) for path in listed]
+
+
+def _keyed(file: Path, keys: list[tuple[PurePosixPath, list[str]]], values: Iterable[str],
+           strict: bool = True) -> dict[str, str]:
+    """``{key: value}`` for each row with a value, by its keys (:func:`_row_keys`); an image listed twice with
+    two labels is refused (``strict``)."""
     keyed: dict[str, str] = {}
-    for path, value in zip(listed, values):
+    for (path, row_keys), value in zip(keys, values):
         value = (value or "").strip()
-        if not value:
-            continue
-        for key in _endings(path):
-            if len(owners[key]) > 1:  # names several listed images: none of them
-                continue
+        for key in row_keys if value else ():
             if strict and keyed.get(key, value) != value:
                 raise LabelsError(f"{file}: {path} is listed as both {keyed[key]} and {value}")
             keyed[key] = value

@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from medclf.export.depth_weights import depth_weights
-from medclf.runtime.cli import familiarity_site
-from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES, FAMILIARITY_QUANTILE, ModelCard, unlike
+from medclf.runtime.modelcard import (FAMILIARITY_MIN_IMAGES, FAMILIARITY_QUANTILE, ModelCard, familiarity_site,
+                                     unlike)
 
 SITE_PREFIX = "medclf_site"  # names the nodes a site's weights add
 
