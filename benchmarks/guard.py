@@ -5,7 +5,10 @@ bound, the one-shot run vs its floor) from the fastest round of each benchmark i
 is what the code can do; slower rounds measure whatever else the machine was doing), prints them next to the
 issue's targets and the committed baseline, and exits 1 when one is more than TOLERANCE worse than baseline.
 
-    python benchmarks/guard.py RESULTS.json [--update]    # --update rewrites benchmarks/baseline.json
+    python benchmarks/guard.py RESULTS.json [--update] [--require-all]
+
+``--update`` rewrites benchmarks/baseline.json; ``--require-all`` fails when a ratio was not measured (CI with
+../shared beside it: a benchmark that skipped or broke must not pass as "no regression").
 
 The committed baseline is the worst ratio seen over several runs on the development machine and on the CI machine,
 so noise alone does not fail. Ratios differ between machines of the same size: batch-1 latency on two vCPUs depends
@@ -87,11 +90,11 @@ def main(argv: list[str]) -> int:
     if "--update" in argv:  # the other kind of CPU's entries stay
         baseline |= {baseline_key(label, results): round(value, 3) for label, value in measured.items()}
         BASELINE.write_text(json.dumps(baseline, indent=2) + "\n")
-    failed = []
+    failed, unmeasured = [], [label for label in RATIOS if label not in measured]
     print(f"{'ratio':48} {'now':>7} {'baseline':>9} {'target':>7}")
     for label, (_, _, target, higher) in RATIOS.items():
         if label not in measured:
-            print(f"{label:48} {'skipped':>7}")
+            print(f"{label:48} {'not measured':>7}")
             continue
         now, base = measured[label], baseline.get(baseline_key(label, results))
         worse = base is not None and (now < base * (1 - TOLERANCE) if higher else now > base * (1 + TOLERANCE))
@@ -103,6 +106,9 @@ def main(argv: list[str]) -> int:
             failed.append(label)
     if failed:
         print(f"speed ratios regressed by more than {TOLERANCE:.0%} against {BASELINE.name}: {', '.join(failed)}")
+    if unmeasured and "--require-all" in argv:
+        print(f"not measured (a benchmark skipped or failed): {', '.join(unmeasured)}")
+        return 1
     return 1 if failed else 0
 
 

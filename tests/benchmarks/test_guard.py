@@ -49,8 +49,14 @@ def test_a_kind_of_cpu_without_a_baseline_is_shown_and_not_failed(guard, tmp_pat
     assert "—" in capsys.readouterr().out
 
 
-def test_ratios_are_taken_from_the_fastest_rounds_and_missing_benchmarks_are_skipped(guard, tmp_path, capsys):
+def test_ratios_are_taken_from_the_fastest_rounds_and_missing_ones_are_shown(guard, tmp_path, capsys):
     path = results(tmp_path, 0.1, 0.05, [])
     assert guard.ratios(json.loads(path.read_text())) == {"batch 32: INT8 / FP32 throughput (CPU)": 2.0}
-    guard.main([str(path)])
-    assert "skipped" in capsys.readouterr().out
+    assert guard.main([str(path)]) == 0  # without ../shared the benchmarks skip, and nothing can regress
+    assert "not measured" in capsys.readouterr().out
+
+
+def test_with_require_all_a_ratio_not_measured_fails(guard, tmp_path, capsys):
+    """CI with the data beside it: a benchmark that skipped or broke must not read as "no regression"."""
+    assert guard.main([str(results(tmp_path, 0.1, 0.05, [])), "--require-all"]) == 1
+    assert "not measured (a benchmark skipped or failed): one image" in capsys.readouterr().out
