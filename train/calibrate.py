@@ -292,6 +292,16 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
         handle.write(proto.SerializeToString())
 
 
+def is_calibrated_copy(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` holds a copy an earlier calibration wrote (its card names a site): the files beside it with
+    its stem are then that calibration's too, and a picture this one does not redraw may go."""
+    try:
+        card = ModelCard.from_proto(onnx.load(str(path), load_external_data=False), str(path))
+    except Exception:  # absent, not ONNX, or a card that does not read: nothing of ours
+        return False
+    return "site" in card.metrics
+
+
 def with_scaling(model: onnx.ModelProto, temperature: float, bias: np.ndarray) -> onnx.ModelProto:
     """A copy of ``model`` whose ``probabilities`` are its own rescaled: softmax(log p / temperature + bias), what
     dividing its logits by the temperature and adding the bias would give, appended after the output so it

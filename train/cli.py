@@ -222,11 +222,12 @@ def calibrate(
     from medclf.runtime.atomic import write_json
 
     import_tensorflow()
-    from .calibrate import calibrate_site, write_calibrated
+    from .calibrate import calibrate_site, is_calibrated_copy, write_calibrated
 
     shares = parse_shares(prevalence)
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
+    replacing = is_calibrated_copy(out)  # a picture beside anything else is the user's, never removed
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity,
                                                 label_source(data, name_labels, labels, leaf_folders, top_folders),
                                                 group_pattern, group_copies, picture=picture,
@@ -246,7 +247,7 @@ def calibrate(
                + " ".join(f"{name} {value:+.2f}" for name, value in site.bias.items())] if site.bias else []
     new = ", ".join((scaling or ["no temperature or bias (the site's images cannot tell them)"])
                     + ([f"threshold {site.decision.threshold:.3g}"] if site.decision is not None else []))
-    if site.estimate is None and picture.exists():  # an earlier calibration's, which this one did not redraw
+    if site.estimate is None and replacing and picture.exists():  # the replaced calibration's, not redrawn
         picture.unlink()
         errors.print(f"removed {escape(str(picture))}: the picture of the calibration this one replaced",
                      highlight=False)

@@ -195,6 +195,17 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert refused.exit_code == 1 and "binary models" in refused.output and "Traceback" not in refused.output
 
 
+def test_a_picture_of_the_users_beside_a_new_out_file_is_never_removed(chest_xray, tmp_path, model):
+    """Only the picture of a calibration this one replaces may go: --out report.onnx beside the user's own
+    report.png (no calibrated copy there before) leaves it alone."""
+    own = tmp_path / "report.png"
+    own.write_bytes(b"the user's own picture")
+    few = CliRunner().invoke(app, ["calibrate", model, str(site_folder(chest_xray, tmp_path / "few", 40)),
+                                   "--out", str(tmp_path / "report.onnx")])
+    assert few.exit_code == 0 and "too few images to estimate" in few.output, few.output
+    assert own.read_bytes() == b"the user's own picture" and "removed" not in few.output
+
+
 def test_a_stated_prevalence_gives_a_collected_sample_the_bias_a_consecutive_series_would_have_given():
     """A site whose cases are 10% positive labels 50/50 of them: stated, the 10% replaces the sample's 50%."""
     from medclf.train.calibrate import _fit_at_prevalence
