@@ -181,10 +181,16 @@ def _overlaid(base, options: dict):
     fields = {k: given[k] for k in RECIPE_OPTIONS if given[k] is not None and k != "grey"}
     if fields.get("arch", base.arch) != base.arch:  # a preset's layer to fine-tune from is its architecture's
         fields.setdefault("freeze_until", None)
+    recipe = dataclasses.replace(base, fit=fit, **fields)
+    cut = recipe.architecture().frozen_until if given["wise"] is not None else "a layer"
+    if cut in (None, "pool"):  # else the option would be taken and ignored
+        how = "trains from scratch" if cut is None else "keeps its whole backbone frozen"
+        raise ValueError(f"--wise mixes fine-tuned and linear-probe weights, which only a backbone fine-tuned in two "
+                         f"stages has: {recipe.arch} {how}")
     if fields.get("color", base.color) == "grey" and fit.augmentation == "microscopy":  # said now, not mid-run
         raise ValueError("--augmentation microscopy jitters stain colours, which grey images do not have: use "
                          "default or radiograph with --grey")
-    return dataclasses.replace(base, fit=fit, **fields)
+    return recipe
 
 
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",

@@ -64,3 +64,12 @@ def test_grey_images_with_stain_colour_jitter_are_refused_before_the_data_is_rea
     """It failed in RandomSaturation after decoding (and, for transfer models, the whole frozen-feature pass)."""
     with pytest.raises(ValueError, match="microscopy jitters stain colours"):
         recipe_of(None, {"grey": True, "augmentation": "microscopy"})
+
+
+@pytest.mark.parametrize("arch, how", [("small_cnn", "trains from scratch"),
+                                       ("two_backbones", "keeps its whole backbone frozen")])
+def test_a_wise_mix_is_refused_for_a_model_without_a_fine_tuned_backbone(arch, how):
+    """There is no linear probe to mix with: --wise 0.5 was taken and silently ignored."""
+    with pytest.raises(ValueError, match=f"--wise mixes fine-tuned and linear-probe weights.*{arch} {how}"):
+        recipe_of(None, {"arch": arch, "wise": 0.5})
+    assert recipe_of(None, {"arch": "mobilenet_v2", "wise": 0.5}).fit.wise == 0.5
