@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +43,13 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
     made = list(splitter.split(np.zeros(len(folder)), folder.labels, groups))
     _check_folds(data, folder, made)
-    per_fold, held_out = [], []
+    per_fold, held_out, started = [], [], time.monotonic()
     for k, (rest, held) in enumerate(made):
         inner_groups = groups[rest] if groups is not None else None
         train, val = stratified_split(folder.subset(rest), recipe.val_split, recipe.fit.seed, inner_groups)
         splits = Splits(train, val, folder.subset(held), f"{recipe.val_split:.0%} of the other folds")
         held_groups = dict(zip(splits.test.paths, map(str, groups[held]))) if groups is not None else None
-        result = train_splits(splits, Path(out) / f"fold{k}", recipe, cache_dir,
+        result = train_splits(splits, Path(out) / f"fold{k}", _fold_share(recipe, started, folds - k), cache_dir,
                               source=f"{data} fold {k + 1}/{folds}", naming=naming, test_groups=held_groups)
         per_fold.append(result.metrics["test"] | {"seconds": result.seconds})
         held_out.append(result.test)
@@ -57,6 +59,15 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     write_json(Path(out) / "crossval.json", summary)
     _remove_extra_folds(Path(out), folds)
     return summary
+
+
+def _fold_share(recipe: Recipe, started: float, folds_left: int) -> Recipe:
+    """``recipe`` with an equal share of what is left of its time budget for each fold still to train: the
+    budget is the whole command's (five folds on the default 28 minutes each would take over two hours)."""
+    if recipe.fit.time_budget is None:
+        return recipe
+    left = recipe.fit.time_budget - (time.monotonic() - started) / 60
+    return replace(recipe, fit=replace(recipe.fit, time_budget=max(left, 0.0) / folds_left))
 
 
 def _check_folds(data, folder, made: list[tuple[np.ndarray, np.ndarray]]) -> None:

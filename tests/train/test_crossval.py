@@ -61,3 +61,19 @@ def test_a_class_whose_images_are_one_patients_is_refused_before_any_fold_trains
     with pytest.raises(ValueError, match=r"fold \d of 3 would train on fewer than 2 images of rare"):
         cross_validate(tmp_path / "data", tmp_path / "cv", recipe, folds=3)
     assert not (tmp_path / "cv").exists()
+
+
+def test_the_time_budget_is_the_whole_commands_shared_by_the_folds_still_to_train():
+    """Each of five folds took the default 28 minutes: over two hours for one command whose budget says 28."""
+    import dataclasses
+    import time
+
+    from medclf.train.crossval import _fold_share
+
+    recipe = Recipe()
+    recipe = dataclasses.replace(recipe, fit=dataclasses.replace(recipe.fit, time_budget=10.0))
+    four_minutes_ago = time.monotonic() - 240
+    assert _fold_share(recipe, four_minutes_ago, 3).fit.time_budget == pytest.approx(2.0, abs=0.01)
+    assert _fold_share(recipe, time.monotonic() - 900, 1).fit.time_budget == 0.0  # overrun: one batch a stage
+    unlimited = dataclasses.replace(recipe, fit=dataclasses.replace(recipe.fit, time_budget=None))
+    assert _fold_share(unlimited, four_minutes_ago, 3).fit.time_budget is None
