@@ -16,6 +16,7 @@ most probable class, and asked of ``calls`` the threshold's call, as ``medclf-ru
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import re
@@ -146,9 +147,23 @@ def _quote(text: str) -> str:
 
 
 def _swap_in(staged: Path, final: Path) -> None:
-    """Replace ``final`` by ``staged`` so a reader sees the old model or the new one, never half of each."""
+    """Replace ``final`` by ``staged`` so a reader sees the old model or the new one, never half of each — nor,
+    where Linux can exchange two paths in one step, neither (Triton polling the repository would unload it)."""
+    if final.exists() and _exchanged(staged, final):
+        shutil.rmtree(staged, ignore_errors=True)  # now the old model
+        return
     old = final.with_name(f".{final.name}.old.{os.getpid()}")
     if final.exists():
         os.replace(final, old)
     os.replace(staged, final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _exchanged(first: Path, second: Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; False where it is not available."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):  # not Linux, or a C library before glibc 2.28
+        return False
+    at_cwd, exchange = -100, 2  # AT_FDCWD, RENAME_EXCHANGE
+    return renameat2(at_cwd, os.fsencode(first), at_cwd, os.fsencode(second), exchange) == 0

@@ -131,3 +131,23 @@ def test_writing_again_replaces_the_model_whole(exported, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
     with pytest.raises(ValueError, match="Triton model name"):
         write_model(tmp_path, "bad name", onnx_file, onnx_file)
+
+
+def test_a_model_replaced_is_never_absent_from_the_repository(exported, tmp_path, monkeypatch):
+    """A Triton server polling the repository between two renames found no model and unloaded it: on Linux the
+    old and the new folder are exchanged in one step."""
+    import os
+
+    from medclf.export.triton import write_model
+
+    onnx_file = exported[1]["precisions"]["fp32"]["file"]
+    write_model(tmp_path, "m", onnx_file, onnx_file, max_batch_size=8)
+    renamed = os.replace
+
+    def present_throughout(source, destination):
+        assert (tmp_path / "m").exists(), "the model folder was absent while it was replaced"
+        renamed(source, destination)
+
+    monkeypatch.setattr(os, "replace", present_throughout)
+    assert config_of(write_model(tmp_path, "m", onnx_file, onnx_file, max_batch_size=16)).max_batch_size == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
