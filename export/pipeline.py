@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import atomic_write, write_json
+from medclf.runtime.atomic import atomic_write, replace_durably, write_json
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard, unlike
@@ -134,7 +134,7 @@ def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: Batc
             continue
         final = Path(entry["file"])
         removed += _unlinked(_engine_files(final))
-        os.replace(candidates[precision], final)
+        replace_durably(candidates[precision], final)
         if engine is not None:
             source = Path(entry["file"]) if precision != "int8" else candidates["int8 for tensorrt"]
             entry["tensorrt"] = _engine(source, Path(entry["file"]).with_suffix(".plan"), precision, engine,

@@ -20,7 +20,7 @@ STREAMS = ("/proc/", "/dev/std", "/dev/fd/")  # a process's own streams (/dev/st
 
 
 @contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "w", durable: bool = True, **options) -> Iterator[IO]:
     """Open a temporary file beside ``path`` (``options`` go to :func:`open`); on success it replaces ``path``, on
     error it is removed. The temporary name is unique and short (``.<start of the name>.<random>.tmp``): a
     name near the file system's 255 bytes must fit too, and two writers never share one.
@@ -28,7 +28,11 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
     A link is written through (the file it names is replaced; the link stays), a file replaced keeps its
     permissions (a results file kept private stays so), and a stream — what is no regular file (a pipe, a
     terminal) or is one of this process's own descriptors (``/dev/stdout`` redirected to a file) — is written
-    in place, appended to, as there is nothing to rename over and what it already holds is not ours."""
+    in place, appended to, as there is nothing to rename over and what it already holds is not ours.
+
+    ``durable`` (the default) has the file's bytes and then its new name reach the disk before this returns, so a
+    power cut cannot leave a model, report or results file empty under its final name (~3 ms); images made in
+    bulk (heatmaps, augmented copies), which a rerun makes again, pass ``durable=False``."""
     if _is_stream(path):
         with open(path, mode.replace("w", "a"), **options) as handle:
             yield handle
@@ -44,11 +48,43 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", **options) -> It
     try:
         with open(tmp, mode, **options) as handle:
             yield handle
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         if kept is not None:
             os.chmod(tmp, stat.S_IMODE(kept))
         os.replace(tmp, path)
+        if durable:
+            _sync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def replace_durably(written: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """``os.replace(written, path)`` for a file another library wrote (Keras, onnx), its bytes and then its new
+    name on the disk first, as :func:`atomic_write` does."""
+    descriptor = os.open(written, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(written, path)
+    _sync_folder(Path(path).resolve().parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Have a rename in ``folder`` reach the disk (POSIX; where a folder cannot be opened so, as on Windows, the
+    file system orders it itself)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # a file system that cannot sync a folder
+        pass
+    finally:
+        os.close(descriptor)
 
 
 def _is_stream(path: str | os.PathLike[str]) -> bool:
@@ -100,10 +136,11 @@ def write_json(path: str | os.PathLike[str], value: object) -> None:
     write_text(path, json.dumps(value, indent=2) + "\n")
 
 
-def write_image(path: str | os.PathLike[str], bgr: np.ndarray) -> None:
-    """Encode an OpenCV (BGR) image in the format its suffix names, and write it atomically."""
+def write_image(path: str | os.PathLike[str], bgr: np.ndarray, durable: bool = False) -> None:
+    """Encode an OpenCV (BGR) image in the format its suffix names, and write it atomically (not ``durable``
+    unless asked: see :func:`atomic_write`)."""
     ok, encoded = cv2.imencode(Path(path).suffix, bgr)
     if not ok:
         raise OSError(f"{path}: cannot encode an image as {Path(path).suffix}")
-    with atomic_write(path, "wb") as handle:
+    with atomic_write(path, "wb", durable=durable) as handle:
         handle.write(encoded.tobytes())

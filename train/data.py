@@ -256,7 +256,7 @@ def _write_cache(cache: Path | None, images: np.ndarray, indices: np.ndarray, er
     if cache is None:
         return
     try:
-        with atomic_write(cache, "wb") as handle:
+        with atomic_write(cache, "wb", durable=False) as handle:  # a cache: a power cut costs a decode
             np.savez(handle, images=images, indices=indices, errors=np.array(errors, dtype=str))
     except OSError as exc:
         log.warning("could not cache the decoded images in %s (%s); the next run decodes them again",

@@ -27,6 +27,7 @@ from keras import layers
 from sklearn.utils.class_weight import compute_class_weight
 
 from medclf.rundir import CHECKPOINT
+from medclf.runtime.atomic import replace_durably
 from medclf.runtime.classifier import images_per_batch
 
 from .architectures import Architecture
@@ -276,7 +277,7 @@ def save_model(model: keras.Model, path: Path) -> None:
     temporary = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     try:
         model.save(temporary)
-        os.replace(temporary, path)
+        replace_durably(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
 
