@@ -6,6 +6,7 @@ The work lives in three subpackages, whose folders sit at the top of the reposit
 """
 
 import os
+import sys
 
 __version__ = "0.1.0"
 
@@ -13,8 +14,21 @@ __version__ = "0.1.0"
 # WebP can declare 16000x16000). medclf checks PNG and JPEG headers itself; OpenCV checks every other format
 # against OPENCV_IO_MAX_IMAGE_PIXELS, which it reads once, when it loads — hence here, before any medclf
 # module imports cv2. A value the user set wins, for medclf's own checks and messages too.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "100000000")
-try:
-    MAX_PIXELS = int(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
-except ValueError:  # OpenCV would not read it either: its own default then, ours here
-    MAX_PIXELS = 100_000_000
+DEFAULT_MAX_PIXELS = 100_000_000
+_UNITS = {"": 1, "KB": 1 << 10, "Kb": 1 << 10, "kb": 1 << 10, "MB": 1 << 20, "Mb": 1 << 20, "mb": 1 << 20}
+
+
+def pixel_limit(text: str) -> int | None:
+    """``text`` read as OpenCV reads a size setting (digits, then nothing or KB/Kb/kb/MB/Mb/mb, in 1024s), or
+    None where OpenCV would not read it — which it answers by aborting the process as cv2 loads."""
+    digits = text.rstrip("KMBkmb")
+    unit = text[len(digits):]
+    return int(digits) * _UNITS[unit] if digits.isascii() and digits.isdigit() and unit in _UNITS else None
+
+
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
+MAX_PIXELS = pixel_limit(os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"])
+if MAX_PIXELS is None:
+    sys.stderr.write(f"medclf: OPENCV_IO_MAX_IMAGE_PIXELS={os.environ['OPENCV_IO_MAX_IMAGE_PIXELS']!r} is no pixel "
+                     f"count OpenCV reads (N, NKB or NMB); using {DEFAULT_MAX_PIXELS}\n")
+    os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"], MAX_PIXELS = str(DEFAULT_MAX_PIXELS), DEFAULT_MAX_PIXELS

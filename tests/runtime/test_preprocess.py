@@ -171,17 +171,30 @@ def test_decompression_bomb_is_refused_before_decoding():
         decode_image(bytes(huge), "bomb.png")
 
 
-def test_a_pixel_limit_the_user_set_is_the_one_medclf_checks_and_names(tmp_path):
+@pytest.mark.parametrize("setting, limit", [("1000", "1,000"), ("2KB", "2,048")])
+def test_a_pixel_limit_the_user_set_is_the_one_medclf_checks_and_names(tmp_path, setting, limit):
     """OPENCV_IO_MAX_IMAGE_PIXELS set lower (a Jetson's memory) was OpenCV's alone: medclf's own PNG and JPEG
-    checks, and every message, still said 100,000,000."""
+    checks, and every message, still said 100,000,000 (also for 2KB, which OpenCV reads as 2,048)."""
+    done = run_on_scan(tmp_path, setting)
+    assert done.returncode == 1 and f"image is 64x64 pixels, over the {limit}-pixel limit" in done.stderr
+
+
+def test_a_pixel_limit_opencv_cannot_read_is_replaced_by_the_default_not_an_abort(tmp_path):
+    """OpenCV aborts the process as it loads on a setting it cannot read ("1K", " 1000"): even --help died."""
+    done = run_on_scan(tmp_path, "1K")
+    assert done.returncode == 0, done.stderr
+    assert "OPENCV_IO_MAX_IMAGE_PIXELS='1K' is no pixel count OpenCV reads (N, NKB or NMB); using 100000000" \
+        in done.stderr
+
+
+def run_on_scan(tmp_path, setting: str):
     import subprocess
     import sys
 
     image = tmp_path / "scan.png"
     cv2.imwrite(str(image), np.zeros((64, 64), np.uint8))
-    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", str(image)], capture_output=True, text=True,
-                          env=os.environ | {"OPENCV_IO_MAX_IMAGE_PIXELS": "1000"}, timeout=120)
-    assert done.returncode == 1 and "image is 64x64 pixels, over the 1,000-pixel limit" in done.stderr
+    return subprocess.run([sys.executable, "-m", "medclf.runtime.cli", str(image)], capture_output=True, text=True,
+                          env=os.environ | {"OPENCV_IO_MAX_IMAGE_PIXELS": setting}, timeout=120)
 
 
 @pytest.mark.parametrize("height, width", [(1, 1), (1, 40_000), (300, 7)])
