@@ -41,8 +41,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", durable: bool = 
         kept = os.stat(path).st_mode
     except OSError:
         kept = None
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a link's target's folders are not ours to make
     path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
     # not mkstemp: its files are the owner's alone (0600), and a model or report must keep the usual permissions
     tmp = path.with_name(f".{path.name[:40]}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
@@ -113,6 +113,9 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
     if not folder and _is_stream(path):  # /dev/stdout, a pipe
         return None if os.access(path, os.W_OK) else "cannot write there (Permission denied)"
     path = Path(path)
+    target = Path(os.path.realpath(path))
+    if not folder and path.is_symlink() and not target.parent.is_dir():
+        return f"is a link to {target}, whose folder does not exist"
     if folder and path.exists() and not path.is_dir():
         return "is a file; give a folder"
     if not folder and path.is_dir():

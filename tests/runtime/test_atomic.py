@@ -114,3 +114,13 @@ def test_a_report_reaches_the_disk_before_and_after_its_rename_and_bulk_images_a
     replace_durably(tmp_path / "written.onnx", tmp_path / "model.onnx")
     assert synced == [str(tmp_path / "written.onnx"), str(tmp_path)]
     assert (tmp_path / "model.onnx").read_bytes() == b"model"
+
+
+def test_a_link_into_a_missing_folder_is_refused_before_a_run_and_its_folders_are_never_made(tmp_path):
+    """A results link into an unmounted share made the share's folders on the local disk."""
+    link = tmp_path / "results.csv"
+    link.symlink_to(tmp_path / "share" / "medclf" / "results.csv")
+    assert unwritable(link) == f"is a link to {tmp_path}/share/medclf/results.csv, whose folder does not exist"
+    with pytest.raises(FileNotFoundError):
+        write_text(link, "path,label\n")
+    assert not (tmp_path / "share").exists()
