@@ -231,8 +231,10 @@ def load_arrays(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     if len(indices) == 0:
         first = f" (the first, {errors[0]})" if errors else ""
         raise DatasetError(f"none of the {len(folder)} images could be read{first}")
-    if len(indices) < len(folder):
-        images = images[indices]
+    if len(indices) < len(folder):  # the readable ones moved up in place: a copy would double the peak
+        for row, index in enumerate(indices):
+            images[row] = images[index]
+        images = images[:len(indices)]
     _write_cache(cache, images, indices, errors)
     kept = folder.subset(indices)
     return images, kept.labels, kept
