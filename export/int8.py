@@ -153,18 +153,47 @@ def to_int8(fp32_path: str | os.PathLike[str], reader: ImageCalibrationReader, s
 
 
 def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
-    """Every node up to the ``float_convs``-th convolution and its activation (the float prefix, whole: see the
-    module docstring), the classifier head, and everything after the last convolution's activation (pooling,
-    head, softmax), and those that compute ``unfamiliarity`` alone."""
+    """Every node up to the ``float_convs``-th convolution of its branch and that convolution's activation (the
+    float prefix, whole: see the module docstring), the classifier head, everything after each branch's last
+    convolution (pooling, head, softmax), and the nodes that compute ``unfamiliarity`` alone. Counted along
+    the graph, not in node order: where two backbones sit side by side (``two_backbones``, an ensemble), the
+    file lists one's nodes before the other's, and the second one's input convolution was quantized."""
     nodes = list(model.graph.node)
-    convs = [i for i, node in enumerate(nodes) if node.op_type == "Conv"] or [len(nodes) - 1]
-    prefix = _with_activation(nodes, convs[min(max(1, float_convs), len(convs)) - 1])
-    last = _with_activation(nodes, convs[-1])
+    depth = _conv_depths(nodes)
+    float_convs = min(max(1, float_convs), max(depth, default=0))
+    fused = {i for i, node in enumerate(nodes) if _is_fused(nodes, i)}
+    prefix = [i for i, d in enumerate(depth) if d < float_convs or (d == float_convs and (
+        nodes[i].op_type == "Conv" or i in fused))]
+    tail = [i for i, reaches in enumerate(_reach_a_conv(nodes)) if not reaches and nodes[i].op_type != "Conv"
+            and i not in fused]
     head = [node.name for node in nodes if node.op_type in HEAD_OPS]
-    return list(dict.fromkeys([node.name for node in nodes[:prefix + 1]] + head
-                              + [node.name for node in nodes[last + 1:]] + familiarity_nodes(model)))
+    return list(dict.fromkeys([nodes[i].name for i in sorted(prefix + tail)] + head + familiarity_nodes(model)))
 
 
-def _with_activation(nodes: list[onnx.NodeProto], conv: int) -> int:
-    """The index of the convolution at ``conv``, or of the Clip/Relu right after it, which is fused into it."""
-    return conv + 1 if conv + 1 < len(nodes) and nodes[conv + 1].op_type in ("Clip", "Relu") else conv
+def _conv_depths(nodes: list[onnx.NodeProto]) -> list[int]:
+    """How many convolutions lie on the longest path from the input to each node, itself included."""
+    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
+    depth: list[int] = []
+    for node in nodes:  # ONNX lists nodes in topological order
+        before = max((depth[producer[name]] for name in node.input if name in producer), default=0)
+        depth.append(before + (node.op_type == "Conv"))
+    return depth
+
+
+def _reach_a_conv(nodes: list[onnx.NodeProto]) -> list[bool]:
+    """For each node, whether a convolution lies downstream of it."""
+    consumers: dict[str, list[int]] = {}
+    for i, node in enumerate(nodes):
+        for name in node.input:
+            consumers.setdefault(name, []).append(i)
+    reaches = [False] * len(nodes)
+    for i in reversed(range(len(nodes))):
+        reaches[i] = any(nodes[j].op_type == "Conv" or reaches[j]
+                         for name in nodes[i].output for j in consumers.get(name, ()))
+    return reaches
+
+
+def _is_fused(nodes: list[onnx.NodeProto], i: int) -> bool:
+    """Whether node ``i`` is the Clip/Relu right after a convolution, which is fused into it."""
+    return i > 0 and nodes[i].op_type in ("Clip", "Relu") and nodes[i - 1].op_type == "Conv" \
+        and nodes[i - 1].output[0] in nodes[i].input
