@@ -46,7 +46,7 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 from .bias_correction import _group, rewrite_convs
 from .input_moments import POSITIONS_PER_IMAGE, conv_patch_moments
 from .int8 import ImageCalibrationReader
-from .output_nodes import familiarity_nodes
+from .output_nodes import familiarity_nodes, leading_convs
 
 KEEP_FLOAT32 = [*DEFAULT_OP_BLOCK_LIST, "Cast"]
 # How much of its mean diagonal is added to each convolution's patch moments before their inverse is taken. On
@@ -57,10 +57,10 @@ DAMPING = 0.1
 def to_fp16(model: onnx.ModelProto, float_convs: int = 0,
             moments: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Weights and activations in float16 between the uint8 input and the float32 probabilities, except the
-    first ``float_convs`` convolutions and the ``unfamiliarity`` output's nodes, kept float32. ``moments``
+    first ``float_convs`` convolutions of each backbone and the ``unfamiliarity`` output's nodes, kept float32. ``moments``
     (:func:`~.input_moments.conv_patch_moments` of ``model``): the float16 convolutions' weights rounded to keep
     their outputs close (:func:`compensated_rounding`); without, each to its nearest."""
-    convs = [node.name for node in model.graph.node if node.op_type == "Conv"][:float_convs]
+    convs = leading_convs(model, float_convs)
     if moments is not None:
         model = compensated_rounding(model, moments, set(convs))
     kept = convs + familiarity_nodes(model)

@@ -51,7 +51,7 @@ from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
 from .bias_correction import conv_input_means, correct_biases
 from .integer_pooling import pool_levels_in_integers
-from .output_nodes import familiarity_nodes
+from .output_nodes import conv_depths, familiarity_nodes
 
 HEAD_OPS = ("MatMul", "Gemm")
 
@@ -159,7 +159,7 @@ def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
     the graph, not in node order: where two backbones sit side by side (``two_backbones``, an ensemble), the
     file lists one's nodes before the other's, and the second one's input convolution was quantized."""
     nodes = list(model.graph.node)
-    depth = _conv_depths(nodes)
+    depth = conv_depths(nodes)
     float_convs = min(max(1, float_convs), max(depth, default=0))
     fused = {i for i, node in enumerate(nodes) if _is_fused(nodes, i)}
     prefix = [i for i, d in enumerate(depth) if d < float_convs or (d == float_convs and (
@@ -168,16 +168,6 @@ def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
             and i not in fused]
     head = [node.name for node in nodes if node.op_type in HEAD_OPS]
     return list(dict.fromkeys([nodes[i].name for i in sorted(prefix + tail)] + head + familiarity_nodes(model)))
-
-
-def _conv_depths(nodes: list[onnx.NodeProto]) -> list[int]:
-    """How many convolutions lie on the longest path from the input to each node, itself included."""
-    producer = {name: i for i, node in enumerate(nodes) for name in node.output}
-    depth: list[int] = []
-    for node in nodes:  # ONNX lists nodes in topological order
-        before = max((depth[producer[name]] for name in node.input if name in producer), default=0)
-        depth.append(before + (node.op_type == "Conv"))
-    return depth
 
 
 def _reach_a_conv(nodes: list[onnx.NodeProto]) -> list[bool]:
