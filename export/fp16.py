@@ -57,9 +57,9 @@ DAMPING = 0.1
 def to_fp16(model: onnx.ModelProto, float_convs: int = 0,
             moments: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
     """Weights and activations in float16 between the uint8 input and the float32 probabilities, except the
-    first ``float_convs`` convolutions of each backbone and the ``unfamiliarity`` output's nodes, kept float32. ``moments``
-    (:func:`~.input_moments.conv_patch_moments` of ``model``): the float16 convolutions' weights rounded to keep
-    their outputs close (:func:`compensated_rounding`); without, each to its nearest."""
+    first ``float_convs`` convolutions of each backbone and the ``unfamiliarity`` output's nodes, kept float32.
+    ``moments`` (:func:`~.input_moments.conv_patch_moments` of ``model``): the float16 convolutions' weights
+    rounded to keep their outputs close (:func:`compensated_rounding`); without, each to its nearest."""
     convs = leading_convs(model, float_convs)
     if moments is not None:
         model = compensated_rounding(model, moments, set(convs))
