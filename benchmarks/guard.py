@@ -29,6 +29,7 @@ rewrites the baselines from that run).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -72,8 +73,10 @@ def ratios(results: dict) -> dict[str, float]:
                     for key, seconds in bench.get("extra_info", {}).items() if key.endswith(" fastest")}
 
     def time_of(names) -> float | None:
+        """The slowest of ``names``' fastest times, or None where one is missing or no time (NaN, 0)."""
         names = (names,) if isinstance(names, str) else names
-        return max(fastest[n] for n in names) if all(n in fastest for n in names) else None
+        times = [fastest.get(n) for n in names]
+        return max(times) if all(isinstance(t, (int, float)) and math.isfinite(t) and t > 0 for t in times) else None
 
     found = {}
     for label, (top, bottom, _, _) in RATIOS.items():

@@ -29,6 +29,8 @@ def benchmark_onnx(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     file's calls), in the result shape of :func:`medclf.export.benchmark.benchmark_model`; written to
     ``json_path`` too."""
     model_path = Path(model_path)
+    if unknown := [name for name in precisions if name not in FILE_NAMES]:
+        raise ValueError(f"unknown precision {', '.join(unknown)}; choose from {', '.join(FILE_NAMES)}")
     if data is None:
         raise FileNotFoundError(f"{model_path}: an ONNX file carries no validation split; pass --data with "
                                 f"labelled images (one folder per class)")

@@ -21,7 +21,8 @@ def export_table(report: dict) -> Table:
         rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])
         for label, item in rows:
             table.add_row(label, _number(item, "size_bytes", "{:.1f}", 1e-6),
-                          f"{item['agreement']:.1%}", f"{item['max_abs_diff']:.1g}", *_accuracy(item),
+                          _number(item, "agreement", "{:.1%}"), _number(item, "max_abs_diff", "{:.1g}"),
+                          *_accuracy(item),
                           _number(item, "latency_ms_batch1", "{:.2f}"),
                           _number(item, "images_per_s_batch32", "{:.0f}"),
                           "[green]ok[/green]" if item["passed"] else "[red]refused[/red]")  # not published
@@ -122,7 +123,7 @@ def _table(title: str, columns: tuple[str, ...]) -> Table:
 def benchmark_table(result: dict) -> Table:
     """``medclf benchmark``'s rows: format, size, accuracy, agreement with Keras (or, for an exported file and
     its siblings, with the file's calls: its ``agreement_with``), ms per image, images/s."""
-    title = f"{result['model']}: {result['images']} real images"
+    title = f"{result['model']}: {result['verified_on']}"
     if "agreement_with" in result:
         title += f"; agree = same call as {result['agreement_with']}"
     table = _table(title, BENCHMARK_COLUMNS)

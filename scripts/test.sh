@@ -11,5 +11,5 @@ if [ $# -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
 mkdir -p .benchmarks
 .venv/bin/python -m pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json -q
 # With the data beside it every ratio must be measured: a benchmark that skipped must not pass as "no regression".
-require=(); [ -d ../shared/data ] && require=(--require-all)
+require=(); [ -d "${MEDCLF_SHARED:-../shared}/data/blood-cells/TEST" ] && require=(--require-all)  # as benchmarks/conftest.py finds it
 .venv/bin/python benchmarks/guard.py .benchmarks/latest.json ${require[@]+"${require[@]}"}

@@ -358,7 +358,7 @@ def benchmark(
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split (required for an .onnx file).")] = None,
     precision: Annotated[str, typer.Option(help="Comma-separated ONNX precisions to compare with Keras (for an export's model.onnx: the files of these beside it).")] = "fp32,fp16,int8",
     images: Annotated[int, typer.Option(min=1, help="At most this many images, evenly spread.")] = 256,
-    json_out: Annotated[Path, typer.Option("--json-out", dir_okay=False, help="Where the JSON goes.")] = Path("benchmark.json"),
+    json_out: Annotated[Path, typer.Option("--json-out", callback=writable_file, help="Where the JSON goes.")] = Path("benchmark.json"),
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="INT8: training images to calibrate on; default: the run's training split.")] = None,
     backend: Annotated[str, typer.Option(help="An .onnx file's timing backend: cpu, cuda, ort-tensorrt, tensorrt or auto.")] = "cpu",
 ) -> None:

@@ -60,3 +60,12 @@ def test_with_require_all_a_ratio_not_measured_fails(guard, tmp_path, capsys):
     """CI with the data beside it: a benchmark that skipped or broke must not read as "no regression"."""
     assert guard.main([str(results(tmp_path, 0.1, 0.05, [])), "--require-all"]) == 1
     assert "not measured (a benchmark skipped or failed): one image" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("broken", [float("nan"), 0.0])
+def test_a_time_that_is_no_time_is_not_measured_rather_than_a_ratio_that_never_regresses(guard, tmp_path, capsys,
+                                                                                        broken):
+    """NaN compares False with everything: a NaN ratio read "no regression" even under --require-all."""
+    path = results(tmp_path, 0.1, broken, [])
+    assert guard.ratios(json.loads(path.read_text())) == {}
+    assert guard.main([str(path), "--require-all"]) == 1

@@ -50,6 +50,7 @@ def test_an_exported_file_is_benchmarked_alone_without_tensorflow(blood_cells, t
     assert row["accuracy"] > 0.7 and row["ms_per_image"] > 0 and row["images_per_s"] > 0
     assert "ONNX fp32" in done.stdout and "ONNX int8" in done.stdout
     assert int8["format"] == "ONNX int8" and int8["file"] == "model.int8.onnx" and int8["agreement"] > 0.9
+    assert f"64 images from {blood_cells / 'TEST'}" in done.stdout  # which images the accuracy is on
     assert row["agreement"] is None and result["agreement_with"] == "model.onnx"
 
     medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--images", "8",
@@ -66,4 +67,17 @@ def test_an_exported_file_needs_labelled_images_and_a_backend_that_starts(blood_
         output = no_gpu.stdout + no_gpu.stderr
         assert no_gpu.stdout.strip().endswith("exit 1 False") and "cuda: this onnxruntime has no" in output
         assert "Traceback" not in output
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_a_json_path_that_cannot_be_written_or_an_unknown_precision_is_refused_before_any_work(blood_cells,
+                                                                                               tmp_path):
+    """The whole run (minutes on a real model) ended in a FileExistsError traceback; int9 gave fp32 alone."""
+    (tmp_path / "taken").write_text("a file, not a folder")
+    bad_path = medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"),
+                      "--json-out", str(tmp_path / "taken" / "b.json"))
+    assert "exit 2 False" in bad_path.stdout and "Traceback" not in bad_path.stdout + bad_path.stderr
+    typo = medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--precision", "int9",
+                  "--json-out", str(tmp_path / "b.json"))
+    assert typo.stdout.strip().endswith("exit 1 False") and "unknown precision int9" in typo.stdout + typo.stderr
     assert not (tmp_path / "b.json").exists()

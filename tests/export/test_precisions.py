@@ -290,6 +290,21 @@ def test_the_table_says_which_files_were_published_and_which_verification_refuse
     assert rows == {name: "ok" if entry["passed"] else "refused" for name, entry in report["precisions"].items()}
 
 
+def test_an_engine_tensorrt_could_not_build_is_a_refused_row_not_a_crash(exported):
+    """Its entry has no agreement (nothing ran): the table raised KeyError before saying why it was not written."""
+    import copy
+
+    from rich.console import Console
+
+    report = copy.deepcopy(exported[1])
+    report["precisions"]["fp32"]["tensorrt"] = {"file": "model.plan", "onnx": "model.onnx", "profile": [1, 8, 32],
+                                                "passed": False, "failures": ["TensorRT could not build it"]}
+    console = Console(record=True, width=200)
+    console.print(export_table(report))
+    row = next(line for line in console.export_text().splitlines() if line.startswith("fp32 TensorRT"))
+    assert row.split()[-1] == "refused" and "—" in row
+
+
 def test_the_calibration_reader_decodes_once_and_replays_after_rewind(blood_cell_images, tmp_path):
     card = Classifier().card
     copy = tmp_path / "cell.jpeg"
