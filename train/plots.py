@@ -6,8 +6,9 @@ Drawn with matplotlib (no display needed) and scikit-learn's own displays, writt
 from __future__ import annotations
 
 import csv
+import functools
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -25,6 +26,21 @@ from medclf.runtime.atomic import atomic_write  # noqa: E402
 LEGEND_INSIDE_MAX = 6  # ROC curves whose legend still fits inside the axes without hiding them
 
 
+def _plain_text(draw: Callable) -> Callable:
+    """Class names drawn as written: not read as math (a folder named ``$x^$`` stopped a run after fitting)."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        with plt.rc_context({"text.parse_math": False}):
+            return draw(*args, **kwargs)
+    return drawn
+
+
+def _legend_name(name: str) -> str:
+    """``name`` as a legend shows it: matplotlib leaves out labels that begin with "_" (a class ``_other``)."""
+    return "\u200b" + name if name.startswith("_") else name
+
+
+@_plain_text
 def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Loss and accuracy per epoch, training vs validation, from the run's ``history.csv``; a dashed line marks
     where a new training stage begins (e.g. fine-tuning after the head), whose jump is not a glitch."""
@@ -37,8 +53,10 @@ def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str
               if row.get("stage") and (i == 0 or row["stage"] != rows[i - 1].get("stage"))]
     figure, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        ax.plot(epochs, [float(row[metric]) for row in rows], label="training")
-        ax.plot(epochs, [float(row[f"val_{metric}"]) for row in rows], label="validation")
+        marker = "o" if len(rows) <= 30 else None  # a one-epoch stage is a point, which a line alone does not draw
+        ax.plot(epochs, [float(row[metric]) for row in rows], label="training", marker=marker, markersize=3)
+        ax.plot(epochs, [float(row[f"val_{metric}"]) for row in rows], label="validation", marker=marker,
+                markersize=3)
         for epoch, stage in starts[1:]:
             ax.axvline(epoch - 0.5, color="grey", linestyle="--", linewidth=1)
             ax.annotate(stage, (epoch - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -12),
@@ -50,13 +68,17 @@ def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str
     _save(figure, path)
 
 
+@_plain_text
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str],
                    title: str = "") -> None:
     """Counts of true (rows) vs called (columns) classes."""
     size = 3 + 0.6 * len(classes)
     figure, ax = plt.subplots(figsize=(size + 1, size))
+    rotated = len(classes) > 3
     ConfusionMatrixDisplay(np.asarray(matrix), display_labels=list(classes)).plot(
-        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if len(classes) > 3 else "horizontal")
+        ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45 if rotated else "horizontal")
+    if rotated:  # each name ends under its column instead of straddling two
+        plt.setp(ax.get_xticklabels(), ha="right", rotation_mode="anchor")
     ax.set_title(title)
     figure.tight_layout()
     _save(figure, path)
@@ -68,6 +90,7 @@ def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[st
     _save(roc_figure(labels, probabilities, classes, title, positive), path)
 
 
+@_plain_text
 def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], title: str = "",
                positive: int | None = None) -> Figure:
     """:func:`plot_roc`'s picture. Past ``LEGEND_INSIDE_MAX`` curves the legend goes beside the axes, not over
@@ -75,12 +98,18 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[
     figure, ax = plt.subplots(figsize=(5.5, 5))
     shown = [positive] if positive is not None else range(len(classes))
     palette = plt.get_cmap("tab10" if len(shown) <= 10 else "tab20")
+    undefined = []
     for number, index in enumerate(shown):
         if np.any(labels == index) and not np.all(labels == index):
             style = {"color": palette(number % palette.N), "linestyle": "-" if number < palette.N else "--"}
-            RocCurveDisplay.from_predictions(labels == index, probabilities[:, index], name=classes[index], ax=ax,
-                                             curve_kwargs=style)
+            RocCurveDisplay.from_predictions(labels == index, probabilities[:, index],
+                                             name=_legend_name(classes[index]), ax=ax, curve_kwargs=style)
+        else:
+            undefined.append(f"{classes[index]} ({'every image is one' if np.any(labels == index) else 'no images'})")
     ax.plot([0, 1], [0, 1], linestyle=":", color="grey")
+    if undefined:  # else a missing curve, or an empty picture, reads as a model no better than chance
+        ax.text(0.98, 0.02, "no curve for " + ", ".join(undefined),
+                transform=ax.transAxes, ha="right", va="bottom", fontsize=8, color="grey", wrap=True)
     ax.set(xlabel="1 - specificity (false positive rate)", ylabel="sensitivity (true positive rate)", title=title)
     figure.tight_layout()  # before the legend goes beside the axes, which it would otherwise shrink to fit
     if len(shown) > LEGEND_INSIDE_MAX:
@@ -99,6 +128,7 @@ def plot_reliability(labels: np.ndarray, probabilities: np.ndarray | dict[str, n
     _save(reliability_figure(labels, probabilities, classes, title, positive, weights), path)
 
 
+@_plain_text
 def reliability_figure(labels: np.ndarray, probabilities: np.ndarray | dict[str, np.ndarray], classes: Sequence[str],
                        title: str = "", positive: int | None = None, weights: np.ndarray | None = None) -> Figure:
     """:func:`plot_reliability`'s picture."""
@@ -113,7 +143,7 @@ def reliability_figure(labels: np.ndarray, probabilities: np.ndarray | dict[str,
     for curve, p in curves.items():
         truth, said = (labels == positive, p[:, positive]) if positive is not None else \
             (p.argmax(axis=1) == labels, p.max(axis=1))
-        CalibrationDisplay(*reliability_curve(truth, said, weights), said).plot(ax=ax, name=curve)
+        CalibrationDisplay(*reliability_curve(truth, said, weights), said).plot(ax=ax, name=_legend_name(curve))
     ax.set(xlabel=axis[0], ylabel=axis[1], title=title)
     figure.tight_layout()
     return figure

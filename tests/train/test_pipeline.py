@@ -219,3 +219,17 @@ def test_a_run_into_the_folder_of_an_earlier_one_sets_it_aside_whole_before_writ
         train(cataract, tmp_path / "run", recipe, test=tmp_path / "test")
     assert (tmp_path / "run" / "previous" / "metrics.json").read_text() == earlier
     assert (tmp_path / "run" / "unfinished" / "history.csv").is_file()
+
+
+def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_numbers_stand(tmp_path, monkeypatch, caplog):
+    """scikit-learn before 1.7 had no curve_kwargs: the ROC's TypeError stopped a run before its model was saved."""
+    from medclf.train import pipeline
+
+    def broken(*args, **kwargs):
+        raise AttributeError("Line2D.set() got an unexpected keyword argument 'curve_kwargs'")
+
+    monkeypatch.setattr(pipeline, "plot_roc", broken)
+    labels, probabilities = np.array([0, 1, 1, 0]), np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
+    metrics = pipeline.report(tmp_path, labels, probabilities, ("NORMAL", "PNEUMONIA"), None, "test")
+    assert metrics["accuracy"] == 1.0 and (tmp_path / "confusion_matrix.png").is_file()
+    assert f"could not draw {tmp_path / 'roc.png'} (AttributeError: Line2D.set()" in caplog.text

@@ -85,3 +85,35 @@ def test_a_multi_class_reliability_curve_judges_the_most_probable_class(tmp_path
     assert cv2.imread(str(tmp_path / "calibration.png")) is not None
     figure = reliability_figure(labels, probabilities, CLASSES[:4])
     assert figure.axes[0].get_ylabel() == "fraction where it is right"
+
+
+def test_class_names_are_drawn_as_written_not_as_math_and_none_leaves_the_legend(tmp_path):
+    """A folder named "$x^$" stopped a run after fitting (matplotlib parsed it as math); a class "_other" had a
+    curve and no legend entry (matplotlib leaves out labels that begin with "_")."""
+    labels, probabilities = scores(classes=3)
+    names = ["$x^$", "_other", "50% $ off"]
+    figure = roc_figure(labels, probabilities, names)
+    plot_confusion(np.eye(3, dtype=int) * 5, names, tmp_path / "confusion.png")
+    plot_roc(labels, probabilities, names, tmp_path / "roc.png")
+    shown = [text.get_text().lstrip("\u200b") for text in figure.axes[0].get_legend().get_texts()]
+    assert [name.split(" (AUC")[0] for name in shown] == names
+
+
+def test_a_class_without_a_curve_is_named_on_the_picture_not_left_out_in_silence():
+    """Test films of one class only drew the chance diagonal alone, which reads as a model no better than it."""
+    labels, probabilities = scores(classes=2)
+    figure = roc_figure(np.zeros_like(labels), probabilities, ["NORMAL", "PNEUMONIA"], positive=1)
+    assert "no curve for PNEUMONIA (no images)" in [text.get_text() for text in figure.axes[0].texts]
+
+
+def test_a_one_epoch_run_still_draws_its_points(tmp_path, monkeypatch):
+    """A line through one point draws nothing: the picture of a one-epoch stage held axes and legends alone."""
+    from medclf.train import plots
+
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure))
+    history = tmp_path / "history.csv"
+    history.write_text("epoch,accuracy,loss,val_accuracy,val_loss,stage\n0,0.5,0.9,0.6,0.8,head\n")
+    plots.plot_curves(history, tmp_path / "curves.png")
+    lines = [line for ax in drawn[0].axes for line in ax.get_lines()]
+    assert len(lines) == 4 and all(line.get_marker() == "o" for line in lines)
