@@ -7,6 +7,7 @@ TensorFlow is imported inside the commands that need it, so ``medclf --help`` an
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Annotated, Optional
@@ -124,6 +125,23 @@ def crossval(
     console.print(f"wrote {out}/crossval.json")
 
 
+def _evaluation_folder(default: Path, data: Path) -> Path:
+    """``default``, or where it holds the record of other data (``siteA/test`` after ``siteB/test``: both are
+    "test"), the first of ``default-2``, ``-3``... that is free or holds this data's: a site's acceptance record
+    is not replaced by another's without a word."""
+    from medclf import rundir
+
+    scored = str(data.resolve())
+    for folder in (default, *(default.with_name(f"{default.name}-{k}") for k in range(2, 1000))):
+        try:
+            record = json.loads((folder / rundir.METRICS).read_text())["evaluated"]["data"]
+        except (OSError, ValueError, KeyError, TypeError):  # no record there (yet): ours to write
+            return folder
+        if record == scored:
+            return folder
+    return default
+
+
 def _home_of(model: Path) -> Path:
     """Where a command writes what it makes of MODEL: beside it, except for the models packaged with medclf
     (inside the installed package, perhaps read-only, and not the user's to add to): the current folder."""
@@ -162,7 +180,7 @@ def evaluate(
     stem = model.name.rsplit(".", 1)[0]
     which = "" if stem == "model" else stem.removeprefix("model.")  # model.int8.onnx: int8; mine.onnx: mine
     scored = dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
-    out = out or _home_of(model) / rundir.EVALUATION.format(data=scored)
+    out = out or _evaluation_folder(_home_of(model) / rundir.EVALUATION.format(data=scored), data)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=label_source(data, name_labels, labels, leaf_folders,
                                                                      top_folders),

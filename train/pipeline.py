@@ -301,6 +301,9 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     come in those proportions rather than the data's. ``tta`` (``flip``, ``dihedral``) scores the probabilities
     averaged over those views of each image (:mod:`medclf.runtime.tta`), as ``medclf-run --tta`` serves them.
     With ``out``, writes ``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and ``calibration.png`` there."""
+    if out is not None and (held := [name for name in (rundir.MODEL, rundir.LABELS) if (Path(out) / name).exists()]):
+        raise ValueError(f"{out}: a run directory (it holds {held[0]}), whose metrics.json is the run's own record "
+                         "and would be replaced; give --out a folder of its own")
     scorer = _Scorer.load(model_path, tta)
     classes, preprocess, decision = scorer.labels, scorer.preprocess, scorer.decision
     if target_sensitivity is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -269,3 +270,30 @@ def test_warnings_stay_plain_lines_after_a_library_configures_the_root_logger():
             "logging.getLogger('medclf.train.copies').info('not said')")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stderr.splitlines() == ["WARNING:root:library", "2468 of 2487 images are copies"]
+
+
+def test_evaluations_of_two_sites_test_folders_stand_side_by_side_and_a_run_directory_is_refused(
+        blood_cell_images, tmp_path, monkeypatch):
+    """siteA/test then siteB/test both went to evaluation-test, the second over the first without a word; --out
+    RUN_DIR replaced the run's own metrics.json (its training record, its threshold's provenance)."""
+    from medclf.runtime import DEFAULT_MODEL
+
+    sites = {}
+    for site in ("siteA", "siteB"):
+        sites[site] = tmp_path / site / "test"
+        for image in blood_cell_images:
+            (sites[site] / image.parent.name).mkdir(parents=True, exist_ok=True)
+            shutil.copy(image, sites[site] / image.parent.name)
+    monkeypatch.chdir(tmp_path)
+    for site in ("siteA", "siteB", "siteA"):  # again: into its own folder
+        done = runner.invoke(app, ["evaluate", str(DEFAULT_MODEL), str(sites[site])])
+        assert done.exit_code == 0, done.output
+    scored = {folder.name: json.loads((folder / "metrics.json").read_text())["evaluated"]["data"]
+              for folder in tmp_path.glob("evaluation-*")}
+    assert scored == {"evaluation-test": str(sites["siteA"]), "evaluation-test-2": str(sites["siteB"])}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"a run's model")
+    refused = runner.invoke(app, ["evaluate", str(DEFAULT_MODEL), str(sites["siteA"]), "--out", str(run)])
+    assert refused.exit_code == 1 and "a run directory (it holds model.keras)" in refused.output
+    assert not (run / "metrics.json").exists()
