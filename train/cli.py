@@ -300,7 +300,8 @@ def explain(
             failed += 1
             error(f"{item.path}: {item.error}")
         else:
-            console.print(f"{item.path}: {item.label} {item.probability:.3f} → {item.heatmap}", highlight=False)
+            console.print(f"{item.path}: {item.label} {item.probability:.3f} → {item.heatmap}", highlight=False,
+                          markup=False)  # a path is text, not markup ("eye [left].jpeg")
     if failed:
         raise typer.Exit(1)
 

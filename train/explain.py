@@ -1,7 +1,7 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image the model looked for a class.
 
-The class score's gradient with respect to a convolutional feature map, averaged per channel, weights that
-map's channels; the positive part of the sum is the heatmap. It is drawn over the image exactly as the model
+The class score's gradient (its logit, before the softmax) with respect to a convolutional feature map, averaged
+per channel, weights that map's channels; the positive part of the sum is the heatmap. It is drawn over the image exactly as the model
 saw it (after the run's own crop and resize), so a reader judges the model, not a different picture.
 """
 
@@ -50,25 +50,28 @@ def _most_probable(probabilities: np.ndarray) -> np.ndarray:
 class GradCam:
     """Heatmaps for one model, with the gradient graph built once.
 
-    An ensemble (``medclf ensemble``) averages its members' probabilities, so its class score's gradient reaches
-    each member's last feature map: each member's map is weighted by its own gradients, brought to the largest
-    member map's size and summed — Grad-CAM over all the members' feature maps at once. A model whose head reads
-    several branches' pooled maps (:func:`explained_layers`) is explained at all of them the same way."""
+    An ensemble (``medclf ensemble``) averages its members' probabilities; each member's last feature map is
+    weighted by the gradients of its own class score, brought to the largest member map's size and summed —
+    Grad-CAM over all the members' feature maps at once. A model whose head reads several branches' pooled maps
+    (:func:`explained_layers`) is explained at all of them the same way."""
 
     def __init__(self, model: keras.Model, layer: str | None = None) -> None:
         nested = members(model)
         if nested and layer is not None:
             raise ValueError(f"model {model.name} averages {len(nested)} models: it is explained at each one's "
                              "last feature map, not at a named layer")
+        if layer is not None and len(shape := model.get_layer(layer).output.shape) != 4:
+            raise ValueError(f"layer {layer} has no spatial feature map to explain (its output is "
+                             f"{list(shape)}); give a convolutional layer, or none for the last one")
         self.layer = layer or (None if nested else ", ".join(explained_layers(model)))
         # per model whose probabilities are averaged: its resize of the image (or None),
-        # image → [*maps, probabilities]
+        # image → [*maps, probabilities, what its head reads], and its softmax head (see _with_maps)
         if nested:
             shape = model.input_shape[1:]
-            self._parts = [(resizing(member, shape), _with_maps(member, explained_layers(member)))
+            self._parts = [(resizing(member, shape), *_with_maps(member, explained_layers(member)))
                            for member in nested]
         else:
-            self._parts = [(None, _with_maps(model, [layer] if layer else explained_layers(model)))]
+            self._parts = [(None, *_with_maps(model, [layer] if layer else explained_layers(model)))]
 
     def __call__(self, images: np.ndarray, classes: Sequence[int] | None = None,
                  choose: Callable[[np.ndarray], np.ndarray] = _most_probable) -> tuple[np.ndarray, np.ndarray]:
@@ -77,18 +80,31 @@ class GradCam:
         of the same forward pass (default: the most probable)."""
         x = tf.cast(images, tf.float32)
         with tf.GradientTape() as tape:
-            outputs = [part(x if resize is None else resize(x), training=False) for resize, part in self._parts]
-            features = [maps for output in outputs for maps in output[:-1]]
-            probabilities = tf.add_n([output[-1] for output in outputs]) / len(outputs)
+            outputs = [part(x if resize is None else resize(x), training=False) for resize, part, _ in self._parts]
+            features = [maps for output in outputs for maps in output[:-2]]
+            probabilities = tf.add_n([output[-2] for output in outputs]) / len(outputs)
             chosen = classes if classes is not None else choose(probabilities.numpy())
-            score = tf.gather(probabilities, chosen, axis=1, batch_dims=1)
+            score = tf.add_n([tf.gather(_class_scores(head, output[-1], output[-2]), chosen, axis=1, batch_dims=1)
+                              for (_, _, head), output in zip(self._parts, outputs)])
         cams = [tf.reduce_sum(tf.reduce_mean(gradients, axis=(1, 2), keepdims=True) * maps, axis=-1).numpy()
                 for gradients, maps in zip(tape.gradient(score, features), features)]
         return heatmaps(_summed(cams), *images.shape[1:3]), probabilities.numpy()
 
 
-def _with_maps(model: keras.Model, layers: list[str]) -> keras.Model:
-    return keras.Model(model.input, [*(model.get_layer(layer).output for layer in layers), model.output])
+def _with_maps(model: keras.Model, layers: list[str]) -> tuple[keras.Model, keras.layers.Dense | None]:
+    """``model`` answering ``[*maps, probabilities, what its softmax head reads]``, and that head (None where the
+    model ends otherwise: its probabilities are then the class scores)."""
+    head = model.layers[-1]
+    softmax = isinstance(head, keras.layers.Dense) and head.activation is keras.activations.softmax
+    read = head.input if softmax else model.output
+    return keras.Model(model.input, [*(model.get_layer(layer).output for layer in layers), model.output, read]), \
+        head if softmax else None
+
+
+def _class_scores(head: keras.layers.Dense | None, read: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:
+    """The class scores Grad-CAM differentiates: the logits before the softmax, as in the paper — a probability
+    that rounds to 1 in float32 has no gradient left, and its heatmap came out blank."""
+    return probabilities if head is None else tf.matmul(read, head.kernel) + head.bias
 
 
 def _summed(cams: list[np.ndarray]) -> np.ndarray:

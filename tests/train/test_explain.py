@@ -12,12 +12,12 @@ from medclf.train.ensemble import averaged
 from medclf.train.explain import GradCam, explained_layers, last_conv_layer
 
 
-def brightness_model(size: int = 32) -> keras.Model:
+def brightness_model(size: int = 32, scale: float = 0.05) -> keras.Model:
     """p(bright) grows with the mean of a 1x1 'conv' copy of the image: the evidence is where pixels are bright."""
     inputs = keras.Input((size, size, 1), name="image")
     x = layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones", name="conv")(inputs)
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(2, activation="softmax", kernel_initializer=keras.initializers.Constant([[-0.05, 0.05]]),
+    x = layers.GlobalAveragePooling2D(name="pooled")(x)
+    outputs = layers.Dense(2, activation="softmax", kernel_initializer=keras.initializers.Constant([[-scale, scale]]),
                            bias_initializer="zeros")(x)
     return keras.Model(inputs, outputs)
 
@@ -34,6 +34,23 @@ def test_the_heatmap_lights_up_where_the_evidence_is():
     assert heatmaps[0, 20:, :10].max() == 0.0  # nothing where the image is dark
     against, _ = cam(image, [0])  # the evidence counts against "dark": no positive contribution anywhere
     assert against.max() == 0.0
+
+
+def test_a_call_made_with_certainty_still_shows_its_evidence():
+    """The gradient of a probability that rounds to 1 in float32 is zero: a confident model's heatmap was blank."""
+    image = np.zeros((1, 32, 32, 1), np.uint8)
+    image[0, 2:10, 20:30] = 255
+    heatmaps, probabilities = GradCam(brightness_model(scale=50.0))(image, [1])
+    assert probabilities[0, 1] == 1.0
+    peak = np.unravel_index(heatmaps[0].argmax(), (32, 32))
+    assert heatmaps[0].max() > 0 and 2 <= peak[0] < 10 and 20 <= peak[1] < 30
+
+
+def test_a_layer_without_a_spatial_map_is_refused_in_one_line():
+    model = brightness_model()
+    with pytest.raises(ValueError, match=r"layer pooled has no spatial feature map to explain \(its output is "
+                                         r"\[None, 1\]\)"):
+        GradCam(keras.Model(model.input, model.output), "pooled")
 
 
 @pytest.mark.parametrize("second", [32, 16])
