@@ -76,6 +76,14 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, classes: Seq
     return Decision(positive_class=classes[positive], threshold=round((lower + upper) / 2, 6), rule=rule)
 
 
+def _per_class(scores: dict, called: int) -> dict:
+    """scikit-learn's precision, recall, F1 and support for one class, None where undefined: recall for a class
+    the images hold none of, precision for one never called (its 0.000 read as "every one missed")."""
+    undefined = {"recall": scores["support"] == 0, "precision": called == 0}
+    undefined["f1-score"] = any(undefined.values())
+    return {key: None if undefined.get(key) else float(scores[key]) for key in REPORTED}
+
+
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
                            decision: Decision | None = None) -> dict:
     """Metrics for one split, JSON-ready. Binary tasks add sensitivity/specificity for the positive class, at
@@ -89,7 +97,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         "images": int(len(labels)),
         "accuracy": float(accuracy_score(labels, predicted)),
         "roc_auc_macro": macro_roc_auc(labels, probabilities),
-        "per_class": {name: {**{key: float(report[name][key]) for key in REPORTED},
+        "per_class": {name: {**_per_class(report[name], int(matrix[:, k].sum())),
                              **one_vs_rest(matrix, labels, probabilities, k)} for k, name in enumerate(classes)},
         "confusion_matrix": matrix.tolist(),
         "expected_calibration_error": expected_calibration_error(labels, probabilities),

@@ -53,6 +53,18 @@ def test_auc_is_none_when_a_class_is_absent():
     assert metrics["per_class"]["b"]["roc_auc"] is None and metrics["per_class"]["b"]["specificity"] == 1.0
 
 
+def test_a_score_with_nothing_to_count_is_none_not_zero():
+    """A class the images hold none of printed sensitivity 0.000, and one never called precision 0.000: both read
+    as "every one missed"."""
+    metrics = classification_metrics(np.array([0, 0, 1]), np.array([[0.9, 0.1, 0.0], [0.2, 0.7, 0.1],
+                                                                     [0.3, 0.6, 0.1]]), "abc")
+    absent, a = metrics["per_class"]["c"], metrics["per_class"]["a"]
+    assert (absent["recall"], absent["precision"], absent["f1-score"], absent["support"]) == (None, None, None, 0)
+    assert a["recall"] == 0.5 and a["precision"] == 1.0 and a["f1-score"] == 2 / 3
+    never_called = classification_metrics(np.array([0, 1]), np.array([[0.9, 0.1], [0.8, 0.2]]), "ab")
+    assert never_called["per_class"]["b"]["precision"] is None and never_called["per_class"]["b"]["recall"] == 0.0
+
+
 def _many(labels, p, times=MIN_IMAGES_FOR_THRESHOLD):
     """The same validation scores, repeated so Youden's rule has enough images per class to apply."""
     return np.tile(labels, times), np.tile(p, times)
