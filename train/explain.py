@@ -1,8 +1,9 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image the model looked for a class.
 
 The class score's gradient (its logit, before the softmax) with respect to a convolutional feature map, averaged
-per channel, weights that map's channels; the positive part of the sum is the heatmap. It is drawn over the image exactly as the model
-saw it (after the run's own crop and resize), so a reader judges the model, not a different picture.
+per channel, weights that map's channels; the positive part of the sum is the heatmap. It is drawn over the image
+exactly as the model saw it (after the run's own crop and resize), so a reader judges the model, not a different
+picture.
 """
 
 from __future__ import annotations
