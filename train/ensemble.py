@@ -124,6 +124,10 @@ def _common_preprocess(members: Sequence[RunDir]) -> Preprocess:
         unsized = replace(member.preprocess, height=first.preprocess.height, width=first.preprocess.width)
         if unsized != first.preprocess:
             raise ValueError(f"{member.path}: its preprocessing differs from {first.path}'s in more than size")
+        (h, w), (first_h, first_w) = ((p.height, p.width) for p in (member.preprocess, first.preprocess))
+        if abs(h * first_w - w * first_h) > 0.01 * w * first_w:  # one input resized to the other's shape
+            raise ValueError(f"{member.path}: its images are {h}x{w} (height x width), {first.path}'s "
+                             f"{first_h}x{first_w}: averaged, one would see the images squeezed")
     return max((m.preprocess for m in members), key=lambda p: p.height * p.width)
 
 

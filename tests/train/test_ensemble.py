@@ -80,6 +80,15 @@ def test_members_that_held_out_other_images_or_name_other_classes_are_refused(me
         ensemble_runs([members[0], eyes], tmp_path / "no")
 
 
+def test_a_member_of_another_shape_is_refused_rather_than_shown_the_images_squeezed(members, blood_cells, tmp_path):
+    wide = tmp_path / "wide"
+    train(blood_cells / "TRAIN", wide, Recipe(arch="small_cnn", image_size=(48, 64), val_split=0.5, fit=TINY,
+                                              group_pattern=r"^patient\d+"), limit_per_class=12, cache_dir=None)
+    with pytest.raises(ValueError, match=r"images are 48x64 \(height x width\), .*64x64: averaged, one would see "
+                                         "the images squeezed"):
+        ensemble_runs([members[0], wide], tmp_path / "no")
+
+
 def test_runs_of_one_architecture_average_and_the_ensemble_is_explained_with_grad_cam(members, tmp_path):
     """Two runs of one architecture share its model name (here one run twice); the ensemble renames its members,
     and ``medclf explain`` draws its heatmaps from every member's last feature map."""
