@@ -27,7 +27,7 @@ from .data import ImageFolder, Labeller, load_arrays, predict_folder
 from .evaluate import choose_threshold
 from .fit import predict, save_model
 from .groups import split_groups
-from .pipeline import Recipe, TrainResult, report, test_extras, train, write_run
+from .pipeline import Recipe, TrainResult, report, set_aside_earlier_run, test_extras, train, write_run
 from .splits import read_labelled, recorded_split
 
 ENSEMBLE = "ensemble"  # the name averaged models carry, by which explain knows one
@@ -42,6 +42,7 @@ def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     an ensemble preset's way, ``medclf train --preset chest-xray-pair``). The first recipe's time budget is the
     whole run's: each member trains on what is left of it, less ``ENSEMBLING_MINUTES`` for the averaging."""
     started, total = time.monotonic(), recipes[0].fit.time_budget
+    set_aside_earlier_run(Path(out))  # before the members train into OUT/members
     runs = []
     for i, recipe in enumerate(recipes):
         if total is not None:
@@ -56,17 +57,23 @@ def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], re
 def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
                   test: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
                   cache_dir: str | os.PathLike[str] | None = None, naming: Labeller | None = None) -> dict:
-    """Average the ``runs``' models into ``out`` (a run directory ``medclf export`` takes), choose a binary
+    """Average the ``runs``' models into ``out`` (a run directory ``medclf export`` takes; an earlier run there
+    is set aside first, as training does, unless the runs lie inside it), choose a binary
     ensemble's threshold on the members' common validation images, and score it there and on ``test`` (labelled
     by ``naming``, else as the members' images were) — without ``test``, on the test images the members
     recorded (a dataset's own ``test/`` folder, which each member found)."""
     members = [RunDir(Path(run)) for run in runs]
+    if any(Path(run).resolve() == Path(out).resolve() for run in runs):
+        raise ValueError(f"{out}: one of the members; the ensemble needs a folder of its own (it would replace the "
+                         "member's model)")
     preprocess = _common_preprocess(members)
     val = _common_validation(members)
     model = averaged([keras.models.load_model(m.path / rundir.MODEL, compile=False) for m in members],
                      preprocess.shape)
     classes = members[0].labels
     out = Path(out)
+    if not any(out.resolve() in Path(run).resolve().parents for run in runs):  # not a preset's OUT/members/...
+        set_aside_earlier_run(out)  # an earlier run there (its model, exports, pictures) goes to previous/
     out.mkdir(parents=True, exist_ok=True)
     val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
     val_p = predict(model, val_x)
@@ -83,7 +90,7 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
         groups = split_groups(test_folder, shared["group_pattern"], shared["group_copies"], naming)
         extras = test_extras(labels, probabilities, groups, classes, decision)
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test", extras) | extras
-    for stale in (rundir.CHECKPOINT, rundir.HISTORY, "curves.png"):  # a single run's, trained here before
+    for stale in (rundir.CHECKPOINT, rundir.HISTORY, "curves.png"):  # a single run's, where none was set aside
         (out / stale).unlink(missing_ok=True)
     save_model(model, out / rundir.MODEL)
     splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}

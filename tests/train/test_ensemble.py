@@ -89,6 +89,20 @@ def test_a_member_of_another_shape_is_refused_rather_than_shown_the_images_squee
         ensemble_runs([members[0], wide], tmp_path / "no")
 
 
+def test_an_ensemble_never_replaces_a_member_and_sets_an_earlier_run_in_its_folder_aside(members, tmp_path):
+    """--out a member replaced its trained model (and left its old exports beside the ensemble's)."""
+    with pytest.raises(ValueError, match="one of the members; the ensemble needs a folder of its own"):
+        ensemble_runs(members, members[0])
+    out = tmp_path / "pair"
+    ensemble_runs(members, out)
+    first = (out / "model.keras").read_bytes()
+    (out / "exported").mkdir()
+    (out / "exported" / "model.onnx").write_bytes(b"the earlier ensemble's export")
+    ensemble_runs(members, out)
+    assert (out / "previous" / "model.keras").read_bytes() == first
+    assert (out / "previous" / "exported" / "model.onnx").is_file() and not (out / "exported").exists()
+
+
 def test_runs_of_one_architecture_average_and_the_ensemble_is_explained_with_grad_cam(members, tmp_path):
     """Two runs of one architecture share its model name (here one run twice); the ensemble renames its members,
     and ``medclf explain`` draws its heatmaps from every member's last feature map."""
