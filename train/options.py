@@ -9,6 +9,7 @@ Nothing here imports TensorFlow: ``medclf --help`` and a refused option answer a
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -54,6 +55,17 @@ def writable_folder(path: Path | None) -> Path | None:
 
 def writable_file(path: Path | None) -> Path | None:
     return _writable(path, folder=False)
+
+
+def regular_expression(text: str | None) -> str | None:
+    """``text`` if Python reads it as a regular expression (a usage error naming why otherwise, not a traceback
+    once the data is listed)."""
+    if text is not None:
+        try:
+            re.compile(text)
+        except re.error as exc:
+            raise typer.BadParameter(f"{text!r} is not a regular expression: {exc}") from None
+    return text
 
 
 def _writable(path: Path | None, folder: bool) -> Path | None:
@@ -120,7 +132,7 @@ CropFraction = Annotated[Optional[float], typer.Option(min=0.05, max=1.0, help="
 AugmentViews = Annotated[Optional[int], typer.Option(min=0, help="Augmented copies per image for cached-feature training [2].")]
 Pretrained = Annotated[Optional[bool], typer.Option("--pretrained/--no-pretrained", help="Start from ImageNet weights, read offline from KERAS_HOME (default: pretrained).", show_default=False)]
 Clahe = Annotated[Optional[bool], typer.Option("--clahe/--no-clahe", help="Equalise local contrast (CLAHE), e.g. for radiographs; served the same way (default: off).", show_default=False)]
-GroupPattern = Annotated[Optional[str], typer.Option(help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
+GroupPattern = Annotated[Optional[str], typer.Option(callback=regular_expression, help="Regex on file names whose match (first group) names a patient or source; a group never straddles a split.")]
 Augmentation = Annotated[Optional[str], typer.Option(help="Augmentation policy: default (mirror, small turns, zoom, brightness), microscopy (any flip or turn, stain colour jitter) or radiograph (strong zoom-in and shifts, exposure and contrast).")]
 GroupCopies = Annotated[Optional[bool], typer.Option("--group-copies/--no-group-copies", help="Keep augmented copies of one source image (near-identical colour histograms) on one side of a split (default: on when the data looks shipped pre-augmented; images filed in sub-folders of their class folder (patients, studies) are kept together by sub-folder, and else files whose names agree up to the number before their own (person12_bacteria_3.jpeg and person12_virus_7.jpeg: patient person12), unless --no-group-copies).", show_default=False)]
 Schedule = Annotated[Optional[str], typer.Option(help="Learning-rate schedule: plateau (x0.3 when validation loss stalls) or step (halve every 5 epochs) (default: plateau).")]

@@ -73,3 +73,14 @@ def test_a_wise_mix_is_refused_for_a_model_without_a_fine_tuned_backbone(arch, h
     with pytest.raises(ValueError, match=f"--wise mixes fine-tuned and linear-probe weights.*{arch} {how}"):
         recipe_of(None, {"arch": arch, "wise": 0.5})
     assert recipe_of(None, {"arch": "mobilenet_v2", "wise": 0.5}).fit.wise == 0.5
+
+
+def test_a_group_pattern_python_cannot_read_is_a_usage_error_not_a_traceback(tmp_path):
+    from typer.testing import CliRunner
+
+    from medclf.train.cli import app
+
+    for command in (["train", str(tmp_path)], ["crossval", str(tmp_path)], ["evaluate", __file__, str(tmp_path)]):
+        done = CliRunner().invoke(app, [*command, "--group-pattern", "("], terminal_width=200)
+        words = " ".join(done.output.replace("│", " ").split())  # the usage error's box, unwrapped
+        assert done.exit_code == 2 and "'(' is not a regular expression: missing )" in words, done.output
