@@ -159,6 +159,8 @@ def stated_shares(prevalence: dict[str, float], classes: Sequence[str], counts: 
         raise ValueError(f"prevalence of {', '.join(unknown)}: not a class of this model ({', '.join(classes)})")
     if not all(0.0 < share < 1.0 for share in prevalence.values()):
         raise ValueError(f"a class's prevalence is a share between 0 and 1 (exclusive), not {prevalence}")
+    if missing := [name for name, count in zip(classes, counts) if count == 0]:  # nothing to weigh up to a share
+        raise ValueError(f"the images hold no {', '.join(missing)}: they cannot be weighted to a prevalence")
     stated = np.array([name in prevalence for name in classes])
     shares = np.array([prevalence.get(name, 0.0) for name in classes])
     left = 1.0 - shares.sum()

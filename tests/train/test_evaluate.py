@@ -188,6 +188,9 @@ def test_classes_whose_prevalence_is_not_stated_share_what_is_left_as_the_site_i
                            ({"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.5}, "add up to 0.9")):
         with pytest.raises(ValueError, match=reason):
             stated_shares(stated, classes, counts)
+    for stated in ({"N": 0.6}, {"E": 0.1, "L": 0.2, "M": 0.1, "N": 0.6}):  # NaN shares, then NaN in metrics.json
+        with pytest.raises(ValueError, match="the images hold no M: they cannot be weighted to a prevalence"):
+            stated_shares(stated, classes, np.array([10, 30, 0, 50]))
 
 
 def test_at_a_stated_prevalence_a_positive_call_is_right_as_bayes_says_and_sensitivity_does_not_move():
