@@ -243,6 +243,8 @@ def calibrate(
     from .calibrate import calibrate_site, is_calibrated_copy, write_calibrated
 
     shares = parse_shares(prevalence)
+    if out is not None and out.suffix.lower() != ".onnx":  # its record and picture take .json and .png beside it
+        raise typer.BadParameter(f"{out}: give the calibrated copy a .onnx name", param_hint="--out")
     out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
     picture = out.with_suffix(".png")
     replacing = is_calibrated_copy(out)  # a picture beside anything else is the user's, never removed
@@ -417,8 +419,8 @@ def demo(
     from .demo import default_data, run_demo
 
     data = data or default_data()
-    if not (data / "TRAIN").is_dir():
-        error(f"{data}/TRAIN not found; pass --data with the blood-cells folder")
+    if missing := [split for split in ("TRAIN", "TEST") if not (data / split).is_dir()]:  # said before training
+        error(f"{data}/{missing[0]} not found; pass --data with the blood-cells folder (TRAIN/ and TEST/)")
         raise typer.Exit(2)
     _library_call(lambda: run_demo(data, out, per_class, console))
 

@@ -146,6 +146,9 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     classes = splits.train.classes
+    if recipe.target_sensitivity is not None and len(classes) != 2:  # else recorded in the recipe, and ignored
+        raise ValueError(f"--target-sensitivity sets a binary task's threshold; these images are of {len(classes)} "
+                         "classes")
     keras.utils.set_random_seed(config.seed)  # before building: the new layers' initial weights come from it
     strategy = training_strategy(config.distribute)
     with strategy.scope():  # the model, and every model fit builds from it, are bound to it (see distribute.py)

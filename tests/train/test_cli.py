@@ -297,3 +297,22 @@ def test_evaluations_of_two_sites_test_folders_stand_side_by_side_and_a_run_dire
     refused = runner.invoke(app, ["evaluate", str(DEFAULT_MODEL), str(sites["siteA"]), "--out", str(run)])
     assert refused.exit_code == 1 and "a run directory (it holds model.keras)" in refused.output
     assert not (run / "metrics.json").exists()
+
+
+def test_commands_refuse_before_any_work_what_they_would_get_wrong_at_the_end(blood_cells, tmp_path):
+    """calibrate --out site.json wrote the record over the calibrated model (and --out x.png the model where the
+    picture goes); demo on data without TEST/ failed after training and exporting; a multi-class train with
+    --target-sensitivity recorded it and chose no threshold."""
+    from medclf.runtime import DEFAULT_MODEL
+
+    for name in ("site.json", "x.png"):
+        done = runner.invoke(app, ["calibrate", str(DEFAULT_MODEL), str(tmp_path), "--out", str(tmp_path / name)])
+        words = " ".join(done.output.replace("│", " ").split())  # the usage error's box, unwrapped
+        assert done.exit_code == 2 and "give the calibrated copy a .onnx name" in words, done.output
+    (tmp_path / "bc" / "TRAIN").mkdir(parents=True)
+    demo = runner.invoke(app, ["demo", "--data", str(tmp_path / "bc"), "--out", str(tmp_path / "demo")])
+    assert demo.exit_code == 2 and "TEST not found" in demo.output and not list((tmp_path / "demo").iterdir())
+    multi = runner.invoke(app, ["train", str(blood_cells / "TRAIN"), "--out", str(tmp_path / "run"),
+                                "--target-sensitivity", "0.9", "--limit-per-class", "4"])
+    assert multi.exit_code == 1 and "sets a binary task's threshold; these images are of 4 classes" in multi.output
+    assert not (tmp_path / "run" / "model.keras").exists()
