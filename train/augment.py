@@ -23,7 +23,7 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
-from .labels_csv import LabelsError, SplitsError, sheet_beside
+from .labels_csv import AUGMENTED_COPY, LabelsError, SplitsError, sheet_beside
 from .layout import find_split, is_split_name, unwrapped
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,8 @@ class Augmented:
 def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
                    seed: int = 0, policy: str = "default") -> Iterator[Augmented]:
     """For every image under ``data``, write ``copies`` augmented versions to the same relative folder under
-    ``out`` as ``<name>.aug<k><ext>`` (:func:`_copy_name`); unreadable files are reported and skipped."""
+    ``out`` as ``<name>.aug<k><ext>`` (:func:`_copy_name`); unreadable files are reported and skipped. What is
+    wrong with the arguments is raised here, before the first image (the copies come from the iterator)."""
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
     data, out = Path(data), Path(out)
@@ -52,7 +53,15 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     masks = dataset_masks(images, data)
     if masks:
         log.warning("%s", masks_said(masks, data, "not augmented"))
-    for path in (path for path in images if path not in masks):
+    made = [path for path in images if AUGMENTED_COPY.search(path.stem)]
+    if made:  # --out DATA run again: copies of copies, more each time
+        log.warning("%d images are copies medclf augment wrote (name.augN): not augmented again", len(made))
+    return _augmented([path for path in images if path not in masks and path not in made], data, out, copies,
+                      augmenter)
+
+
+def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter) -> Iterator[Augmented]:
+    for path in images:
         try:
             image = read_image(path)
         except ImageError as exc:

@@ -313,7 +313,7 @@ def augment(
     data: ExistingDir,
     out: Annotated[Path, typer.Option("--out", callback=writable_folder, help="Folder for the copies, mirroring DATA's sub-folders.")],
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies per image.")] = 5,
-    augmentation: Annotated[str, typer.Option(help="Policy: default or microscopy (as in medclf train).")] = "default",
+    augmentation: Annotated[str, typer.Option(help="Policy: default, microscopy or radiograph (as in medclf train).")] = "default",
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Write augmented copies of every image to disk, of train/ alone where DATA is split (training augments on

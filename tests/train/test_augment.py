@@ -37,6 +37,27 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
     assert not np.array_equal(views[0], views[1])
 
 
+def test_augmenting_into_the_data_again_leaves_the_copies_it_wrote_alone(cataract, tmp_path, caplog):
+    """--out DATA run twice wrote copies of copies (x.aug0.aug0.jpg), more each time."""
+    data = tmp_path / "data"
+    for name in ("cataract", "normal"):
+        (data / name).mkdir(parents=True)
+        for photo in sorted((cataract / name).iterdir())[:2]:
+            (data / name / photo.name).symlink_to(photo)
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["augment", str(data), "--out", str(data), "--copies", "1"])
+        assert result.exit_code == 0 and "wrote 4 images" in result.output, result.output
+    assert len(list(data.rglob("*.aug0.*"))) == 4 and not list(data.rglob("*.aug0.aug0.*"))
+    assert "4 images are copies medclf augment wrote (name.augN): not augmented again" in caplog.text
+
+
+def test_a_policy_it_does_not_know_is_one_line_before_any_copy(cataract, tmp_path):
+    result = CliRunner().invoke(app, ["augment", str(cataract), "--out", str(tmp_path / "out"),
+                                      "--augmentation", "bogus"])
+    assert result.exit_code == 1 and "unknown augmentation 'bogus'" in result.output
+    assert "Traceback" not in result.output and not list((tmp_path / "out").rglob("*.*"))
+
+
 def test_a_split_dataset_has_only_its_training_images_augmented(cataract, tmp_path, caplog):
     """Augmented test images would judge a model on altered copies of a few sources."""
     from medclf.train.augment import augment_folder
