@@ -43,6 +43,7 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
     made = list(splitter.split(np.zeros(len(folder)), folder.labels, groups))
     _check_folds(data, folder, made)
+    _set_aside_summary(Path(out))
     per_fold, held_out, started = [], [], time.monotonic()
     for k, (rest, held) in enumerate(made):
         inner_groups = groups[rest] if groups is not None else None
@@ -59,6 +60,15 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     write_json(Path(out) / "crossval.json", summary)
     _remove_extra_folds(Path(out), folds)
     return summary
+
+
+def _set_aside_summary(out: Path) -> None:
+    """An earlier run's ``crossval.json`` into ``OUT/previous/`` as the folds it describes go into theirs: a
+    rerun stopped midway left it describing folds already replaced."""
+    summary = out / "crossval.json"
+    if summary.is_file():
+        (out / "previous").mkdir(parents=True, exist_ok=True)
+        os.replace(summary, out / "previous" / summary.name)
 
 
 def _fold_share(recipe: Recipe, started: float, folds_left: int) -> Recipe:

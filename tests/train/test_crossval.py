@@ -28,6 +28,20 @@ def test_each_fold_scores_its_held_out_images_and_the_summary_has_mean_and_sprea
 
     again = cross_validate(cataract, tmp_path, recipe, folds=2)  # fewer folds into the same folder
     assert again["folds"] == 2 and sorted(p.name for p in tmp_path.glob("fold*")) == ["fold0", "fold1"]
+    assert json.loads((tmp_path / "previous" / "crossval.json").read_text())["folds"] == 3  # set aside as it began
+
+
+def test_a_rerun_stopped_midway_leaves_no_summary_of_the_folds_it_replaced(cataract, tmp_path, monkeypatch):
+    from medclf.train import crossval
+
+    def interrupted(*args, **kwargs):  # Ctrl-C as the first fold trains
+        raise KeyboardInterrupt
+
+    (tmp_path / "crossval.json").write_text('{"folds": 3}')
+    monkeypatch.setattr(crossval, "train_splits", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        cross_validate(cataract, tmp_path, Recipe(arch="small_cnn", image_size=48), folds=3)
+    assert not (tmp_path / "crossval.json").exists() and (tmp_path / "previous" / "crossval.json").is_file()
 
 
 def test_a_folds_one_vote_per_patient_counts_the_patients_the_folds_were_drawn_by(blood_cell_images, tmp_path):
