@@ -6,6 +6,7 @@ import codecs
 import functools
 import glob
 import os
+import re
 import sys
 import threading
 from collections import Counter
@@ -14,6 +15,9 @@ from pathlib import Path
 
 from .annotations import segmentation_masks
 
+# A heatmap medclf wrote (cam.overlay_name: <stem>-<8 hex>.<label>.cam.png, .gradcam.png): an overlay, not a scan.
+# Written into an input folder by one run, the next classified, trained on or explained its heatmaps.
+_OVERLAY = re.compile(r"-[0-9a-f]{8}\..+\.(?:cam|gradcam)\.png$")
 STDIN = "-"  # an INPUT that is the image piped in (a DICOMweb fetch, a router): ``medclf-run - < scan.png``
 
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
@@ -64,7 +68,8 @@ def _starts_like_dicom(path: Path) -> bool:
 
 
 def list_images(folder: str | os.PathLike[str], unlisted: list[str] | None = None) -> list[Path]:
-    """Image files under a folder, recursively, in a stable order; hidden files and folders are skipped.
+    """Image files under a folder, recursively, in a stable order; hidden files and folders are skipped, and so
+    are the heatmaps medclf writes (``--cam``, ``medclf explain``), should they be written among the images.
     Linked folders are followed (datasets are often assembled from links to each patient's folder), each
     real folder once; a link up to ``folder`` or above it is not, so it can neither loop nor pull a sibling
     class's images in. Sub-folders that cannot be listed (permissions, a share gone away) go to ``unlisted``,
@@ -78,7 +83,8 @@ def list_images(folder: str | os.PathLike[str], unlisted: list[str] | None = Non
             continue
         seen.add(real)
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(Path(root, name) for name in sorted(files) if is_image_file(Path(root, name)))
+        found.extend(Path(root, name) for name in sorted(files)
+                     if is_image_file(Path(root, name)) and not _OVERLAY.search(name))
     return found
 
 

@@ -92,3 +92,19 @@ def test_a_name_holding_a_nul_byte_is_a_failed_input_not_a_crash():
 def test_the_names_dicom_and_jpeg_files_go_by_are_picked_from_folders(name, tmp_path):
     """VinDr-CXR names its films `.dicom`; Windows saves web JPEGs as `.jfif`."""
     assert is_image_file(tmp_path / name)
+
+
+def test_heatmaps_medclf_wrote_among_the_images_are_not_taken_for_images(tmp_path, blood_cell_images):
+    """medclf-run --cam into the input folder, run again, classified its own heatmaps (explain and training the
+    same); scans whose names merely hold "cam" stay."""
+    from medclf.runtime.cam import overlay_name
+
+    for image in blood_cell_images[:2]:
+        shutil.copy(image, tmp_path / image.name)
+    overlays = [overlay_name(str(tmp_path / blood_cell_images[0].name), "EOSINOPHIL", kind) for kind in
+                ("cam", "gradcam")]
+    for name in [*overlays, "cam.png", "scan.cam.png", "left-deadbeef.png"]:
+        shutil.copy(blood_cell_images[0], tmp_path / name)
+    listed = {Path(path).name for path in expand_inputs([str(tmp_path)])}
+    assert listed == {image.name for image in blood_cell_images[:2]} | {"cam.png", "scan.cam.png",
+                                                                         "left-deadbeef.png"}
