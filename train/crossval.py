@@ -13,6 +13,7 @@ import shutil
 import sys
 import time
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,6 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
         n_splits=folds, shuffle=True, random_state=recipe.fit.seed)
     made = list(splitter.split(np.zeros(len(folder)), folder.labels, groups))
     _check_folds(data, folder, made)
-    _set_aside_summary(Path(out))
     per_fold, held_out, started = [], [], time.monotonic()
     for k, (rest, held) in enumerate(made):
         inner_groups = groups[rest] if groups is not None else None
@@ -51,7 +51,8 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
         splits = Splits(train, val, folder.subset(held), f"{recipe.val_split:.0%} of the other folds")
         held_groups = dict(zip(splits.test.paths, map(str, groups[held]))) if groups is not None else None
         result = train_splits(splits, Path(out) / f"fold{k}", _fold_share(recipe, started, folds - k), cache_dir,
-                              source=f"{data} fold {k + 1}/{folds}", naming=naming, test_groups=held_groups)
+                              source=f"{data} fold {k + 1}/{folds}", naming=naming, test_groups=held_groups,
+                              before_writing=partial(_set_aside_summary, Path(out)) if k == 0 else None)
         per_fold.append(result.metrics["test"] | {"seconds": result.seconds})
         held_out.append(result.test)
     summary = {"data": str(data), "folds": folds, "images": len(folder), "per_fold": per_fold,
@@ -63,8 +64,8 @@ def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], re
 
 
 def _set_aside_summary(out: Path) -> None:
-    """An earlier run's ``crossval.json`` into ``OUT/previous/`` as the folds it describes go into theirs: a
-    rerun stopped midway left it describing folds already replaced."""
+    """An earlier run's ``crossval.json`` into ``OUT/previous/`` as the first fold it describes is replaced (a
+    rerun stopped midway left it describing folds already replaced; one refused before writing leaves both)."""
     summary = out / "crossval.json"
     if summary.is_file():
         (out / "previous").mkdir(parents=True, exist_ok=True)

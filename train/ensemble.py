@@ -42,7 +42,6 @@ def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], re
     an ensemble preset's way, ``medclf train --preset chest-xray-pair``). The first recipe's time budget is the
     whole run's: each member trains on what is left of it, less ``ENSEMBLING_MINUTES`` for the averaging."""
     started, total = time.monotonic(), recipes[0].fit.time_budget
-    set_aside_earlier_run(Path(out))  # before the members train into OUT/members
     runs = []
     for i, recipe in enumerate(recipes):
         if total is not None:
@@ -58,7 +57,7 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
                   test: str | os.PathLike[str] | None = None, target_sensitivity: float | None = None,
                   cache_dir: str | os.PathLike[str] | None = None, naming: Labeller | None = None) -> dict:
     """Average the ``runs``' models into ``out`` (a run directory ``medclf export`` takes; an earlier run there
-    is set aside first, as training does, unless the runs lie inside it), choose a binary
+    is set aside as training does, but for the folder holding runs that lie inside it), choose a binary
     ensemble's threshold on the members' common validation images, and score it there and on ``test`` (labelled
     by ``naming``, else as the members' images were) — without ``test``, on the test images the members
     recorded (a dataset's own ``test/`` folder, which each member found)."""
@@ -72,26 +71,25 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
                      preprocess.shape)
     classes = members[0].labels
     out = Path(out)
-    if not any(out.resolve() in Path(run).resolve().parents for run in runs):  # not a preset's OUT/members/...
-        set_aside_earlier_run(out)  # an earlier run there (its model, exports, pictures) goes to previous/
-    out.mkdir(parents=True, exist_ok=True)
     val_x, val_y, _ = load_arrays(val, preprocess, cache_dir)
+    test_folder = read_labelled(test, classes, naming, members[0]) if test is not None else _recorded_test(members)
+    inside = {Path(run).resolve().relative_to(out.resolve()).parts[0] for run in runs
+              if out.resolve() in Path(run).resolve().parents}  # a preset's OUT/members: they stay
     val_p = predict(model, val_x)
     decision = choose_threshold(val_y, val_p, classes, target_sensitivity) if len(classes) == 2 else None
+    set_aside_earlier_run(out, keep=inside)  # only now, the data checked: a refused run changes nothing
+    out.mkdir(parents=True, exist_ok=True)
     shared = {name: members[0].recipe.get(name) for name in ("group_pattern", "group_copies")}  # one split
     metrics = {"validation": report(out, val_y, val_p, classes, decision, "validation"),
                "training": {"architecture": "ensemble", "members": [str(m.path.resolve()) for m in members],
                             "recipe": shared, "labelled_by": members[0].metrics.get("training", {}).get(
                                 "labelled_by")}}
-    test_folder = read_labelled(test, classes, naming, members[0]) if test is not None else _recorded_test(members)
     if test_folder is not None:
         labels, probabilities, test_folder = predict_folder(test_folder, preprocess, lambda x: predict(model, x),
                                                             cache_dir)
         groups = split_groups(test_folder, shared["group_pattern"], shared["group_copies"], naming)
         extras = test_extras(labels, probabilities, groups, classes, decision)
         metrics["test"] = report(out, labels, probabilities, classes, decision, "test", extras) | extras
-    for stale in (rundir.CHECKPOINT, rundir.HISTORY, "curves.png"):  # a single run's, where none was set aside
-        (out / stale).unlink(missing_ok=True)
     save_model(model, out / rundir.MODEL)
     splits = {"train": recorded_split(members[0], "train"), "val": val, "test": test_folder}
     write_run(out, classes, preprocess, decision, metrics, splits)

@@ -15,7 +15,7 @@ import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -135,13 +135,15 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Rec
 def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = Recipe(),
                  cache_dir: str | os.PathLike[str] | None = None, source: str = "",
                  started: float | None = None, naming: Labeller | None = None,
-                 test_groups: dict[str, str] | None = None) -> TrainResult:
+                 test_groups: dict[str, str] | None = None,
+                 before_writing: Callable[[], None] | None = None) -> TrainResult:
     """Train on given train/validation(/test) file lists: fit; on validation, scale the probabilities'
     temperature and choose the threshold; score, write.
     ``started`` (a ``time.monotonic()`` reading, default now) is when the run's time budget began; ``naming``,
     where a labels file names patients, says which test images are one patient's; ``test_groups`` (path →
     group), which test images belong together where the caller knows already (a cross-validation fold: the
-    groups its folds were drawn by), else they are looked for as in a split."""
+    groups its folds were drawn by), else they are looked for as in a split. ``before_writing`` is called once
+    every check has passed, just before the first file is written (a caller's own records go aside then)."""
     budget = TimeBudget(recipe.fit.time_budget, started)
     recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
@@ -171,6 +173,8 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
                          f"{recipe.target_sensitivity:g} cannot be chosen on it")
 
     run_dir = Path(out)
+    if before_writing is not None:
+        before_writing()
     set_aside_earlier_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with strategy.scope():
@@ -259,13 +263,13 @@ RUN_FILES = (rundir.MODEL, rundir.LABELS, rundir.PREPROCESS, rundir.DECISION, ru
 PREVIOUS, UNFINISHED = "previous", "unfinished"  # where a run sets aside a finished run, and a run's leftovers
 
 
-def set_aside_earlier_run(run_dir: Path) -> None:
+def set_aside_earlier_run(run_dir: Path, keep: Collection[str] = ()) -> None:
     """Move what an earlier run left in ``run_dir`` aside before this run writes anything: a finished run (it
     wrote its metrics) into ``run_dir/previous``, the leftovers of one that did not finish (its history and
     checkpoint) into ``run_dir/unfinished``, each replacing the one there. A run that fails midway would
     otherwise leave its history and pictures beside the earlier run's model and metrics; and the last finished
-    model is never lost to runs that never finished."""
-    found = sorted({path for pattern in RUN_FILES for path in run_dir.glob(pattern)})
+    model is never lost to runs that never finished. Entries named in ``keep`` stay (an ensemble's members)."""
+    found = sorted({path for pattern in RUN_FILES for path in run_dir.glob(pattern) if path.name not in keep})
     if not found:
         return
     names = {path.name for path in found}

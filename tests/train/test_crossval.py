@@ -32,12 +32,18 @@ def test_each_fold_scores_its_held_out_images_and_the_summary_has_mean_and_sprea
 
 
 def test_a_rerun_stopped_midway_leaves_no_summary_of_the_folds_it_replaced(cataract, tmp_path, monkeypatch):
+    """Its first fold replaced, the earlier summary goes aside; a rerun refused before writing leaves both."""
     from medclf.train import crossval
 
-    def interrupted(*args, **kwargs):  # Ctrl-C as the first fold trains
+    (tmp_path / "crossval.json").write_text('{"folds": 3}')
+    with pytest.raises(ValueError, match="small_cnn trains from scratch"):  # refused before anything is written
+        cross_validate(cataract, tmp_path, Recipe(arch="small_cnn", image_size=48, freeze_until="pool"), folds=3)
+    assert (tmp_path / "crossval.json").is_file() and not (tmp_path / "previous").exists()
+
+    def interrupted(*args, before_writing, **kwargs):  # Ctrl-C as the first fold trains
+        before_writing()
         raise KeyboardInterrupt
 
-    (tmp_path / "crossval.json").write_text('{"folds": 3}')
     monkeypatch.setattr(crossval, "train_splits", interrupted)
     with pytest.raises(KeyboardInterrupt):
         cross_validate(cataract, tmp_path, Recipe(arch="small_cnn", image_size=48), folds=3)

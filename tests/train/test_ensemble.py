@@ -89,7 +89,8 @@ def test_a_member_of_another_shape_is_refused_rather_than_shown_the_images_squee
         ensemble_runs([members[0], wide], tmp_path / "no")
 
 
-def test_an_ensemble_never_replaces_a_member_and_sets_an_earlier_run_in_its_folder_aside(members, tmp_path):
+def test_an_ensemble_never_replaces_a_member_and_sets_an_earlier_run_in_its_folder_aside(members, cataract,
+                                                                                        tmp_path):
     """--out a member replaced its trained model (and left its old exports beside the ensemble's)."""
     with pytest.raises(ValueError, match="one of the members; the ensemble needs a folder of its own"):
         ensemble_runs(members, members[0])
@@ -98,9 +99,27 @@ def test_an_ensemble_never_replaces_a_member_and_sets_an_earlier_run_in_its_fold
     first = (out / "model.keras").read_bytes()
     (out / "exported").mkdir()
     (out / "exported" / "model.onnx").write_bytes(b"the earlier ensemble's export")
+    with pytest.raises(ValueError):  # a test folder of other classes: refused, and the folder as it was
+        ensemble_runs(members, out, test=cataract)
+    assert (out / "model.keras").read_bytes() == first and not (out / "previous").exists()
     ensemble_runs(members, out)
     assert (out / "previous" / "model.keras").read_bytes() == first
     assert (out / "previous" / "exported" / "model.onnx").is_file() and not (out / "exported").exists()
+
+
+def test_members_inside_the_ensembles_folder_stay_and_its_earlier_export_is_set_aside(members, tmp_path):
+    """Averaged again into the folder holding them (a preset's OUT/members), the old ensemble's export stayed
+    beside the new model and was served as it."""
+    import shutil
+
+    out = tmp_path / "preset"
+    inside = [shutil.copytree(member, out / "members" / f"{k}-member") for k, member in enumerate(members)]
+    ensemble_runs(inside, out)
+    (out / "exported").mkdir()
+    (out / "exported" / "model.onnx").write_bytes(b"the earlier ensemble's export")
+    ensemble_runs(inside, out)
+    assert (out / "previous" / "exported" / "model.onnx").is_file() and not (out / "exported").exists()
+    assert all((member / "model.keras").is_file() for member in inside)
 
 
 def test_runs_of_one_architecture_average_and_the_ensemble_is_explained_with_grad_cam(members, tmp_path):
