@@ -23,7 +23,9 @@ def pixel_limit(text: str) -> int | None:
     None where OpenCV would not read it — which it answers by aborting the process as cv2 loads."""
     digits = text.rstrip("KMBkmb")
     unit = text[len(digits):]
-    return int(digits) * _UNITS[unit] if digits.isascii() and digits.isdigit() and unit in _UNITS else None
+    if not (digits.isascii() and digits.isdigit() and unit in _UNITS) or int(digits) >= 2 ** 64:  # stoull's range
+        return None
+    return int(digits) * _UNITS[unit]
 
 
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))

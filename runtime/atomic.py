@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,6 +35,13 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", durable: bool = 
     power cut cannot leave a model, report or results file empty under its final name (~3 ms); images made in
     bulk (heatmaps, augmented copies), which a rerun makes again, pass ``durable=False``."""
     if _is_stream(path):
+        own = _own_descriptor(path)
+        if own is not None:  # through the process's own descriptor: its offset, not a second one at 0
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            with open(os.dup(own), mode.replace("w", "a"), **options) as handle:
+                yield handle
+            return
         with open(path, mode.replace("w", "a"), **options) as handle:
             yield handle
         return
@@ -87,6 +95,18 @@ def _sync_folder(folder: Path) -> None:
         os.close(descriptor)
 
 
+def _own_descriptor(path: str | os.PathLike[str]) -> int | None:
+    """The descriptor ``path`` names in this process (``/dev/stdout``: 1, ``/dev/fd/5``, ``/proc/self/fd/5``), or
+    None. Opened again by name, a redirected ``> file`` gets a second offset: what the process then printed
+    overwrote the start of what was written there."""
+    name = os.path.abspath(path)
+    standard = {"/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2}
+    for prefix in ("/dev/fd/", "/proc/self/fd/", f"/proc/{os.getpid()}/fd/"):
+        if name.startswith(prefix) and name[len(prefix):].isdigit():
+            return int(name[len(prefix):])
+    return standard.get(name)
+
+
 def _is_stream(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is written in place: it exists, is no folder, and is no regular file (a pipe, a terminal)
     or is one of this process's own streams by its name or where it leads (``/dev/stdout``)."""
@@ -114,8 +134,10 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
         return None if os.access(path, os.W_OK) else "cannot write there (Permission denied)"
     path = Path(path)
     target = Path(os.path.realpath(path))
-    if not folder and path.is_symlink() and not target.parent.is_dir():
-        return f"is a link to {target}, whose folder does not exist"
+    if not folder and path.is_symlink():  # written where the link leads: that folder is the one to ask
+        if not target.parent.is_dir():
+            return f"is a link to {target}, whose folder does not exist"
+        path = target
     if folder and path.exists() and not path.is_dir():
         return "is a file; give a folder"
     if not folder and path.is_dir():

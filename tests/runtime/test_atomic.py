@@ -124,3 +124,22 @@ def test_a_link_into_a_missing_folder_is_refused_before_a_run_and_its_folders_ar
     with pytest.raises(FileNotFoundError):
         write_text(link, "path,label\n")
     assert not (tmp_path / "share").exists()
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_in_turn_with_what_the_process_prints(tmp_path):
+    """Opened again by name it got an offset of its own at 0: what the process printed next overwrote it
+    (medclf benchmark --json-out /dev/stdout > file printed its table over the JSON)."""
+    import subprocess
+    import sys
+
+    code = ("from medclf.runtime.atomic import write_json\nprint('table above')\nwrite_json('/dev/stdout', {'a': 1})\n"
+            "print('table below')")
+    with open(tmp_path / "out.txt", "w") as out:
+        subprocess.run([sys.executable, "-c", code], stdout=out, check=True, timeout=60)
+    assert (tmp_path / "out.txt").read_text() == 'table above\n{\n  "a": 1\n}\ntable below\n'
+
+
+def test_a_link_into_a_folder_that_cannot_be_written_is_refused_before_a_run(tmp_path):
+    link = tmp_path / "results.csv"
+    link.symlink_to("/proc/medclf-results.csv")
+    assert unwritable(link).startswith("cannot write there")

@@ -179,11 +179,13 @@ def test_a_pixel_limit_the_user_set_is_the_one_medclf_checks_and_names(tmp_path,
     assert done.returncode == 1 and f"image is 64x64 pixels, over the {limit}-pixel limit" in done.stderr
 
 
-def test_a_pixel_limit_opencv_cannot_read_is_replaced_by_the_default_not_an_abort(tmp_path):
-    """OpenCV aborts the process as it loads on a setting it cannot read ("1K", " 1000"): even --help died."""
-    done = run_on_scan(tmp_path, "1K")
+@pytest.mark.parametrize("setting", ["1K", "18446744073709551616"])
+def test_a_pixel_limit_opencv_cannot_read_is_replaced_by_the_default_not_an_abort(tmp_path, setting):
+    """OpenCV aborts the process as it loads on a setting it cannot read ("1K", " 1000", past 2**64 - 1): even
+    --help died."""
+    done = run_on_scan(tmp_path, setting)
     assert done.returncode == 0, done.stderr
-    assert "OPENCV_IO_MAX_IMAGE_PIXELS='1K' is no pixel count OpenCV reads (N, NKB or NMB); using 100000000" \
+    assert f"OPENCV_IO_MAX_IMAGE_PIXELS='{setting}' is no pixel count OpenCV reads (N, NKB or NMB); using 100000000" \
         in done.stderr
 
 
