@@ -26,14 +26,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their class folder that makes it a layout
-MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7)
+MIN_SUBFOLDERS = 7  # and how many sub-folders there must be to hold whole ones out (the split holds out 1 in 7)
 # name_groups: names are numbered within patients when at least NAMED_SHARED of the files share their name with
 # another, in NAMED_GROUPS groups or more, none holding most of a class (NAMED_BULK: the same name numbered through
 # a class, cat.1 ... cat.12500) or over NAMED_LARGEST of the files (NAMED_FLOOR files on small sets), which would
 # unbalance the split. Kermany's chest films: 65% shared, 1,065 groups of 2-30, the largest 0.6%. A rare class of
 # two patients is two groups of about half: kept. Blood-cells' _3_1169.jpeg (augmentation 3, 3% of the files)
 # would pass, but copies are looked for first and found there.
-NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, 20, 0.9, 0.05, 20
+NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, MIN_SUBFOLDERS, 0.9, 0.05, 20
 # What is done with files found to belong together, said in each finding's warning line.
 KEPT_TOGETHER = ("kept together, on one side of a split and one vote in a score (--no-group-copies: each image on "
                  "its own)")
@@ -193,11 +193,14 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
     above that level is a group of its own. Right below the class, the same sub-folder name under two classes
     is one group: one patient's normal and abnormal films stay on one side of the split."""
     below = [_folders_below(Path(path), folder.classes[label]) for path, label in zip(folder.paths, folder.labels)]
+    too_few = None
     for level in range(max(map(len, below), default=0)):
         groups = [f"folder:{'/'.join(folders[:level + 1])}" if len(folders) > level else f"file:{path}"
                   for folders, path in zip(below, folder.paths)]
         nested = sum(len(folders) > level for folders in below)
         subfolders = len({group for group in groups if group.startswith("folder:")})
+        if nested >= MIN_NESTED * len(groups) and subfolders < MIN_SUBFOLDERS:
+            too_few = too_few or (nested, len(groups), subfolders)
         if nested >= MIN_NESTED * len(groups) and subfolders >= MIN_SUBFOLDERS:
             example = next(group for group in groups if group.startswith("folder:")).removeprefix("folder:")
             where = "sub-folders of their class folders" if level == 0 else \
@@ -205,6 +208,10 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
             log.warning("%d of %d images sit in %d %s (patients, studies): a folder's images are %s", nested,
                         len(groups), subfolders, where, KEPT_TOGETHER)
             return np.asarray(groups)
+    if too_few is not None:
+        log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies?): too few to "
+                    "hold whole ones out (%d are needed), so validation may share them with training and flatter "
+                    "the model", *too_few, MIN_SUBFOLDERS)
     return None
 
 

@@ -28,7 +28,7 @@ _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")
 NAME_SEPARATORS = (".", "_", "-", " ")  # loose_images_hint: how names put a label first (cat.0, benign (1))
 _PART = re.compile(r"[\W_]*(part|batch|chunk|split|set|folder|fold)[\W_]*\d+$", re.IGNORECASE)  # _part_1, fold_0
 ARCHIVES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".7z", ".rar")  # as datasets download
-FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies (groups.MIN_SUBFOLDERS), not finer classes
+FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies, not finer classes
 
 
 class DatasetError(ValueError):
@@ -153,7 +153,8 @@ def _category_leaves(root: Path, found: list[str], deepest: int = 4) -> dict[str
     folder above the leaves holds no image and 2 to ``FEW_SUBFOLDERS`` folders, every leaf holds images and no
     folder, no leaf less than two levels down, each named with a word (a scan's UID is not a class) and all
     differently (``patient1/{40X,100X}`` under every class are magnifications, not classes). Patients' folders
-    fail it at once: a class holds more of them, or one study each."""
+    fail it: a class holds more of them, or one study each, or they are numbered alike (``patient001``,
+    ``patient002`` under each site of a class)."""
     leaves: list[str] = []
 
     def is_tree(path: str, depth: int) -> bool:
@@ -165,6 +166,11 @@ def _category_leaves(root: Path, found: list[str], deepest: int = 4) -> dict[str
                 and all(is_tree(f"{path}/{name}", depth + 1) for name in inner))
 
     if len(found) < 2 or not all(is_tree(name, 0) for name in found):
+        return None
+    siblings: dict[str, list[str]] = {}
+    for path in leaves:
+        siblings.setdefault(str(Path(path).parent), []).append(Path(path).name)
+    if any(len(names) > 1 and _numbered_alike(names) for names in siblings.values()):  # patient001, patient002
         return None
     names = [Path(path).name for path in leaves]
     if len({name.casefold() for name in names}) < len(names) or not all(

@@ -230,3 +230,29 @@ def test_categories_each_holding_classes_of_their_own_are_not_patients(tmp_path,
     folder = read_folder(tmp_path, tuple(f"finding{k}{s}" for k in range(12) for s in "ab"))
     assert source_groups(folder) is None
     assert source_groups(read_folder(tmp_path / "category0")) is None  # class folders right in DATA
+
+
+def test_a_few_patients_folders_or_numbered_names_are_held_out_whole_from_seven_on(tmp_path, blood_cell_images,
+                                                                                      caplog):
+    """9 patient folders, or 18 patients' numbered films, were split image by image (ten and twenty were
+    needed): 8 of the 9 patients sat on both sides. Fewer than seven are said."""
+    from .trees import make_tree
+
+    make_tree(tmp_path / "nine", {f"{label}/p{k}": 8 for label, ks in (("NORMAL", range(4)), ("PNEUMONIA",
+                                                                                          range(4, 9))) for k in ks},
+              blood_cell_images[0])
+    assert len(set(split_groups(read_folder(tmp_path / "nine"), copies=None))) == 9
+    for label, patients in (("NORMAL", range(9)), ("PNEUMONIA", range(9, 18))):
+        (tmp_path / "named" / label).mkdir(parents=True)
+        for patient in patients:
+            for k in range(5):
+                (tmp_path / "named" / label / f"patient{patient:02d}_{k}.jpeg").write_bytes(
+                    blood_cell_images[(patient * 5 + k) % len(blood_cell_images)].read_bytes())
+    named = split_groups(read_folder(tmp_path / "named"), copies=None)
+    assert named is not None and len(set(named)) == 18
+    make_tree(tmp_path / "four", {f"{label}/p{k}": 8 for label, ks in (("NORMAL", range(2)), ("PNEUMONIA",
+                                                                                          range(2, 4))) for k in ks},
+              blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        assert split_groups(read_folder(tmp_path / "four"), copies=None) is None
+    assert "32 of 32 images sit in 4 sub-folders of their class folders (patients, studies?): too few" in caplog.text

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from medclf.train.data import DatasetError, read_folder, read_named
+from medclf.train.groups import split_groups
 from medclf.train.labellers import FolderLabels, TopFolders, recorded, rule_recorded
 from medclf.train.splits import load_splits
 
@@ -238,6 +239,17 @@ def test_classes_split_into_finer_ones_named_after_them_are_read_as_those(tmp_pa
                                    "ALL/all_early": 1}, blood_cell_images[0])
     assert read_folder(tmp_path / "multi").classes == ("all_benign", "all_early", "cervix_dyk", "cervix_koc",
                                                        "lymph_cll", "lymph_fl")
+
+
+def test_patients_numbered_alike_under_each_site_of_a_class_are_not_read_as_classes(tmp_path, blood_cell_images):
+    """NORMAL/hospital_A/patient001/ ... was read as a tree of categories: a model telling 12 patients apart."""
+    layout = {f"{label}/hospital_{site}/patient{label[0]}{site}{k:02d}": 4 for label in ("NORMAL", "PNEUMONIA")
+              for site in "AB" for k in range(3)}
+    make_tree(tmp_path / "films", layout, blood_cell_images[0])
+    folder = read_folder(tmp_path / "films")
+    assert folder.class_counts() == {"NORMAL": 24, "PNEUMONIA": 24}
+    groups = split_groups(folder, copies=None)  # and each patient is held together, three levels down
+    assert len(set(groups)) == 12 and all(group.startswith("folder:hospital_") for group in groups)
 
 
 def test_trees_of_categories_are_read_as_the_classes_at_their_ends(tmp_path, blood_cell_images, caplog):
