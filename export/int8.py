@@ -184,6 +184,9 @@ def _reach_a_conv(nodes: list[onnx.NodeProto]) -> list[bool]:
 
 
 def _is_fused(nodes: list[onnx.NodeProto], i: int) -> bool:
-    """Whether node ``i`` is the Clip/Relu right after a convolution, which is fused into it."""
-    return i > 0 and nodes[i].op_type in ("Clip", "Relu") and nodes[i - 1].op_type == "Conv" \
-        and nodes[i - 1].output[0] in nodes[i].input
+    """Whether node ``i`` is a Clip/Relu reading a convolution's output, which is fused into it (found by the
+    tensor it reads, not by its place: two backbones' nodes interleave in the file)."""
+    if nodes[i].op_type not in ("Clip", "Relu"):
+        return False
+    producer = next((node for node in nodes if nodes[i].input[0] in node.output), None)
+    return producer is not None and producer.op_type == "Conv"

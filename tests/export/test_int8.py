@@ -15,3 +15,14 @@ def test_each_backbone_keeps_its_own_leading_convolutions_and_its_own_tail_float
     assert not floats & {"a_conv2", "a_relu2", "b_conv2", "b_relu2", "a_conv3", "b_conv3"}
     assert {"a_pool", "b_pool", "concat", "flatten", "head"} <= floats  # after each branch's last convolution
     assert {"a_conv2", "b_conv2"} <= set(_float_nodes(two_backbones(), float_convs=2))
+
+
+def test_a_float_convolutions_activation_stays_float_wherever_the_file_lists_it():
+    """Found by place, an activation listed away from its convolution (the unfamiliarity output's nodes sit
+    between them in the packaged model; two backbones' interleave) was quantized after a float convolution."""
+    from onnx import helper
+
+    model = two_backbones()
+    between = next(i for i, node in enumerate(model.graph.node) if node.name == "a_conv1") + 1
+    model.graph.node.insert(between, helper.make_node("Identity", ["x"], ["x_too"], name="another_outputs_node"))
+    assert {"a_conv1", "a_relu1", "b_conv1", "b_relu1"} <= set(_float_nodes(model, float_convs=1))
