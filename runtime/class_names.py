@@ -3,21 +3,30 @@ val/ and test/, ``medclf evaluate``, export's verification and ``medclf benchmar
 
 from __future__ import annotations
 
+import unicodedata
+
 
 def matching_class(name: str, classes: tuple[str, ...]) -> str | None:
-    """The one class ``name`` stands for: itself; the one it differs from only in case (``normal`` beside a
-    train/ folder of ``NORMAL``: on Windows and macOS even the same folder name); or the one it is the start of,
+    """The one class ``name`` stands for: itself; the one it differs from only in case or in how its accents are
+    written (``normal`` beside a train/ folder of ``NORMAL``: on Windows and macOS even the same folder name;
+    :func:`folded`); or the one it is the start of,
     or that is its start, up to a separator (the Kaggle chest CT set's test/ has ``adenocarcinoma`` where its
     train/ has ``adenocarcinoma_left.lower.lobe_T2_N0_M0_Ib``). None: no one, or more than one."""
     if name in classes:
         return name
     for same in (lambda a, b: a == b, _begins_like):
-        matches = [known for known in classes if same(known.casefold(), name.casefold())]
+        matches = [known for known in classes if same(folded(known), folded(name))]
         if len(matches) == 1:
             return matches[0]
         if matches:
             return None
     return None
+
+
+def folded(name: str) -> str:
+    """``name`` as two spellings of one class compare: case folded, accents composed (macOS writes ``É`` as E and
+    a combining accent, Windows and Linux as one character: the same folder name, different strings)."""
+    return unicodedata.normalize("NFC", name).casefold()
 
 
 def class_on_path(folders: str, classes: tuple[str, ...]) -> str | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medclf.runtime.atomic import atomic_write
-from medclf.runtime.class_names import class_on_path, matching_class
+from medclf.runtime.class_names import class_on_path, folded, matching_class
 from medclf.runtime.dicom import optional_decoders
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import DECODING_VERSION, ImageError, Preprocess, read_image
@@ -88,16 +88,18 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
     return _labelled(root, per_class, classes, "class folders")  # given: a class missing is warned of later
 
 
-def _warn_of_case_twins(root: Path, names: list[str]) -> None:
-    """Class folders whose names differ only in case (``Normal`` and ``normal``): most likely one class filed
-    twice, which trains as two that split its images between them (and is one folder on a Windows or macOS
-    disk)."""
+def _warn_of_case_twins(root: Path, names: list[str], remedy: str = "move their images into one folder") -> None:
+    """Classes whose names differ only in case or in how their accents are written (``Normal`` and ``normal``;
+    ``É`` composed and decomposed, as macOS writes it: :func:`~medclf.runtime.class_names.folded`): most likely
+    one class filed twice, which trains as two that split its images between them (and is one folder on a
+    Windows or macOS disk)."""
     spellings: dict[str, list[str]] = {}
     for name in names:
-        spellings.setdefault(name.casefold(), []).append(name)
+        spellings.setdefault(folded(name), []).append(name)
     for twins in (found for found in spellings.values() if len(found) > 1):
-        log.warning("%s: classes %s differ only in case and are trained as %d classes: if they are one, move "
-                    "their images into one folder", root, " and ".join(twins), len(twins))
+        shown = " and ".join(ascii(twin) if not twin.isascii() else twin for twin in twins)  # é and é differ
+        log.warning("%s: classes %s differ only in case or accents and are trained as %d classes: if they are "
+                    "one, %s", root, shown, len(twins), remedy)
 
 
 def _classes_on_paths(root: Path, classes: tuple[str, ...]) -> ImageFolder | None:
@@ -172,6 +174,7 @@ def read_named(root: str | os.PathLike[str], naming: Labeller,
             per_class.setdefault(label, []).append(path)
     if unlabelled:
         naming.unlabelled(root, unlabelled)
+    _warn_of_case_twins(root, list(per_class), "spell them alike")
     return _labelled(root, per_class, classes, naming.kind)
 
 

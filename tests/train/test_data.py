@@ -69,8 +69,32 @@ def test_class_folders_differing_only_in_case_are_named_in_a_warning(tmp_path, b
     with caplog.at_level("WARNING"):
         assert read_folder(tmp_path).classes == ("Cataract", "Normal", "normal")
     assert [r.getMessage() for r in caplog.records] == [
-        f"{tmp_path}: classes Normal and normal differ only in case and are trained as 2 classes: if they are one, "
-        "move their images into one folder"]
+        f"{tmp_path}: classes Normal and normal differ only in case or accents and are trained as 2 classes: if "
+        "they are one, move their images into one folder"]
+
+
+def test_classes_spelt_with_composed_and_decomposed_accents_are_one_name_to_compare(tmp_path, blood_cell_images,
+                                                                                      caplog):
+    """macOS writes É as E and a combining accent: a test/ folder copied from Linux did not match its train/
+    folder ("classes ['Éosinophile'] are not among the training classes ['Éosinophile', ...]"), and two training
+    spellings, or two labels' cases in a labels sheet, trained as two classes without a word."""
+    import unicodedata
+
+    from medclf.runtime.class_names import matching_class
+    from medclf.train.labellers import NameLabels
+
+    composed, decomposed = (unicodedata.normalize(form, "Éosinophile") for form in ("NFC", "NFD"))
+    assert matching_class(composed, (decomposed, "Lymphocyte")) == decomposed
+    make_tree(tmp_path / "folders", {composed: 2, decomposed: 2}, blood_cell_images[0])
+    make_tree(tmp_path / "named", {"": 0}, blood_cell_images[0])
+    for name in ("Cataract_1.jpeg", "cataract_2.jpeg", "normal_1.jpeg"):
+        (tmp_path / "named" / name).write_bytes(blood_cell_images[0].read_bytes())
+    with caplog.at_level("WARNING"):
+        read_folder(tmp_path / "folders")
+        read_named(tmp_path / "named", NameLabels("_"))
+    said = " ".join(caplog.messages)
+    assert "differ only in case or accents and are trained as 2 classes: if they are one, move their" in said
+    assert "classes Cataract and cataract differ only in case or accents" in said and "spell them alike" in said
 
 
 def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood_cells):
