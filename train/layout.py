@@ -21,7 +21,8 @@ from medclf.runtime.inputs import folder_contents, is_image_file
 
 log = logging.getLogger(__name__)
 
-SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "validate", "dev"),
+SPLIT_NAMES = {"train": ("train", "training"), "val": ("val", "valid", "validation", "validate", "dev", "eval",
+                                                   "evaluation"),
                "test": ("test", "testing", "holdout")}
 # ... as datasets spell them: Training, training_set (the seed tutorials' dogs and cats), test-data, val images
 _SPLIT_SUFFIX = re.compile(r"(set|data|images|split)$")

@@ -137,6 +137,9 @@ def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_ima
         make_tree(tmp_path / "nlp-style" / split, {"a": 2, "b": 2}, blood_cell_images[0])
     spelt = load_splits(tmp_path / "nlp-style")
     assert "/dev/" in spelt.val.paths[0] and "/holdout/" in spelt.test.paths[0]
+    for split in ("train", "eval"):  # eval/ beside train/ was ignored too: 15% of train/ held out instead
+        make_tree(tmp_path / "eval-style" / split, {"a": 20, "b": 20}, blood_cell_images[0])
+    assert "/eval/" in load_splits(tmp_path / "eval-style").val.paths[0]
     make_tree(tmp_path / "flat", {"cats": 2, "dogs": 2, "test_set/cats": 1, "test_set/dogs": 1}, blood_cell_images[0])
     with pytest.raises(DatasetError, match="test_set looks like a split"):
         load_splits(tmp_path / "flat")
