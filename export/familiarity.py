@@ -179,7 +179,7 @@ def fit(model: keras.Model, training: np.ndarray, labels: np.ndarray | None, hel
     scales and threshold on ``held_out`` ones (:data:`MIN_HELD_OUT` at least), whose
     :func:`probabilities_and_levels` are computed unless given."""
     if len(held_out) < MIN_HELD_OUT:
-        raise FamiliarityUnavailable(f"{len(held_out)} held-out images place no 99.5th percentile "
+        raise FamiliarityUnavailable(f"{len(held_out)} images to set its threshold on place no 99.5th percentile "
                                      f"(at least {MIN_HELD_OUT})")
     names = level_names(model)
     extract = with_features(model, names)

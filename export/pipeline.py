@@ -28,7 +28,7 @@ from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEn
 from .candidates import FLOAT16_ACTIVATIONS, Converters, derive, judged_probabilities, save
 from .depth_weights import set_again_on
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
-from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit
+from .familiarity import FIT_IMAGES, MIN_HELD_OUT, Familiarity, FamiliarityUnavailable, fit
 from .files import FILE_NAMES, TENSORRT_FLAVOUR
 from .float_search import asked_steps, choose_float_layers
 from .fp16 import Fp16Converter
@@ -77,9 +77,10 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     held_out, search = held_out_sets(model, card, paths, names, max_images,
                                      searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
+    familiar = held_out.images  # where the unfamiliarity threshold is set: held-out images alone
     if familiarity:
-        fitted, familiarity_record = _familiarity(model, card, model_path.parent, calibration_data, held_out,
-                                                  described)
+        fitted, familiarity_record, familiar = _familiarity(model, card, model_path.parent, calibration_data,
+                                                            held_out, paths, names)
     if fitted is not None:
         card = dataclasses.replace(card, outputs=card.outputs | {FAMILIARITY_NAME: FAMILIARITY_DESCRIPTION},
                                    metrics=card.metrics | {"familiarity": fitted.record})
@@ -100,7 +101,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 candidates[precision], tried = choose_float_layers(precision, fp32, card, converters, search,
                                                                    float_convs.get(precision))
                 if fitted is not None:
-                    tried["familiarity_weights"] = _familiarity_as_computed(candidates[precision], held_out, card)
+                    tried["familiarity_weights"] = _familiarity_as_computed(candidates[precision], familiar, card)
             entry = _verify(candidates[precision], held_out, precision)
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
@@ -109,7 +110,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         if engine and int8["passed"]:  # its TensorRT flavour, from the FP32 file before that moves
             candidates["int8 for tensorrt"] = derive("int8", fp32, card, converters, True, int8["float_convs"])
             if fitted is not None:
-                _familiarity_as_computed(candidates["int8 for tensorrt"], held_out, card)
+                _familiarity_as_computed(candidates["int8 for tensorrt"], familiar, card)
         report["removed"] = _publish(report["precisions"], candidates, profile if engine else None, held_out)
     report["removed"] += _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
@@ -201,25 +202,44 @@ def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
 
 
 def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | os.PathLike[str] | None,
-                 held_out: HeldOut, described: str) -> tuple[Familiarity | None, dict]:
+                 held_out: HeldOut, paths: list[str], names: list[str]
+                 ) -> tuple[Familiarity | None, dict, np.ndarray]:
     """The fitted :class:`~.familiarity.Familiarity` — class means and covariances on up to ``FIT_IMAGES`` of
-    the run's training images (or ``calibration_data``), threshold on the verification images (``described``:
-    where a run holds out too few, topped up with training images, which sets it tighter) — and its record for
-    the report; or None and why it could not be added (no dense head, too few held-out images)."""
+    the run's training images (or ``calibration_data``), threshold on the verification images the model was not
+    trained on where there are ``MIN_HELD_OUT`` of them (``paths``: a run that holds out too few tops them up
+    with training images, which the model knows better — the threshold then sits tighter, and 14% of fresh films
+    of the same kind were flagged: said in the record) — its record for the report, and the images the
+    threshold was set on; or None and why it could not be added (no dense head, too few images)."""
+    trained = _trained_paths(run_dir)
+    untrained = [i for i, path in enumerate(paths) if path not in trained]
+    among = len(paths) - len(untrained)  # training images among the verification images
     try:
-        paths, names = _images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES)
-        training, labels = load_labelled(paths, names, card)
-        fitted = fit(model, training, labels, held_out.images, held_out_features=held_out.outputs)
+        if among and len(untrained) >= MIN_HELD_OUT:  # enough held out: the threshold is theirs alone
+            images, _ = load_labelled([paths[i] for i in untrained], [names[i] for i in untrained], card)
+            features, among = None, 0
+        else:
+            images, features = held_out.images, held_out.outputs
+        training, labels = load_labelled(*_images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES),
+                                         card)
+        fitted = fit(model, training, labels, images, held_out_features=features)
     except FamiliarityUnavailable as exc:
-        return None, {"added": False, "why": str(exc)}
-    return fitted, {"added": True, **fitted.record, "threshold_on": described}
+        return None, {"added": False, "why": str(exc)}, held_out.images
+    return fitted, {"added": True, **fitted.record, "threshold_training_images": among}, images
 
 
-def _familiarity_as_computed(candidate: Path, held_out: HeldOut, card: ModelCard) -> list[float]:
-    """Set an FP16 or INT8 file's unfamiliarity again on the verification images — where FP32's threshold was
-    set — as that file computes its features (:mod:`.depth_weights`: a quantized feature map can sit far from the
-    float one); the depths' weights, for the report."""
-    return list(set_again_on(candidate, held_out.images, len(card.labels), FAMILIARITY_QUANTILE, "medclf_precision"))
+def _trained_paths(run_dir: Path) -> set[str]:
+    """The run's recorded training images (none where it recorded no split)."""
+    try:
+        return set(_recorded(run_dir, "train")[0])
+    except FileNotFoundError:
+        return set()
+
+
+def _familiarity_as_computed(candidate: Path, images: np.ndarray, card: ModelCard) -> list[float]:
+    """Set an FP16 or INT8 file's unfamiliarity again on ``images`` — where FP32's threshold was set — as that
+    file computes its features (:mod:`.depth_weights`: a quantized feature map can sit far from the float one);
+    the depths' weights, for the report."""
+    return list(set_again_on(candidate, images, len(card.labels), FAMILIARITY_QUANTILE, "medclf_precision"))
 
 
 def failed_files(report: dict) -> list[tuple[str, list[str]]]:

@@ -67,9 +67,12 @@ def familiarity_lines(report: dict) -> list[str]:
         return [f"no unfamiliarity output: {familiarity['why']}"]
     flagged = ", ".join(f"{name} {entry['unlike_training']:.1%}" for name, entry in report["precisions"].items()
                         if "unlike_training" in entry)
+    among = familiarity.get("threshold_training_images", 0)
+    on = f"{familiarity['threshold_on_images']} held-out images" if not among else (
+        f"{familiarity['threshold_on_images']} verification images, {among} of them training images (too few held "
+        "out; the model knows them better, so it sits tighter and flags more ordinary images than 1 in 200)")
     lines = [f"unfamiliarity output (the runtime warns above 1): fitted on {familiarity['fitted_on_images']} "
-             f"training images, threshold on the {familiarity['threshold_on_images']} verification images; of "
-             f"these, flagged: {flagged}"]
+             f"training images, threshold on {on}; of the verification images, flagged: {flagged}"]
     for name, entry in report["precisions"].items():  # FP16 / INT8: set again on their own features
         moved = {level: weight for level, weight in zip(familiarity["levels"], entry.get("familiarity_weights", []))
                  if not 0.5 <= weight <= 2}

@@ -127,8 +127,30 @@ def test_a_model_without_a_dense_head_or_enough_held_out_images_gets_none(run_di
     layers = feature_layers(model)
     assert layers[-1] == "probabilities" and len(layers) >= 3  # stage ends, then the classifier's input
     few = images_of(blood_cells / "TEST", model_card(run_dir / "model.keras"), 20)
-    with pytest.raises(FamiliarityUnavailable, match="20 held-out images"):
+    with pytest.raises(FamiliarityUnavailable, match="20 images to set its threshold on place no 99.5th"):
         fit(model, few, None, few)
+
+
+def test_the_threshold_is_set_on_held_out_images_alone_where_there_are_enough(run_dir, blood_cells):
+    """Topped up with training images, which the model knows better, the threshold sat tight: 14% of fresh
+    films of the training kind were flagged. With 64 held out, they alone set it; with fewer, the report says
+    how many training images set it too."""
+    from medclf.export import pipeline
+    from medclf.export.held_out import held_out_sets
+    from medclf.export.labelled_images import folder_images
+
+    model, card = keras.models.load_model(run_dir / "model.keras", compile=False), model_card(run_dir / "model.keras")
+    splits = json.loads((run_dir / "splits.json").read_text())
+    training = splits["train"]["paths"][:12]
+    test_paths, test_names = folder_images(blood_cells / "TEST")
+    for count, threshold_on, among in ((70, 70, 0), (52, 64, 12)):  # 12 training images beside ``count`` held out
+        pick = spread(len(test_paths), count)
+        paths = [test_paths[i] for i in pick] + training
+        names = [test_names[i] for i in pick] + [card.labels[i] for i in splits["train"]["labels"][:12]]
+        held_out, _ = held_out_sets(model, card, paths, names, 1024, searching=False, levels=True)
+        fitted, record, images = pipeline._familiarity(model, card, run_dir, None, held_out, paths, names)
+        assert (record["threshold_on_images"], record["threshold_training_images"]) == (threshold_on, among)
+        assert len(images) == threshold_on and fitted is not None
 
 
 def test_an_ensemble_reads_each_members_levels_on_the_image_as_that_member_sees_it(run_dir, blood_cells, chest_xray):
