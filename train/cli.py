@@ -87,7 +87,7 @@ def train(
     print_unreadable(result.metrics["training"].get("unreadable", {}))
     console.print(f"wrote {result.run_dir} in {result.seconds:.0f} s")
     exported = result.run_dir / "exported"
-    console.print(f"next: medclf export {result.run_dir / 'model.keras'} --out {exported}, then medclf-run --model "
+    console.print(f"next: medclf export {result.run_dir / 'model.keras'} (into {exported}), then medclf-run --model "
                   f"{exported / 'model.onnx'} IMAGES", highlight=False)
 
 
@@ -335,7 +335,7 @@ def augment(
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train.")],
-    out: Annotated[Path, typer.Option("--out", callback=writable_folder, help="Folder for the ONNX files and export_report.json.")] = Path("exported"),
+    out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for the ONNX files and export_report.json; default: RUN_DIR/exported, beside the model (a rerun of training sets it aside with the run).")] = None,
     precision: Annotated[str, typer.Option(help="Comma-separated: fp32, fp16, int8. FP32 is always made; the others derive from it. FP16 is verified as a GPU computes it (float16 activations), the others as this CPU does.")] = "fp32",
     calibration: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="FP16 and INT8: real training images to calibrate on (FP16 rounds its weights to keep their outputs on them); default: the run's training split.")] = None,
     verify_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Images to verify on; default: the run's validation split.")] = None,
@@ -355,6 +355,7 @@ def export(
 
     profile = parse_profile(batch_profile)
     counts = parse_float_counts(float_convs)
+    out = out or model.parent / "exported"  # two runs exported from one folder replaced each other's ./exported
     report = _library_call(lambda: export_run(model, out, parse_precisions(precision), verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
                                               engine=engine, profile=profile, triton=triton, cam=cam,

@@ -30,7 +30,7 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
             "features for 1 epoch, then the layers after conv_pw_11_relu fine-tuned for up to 2 more; time budget "
             "28 min") in trained.stderr  # said before the decoding and fitting, so a wrong choice shows at once
     assert "final weights: " in trained.stdout and "fine-tuned: " in trained.stdout  # the mix, as validation chose
-    assert f"next: medclf export {run_dir / 'model.keras'} --out {run_dir / 'exported'}, then medclf-run" in \
+    assert f"next: medclf export {run_dir / 'model.keras'} (into {run_dir / 'exported'}), then medclf-run" in \
         trained.stdout
     for name in ("model.keras", "labels.json", "history.csv", "metrics.json"):
         assert (run_dir / name).is_file(), name

@@ -110,3 +110,14 @@ def test_float_convolutions_asked_for_replace_the_search_and_verification_still_
         refused = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path / "x"),
                                       "--precision", "fp32,int8", *arguments], terminal_width=200)
         assert refused.exit_code == status and reason in refused.output, refused.output
+
+
+def test_the_default_export_folder_is_the_runs_own(run_dir, tmp_path, monkeypatch):
+    """./exported was shared by every run exported from one folder: the second replaced the first's model."""
+    import shutil
+
+    run = shutil.copytree(run_dir, tmp_path / "run")
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["export", str(run / "model.keras")])
+    assert result.exit_code == 0, result.output
+    assert (run / "exported" / "model.onnx").is_file() and not (tmp_path / "exported").exists()
