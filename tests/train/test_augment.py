@@ -15,12 +15,17 @@ from medclf.train.fit import AUGMENTATIONS, make_augmenter
 from medclf.train.labels_csv import LabelsError
 
 
-def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path, caplog):
-    data = tmp_path / "data"
+def two_photos_a_class(cataract: Path, data: Path) -> Path:
+    """``data/{cataract,normal}/`` holding links to two of each class's photos."""
     for name in ("cataract", "normal"):
         (data / name).mkdir(parents=True)
         for photo in sorted((cataract / name).iterdir())[:2]:
             (data / name / photo.name).symlink_to(photo)
+    return data
+
+
+def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_files(cataract, tmp_path, caplog):
+    data = two_photos_a_class(cataract, tmp_path / "data")
     (data / "normal" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     first = sorted((cataract / "cataract").iterdir())[0]
     cv2.imwrite(str(data / "cataract" / f"{first.stem}_mask.png"), np.zeros((8, 8), np.uint8))  # an outline: no copies
@@ -39,11 +44,7 @@ def test_augment_writes_copies_per_image_beside_their_class_and_reports_bad_file
 
 def test_augmenting_into_the_data_again_leaves_the_copies_it_wrote_alone(cataract, tmp_path, caplog):
     """--out DATA run twice wrote copies of copies (x.aug0.aug0.jpg), more each time."""
-    data = tmp_path / "data"
-    for name in ("cataract", "normal"):
-        (data / name).mkdir(parents=True)
-        for photo in sorted((cataract / name).iterdir())[:2]:
-            (data / name / photo.name).symlink_to(photo)
+    data = two_photos_a_class(cataract, tmp_path / "data")
     for _ in range(2):
         result = CliRunner().invoke(app, ["augment", str(data), "--out", str(data), "--copies", "1"])
         assert result.exit_code == 0 and "wrote 4 images" in result.output, result.output
