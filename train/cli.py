@@ -355,7 +355,7 @@ def export(
 
     profile = parse_profile(batch_profile)
     counts = parse_float_counts(float_convs)
-    out = out or model.parent / "exported"  # two runs exported from one folder replaced each other's ./exported
+    out = out or writable_folder(model.parent / "exported")  # ./exported was every run's: each replaced the last
     report = _library_call(lambda: export_run(model, out, parse_precisions(precision), verify_data=verify_data,
                                               calibration_data=calibration, max_images=verify_images,
                                               engine=engine, profile=profile, triton=triton, cam=cam,

@@ -150,7 +150,7 @@ def _named_as(root: Path, per_class: dict[str, list[Path]], classes: tuple[str, 
     renamed: dict[str, list[Path]] = {}
     for name, files in per_class.items():
         match = matching_class(name, classes)
-        if match is not None and match.casefold() != name.casefold() and files:
+        if match is not None and folded(match) != folded(name) and files:
             log.warning("%s: read as class %s, the one training class whose name begins like it", root / name, match)
         renamed.setdefault(match or name, []).extend(files)
     return renamed

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .labels_csv import AUGMENTED_COPY
+from .layout import numbered_alike
 
 if TYPE_CHECKING:
     from .data import ImageFolder, Labeller
@@ -26,14 +27,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_NESTED = 0.5  # subfolder_groups: the share of files in sub-folders of their class folder that makes it a layout
-MIN_SUBFOLDERS = 7  # and how many sub-folders there must be to hold whole ones out (the split holds out 1 in 7)
+MIN_SUBFOLDERS = 10  # and how many sub-folders there must be to hold some out (a split holds out ~1 in 7), or
+MIN_NUMBERED = 7  # where they are numbered alike (patient01, p7: patients, not sub-types) as many as the split's folds
 # name_groups: names are numbered within patients when at least NAMED_SHARED of the files share their name with
 # another, in NAMED_GROUPS groups or more, none holding most of a class (NAMED_BULK: the same name numbered through
 # a class, cat.1 ... cat.12500) or over NAMED_LARGEST of the files (NAMED_FLOOR files on small sets), which would
 # unbalance the split. Kermany's chest films: 65% shared, 1,065 groups of 2-30, the largest 0.6%. A rare class of
 # two patients is two groups of about half: kept. Blood-cells' _3_1169.jpeg (augmentation 3, 3% of the files)
 # would pass, but copies are looked for first and found there.
-NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, MIN_SUBFOLDERS, 0.9, 0.05, 20
+NAMED_SHARED, NAMED_GROUPS, NAMED_BULK, NAMED_LARGEST, NAMED_FLOOR = 0.10, 20, 0.9, 0.05, 20
+# ... or MIN_NUMBERED groups whose names hold a number (patient07_3: patient07; not arm_b01's arm_b, a body site)
 # What is done with files found to belong together, said in each finding's warning line.
 KEPT_TOGETHER = ("kept together, on one side of a split and one vote in a score (--no-group-copies: each image on "
                  "its own)")
@@ -199,9 +202,12 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
                   for folders, path in zip(below, folder.paths)]
         nested = sum(len(folders) > level for folders in below)
         subfolders = len({group for group in groups if group.startswith("folder:")})
-        if nested >= MIN_NESTED * len(groups) and subfolders < MIN_SUBFOLDERS:
+        names = sorted({group.rsplit("/", 1)[-1] for group in groups if group.startswith("folder:")})
+        numbered = len(names) > 1 and numbered_alike(names)
+        needed = MIN_NUMBERED if numbered else MIN_SUBFOLDERS
+        if nested >= MIN_NESTED * len(groups) and subfolders < needed and numbered:
             too_few = too_few or (nested, len(groups), subfolders)
-        if nested >= MIN_NESTED * len(groups) and subfolders >= MIN_SUBFOLDERS:
+        if nested >= MIN_NESTED * len(groups) and subfolders >= needed:
             example = next(group for group in groups if group.startswith("folder:")).removeprefix("folder:")
             where = "sub-folders of their class folders" if level == 0 else \
                 f"folders {level + 1} levels below their class folders (such as {example})"
@@ -211,7 +217,7 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
     if too_few is not None:
         log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies?): too few to "
                     "hold whole ones out (%d are needed), so validation may share them with training and flatter "
-                    "the model", *too_few, MIN_SUBFOLDERS)
+                    "the model", *too_few, MIN_NUMBERED)
     return None
 
 
@@ -292,8 +298,10 @@ def _how_names_are_numbered(groups: np.ndarray, labels: np.ndarray) -> bool:
     index, sizes = np.unique(groups, return_inverse=True, return_counts=True)[1:]
     shared, largest = sizes[sizes > 1].sum() / len(groups), sizes.max()
     too_large = largest > max(NAMED_LARGEST * len(groups), NAMED_FLOOR)
-    return not (shared < NAMED_SHARED or np.sum(sizes > 1) < NAMED_GROUPS or too_large
-                or _a_class_bulk(labels, index.reshape(-1)))
+    shared_names = np.unique(groups)[sizes > 1]
+    enough = np.sum(sizes > 1) >= NAMED_GROUPS or (
+        np.sum(sizes > 1) >= MIN_NUMBERED and all(any(c.isdigit() for c in str(name)) for name in shared_names))
+    return not (shared < NAMED_SHARED or not enough or too_large or _a_class_bulk(labels, index.reshape(-1)))
 
 
 def _a_class_bulk(labels: np.ndarray, index: np.ndarray) -> bool:

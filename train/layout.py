@@ -113,7 +113,7 @@ def _pooled_sources(root: Path, found: list[str]) -> dict[str, list[str]] | None
     (not splits), each name in two of them or more (a patient holds the classes it has: IDC's both, mostly; a
     patient with one diagnosis, one). Classes are rarely numbered alike, and never ten of them or more, each
     holding a few folders of the same names."""
-    if len(found) <= FEW_SUBFOLDERS or not _numbered_alike(found) or any(_holds_images(root / n) for n in found):
+    if len(found) <= FEW_SUBFOLDERS or not numbered_alike(found) or any(_holds_images(root / n) for n in found):
         return None
     inner = {name: _subfolders(root / name) for name in found}
     classes = sorted({sub for subs in inner.values() for sub in subs})
@@ -124,7 +124,7 @@ def _pooled_sources(root: Path, found: list[str]) -> dict[str, list[str]] | None
     return {name: [f"{source}/{name}" for source in found if name in inner[source]] for name in classes}
 
 
-def _numbered_alike(names: list[str]) -> bool:
+def numbered_alike(names: list[str]) -> bool:
     """``10253``, ``10254``; ``patient_01``, ``patient_02``: names that differ only in their numbers."""
     return len(shapes := {re.sub(r"\d+", "#", name.casefold()) for name in names}) == 1 and "#" in shapes.pop()
 
@@ -148,14 +148,28 @@ def _finer_classes(root: Path, found: list[str]) -> dict[str, list[str]] | None:
     return {sub: [f"{name}/{sub}"] for name, folders in inner.items() for sub in folders}
 
 
+def _patients_among(leaves: list[str]) -> bool:
+    """Whether leaves numbered alike under one folder (``patient001``, ``patient002``) recur so under two or more
+    top folders — patients under each class's sites, not classes (``colitis_grade_1``, ``_2``, ``_3`` under one
+    kind of finding are classes)."""
+    shapes: dict[str, set[str]] = {}
+    siblings: dict[Path, list[str]] = {}
+    for path in leaves:
+        siblings.setdefault(Path(path).parent, []).append(Path(path).name)
+    for parent, names in siblings.items():
+        if len(names) > 1 and numbered_alike(names):
+            shapes.setdefault(re.sub(r"\d+", "#", names[0].casefold()), set()).add(parent.parts[0])
+    return any(len(tops) > 1 for tops in shapes.values())
+
+
 def _category_leaves(root: Path, found: list[str], deepest: int = 4) -> dict[str, list[str]] | None:
     """Leaf folder name → its folder, where the folders found are trees of categories (HyperKvasir's
     ``lower-gi-tract/pathological-findings/polyps/``, 23 classes under 2 regions and 6 kinds of finding): every
     folder above the leaves holds no image and 2 to ``FEW_SUBFOLDERS`` folders, every leaf holds images and no
     folder, no leaf less than two levels down, each named with a word (a scan's UID is not a class) and all
     differently (``patient1/{40X,100X}`` under every class are magnifications, not classes). Patients' folders
-    fail it: a class holds more of them, or one study each, or they are numbered alike (``patient001``,
-    ``patient002`` under each site of a class)."""
+    fail it: a class holds more of them, or one study each, or they are numbered alike under every class
+    (:func:`_patients_among`)."""
     leaves: list[str] = []
 
     def is_tree(path: str, depth: int) -> bool:
@@ -168,10 +182,7 @@ def _category_leaves(root: Path, found: list[str], deepest: int = 4) -> dict[str
 
     if len(found) < 2 or not all(is_tree(name, 0) for name in found):
         return None
-    siblings: dict[str, list[str]] = {}
-    for path in leaves:
-        siblings.setdefault(str(Path(path).parent), []).append(Path(path).name)
-    if any(len(names) > 1 and _numbered_alike(names) for names in siblings.values()):  # patient001, patient002
+    if _patients_among(leaves):
         return None
     names = [Path(path).name for path in leaves]
     if len({name.casefold() for name in names}) < len(names) or not all(

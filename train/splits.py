@@ -84,6 +84,11 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     held_out = given_val if val is not None else f"{val_split:.0%} of the images at random"
     if val is None:
         groups = split_groups(train, group_pattern, group_copies, naming)
+        folds = max(2, round(1 / val_split))
+        if groups is not None and group_pattern is None and not group_copies and len(np.unique(groups)) < folds:
+            log.warning("%s: the %d groups found are too few to hold %.0f%% of them out whole; split image by image "
+                        "(validation may share them with training)", data, len(np.unique(groups)), 100 * val_split)
+            groups = None
         if groups is not None:
             held_out = f"{val_split:.0%} of the images, whole {group_kind(groups)} at a time"
         train, val = _apart_from_twins(*stratified_split(train, val_split, seed, groups), groups, train)

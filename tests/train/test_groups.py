@@ -256,3 +256,43 @@ def test_a_few_patients_folders_or_numbered_names_are_held_out_whole_from_seven_
     with caplog.at_level(logging.WARNING):
         assert split_groups(read_folder(tmp_path / "four"), copies=None) is None
     assert "32 of 32 images sit in 4 sub-folders of their class folders (patients, studies?): too few" in caplog.text
+
+
+def test_sub_types_body_sites_and_graded_findings_are_not_taken_for_patients(tmp_path, blood_cell_images, caplog):
+    """Held out as patients from 7 groups, 8 named sub-types (BreakHis' adenosis, ...) went whole to validation,
+    unseen in training, and 8 body sites' name prefixes (arm_b01) too; a tree whose leaves are grade_1..3
+    under one kind of finding was read as its two top folders."""
+    from .trees import make_tree
+
+    kinds = {"benign": ("adenosis", "fibroadenoma", "phyllodes", "tubular"), "malignant": ("ductal", "lobular",
+                                                                                          "mucinous", "papillary")}
+    make_tree(tmp_path / "types", {f"{label}/{kind}": 12 for label, names in kinds.items() for kind in names},
+              blood_cell_images[0])
+    sites = ("back", "chest", "face", "scalp", "arm", "leg", "hand", "foot")
+    for label in ("benign", "malignant"):
+        (tmp_path / "sites" / label).mkdir(parents=True)
+        for k, site in enumerate(sites * 8):
+            (tmp_path / "sites" / label / f"{site}_{label[0]}{k:02d}.png").write_bytes(
+                blood_cell_images[k % len(blood_cell_images)].read_bytes())
+    graded = {f"lower-gi/finding/colitis_grade_{k}": 2 for k in (1, 2, 3)} | {
+        f"{part}/{kind}/{name}": 2 for part, kind, names in (
+            ("lower-gi", "landmark", ("cecum", "ileum")), ("upper-gi", "landmark", ("pylorus", "z-line")),
+            ("upper-gi", "finding", ("barretts", "esophagitis"))) for name in names}
+    make_tree(tmp_path / "graded", graded, blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        assert split_groups(read_folder(tmp_path / "types"), copies=None) is None
+        assert name_groups(read_folder(tmp_path / "sites")) is None
+        assert len(read_folder(tmp_path / "graded").classes) == 9
+    assert "patients, studies" not in caplog.text
+
+
+def test_groups_found_too_few_for_the_validation_share_fall_back_to_a_split_image_by_image(tmp_path,
+                                                                                          blood_cell_images, caplog):
+    """8 patient folders at --val-split 0.1 (10 folds) stopped a run that split image by image before."""
+    from .trees import make_tree
+
+    make_tree(tmp_path / "eight", {f"{label}/p{k}": 6 for label, ks in (("a", range(4)), ("b", range(4, 8)))
+                                   for k in ks}, blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path / "eight", val_split=0.1, group_copies=None)
+    assert len(splits.val) > 0 and "the 8 groups found are too few to hold 10% of them out whole" in caplog.text

@@ -246,8 +246,9 @@ def test_classes_split_into_finer_ones_named_after_them_are_read_as_those(tmp_pa
 
 def test_patients_numbered_alike_under_each_site_of_a_class_are_not_read_as_classes(tmp_path, blood_cell_images):
     """NORMAL/hospital_A/patient001/ ... was read as a tree of categories: a model telling 12 patients apart."""
-    layout = {f"{label}/hospital_{site}/patient{label[0]}{site}{k:02d}": 4 for label in ("NORMAL", "PNEUMONIA")
-              for site in "AB" for k in range(3)}
+    places = [(label, site) for label in ("NORMAL", "PNEUMONIA") for site in "AB"]
+    layout = {f"{label}/hospital_{site}/patient{3 * i + k + 1:03d}": 4 for i, (label, site) in enumerate(places)
+              for k in range(3)}
     make_tree(tmp_path / "films", layout, blood_cell_images[0])
     folder = read_folder(tmp_path / "films")
     assert folder.class_counts() == {"NORMAL": 24, "PNEUMONIA": 24}
