@@ -27,10 +27,16 @@ CARD = ModelCard(labels=("NORMAL", "PNEUMONIA"), preprocess=Preprocess(8, 8, col
 
 
 def site_folder(chest_xray, tmp_path, per_class: int):
-    """A site's labelled films: the first ``per_class`` real test X-rays of each class."""
+    """A site's labelled films: ``per_class`` real test X-rays of each class, one a patient (a patient's films
+    count once, and the test set's pneumonia patients have several)."""
+    from medclf.train.groups import name_key
+
     for name in CARD.labels:
         (tmp_path / "site" / name).mkdir(parents=True)
-        for path in sorted((chest_xray / "test" / name).iterdir())[:per_class]:
+        patients = {}
+        for path in sorted((chest_xray / "test" / name).iterdir()):
+            patients.setdefault(name_key(path.name, name) or path.name, path)
+        for path in list(patients.values())[:per_class]:
             shutil.copy(path, tmp_path / "site" / name / path.name)
     return tmp_path / "site"
 
