@@ -224,7 +224,8 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
         fitted = fit(model, training, labels, images, held_out_features=features)
     except FamiliarityUnavailable as exc:
         return None, {"added": False, "why": str(exc)}, held_out.images
-    return fitted, {"added": True, **fitted.record, "threshold_training_images": among}, images
+    fitted = dataclasses.replace(fitted, record=fitted.record | {"threshold_training_images": among})  # on the card
+    return fitted, {"added": True, **fitted.record}, images
 
 
 def _trained_paths(run_dir: Path) -> set[str]:

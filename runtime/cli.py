@@ -166,7 +166,8 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
-        print(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card)),
+        among = classifier.card.metrics.get("familiarity", {}).get("threshold_training_images", 0)
+        print(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card), among),
               file=sys.stderr)
     if args.csv_file is not None:
         try:
@@ -241,16 +242,20 @@ def _counting(predictions: Iterable[Prediction], calls: Counter, unlike: list[st
         yield prediction
 
 
-def unlike_warning(unlike: list[str], classified: int, site: str | None = None) -> str:
+def unlike_warning(unlike: list[str], classified: int, site: str | None = None, trained_among: int = 0) -> str:
     """One line for the inputs the model says are unlike its training images, whose calls are guesses: a chest
     film given to a blood-cell model, a grey smear given to a colour one, another stain or exposure. ``site``:
-    where a copy's unfamiliarity was set again (``medclf calibrate --familiarity-from-site``)."""
+    where a copy's unfamiliarity was set again (``medclf calibrate --familiarity-from-site``); ``trained_among``:
+    how many training images set its threshold beside the held-out ones (a run that held out too few)."""
     if len(unlike) == 1:
         which, calls, kind = f"{_printable(unlike[0])} is", "its call is", "it is"
     else:
         which, calls, kind = f"{len(unlike)} of {classified} classified inputs are", "their calls are", "they are"
+    held = "held-out images" if not trained_among else \
+        f"verification images, {trained_among} of them training images it knows better: more ordinary images " \
+        "are flagged than that"
     images = f"the images the model was trained on (farther from them than {FAMILIARITY_QUANTILE:.1%} of its " \
-        "held-out images" if site is None else \
+        f"{held}" if site is None else \
         f"the images of {site}, where this copy was set (farther from them than {FAMILIARITY_QUANTILE:.1%} of those"
     return (f"warning: {which} unlike {images}; {UNLIKE_MARK} in the table, unlike_training in JSON): {calls} a "
             f"guess — check {kind} the kind of image the model is for")

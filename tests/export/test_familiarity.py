@@ -193,6 +193,8 @@ def test_medclf_run_marks_and_warns_once_for_images_unlike_the_training_images(e
     rows = out.splitlines()[1:]
     assert "UNLIKE TRAINING" not in rows[0] and "UNLIKE TRAINING" in rows[1]
     assert f"warning: {film} is unlike the images the model was trained on" in err
+    among = exported[1]["familiarity"]["threshold_training_images"]  # this small run held out 24 cells
+    assert among > 0 and f"99.5% of its verification images, {among} of them training images it knows better" in err
     header, *lines = csv_file.read_text().splitlines()
     assert header.split(",")[4] == "unfamiliarity" and float(lines[1].split(",")[4]) > 1
     with pytest.raises(SystemExit):
