@@ -19,7 +19,7 @@ machine_info; its two sides are timed call by call in turn by one benchmark (eac
 extra_info), so a slow spell of the machine falls on both. It times the packaged INT8 file, which passed
 verification: since 2026-12-06's second export the one with 5 leading convolutions float and the float unfamiliarity
 output (99.6% on 1,024 held-out cells, 99.4% on TEST), 1.41-1.56x FP32 on an AVX-512 VNNI EPYC in four runs here
-(baseline 1.4) while the output's feature maps were transposed and dequantized for it, 1.57-1.78x in seven runs since
+(baseline 1.4) while the output's feature maps were transposed and dequantized for it, 1.54-1.78x in nine runs since
 its levels are summed in integers (``export/integer_pooling.py``); the 3-float file of the model before it
 1.82-2.19x, its 12-float file 1.26-1.59x, the 9-float one 1.40-1.59x. The quantize-everything file timed before them
 ran 2.0-3.1x there and 1.2x on an AVX2-only EPYC, where the verified file has no baseline yet (`--update` there
