@@ -161,7 +161,7 @@ def _float_nodes(model: onnx.ModelProto, float_convs: int = 1) -> list[str]:
     nodes = list(model.graph.node)
     depth = conv_depths(nodes)
     float_convs = min(max(1, float_convs), max(depth, default=0))
-    fused = {i for i, node in enumerate(nodes) if _is_fused(nodes, i)}
+    fused = _fused_activations(nodes)
     prefix = [i for i, d in enumerate(depth) if d < float_convs or (d == float_convs and (
         nodes[i].op_type == "Conv" or i in fused))]
     tail = [i for i, reaches in enumerate(_reach_a_conv(nodes)) if not reaches and nodes[i].op_type != "Conv"
@@ -183,10 +183,8 @@ def _reach_a_conv(nodes: list[onnx.NodeProto]) -> list[bool]:
     return reaches
 
 
-def _is_fused(nodes: list[onnx.NodeProto], i: int) -> bool:
-    """Whether node ``i`` is a Clip/Relu reading a convolution's output, which is fused into it (found by the
-    tensor it reads, not by its place: two backbones' nodes interleave in the file)."""
-    if nodes[i].op_type not in ("Clip", "Relu"):
-        return False
-    producer = next((node for node in nodes if nodes[i].input[0] in node.output), None)
-    return producer is not None and producer.op_type == "Conv"
+def _fused_activations(nodes: list[onnx.NodeProto]) -> set[int]:
+    """The Clip/Relu nodes reading a convolution's output, each fused into it (found by the tensor it reads, not
+    by its place: two backbones' nodes interleave in the file, and the unfamiliarity output's nodes sit between)."""
+    convolved = {name for node in nodes if node.op_type == "Conv" for name in node.output}
+    return {i for i, node in enumerate(nodes) if node.op_type in ("Clip", "Relu") and node.input[0] in convolved}

@@ -133,11 +133,10 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
     if not folder and _is_stream(path):  # /dev/stdout, a pipe
         return None if os.access(path, os.W_OK) else "cannot write there (Permission denied)"
     path = Path(path)
-    target = Path(os.path.realpath(path))
     if not folder and path.is_symlink():  # written where the link leads: that folder is the one to ask
-        if not target.parent.is_dir():
-            return f"is a link to {target}, whose folder does not exist"
-        path = target
+        path = Path(os.path.realpath(path))
+        if not path.parent.is_dir():
+            return f"is a link to {path}, whose folder does not exist"
     if folder and path.exists() and not path.is_dir():
         return "is a file; give a folder"
     if not folder and path.is_dir():

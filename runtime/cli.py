@@ -23,7 +23,7 @@ from .atomic import atomic_write, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import STDIN, expand_inputs, listed_inputs
-from .modelcard import FAMILIARITY_QUANTILE, ModelCardError, familiarity_site
+from .modelcard import FAMILIARITY_QUANTILE, ModelCardError, familiarity_site, familiarity_trained_among
 from .stream import use_processes
 from .tta import VIEWS
 
@@ -166,9 +166,8 @@ def run(args: argparse.Namespace) -> int:
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
-        among = classifier.card.metrics.get("familiarity", {}).get("threshold_training_images", 0)
-        print(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card), among),
-              file=sys.stderr)
+        print(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card),
+                             familiarity_trained_among(classifier.card)), file=sys.stderr)
     if args.csv_file is not None:
         try:
             sys.stdout.flush()  # the table first, where --csv is /dev/stdout

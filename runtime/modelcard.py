@@ -109,3 +109,9 @@ def familiarity_site(card: ModelCard) -> str | None:
     """The site whose images a calibrated copy's unfamiliarity was set on, or None (the training site's)."""
     site = card.metrics.get("site", {})
     return site.get("familiarity_set_at") or (site.get("data") if site.get("familiarity", {}).get("weights") else None)
+
+
+def familiarity_trained_among(card: ModelCard) -> int:
+    """How many training images set the unfamiliarity threshold beside the held-out ones (a run that held out
+    too few: the threshold sits tighter), as export recorded it; 0 where none did."""
+    return card.metrics.get("familiarity", {}).get("threshold_training_images", 0)

@@ -53,7 +53,6 @@ from .data import ImageFolder, Labeller, predict_folder
 from .groups import split_groups
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
                        positive_class, prevalence_ratios, prevalence_weights, stated_shares)
-from .pipeline import drawn
 from .plots import plot_reliability
 from .site_familiarity import SITE_PREFIX, SiteFamiliarity, site_description, site_familiarity
 from .splits import read_labelled
@@ -188,9 +187,9 @@ def _draw(picture: str | os.PathLike[str], labels: np.ndarray, probabilities: np
     """The site's reliability curves as the model stands and calibrated, weighted to a stated prevalence."""
     binary = positive_class(classes) if len(classes) == 2 else None
     title = f"at {data}: {len(labels)} images" + (" weighted to the stated prevalence" if shares is not None else "")
-    drawn(plot_reliability, labels, {"as the model stands": probabilities,
-                                     "calibrated (fitted on the other half)": cross_fitted},
-          classes, picture, title, binary, None if shares is None else prevalence_weights(labels, shares))
+    plot_reliability(labels, {"as the model stands": probabilities, "calibrated (fitted on the other half)":
+                              cross_fitted}, classes, picture, title, binary,
+                     None if shares is None else prevalence_weights(labels, shares))
 
 
 def _sources(labels: np.ndarray, groups: np.ndarray, classes: int) -> np.ndarray:

@@ -9,7 +9,6 @@ set when given, else of validation). See ``medclf.rundir``.
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sys
@@ -57,8 +56,6 @@ from .sizing import fit_to_budget
 from .splits import (Splits, load_splits, read_labelled, recorded_split, warn_missing_classes,
                      warn_scarce_classes)
 from .temperature import fit_temperature, fold_temperature, scaled
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -195,7 +192,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
         metrics["test"] = report(run_dir, test_y, test_p, classes, decision, "test", extras) | extras
         scores = TestScores(test_y, test_p, decide(test_p, classes, decision), groups)
     identical = identical_files(Splits(train_set, val_set, test_set))
-    drawn(plot_curves, run_dir / rundir.HISTORY, run_dir / "curves.png")
+    plot_curves(run_dir / rundir.HISTORY, run_dir / "curves.png")
     save_model(model, run_dir / rundir.MODEL)
     seconds = time.monotonic() - budget.started
     metrics["training"] = {"architecture": recipe.arch, "image_size": [preprocess.height, preprocess.width],
@@ -450,25 +447,15 @@ def report(out: Path, labels: np.ndarray, probabilities: np.ndarray, classes: tu
     call wins); a test set's ``extras`` (:func:`test_extras`) put its ROC AUC's interval under the ROC's title."""
     metrics = classification_metrics(labels, probabilities, classes, decision)
     at = f" at p ≥ {decision.threshold:.3g}" if decision is not None else ""
-    drawn(plot_confusion, metrics["confusion_matrix"], classes, out / "confusion_matrix.png", f"{title}{at}")
+    plot_confusion(metrics["confusion_matrix"], classes, out / "confusion_matrix.png", f"{title}{at}")
     binary = positive_class(classes) if len(classes) == 2 else None
-    drawn(plot_roc, labels, probabilities, classes, out / "roc.png", title + _auc_interval(metrics, extras or {}),
-          positive=binary)
+    plot_roc(labels, probabilities, classes, out / "roc.png", title + _auc_interval(metrics, extras or {}),
+             positive=binary)
     of_what = " (of the most probable class)" if binary is not None else ""  # the curve is p(finding)'s
-    drawn(plot_reliability, labels, probabilities, classes, out / "calibration.png",
-          f"{title}: calibration error {metrics['expected_calibration_error']:.3f}{of_what}", positive=binary)
+    plot_reliability(labels, probabilities, classes, out / "calibration.png",
+                     f"{title}: calibration error {metrics['expected_calibration_error']:.3f}{of_what}",
+                     positive=binary)
     return metrics
-
-
-def drawn(draw: Callable, *args, **kwargs) -> None:
-    """``draw(*args, **kwargs)``, a picture whose failure is a warning: the model and its metrics, computed
-    before it, are what the run is for (an older scikit-learn's ROC stopped a run before its model was saved)."""
-    try:
-        draw(*args, **kwargs)
-    except Exception as exc:  # whatever matplotlib or scikit-learn raise: the picture alone is lost
-        log.warning("could not draw %s (%s: %s); the numbers are in metrics.json",
-                    next((a for a in args if isinstance(a, Path) and a.suffix == ".png"), "a picture"),
-                    type(exc).__name__, exc)
 
 
 def _auc_interval(metrics: dict, extras: dict) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import functools
+import inspect
+import logging
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,6 +25,8 @@ from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay  # noqa: E40
 
 from medclf.runtime.atomic import atomic_write  # noqa: E402
 
+log = logging.getLogger(__name__)
+
 LEGEND_INSIDE_MAX = 6  # ROC curves whose legend still fits inside the axes without hiding them
 
 
@@ -35,11 +39,28 @@ def _plain_text(draw: Callable) -> Callable:
     return drawn
 
 
+def _file_or_warning(draw: Callable) -> Callable:
+    """A picture written to its ``path``, or a warning where it cannot be drawn: the model and the metrics
+    computed before it are what a run is for (an older scikit-learn's ROC stopped a run before its model was
+    saved)."""
+    signature = inspect.signature(draw)
+
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs) -> None:
+        try:
+            draw(*args, **kwargs)
+        except Exception as exc:  # whatever matplotlib or scikit-learn raise: the picture alone is lost
+            log.warning("could not draw %s (%s: %s); the numbers are in metrics.json",
+                        signature.bind(*args, **kwargs).arguments["path"], type(exc).__name__, exc)
+    return drawn
+
+
 def _legend_name(name: str) -> str:
     """``name`` as a legend shows it: matplotlib leaves out labels that begin with "_" (a class ``_other``)."""
     return "\u200b" + name if name.startswith("_") else name
 
 
+@_file_or_warning
 @_plain_text
 def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
     """Loss and accuracy per epoch, training vs validation, from the run's ``history.csv``; a dashed line marks
@@ -68,6 +89,7 @@ def plot_curves(history_csv: str | os.PathLike[str], path: str | os.PathLike[str
     _save(figure, path)
 
 
+@_file_or_warning
 @_plain_text
 def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path: str | os.PathLike[str],
                    title: str = "") -> None:
@@ -84,6 +106,7 @@ def plot_confusion(matrix: Sequence[Sequence[int]], classes: Sequence[str], path
     _save(figure, path)
 
 
+@_file_or_warning
 def plot_roc(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str], path: str | os.PathLike[str],
              title: str = "", positive: int | None = None) -> None:
     """ROC curve of the positive class (binary) or one-vs-rest per class, with AUC in the legend."""
@@ -117,6 +140,7 @@ def roc_figure(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[
     return figure
 
 
+@_file_or_warning
 def plot_reliability(labels: np.ndarray, probabilities: np.ndarray | dict[str, np.ndarray], classes: Sequence[str],
                      path: str | os.PathLike[str], title: str = "", positive: int | None = None,
                      weights: np.ndarray | None = None) -> None:

@@ -223,12 +223,12 @@ def test_a_run_into_the_folder_of_an_earlier_one_sets_it_aside_whole_before_writ
 
 def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_numbers_stand(tmp_path, monkeypatch, caplog):
     """scikit-learn before 1.7 had no curve_kwargs: the ROC's TypeError stopped a run before its model was saved."""
-    from medclf.train import pipeline
+    from medclf.train import pipeline, plots
 
     def broken(*args, **kwargs):
         raise AttributeError("Line2D.set() got an unexpected keyword argument 'curve_kwargs'")
 
-    monkeypatch.setattr(pipeline, "plot_roc", broken)
+    monkeypatch.setattr(plots, "roc_figure", broken)
     labels, probabilities = np.array([0, 1, 1, 0]), np.array([[0.8, 0.2], [0.3, 0.7], [0.4, 0.6], [0.6, 0.4]])
     metrics = pipeline.report(tmp_path, labels, probabilities, ("NORMAL", "PNEUMONIA"), None, "test")
     assert metrics["accuracy"] == 1.0 and (tmp_path / "confusion_matrix.png").is_file()
