@@ -50,7 +50,7 @@ def write_model(repo: str | os.PathLike[str], name: str, model_file: str | os.Pa
     platform, file_name = PLATFORMS[Path(model_file).suffix]
     repo = Path(repo)
     repo.mkdir(parents=True, exist_ok=True)
-    staged = Path(tempfile.mkdtemp(dir=repo, prefix=f".{name}."))
+    staged = Path(tempfile.mkdtemp(dir=_staging_folder(repo), prefix=f".{name}."))
     staged.chmod(0o755)  # mkdtemp makes it private; a Triton server often runs as another user
     try:
         (staged / "1").mkdir()
@@ -146,13 +146,25 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
+def _staging_folder(repo: Path) -> Path:
+    """Where a model folder is written before it is swapped in: beside the repository where that folder is
+    writable and on the same file system (a rename cannot cross one), else inside it — where a Triton server
+    polling the repository sees the half-written folder as a model it cannot load."""
+    parent = repo.resolve().parent
+    try:
+        beside = os.access(parent, os.W_OK | os.X_OK) and parent.stat().st_dev == repo.stat().st_dev
+    except OSError:
+        beside = False
+    return parent if beside else repo
+
+
 def _swap_in(staged: Path, final: Path) -> None:
     """Replace ``final`` by ``staged`` so a reader sees the old model or the new one, never half of each — nor,
     where Linux can exchange two paths in one step, neither (Triton polling the repository would unload it)."""
     if final.exists() and _exchanged(staged, final):
         shutil.rmtree(staged, ignore_errors=True)  # now the old model
         return
-    old = final.with_name(f".{final.name}.old.{os.getpid()}")
+    old = staged.with_name(f"{staged.name}.old")  # beside the staged folder: outside the repository
     if final.exists():
         os.replace(final, old)
     os.replace(staged, final)

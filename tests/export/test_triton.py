@@ -151,3 +151,24 @@ def test_a_model_replaced_is_never_absent_from_the_repository(exported, tmp_path
     monkeypatch.setattr(os, "replace", present_throughout)
     assert config_of(write_model(tmp_path, "m", onnx_file, onnx_file, max_batch_size=16)).max_batch_size == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_a_model_is_written_outside_the_repository_a_server_polls(exported, tmp_path, monkeypatch):
+    """Triton polling the repository takes every folder in it for a model: the half-written one is staged beside
+    the repository and swapped in whole."""
+    from medclf.export import triton
+
+    onnx_file = exported[1]["precisions"]["fp32"]["file"]
+    repo = tmp_path / "repo"
+    swap_in = triton._swap_in
+    seen = []
+
+    def looking_first(staged, final):
+        seen.append(sorted(p.name for p in repo.iterdir()))
+        swap_in(staged, final)
+
+    monkeypatch.setattr(triton, "_swap_in", looking_first)
+    triton.write_model(repo, "m", onnx_file, onnx_file)
+    triton.write_model(repo, "m", onnx_file, onnx_file)
+    assert seen == [[], ["m"]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"] and sorted(p.name for p in repo.iterdir()) == ["m"]
