@@ -221,10 +221,19 @@ def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterable[Pr
     """A progress bar on stderr for long runs in a terminal; nothing when stderr is a pipe or a log file."""
     if total <= PROGRESS_FROM or not sys.stderr.isatty():
         return predictions
-    from rich.console import Console  # rich is imported only where it draws: one-shot --json runs start faster
-    from rich.progress import track
+    return _drawing_progress(predictions, total)
 
-    return track(predictions, total=total, description="classifying", console=Console(stderr=True), transient=True)
+
+def _drawing_progress(predictions: Iterable[Prediction], total: int) -> Iterator[Prediction]:
+    """rich takes over stdout while it draws, so that what is printed scrolls above the bar; only where stdout
+    is that terminal too — redirected (``--json > results.jsonl``, ``| jq``), it stays where it was sent."""
+    from rich.console import Console  # rich is imported only where it draws: one-shot --json runs start faster
+    from rich.progress import Progress
+
+    shared = sys.stdout.isatty()
+    with Progress(*Progress.get_default_columns(), console=Console(stderr=True), transient=True,
+                  redirect_stdout=shared, redirect_stderr=shared) as progress:
+        yield from progress.track(predictions, total=total, description="classifying")
 
 
 def _recording(predictions: Iterable[Prediction], into: list[Prediction]) -> Iterator[Prediction]:

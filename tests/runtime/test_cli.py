@@ -386,6 +386,21 @@ def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
         "path": "-", "error": "standard input is a terminal: pipe an image in (medclf-run - < scan.png)"}
 
 
+def test_the_progress_bar_in_a_terminal_leaves_redirected_answers_where_they_were_sent(blood_cell_images, tmp_path):
+    """``medclf-run folder --json > results.jsonl`` at a terminal: the bar draws on stderr, every answer reaches
+    the file (rich's bar took stdout over and printed them all on the terminal: the file was empty)."""
+    import pty
+
+    from medclf.runtime.cli import PROGRESS_FROM
+
+    _, terminal = pty.openpty()
+    names = [str(blood_cell_images[i % len(blood_cell_images)]) for i in range(PROGRESS_FROM + 1)]
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", *names], stderr=terminal,
+                          stdout=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0
+    assert [json.loads(line)["path"] for line in done.stdout.splitlines()] == names
+
+
 def test_a_worklist_names_inputs_one_per_line_from_a_file_or_standard_input(tmp_path, blood_cell_images):
     worklist = tmp_path / "worklist.txt"  # as a lab system writes it: Windows line ends, a blank line, a bad path
     worklist.write_bytes(b"\r\n".join([str(blood_cell_images[0]).encode(), b"", str(tmp_path / "gone.jpeg").encode(),
