@@ -11,8 +11,14 @@ frame is decoded; enhanced objects' rescale and window are read from that frame'
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
+import sys
+import tempfile
+import threading
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -51,6 +57,8 @@ def decode_dicom(data: bytes, source: str) -> np.ndarray:
     dataset = None
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
+        if len(dataset) == 0:  # pydicom drops the whole dataset where the file ends inside an element
+            raise ImageError(source, "truncated DICOM (the file ends inside its data: copy it again)")
         return _displayed(dataset, source)
     except ImageError:
         raise
@@ -68,7 +76,10 @@ def _displayed(dataset, source: str) -> np.ndarray:
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if rows * columns > MAX_PIXELS:
         raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
-    pixels = pixel_array(dataset, index=0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None)
+    compressed = dataset.file_meta.TransferSyntaxUID.is_compressed
+    with _decoder_said() if compressed else contextlib.nullcontext([""]) as said:
+        pixels = pixel_array(dataset, index=0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None)
+    _refuse_lost_data(said[0], source, dataset)
     if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into the file's colour table
         return _palette_rgb(pixels, dataset)
     if pixels.ndim == 3:  # colour: already display values
@@ -77,6 +88,41 @@ def _displayed(dataset, source: str) -> np.ndarray:
     shown, low, high = _voi(values, dataset)
     grey = _scale(shown, low, high)
     return 255 - grey if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else grey
+
+
+_STDERR = threading.Lock()  # fd 2 is the process's: one decoding listens to it at a time
+
+
+@contextlib.contextmanager
+def _decoder_said() -> Iterator[list[str]]:
+    """What decoding libraries print on stderr meanwhile, handed over as the yielded list's one item once the
+    block ends. GDCM's libjpeg decodes a JPEG frame whose data is cut short or garbled, fills the rest and only
+    warns there ("Corrupt JPEG data: premature end of data segment"), naming no file."""
+    said: list[str] = []
+    with _STDERR, tempfile.TemporaryFile() as caught:
+        sys.stderr.flush()
+        terminal = os.dup(2)
+        os.dup2(caught.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(terminal, 2)
+            os.close(terminal)
+            caught.seek(0)
+            said.append(caught.read().decode(errors="replace"))
+
+
+def _refuse_lost_data(said: str, source: str, dataset) -> None:
+    """An ImageError where the decoder's complaints mean part of the picture is lost (the signs :mod:`.jpeg`
+    refuses a .jpg for); whatever else was printed meanwhile — another thread's warning — goes on to stderr."""
+    from .jpeg import LOST_DATA
+
+    lost = [line.strip() for line in said.splitlines() if any(sign in line.lower() for sign in LOST_DATA)]
+    if lost:
+        raise ImageError(source, f"damaged compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}), part of "
+                                 f"the picture is lost ({lost[0]})")
+    if said:
+        sys.stderr.write(said)
 
 
 def _palette_rgb(indices: np.ndarray, dataset) -> np.ndarray:

@@ -21,8 +21,9 @@ _OVERLAY = re.compile(r"-[0-9a-f]{8}\..+\.(?:cam|gradcam)\.png$")
 STDIN = "-"  # an INPUT that is the image piped in (a DICOMweb fetch, a router): ``medclf-run - < scan.png``
 
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".jp2",
-                              ".pgm", ".ppm", ".avif", ".dcm", ".dicom", ".dic"})  # .dicom: VinDr-CXR's names
+# .dicom: VinDr-CXR's names; .ima: Siemens scanners' DICOM exports; .j2k: a JPEG 2000 codestream.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                              ".jp2", ".j2k", ".pbm", ".pgm", ".ppm", ".pnm", ".avif", ".dcm", ".dicom", ".dic", ".ima"})
 
 
 def piped_in(most: int) -> bytes:

@@ -31,8 +31,9 @@ from .inputs import IMAGE_EXTENSIONS, STDIN, folder_contents, piped_in
 cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # Bumped whenever the same bytes may decode differently, so caches of decoded images are made again
-# (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused).
-DECODING_VERSION = 3
+# (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused;
+# 4: damaged compressed DICOMs refused, signed, 32-bit and float TIFFs scaled over the values they hold).
+DECODING_VERSION = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
 PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})
@@ -346,14 +347,22 @@ def _to_color(image: np.ndarray, color: str) -> np.ndarray:
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
+    """8 bits from any depth: unsigned 16-bit values — and wider or signed ones within that range, as a film's
+    raw values are often saved — over the bit depth they hold (:func:`significant_bits`); floats in 0-1 (the
+    usual float image) times 255; other values over the range they hold (a CT slice's negative units, a float
+    TIFF of raw values), as a DICOM without a window is shown."""
     if image.dtype == np.uint8:
         return image
-    if image.dtype == np.uint16:
+    if np.issubdtype(image.dtype, np.floating):
+        image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
+        if image.min() >= 0 and image.max() <= 1:
+            return np.rint(image * 255.0).astype(np.uint8)
+    elif image.min() >= 0 and image.max() < 1 << 16:
         return np.rint(image / (((1 << significant_bits(image)) - 1) / 255.0)).astype(np.uint8)  # 16 bits: / 257
-    if np.issubdtype(image.dtype, np.floating):  # e.g. 32-bit float TIFF/EXR in [0, 1]
-        return np.clip(np.rint(np.nan_to_num(image) * 255.0), 0, 255).astype(np.uint8)
-    info = np.iinfo(image.dtype)
-    return np.rint((image.astype(np.float64) - info.min) / (info.max - info.min) * 255).astype(np.uint8)
+    low, high = float(image.min()), float(image.max())
+    if high == low:
+        return np.zeros(image.shape, np.uint8)
+    return np.rint((image.astype(np.float64) - low) / (high - low) * 255).astype(np.uint8)
 
 
 def significant_bits(image: np.ndarray) -> int:

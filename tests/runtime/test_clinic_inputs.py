@@ -95,6 +95,34 @@ def test_a_16_bit_tiff_is_scaled_to_8_bits():
     np.testing.assert_array_equal(decode_image(encoded.tobytes(), "x.tif")[:, :, 0], RAMP)
 
 
+def tiff_bytes(values: np.ndarray) -> bytes:
+    """A grey TIFF of ``values`` in their own type, as Pillow writes signed and 32-bit ones (OpenCV's are LZW)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(values).save(out, "TIFF")
+    return out.getvalue()
+
+
+def test_tiffs_of_raw_values_of_any_type_show_the_film_a_16_bit_file_shows():
+    """A 12-bit film saved as its raw values in signed 16-bit (a pixel_array written as it is) or 32-bit integers
+    reads as the unsigned 16-bit file does (they were spread over their type's whole range: a flat grey the
+    model still called). Floats in 0-1 are the usual float image; negative values (a CT slice's units) and
+    floats past 1 are shown over the range they hold (a float file of raw values was black and white)."""
+    film = RAMP.astype(np.uint16) * 16  # 0-4032: 12 bits held
+    seen = decode_image(tiff_bytes(film), "u16.tif")[:, :, 0]
+    np.testing.assert_array_equal(seen, np.rint(film / (4095 / 255)).astype(np.uint8))
+    for values in (film.astype(np.int16), film.astype(np.int32)):
+        np.testing.assert_array_equal(decode_image(tiff_bytes(values), f"{values.dtype}.tif")[:, :, 0], seen)
+    raw = decode_image(tiff_bytes(film.astype(np.float32)), "raw.tif")[:, :, 0]
+    np.testing.assert_array_equal(raw, np.rint(film / film.max() * 255).astype(np.uint8))
+    unit = decode_image(tiff_bytes((RAMP / 255).astype(np.float32)), "unit.tif")[:, :, 0]
+    np.testing.assert_array_equal(unit, RAMP)
+    units = RAMP.astype(np.int16) * 16 - 1024  # -1024 (air) .. 3008
+    shown = decode_image(tiff_bytes(units), "ct.tif")[:, :, 0]
+    assert shown.min() == 0 and shown.max() == 255 and np.all(np.diff(shown.astype(int), axis=1) >= 0)
+
+
 def test_dicom_goes_through_the_modality_lut_and_its_window():
     stored = (RAMP.astype(np.uint16) * 4)  # 0..1008
     # physical = 2 * stored - 1000 → -1000..1016; the window shows -500..500, everything else saturates
@@ -167,6 +195,27 @@ def test_compressed_radiographs_decode_to_the_pixels_of_the_uncompressed_file(sy
     assert pydicom.dcmread(io.BytesIO(compressed)).file_meta.TransferSyntaxUID != ExplicitVRLittleEndian
     np.testing.assert_array_equal(decode_image(compressed, "cr.dcm", color="grey"),
                                   decode_image(plain, "cr.dcm", color="grey"))
+
+
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEGBaselineProcess1"])
+def test_a_compressed_dicom_whose_picture_is_cut_short_is_refused_by_name(syntax, tmp_path):
+    """A frame cut short (a bad sector, a transfer stopped mid-file): GDCM's libjpeg fills the rest with grey or
+    black and only warns, anonymously, on stderr — the file was classified as if whole. A file cut short before
+    its pixel data ends is called truncated (pydicom read it as an object without an image)."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    stored = np.tile(np.arange(0, 256, dtype=np.uint8), (192, 1))
+    compressed = pydicom.dcmread(io.BytesIO(gdcm_transcoded(dicom_bytes(stored), syntax, tmp_path)))
+    (frame,) = generate_frames(compressed.PixelData, number_of_frames=1)
+    compressed.PixelData = encapsulate([frame[:len(frame) * 6 // 10] + b"\xff\xd9"])
+    damaged = io.BytesIO()
+    compressed.save_as(damaged)
+    with pytest.raises(ImageError, match=rf"^cut.dcm: damaged compressed DICOM \(JPEG .*\), part of the picture is "
+                                         r"lost \(Corrupt JPEG data: premature end of data segment\)$"):
+        decode_image(damaged.getvalue(), "cut.dcm")
+    whole = gdcm_transcoded(dicom_bytes(stored), syntax, tmp_path)
+    with pytest.raises(ImageError, match=r"^short.dcm: truncated DICOM"):
+        decode_image(whole[:len(whole) * 9 // 10], "short.dcm")
 
 
 def test_a_compressed_dicom_without_a_decoder_says_in_one_line_what_would_read_it():

@@ -94,6 +94,44 @@ def test_the_names_dicom_and_jpeg_files_go_by_are_picked_from_folders(name, tmp_
     assert is_image_file(tmp_path / name)
 
 
+def _encoded(suffix: str, image) -> bytes:
+    import io
+
+    import cv2
+
+    if suffix == ".j2k":  # a bare JPEG 2000 codestream, which OpenCV reads but does not write
+        from PIL import Image
+
+        out = io.BytesIO()
+        Image.fromarray(image).save(out, "JPEG2000", no_jp2=True)
+        return out.getvalue()
+    if suffix == ".IMA":  # Siemens scanners' name for their DICOM exports
+        from tests.runtime.test_clinic_inputs import dicom_bytes
+
+        return dicom_bytes(image)
+    grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+    ok, encoded = cv2.imencode({".jpe": ".jpg"}.get(suffix, suffix), grey > 127 if suffix == ".pbm" else image)
+    assert ok
+    return encoded.tobytes()
+
+
+@pytest.mark.parametrize("suffix", [".jpe", ".j2k", ".pnm", ".pbm", ".IMA"])
+def test_every_name_an_image_goes_by_that_decodes_when_named_is_also_picked_from_its_folder(suffix, tmp_path,
+                                                                                            blood_cell_images):
+    """Files the decoders read when named were skipped in folders without a word (a Siemens MR export of .IMA
+    files: 'all inputs classified')."""
+    import cv2
+
+    from medclf.runtime.preprocess import read_image
+
+    if suffix == ".IMA":
+        pytest.importorskip("pydicom", reason="pydicom (medclf[dicom]) is not installed")
+    smear = cv2.cvtColor(cv2.imread(str(blood_cell_images[0])), cv2.COLOR_BGR2RGB)[:64, :80].copy()
+    (tmp_path / f"scan{suffix}").write_bytes(_encoded(suffix, smear))
+    assert list(expand_inputs([str(tmp_path)])) == [str(tmp_path / f"scan{suffix}")]
+    assert read_image(tmp_path / f"scan{suffix}").shape == (64, 80, 3)
+
+
 def test_heatmaps_medclf_wrote_among_the_images_are_not_taken_for_images(tmp_path, blood_cell_images):
     """medclf-run --cam into the input folder, run again, classified its own heatmaps (explain and training the
     same); scans whose names merely hold "cam" stay."""
