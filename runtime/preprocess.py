@@ -24,7 +24,7 @@ import numpy as np
 
 from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 
-from .inputs import IMAGE_EXTENSIONS, STDIN, folder_contents, piped_in
+from .inputs import IMAGE_EXTENSIONS, STDIN, folder_contents, list_images, piped_in
 
 # OpenCV logs its decoders' complaints about a damaged file on stderr, several lines each (a cut TIFF: 2-6);
 # the runtime reports each unusable file in one line of its own (ImageError), so OpenCV's log stays quiet.
@@ -313,6 +313,9 @@ def _folder_said(path: str | os.PathLike[str]) -> str:
         os.listdir(path)
     except OSError as exc:
         return f"a folder that cannot be listed ({exc.strerror or exc})"
+    if images := list_images(path):  # given to Classifier.classify, which takes files (medclf-run lists folders)
+        return f"a folder of {len(images)} image{'s' if len(images) > 1 else ''}, not an image: list its files " \
+            "(medclf.runtime.inputs.expand_inputs lists them as medclf-run does)"
     return f"no image in this folder ({folder_contents(path)}; medclf reads {' '.join(sorted(IMAGE_EXTENSIONS))} " \
         "and DICOM)"
 

@@ -86,6 +86,16 @@ def test_classify_keeps_input_order_around_failures(classifier, blood_cell_image
     assert results[0].error is None and len(results[0].top_k) == 2
 
 
+def test_a_folder_given_to_classify_is_said_to_be_a_folder_of_images_to_list(classifier, blood_cell_images):
+    """classify takes files; a folder of images was "no image in this folder (it holds 40 .jpg files)"."""
+    from medclf.runtime.inputs import expand_inputs
+
+    folder = str(blood_cell_images[0].parent)
+    (result,) = classifier.classify([folder])
+    assert result.error == f"a folder of {len(list(expand_inputs([folder])))} images, not an image: list " \
+        "its files (medclf.runtime.inputs.expand_inputs lists them as medclf-run does)"
+
+
 def test_the_model_is_right_on_most_unseen_test_images(classifier, blood_cells):
     paths = [str(p) for c in sorted((blood_cells / "TEST").iterdir()) for p in sorted(c.iterdir())[::5]]
     predicted = [r.label for r in classifier.classify(paths, batch_size=32)]
