@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import struct
 import sys
 import tempfile
 import threading
@@ -25,6 +26,9 @@ import numpy as np
 from .preprocess import MAX_PIXELS, ImageError
 
 DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
+# The transfer syntax of a data set without a meta header, by (implicit VR, little endian) as pydicom read it
+_UNCOMPRESSED = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
+                 (False, False): "1.2.840.10008.1.2.2"}
 # Enhanced objects' per-frame functional groups that hold what classic objects keep at the top level
 FRAME_FUNCTIONAL_GROUPS = {"PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept"),
                            "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction")}
@@ -45,7 +49,20 @@ def optional_decoders() -> str:
 
 
 def is_dicom(data: bytes) -> bool:
-    return data[128:132] == DICOM_MAGIC
+    """DICOM by its content: ``DICM`` after the 128-byte preamble — or, as older software and some exports write
+    them, no preamble: the file starts at its meta header (element (0002,0000) or (0002,0001), explicit VR) or
+    straight at its data set's first element of group 0008 (ACR-NEMA style)."""
+    return data[128:132] == DICOM_MAGIC or _starts_at_an_element(data)
+
+
+def _starts_at_an_element(data: bytes) -> bool:
+    if len(data) < 8:
+        return False
+    group, element = struct.unpack_from("<HH", data)
+    if group == 0x0002:
+        return element <= 1 and data[4:6] in (b"UL", b"OB")
+    explicit = data[4:6].isalpha() and data[4:6].isupper()  # a VR's two letters, or an implicit VR's length
+    return group == 0x0008 and element < 0x0100 and (explicit or struct.unpack_from("<I", data, 4)[0] < 1024)
 
 
 def decode_dicom(data: bytes, source: str) -> np.ndarray:
@@ -56,7 +73,9 @@ def decode_dicom(data: bytes, source: str) -> np.ndarray:
         raise ImageError(source, "a DICOM file, but pydicom is not installed (pip install 'medclf[dicom]')") from None
     dataset = None
     try:
-        dataset = pydicom.dcmread(io.BytesIO(data))
+        dataset = pydicom.dcmread(io.BytesIO(data), force=data[128:132] != DICOM_MAGIC)  # force: no preamble
+        if "TransferSyntaxUID" not in dataset.file_meta:  # a bare data set: encoded as pydicom found it to be
+            dataset.file_meta.TransferSyntaxUID = _UNCOMPRESSED[dataset.original_encoding]
         if len(dataset) == 0:  # pydicom drops the whole dataset where the file ends inside an element
             raise ImageError(source, "truncated DICOM (the file ends inside its data: copy it again)")
         return _displayed(dataset, source)
@@ -76,10 +95,10 @@ def _displayed(dataset, source: str) -> np.ndarray:
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if rows * columns > MAX_PIXELS:
         raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
-    compressed = dataset.file_meta.TransferSyntaxUID.is_compressed
-    with _decoder_said() if compressed else contextlib.nullcontext([""]) as said:
+    syntax = dataset.file_meta.get("TransferSyntaxUID")  # none in a file without a meta header: uncompressed
+    with _decoder_said() if syntax is not None and syntax.is_compressed else contextlib.nullcontext([""]) as said:
         pixels = pixel_array(dataset, index=0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None)
-    _refuse_lost_data(said[0], source, dataset)
+    _refuse_lost_data(said[0], source, syntax)
     if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into the file's colour table
         return _palette_rgb(pixels, dataset)
     if pixels.ndim == 3:  # colour: already display values
@@ -112,14 +131,14 @@ def _decoder_said() -> Iterator[list[str]]:
             said.append(caught.read().decode(errors="replace"))
 
 
-def _refuse_lost_data(said: str, source: str, dataset) -> None:
+def _refuse_lost_data(said: str, source: str, syntax) -> None:
     """An ImageError where the decoder's complaints mean part of the picture is lost (the signs :mod:`.jpeg`
     refuses a .jpg for); whatever else was printed meanwhile — another thread's warning — goes on to stderr."""
     from .jpeg import LOST_DATA
 
     lost = [line.strip() for line in said.splitlines() if any(sign in line.lower() for sign in LOST_DATA)]
     if lost:
-        raise ImageError(source, f"damaged compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}), part of "
+        raise ImageError(source, f"damaged compressed DICOM ({syntax.name}), part of "
                                  f"the picture is lost ({lost[0]})")
     if said:
         sys.stderr.write(said)

@@ -287,6 +287,25 @@ def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
         decode_image(huge, "huge.dcm")
 
 
+def test_dicoms_without_the_preamble_are_read_and_found_in_folders(tmp_path):
+    """Older software writes DICOM without the 128-byte preamble and ``DICM``: from the meta header on, or the
+    bare data set (ACR-NEMA style, implicit VR). Both were "not a readable image (unknown format)"."""
+    from medclf.runtime.inputs import list_images
+
+    stored = RAMP.astype(np.uint16) * 16
+    whole = dicom_bytes(stored, BitsStored=12, HighBit=11)
+    dataset = pydicom.dcmread(io.BytesIO(whole))
+    dataset.file_meta, dataset.preamble = FileMetaDataset(), None
+    bare = io.BytesIO()
+    dataset.save_as(bare, implicit_vr=True, little_endian=True)
+    expected = decode_image(whole, "scan.dcm", color="grey")
+    for name, data in (("meta", whole[132:]), ("bare", bare.getvalue())):
+        assert not data.startswith(b"\x00" * 128) and data[128:132] != b"DICM"
+        np.testing.assert_array_equal(decode_image(data, name, color="grey"), expected)
+        (tmp_path / name).write_bytes(data)
+    assert [path.name for path in list_images(tmp_path)] == ["bare", "meta"]
+
+
 def test_a_pacs_export_of_dicoms_without_extensions_is_found_in_its_folder(tmp_path):
     """PACS exports name slices IM0001 or by UID (``1.2.840....100``), with no extension; DICOMDIR is an index."""
     from medclf.runtime.inputs import list_images
