@@ -36,6 +36,8 @@ UNKNOWN = "not a readable image (unknown format or corrupt data)"
 
 def unreadable_reason(data: bytes) -> str:
     """Why ``data``, which no decoder took, is not an image: its real kind where the first bytes say."""
+    if data[:2] == b"\xff\xd8" and (kind := _unsupported_jpeg(data)):
+        return f"{kind} JPEG, which medclf does not decode: save it as a 16-bit PNG or TIFF"
     for magic, reason in SIGNATURES:
         if data.startswith(magic):
             return reason
@@ -66,3 +68,18 @@ def _text_reason(head: bytes) -> str | None:
     if "<svg" in start:
         return "an SVG drawing (vector graphics): not supported; save it as PNG"
     return "a text file, not an image"
+
+
+def _unsupported_jpeg(data: bytes) -> str | None:
+    """"lossless" or "12-bit" where a whole JPEG's header declares a frame libjpeg-turbo's 8-bit decoders do
+    not take (as DICOM's JPEG Lossless and Extended frames are, saved on their own), else None."""
+    from .preprocess import jpeg_segments
+
+    for marker, start, _ in jpeg_segments(data):
+        if marker in (0xC3, 0xC7, 0xCB, 0xCF):  # SOF3, 7, 11, 15
+            return "lossless"
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            return f"{data[start]}-bit" if start < len(data) and data[start] != 8 else None
+        if marker in (0xDA, 0xD9):
+            return None
+    return None

@@ -218,6 +218,19 @@ def test_a_compressed_dicom_whose_picture_is_cut_short_is_refused_by_name(syntax
         decode_image(whole[:len(whole) * 9 // 10], "short.dcm")
 
 
+def test_a_lossless_jpeg_saved_on_its_own_is_named_for_what_it_is_not_called_damaged(tmp_path):
+    """A DICOM's JPEG Lossless frame saved as a .jpg is whole: OpenCV's 8-bit libjpeg cannot decode it, and the
+    error said "damaged or cut-short JPEG"."""
+    from pydicom.encaps import generate_frames
+
+    compressed = gdcm_transcoded(dicom_bytes(RAMP.astype(np.uint16) * 16, BitsStored=12, HighBit=11),
+                                 "JPEGLosslessProcess14_1", tmp_path)
+    (frame,) = generate_frames(pydicom.dcmread(io.BytesIO(compressed)).PixelData, number_of_frames=1)
+    with pytest.raises(ImageError, match=r"^cr.jpg: lossless JPEG, which medclf does not decode: save it as a "
+                                         r"16-bit PNG or TIFF$"):
+        decode_image(frame, "cr.jpg")
+
+
 def test_a_compressed_dicom_without_a_decoder_says_in_one_line_what_would_read_it():
     from pydicom.encaps import encapsulate
     from pydicom.uid import HTJ2KLossless  # High-Throughput JPEG 2000: neither GDCM nor Pillow reads it
