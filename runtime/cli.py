@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import os
+import stat
 import sys
 import unicodedata
 from collections import Counter
@@ -150,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
     for option, destination, folder in (("--csv", args.csv_file, False), ("--cam", args.cam, True)):
         if destination is not None and (problem := unwritable(destination, folder)):
             return _refuse(f"{option} {destination}: {problem}")
+    if args.csv_file is not None and (read := _read_by_the_run(args.csv_file, paths, args.files_from, classifier)):
+        return _refuse(f"--csv {args.csv_file}: is {read}, which the table would replace")
     top_k = min(args.top_k, len(classifier.labels))
     predictions = _with_progress(classifier.classify(paths, top_k=top_k, batch_size=args.batch_size,
                                                      cam_dir=args.cam,
@@ -192,6 +195,26 @@ def _printed(recorded: Iterable[Prediction], results: list[Prediction], answered
         for _ in recorded:  # the answers not yet printed, each recorded on its way to the CSV
             pass
         return sum(p.error is not None or p.heatmap_error is not None for p in results), True
+
+
+def _read_by_the_run(destination: str, paths: list[str], files_from: str | None,
+                     classifier: Classifier) -> str | None:
+    """What ``destination`` is to this run where the run reads it — one of its images, its worklist, its
+    model — or None: the CSV, written over it, replaced the file the answers came from."""
+    try:
+        written = os.stat(destination)
+    except OSError:  # not there yet (or not to be looked at): no input can be it
+        return None
+    if not stat.S_ISREG(written.st_mode):
+        return None
+    named = [("the model", str(classifier.model_path)), ("the worklist (--files-from)", files_from)]
+    for what, path in [*named, *(("an input image", path) for path in paths)]:
+        try:
+            if path is not None and path != STDIN and os.path.samestat(os.stat(path), written):
+                return what
+        except OSError:
+            continue
+    return None
 
 
 def _model_sha256(classifier: Classifier) -> str:

@@ -367,6 +367,23 @@ def test_a_csv_that_cannot_be_written_is_refused_before_any_work(destination, pr
     assert done.stderr.splitlines()[-1].startswith(f"error: --csv {destination}: {problem}")
 
 
+@pytest.mark.parametrize("kind", ["an input image", "the worklist (--files-from)", "the model"])
+def test_a_csv_that_would_replace_what_the_run_reads_is_refused(kind, blood_cell_images, tmp_path):
+    """``--csv`` naming one of the images, the worklist or the model replaced it with the table, exit 0."""
+    from medclf.runtime import DEFAULT_MODEL
+
+    image, worklist, model = tmp_path / "cell.jpeg", tmp_path / "worklist.txt", tmp_path / "model.onnx"
+    shutil.copy(blood_cell_images[0], image)
+    worklist.write_text(f"{blood_cell_images[1]}\n")
+    shutil.copy(DEFAULT_MODEL, model)
+    before = {path: path.read_bytes() for path in (image, worklist, model)}
+    destination = {"an input image": image, "the worklist (--files-from)": worklist, "the model": model}[kind]
+    done = run("--model", str(model), "--files-from", str(worklist), str(tmp_path), "--csv", str(destination))
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines()[-1] == f"error: --csv {destination}: is {kind}, which the table would replace"
+    assert {path: path.read_bytes() for path in before} == before
+
+
 def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
     """``-`` is standard input, for what pipes an image along (a PACS router, curl, dcmj2pnm); named twice, it is
     the same image. A terminal is no image: refused in its line rather than waited on for ever."""
