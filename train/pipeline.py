@@ -174,6 +174,7 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
         before_writing()
     set_aside_earlier_run(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    write_readable(run_dir, classes, preprocess, {"train": train_set, "val": val_set})
     with strategy.scope():
         decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY,
                       budget)
@@ -232,12 +233,19 @@ def _calibrated(model: keras.Model, val_x: np.ndarray, val_y: np.ndarray,
 def write_run(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess, decision: Decision | None,
               metrics: dict, parts: dict[str, ImageFolder | None]) -> None:
     """Everything of the run beside ``model.keras``: labels, preprocessing, threshold, metrics and splits."""
-    write_json(run_dir / rundir.LABELS, list(classes))
-    write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
+    write_readable(run_dir, classes, preprocess, parts)
     _clear_replaced(run_dir, len(classes) == 2)
     if decision is not None:
         write_text(run_dir / rundir.DECISION, decision.to_json() + "\n")
     write_json(run_dir / rundir.METRICS, metrics)
+
+
+def write_readable(run_dir: Path, classes: tuple[str, ...], preprocess: Preprocess,
+                   parts: dict[str, ImageFolder | None]) -> None:
+    """What any model in ``run_dir`` needs to be evaluated or exported (:class:`medclf.rundir.RunDir`): its
+    labels, preprocessing and splits; written before fitting too, for the checkpoint a crash or Ctrl-C leaves."""
+    write_json(run_dir / rundir.LABELS, list(classes))
+    write_text(run_dir / rundir.PREPROCESS, preprocess.to_json() + "\n")
     write_json(run_dir / rundir.SPLITS, {name: {"paths": [os.path.abspath(p) for p in part.paths],
                                                  "labels": part.labels.tolist()}
                                           for name, part in parts.items() if part is not None})

@@ -221,6 +221,26 @@ def test_a_run_into_the_folder_of_an_earlier_one_sets_it_aside_whole_before_writ
     assert (tmp_path / "run" / "unfinished" / "history.csv").is_file()
 
 
+def test_the_checkpoint_a_stopped_run_leaves_can_be_evaluated_and_exported(cataract, tmp_path, monkeypatch):
+    """Ctrl-C after the first epochs kept checkpoint.keras, as the README says, but no command could read it:
+    labels.json and preprocess.json were written only as the run ended."""
+    from medclf.train import pipeline
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_calibrated", stopped)  # what follows fitting: Ctrl-C just after it
+    with pytest.raises(KeyboardInterrupt):
+        train(cataract, tmp_path / "run", Recipe(arch="small_cnn", image_size=32, val_split=0.3,
+                                                 fit=FitConfig(epochs=1)))
+    assert not (tmp_path / "run" / "model.keras").exists()
+    assert evaluate_run(tmp_path / "run" / "checkpoint.keras", cataract)["images"] == 59
+    from medclf.export.pipeline import export_run
+
+    exported = export_run(tmp_path / "run" / "checkpoint.keras", tmp_path / "exported", max_images=32)
+    assert exported["precisions"]["fp32"]["passed"]
+
+
 def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_numbers_stand(tmp_path, monkeypatch, caplog):
     """scikit-learn before 1.7 had no curve_kwargs: the ROC's TypeError stopped a run before its model was saved."""
     from medclf.train import pipeline, plots
