@@ -9,12 +9,13 @@ set when given, else of validation). See ``medclf.rundir``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from functools import partial
@@ -23,6 +24,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs into one folder are not kept apart
+    fcntl = None
 
 import medclf
 from medclf import rundir
@@ -141,6 +147,41 @@ def train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe = R
     group), which test images belong together where the caller knows already (a cross-validation fold: the
     groups its folds were drawn by), else they are looked for as in a split. ``before_writing`` is called once
     every check has passed, just before the first file is written (a caller's own records go aside then)."""
+    with writing_run(Path(out)):
+        return _train_splits(splits, out, recipe, cache_dir, source, started, naming, test_groups, before_writing)
+
+
+class RunDirBusy(ValueError):
+    """Another process is training into the same run directory."""
+
+
+@contextlib.contextmanager
+def writing_run(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir`` for this run alone: a second run into it is refused at once. Two runs into one folder
+    both said "wrote" while one model was lost and their histories interleaved. The lock is the folder's own
+    (``flock``, released by the system when the process ends, however it ends); a folder made for it and left
+    empty by a refused run is removed."""
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    held = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            if fcntl is not None:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunDirBusy(f"{run_dir}: another medclf run is writing this folder; wait for it to end, or "
+                             "give another --out") from None
+        yield
+    finally:
+        os.close(held)  # releases the lock
+        if made and not any(run_dir.iterdir()):
+            run_dir.rmdir()
+
+
+def _train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe,
+                  cache_dir: str | os.PathLike[str] | None, source: str, started: float | None,
+                  naming: Labeller | None, test_groups: dict[str, str] | None,
+                  before_writing: Callable[[], None] | None) -> TrainResult:
     budget = TimeBudget(recipe.fit.time_budget, started)
     recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
@@ -261,10 +302,12 @@ def _sized(recipe: Recipe, paths: tuple[str, ...]) -> Recipe:
     return replace(recipe, image_size=architecture.input_size(side) if side else architecture.default_size)
 
 
-# What a run (or an ensemble, or medclf evaluate/export pointed into a run) writes in its folder.
+# What a run (or an ensemble, or medclf evaluate/export pointed into a run) writes in its folder; an export
+# with --out RUN_DIR writes its files beside the model (an INT8 file's TensorRT flavour and engines too).
 RUN_FILES = (rundir.MODEL, rundir.LABELS, rundir.PREPROCESS, rundir.DECISION, rundir.METRICS, rundir.SPLITS,
              rundir.HISTORY, rundir.CHECKPOINT, "curves.png", "confusion_matrix.png", "roc.png", "calibration.png",
-             "members", "exported", rundir.EVALUATION.format(data="*"))
+             "members", "exported", rundir.EVALUATION.format(data="*"), *FILE_NAMES.values(), "model.*.onnx",
+             "model*.plan", "export_report.json")
 PREVIOUS, UNFINISHED = "previous", "unfinished"  # where a run sets aside a finished run, and a run's leftovers
 
 

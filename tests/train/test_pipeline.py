@@ -221,6 +221,22 @@ def test_a_run_into_the_folder_of_an_earlier_one_sets_it_aside_whole_before_writ
     assert (tmp_path / "run" / "unfinished" / "history.csv").is_file()
 
 
+def test_an_export_written_into_the_run_folder_goes_aside_with_the_model_it_came_from(cataract, tmp_path):
+    """``medclf export RUN_DIR/model.keras --out RUN_DIR``, then training again: the old model's ONNX files and
+    report stayed beside the new model (64-px input under a 96-px run)."""
+    from medclf.export.pipeline import export_run
+
+    recipe = Recipe(arch="small_cnn", image_size=32, val_split=0.3, fit=FitConfig(epochs=1))
+    train(cataract, tmp_path / "run", recipe)
+    export_run(tmp_path / "run" / "model.keras", tmp_path / "run", max_images=32)
+    exported = sorted(path.name for path in (tmp_path / "run").glob("*") if "onnx" in path.name or
+                      path.name == "export_report.json")
+    assert exported == ["export_report.json", "model.onnx"]
+    train(cataract, tmp_path / "run", recipe)
+    assert not any((tmp_path / "run" / name).exists() for name in exported)
+    assert all((tmp_path / "run" / "previous" / name).is_file() for name in exported)
+
+
 def test_the_checkpoint_a_stopped_run_leaves_can_be_evaluated_and_exported(cataract, tmp_path, monkeypatch):
     """Ctrl-C after the first epochs kept checkpoint.keras, as the README says, but no command could read it:
     labels.json and preprocess.json were written only as the run ended."""
@@ -239,6 +255,16 @@ def test_the_checkpoint_a_stopped_run_leaves_can_be_evaluated_and_exported(catar
 
     exported = export_run(tmp_path / "run" / "checkpoint.keras", tmp_path / "exported", max_images=32)
     assert exported["precisions"]["fp32"]["passed"]
+
+
+def test_a_run_into_a_folder_another_run_is_writing_is_refused_at_once(cataract, tmp_path):
+    """Two runs into one folder both said "wrote": one finished model was lost, their histories interleaved."""
+    from medclf.train.pipeline import RunDirBusy, writing_run
+
+    with writing_run(tmp_path / "run"):  # as another process's run holds it
+        with pytest.raises(RunDirBusy, match=r"run: another medclf run is writing this folder"):
+            train(cataract, tmp_path / "run", Recipe(arch="small_cnn", image_size=32, fit=FitConfig(epochs=1)))
+    assert not (tmp_path / "run").exists()  # made for the lock, left empty: removed
 
 
 def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_numbers_stand(tmp_path, monkeypatch, caplog):
