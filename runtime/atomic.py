@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, NoReturn
 
 import cv2
 import numpy as np
@@ -168,3 +168,10 @@ def write_image(path: str | os.PathLike[str], bgr: np.ndarray, durable: bool = F
         raise OSError(f"{path}: cannot encode an image as {Path(path).suffix}")
     with atomic_write(path, "wb", durable=durable) as handle:
         handle.write(encoded.tobytes())
+
+
+def stop_on_term(signum: int, frame: object) -> NoReturn:
+    """A SIGTERM handler (systemd, docker stop, Slurm, Kubernetes): the run ends as Ctrl-C ends it, unwinding, so
+    the temporary files being written are removed rather than left beside the outputs; the status is the
+    shell's for the signal."""
+    raise SystemExit(128 + signum)

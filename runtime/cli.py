@@ -11,6 +11,7 @@ import argparse
 import csv
 import json
 import os
+import signal
 import stat
 import sys
 import unicodedata
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from .annotations import masks_said
-from .atomic import atomic_write, unwritable
+from .atomic import atomic_write, stop_on_term, unwritable
 from .backends import BACKENDS, BackendUnavailable, gpu_listed
 from .classifier import Classifier, Prediction
 from .inputs import STDIN, expand_inputs, listed_inputs
@@ -240,6 +241,11 @@ def _refuse(reason: str) -> int:
     return 2
 
 
+def _failed(reason: str) -> int:
+    print(f"error: {reason}", file=sys.stderr)
+    return 1
+
+
 def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterable[Prediction]:
     """A progress bar on stderr for long runs in a terminal; nothing when stderr is a pipe or a log file."""
     if total <= PROGRESS_FROM or not sys.stderr.isatty():
@@ -399,11 +405,16 @@ def command() -> NoReturn:
 def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
     """:func:`run`; when whoever reads the output stops reading (``medclf-run DIR --json | head``), the run stops
     quietly with the shell's status for it, not a traceback."""
+    signal.signal(signal.SIGTERM, stop_on_term)
     try:
         return run(parse(argv))
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's final flush has nowhere to fail
         return READER_LEFT
+    except OSError as exc:  # a full disk or a file size limit under the redirected output, the CSV's folder gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return _failed(f"writing the results failed ({exc.strerror or exc})")
+
 
 
 if __name__ == "__main__":

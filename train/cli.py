@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+
+from medclf.runtime.atomic import stop_on_term
 
 from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, CropFraction, Distribute, Epochs,
                       ExistingDir, FreezeUntil, Grey, GroupCopies, GroupPattern, HeadEpochs, ImageSize, LabelsCsv,
@@ -431,7 +434,7 @@ def _library_call(call):
     from medclf.runtime import BackendUnavailable, ImageError, ModelCardError
     from medclf.runtime.tensorrt_engine import TensorRTUnavailable
 
-    known: tuple[type[Exception], ...] = (FileNotFoundError, ValueError, ImageError, ModelCardError,
+    known: tuple[type[Exception], ...] = (OSError, ValueError, ImageError, ModelCardError,  # OSError: a full disk
                                           TensorRTUnavailable, BackendUnavailable)
     try:
         from medclf.export.verify import VerificationError
@@ -446,6 +449,7 @@ def _library_call(call):
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, stop_on_term)  # as Ctrl-C: temporary files removed on the way out
     _plain_warnings()
     app()
 

@@ -60,3 +60,5 @@ def test_the_runtime_alone_installs_and_classifies_a_real_image(interpreter, tmp
     answer = json.loads(answered.stdout.splitlines()[0])
     assert Path(answer["path"]) == blood_cell_images[0]
     assert answer["label"] in {"EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"}
+    training = subprocess.run([str(venv / "bin" / "medclf"), "--help"], capture_output=True, text=True, timeout=60)
+    assert training.returncode == 2 and training.stderr.startswith("error: medclf's commands (train, evaluate, ")

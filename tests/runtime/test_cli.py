@@ -384,6 +384,29 @@ def test_a_csv_that_would_replace_what_the_run_reads_is_refused(kind, blood_cell
     assert {path: path.read_bytes() for path in before} == before
 
 
+def test_results_that_cannot_be_written_end_the_run_in_one_line_not_a_traceback(blood_cell_images):
+    """A full disk under ``--json > results.jsonl`` was an OSError traceback."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--json", *map(str, blood_cell_images)],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == "error: writing the results failed (No space left on device)"
+
+
+def test_sigterm_ends_a_run_as_ctrl_c_does(blood_cells, tmp_path):
+    """systemd, docker stop and Slurm send SIGTERM: it killed the process where it stood, leaving temporary files;
+    now the run unwinds (its temporary files removed) and exits with the shell's status for it, 128 + 15."""
+    import signal
+
+    images = sorted((blood_cells / "TEST").rglob("*.jpeg"))[:600]
+    running = subprocess.Popen([sys.executable, "-m", "medclf.runtime.cli", "--json", *map(str, images)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running.stdout.readline()  # classifying by now
+    running.send_signal(signal.SIGTERM)
+    _, stderr = running.communicate(timeout=120)
+    assert running.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+
+
 def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
     """``-`` is standard input, for what pipes an image along (a PACS router, curl, dcmj2pnm); named twice, it is
     the same image. A terminal is no image: refused in its line rather than waited on for ever."""
