@@ -295,11 +295,27 @@ def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[
 def is_calibrated_copy(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` holds a copy an earlier calibration wrote (its card names a site): the files beside it with
     its stem are then that calibration's too, and a picture this one does not redraw may go."""
+    return calibrated_site(path) is not None
+
+
+def calibrated_site(path: str | os.PathLike[str]) -> dict | None:
+    """The site record of the calibrated copy at ``path`` (``metrics.site``), or None where there is none."""
     try:
         card = ModelCard.from_proto(onnx.load(str(path), load_external_data=False), str(path))
     except Exception:  # absent, not ONNX, or a card that does not read: nothing of ours
-        return False
-    return "site" in card.metrics
+        return None
+    return card.metrics.get("site")
+
+
+def calibration_file(default: Path, data: Path) -> Path:
+    """``default``, or where it holds another site's calibrated copy (siteB calibrated after siteA: both took
+    ``model.site.onnx``), the first of ``model.site-2.onnx``, ``-3``... that is free or holds this site's."""
+    here = str(data.resolve())
+    for candidate in (default, *(default.with_name(f"{default.stem}-{k}{default.suffix}") for k in range(2, 1000))):
+        site = calibrated_site(candidate)
+        if not candidate.exists() or site is None or site.get("data_path", here) == here:
+            return candidate
+    return default
 
 
 def with_scaling(model: onnx.ModelProto, temperature: float, bias: np.ndarray) -> onnx.ModelProto:

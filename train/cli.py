@@ -243,12 +243,15 @@ def calibrate(
     from medclf.runtime.atomic import write_json
 
     import_tensorflow()
-    from .calibrate import calibrate_site, is_calibrated_copy, write_calibrated
+    from .calibrate import calibrate_site, calibration_file, is_calibrated_copy, write_calibrated
 
     shares = parse_shares(prevalence)
     if out is not None and out.suffix.lower() != ".onnx":  # its record and picture take .json and .png beside it
         raise typer.BadParameter(f"{out}: give the calibrated copy a .onnx name", param_hint="--out")
-    out = out or _home_of(model) / f"{model.stem}.site{model.suffix}"
+    if out is not None and out.resolve() == model.resolve():  # before any work: the picture went beside it first
+        raise typer.BadParameter(f"{out}: the calibrated model must be a new file; the original keeps its "
+                                 "calibration", param_hint="--out")
+    out = out or calibration_file(_home_of(model) / f"{model.stem}.site{model.suffix}", data)
     picture = out.with_suffix(".png")
     replacing = is_calibrated_copy(out)  # a picture beside anything else is the user's, never removed
     site = _library_call(lambda: calibrate_site(model, data, target_sensitivity,
@@ -256,7 +259,7 @@ def calibrate(
                                                 group_pattern, group_copies, picture=picture,
                                                 class_bias=class_bias, prevalence=shares,
                                                 familiarity_from_site=familiarity_from_site))
-    record = site.record(data.resolve().name)
+    record = site.record(data.resolve().name) | {"data_path": str(data.resolve())}
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
     if site.prevalence is not None:

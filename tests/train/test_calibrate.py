@@ -192,13 +192,30 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert Classifier(tmp_path / "model.site.onnx").card.decision.threshold != 0.5
     assert (tmp_path / "model.site.json").is_file()
     assert (tmp_path / "model.site.png").stat().st_size > 1000 and "(reliability before and after)" in result.output
-    few = CliRunner().invoke(app, ["calibrate", model, str(site_folder(chest_xray, tmp_path / "few", 40))])
+    few = CliRunner().invoke(app, ["calibrate", model, str(site_folder(chest_xray, tmp_path / "few", 40)),
+                                   "--out", str(tmp_path / "model.site.onnx")])  # another site's, replaced as asked
     assert few.exit_code == 0 and "too few images to estimate" in few.output
     assert not (tmp_path / "model.site.png").exists()  # the earlier picture is not left to describe this copy
     assert "removed" in few.output and "model.site.png" in few.output
     refused = CliRunner().invoke(app, ["calibrate", str(REPO / "runtime/models/blood_cells/model.onnx"), str(site),
                                        "--target-sensitivity", "0.9"], terminal_width=200)
     assert refused.exit_code == 1 and "binary models" in refused.output and "Traceback" not in refused.output
+
+
+def test_a_second_sites_calibration_is_written_beside_the_firsts_not_over_it(chest_xray, tmp_path, model):
+    """siteB after siteA both took model.site.onnx: siteA's calibrated copy was gone without a word. Calibrating
+    a site again replaces its own copy; refusing --out MODEL comes before any work (its picture was drawn)."""
+    first, second = site_folder(chest_xray, tmp_path / "A", 40), site_folder(chest_xray, tmp_path / "B", 40)
+    for site in (first, second, first):
+        assert CliRunner().invoke(app, ["calibrate", model, str(site)]).exit_code == 0
+    from medclf.train.calibrate import calibrated_site
+
+    assert calibrated_site(tmp_path / "model.site.onnx")["data_path"] == str(first.resolve())
+    assert calibrated_site(tmp_path / "model.site-2.onnx")["data_path"] == str(second.resolve())
+    assert not (tmp_path / "model.site-3.onnx").exists()
+    refused = CliRunner().invoke(app, ["calibrate", model, str(first), "--out", model])
+    assert refused.exit_code == 2 and "must be a new file" in refused.output
+    assert not (tmp_path / "model.png").exists()
 
 
 def test_a_picture_of_the_users_beside_a_new_out_file_is_never_removed(chest_xray, tmp_path, model):
