@@ -389,10 +389,14 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
             more, more_names = _recorded(run_dir, split)
         except FileNotFoundError:  # runs trained without --test, or before splits.json recorded it
             continue
-        pick = _top_up(len(more), wanted - len(paths), calibration_last=split == "train" and calibration_data is None)
+        calibrating = split == "train" and calibration_data is None
+        pick = _top_up(len(more), wanted - len(paths), calibration_last=calibrating)
         paths, names = paths + [more[i] for i in pick], names + [more_names[i] for i in pick]
         counts[kind] = len(pick)
-    said = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+        if calibrating and (taken := int(np.isin(pick, spread(len(more), CALIBRATION_IMAGES)).sum())):
+            counts[kind] = f"{len(pick)} training images ({taken} of them INT8's calibration images: a run with so " \
+                "few has no others)"
+    said = ", ".join(f"{n}" if isinstance(n, str) else f"{n} {kind}" for kind, n in counts.items() if n)
     return paths, names, f"{said} images of {run_dir}: its held-out split has under {wanted}"
 
 
