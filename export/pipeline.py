@@ -71,6 +71,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if engine:  # no TensorRT or no GPU: say so now, before minutes of work
         tensorrt()
         gpu_identity()
+    if triton is not None and (other := _served_from_another_run(Path(triton), model_path)):
+        raise ValueError(other)
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
@@ -115,9 +117,10 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     report["removed"] += _remove_stale(out, report["precisions"], card)
     report["passed"] = all(_passed(entry) for entry in report["precisions"].values()) and \
         set(report["precisions"]) == set(precisions)
+    write_json(out / "export_report.json", report)  # before Triton's: what was published is said either way
     if triton is not None:
-        report["triton"] = _triton(Path(triton), model_path.parent.name, report, card, profile.max)
-    write_json(out / "export_report.json", report)
+        report["triton"] = _triton(Path(triton), triton_name(model_path), report, card, profile.max)
+        write_json(out / "export_report.json", report)
     if strict and not report["passed"]:
         raise VerificationError("; ".join(f"{file} not written: {', '.join(failures)}"
                                           for file, failures in failed_files(report)))
@@ -277,11 +280,32 @@ def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile,
     return entry | {"cached_as": str(plan), **comparison.to_dict()}
 
 
+def triton_name(model_path: Path) -> str:
+    """The Triton model a run's files are served as: its run folder's name, in the letters Triton takes."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", model_path.resolve().parent.name)
+
+
+def _served_from_another_run(repo: Path, model_path: Path) -> str | None:
+    """Why this export may not write its Triton model: ``REPO/NAME`` serves a model exported from another run
+    folder of the same name (two projects' ``runs/latest``), which it would replace without a word. A model of
+    this run folder, trained again, is replaced as asked."""
+    served = repo / triton_name(model_path) / "1" / "model.onnx"
+    try:
+        theirs = ModelCard.from_proto(onnx.load(str(served), load_external_data=False), str(served)).source.get(
+            "run_dir")
+    except Exception:  # none there, or not one medclf wrote
+        return None
+    ours = str(model_path.resolve().parent)
+    if theirs is None or theirs == ours:
+        return None
+    return (f"--triton {repo}: its model {served.parent.parent.name} serves the model of {theirs}, which this "
+            f"export of {ours} would replace; give another repository, or rename this run's folder")
+
+
 def _triton(repo: Path, name: str, report: dict, card: ModelCard, max_batch: int) -> list[str]:
     """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ...; a NAME,
     NAME_fp16 or NAME_int8 of another model that this export does not replace is removed, and so is the
     NAME_tensorrt_* of a file replaced without an engine of its own (``report["removed"]``)."""
-    name = re.sub(r"[^A-Za-z0-9_.-]", "_", name)
     written = []
     for precision, entry in report["precisions"].items():
         onnx_model = name + ("" if precision == "fp32" else f"_{precision}")

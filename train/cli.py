@@ -348,7 +348,7 @@ def export(
     verify_images: Annotated[int, typer.Option(min=1, help="At most this many verification images, evenly spread (99.9% agreement, FP16's tolerance, needs 1,000 to mean anything).")] = 1024,
     engine: Annotated[bool, typer.Option("--engine", help="Also build and verify a TensorRT engine per precision (needs an NVIDIA GPU and the medclf\\[gpu] extra).")] = False,
     batch_profile: Annotated[str, typer.Option(help="Engine and Triton batch sizes: MIN,OPT,MAX.")] = "1,16,64",
-    triton: Annotated[Optional[Path], typer.Option(file_okay=False, help="Also write a Triton Inference Server model repository here.")] = None,
+    triton: Annotated[Optional[Path], typer.Option(file_okay=False, callback=writable_folder, help="Also write a Triton Inference Server model repository here.")] = None,
     cam: Annotated[bool, typer.Option("--cam", help="Add a second output, class activation maps, so the runtime can draw heatmaps without TensorFlow.")] = False,
     float_convs: Annotated[Optional[list[str]], typer.Option(metavar="PRECISION=N", help="Keep the first N convolutions float32 in that file: for INT8 instead of searching for the fewest that pass with a margin (e.g. int8=3 for a faster INT8), for FP16 instead of none (repeat or comma-separate for both); verification still decides.")] = None,
     familiarity: Annotated[bool, typer.Option(help="Add an output saying how unlike the training images each image is, so the runtime warns where a call is a guess (a chest film given to a blood-cell model).")] = True,

@@ -32,6 +32,11 @@ def test_an_unknown_precision_or_batch_profile_is_a_clear_error(run_dir, tmp_pat
     assert result.exit_code == 1 and "unknown precision fp8" in result.output
     result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--batch-profile", "8,4,64"])
     assert result.exit_code == 2 and "batch-profile" in result.output and "8/4/64" in result.output
+    (tmp_path / "afile").write_text("")
+    result = runner.invoke(app, ["export", str(run_dir / "model.keras"), "--out", str(tmp_path / "out"),
+                                 "--triton", str(tmp_path / "afile" / "repo")], terminal_width=200)
+    assert result.exit_code == 2 and "--triton" in result.output and "Traceback" not in result.output
+    assert not list((tmp_path / "out").iterdir())  # refused before the work (it failed after publishing, a traceback)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")

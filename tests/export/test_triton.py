@@ -172,3 +172,19 @@ def test_a_model_is_written_outside_the_repository_a_server_polls(exported, tmp_
     triton.write_model(repo, "m", onnx_file, onnx_file)
     assert seen == [[], ["m"]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["repo"] and sorted(p.name for p in repo.iterdir()) == ["m"]
+
+
+def test_a_model_another_run_folder_of_the_same_name_serves_is_not_replaced(exported, run_dir, tmp_path):
+    """Two projects' runs/latest are both served as "latest": the second export replaced the first project's
+    model without a word. Refused before any work; the same run folder, trained again, replaces its own."""
+    from medclf.export import pipeline
+
+    repo = exported[2]
+    other = tmp_path / "project_b" / run_dir.name / "model.keras"
+    other.parent.mkdir(parents=True)
+    other.write_bytes((run_dir / "model.keras").read_bytes())
+    with pytest.raises(ValueError, match=rf"--triton {repo}: its model {run_dir.name} serves the model of "
+                                         rf"{run_dir}, which this export of {other.parent} would replace"):
+        pipeline.export_run(other, tmp_path / "out", triton=repo)
+    assert not (tmp_path / "out").exists()
+    assert pipeline._served_from_another_run(repo, run_dir / "model.keras") is None
