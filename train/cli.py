@@ -128,19 +128,21 @@ def crossval(
     console.print(f"wrote {out}/crossval.json")
 
 
-def _evaluation_folder(default: Path, data: Path) -> Path:
+def _evaluation_folder(default: Path, data: Path, model: Path) -> Path:
     """``default``, or where it holds the record of other data (``siteA/test`` after ``siteB/test``: both are
-    "test"), the first of ``default-2``, ``-3``... that is free or holds this data's: a site's acceptance record
-    is not replaced by another's without a word."""
+    "test") or of another model file at the same path (a deployment's model.onnx replaced), the first of
+    ``default-2``, ``-3``... that is free or holds this data's and this file's: a site's acceptance record is
+    not replaced by another's without a word."""
     from medclf import rundir
+    from medclf.runtime.describe import file_sha256
 
-    scored = str(data.resolve())
+    scored = (str(data.resolve()), file_sha256(model))
     for folder in (default, *(default.with_name(f"{default.name}-{k}") for k in range(2, 1000))):
         try:
-            record = json.loads((folder / rundir.METRICS).read_text())["evaluated"]["data"]
+            record = json.loads((folder / rundir.METRICS).read_text())["evaluated"]
+            if (record["data"], record["model_sha256"]) == scored:
+                return folder
         except (OSError, ValueError, KeyError, TypeError):  # no record there (yet): ours to write
-            return folder
-        if record == scored:
             return folder
     return default
 
@@ -183,7 +185,7 @@ def evaluate(
     stem = model.name.rsplit(".", 1)[0]
     which = "" if stem == "model" else stem.removeprefix("model.")  # model.int8.onnx: int8; mine.onnx: mine
     scored = dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
-    out = out or _evaluation_folder(_home_of(model) / rundir.EVALUATION.format(data=scored), data)
+    out = out or _evaluation_folder(_home_of(model) / rundir.EVALUATION.format(data=scored), data, model)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=label_source(data, name_labels, labels, leaf_folders,
                                                                      top_folders),

@@ -291,6 +291,14 @@ def test_evaluations_of_two_sites_test_folders_stand_side_by_side_and_a_run_dire
     scored = {folder.name: json.loads((folder / "metrics.json").read_text())["evaluated"]["data"]
               for folder in tmp_path.glob("evaluation-*")}
     assert scored == {"evaluation-test": str(sites["siteA"]), "evaluation-test-2": str(sites["siteB"])}
+    deployed = tmp_path / "deployed" / "model.onnx"  # a deployment's file, evaluated, then replaced by another
+    deployed.parent.mkdir()
+    for model in (DEFAULT_MODEL, DEFAULT_MODEL.with_name("model.int8.onnx"), DEFAULT_MODEL):
+        shutil.copy(model, deployed)
+        assert runner.invoke(app, ["evaluate", str(deployed), str(sites["siteA"])]).exit_code == 0
+    records = {folder.name: json.loads((folder / "metrics.json").read_text())["evaluated"]["model_sha256"]
+               for folder in deployed.parent.glob("evaluation-*")}
+    assert sorted(records) == ["evaluation-test", "evaluation-test-2"] and len(set(records.values())) == 2
     run = tmp_path / "run"
     run.mkdir()
     (run / "model.keras").write_bytes(b"a run's model")
