@@ -296,7 +296,9 @@ def _say_skipped(errors: Iterable[str]) -> None:
 
 
 def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os.PathLike[str] | None) -> Path | None:
-    """A file named by everything the arrays depend on: paths, sizes, mtimes, the preprocessing, the decoders'
+    """A file named by everything the arrays depend on: paths, sizes, times of change (ctime too: a file
+    replaced by one of its size whose mtime was set back, as ``cp -p`` and ``touch -r`` do, is not the same
+    file), the preprocessing, the decoders'
     behaviour (``DECODING_VERSION``) and which optional ones are installed (a DICOM skipped for want of pydicom
     is read once it is there)."""
     if cache_dir is None:
@@ -305,7 +307,7 @@ def _cache_path(folder: ImageFolder, preprocess: Preprocess, cache_dir: str | os
     for path in folder.paths:
         try:
             stat = os.stat(path)
-            state = f"\0{stat.st_size}\0{stat.st_mtime_ns}\n"
+            state = f"\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ctime_ns}\0{stat.st_ino}\n"
         except OSError:  # gone since it was listed, a broken link: decoding reports it; the key notes it missing
             state = "\0missing\n"
         digest.update(os.fsencode(os.path.abspath(path)) + state.encode())

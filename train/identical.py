@@ -43,13 +43,14 @@ def digest(path: str) -> str | None:
     return hashed.hexdigest()
 
 
-def _stat(path: str) -> tuple[int, int] | None:
-    """Size and modification time: what a file's remembered digest is keyed by."""
+def _stat(path: str) -> tuple[int, int, int, int] | None:
+    """Size, times of change (ctime too: ``touch -r`` sets mtime back) and inode: what a file's remembered digest
+    is keyed by."""
     try:
         found = os.stat(path)
     except OSError:
         return None
-    return found.st_size, found.st_mtime_ns
+    return found.st_size, found.st_mtime_ns, found.st_ctime_ns, found.st_ino
 
 
 def identical_files(splits: Splits) -> dict[str, int]:

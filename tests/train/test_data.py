@@ -109,6 +109,22 @@ def test_arrays_are_the_runtime_preprocessing_exactly_and_cached(tmp_path, blood
     assert np.array_equal(cached, images) and np.array_equal(cached_labels, labels)
 
 
+def test_a_file_replaced_by_one_of_its_size_and_time_is_decoded_again_not_taken_from_the_cache(tmp_path,
+                                                                                               blood_cells):
+    """Replaced by random bytes of the same size and ``touch -r``'d to the original's time, a training image was
+    read back from the cache as it was (and trained on), where a fresh run refuses it."""
+    for path in read_folder(blood_cells / "TEST").subset(np.arange(0, 2400, 600)).paths:
+        (tmp_path / "data" / Path(path).parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, tmp_path / "data" / Path(path).parent.name)
+    folder, spec = read_folder(tmp_path / "data"), Preprocess(32, 32)
+    assert load_arrays(folder, spec, cache_dir=tmp_path / "cache")[0].shape[0] == 4
+    victim = Path(folder.paths[0])
+    times = victim.stat()
+    victim.write_bytes(np.random.default_rng(0).bytes(times.st_size))
+    os.utime(victim, ns=(times.st_atime_ns, times.st_mtime_ns))
+    assert load_arrays(folder, spec, cache_dir=tmp_path / "cache")[0].shape[0] == 3  # refused, not cached pixels
+
+
 def test_a_cache_made_by_other_decoders_is_not_read(tmp_path, blood_cells, monkeypatch):
     """Damaged JPEGs decoded with grey fill before are refused now: their old arrays must not come back."""
     import medclf.train.data as data
