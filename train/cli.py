@@ -59,7 +59,7 @@ def train(
     group_copies: GroupCopies = None, freeze_until: FreezeUntil = None, augmentation: Augmentation = None,
     schedule: Schedule = None, target_sensitivity: TargetSensitivity = None, name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None, leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
-    limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class.")] = None,
+    limit_per_class: Annotated[Optional[int], typer.Option(min=1, help="Train on at most N images per class, and validate on at most N of each (a quick look, demos).")] = None,
     wise: Wise = None, time_budget: TimeBudgetOption = None, seed: Seed = None, distribute: Distribute = None,
 ) -> None:
     """Train a classifier on DATA and write RUN_DIR: model.keras, labels.json, preprocess.json, decision.json

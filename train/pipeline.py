@@ -130,8 +130,11 @@ def train(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Rec
     splits = load_splits(data, val_split=recipe.val_split, test=test, seed=recipe.fit.seed, naming=naming,
                          group_pattern=recipe.group_pattern, group_copies=recipe.group_copies)
     seed = recipe.fit.seed
-    splits = replace(splits, train=_limit(splits.train, limit_per_class, seed),
-                     val=_limit(splits.val, limit_per_class, seed))
+    if limit_per_class is not None:
+        splits = replace(splits, train=_limit(splits.train, limit_per_class, seed),
+                         val=_limit(splits.val, limit_per_class, seed),
+                         held_out=f"{splits.held_out}, then at most {limit_per_class} of each class: "
+                                  "--limit-per-class")
     return train_splits(splits, out, recipe, cache_dir, source=str(data), started=started, naming=naming)
 
 

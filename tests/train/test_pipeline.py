@@ -267,6 +267,15 @@ def test_a_run_into_a_folder_another_run_is_writing_is_refused_at_once(cataract,
     assert not (tmp_path / "run").exists()  # made for the lock, left empty: removed
 
 
+def test_a_limit_per_class_says_it_capped_validation_too(cataract, tmp_path, capsys):
+    """--limit-per-class caps validation as well: the opening line said "(15% of the images at random)" of 12."""
+    result = train(cataract, tmp_path, Recipe(arch="small_cnn", image_size=32, val_split=0.5,
+                                              fit=FitConfig(epochs=1)), limit_per_class=5)
+    said = result.metrics["training"]["validation_held_out"]
+    assert said == "50% of the images at random, then at most 5 of each class: --limit-per-class"
+    assert f"10 training images, 10 validation ({said})" in capsys.readouterr().err
+
+
 def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_numbers_stand(tmp_path, monkeypatch, caplog):
     """scikit-learn before 1.7 had no curve_kwargs: the ROC's TypeError stopped a run before its model was saved."""
     from medclf.train import pipeline, plots
