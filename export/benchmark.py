@@ -38,7 +38,7 @@ def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[
                      "agreement": entry["agreement"], "ms_per_image": entry.get("latency_ms_batch1"),
                      "images_per_s": entry.get("images_per_s_batch32"), "passed": entry["passed"]})
     result = {"model": str(model_path), "images": report["images"], "verified_on": report["verified_on"],
-              "rows": rows}
+              "familiarity": report["familiarity"], "rows": rows}
     if json_path is not None:
         write_json(json_path, result)
     return result

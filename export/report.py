@@ -129,6 +129,8 @@ def benchmark_table(result: dict) -> Table:
     title = f"{result['model']}: {result['verified_on']}"
     if "agreement_with" in result:
         title += f"; agree = same call as {result['agreement_with']}"
+    if not result.get("familiarity", {"added": True})["added"]:  # the files timed are not those export writes
+        title += f"; timed without the unfamiliarity output export adds ({result['familiarity']['why']})"
     table = _table(title, BENCHMARK_COLUMNS)
     for row in result["rows"]:
         table.add_row(row["format"], _number(row, "size_mb", "{:.1f}"), _number(row, "accuracy", "{:.1%}"),

@@ -28,6 +28,9 @@ def test_benchmark_compares_keras_with_each_exported_precision(run_dir, tmp_path
         assert row["ms_per_image"] > 0 and row["images_per_s"] > 0
         assert row["format"] in result.output
     assert not list(tmp_path.glob("*.onnx"))  # the exported files were only for measuring
+    # 16 images set no unfamiliarity threshold: the files timed lack the output a default export adds, said so
+    familiarity = json.loads(out.read_text())["familiarity"]
+    assert not familiarity["added"] and "timed without the unfamiliarity output export adds" in result.output
 
 
 def medclf(*args: str) -> subprocess.CompletedProcess:
