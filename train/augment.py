@@ -56,11 +56,16 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     made = [path for path in images if AUGMENTED_COPY.search(path.stem)]
     if made:  # --out DATA run again: copies of copies, more each time
         log.warning("%d images are copies medclf augment wrote (name.augN): not augmented again", len(made))
+    earlier = {path for path in list_images(out) if AUGMENTED_COPY.search(path.stem)} if out.is_dir() else set()
     return _augmented([path for path in images if path not in masks and path not in made], data, out, copies,
-                      augmenter)
+                      augmenter, earlier)
 
 
-def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter) -> Iterator[Augmented]:
+def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter,
+               earlier: set[Path]) -> Iterator[Augmented]:
+    """The copies, image by image; once all are written, the copies an earlier run left in ``out`` that this one
+    did not write again go (said): of images no longer in ``data`` — one removed as mislabelled was still
+    trained on through them — or beyond ``copies``, or of another policy."""
     for path in images:
         try:
             image = read_image(path)
@@ -73,7 +78,14 @@ def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter
         written = tuple(folder / _copy_name(path, k) for k in range(copies))
         for destination, view in zip(written, views):
             write_image(destination, cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
+        earlier -= set(written)
         yield Augmented(str(path), written)
+    for stale in sorted(earlier):
+        stale.unlink(missing_ok=True)
+    if earlier:
+        log.warning("removed %d copies an earlier medclf augment wrote in %s that this run did not write again "
+                    "(e.g. %s): of images no longer there, or beyond --copies", len(earlier), out,
+                    sorted(earlier)[0].relative_to(out))
 
 
 def _training_images(data: Path, out: Path) -> list[Path]:

@@ -52,6 +52,22 @@ def test_augmenting_into_the_data_again_leaves_the_copies_it_wrote_alone(catarac
     assert "4 images are copies medclf augment wrote (name.augN): not augmented again" in caplog.text
 
 
+def test_augmenting_into_an_earlier_out_leaves_only_this_runs_copies(cataract, tmp_path, caplog):
+    """A second run with fewer copies kept the first's extra ones, and an image removed from the data (as
+    mislabelled) kept its copies in OUT, trained on from there."""
+    data = two_photos_a_class(cataract, tmp_path / "data")
+    out = tmp_path / "out"
+    assert CliRunner().invoke(app, ["augment", str(data), "--out", str(out), "--copies", "3"]).exit_code == 0
+    removed = sorted((data / "normal").iterdir())[0]
+    removed.unlink()
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(app, ["augment", str(data), "--out", str(out), "--copies", "2"])
+    assert result.exit_code == 0 and "wrote 6 images" in result.output, result.output
+    assert sorted(path.name for path in out.rglob("*.aug*")) == sorted(
+        f"{photo.stem}.aug{k}{photo.suffix}" for photo in data.rglob("*.*") for k in range(2))
+    assert "removed 6 copies an earlier medclf augment wrote" in caplog.text
+
+
 def test_a_policy_it_does_not_know_is_one_line_before_any_copy(cataract, tmp_path):
     result = CliRunner().invoke(app, ["augment", str(cataract), "--out", str(tmp_path / "out"),
                                       "--augmentation", "bogus"])
