@@ -19,6 +19,10 @@ from .annotations import segmentation_masks
 # Written into an input folder by one run, the next classified, trained on or explained its heatmaps.
 _OVERLAY = re.compile(r"-[0-9a-f]{8}\..+\.(?:cam|gradcam)\.png$")
 STDIN = "-"  # an INPUT that is the image piped in (a DICOMweb fetch, a router): ``medclf-run - < scan.png``
+# Folders that systems keep among the user's, never images of theirs: macOS zip archives' copy of the tree,
+# Synology's thumbnails (@eaDir/<image>.jpg/SYNOPHOTO_THUMB_S.jpg: resized copies), NAS and Windows recycle bins
+HOUSEKEEPING = frozenset({"__MACOSX", "@eaDir", "#recycle", "@Recycle", "#snapshot", "$RECYCLE.BIN",
+                          "System Volume Information", "lost+found"})
 
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
 # .dicom: VinDr-CXR's names; .ima: Siemens scanners' DICOM exports; .j2k: a JPEG 2000 codestream.
@@ -69,8 +73,8 @@ def _starts_like_dicom(path: Path) -> bool:
 
 
 def list_images(folder: str | os.PathLike[str], unlisted: list[str] | None = None) -> list[Path]:
-    """Image files under a folder, recursively, in a stable order; hidden files and folders are skipped, and so
-    are the heatmaps medclf writes (``--cam``, ``medclf explain``), should they be written among the images.
+    """Image files under a folder, recursively, in a stable order; hidden files and folders are skipped (and
+    :data:`HOUSEKEEPING` folders: a NAS's thumbnails, recycle bins), and so are the heatmaps medclf writes (``--cam``, ``medclf explain``), should they be written among the images.
     Linked folders are followed (datasets are often assembled from links to each patient's folder), each
     real folder once; a link up to ``folder`` or above it is not, so it can neither loop nor pull a sibling
     class's images in. Sub-folders that cannot be listed (permissions, a share gone away) go to ``unlisted``,
@@ -83,7 +87,7 @@ def list_images(folder: str | os.PathLike[str], unlisted: list[str] | None = Non
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in HOUSEKEEPING)
         found.extend(Path(root, name) for name in sorted(files)
                      if is_image_file(Path(root, name)) and not _OVERLAY.search(name))
     return found

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from medclf.runtime.annotations import masks_said, segmentation_masks
-from medclf.runtime.inputs import folder_contents, is_image_file
+from medclf.runtime.inputs import HOUSEKEEPING, folder_contents, is_image_file
 
 log = logging.getLogger(__name__)
 
@@ -348,8 +348,9 @@ def without_outputs(root: Path, images: list[Path]) -> list[Path]:
 
 
 def not_a_class(folder: str) -> bool:
-    """Hidden folders, and ``__MACOSX`` (macOS's zip archives unpack a copy of the tree there, of ``._`` files)."""
-    return folder.startswith(".") or folder == "__MACOSX"
+    """Hidden folders, and those systems keep among the user's (:data:`~medclf.runtime.inputs.HOUSEKEEPING`:
+    ``__MACOSX``, a NAS's ``@eaDir`` thumbnails, ``$RECYCLE.BIN``...)."""
+    return folder.startswith(".") or folder in HOUSEKEEPING
 
 
 def is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool:

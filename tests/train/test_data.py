@@ -28,6 +28,20 @@ def test_classes_are_sorted_folder_names_and_hidden_things_are_ignored(tmp_path,
     assert folder.class_counts() == {"a": 3, "b": 2}
 
 
+def test_folders_a_nas_or_windows_keeps_among_the_classes_are_neither_classes_nor_images(tmp_path,
+                                                                                       blood_cell_images):
+    """Synology's @eaDir holds resized copies of every image (in validation, beside their originals in training:
+    16 of 18 validation images were); a USB drive's $RECYCLE.BIN became a class."""
+    make_tree(tmp_path, {"a": 3, "b": 2}, blood_cell_images[0])
+    for image in (tmp_path / "a").iterdir():
+        thumbnails = tmp_path / "a" / "@eaDir" / image.name
+        thumbnails.mkdir(parents=True)
+        shutil.copy(image, thumbnails / "SYNOPHOTO_THUMB_S.jpg")
+    make_tree(tmp_path / "$RECYCLE.BIN", {"S-1-5-21": 2}, blood_cell_images[1])
+    folder = read_folder(tmp_path)
+    assert folder.classes == ("a", "b") and folder.class_counts() == {"a": 3, "b": 2}
+
+
 def test_what_medclf_wrote_inside_a_dataset_is_not_read_as_its_images(tmp_path, blood_cell_images, caplog):
     """``medclf train data --out data/run`` puts a run's pictures (roc.png, curves.png) in the dataset: the next
     run must not learn them, as a class ``run`` or as loose images labelled by their names."""
