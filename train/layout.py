@@ -365,12 +365,32 @@ def split_key(name: str) -> str:
 
 def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
     """The ``train``/``val``/``test`` sub-folder of a pre-split dataset (any case, common synonyms, spelt
-    ``training_set`` or ``test-data`` too), if present."""
+    ``training_set`` or ``test-data`` too), if present. Where none is named a training split outright, split
+    folders may carry a word of their own beside the split's, as long as two or more do and one is training
+    (Intel's ``seg_train``/``seg_test``, ``chest_train``, ``1_train``/``2_val``/``3_test``, ``train_dir``): they
+    were read as classes, the test images trained on as a class of their own."""
     root = Path(root)
     if not root.is_dir():
         return None
-    names = {split_key(d.name): d for d in sorted(root.iterdir(), reverse=True) if d.is_dir()}  # first name wins
+    folders = [d for d in sorted(root.iterdir(), reverse=True) if d.is_dir() and not not_a_class(d.name)]
+    names = {split_key(d.name): d for d in folders}  # first name wins
+    if not any(n in names for n in SPLIT_NAMES["train"]):
+        worded = {word: d for d in folders if (word := _split_word(d.name)) is not None}
+        if len(worded) >= 2 and any(word in SPLIT_NAMES["train"] for word in worded):
+            names = worded
     return next((names[n] for n in SPLIT_NAMES[split] if n in names), None)
+
+
+def _split_word(name: str) -> str | None:
+    """The split a folder name holds as its first or last word beside words of its own (``seg_train``: train;
+    ``3_test``: test; ``train_dir``: train), or None."""
+    words = re.findall(r"[a-z]+|\d+", name.lower())
+    if len(words) < 2:  # a name of one word is a split's exactly, or not at all (split_key)
+        return None
+    while len(words) > 1 and words[-1] in ("set", "data", "images", "split", "dir", "folder", "files"):
+        words.pop()
+    synonyms = {word for spellings in SPLIT_NAMES.values() for word in spellings}
+    return next((word for word in (words[-1], words[0]) if word in synonyms), None)
 
 
 def unwrapped(data: str | os.PathLike[str]) -> Path:

@@ -145,6 +145,22 @@ def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_ima
         load_splits(tmp_path / "flat")
 
 
+
+@pytest.mark.parametrize("names", [("seg_train/seg_train", "seg_test/seg_test"), ("chest_train", "chest_test"),
+                                   ("1_train", "2_val", "3_test"), ("train_dir", "test_dir")])
+def test_split_folders_carrying_a_word_of_their_own_are_splits_not_classes(names, tmp_path, blood_cell_images):
+    """Intel's image set ships seg_train/seg_train/ and seg_test/seg_test/: read as two classes, seg_test and
+    seg_train, the model learned which split a file sat in and the test images were trained on."""
+    for name in names:
+        make_tree(tmp_path / name, {"NORMAL": 20, "PNEUMONIA": 20}, blood_cell_images[0])
+    splits = load_splits(tmp_path)
+    assert splits.train.classes == ("NORMAL", "PNEUMONIA") and len(splits.test) == 40
+    assert all(Path(names[0]).parts[0] in path for path in splits.train.paths)
+    assert splits.held_out == ("2_val/ folder" if "2_val" in names else "15% of the images at random")
+    make_tree(tmp_path / "classes", {"pre_training": 2, "post_training": 2}, blood_cell_images[0])
+    assert load_splits(tmp_path / "classes").train.classes == ("post_training", "pre_training")  # one split word
+
+
 def test_a_copy_of_the_dataset_inside_it_is_not_a_class(tmp_path, blood_cell_images, caplog):
     """The NIH malaria archive unpacks to ``cell_images/{Parasitized,Uninfected}`` and, beside them,
     ``cell_images/cell_images/{Parasitized,Uninfected}``: a third class made of the other two."""
@@ -368,6 +384,6 @@ def test_top_folders_read_the_folders_below_the_dataset_as_they_stand(tmp_path, 
     with caplog.at_level(logging.WARNING):
         folder = read_named(tmp_path / "lc", TopFolders())
     assert folder.class_counts() == {"colon_image_sets": 2, "lung_image_sets": 3}
-    assert caplog.messages == [f"{tmp_path / 'lc'}: 2 image(s) in no folder of their own, left out (e.g. "
-                               "loose.jpeg)"]  # and macOS' copy of the tree
+    assert caplog.messages == [f"{tmp_path / 'lc'}: 1 image(s) in no folder of their own, left out (e.g. "
+                               "loose.jpeg)"]  # macOS' copy of the tree is no image of the user's
     assert rule_recorded(recorded(TopFolders())) == TopFolders()
