@@ -234,6 +234,8 @@ def check_found(root: Path, per_class: dict[str, list[Path]]) -> None:
     inner = {name: sorted({path.relative_to(root / name).parts[0] for path in files if path.parent != root / name})
              for name, files in with_images.items()}
     shared = inner[next(iter(inner))] if len(set(map(tuple, inner.values()))) == 1 else []
+    if shared and all(split_of(name) for name in shared):  # NORMAL/{train,test}: split class first, read so
+        return
     if len(with_images) >= 2 and len(shared) >= 2:
         log.warning("%s: every class folder (%s) holds the same sub-folders (%s): if those are the classes, pass "
                     "--leaf-folders (or point at one of the folders here)", root, _shown(list(with_images)),
@@ -356,6 +358,11 @@ def not_a_class(folder: str) -> bool:
 def is_split_name(name: str, splits: Iterable[str] = tuple(SPLIT_NAMES)) -> bool:
     """``name`` is how datasets name one of ``splits`` (``test``, ``Validation``...), not a class."""
     return any(split_key(name) in SPLIT_NAMES[split] for split in splits)
+
+
+def split_of(name: str) -> str | None:
+    """``"train"``, ``"val"`` or ``"test"`` for a folder ``name`` spelt as that split (``Testing``), else None."""
+    return next((split for split, spellings in SPLIT_NAMES.items() if split_key(name) in spellings), None)
 
 
 def split_key(name: str) -> str:

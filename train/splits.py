@@ -25,7 +25,7 @@ from .data import ImageFolder, concat, read_dataset
 from .groups import group_kind, split_groups
 from .labellers import Labeller, rule_recorded
 from .labels_csv import CsvLabels
-from .layout import DatasetError, find_split, is_split_name, not_a_class, unwrapped
+from .layout import DatasetError, find_split, is_split_name, not_a_class, split_of, unwrapped
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +68,15 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     a labels file's patients, or what the layout and the names show).
     """
     data, train_dir, train = _training_part(data, naming, test)
-    train, listed_val, listed_test = _listed_splits(train, naming)
+    if train_dir or naming:
+        train, listed_val, listed_test = _listed_splits(train, naming)
+        listed = "validation rows of the labels file"
+    else:
+        train, listed_val, listed_test = _split_class_first(data, train)
+        listed = "each class folder's own validation folder"
     val_dir = find_split(data, "val") if train_dir else None
     val = _found_split(val_dir, train.classes, naming) if val_dir is not None else listed_val
-    given_val = f"{val_dir.name}/ folder" if val_dir is not None else "validation rows of the labels file"
+    given_val = f"{val_dir.name}/ folder" if val_dir is not None else listed
     if val is not None and not len(val):
         log.warning("%s: unlabelled, so %.0f%% of the training images are held out instead",
                     _unlabelled(val_dir, train.classes, naming), 100 * val_split)
@@ -112,6 +117,29 @@ def _listed_splits(folder: ImageFolder, naming: Labeller | None
     return parts["train"], parts["val"] if len(parts["val"]) else None, parts["test"] if len(parts["test"]) else None
 
 
+def _split_class_first(root: Path, folder: ImageFolder
+                       ) -> tuple[ImageFolder, ImageFolder | None, ImageFolder | None]:
+    """``folder`` as its class folders split it themselves (``NORMAL/{Train,Val,Test}``,
+    ``PNEUMONIA/{Train,Val,Test}``: pooled before, the test images trained on): its training images, then its
+    validation and test ones (None where it has none) — where every image lies in a split folder directly below
+    its class's and training is one; else all of ``folder`` for training. Said in one line."""
+    said = np.asarray([_split_below_class(path, folder.classes[label]) or ""
+                       for path, label in zip(folder.paths, folder.labels)])
+    if "train" not in said or "" in said:
+        return folder, None, None
+    parts = {name: folder.subset(np.flatnonzero(said == name)) for name in ("train", "val", "test")}
+    log.warning("%s: every class folder is split itself (%s): each used as its split", root,
+                ", ".join(f"{len(part):,} {name}" for name, part in parts.items()))
+    return parts["train"], parts["val"] if len(parts["val"]) else None, parts["test"] if len(parts["test"]) else None
+
+
+def _split_below_class(path: str, name: str) -> str | None:
+    """The split the folder directly below ``path``'s class folder ``name`` is named as, or None."""
+    parts = Path(path).parts
+    below = [parts[i + 1] for i in range(len(parts) - 2) if parts[i] == name]
+    return split_of(below[-1]) if below else None
+
+
 def _training_part(data: str | os.PathLike[str], naming: Labeller | None,
                    test: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None, ImageFolder]:
     """The dataset's folder (:func:`~.layout.unwrapped`), its ``train/`` if it is split, and the training images
@@ -150,10 +178,10 @@ def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = Non
     classes before)."""
     data, train_dir, folder = _training_part(data, naming)
     if train_dir is None:
-        train, val, test = _listed_splits(folder, naming)
+        train, val, test = _listed_splits(folder, naming) if naming else _split_class_first(data, folder)
         if test is not None:
-            log.warning("%s: its %d test rows are left out of the folds, so that they stay unseen",
-                        naming.source.name, len(test))
+            log.warning("%s: its %d test images are left out of the folds, so that they stay unseen",
+                        naming.source.name if naming else data, len(test))
         return concat(train, val) if val is not None else train
     if (val_dir := find_split(data, "val")) is not None:
         val = _found_split(val_dir, folder.classes, naming)

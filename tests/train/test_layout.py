@@ -146,6 +146,24 @@ def test_splits_are_found_however_a_dataset_spells_them(tmp_path, blood_cell_ima
 
 
 
+def test_class_folders_split_themselves_are_read_as_those_splits(tmp_path, blood_cell_images, caplog):
+    """NORMAL/{Train,Val,Test} and PNEUMONIA/{Train,Val,Test} were pooled, with advice to pass --leaf-folders
+    (which would train Train against Test): the test images were trained on and nothing was scored. Cross-
+    validation leaves the test images out of its folds."""
+    from medclf.train.splits import pooled_for_folds
+
+    for name in ("NORMAL", "PNEUMONIA"):
+        make_tree(tmp_path / name, {"Train": 20, "Val": 20, "Test": 10}, blood_cell_images[0])
+    with caplog.at_level(logging.WARNING):
+        splits = load_splits(tmp_path)
+    assert splits.train.classes == ("NORMAL", "PNEUMONIA")
+    assert [len(part) for part in (splits.train, splits.val, splits.test)] == [40, 40, 20]
+    assert all(f"/{split}/" in path for split, part in (("Train", splits.train), ("Val", splits.val),
+                                                        ("Test", splits.test)) for path in part.paths)
+    assert splits.held_out == "each class folder's own validation folder" and "leaf-folders" not in caplog.text
+    assert len(pooled_for_folds(tmp_path)) == 80
+
+
 @pytest.mark.parametrize("names", [("seg_train/seg_train", "seg_test/seg_test"), ("chest_train", "chest_test"),
                                    ("1_train", "2_val", "3_test"), ("train_dir", "test_dir")])
 def test_split_folders_carrying_a_word_of_their_own_are_splits_not_classes(names, tmp_path, blood_cell_images):
