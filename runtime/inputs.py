@@ -27,7 +27,8 @@ HOUSEKEEPING = frozenset({"__MACOSX", "@eaDir", "#recycle", "@Recycle", "#snapsh
 # What OpenCV (and pydicom) decode; a GIF or an animated WebP gives its first frame. (HEIC it does not.)
 # .dicom: VinDr-CXR's names; .ima: Siemens scanners' DICOM exports; .j2k: a JPEG 2000 codestream.
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
-                              ".jp2", ".j2k", ".pbm", ".pgm", ".ppm", ".pnm", ".avif", ".dcm", ".dicom", ".dic", ".ima"})
+                              ".jp2", ".j2k", ".pbm", ".pgm", ".ppm", ".pnm", ".avif", ".dcm", ".dicom", ".dic",
+                              ".ima"})
 
 
 def piped_in(most: int) -> bytes:
@@ -74,7 +75,8 @@ def _starts_like_dicom(path: Path) -> bool:
 
 def list_images(folder: str | os.PathLike[str], unlisted: list[str] | None = None) -> list[Path]:
     """Image files under a folder, recursively, in a stable order; hidden files and folders are skipped (and
-    :data:`HOUSEKEEPING` folders: a NAS's thumbnails, recycle bins), and so are the heatmaps medclf writes (``--cam``, ``medclf explain``), should they be written among the images.
+    :data:`HOUSEKEEPING` folders: a NAS's thumbnails, recycle bins), and so are the heatmaps medclf writes
+    (``--cam``, ``medclf explain``), should they be written among the images.
     Linked folders are followed (datasets are often assembled from links to each patient's folder), each
     real folder once; a link up to ``folder`` or above it is not, so it can neither loop nor pull a sibling
     class's images in. Sub-folders that cannot be listed (permissions, a share gone away) go to ``unlisted``,

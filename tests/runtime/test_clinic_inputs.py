@@ -210,7 +210,7 @@ def test_a_compressed_dicom_whose_picture_is_cut_short_is_refused_by_name(syntax
     compressed.PixelData = encapsulate([frame[:len(frame) * 6 // 10] + b"\xff\xd9"])
     damaged = io.BytesIO()
     compressed.save_as(damaged)
-    with pytest.raises(ImageError, match=rf"^cut.dcm: damaged compressed DICOM \(JPEG .*\), part of the picture is "
+    with pytest.raises(ImageError, match=r"^cut.dcm: damaged compressed DICOM \(JPEG .*\), part of the picture is "
                                          r"lost \(Corrupt JPEG data: premature end of data segment\)$"):
         decode_image(damaged.getvalue(), "cut.dcm")
     whole = gdcm_transcoded(dicom_bytes(stored), syntax, tmp_path)
