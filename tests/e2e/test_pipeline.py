@@ -25,7 +25,8 @@ def test_train_export_run_on_real_blood_cells(blood_cells, blood_cell_images, tm
                   "--limit-per-class", "25")
     assert "\n\n" not in trained.stderr  # progress bars are for terminals: in a log they left blank lines
     assert ("4 classes (EOSINOPHIL 25, LYMPHOCYTE 25, MONOCYTE 25, NEUTROPHIL 25): 100 training images, "
-            "100 validation (15% of the images, whole sources at a time), 2,487 test") in trained.stderr
+            "100 validation (15% of the images, whole sources at a time, then at most 25 of each class: "
+            "--limit-per-class), 2,487 test") in trained.stderr
     assert ("training MobileNet alpha 0.25 (tiny) from ImageNet weights at 64x64 px: a new head on its frozen "
             "features for 1 epoch, then the layers after conv_pw_11_relu fine-tuned for up to 2 more; time budget "
             "28 min") in trained.stderr  # said before the decoding and fitting, so a wrong choice shows at once
