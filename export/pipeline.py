@@ -407,7 +407,7 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
     wanted = min(MIN_VERIFY_IMAGES, most)
     if len(paths) >= wanted:
         return paths, names, f"held-out validation split of {run_dir}"
-    counts = {"held-out validation": len(paths)}
+    counts, calibrated = {"held-out validation": len(paths)}, 0
     for split, kind in (("test", "test"), ("train", "training")):
         try:
             more, more_names = _recorded(run_dir, split)
@@ -417,11 +417,13 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
         pick = _top_up(len(more), wanted - len(paths), calibration_last=calibrating)
         paths, names = paths + [more[i] for i in pick], names + [more_names[i] for i in pick]
         counts[kind] = len(pick)
-        if calibrating and (taken := int(np.isin(pick, spread(len(more), CALIBRATION_IMAGES)).sum())):
-            counts[kind] = f"{len(pick)} training images ({taken} of them INT8's calibration images: a run with so " \
-                "few has no others)"
-    said = ", ".join(f"{n}" if isinstance(n, str) else f"{n} {kind}" for kind, n in counts.items() if n)
-    return paths, names, f"{said} images of {run_dir}: its held-out split has under {wanted}"
+        if calibrating:
+            calibrated = int(np.isin(pick, spread(len(more), CALIBRATION_IMAGES)).sum())
+    said = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
+    said = f"{said} images of {run_dir}: its held-out split has under {wanted}"
+    if calibrated:  # the training images INT8 was not calibrated on ran out: its verdict is kinder there
+        said += f"; {calibrated} of the training images are INT8's calibration images (too few others)"
+    return paths, names, said
 
 
 def _recorded(run_dir: Path, split: str) -> tuple[list[str], list[str]]:

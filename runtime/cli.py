@@ -254,14 +254,14 @@ def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterable[Pr
 
 
 def _drawing_progress(predictions: Iterable[Prediction], total: int) -> Iterator[Prediction]:
-    """rich takes over stdout while it draws, so that what is printed scrolls above the bar; only where stdout
+    """rich takes over stderr while it draws, so that error lines scroll above the bar, and stdout only where it
     is that terminal too — redirected (``--json > results.jsonl``, ``| jq``), it stays where it was sent."""
     from rich.console import Console  # rich is imported only where it draws: one-shot --json runs start faster
     from rich.progress import Progress
 
     shared = sys.stdout.isatty()
     with Progress(*Progress.get_default_columns(), console=Console(stderr=True), transient=True,
-                  redirect_stdout=shared, redirect_stderr=shared) as progress:
+                  redirect_stdout=shared, redirect_stderr=True) as progress:
         yield from progress.track(predictions, total=total, description="classifying")
 
 

@@ -110,6 +110,8 @@ def _displayed(dataset, source: str) -> np.ndarray:
 
 
 _STDERR = threading.Lock()  # fd 2 is the process's: one decoding listens to it at a time
+# How libjpeg's warnings begin (jerror.h): only such lines are the decoder's, not another thread's that mention it
+LIBJPEG_WARNINGS = ("Corrupt JPEG data:", "Premature end of JPEG file", "Inconsistent progression sequence")
 
 
 @contextlib.contextmanager
@@ -132,16 +134,19 @@ def _decoder_said() -> Iterator[list[str]]:
 
 
 def _refuse_lost_data(said: str, source: str, syntax) -> None:
-    """An ImageError where the decoder's complaints mean part of the picture is lost (the signs :mod:`.jpeg`
-    refuses a .jpg for); whatever else was printed meanwhile — another thread's warning — goes on to stderr."""
+    """An ImageError where libjpeg's own warnings (its lines, as it words them) mean part of the picture is lost
+    (the signs :mod:`.jpeg` refuses a .jpg for). Whatever else was printed meanwhile — another thread's line,
+    medclf-run's error lines for other files — goes on to stderr either way."""
     from .jpeg import LOST_DATA
 
-    lost = [line.strip() for line in said.splitlines() if any(sign in line.lower() for sign in LOST_DATA)]
+    lines = said.splitlines(keepends=True)
+    lost = [line for line in lines if line.startswith(LIBJPEG_WARNINGS) and any(sign in line.lower()
+                                                                                for sign in LOST_DATA)]
+    if others := "".join(line for line in lines if line not in lost):
+        sys.stderr.write(others)
     if lost:
-        raise ImageError(source, f"damaged compressed DICOM ({syntax.name}), part of "
-                                 f"the picture is lost ({lost[0]})")
-    if said:
-        sys.stderr.write(said)
+        raise ImageError(source, f"damaged compressed DICOM ({syntax.name}), part of the picture is lost "
+                                 f"({lost[0].strip()})")
 
 
 def _palette_rgb(indices: np.ndarray, dataset) -> np.ndarray:

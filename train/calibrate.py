@@ -309,11 +309,12 @@ def calibrated_site(path: str | os.PathLike[str]) -> dict | None:
 
 def calibration_file(default: Path, data: Path) -> Path:
     """``default``, or where it holds another site's calibrated copy (siteB calibrated after siteA: both took
-    ``model.site.onnx``), the first of ``model.site-2.onnx``, ``-3``... that is free or holds this site's."""
+    ``model.site.onnx``), the first of ``model.site-2.onnx``, ``-3``... that is free or holds this site's. A copy
+    whose card names no site folder (written before they did) counts as another site's."""
     here = str(data.resolve())
     for candidate in (default, *(default.with_name(f"{default.stem}-{k}{default.suffix}") for k in range(2, 1000))):
         site = calibrated_site(candidate)
-        if not candidate.exists() or site is None or site.get("data_path", here) == here:
+        if not candidate.exists() or site is None or site.get("data_path") == here:  # none: an older copy's
             return candidate
     return default
 

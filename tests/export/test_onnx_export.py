@@ -101,8 +101,8 @@ def test_a_small_held_out_split_is_topped_up_with_test_then_training_images_int8
     splits["train"] = split(30, 80)  # 100 training images: INT8 calibrates on every one, verification takes them
     (tmp_path / "splits.json").write_text(json.dumps(splits))
     paths, _, said = pipeline._verification_images(tmp_path, None, None)
-    assert len(paths) == 160 and said.startswith("20 held-out validation, 40 test, 100 training images (100 of "
-                                                 "them INT8's calibration images: a run with so few has no others)")
+    assert len(paths) == 160 and said.startswith("20 held-out validation, 40 test, 100 training images of ")
+    assert said.endswith("; 100 of the training images are INT8's calibration images (too few others)")
 
     assert pipeline._verification_images(tmp_path, None, None, most=16)[0] == splits["val"]["paths"]  # as asked
     splits["val"] = split(0, 130)  # enough held out: nothing else

@@ -218,6 +218,29 @@ def test_a_compressed_dicom_whose_picture_is_cut_short_is_refused_by_name(syntax
         decode_image(whole[:len(whole) * 9 // 10], "short.dcm")
 
 
+def test_what_others_print_while_a_compressed_dicom_decodes_is_neither_blamed_on_it_nor_lost(tmp_path,
+                                                                                              monkeypatch, capfd):
+    """stderr is the process's: medclf-run's error line for another file, printed while this one decoded, was
+    taken for this file's decoder warning (an intact file refused) and then dropped."""
+    import os
+
+    import pydicom.pixels
+
+    intact = gdcm_transcoded(dicom_bytes(np.tile(np.arange(0, 256, dtype=np.uint8), (192, 1))),
+                             "JPEGBaselineProcess1", tmp_path)
+    decode = pydicom.pixels.pixel_array
+    other = b"error other.dcm: damaged compressed DICOM (JPEG), part of the picture is lost (Corrupt JPEG data: " \
+            b"premature end of data segment)\n"
+
+    def meanwhile(*args, **kwargs):  # another thread's line lands while this file decodes
+        os.write(2, other)
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", meanwhile)
+    assert decode_image(intact, "intact.dcm").shape == (192, 256, 3)
+    assert capfd.readouterr().err == other.decode()
+
+
 def test_a_lossless_jpeg_saved_on_its_own_is_named_for_what_it_is_not_called_damaged(tmp_path):
     """A DICOM's JPEG Lossless frame saved as a .jpg is whole: OpenCV's 8-bit libjpeg cannot decode it, and the
     error said "damaged or cut-short JPEG"."""

@@ -213,6 +213,21 @@ def test_a_second_sites_calibration_is_written_beside_the_firsts_not_over_it(che
     assert calibrated_site(tmp_path / "model.site.onnx")["data_path"] == str(first.resolve())
     assert calibrated_site(tmp_path / "model.site-2.onnx")["data_path"] == str(second.resolve())
     assert not (tmp_path / "model.site-3.onnx").exists()
+    import json
+
+    import onnx
+
+    from medclf.train.calibrate import calibration_file
+
+    older = onnx.load(str(tmp_path / "model.site.onnx"))  # a copy written before cards named the site's folder
+    for prop in older.metadata_props:
+        if prop.key == "medclf.metrics":
+            metrics = json.loads(prop.value)
+            del metrics["site"]["data_path"]
+            prop.value = json.dumps(metrics)
+    (tmp_path / "older").mkdir()
+    onnx.save(older, str(tmp_path / "older" / "model.site.onnx"))
+    assert calibration_file(tmp_path / "older" / "model.site.onnx", first).name == "model.site-2.onnx"
     refused = CliRunner().invoke(app, ["calibrate", model, str(first), "--out", model])
     assert refused.exit_code == 2 and "must be a new file" in refused.output
     assert not (tmp_path / "model.png").exists()
