@@ -125,7 +125,13 @@ def _split_class_first(root: Path, folder: ImageFolder
     its class's and training is one; else all of ``folder`` for training. Said in one line."""
     said = np.asarray([_split_below_class(path, folder.classes[label]) or ""
                        for path, label in zip(folder.paths, folder.labels)])
-    if "train" not in said or "" in said:
+    if "train" not in said:
+        return folder, None, None
+    if "" in said:  # mostly split, some images beside the splits: no way to tell where those belong
+        outside = np.flatnonzero(said == "")
+        log.warning("%s: the class folders are split themselves (%s), but %d images lie outside those folders "
+                    "(e.g. %s): read as one pool, their test images trained on — move them into a split folder",
+                    root, ", ".join(sorted(set(said) - {""})), len(outside), folder.paths[outside[0]])
         return folder, None, None
     parts = {name: folder.subset(np.flatnonzero(said == name)) for name in ("train", "val", "test")}
     log.warning("%s: every class folder is split itself (%s): each used as its split", root,
@@ -232,7 +238,8 @@ def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...], naming
                   run: RunDir | None = None) -> ImageFolder:
     """:func:`read_dataset` for data to score against ``classes`` (a test set, ``medclf evaluate``'s DATA):
     refuses a folder holding no labelled image, saying what it holds instead. A labels file that splits its
-    rows gives its test rows (training's rows would be scored as unseen). Where nothing says how and no class
+    rows gives its test rows (training's rows would be scored as unseen), and so do class folders that split
+    themselves (``NORMAL/{Train,Test}``). Where nothing says how and no class
     folders do, the images are labelled by the rule the model's ``run`` labelled its own by (file names, the
     folders holding them), said in one line: a model trained with ``--name-labels`` is scored without it."""
     rule = rule_recorded(run.metrics.get("training", {}).get("labelled_by")) if run and naming is None else None
@@ -245,7 +252,7 @@ def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...], naming
     if rule is not None and (folder is None or not len(folder)):
         log.warning("%s: no class folders; labelled by %s, as this model's training images were", root, rule.kind)
         folder, naming = read_dataset(root, classes, rule), rule
-    listed_test = _listed_splits(folder, naming)[2]
+    listed_test = (_listed_splits(folder, naming) if naming else _split_class_first(Path(root), folder))[2]
     folder = listed_test if listed_test is not None else folder
     if not len(folder):
         raise DatasetError(_unlabelled(Path(root), classes, naming))

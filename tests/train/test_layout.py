@@ -15,7 +15,7 @@ import pytest
 from medclf.train.data import DatasetError, read_folder, read_named
 from medclf.train.groups import split_groups
 from medclf.train.labellers import FolderLabels, TopFolders, recorded, rule_recorded
-from medclf.train.splits import load_splits
+from medclf.train.splits import load_splits, read_labelled
 
 from .trees import make_tree
 
@@ -162,6 +162,11 @@ def test_class_folders_split_themselves_are_read_as_those_splits(tmp_path, blood
                                                         ("Test", splits.test)) for path in part.paths)
     assert splits.held_out == "each class folder's own validation folder" and "leaf-folders" not in caplog.text
     assert len(pooled_for_folds(tmp_path)) == 80
+    assert len(read_labelled(tmp_path, splits.train.classes)) == 20  # scored: its test images alone
+    shutil.copy(blood_cell_images[1], tmp_path / "NORMAL" / "beside.jpeg")  # one image beside the splits: said
+    with caplog.at_level(logging.WARNING):
+        assert load_splits(tmp_path).test is None
+    assert "but 1 images lie outside those folders" in caplog.text
 
 
 @pytest.mark.parametrize("names", [("seg_train/seg_train", "seg_test/seg_test"), ("chest_train", "chest_test"),
