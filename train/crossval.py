@@ -26,7 +26,7 @@ from .evaluate import macro_roc_auc
 from .groups import split_groups
 from .identical import twin_groups
 from .intervals import intervals_of_calls
-from .pipeline import Recipe, TestScores, train_splits
+from .pipeline import Recipe, TestScores, train_splits, writing_run
 from .splits import Splits, pooled_for_folds, stratified_split
 
 REPORTED = ("accuracy", "roc_auc_macro", "sensitivity", "specificity", "expected_calibration_error")
@@ -35,7 +35,14 @@ REPORTED = ("accuracy", "roc_auc_macro", "sensitivity", "specificity", "expected
 def cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Recipe = Recipe(),
                    folds: int = 5, naming: Labeller | None = None,
                    cache_dir: str | os.PathLike[str] | None = None) -> dict:
-    """Train ``folds`` models, write ``OUT/fold<k>/`` run directories and ``OUT/crossval.json``; return it."""
+    """Train ``folds`` models, write ``OUT/fold<k>/`` run directories and ``OUT/crossval.json``; return it. OUT is
+    held for the whole run: a second one into it is refused before it replaces a fold."""
+    with writing_run(Path(out)):
+        return _cross_validate(data, out, recipe, folds, naming, cache_dir)
+
+
+def _cross_validate(data: str | os.PathLike[str], out: str | os.PathLike[str], recipe: Recipe, folds: int,
+                    naming: Labeller | None, cache_dir: str | os.PathLike[str] | None) -> dict:
     folder = pooled_for_folds(data, naming)
     if np.bincount(folder.labels, minlength=len(folder.classes)).min() < folds:
         raise ValueError(f"{data}: every class needs at least {folds} images for {folds}-fold cross-validation")

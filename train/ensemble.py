@@ -27,7 +27,8 @@ from .data import ImageFolder, Labeller, load_arrays, predict_folder
 from .evaluate import choose_threshold
 from .fit import predict, save_model
 from .groups import split_groups
-from .pipeline import Recipe, TrainResult, report, set_aside_earlier_run, test_extras, train, write_run
+from .pipeline import (Recipe, TrainResult, report, set_aside_earlier_run, test_extras, train, write_run,
+                       writing_run)
 from .splits import read_labelled, recorded_split
 
 ENSEMBLE = "ensemble"  # the name averaged models carry, by which explain knows one
@@ -40,7 +41,15 @@ def train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], re
                    limit_per_class: int | None = None) -> TrainResult:
     """Train each recipe into ``OUT/members/<i>-<arch>`` and average them into ``OUT`` (:func:`ensemble_runs`;
     an ensemble preset's way, ``medclf train --preset chest-xray-pair``). The first recipe's time budget is the
-    whole run's: each member trains on what is left of it, less ``ENSEMBLING_MINUTES`` for the averaging."""
+    whole run's: each member trains on what is left of it, less ``ENSEMBLING_MINUTES`` for the averaging. OUT is
+    held for the whole run (:func:`~.pipeline.writing_run`)."""
+    with writing_run(Path(out)):
+        return _train_ensemble(data, out, recipes, test, naming, limit_per_class)
+
+
+def _train_ensemble(data: str | os.PathLike[str], out: str | os.PathLike[str], recipes: Sequence[Recipe],
+                    test: str | os.PathLike[str] | None, naming: Labeller | None,
+                    limit_per_class: int | None) -> TrainResult:
     started, total = time.monotonic(), recipes[0].fit.time_budget
     runs = []
     for i, recipe in enumerate(recipes):
@@ -61,6 +70,13 @@ def ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike
     ensemble's threshold on the members' common validation images, and score it there and on ``test`` (labelled
     by ``naming``, else as the members' images were) — without ``test``, on the test images the members
     recorded (a dataset's own ``test/`` folder, which each member found)."""
+    with writing_run(Path(out)):
+        return _ensemble_runs(runs, out, test, target_sensitivity, cache_dir, naming)
+
+
+def _ensemble_runs(runs: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str],
+                   test: str | os.PathLike[str] | None, target_sensitivity: float | None,
+                   cache_dir: str | os.PathLike[str] | None, naming: Labeller | None) -> dict:
     members = [RunDir(Path(run)) for run in runs]
     if any(Path(run).resolve() == Path(out).resolve() for run in runs):
         raise ValueError(f"{out}: one of the members; the ensemble needs a folder of its own (it would replace the "

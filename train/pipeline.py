@@ -166,6 +166,10 @@ def writing_run(run_dir: Path) -> Iterator[None]:
     empty by a refused run is removed."""
     made = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    key = run_dir.resolve()
+    if key in _HELD:  # this process holds it already (an ensemble's run, then its averaging into the same folder)
+        yield
+        return
     held = os.open(run_dir, os.O_RDONLY)
     try:
         try:
@@ -174,11 +178,16 @@ def writing_run(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise RunDirBusy(f"{run_dir}: another medclf run is writing this folder; wait for it to end, or "
                              "give another --out") from None
+        _HELD.add(key)
         yield
     finally:
+        _HELD.discard(key)
         os.close(held)  # releases the lock
         if made and not any(run_dir.iterdir()):
             run_dir.rmdir()
+
+
+_HELD: set[Path] = set()  # the run folders this process holds
 
 
 def _train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe,

@@ -50,6 +50,21 @@ def test_a_rerun_stopped_midway_leaves_no_summary_of_the_folds_it_replaced(catar
     assert not (tmp_path / "crossval.json").exists() and (tmp_path / "previous" / "crossval.json").is_file()
 
 
+def test_a_cross_validation_into_a_folder_another_is_writing_is_refused_before_any_fold(cataract, tmp_path):
+    """The lock was taken fold by fold: a second run replaced the first's fold0 before it was refused at fold1."""
+    from medclf.train.pipeline import RunDirBusy, writing_run
+    from tests.train.trees import held_elsewhere
+
+    (tmp_path / "fold0").mkdir()
+    (tmp_path / "fold0" / "metrics.json").write_text("{}")
+    with held_elsewhere(tmp_path):  # as another process's cross-validation holds it
+        with pytest.raises(RunDirBusy, match="another medclf run is writing this folder"):
+            cross_validate(cataract, tmp_path, Recipe(arch="small_cnn", image_size=48), folds=3)
+    assert (tmp_path / "fold0" / "metrics.json").read_text() == "{}" and not (tmp_path / "fold0" / "previous").exists()
+    with writing_run(tmp_path), writing_run(tmp_path):  # held again by the process holding it: one lock
+        pass
+
+
 def test_a_folds_one_vote_per_patient_counts_the_patients_the_folds_were_drawn_by(blood_cell_images, tmp_path):
     """IDC-style ``<patient>/{0,1}/``: fourteen patients make the folds; each fold holds seven, too few to be
     found as patients again on their own, so the fold is scored by the groups it was drawn by."""

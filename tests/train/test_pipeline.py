@@ -259,12 +259,14 @@ def test_the_checkpoint_a_stopped_run_leaves_can_be_evaluated_and_exported(catar
 
 def test_a_run_into_a_folder_another_run_is_writing_is_refused_at_once(cataract, tmp_path):
     """Two runs into one folder both said "wrote": one finished model was lost, their histories interleaved."""
-    from medclf.train.pipeline import RunDirBusy, writing_run
+    from medclf.train.pipeline import RunDirBusy
+    from tests.train.trees import held_elsewhere
 
-    with writing_run(tmp_path / "run"):  # as another process's run holds it
+    (tmp_path / "run").mkdir()
+    with held_elsewhere(tmp_path / "run"):  # as another process's run holds it
         with pytest.raises(RunDirBusy, match=r"run: another medclf run is writing this folder"):
             train(cataract, tmp_path / "run", Recipe(arch="small_cnn", image_size=32, fit=FitConfig(epochs=1)))
-    assert not (tmp_path / "run").exists()  # made for the lock, left empty: removed
+    assert not any((tmp_path / "run").iterdir())  # nothing written, nothing set aside
 
 
 def test_a_limit_per_class_says_it_capped_validation_too(cataract, tmp_path, capsys):
