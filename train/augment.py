@@ -7,6 +7,8 @@ the full-resolution decoded image.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -18,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from medclf.runtime.annotations import dataset_masks, masks_said
-from medclf.runtime.atomic import fitted_name, write_image
+from medclf.runtime.atomic import fitted_name, write_image, write_json
 from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
@@ -56,16 +58,26 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     made = [path for path in images if AUGMENTED_COPY.search(path.stem)]
     if made:  # --out DATA run again: copies of copies, more each time
         log.warning("%d images are copies medclf augment wrote (name.augN): not augmented again", len(made))
-    earlier = {path for path in list_images(out) if AUGMENTED_COPY.search(path.stem)} if out.is_dir() else set()
     return _augmented([path for path in images if path not in masks and path not in made], data, out, copies,
-                      augmenter, earlier)
+                      augmenter)
 
 
-def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter,
-               earlier: set[Path]) -> Iterator[Augmented]:
-    """The copies, image by image; once all are written, the copies an earlier run left in ``out`` that this one
-    did not write again go (said): of images no longer in ``data`` — one removed as mislabelled was still
-    trained on through them — or beyond ``copies``, or of another policy."""
+def _record(data: Path, out: Path) -> Path:
+    """Where OUT lists the copies augmenting ``data`` wrote there (hidden: not an image, not a class), one
+    record per DATA, so that a folder pooling several datasets' copies keeps each one's."""
+    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(data.resolve())).hexdigest()[:12]}.json"
+
+
+def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter) -> Iterator[Augmented]:
+    """The copies, image by image; once all are written, the copies an earlier run from the same DATA left in
+    ``out`` that this one did not write again go (said): of images no longer in ``data`` — one removed as
+    mislabelled was still trained on through them — or beyond ``copies``."""
+    record = _record(data, out)
+    try:
+        earlier = {out / name for name in json.loads(record.read_text())}
+    except (OSError, ValueError, TypeError):  # the first run from this DATA (or one before records)
+        earlier = set()
+    wrote: list[Path] = []
     for path in images:
         try:
             image = read_image(path)
@@ -78,14 +90,16 @@ def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter
         written = tuple(folder / _copy_name(path, k) for k in range(copies))
         for destination, view in zip(written, views):
             write_image(destination, cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
-        earlier -= set(written)
+        wrote.extend(written)
         yield Augmented(str(path), written)
-    for stale in sorted(earlier):
-        stale.unlink(missing_ok=True)
-    if earlier:
-        log.warning("removed %d copies an earlier medclf augment wrote in %s that this run did not write again "
-                    "(e.g. %s): of images no longer there, or beyond --copies", len(earlier), out,
-                    sorted(earlier)[0].relative_to(out))
+    stale = sorted(earlier - set(wrote))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d copies an earlier medclf augment of %s wrote in %s that this run did not write "
+                    "again (e.g. %s): of images no longer there, or beyond --copies", len(stale), data, out,
+                    stale[0].relative_to(out))
+    write_json(record, sorted(str(path.relative_to(out)) for path in wrote))
 
 
 def _training_images(data: Path, out: Path) -> list[Path]:

@@ -65,7 +65,12 @@ def test_augmenting_into_an_earlier_out_leaves_only_this_runs_copies(cataract, t
     assert result.exit_code == 0 and "wrote 6 images" in result.output, result.output
     assert sorted(path.name for path in out.rglob("*.aug*")) == sorted(
         f"{photo.stem}.aug{k}{photo.suffix}" for photo in data.rglob("*.*") for k in range(2))
-    assert "removed 6 copies an earlier medclf augment wrote" in caplog.text
+    assert "removed 6 copies an earlier medclf augment of" in caplog.text
+    other = two_photos_a_class(cataract, tmp_path / "other")  # another dataset's copies pooled in the same OUT
+    for photo in other.rglob("*.*"):
+        photo.rename(photo.with_name(f"b_{photo.name}"))
+    assert CliRunner().invoke(app, ["augment", str(other), "--out", str(out), "--copies", "1"]).exit_code == 0
+    assert len(list(out.rglob("*.aug*"))) == 6 + 4  # the first dataset's copies stay
 
 
 def test_a_policy_it_does_not_know_is_one_line_before_any_copy(cataract, tmp_path):
