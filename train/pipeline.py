@@ -178,6 +178,8 @@ def writing_run(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise RunDirBusy(f"{run_dir}: another medclf run is writing this folder; wait for it to end, or "
                              "give another --out") from None
+        except OSError:  # a file system without locks (some network shares): runs there are not kept apart
+            pass
         _HELD.add(key)
         yield
     finally:
