@@ -85,6 +85,8 @@ def test_files_an_earlier_export_of_another_model_left_are_removed_and_said(run_
     model = keras.models.load_model(retrained / "model.keras", compile=False)
     model.set_weights([w * 1.01 for w in model.get_weights()])  # another model of the same run: another hash
     model.save(retrained / "model.keras")
+    for served in repo.glob("*/1/model.onnx"):  # the repository's models: this run folder's, trained before
+        _moved_to(served, retrained)
 
     result = runner.invoke(app, ["export", str(retrained / "model.keras"), "--out", str(other), "--triton", str(repo),
                                  "--verify-images", "16", "--batch-profile", "1,4,8"], terminal_width=200)
@@ -126,3 +128,16 @@ def test_the_default_export_folder_is_the_runs_own(run_dir, tmp_path, monkeypatc
     result = runner.invoke(app, ["export", str(run / "model.keras")])
     assert result.exit_code == 0, result.output
     assert (run / "exported" / "model.onnx").is_file() and not (tmp_path / "exported").exists()
+
+
+def _moved_to(onnx_file, run_dir) -> None:
+    """``onnx_file``'s card says it was exported from ``run_dir`` (as if that run folder had been trained there)."""
+    import onnx
+
+    from medclf.runtime.modelcard import SOURCE_KEY
+
+    model = onnx.load(str(onnx_file))
+    for prop in model.metadata_props:
+        if prop.key == SOURCE_KEY:
+            prop.value = json.dumps(json.loads(prop.value) | {"run_dir": str(run_dir)}, sort_keys=True)
+    onnx.save(model, str(onnx_file))
