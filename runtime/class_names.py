@@ -32,7 +32,10 @@ def folded(name: str) -> str:
 def class_on_path(folders: str, classes: tuple[str, ...]) -> str | None:
     """The class the first of ``folders`` (``fold_0/all``, ``lung_image_sets/lung_aca``) that stands for one of
     ``classes`` stands for (:func:`matching_class`), or None: a file is labelled by it wherever its dataset
-    files classes under folders of another kind (parts, organs, regions)."""
+    files classes under folders of another kind (parts, organs, regions). A class whose own name holds a slash
+    (RSNA's "No Lung Opacity / Not Normal", as a run records its labels) is that class whole."""
+    if folders in classes:
+        return folders
     return next((match for name in folders.split("/") if (match := matching_class(name, classes)) is not None),
                 None)
 
