@@ -389,15 +389,19 @@ def find_split(root: str | os.PathLike[str], split: str) -> Path | None:
 
 
 def _split_word(name: str) -> str | None:
-    """The split a folder name holds as its first or last word beside words of its own (``seg_train``: train;
-    ``3_test``: test; ``train_dir``: train), or None."""
+    """The split a folder name holds as a word beside words of its own (``seg_train``: train; ``3_test``: test;
+    ``train_dir``: train; ISIC's ``ISIC2018_Task3_Training_Input``: training), or None — and None for a
+    challenge's folders of answers rather than images (``ISIC2018_Task3_Training_GroundTruth``, masks)."""
     words = re.findall(r"[a-z]+|\d+", name.lower())
-    if len(words) < 2:  # a name of one word is a split's exactly, or not at all (split_key)
+    if len(words) < 2 or set(words) & _NOT_IMAGES:  # one word is a split's exactly, or not at all (split_key)
         return None
-    while len(words) > 1 and words[-1] in ("set", "data", "images", "split", "dir", "folder", "files"):
-        words.pop()
     synonyms = {word for spellings in SPLIT_NAMES.values() for word in spellings}
-    return next((word for word in (words[-1], words[0]) if word in synonyms), None)
+    return next((word for word in reversed(words) if word in synonyms), None)
+
+
+# Words naming what a challenge ships beside its images, per split: its answers, masks, metadata
+_NOT_IMAGES = frozenset({"groundtruth", "ground", "truth", "gt", "labels", "label", "metadata", "masks", "mask",
+                         "segmentation", "segmentations", "annotations"})
 
 
 def unwrapped(data: str | os.PathLike[str]) -> Path:

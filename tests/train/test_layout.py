@@ -170,7 +170,8 @@ def test_class_folders_split_themselves_are_read_as_those_splits(tmp_path, blood
 
 
 @pytest.mark.parametrize("names", [("seg_train/seg_train", "seg_test/seg_test"), ("chest_train", "chest_test"),
-                                   ("1_train", "2_val", "3_test"), ("train_dir", "test_dir")])
+                                   ("1_train", "2_val", "3_test"), ("train_dir", "test_dir"),
+                                   ("ISIC2018_Task3_Training_Input", "ISIC2018_Task3_Test_Input")])
 def test_split_folders_carrying_a_word_of_their_own_are_splits_not_classes(names, tmp_path, blood_cell_images):
     """Intel's image set ships seg_train/seg_train/ and seg_test/seg_test/: read as two classes, seg_test and
     seg_train, the model learned which split a file sat in and the test images were trained on."""
@@ -182,6 +183,9 @@ def test_split_folders_carrying_a_word_of_their_own_are_splits_not_classes(names
     assert splits.held_out == ("2_val/ folder" if "2_val" in names else "15% of the images at random")
     make_tree(tmp_path / "classes", {"pre_training": 2, "post_training": 2}, blood_cell_images[0])
     assert load_splits(tmp_path / "classes").train.classes == ("post_training", "pre_training")  # one split word
+    from medclf.train.layout import _split_word
+
+    assert _split_word("ISIC2018_Task3_Training_GroundTruth") is None  # the answers, not the images
 
 
 def test_a_copy_of_the_dataset_inside_it_is_not_a_class(tmp_path, blood_cell_images, caplog):
