@@ -254,6 +254,8 @@ def _sheet_text(file: Path) -> str:
     """The sheet's text as Excel and Windows tools save it: UTF-8 (with or without its mark), UTF-16 with its
     mark ("Unicode Text"), else Windows-1252 ("CSV (Comma delimited)" on a Western Windows), said in one line."""
     data = file.read_bytes()
+    if data.startswith((b"PK\x03\x04", b"\xd0\xcf\x11\xe0")):  # a ZIP (.xlsx, .ods) or OLE2 (.xls) workbook
+        raise LabelsError(f"{file}: a spreadsheet workbook, not a CSV file: save the sheet as CSV (File > Save As)")
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return data.decode("utf-16", errors="replace")  # a line appended as bytes: its own row, garbled, said
     try:

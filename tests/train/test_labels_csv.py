@@ -205,6 +205,17 @@ def test_a_utf8_sheet_with_one_row_in_another_encoding_is_refused_naming_the_lin
         read_labels_csv(str(tmp_path / "labels.csv"))
 
 
+def test_a_workbook_given_as_the_sheet_is_told_to_be_saved_as_csv(tmp_path):
+    """An .xlsx was "line 1 is not UTF-8 where the rest is: save the sheet as UTF-8"."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "labels.xlsx", "w") as workbook:  # what an .xlsx is: a ZIP of XML parts
+        workbook.writestr("[Content_Types].xml", "<Types/>")
+    with pytest.raises(LabelsError, match=r"labels.xlsx: a spreadsheet workbook, not a CSV file: save the sheet as "
+                                          r"CSV"):
+        read_labels_csv(str(tmp_path / "labels.xlsx"))
+
+
 def test_a_sheet_giving_several_labels_a_row_without_a_header_is_refused(tmp_path):
     """MedMNIST's ChestMNIST lists 14 findings a row."""
     (tmp_path / "chestmnist.csv").write_text("TRAIN,train0_0_1_0.png,0,1,0\n")
