@@ -26,7 +26,7 @@ from pathlib import Path, PurePosixPath
 
 from medclf.runtime.inputs import IMAGE_EXTENSIONS, is_image_file, list_images
 
-from .layout import find_split, is_part_name, numbered_parts, split_key
+from .layout import find_split, is_annotation_folder, is_part_name, numbered_parts, split_key
 from .medmnist import known_classes
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     if not folder.is_dir():
         return None
     entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
-    folders = [entry for entry in entries if entry.is_dir()]
+    folders = [entry for entry in entries if entry.is_dir() and not is_annotation_folder(entry.name)]  # not masks/
     sheet = folder.parent / f"{folder.name}.csv"
     if sheet.is_file() and not folders and any(is_image_file(entry) for entry in entries):
         log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder,

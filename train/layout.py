@@ -404,6 +404,12 @@ _NOT_IMAGES = frozenset({"groundtruth", "ground", "truth", "gt", "labels", "labe
                          "segmentation", "segmentations", "annotations"})
 
 
+def is_annotation_folder(name: str) -> bool:
+    """A folder of what a dataset ships beside its images (``masks/``, HAM10000's
+    ``HAM10000_segmentations_lesion_tschandl/``, ISIC's ``..._GroundTruth/``), not of images to learn from."""
+    return bool(set(re.findall(r"[a-z]+", name.lower())) & _NOT_IMAGES)
+
+
 def unwrapped(data: str | os.PathLike[str]) -> Path:
     """``data``, or the folder below it that holds the splits (``train/``...) where ``data`` holds only a chain of
     single folders down to it: archives unpack into a folder of their own name (``chest_xray.zip`` →

@@ -294,3 +294,21 @@ def test_a_training_split_of_loose_images_is_labelled_by_the_sheet_beside_it_tha
     (isic / "ISIC_2019_Training_GroundTruth.csv").write_text("image,MEL,NV\nISIC_0000000,1.0,0.0\n"
                                                             "ISIC_0000001,0.0,1.0\n")
     assert read_dataset(isic, naming=sheet_beside(isic)).class_counts() == {"MEL": 1, "NV": 1}
+
+
+def test_a_ground_truth_sheet_beside_images_and_their_masks_labels_the_images(tmp_path, blood_cell_images):
+    """ISIC/HAM10000 mirrors ship images/ and masks/ beside the ground truth: the sheet was passed over for two
+    folders, and "images" against "masks" was trained (validation accuracy 1.000)."""
+    import shutil
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    rows = ["image,MEL,NV"]
+    for i, image in enumerate(blood_cell_images):
+        shutil.copy(image, tmp_path / "images" / f"ISIC_{i:07d}.jpg")
+        shutil.copy(image, tmp_path / "masks" / f"ISIC_{i:07d}_segmentation.png")
+        rows.append(f"ISIC_{i:07d},{float(i % 2)},{float(1 - i % 2)}")
+    (tmp_path / "GroundTruth.csv").write_text("\n".join(rows) + "\n")
+    naming = sheet_beside(tmp_path)
+    assert naming is not None and naming.source.name == "GroundTruth.csv"
+    assert read_dataset(tmp_path, naming=naming).class_counts() == {"MEL": 4, "NV": 4}
