@@ -150,9 +150,10 @@ def read_labels_csv(spec: str) -> CsvLabels:
         raise LabelsError(f"{file}: {len(several)} rows name several findings (e.g. {several[0]}); medclf learns one "
                           "label per image: keep the rows with one finding, or one finding per row")
     group, split, keys = _column(headers, GROUP_COLUMNS), _split_column(rows, headers), _row_keys(values)
-    return CsvLabels(file, _keyed(file, keys, found),
-                     _keyed(file, keys, [row[group] for row in rows], False) if group is not None else None,
-                     _keyed(file, keys, _splits(file, split, rows), False) if split is not None else None)
+    return _medmnist_named(CsvLabels(
+        file, _keyed(file, keys, found),
+        _keyed(file, keys, [row[group] for row in rows], False) if group is not None else None,
+        _keyed(file, keys, _splits(file, split, rows), False) if split is not None else None))
 
 
 def _split_of(value: str | None) -> str | None:
@@ -197,7 +198,7 @@ def sheet_beside(folder: Path) -> CsvLabels | None:
     if sheet.is_file() and not folders and any(is_image_file(entry) for entry in entries):
         log.warning("%s: its images lie loose beside %s: labels read from that (as --labels %s)", folder,
                     sheet.name, sheet)
-        return _medmnist_named(read_labels_csv(str(sheet)))
+        return read_labels_csv(str(sheet))
     if sum(is_part_name(entry.name) for entry in folders) >= 2:  # else no folder is walked for its images
         with_images = {entry: list_images(entry) for entry in folders}
         parts = [entry for entry, found in with_images.items() if found]
@@ -243,7 +244,9 @@ def most_listing(sheets: list[Path], images: list[Path]) -> tuple[CsvLabels | No
 
 def _medmnist_named(labels: CsvLabels) -> CsvLabels:
     """MedMNIST's ``save`` labels its images by number (``TRAIN,train0_3.png,3``): a set MedMNIST names
-    (``bloodmnist.csv``) gets its classes' names (``3`` → ``immature granulocytes(...)``), as its ``.npz`` does."""
+    (``bloodmnist.csv``) gets its classes' names (``3`` → ``immature granulocytes(...)``), as its ``.npz`` does —
+    found beside the images or given as ``--labels`` alike (the classes differed: a run could not score data
+    labelled the other way)."""
     names = known_classes(labels.source.stem)
     if names is None or not all(label.isdigit() and int(label) < len(names) for label in labels.labels.values()):
         return labels

@@ -119,7 +119,7 @@ def test_a_sheet_that_splits_its_images_is_trained_chosen_and_scored_on_its_spli
     with caplog.at_level(logging.WARNING):
         splits = load_splits(folder, naming=naming)
     assert (len(splits.train), len(splits.val), len(splits.test)) == (40, 24, 10)
-    assert {Path(p).name[:4] for p in splits.test.paths} == {"test"} and splits.train.classes == ("0", "1")
+    assert {Path(p).name[:4] for p in splits.test.paths} == {"test"} and splits.train.classes == ("basophil", "eosinophil")
     assert caplog.messages[0] == ("bloodmnist.csv: splits its images itself (40 train, 24 val, 10 test): each is "
                                   "used as its split")
     assert len(pooled_for_folds(folder, naming)) == 64
@@ -234,6 +234,8 @@ def test_a_sheet_named_as_a_folder_of_loose_images_labels_them_unasked(tmp_path,
     assert naming.label(Path("test0_0.png")) == "basophil" and naming.split(Path("test0_0.png")) == "test"
     assert caplog.messages == [f"{tmp_path / 'bloodmnist'}: its images lie loose beside bloodmnist.csv: labels read "
                                f"from that (as --labels {tmp_path / 'bloodmnist.csv'})"]
+    given = read_labels_csv(str(tmp_path / "bloodmnist.csv"))  # as the line says: --labels reads the same names
+    assert given.label(Path("train0_1.png")) == "eosinophil"
     (tmp_path / "bloodmnist.csv").rename(tmp_path / "mine.csv")  # a set MedMNIST does not name: its numbers kept
     (tmp_path / "bloodmnist").rename(tmp_path / "mine")
     assert sheet_beside(tmp_path / "mine").label(Path("train0_1.png")) == "1"
