@@ -123,7 +123,7 @@ def test_a_sheet_that_splits_its_images_is_trained_chosen_and_scored_on_its_spli
     assert caplog.messages[0] == ("bloodmnist.csv: splits its images itself (40 train, 24 val, 10 test): each is "
                                   "used as its split")
     assert len(pooled_for_folds(folder, naming)) == 64
-    assert {Path(p).name[:4] for p in read_labelled(folder, ("0", "1"), naming).paths} == {"test"}
+    assert {Path(p).name[:4] for p in read_labelled(folder, ("basophil", "eosinophil"), naming).paths} == {"test"}
 
 
 @pytest.mark.parametrize("spelt", [("train", "validate", "holdout"), ("train_set", "validation_set", "test_set"),
