@@ -19,12 +19,12 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from medclf.rundir import RunDir
 from medclf.runtime.class_names import matching_class
-from medclf.runtime.inputs import folder_contents
+from medclf.runtime.inputs import folder_contents, list_images
 
 from .data import ImageFolder, concat, read_dataset
 from .groups import group_kind, split_groups
 from .labellers import Labeller, rule_recorded
-from .labels_csv import CsvLabels
+from .labels_csv import LISTED_SHARE, CsvLabels, most_listing
 from .layout import DatasetError, find_split, is_split_name, not_a_class, split_of, unwrapped
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,10 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     folder the user named must hold some: refused before training rather than after it."""
     if folder is None:
         return None
+    folder = Path(folder)
     test = read_dataset(folder, classes, naming) if given else _found_split(folder, classes, naming)
+    if not len(test) and isinstance(naming, CsvLabels):  # training's sheet lists none of them: labelled otherwise?
+        test = _labelled_otherwise(folder, classes, naming)
     if len(test):
         return test
     if given:
@@ -216,6 +219,33 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
                 _unlabelled(folder, classes, naming))
     return None
+
+
+def _labelled_otherwise(folder: Path, classes: tuple[str, ...], training: CsvLabels) -> ImageFolder:
+    """A test folder the training sheet lists none of, labelled as it is itself: by class folders named as the
+    training classes, or by a sheet of its own beside or in it (``test.csv`` beside ``test/``) that lists nearly
+    all of its images — said in one line; empty where neither does. (A sheet-labelled run refused a test set in
+    class folders, and called a ``test/`` with its own sheet unlabelled.)"""
+    empty = ImageFolder((), np.zeros(0, dtype=np.int64), classes)
+    try:
+        by_folders = _found_split(folder, classes, None)
+    except DatasetError:
+        by_folders = empty
+    if len(by_folders):
+        log.warning("%s: labelled by its class folders (%s lists none of its images)", folder, training.source.name)
+        return by_folders
+    images = list_images(folder)
+    sheets = [sheet for place in (folder.parent, folder) for sheet in sorted(place.glob("*.csv"))
+              if sheet.resolve() != training.source.resolve() and "submission" not in sheet.name.lower()]
+    own, listed = most_listing(sheets, images)
+    if own is None or listed < LISTED_SHARE * len(images) or len(set(own.labels.values())) < 2:
+        return empty  # one label for all: a competition's answer template (sample_submission.csv), not answers
+    log.warning("%s: labelled by %s, which lists its images (%s lists none of them)", folder, own.source.name,
+                training.source.name)
+    try:
+        return read_dataset(folder, classes, own)
+    except DatasetError:
+        return empty
 
 
 def _found_split(folder: Path, classes: tuple[str, ...], naming: Labeller | None) -> ImageFolder:

@@ -314,3 +314,27 @@ def test_a_ground_truth_sheet_beside_images_and_their_masks_labels_the_images(tm
     naming = sheet_beside(tmp_path)
     assert naming is not None and naming.source.name == "GroundTruth.csv"
     assert read_dataset(tmp_path, naming=naming).class_counts() == {"MEL": 4, "NV": 4}
+
+
+def test_a_test_set_the_training_sheet_does_not_list_is_read_by_its_class_folders_or_its_own_sheet(
+        tmp_path, blood_cell_images):
+    """A sheet-labelled run refused ``--test`` in class folders ("no image in classes in train.csv"), and called a
+    ``test/`` beside its own ``test.csv`` unlabelled. A competition's answer template (one label for all) is no
+    labels."""
+    from medclf.train.labels_csv import sheet_beside
+
+    images(tmp_path / "d" / "train", blood_cell_images, [f"t{i}.png" for i in range(40)])
+    (tmp_path / "d" / "train.csv").write_text("image,label\n" + "".join(f"t{i}.png,{'ab' if i % 2 else 'no'}\n"
+                                                                        for i in range(40)))
+    images(tmp_path / "d" / "test", blood_cell_images, [f"s{i}.png" for i in range(6)])
+    (tmp_path / "d" / "sample_submission.csv").write_text("image,label\n" + "".join(f"s{i}.png,no\n"
+                                                                                    for i in range(6)))
+    naming = sheet_beside(tmp_path / "d")
+    assert load_splits(tmp_path / "d", naming=naming).test is None  # the template labels nothing
+    (tmp_path / "d" / "test.csv").write_text("image,label\n" + "".join(f"s{i}.png,{'ab' if i % 3 else 'no'}\n"
+                                                                       for i in range(6)))
+    assert load_splits(tmp_path / "d", naming=naming).test.class_counts() == {"ab": 4, "no": 2}
+    for name in ("ab", "no"):
+        images(tmp_path / "classes" / name, blood_cell_images, [f"c{i}.png" for i in range(3)])
+    given = load_splits(tmp_path / "d", naming=naming, test=tmp_path / "classes").test
+    assert given.class_counts() == {"ab": 3, "no": 3}
