@@ -12,6 +12,7 @@ Every answer is one group name per file (an array); a file that belongs with no 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .labels_csv import AUGMENTED_COPY
-from .layout import numbered_alike
+from .layout import is_part_name, numbered_alike
 
 if TYPE_CHECKING:
     from .data import ImageFolder, Labeller
@@ -91,7 +92,8 @@ def _found_groups(folder: ImageFolder, pattern: str | None, copies: bool | None,
         return listed
     if copies is not None:
         return None
-    for found in (source_groups, subfolder_groups, lambda f: detected_copies(f.paths, f.labels), name_groups):
+    by_folders = subfolder_groups if naming is None else sheet_folder_groups  # no class folder where labels are
+    for found in (source_groups, by_folders, lambda f: detected_copies(f.paths, f.labels), name_groups):
         if (groups := found(folder)) is not None:
             return groups
     return None
@@ -188,14 +190,29 @@ def _class_folder(file: Path, class_name: str) -> Path | None:
     return next((parent for parent in file.parents if parent.name == class_name), None)
 
 
-def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
+def sheet_folder_groups(folder: ImageFolder) -> np.ndarray | None:
+    """For images a sheet or their names label, with no class folder to start from: :func:`subfolder_groups`
+    below the folder all of them sit in (a sheet listing CheXpert's ``patient00001/study1/view1.jpg``: a
+    patient's films on both sides of the split, 36 of 36 validation patients, before)."""
+    if not folder.paths:
+        return None
+    root = Path(os.path.commonpath([str(Path(path).parent) for path in folder.paths]))
+    below = [Path(path).parent.relative_to(root).parts for path in folder.paths]
+    below = [folders[1:] if folders and is_part_name(folders[0]) else folders for folders in below]  # HAM's parts
+    return subfolder_groups(folder, below, f"{root.name}/")
+
+
+def subfolder_groups(folder: ImageFolder, below: list[tuple[str, ...]] | None = None,
+                     under: str = "their class folders") -> np.ndarray | None:
     """The sub-folder below each file's class folder — ``PNEUMONIA/patient12/study1/IM0001`` → ``patient12``, as
     PACS exports and many archives file images by patient or study — at the shallowest level where most files sit
     in one (``MIN_NESTED``) and there are ``MIN_SUBFOLDERS`` of them: BreakHis files its patients three levels
     down (``benign/SOB/adenosis/SOB_B_A_14-22549AB/40X/``), below one ``SOB`` and a few tumour types. A file
     above that level is a group of its own. Right below the class, the same sub-folder name under two classes
     is one group: one patient's normal and abnormal films stay on one side of the split."""
-    below = [_folders_below(Path(path), folder.classes[label]) for path, label in zip(folder.paths, folder.labels)]
+    if below is None:
+        below = [_folders_below(Path(path), folder.classes[label])
+                 for path, label in zip(folder.paths, folder.labels)]
     too_few = None
     for level in range(max(map(len, below), default=0)):
         groups = [f"folder:{'/'.join(folders[:level + 1])}" if len(folders) > level else f"file:{path}"
@@ -209,15 +226,15 @@ def subfolder_groups(folder: ImageFolder) -> np.ndarray | None:
             too_few = too_few or (nested, len(groups), subfolders)
         if nested >= MIN_NESTED * len(groups) and subfolders >= needed:
             example = next(group for group in groups if group.startswith("folder:")).removeprefix("folder:")
-            where = "sub-folders of their class folders" if level == 0 else \
-                f"folders {level + 1} levels below their class folders (such as {example})"
+            where = f"sub-folders of {under}" if level == 0 else \
+                f"folders {level + 1} levels below {under} (such as {example})"
             log.warning("%d of %d images sit in %d %s (patients, studies): a folder's images are %s", nested,
                         len(groups), subfolders, where, KEPT_TOGETHER)
             return np.asarray(groups)
     if too_few is not None:
-        log.warning("%d of %d images sit in %d sub-folders of their class folders (patients, studies?): too few to "
-                    "hold whole ones out (%d are needed), so validation may share them with training and flatter "
-                    "the model", *too_few, MIN_NUMBERED)
+        log.warning("%d of %d images sit in %d sub-folders of %s (patients, studies?): too few to hold whole ones "
+                    "out (%d are needed), so validation may share them with training and flatter the model",
+                    *too_few, under, MIN_NUMBERED)
     return None
 
 

@@ -338,3 +338,19 @@ def test_a_test_set_the_training_sheet_does_not_list_is_read_by_its_class_folder
         images(tmp_path / "classes" / name, blood_cell_images, [f"c{i}.png" for i in range(3)])
     given = load_splits(tmp_path / "d", naming=naming, test=tmp_path / "classes").test
     assert given.class_counts() == {"ab": 3, "no": 3}
+
+
+def test_a_sheet_listing_patient_folders_holds_out_whole_patients(tmp_path, blood_cell_images):
+    """CheXpert/MURA-style paths in a sheet (``patient0007/study1/view2.jpg``) were split image by image: every
+    validation patient had films in training too."""
+    rows = ["Path,label"]
+    for patient in range(30):
+        for view in (1, 2):
+            name = f"patient{patient:04d}/study1/view{view}.jpg"
+            images(tmp_path / "data" / f"patient{patient:04d}" / "study1", blood_cell_images, [f"view{view}.jpg"])
+            rows.append(f"{name},{'ab' if patient % 2 else 'no'}")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    splits = load_splits(tmp_path / "data", naming=read_labels_csv(str(tmp_path / "labels.csv")), val_split=0.2,
+                         group_copies=None)
+    patients = [{Path(path).parts[-3] for path in part.paths} for part in (splits.train, splits.val)]
+    assert patients[1] and not patients[0] & patients[1] and "whole patients" in splits.held_out
