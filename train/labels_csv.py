@@ -66,6 +66,12 @@ class CsvLabels:
     labels: dict[str, str]  # casefolded file name, and its stem where it has an image extension → label
     groups: dict[str, str] | None = None
     splits: dict[str, str] | None = None  # the same keys → "train", "val" or "test", where the sheet says
+    rows: tuple[tuple[str, tuple[str, ...]], ...] = ()  # each labelled row's image as listed, and its keys
+
+    def not_found(self, paths: Iterable[str]) -> list[str]:
+        """The labelled rows none of ``paths`` answers to: images the sheet lists that are not there."""
+        matched = {self._key(Path(path)) for path in paths}
+        return [image for image, keys in self.rows if matched.isdisjoint(keys)]
 
     @property
     def kind(self) -> str:
@@ -153,7 +159,8 @@ def read_labels_csv(spec: str) -> CsvLabels:
     return _medmnist_named(CsvLabels(
         file, _keyed(file, keys, found),
         _keyed(file, keys, [row[group] for row in rows], False) if group is not None else None,
-        _keyed(file, keys, _splits(file, split, rows), False) if split is not None else None))
+        _keyed(file, keys, _splits(file, split, rows), False) if split is not None else None,
+        tuple((str(path), tuple(row_keys)) for (path, row_keys), value in zip(keys, found) if (value or "").strip())))
 
 
 def _split_of(value: str | None) -> str | None:

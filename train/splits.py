@@ -100,7 +100,18 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     test_dir = test if test is not None else (find_split(data, "test") if train_dir else None)
     test_images = listed_test if test_dir is None else _labelled_test(test_dir, train.classes, naming,
                                                                       given=test is not None)
+    if isinstance(naming, CsvLabels):
+        _say_not_found(naming, data, [part for part in (train, val, test_images) if part is not None])
     return Splits(train, val, test_images, held_out)
+
+
+def _say_not_found(sheet: CsvLabels, data: Path, parts: list[ImageFolder]) -> None:
+    """One line for the rows of ``sheet`` that name no image found (half a dataset copied, a folder missed):
+    they were left out without a word."""
+    missing = sheet.not_found(path for part in parts for path in part.paths)
+    if missing:
+        log.warning("%s: %d of its %d labelled rows name no image found in %s, left out (e.g. %s)",
+                    sheet.source.name, len(missing), len(sheet.rows), data, missing[0])
 
 
 def _listed_splits(folder: ImageFolder, naming: Labeller | None

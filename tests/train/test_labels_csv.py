@@ -354,3 +354,14 @@ def test_a_sheet_listing_patient_folders_holds_out_whole_patients(tmp_path, bloo
                          group_copies=None)
     patients = [{Path(path).parts[-3] for path in part.paths} for part in (splits.train, splits.val)]
     assert patients[1] and not patients[0] & patients[1] and "whole patients" in splits.held_out
+
+
+def test_rows_naming_images_that_are_not_there_are_counted_in_one_line(tmp_path, blood_cell_images, caplog):
+    """Half a sheet's images missing (a partial copy) went without a word: training simply had half the data."""
+    images(tmp_path / "images", blood_cell_images, [f"{i}.png" for i in range(20)])
+    rows = "".join(f"{i}.png,{'ab' if i % 2 else 'no'}\n" for i in range(40))  # 20 listed images are not there
+    (tmp_path / "labels.csv").write_text("image,label\n" + rows)
+    with caplog.at_level(logging.WARNING):
+        load_splits(tmp_path / "images", naming=read_labels_csv(str(tmp_path / "labels.csv")))
+    assert (f"labels.csv: 20 of its 40 labelled rows name no image found in {tmp_path / 'images'}, left out "
+            "(e.g. 20.png)") in caplog.messages
