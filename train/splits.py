@@ -221,6 +221,8 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
         return None
     folder = Path(folder)
     test = read_dataset(folder, classes, naming) if given else _found_split(folder, classes, naming)
+    if given and isinstance(naming, CsvLabels) and naming.splits is not None and len(test):
+        test = _listed_splits(test, naming)[2] or test.subset(np.zeros(0, dtype=np.int64))  # its test rows alone
     if not len(test) and isinstance(naming, CsvLabels):  # training's sheet lists none of them: labelled otherwise?
         test = _labelled_otherwise(folder, classes, naming)
     if len(test):

@@ -123,6 +123,8 @@ def test_a_sheet_that_splits_its_images_is_trained_chosen_and_scored_on_its_spli
     assert caplog.messages[0] == ("bloodmnist.csv: splits its images itself (40 train, 24 val, 10 test): each is "
                                   "used as its split")
     assert len(pooled_for_folds(folder, naming)) == 64
+    given = load_splits(folder, naming=naming, test=folder).test  # --test DATA: its training rows were scored too
+    assert {Path(p).name[:4] for p in given.paths} == {"test"} and len(given) == 10
     assert {Path(p).name[:4] for p in read_labelled(folder, ("basophil", "eosinophil"), naming).paths} == {"test"}
 
 
