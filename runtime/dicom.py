@@ -26,6 +26,7 @@ import numpy as np
 from .preprocess import MAX_PIXELS, ImageError
 
 DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
+PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # integer, and float images (parametric maps)
 # The transfer syntax of a data set without a meta header, by (implicit VR, little endian) as pydicom read it
 _UNCOMPRESSED = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
                  (False, False): "1.2.840.10008.1.2.2"}
@@ -88,7 +89,7 @@ def decode_dicom(data: bytes, source: str) -> np.ndarray:
 def _displayed(dataset, source: str) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut, pixel_array
 
-    if "PixelData" not in dataset:  # a PACS export also holds reports, presentation states, key-object notes
+    if not any(tag in dataset for tag in PIXEL_TAGS):  # a PACS export holds reports, presentation states...
         kind = dataset.get("SOPClassUID")
         raise ImageError(source, f"a DICOM object without an image ({kind.name if kind else 'no SOP class'})")
     _first_frame_values(dataset)
@@ -104,7 +105,7 @@ def _displayed(dataset, source: str) -> np.ndarray:
     if pixels.ndim == 3:  # colour: already display values
         return pixels if pixels.dtype == np.uint8 else _scale(pixels, 0, 2 ** int(dataset.BitsStored) - 1)
     values = apply_modality_lut(pixels, dataset)  # integers stay integers: a VOI LUT indexes with them
-    shown, low, high = _voi(values, dataset)
+    shown, low, high = _voi(values, dataset, pixels)
     grey = _scale(shown, low, high)
     return 255 - grey if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else grey
 
@@ -171,10 +172,12 @@ def _first_frame_values(dataset) -> None:
                     setattr(dataset, name, values[name].value)
 
 
-def _voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
+def _voi(values: np.ndarray, dataset, stored: np.ndarray) -> tuple[np.ndarray, float, float]:
     """The values as the file says to show them, and the range they are shown in: its first VOI LUT (range
     0 to 2^bits - 1, the LUT's declared output) or window through pydicom (range: where the window function
-    sends -inf and +inf), else the values' own range. A window pydicom refuses (width under 1) counts as none."""
+    sends -inf and +inf), else the values' own range — without a CT's padding (``stored`` values equal to the
+    file's PixelPaddingValue, which squeezed the body's contrast). A window pydicom refuses (width under 1)
+    counts as none."""
     from pydicom.pixels import apply_voi_lut
 
     try:
@@ -187,7 +190,12 @@ def _voi(values: np.ndarray, dataset) -> tuple[np.ndarray, float, float]:
             return apply_voi_lut(values.astype(np.float64), dataset), float(low), float(high)
     except (ValueError, TypeError, IndexError, AttributeError):
         pass
-    return values, float(values.min()), float(values.max())
+    shown = values
+    if "PixelPaddingValue" in dataset:  # a CT's outside-the-body fill, far below air: not part of the range
+        shown = values[stored != dataset.PixelPaddingValue]
+    if not shown.size:
+        shown = values
+    return values, float(shown.min()), float(shown.max())
 
 
 def _unreadable(exc: Exception, dataset) -> str:

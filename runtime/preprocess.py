@@ -32,7 +32,8 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 # Bumped whenever the same bytes may decode differently, so caches of decoded images are made again
 # (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused;
-# 4: damaged compressed DICOMs refused, signed, 32-bit and float TIFFs scaled over the values they hold).
+# 4: damaged compressed DICOMs refused, signed, 32-bit and float TIFFs scaled over the values they hold, a CT's
+# padding left out of its range).
 DECODING_VERSION = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.

@@ -314,6 +314,26 @@ def test_a_dicom_without_pixels_says_what_it_is():
         decode_image(out.getvalue(), "sr.dcm")
 
 
+def test_a_cts_padding_is_left_out_of_the_range_shown_and_float_pixel_data_is_an_image():
+    """Without a window, a CT's padding (-2000, outside the body) stretched the range and squeezed the body's
+    contrast by a third; a Float Pixel Data object (a parametric map) was "a DICOM object without an image"."""
+    body = RAMP.astype(np.int16) * 4 - 1024  # -1024 (air) .. -4
+    padded = body.copy()
+    padded[:, :8] = -2000
+    stored = padded.astype(np.uint16)  # as the file holds it, PixelRepresentation 1 (signed)
+    shown = decode_image(dicom_bytes(stored, PixelRepresentation=1, PixelPaddingValue=-2000), "ct.dcm", color="grey")
+    assert shown[:, 8:].min() == 0 and shown[:, 8:].max() == 255 and (shown[:, :8] == 0).all()
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(RAMP.astype(np.uint16))))
+    del dataset.PixelData
+    dataset.BitsAllocated, dataset.FloatPixelData = 32, (RAMP / 255).astype(np.float32).tobytes()
+    for name in ("BitsStored", "HighBit", "PixelRepresentation"):
+        delattr(dataset, name)
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    floats = decode_image(out.getvalue(), "map.dcm", color="grey")[:, :, 0]  # over the range it holds
+    np.testing.assert_array_equal(floats, np.rint(RAMP / RAMP.max() * 255).astype(np.uint8))
+
+
 def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
     data = dicom_bytes(RAMP.astype(np.uint16))
     with pytest.raises(ImageError, match=r"^cut.dcm: unreadable DICOM"):
