@@ -141,10 +141,12 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
         return "is a file; give a folder"
     if not folder and path.is_dir():
         return "is a folder; give a file name"
-    try:
-        directory = path if folder else path.parent
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+    directory = path if folder else path.parent
+    existing = next(folder for folder in (directory, *directory.parents) if folder.exists() or folder.is_symlink())
+    if not existing.is_dir():  # a file in the way of the folders to make
+        return f"cannot write there ({existing} is a file)"
+    try:  # where the first file or folder would be made, nothing made yet: a refused run leaves no empty folder
+        with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as exc:
         return f"cannot write there ({exc.strerror or exc})"

@@ -41,7 +41,8 @@ def test_where_outputs_cannot_go_is_said_before_a_run_and_where_they_can_nothing
     assert unwritable(tmp_path) == "is a folder; give a file name"
     assert unwritable(tmp_path / "new" / "heat", folder=True) is None
     assert unwritable(tmp_path / "out" / "results.csv") is None
-    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file", "heat", "new", "out"]  # folders made, no files
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["file"]  # nothing made: a refused run leaves no folder
+    assert unwritable(tmp_path / "file" / "repo", folder=True) == f"cannot write there ({tmp_path / 'file'} is a file)"
 
 
 def test_a_name_near_the_255_byte_limit_is_written_with_the_usual_permissions(tmp_path):
