@@ -220,15 +220,21 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     if folder is None:
         return None
     folder = Path(folder)
+    if isinstance(naming, CsvLabels) and not any(naming.label(path) for path in list_images(folder)):
+        test = _labelled_otherwise(folder, classes, naming)  # not read by the sheet first: "N not listed" was said
+        if len(test) or not given:
+            return test if len(test) else _not_a_test_set(folder, classes, naming)
     test = read_dataset(folder, classes, naming) if given else _found_split(folder, classes, naming)
     if given and isinstance(naming, CsvLabels) and naming.splits is not None and len(test):
         test = _listed_splits(test, naming)[2] or test.subset(np.zeros(0, dtype=np.int64))  # its test rows alone
-    if not len(test) and isinstance(naming, CsvLabels):  # training's sheet lists none of them: labelled otherwise?
-        test = _labelled_otherwise(folder, classes, naming)
     if len(test):
         return test
     if given:
         raise DatasetError(_unlabelled(folder, classes, naming))
+    return _not_a_test_set(folder, classes, naming)
+
+
+def _not_a_test_set(folder: Path, classes: tuple[str, ...], naming: Labeller | None) -> None:
     log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
                 _unlabelled(folder, classes, naming))
     return None
