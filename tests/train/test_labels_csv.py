@@ -319,7 +319,7 @@ def test_a_ground_truth_sheet_beside_images_and_their_masks_labels_the_images(tm
 
 
 def test_a_test_set_the_training_sheet_does_not_list_is_read_by_its_class_folders_or_its_own_sheet(
-        tmp_path, blood_cell_images):
+        tmp_path, blood_cell_images, caplog):
     """A sheet-labelled run refused ``--test`` in class folders ("no image in classes in train.csv"), and called a
     ``test/`` beside its own ``test.csv`` unlabelled. A competition's answer template (one label for all) is no
     labels."""
@@ -338,8 +338,10 @@ def test_a_test_set_the_training_sheet_does_not_list_is_read_by_its_class_folder
     assert load_splits(tmp_path / "d", naming=naming).test.class_counts() == {"ab": 4, "no": 2}
     for name in ("ab", "no"):
         images(tmp_path / "classes" / name, blood_cell_images, [f"c{i}.png" for i in range(3)])
-    given = load_splits(tmp_path / "d", naming=naming, test=tmp_path / "classes").test
+    with caplog.at_level(logging.WARNING):
+        given = load_splits(tmp_path / "d", naming=naming, test=tmp_path / "classes").test
     assert given.class_counts() == {"ab": 3, "no": 3}
+    assert "not listed in" not in caplog.text  # the training sheet was not tried on it first
 
 
 def test_a_sheet_listing_patient_folders_holds_out_whole_patients(tmp_path, blood_cell_images):
