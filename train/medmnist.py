@@ -65,13 +65,17 @@ def unpacked(npz: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
     stat = npz.stat()
     digest = hashlib.sha256(f"{npz}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     folder = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "medmnist" / f"{npz.stem}-{digest}"
-    if folder.is_dir():
+    if folder.is_dir() and _whole(folder):
         return folder
+    if folder.is_dir():  # files taken out of it since: written again rather than trained on short
+        log.warning("%s: images missing since it was written from %s: written again", folder, npz)
+        shutil.rmtree(folder, ignore_errors=True)
     log.warning("%s: MedMNIST's arrays, written once as PNG files (%s) and read from there", npz, folder)
     partial = folder.with_name(f".{folder.name}.{os.getpid()}.tmp")
     shutil.rmtree(partial, ignore_errors=True)
     try:
         _write_folders(npz, partial)
+        (partial / COUNT_FILE).write_text(f"{_images_in(partial)}\n")
         partial.rename(folder)
     except OSError:
         if not folder.is_dir():  # else another run unpacked the same file first: theirs is as good
@@ -79,6 +83,22 @@ def unpacked(npz: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | No
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder
+
+
+COUNT_FILE = ".images"  # how many PNG files an unpacked folder was written with
+
+
+def _whole(folder: Path) -> bool:
+    """Whether ``folder`` still holds every image it was written with (one written before the count: trusted)."""
+    try:
+        written = int((folder / COUNT_FILE).read_text())
+    except (OSError, ValueError):
+        return True
+    return _images_in(folder) == written
+
+
+def _images_in(folder: Path) -> int:
+    return sum(name.endswith(".png") for _, _, names in os.walk(folder) for name in names)
 
 
 def test_split(folder: Path) -> Path:

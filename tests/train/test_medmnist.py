@@ -45,6 +45,11 @@ def test_the_arrays_are_written_once_as_class_folders_named_as_medmnist_names_th
         assert unpacked(tmp_path / "pneumoniamnist.npz", tmp_path / "cache") == folder
     assert not caplog.text  # found again, not written again
     assert [path.name for path in folder.parent.iterdir()] == [folder.name]  # no half-written folder left
+    for image in list((folder / "train" / "pneumonia").iterdir())[:5]:  # taken out of the cache since
+        image.unlink()
+    with caplog.at_level("WARNING"):
+        assert unpacked(tmp_path / "pneumoniamnist.npz", tmp_path / "cache") == folder
+    assert "images missing since it was written" in caplog.text and len(load_splits(folder).train) == 24
 
 
 def test_colour_sets_keep_their_colours_and_unknown_sets_name_classes_by_number(films, tmp_path):
