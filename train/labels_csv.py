@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "image_id", "imageid", "image_name", "image_index", "filename", "file_name", "file",
                  "path", "id_code", "id", "img", "name")
-LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "target", "category", "finding",
-                 "findings", "finding_labels", "level", "grade", "y")  # level: EyePACS' retinopathy grade
+# benign_malignant before diagnosis: ISIC 2020's sheet has both, its diagnosis "unknown" for four rows in five
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "benign_malignant", "diagnosis", "dx", "target",
+                 "category", "finding", "findings", "finding_labels", "level", "grade", "y")  # level: EyePACS' grade
 MULTI_LABEL = "|"  # NIH ChestX-ray14's "Effusion|Mass": several findings in one image
 # Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
 GROUP_COLUMNS = ("patient_id", "patientid", "patient", "subject_id", "subject", "lesion_id", "study_id")

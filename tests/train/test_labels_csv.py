@@ -369,3 +369,14 @@ def test_rows_naming_images_that_are_not_there_are_counted_in_one_line(tmp_path,
         load_splits(tmp_path / "images", naming=read_labels_csv(str(tmp_path / "labels.csv")))
     assert (f"labels.csv: 20 of its 40 labelled rows name no image found in {tmp_path / 'images'}, left out "
             "(e.g. 20.png)") in caplog.messages
+
+
+def test_isic_2020s_sheet_is_read_as_benign_against_malignant(tmp_path):
+    """Its diagnosis is "unknown" for most rows: read first, "unknown" was a class of its own."""
+    (tmp_path / "train.csv").write_text(
+        "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target\n"
+        "ISIC_2637011,IP_7279968,male,45.0,head/neck,unknown,benign,0\n"
+        "ISIC_0015719,IP_3075186,female,45.0,upper extremity,melanoma,malignant,1\n")
+    naming = read_labels_csv(str(tmp_path / "train.csv"))
+    assert naming.label(Path("ISIC_2637011.jpg")) == "benign" and naming.label(Path("ISIC_0015719.jpg")) == "malignant"
+    assert naming.group(Path("ISIC_2637011.jpg")) == "IP_7279968"
