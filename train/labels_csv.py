@@ -33,8 +33,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_COLUMNS = ("image", "image_id", "imageid", "image_name", "image_index", "filename", "file_name", "file",
                  "path", "id_code", "id", "img", "name")
-# benign_malignant before diagnosis: ISIC 2020's sheet has both, its diagnosis "unknown" for four rows in five
-LABEL_COLUMNS = ("label", "labels", "class", "class_name", "benign_malignant", "diagnosis", "dx", "target",
+LABEL_COLUMNS = ("label", "labels", "class", "class_name", "diagnosis", "dx", "benign_malignant", "target",
                  "category", "finding", "findings", "finding_labels", "level", "grade", "y")  # level: EyePACS' grade
 MULTI_LABEL = "|"  # NIH ChestX-ray14's "Effusion|Mass": several findings in one image
 # Images of one patient or one lesion are held out together (the split's groups), as --group-pattern does.
@@ -138,7 +137,7 @@ def read_labels_csv(spec: str) -> CsvLabels:
     if not rows:
         raise LabelsError(f"{file}: no rows under its header")
     headers = list(rows[0])
-    image, label = columns or (_column(headers, IMAGE_COLUMNS) or headers[0], _column(headers, LABEL_COLUMNS))
+    image, label = columns or (_column(headers, IMAGE_COLUMNS) or headers[0], _label_column(file, headers, rows))
     for name in (image, label):
         if name is not None and name not in headers:
             raise LabelsError(f"{file}: no column {name!r} (columns: {', '.join(headers)})")
@@ -308,6 +307,20 @@ def _column(headers: list[str], wanted: tuple[str, ...]) -> str | None:
     """The header that normalises to the earliest of ``wanted``, if any."""
     by_name = {_normalised(header): header for header in reversed(headers)}
     return next((by_name[name] for name in wanted if name in by_name), None)
+
+
+def _label_column(file: Path, headers: list[str], rows: list[dict[str, str]]) -> str | None:
+    """The label column: the earliest of :data:`LABEL_COLUMNS` — passing over one that says "unknown" (or
+    nothing) for most rows where a later one does not: ISIC 2020's ``diagnosis`` is "unknown" for four rows in
+    five beside its ``benign_malignant``, while the ISIC Archive's export has real diagnoses there. Said."""
+    present = [header for name in LABEL_COLUMNS if (header := _column(headers, (name,))) is not None]
+    known = [header for header in present if sum((row[header] or "").strip().casefold() in ("", "unknown")
+                                                   for row in rows) < len(rows) / 2]
+    if present and known and known[0] != present[0]:
+        log.warning("%s: its %s column is unknown for most rows: labels read from %s (--labels %s:IMAGE,COLUMN "
+                    "names another)", file.name, present[0], known[0], file)
+        return known[0]
+    return present[0] if present else None
 
 
 def _one_hot(rows: list[dict[str, str]], columns: list[str]) -> list[str] | None:

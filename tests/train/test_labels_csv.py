@@ -372,12 +372,19 @@ def test_rows_naming_images_that_are_not_there_are_counted_in_one_line(tmp_path,
             "(e.g. 20.png)") in caplog.messages
 
 
-def test_isic_2020s_sheet_is_read_as_benign_against_malignant(tmp_path):
-    """Its diagnosis is "unknown" for most rows: read first, "unknown" was a class of its own."""
+def test_isic_2020s_sheet_is_read_as_benign_against_malignant_and_the_archives_by_diagnosis(tmp_path, caplog):
+    """ISIC 2020's diagnosis is "unknown" for most rows: read first, "unknown" was a class of its own. The ISIC
+    Archive's export has both columns too, with real diagnoses: those stay the labels."""
     (tmp_path / "train.csv").write_text(
         "image_name,patient_id,sex,age_approx,anatom_site_general_challenge,diagnosis,benign_malignant,target\n"
         "ISIC_2637011,IP_7279968,male,45.0,head/neck,unknown,benign,0\n"
+        "ISIC_0015720,IP_7279968,male,45.0,head/neck,unknown,benign,0\n"
         "ISIC_0015719,IP_3075186,female,45.0,upper extremity,melanoma,malignant,1\n")
-    naming = read_labels_csv(str(tmp_path / "train.csv"))
+    with caplog.at_level(logging.WARNING):
+        naming = read_labels_csv(str(tmp_path / "train.csv"))
     assert naming.label(Path("ISIC_2637011.jpg")) == "benign" and naming.label(Path("ISIC_0015719.jpg")) == "malignant"
     assert naming.group(Path("ISIC_2637011.jpg")) == "IP_7279968"
+    assert "its diagnosis column is unknown for most rows: labels read from benign_malignant" in caplog.text
+    (tmp_path / "metadata.csv").write_text("isic_id,benign_malignant,diagnosis\nISIC_0000000,benign,nevus\n"
+                                           "ISIC_0000001,malignant,melanoma\n")
+    assert read_labels_csv(str(tmp_path / "metadata.csv")).label(Path("ISIC_0000000.jpg")) == "nevus"
