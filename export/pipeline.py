@@ -16,7 +16,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import onnx
 
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write, replace_durably, write_json
@@ -29,7 +28,7 @@ from .candidates import FLOAT16_ACTIVATIONS, Converters, derive, judged_probabil
 from .depth_weights import set_again_on
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
 from .familiarity import FIT_IMAGES, MIN_HELD_OUT, Familiarity, FamiliarityUnavailable, fit
-from .files import FILE_NAMES, TENSORRT_FLAVOUR
+from .files import FILE_NAMES, TENSORRT_FLAVOUR, card_of_file
 from .float_search import asked_steps, choose_float_layers
 from .fp16 import Fp16Converter
 from .held_out import MIN_VERIFY_IMAGES, HeldOut, held_out_sets
@@ -179,11 +178,7 @@ def _engine_files(onnx_file: Path) -> list[Path]:
 def _from_another_model(path: Path, card: ModelCard) -> bool:
     """Whether ``path`` is a medclf export of a Keras model other than ``card``'s (its card's ``keras_sha256``
     differs). A file that is not a medclf export, or cannot be read, is not known to be one: it is left alone."""
-    try:
-        theirs = ModelCard.from_proto(onnx.load(str(path), load_external_data=False), str(path)).source.get(
-            "keras_sha256")
-    except Exception:  # not ONNX, no medclf card, a damaged one
-        return False
+    theirs = found.source.get("keras_sha256") if (found := card_of_file(path)) is not None else None
     return theirs is not None and theirs != card.source.get("keras_sha256")
 
 
@@ -290,11 +285,7 @@ def _served_from_another_run(repo: Path, model_path: Path) -> str | None:
     folder of the same name (two projects' ``runs/latest``), which it would replace without a word. A model of
     this run folder, trained again, is replaced as asked."""
     served = repo / triton_name(model_path) / "1" / "model.onnx"
-    try:
-        theirs = ModelCard.from_proto(onnx.load(str(served), load_external_data=False), str(served)).source.get(
-            "run_dir")
-    except Exception:  # none there, or not one medclf wrote
-        return None
+    theirs = found.source.get("run_dir") if (found := card_of_file(served)) is not None else None
     ours = str(model_path.resolve().parent)
     if theirs is None or theirs == ours:
         return None

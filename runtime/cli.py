@@ -236,14 +236,9 @@ def _operating_point(classifier: Classifier) -> str | None:
             f"(the model's threshold: {decision.rule})")
 
 
-def _refuse(reason: str) -> int:
+def _refuse(reason: str, status: int = 2) -> int:
     print(f"error: {reason}", file=sys.stderr)
-    return 2
-
-
-def _failed(reason: str) -> int:
-    print(f"error: {reason}", file=sys.stderr)
-    return 1
+    return status
 
 
 def _with_progress(predictions: Iterable[Prediction], total: int) -> Iterable[Prediction]:
@@ -413,7 +408,7 @@ def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
         return READER_LEFT
     except OSError as exc:  # a full disk or a file size limit under the redirected output, the CSV's folder gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return _failed(f"writing the results failed ({exc.strerror or exc})")
+        return _refuse(f"writing the results failed ({exc.strerror or exc})", 1)
 
 
 

@@ -11,7 +11,6 @@ frame is decoded; enhanced objects' rescale and window are read from that frame'
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
@@ -19,7 +18,7 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -96,10 +95,13 @@ def _displayed(dataset, source: str) -> np.ndarray:
     rows, columns = int(dataset.Rows), int(dataset.Columns)
     if rows * columns > MAX_PIXELS:
         raise ImageError(source, f"image is {columns}x{rows} pixels, over the {MAX_PIXELS:,}-pixel limit")
-    syntax = dataset.file_meta.get("TransferSyntaxUID")  # none in a file without a meta header: uncompressed
-    with _decoder_said() if syntax is not None and syntax.is_compressed else contextlib.nullcontext([""]) as said:
-        pixels = pixel_array(dataset, index=0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None)
-    _refuse_lost_data(said[0], source, syntax)
+    index = 0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None
+    syntax = dataset.file_meta.TransferSyntaxUID  # decode_dicom gives a bare data set the one pydicom read
+    if syntax.is_compressed:
+        pixels, said = _with_stderr_caught(lambda: pixel_array(dataset, index=index))
+        _refuse_lost_data(said, source, syntax)
+    else:
+        pixels = pixel_array(dataset, index=index)
     if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into the file's colour table
         return _palette_rgb(pixels, dataset)
     if pixels.ndim == 3:  # colour: already display values
@@ -115,23 +117,21 @@ _STDERR = threading.Lock()  # fd 2 is the process's: one decoding listens to it 
 LIBJPEG_WARNINGS = ("Corrupt JPEG data:", "Premature end of JPEG file", "Inconsistent progression sequence")
 
 
-@contextlib.contextmanager
-def _decoder_said() -> Iterator[list[str]]:
-    """What decoding libraries print on stderr meanwhile, handed over as the yielded list's one item once the
-    block ends. GDCM's libjpeg decodes a JPEG frame whose data is cut short or garbled, fills the rest and only
-    warns there ("Corrupt JPEG data: premature end of data segment"), naming no file."""
-    said: list[str] = []
+def _with_stderr_caught(decode: Callable[[], np.ndarray]) -> tuple[np.ndarray, str]:
+    """``decode()``'s pixels, and what was printed on stderr meanwhile. GDCM's libjpeg decodes a JPEG frame whose
+    data is cut short or garbled, fills the rest and only warns there ("Corrupt JPEG data: premature end of data
+    segment"), naming no file."""
     with _STDERR, tempfile.TemporaryFile() as caught:
         sys.stderr.flush()
         terminal = os.dup(2)
         os.dup2(caught.fileno(), 2)
         try:
-            yield said
+            pixels = decode()
         finally:
             os.dup2(terminal, 2)
             os.close(terminal)
-            caught.seek(0)
-            said.append(caught.read().decode(errors="replace"))
+        caught.seek(0)
+        return pixels, caught.read().decode(errors="replace")
 
 
 def _refuse_lost_data(said: str, source: str, syntax) -> None:

@@ -90,11 +90,18 @@ def refuse_lost_data(complaint: ValueError, source: str, data: bytes) -> None:
 
 def header_frame(data: bytes) -> int | None:
     """The marker of the frame the header declares (SOF0-SOF15) before the compressed data, or None."""
-    for marker, _, _ in jpeg_segments(data):
+    frame = frame_segment(data)
+    return frame[0] if frame is not None else None
+
+
+def frame_segment(data: bytes) -> tuple[int, int] | None:
+    """``(marker, payload start)`` of the frame segment (SOF0-SOF15) the header declares before the compressed
+    data, or None; its payload's first byte is the sample precision."""
+    for marker, start, _ in jpeg_segments(data):
         if marker in (0xDA, 0xD9):
             return None
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # DHT, JPG and DAC share the range
-            return marker
+            return marker, start
     return None
 
 

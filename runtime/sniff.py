@@ -73,13 +73,11 @@ def _text_reason(head: bytes) -> str | None:
 def _unsupported_jpeg(data: bytes) -> str | None:
     """"lossless" or "12-bit" where a whole JPEG's header declares a frame libjpeg-turbo's 8-bit decoders do
     not take (as DICOM's JPEG Lossless and Extended frames are, saved on their own), else None."""
-    from .preprocess import jpeg_segments
+    from .jpeg import frame_segment
 
-    for marker, start, _ in jpeg_segments(data):
-        if marker in (0xC3, 0xC7, 0xCB, 0xCF):  # SOF3, 7, 11, 15
-            return "lossless"
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            return f"{data[start]}-bit" if start < len(data) and data[start] != 8 else None
-        if marker in (0xDA, 0xD9):
-            return None
-    return None
+    if (frame := frame_segment(data)) is None:
+        return None
+    marker, start = frame
+    if marker in (0xC3, 0xC7, 0xCB, 0xCF):  # SOF3, 7, 11, 15
+        return "lossless"
+    return f"{data[start]}-bit" if start < len(data) and data[start] != 8 else None

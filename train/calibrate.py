@@ -43,6 +43,7 @@ import onnx.numpy_helper
 from sklearn.model_selection import StratifiedGroupKFold
 
 from medclf.export.depth_weights import outputs_with_ratios, with_depth_weights
+from medclf.export.files import card_of_file
 from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
@@ -300,11 +301,8 @@ def is_calibrated_copy(path: str | os.PathLike[str]) -> bool:
 
 def calibrated_site(path: str | os.PathLike[str]) -> dict | None:
     """The site record of the calibrated copy at ``path`` (``metrics.site``), or None where there is none."""
-    try:
-        card = ModelCard.from_proto(onnx.load(str(path), load_external_data=False), str(path))
-    except Exception:  # absent, not ONNX, or a card that does not read: nothing of ours
-        return None
-    return card.metrics.get("site")
+    card = card_of_file(path)
+    return card.metrics.get("site") if card is not None else None
 
 
 def calibration_file(default: Path, data: Path) -> Path:

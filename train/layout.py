@@ -393,12 +393,12 @@ def _split_word(name: str) -> str | None:
     ``train_dir``: train; ISIC's ``ISIC2018_Task3_Training_Input``: training), or None — and None for a
     challenge's folders of answers rather than images (``ISIC2018_Task3_Training_GroundTruth``, masks)."""
     words = re.findall(r"[a-z]+|\d+", name.lower())
-    if len(words) < 2 or set(words) & _NOT_IMAGES:  # one word is a split's exactly, or not at all (split_key)
+    if len(words) < 2 or is_annotation_folder(name):  # one word is a split's exactly, or not at all (split_key)
         return None
-    synonyms = {word for spellings in SPLIT_NAMES.values() for word in spellings}
-    return next((word for word in reversed(words) if word in synonyms), None)
+    return next((word for word in reversed(words) if word in _SPLIT_WORDS), None)
 
 
+_SPLIT_WORDS = frozenset(word for spellings in SPLIT_NAMES.values() for word in spellings)
 # Words naming what a challenge ships beside its images, per split: its answers, masks, metadata
 _NOT_IMAGES = frozenset({"groundtruth", "ground", "truth", "gt", "labels", "label", "metadata", "masks", "mask",
                          "segmentation", "segmentations", "annotations"})

@@ -227,8 +227,7 @@ def _train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe,
     run_dir = Path(out)
     if before_writing is not None:
         before_writing()
-    set_aside_earlier_run(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    set_aside_earlier_run(run_dir)  # run_dir exists: writing_run holds it
     write_readable(run_dir, classes, preprocess, {"train": train_set, "val": val_set})
     with strategy.scope():
         decided = fit(model, architecture, (train_x, train_y), (val_x, val_y), config, run_dir / rundir.HISTORY,

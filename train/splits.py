@@ -68,12 +68,9 @@ def load_splits(data: str | os.PathLike[str], val_split: float = 0.15, test: str
     a labels file's patients, or what the layout and the names show).
     """
     data, train_dir, train = _training_part(data, naming, test)
-    if train_dir or naming:
-        train, listed_val, listed_test = _listed_splits(train, naming)
-        listed = "validation rows of the labels file"
-    else:
-        train, listed_val, listed_test = _split_class_first(data, train)
-        listed = "each class folder's own validation folder"
+    train, listed_val, listed_test = _own_splits(data, train, naming) if naming or not train_dir else (
+        train, None, None)
+    listed = "validation rows of the labels file" if naming else "each class folder's own validation folder"
     val_dir = find_split(data, "val") if train_dir else None
     val = _found_split(val_dir, train.classes, naming) if val_dir is not None else listed_val
     given_val = f"{val_dir.name}/ folder" if val_dir is not None else listed
@@ -126,6 +123,13 @@ def _listed_splits(folder: ImageFolder, naming: Labeller | None
     log.warning("%s: splits its images itself (%s): each is used as its split", naming.source.name,
                 ", ".join(f"{len(part):,} {name}" for name, part in parts.items()))
     return parts["train"], parts["val"] if len(parts["val"]) else None, parts["test"] if len(parts["test"]) else None
+
+
+def _own_splits(root: Path, folder: ImageFolder, naming: Labeller | None
+                ) -> tuple[ImageFolder, ImageFolder | None, ImageFolder | None]:
+    """The splits a dataset draws itself, where it does: its labels file's split column, or class folders that
+    split themselves (:func:`_split_class_first`); else all of ``folder`` for training."""
+    return _listed_splits(folder, naming) if naming else _split_class_first(root, folder)
 
 
 def _split_class_first(root: Path, folder: ImageFolder
@@ -195,7 +199,7 @@ def pooled_for_folds(data: str | os.PathLike[str], naming: Labeller | None = Non
     classes before)."""
     data, train_dir, folder = _training_part(data, naming)
     if train_dir is None:
-        train, val, test = _listed_splits(folder, naming) if naming else _split_class_first(data, folder)
+        train, val, test = _own_splits(data, folder, naming)
         if test is not None:
             log.warning("%s: its %d test images are left out of the folds, so that they stay unseen",
                         naming.source.name if naming else data, len(test))
@@ -220,27 +224,26 @@ def _labelled_test(folder: Path | None, classes: tuple[str, ...], naming: Labell
     if folder is None:
         return None
     folder = Path(folder)
-    if isinstance(naming, CsvLabels) and not any(naming.label(path) for path in list_images(folder)):
-        test = _labelled_otherwise(folder, classes, naming)  # not read by the sheet first: "N not listed" was said
-        if len(test) or not given:
-            return test if len(test) else _not_a_test_set(folder, classes, naming)
-    test = read_dataset(folder, classes, naming) if given else _found_split(folder, classes, naming)
-    if given and isinstance(naming, CsvLabels) and naming.splits is not None and len(test):
-        test = _listed_splits(test, naming)[2] or test.subset(np.zeros(0, dtype=np.int64))  # its test rows alone
+    images = list_images(folder) if isinstance(naming, CsvLabels) else []
+    if images and not any(naming.label(path) for path in images):  # not read by the sheet: "N not listed" first
+        test = _labelled_otherwise(folder, classes, naming, images)
+    elif given:
+        test = read_dataset(folder, classes, naming)
+        if isinstance(naming, CsvLabels) and naming.splits is not None and len(test):  # its test rows alone
+            test = _listed_splits(test, naming)[2] or test.subset(np.zeros(0, dtype=np.int64))
+    else:
+        test = _found_split(folder, classes, naming)
     if len(test):
         return test
     if given:
         raise DatasetError(_unlabelled(folder, classes, naming))
-    return _not_a_test_set(folder, classes, naming)
-
-
-def _not_a_test_set(folder: Path, classes: tuple[str, ...], naming: Labeller | None) -> None:
     log.warning("%s: unlabelled, so not a test set (classify its images with medclf-run)",
                 _unlabelled(folder, classes, naming))
     return None
 
 
-def _labelled_otherwise(folder: Path, classes: tuple[str, ...], training: CsvLabels) -> ImageFolder:
+def _labelled_otherwise(folder: Path, classes: tuple[str, ...], training: CsvLabels,
+                        images: list[Path]) -> ImageFolder:
     """A test folder the training sheet lists none of, labelled as it is itself: by class folders named as the
     training classes, or by a sheet of its own beside or in it (``test.csv`` beside ``test/``) that lists nearly
     all of its images — said in one line; empty where neither does. (A sheet-labelled run refused a test set in
@@ -253,7 +256,6 @@ def _labelled_otherwise(folder: Path, classes: tuple[str, ...], training: CsvLab
     if len(by_folders):
         log.warning("%s: labelled by its class folders (%s lists none of its images)", folder, training.source.name)
         return by_folders
-    images = list_images(folder)
     sheets = [sheet for place in (folder.parent, folder) for sheet in sorted(place.glob("*.csv"))
               if sheet.resolve() != training.source.resolve() and "submission" not in sheet.name.lower()]
     own, listed = most_listing(sheets, images)
@@ -301,7 +303,7 @@ def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...], naming
     if rule is not None and (folder is None or not len(folder)):
         log.warning("%s: no class folders; labelled by %s, as this model's training images were", root, rule.kind)
         folder, naming = read_dataset(root, classes, rule), rule
-    listed_test = (_listed_splits(folder, naming) if naming else _split_class_first(Path(root), folder))[2]
+    listed_test = _own_splits(Path(root), folder, naming)[2]
     folder = listed_test if listed_test is not None else folder
     if not len(folder):
         raise DatasetError(_unlabelled(Path(root), classes, naming))
