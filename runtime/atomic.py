@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import stat
 import sys
 import tempfile
@@ -66,6 +67,24 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "w", durable: bool = 
             _sync_folder(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def written_together(folder: str | os.PathLike[str], last: str) -> Iterator[Path]:
+    """A hidden folder inside ``folder`` to write files that belong together in (a record and its pictures); on
+    success they are moved into ``folder``, ``last`` after the others, on error dropped. A run stopped while they
+    are being made (seconds, for pictures) leaves the earlier set whole rather than new pictures beside an old
+    record, and whoever finds ``last`` new finds the others new too."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staged = Path(tempfile.mkdtemp(dir=folder, prefix=".staged."))
+    try:
+        yield staged
+        for written in sorted(staged.iterdir(), key=lambda path: path.name == last):
+            os.replace(written, folder / written.name)
+        _sync_folder(folder)
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def replace_durably(written: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:

@@ -35,7 +35,7 @@ from medclf import rundir
 from medclf.export.files import FILE_NAMES
 from medclf.export.verify import TOLERANCES
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import write_json, write_text
+from medclf.runtime.atomic import write_json, write_text, written_together
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
@@ -410,8 +410,9 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         extra["unlike_training"] = unlike_training(unfamiliarity[:, 0], folder.paths)
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision) | extra
-    metrics = report(Path(out), labels, probabilities, classes, decision, Path(data).name, extra) | extra
-    write_json(Path(out) / rundir.METRICS, metrics)
+    with written_together(out, last=rundir.METRICS) as staged:  # a run stopped midway keeps the old record whole
+        metrics = report(staged, labels, probabilities, classes, decision, Path(data).name, extra) | extra
+        write_json(staged / rundir.METRICS, metrics)
     return metrics
 
 

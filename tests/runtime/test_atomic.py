@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medclf.runtime.atomic import (atomic_write, replace_durably, unwritable, write_image, write_json,
-                                   write_text)
+                                   write_text, written_together)
 
 
 def test_write_json_replaces_the_file_whole(tmp_path):
@@ -31,6 +31,26 @@ def test_a_failed_write_keeps_the_previous_version(tmp_path):
             raise RuntimeError("disk full")
     assert target.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+def test_files_written_together_replace_the_old_set_only_when_all_are_made(tmp_path, monkeypatch):
+    """A record and its pictures: stopped midway, the old set stays whole; done, the record comes in last."""
+    write_text(tmp_path / "metrics.json", "old record")
+    write_text(tmp_path / "roc.png", "old picture")
+    with pytest.raises(KeyboardInterrupt):
+        with written_together(tmp_path, last="metrics.json") as staged:
+            write_text(staged / "roc.png", "new picture")
+            raise KeyboardInterrupt
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"metrics.json": "old record",
+                                                                   "roc.png": "old picture"}
+    moved, real = [], os.replace
+    with written_together(tmp_path, last="metrics.json") as staged:
+        write_text(staged / "metrics.json", "new record")
+        write_text(staged / "roc.png", "new picture")
+        monkeypatch.setattr(os, "replace", lambda written, path: moved.append(Path(path).name) or real(written, path))
+    assert moved == ["roc.png", "metrics.json"]
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"metrics.json": "new record",
+                                                                   "roc.png": "new picture"}
 
 
 def test_where_outputs_cannot_go_is_said_before_a_run_and_where_they_can_nothing_is_left(tmp_path):

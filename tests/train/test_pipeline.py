@@ -17,10 +17,11 @@ from medclf.train.copies import copy_groups
 from medclf.train.data import DatasetError, load_arrays, read_folder
 from medclf.train.explain import explain_files
 from medclf.train.fit import FitConfig, predict
+from medclf.train import pipeline
 from medclf.train.pipeline import Recipe, evaluate_run, train
 
 
-def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract, tmp_path):
+def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract, tmp_path, monkeypatch):
     result = train(cataract, tmp_path, Recipe(arch="small_cnn", image_size=(48, 64), val_split=0.3,
                                               fit=FitConfig(epochs=2)))
     validation = result.metrics["validation"]
@@ -54,6 +55,11 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     strict = evaluate_run(tmp_path / "model.keras", val_dir, tmp_path / "eval", target_sensitivity=1.0)
     assert strict["sensitivity"] == 1.0 and 0.0 < strict["threshold"] <= 1.0
     assert (tmp_path / "eval" / "roc.png").is_file() and (tmp_path / "eval" / "metrics.json").is_file()
+    record = {path.name: path.read_bytes() for path in (tmp_path / "eval").iterdir()}
+    monkeypatch.setattr(pipeline, "plot_reliability", _stopped)  # Ctrl-C after two of the three pictures
+    with pytest.raises(KeyboardInterrupt):  # at the run's own threshold: another matrix, other titles
+        evaluate_run(tmp_path / "model.keras", val_dir, tmp_path / "eval")
+    assert {path.name: path.read_bytes() for path in (tmp_path / "eval").iterdir()} == record  # whole, unmixed
 
     image = sorted((cataract / "cataract").iterdir())[0]
     namesake = tmp_path / "elsewhere" / image.name  # one file name in two folders: two overlays, none overwritten
@@ -70,6 +76,10 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     again = list(explain_files(tmp_path / "model.keras", [str(image), str(namesake)], tmp_path / "cam",
                                target="normal"))
     assert "not written (Is a directory)" in again[0].error and again[1].heatmap.is_file()
+
+
+def _stopped(*args, **kwargs):
+    raise KeyboardInterrupt
 
 
 def test_the_defaults_train_on_tiny_grey_images_with_no_flags(chest_xray, tmp_path):
