@@ -109,7 +109,13 @@ def _displayed(dataset, source: str) -> np.ndarray:
     values = apply_modality_lut(pixels, dataset)  # integers stay integers: a VOI LUT indexes with them
     shown, low, high = _voi(values, dataset, pixels)
     grey = _scale(shown, low, high)
-    return 255 - grey if dataset.get("PhotometricInterpretation") == "MONOCHROME1" else grey
+    return 255 - grey if _white_is_low(dataset) else grey
+
+
+def _white_is_low(dataset) -> bool:
+    """Whether the lowest values are shown white: MONOCHROME1, or a Presentation LUT Shape of INVERSE (PS3.3
+    C.11.6; what a MONOCHROME1 file's shape must say, so it is inverted once)."""
+    return dataset.get("PhotometricInterpretation") == "MONOCHROME1" or dataset.get("PresentationLUTShape") == "INVERSE"
 
 
 _STDERR = threading.Lock()  # fd 2 is the process's: one decoding listens to it at a time
@@ -208,6 +214,10 @@ def _unreadable(exc: Exception, dataset) -> str:
         hint = " (pip install 'medclf[dicom]' brings GDCM)" if "gdcm" in needs else ""
         return (f"compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}) and no decoder for it is "
                 f"installed: {needs}{hint}")
+    if "for samples with 12-bit precision" in message and dataset is not None:  # pydicom's GDCM plugin declines
+        return (f"compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}) of 12-bit samples, which GDCM "
+                "and Pillow do not decode: pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0), or store it "
+                "uncompressed (gdcmconv --raw)")
     return f"unreadable DICOM ({type(exc).__name__}: {message})"
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import zlib
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import numpy as np
 
 from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 
+from . import tiff
 from .inputs import IMAGE_EXTENSIONS, STDIN, folder_contents, list_images, piped_in
 
 # OpenCV logs its decoders' complaints about a damaged file on stderr, several lines each (a cut TIFF: 2-6);
@@ -33,8 +35,9 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 # Bumped whenever the same bytes may decode differently, so caches of decoded images are made again
 # (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused;
 # 4: damaged compressed DICOMs refused, signed, 32-bit and float TIFFs scaled over the values they hold, a CT's
-# padding left out of its range).
-DECODING_VERSION = 4
+# padding left out of its range; 5: a TIFF's thumbnail page passed over, 16-bit and float 0-is-white TIFFs inverted,
+# planar 16-bit ones refused, a PGM's stated depth, DICOM's Presentation LUT Shape INVERSE).
+DECODING_VERSION = 5
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
 PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})
@@ -161,8 +164,9 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
         data = checked_png(data, source)
     buffer = np.frombuffer(data, dtype=np.uint8)
     flags = _REDUCED[color].get(scale, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)  # keeps 16-bit; EXIF applied
+    page, index = _tiff_page(data, source) if tiff.is_tiff(data) else (None, 0)
     try:
-        image = cv2.imdecode(buffer, flags)
+        image = cv2.imdecode(buffer, flags) if not index else _decoded_page(buffer, flags, index)
     except cv2.error as exc:
         if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):  # OpenCV read the header of a format medclf does not parse
             raise ImageError(source, f"image is over the {MAX_PIXELS:,}-pixel limit (its header says so)") from None
@@ -171,9 +175,50 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
         from .sniff import unreadable_reason  # only for files that fail
 
         raise ImageError(source, unreadable_reason(data))
+    if page is not None and tiff.zero_is_white(page):
+        image = _inverted(image, page.bits)
+    if image.dtype == np.uint16 and (maxval := _netpbm_maxval(data)):  # its depth, said: not guessed from values
+        return _to_color(np.rint(np.minimum(image, maxval) * (255 / maxval)).astype(np.uint8), color)
     if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
         image = _to_uint8(image)
     return _to_uint8(_to_color(image, color))
+
+
+def _tiff_page(data: bytes, source: str) -> tuple[tiff.Page | None, int]:
+    """The TIFF page to classify (see :mod:`.tiff`) and its index; refused where OpenCV would misread it."""
+    found = tiff.shown_page(data)
+    if found is None:
+        return None, 0
+    index, page = found
+    if tiff.planes_unreadable(page):
+        raise ImageError(source, f"{page.bits}-bit TIFF stored one plane per colour, which OpenCV misreads: "
+                                 "save it with the colours interleaved (tifffile: planarconfig='contig')")
+    return page, index
+
+
+def _decoded_page(buffer: np.ndarray, flags: int, index: int) -> np.ndarray | None:
+    ok, pages = cv2.imdecodemulti(buffer, flags, None, (index, index + 1))  # that page alone
+    return pages[0] if ok and pages else None
+
+
+def _netpbm_maxval(data: bytes) -> int | None:
+    """The largest value a grey or colour PGM/PPM/PNM's header says it holds (4095: a 12-bit film), or None for
+    other files. Comments (``# ...``) may stand between the header's numbers."""
+    if data[:2] not in (b"P2", b"P3", b"P5", b"P6"):
+        return None
+    header = re.sub(rb"#[^\n]*", b" ", data[2:512]).split(maxsplit=3)
+    return int(header[2]) if len(header) > 3 and header[2].isdigit() and 0 < int(header[2]) < 1 << 16 else None
+
+
+def _inverted(image: np.ndarray, bits: int) -> np.ndarray:
+    """A grey image whose 0 is white, as one whose 0 is black: over its bit depth, a float 0-1 image over that,
+    other values over the range they hold."""
+    if np.issubdtype(image.dtype, np.unsignedinteger):
+        return (((1 << min(bits, 8 * image.itemsize)) - 1) - image.astype(np.int64)).astype(image.dtype)
+    low, high = np.nanmin(image), np.nanmax(image)
+    if np.issubdtype(image.dtype, np.floating) and low >= 0 and high <= 1:
+        return 1 - image
+    return (low + high - image.astype(np.float64)).astype(image.dtype)
 
 
 def checked_png(data: bytes, source: str) -> bytes:

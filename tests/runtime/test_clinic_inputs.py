@@ -123,6 +123,54 @@ def test_tiffs_of_raw_values_of_any_type_show_the_film_a_16_bit_file_shows():
     assert shown.min() == 0 and shown.max() == 255 and np.all(np.diff(shown.astype(int), axis=1) >= 0)
 
 
+def tifffile_bytes(values: np.ndarray, **options) -> bytes:
+    """A TIFF as tifffile writes it: layouts OpenCV cannot write, as scanners' and microscopes' software does."""
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (medclf[dev]) is not installed")
+    out = io.BytesIO()
+    tifffile.imwrite(out, values, **options)
+    return out.getvalue()
+
+
+def test_a_16_bit_or_float_colour_tiff_stored_plane_by_plane_is_refused_not_scrambled():
+    """``tifffile.imwrite`` of a channels-first array: OpenCV read the red plane as pixels and left the bottom
+    half unset (another answer each time); 8-bit ones it reads right."""
+    bgr = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)])
+    rgb = bgr[:, :, ::-1]
+    planes = np.ascontiguousarray(np.moveaxis(rgb, 2, 0))
+    np.testing.assert_array_equal(decode_image(tifffile_bytes(planes, planarconfig="separate"), "p8.tif"), rgb)
+    for values in (planes.astype(np.uint16) * 257, planes.astype(np.float32) / 255):
+        with pytest.raises(ImageError, match=r"scan\.tif: .*TIFF stored one plane per colour, which OpenCV misreads"):
+            decode_image(tifffile_bytes(values, planarconfig="separate"), "scan.tif")
+    np.testing.assert_array_equal(decode_image(tifffile_bytes(rgb.astype(np.uint16) * 257), "c16.tif"), rgb)
+
+
+def test_a_grey_tiff_whose_zero_is_white_is_shown_as_the_film_at_every_depth():
+    """Film digitisers write MinIsWhite; OpenCV inverts 8-bit files itself, 16-bit and float ones not."""
+    film = RAMP
+    for values in (255 - film, (255 - film).astype(np.uint16) * 257, 1 - film.astype(np.float32) / 255):
+        seen = decode_image(tifffile_bytes(values, photometric="miniswhite"), "neg.tif", color="grey")[:, :, 0]
+        assert np.abs(seen.astype(int) - film).max() <= 1, values.dtype
+
+
+def test_a_tiff_whose_first_page_is_a_thumbnail_is_classified_by_its_full_picture():
+    tifffile = pytest.importorskip("tifffile", reason="tifffile (medclf[dev]) is not installed")
+    bgr = np.dstack([RAMP, RAMP[:, ::-1], np.full_like(RAMP, 90)])
+    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+    out = io.BytesIO()
+    with tifffile.TiffWriter(out) as writer:
+        writer.write(rgb[::4, ::4], subfiletype=1)  # reduced resolution, first
+        writer.write(rgb)
+    np.testing.assert_array_equal(decode_image(out.getvalue(), "slide.tif"), rgb)
+
+
+def test_a_pgm_film_is_shown_over_the_depth_its_header_states_not_a_guess_from_its_values():
+    """``maxval 4095``: a 12-bit film, dim or not (read over 10 bits from its brightest value, 4x too bright)."""
+    film = (RAMP.astype(np.uint16) * 4)  # 0-1008 of 4095
+    data = b"P5\n# a 12-bit film\n64 32\n4095\n" + film.astype(">u2").tobytes()
+    seen = decode_image(data, "film.pgm", color="grey")[:, :, 0]
+    np.testing.assert_array_equal(seen, np.rint(film * (255 / 4095)).astype(np.uint8))
+
+
 def test_dicom_goes_through_the_modality_lut_and_its_window():
     stored = (RAMP.astype(np.uint16) * 4)  # 0..1008
     # physical = 2 * stored - 1000 → -1000..1016; the window shows -500..500, everything else saturates
@@ -140,6 +188,10 @@ def test_monochrome1_is_inverted_so_bone_stays_bright():
                             "b.dcm", color="grey")
     np.testing.assert_array_equal(inverted, 255 - normal)
     assert normal[0, 0, 0] == 0 and normal[0, -1, 0] == 255  # no window: the values' own full range
+    for shape in ({"PresentationLUTShape": "INVERSE"},  # MONOCHROME2 shown inverse (PS3.3 C.11.6)
+                  {"PresentationLUTShape": "INVERSE", "PhotometricInterpretation": "MONOCHROME1"}):  # inverted once
+        shown = decode_image(dicom_bytes(RAMP.astype(np.uint16), **shape), "c.dcm", color="grey")
+        np.testing.assert_array_equal(shown, inverted)
 
 
 def test_colour_and_multi_frame_dicoms(tmp_path):
@@ -267,6 +319,10 @@ def test_a_compressed_dicom_without_a_decoder_says_in_one_line_what_would_read_i
                                          r"for it is installed: .*pylibjpeg") as refused:
         decode_image(out.getvalue(), "ht.dcm")
     assert "\n" not in str(refused.value)
+    nema = pydicom.data.get_testdata_file("JPGExtended.dcm")  # NEMA's 12-bit JPEG Extended sample (NM1_JPLY)
+    with pytest.raises(ImageError, match=r"JPGExtended.dcm: compressed DICOM \(JPEG Extended.*\) of 12-bit samples, "
+                                         r"which GDCM and Pillow do not decode: pip install pylibjpeg"):
+        read_image(nema)
 
 
 def test_the_file_own_sigmoid_window_and_voi_lut_are_applied_as_the_standard_defines():
