@@ -74,7 +74,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise ValueError(other)
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
-    paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images)
+    paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images,
+                                                   calibrating="int8" in precisions)
     held_out, search = held_out_sets(model, card, paths, names, max_images,
                                      searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
@@ -381,11 +382,11 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
 
 def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
                          calibration_data: str | os.PathLike[str] | None,
-                         most: int = MAX_VERIFY_IMAGES) -> tuple[list[str], list[str], str]:
+                         most: int = MAX_VERIFY_IMAGES, calibrating: bool = True) -> tuple[list[str], list[str], str]:
     """The images export verifies on, their class names, and what they are for the report: those under
     ``data``, or the run's held-out validation split — topped up, when it holds fewer than
     ``MIN_VERIFY_IMAGES`` (or than the ``most`` asked for, if fewer), with the run's test images and then its
-    training images, those INT8 is not calibrated on first.
+    training images, those INT8 is not calibrated on first (where INT8 is ``calibrating`` on them at all).
 
     Why: a tolerance cannot be judged on a few dozen images. On 27 (a 180-image run's validation split) one
     changed answer fails INT8 at 96.3%, and an FP16 file that changes 1% of answers still passes three times in
@@ -404,11 +405,11 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
             more, more_names = _recorded(run_dir, split)
         except FileNotFoundError:  # runs trained without --test, or before splits.json recorded it
             continue
-        calibrating = split == "train" and calibration_data is None
-        pick = _top_up(len(more), wanted - len(paths), calibration_last=calibrating)
+        on_calibration = calibrating and split == "train" and calibration_data is None
+        pick = _top_up(len(more), wanted - len(paths), calibration_last=on_calibration)
         paths, names = paths + [more[i] for i in pick], names + [more_names[i] for i in pick]
         counts[kind] = len(pick)
-        if calibrating:
+        if on_calibration:
             calibrated = int(np.isin(pick, spread(len(more), CALIBRATION_IMAGES)).sum())
     said = ", ".join(f"{n} {kind}" for kind, n in counts.items() if n)
     said = f"{said} images of {run_dir}: its held-out split has under {wanted}"

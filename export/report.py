@@ -127,6 +127,8 @@ def benchmark_table(result: dict) -> Table:
     """``medclf benchmark``'s rows: format, size, accuracy, agreement with Keras (or, for an exported file and
     its siblings, with the file's calls: its ``agreement_with``), ms per image, images/s."""
     title = f"{result['model']}: {result['verified_on']}"
+    if "accuracy_on" in result:
+        title += f"; accuracy on {result['accuracy_on']}"
     if "agreement_with" in result:
         title += f"; agree = same call as {result['agreement_with']}"
     if not result.get("familiarity", {"added": True})["added"]:  # the files timed are not those export writes

@@ -385,7 +385,7 @@ def export(
 @app.command()
 def benchmark(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras from medclf train, or an exported .onnx file.")],
-    data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split (required for an .onnx file).")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", "--verify-data", exists=True, file_okay=False, help="Labelled images (folder per class); default: the run's validation split (required for an .onnx file). --verify-data, as medclf export calls it, is the same option.")] = None,
     precision: Annotated[str, typer.Option(help="Comma-separated ONNX precisions to compare with Keras (for an export's model.onnx: the files of these beside it).")] = "fp32,fp16,int8",
     images: Annotated[int, typer.Option(min=1, help="At most this many images, evenly spread.")] = 256,
     json_out: Annotated[Path, typer.Option("--json-out", callback=writable_file, help="Where the JSON goes.")] = Path("benchmark.json"),
@@ -399,7 +399,7 @@ def benchmark(
 
     if backend not in BACKENDS:
         raise typer.BadParameter(f"{backend!r}: choose one of {', '.join(BACKENDS)}", param_hint="--backend")
-    if model.suffix == ".onnx":
+    if model.suffix.lower() == ".onnx":
         from medclf.export.onnx_benchmark import benchmark_onnx
 
         result = _library_call(lambda: benchmark_onnx(model, data, images, json_out, backend,

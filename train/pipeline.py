@@ -494,7 +494,7 @@ class _Scorer:
 
     @classmethod
     def load(cls, model_path: str | os.PathLike[str], tta: str | None = None) -> "_Scorer":
-        if Path(model_path).suffix == ".onnx":
+        if Path(model_path).suffix.lower() == ".onnx":
             classifier = Classifier(model_path, tta=tta)
             card = classifier.card
             both = (lambda x: np.column_stack(classifier.assess(x, 64))) if classifier.says_unfamiliar else None

@@ -41,12 +41,42 @@ def test_int8_speedup_is_judged_against_the_baseline_of_the_same_kind_of_cpu(gua
     assert guard.main([str(results(tmp_path, ratio, 1.0, ["avx2"]))]) == 0
 
 
-def test_a_kind_of_cpu_without_a_baseline_is_shown_and_not_failed(guard, tmp_path, capsys, monkeypatch):
+def test_a_kind_of_cpu_without_a_baseline_is_shown_and_fails_where_every_ratio_is_required(guard, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """INT8 at half FP32's speed on a CPU without VNNI passed CI: its ratio was measured and compared with nothing."""
     baseline = tmp_path / "baseline.json"
     baseline.write_text(json.dumps({"batch 32: INT8 / FP32 throughput (CPU) [VNNI]": 1.5}))
     monkeypatch.setattr(guard, "BASELINE", baseline)
-    assert guard.main([str(results(tmp_path, 0.5, 1.0, ["avx2"]))]) == 0
+    slow = str(results(tmp_path, 0.5, 1.0, ["avx2"]))
+    assert guard.main([slow]) == 0
     assert "—" in capsys.readouterr().out
+    assert guard.main([slow, "--require-all"]) == 1
+    assert "no baseline to judge them by on this kind of CPU (no VNNI): batch 32" in capsys.readouterr().out
+
+
+def test_the_committed_baseline_judges_int8_on_both_kinds_of_cpu(guard):
+    committed = json.loads(guard.BASELINE.read_text())
+    for label in guard.BY_CPU:
+        assert {f"{label} [VNNI]", f"{label} [no VNNI]"} <= set(committed)
+
+
+def test_updating_keeps_the_worst_ratio_seen_so_one_lucky_run_does_not_fail_the_next(guard, tmp_path, monkeypatch):
+    baseline = tmp_path / "baseline.json"
+    baseline.write_text(json.dumps({"batch 32: INT8 / FP32 throughput (CPU) [VNNI]": 1.6}))
+    monkeypatch.setattr(guard, "BASELINE", baseline)
+    guard.main([str(results(tmp_path, 2.5, 1.0, ["avx512_vnni"])), "--update"])  # a lucky 2.5
+    assert json.loads(baseline.read_text()) == {"batch 32: INT8 / FP32 throughput (CPU) [VNNI]": 1.6}
+    guard.main([str(results(tmp_path, 1.5, 1.0, ["avx512_vnni"])), "--update"])
+    assert json.loads(baseline.read_text()) == {"batch 32: INT8 / FP32 throughput (CPU) [VNNI]": 1.5}
+
+
+@pytest.mark.parametrize("text", ["{}", "not json", '{"benchmarks": 3}'])
+def test_a_file_that_is_not_benchmark_results_is_one_line(guard, tmp_path, text):
+    path = tmp_path / "latest.json"
+    path.write_text(text)
+    with pytest.raises(SystemExit, match=r"latest.json: (not pytest-benchmark results|cannot read)") as stopped:
+        guard.main([str(path)])
+    assert "\n" not in str(stopped.value)
 
 
 def test_ratios_are_taken_from_the_fastest_rounds_and_missing_ones_are_shown(guard, tmp_path, capsys):

@@ -10,6 +10,7 @@ import sys
 import onnxruntime as ort
 from typer.testing import CliRunner
 
+from medclf.rundir import RunDir
 from medclf.runtime import DEFAULT_MODEL
 from medclf.train.cli import app
 
@@ -31,6 +32,21 @@ def test_benchmark_compares_keras_with_each_exported_precision(run_dir, tmp_path
     # 16 images set no unfamiliarity threshold: the files timed lack the output a default export adds, said so
     familiarity = json.loads(out.read_text())["familiarity"]
     assert not familiarity["added"] and "timed without the unfamiliarity output export adds" in result.output
+
+
+def test_accuracy_is_the_held_out_images_alone_where_verification_borrowed_training_images(run_dir, tmp_path):
+    """A small run's 48 validation images are topped up with its training images to verify on; those the model
+    knows, so every accuracy over them read higher than the run's own validation accuracy."""
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["benchmark", str(run_dir / "model.keras"), "--images", "80",
+                                      "--precision", "fp32", "--json-out", str(out)], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    benchmarked, held_out = json.loads(out.read_text()), len(RunDir(run_dir).split("val")[0])
+    assert benchmarked["images"] == 80 > held_out and "training" in benchmarked["verified_on"]
+    assert benchmarked["accuracy_on"] == f"the {held_out} held-out validation images alone"
+    keras_row, fp32 = benchmarked["rows"]
+    assert keras_row["accuracy"] == RunDir(run_dir).metrics["validation"]["accuracy"] == fp32["accuracy"]
+    assert f"accuracy on the {held_out} held-out validation images alone" in " ".join(result.output.split())
 
 
 def medclf(*args: str) -> subprocess.CompletedProcess:
@@ -56,9 +72,12 @@ def test_an_exported_file_is_benchmarked_alone_without_tensorflow(blood_cells, t
     assert f"64 images from {blood_cells / 'TEST'}" in done.stdout  # which images the accuracy is on
     assert row["agreement"] is None and result["agreement_with"] == "model.onnx"
 
-    medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--images", "8",
-           "--precision", "fp32", "--json-out", str(out))
-    assert [r["file"] for r in json.loads(out.read_text())["rows"]] == ["model.onnx"]
+    shouted = tmp_path / "MODEL.ONNX"  # as a Windows share may name it; --verify-data, as export calls the option
+    shouted.write_bytes(DEFAULT_MODEL.read_bytes())
+    done = medclf("benchmark", str(shouted), "--verify-data", str(blood_cells / "TEST"), "--images", "8",
+                  "--precision", "fp32", "--json-out", str(out))
+    assert done.stdout.strip().endswith("exit 0 False"), done.stdout + done.stderr
+    assert [r["file"] for r in json.loads(out.read_text())["rows"]] == ["MODEL.ONNX"]
 
 
 def test_an_exported_file_needs_labelled_images_and_a_backend_that_starts(blood_cells, tmp_path):
