@@ -43,6 +43,7 @@ def test_accuracy_is_the_held_out_images_alone_where_verification_borrowed_train
     assert result.exit_code == 0, result.output
     benchmarked, held_out = json.loads(out.read_text()), len(RunDir(run_dir).split("val")[0])
     assert benchmarked["images"] == 80 > held_out and "training" in benchmarked["verified_on"]
+    assert "calibration" not in benchmarked["verified_on"]  # no INT8 asked for: no calibration images to name
     assert benchmarked["accuracy_on"] == f"the {held_out} held-out validation images alone"
     keras_row, fp32 = benchmarked["rows"]
     assert keras_row["accuracy"] == RunDir(run_dir).metrics["validation"]["accuracy"] == fp32["accuracy"]
