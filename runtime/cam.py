@@ -7,14 +7,43 @@ output (class activation maps computed inside the ONNX graph), so both draw the 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .atomic import fitted_name, write_image
+from .decision import Decision
 
 MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
+
+
+def called_maps(maps: np.ndarray, called: np.ndarray, labels: Sequence[str],
+                decision: Decision | None) -> np.ndarray:
+    """The map each call is drawn from, ``[N, h, w]``, of per-location class scores ``[N, h, w, classes]`` (logits,
+    which the model averages over locations): the called class's own — and for a binary model, its score over
+    the other's beyond the threshold's log-odds, which is what the call compares. A binary call made below
+    p = 0.5 (a screening threshold of 0.2, or a NORMAL call under a threshold of 0.9) had a score negative
+    everywhere, and its heatmap came out blank: three in four of a chest model's."""
+    rows = np.arange(len(maps))
+    if len(labels) != 2:
+        return maps[rows, :, :, called]
+    margin = binary_margin(maps, labels, decision)
+    return np.where((called == positive_index(labels, decision))[:, None, None], margin, -margin)
+
+
+def positive_index(labels: Sequence[str], decision: Decision | None) -> int:
+    """The class a binary model's threshold is for (the second where it has none: argmax, either will do)."""
+    return list(labels).index(decision.positive_class) if decision is not None else 1
+
+
+def binary_margin(scores: np.ndarray, labels: Sequence[str], decision: Decision | None) -> np.ndarray:
+    """A binary model's positive-class logit over the other's, less the threshold's log-odds (``scores``' last
+    axis the classes): at or above 0 exactly where the positive class is called."""
+    positive = positive_index(labels, decision)
+    threshold = float(np.clip(decision.threshold if decision is not None else 0.5, 1e-7, 1 - 1e-7))
+    return scores[..., positive] - scores[..., 1 - positive] - float(np.log(threshold / (1 - threshold)))
 
 
 def heatmaps(maps: np.ndarray, height: int, width: int) -> np.ndarray:

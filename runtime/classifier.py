@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .backends import open_backend
-from .cam import heatmaps, overlay_name, write_overlay
+from .cam import called_maps, heatmaps, overlay_name, write_overlay
 from .cpu import fp16_caveat, int8_caveat
 from .decision import decide
 from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
@@ -212,8 +212,8 @@ class Classifier:
             heatmap, heatmap_error = None, None
             if maps is not None:
                 heatmap = str(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"))
-                heatmap_error = write_overlay(heatmap, image, heatmaps(maps[n:n + 1, :, :, label],
-                                                                       *image.shape[:2])[0])
+                evidence = called_maps(maps[n:n + 1], np.array([label]), self.labels, self.card.decision)
+                heatmap_error = write_overlay(heatmap, image, heatmaps(evidence, *image.shape[:2])[0])
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),
                              top_k=tuple((self.labels[i], float(row[i])) for i in order),
                              heatmap=heatmap if heatmap_error is None else None, heatmap_error=heatmap_error,

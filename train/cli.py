@@ -160,7 +160,7 @@ def _home_of(model: Path) -> Path:
 def evaluate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="RUN_DIR/model.keras, or an exported .onnx file.")],
     data: ScoredData,
-    out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model), -int8, -fp16, -site... added for those files, so each precision's record stands beside the others.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", callback=writable_folder, help="Folder for metrics.json, confusion_matrix.png, roc.png, calibration.png; default RUN_DIR/evaluation-<DATA name> (./evaluation-<DATA name> for the packaged model), -int8, -fp16, -site, -tta-flip, -sensitivity-0.95... added for those files and options, so each precision's record stands beside the others.")] = None,
     target_sensitivity: TargetSensitivity = None,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
@@ -184,7 +184,8 @@ def evaluate(
     shares = parse_shares(prevalence)
     stem = model.name.rsplit(".", 1)[0]
     which = "" if stem == "model" else stem.removeprefix("model.")  # model.int8.onnx: int8; mine.onnx: mine
-    scored = dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
+    scored = (dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
+              + (f"-sensitivity-{target_sensitivity:g}" if target_sensitivity is not None else ""))
     out = out or _evaluation_folder(_home_of(model) / rundir.EVALUATION.format(data=scored), data, model)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=label_source(data, name_labels, labels, leaf_folders,
@@ -196,6 +197,9 @@ def evaluate(
 
         console.print(f"probabilities averaged over test-time views: {VIEWS[tta]}")
     print_metrics({"evaluation": metrics})
+    if target_sensitivity is not None and metrics.get("threshold") is not None:
+        console.print(f"scored at a threshold chosen now for sensitivity {target_sensitivity:g} "
+                      f"({metrics['threshold']:.3g}), not the one {model.name} calls at", highlight=False)
     if (fp32 := metrics.get("agreement_with_fp32")) is not None:
         console.print(agreement_line(fp32, model.name, metrics["accuracy"]), highlight=False)
     if (unlike := metrics.get("unlike_training")) is not None:

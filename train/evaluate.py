@@ -73,7 +73,10 @@ def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, classes: Seq
     if any(lower < 0.5 <= upper for lower, upper in intervals):
         return Decision(positive_class=classes[positive], threshold=0.5, rule=rule)
     lower, upper = intervals[0]
-    return Decision(positive_class=classes[positive], threshold=round((lower + upper) / 2, 6), rule=rule)
+    middle = (lower + upper) / 2
+    short = float(f"{middle:.6g}")  # six significant digits, not decimals: 1.5e-7 stays inside (lower, upper]
+    return Decision(positive_class=classes[positive], threshold=short if lower < short <= upper else middle,
+                    rule=rule)
 
 
 def _per_class(scores: dict, called: int) -> dict:
@@ -109,6 +112,7 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, classe
         is_positive, said_positive = labels == positive, predicted == positive
         metrics["positive_class"] = classes[positive]
         metrics["threshold"] = decision.threshold if decision is not None else None
+        metrics["threshold_rule"] = decision.rule if decision is not None else None
         metrics["sensitivity"] = _ratio(np.sum(is_positive & said_positive), np.sum(is_positive))
         metrics["specificity"] = _ratio(np.sum(~is_positive & ~said_positive), np.sum(~is_positive))
         # The model's own call (p >= 0.5), beside the threshold's: what argmax-reporting baselines publish.

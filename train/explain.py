@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from medclf.rundir import RunDir
-from medclf.runtime.cam import heatmaps, overlay_name, write_overlay
+from medclf.runtime.cam import binary_margin, heatmaps, overlay_name, positive_index, write_overlay
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.preprocess import ImageError, Preprocess, load_image
 
@@ -56,8 +56,11 @@ class GradCam:
     Grad-CAM over all the members' feature maps at once. A model whose head reads several branches' pooled maps
     (:func:`explained_layers`) is explained at all of them the same way."""
 
-    def __init__(self, model: keras.Model, layer: str | None = None) -> None:
+    def __init__(self, model: keras.Model, layer: str | None = None, labels: Sequence[str] | None = None,
+                 decision: Decision | None = None) -> None:
         nested = members(model)
+        # a binary model's call compares its classes' scores with its threshold: that margin is explained
+        self._binary = (tuple(labels), decision) if labels is not None and len(labels) == 2 else None
         if nested and layer is not None:
             raise ValueError(f"model {model.name} averages {len(nested)} models: it is explained at each one's "
                              "last feature map, not at a named layer")
@@ -84,12 +87,26 @@ class GradCam:
             outputs = [part(x if resize is None else resize(x), training=False) for resize, part, _ in self._parts]
             features = [maps for output in outputs for maps in output[:-2]]
             probabilities = tf.add_n([output[-2] for output in outputs]) / len(outputs)
-            chosen = classes if classes is not None else choose(probabilities.numpy())
-            score = tf.add_n([tf.gather(_class_scores(head, output[-1], output[-2]), chosen, axis=1, batch_dims=1)
+            chosen = np.asarray(classes if classes is not None else choose(probabilities.numpy()))
+            score = tf.add_n([self._score(_class_scores(head, output[-1], output[-2]), head, chosen)
                               for (_, _, head), output in zip(self._parts, outputs)])
         cams = [tf.reduce_sum(tf.reduce_mean(gradients, axis=(1, 2), keepdims=True) * maps, axis=-1).numpy()
                 for gradients, maps in zip(tape.gradient(score, features), features)]
-        return heatmaps(_summed(cams), *images.shape[1:3]), probabilities.numpy()
+        cam = _summed(cams)
+        if self._binary is not None:  # centred on the margin's share per location, as the runtime's CAM is
+            cam = cam - cam.mean(axis=(1, 2), keepdims=True) + score.numpy()[:, None, None] / np.prod(cam.shape[1:])
+        return heatmaps(cam, *images.shape[1:3]), probabilities.numpy()
+
+    def _score(self, scores: tf.Tensor, head: keras.layers.Dense | None, chosen: np.ndarray) -> tf.Tensor:
+        """What is differentiated per image: the chosen class's score, or for a binary model how far its scores
+        lie on the chosen class's side of the threshold (:func:`~medclf.runtime.cam.binary_margin`; from a head's
+        probabilities, their logarithms)."""
+        if self._binary is None:
+            return tf.gather(scores, chosen, axis=1, batch_dims=1)
+        labels, decision = self._binary
+        logits = scores if head is not None else tf.math.log(tf.maximum(scores, 1e-12))
+        sign = np.where(chosen == positive_index(labels, decision), 1.0, -1.0).astype(np.float32)
+        return sign * binary_margin(logits, labels, decision)
 
 
 def _with_maps(model: keras.Model, layers: list[str]) -> tuple[keras.Model, keras.layers.Dense | None]:
@@ -129,11 +146,14 @@ def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out:
                   target: str | None = None, layer: str | None = None) -> Iterator[Explanation]:
     """Write ``OUT/<name>-<path hash>.<class>.gradcam.png`` per image for the called class (the run's own
     decision) or ``target``; a file that cannot be read yields an error and the rest go on."""
+    if Path(model_path).suffix.lower() == ".onnx":
+        raise ValueError(f"{model_path}: an exported file; medclf explain takes RUN_DIR/model.keras (an exported "
+                         "file draws its heatmaps itself: medclf export --cam, then medclf-run --cam DIR)")
     run = RunDir.of_model(model_path)
     labels, preprocess, decision = run.labels, run.preprocess, run.decision
     if target is not None and target not in labels:
         raise ValueError(f"class {target!r} is not one of the model's labels {list(labels)}")
-    cam = GradCam(keras.models.load_model(model_path, compile=False), layer)
+    cam = GradCam(keras.models.load_model(model_path, compile=False), layer, labels, decision)
     return _explain(cam, paths, Path(out), labels, preprocess, decision, target)
 
 

@@ -10,6 +10,7 @@ set when given, else of validation). See ``medclf.rundir``.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import sys
@@ -62,6 +63,8 @@ from .sizing import fit_to_budget
 from .splits import (Splits, load_splits, read_labelled, recorded_split, warn_missing_classes,
                      warn_scarce_classes)
 from .temperature import fit_temperature, fold_temperature, scaled
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -397,6 +400,10 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
     if scorer.run is not None:  # a test set is only unseen if the model never saw its files
         extra["identical_to_training"] = seen_in_training(folder, recorded_split(scorer.run, "train"),
                                                           recorded_split(scorer.run, "val"))
+    if scorer.calibrated_on is not None and _overlapping(scorer.calibrated_on, data):
+        extra["calibrated_on_these_images"] = scorer.calibrated_on
+        log.warning("%s was calibrated (medclf calibrate) on %s: its temperature, bias and threshold were fitted on "
+                    "these images, so these scores are not those of unseen ones", model_path, scorer.calibrated_on)
     if reference is not None:
         extra["agreement_with_fp32"] = _agreement(labels, probabilities, decision, reference_p, reference, classes,
                                                   scorer.precision)
@@ -414,6 +421,12 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         metrics = report(staged, labels, probabilities, classes, decision, Path(data).name, extra) | extra
         write_json(staged / rundir.METRICS, metrics)
     return metrics
+
+
+def _overlapping(folder: str, data: str | os.PathLike[str]) -> bool:
+    """Whether ``data`` is ``folder``, inside it or holds it."""
+    one, other = Path(folder).resolve(), Path(data).resolve()
+    return one == other or one.is_relative_to(other) or other.is_relative_to(one)
 
 
 def scored_what(model_path: str | os.PathLike[str], data: str | os.PathLike[str], precision: str) -> dict:
@@ -491,6 +504,7 @@ class _Scorer:
     # images an image is (medclf.export.familiarity); None for others
     with_unfamiliarity: Callable[[np.ndarray], np.ndarray] | None = None
     tta: str | None = None  # the test-time views its probabilities are averaged over (medclf.runtime.tta)
+    calibrated_on: str | None = None  # a medclf calibrate copy's: the folder its site fit was made on
 
     @classmethod
     def load(cls, model_path: str | os.PathLike[str], tta: str | None = None) -> "_Scorer":
@@ -499,7 +513,8 @@ class _Scorer:
             card = classifier.card
             both = (lambda x: np.column_stack(classifier.assess(x, 64))) if classifier.says_unfamiliar else None
             return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64),
-                       RunDir.of_export(card.source), card.precision, both, tta)
+                       RunDir.of_export(card.source), card.precision, both, tta,
+                       (card.metrics.get("site") or {}).get("data_path"))
         run = RunDir.of_model(model_path)
         model = keras.models.load_model(model_path, compile=False)
         scored = (lambda x: predict(model, x)) if tta is None else partial(averaged, partial(predict, model), kind=tta)

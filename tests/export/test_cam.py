@@ -44,6 +44,36 @@ def test_the_maps_spatial_mean_is_the_models_logits(cam_model, blood_cell_images
     assert heat.shape == images.shape[:3] and heat.max() == 1.0
 
 
+def test_a_binary_models_heatmaps_explain_its_calls_at_its_threshold_as_grad_cam_does(binary_export, cataract,
+                                                                                     tmp_path):
+    """A threshold chosen for sensitivity 1 lies far from 0.5, so many calls are made below p = 0.5; each map is
+    the call's margin over the threshold per location (its mean is the call's own margin, never below 0: no
+    blank heatmap), and the runtime draws what Keras' Grad-CAM draws."""
+    from medclf.runtime.cam import called_maps
+    from medclf.runtime.decision import decide
+    from medclf.train.explain import GradCam
+
+    run = binary_export[0]
+    pipeline.export_run(run / "model.keras", tmp_path, ("fp32",), cam=True, max_images=16)
+    classifier = Classifier(tmp_path / "model.onnx")
+    labels, decision = classifier.labels, classifier.card.decision
+    images = np.stack([load_image(p, classifier.card.preprocess) for p in sorted(cataract.rglob("*.jp*g"))[:24]])
+    probabilities, maps = classifier.cam(images)
+    called = decide(probabilities, labels, decision)
+    positive = labels.index(decision.positive_class)
+    assert np.any(probabilities[np.arange(len(images)), called] < 0.5)  # calls made below one half are among them
+    evidence = called_maps(maps, called, labels, decision)
+    p = np.clip(probabilities[:, positive], 1e-7, 1 - 1e-7)
+    margin = np.log(p / (1 - p)) - np.log(decision.threshold / (1 - decision.threshold))
+    np.testing.assert_allclose(evidence.mean(axis=(1, 2)), np.where(called == positive, margin, -margin), atol=1e-3)
+    drawn = heatmaps(evidence, *images.shape[1:3])
+    assert all(heat.max() == 1.0 for heat in drawn)
+    grad_cam, _ = GradCam(keras.models.load_model(run / "model.keras", compile=False), labels=labels,
+                          decision=decision)(images, called)
+    for ours, theirs in zip(drawn, grad_cam):
+        assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
+
+
 def test_a_model_exported_without_maps_says_so(exported, blood_cell_images):
     classifier = Classifier(exported[1]["precisions"]["fp32"]["file"])
     with pytest.raises(ModelCardError, match="--cam"):

@@ -202,6 +202,22 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert refused.exit_code == 1 and "binary models" in refused.output and "Traceback" not in refused.output
 
 
+def test_scoring_a_calibrated_copy_on_the_images_it_was_calibrated_on_says_the_scores_are_in_sample(
+        chest_xray, tmp_path, model, caplog):
+    """Its temperature, bias and threshold were fitted on them: flattered scores, which were reported as if unseen."""
+    from medclf.train.pipeline import evaluate_run
+
+    site = site_folder(chest_xray, tmp_path, 64)
+    assert CliRunner().invoke(app, ["calibrate", model, str(site)]).exit_code == 0
+    with caplog.at_level("WARNING"):
+        scored = evaluate_run(tmp_path / "model.site.onnx", site)
+    assert scored["calibrated_on_these_images"] == str(site.resolve())
+    assert "was calibrated (medclf calibrate) on" in caplog.text and "not those of unseen ones" in caplog.text
+    caplog.clear()
+    other = evaluate_run(tmp_path / "model.site.onnx", site_folder(chest_xray, tmp_path / "other", 40))
+    assert "calibrated_on_these_images" not in other and "was calibrated" not in caplog.text
+
+
 def test_a_second_sites_calibration_is_written_beside_the_firsts_not_over_it(chest_xray, tmp_path, model):
     """siteB after siteA both took model.site.onnx: siteA's calibrated copy was gone without a word. Calibrating
     a site again replaces its own copy; refusing --out MODEL comes before any work (its picture was drawn)."""

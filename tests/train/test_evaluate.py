@@ -92,6 +92,17 @@ def test_target_sensitivity_lowers_the_threshold_until_it_is_reached():
     assert strict.threshold < youden.threshold
 
 
+def test_a_threshold_between_tiny_probabilities_stays_between_them_and_the_rule_is_recorded():
+    """Rounded to six decimals, a midpoint of 1.5e-7 became 0.0: every image positive, specificity 0 instead of
+    0.75 — what a fitted temperature's sharp probabilities give a sensitivity of 0.99."""
+    labels, p = _many([0, 0, 0, 1, 1, 1], [4e-8, 5e-8, 0.2, 2.6e-7, 0.7, 0.9])
+    decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"), target_sensitivity=0.99)
+    assert 5e-8 < decision.threshold <= 2.6e-7
+    metrics = classification_metrics(labels, _binary(p), ("NORMAL", "PNEUMONIA"), decision)
+    assert metrics["sensitivity"] == 1.0 and metrics["specificity"] == pytest.approx(2 / 3)
+    assert metrics["threshold_rule"] == "sensitivity>=0.99"
+
+
 def test_binary_metrics_also_give_the_accuracy_of_the_models_own_call_as_argmax_baselines_count_it():
     labels, p = _many([0, 0, 0, 0, 1, 1, 1, 1], [0.05, 0.1, 0.2, 0.3, 0.35, 0.4, 0.8, 0.9])
     decision = choose_threshold(labels, _binary(p), ("NORMAL", "PNEUMONIA"))

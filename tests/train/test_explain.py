@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from keras import layers
 
+from medclf.runtime.decision import Decision
 from medclf.train.architectures import ARCHITECTURES, get_architecture
 from medclf.train.ensemble import averaged
 from medclf.train.explain import GradCam, explained_layers, last_conv_layer
@@ -46,11 +47,40 @@ def test_a_call_made_with_certainty_still_shows_its_evidence():
     assert heatmaps[0].max() > 0 and 2 <= peak[0] < 10 and 20 <= peak[1] < 30
 
 
+def test_a_binary_call_made_below_one_half_shows_the_evidence_for_it_not_a_blank_map():
+    """A screening threshold of 0.9 calls "dark" at p(bright) = 0.7: dark's own score counts only against it
+    (negative where bright, nothing elsewhere), and its heatmap was blank. The call compares the classes' scores
+    with the threshold; explained as that, the evidence for "dark" is where the image is dark."""
+    image = np.zeros((1, 32, 32, 1), np.uint8)
+    image[0, 2:10, 20:30] = 255  # 80 of 1,024 pixels bright
+    model = brightness_model(scale=0.05)
+    p_bright = GradCam(model)(image, [1])[1][0, 1]
+    assert 0.5 < p_bright < 0.9
+    assert GradCam(model)(image, [0])[0].max() == 0.0  # the class's own score: blank
+    labels, decision = ("dark", "bright"), Decision(positive_class="bright", threshold=0.9)
+    heat, _ = GradCam(model, labels=labels, decision=decision)(image, [0])
+    assert heat[0].max() == 1.0 and heat[0, 2:10, 20:30].max() < heat[0, 20:, :10].min()  # dark parts, not the patch
+    towards, _ = GradCam(model, labels=labels, decision=Decision(positive_class="bright", threshold=0.2))(image, [1])
+    peak = np.unravel_index(towards[0].argmax(), (32, 32))
+    assert 2 <= peak[0] < 10 and 20 <= peak[1] < 30  # a positive call at 0.2: the bright patch, as before
+
+
 def test_a_layer_without_a_spatial_map_is_refused_in_one_line():
     model = brightness_model()
     with pytest.raises(ValueError, match=r"layer pooled has no spatial feature map to explain \(its output is "
                                          r"\[None, 1\]\)"):
         GradCam(keras.Model(model.input, model.output), "pooled")
+
+
+def test_an_exported_file_is_pointed_to_the_heatmaps_it_draws_itself(tmp_path):
+    from medclf.train.explain import explain_files
+
+    exported = tmp_path / "exported" / "model.onnx"
+    exported.parent.mkdir()
+    exported.write_bytes(b"onnx")
+    with pytest.raises(ValueError, match=r"model.onnx: an exported file; medclf explain takes RUN_DIR/model.keras "
+                                         r"\(.*medclf export --cam, then medclf-run --cam DIR\)"):
+        explain_files(exported, ["x.jpg"], tmp_path / "heat")
 
 
 @pytest.mark.parametrize("second", [32, 16])
