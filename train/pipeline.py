@@ -181,8 +181,9 @@ def writing_run(run_dir: Path) -> Iterator[None]:
         except BlockingIOError:
             raise RunDirBusy(f"{run_dir}: another medclf run is writing this folder; wait for it to end, or "
                              "give another --out") from None
-        except OSError:  # a file system without locks (some network shares): runs there are not kept apart
-            pass
+        except OSError as exc:  # a file system without locks (some network shares): runs there are not kept apart
+            log.warning("%s cannot be locked (%s): a second run into it at the same time would not be refused",
+                        run_dir, exc.strerror or exc)
         _HELD.add(key)
         yield
     finally:
