@@ -37,6 +37,7 @@ from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES as MIN_HELD_OUT
 from medclf.runtime.modelcard import FAMILIARITY_QUANTILE as QUANTILE
 
 FIT_IMAGES = 1024  # training images the class means and covariances are estimated on, at most
+MIN_FIT_IMAGES = 16  # and at least (shrinkage estimates a covariance from few; from one or two, nothing)
 MAX_DIRECTIONS = 256  # principal directions of a level's covariance kept apart; the rest share one variance
 PIXELS = "pixels"  # the level of the image itself: each channel's mean
 HEAD = "probabilities"  # the level of the classifier's input (the layer it feeds)
@@ -181,6 +182,9 @@ def fit(model: keras.Model, training: np.ndarray, labels: np.ndarray | None, hel
     if len(held_out) < MIN_HELD_OUT:
         raise FamiliarityUnavailable(f"{len(held_out)} images to set its threshold on place no 99.5th percentile "
                                      f"(at least {MIN_HELD_OUT})")
+    if len(training) < MIN_FIT_IMAGES:  # one image left no level with a spread: a TensorFlow traceback
+        raise FamiliarityUnavailable(f"{len(training)} training images to measure it from estimate no spread of "
+                                     f"their features (at least {MIN_FIT_IMAGES})")
     names = level_names(model)
     extract = with_features(model, names)
     fitted = _features(extract, training, batch)[1:]

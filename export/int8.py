@@ -92,6 +92,8 @@ class ImageCalibrationReader(CalibrationDataReader):
             if images:
                 batches.append({INPUT_NAME: np.stack(images)})
                 yield batches[-1]
+        if not batches:  # onnxruntime's calibrator would fail on no ranges, saying nothing of why
+            raise FileNotFoundError(f"none of the {len(self.paths)} calibration images could be read")
         self._decoded = batches
 
 

@@ -44,7 +44,8 @@ def spread(count: int, most: int) -> np.ndarray:
     return np.unique(np.linspace(0, count - 1, min(most, count)).astype(int))
 
 
-def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[np.ndarray, np.ndarray | None]:
+def load_labelled(paths: list[str], names: list[str], card: ModelCard,
+                  kind: str = "verification") -> tuple[np.ndarray, np.ndarray | None]:
     """Decoded images, and their label indices when every file's class — its name, or the first of its folders
     (``fold_0/all``) that stands for one — is one of the model's labels
     (:func:`~medclf.runtime.class_names.matching_class`: ``normal`` for ``NORMAL``, as training reads val/ and
@@ -58,7 +59,7 @@ def load_labelled(paths: list[str], names: list[str], card: ModelCard) -> tuple[
         except ImageError as exc:
             print(f"skipping {exc}", file=sys.stderr)
     if not images:
-        raise FileNotFoundError("none of the verification images could be read")
+        raise FileNotFoundError(f"none of the {len(paths)} {kind} images could be read")
     classes = tuple(card.labels)
     matched = {name: class_on_path(name, classes) for name in {names[i] for i in kept}}
     unknown = sorted({name.split("/")[0] for name, label in matched.items() if label is None})

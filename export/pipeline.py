@@ -7,18 +7,27 @@ then moved to its final name. ``export_report.json`` is written either way and s
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import keras
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; a killed export's work folder stays
+    fcntl = None
+
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import atomic_write, replace_durably, write_json
+from medclf.runtime.class_names import class_on_path
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
 from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard, unlike
@@ -74,6 +83,9 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise ValueError(other)
     card = model_card(model_path, cam)
     model = keras.models.load_model(model_path, compile=False)
+    if (outputs := model.output_shape[-1]) != len(card.labels):  # labels.json copied from another run
+        raise ValueError(f"{model_path.parent / 'labels.json'} names {len(card.labels)} classes and the model "
+                         f"answers {outputs}: it is not this model's run folder")
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images,
                                                    calibrating="int8" in precisions)
     held_out, search = held_out_sets(model, card, paths, names, max_images,
@@ -91,8 +103,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
               "verified_on": f"{len(held_out.images)} real images ({described})", "calls": held_out.calls.describe(),
               "cpu": this_cpu(), "familiarity": familiarity_record, "precisions": {}}
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
-        fp32 = Path(work) / FILE_NAMES["fp32"]
+    with _work_folder(out) as work:
+        fp32 = work / FILE_NAMES["fp32"]
         proto, report["simplified"] = simplify(convert(model, card, cam=cam, familiarity=fitted), held_out.images)
         save(proto, card, fp32)
         candidates = {}
@@ -125,6 +137,40 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
         raise VerificationError("; ".join(f"{file} not written: {', '.join(failures)}"
                                           for file, failures in failed_files(report)))
     return report
+
+
+@contextlib.contextmanager
+def _work_folder(out: Path) -> Iterator[Path]:
+    """A hidden folder in ``out`` for this export's files until they are published, held (``flock``) while it
+    works. Those of exports killed outright (SIGKILL, the OOM killer), which no ``finally`` removed — 17 MB each,
+    left for good — are removed first; one still held is another export's, running."""
+    for left in out.glob(".export-*"):  # a minute old at least: one just made is not locked yet
+        if left.is_dir() and time.time() - left.stat().st_mtime > 60 and _claimed(left):
+            shutil.rmtree(left, ignore_errors=True)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
+        held = os.open(work, os.O_RDONLY)
+        try:
+            _claimed(Path(work), held)
+            yield Path(work)
+        finally:
+            os.close(held)
+
+
+def _claimed(folder: Path, descriptor: int | None = None) -> bool:
+    """Whether this process now holds ``folder``'s lock (``descriptor``: already open on it, kept open by the
+    caller); False where another process holds it, or where it cannot be locked."""
+    if fcntl is None:
+        return False
+    opened = descriptor is None
+    try:
+        descriptor = os.open(folder, os.O_RDONLY) if opened else descriptor
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        if opened and descriptor is not None:
+            os.close(descriptor)
 
 
 def _publish(entries: dict[str, dict], candidates: dict[str, Path], engine: BatchProfile | None,
@@ -218,13 +264,30 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
             features, among = None, 0
         else:
             images, features = held_out.images, held_out.outputs
-        training, labels = load_labelled(*_images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES),
-                                         card)
+        training, labels = load_labelled(*_familiar_images(run_dir, calibration_data, card), card, "training")
         fitted = fit(model, training, labels, images, held_out_features=features)
     except FamiliarityUnavailable as exc:
         return None, {"added": False, "why": str(exc)}, held_out.images
     fitted = dataclasses.replace(fitted, record=fitted.record | {"threshold_training_images": among})  # on the card
     return fitted, {"added": True, **fitted.record}, images
+
+
+def _familiar_images(run_dir: Path, calibration_data: str | os.PathLike[str] | None,
+                     card: ModelCard) -> tuple[list[str], list[str]]:
+    """The images unfamiliarity is measured from: the run's training split, whatever ``--calibration`` says (that
+    is FP16's and INT8's; blood smears given there for a chest model made every smear familiar). A run that
+    recorded none takes the calibration images, if they are of the model's classes."""
+    try:
+        return _images(run_dir, None, "train", "--calibration", FIT_IMAGES)
+    except FileNotFoundError:
+        if calibration_data is None:
+            raise FamiliarityUnavailable(f"{run_dir} recorded no training images to measure it from (splits.json); "
+                                         "--calibration with the model's own kind of images gives them") from None
+    paths, names = _images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES)
+    if foreign := sorted({name for name in names if class_on_path(name, card.labels) is None}):
+        raise FamiliarityUnavailable(f"the run recorded no training images, and {calibration_data} holds classes "
+                                     f"that are not the model's ({', '.join(foreign[:3])})")
+    return paths, names
 
 
 def _trained_paths(run_dir: Path) -> set[str]:

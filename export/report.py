@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from rich import box
@@ -21,7 +22,7 @@ def export_table(report: dict) -> Table:
         rows = [(name, entry)] + ([(f"{name} TensorRT", entry["tensorrt"])] if "tensorrt" in entry else [])
         for label, item in rows:
             table.add_row(label, _number(item, "size_bytes", "{:.1f}", 1e-6),
-                          _number(item, "agreement", "{:.1%}"), _number(item, "max_abs_diff", "{:.1g}"),
+                          _agreement(item.get("agreement")), _number(item, "max_abs_diff", "{:.1g}"),
                           *_accuracy(item),
                           _number(item, "latency_ms_batch1", "{:.2f}"),
                           _number(item, "images_per_s_batch32", "{:.0f}"),
@@ -40,7 +41,7 @@ def search_lines(report: dict) -> list[str]:
         judged = "agreement on the verification images" if counted else "chance to pass verification"
         if len(tries) > 1:
             steps = " · ".join(f"{t['float_convs']}: {t['images_per_s_batch32']:,.0f}/s "
-                               + (f"{t['agreement']:.1%}" if counted else f"{t['pass_probability']:.0%}")
+                               + (_agreement(t['agreement']) if counted else f"{t['pass_probability']:.0%}")
                                + (" (kept)" if t["float_convs"] == entry["float_convs"] else "") for t in tries)
             lines.append(f"{name} search, by leading convolutions kept float32 (images/s at batch 32, {judged}): "
                          f"{steps}")
@@ -110,6 +111,12 @@ def _accuracy(entry: dict) -> tuple[str, str]:
     return f"{entry['accuracy']:.1%}", f"{(entry['accuracy'] - entry['reference_accuracy']) * 100:+.1f} pt"
 
 
+def _agreement(share: float | None) -> str:
+    """A share of calls kept, to a tenth of a percent rounded down: 98.99% reads 98.9% beside a 99% tolerance,
+    not a "99.0%" that was refused."""
+    return "—" if share is None else f"{math.floor(share * 1000 + 1e-9) / 10:.1f}%"
+
+
 def _number(entry: dict, key: str, form: str, scale: float = 1.0) -> str:
     """The value formatted, or a dash where it was not measured."""
     return "—" if entry.get(key) is None else form.format(entry[key] * scale)
@@ -136,6 +143,6 @@ def benchmark_table(result: dict) -> Table:
     table = _table(title, BENCHMARK_COLUMNS)
     for row in result["rows"]:
         table.add_row(row["format"], _number(row, "size_mb", "{:.1f}"), _number(row, "accuracy", "{:.1%}"),
-                      _number(row, "agreement", "{:.1%}"), _number(row, "ms_per_image", "{:.2f}"),
+                      _agreement(row.get("agreement")), _number(row, "ms_per_image", "{:.2f}"),
                       _number(row, "images_per_s", "{:.0f}"), "" if row["passed"] else "[red]refused[/red]")
     return table

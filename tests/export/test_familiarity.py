@@ -153,6 +153,27 @@ def test_the_threshold_is_set_on_held_out_images_alone_where_there_are_enough(ru
         assert len(images) == threshold_on and fitted is not None
 
 
+def test_it_is_measured_from_the_runs_training_images_whatever_calibration_images_are_given(run_dir, cataract,
+                                                                                           blood_cells, tmp_path):
+    """--calibration is FP16's and INT8's: eye photos given there for a blood model made every photo familiar.
+    A run that recorded no training images takes calibration images of its own classes only, and too few
+    training images to estimate a spread are said (one image ended in a TensorFlow traceback)."""
+    from medclf.export import pipeline
+
+    model, card = keras.models.load_model(run_dir / "model.keras", compile=False), model_card(run_dir / "model.keras")
+    trained = json.loads((run_dir / "splits.json").read_text())["train"]["paths"]
+    assert pipeline._familiar_images(run_dir, cataract, card)[0] == trained
+    bare = tmp_path / "bare"  # a run folder without splits.json
+    bare.mkdir()
+    with pytest.raises(FamiliarityUnavailable, match="recorded no training images to measure it from"):
+        pipeline._familiar_images(bare, None, card)
+    with pytest.raises(FamiliarityUnavailable, match=r"holds classes that are not the model's \(cataract, normal\)"):
+        pipeline._familiar_images(bare, cataract, card)
+    one = images_of(cataract, card, 1)
+    with pytest.raises(FamiliarityUnavailable, match="1 training images to measure it from estimate no spread"):
+        fit(model, one, None, images_of(blood_cells / "TEST", card, 64))
+
+
 def test_an_ensemble_reads_each_members_levels_on_the_image_as_that_member_sees_it(run_dir, blood_cells, chest_xray):
     """``medclf ensemble`` nests whole models and averages them: the levels are each member's, read where the
     member runs (a smaller one on the image resized), and the file's probabilities stay the ensemble's."""

@@ -26,3 +26,18 @@ def test_a_float_convolutions_activation_stays_float_wherever_the_file_lists_it(
     between = next(i for i, node in enumerate(model.graph.node) if node.name == "a_conv1") + 1
     model.graph.node.insert(between, helper.make_node("Identity", ["x"], ["x_too"], name="another_outputs_node"))
     assert {"a_conv1", "a_relu1", "b_conv1", "b_relu1"} <= set(_float_nodes(model, float_convs=1))
+
+
+def test_calibration_images_none_of_which_can_be_read_are_said_so_before_onnxruntime_calibrates(tmp_path):
+    """onnxruntime's calibrator given no batch fails on empty ranges, saying nothing of the images."""
+    import pytest
+
+    from medclf.export.int8 import ImageCalibrationReader
+    from medclf.runtime.preprocess import Preprocess
+
+    notes = [tmp_path / f"scan{n}.jpg" for n in range(3)]
+    for note in notes:
+        note.write_text("not an image")
+    reader = ImageCalibrationReader(notes, Preprocess(height=32, width=32))
+    with pytest.raises(FileNotFoundError, match="none of the 3 calibration images could be read"):
+        reader.get_next()

@@ -258,3 +258,41 @@ def test_a_resize_inside_the_model_comes_out_at_its_size_by_onnx_rule_not_only_i
     session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     np.testing.assert_allclose(session.run(None, {"image": images})[0],
                                model.predict(images.astype(np.float32), verbose=0), atol=1e-5)
+
+
+def test_a_labels_file_that_is_not_the_models_is_refused_in_one_line(run_dir, tmp_path):
+    """labels.json copied from another run: too few labels ended in an IndexError, too many were exported as
+    verified, with a class the model never answers."""
+    import shutil
+
+    from medclf.export.pipeline import export_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "labels.json").write_text(json.dumps(["a", "b", "c", "d", "e"]))
+    with pytest.raises(ValueError, match=r"labels.json names 5 classes and the model answers 4: it is not this "):
+        export_run(copy / "model.keras", tmp_path / "out", ("fp32",))
+
+
+def test_the_work_folder_of_an_export_killed_outright_is_removed_by_the_next_and_a_running_ones_is_not(tmp_path):
+    """SIGKILL (the OOM killer) runs no ``finally``: 17 MB hidden in --out, for good."""
+    import fcntl
+    import os
+    import time
+
+    from medclf.export.pipeline import _work_folder
+
+    abandoned, running = tmp_path / ".export-dead", tmp_path / ".export-alive"
+    for folder in (abandoned, running):
+        folder.mkdir()
+        (folder / "model.onnx").write_bytes(b"x" * 100)
+        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    held = os.open(running, os.O_RDONLY)  # as the export working in it holds it
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with _work_folder(tmp_path) as work:
+            assert work.is_dir() and work.name.startswith(".export-")
+            assert not abandoned.exists() and (running / "model.onnx").is_file()
+        assert not work.exists()
+    finally:
+        os.close(held)
