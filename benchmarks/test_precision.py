@@ -1,8 +1,8 @@
 """Inference per precision, side by side on the CPU: the packaged FP32 model and its FP16 and INT8 files, at
 batch 1 and batch 32, on the same pre-decoded real images. INT8 is the packaged ``model.int8.onnx``, the file
 that passed verification (99.6% agreement with FP32 on 1,024 held-out images and 99.4% on the 2,487 TEST
-images, its first 5 convolutions float: runtime/models/blood_cells/export_report.json), so its speed-up is one at the export's accuracy tolerance; FP16 is made
-here with medclf's converter."""
+images, its first 5 convolutions float: runtime/models/blood_cells/export_report.json), so its speed-up is one
+at the export's accuracy tolerance; FP16 is made here with medclf's converter."""
 
 from __future__ import annotations
 
