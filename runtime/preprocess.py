@@ -25,7 +25,7 @@ import numpy as np
 
 from medclf import MAX_PIXELS  # set before cv2 loads: see medclf/__init__.py
 
-from . import tiff
+from . import avif, tiff
 from .inputs import IMAGE_EXTENSIONS, STDIN, folder_contents, list_images, piped_in
 
 # OpenCV logs its decoders' complaints about a damaged file on stderr, several lines each (a cut TIFF: 2-6);
@@ -175,6 +175,8 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
         from .sniff import unreadable_reason  # only for files that fail
 
         raise ImageError(source, unreadable_reason(data))
+    if avif.is_heif(data):  # OpenCV decodes the stored pixels; the file says how they are to be turned
+        image = avif.shown_as_meant(image, data)
     if page is not None and tiff.zero_is_white(page):
         image = _inverted(image, page.bits)
     if image.dtype == np.uint16 and (maxval := _netpbm_maxval(data)):  # its depth, said: not guessed from values

@@ -89,6 +89,23 @@ def test_an_avif_photo_decodes_and_is_found_in_folders(tmp_path):
     assert [path.name for path in list_images(tmp_path)] == ["fundus.avif"]
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_an_avif_photo_is_turned_and_mirrored_as_its_file_says(orientation, blood_cell_images):
+    """A phone's portrait photo is stored on its side with a rotation (``irot``) and mirroring (``imir``) to show
+    it by; OpenCV decodes the stored pixels. Pillow writes an EXIF orientation as those and reads them back."""
+    from PIL import Image, ImageOps, features
+
+    if not (features.check("avif") and cv2.haveImageWriter(".avif")):
+        pytest.skip("Pillow or OpenCV here has no AVIF codec")
+    photo = Image.open(blood_cell_images[0])
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    photo.save(out, "AVIF", exif=exif.tobytes(), quality=90)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(out.getvalue()))).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(out.getvalue(), "portrait.avif"), shown)
+
+
 def test_a_16_bit_tiff_is_scaled_to_8_bits():
     ok, encoded = cv2.imencode(".tif", RAMP.astype(np.uint16) * 257)
     assert ok
