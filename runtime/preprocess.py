@@ -36,7 +36,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 # (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused;
 # 4: damaged compressed DICOMs refused, signed, 32-bit and float TIFFs scaled over the values they hold, a CT's
 # padding left out of its range; 5: a TIFF's thumbnail page passed over, 16-bit and float 0-is-white TIFFs inverted,
-# planar 16-bit ones refused, a PGM's stated depth, DICOM's Presentation LUT Shape INVERSE).
+# planar 16-bit ones refused, a PGM's stated depth, DICOM's Presentation LUT Shape INVERSE, AVIF's rotation).
 DECODING_VERSION = 5
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
