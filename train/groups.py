@@ -47,6 +47,7 @@ _UP_TO_A_NUMBER = re.compile(r"^(.*\d)\D*$")  # a name up to its last digit
 _SIDE_OR_VIEW = re.compile(r"(.*?[^\W_])(?:[\W_]+(?:left|right|l|r|od|os|cc|mlo|pa|ap|lat|lateral|frontal))+",
                            re.IGNORECASE)
 _LAST_WORD = re.compile(r"(.*[^\W_])[\W_]+[^\W_]+")  # a name and the word it ends with, after a separator
+_SEPARATORS = frozenset("-_. ")  # what stands between the words of a file name
 
 
 def split_groups(folder: ImageFolder, pattern: str | None = None, copies: bool | None = False,
@@ -283,11 +284,12 @@ def name_groups(folder: ImageFolder) -> np.ndarray | None:
     hold (:func:`coarser_key`): OASIS' ``OAS1_0028_MR1_mpr-1_100.jpg`` is one scan's slice, and the subject's other
     scans (``mpr-2``...) are the same brain, so ``OAS1_0028``; Kermany's ``IM-0115`` stays (all ``IM`` is most of a
     class)."""
-    keys = [name_key(Path(path).name, folder.classes[label]) for path, label in zip(folder.paths, folder.labels)]
+    keys = _nested_keys_joined([name_key(Path(path).name, folder.classes[label])
+                                for path, label in zip(folder.paths, folder.labels)])
     groups = _named(keys, folder.paths)
     if not _how_names_are_numbered(groups, folder.labels):
         return None
-    while (coarser := [coarser_key(key) for key in keys]) != keys and _how_names_are_numbered(
+    while (coarser := _nested_keys_joined([coarser_key(key) for key in keys])) != keys and _how_names_are_numbered(
             grouped := _named(coarser, folder.paths), folder.labels):
         keys, groups = coarser, grouped
     names, sizes = np.unique(groups, return_counts=True)
@@ -296,6 +298,19 @@ def name_groups(folder: ImageFolder) -> np.ndarray | None:
                 "to %d images): read as one patient's or series' images, %s", sizes[sizes > 1].sum(), len(groups),
                 np.sum(sizes > 1), example, sizes.max(), KEPT_TOGETHER)
     return groups
+
+
+def _nested_keys_joined(keys: list[str | None]) -> list[str | None]:
+    """Each key that is another key and more after a separator, as that one: Kermany numbers a patient's films
+    ``IM-0435-0001.jpeg`` and ``IM-0435-0001-0001.jpeg``, whose keys ``IM-0435`` and ``IM-0435-0001`` never met
+    (18 patients had films on both sides of the validation split)."""
+    found = set(keys) - {None}
+    joined = []
+    for key in keys:
+        shorter = None if key is None else next(
+            (key[:i] for i, character in enumerate(key) if character in _SEPARATORS and key[:i] in found), None)
+        joined.append(shorter or key)
+    return joined
 
 
 def coarser_key(key: str | None) -> str | None:
