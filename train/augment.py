@@ -25,8 +25,9 @@ from medclf.runtime.inputs import list_images
 from medclf.runtime.preprocess import ImageError, read_image
 
 from .fit import make_augmenter
-from .labels_csv import AUGMENTED_COPY, LabelsError, SplitsError, sheet_beside
+from .labels_csv import AUGMENTED_COPY, LabelsError, SplitsError, read_labels_csv, sheet_beside
 from .layout import find_split, is_split_name, unwrapped
+from .splits import split_below_class
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,10 @@ class Augmented:
 
 
 def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
-                   seed: int = 0, policy: str = "default") -> Iterator[Augmented]:
+                   seed: int = 0, policy: str = "default", labels: str | None = None) -> Iterator[Augmented]:
     """For every image under ``data``, write ``copies`` augmented versions to the same relative folder under
-    ``out`` as ``<name>.aug<k><ext>`` (:func:`_copy_name`); unreadable files are reported and skipped. What is
+    ``out`` as ``<name>.aug<k><ext>`` (:func:`_copy_name`); unreadable files are reported and skipped. ``labels``:
+    a sheet elsewhere that splits them (``--labels``), whose validation and test rows are left out. What is
     wrong with the arguments is raised here, before the first image (the copies come from the iterator)."""
     if copies < 1:
         raise ValueError(f"copies must be at least 1, got {copies}")
@@ -51,7 +53,7 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: not a folder")
     augmenter = make_augmenter(seed, policy)
-    images = _training_images(data, out)
+    images = _training_images(data, out, labels)
     masks = dataset_masks(images, data)
     if masks:
         log.warning("%s", masks_said(masks, data, "not augmented"))
@@ -64,8 +66,12 @@ def augment_folder(data: str | os.PathLike[str], out: str | os.PathLike[str], co
 
 def _record(data: Path, out: Path) -> Path:
     """Where OUT lists the copies augmenting ``data`` wrote there (hidden: not an image, not a class), one
-    record per DATA, so that a folder pooling several datasets' copies keeps each one's."""
-    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(data.resolve())).hexdigest()[:12]}.json"
+    record per DATA, so that a folder pooling several datasets' copies keeps each one's. A DATA inside OUT (or
+    OUT itself: copies written in place) is named by where it lies in OUT, so the record still finds it once the
+    whole folder is moved or renamed."""
+    where = data.resolve()
+    key = where.relative_to(out.resolve()).as_posix() if where.is_relative_to(out.resolve()) else str(where)
+    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(key)).hexdigest()[:12]}.json"
 
 
 def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter) -> Iterator[Augmented]:
@@ -77,6 +83,11 @@ def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter
         earlier = {out / name for name in json.loads(record.read_text())}
     except (OSError, ValueError, TypeError):  # the first run from this DATA (or one before records)
         earlier = set()
+    planned = {path: tuple(out / path.parent.relative_to(data) / _copy_name(path, k) for k in range(copies))
+               for path in images}
+    # listed before the first copy is written: a run stopped midway leaves its copies on the record, which the
+    # next run then removes where it does not write them again (they were trained on, unlisted)
+    write_json(record, sorted(str(path.relative_to(out)) for path in earlier.union(*planned.values())))
     wrote: list[Path] = []
     for path in images:
         try:
@@ -86,8 +97,7 @@ def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter
             continue
         batch = tf.cast(np.repeat(image[None], copies, axis=0), tf.float32)
         views = np.clip(np.rint(augmenter(batch, training=True).numpy()), 0, 255).astype(np.uint8)
-        folder = out / path.parent.relative_to(data)
-        written = tuple(folder / _copy_name(path, k) for k in range(copies))
+        written = planned[path]
         for destination, view in zip(written, views):
             write_image(destination, cv2.cvtColor(view, cv2.COLOR_RGB2BGR))
         wrote.extend(written)
@@ -102,7 +112,7 @@ def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter
     write_json(record, sorted(str(path.relative_to(out)) for path in wrote))
 
 
-def _training_images(data: Path, out: Path) -> list[Path]:
+def _training_images(data: Path, out: Path, labels: str | None = None) -> list[Path]:
     """What to augment: the images training would train on, said — augmented validation or test images would
     judge a model on altered copies (blood-cells TEST is ~25 copies of each of 100 cells: 100 cells, not 2,487
     images). A pre-split dataset's ``train/`` alone (found inside the folder of its archive's name, as training
@@ -119,11 +129,14 @@ def _training_images(data: Path, out: Path) -> list[Path]:
                     ", ".join(f"{d.name}/" for d in others))
     images = list_images(train) if train is not None else [
         path for path in list_images(data) if not any(path.is_relative_to(other) for other in others)]
+    images = _class_first_training(split if train is None else train, images)
     try:
-        sheet = sheet_beside(data)
+        sheet = read_labels_csv(labels) if labels is not None else sheet_beside(data)
     except SplitsError:  # splits it cannot follow: its test rows cannot be left out
         raise
     except LabelsError:  # a sheet of that name that labels nothing (sizes, sites): nothing to follow
+        if labels is not None:
+            raise
         sheet = None
     if sheet is not None and sheet.splits:
         held = {path for path in images if sheet.split(path) in ("val", "test")}
@@ -132,6 +145,19 @@ def _training_images(data: Path, out: Path) -> list[Path]:
                         sheet.source.name, len(held))
             images = [path for path in images if path not in held]
     return images
+
+
+def _class_first_training(root: Path, images: list[Path]) -> list[Path]:
+    """``images`` in the training folders of class folders that split themselves (``NORMAL/{Train,Test}``), as
+    training reads them (:func:`~.splits.split_below_class`); all of them where the class folders do not."""
+    said = [split_below_class(str(path), path.relative_to(root).parts[0]) if path.parent != root else None
+            for path in images]
+    if "train" not in said or None in said:
+        return images
+    held = sorted({name for name in said if name != "train"})
+    log.warning("%s: every class folder is split itself: its training folders alone are augmented, %s left out: "
+                "a model is judged on real images", root, " and ".join(held) or "nothing")
+    return [path for path, name in zip(images, said) if name == "train"]
 
 
 def _copy_name(path: Path, k: int) -> str:

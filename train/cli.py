@@ -327,14 +327,16 @@ def augment(
     copies: Annotated[int, typer.Option(min=1, help="Augmented copies per image.")] = 5,
     augmentation: Annotated[str, typer.Option(help="Policy: default, microscopy or radiograph (as in medclf train).")] = "default",
     seed: Annotated[int, typer.Option()] = 0,
+    labels: LabelsCsv = None,
 ) -> None:
-    """Write augmented copies of every image to disk, of train/ alone where DATA is split (training augments on
-    the fly and does not need this)."""
+    """Write augmented copies of every image to disk, of the training images alone where DATA is split — by
+    folders, or by the split column of a sheet beside it or given as --labels (training augments on the fly
+    and does not need this)."""
     import_tensorflow()
     from .augment import augment_folder
 
     done = failed = 0
-    for item in _library_call(lambda: augment_folder(data, out, copies, seed, augmentation)):
+    for item in _library_call(lambda: augment_folder(data, out, copies, seed, augmentation, labels)):
         if item.error is not None:
             failed += 1
             error(f"{item.source}: {item.error}")

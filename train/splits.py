@@ -138,7 +138,7 @@ def _split_class_first(root: Path, folder: ImageFolder
     ``PNEUMONIA/{Train,Val,Test}``: pooled before, the test images trained on): its training images, then its
     validation and test ones (None where it has none) — where every image lies in a split folder directly below
     its class's and training is one; else all of ``folder`` for training. Said in one line."""
-    said = np.asarray([_split_below_class(path, folder.classes[label]) or ""
+    said = np.asarray([split_below_class(path, folder.classes[label]) or ""
                        for path, label in zip(folder.paths, folder.labels)])
     if "train" not in said:
         return folder, None, None
@@ -154,7 +154,7 @@ def _split_class_first(root: Path, folder: ImageFolder
     return parts["train"], parts["val"] if len(parts["val"]) else None, parts["test"] if len(parts["test"]) else None
 
 
-def _split_below_class(path: str, name: str) -> str | None:
+def split_below_class(path: str, name: str) -> str | None:
     """The split the folder directly below ``path``'s class folder ``name`` is named as, or None."""
     parts = Path(path).parts
     below = [parts[i + 1] for i in range(len(parts) - 2) if parts[i] == name]

@@ -184,3 +184,54 @@ def test_copies_of_a_folder_labelled_by_a_sheet_take_their_sources_labels_and_pa
                       "b.webp.aug0.png": "cataract", "b.webp.aug1.png": "cataract"}
     groups = dict(zip((p.rsplit("/", 1)[1] for p in folder.paths), listed_groups(folder, naming)))
     assert groups["a.aug1.jpg"] == groups["a.jpg"] != groups["b.webp.aug0.png"] == groups["b.webp"]
+
+
+def test_class_folders_that_split_themselves_and_a_sheet_given_as_labels_keep_held_out_images_real(cataract,
+                                                                                                    tmp_path, caplog):
+    """``NORMAL/{Train,Test}`` (as training reads it), and a split column in a sheet elsewhere (``--labels``):
+    their test images were augmented too, and their copies scored as test images."""
+    photos = sorted((cataract / "normal").iterdir())[:4]
+    for name in ("cataract", "normal"):
+        for split, photo in (("Train", photos[0]), ("Train", photos[1]), ("Test", photos[2])):
+            (tmp_path / "cf" / name / split).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cf" / name / split / photo.name).symlink_to(photo)
+    with caplog.at_level(logging.WARNING):
+        result = CliRunner().invoke(app, ["augment", str(tmp_path / "cf"), "--out", str(tmp_path / "cf"),
+                                          "--copies", "1"])
+    assert result.exit_code == 0 and "wrote 4 images" in result.output, result.output
+    assert not list((tmp_path / "cf").rglob("Test/*.aug*"))
+    assert "every class folder is split itself: its training folders alone are augmented, test left out" \
+        in caplog.text
+    (tmp_path / "imgs").mkdir()
+    for photo in photos:
+        (tmp_path / "imgs" / photo.name).symlink_to(photo)
+    (tmp_path / "meta").mkdir()
+    rows = "".join(f"{photo.name},normal,{split}\n" for photo, split in zip(photos, ("train", "train", "val", "test")))
+    (tmp_path / "meta" / "meta.csv").write_text("image,label,split\n" + rows)
+    result = CliRunner().invoke(app, ["augment", str(tmp_path / "imgs"), "--out", str(tmp_path / "imgs"),
+                                      "--labels", str(tmp_path / "meta" / "meta.csv")])
+    assert result.exit_code == 0 and "wrote 10 images" in result.output, result.output  # 2 sources x 5
+    assert {path.name.split(".aug")[0] for path in (tmp_path / "imgs").glob("*.aug*")} == \
+        {photo.stem for photo in photos[:2]}
+
+
+def test_copies_of_a_run_stopped_midway_or_of_a_folder_moved_since_are_removed_when_not_written_again(cataract,
+                                                                                                     tmp_path):
+    """Listed only once all were written, a stopped run's copies stayed for good; listed by where DATA was, a
+    folder augmented in place and then renamed kept every copy of an image removed since, trained on."""
+    from medclf.train.augment import augment_folder
+
+    data = two_photos_a_class(cataract, tmp_path / "data")
+    run = augment_folder(data, data, copies=3)
+    next(run)  # one image's copies written, then the run is stopped
+    run.close()
+    assert len(list(data.rglob("*.aug*"))) == 3
+    list(augment_folder(data, data, copies=1))
+    assert sorted(path.name for path in data.rglob("*.aug*")) == sorted(
+        f"{photo.stem}.aug0{photo.suffix}" for photo in data.glob("*/*.*") if ".aug" not in photo.name)
+    data.rename(tmp_path / "moved")
+    moved = tmp_path / "moved"
+    gone = sorted(path for path in (moved / "normal").glob("*.*") if ".aug" not in path.name)[0]
+    gone.unlink()
+    list(augment_folder(moved, moved, copies=1))
+    assert not list((moved / "normal").glob(f"{gone.stem}.aug*"))
