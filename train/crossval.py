@@ -101,12 +101,18 @@ def _check_folds(data, folder, made: list[tuple[np.ndarray, np.ndarray]]) -> Non
 
 
 def _remove_extra_folds(out: Path, folds: int) -> None:
-    """An earlier run in ``out`` with more folds left ``fold<k>`` runs this summary does not count; they go."""
+    """An earlier run in ``out`` with more folds left ``fold<k>`` runs this summary does not count; they go to
+    ``OUT/previous/`` beside that run's summary (its other folds' runs are in theirs), not deleted: the summary
+    set aside still describes them."""
     for run in sorted(out.glob("fold*/model.keras")):
         index = run.parent.name[len("fold"):]
         if index.isdigit() and int(index) >= folds:
-            shutil.rmtree(run.parent)
-            print(f"removed {run.parent}: a fold of an earlier cross-validation with more folds", file=sys.stderr)
+            aside = out / "previous" / run.parent.name
+            aside.parent.mkdir(exist_ok=True)
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(run.parent, aside)
+            print(f"moved {run.parent} to {aside}: a fold of an earlier cross-validation with more folds",
+                  file=sys.stderr)
 
 
 def _pooled(folds: list[TestScores], classes: tuple[str, ...]) -> dict:
