@@ -275,18 +275,18 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
 def _familiar_images(run_dir: Path, calibration_data: str | os.PathLike[str] | None,
                      card: ModelCard) -> tuple[list[str], list[str]]:
     """The images unfamiliarity is measured from: the run's training split, whatever ``--calibration`` says (that
-    is FP16's and INT8's; blood smears given there for a chest model made every smear familiar). A run that
-    recorded none takes the calibration images, if they are of the model's classes."""
+    is FP16's and INT8's; blood smears given there for a chest model made every smear familiar). A run whose
+    training images are not to be had (none recorded, or moved) takes the calibration images, if they are of the
+    model's classes."""
     try:
         return _images(run_dir, None, "train", "--calibration", FIT_IMAGES)
-    except FileNotFoundError:
+    except FileNotFoundError as exc:  # none recorded, or none where it says (moved, another machine)
         if calibration_data is None:
-            raise FamiliarityUnavailable(f"{run_dir} recorded no training images to measure it from (splits.json); "
-                                         "--calibration with the model's own kind of images gives them") from None
+            raise FamiliarityUnavailable(f"{exc} of the model's own kind") from None
     paths, names = _images(run_dir, calibration_data, "train", "--calibration", FIT_IMAGES)
     if foreign := sorted({name for name in names if class_on_path(name, card.labels) is None}):
-        raise FamiliarityUnavailable(f"the run recorded no training images, and {calibration_data} holds classes "
-                                     f"that are not the model's ({', '.join(foreign[:3])})")
+        raise FamiliarityUnavailable(f"the run's training images are not to be had, and {calibration_data} holds "
+                                     f"classes that are not the model's ({', '.join(foreign[:3])})")
     return paths, names
 
 

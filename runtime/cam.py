@@ -42,7 +42,7 @@ def binary_margin(scores: np.ndarray, labels: Sequence[str], decision: Decision 
     """A binary model's positive-class logit over the other's, less the threshold's log-odds (``scores``' last
     axis the classes): at or above 0 exactly where the positive class is called."""
     positive = positive_index(labels, decision)
-    threshold = float(np.clip(decision.threshold if decision is not None else 0.5, 1e-7, 1 - 1e-7))
+    threshold = float(np.clip(decision.threshold if decision is not None else 0.5, 1e-300, 1 - 1e-16))
     return scores[..., positive] - scores[..., 1 - positive] - float(np.log(threshold / (1 - threshold)))
 
 

@@ -179,7 +179,7 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
         image = avif.shown_as_meant(image, data)
     if page is not None and tiff.zero_is_white(page):
         image = _inverted(image, page.bits)
-    if image.dtype == np.uint16 and (maxval := _netpbm_maxval(data)):  # its depth, said: not guessed from values
+    if (maxval := _netpbm_maxval(data)) and maxval != np.iinfo(image.dtype).max:  # its depth, said: not guessed
         return _to_color(np.rint(np.minimum(image, maxval) * (255 / maxval)).astype(np.uint8), color)
     if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
         image = _to_uint8(image)
@@ -215,8 +215,9 @@ def _netpbm_maxval(data: bytes) -> int | None:
 def _inverted(image: np.ndarray, bits: int) -> np.ndarray:
     """A grey image whose 0 is white, as one whose 0 is black: over its bit depth, a float 0-1 image over that,
     other values over the range they hold."""
-    if np.issubdtype(image.dtype, np.unsignedinteger):
-        return (((1 << min(bits, 8 * image.itemsize)) - 1) - image.astype(np.int64)).astype(image.dtype)
+    if np.issubdtype(image.dtype, np.unsignedinteger):  # a 12-bit film in 16 bits: over 12, as it is read
+        held = significant_bits(image) if image.dtype == np.uint16 else min(bits, 8 * image.itemsize)
+        return (((1 << held) - 1) - image.astype(np.int64)).astype(image.dtype)
     low, high = np.nanmin(image), np.nanmax(image)
     if np.issubdtype(image.dtype, np.floating) and low >= 0 and high <= 1:
         return 1 - image

@@ -16,7 +16,7 @@ SIGNATURES = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 MAX_PAGES = 16  # reduced pages before a full one looked past, at most (a loop or a damaged offset ends sooner)
 MAX_ENTRIES = 256  # tags read per page: files hold a few dozen, sorted, those read here among the first
 _TYPES = {1: "B", 3: "H", 4: "I", 16: "Q"}  # BYTE, SHORT, LONG, LONG8: the types these tags come in
-_SUBFILE, _OLD_SUBFILE, _BITS, _PHOTOMETRIC, _PLANAR = 254, 255, 258, 262, 284
+_SUBFILE, _OLD_SUBFILE, _BITS, _PHOTOMETRIC, _SAMPLES, _PLANAR = 254, 255, 258, 262, 277, 284
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,7 @@ class Page:
     bits: int = 1  # per sample
     photometric: int | None = None  # 0: 0 is white
     planar: int = 1  # 2: one plane per sample
+    samples: int = 1  # per pixel
     reduced: bool = False  # a smaller version of another page (a thumbnail, a pyramid level)
 
 
@@ -48,6 +49,7 @@ def shown_page(data: bytes) -> tuple[int, Page] | None:
         entries = range(start, start + min(count, MAX_ENTRIES) * entry_size, entry_size)
         tags = dict(filter(None, (_first_value(data, order, position, big) for position in entries)))
         page = Page(bits=tags.get(_BITS, 1), photometric=tags.get(_PHOTOMETRIC), planar=tags.get(_PLANAR, 1),
+                    samples=tags.get(_SAMPLES, 1),
                     reduced=bool(tags.get(_SUBFILE, 0) & 1) or tags.get(_OLD_SUBFILE) == 2)
         if not page.reduced:
             return index, page
@@ -80,8 +82,9 @@ def _unpack(data: bytes, layout: str, at: int, whole: bool = False):
 
 
 def planes_unreadable(page: Page) -> bool:
-    """Whether OpenCV misreads the page: samples wider than 8 bits, one plane per sample."""
-    return page.planar == 2 and page.bits > 8
+    """Whether OpenCV misreads the page: several samples wider than 8 bits, one plane per sample (with one
+    sample a plane is the picture: read right)."""
+    return page.planar == 2 and page.samples > 1 and 8 < page.bits <= 64
 
 
 def zero_is_white(page: Page) -> bool:

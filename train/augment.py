@@ -74,15 +74,22 @@ def _record(data: Path, out: Path) -> Path:
     return out / f".medclf-augment-{hashlib.sha256(os.fsencode(key)).hexdigest()[:12]}.json"
 
 
+def _legacy_record(data: Path, out: Path) -> Path:
+    """Where medclf before 2026-12-07 listed them: by DATA's absolute path alone (read once, then replaced)."""
+    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(data.resolve())).hexdigest()[:12]}.json"
+
+
 def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter) -> Iterator[Augmented]:
     """The copies, image by image; once all are written, the copies an earlier run from the same DATA left in
     ``out`` that this one did not write again go (said): of images no longer in ``data`` — one removed as
     mislabelled was still trained on through them — or beyond ``copies``."""
-    record = _record(data, out)
-    try:
-        earlier = {out / name for name in json.loads(record.read_text())}
-    except (OSError, ValueError, TypeError):  # the first run from this DATA (or one before records)
-        earlier = set()
+    record, legacy = _record(data, out), _legacy_record(data, out)
+    earlier = set()
+    for listed in (record, legacy):
+        try:
+            earlier |= {out / name for name in json.loads(listed.read_text())}
+        except (OSError, ValueError, TypeError):  # the first run from this DATA (or one before records)
+            pass
     planned = {path: tuple(out / path.parent.relative_to(data) / _copy_name(path, k) for k in range(copies))
                for path in images}
     # listed before the first copy is written: a run stopped midway leaves its copies on the record, which the
@@ -110,6 +117,8 @@ def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter
                     "again (e.g. %s): of images no longer there, or beyond --copies", len(stale), data, out,
                     stale[0].relative_to(out))
     write_json(record, sorted(str(path.relative_to(out)) for path in wrote))
+    if legacy != record:
+        legacy.unlink(missing_ok=True)  # taken over
 
 
 def _training_images(data: Path, out: Path, labels: str | None = None) -> list[Path]:

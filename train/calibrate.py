@@ -48,7 +48,7 @@ from medclf.rundir import RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
-from medclf.runtime.modelcard import FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, familiarity_site
+from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, familiarity_site
 
 from .data import ImageFolder, Labeller, predict_folder
 from .groups import split_groups
@@ -320,14 +320,17 @@ def calibration_file(default: Path, data: Path) -> Path:
 def with_scaling(model: onnx.ModelProto, temperature: float, bias: np.ndarray) -> onnx.ModelProto:
     """A copy of ``model`` whose ``probabilities`` are its own rescaled: softmax(log p / temperature + bias), what
     dividing its logits by the temperature and adding the bias would give, appended after the output so it
-    works on a file of any precision (and on one calibrated before: the names are new each time)."""
+    works on a file of any precision (and on one calibrated before: the names are new each time). A ``cam``
+    output (per-location logits) is scaled so too: its spatial mean stays the logits the call is made from, and
+    a binary heatmap's margin is measured against the site's threshold on the site's scale."""
     prefix = f"medclf_site{len(model.graph.node)}_"
-    unscaled = prefix + "unscaled_probabilities"
+    unscaled, unscaled_cam = prefix + "unscaled_probabilities", prefix + "unscaled_cam"
+    renamed = {OUTPUT_NAME: unscaled, CAM_NAME: unscaled_cam}
     rescaled = onnx.ModelProto()
     rescaled.CopyFrom(model)
     for node in rescaled.graph.node:
-        node.output[:] = [unscaled if name == OUTPUT_NAME else name for name in node.output]
-        node.input[:] = [unscaled if name == OUTPUT_NAME else name for name in node.input]
+        node.output[:] = [renamed.get(name, name) for name in node.output]
+        node.input[:] = [renamed.get(name, name) for name in node.input]
     make = onnx.helper.make_node
     rescaled.graph.node.extend([
         make("Clip", [unscaled, prefix + "tiny"], [prefix + "clipped"]),  # log(0) would be -inf
@@ -336,6 +339,11 @@ def with_scaling(model: onnx.ModelProto, temperature: float, bias: np.ndarray) -
         make("Add", [prefix + "scaled", prefix + "bias"], [prefix + "biased"]),
         make("Softmax", [prefix + "biased"], [OUTPUT_NAME], axis=-1),
     ])
+    if any(output.name == CAM_NAME for output in rescaled.graph.output):
+        rescaled.graph.node.extend([
+            make("Mul", [unscaled_cam, prefix + "inverse_temperature"], [prefix + "scaled_cam"]),
+            make("Add", [prefix + "scaled_cam", prefix + "bias"], [CAM_NAME]),  # the class axis is last
+        ])
     rescaled.graph.initializer.extend([
         onnx.numpy_helper.from_array(np.array(1e-12, np.float32), prefix + "tiny"),
         onnx.numpy_helper.from_array(np.array(1 / temperature, np.float32), prefix + "inverse_temperature"),

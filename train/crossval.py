@@ -76,6 +76,8 @@ def _set_aside_summary(out: Path) -> None:
     summary = out / "crossval.json"
     if summary.is_file():
         (out / "previous").mkdir(parents=True, exist_ok=True)
+        for older in (out / "previous").glob("fold*"):  # an older run's extra folds: that summary is replaced
+            shutil.rmtree(older, ignore_errors=True)
         os.replace(summary, out / "previous" / summary.name)
 
 

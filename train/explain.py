@@ -93,9 +93,18 @@ class GradCam:
         cams = [tf.reduce_sum(tf.reduce_mean(gradients, axis=(1, 2), keepdims=True) * maps, axis=-1).numpy()
                 for gradients, maps in zip(tape.gradient(score, features), features)]
         cam = _summed(cams)
-        if self._binary is not None:  # centred on the margin's share per location, as the runtime's CAM is
-            cam = cam - cam.mean(axis=(1, 2), keepdims=True) + score.numpy()[:, None, None] / np.prod(cam.shape[1:])
+        if self._binary is not None:  # centred on the call's margin per location, as the runtime's CAM is
+            margin = score.numpy() if len(self._parts) == 1 else self._called_margin(probabilities.numpy(), chosen)
+            cam = cam - cam.mean(axis=(1, 2), keepdims=True) + margin[:, None, None] / np.prod(cam.shape[1:])
         return heatmaps(cam, *images.shape[1:3]), probabilities.numpy()
+
+    def _called_margin(self, probabilities: np.ndarray, chosen: np.ndarray) -> np.ndarray:
+        """An ensemble's margin for the chosen class, from the probabilities it averages (its members' own
+        margins can sum below 0 for a call the average makes)."""
+        labels, decision = self._binary
+        odds = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))
+        sign = np.where(chosen == positive_index(labels, decision), 1.0, -1.0)
+        return sign * binary_margin(odds, labels, decision)
 
     def _score(self, scores: tf.Tensor, head: keras.layers.Dense | None, chosen: np.ndarray) -> tf.Tensor:
         """What is differentiated per image: the chosen class's score, or for a binary model how far its scores

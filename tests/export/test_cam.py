@@ -73,6 +73,25 @@ def test_a_binary_models_heatmaps_explain_its_calls_at_its_threshold_as_grad_cam
     for ours, theirs in zip(drawn, grad_cam):
         assert np.corrcoef(ours.ravel(), theirs.ravel())[0, 1] > 0.99
 
+    # A site's calibrated copy (medclf calibrate: temperature, class bias, its own threshold) scales its maps as it
+    # scales its probabilities: their spatial mean stays its calls' logits, every call's margin at least 0.
+    import dataclasses
+
+    from medclf.train.calibrate import with_scaling
+
+    site = dataclasses.replace(decision, threshold=0.3)
+    scaled = with_scaling(onnx.load(str(tmp_path / "model.onnx")), 3.75, np.array([0.0, -0.69]))
+    onnx.helper.set_model_props(scaled, {**{p.key: p.value for p in scaled.metadata_props},
+                                         **dataclasses.replace(classifier.card, decision=site).to_metadata()})
+    onnx.save(scaled, str(tmp_path / "model.site.onnx"))
+    copy = Classifier(tmp_path / "model.site.onnx")
+    probabilities, maps = copy.cam(images)
+    logits = maps.mean(axis=(1, 2))
+    softmax = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(1, keepdims=True), probabilities, atol=1e-4)
+    called = decide(probabilities, labels, site)
+    assert (called_maps(maps, called, labels, site).mean(axis=(1, 2)) >= -1e-4).all()
+
 
 def test_a_model_exported_without_maps_says_so(exported, blood_cell_images):
     classifier = Classifier(exported[1]["precisions"]["fp32"]["file"])

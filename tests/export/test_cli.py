@@ -26,6 +26,10 @@ def test_export_prints_one_row_per_precision_and_writes_the_report(run_dir, tmp_
         assert f"{name} " in result.output and shown in result.output
     if not report["precisions"]["int8"]["passed"]:
         assert "model.int8.onnx not written: agreement" in result.output
+    else:  # 16 images: the search had no others to count on, and its verdict is marked so
+        assert report["precisions"]["int8"]["search_counted"]
+        assert "ok*" in result.output and "* int8: its float layers were chosen on the verification images" \
+            in " ".join(result.output.split())
 
 
 def test_an_unknown_precision_or_batch_profile_is_a_clear_error(run_dir, tmp_path):

@@ -165,7 +165,8 @@ def test_it_is_measured_from_the_runs_training_images_whatever_calibration_image
     assert pipeline._familiar_images(run_dir, cataract, card)[0] == trained
     bare = tmp_path / "bare"  # a run folder without splits.json
     bare.mkdir()
-    with pytest.raises(FamiliarityUnavailable, match="recorded no training images to measure it from"):
+    with pytest.raises(FamiliarityUnavailable, match=r"bare/splits.json.*pass --calibration with real images of "
+                                                     r"the model's own kind"):
         pipeline._familiar_images(bare, None, card)
     with pytest.raises(FamiliarityUnavailable, match=r"holds classes that are not the model's \(cataract, normal\)"):
         pipeline._familiar_images(bare, cataract, card)

@@ -162,11 +162,29 @@ def test_a_16_bit_or_float_colour_tiff_stored_plane_by_plane_is_refused_not_scra
 
 
 def test_a_grey_tiff_whose_zero_is_white_is_shown_as_the_film_at_every_depth():
-    """Film digitisers write MinIsWhite; OpenCV inverts 8-bit files itself, 16-bit and float ones not."""
+    """Film digitisers write MinIsWhite; OpenCV inverts 8-bit files itself, 16-bit and float ones not. A 12-bit
+    film in 16 bits is inverted over the 12 bits it holds, as its MinIsBlack twin is read (over 16 it came out
+    all but white)."""
     film = RAMP
     for values in (255 - film, (255 - film).astype(np.uint16) * 257, 1 - film.astype(np.float32) / 255):
         seen = decode_image(tifffile_bytes(values, photometric="miniswhite"), "neg.tif", color="grey")[:, :, 0]
         assert np.abs(seen.astype(int) - film).max() <= 1, values.dtype
+    twelve = decode_image(tifffile_bytes((4095 - film.astype(np.uint16) * 16), photometric="miniswhite"), "n.tif",
+                          color="grey")
+    np.testing.assert_array_equal(twelve, decode_image(tifffile_bytes(film.astype(np.uint16) * 16), "p.tif",
+                                                       color="grey"))
+
+
+def test_a_16_bit_grey_tiff_marked_plane_by_plane_is_read_its_one_plane_is_the_picture():
+    import struct
+
+    film = RAMP.astype(np.uint16) * 257
+    data = bytearray(tifffile_bytes(film, resolution=(1, 1)))
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, ifd)[0]):  # ResolutionUnit's entry becomes PlanarConfig 2
+        if struct.unpack_from("<H", data, ifd + 2 + 12 * entry)[0] == 296:
+            struct.pack_into("<HHII", data, ifd + 2 + 12 * entry, 284, 3, 1, 2)
+    np.testing.assert_array_equal(decode_image(bytes(data), "grey16.tif", color="grey")[:, :, 0], RAMP)
 
 
 def test_a_tiff_whose_first_page_is_a_thumbnail_is_classified_by_its_full_picture():
@@ -186,6 +204,9 @@ def test_a_pgm_film_is_shown_over_the_depth_its_header_states_not_a_guess_from_i
     data = b"P5\n# a 12-bit film\n64 32\n4095\n" + film.astype(">u2").tobytes()
     seen = decode_image(data, "film.pgm", color="grey")[:, :, 0]
     np.testing.assert_array_equal(seen, np.rint(film * (255 / 4095)).astype(np.uint8))
+    dim = (RAMP // 17).astype(np.uint8)  # 0-15 of maxval 15: four bits, full range
+    seen = decode_image(b"P5\n64 32\n15\n" + dim.tobytes(), "four.pgm", color="grey")[:, :, 0]
+    np.testing.assert_array_equal(seen, np.rint(dim * 17.0).astype(np.uint8))
 
 
 def test_dicom_goes_through_the_modality_lut_and_its_window():

@@ -235,3 +235,21 @@ def test_copies_of_a_run_stopped_midway_or_of_a_folder_moved_since_are_removed_w
     gone.unlink()
     list(augment_folder(moved, moved, copies=1))
     assert not list((moved / "normal").glob(f"{gone.stem}.aug*"))
+
+
+def test_the_list_an_earlier_medclf_kept_under_the_data_folders_path_is_taken_over(cataract, tmp_path):
+    """Copies listed under DATA's absolute path (before 2026-12-07) were found no more: kept, trained on."""
+    import hashlib
+    import json
+    import os
+
+    from medclf.train.augment import augment_folder
+
+    data = two_photos_a_class(cataract, tmp_path / "data")
+    list(augment_folder(data, data, copies=2))
+    record = next(data.glob(".medclf-augment-*.json"))
+    legacy = data / f".medclf-augment-{hashlib.sha256(os.fsencode(data.resolve())).hexdigest()[:12]}.json"
+    record.rename(legacy)
+    list(augment_folder(data, data, copies=1))
+    assert not list(data.rglob("*.aug1.*")) and not legacy.exists()
+    assert len(json.loads(record.read_text())) == 4

@@ -30,6 +30,9 @@ def test_each_fold_scores_its_held_out_images_and_the_summary_has_mean_and_sprea
     assert again["folds"] == 2 and sorted(p.name for p in tmp_path.glob("fold*")) == ["fold0", "fold1"]
     assert json.loads((tmp_path / "previous" / "crossval.json").read_text())["folds"] == 3  # set aside as it began
     assert (tmp_path / "previous" / "fold2" / "model.keras").is_file()  # with the fold it counts and this one not
+    cross_validate(cataract, tmp_path, recipe, folds=2)  # once more: previous/ holds one run, not two mixed
+    assert json.loads((tmp_path / "previous" / "crossval.json").read_text())["folds"] == 2
+    assert not (tmp_path / "previous" / "fold2").exists()
 
 
 def test_a_rerun_stopped_midway_leaves_no_summary_of_the_folds_it_replaced(cataract, tmp_path, monkeypatch):

@@ -72,6 +72,38 @@ def test_a_layer_without_a_spatial_map_is_refused_in_one_line():
         GradCam(keras.Model(model.input, model.output), "pooled")
 
 
+@pytest.mark.parametrize("offsets, threshold", [((-5.0, -2.0), 0.2), ((0.0, 0.0, -7.0), 0.5)])
+def test_an_ensembles_binary_call_is_explained_from_the_probability_it_averages(offsets, threshold):
+    """Its members' margins summed below 0 for a call the average makes (one member far off): the map came out
+    blank. Centred on the ensemble's own margin, a flat image's evidence is everywhere."""
+    from medclf.runtime.decision import decide
+    from medclf.train.ensemble import averaged
+
+    def member(offset: float) -> keras.Model:
+        model = brightness_model()
+        model.layers[-1].bias.assign(np.array([0.0, offset], np.float32))
+        return model
+
+    image = np.full((1, 32, 32, 1), 20, np.uint8)
+    labels, decision = ("dark", "bright"), Decision(positive_class="bright", threshold=threshold)
+    ensemble = averaged([member(offset) for offset in offsets], (32, 32, 1))
+
+    def call(probabilities):
+        return decide(probabilities, labels, decision)
+
+    heat, probabilities = GradCam(ensemble, labels=labels, decision=decision)(image, None, call)
+    assert labels[call(probabilities)[0]] == "bright" and heat.min() == 1.0
+
+
+def test_a_threshold_of_a_few_billionths_still_places_the_call_on_its_side():
+    """Thresholds below 1e-7 were clipped there: a positive call at p = 2e-9 read a margin of -3.9, blank."""
+    from medclf.runtime.cam import binary_margin
+
+    labels, decision = ("NORMAL", "PNEUMONIA"), Decision(positive_class="PNEUMONIA", threshold=1.5e-9)
+    scores = np.log(np.array([[1 - 2e-9, 2e-9], [1 - 1e-9, 1e-9]]))
+    assert binary_margin(scores, labels, decision)[0] > 0 > binary_margin(scores, labels, decision)[1]
+
+
 def test_an_exported_file_is_pointed_to_the_heatmaps_it_draws_itself(tmp_path):
     from medclf.train.explain import explain_files
 
