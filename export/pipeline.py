@@ -144,8 +144,8 @@ def _work_folder(out: Path) -> Iterator[Path]:
     """A hidden folder in ``out`` for this export's files until they are published, held (``flock``) while it
     works. Those of exports killed outright (SIGKILL, the OOM killer), which no ``finally`` removed — 17 MB each,
     left for good — are removed first; one still held is another export's, running."""
-    for left in out.glob(".export-*"):  # a minute old at least: one just made is not locked yet
-        if left.is_dir() and time.time() - left.stat().st_mtime > 60 and _claimed(left):
+    for left in out.glob(".export-*"):  # untouched for an hour: one just made is not locked yet, and a share's
+        if left.is_dir() and time.time() - left.stat().st_mtime > 3600 and _claimed(left):  # locks may be local
             shutil.rmtree(left, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".export-") as work:
         held = os.open(work, os.O_RDONLY)
