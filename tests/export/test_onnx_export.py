@@ -286,7 +286,7 @@ def test_the_work_folder_of_an_export_killed_outright_is_removed_by_the_next_and
     for folder in (abandoned, running):
         folder.mkdir()
         (folder / "model.onnx").write_bytes(b"x" * 100)
-        os.utime(folder, (time.time() - 3600, time.time() - 3600))
+        os.utime(folder, (time.time() - 7200, time.time() - 7200))  # two hours untouched
     held = os.open(running, os.O_RDONLY)  # as the export working in it holds it
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
