@@ -1,9 +1,11 @@
 """Grad-CAM (Selvaraju et al. 2017): where in the image the model looked for a class.
 
 The class score's gradient (its logit, before the softmax) with respect to a convolutional feature map, averaged
-per channel, weights that map's channels; the positive part of the sum is the heatmap. It is drawn over the image
-exactly as the model saw it (after the run's own crop and resize), so a reader judges the model, not a different
-picture.
+per channel, weights that map's channels; the positive part of the sum is the heatmap. A binary model's call
+compares its two scores with its threshold, so its score is that margin, and the map is centred so that its mean
+is the call's margin: a call made below p = 0.5 shows its evidence rather than nothing, as the runtime draws it
+(:func:`medclf.runtime.cam.called_maps`). It is drawn over the image exactly as the model saw it (after the run's
+own crop and resize), so a reader judges the model, not a different picture.
 """
 
 from __future__ import annotations
@@ -102,9 +104,9 @@ class GradCam:
         """An ensemble's margin for the chosen class, from the probabilities it averages (its members' own
         margins can sum below 0 for a call the average makes)."""
         labels, decision = self._binary
-        odds = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))
+        log_p = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))
         sign = np.where(chosen == positive_index(labels, decision), 1.0, -1.0)
-        return sign * binary_margin(odds, labels, decision)
+        return sign * binary_margin(log_p, labels, decision)
 
     def _score(self, scores: tf.Tensor, head: keras.layers.Dense | None, chosen: np.ndarray) -> tf.Tensor:
         """What is differentiated per image: the chosen class's score, or for a binary model how far its scores
