@@ -65,15 +65,16 @@ def overlay(image: np.ndarray, heat: np.ndarray, alpha: float = 0.45) -> np.ndar
     return cv2.resize(blended, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC) if scale > 1 else blended
 
 
-def overlay_name(path: str, label: str, kind: str) -> str:
+def overlay_name(path: str, label: str, kind: str, key: bytes | None = None) -> str:
     """``<stem>-<hash of the full path>.<label>.<kind>.png``: files of one name in two folders (``a/scan.jpg``,
     ``b/scan.jpg``), or of one stem (``scan.jpg``, ``scan.png``), get overlays of their own instead of
     overwriting one another's; any name's bytes hash, UTF-8 or not. The stem is shortened where the whole would
     pass the file system's 255 bytes (a 250-character scan name made writing its heatmap fail); the hash still
-    tells such names apart."""
+    tells such names apart. ``key``: what to hash instead of the path (a piped image's pixels: every one is
+    ``-``, and each study's heatmap replaced the last one's)."""
     import hashlib  # here, not at the top: only heatmaps need it, and every one-shot run would pay its import
 
-    digest = hashlib.sha1(os.fsencode(os.path.abspath(path))).hexdigest()[:8]
+    digest = hashlib.sha1(key if key is not None else os.fsencode(os.path.abspath(path))).hexdigest()[:8]
     label = label.replace("/", "_").replace(os.sep, "_")  # ER+/PR+: one file, not a folder ER+ holding PR+...
     return fitted_name(Path(path).stem, f"-{digest}.{label}.{kind}.png")
 

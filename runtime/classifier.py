@@ -14,6 +14,7 @@ from .backends import open_backend
 from .cam import called_maps, heatmaps, overlay_name, write_overlay
 from .cpu import fp16_caveat, int8_caveat
 from .decision import decide
+from .inputs import STDIN
 from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
 from .stream import decoded, usable_cpus
 from .tta import averaged, checked
@@ -174,15 +175,18 @@ class Classifier:
         probabilities, maps = self.outputs([OUTPUT_NAME, CAM_NAME], images)
         return probabilities, maps
 
-    def classify(self, paths: Iterable[str], top_k: int = 1, batch_size: int = 32,
-                 cam_dir: str | os.PathLike[str] | None = None, workers: int | None = None,
+    def classify(self, paths: Iterable[str | os.PathLike[str]] | str | os.PathLike[str], top_k: int = 1,
+                 batch_size: int = 32, cam_dir: str | os.PathLike[str] | None = None, workers: int | None = None,
                  processes: bool = False) -> Iterator[Prediction]:
         """Classify files in order, batching the good ones, decoding ahead in ``workers`` threads (or processes)
-        while the model runs; a bad file yields an error, the rest go on. ``cam_dir``: also write a heatmap
-        overlay for each called label there (models exported with ``--cam``). ``processes``: decode in worker
-        processes, for long runs on many cores (:func:`.stream.use_processes` says when they pay)."""
+        while the model runs; a bad file yields an error, the rest go on. One path alone is one file (a string was
+        read letter by letter, ``/`` among them: the whole disk). ``cam_dir``: also write a heatmap overlay for
+        each called label there (models exported with ``--cam``). ``processes``: decode in worker processes, for
+        long runs on many cores (:func:`.stream.use_processes` says when they pay)."""
         if cam_dir is not None:
             self.require_cam()
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        paths = (os.fspath(path) for path in paths)  # answers name them as strings, JSON-ready
         batch: list[tuple[str, np.ndarray]] = []
         for path, image, error in decoded(paths, self.card.preprocess, workers, ahead=2 * batch_size + 8,
                                           processes=processes):
@@ -210,8 +214,9 @@ class Classifier:
         for n, ((path, image), row, label) in enumerate(zip(batch, probabilities, called)):
             order = np.argsort(-row)[:top_k]
             heatmap, heatmap_error = None, None
-            if maps is not None:
-                heatmap = str(Path(cam_dir) / overlay_name(path, self.labels[label], "cam"))
+            if maps is not None:  # a piped image has no path of its own: named by its pixels, not "-"
+                heatmap = str(Path(cam_dir) / overlay_name(path, self.labels[label], "cam",
+                                                           key=image.tobytes() if path == STDIN else None))
                 evidence = called_maps(maps[n:n + 1], np.array([label]), self.labels, self.card.decision)
                 heatmap_error = write_overlay(heatmap, image, heatmaps(evidence, *image.shape[:2])[0])
             yield Prediction(path=path, label=self.labels[label], probability=float(row[label]),

@@ -93,6 +93,25 @@ def test_a_binary_models_heatmaps_explain_its_calls_at_its_threshold_as_grad_cam
     assert (called_maps(maps, called, labels, site).mean(axis=(1, 2)) >= -1e-4).all()
 
 
+def test_piped_images_heatmaps_are_named_by_their_pixels_not_by_the_dash_they_all_share(cam_model,
+                                                                                      blood_cell_images, tmp_path):
+    """Every piped image is "-": each study's heatmap replaced the last one's, and a kept answer pointed at
+    another patient's picture."""
+    import json
+    import subprocess
+    import sys
+
+    named = []
+    for image in blood_cell_images[:2] + blood_cell_images[:1]:
+        done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "-", "--model", str(cam_model), "--json",
+                               "--cam", str(tmp_path / "heat")], input=image.read_bytes(), capture_output=True,
+                              timeout=120)
+        assert done.returncode == 0, done.stderr
+        named.append(json.loads(done.stdout)["heatmap"])
+    assert named[0] != named[1] and named[0] == named[2]  # the same picture again: its own heatmap again
+    assert len(list((tmp_path / "heat").iterdir())) == 2
+
+
 def test_a_model_exported_without_maps_says_so(exported, blood_cell_images):
     classifier = Classifier(exported[1]["precisions"]["fp32"]["file"])
     with pytest.raises(ModelCardError, match="--cam"):

@@ -146,3 +146,15 @@ def test_the_packaged_int8_file_is_the_same_model_in_int8(classifier, blood_cell
     agreement = np.mean(int8.predict(images).argmax(1) == classifier.predict(images).argmax(1))
     assert agreement >= 0.95
     np.testing.assert_allclose(int8.unfamiliarity(images), classifier.unfamiliarity(images), rtol=0.15, atol=0.05)
+
+
+def test_one_path_given_alone_is_one_file_and_answers_name_it_as_a_string(blood_cell_images):
+    """A bare string was read letter by letter ("/" among them: the disk walked); a Path's answer held a PosixPath
+    that json.dumps refused."""
+    classifier = Classifier()
+    (alone,) = classifier.classify(str(blood_cell_images[0]))
+    (as_path,) = classifier.classify(blood_cell_images[0])
+    (in_list,) = classifier.classify([blood_cell_images[0]])
+    assert alone.error is None and alone.label == as_path.label == in_list.label
+    assert alone.path == as_path.path == in_list.path == str(blood_cell_images[0])
+    json.dumps(in_list.to_dict())
