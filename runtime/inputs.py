@@ -15,9 +15,10 @@ from pathlib import Path
 
 from .annotations import segmentation_masks
 
-# A heatmap medclf wrote (cam.overlay_name: <stem>-<8 hex>.<label>.cam.png, .gradcam.png): an overlay, not a scan.
+# A heatmap medclf wrote (cam.overlay_name: <stem>-<8 hex>.<label>.cam.png, .gradcam.png, .gradcam-<layer>.png): an
+# overlay, not a scan.
 # Written into an input folder by one run, the next classified, trained on or explained its heatmaps.
-_OVERLAY = re.compile(r"-[0-9a-f]{8}\..+\.(?:cam|gradcam)\.png$")
+_OVERLAY = re.compile(r"-[0-9a-f]{8}\..+\.(?:cam|gradcam|gradcam-[\w.-]+)\.png$")
 STDIN = "-"  # an INPUT that is the image piped in (a DICOMweb fetch, a router): ``medclf-run - < scan.png``
 # Folders that systems keep among the user's, never images of theirs: macOS zip archives' copy of the tree,
 # Synology's thumbnails (@eaDir/<image>.jpg/SYNOPHOTO_THUMB_S.jpg: resized copies), NAS and Windows recycle bins

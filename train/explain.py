@@ -155,7 +155,8 @@ class Explanation:
 
 def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out: str | os.PathLike[str],
                   target: str | None = None, layer: str | None = None) -> Iterator[Explanation]:
-    """Write ``OUT/<name>-<path hash>.<class>.gradcam.png`` per image for the called class (the run's own
+    """Write ``OUT/<name>-<path hash>.<class>.gradcam.png`` (``.gradcam-<layer>.png`` at a ``layer`` asked for, so
+    the two stand side by side) per image for the called class (the run's own
     decision) or ``target``; a file that cannot be read yields an error and the rest go on."""
     if Path(model_path).suffix.lower() == ".onnx":
         raise ValueError(f"{model_path}: an exported file; medclf explain takes RUN_DIR/model.keras (an exported "
@@ -165,11 +166,12 @@ def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out:
     if target is not None and target not in labels:
         raise ValueError(f"class {target!r} is not one of the model's labels {list(labels)}")
     cam = GradCam(keras.models.load_model(model_path, compile=False), layer, labels, decision)
-    return _explain(cam, paths, Path(out), labels, preprocess, decision, target)
+    kind = "gradcam" if layer is None else f"gradcam-{layer.replace('/', '_')}"  # beside the default's, not over it
+    return _explain(cam, paths, Path(out), labels, preprocess, decision, target, kind)
 
 
 def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, ...], preprocess: Preprocess,
-             decision: Decision | None, target: str | None) -> Iterator[Explanation]:
+             decision: Decision | None, target: str | None, kind: str = "gradcam") -> Iterator[Explanation]:
     classes = [labels.index(target)] if target is not None else None
 
     def call(probabilities: np.ndarray) -> np.ndarray:  # the call the runtime would make
@@ -183,7 +185,7 @@ def _explain(cam: GradCam, paths: Sequence[str], out: Path, labels: tuple[str, .
             continue
         maps, probabilities = cam(image[None], classes, call)
         chosen = classes[0] if classes is not None else int(call(probabilities)[0])
-        destination = out / overlay_name(path, labels[chosen], "gradcam")
+        destination = out / overlay_name(path, labels[chosen], kind)
         if (refused := write_overlay(destination, image, maps[0])) is not None:
             yield Explanation(path=path, error=refused)
             continue

@@ -140,7 +140,7 @@ def test_heatmaps_medclf_wrote_among_the_images_are_not_taken_for_images(tmp_pat
     for image in blood_cell_images[:2]:
         shutil.copy(image, tmp_path / image.name)
     overlays = [overlay_name(str(tmp_path / blood_cell_images[0].name), "EOSINOPHIL", kind) for kind in
-                ("cam", "gradcam")]
+                ("cam", "gradcam", "gradcam-block_13_expand_relu")]
     for name in [*overlays, "cam.png", "scan.cam.png", "left-deadbeef.png"]:
         shutil.copy(blood_cell_images[0], tmp_path / name)
     listed = {Path(path).name for path in expand_inputs([str(tmp_path)])}

@@ -15,7 +15,7 @@ from medclf.runtime.cam import overlay_name
 from medclf.runtime.decision import decide
 from medclf.train.copies import copy_groups
 from medclf.train.data import DatasetError, load_arrays, read_folder
-from medclf.train.explain import explain_files
+from medclf.train.explain import explain_files, last_conv_layer
 from medclf.train.fit import FitConfig, predict
 from medclf.train import pipeline
 from medclf.train.pipeline import Recipe, evaluate_run, train
@@ -71,6 +71,11 @@ def test_small_cnn_trains_on_cataract_photos_and_reports_binary_metrics(cataract
     assert explained[0].heatmap.name == overlay_name(str(image), "normal", "gradcam")
     assert len({e.heatmap for e in explained}) == 2 and len(list((tmp_path / "cam").iterdir())) == 2
     assert cv2.imread(str(explained[0].heatmap)).shape[0] >= 320
+    layer = last_conv_layer(keras.models.load_model(tmp_path / "model.keras", compile=False))
+    (at_layer,) = explain_files(tmp_path / "model.keras", [str(image)], tmp_path / "cam", target="normal",
+                                layer=layer)  # beside the default layer's overlay, not over it
+    assert at_layer.heatmap.name == overlay_name(str(image), "normal", f"gradcam-{layer}") != explained[0].heatmap.name
+    at_layer.heatmap.unlink()
     explained[0].heatmap.unlink()
     explained[0].heatmap.mkdir()  # a folder in the way: that heatmap is lost, said, and the next one written
     again = list(explain_files(tmp_path / "model.keras", [str(image), str(namesake)], tmp_path / "cam",
