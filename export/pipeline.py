@@ -410,6 +410,11 @@ def model_card(model_path: Path, cam: bool = False) -> ModelCard:
     """Labels, preprocessing, operating threshold and metrics from the run directory ``medclf train`` wrote."""
     run = RunDir.of_model(model_path)
     metrics = run.metrics
+    chosen = metrics.get("validation", {}).get("threshold")
+    if run.decision is None and len(run.labels) == 2 and chosen not in (None, 0.5):  # the file would call at 0.5
+        raise FileNotFoundError(f"{run.path / 'decision.json'}: missing, and the run chose its threshold "
+                                f"({chosen:.3g}) on validation images: without it the exported file would call at "
+                                "0.5, not as the run was scored; put it back (or train again)")
     return ModelCard(labels=run.labels, preprocess=run.preprocess, precision="fp32", source=provenance(model_path),
                      metrics={k: metrics[k] for k in ("test", "validation", "training") if k in metrics},
                      decision=run.decision, outputs={CAM_NAME: CAM_DESCRIPTION} if cam else {})

@@ -189,7 +189,11 @@ def _send_all(outbox: queue.SimpleQueue, results: Connection) -> None:
 
 
 def _load(path: str, preprocess: Preprocess) -> Result:
+    """One file's pixels or why not, as the thread path answers (``stream._result``): whatever its decoding raised
+    is that file's failure — not a dead process blamed for it, with the child's traceback."""
     try:
         return load_image(path, preprocess), None
     except ImageError as exc:
         return None, exc.reason
+    except Exception as exc:  # noqa: BLE001 — a batch goes on past one file, whatever stopped it
+        return None, f"could not be decoded ({type(exc).__name__}: {exc})"

@@ -296,3 +296,17 @@ def test_the_work_folder_of_an_export_killed_outright_is_removed_by_the_next_and
         assert not work.exists()
     finally:
         os.close(held)
+
+
+def test_a_binary_run_without_its_threshold_file_is_not_exported_to_call_at_one_half(binary_export, tmp_path):
+    """decision.json lost (a run folder copied without it): the file was exported calling at 0.5, silently."""
+    import shutil
+
+    from medclf.export.pipeline import export_run
+
+    copy = tmp_path / "run"
+    shutil.copytree(binary_export[0], copy)
+    (copy / "decision.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"decision.json: missing, and the run chose its threshold \(.*\) on "
+                                                r"validation images: without it the exported file would call at 0.5"):
+        export_run(copy / "model.keras", tmp_path / "out", ("fp32",))

@@ -170,3 +170,18 @@ def test_processes_are_for_long_runs_on_machines_with_cores_to_spare():
     assert not use_processes(PROCESSES_FROM - 1, cpus=16)  # their start-up would not pay off
     assert not use_processes(100_000, cpus=2)  # two cores: inference needs them; threads keep up
     assert 1 <= decode_workers() <= 4  # threads beyond 4 only queue for the GIL
+
+
+def test_a_decoding_process_answers_any_failure_as_that_files_as_threads_do(monkeypatch, preprocess):
+    """Only an ImageError was caught there: anything else (OpenCV out of memory on a resize) ended the worker, and
+    the file read "its decoding process died", with the child's traceback."""
+    import cv2
+
+    from medclf.runtime import decoding_processes
+
+    def resize_fails(path, preprocess):
+        raise cv2.error("Insufficient memory")
+
+    monkeypatch.setattr(decoding_processes, "load_image", resize_fails)
+    image, reason = decoding_processes._load("scan.png", preprocess)
+    assert image is None and reason == "could not be decoded (error: Insufficient memory)"
