@@ -18,6 +18,7 @@ import numpy as np
 from medclf.runtime.atomic import write_json
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import decide
+from medclf.runtime.modelcard import ModelCard
 
 from .pipeline import MAX_VERIFY_IMAGES, PRECISIONS, export_run, model_card, verification_set
 from .speed import BATCH, median_seconds
@@ -31,11 +32,12 @@ def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[
     """Rows ``{format, file, size_mb, accuracy, agreement, ms_per_image, images_per_s, passed}``, Keras first;
     also written to ``json_path`` when given."""
     model_path = Path(model_path)
+    model, card = keras.models.load_model(model_path, compile=False), model_card(model_path)
     with tempfile.TemporaryDirectory() as work:
         report = export_run(model_path, work, precisions, verify_data=data, calibration_data=calibration_data,
                             max_images=max_images, strict=False)
-        held_out = _held_out_accuracies(model_path, report, max_images) if data is None else None
-    rows = [_keras_row(model_path, data, max_images, report)]
+        held_out = _held_out_accuracies(model, card, model_path, report, max_images) if data is None else None
+    rows = [_keras_row(model, card, model_path, data, max_images, report)]
     for precision, entry in report["precisions"].items():
         rows.append({"format": f"ONNX {precision}", "file": Path(entry["file"]).name,
                      "size_mb": round(entry["size_bytes"] / 1e6, 2), "accuracy": entry["accuracy"],
@@ -53,9 +55,8 @@ def benchmark_model(model_path: str | os.PathLike[str], data: str | os.PathLike[
     return result
 
 
-def _keras_row(model_path: Path, data, max_images: int, report: dict) -> dict:
-    images, _ = verification_set(model_path, model_card(model_path), data, min(max_images, BATCH))  # to time
-    model = keras.models.load_model(model_path, compile=False)
+def _keras_row(model: keras.Model, card: ModelCard, model_path: Path, data, max_images: int, report: dict) -> dict:
+    images, _ = verification_set(model_path, card, data, min(max_images, BATCH))  # to time
     one, batch = images[:1].astype(np.float32), np.resize(images, (BATCH, *images.shape[1:])).astype(np.float32)
     latency = median_seconds(lambda: model.predict_on_batch(one), 10)
     per_batch = median_seconds(lambda: model.predict(batch, batch_size=BATCH, verbose=0), 3)
@@ -65,12 +66,12 @@ def _keras_row(model_path: Path, data, max_images: int, report: dict) -> dict:
             "images_per_s": round(BATCH / per_batch, 1), "passed": True}
 
 
-def _held_out_accuracies(model_path: Path, report: dict, max_images: int) -> tuple[int, dict[str, float]] | None:
+def _held_out_accuracies(model: keras.Model, card: ModelCard, model_path: Path, report: dict,
+                         max_images: int) -> tuple[int, dict[str, float]] | None:
     """Each format's accuracy on the run's held-out validation images alone, where export verified on more — a
     small run's split topped up with its training images, which the model knows (a 59-photo cataract run: 94.9%
     over all, 88.9% on the 9 held out) — or None where verification's images were all held out. Files that
     failed verification, not kept, have none."""
-    card = model_card(model_path)
     images, labels = verification_set(model_path, card, None, max_images)
     if labels is None or len(images) >= report["images"]:
         return None
@@ -78,7 +79,7 @@ def _held_out_accuracies(model_path: Path, report: dict, max_images: int) -> tup
     def accuracy(probabilities: np.ndarray) -> float:
         return float(np.mean(decide(probabilities, card.labels, card.decision) == labels))
 
-    accuracies = {"Keras": accuracy(keras_probabilities(keras.models.load_model(model_path, compile=False), images))}
+    accuracies = {"Keras": accuracy(keras_probabilities(model, images))}
     for precision, entry in report["precisions"].items():
         if Path(entry["file"]).is_file():
             accuracies[f"ONNX {precision}"] = accuracy(Classifier(entry["file"]).predict(images))

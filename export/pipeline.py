@@ -20,13 +20,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-try:
-    import fcntl
-except ImportError:  # Windows: no flock; a killed export's work folder stays
-    fcntl = None
-
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import atomic_write, replace_durably, write_json
+from medclf.runtime.atomic import atomic_write, lock_at_once, replace_durably, write_json
 from medclf.runtime.class_names import class_on_path
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
@@ -158,14 +153,12 @@ def _work_folder(out: Path) -> Iterator[Path]:
 
 def _claimed(folder: Path, descriptor: int | None = None) -> bool:
     """Whether this process now holds ``folder``'s lock (``descriptor``: already open on it, kept open by the
-    caller); False where another process holds it, or where it cannot be locked."""
-    if fcntl is None:
-        return False
+    caller); False where another process holds it, or where it cannot be locked (Windows: a killed export's work
+    folder stays)."""
     opened = descriptor is None
     try:
         descriptor = os.open(folder, os.O_RDONLY) if opened else descriptor
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
+        return lock_at_once(descriptor) is True
     except OSError:
         return False
     finally:

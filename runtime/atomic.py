@@ -16,6 +16,11 @@ from typing import IO, NoReturn
 import cv2
 import numpy as np
 
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
+
 MAX_NAME_BYTES = 255
 STREAMS = ("/proc/", "/dev/std", "/dev/fd/")  # a process's own streams (/dev/stdout → /proc/self/fd/1): not
 # files to replace, whatever they are redirected to (a regular file elsewhere under /dev, /dev/shm, is one)
@@ -85,6 +90,19 @@ def written_together(folder: str | os.PathLike[str], last: str) -> Iterator[Path
         _sync_folder(folder)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
+
+
+def lock_at_once(descriptor: int) -> bool | None:
+    """Take the exclusive lock of the file or folder open at ``descriptor`` without waiting (``flock``: released
+    when it is closed, or when the process ends, however it ends): False where another process holds it, None
+    where nothing can be locked (Windows). A file system without locks (some network shares) raises OSError."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def replace_durably(written: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:

@@ -70,13 +70,17 @@ def _record(data: Path, out: Path) -> Path:
     OUT itself: copies written in place) is named by where it lies in OUT, so the record still finds it once the
     whole folder is moved or renamed."""
     where = data.resolve()
-    key = where.relative_to(out.resolve()).as_posix() if where.is_relative_to(out.resolve()) else str(where)
-    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(key)).hexdigest()[:12]}.json"
+    return _listed_under(out, where.relative_to(out.resolve()).as_posix() if where.is_relative_to(out.resolve())
+                         else str(where))
 
 
 def _legacy_record(data: Path, out: Path) -> Path:
     """Where medclf before 2026-12-07 listed them: by DATA's absolute path alone (read once, then replaced)."""
-    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(data.resolve())).hexdigest()[:12]}.json"
+    return _listed_under(out, str(data.resolve()))
+
+
+def _listed_under(out: Path, key: str) -> Path:
+    return out / f".medclf-augment-{hashlib.sha256(os.fsencode(key)).hexdigest()[:12]}.json"
 
 
 def _augmented(images: list[Path], data: Path, out: Path, copies: int, augmenter) -> Iterator[Augmented]:

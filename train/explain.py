@@ -105,8 +105,7 @@ class GradCam:
         margins can sum below 0 for a call the average makes)."""
         labels, decision = self._binary
         log_p = np.log(np.clip(probabilities.astype(np.float64), 1e-12, 1.0))
-        sign = np.where(chosen == positive_index(labels, decision), 1.0, -1.0)
-        return sign * binary_margin(log_p, labels, decision)
+        return self._signs(chosen) * binary_margin(log_p, labels, decision)
 
     def _score(self, scores: tf.Tensor, head: keras.layers.Dense | None, chosen: np.ndarray) -> tf.Tensor:
         """What is differentiated per image: the chosen class's score, or for a binary model how far its scores
@@ -116,8 +115,12 @@ class GradCam:
             return tf.gather(scores, chosen, axis=1, batch_dims=1)
         labels, decision = self._binary
         logits = scores if head is not None else tf.math.log(tf.maximum(scores, 1e-12))
-        sign = np.where(chosen == positive_index(labels, decision), 1.0, -1.0).astype(np.float32)
-        return sign * binary_margin(logits, labels, decision)
+        return self._signs(chosen).astype(np.float32) * binary_margin(logits, labels, decision)
+
+    def _signs(self, chosen: np.ndarray) -> np.ndarray:
+        """+1 where a binary model's positive class is the one explained, -1 where the other is."""
+        labels, decision = self._binary
+        return np.where(chosen == positive_index(labels, decision), 1.0, -1.0)
 
 
 def _with_maps(model: keras.Model, layers: list[str]) -> tuple[keras.Model, keras.layers.Dense | None]:

@@ -26,17 +26,12 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-try:
-    import fcntl
-except ImportError:  # Windows: runs into one folder are not kept apart
-    fcntl = None
-
 import medclf
 from medclf import rundir
 from medclf.export.files import FILE_NAMES
 from medclf.export.verify import TOLERANCES
 from medclf.rundir import RunDir
-from medclf.runtime.atomic import write_json, write_text, written_together
+from medclf.runtime.atomic import lock_at_once, write_json, write_text, written_together
 from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
@@ -176,14 +171,14 @@ def writing_run(run_dir: Path) -> Iterator[None]:
     held = os.open(run_dir, os.O_RDONLY)
     try:
         try:
-            if fcntl is not None:
-                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise RunDirBusy(f"{run_dir}: another medclf run is writing this folder; wait for it to end, or "
-                             "give another --out") from None
+            free = lock_at_once(held)  # None on Windows: runs into one folder are not kept apart
         except OSError as exc:  # a file system without locks (some network shares): runs there are not kept apart
+            free = None
             log.warning("%s cannot be locked (%s): a second run into it at the same time would not be refused",
                         run_dir, exc.strerror or exc)
+        if free is False:
+            raise RunDirBusy(f"{run_dir}: another medclf run is writing this folder; wait for it to end, or "
+                             "give another --out")
         _HELD.add(key)
         yield
     finally:

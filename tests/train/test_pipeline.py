@@ -287,13 +287,14 @@ def test_a_run_into_a_folder_another_run_is_writing_is_refused_at_once(cataract,
 def test_a_run_folder_on_a_share_without_locks_is_written_and_says_runs_are_not_kept_apart(tmp_path, monkeypatch,
                                                                                           caplog):
     import errno
+    import fcntl
 
     from medclf.train import pipeline as module
 
     def no_locks(descriptor, operation):  # what flock gives on an NFS mount without a lock daemon
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(module.fcntl, "flock", no_locks)
+    monkeypatch.setattr(fcntl, "flock", no_locks)
     with caplog.at_level("WARNING"), module.writing_run(tmp_path / "run"):
         (tmp_path / "run" / "model.keras").write_text("written")
     assert "run cannot be locked (No locks available): a second run into it at the same time" in caplog.text
