@@ -408,6 +408,10 @@ def benchmark(
     if model.suffix.lower() == ".onnx":
         from medclf.export.onnx_benchmark import benchmark_onnx
 
+        if calibration is not None:  # the files beside it were calibrated when they were exported
+            raise typer.BadParameter("an exported .onnx file's INT8 file is already calibrated; --calibration is for "
+                                     "a Keras model", param_hint="--calibration")
+
         result = _library_call(lambda: benchmark_onnx(model, data, images, json_out, backend,
                                                       parse_precisions(precision)))
     elif backend != "cpu":

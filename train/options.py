@@ -270,8 +270,12 @@ def parse_profile(text: str):
     """'1,16,64' → BatchProfile(1, 16, 64)."""
     from medclf.runtime.tensorrt_engine import BatchProfile
 
+    parts = text.split(",")
+    if len(parts) != 3:  # '64' alone would have been taken as MIN with the defaults' OPT and MAX
+        raise typer.BadParameter(f"{text!r}: give three batch sizes, MIN,OPT,MAX (e.g. 1,16,64)",
+                                 param_hint="--batch-profile")
     try:
-        return BatchProfile(*(int(part) for part in text.split(",")))
-    except (TypeError, ValueError) as exc:
+        return BatchProfile(*(int(part) for part in parts))
+    except ValueError as exc:
         raise typer.BadParameter(f"{text!r}: give MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX ({exc})",
                                  param_hint="--batch-profile") from None

@@ -103,4 +103,7 @@ def test_a_json_path_that_cannot_be_written_or_an_unknown_precision_is_refused_b
     typo = medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--precision", "int9",
                   "--json-out", str(tmp_path / "b.json"))
     assert typo.stdout.strip().endswith("exit 1 False") and "unknown precision int9" in typo.stdout + typo.stderr
+    calibrated = medclf("benchmark", str(DEFAULT_MODEL), "--data", str(blood_cells / "TEST"), "--calibration",
+                        str(blood_cells / "TRAIN"), "--json-out", str(tmp_path / "b.json"))  # was ignored silently
+    assert "exit 2 False" in calibrated.stdout and "already calibrated" in " ".join(calibrated.stderr.split())
     assert not (tmp_path / "b.json").exists()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from medclf.train.labellers import FolderLabels, NameLabels, TopFolders
-from medclf.train.options import parse_naming, parse_size, recipe_of, recipes_of
+import typer
+
+from medclf.train.options import parse_naming, parse_profile, parse_size, recipe_of, recipes_of
 from medclf.train.pipeline import Recipe
 from medclf.train.presets import ENSEMBLES, PRESETS
 
@@ -13,6 +15,13 @@ from medclf.train.presets import ENSEMBLES, PRESETS
 def test_image_size_takes_n_or_height_x_width():
     assert parse_size("160") == 160
     assert parse_size("240x320") == (240, 320)
+
+
+def test_a_batch_profile_is_three_sizes_never_one_read_as_min():
+    assert (parse_profile("1,16,64").min, parse_profile("1,16,64").opt, parse_profile("1,16,64").max) == (1, 16, 64)
+    for text in ("64", "1,64", "1,2,3,4"):  # '64' was min=64 with the defaults' 16 and 64: "got 64/16/64"
+        with pytest.raises(typer.BadParameter, match="three batch sizes"):
+            parse_profile(text)
 
 
 def test_name_labels_take_a_separator_and_an_optional_position():
