@@ -71,6 +71,10 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     model_path, out = Path(model_path), Path(out_dir)
     precisions = _with_fp32(precisions)
     float_convs = asked_steps(float_convs or {}, precisions)
+    if engine and triton is not None and profile.min > 1:  # said before the minutes of work, not after
+        raise ValueError(f"--batch-profile {profile.min},{profile.opt},{profile.max}: Triton sends a request alone "
+                         "when no other is waiting, which an engine whose smallest batch is over 1 cannot take; "
+                         "give MIN 1 to serve the engine on Triton")
     if engine:  # no TensorRT or no GPU: say so now, before minutes of work
         tensorrt()
         gpu_identity()
@@ -321,9 +325,12 @@ def _engine(onnx_file: Path, final: Path, precision: str, profile: BatchProfile,
     entry = {"file": str(final), "onnx": str(source), "profile": dataclasses.asdict(profile)}
     try:
         plan = EngineCache().engine_for(onnx_file, precision, profile)
-    except ValueError as exc:  # TensorRT could not parse or build it: this engine fails, the export goes on
-        return entry | {"passed": False, "failures": [str(exc)]}
-    comparison = held_out.compare(TensorRTEngine(plan).predict(held_out.images), precision)
+        probabilities = TensorRTEngine(plan).predict(held_out.images)
+    except Exception as exc:  # noqa: BLE001 — TensorRT could not parse, build or run it (whatever it raised):
+        # this engine fails, the export goes on (one raised past here left the export half-published)
+        said = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"  # ours name the file
+        return entry | {"passed": False, "failures": [said]}
+    comparison = held_out.compare(probabilities, precision)
     if comparison.passed:
         with atomic_write(final, "wb") as published, open(plan, "rb") as built:
             shutil.copyfileobj(built, published)

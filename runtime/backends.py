@@ -139,11 +139,13 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
         raise BackendUnavailable(f"{name}: this onnxruntime has no {provider}; {gpu_hint()}")
     if name != "cpu":
         _preload_gpu_libraries()
+        if name == "ort-tensorrt":
+            _preload_tensorrt()
         if missing := missing_library(name):  # asked first: a failed TensorRT EP prints its error on stdout
             raise BackendUnavailable(f"{name}: onnxruntime cannot start {provider} (missing library {missing})")
     precision = _precision(model) if name == "ort-tensorrt" else "fp32"
     try:
-        providers = _providers(name, precision)
+        providers = _providers(name, model, precision)
     except OSError as exc:  # the TensorRT EP's engine cache cannot be made
         raise BackendUnavailable(f"{name}: its engine cache cannot be written ({exc})") from None
     try:
@@ -170,6 +172,18 @@ def _preload_gpu_libraries() -> None:
             ort.preload_dlls()
 
 
+def _preload_tensorrt() -> None:
+    """TensorRT's libraries from its pip wheel, where installed: importing ``tensorrt`` loads them, and the
+    TensorRT EP finds them loaded (``preload_dlls`` loads CUDA's and cuDNN's only; without this an explicit
+    ``--backend ort-tensorrt`` said libnvinfer was missing where ``auto``, having tried TensorRT first, worked)."""
+    from .gpu_libraries import TensorRTUnavailable, tensorrt
+
+    try:
+        tensorrt()
+    except TensorRTUnavailable:  # installed some other way (a Jetson's JetPack): the loader may still find it
+        pass
+
+
 def _metadata(model: Path) -> dict[str, str]:
     """The model card's fields, read before a GPU session or engine is made (a CPU session opens in ms)."""
     return _session(model, [PROVIDERS["cpu"]], 1, spin=False).get_modelmeta().custom_metadata_map
@@ -179,15 +193,20 @@ def _precision(model: Path, metadata: dict[str, str] | None = None) -> str:
     return ModelCard.from_metadata(metadata or _metadata(model), str(model)).precision
 
 
-def _providers(name: str, precision: str = "fp32") -> list:
+def _providers(name: str, model: Path, precision: str = "fp32") -> list:
     """The provider list for ``name``, most wanted first. Under the TensorRT EP, what TensorRT cannot take runs
-    on CUDA, its engines are cached on disk (without the cache each start rebuilds them: minutes), and the
-    file's ``precision`` is allowed (:data:`TENSORRT_PRECISION_OPTIONS`)."""
+    on CUDA, its engines are cached on disk (without the cache each start rebuilds them: minutes) in a folder of
+    the ``model`` file's own, and the file's ``precision`` is allowed (:data:`TENSORRT_PRECISION_OPTIONS`)."""
     cuda = (PROVIDERS["cuda"], CUDA_OPTIONS)
     if name == "cuda":
         return [cuda, PROVIDERS["cpu"]]
     if name == "ort-tensorrt":
-        cache = default_cache_dir() / "ort-tensorrt"
+        from .describe import file_sha256
+
+        # onnxruntime names a cached engine by the graph's names and its file name, never its weights: two
+        # trainings of one architecture, each a model.onnx, would share an engine, the second answering with the
+        # first's weights under its own labels. Keyed by the file's bytes, each model has its own.
+        cache = default_cache_dir() / "ort-tensorrt" / file_sha256(model)[:16]
         cache.mkdir(parents=True, exist_ok=True)
         tensorrt = (PROVIDERS["ort-tensorrt"], {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
                                                   "trt_engine_cache_path": os.fspath(cache),
@@ -224,6 +243,8 @@ def _tensorrt(model: Path) -> Backend:
         engine = TensorRTEngine(EngineCache().engine_for(model, _precision(model, metadata)))
     except (TensorRTUnavailable, ValueError, OSError) as exc:  # OSError: an engine cache it cannot write
         raise BackendUnavailable(f"tensorrt: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 — a TensorRT whose API differs (11 dropped EXPLICIT_BATCH) or fails
+        raise BackendUnavailable(f"tensorrt: TensorRT failed ({type(exc).__name__}: {exc})") from None
 
     return Backend("tensorrt", engine.run, metadata)
 

@@ -27,6 +27,9 @@ from medclf.runtime import Classifier, load_image
 from medclf.runtime.inputs import list_images
 
 BATCH = 64
+# The agreement ``medclf export`` asks of each precision against Keras (export.verify.TOLERANCES), asked here of the
+# GPU against the CPU running the same file (this machine may lack TensorFlow, which the export package loads).
+MIN_AGREEMENT = {"fp32": 1.0, "fp16": 0.999, "int8": 0.99}
 
 
 def images_for(classifier: Classifier, folder: Path) -> np.ndarray:
@@ -44,11 +47,18 @@ def images_per_second(classifier: Classifier, images: np.ndarray) -> float:
     return BATCH / statistics.median(times)
 
 
+class Disagrees(Exception):
+    """The GPU calls a file's images otherwise than the CPU, beyond its precision's agreement tolerance."""
+
+
 def compare(model: Path, folder: Path) -> str:
     cpu, cuda = Classifier(model), Classifier(model, backend="cuda")
     images = images_for(cpu, folder)
     want, got = cpu.predict(images, BATCH), cuda.predict(images, BATCH)
     agreement = (want.argmax(1) == got.argmax(1)).mean()
+    if agreement < MIN_AGREEMENT[cpu.card.precision]:
+        raise Disagrees(f"CUDA vs CPU top-1 agreement {agreement:.2%}, under {cpu.card.precision}'s "
+                        f"{MIN_AGREEMENT[cpu.card.precision]:.1%} (max |dp| {np.abs(got - want).max():.1e})")
     return (f"{model.name} ({cpu.card.precision}, {images.shape[1]}x{images.shape[2]}) on {len(images)} images "
             f"of {folder}: CUDA vs CPU max |dp| {np.abs(got - want).max():.1e}, top-1 agreement {agreement:.2%}; "
             f"{emulated(model, images, got)}batch {BATCH}: CUDA {images_per_second(cuda, images):,.0f} images/s, "
@@ -67,13 +77,16 @@ def emulated(model: Path, images: np.ndarray, cuda: np.ndarray) -> str:
 
 
 def main(pairs: list[str]) -> int:
+    """0 where every file ran on the GPU and agreed with the CPU, else 1 (after all of them were tried)."""
+    failed = 0
     for pair in pairs:
         model, _, folder = pair.partition("=")
         try:
             print(compare(Path(model), Path(folder)), flush=True)
         except Exception as error:  # one model that fails here must not hide the others' results
-            print(f"{model}: {type(error).__name__}: {error}", flush=True)
-    return 0
+            print(f"{model}: FAILED {type(error).__name__}: {error}", flush=True)
+            failed = 1
+    return failed
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ export PYTHONUNBUFFERED=1
 IMAGES="$MEDCLF_SHARED/data/blood-cells/TEST"
 
 {
+    fail=0  # each group below ends with its own status: `{ ...; } | tee` has only the group's last command's
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
     $PY -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
     # TF32: does the CUDA EP's default (TF32 convolutions on Ampere and later) keep FP32's 1e-4 tolerance?
@@ -39,9 +40,11 @@ got = session.run(["probabilities"], {"image": images})[0]
 print(f"use_tf32=1: max |dp| vs CPU {np.abs(got - want).max():.2e} over {len(images)} images, "
       f"top-1 agreement {(got.argmax(1) == want.argmax(1)).mean():.2%}")
 EOF
+    [ $? = 0 ] || fail=1
     PACKAGED=runtime/models/blood_cells
     $PY scripts/gpu_agreement.py "$PACKAGED/model.onnx=$IMAGES" "$PACKAGED/model.int8.onnx=$IMAGES" \
-        ${MEDCLF_FP16_MODEL:+"$MEDCLF_FP16_MODEL=$IMAGES"} ${MEDCLF_GPU_MODELS:-}
+        ${MEDCLF_FP16_MODEL:+"$MEDCLF_FP16_MODEL=$IMAGES"} ${MEDCLF_GPU_MODELS:-} || fail=1
+    [ "$fail" = 0 ]
 } 2>&1 | tee "$OUT/gpu.txt" || rc=1
 
 $PY -m pytest -p no:cacheprovider -v -rs tests/runtime/test_backends.py tests/runtime/test_tensorrt_engine.py \
@@ -54,19 +57,27 @@ $PY -m pytest -p no:cacheprovider -rs benchmarks/test_gpu.py benchmarks/test_lat
 
 TIMEFORMAT="wall %R s"
 {
+    fail=0
+    # The TensorRT backends must start where TensorRT is installed; elsewhere their one-line refusal is the check.
+    required="auto cuda cpu"
+    $PY -c "import tensorrt" 2>/dev/null && required="$required ort-tensorrt tensorrt"
     one=$(ls "$IMAGES"/*/*.jpeg | head -1)
     for backend in auto cuda cpu ort-tensorrt tensorrt; do
         echo "== medclf-run --backend $backend ONE_IMAGE"
-        time $PY -m medclf.runtime.cli --backend "$backend" "$one"; echo "exit $?"
+        time $PY -m medclf.runtime.cli --backend "$backend" "$one"
+        status=$?
+        echo "exit $status"
+        [[ $status != 0 && " $required " == *" $backend "* ]] && fail=1
     done
     for backend in auto cuda cpu; do
         echo "== medclf-run --backend $backend --json FOLDER ($(ls "$IMAGES"/*/*.jpeg | wc -l) images)"
-        time $PY -m medclf.runtime.cli --backend "$backend" --json "$IMAGES" | tail -1  # auto: says which
+        time $PY -m medclf.runtime.cli --backend "$backend" --json "$IMAGES" | tail -1 || fail=1  # auto: says which
     done
     for backend in cuda cpu; do  # the packaged file alone, as a GPU user would measure it (no TensorFlow)
         echo "== medclf benchmark MODEL.onnx --backend $backend"
         $PY -m medclf.train.cli benchmark runtime/models/blood_cells/model.onnx --data "$IMAGES" \
-            --backend "$backend" --json-out "$OUT/benchmark-$backend.json"
+            --backend "$backend" --json-out "$OUT/benchmark-$backend.json" || fail=1
     done
+    [ "$fail" = 0 ]
 } 2>&1 | tee "$OUT/cli.log" || rc=1
 exit $rc

@@ -188,3 +188,15 @@ def test_a_model_another_run_folder_of_the_same_name_serves_is_not_replaced(expo
         pipeline.export_run(other, tmp_path / "out", triton=repo)
     assert not (tmp_path / "out").exists()
     assert pipeline._served_from_another_run(repo, run_dir / "model.keras") is None
+
+
+def test_an_engine_for_triton_must_take_a_request_alone(run_dir, tmp_path):
+    """Triton passes a request on alone when no other waits, and a TensorRT engine whose profile starts above 1
+    cannot run it: refused before any work (found on no GPU: the check comes before TensorRT is looked for)."""
+    from medclf.export import pipeline
+    from medclf.runtime.tensorrt_engine import BatchProfile
+
+    with pytest.raises(ValueError, match="Triton sends a request alone .* give MIN 1"):
+        pipeline.export_run(run_dir / "model.keras", tmp_path / "out", engine=True, profile=BatchProfile(4, 16, 64),
+                            triton=tmp_path / "repo")
+    assert not (tmp_path / "out").exists() and not (tmp_path / "repo").exists()

@@ -18,6 +18,7 @@ from medclf.runtime import DEFAULT_MODEL, Classifier, load_image
 from medclf.runtime import backends
 from medclf.runtime.backends import (BOTH_BUILDS_HINT, GPU_HINT, BackendUnavailable, gpu_hint, gpu_ready,
                                      open_backend)
+from medclf.runtime.describe import file_sha256
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
@@ -97,13 +98,28 @@ def test_the_cuda_provider_keeps_fp32_exact_and_the_tensorrt_provider_caches_its
 
     monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path))
     cuda = ("CUDAExecutionProvider", {"use_tf32": "0"})
-    assert _providers("cuda") == [cuda, "CPUExecutionProvider"]
-    tensorrt, *rest = _providers("ort-tensorrt")
+    assert _providers("cuda", DEFAULT_MODEL) == [cuda, "CPUExecutionProvider"]
+    tensorrt, *rest = _providers("ort-tensorrt", DEFAULT_MODEL)
     assert rest == [cuda, "CPUExecutionProvider"]  # what TensorRT cannot take runs on CUDA, not the CPU
     assert tensorrt[0] == "TensorrtExecutionProvider" and tensorrt[1]["trt_engine_cache_enable"] == "True"
-    assert tensorrt[1]["trt_engine_cache_path"] == str(tmp_path / "ort-tensorrt")
-    assert (tmp_path / "ort-tensorrt").is_dir()
-    assert _providers("cpu") == ["CPUExecutionProvider"]
+    cache = tmp_path / "ort-tensorrt" / file_sha256(DEFAULT_MODEL)[:16]
+    assert tensorrt[1]["trt_engine_cache_path"] == str(cache) and cache.is_dir()
+    assert _providers("cpu", DEFAULT_MODEL) == ["CPUExecutionProvider"]
+
+
+def test_each_model_file_has_its_own_tensorrt_provider_engine_cache(tmp_path, monkeypatch):
+    """onnxruntime names a cached engine by the graph's node names and the file's name, not its weights: a second
+    training of the same architecture, also ``model.onnx``, was served the first one's engine — its weights'
+    answers under the second model's labels."""
+    from medclf.runtime.backends import _providers
+
+    monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path / "cache"))
+    retrained = tmp_path / "b" / "model.onnx"
+    retrained.parent.mkdir()
+    retrained.write_bytes(DEFAULT_MODEL.read_bytes()[:-1] + b"\0")  # the same names, other bytes
+    first, second = (_providers("ort-tensorrt", path)[0][1]["trt_engine_cache_path"]
+                     for path in (DEFAULT_MODEL, retrained))
+    assert first != second
 
 
 def test_the_tensorrt_provider_allows_the_precision_the_file_was_exported_in(tmp_path, monkeypatch):
@@ -113,7 +129,7 @@ def test_the_tensorrt_provider_allows_the_precision_the_file_was_exported_in(tmp
     from medclf.runtime.backends import _precision, _providers
 
     monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path))
-    flags = {precision: {key: value for key, value in _providers("ort-tensorrt", precision)[0][1].items()
+    flags = {precision: {key: value for key, value in _providers("ort-tensorrt", DEFAULT_MODEL, precision)[0][1].items()
                          if key in ("trt_fp16_enable", "trt_int8_enable")} for precision in ("fp32", "fp16", "int8")}
     assert flags == {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}, "int8": {"trt_int8_enable": "True"}}
     assert _precision(DEFAULT_MODEL) == "fp32"  # read from the file's model card before any GPU session
