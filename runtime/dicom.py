@@ -11,8 +11,10 @@ frame is decoded; enhanced objects' rescale and window are read from that frame'
 
 from __future__ import annotations
 
+import functools
 import io
 import os
+import re
 import struct
 import sys
 import tempfile
@@ -25,6 +27,11 @@ import numpy as np
 from .preprocess import MAX_PIXELS, ImageError
 
 DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
+JPEG_8_BIT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # JPEG Baseline, Extended (8-bit samples here)
+JPEG_2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")  # lossless only, and lossy
+# The colours of 8-bit JPEG frames decoded as .jpg files are (YBR: JFIF's YCbCr; RGB: as libjpeg reads the frame —
+# GDCM gave a GDCM-encoded RGB frame 23 grey levels off its pixels on average, this 1.2)
+JPEG_COLOURS = ("MONOCHROME1", "MONOCHROME2", "YBR_FULL_422", "YBR_FULL", "RGB")
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # integer, and float images (parametric maps)
 # The transfer syntax of a data set without a meta header, by (implicit VR, little endian) as pydicom read it
 _UNCOMPRESSED = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
@@ -98,8 +105,7 @@ def _displayed(dataset, source: str) -> np.ndarray:
     index = 0 if int(dataset.get("NumberOfFrames", 1) or 1) > 1 else None
     syntax = dataset.file_meta.TransferSyntaxUID  # decode_dicom gives a bare data set the one pydicom read
     if syntax.is_compressed:
-        pixels, said = _with_stderr_caught(lambda: pixel_array(dataset, index=index))
-        _refuse_lost_data(said, source, syntax)
+        pixels = _compressed_frame(dataset, index, source)
     else:
         pixels = pixel_array(dataset, index=index)
     if dataset.get("PhotometricInterpretation") == "PALETTE COLOR":  # indices into the file's colour table
@@ -110,6 +116,65 @@ def _displayed(dataset, source: str) -> np.ndarray:
     shown, low, high = _voi(values, dataset, pixels)
     grey = _scale(shown, low, high)
     return 255 - grey if _white_is_low(dataset) else grey
+
+
+def _compressed_frame(dataset, index: int | None, source: str) -> np.ndarray:
+    """The first frame of a compressed file, decoded where a damaged frame cannot take the process down: GDCM
+    aborts the whole process (a C++ exception nothing catches) on some damaged JPEG and JPEG 2000 frames — a
+    batch's answers lost, no file named. 8-bit JPEG frames go through the runtime's own JPEG decoder (which
+    refuses lost data by name), JPEG 2000 through Pillow's OpenJPEG (which raises); GDCM decodes the rest
+    (lossless JPEG, JPEG-LS), its libjpeg's warnings listened for."""
+    from pydicom.pixels import pixel_array
+
+    syntax = dataset.file_meta.TransferSyntaxUID
+    if syntax in JPEG_8_BIT and int(dataset.BitsStored) <= 8 and dataset.get("PhotometricInterpretation") in \
+            JPEG_COLOURS:
+        return _jpeg_frame(dataset, index, source)
+    plugin = "pillow" if syntax in JPEG_2000 and _pillow_reads_jpeg_2000() else ""
+    pixels, said = _with_stderr_caught(lambda: pixel_array(dataset, index=index, decoding_plugin=plugin))
+    _refuse_lost_data(said, source, syntax)
+    return pixels
+
+
+def _jpeg_frame(dataset, index: int | None, source: str) -> np.ndarray:
+    """An 8-bit JPEG frame as pydicom gives it (grey HW, or RGB), decoded as a .jpg file is; the size its
+    header states (a bigger picture inside was decoded whole before it failed)."""
+    import cv2
+    from pydicom.encaps import get_frame
+
+    from .jpeg import decode_jpeg
+
+    frame = get_frame(dataset.PixelData, index or 0, number_of_frames=int(dataset.get("NumberOfFrames", 1) or 1))
+    grey = int(dataset.SamplesPerPixel) == 1
+    try:
+        pixels = decode_jpeg(frame, source, "grey" if grey else "rgb")
+    except ImageError as exc:  # "damaged JPEG, part of the picture is lost (...)": said of the DICOM
+        said = f"damaged compressed DICOM ({syntax_name(dataset)})"
+        raise ImageError(source, exc.reason.replace("damaged JPEG", said, 1)) from None
+    if pixels is None:  # what TurboJPEG leaves to OpenCV (stray bytes it will not pass)
+        decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
+        if decoded is None:
+            raise ImageError(source, f"damaged compressed DICOM ({syntax_name(dataset)}): its JPEG frame cannot be "
+                                     "decoded")
+        pixels = decoded if grey else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
+    pixels = pixels[:, :, 0] if grey and pixels.ndim == 3 else pixels
+    if pixels.shape[:2] != (int(dataset.Rows), int(dataset.Columns)):
+        raise ImageError(source, f"damaged compressed DICOM: its picture is {pixels.shape[1]}x{pixels.shape[0]} "
+                                 f"pixels, its header says {dataset.Columns}x{dataset.Rows}")
+    return pixels
+
+
+def syntax_name(dataset) -> str:
+    return dataset.file_meta.TransferSyntaxUID.name
+
+
+@functools.cache
+def _pillow_reads_jpeg_2000() -> bool:
+    try:
+        from PIL import features
+    except ImportError:
+        return False
+    return bool(features.check("jpg_2000"))
 
 
 def _white_is_low(dataset) -> bool:
@@ -201,6 +266,9 @@ def _voi(values: np.ndarray, dataset, stored: np.ndarray) -> tuple[np.ndarray, f
         shown = values[stored != dataset.PixelPaddingValue]
     if not shown.size:
         shown = values
+    if shown.dtype.kind == "f":  # a parametric map's NaN background is no part of the range (it was all of it)
+        if not (shown := shown[np.isfinite(shown)]).size:
+            return values, 0.0, 0.0
     return values, float(shown.min()), float(shown.max())
 
 
@@ -218,6 +286,7 @@ def _unreadable(exc: Exception, dataset) -> str:
         return (f"compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}) of 12-bit samples, which GDCM "
                 "and Pillow do not decode: pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0), or store it "
                 "uncompressed (gdcmconv --raw)")
+    message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", message)  # Pillow names its buffer so
     return f"unreadable DICOM ({type(exc).__name__}: {message})"
 
 
@@ -225,4 +294,5 @@ def _scale(values: np.ndarray, low: float, high: float) -> np.ndarray:
     """``low`` → 0, ``high`` → 255, linearly (``low`` above ``high`` inverts: a decreasing VOI LUT)."""
     if high == low:
         return np.zeros(values.shape, np.uint8)
-    return np.rint(np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0) * 255).astype(np.uint8)
+    scaled = np.clip((values.astype(np.float64) - low) / (high - low), 0.0, 1.0)
+    return np.rint(np.nan_to_num(scaled, nan=0.0) * 255).astype(np.uint8)  # NaN (outside a map's mask): black

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -317,7 +319,7 @@ def test_what_others_print_while_a_compressed_dicom_decodes_is_neither_blamed_on
     import pydicom.pixels
 
     intact = gdcm_transcoded(dicom_bytes(np.tile(np.arange(0, 256, dtype=np.uint8), (192, 1))),
-                             "JPEGBaselineProcess1", tmp_path)
+                             "JPEGLosslessProcess14_1", tmp_path)  # GDCM's: its libjpeg's warnings listened for
     decode = pydicom.pixels.pixel_array
     other = b"error other.dcm: damaged compressed DICOM (JPEG), part of the picture is lost (Corrupt JPEG data: " \
             b"premature end of data segment)\n"
@@ -426,6 +428,64 @@ def test_a_cts_padding_is_left_out_of_the_range_shown_and_float_pixel_data_is_an
     dataset.save_as(out, enforce_file_format=True)
     floats = decode_image(out.getvalue(), "map.dcm", color="grey")[:, :, 0]  # over the range it holds
     np.testing.assert_array_equal(floats, np.rint(RAMP / RAMP.max() * 255).astype(np.uint8))
+    masked = (RAMP / 255).astype(np.float32)
+    masked[:, :4] = np.nan  # outside the map's mask: the whole image came out black
+    dataset.FloatPixelData = masked.tobytes()
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    floats = decode_image(out.getvalue(), "map.dcm", color="grey")[:, :, 0]
+    assert (floats[:, :4] == 0).all() and floats[:, 4:].max() == 255
+
+
+def damaged_frame(pixels: np.ndarray, syntax: str, tmp_path, damage) -> bytes:
+    """``pixels`` compressed by GDCM into ``syntax``, its one frame then passed through ``damage``."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    compressed = pydicom.dcmread(io.BytesIO(gdcm_transcoded(dicom_bytes(pixels), syntax, tmp_path)))
+    (frame,) = generate_frames(compressed.PixelData, number_of_frames=1)
+    compressed.PixelData = encapsulate([damage(frame)])
+    out = io.BytesIO()
+    compressed.save_as(out)
+    return out.getvalue()
+
+
+def without_four_bytes_of_siz(frame: bytes) -> bytes:
+    at = frame.find(b"\xff\x51")  # JPEG 2000's image and tile size marker
+    return frame[:at + 10] + frame[at + 14:]
+
+
+def with_a_stray_byte_before_dqt(frame: bytes) -> bytes:
+    at = frame.find(b"\xff\xdb")
+    return frame[:at] + b"\x00" + frame[at:]
+
+
+@pytest.mark.parametrize("syntax, pixels, damage", [
+    ("JPEG2000Lossless", RAMP, without_four_bytes_of_siz),
+    ("JPEGBaselineProcess1", RAMP, with_a_stray_byte_before_dqt),
+    ("JPEGBaselineProcess1", np.dstack([RAMP, RAMP[::-1], RAMP]), with_a_stray_byte_before_dqt),
+])
+def test_a_damaged_frame_gdcm_aborts_on_is_one_files_error_not_the_end_of_the_process(syntax, pixels, damage,
+                                                                                       tmp_path):
+    """GDCM ended the whole process (an uncaught C++ exception: SIGABRT) on such frames: a batch and all its
+    answers lost, no file named. Decoded here in a child process, which such a frame would kill."""
+    path = tmp_path / "damaged.dcm"
+    path.write_bytes(damaged_frame(pixels.astype(np.uint8), syntax, tmp_path, damage))
+    code = ("import sys\nfrom medclf.runtime.preprocess import ImageError, read_image\ntry:\n"
+            "    print(read_image(sys.argv[1]).shape)\nexcept ImageError as exc:\n    print(exc)")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-300:]
+    assert done.stdout.startswith(f"{path}: damaged compressed DICOM") or done.stdout.startswith(f"{path}: unreadable")
+
+
+def test_an_rgb_jpeg_dicom_is_decoded_to_its_own_colours(tmp_path):
+    """GDCM gave a GDCM-encoded RGB JPEG frame back 23 grey levels off its pixels on average (its YCbCr read as
+    RGB); read as a .jpg is, 1.2 — JPEG's own loss."""
+    rng = np.random.default_rng(0)
+    rgb = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), (9, 9), 3)
+    rgb[:, :40, 0] = 250
+    data = gdcm_transcoded(dicom_bytes(rgb), "JPEGBaselineProcess1", tmp_path)
+    assert pydicom.dcmread(io.BytesIO(data)).PhotometricInterpretation == "RGB"
+    assert np.abs(decode_image(data, "rgb.dcm").astype(int) - rgb).mean() < 2
 
 
 def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
