@@ -16,14 +16,14 @@ import io
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
 from .cache import default_cache_dir
-from .modelcard import INPUT_NAME, ModelCard, ModelCardError
+from .modelcard import INPUT_NAME, OUTPUT_NAME, ModelCard, ModelCardError
 from .optimized import optimized_session
 
 BACKENDS = ("auto", "cpu", "cuda", "ort-tensorrt", "tensorrt")
@@ -58,6 +58,7 @@ class Backend:
     run: Callable[[list[str], np.ndarray], list[np.ndarray]]  # output names, uint8 batch → outputs
     metadata: dict[str, str]  # the ONNX file's metadata_props (the model card)
     note: str = ""  # for auto: why this one was chosen
+    classes: int | None = None  # the width of its probabilities, where the file fixes it
 
 
 def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = True,
@@ -85,7 +86,7 @@ def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = 
         elif passed_over:
             hint = candidate == "cpu" and not gpu_listed()
             note += f"; passed over {', '.join(passed_over)}" + (f" ({gpu_hint()})" if hint else "")
-        return Backend(backend.name, backend.run, backend.metadata, note)
+        return replace(backend, note=note)
     raise BackendUnavailable("; ".join(passed_over))  # unreachable while the CPU provider exists
 
 
@@ -159,8 +160,10 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
     if session.get_providers()[0] != provider:
         raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} and would have run on the CPU "
                                  f"instead (onnxruntime's log says why)")
+    widths = [output.shape[-1] for output in session.get_outputs() if output.name == OUTPUT_NAME and output.shape]
     return Backend(name, lambda outputs, images: session.run(outputs, {INPUT_NAME: images}),
-                   session.get_modelmeta().custom_metadata_map)
+                   session.get_modelmeta().custom_metadata_map,
+                   classes=widths[0] if widths and isinstance(widths[0], int) else None)
 
 
 @functools.cache
@@ -246,7 +249,8 @@ def _tensorrt(model: Path) -> Backend:
     except Exception as exc:  # noqa: BLE001 — a TensorRT whose API differs (11 dropped EXPLICIT_BATCH) or fails
         raise BackendUnavailable(f"tensorrt: TensorRT failed ({type(exc).__name__}: {exc})") from None
 
-    return Backend("tensorrt", engine.run, metadata)
+    width = int(engine.engine.get_tensor_shape(OUTPUT_NAME)[-1])
+    return Backend("tensorrt", engine.run, metadata, classes=width if width > 0 else None)
 
 
 def _session(model: Path, providers: list[str], threads: int, spin: bool,

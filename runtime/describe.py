@@ -71,8 +71,18 @@ def _input(preprocess: dict) -> str:
     window = "the whole image" if fraction >= 1.0 else f"a square {fraction:g} of the shorter side, " + (
         "centred on the stained nucleus" if preprocess.get("crop") == "stain" else "at the centre")
     clahe = ", contrast equalised (CLAHE)" if preprocess.get("clahe") else ""
-    return (f"{preprocess['height']}x{preprocess['width']} {colour} uint8: {window}, {preprocess['interpolation']} "
-            f"resize{clahe}")
+    return (f"{preprocess['height']}x{preprocess['width']} {colour} uint8: {_shrinking(preprocess)}{window}, "
+            f"{preprocess['interpolation']} resize{clahe}")
+
+
+def _shrinking(preprocess: dict) -> str:
+    """The step before the window, in words a reimplementation can follow (skipped, probabilities moved 0.5)."""
+    if not preprocess.get("shrink_jpeg"):
+        return ""
+    if preprocess.get("shrink_all"):
+        return ("shrunk 8, 4 or 2 times, the most that leaves the window's side at least the input's (a JPEG "
+                "decoded at that scale, other images averaged over blocks); ")
+    return "a JPEG decoded at 1/8, 1/4 or 1/2 scale, the least that leaves the window's side at least the input's; "
 
 
 def _verified_on(metrics: dict) -> str:

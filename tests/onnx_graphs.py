@@ -10,13 +10,15 @@ from medclf.runtime import ModelCard
 from medclf.runtime.modelcard import INPUT_NAME, OUTPUT_NAME
 
 
-def brightness_model(path, card: ModelCard) -> str:
-    """A real ONNX graph: p(bright) = mean pixel / 255, p(dark) = 1 - that."""
+def brightness_model(path, card: ModelCard, nan_when_black: bool = False) -> str:
+    """A real ONNX graph: p(bright) = mean pixel / 255, p(dark) = 1 - that; with ``nan_when_black``, both NaN
+    for an all-black image (0 / 0, as an overflow inside a float16 network leaves them)."""
+    scale = "mean1" if nan_when_black else "scale"  # mean / mean: 1, or NaN where the mean is 0
     nodes = [
         helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["x"], ["mean"], axes=[1, 2, 3], keepdims=0),  # [N]
         helper.make_node("Unsqueeze", ["mean", "axis1"], ["mean1"]),  # [N, 1]
-        helper.make_node("Div", ["mean1", "scale"], ["bright"]),
+        helper.make_node("Div", ["mean1", scale], ["bright"]),
         helper.make_node("Sub", ["one", "bright"], ["dark"]),
         helper.make_node("Concat", ["dark", "bright"], [OUTPUT_NAME], axis=1),
     ]

@@ -97,7 +97,7 @@ class Recipe:
         size = self.image_size or get_architecture(self.arch).default_size
         height, width = (size, size) if isinstance(size, int) else size
         return Preprocess(height, width, color=self.color, crop=self.crop, crop_fraction=self.crop_fraction,
-                          clahe=self.clahe, shrink_jpeg=True)
+                          clahe=self.clahe, shrink_jpeg=True, shrink_all=True)
 
 
 @dataclass(frozen=True)

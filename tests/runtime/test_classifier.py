@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import re
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, Prediction, Preprocess, load_image
+from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, ModelCardError, Prediction, Preprocess, load_image
 from tests.onnx_graphs import brightness_model
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
@@ -54,6 +57,36 @@ def test_a_distance_that_overflowed_is_unlike_training_and_its_json_line_stays_j
     assert answer.unlike_training
     line = json.loads(json.dumps(answer.to_dict(), allow_nan=False))
     assert line["unfamiliarity"] is None and line["unlike_training"] is True
+
+def test_an_image_the_model_answers_nan_for_is_an_error_not_a_call_of_the_first_class(tmp_path):
+    """An FP16 file can overflow: its NaN probabilities were called as the first label, printed as bare NaN in
+    --json (which JSON readers refuse) and the run exited 0."""
+    card = ModelCard(("dark", "bright"), Preprocess(8, 8, "grey"))
+    model = brightness_model(tmp_path / "nan.onnx", card, nan_when_black=True)
+    black, grey = tmp_path / "black.png", tmp_path / "grey.png"
+    cv2.imwrite(str(black), np.zeros((8, 8), np.uint8))
+    cv2.imwrite(str(grey), np.full((8, 8), 128, np.uint8))
+    answers = list(Classifier(model).classify([black, grey]))
+    assert answers[0].error.startswith("the model answered NaN or infinity for it") and answers[0].label is None
+    assert answers[1].error is None and answers[1].label == "bright"
+    assert json.dumps(answers[0].to_dict(), allow_nan=False)
+
+
+def test_a_model_card_naming_more_or_fewer_classes_than_the_model_has_is_refused_at_load(tmp_path):
+    """One label for two probabilities was an IndexError traceback mid-run; three were served, naming a class
+    the model never scores."""
+    for labels in (("one",), ("a", "b", "c")):
+        path = brightness_model(tmp_path / f"{len(labels)}.onnx", ModelCard(labels, Preprocess(8, 8, "grey")))
+        with pytest.raises(ModelCardError, match=f"names {len(labels)} classes and the model gives probabilities "
+                                                 "for 2"):
+            Classifier(path)
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_top_k_below_one_is_refused(classifier, blood_cell_images, top_k):
+    with pytest.raises(ValueError, match="top_k must be at least 1"):
+        next(classifier.classify(blood_cell_images, top_k=top_k))
+
 
 def test_many_images_run_in_batches_of_bounded_pixels_unless_a_batch_size_is_given(blood_cell_images,
                                                                                      monkeypatch):
@@ -158,3 +191,35 @@ def test_one_path_given_alone_is_one_file_and_answers_name_it_as_a_string(blood_
     assert alone.error is None and alone.label == as_path.label == in_list.label
     assert alone.path == as_path.path == in_list.path == str(blood_cell_images[0])
     json.dumps(in_list.to_dict())
+    (as_bytes,) = classifier.classify(os.fsencode(blood_cell_images[0]))  # was "TypeError ... not int"
+    assert as_bytes.path == str(blood_cell_images[0]) and as_bytes.label == alone.label
+
+
+def test_a_pattern_given_to_classify_is_said_to_be_one_to_expand(classifier, blood_cell_images):
+    """It said "no file matches this pattern" of a pattern that matched files."""
+    pattern = str(blood_cell_images[0].parent / "*.jpeg")
+    (answer,) = classifier.classify(pattern)
+    assert "a pattern matching" in answer.error and "expand_inputs" in answer.error
+
+
+def test_an_upload_in_memory_gets_the_files_own_answer(classifier, blood_cell_images, tmp_path):
+    """A web service holds bytes, not a file: decode_image + resize skipped a large JPEG's scaled decoding."""
+    from medclf.runtime import image_from_bytes
+
+    big = tmp_path / "big.jpeg"
+    cell = cv2.imread(str(blood_cell_images[0]))
+    cv2.imwrite(str(big), cv2.resize(cell, (1600, 1200), interpolation=cv2.INTER_CUBIC))
+    spec = dataclasses.replace(classifier.card.preprocess, shrink_jpeg=True, shrink_all=True)
+    np.testing.assert_array_equal(image_from_bytes(big.read_bytes(), spec), load_image(big, spec))
+
+
+@pytest.mark.parametrize("images, said", [
+    (np.zeros((128, 128, 3), np.uint8), "not uint8 [128, 128, 3]"),  # one image without its batch axis
+    (np.zeros((2, 128, 128), np.uint8), "not uint8 [2, 128, 128]"),  # grey, no channel axis: was a TypeError
+    (np.zeros((2, 128, 128, 3), np.float32), "not float32 [2, 128, 128, 3]"),
+    ([[0]], "not list"),
+])
+def test_an_array_the_model_cannot_take_is_refused_saying_what_it_takes(classifier, images, said):
+    with pytest.raises(ValueError, match=r"takes uint8 images \[N, 128, 128, 3\] \(RGB, as load_image gives them\), "
+                                         + re.escape(said)):
+        classifier.predict(images)

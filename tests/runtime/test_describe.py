@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -29,8 +30,9 @@ def test_the_packaged_model_is_described_by_its_hash_classes_input_scores_and_ex
     sha256 = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
     assert lines[0] == f"{DEFAULT_MODEL}: {DEFAULT_MODEL.stat().st_size / 1e6:.1f} MB, sha256 {sha256}"
     assert lines[1] == "calls: EOSINOPHIL, LYMPHOCYTE, MONOCYTE, NEUTROPHIL (the most probable)"
-    assert lines[2] == ("input: 128x128 RGB uint8: a square 0.4 of the shorter side, centred on the stained nucleus, "
-                        "linear resize")
+    assert lines[2] == ("input: 128x128 RGB uint8: a JPEG decoded at 1/8, 1/4 or 1/2 scale, the least that leaves "
+                        "the window's side at least the input's; a square 0.4 of the shorter side, centred on the "
+                        "stained nucleus, linear resize")
     assert "precision: fp32" in lines and "outputs: probabilities, unfamiliarity" in lines
     assert any(line.startswith("trained: mobilenet_v2 on 8,581 images of") for line in lines)
     assert "test: accuracy 0.848, ROC AUC 0.967 on 2,487 images" in lines
@@ -53,6 +55,10 @@ def test_a_binary_model_says_how_it_calls_its_finding_and_where_its_int8_file_wa
     lines = described_lines(describe(DEFAULT_MODEL, card))
     assert lines[1] == "calls: NORMAL, PNEUMONIA: PNEUMONIA when its probability is at least 0.203 (youden)"
     assert lines[2] == "input: 224x224 grey uint8: the whole image, linear resize, contrast equalised (CLAHE)"
+    shrinking = dataclasses.replace(card, preprocess=Preprocess(224, 224, shrink_jpeg=True, shrink_all=True))
+    assert described_lines(describe(DEFAULT_MODEL, shrinking))[2] == (  # a third party's JPEG scale got 181 of 200
+        "input: 224x224 RGB uint8: shrunk 8, 4 or 2 times, the most that leaves the window's side at least the "
+        "input's (a JPEG decoded at that scale, other images averaged over blocks); the whole image, linear resize")
     assert lines[3] == "precision: int8 (verified on AVX2 CPU, without int8 dot products)"
     assert len(lines) == 5  # no training record, scores or export in this card: nothing made up
 
