@@ -34,32 +34,46 @@ def shown_as_meant(image: np.ndarray, data: bytes) -> np.ndarray:
 def transforms(data: bytes) -> list[tuple[bytes, int]]:
     """``(b"irot" or b"imir", its byte)`` for the primary item, in the order it lists them; [] where the file
     has none or its boxes cannot be followed."""
+    return [(kind, data[start]) for kind, start, end in _primary_properties(data)
+            if kind in (b"irot", b"imir") and start < end]
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) as the primary item's ``ispe`` states it, or None: what a decoder will allocate, read
+    before it does (a 60000 x 60000 ``ispe`` was "could not be decoded (damaged, or ... no AVIF decoder)")."""
+    for kind, start, end in _primary_properties(data):
+        if kind == b"ispe" and end - start >= 12:  # a full box: version and flags, then width and height
+            width, height = struct.unpack_from(">II", data, start + 4)
+            return height, width
+    return None
+
+
+def _primary_properties(data: bytes) -> list[tuple[bytes, int, int]]:
+    """The boxes of the properties associated with the primary item, in the order it lists them; [] where the
+    boxes cannot be followed (cut short: shown as stored)."""
     try:
-        return _transforms(data)
-    except (IndexError, struct.error):  # a box cut short: shown as stored
+        return list(_properties(data))
+    except (IndexError, struct.error):
         return []
 
 
-def _transforms(data: bytes) -> list[tuple[bytes, int]]:
+def _properties(data: bytes) -> Iterator[tuple[bytes, int, int]]:
     meta = _child(data, 0, len(data), b"meta")
     if meta is None:
-        return []
+        return
     start, end = meta[0] + 4, meta[1]  # a full box: version and flags first
     primary, iprp = _child(data, start, end, b"pitm"), _child(data, start, end, b"iprp")
     if primary is None or iprp is None:
-        return []
+        return
     version = data[primary[0]]
     item = _read(data, primary[0] + 4, ">I" if version else ">H")
     ipco, ipma = _child(data, *iprp, b"ipco"), _child(data, *iprp, b"ipma")
     if item is None or ipco is None or ipma is None:
-        return []
+        return
     properties = list(_boxes(data, *ipco))
-    found = []
     for index in _associated(data, *ipma, item):
-        if 0 < index <= len(properties) and (box := properties[index - 1])[0] in (b"irot", b"imir"):
-            if box[1] < box[2]:
-                found.append((box[0], data[box[1]]))
-    return found
+        if 0 < index <= len(properties):
+            yield properties[index - 1]
 
 
 def _associated(data: bytes, start: int, end: int, item: int) -> Iterator[int]:

@@ -36,8 +36,10 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 # (2: damaged JPEGs and PNGs refused instead of decoded with grey fill; 3: images with a side under MIN_SIDE refused;
 # 4: damaged compressed DICOMs refused, signed, 32-bit and float TIFFs scaled over the values they hold, a CT's
 # padding left out of its range; 5: a TIFF's thumbnail page passed over, 16-bit and float 0-is-white TIFFs inverted,
-# planar 16-bit ones refused, a PGM's stated depth, DICOM's Presentation LUT Shape INVERSE, AVIF's rotation).
-DECODING_VERSION = 5
+# planar 16-bit ones refused, a PGM's stated depth, DICOM's Presentation LUT Shape INVERSE, AVIF's rotation; 6: 8-bit
+# JPEG DICOM frames decoded as .jpg files are (RGB ones were 23 levels off), NaN left out of a float map's range,
+# a PGM's depth found past CR-ended or long comments).
+DECODING_VERSION = 6
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
 PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})
@@ -161,7 +163,7 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     from .jpeg import decode_jpeg
 
     if is_dicom(data):
-        return _to_uint8(_to_color(_rgb_to_bgr(decode_dicom(data, source)), color))
+        return _to_8_bits(_rgb_to_bgr(decode_dicom(data, source)), color)
     _refuse_huge(data, source)
     if data[:2] == b"\xff\xd8" and (image := decode_jpeg(data, source, color, scale)) is not None:
         return image
@@ -173,8 +175,10 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     try:
         image = cv2.imdecode(buffer, flags) if not index else _decoded_page(buffer, flags, index)
     except cv2.error as exc:
-        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):  # OpenCV read the header of a format medclf does not parse
+        if "CV_IO_MAX_IMAGE" in str(exc):  # OpenCV read the header of a format medclf does not parse
             raise ImageError(source, f"image is over the {MAX_PIXELS:,}-pixel limit (its header says so)") from None
+        if "size.width > 0" in str(exc) or "size.height > 0" in str(exc):  # a size past 2^31: read as negative
+            raise ImageError(source, "damaged header (the image size it states is impossible)") from None
         raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
     if image is None:
         from .sniff import unreadable_reason  # only for files that fail
@@ -188,7 +192,7 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
         return _to_color(np.rint(np.minimum(image, maxval) * (255 / maxval)).astype(np.uint8), color)
     if image.dtype not in COLOR_DEPTHS:  # 32-bit integer or 64-bit float TIFFs: OpenCV converts colours of these only
         image = _to_uint8(image)
-    return _to_uint8(_to_color(image, color))
+    return _to_8_bits(image, color)
 
 
 def _tiff_page(data: bytes, source: str) -> tuple[tiff.Page | None, int]:
@@ -213,7 +217,7 @@ def _netpbm_maxval(data: bytes) -> int | None:
     other files. Comments (``# ...``) may stand between the header's numbers."""
     if data[:2] not in (b"P2", b"P3", b"P5", b"P6"):
         return None
-    header = re.sub(rb"#[^\n]*", b" ", data[2:512]).split(maxsplit=3)
+    header = re.sub(rb"#[^\r\n]*", b" ", data[2:65536]).split(maxsplit=3)  # comments end at CR too, and run long
     return int(header[2]) if len(header) > 3 and header[2].isdigit() and 0 < int(header[2]) < 1 << 16 else None
 
 
@@ -432,6 +436,18 @@ def _to_color(image: np.ndarray, color: str) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def _to_8_bits(image: np.ndarray, color: str) -> np.ndarray:
+    """A decoded BGR or grey image of any depth as the model's uint8 ``color``: the depth reduced before
+    channels are added (a 16-bit grey film made RGB first took 25x its decoded size at the peak: 5.4 GB for
+    10,000 x 10,000 pixels), except where colour becomes grey, whose weights see the full depth as ever. Either
+    order gives the same pixels otherwise: scaling is per value, over the whole image's range."""
+    if image.ndim == 3 and image.shape[2] == 4:  # alpha: no part of the picture, nor of its range
+        image = image[:, :, :3]
+    if color == "grey" and image.ndim == 3 and image.shape[2] == 3:
+        return _to_uint8(_to_color(image, color))
+    return _to_color(_to_uint8(image), color)
+
+
 def _to_uint8(image: np.ndarray) -> np.ndarray:
     """8 bits from any depth: unsigned 16-bit values — and wider or signed ones within that range, as a film's
     raw values are often saved — over the bit depth they hold (:func:`significant_bits`); floats in 0-1 (the
@@ -443,8 +459,9 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
         image = np.nan_to_num(image, nan=0.0, posinf=0.0, neginf=0.0)
         if image.min() >= 0 and image.max() <= 1:
             return np.rint(image * 255.0).astype(np.uint8)
-    elif image.min() >= 0 and image.max() < 1 << 16:
-        return np.rint(image / (((1 << significant_bits(image)) - 1) / 255.0)).astype(np.uint8)  # 16 bits: / 257
+    elif image.min() >= 0 and image.max() < 1 << 16:  # float32: a quarter of float64's memory, the same bytes out
+        scaled = image.astype(np.float32) / np.float32(((1 << significant_bits(image)) - 1) / 255.0)  # 16 bits: / 257
+        return np.rint(scaled, out=scaled).astype(np.uint8)
     low, high = float(image.min()), float(image.max())
     if high == low:
         return np.zeros(image.shape, np.uint8)
@@ -470,7 +487,10 @@ def _refuse_huge(data: bytes, source: str) -> None:
 
 
 def _declared_size(data: bytes) -> tuple[int, int] | None:
-    """(height, width) from a PNG IHDR or a JPEG SOF marker; None for other formats or damaged headers."""
+    """(height, width) from a PNG IHDR, a JPEG SOF marker or an AVIF's ``ispe``; None for other formats or damaged
+    headers."""
+    if avif.is_heif(data):
+        return avif.declared_size(data)
     if data[:8] == PNG_SIGNATURE and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
     if data[:2] != b"\xff\xd8":

@@ -209,6 +209,21 @@ def test_a_pgm_film_is_shown_over_the_depth_its_header_states_not_a_guess_from_i
     dim = (RAMP // 17).astype(np.uint8)  # 0-15 of maxval 15: four bits, full range
     seen = decode_image(b"P5\n64 32\n15\n" + dim.tobytes(), "four.pgm", color="grey")[:, :, 0]
     np.testing.assert_array_equal(seen, np.rint(dim * 17.0).astype(np.uint8))
+    for header in (b"P5\r# scanner 7\r64 32\r15\r", b"P5\n#" + b" long comment" * 60 + b"\n64 32\n15\n"):
+        seen = decode_image(header + dim.tobytes(), "four.pgm", color="grey")[:, :, 0]  # were read over 8 bits
+        np.testing.assert_array_equal(seen, np.rint(dim * 17.0).astype(np.uint8))
+
+
+def test_an_avif_stating_a_size_over_the_limit_is_refused_as_such_before_decoding():
+    """A 60000 x 60000 ``ispe`` was "could not be decoded (damaged, or this OpenCV has no AVIF decoder)"."""
+    if not cv2.haveImageWriter(".avif"):
+        pytest.skip(f"OpenCV {cv2.__version__} has no AVIF codec")
+    data = bytearray(cv2.imencode(".avif", np.dstack([RAMP, RAMP, RAMP]))[1].tobytes())
+    at = data.index(b"ispe") + 8  # size, type, version and flags, then width and height
+    assert data[at:at + 8] == (64).to_bytes(4, "big") + (32).to_bytes(4, "big")
+    data[at:at + 8] = (60000).to_bytes(4, "big") * 2
+    with pytest.raises(ImageError, match=r"^huge.avif: image is 60000x60000 pixels, over the 100,000,000-pixel"):
+        decode_image(bytes(data), "huge.avif")
 
 
 def test_dicom_goes_through_the_modality_lut_and_its_window():
@@ -547,3 +562,21 @@ def test_linked_folders_are_followed_once_and_a_link_up_the_tree_does_not_loop(t
     (tmp_path / "data" / "NORMAL").mkdir()
     (tmp_path / "data" / "NORMAL" / "clear.png").write_bytes(b"\x89PNG")
     assert [p.relative_to(cls).as_posix() for p in list_images(cls)] == ["again/film.png"]
+
+
+def test_a_tiff_stating_an_impossible_width_is_a_damaged_header_not_opencvs_assertion():
+    """ImageWidth 2^31 + 64 gave "cannot decode image (size.width > 0)", OpenCV's assertion text."""
+    import struct
+
+    import tifffile
+
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, RAMP)
+    data = bytearray(buffer.getvalue())
+    first = struct.unpack_from("<I", data, 4)[0]
+    for entry in range(struct.unpack_from("<H", data, first)[0]):
+        at = first + 2 + 12 * entry
+        if struct.unpack_from("<H", data, at)[0] == 256:  # ImageWidth, as a LONG
+            struct.pack_into("<HHII", data, at, 256, 4, 1, (1 << 31) + 64)
+    with pytest.raises(ImageError, match=r"^wide.tif: damaged header \(the image size it states is impossible\)$"):
+        decode_image(bytes(data), "wide.tif")
