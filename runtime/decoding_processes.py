@@ -28,6 +28,9 @@ from .preprocess import ImageError, Preprocess, load_image
 
 CHUNK = 8  # images per task
 KILLED = "its decoding process died on it (a decoder crash, or out of memory)"
+NOT_STARTED = ("decoding processes could not start (they exited with status {status} before decoding anything: "
+               "a script that decodes in processes must start its work under `if __name__ == \"__main__\":`, "
+               "as Python's multiprocessing requires — or decode in threads, processes=False)")
 
 Decoded = tuple[str, np.ndarray | None, str | None]  # (path, image, None) or (path, None, reason)
 Result = tuple[np.ndarray | None, str | None]  # (image, None) or (None, reason)
@@ -67,6 +70,7 @@ class DecodingProcesses:
         self.workers = [_Worker(preprocess) for _ in range(workers)]
         self.done: dict[int, list[Result]] = {}  # results received, by chunk number
         self.isolation: _Worker | None = None  # decodes one file at a time, after a worker died
+        self.answered = False  # whether any worker has sent results: one that dies before never started
 
     def submit(self, task: Task) -> None:
         worker = min(self.workers, key=lambda w: len(w.held))
@@ -91,10 +95,16 @@ class DecodingProcesses:
                     continue
                 worker.held.popleft()
                 self.done[received] = results
+                self.answered = True
         return self.done.pop(number)
 
     def _lost(self, worker: _Worker) -> None:
-        """Replace a dead worker; decode the chunk it was on again one file per process, and send on the rest."""
+        """Replace a dead worker; decode the chunk it was on again one file per process, and send on the rest. A
+        worker that exited with a status of its own before any result came back never started (a decoder crash
+        is a signal, and a decoding failure an answer): every file would be called a crash, slowly."""
+        worker.process.join(timeout=5)
+        if not self.answered and (worker.process.exitcode or 0) > 0:
+            raise RuntimeError(NOT_STARTED.format(status=worker.process.exitcode))
         self.workers.remove(worker)
         worker.stop()
         self.workers.append(_Worker(self.preprocess))
