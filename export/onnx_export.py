@@ -91,7 +91,11 @@ def _feature_map(model: keras.Model) -> keras.KerasTensor:
         raise ValueError(f"model {model.name} has no feature map → average pool → dense head; a CAM output "
                          "needs one (two_backbones pools two maps; an ensemble averages several models: `medclf "
                          "explain` draws their Grad-CAM)")
-    return model.get_layer("pool").input
+    features = model.get_layer("pool").input
+    if tuple(features.shape[1:3]) == (1, 1):  # every heatmap drawn from it would be one colour
+        raise ValueError(f"--cam: model {model.name}'s last feature map is 1x1 at its input size "
+                         f"({model.input_shape[1]}x{model.input_shape[2]}): no heatmap can be drawn from it")
+    return features
 
 
 def _exact_resize_scales(proto: onnx.ModelProto) -> None:

@@ -35,6 +35,10 @@ class Architecture:
     learning_rate: float  # Adam's rate: low when fine-tuning ImageNet layers, higher from scratch
     summary: str  # what it is, in a few words, for the line a run opens with (:func:`training_plan`)
     full_size: int | None = None  # the input size for images that have this much detail: ImageNet's own 224
+    # The smallest side it learns at. ImageNet backbones' features are all but zero below 48 px (MobileNetV2's
+    # pooled features on real images: 0.2% non-zero at 28 and 32 px, 21% at 48, 52% at 96; MobileNet 0.25's 2.8%
+    # at 32, which it needs at least to build), and a model of them gave every image one probability.
+    min_size: int = 8
 
     def input_size(self, shorter_side: float) -> int:
         """The size images are resized to when no size is given: ``full_size`` for images whose shorter side
@@ -147,12 +151,12 @@ ARCHITECTURES: dict[str, Architecture] = {
     for arch in (
         Architecture("mobilenet_v2", _backbone_model(keras.applications.MobileNetV2, MOBILENET_V2_WEIGHTS,
                                                      1 / 127.5, -1.0, alpha=1.0),
-                     160, "block_12_add", 1e-4, "MobileNetV2", full_size=224),
+                     160, "block_12_add", 1e-4, "MobileNetV2", full_size=224, min_size=48),
         Architecture("mobilenet_025", _backbone_model(keras.applications.MobileNet, MOBILENET_025_WEIGHTS,
                                                       1 / 127.5, -1.0, alpha=0.25),
-                     128, "conv_pw_11_relu", 3e-4, "MobileNet alpha 0.25 (tiny)"),
+                     128, "conv_pw_11_relu", 3e-4, "MobileNet alpha 0.25 (tiny)", min_size=48),
         Architecture("two_backbones", _two_backbones, 160, "pool", 1e-3,
-                     "MobileNetV2 and MobileNet 0.25 side by side"),
+                     "MobileNetV2 and MobileNet 0.25 side by side", min_size=48),
         Architecture("small_cnn", _small_cnn, 128, None, 1e-3, "a small CNN (four conv-BN-pool blocks)"),
         Architecture("squeezenet", _squeezenet, 128, None, 1e-3, "a SqueezeNet-style network (fire modules)"),
     )

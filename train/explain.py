@@ -30,9 +30,12 @@ from .ensemble import members, resizing
 
 def last_conv_layer(model: keras.Model) -> str:
     """The last layer with a spatial (4-D) output: Grad-CAM's usual choice, the most semantic feature map that
-    still knows where things are."""
+    still knows where things are — before any pooling of it, which holds the same evidence at half the
+    resolution (small_cnn's last pooling is 1x1 at 28 px: a one-colour heatmap, where the map it pools is 3x3)."""
     for layer in reversed(model.layers):
-        if not isinstance(layer, keras.layers.InputLayer) and len(layer.output.shape) == 4:
+        if isinstance(layer, (keras.layers.InputLayer, keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)):
+            continue
+        if len(layer.output.shape) == 4:
             return layer.name
     raise ValueError(f"model {model.name} has no convolutional feature map to explain")
 
@@ -70,6 +73,9 @@ class GradCam:
             raise ValueError(f"layer {layer} has no spatial feature map to explain (its output is "
                              f"{list(shape)}); give a convolutional layer, or none for the last one")
         self.layer = layer or (None if nested else ", ".join(explained_layers(model)))
+        if not nested and all(model.get_layer(name).output.shape[1:3] == (1, 1) for name in self.layer.split(", ")):
+            raise ValueError(f"{self.layer}'s feature map is 1x1 at this input size: its heatmap would be one colour; "
+                             "give --layer an earlier convolutional layer")
         # per model whose probabilities are averaged: its resize of the image (or None),
         # image → [*maps, probabilities, what its head reads], and its softmax head (see _with_maps)
         if nested:

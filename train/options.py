@@ -194,6 +194,8 @@ def _overlaid(base, options: dict):
     if fields.get("arch", base.arch) != base.arch:  # a preset's layer to fine-tune from is its architecture's
         fields.setdefault("freeze_until", None)
     recipe = dataclasses.replace(base, fit=fit, **fields)
+    if recipe.image_size is not None:  # said before the data is read
+        _check_size(recipe.image_size, recipe.architecture())
     cut = recipe.architecture().frozen_until if given["wise"] is not None else "a layer"
     if cut in (None, "pool"):  # else the option would be taken and ignored
         how = "trains from scratch" if cut is None else "keeps its whole backbone frozen"
@@ -203,6 +205,17 @@ def _overlaid(base, options: dict):
         raise ValueError("--augmentation microscopy jitters stain colours, which grey images do not have: use "
                          "default or radiograph with --grey")
     return recipe
+
+
+def _check_size(size: int | tuple[int, int], architecture) -> None:
+    """A ValueError where ``architecture`` cannot learn at ``size`` (:attr:`Architecture.min_size`)."""
+    side = min(size) if isinstance(size, tuple) else size
+    if side < architecture.min_size:
+        raise ValueError(f"--image-size {size if isinstance(size, int) else 'x'.join(map(str, size))}: "
+                         f"{architecture.name} needs {architecture.min_size} px a side or more (its ImageNet "
+                         f"features are all but zero below, and a model of them calls every image alike); leave "
+                         f"--image-size out (small images are enlarged to {architecture.default_size}) or train "
+                         f"small_cnn or squeezenet at this size")
 
 
 RECIPE_OPTIONS = ("arch", "image_size", "grey", "color", "crop", "crop_fraction", "clahe", "pretrained", "val_split",

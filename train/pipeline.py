@@ -237,6 +237,9 @@ def _train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe,
     binary = len(classes) == 2
     decision = choose_threshold(val_y, val_p, classes, recipe.target_sensitivity) if binary else None
     metrics = {"validation": report(run_dir, val_y, val_p, classes, decision, "validation")}
+    if len(val_p) > 1 and float(np.ptp(val_p, axis=0).max()) < 1e-6:  # ROC AUC 0.500, and no word of why
+        log.warning("the model gives every validation image the same probabilities (%s): it learned nothing it "
+                    "can use; try another --arch or --image-size, or more epochs", np.round(val_p[0], 3).tolist())
     test_set = scores = None
     if splits.test is not None:  # decoded only now, a chunk at a time: it needs no memory while fitting
         test_y, test_p, test_set = predict_folder(splits.test, preprocess, lambda x: predict(model, x), cache)

@@ -127,6 +127,16 @@ def test_a_head_that_is_not_pool_then_dense_is_refused(cam_model):
         convert(model, card, cam=True)
 
 
+def test_a_feature_map_of_one_location_is_refused_not_drawn_as_a_wash(cam_model):
+    """small_cnn at 16 px pools to 1x1: every heatmap written was one colour, and nothing said so."""
+    from medclf.train.architectures import get_architecture
+
+    card = Classifier(cam_model).card
+    with pytest.raises(ValueError, match=r"--cam: model small_cnn's last feature map is 1x1 at its input size "
+                                         r"\(16x16\)"):
+        convert(get_architecture("small_cnn").build((16, 16, 3), 4, False), card, cam=True)
+
+
 def test_triton_config_lists_the_cam_output_too(cam_model, tmp_path):
     model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient not installed")
     from google.protobuf import text_format

@@ -141,6 +141,14 @@ def test_every_registry_architecture_can_be_explained(name):
     assert heatmaps.min() >= 0.0 and heatmaps.max() <= 1.0 and probabilities.shape == (2, 3)
 
 
+def test_the_last_map_is_taken_before_its_pooling_and_a_map_of_one_location_is_refused():
+    """small_cnn's last layer with a map is a max pooling: 1x1 at 28 px (a one-colour overlay), where the map it
+    pools, relu3, is 3x3; a map of one location, asked for, would say nothing."""
+    assert last_conv_layer(get_architecture("small_cnn").build((28, 28, 1), 2, False)) == "relu3"
+    with pytest.raises(ValueError, match="pool3's feature map is 1x1 at this input size: its heatmap would be one"):
+        GradCam(get_architecture("small_cnn").build((16, 16, 1), 2, False), "pool3")
+
+
 def test_a_model_reading_two_branches_is_explained_at_both():
     """The chest preset's two_backbones: its head reads MobileNetV2's 1,280 pooled features and MobileNet 0.25's
     256; explained at the last feature map alone, the heatmap was the small branch's."""
