@@ -31,6 +31,7 @@ from .tta import VIEWS
 
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 READER_LEFT = 141  # exit status when stdout's reader went away: what a shell reports for SIGPIPE
+INTERRUPTED = 130  # exit status after Ctrl-C: what a shell reports for SIGINT
 UNLIKE_MARK = "UNLIKE TRAINING"  # the table's mark on a row whose image the model says it was not trained for
 
 
@@ -409,6 +410,10 @@ def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
     except OSError as exc:  # a full disk or a file size limit under the redirected output, the CSV's folder gone
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _refuse(f"writing the results failed ({exc.strerror or exc})", 1)
+    except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for it, as SIGTERM ends (was a traceback)
+        print("interrupted: the answers printed above are all there are (a --csv file is written by a run that "
+              "ends)", file=sys.stderr)
+        return INTERRUPTED
 
 
 

@@ -120,11 +120,10 @@ def _glob_inputs(pattern: str, masks: list[Path] | None) -> Iterator[str]:
     once, and what the folder's expansion leaves out — masks, notes — stays out)."""
     matches = [os.path.normpath(match) for match in sorted(glob.glob(pattern, recursive=True))] or [pattern]
     folders = [match for match in matches if os.path.isdir(match)]
-    above = [Path(os.path.abspath(folder)) for folder in folders]
+    above = {os.path.abspath(folder) for folder in folders}
 
-    def within(path: str) -> bool:  # "." too: "./**" matches it
-        here = Path(os.path.abspath(path))
-        return any(here != folder and here.is_relative_to(folder) for folder in above)
+    def within(path: str) -> bool:  # "." too: "./**" matches it. Its parents looked up, not every folder compared
+        return any(str(parent) in above for parent in Path(os.path.abspath(path)).parents)  # (282 s: 5,000 folders)
 
     for match in matches:
         if not within(match):

@@ -393,18 +393,22 @@ def test_results_that_cannot_be_written_end_the_run_in_one_line_not_a_traceback(
     assert done.stderr.splitlines()[-1] == "error: writing the results failed (No space left on device)"
 
 
-def test_sigterm_ends_a_run_as_ctrl_c_does(blood_cells, tmp_path):
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_and_ctrl_c_end_a_run_in_one_line(blood_cells, tmp_path, signum):
     """systemd, docker stop and Slurm send SIGTERM: it killed the process where it stood, leaving temporary files;
-    now the run unwinds (its temporary files removed) and exits with the shell's status for it, 128 + 15."""
+    now the run unwinds (its temporary files removed) and exits with the shell's status for it, 128 + 15.
+    Ctrl-C (SIGINT) printed a 41-line traceback: now one line, and 130."""
     import signal
 
     images = sorted((blood_cells / "TEST").rglob("*.jpeg"))[:600]
     running = subprocess.Popen([sys.executable, "-m", "medclf.runtime.cli", "--json", *map(str, images)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     running.stdout.readline()  # classifying by now
-    running.send_signal(signal.SIGTERM)
+    running.send_signal(getattr(signal, signum))
     _, stderr = running.communicate(timeout=120)
-    assert running.returncode == 128 + signal.SIGTERM and "Traceback" not in stderr
+    assert running.returncode == 128 + getattr(signal, signum) and "Traceback" not in stderr
+    if signum == "SIGINT":
+        assert stderr.splitlines()[-1].startswith("interrupted: the answers printed above are all there are")
 
 
 def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
