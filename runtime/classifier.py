@@ -204,19 +204,24 @@ class Classifier:
             self.require_cam()
         paths = [paths] if isinstance(paths, (str, bytes, os.PathLike)) else paths
         paths = (os.fsdecode(path) for path in paths)  # answers name them as strings, JSON-ready (bytes too)
-        batch: list[tuple[str, np.ndarray]] = []
+        pending: list[tuple[str, np.ndarray | None, str | None]] = []  # images to run and failures, in order
+        held = 0
         for path, image, error in decoded(paths, self.card.preprocess, workers, ahead=2 * batch_size + 8,
                                           processes=processes):
-            if error is not None:
-                yield from self._flush(batch, top_k, cam_dir)
-                batch = []
-                yield Prediction(path=path, error=error)
-                continue
-            batch.append((path, image))
-            if len(batch) == batch_size:
-                yield from self._flush(batch, top_k, cam_dir)
-                batch = []
-        yield from self._flush(batch, top_k, cam_dir)
+            pending.append((path, image, error))
+            held += error is None
+            if held == batch_size:
+                yield from self._answered(pending, top_k, cam_dir)
+                pending, held = [], 0
+        yield from self._answered(pending, top_k, cam_dir)
+
+    def _answered(self, pending: list[tuple[str, np.ndarray | None, str | None]], top_k: int,
+                  cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
+        """The images among ``pending`` run as one batch, and every answer in input order: a bad file no longer
+        cuts a batch short (every third file bad: 1,000 runs of 2 images instead of 63 of 32 — a GPU's loss)."""
+        answers = self._flush([(path, image) for path, image, error in pending if error is None], top_k, cam_dir)
+        for path, _, error in pending:
+            yield Prediction(path=path, error=error) if error is not None else next(answers)
 
     def _flush(self, batch: list[tuple[str, np.ndarray]], top_k: int,
                cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
