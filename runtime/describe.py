@@ -65,11 +65,17 @@ def _calls(labels: list[str], decision: dict | None) -> str:
             f"{decision['threshold']:.3g} ({decision['rule']})")
 
 
+# runtime.preprocess.stain_centre in words, so that code reading the card alone can place the window (a third
+# party's centred window called 91 of 200 cells as medclf-run does)
+STAIN_RULE = ("centred on the stained nucleus (the median row and column of the pixels whose blue exceeds green by "
+              "more than 50 and whose red is under 200; the image's centre where fewer than 20 are)")
+
+
 def _input(preprocess: dict) -> str:
     colour = "RGB" if preprocess["color"] == "rgb" else "grey"
     fraction = preprocess.get("crop_fraction", 1.0)
     window = "the whole image" if fraction >= 1.0 else f"a square {fraction:g} of the shorter side, " + (
-        "centred on the stained nucleus" if preprocess.get("crop") == "stain" else "at the centre")
+        STAIN_RULE if preprocess.get("crop") == "stain" else "at the centre")
     clahe = ", contrast equalised (CLAHE)" if preprocess.get("clahe") else ""
     return (f"{preprocess['height']}x{preprocess['width']} {colour} uint8: {_shrinking(preprocess)}{window}, "
             f"{preprocess['interpolation']} resize{clahe}")

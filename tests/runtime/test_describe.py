@@ -32,7 +32,9 @@ def test_the_packaged_model_is_described_by_its_hash_classes_input_scores_and_ex
     assert lines[1] == "calls: EOSINOPHIL, LYMPHOCYTE, MONOCYTE, NEUTROPHIL (the most probable)"
     assert lines[2] == ("input: 128x128 RGB uint8: a JPEG decoded at 1/8, 1/4 or 1/2 scale, the least that leaves "
                         "the window's side at least the input's; a square 0.4 of the shorter side, centred on the "
-                        "stained nucleus, linear resize")
+                        "stained nucleus (the median row and column of the pixels whose blue exceeds green by more "
+                        "than 50 and whose red is under 200; the image's centre where fewer than 20 are), linear "
+                        "resize")
     assert "precision: fp32" in lines and "outputs: probabilities, unfamiliarity" in lines
     assert any(line.startswith("trained: mobilenet_v2 on 8,581 images of") for line in lines)
     assert "test: accuracy 0.848, ROC AUC 0.967 on 2,487 images" in lines
