@@ -29,9 +29,10 @@ from .preprocess import MAX_PIXELS, ImageError
 DICOM_MAGIC = b"DICM"  # at byte 128, after the preamble
 JPEG_8_BIT = ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51")  # JPEG Baseline, Extended (8-bit samples here)
 JPEG_2000 = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")  # lossless only, and lossy
-# The colours of 8-bit JPEG frames decoded as .jpg files are (YBR: JFIF's YCbCr; RGB: as libjpeg reads the frame —
-# GDCM gave a GDCM-encoded RGB frame 23 grey levels off its pixels on average, this 1.2)
-JPEG_COLOURS = ("MONOCHROME1", "MONOCHROME2", "YBR_FULL_422", "YBR_FULL", "RGB")
+# The colours of 8-bit JPEG frames decoded as .jpg files are (YBR: JFIF's YCbCr). Not RGB: the standard's RGB
+# frames hold R, G, B untransformed, which libjpeg reads as YCbCr without a marker saying otherwise (86 grey levels
+# off on average); Pillow, told by pydicom, reads them right.
+JPEG_COLOURS = ("MONOCHROME1", "MONOCHROME2", "YBR_FULL_422", "YBR_FULL")
 PIXEL_TAGS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")  # integer, and float images (parametric maps)
 # The transfer syntax of a data set without a meta header, by (implicit VR, little endian) as pydicom read it
 _UNCOMPRESSED = {(True, True): "1.2.840.10008.1.2", (False, True): "1.2.840.10008.1.2.1",
@@ -122,15 +123,22 @@ def _compressed_frame(dataset, index: int | None, source: str) -> np.ndarray:
     """The first frame of a compressed file, decoded where a damaged frame cannot take the process down: GDCM
     aborts the whole process (a C++ exception nothing catches) on some damaged JPEG and JPEG 2000 frames — a
     batch's answers lost, no file named. 8-bit JPEG frames go through the runtime's own JPEG decoder (which
-    refuses lost data by name), JPEG 2000 through Pillow's OpenJPEG (which raises); GDCM decodes the rest
-    (lossless JPEG, JPEG-LS), its libjpeg's warnings listened for."""
+    refuses lost data by name), JPEG 2000 and RGB JPEG frames through Pillow (which raises, or for a cut JPEG
+    frame says nothing); GDCM decodes the rest (lossless JPEG, JPEG-LS, colour JPEG 2000 over 8 bits), its
+    libjpeg's warnings listened for."""
     from pydicom.pixels import pixel_array
 
     syntax = dataset.file_meta.TransferSyntaxUID
-    if syntax in JPEG_8_BIT and int(dataset.BitsStored) <= 8 and dataset.get("PhotometricInterpretation") in \
-            JPEG_COLOURS:
+    colours, samples = dataset.get("PhotometricInterpretation"), int(dataset.get("SamplesPerPixel", 1))
+    if syntax in JPEG_8_BIT and int(dataset.BitsStored) <= 8 and not int(dataset.get("PixelRepresentation", 0)) \
+            and colours in JPEG_COLOURS:
         return _jpeg_frame(dataset, index, source)
-    plugin = "pillow" if syntax in JPEG_2000 and _pillow_reads_jpeg_2000() else ""
+    if syntax in JPEG_8_BIT and colours == "RGB":  # untransformed R, G, B, which libjpeg takes for YCbCr
+        plugin = "pillow"
+    elif syntax in JPEG_2000 and _pillow_reads_jpeg_2000() and (samples == 1 or int(dataset.BitsStored) <= 8):
+        plugin = "pillow"  # (not colour of more than 8 bits, which Pillow cannot decode and GDCM can)
+    else:
+        plugin = ""
     pixels, said = _with_stderr_caught(lambda: pixel_array(dataset, index=index, decoding_plugin=plugin))
     _refuse_lost_data(said, source, syntax)
     return pixels

@@ -47,6 +47,7 @@ MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading th
 # Images with a side shorter than this are refused: a 1x1 web beacon or a one-pixel strip, stretched to the model's
 # input, is a flat colour the model would still put a confident label on (28x28 MedMNIST-sized images are fine).
 MIN_SIDE = 8
+MAX_SIDE = 1 << 20  # OpenCV's own limit on either side (CV_IO_MAX_IMAGE_WIDTH, _HEIGHT), whatever the pixel count
 BIT_DEPTHS = (8, 10, 12, 14, 16)  # what 16-bit files hold (significant_bits)
 COLOR_DEPTHS = (np.uint8, np.uint16, np.float32)  # the depths OpenCV's cvtColor takes
 
@@ -175,8 +176,11 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     try:
         image = cv2.imdecode(buffer, flags) if not index else _decoded_page(buffer, flags, index)
     except cv2.error as exc:
-        if "CV_IO_MAX_IMAGE" in str(exc):  # OpenCV read the header of a format medclf does not parse
+        if "CV_IO_MAX_IMAGE_PIXELS" in str(exc):  # OpenCV read the header of a format medclf does not parse
             raise ImageError(source, f"image is over the {MAX_PIXELS:,}-pixel limit (its header says so)") from None
+        if "CV_IO_MAX_IMAGE_WIDTH" in str(exc) or "CV_IO_MAX_IMAGE_HEIGHT" in str(exc):
+            raise ImageError(source, f"image has a side over OpenCV's {MAX_SIDE:,}-pixel limit (its header says so)"
+                             ) from None
         if "size.width > 0" in str(exc) or "size.height > 0" in str(exc):  # a size past 2^31: read as negative
             raise ImageError(source, "damaged header (the image size it states is impossible)") from None
         raise ImageError(source, f"cannot decode image ({exc.err or exc})") from None
@@ -280,7 +284,10 @@ def shrunk(image: np.ndarray, preprocess: Preprocess) -> np.ndarray:
     height, width, channels = image.shape
     if (scale := _shrink_scale((height, width), preprocess)) == 1:
         return image
-    smaller = cv2.resize(image, (-(-width // scale), -(-height // scale)), interpolation=cv2.INTER_AREA)
+    bottom, right = -height % scale, -width % scale  # a partial block at an edge: its edge pixels repeated, as a
+    if bottom or right:  # JPEG encoder fills its last blocks (else INTER_AREA stretched: up to 116 levels off)
+        image = cv2.copyMakeBorder(image, 0, bottom, 0, right, cv2.BORDER_REPLICATE)
+    smaller = cv2.resize(image, (image.shape[1] // scale, image.shape[0] // scale), interpolation=cv2.INTER_AREA)
     return smaller.reshape(smaller.shape[0], smaller.shape[1], channels)  # OpenCV drops a grey image's axis
 
 
@@ -414,8 +421,8 @@ def _missing(path: str) -> str | None:
     if not glob.has_magic(path):
         return None
     if matches := glob.glob(path, recursive=True):  # given to Classifier.classify, which takes files
-        return f"a pattern matching {len(matches)} files, not a file: expand it (medclf.runtime.inputs." \
-            "expand_inputs expands patterns as medclf-run does)"
+        return f"a pattern matching {len(matches)} file{'s' if len(matches) > 1 else ''}, not a file: expand it " \
+            "(medclf.runtime.inputs.expand_inputs expands patterns as medclf-run does)"
     return "no file matches this pattern"
 
 

@@ -143,8 +143,11 @@ def _common_preprocess(members: Sequence[RunDir]) -> Preprocess:
         if member.labels != first.labels:
             raise ValueError(f"{member.path}: labels {member.labels} differ from {first.path}'s {first.labels}")
         unsized = replace(member.preprocess, height=first.preprocess.height, width=first.preprocess.width)
-        if unsized != first.preprocess:
-            raise ValueError(f"{member.path}: its preprocessing differs from {first.path}'s in more than size")
+        if unsized != first.preprocess:  # which field, with both values: a run trained before shrink_all existed
+            differ = [f"{name} {getattr(unsized, name)!r} vs {getattr(first.preprocess, name)!r}"
+                      for name in vars(unsized) if getattr(unsized, name) != getattr(first.preprocess, name)]
+            raise ValueError(f"{member.path}: its preprocessing differs from {first.path}'s ({'; '.join(differ)}): "
+                             "members must see the images alike — train them with the same options and medclf")
         (h, w), (first_h, first_w) = ((p.height, p.width) for p in (member.preprocess, first.preprocess))
         if abs(h * first_w - w * first_h) > 0.01 * w * first_w:  # one input resized to the other's shape
             raise ValueError(f"{member.path}: its images are {h}x{w} (height x width), {first.path}'s "

@@ -492,15 +492,35 @@ def test_a_damaged_frame_gdcm_aborts_on_is_one_files_error_not_the_end_of_the_pr
     assert done.stdout.startswith(f"{path}: damaged compressed DICOM") or done.stdout.startswith(f"{path}: unreadable")
 
 
-def test_an_rgb_jpeg_dicom_is_decoded_to_its_own_colours(tmp_path):
-    """GDCM gave a GDCM-encoded RGB JPEG frame back 23 grey levels off its pixels on average (its YCbCr read as
-    RGB); read as a .jpg is, 1.2 — JPEG's own loss."""
-    rng = np.random.default_rng(0)
-    rgb = cv2.GaussianBlur(rng.integers(0, 255, (96, 128, 3), dtype=np.uint8), (9, 9), 3)
+def test_an_rgb_jpeg_dicom_keeps_its_colours_and_signed_or_deep_frames_their_values(tmp_path):
+    """The standard's RGB JPEG frames hold R, G, B untransformed, which libjpeg reads as YCbCr without a marker
+    (86 grey levels off when such frames went to it); a signed 8-bit grey frame went to it too (142 off); colour
+    JPEG 2000 over 8 bits went to Pillow, which refuses it, where GDCM decodes it."""
+    from PIL import Image
+    from pydicom.encaps import encapsulate
+
+    rgb = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8), (9, 9), 3)
     rgb[:, :40, 0] = 250
-    data = gdcm_transcoded(dicom_bytes(rgb), "JPEGBaselineProcess1", tmp_path)
-    assert pydicom.dcmread(io.BytesIO(data)).PhotometricInterpretation == "RGB"
-    assert np.abs(decode_image(data, "rgb.dcm").astype(int) - rgb).mean() < 2
+    encoded = io.BytesIO()  # components R, G, B themselves (no colour transform), and no JFIF or Adobe marker
+    Image.frombytes("YCbCr", (128, 96), rgb.tobytes()).save(encoded, "JPEG", quality=95, subsampling=0)
+    frame = encoded.getvalue()
+    frame = frame[:2] + frame[4 + int.from_bytes(frame[4:6], "big"):]
+    dataset = pydicom.dcmread(io.BytesIO(dicom_bytes(rgb)))
+    dataset.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    dataset.PixelData = encapsulate([frame])
+    dataset["PixelData"].VR = "OB"
+    out = io.BytesIO()
+    dataset.save_as(out, enforce_file_format=True)
+    assert np.abs(decode_image(out.getvalue(), "rgb.dcm").astype(int) - rgb).mean() < 2
+    grey = cv2.GaussianBlur(np.random.default_rng(0).integers(0, 255, (96, 128), dtype=np.uint8), (9, 9), 3)
+    signed = dicom_bytes((grey.astype(np.int16) - 128).astype(np.int8).view(np.uint8), PixelRepresentation=1)
+    compressed = gdcm_transcoded(signed, "JPEGBaselineProcess1", tmp_path)
+    shown, stored = (decode_image(data, "s.dcm", "grey").astype(int) for data in (compressed, signed))
+    assert np.abs(shown - stored).mean() < 1
+    deep = cv2.GaussianBlur(np.random.default_rng(1).integers(0, 4095, (96, 128, 3)).astype(np.uint16), (9, 9), 3)
+    plain = dicom_bytes(deep, BitsStored=12, HighBit=11)
+    np.testing.assert_array_equal(decode_image(gdcm_transcoded(plain, "JPEG2000Lossless", tmp_path), "c.dcm"),
+                                  decode_image(plain, "c.dcm"))
 
 
 def test_damaged_and_absurd_dicoms_are_refused_with_one_line():
@@ -564,8 +584,8 @@ def test_linked_folders_are_followed_once_and_a_link_up_the_tree_does_not_loop(t
     assert [p.relative_to(cls).as_posix() for p in list_images(cls)] == ["again/film.png"]
 
 
-def test_a_tiff_stating_an_impossible_width_is_a_damaged_header_not_opencvs_assertion():
-    """ImageWidth 2^31 + 64 gave "cannot decode image (size.width > 0)", OpenCV's assertion text."""
+def tiff_stating_width(width: int) -> bytes:
+    """A small real TIFF whose header's ImageWidth says ``width``."""
     import struct
 
     import tifffile
@@ -577,6 +597,14 @@ def test_a_tiff_stating_an_impossible_width_is_a_damaged_header_not_opencvs_asse
     for entry in range(struct.unpack_from("<H", data, first)[0]):
         at = first + 2 + 12 * entry
         if struct.unpack_from("<H", data, at)[0] == 256:  # ImageWidth, as a LONG
-            struct.pack_into("<HHII", data, at, 256, 4, 1, (1 << 31) + 64)
+            struct.pack_into("<HHII", data, at, 256, 4, 1, width)
+    return bytes(data)
+
+
+def test_a_tiff_stating_an_impossible_or_too_wide_size_is_said_so_not_in_opencvs_assertion_text():
+    """ImageWidth 2^31 + 64 gave "cannot decode image (size.width > 0)"; a side past OpenCV's own limit,
+    "(static_cast<size_t>(size.width) <= CV_IO_MAX_IMAGE_WIDTH)" (not over the pixel limit: 32 rows)."""
     with pytest.raises(ImageError, match=r"^wide.tif: damaged header \(the image size it states is impossible\)$"):
-        decode_image(bytes(data), "wide.tif")
+        decode_image(tiff_stating_width((1 << 31) + 64), "wide.tif")
+    with pytest.raises(ImageError, match=r"^strip.tif: image has a side over OpenCV's 1,048,576-pixel limit"):
+        decode_image(tiff_stating_width((1 << 20) + 1), "strip.tif")

@@ -89,6 +89,21 @@ def test_a_member_of_another_shape_is_refused_rather_than_shown_the_images_squee
         ensemble_runs([members[0], wide], tmp_path / "no")
 
 
+def test_a_member_preprocessed_otherwise_is_refused_naming_what_differs(members, tmp_path):
+    """A run trained before shrink_all existed (its preprocess.json lacks it) was "differs ... in more than size"."""
+    import json
+    import shutil
+
+    older = tmp_path / "older"
+    shutil.copytree(members[1], older)
+    recorded = json.loads((older / "preprocess.json").read_text())
+    del recorded["shrink_all"]
+    (older / "preprocess.json").write_text(json.dumps(recorded))
+    with pytest.raises(ValueError, match=r"its preprocessing differs from .*\(shrink_all False vs True\): members "
+                                         "must see the images alike"):
+        ensemble_runs([members[0], older], tmp_path / "no")
+
+
 def test_an_ensemble_never_replaces_a_member_and_sets_an_earlier_run_in_its_folder_aside(members, cataract,
                                                                                         tmp_path):
     """--out a member replaced its trained model (and left its old exports beside the ensemble's)."""
