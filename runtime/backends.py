@@ -142,6 +142,9 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
         _preload_gpu_libraries()
         if name == "ort-tensorrt":
             _preload_tensorrt()
+            # TF32 off, as the CUDA EP and native engines run: the TensorRT EP has no option for it, but TensorRT
+            # reads this when it builds (a user's own setting stands)
+            os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
         if missing := missing_library(name):  # asked first: a failed TensorRT EP prints its error on stdout
             raise BackendUnavailable(f"{name}: onnxruntime cannot start {provider} (missing library {missing})")
     precision = _precision(model) if name == "ort-tensorrt" else "fp32"
