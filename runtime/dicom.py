@@ -261,8 +261,7 @@ def _voi(values: np.ndarray, dataset, stored: np.ndarray) -> tuple[np.ndarray, f
 
     try:
         if "VOILUTSequence" in dataset:
-            bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
-            return apply_voi_lut(values, dataset), 0.0, float(2 ** bits - 1)
+            return apply_voi_lut(values, dataset), 0.0, float(2 ** _lut_bits(dataset) - 1)
         if "WindowCenter" in dataset and "WindowWidth" in dataset:
             with np.errstate(over="ignore"):  # the sigmoid's exp at ±inf: exactly its two ends
                 low, high = apply_voi_lut(np.array([-np.inf, np.inf]), dataset)
@@ -278,6 +277,19 @@ def _voi(values: np.ndarray, dataset, stored: np.ndarray) -> tuple[np.ndarray, f
         if not (shown := shown[np.isfinite(shown)]).size:
             return values, 0.0, 0.0
     return values, float(shown.min()), float(shown.max())
+
+
+def _lut_bits(dataset) -> int:
+    """The depth a VOI LUT's output holds: as its descriptor says, unless its entries stay far below that (a
+    12-bit table declared 16 bits, as some vendors write: the film came out near black, 0-15 of 255; dcmtk's
+    --ignore-voi-lut-depth) — then the depth of its largest entry, as a 16-bit PNG's is read."""
+    from pydicom.pixels import apply_voi_lut
+
+    from .preprocess import significant_bits
+
+    count, first, declared = (int(value) for value in dataset.VOILUTSequence[0].LUTDescriptor)
+    entries = apply_voi_lut(np.arange(first, first + (count or 65536)), dataset)  # its whole table
+    return min(declared, significant_bits(entries)) if entries.size and entries.min() >= 0 else declared
 
 
 def _unreadable(exc: Exception, dataset) -> str:

@@ -38,8 +38,9 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 # padding left out of its range; 5: a TIFF's thumbnail page passed over, 16-bit and float 0-is-white TIFFs inverted,
 # planar 16-bit ones refused, a PGM's stated depth, DICOM's Presentation LUT Shape INVERSE, AVIF's rotation; 6: 8-bit
 # JPEG DICOM frames decoded as .jpg files are (RGB ones were 23 levels off), NaN left out of a float map's range,
-# a PGM's depth found past CR-ended or long comments).
-DECODING_VERSION = 6
+# a PGM's depth found past CR-ended or long comments; 7: shrink_all's partial edge blocks, RGB JPEG DICOMs by
+# Pillow, a VOI LUT declared deeper than its entries read over their depth).
+DECODING_VERSION = 7
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
 PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})

@@ -394,6 +394,12 @@ def test_the_file_own_sigmoid_window_and_voi_lut_are_applied_as_the_standard_def
     inverted = decode_image(dicom_bytes(stored, VOILUTSequence=[lut], WindowCenter=128, WindowWidth=100),
                             "lut.dcm", color="grey")[:, :, 0]
     np.testing.assert_array_equal(inverted, 255 - stored)
+    lut.LUTDescriptor = [4096, 0, 16]  # a 12-bit table declared 16 bits, as some vendors write: near black (0-15)
+    lut.LUTData = list(range(4096))
+    film = stored * 16
+    shown = decode_image(dicom_bytes(film, VOILUTSequence=[lut], BitsStored=12, HighBit=11), "lut.dcm",
+                         color="grey")[:, :, 0]
+    np.testing.assert_array_equal(shown, np.rint(film / 4095 * 255).astype(np.uint8))
 
 
 def test_an_enhanced_dicom_takes_rescale_and_window_from_its_first_frame_functional_groups():
