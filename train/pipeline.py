@@ -55,8 +55,8 @@ from .labellers import recorded
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .printed import training_plan
 from .sizing import fit_to_budget
-from .splits import (Splits, load_splits, read_labelled, recorded_split, warn_missing_classes,
-                     warn_scarce_classes)
+from .splits import (Splits, load_splits, read_labelled, recorded_split, warn_formats_by_class,
+                     warn_missing_classes, warn_scarce_classes)
 from .temperature import fit_temperature, fold_temperature, scaled
 
 log = logging.getLogger(__name__)
@@ -209,6 +209,7 @@ def _train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe,
     splits = fit_to_budget(splits, preprocess, model, budget, config.seed)
     stderr_console().print(splits.summary(), highlight=False, soft_wrap=True)
     warn_scarce_classes(splits.train)
+    warn_formats_by_class(splits.train)
     stderr_console().print(training_plan(architecture, preprocess, config, recipe.pretrained), highlight=False,
                            soft_wrap=True)
     cache = cache_dir if cache_dir is not None else default_cache_dir()

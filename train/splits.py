@@ -352,6 +352,28 @@ def warn_scarce_classes(train: ImageFolder) -> list[str]:
     return list(scarce)
 
 
+# File name endings that are one format (an extension-less file in a DICOM folder, as PACS export them, is DICOM)
+SAME_FORMAT = {".jpeg": ".jpg", ".jpe": ".jpg", ".jfif": ".jpg", ".tiff": ".tif", ".dicom": ".dcm", ".dic": ".dcm",
+               ".ima": ".dcm", "": ".dcm"}
+
+
+def warn_formats_by_class(train: ImageFolder) -> bool:
+    """Warn (and say so) where each class's images come in formats no other class's do — every NORMAL film a PNG,
+    every PNEUMONIA one a DICOM, as when two archives are merged: a model can learn the files' formats (their
+    decoders, depths, sizes) instead of the finding, score well on a test set made the same way, and fail on the
+    first image whose format does not follow its class."""
+    formats = [{SAME_FORMAT.get(Path(path).suffix.lower(), Path(path).suffix.lower())
+                for path, label in zip(train.paths, train.labels) if label == i} for i in range(len(train.classes))]
+    present = [(name, kinds) for name, kinds in zip(train.classes, formats) if kinds]
+    if len(present) < 2 or len(set().union(*(kinds for _, kinds in present))) < sum(len(k) for _, k in present):
+        return False  # one class only, or some format shared by two classes
+    said = "; ".join(f"{name}: {' '.join(sorted(kinds))}" for name, kinds in present)
+    log.warning("each class's images come in file formats no other class's do (%s): a model can learn to tell the "
+                "formats apart instead of the finding, and call by format; convert them to one format, or check "
+                "its calls on images of each class in the other formats", said)
+    return True
+
+
 def _too_small(val: ImageFolder, train: ImageFolder, val_split: float) -> bool:
     """Some class has fewer validation images than MIN_VAL_PER_CLASS, or than ``val_split`` would hold out."""
     have = val.class_counts()

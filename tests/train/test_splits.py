@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from medclf.train.data import DatasetError, ImageFolder, read_folder
-from medclf.train.splits import (Splits, load_splits, pooled_for_folds, stratified_split, warn_missing_classes,
-                                 warn_scarce_classes)
+from medclf.train.splits import (Splits, load_splits, pooled_for_folds, stratified_split, warn_formats_by_class,
+                                 warn_missing_classes, warn_scarce_classes)
 
 from .trees import make_tree
 
@@ -40,6 +40,21 @@ def test_a_class_whose_only_validation_file_is_unreadable_is_named_in_a_warning(
         assert warn_missing_classes(np.array([0, 1, 2]), ("a", "b", "c"), "validation") == []
     assert [r.getMessage() for r in caplog.records] == ["validation holds no readable image of b: the model is not "
                                                         "checked on it there"]
+
+
+def test_classes_that_each_come_in_formats_of_their_own_are_warned_of(caplog):
+    """Every NORMAL a PNG, every PNEUMONIA a DICOM (two archives merged): a model can call by format; nothing was
+    said. Formats shared by classes, or one format written two ways (.jpg, .JPEG), say nothing."""
+    labels = np.array([0, 0, 1, 1])
+    merged = ImageFolder(("n/1.png", "n/2.PNG", "p/1.dcm", "p/IM0002"), labels, ("NORMAL", "PNEUMONIA"))
+    shared = ImageFolder(("n/1.png", "n/2.dcm", "p/1.dcm", "p/2.png"), labels, ("NORMAL", "PNEUMONIA"))
+    spelt = ImageFolder(("n/1.jpg", "n/2.jpg", "p/1.JPEG", "p/2.jpeg"), labels, ("NORMAL", "PNEUMONIA"))
+    with caplog.at_level(logging.WARNING, logger="medclf.train.splits"):
+        assert warn_formats_by_class(merged) and not warn_formats_by_class(shared)
+        assert not warn_formats_by_class(spelt)
+    (record,) = caplog.records
+    assert record.getMessage().startswith("each class's images come in file formats no other class's do (NORMAL: "
+                                          ".png; PNEUMONIA: .dcm): a model can learn to tell the formats apart")
 
 
 def test_classes_with_too_few_training_images_to_learn_from_are_named_in_one_warning(caplog):
