@@ -41,7 +41,7 @@ from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
 from .speed import speed
-from .triton import write_model
+from .triton import one_line_each, write_model
 from .verify import VerificationError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -81,6 +81,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if triton is not None and (other := _served_from_another_run(Path(triton), model_path)):
         raise ValueError(other)
     card = model_card(model_path, cam)
+    if triton is not None:
+        one_line_each(card.labels)  # said before the work, not after it
     model = keras.models.load_model(model_path, compile=False)
     if (outputs := model.output_shape[-1]) != len(card.labels):  # labels.json copied from another run
         raise ValueError(f"{model_path.parent / 'labels.json'} names {len(card.labels)} classes and the model "
@@ -217,6 +219,12 @@ def _engine_files(onnx_file: Path) -> list[Path]:
     precision = next(p for p, name in FILE_NAMES.items() if name == onnx_file.name)
     flavour = [onnx_file.with_name(TENSORRT_FLAVOUR[precision])] if precision in TENSORRT_FLAVOUR else []
     return [onnx_file.with_suffix(".plan"), *flavour]
+
+
+def _from_this_run(path: Path, card: ModelCard) -> bool:
+    """Whether ``path`` is a medclf export of a model of ``card``'s run folder (trained there, then or since)."""
+    found = card_of_file(path)
+    return found is not None and found.source.get("run_dir") == card.source.get("run_dir")
 
 
 def _from_another_model(path: Path, card: ModelCard) -> bool:
@@ -359,7 +367,8 @@ def _served_from_another_run(repo: Path, model_path: Path) -> str | None:
 
 def _triton(repo: Path, name: str, report: dict, card: ModelCard, max_batch: int) -> list[str]:
     """One Triton model per published file: NAME (fp32), NAME_fp16, NAME_int8, NAME_tensorrt_fp16, ...; a NAME,
-    NAME_fp16 or NAME_int8 of another model that this export does not replace is removed, and so is the
+    NAME_fp16 or NAME_int8 of an earlier model of this run folder that this export does not replace is removed
+    (one of another run folder — a run named NAME_int8 — is its own, and stays), and so is the
     NAME_tensorrt_* of a file replaced without an engine of its own (``report["removed"]``)."""
     written = []
     for precision, entry in report["precisions"].items():
@@ -375,7 +384,8 @@ def _triton(repo: Path, name: str, report: dict, card: ModelCard, max_batch: int
     published = {precision for precision, entry in report["precisions"].items() if entry["passed"]}
     for precision in sorted(set(PRECISIONS) - published):
         stale = repo / (name if precision == "fp32" else f"{name}_{precision}")  # another model's, served beside
-        if (stale / "1" / "model.onnx").is_file() and _from_another_model(stale / "1" / "model.onnx", card):
+        served = stale / "1" / "model.onnx"  # ... of this run folder (a run named NAME_int8 serves its own there)
+        if served.is_file() and _from_this_run(served, card) and _from_another_model(served, card):
             shutil.rmtree(stale)
             report["removed"].append(str(stale))
     return [str(path) for path in written]

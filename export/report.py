@@ -7,6 +7,7 @@ from pathlib import Path
 
 from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from .verify import MOST_PROBABLE
 
@@ -30,12 +31,12 @@ def export_table(report: dict) -> Table:
     return table
 
 
-def _verdict(item: dict, counted: bool) -> str:
+def _verdict(item: dict, counted: bool) -> Text:
     """ok, or ok* where the file's float layers were chosen on the very images that judged it (see
     :func:`search_lines`), or refused (not published)."""
     if not item["passed"]:
-        return "[red]refused[/red]"
-    return "[yellow]ok*[/yellow]" if counted else "[green]ok[/green]"
+        return Text("refused", style="red")
+    return Text("ok*", style="yellow") if counted else Text("ok", style="green")
 
 
 def search_lines(report: dict) -> list[str]:
@@ -156,5 +157,5 @@ def benchmark_table(result: dict) -> Table:
     for row in result["rows"]:
         table.add_row(row["format"], _number(row, "size_mb", "{:.1f}"), _number(row, "accuracy", "{:.1%}"),
                       _agreement(row.get("agreement")), _number(row, "ms_per_image", "{:.2f}"),
-                      _number(row, "images_per_s", "{:.0f}"), "" if row["passed"] else "[red]refused[/red]")
+                      _number(row, "images_per_s", "{:.0f}"), "" if row["passed"] else Text("refused", style="red"))
     return table

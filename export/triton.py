@@ -61,12 +61,21 @@ def write_model(repo: str | os.PathLike[str], name: str, model_file: str | os.Pa
             onnx.save(described, str(staged / "1" / file_name))
         else:  # an engine's outputs are those it was built with
             shutil.copyfile(model_file, staged / "1" / file_name)
-        (staged / LABELS_FILE).write_text("\n".join(card.labels) + "\n")
+        (staged / LABELS_FILE).write_text("\n".join(one_line_each(card.labels)) + "\n", encoding="utf-8")
         (staged / "config.pbtxt").write_text(config_text(name, platform, described, max_batch_size))
         _swap_in(staged, repo / name)
     finally:
         shutil.rmtree(staged, ignore_errors=True)
     return repo / name
+
+
+def one_line_each(labels: tuple[str, ...]) -> tuple[str, ...]:
+    """The labels, each on a line of ``labels.txt`` as Triton reads it; a ValueError for one holding a line break
+    (a model trained before such names were refused: its classes from there on were named wrong)."""
+    if broken := [label for label in labels if len(label.splitlines()) > 1 or "\r" in label or "\n" in label]:
+        raise ValueError(f"class {broken[0]!r} holds a line break, and Triton's labels.txt is a line per class: "
+                         "rename its folder and train again")
+    return labels
 
 
 def config_text(name: str, platform: str, model: onnx.ModelProto, max_batch_size: int) -> str:

@@ -309,7 +309,7 @@ def write_csv(path: Path, predictions: list[Prediction], model_sha256: str = "",
     """One row per input: path, label, probability, top_k as ``label:p;label:p``, unfamiliarity (empty where the
     model does not say), heatmap, error, the sha256 of the model file that answered and the test-time views its
     probabilities were averaged over (empty: none). UTF-8; a file name that is not (bytes from another system's
-    encoding) is written back byte for byte, as the disk has it."""
+    encoding) is written back byte for byte, as the disk has it; text a spreadsheet would run is made inert."""
     with atomic_write(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["path", "label", "probability", "top_k", "unfamiliarity", "heatmap", "error",
@@ -318,8 +318,15 @@ def write_csv(path: Path, predictions: list[Prediction], model_sha256: str = "",
             top_k = ";".join(f"{label}:{probability:.6f}" for label, probability in p.top_k)
             probability = "" if p.probability is None else f"{p.probability:.6f}"
             unfamiliarity = "" if p.unfamiliarity is None else f"{p.unfamiliarity:.4f}"
-            writer.writerow([p.path, p.label or "", probability, top_k, unfamiliarity, p.heatmap or "",
-                             p.error or p.heatmap_error or "", model_sha256, tta])
+            writer.writerow([*map(_inert, (p.path, p.label or "")), probability, _inert(top_k), unfamiliarity,
+                             *map(_inert, (p.heatmap or "", p.error or p.heatmap_error or "")), model_sha256, tta])
+
+
+def _inert(cell: str) -> str:
+    """A text cell a spreadsheet will not run: one starting as a formula does (``=``, ``+``, ``-``, ``@``, a tab
+    or carriage return; a file named ``=HYPERLINK(...).jpeg`` ran in Excel) gets a leading ``'``, as OWASP
+    advises for CSV files; ``-`` alone, standard input, stays."""
+    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") and cell != "-" else cell
 
 
 def _print_json(predictions: Iterable[Prediction], answered_by: dict[str, str]) -> int:

@@ -16,7 +16,7 @@ T = TypeVar("T")
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, markup=False, emoji=False)  # class names and paths are the user's, not markup
 
 
 def track(sequence: Iterable[T] | Sequence[T], description: str, total: float | None = None) -> Iterable[T]:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from medclf.runtime.atomic import stop_on_term
 
@@ -281,7 +280,7 @@ def calibrate(
                     + ([f"threshold {site.decision.threshold:.3g}"] if site.decision is not None else []))
     if site.estimate is None and replacing and picture.exists():  # the replaced calibration's, not redrawn
         picture.unlink()
-        errors.print(f"removed {escape(str(picture))}: the picture of the calibration this one replaced",
+        errors.print(f"removed {picture}: the picture of the calibration this one replaced",
                      highlight=False)
     if site.estimate is None:
         console.print(f"new: {new}; too few images to estimate their worth (60 independent ones of each class let "

@@ -35,7 +35,7 @@ def default_data() -> Path:
 
 
 def run_demo(data: Path, out: Path, per_class: int = 400, console: Console | None = None) -> dict:
-    console = console or Console()
+    console = console or Console(markup=False, emoji=False)
     from medclf.export.pipeline import export_run, failed_files
     from medclf.export.report import computed_lines, export_table, familiarity_lines, search_lines
     from medclf.export.verify import VerificationError

@@ -12,8 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import unicodedata
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from medclf.runtime.annotations import masks_said, segmentation_masks
@@ -34,6 +35,22 @@ FEW_SUBFOLDERS = 9  # more sub-folders per class are patients or studies, not fi
 
 class DatasetError(ValueError):
     """The folder is not a usable folder-per-class dataset; the message says what is wrong."""
+
+
+def check_class_names(classes: Sequence[str]) -> None:
+    """A DatasetError for a class name no model card, labels file or table can carry whole: one holding a line
+    break or another control character (a Triton labels.txt is a line per class: "a\nb" made its lines name
+    the wrong classes from there on), or not UTF-8 (a Latin-1 folder name trained, then no export could be
+    written: "surrogates not allowed"). Said before training, naming the folder to rename."""
+    for name in classes:
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DatasetError(f"class {name!r}: its name is not UTF-8 (a folder named on another system, as "
+                               f"{os.fsencode(name)!r}); rename it") from None
+        if any(unicodedata.category(character) == "Cc" for character in name):
+            raise DatasetError(f"class {name!r}: its name holds a line break, tab or other control character, "
+                               "which labels files and tables cannot carry; rename it")
 
 
 def not_a_folder(root: Path) -> DatasetError:

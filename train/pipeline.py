@@ -52,6 +52,7 @@ from .groups import group_kind, split_groups
 from .identical import identical_files, seen_in_training
 from .intervals import bootstrap_intervals, resampled
 from .labellers import recorded
+from .layout import check_class_names
 from .plots import plot_confusion, plot_curves, plot_reliability, plot_roc
 from .printed import training_plan
 from .sizing import fit_to_budget
@@ -199,6 +200,7 @@ def _train_splits(splits: Splits, out: str | os.PathLike[str], recipe: Recipe,
     recipe = _sized(recipe, splits.train.paths)
     architecture, preprocess, config = recipe.architecture(), recipe.preprocess(), recipe.fit
     classes = splits.train.classes
+    check_class_names(classes)
     if recipe.target_sensitivity is not None and len(classes) != 2:  # else recorded in the recipe, and ignored
         raise ValueError(f"--target-sensitivity sets a binary task's threshold; these images are of {len(classes)} "
                          "classes")

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from rich import box
 from rich.console import Console
-from rich.markup import escape
+from rich.text import Text
 from rich.table import Column, Table
 
 if TYPE_CHECKING:
@@ -19,13 +19,16 @@ if TYPE_CHECKING:
     from .fit import FitConfig
     from .site_familiarity import SiteFamiliarity
 
-console = Console(soft_wrap=True)  # paths and metrics stay on one line, in terminals and logs alike
-errors = Console(stderr=True, soft_wrap=True)  # one line per error, never wrapped
+# Paths and metrics stay on one line, in terminals and logs alike; nothing printed is read as markup or emoji codes:
+# class names and paths are the user's ("mass [benign]" printed as "mass ", a folder "x [/y]" ended evaluate in a
+# traceback, "a:b:0.9" came out with an emoji)
+console = Console(soft_wrap=True, markup=False, emoji=False)
+errors = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)  # one line per error, never wrapped
 
 
 def error(text: str) -> None:
     """One red 'error:' line on stderr; the text is printed as is (a path like scan[1].png is not markup)."""
-    errors.print(f"[red]error[/red]: {escape(text)}", highlight=False)
+    errors.print(Text.assemble(("error", "red"), f": {text}"), highlight=False)
 
 
 def print_unreadable(unreadable: dict[str, int]) -> None:
@@ -161,7 +164,8 @@ def print_metrics(metrics: dict) -> None:
         table = per_class_table(last["per_class"], splits[-1], intervals)
         natural = console.measure(table, options=console.options.update_width(10_000)).maximum
         # a log or a pipe has no width to keep to: long class names stay on one line there
-        out = console if console.is_terminal else Console(file=console.file, width=max(console.width, natural))
+        out = console if console.is_terminal else Console(file=console.file, width=max(console.width, natural),
+                                                          markup=False, emoji=False)
         out.print(table)
 
 
@@ -203,7 +207,7 @@ def per_class_table(per_class: dict, split: str, intervals: dict | None = None) 
         for column, key in ((0, "sensitivity"), (1, "specificity")):
             if bounds.get(key) and numbers[column] is not None:
                 shown[column] += f" ({bounds[key][0]:.3f}-{bounds[key][1]:.3f})"
-        table.add_row(escape(name), f"{c['support']:.0f}", *shown)
+        table.add_row(name, f"{c['support']:.0f}", *shown)
     return table
 
 

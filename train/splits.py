@@ -180,7 +180,8 @@ def _training_images(root: Path, naming: Labeller | None, test: str | os.PathLik
     splits = [name for name in train.classes if is_split_name(name, ("val", "test"))]
     if splits and naming is None:  # DATA/NORMAL, DATA/PNEUMONIA and DATA/test: "test" would be a third class
         raise DatasetError(f"{root / splits[0]} looks like a split, not a class: put the class folders in "
-                           f"{root / 'train'} beside it, or pass --test {root / splits[0]}")
+                           f"{root / 'train'} beside it, or pass --test {root / splits[0]} — or, where it is a "
+                           "class (a QC set's valid and invalid), pass --top-folders")
     return train
 
 

@@ -200,3 +200,26 @@ def test_an_engine_for_triton_must_take_a_request_alone(run_dir, tmp_path):
         pipeline.export_run(run_dir / "model.keras", tmp_path / "out", engine=True, profile=BatchProfile(4, 16, 64),
                             triton=tmp_path / "repo")
     assert not (tmp_path / "out").exists() and not (tmp_path / "repo").exists()
+
+
+def test_a_run_named_as_this_ones_int8_keeps_its_triton_model(exported, run_dir, tmp_path):
+    """runs/brk_int8 serves its own model as REPO/brk_int8; exporting runs/brk (FP32 alone) removed it as an
+    earlier INT8 file of brk's, "left by an earlier export"."""
+    import json
+
+    from medclf.export import pipeline
+    from medclf.runtime.modelcard import ModelCard
+
+    fp32 = exported[1]["precisions"]["fp32"]
+    other = onnx.load(fp32["file"])
+    for prop in other.metadata_props:
+        if prop.key == "medclf.source":
+            source = json.loads(prop.value)
+            prop.value = json.dumps(source | {"run_dir": str(tmp_path / f"{run_dir.name}_int8"),
+                                              "keras_sha256": "another model"})
+    (tmp_path / "repo" / f"{run_dir.name}_int8" / "1").mkdir(parents=True)
+    onnx.save(other, str(tmp_path / "repo" / f"{run_dir.name}_int8" / "1" / "model.onnx"))
+    report = {"precisions": {"fp32": fp32}, "removed": []}
+    card = ModelCard.from_proto(onnx.load(fp32["file"]))
+    pipeline._triton(tmp_path / "repo", run_dir.name, report, card, 64)
+    assert (tmp_path / "repo" / f"{run_dir.name}_int8" / "1" / "model.onnx").is_file() and report["removed"] == []

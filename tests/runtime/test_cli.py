@@ -197,6 +197,24 @@ def test_csv_holds_one_row_per_input_including_failures(tmp_path, blood_cell_ima
     assert [p.name for p in table.parent.iterdir()] == ["results.csv"]  # no temporary file left behind
 
 
+def test_csv_cells_a_spreadsheet_would_run_are_made_inert(tmp_path, blood_cell_images):
+    """A file named "=HYPERLINK(...).jpeg" ran as a formula in Excel, where clinics open the CSV."""
+    import csv
+
+    names = ["=HYPERLINK(\"x\").jpeg", "+1+1.jpeg", "@SUM(A1).jpeg", "plain.jpeg"]
+    for name in names:
+        (tmp_path / name).write_bytes(blood_cell_images[0].read_bytes())
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", "--csv", "results.csv", "--", *names],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)  # named as given: relative
+    assert done.returncode == 0, done.stderr
+    paths = [row["path"] for row in csv.DictReader((tmp_path / "results.csv").open())]
+    assert paths == ["'=HYPERLINK(\"x\").jpeg", "'+1+1.jpeg", "'@SUM(A1).jpeg", "plain.jpeg"]
+    from medclf.runtime.cli import _inert
+
+    assert [_inert(cell) for cell in ("=1+1", "+1", "-2+3", "@A1", "\tx", "-", "cell.jpeg", "")] == [
+        "'=1+1", "'+1", "'-2+3", "'@A1", "'\tx", "-", "cell.jpeg", ""]
+
+
 @pytest.mark.parametrize("where", ["pipe", "file"])
 def test_a_csv_to_standard_output_follows_the_table_whether_piped_or_redirected(where, tmp_path, blood_cell_images):
     """``--csv /dev/stdout``: written nowhere when piped (its link resolved to a pipe's name), and renamed over

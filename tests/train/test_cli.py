@@ -37,6 +37,26 @@ def test_files_left_out_along_the_way_are_counted_again_in_one_line_at_the_end(c
         "1 file could not be read and was left out (1 test): each is named above"]
 
 
+def test_class_names_and_paths_are_printed_as_they_are_not_read_as_markup(capsys):
+    """Classes "mass [benign]" and "mass [malignant]" were both printed "mass "; "a:b:0.9" became an emoji; a
+    folder "x [/y]" ended medclf evaluate in a MarkupError traceback after its metrics were written."""
+    from medclf.export.report import export_table
+    from medclf.train.bars import stderr_console
+    from medclf.train.printed import console, error
+
+    said = "2 classes (mass [benign] 21, mass [malignant] 21, a:b:0.9 3) in x [/y]"
+    stderr_console().print(said, highlight=False, soft_wrap=True)
+    console.print(said, highlight=False)
+    error(said)
+    out, err = capsys.readouterr()
+    assert out == said + "\n" and err.splitlines() == [said, f"error: {said}"]
+    refused = {"file": "x [/y]/model.onnx", "passed": False, "size_bytes": 1e6, "agreement": 0.5,
+               "max_abs_diff": 0.1, "accuracy": 0.5, "reference_accuracy": 0.6}
+    report = {"verified_on": "8 images", "precisions": {"fp32": refused}}
+    console.print(export_table(report))
+    assert "refused" in capsys.readouterr().out  # the verdict still drawn, in colour where there is colour
+
+
 def test_labels_come_from_folders_file_names_or_a_csv_and_a_bad_csv_is_one_line(tmp_path):
     both = runner.invoke(app, ["train", str(tmp_path), "--labels", "l.csv", "--name-labels", "."])
     assert both.exit_code == 2 and "labels come from file names, a CSV or the folders holding the images: one of" \

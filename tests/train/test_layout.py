@@ -5,6 +5,7 @@ to point."""
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -414,3 +415,23 @@ def test_top_folders_read_the_folders_below_the_dataset_as_they_stand(tmp_path, 
     assert caplog.messages == [f"{tmp_path / 'lc'}: 1 image(s) in no folder of their own, left out (e.g. "
                                "loose.jpeg)"]  # macOS' copy of the tree is no image of the user's
     assert rule_recorded(recorded(TopFolders())) == TopFolders()
+
+
+def test_a_class_name_no_labels_file_can_carry_is_refused_before_training(tmp_path, blood_cell_images):
+    """A folder "a\\nb" made Triton's labels.txt (a line per class) name the wrong classes from there on; a
+    Latin-1 folder name trained, then no export could be written ("surrogates not allowed")."""
+    from medclf.train.layout import check_class_names
+    from medclf.train.pipeline import Recipe, train
+
+    check_class_names(("NORMAL", "Pneumonie bactérienne", "ER+/PR+", "mass [benign]"))  # any printable name
+    for bad, said in (("a\nb", "holds a line break, tab or other control character"),
+                      (os.fsdecode(b"bact\xe9rienne"), "is not UTF-8")):
+        with pytest.raises(DatasetError, match=said):
+            check_class_names(("NORMAL", bad))
+    for name in ("NORMAL", "a\nb"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i, image in enumerate(blood_cell_images[:4]):
+            (tmp_path / "data" / name / f"{i}.jpeg").symlink_to(image)
+    with pytest.raises(DatasetError, match="line break"):
+        train(tmp_path / "data", tmp_path / "run", Recipe(arch="small_cnn", image_size=32, val_split=0.5))
+    assert not (tmp_path / "run").exists()
