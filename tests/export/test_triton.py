@@ -223,3 +223,13 @@ def test_a_run_named_as_this_ones_int8_keeps_its_triton_model(exported, run_dir,
     card = ModelCard.from_proto(onnx.load(fp32["file"]))
     pipeline._triton(tmp_path / "repo", run_dir.name, report, card, 64)
     assert (tmp_path / "repo" / f"{run_dir.name}_int8" / "1" / "model.onnx").is_file() and report["removed"] == []
+
+
+def test_a_label_holding_a_line_break_is_refused_for_labels_txt():
+    """Triton reads labels.txt a line per class: "a\\nb" named every class after it wrongly (a model trained
+    before such names were refused)."""
+    from medclf.export.triton import one_line_each
+
+    assert one_line_each(("NORMAL", "mass [benign]")) == ("NORMAL", "mass [benign]")
+    with pytest.raises(ValueError, match=r"class 'a\\nb' holds a line break"):
+        one_line_each(("NORMAL", "a\nb"))
