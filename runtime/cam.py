@@ -17,6 +17,7 @@ from .atomic import fitted_name, write_image
 from .decision import Decision
 
 MIN_OVERLAY_SIDE = 320  # small model inputs are enlarged so a person can see the heatmap
+MAX_LABEL_BYTES = 120  # of a heatmap's 255-byte file name, at most this for its class (the image's name shrinks)
 
 
 def called_maps(maps: np.ndarray, called: np.ndarray, labels: Sequence[str],
@@ -76,6 +77,11 @@ def overlay_name(path: str, label: str, kind: str, key: bytes | None = None) -> 
 
     digest = hashlib.sha1(key if key is not None else os.fsencode(os.path.abspath(path))).hexdigest()[:8]
     label = label.replace("/", "_").replace(os.sep, "_")  # ER+/PR+: one file, not a folder ER+ holding PR+...
+    if len(os.fsencode(label)) > MAX_LABEL_BYTES:  # a 240-byte class name left no room: no heatmap was writable
+        short = label
+        while len(os.fsencode(short)) > MAX_LABEL_BYTES - 9:
+            short = short[:-1]
+        label = f"{short}~{hashlib.sha1(os.fsencode(label)).hexdigest()[:8]}"  # still one name per class
     return fitted_name(Path(path).stem, f"-{digest}.{label}.{kind}.png")
 
 

@@ -46,3 +46,12 @@ def test_a_heatmap_of_a_file_with_a_name_near_the_limit_can_still_be_written(tmp
         for name in names:
             assert len(name.encode()) <= 255 and name.endswith(".PNEUMONIA.gradcam.png")
             write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    long_classes = ["肺" * 80, "肺" * 79 + "炎"]  # 240-byte class names: no heatmap could be written
+    names = {overlay_name(str(tmp_path / "scan.jpg"), label, "gradcam") for label in long_classes}
+    assert len(names) == 2  # still one per class
+    for name in names:
+        assert len(name.encode()) <= 255 and name.startswith("scan-")
+        write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    from medclf.runtime.inputs import list_images
+
+    assert not [path for path in list_images(tmp_path) if path.name in names]  # still known for overlays
