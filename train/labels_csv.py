@@ -339,10 +339,10 @@ def _row_keys(images: Iterable[str]) -> list[tuple[PurePosixPath, list[str]]]:
     that name alone keys nothing, its patient's folders do, whether DATA is the folder the paths start from or
     the one below it."""
     listed = [_listed(image) for image in images]
-    owners: dict[str, set[PurePosixPath]] = {}  # each key, and the listed images it could name
-    for path in listed:
+    owners: dict[str, set[str]] = {}  # each key, and the listed images it could name (one image however cased:
+    for path in listed:  # E0.JPG and e0.jpg on two rows keyed nothing, and the image was left out unsaid)
         for key in _endings(path):
-            owners.setdefault(key, set()).add(path)
+            owners.setdefault(key, set()).add(str(path).casefold())
     return [(path, [key for key in _endings(path) if len(owners[key]) == 1]) for path in listed]
 
 

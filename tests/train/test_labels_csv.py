@@ -73,6 +73,9 @@ def test_an_image_listed_with_two_labels_is_refused(tmp_path):
     (tmp_path / "l.csv").write_text("filename,label\nx.jpg,cat\nx.jpg,dog\n")
     with pytest.raises(LabelsError, match=r"l.csv: x.jpg is listed as both cat and dog"):
         read_labels_csv(str(tmp_path / "l.csv"))
+    (tmp_path / "l.csv").write_text("filename,label\nE0.JPG,eos\ne0.jpg,lym\n")  # one image, however cased: it
+    with pytest.raises(LabelsError, match=r"l.csv: e0.jpg is listed as both eos and lym"):  # was left out unsaid
+        read_labels_csv(str(tmp_path / "l.csv"))
 
 
 def test_images_the_sheet_does_not_list_are_left_out_in_one_warning(tmp_path, blood_cell_images, caplog):
