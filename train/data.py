@@ -89,15 +89,17 @@ def read_folder(root: str | os.PathLike[str], classes: tuple[str, ...] | None = 
 
 
 def _warn_of_case_twins(root: Path, names: list[str], remedy: str = "move their images into one folder") -> None:
-    """Classes whose names differ only in case or in how their accents are written (``Normal`` and ``normal``;
+    """Classes whose names differ only in case, surrounding spaces or how their accents are written (``Normal``
+    and ``normal``, or ``Normal `` with a trailing space;
     ``É`` composed and decomposed, as macOS writes it: :func:`~medclf.runtime.class_names.folded`): most likely
     one class filed twice, which trains as two that split its images between them (and is one folder on a
     Windows or macOS disk)."""
     spellings: dict[str, list[str]] = {}
     for name in names:
-        spellings.setdefault(folded(name), []).append(name)
+        spellings.setdefault(folded(name).strip(), []).append(name)  # "Normal " beside "Normal" prints alike
     for twins in (found for found in spellings.values() if len(found) > 1):
-        shown = " and ".join(ascii(twin) if not twin.isascii() else twin for twin in twins)  # é and é differ
+        shown = " and ".join(ascii(twin) if not twin.isascii() or twin != twin.strip() else twin  # é and é differ
+                             for twin in twins)
         log.warning("%s: classes %s differ only in case or accents and are trained as %d classes: if they are "
                     "one, %s", root, shown, len(twins), remedy)
 
