@@ -200,7 +200,7 @@ def _remove_stale(out: Path, entries: dict[str, dict], card: ModelCard) -> list[
     removed = []
     for name in sorted(set(FILE_NAMES.values()) - published):
         path = out / name
-        if path.is_file() and _from_another_model(path, card):
+        if path.is_file() and _another_models_card(path, card) is not None:
             removed += _unlinked([path, *_engine_files(path)])
     return removed
 
@@ -221,17 +221,13 @@ def _engine_files(onnx_file: Path) -> list[Path]:
     return [onnx_file.with_suffix(".plan"), *flavour]
 
 
-def _from_this_run(path: Path, card: ModelCard) -> bool:
-    """Whether ``path`` is a medclf export of a model of ``card``'s run folder (trained there, then or since)."""
+def _another_models_card(path: Path, card: ModelCard) -> ModelCard | None:
+    """The card of ``path`` where it is a medclf export of a Keras model other than ``card``'s (its card's
+    ``keras_sha256`` differs), else None. A file that is not a medclf export, or cannot be read, is not known to
+    be one: it is left alone."""
     found = card_of_file(path)
-    return found is not None and found.source.get("run_dir") == card.source.get("run_dir")
-
-
-def _from_another_model(path: Path, card: ModelCard) -> bool:
-    """Whether ``path`` is a medclf export of a Keras model other than ``card``'s (its card's ``keras_sha256``
-    differs). A file that is not a medclf export, or cannot be read, is not known to be one: it is left alone."""
-    theirs = found.source.get("keras_sha256") if (found := card_of_file(path)) is not None else None
-    return theirs is not None and theirs != card.source.get("keras_sha256")
+    theirs = found.source.get("keras_sha256") if found is not None else None
+    return found if theirs is not None and theirs != card.source.get("keras_sha256") else None
 
 
 def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:
@@ -385,7 +381,8 @@ def _triton(repo: Path, name: str, report: dict, card: ModelCard, max_batch: int
     for precision in sorted(set(PRECISIONS) - published):
         stale = repo / (name if precision == "fp32" else f"{name}_{precision}")  # another model's, served beside
         served = stale / "1" / "model.onnx"  # ... of this run folder (a run named NAME_int8 serves its own there)
-        if served.is_file() and _from_this_run(served, card) and _from_another_model(served, card):
+        other = _another_models_card(served, card) if served.is_file() else None
+        if other is not None and other.source.get("run_dir") == card.source.get("run_dir"):
             shutil.rmtree(stale)
             report["removed"].append(str(stale))
     return [str(path) for path in written]

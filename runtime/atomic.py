@@ -155,10 +155,11 @@ def _is_stream(path: str | os.PathLike[str]) -> bool:
     return not stat.S_ISDIR(mode) and (not stat.S_ISREG(mode) or any(name.startswith(STREAMS) for name in names))
 
 
-def fitted_name(stem: str, tail: str) -> str:
+def fitted_name(stem: str, tail: str, most: int = MAX_NAME_BYTES) -> str:
     """``stem + tail``, the stem shortened where the whole would pass the 255 bytes a file name may have
-    (ext4, XFS, NTFS, APFS): names made from an input's name plus a suffix of ours must still be writable."""
-    while len(os.fsencode(stem + tail)) > MAX_NAME_BYTES and stem:
+    (ext4, XFS, NTFS, APFS), or ``most``: names made from an input's name plus a suffix of ours must still be
+    writable."""
+    while len(os.fsencode(stem + tail)) > most and stem:
         stem = stem[:-1]
     return stem + tail
 

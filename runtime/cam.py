@@ -78,10 +78,7 @@ def overlay_name(path: str, label: str, kind: str, key: bytes | None = None) -> 
     digest = hashlib.sha1(key if key is not None else os.fsencode(os.path.abspath(path))).hexdigest()[:8]
     label = label.replace("/", "_").replace(os.sep, "_")  # ER+/PR+: one file, not a folder ER+ holding PR+...
     if len(os.fsencode(label)) > MAX_LABEL_BYTES:  # a 240-byte class name left no room: no heatmap was writable
-        short = label
-        while len(os.fsencode(short)) > MAX_LABEL_BYTES - 9:
-            short = short[:-1]
-        label = f"{short}~{hashlib.sha1(os.fsencode(label)).hexdigest()[:8]}"  # still one name per class
+        label = fitted_name(label, f"~{hashlib.sha1(os.fsencode(label)).hexdigest()[:8]}", MAX_LABEL_BYTES)
     return fitted_name(Path(path).stem, f"-{digest}.{label}.{kind}.png")
 
 

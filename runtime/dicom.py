@@ -157,12 +157,12 @@ def _jpeg_frame(dataset, index: int | None, source: str) -> np.ndarray:
     try:
         pixels = decode_jpeg(frame, source, "grey" if grey else "rgb")
     except ImageError as exc:  # "damaged JPEG, part of the picture is lost (...)": said of the DICOM
-        said = f"damaged compressed DICOM ({syntax_name(dataset)})"
+        said = f"damaged compressed DICOM ({_syntax_name(dataset)})"
         raise ImageError(source, exc.reason.replace("damaged JPEG", said, 1)) from None
     if pixels is None:  # what TurboJPEG leaves to OpenCV (stray bytes it will not pass)
         decoded = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_GRAYSCALE if grey else cv2.IMREAD_COLOR)
         if decoded is None:
-            raise ImageError(source, f"damaged compressed DICOM ({syntax_name(dataset)}): its JPEG frame cannot be "
+            raise ImageError(source, f"damaged compressed DICOM ({_syntax_name(dataset)}): its JPEG frame cannot be "
                                      "decoded")
         pixels = decoded if grey else cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
     pixels = pixels[:, :, 0] if grey and pixels.ndim == 3 else pixels
@@ -172,7 +172,7 @@ def _jpeg_frame(dataset, index: int | None, source: str) -> np.ndarray:
     return pixels
 
 
-def syntax_name(dataset) -> str:
+def _syntax_name(dataset) -> str:
     return dataset.file_meta.TransferSyntaxUID.name
 
 
@@ -300,10 +300,10 @@ def _unreadable(exc: Exception, dataset) -> str:
         needs = "; ".join(line.strip() for line in message.split("missing dependencies:", 1)[1].splitlines()
                           if line.strip())
         hint = " (pip install 'medclf[dicom]' brings GDCM)" if "gdcm" in needs else ""
-        return (f"compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}) and no decoder for it is "
+        return (f"compressed DICOM ({_syntax_name(dataset)}) and no decoder for it is "
                 f"installed: {needs}{hint}")
     if "for samples with 12-bit precision" in message and dataset is not None:  # pydicom's GDCM plugin declines
-        return (f"compressed DICOM ({dataset.file_meta.TransferSyntaxUID.name}) of 12-bit samples, which GDCM "
+        return (f"compressed DICOM ({_syntax_name(dataset)}) of 12-bit samples, which GDCM "
                 "and Pillow do not decode: pip install pylibjpeg pylibjpeg-libjpeg (GPL-3.0), or store it "
                 "uncompressed (gdcmconv --raw)")
     message = re.sub(r" <_io\.BytesIO object at 0x[0-9a-f]+>", "", message)  # Pillow names its buffer so
