@@ -16,7 +16,8 @@ from .cpu import fp16_caveat, int8_caveat
 from .decision import decide
 from .inputs import STDIN
 from .modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, ModelCard, ModelCardError, unlike
-from .stream import decoded, usable_cpus
+from .cpu_limit import usable_cpus
+from .stream import decoded
 from .tta import averaged, checked
 
 # White-blood-cell classifier trained by medclf on blood-cells/TRAIN; README says how to reproduce it.
@@ -35,7 +36,8 @@ def images_per_batch(height: int, width: int, most: int | None = None) -> int:
 
 
 def default_threads() -> int:
-    """One intra-op thread per CPU this process may use.
+    """One intra-op thread per CPU this process may use (its affinity mask or its container's quota:
+    :mod:`.cpu_limit`).
 
     Measured on the 2-core CPU here with the packaged MobileNetV2 (128 px), idle machine: 1 thread 3.3 ms per
     image at batch 1 and 391 images/s at batch 32; 2 threads 1.6 ms and 626 images/s (at 160 px: 5.0 / 2.6 ms,

@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     # 32: the 2,487 TEST smears in 5.6-6.5 s on 2 cores vs 6.5-7.6 s at 16 and 5.8-6.6 s at 64; on an H200 the
     # CUDA EP fed by 16 decoding processes ran 6,700 images/s at 32, 7,000 at 64.
     add("--batch-size", type=_positive, default=32, metavar="N", help="Images per inference call (default 32).")
-    add("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads (default: the usable CPUs).")
+    add("--threads", type=_positive, metavar="N", help="onnxruntime intra-op threads (default: the usable CPUs, a container's CPU quota counted).")
     add("--csv", dest="csv_file", type=Path, metavar="FILE",
         help="Also write every result to this CSV file (atomically, when done).")
     add("--cam", type=Path, metavar="DIR",

@@ -7,19 +7,14 @@ back in input order, a bounded number in flight, so memory stays flat on a folde
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 
+from .cpu_limit import usable_cpus
 from .preprocess import ImageError, Preprocess, load_image
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may use (its affinity mask, which containers and taskset narrow)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def decode_workers(processes: bool = False) -> int:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from medclf.runtime.cache import default_cache_dir
-from medclf.runtime.stream import usable_cpus
+from medclf.runtime.cpu_limit import usable_cpus
 
 from .layout import DatasetError
 
