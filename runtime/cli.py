@@ -32,6 +32,7 @@ from .tta import VIEWS
 PROGRESS_FROM = 32  # inputs; below this the answer comes before a bar would be worth drawing
 READER_LEFT = 141  # exit status when stdout's reader went away: what a shell reports for SIGPIPE
 INTERRUPTED = 130  # exit status after Ctrl-C: what a shell reports for SIGINT
+NOT_REACHED = "not classified: the run was interrupted"  # an interrupted run's --csv rows for the inputs left
 UNLIKE_MARK = "UNLIKE TRAINING"  # the table's mark on a row whose image the model says it was not trained for
 
 
@@ -167,7 +168,12 @@ def run(args: argparse.Namespace) -> int:
     recorded = _recording(counted, results) if args.csv_file is not None else counted
     model = _model_sha256(classifier) if args.as_json or args.csv_file is not None else ""
     answered_by = {"model_sha256": model} | ({"tta": args.tta} if args.tta else {})  # what a result depends on
-    failed, reader_left = _printed(recorded, results, answered_by, args, paths, classifier.labels)
+    try:
+        failed, reader_left = _printed(recorded, results, answered_by, args, paths, classifier.labels)
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (:func:`stop_on_term`): keep what was answered
+        if args.csv_file is not None:
+            _write_interrupted_csv(args.csv_file, results, paths, model, args.tta or "")
+        raise
     if len(paths) > 1:
         print(tally(calls, classifier.labels), file=sys.stderr)
     if unlike:
@@ -181,6 +187,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
             return 1
     return READER_LEFT if reader_left else 1 if failed else 0
+
+
+def _write_interrupted_csv(path: Path, results: list[Prediction], paths: list[str], model: str, tta: str) -> None:
+    """An interrupted run's CSV: the answers it gave, then every input it did not reach, each with the reason in
+    its error cell — so no one reads the file as complete (before, an interrupted run wrote none: hours of a
+    worklist's answers lost to a late Ctrl-C or a service stop)."""
+    unreached = [Prediction(path, error=NOT_REACHED) for path in paths[len(results):]]
+    try:
+        write_csv(path, results + unreached, model, tta)
+    except OSError as exc:
+        print(f"error: --csv {path}: not written ({exc.strerror or exc})", file=sys.stderr)
+        return
+    print(f"--csv {path}: {len(results)} answers written; {len(unreached)} inputs not reached, each marked "
+          f"'{NOT_REACHED}'", file=sys.stderr)
 
 
 def _printed(recorded: Iterable[Prediction], results: list[Prediction], answered_by: dict[str, str],
@@ -418,8 +438,7 @@ def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return _refuse(f"writing the results failed ({exc.strerror or exc})", 1)
     except KeyboardInterrupt:  # Ctrl-C: one line and the shell's status for it, as SIGTERM ends (was a traceback)
-        print("interrupted: the answers printed above are all there are (a --csv file is written by a run that "
-              "ends)", file=sys.stderr)
+        print("interrupted: the answers printed above are all there are", file=sys.stderr)
         return INTERRUPTED
 
 

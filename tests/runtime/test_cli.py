@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import hashlib
 import json
@@ -427,6 +428,30 @@ def test_sigterm_and_ctrl_c_end_a_run_in_one_line(blood_cells, tmp_path, signum)
     assert running.returncode == 128 + getattr(signal, signum) and "Traceback" not in stderr
     if signum == "SIGINT":
         assert stderr.splitlines()[-1].startswith("interrupted: the answers printed above are all there are")
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_run_still_writes_its_csv_and_marks_the_inputs_it_did_not_reach(blood_cells, tmp_path,
+                                                                                      signum):
+    """A worklist's answers were all lost to a late Ctrl-C or a service stop: the CSV is written by a run that
+    ends. Now it holds the answers given, then one row per input not reached, saying so in its error cell."""
+    import signal
+
+    images = sorted((blood_cells / "TEST").rglob("*.jpeg"))[:600]
+    destination = tmp_path / "results.csv"
+    running = subprocess.Popen([sys.executable, "-m", "medclf.runtime.cli", "--json", "--csv", str(destination),
+                                *map(str, images)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    running.stdout.readline()  # classifying by now
+    running.send_signal(getattr(signal, signum))
+    stdout, stderr = running.communicate(timeout=120)
+    assert running.returncode == 128 + getattr(signal, signum) and "Traceback" not in stderr
+    rows = list(csv.DictReader(destination.open(encoding="utf-8")))
+    assert [row["path"] for row in rows] == list(map(str, images))
+    answered = [row for row in rows if row["label"]]
+    unreached = [row for row in rows if row["error"] == "not classified: the run was interrupted"]
+    assert len(answered) >= 1 + stdout.count("\n") and len(answered) + len(unreached) == len(images)
+    assert unreached, "the run ended before the signal: nothing tested"
+    assert f"{len(answered)} answers written; {len(unreached)} inputs not reached" in stderr
 
 
 def test_an_image_piped_in_is_classified_as_dash(blood_cell_images, tmp_path):
