@@ -36,6 +36,9 @@ CUDA_OPTIONS = {"use_tf32": "0"}
 # The TensorRT EP builds weakly typed networks, which keep an ONNX file's FP16 or INT8 (QDQ) layers at that
 # precision only where the builder flag allows it; an FP32 file gets neither, so TensorRT keeps it FP32.
 TENSORRT_PRECISION_OPTIONS = {"fp32": {}, "fp16": {"trt_fp16_enable": "True"}, "int8": {"trt_int8_enable": "True"}}
+# The batch sizes the TensorRT EP's engines take (1 to 64, tuned for the runtime's batches of 32); larger batches
+# are run in parts. Native engines have their own, set at export (``--batch-profile``).
+ORT_TENSORRT_PROFILE = {"min": 1, "opt": 32, "max": 64}
 PROVIDER_LIBRARIES = {"cuda": "libonnxruntime_providers_cuda.so",
                       "ort-tensorrt": "libonnxruntime_providers_tensorrt.so"}
 # onnxruntime's CPU and GPU builds are two distributions that unpack into one ``onnxruntime`` folder, file over file;
@@ -147,9 +150,9 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
             os.environ.setdefault("NVIDIA_TF32_OVERRIDE", "0")
         if missing := missing_library(name):  # asked first: a failed TensorRT EP prints its error on stdout
             raise BackendUnavailable(f"{name}: onnxruntime cannot start {provider} (missing library {missing})")
-    precision = _precision(model) if name == "ort-tensorrt" else "fp32"
+    card = ModelCard.from_metadata(_metadata(model), str(model)) if name == "ort-tensorrt" else None
     try:
-        providers = _providers(name, model, precision)
+        providers = _providers(name, model, *((card.precision, card.preprocess.shape) if card else ()))
     except OSError as exc:  # the TensorRT EP's engine cache cannot be made
         raise BackendUnavailable(f"{name}: its engine cache cannot be written ({exc})") from None
     try:
@@ -164,7 +167,8 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
         raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} and would have run on the CPU "
                                  f"instead (onnxruntime's log says why)")
     widths = [output.shape[-1] for output in session.get_outputs() if output.name == OUTPUT_NAME and output.shape]
-    return Backend(name, lambda outputs, images: session.run(outputs, {INPUT_NAME: images}),
+    run = lambda outputs, images: session.run(outputs, {INPUT_NAME: images})  # noqa: E731
+    return Backend(name, _in_runs(run, ORT_TENSORRT_PROFILE["max"]) if name == "ort-tensorrt" else run,
                    session.get_modelmeta().custom_metadata_map,
                    classes=widths[0] if widths and isinstance(widths[0], int) else None)
 
@@ -199,10 +203,23 @@ def _precision(model: Path, metadata: dict[str, str] | None = None) -> str:
     return ModelCard.from_metadata(metadata or _metadata(model), str(model)).precision
 
 
-def _providers(name: str, model: Path, precision: str = "fp32") -> list:
+def _in_runs(run: Callable[[list[str], np.ndarray], list[np.ndarray]],
+             most: int) -> Callable[[list[str], np.ndarray], list[np.ndarray]]:
+    """``run``, given batches of at most ``most`` images (an engine's profile ends there) and their outputs joined."""
+    def in_runs(outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
+        if len(images) <= most:
+            return run(outputs, images)
+        parts = [run(outputs, images[start:start + most]) for start in range(0, len(images), most)]
+        return [np.concatenate(chunks) for chunks in zip(*parts)]
+    return in_runs
+
+
+def _providers(name: str, model: Path, precision: str = "fp32",
+               image_shape: tuple[int, int, int] | None = None) -> list:
     """The provider list for ``name``, most wanted first. Under the TensorRT EP, what TensorRT cannot take runs
     on CUDA, its engines are cached on disk (without the cache each start rebuilds them: minutes) in a folder of
-    the ``model`` file's own, and the file's ``precision`` is allowed (:data:`TENSORRT_PRECISION_OPTIONS`)."""
+    the ``model`` file's own, the file's ``precision`` is allowed (:data:`TENSORRT_PRECISION_OPTIONS`), and its
+    engines take any batch of ``image_shape`` images up to :data:`ORT_TENSORRT_PROFILE`'s largest."""
     cuda = (PROVIDERS["cuda"], CUDA_OPTIONS)
     if name == "cuda":
         return [cuda, PROVIDERS["cpu"]]
@@ -217,9 +234,19 @@ def _providers(name: str, model: Path, precision: str = "fp32") -> list:
         tensorrt = (PROVIDERS["ort-tensorrt"], {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
                                                   "trt_engine_cache_path": os.fspath(cache),
                                                   "trt_timing_cache_path": os.fspath(cache)}
-                    | TENSORRT_PRECISION_OPTIONS[precision])
+                    | TENSORRT_PRECISION_OPTIONS[precision] | _profile_options(image_shape))
         return [tensorrt, cuda, PROVIDERS["cpu"]]
     return [PROVIDERS["cpu"]]
+
+
+def _profile_options(image_shape: tuple[int, int, int] | None) -> dict[str, str]:
+    """The TensorRT EP's explicit batch profile (onnxruntime's ``trt_profile_*_shapes``, ``name:dim1xdim2...``).
+    Without one it builds each engine for the batch sizes seen so far and rebuilds it, a minute or more, whenever
+    a run brings a size outside them: one image, then a folder's batches of 32, then ``predict``'s hundreds."""
+    if image_shape is None:
+        return {}
+    return {f"trt_profile_{bound}_shapes": f"{INPUT_NAME}:" + "x".join(map(str, (batch, *image_shape)))
+            for bound, batch in ORT_TENSORRT_PROFILE.items()}
 
 
 def missing_library(name: str) -> str | None:

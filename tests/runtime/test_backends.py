@@ -135,6 +135,25 @@ def test_the_tensorrt_provider_allows_the_precision_the_file_was_exported_in(tmp
     assert _precision(DEFAULT_MODEL) == "fp32"  # read from the file's model card before any GPU session
 
 
+def test_the_tensorrt_provider_builds_one_engine_for_every_batch_the_runtime_sends(tmp_path, monkeypatch):
+    """Without an explicit profile the TensorRT EP builds for the batch sizes seen so far and rebuilds (a minute
+    or more) when a larger one comes; batches past the profile's largest are run in parts."""
+    import numpy as np
+
+    from medclf.runtime.backends import _in_runs, _providers
+
+    monkeypatch.setenv("MEDCLF_CACHE", str(tmp_path))
+    options = _providers("ort-tensorrt", DEFAULT_MODEL, "fp32", (128, 128, 3))[0][1]
+    assert {key: value for key, value in options.items() if key.startswith("trt_profile")} == {
+        "trt_profile_min_shapes": "image:1x128x128x3", "trt_profile_opt_shapes": "image:32x128x128x3",
+        "trt_profile_max_shapes": "image:64x128x128x3"}
+    sizes = []
+    run = _in_runs(lambda names, images: sizes.append(len(images)) or [images.sum(axis=(1, 2, 3))], 64)
+    images = np.random.default_rng(0).integers(0, 255, (150, 2, 2, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(run(["probabilities"], images)[0], images.sum(axis=(1, 2, 3)))
+    assert sizes == [64, 64, 22]
+
+
 def test_an_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="unknown backend 'npu'"):
         open_backend(DEFAULT_MODEL, "npu")
