@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.covariance import LedoitWolf
 
-from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES as MIN_HELD_OUT
+from medclf.runtime.modelcard import FAMILIARITY_MIN_IMAGES
 from medclf.runtime.modelcard import FAMILIARITY_QUANTILE as QUANTILE
 
 FIT_IMAGES = 1024  # training images the class means and covariances are estimated on, at most
@@ -177,11 +177,11 @@ def probabilities_and_levels(model: keras.Model, images: np.ndarray, batch: int 
 def fit(model: keras.Model, training: np.ndarray, labels: np.ndarray | None, held_out: np.ndarray,
         batch: int = 32, held_out_features: list[np.ndarray] | None = None) -> Familiarity:
     """Class means and shared covariances on ``training`` uint8 images (one mean where ``labels`` are unknown),
-    scales and threshold on ``held_out`` ones (:data:`MIN_HELD_OUT` at least), whose
+    scales and threshold on ``held_out`` ones (:data:`FAMILIARITY_MIN_IMAGES` at least), whose
     :func:`probabilities_and_levels` are computed unless given."""
-    if len(held_out) < MIN_HELD_OUT:
+    if len(held_out) < FAMILIARITY_MIN_IMAGES:
         raise FamiliarityUnavailable(f"{len(held_out)} images to set its threshold on place no 99.5th percentile "
-                                     f"(at least {MIN_HELD_OUT})")
+                                     f"(at least {FAMILIARITY_MIN_IMAGES})")
     if len(training) < MIN_FIT_IMAGES:  # one image left no level with a spread: a TensorFlow traceback
         raise FamiliarityUnavailable(f"{len(training)} training images to measure it from estimate no spread of "
                                      f"their features (at least {MIN_FIT_IMAGES})")

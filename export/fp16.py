@@ -2,9 +2,10 @@
 
 onnxruntime's own float16 converter does the work: it grew out of onnxconverter-common's, gives the same
 probabilities here, and converts MobileNetV2 in 0.1 s where onnxconverter-common took over ten minutes.
-``keep_io_types`` leaves the graph's inputs and outputs as they were, and the graph's first ``Cast``
-(uint8 → float32) stays on the block list: converted, it would become a cascade of casts wired to the wrong
-type. What is left in float32 is what the converter's default block list keeps.
+``keep_io_types`` leaves the graph's inputs and outputs as they were, and every ``Cast`` stays on the block
+list (the first, uint8 → float32, converted, would become a cascade of casts wired to the wrong type). What is
+left in float32 is what the converter's default block list keeps, the first ``float_convs`` convolutions of each
+backbone and the ``unfamiliarity`` output's nodes (:func:`to_fp16`).
 
 Rounding the weights to float16 is nearly all of FP16's error on a CPU: with everything else float32, the
 default-trained blood-cell model's convolution weights rounded to float16 moved its probabilities as much as the

@@ -25,13 +25,14 @@ from medclf.runtime.atomic import atomic_write, lock_at_once, replace_durably, w
 from medclf.runtime.class_names import class_on_path
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.cpu import this_cpu
-from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, FAMILIARITY_QUANTILE, ModelCard, unlike
+from medclf.runtime.modelcard import (CAM_NAME, FAMILIARITY_MIN_IMAGES, FAMILIARITY_NAME, FAMILIARITY_QUANTILE,
+                                      ModelCard, unlike)
 from medclf.runtime.tensorrt_engine import BatchProfile, EngineCache, TensorRTEngine, gpu_identity, tensorrt
 
 from .candidates import FLOAT16_ACTIVATIONS, Converters, derive, judged_probabilities, save
 from .depth_weights import set_again_on
 from .familiarity import DESCRIPTION as FAMILIARITY_DESCRIPTION
-from .familiarity import FIT_IMAGES, MIN_HELD_OUT, Familiarity, FamiliarityUnavailable, fit
+from .familiarity import FIT_IMAGES, Familiarity, FamiliarityUnavailable, fit
 from .files import FILE_NAMES, TENSORRT_FLAVOUR, card_of_file
 from .float_search import asked_steps, choose_float_layers
 from .fp16 import Fp16Converter
@@ -252,15 +253,15 @@ def _familiarity(model, card: ModelCard, run_dir: Path, calibration_data: str | 
                  ) -> tuple[Familiarity | None, dict, np.ndarray]:
     """The fitted :class:`~.familiarity.Familiarity` — class means and covariances on up to ``FIT_IMAGES`` of
     the run's training images (or ``calibration_data``), threshold on the verification images the model was not
-    trained on where there are ``MIN_HELD_OUT`` of them (``paths``: a run that holds out too few tops them up
-    with training images, which the model knows better — the threshold then sits tighter, and 14% of fresh films
-    of the same kind were flagged: said in the record) — its record for the report, and the images the
-    threshold was set on; or None and why it could not be added (no dense head, too few images)."""
+    trained on where there are ``FAMILIARITY_MIN_IMAGES`` of them (``paths``: a run that holds out too few tops
+    them up with training images, which the model knows better — the threshold then sits tighter, and 14% of
+    fresh films of the same kind were flagged: said in the record) — its record for the report, and the images
+    the threshold was set on; or None and why it could not be added (no dense head, too few images)."""
     trained = _trained_paths(run_dir)
     untrained = [i for i, path in enumerate(paths) if path not in trained]
     among = len(paths) - len(untrained)  # training images among the verification images
     try:
-        if among and len(untrained) >= MIN_HELD_OUT:  # enough held out: the threshold is theirs alone
+        if among and len(untrained) >= FAMILIARITY_MIN_IMAGES:  # enough held out: the threshold is theirs alone
             images, _ = load_labelled([paths[i] for i in untrained], [names[i] for i in untrained], card)
             features, among = None, 0
         else:

@@ -63,6 +63,11 @@ class Prediction:
     unfamiliarity: float | None = None  # how unlike the training images (models that say): above 1, warn
 
     @property
+    def failure(self) -> str | None:
+        """Why this input failed (not classified, or its heatmap not written), or None: what sets exit status 1."""
+        return self.error if self.error is not None else self.heatmap_error
+
+    @property
     def unlike_training(self) -> bool:
         """Whether the image lies farther from the model's training images than 99.5% of its held-out images
         do: its call is then no more than a guess (a chest film given to a blood-cell model, a grey smear); NaN
@@ -221,11 +226,11 @@ class Classifier:
                   cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
         """The images among ``pending`` run as one batch, and every answer in input order: a bad file no longer
         cuts a batch short (every third file bad: 1,000 runs of 2 images instead of 63 of 32 — a GPU's loss)."""
-        answers = self._flush([(path, image) for path, image, error in pending if error is None], top_k, cam_dir)
+        answers = self._answers_for([(path, image) for path, image, error in pending if error is None], top_k, cam_dir)
         for path, _, error in pending:
             yield Prediction(path=path, error=error) if error is not None else next(answers)
 
-    def _flush(self, batch: list[tuple[str, np.ndarray]], top_k: int,
+    def _answers_for(self, batch: list[tuple[str, np.ndarray]], top_k: int,
                cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
         if not batch:
             return

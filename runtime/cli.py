@@ -216,7 +216,7 @@ def _printed(recorded: Iterable[Prediction], results: list[Prediction], answered
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         for _ in recorded:  # the answers not yet printed, each recorded on its way to the CSV
             pass
-        return sum(p.error is not None or p.heatmap_error is not None for p in results), True
+        return sum(p.failure is not None for p in results), True
 
 
 def _read_by_the_run(destination: str, paths: list[str], files_from: str | None,
@@ -339,7 +339,7 @@ def write_csv(path: Path, predictions: list[Prediction], model_sha256: str = "",
             probability = "" if p.probability is None else f"{p.probability:.6f}"
             unfamiliarity = "" if p.unfamiliarity is None else f"{p.unfamiliarity:.4f}"
             writer.writerow([*map(_inert, (p.path, p.label or "")), probability, _inert(top_k), unfamiliarity,
-                             *map(_inert, (p.heatmap or "", p.error or p.heatmap_error or "")), model_sha256, tta])
+                             *map(_inert, (p.heatmap or "", p.failure or "")), model_sha256, tta])
 
 
 def _inert(cell: str) -> str:
@@ -354,7 +354,7 @@ def _print_json(predictions: Iterable[Prediction], answered_by: dict[str, str]) 
     test-time views), an input that failed only its reason."""
     failed = 0
     for prediction in predictions:
-        failed += prediction.error is not None or prediction.heatmap_error is not None
+        failed += prediction.failure is not None
         sys.stdout.write(json.dumps(prediction.to_dict() | ({} if prediction.error else answered_by)) + "\n")
         sys.stdout.flush()
     return failed
@@ -369,13 +369,11 @@ def _print_table(predictions: Iterable[Prediction], paths: list[str], labels: tu
               len("probability"))
     failed, header = 0, ("file", "label", "probability", "others")
     for prediction in predictions:
+        if prediction.failure is not None:  # not classified, or classified (its row follows) without its overlay
+            failed += 1
+            print(f"error {_printable(prediction.path)}: {prediction.failure}", file=sys.stderr, flush=True)
         if prediction.error is not None:
-            failed += 1
-            print(f"error {_printable(prediction.path)}: {prediction.error}", file=sys.stderr, flush=True)
             continue
-        if prediction.heatmap_error is not None:  # classified (its row follows), only the overlay is missing
-            failed += 1
-            print(f"error {_printable(prediction.path)}: {prediction.heatmap_error}", file=sys.stderr, flush=True)
         if header:
             _print_row(header, widths)
             header = ()

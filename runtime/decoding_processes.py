@@ -24,7 +24,8 @@ from multiprocessing.connection import Connection, wait
 import cv2
 import numpy as np
 
-from .preprocess import ImageError, Preprocess, load_image
+from .preprocess import Preprocess
+from .stream import image_or_reason  # whatever a file's decoding raised: its failure, not a dead process's
 
 CHUNK = 8  # images per task
 KILLED = "its decoding process died on it (a decoder crash, or out of memory)"
@@ -185,7 +186,7 @@ def _serve(tasks: Connection, results: Connection, preprocess: Preprocess) -> No
     try:
         while True:
             number, paths = tasks.recv()
-            outbox.put((number, [_load(path, preprocess) for path in paths]))
+            outbox.put((number, [image_or_reason(path, preprocess) for path in paths]))
     except (EOFError, OSError):  # the parent has gone or stopped listening
         pass
 
@@ -197,13 +198,3 @@ def _send_all(outbox: queue.SimpleQueue, results: Connection) -> None:
     except OSError:  # the parent stopped reading
         pass
 
-
-def _load(path: str, preprocess: Preprocess) -> Result:
-    """One file's pixels or why not, as the thread path answers (``stream._result``): whatever its decoding raised
-    is that file's failure — not a dead process blamed for it, with the child's traceback."""
-    try:
-        return load_image(path, preprocess), None
-    except ImageError as exc:
-        return None, exc.reason
-    except Exception as exc:  # noqa: BLE001 — a batch goes on past one file, whatever stopped it
-        return None, f"could not be decoded ({type(exc).__name__}: {exc})"

@@ -57,7 +57,7 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
     try:
         pending: deque[tuple[str, Future]] = deque()
         for path in paths:
-            pending.append((path, pool.submit(load_image, path, preprocess)))
+            pending.append((path, pool.submit(image_or_reason, path, preprocess)))
             if len(pending) >= ahead:
                 yield _result(*pending.popleft())
         while pending:
@@ -67,11 +67,16 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
 
 
 def _result(path: str, future: Future) -> tuple[str, np.ndarray | None, str | None]:
-    """One file's answer; whatever its decoding raised is that file's failure, not the batch's (the decoders
-    turn what they know into an ImageError; OpenCV out of memory on a resize is a cv2.error)."""
+    return path, *future.result()
+
+
+def image_or_reason(path: str, preprocess: Preprocess) -> tuple[np.ndarray | None, str | None]:
+    """One file's pixels, or why not: whatever its decoding raised is that file's failure, not the batch's (the
+    decoders turn what they know into an ImageError; OpenCV out of memory on a resize is a cv2.error). Decoding
+    threads and decoding processes both answer with it."""
     try:
-        return path, future.result(), None
+        return load_image(path, preprocess), None
     except ImageError as exc:
-        return path, None, exc.reason
+        return None, exc.reason
     except Exception as exc:  # noqa: BLE001 — a batch goes on past one file, whatever stopped it
-        return path, None, f"could not be decoded ({type(exc).__name__}: {exc})"
+        return None, f"could not be decoded ({type(exc).__name__}: {exc})"

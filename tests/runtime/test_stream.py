@@ -177,13 +177,14 @@ def test_a_decoding_process_answers_any_failure_as_that_files_as_threads_do(monk
     the file read "its decoding process died", with the child's traceback."""
     import cv2
 
-    from medclf.runtime import decoding_processes
+    from medclf.runtime import decoding_processes, stream
 
     def resize_fails(path, preprocess):
         raise cv2.error("Insufficient memory")
 
-    monkeypatch.setattr(decoding_processes, "load_image", resize_fails)
-    image, reason = decoding_processes._load("scan.png", preprocess)
+    assert decoding_processes.image_or_reason is stream.image_or_reason  # what the thread path answers with
+    monkeypatch.setattr(stream, "load_image", resize_fails)
+    image, reason = decoding_processes.image_or_reason("scan.png", preprocess)
     assert image is None and reason == "could not be decoded (error: Insufficient memory)"
 
 
