@@ -1,8 +1,9 @@
 """Small real ONNX graphs with a medclf model card, for tests of what surrounds a model (its threshold, its
-card), not of what a network learned."""
+card), not of what a network learned; and a calibration reader over arrays in memory."""
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -34,3 +35,17 @@ def brightness_model(path, card: ModelCard, nan_when_black: bool = False) -> str
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return str(path)
+
+
+class ArrayReader:
+    """Calibration batches from arrays already in memory."""
+
+    def __init__(self, batches: list[np.ndarray], name: str = "x"):
+        self.batches, self.name, self.position = batches, name, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        self.position += 1
+        return {self.name: self.batches[self.position - 1]} if self.position <= len(self.batches) else None
+
+    def rewind(self) -> None:
+        self.position = 0

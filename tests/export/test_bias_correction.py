@@ -12,20 +12,7 @@ from onnx import helper, numpy_helper
 from medclf.export.bias_correction import conv_input_means, correct_biases, input_means, int8_weights
 from medclf.export.int8 import ImageCalibrationReader, to_int8
 from medclf.runtime import Classifier
-
-
-class ArrayReader:
-    """Calibration batches from arrays already in memory."""
-
-    def __init__(self, batches: list[np.ndarray], name: str = "x"):
-        self.batches, self.name, self.position = batches, name, 0
-
-    def get_next(self) -> dict[str, np.ndarray] | None:
-        self.position += 1
-        return {self.name: self.batches[self.position - 1]} if self.position <= len(self.batches) else None
-
-    def rewind(self) -> None:
-        self.position = 0
+from tests.onnx_graphs import ArrayReader
 
 
 def grouped_conv_without_bias(weight: np.ndarray) -> onnx.ModelProto:

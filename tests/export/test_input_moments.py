@@ -10,7 +10,7 @@ from onnxruntime import InferenceSession
 
 from medclf.export.fp16 import compensated_rounding
 from medclf.export.input_moments import conv_patch_moments
-from tests.export.test_bias_correction import ArrayReader
+from tests.onnx_graphs import ArrayReader
 
 CONVS = {  # name: (input channels, Conv attributes)
     "3x3, 2 groups, padded": (4, {"group": 2, "pads": [1, 1, 1, 1]}),

@@ -40,7 +40,7 @@ def seeds(blood_cell_images, tmp_path_factory) -> list[bytes]:
     ok, tiff = cv2.imencode(".tif", np.random.default_rng(1).integers(0, 65535, (24, 32, 3), dtype=np.uint16))
     files = [blood_cell_images[0].read_bytes(), png.tobytes(), tiff.tobytes()]
     if expected_seeds() > 3:
-        from tests.runtime.test_clinic_inputs import RAMP, dicom_bytes, gdcm_transcoded
+        from tests.image_files import RAMP, dicom_bytes, gdcm_transcoded
 
         files.append(dicom_bytes(RAMP.astype(np.uint16), WindowCenter=100, WindowWidth=200))
         if expected_seeds() > 4:
@@ -58,7 +58,7 @@ def test_the_seeds_are_real_files_that_decode(seeds):
 
 @FUZZ
 @given(st.binary(max_size=4096))
-def test_arbitrary_bytes(data):
+def test_arbitrary_bytes_decode_or_are_refused_in_one_line(data):
     decodes_or_refuses(data)
 
 

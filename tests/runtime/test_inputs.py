@@ -106,7 +106,7 @@ def _encoded(suffix: str, image) -> bytes:
         Image.fromarray(image).save(out, "JPEG2000", no_jp2=True)
         return out.getvalue()
     if suffix == ".IMA":  # Siemens scanners' name for their DICOM exports
-        from tests.runtime.test_clinic_inputs import dicom_bytes
+        from tests.image_files import dicom_bytes
 
         return dicom_bytes(image)
     grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
