@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from .preprocess import MAX_PIXELS, ImageError, jpeg_segments  # preprocess imports this module when it decodes
+from .preprocess import MAX_PIXELS, ImageError, is_start_of_frame, jpeg_segments  # preprocess imports this module when it decodes
 
 # libjpeg's warnings that mean part of the picture is missing or wrong (jerror.h: JWRN_HIT_MARKER, JWRN_JPEG_EOF,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION): the file is refused.
@@ -100,7 +100,7 @@ def frame_segment(data: bytes) -> tuple[int, int] | None:
     for marker, start, _ in jpeg_segments(data):
         if marker in (0xDA, 0xD9):
             return None
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # DHT, JPG and DAC share the range
+        if is_start_of_frame(marker):
             return marker, start
     return None
 

@@ -42,6 +42,7 @@ cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 # Pillow, a VOI LUT declared deeper than its entries read over their depth).
 DECODING_VERSION = 7
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"  # a JPEG's first two bytes: start of image
 # Ancillary PNG chunks OpenCV reads (transparency, EXIF orientation, APNG's frames); it is given no others.
 PNG_CHUNKS_READ = frozenset({b"tRNS", b"eXIf", b"acTL", b"fcTL", b"fdAT"})
 MAX_FILE_BYTES = 1 << 30  # files larger than this are refused before reading them
@@ -167,7 +168,7 @@ def _decode(data: bytes, source: str, color: str, scale: int) -> np.ndarray:
     if is_dicom(data):
         return _to_8_bits(_rgb_to_bgr(decode_dicom(data, source)), color)
     _refuse_huge(data, source)
-    if data[:2] == b"\xff\xd8" and (image := decode_jpeg(data, source, color, scale)) is not None:
+    if data[:2] == JPEG_SOI and (image := decode_jpeg(data, source, color, scale)) is not None:
         return image
     if data[:8] == PNG_SIGNATURE:
         data = checked_png(data, source)
@@ -266,7 +267,7 @@ def checked_png(data: bytes, source: str) -> bytes:
 def jpeg_scale(data: bytes, preprocess: Preprocess) -> int:
     """1, 2, 4 or 8: the largest JPEG decoding scale that still leaves the model's window (the crop, or the
     whole image) at least as large as its input on both sides, whichever way EXIF turns the image."""
-    size = _declared_size(data) if preprocess.shrink_jpeg and data[:2] == b"\xff\xd8" else None
+    size = _declared_size(data) if preprocess.shrink_jpeg and data[:2] == JPEG_SOI else None
     return 1 if size is None else _shrink_scale(size, preprocess)
 
 
@@ -501,14 +502,19 @@ def _declared_size(data: bytes) -> tuple[int, int] | None:
         return avif.declared_size(data)
     if data[:8] == PNG_SIGNATURE and len(data) >= 24:
         return int.from_bytes(data[20:24], "big"), int.from_bytes(data[16:20], "big")
-    if data[:2] != b"\xff\xd8":
+    if data[:2] != JPEG_SOI:
         return None
     for marker, start, _ in jpeg_segments(data):
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame: precision, H, W
+        if is_start_of_frame(marker):  # its payload: precision, height, width
             if start + 5 >= len(data):
                 return None
             return int.from_bytes(data[start + 1:start + 3], "big"), int.from_bytes(data[start + 3:start + 5], "big")
     return None
+
+
+def is_start_of_frame(marker: int) -> bool:
+    """Whether a JPEG marker starts a frame (SOF0-SOF15): DHT, JPG and DAC share the range and do not."""
+    return 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC)
 
 
 def jpeg_segments(data: bytes) -> Iterator[tuple[int, int, int]]:

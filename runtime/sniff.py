@@ -8,11 +8,11 @@ files that decode.
 
 from __future__ import annotations
 
-from .preprocess import PNG_SIGNATURE  # imported by preprocess only once it is loaded
+from .preprocess import JPEG_SOI, PNG_SIGNATURE  # imported by preprocess only once it is loaded
 
 # Magic bytes at the start of the file → what it is. Image formats medclf decodes mean the file is damaged.
 SIGNATURES = (
-    (b"\xff\xd8", "damaged or cut-short JPEG (cannot be decoded)"),
+    (JPEG_SOI, "damaged or cut-short JPEG (cannot be decoded)"),
     (PNG_SIGNATURE, "damaged PNG (cannot be decoded)"),
     (b"\x89PNG", "PNG whose signature bytes were changed, as copying in text mode does (FTP ASCII, a line-ending "
                  "converter): copy it again in binary mode"),
@@ -36,7 +36,7 @@ UNKNOWN = "not a readable image (unknown format or corrupt data)"
 
 def unreadable_reason(data: bytes) -> str:
     """Why ``data``, which no decoder took, is not an image: its real kind where the first bytes say."""
-    if data[:2] == b"\xff\xd8" and (kind := _unsupported_jpeg(data)):
+    if data[:2] == JPEG_SOI and (kind := _unsupported_jpeg(data)):
         return f"{kind} JPEG, which medclf does not decode: save it as a 16-bit PNG or TIFF"
     for magic, reason in SIGNATURES:
         if data.startswith(magic):
