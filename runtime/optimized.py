@@ -58,19 +58,21 @@ def optimized_session(model: Path, options: ort.SessionOptions, providers: list)
 
 
 def _remove_stale(entry: Path) -> None:
-    """The entries of the same model file from before it was rewritten, and any not used for UNUSED_DAYS (a model
-    deleted or moved leaves its entry behind): the cache holds about one graph per model in use."""
-    same_file = f"{entry.name.split('-')[0]}-"
+    """The entries of the same model file on this machine from before it was rewritten, and any not used for
+    UNUSED_DAYS (a model deleted or moved leaves its entry behind): the cache holds about one graph per model in
+    use and machine. Another CPU's or onnxruntime's entry stays: a cache shared by several nodes (an NFS home, one
+    volume) or virtual environments evicted the others' entries at every start, each re-optimizing for ever."""
+    same_file_here = entry.name.rsplit("-", 1)[0] + "-"  # "<path>-<machine>-"
     unused_since = time.time() - UNUSED_DAYS * 86400
     for other in entry.parent.glob("*.onnx"):
         with contextlib.suppress(OSError):
-            if other != entry and (other.name.startswith(same_file) or other.stat().st_mtime < unused_since):
+            if other != entry and (other.name.startswith(same_file_here) or other.stat().st_mtime < unused_since):
                 other.unlink()
 
 
 def _entry(model: Path) -> Path | None:
-    """``<hash of the path>-<hash of everything the graph depends on>.onnx`` in the cache, or None where the
-    cache folder cannot be made or written."""
+    """``<hash of the path>-<hash of this machine's CPU and onnxruntime>-<hash of the file's identity>.onnx`` in
+    the cache, or None where the cache folder cannot be made or written."""
     try:
         info = model.stat()
         folder = default_cache_dir() / "ort-optimized"
@@ -83,6 +85,6 @@ def _entry(model: Path) -> Path | None:
     where = zlib.crc32(os.fsencode(model.resolve()))
     # the change time and inode too: a copy that keeps the old file's size and time (cp -p, rsync -a, tar) is
     # another model all the same, and the kernel sets those two anew whatever the copy preserves
-    stamp = f"{info.st_size} {info.st_mtime_ns} {info.st_ctime_ns} {info.st_ino}"
-    what = zlib.crc32(f"{stamp} {ort.__version__} {cpu_signature()}".encode())
-    return folder / f"{where:08x}-{what:08x}.onnx"
+    stamp = zlib.crc32(f"{info.st_size} {info.st_mtime_ns} {info.st_ctime_ns} {info.st_ino}".encode())
+    machine = zlib.crc32(f"{ort.__version__} {cpu_signature()}".encode())
+    return folder / f"{where:08x}-{machine:08x}-{stamp:08x}.onnx"

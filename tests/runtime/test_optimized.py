@@ -58,6 +58,18 @@ def test_a_rewritten_model_gets_a_new_entry_that_replaces_the_old(cache, model):
     assert new.name != old.name and new.name.split("-")[0] == old.name.split("-")[0]
 
 
+def test_a_cache_shared_by_two_machines_keeps_each_ones_graph(cache, model, monkeypatch):
+    """One MEDCLF_CACHE on an NFS home or a shared volume, two CPUs (or two onnxruntimes): each start evicted the
+    other's entry, so every start re-optimized and rewrote 11 MB."""
+    from medclf.runtime import optimized
+
+    Classifier(model, reuse_optimized=True)
+    [here] = cache.iterdir()
+    monkeypatch.setattr(optimized, "cpu_signature", lambda: "another CPU avx2")
+    Classifier(model, reuse_optimized=True)
+    assert len(list(cache.iterdir())) == 2 and here.is_file()
+
+
 def test_another_model_copied_over_with_the_same_size_and_time_is_not_served_from_the_old_ones_graph(cache,
                                                                                                       tmp_path):
     """``cp -p``, ``rsync -a`` and tar keep a file's modification time; two exports can have the same size."""
@@ -106,6 +118,25 @@ def test_without_a_usable_cache_folder_the_model_still_starts(tmp_path, monkeypa
     blocker.write_text("the cache folder cannot be made here")
     monkeypatch.setenv("MEDCLF_CACHE", str(blocker))
     assert Classifier(model, reuse_optimized=True).labels == Classifier(model).labels
+
+
+def test_without_a_home_directory_the_model_starts_and_an_empty_medclf_cache_is_unset(tmp_path, model,
+                                                                                      blood_cell_images):
+    """HOME unset and a user id the system does not know (a container run as an arbitrary user): every
+    medclf-run failed, blaming the model ("not a loadable ONNX model (Could not determine home directory.)"),
+    and MEDCLF_CACHE did not help; an empty MEDCLF_CACHE (``docker run -e MEDCLF_CACHE=``) wrote the cache into
+    the working folder."""
+    environment = {key: value for key, value in os.environ.items() if key not in ("HOME", "MEDCLF_CACHE")}
+    command = ["unshare", "--user", "--map-user=12345", sys.executable, "-m", "medclf.runtime.cli", "--model",
+               str(model), str(blood_cell_images[0])]
+    if shutil.which("unshare") is None or subprocess.run(["unshare", "--user", "--map-user=12345", "true"],
+                                                         capture_output=True).returncode != 0:
+        pytest.skip("needs unshare with user namespaces to run as a user with no home directory")
+    homeless = subprocess.run(command, capture_output=True, text=True, timeout=120, env=environment, cwd=tmp_path)
+    assert homeless.returncode == 0, homeless.stderr
+    empty = subprocess.run(command[3:], capture_output=True, text=True, timeout=120,
+                           env=environment | {"MEDCLF_CACHE": ""}, cwd=tmp_path)
+    assert empty.returncode == 0 and not (tmp_path / "ort-optimized").exists()
 
 
 def test_medclf_run_saves_the_graph_silently_and_answers_the_same_from_it(cache, blood_cell_images):
