@@ -38,11 +38,20 @@ Result = tuple[np.ndarray | None, str | None]  # (image, None) or (None, reason)
 Task = tuple[int, list[str]]  # (chunk number, paths)
 
 
-def decoded_in_processes(paths: Iterable[str], preprocess: Preprocess, workers: int, ahead: int) -> Iterator[Decoded]:
+def start_processes(workers: int, preprocess: Preprocess) -> DecodingProcesses | None:
+    """``workers`` decoding processes, or None where they cannot start: their server listens on a socket in the
+    temporary folder, and a read-only root filesystem has none ("No usable temporary directory"), a long TMPDIR
+    path makes one too long ("AF_UNIX path too long"). Either ended a 1,500-image run with no answer at all."""
+    try:
+        return DecodingProcesses(workers, preprocess)
+    except OSError:
+        return None
+
+
+def decoded_in_processes(paths: Iterable[str], pool: DecodingProcesses, ahead: int) -> Iterator[Decoded]:
     """``(path, image, None)`` or ``(path, None, reason)`` per path, in order, up to ``ahead`` images ahead
-    (at least two chunks per worker, so that none waits)."""
-    ahead_chunks = max(ahead // CHUNK, 2 * workers)
-    pool = DecodingProcesses(workers, preprocess)
+    (at least two chunks per worker, so that none waits); ``pool`` is shut down at the end."""
+    ahead_chunks = max(ahead // CHUNK, 2 * len(pool.workers))
     try:
         pending: deque[Task] = deque()
         paths = iter(paths)
@@ -68,10 +77,16 @@ class DecodingProcesses:
 
     def __init__(self, workers: int, preprocess: Preprocess) -> None:
         self.preprocess = preprocess
-        self.workers = [_Worker(preprocess) for _ in range(workers)]
         self.done: dict[int, list[Result]] = {}  # results received, by chunk number
         self.isolation: _Worker | None = None  # decodes one file at a time, after a worker died
         self.answered = False  # whether any worker has sent results: one that dies before never started
+        self.workers: list[_Worker] = []
+        try:
+            for _ in range(workers):
+                self.workers.append(_Worker(preprocess))
+        except BaseException:  # those started are not left running
+            self.shutdown()
+            raise
 
     def submit(self, task: Task) -> None:
         worker = min(self.workers, key=lambda w: len(w.held))

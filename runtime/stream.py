@@ -45,15 +45,17 @@ def decoded(paths: Iterable[str], preprocess: Preprocess, workers: int | None = 
     16-core host, threads peak at ~2,700 blood-smear images/s, 16 processes reach ~9,800. The processes
     start in ~0.6 s (once per Python process: their server stays), so they pay on long runs only
     (:func:`use_processes`). A script that uses them needs the ``if __name__ == "__main__":`` guard, as any
-    :mod:`multiprocessing` user does.
+    :mod:`multiprocessing` user does. Where they cannot start (no usable temporary folder for their server's
+    socket: a read-only root filesystem, a TMPDIR path too long for a socket), threads decode instead: the same
+    answers, at the threads' speed.
     """
-    workers = workers or decode_workers(processes)
     if processes:
-        from .decoding_processes import decoded_in_processes  # here: multiprocessing costs a one-shot run 30 ms
+        from .decoding_processes import decoded_in_processes, start_processes  # here: costs a one-shot run 30 ms
 
-        yield from decoded_in_processes(paths, preprocess, workers, ahead)
-        return
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="medclf-decode")
+        if (processes_pool := start_processes(workers or decode_workers(processes=True), preprocess)) is not None:
+            yield from decoded_in_processes(paths, processes_pool, ahead)
+            return
+    pool = ThreadPoolExecutor(workers or decode_workers(), thread_name_prefix="medclf-decode")
     try:
         pending: deque[tuple[str, Future]] = deque()
         for path in paths:

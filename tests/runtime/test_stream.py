@@ -203,3 +203,24 @@ def test_a_script_without_a_main_guard_is_told_so_not_sent_a_crash_per_file(mixe
     assert done.returncode != 0 and "died on it" not in done.stdout
     assert 'RuntimeError: decoding processes could not start (they exited with status 1 before decoding anything: ' \
            'a script that decodes in processes must start its work under `if __name__ == "__main__":`' in done.stderr
+
+
+def test_where_decoding_processes_cannot_start_threads_decode_instead(mixed_paths, tmp_path):
+    """Their server listens on a socket in the temporary folder: a TMPDIR path too long for a socket (or a
+    read-only root filesystem, with no usable temporary folder at all) ended a 1,500-image run with no answer —
+    "error: writing the results failed (AF_UNIX path too long)"."""
+    import subprocess
+    import sys
+
+    deep = tmp_path / ("t" * 120)
+    deep.mkdir()
+    script = tmp_path / "guarded.py"
+    script.write_text("from medclf.runtime import Classifier\n"
+                      "if __name__ == '__main__':\n"
+                      f"    answers = list(Classifier().classify({mixed_paths!r}, processes=True))\n"
+                      "    print(sum(answer.error is None for answer in answers), len(answers))\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env=os.environ | {"TMPDIR": str(deep)})
+    assert done.returncode == 0, done.stderr
+    expected = list(Classifier().classify(mixed_paths))
+    assert done.stdout.split() == [str(sum(answer.error is None for answer in expected)), str(len(mixed_paths))]
