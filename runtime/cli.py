@@ -8,6 +8,7 @@ between 17x and 25x the seed-style Keras script. The ``medclf`` command (trainin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -169,24 +170,39 @@ def run(args: argparse.Namespace) -> int:
     model = _model_sha256(classifier) if args.as_json or args.csv_file is not None else ""
     answered_by = {"model_sha256": model} | ({"tta": args.tta} if args.tta else {})  # what a result depends on
     try:
-        failed, reader_left = _printed(recorded, results, answered_by, args, paths, classifier.labels)
+        failed, output_error = _printed(recorded, results, answered_by, args, paths, classifier.labels)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, or SIGTERM (:func:`stop_on_term`): keep what was answered
         if args.csv_file is not None:
             _write_interrupted_csv(args.csv_file, results, paths, model, args.tta or "")
         raise
+    # The CSV before anything more is said: a closed stderr (``2>&1 | head``) lost it, every image classified.
+    csv_failed = args.csv_file is not None and not _csv_written(args.csv_file, results, model, args.tta or "")
     if len(paths) > 1:
-        print(tally(calls, classifier.labels), file=sys.stderr)
+        _say(tally(calls, classifier.labels))
     if unlike:
-        print(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card),
-                             familiarity_trained_among(classifier.card)), file=sys.stderr)
-    if args.csv_file is not None:
-        try:
-            sys.stdout.flush()  # the table first, where --csv is /dev/stdout
-            write_csv(args.csv_file, results, model, args.tta or "")
-        except OSError as exc:  # the disk filled or went away during the run: the table above still holds it all
-            print(f"error: --csv {args.csv_file}: not written ({exc.strerror or exc})", file=sys.stderr)
-            return 1
-    return READER_LEFT if reader_left else 1 if failed else 0
+        _say(unlike_warning(unlike, sum(calls.values()) - calls[None], familiarity_site(classifier.card),
+                            familiarity_trained_among(classifier.card)))
+    if output_error is not None and not isinstance(output_error, BrokenPipeError):
+        raise output_error  # said as the results that could not be written (a full disk under the output)
+    return READER_LEFT if output_error is not None else 1 if failed or csv_failed else 0
+
+
+def _csv_written(path: Path, results: list[Prediction], model: str, tta: str) -> bool:
+    """Write the CSV; False, said, where its disk refused it (the table or JSON above still holds it all)."""
+    with contextlib.suppress(OSError):
+        sys.stdout.flush()  # the table first, where --csv is /dev/stdout
+    try:
+        write_csv(path, results, model, tta)
+    except OSError as exc:  # the disk filled or went away during the run
+        _say(f"error: --csv {path}: not written ({exc.strerror or exc})")
+        return False
+    return True
+
+
+def _say(line: str) -> None:
+    """A line on stderr, where it can still be written: a reader gone from it is no reason to lose the rest."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 def _write_interrupted_csv(path: Path, results: list[Prediction], paths: list[str], model: str, tta: str) -> None:
@@ -204,19 +220,20 @@ def _write_interrupted_csv(path: Path, results: list[Prediction], paths: list[st
 
 
 def _printed(recorded: Iterable[Prediction], results: list[Prediction], answered_by: dict[str, str],
-             args: argparse.Namespace, paths: list[str], labels: tuple[str, ...]) -> tuple[int, bool]:
-    """Print every result, as JSON lines or the table: how many failed, and whether the reader went away
-    (``| head``) — then, with ``--csv``, the rest are still classified and recorded for it."""
+             args: argparse.Namespace, paths: list[str], labels: tuple[str, ...]) -> tuple[int, OSError | None]:
+    """Print every result, as JSON lines or the table: how many failed, and why the output could not take them
+    all, if it could not (the reader went away, ``| head``; a full disk under ``> results.txt``) — then, with
+    ``--csv``, the rest are still classified and recorded for it."""
     try:
         printed = _print_json(recorded, answered_by) if args.as_json else _print_table(recorded, paths, labels)
-        return printed, False
-    except BrokenPipeError:
+        return printed, None
+    except OSError as exc:  # BrokenPipeError among them
         if args.csv_file is None:
             raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         for _ in recorded:  # the answers not yet printed, each recorded on its way to the CSV
             pass
-        return sum(p.failure is not None for p in results), True
+        return sum(p.failure is not None for p in results), exc
 
 
 def _read_by_the_run(destination: str, paths: list[str], files_from: str | None,
@@ -427,6 +444,7 @@ def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
     """:func:`run`; when whoever reads the output stops reading (``medclf-run DIR --json | head``), the run stops
     quietly with the shell's status for it, not a traceback."""
     signal.signal(signal.SIGTERM, stop_on_term)
+    _standard_streams_usable()
     try:
         return run(parse(argv))
     except BrokenPipeError:
@@ -440,6 +458,18 @@ def _run_until_the_reader_leaves(argv: list[str] | None) -> int:
         return INTERRUPTED
 
 
+
+def _standard_streams_usable() -> None:
+    """A standard stream closed when the run started (``2>&-``, a service started without one), which Python
+    leaves None, is written to /dev/null: every print to it ended the run in a traceback, or its status in 1 with
+    the answers all printed. (Its number is not reopened: a library loaded since may hold it.) Characters the
+    output's encoding lacks (``PYTHONIOENCODING=cp1252``, a Latin-1 locale) are written as escapes: a non-ASCII
+    file name in the table ended the run before its CSV was written."""
+    for name, mode in (("stdin", "r"), ("stdout", "w"), ("stderr", "w")):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, mode))
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="backslashreplace")
 
 if __name__ == "__main__":
     command()

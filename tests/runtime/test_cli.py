@@ -7,6 +7,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -410,6 +411,36 @@ def test_results_that_cannot_be_written_end_the_run_in_one_line_not_a_traceback(
                               stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.splitlines()[-1] == "error: writing the results failed (No space left on device)"
+
+
+def test_the_csv_is_written_when_the_output_beside_it_fails(blood_cell_images, tmp_path):
+    """The CSV was lost, every image classified, whenever the printed output failed: a full disk under the log
+    (``> /dev/full``), stderr gone with stdout (``2>&1 | head -2``), a closed stdout (``>&-``), or a file name
+    the output's encoding cannot write (``PYTHONIOENCODING=cp1252``, a Latin-1 locale)."""
+    named = tmp_path / "Müller_脑.jpeg"
+    shutil.copy(blood_cell_images[0], named)
+    images = [str(named), *map(str, blood_cell_images[1:4])]
+    command = [sys.executable, "-m", "medclf.runtime.cli", "--csv"]
+
+    def rows(destination):
+        return [row["path"] for row in csv.DictReader(destination.open(encoding="utf-8"))]
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([*command, str(tmp_path / "full.csv"), *images], stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    assert done.returncode == 1 and done.stderr.splitlines()[-1] == \
+        "error: writing the results failed (No space left on device)"
+    assert rows(tmp_path / "full.csv") == images
+    head = subprocess.run(" ".join(map(shlex.quote, [*command, str(tmp_path / "head.csv"), *images]))
+                          + " 2>&1 | head -1", shell=True, capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in head.stdout + head.stderr and rows(tmp_path / "head.csv") == images
+    closed = subprocess.run(" ".join(map(shlex.quote, [*command, str(tmp_path / "closed.csv"), *images]))
+                            + " >&- 2>&-", shell=True, capture_output=True, text=True, timeout=120)
+    assert closed.returncode == 0 and rows(tmp_path / "closed.csv") == images
+    latin = subprocess.run([*command, str(tmp_path / "cp1252.csv"), *images], capture_output=True, timeout=120,
+                           env=os.environ | {"PYTHONIOENCODING": "cp1252"})
+    assert latin.returncode == 0 and rows(tmp_path / "cp1252.csv") == images
+    assert b"M\xfcller_\\u8111.jpeg" in latin.stdout  # written as the encoding can, the rest escaped
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
