@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from medclf.runtime.decision import Decision
 from medclf.runtime.describe import file_sha256
+from medclf.runtime.modelcard import labels_problem
 from medclf.runtime.preprocess import Preprocess
 
 MODEL = "model.keras"
@@ -60,16 +62,28 @@ class RunDir:
 
     @property
     def labels(self) -> tuple[str, ...]:
-        return tuple(self._json(LABELS))
+        labels = self._json(LABELS)
+        if problem := labels_problem(labels) if isinstance(labels, list) else "is not a JSON list":
+            raise ValueError(f"{self.path / LABELS}: {problem}")
+        return tuple(labels)
 
     @property
     def preprocess(self) -> Preprocess:
-        return Preprocess.from_json((self.path / PREPROCESS).read_text())
+        return self._parsed(PREPROCESS, Preprocess.from_json)
 
     @property
     def decision(self) -> Decision | None:
-        file = self.path / DECISION
-        return Decision.from_json(file.read_text()) if file.is_file() else None
+        return self._parsed(DECISION, Decision.from_json) if (self.path / DECISION).is_file() else None
+
+    def _parsed(self, name: str, parse: Callable[[str], Any]) -> Any:
+        """``parse`` of file ``name``; what it refuses, said of the file (a hand-written one, for a model medclf
+        did not train)."""
+        file = self.path / name
+        text = file.read_text()
+        try:
+            return parse(text)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{file}: {exc}") from None
 
     @property
     def metrics(self) -> dict[str, Any]:

@@ -166,11 +166,35 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
     if session.get_providers()[0] != provider:
         raise BackendUnavailable(f"{name}: onnxruntime could not start {provider} and would have run on the CPU "
                                  f"instead (onnxruntime's log says why)")
+    metadata = session.get_modelmeta().custom_metadata_map
+    if problem := _graph_problem(session, ModelCard.from_metadata(metadata, str(model))):
+        raise ModelCardError(f"{model}: {problem}")
     widths = [output.shape[-1] for output in session.get_outputs() if output.name == OUTPUT_NAME and output.shape]
     run = lambda outputs, images: session.run(outputs, {INPUT_NAME: images})  # noqa: E731
     return Backend(name, _in_runs(run, ORT_TENSORRT_PROFILE["max"]) if name == "ort-tensorrt" else run,
-                   session.get_modelmeta().custom_metadata_map,
-                   classes=widths[0] if widths and isinstance(widths[0], int) else None)
+                   metadata, classes=widths[0] if widths and isinstance(widths[0], int) else None)
+
+
+def _graph_problem(session: ort.InferenceSession, card: ModelCard) -> str | None:
+    """How the graph differs from what its model card promises — one uint8 ``image`` input of the card's
+    [N, H, W, C], a ``probabilities`` output and the card's other outputs — or None. A file medclf did not write
+    (a float32 NCHW input, Keras' ``Identity:0`` output) or a card copied from another model failed at its first
+    batch, in onnxruntime's traceback, every answer lost."""
+    inputs = session.get_inputs()
+    if [given.name for given in inputs] != [INPUT_NAME]:
+        return (f"takes {', '.join(repr(given.name) for given in inputs)}; a medclf model takes one input, "
+                f"{INPUT_NAME!r} (export it with medclf export)")
+    given, expected = inputs[0], card.preprocess.shape
+    fixed = [side if isinstance(side, int) else None for side in given.shape[1:]]
+    if given.type != "tensor(uint8)" or len(given.shape) != 4 or any(
+            side not in (None, want) for side, want in zip(fixed, expected)):
+        shape = "x".join("?" if side is None else str(side) for side in fixed)
+        return (f"its input is {given.type[7:-1]} [N, {shape}], and its model card says uint8 images of "
+                f"{'x'.join(map(str, expected))} [N, H, W, C]")
+    outputs = [output.name for output in session.get_outputs()]
+    if missing := [name for name in (OUTPUT_NAME, *card.outputs) if name not in outputs]:
+        return f"has no output {missing[0]!r}, which its model card names (its outputs: {', '.join(outputs)})"
+    return None
 
 
 @functools.cache

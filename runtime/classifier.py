@@ -231,12 +231,24 @@ class Classifier:
             yield Prediction(path=path, error=error) if error is not None else next(answers)
 
     def _answers_for(self, batch: list[tuple[str, np.ndarray]], top_k: int,
-               cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
+                     cam_dir: str | os.PathLike[str] | None) -> Iterator[Prediction]:
+        """The answers for one batch. Where the model fails on it (out of memory on a busy GPU or a small machine:
+        it ended the run in a traceback, every answer lost), each half is run alone, down to single images, which
+        fail with the model's reason."""
         if not batch:
             return
         images = np.stack([image for _, image in batch])
         names = self.answer_outputs + ([CAM_NAME] if cam_dir is not None else [])
-        outputs = dict(zip(names, self.outputs(names, images)))
+        try:
+            outputs = dict(zip(names, self.outputs(names, images)))
+        except Exception as exc:  # noqa: BLE001 — onnxruntime's and TensorRT's errors share no base class
+            del images
+            if len(batch) == 1:
+                yield Prediction(path=batch[0][0], error=f"the model failed on it ({' '.join(str(exc).split())})")
+            else:
+                yield from self._answers_for(batch[:len(batch) // 2], top_k, cam_dir)
+                yield from self._answers_for(batch[len(batch) // 2:], top_k, cam_dir)
+            return
         probabilities, maps = outputs[OUTPUT_NAME], outputs.get(CAM_NAME)
         unfamiliarity = outputs[FAMILIARITY_NAME][:, 0] if FAMILIARITY_NAME in outputs else [None] * len(batch)
         called = decide(probabilities, self.labels, self.card.decision)

@@ -23,6 +23,10 @@ class Decision:
     threshold: float
     rule: str = "youden"  # how the threshold was chosen, for people reading the model card
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.threshold <= 1.0:  # NaN too: a threshold of 50 (a percentage) called every film negative
+            raise ValueError(f"the threshold must be a probability, from 0 to 1, not {self.threshold}")
+
     def predict(self, probabilities: np.ndarray, labels: Sequence[str]) -> np.ndarray:
         """Class indices ``[N]`` for probabilities ``[N, 2]`` ordered like ``labels``."""
         positive = list(labels).index(self.positive_class)

@@ -79,9 +79,9 @@ class ModelCard:
             decision = Decision.from_json(metadata[DECISION_KEY]) if DECISION_KEY in metadata else None
         except (ValueError, KeyError, TypeError) as exc:
             raise ModelCardError(f"{source}: malformed medclf metadata ({exc})") from None
-        labels = tuple(str(label) for label in labels)
-        if not labels:
-            raise ModelCardError(f"{source}: medclf.labels is empty")
+        if problem := labels_problem(labels):
+            raise ModelCardError(f"{source}: medclf.labels {problem}")
+        labels = tuple(labels)
         if decision is not None and (len(labels) != 2 or decision.positive_class not in labels):
             raise ModelCardError(f"{source}: medclf.decision names {decision.positive_class!r}, "
                                  f"which is not one of the two labels {list(labels)}")
@@ -94,6 +94,19 @@ class ModelCard:
         """The card of an ONNX ``ModelProto`` loaded with the onnx package (export and training edit files so;
         the runtime reads a session's metadata instead and never imports onnx)."""
         return cls.from_metadata({prop.key: prop.value for prop in model.metadata_props}, source)
+
+
+def labels_problem(labels: list) -> str | None:
+    """What makes ``labels`` unusable as a classifier's classes, or None: fewer than two (a sigmoid unit's one
+    label served every film as that label), one that is not a non-empty string (``null`` was served as "None"),
+    or one named twice (two classes no answer can tell apart)."""
+    if len(labels) < 2:
+        return f"names {len(labels)} class{'es' * (len(labels) != 1)}; a classifier needs at least two"
+    if bad := [label for label in labels if not isinstance(label, str) or not label]:
+        return f"holds {json.dumps(bad[0])}, which is not a class name"
+    if twice := sorted({label for label in labels if labels.count(label) > 1}):
+        return f"names {twice[0]!r} twice"
+    return None
 
 
 def _json_of(metadata: dict[str, str], key: str, kind: type) -> list | dict:

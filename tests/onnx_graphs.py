@@ -11,9 +11,11 @@ from medclf.runtime import ModelCard
 from medclf.runtime.modelcard import INPUT_NAME, OUTPUT_NAME
 
 
-def brightness_model(path, card: ModelCard, nan_when_black: bool = False) -> str:
+def brightness_model(path, card: ModelCard, nan_when_black: bool = False, even_batches_only: bool = False) -> str:
     """A real ONNX graph: p(bright) = mean pixel / 255, p(dark) = 1 - that; with ``nan_when_black``, both NaN
-    for an all-black image (0 / 0, as an overflow inside a float16 network leaves them)."""
+    for an all-black image (0 / 0, as an overflow inside a float16 network leaves them); with
+    ``even_batches_only``, onnxruntime fails on a batch of an odd number of images (its probabilities reshaped
+    to rows of 4 and back), as a model fails on a batch too large for the memory left."""
     scale = "mean1" if nan_when_black else "scale"  # mean / mean: 1, or NaN where the mean is 0
     nodes = [
         helper.make_node("Cast", [INPUT_NAME], ["x"], to=TensorProto.FLOAT),
@@ -21,11 +23,16 @@ def brightness_model(path, card: ModelCard, nan_when_black: bool = False) -> str
         helper.make_node("Unsqueeze", ["mean", "axis1"], ["mean1"]),  # [N, 1]
         helper.make_node("Div", ["mean1", scale], ["bright"]),
         helper.make_node("Sub", ["one", "bright"], ["dark"]),
-        helper.make_node("Concat", ["dark", "bright"], [OUTPUT_NAME], axis=1),
+        helper.make_node("Concat", ["dark", "bright"], ["both" if even_batches_only else OUTPUT_NAME], axis=1),
     ]
     initializers = [helper.make_tensor("axis1", TensorProto.INT64, [1], [1]),
                     helper.make_tensor("scale", TensorProto.FLOAT, [1, 1], [255.0]),
                     helper.make_tensor("one", TensorProto.FLOAT, [1, 1], [1.0])]
+    if even_batches_only:
+        nodes += [helper.make_node("Reshape", ["both", "fours"], ["pairs"]),
+                  helper.make_node("Reshape", ["pairs", "twos"], [OUTPUT_NAME])]
+        initializers += [helper.make_tensor("fours", TensorProto.INT64, [2], [-1, 4]),
+                         helper.make_tensor("twos", TensorProto.INT64, [2], [-1, 2])]
     graph = helper.make_graph(
         nodes, "brightness",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", 8, 8, 1])],

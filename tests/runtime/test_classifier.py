@@ -38,7 +38,6 @@ def test_probabilities_are_a_distribution_and_do_not_depend_on_the_batch(classif
     np.testing.assert_allclose(together, alone, atol=1e-5)
 
 
-
 def test_assess_answers_probabilities_and_unfamiliarity_from_one_pass(classifier, blood_cell_images, tmp_path):
     images = np.stack([load_image(p, classifier.card.preprocess) for p in blood_cell_images])
     probabilities, unfamiliarity = classifier.assess(images)
@@ -58,6 +57,7 @@ def test_a_distance_that_overflowed_is_unlike_training_and_its_json_line_stays_j
     line = json.loads(json.dumps(answer.to_dict(), allow_nan=False))
     assert line["unfamiliarity"] is None and line["unlike_training"] is True
 
+
 def test_an_image_the_model_answers_nan_for_is_an_error_not_a_call_of_the_first_class(tmp_path):
     """An FP16 file can overflow: its NaN probabilities were called as the first label, printed as bare NaN in
     --json (which JSON readers refuse) and the run exited 0."""
@@ -72,14 +72,71 @@ def test_an_image_the_model_answers_nan_for_is_an_error_not_a_call_of_the_first_
     assert json.dumps(answers[0].to_dict(), allow_nan=False)
 
 
+def test_a_batch_the_model_fails_on_is_run_in_halves_and_only_what_still_fails_is_an_error(tmp_path):
+    """Out of memory on a batch (a busy GPU, ``ulimit -v``) ended the run in onnxruntime's traceback, every
+    answer lost. Here onnxruntime fails on odd batches: of 3, the 1 fails alone and the 2 are answered."""
+    card = ModelCard(("dark", "bright"), Preprocess(8, 8, "grey"))
+    model = brightness_model(tmp_path / "even.onnx", card, even_batches_only=True)
+    paths = []
+    for n, level in enumerate((10, 250, 240, 20, 30, 230)):
+        paths.append(tmp_path / f"{n}.png")
+        cv2.imwrite(str(paths[-1]), np.full((8, 8), level, np.uint8))
+    answers = list(Classifier(model).classify(paths, batch_size=3))
+    assert [answer.path for answer in answers] == list(map(str, paths))
+    assert [answer.label for answer in answers] == [None, "bright", "bright", None, "dark", "bright"]
+    assert answers[0].error.startswith("the model failed on it ([ONNXRuntimeError]") and "Reshape" in answers[0].error
+    assert list(Classifier(model).classify(paths[1:5], batch_size=4))[0].label == "bright"  # even: one run
+
+
 def test_a_model_card_naming_more_or_fewer_classes_than_the_model_has_is_refused_at_load(tmp_path):
     """One label for two probabilities was an IndexError traceback mid-run; three were served, naming a class
     the model never scores."""
-    for labels in (("one",), ("a", "b", "c")):
-        path = brightness_model(tmp_path / f"{len(labels)}.onnx", ModelCard(labels, Preprocess(8, 8, "grey")))
-        with pytest.raises(ModelCardError, match=f"names {len(labels)} classes and the model gives probabilities "
-                                                 "for 2"):
-            Classifier(path)
+    path = brightness_model(tmp_path / "3.onnx", ModelCard(("a", "b", "c"), Preprocess(8, 8, "grey")))
+    with pytest.raises(ModelCardError, match="names 3 classes and the model gives probabilities for 2"):
+        Classifier(path)
+    path = brightness_model(tmp_path / "1.onnx", ModelCard(("one",), Preprocess(8, 8, "grey")))
+    with pytest.raises(ModelCardError, match="medclf.labels names 1 class; a classifier needs at least two"):
+        Classifier(path)
+
+
+def foreign_graph(path, card: ModelCard, input_name: str, input_type: int, input_shape: list, output: str) -> str:
+    """A real ONNX graph another tool might write — ``input_name`` in, ``output`` [N, 2] out — carrying a medclf
+    model card (copied from another model, or written by hand)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Cast", [input_name], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["x"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Slice", ["mean", "start", "end", "axis"], [output])]
+    initializers = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+                    for name, value in (("start", 0), ("end", 2), ("axis", 1))]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info(input_name, input_type, input_shape)],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 2])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, card.to_metadata())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("input_name, float_input, shape, output, said", [
+    ("input", True, ["N", 3, 8, 8], "probabilities", "takes 'input'; a medclf model takes one input, 'image'"),
+    ("image", True, ["N", 8, 8, 3], "probabilities", "its input is float [N, 8x8x3], and its model card says uint8"),
+    ("image", False, ["N", 16, 16, 3], "probabilities", "its input is uint8 [N, 16x16x3], and its model card says "
+                                                          "uint8 images of 8x8x3"),
+    ("image", False, ["N", 8, 8, 3], "Identity:0", "has no output 'probabilities', which its model card names"),
+])
+def test_a_graph_unlike_its_model_card_is_refused_at_load_not_at_its_first_batch(tmp_path, input_name, float_input,
+                                                                                shape, output, said):
+    """A file medclf did not write, carded by hand (a float32 NCHW input, Keras' ``Identity:0`` output, another
+    size): each failed at its first batch in onnxruntime's traceback, every answer lost, exit 1 not 2."""
+    from onnx import TensorProto
+
+    card = ModelCard(("a", "b"), Preprocess(8, 8))
+    path = foreign_graph(tmp_path / "foreign.onnx", card, input_name,
+                         TensorProto.FLOAT if float_input else TensorProto.UINT8, shape, output)
+    with pytest.raises(ModelCardError, match=f"^{re.escape(path)}: {re.escape(said)}"):
+        Classifier(path)
 
 
 @pytest.mark.parametrize("top_k", [0, -1])
@@ -232,6 +289,8 @@ def test_an_upload_in_memory_gets_the_files_own_answer(classifier, blood_cell_im
     (np.zeros((2, 128, 128, 3), np.float32), "not float32 [2, 128, 128, 3]"),
     ([[0]], "not list"),
 ])
+
+
 def test_an_array_the_model_cannot_take_is_refused_saying_what_it_takes(classifier, images, said):
     with pytest.raises(ValueError, match=r"takes uint8 images \[N, 128, 128, 3\] \(RGB, as load_image gives them\), "
                                          + re.escape(said)):
