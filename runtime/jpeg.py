@@ -19,7 +19,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from .preprocess import MAX_PIXELS, ImageError, is_start_of_frame, jpeg_segments  # preprocess imports this module when it decodes
+# preprocess imports this module when it decodes
+from .preprocess import MAX_PIXELS, ImageError, is_start_of_frame, jpeg_segments
 
 # libjpeg's warnings that mean part of the picture is missing or wrong (jerror.h: JWRN_HIT_MARKER, JWRN_JPEG_EOF,
 # JWRN_HUFF_BAD_CODE, JWRN_ARITH_BAD_CODE, JWRN_MUST_RESYNC, JWRN_BOGUS_PROGRESSION): the file is refused.
