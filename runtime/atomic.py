@@ -179,6 +179,8 @@ def unwritable(path: str | os.PathLike[str], folder: bool = False) -> str | None
         return "is a file; give a folder"
     if not folder and path.is_dir():
         return "is a folder; give a file name"
+    if not folder and path.is_file() and not os.access(path, os.W_OK):  # replaced by a rename, which it allows
+        return "is write-protected (a file kept as it is, as the shell's > would refuse it); name another"
     directory = path if folder else path.parent
     existing = next(folder for folder in (directory, *directory.parents) if folder.exists() or folder.is_symlink())
     if not existing.is_dir():  # a file in the way of the folders to make

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from medclf.runtime.atomic import stop_on_term
+from medclf.runtime.atomic import stop_on_term, unwritable
 
 from .options import (Arch, AugmentViews, Augmentation, BatchSize, Clahe, Crop, CropFraction, Distribute, Epochs,
                       ExistingDir, FreezeUntil, Grey, GroupCopies, GroupPattern, HeadEpochs, ImageSize, LabelsCsv,
@@ -185,7 +185,11 @@ def evaluate(
     which = "" if stem == "model" else stem.removeprefix("model.")  # model.int8.onnx: int8; mine.onnx: mine
     scored = (dataset_name(data) + (f"-{which}" if which else "") + (f"-tta-{tta}" if tta else "")  # side by side
               + (f"-sensitivity-{target_sensitivity:g}" if target_sensitivity is not None else ""))
-    out = out or _evaluation_folder(_home_of(model) / rundir.EVALUATION.format(data=scored), data, model)
+    if out is None:  # the default checked before the work too, as --out is (a model in a read-only folder)
+        out = _evaluation_folder(_home_of(model) / rundir.EVALUATION.format(data=scored), data, model)
+        if problem := unwritable(out, folder=True):
+            error(f"{out}: {problem}; name a folder to write the evaluation to with --out")
+            raise typer.Exit(2)
     metrics = _library_call(lambda: evaluate_run(model, data, out, target_sensitivity,
                                                  naming=label_source(data, name_labels, labels, leaf_folders,
                                                                      top_folders),

@@ -164,3 +164,25 @@ def test_a_link_into_a_folder_that_cannot_be_written_is_refused_before_a_run(tmp
     link = tmp_path / "results.csv"
     link.symlink_to("/proc/medclf-results.csv")
     assert unwritable(link).startswith("cannot write there")
+
+
+def test_a_write_protected_results_file_is_refused_before_a_run_not_replaced(tmp_path):
+    """A site that locks an accepted run's results (chmod 444) had them replaced without a word by the next run
+    naming the same --csv: the rename a safe write ends with needs only the folder's permission. As root, where
+    the shell's > writes it too, it is written."""
+    import subprocess
+    import sys
+
+    accepted = tmp_path / "final.csv"
+    accepted.write_text("path,label\n")
+    accepted.chmod(0o444)
+    script = f"from medclf.runtime.atomic import unwritable; print(unwritable({str(accepted)!r}))"
+    command = ["unshare", "--user", "--map-user=12345", sys.executable, "-c", script]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("needs unshare to run as a user without root's permissions")
+    if done.returncode != 0:
+        pytest.skip(f"needs user namespaces to run as a user without root's permissions ({done.stderr.strip()})")
+    assert done.stdout.strip() == "is write-protected (a file kept as it is, as the shell's > would refuse it); " \
+                                  "name another"

@@ -151,6 +151,25 @@ def test_evaluating_the_packaged_model_writes_to_the_current_folder_not_into_the
         "int8" and json.loads((tmp_path / "evaluation-site" / "metrics.json").read_text()) == metrics
 
 
+def test_evaluate_refuses_a_default_folder_it_cannot_write_before_scoring_anything(tmp_path, blood_cell_images):
+    """A model in a read-only folder (a shipped model under /opt) was scored in full, then the run ended in a raw
+    "[Errno 13] Permission denied" with no score printed; ``--out`` was checked first, the default was not."""
+    from medclf.runtime import DEFAULT_MODEL
+
+    data = tmp_path / "site"
+    for image in blood_cell_images:
+        (data / image.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(image, data / image.parent.name)
+    (tmp_path / "shipped").mkdir()
+    model = Path(shutil.copy(DEFAULT_MODEL, tmp_path / "shipped" / "model.onnx"))
+    (tmp_path / "shipped" / "evaluation-site").write_text("a file where the folder would go")  # root ignores modes
+    result = runner.invoke(app, ["evaluate", str(model), str(data)])
+    assert result.exit_code == 2, result.output
+    assert "evaluation-site: is a file; give a folder; name a folder to write the evaluation to with --out" in \
+        " ".join(result.output.split())
+    assert "accuracy" not in result.output
+
+
 def test_evaluating_an_int8_file_also_says_how_often_it_calls_as_the_fp32_file_beside_it(tmp_path, blood_cells):
     """Export verifies INT8 on the training site's images; at a site it can drift (the chest pair's changed 17 of
     the other hospital's 624 calls). Scored on a site's images, it is compared with its FP32 sibling there."""
