@@ -1,0 +1,83 @@
+"""A Keras model as export takes it, whoever trained it: loaded, one output, a probability per class.
+
+Users come from Keras tutorials with models medclf did not train, and such models fail in ways a run's never
+do: a ``Lambda`` whose function was not saved, a ``Sequential`` never built, an auxiliary second output, the
+tutorials' binary head (one sigmoid unit), a head left as logits (``from_logits=True``). Each is said here in one
+line naming the file, or made right where that is unambiguous (a sigmoid unit's ``p`` is the second class's
+probability: ``[1 - p, p]``, as Keras' folder datasets number the classes in sorted order).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+
+# Layers that put pixels on the scale a network was trained at.
+SCALING = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Lambda)
+# How far from 1 a row of probabilities may sum (softmax in float32 is exact to ~1e-6; FP16 heads to ~1e-3).
+SUM_TOLERANCE = 1e-3
+
+
+def loaded(path: Path, classes: int) -> keras.Model:
+    """The model at ``path``, answering ``classes`` probabilities per image; ValueError naming the file and the
+    likely fix where it cannot."""
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 — Keras raises TypeError, ValueError, AttributeError... by layer
+        hint = ("; a Lambda layer's function is not saved with the model: scale pixels with a Rescaling layer "
+                "instead" if "Lambda" in str(exc) or "Could not locate function" in str(exc) else "")
+        raise ValueError(f"{path}: Keras cannot load it ({type(exc).__name__}: {_first_line(exc)}){hint}") from None
+    try:
+        model.input  # noqa: B018 — a Sequential fitted without an Input has none, and nothing can trace it
+    except AttributeError:
+        raise ValueError(f"{path}: the model has no defined input (a Sequential model built without "
+                         "keras.Input(shape)): rebuild it with an Input layer and load its weights") from None
+    if len(model.outputs) != 1:
+        shapes = ", ".join(f"{tensor.name} {list(tensor.shape[1:])}" for tensor in model.outputs)
+        raise ValueError(f"{path}: the model has {len(model.outputs)} outputs ({shapes}); medclf serves one, the "
+                         "class probabilities: save a model whose output is that one")
+    if not _scales_its_pixels(model):
+        print(f"warning: {path}: its pixels (0-255) reach its first layer with weights unscaled; a model trained on "
+              "scaled images (x / 255 or preprocess_input in the data pipeline) answers wrong on them — put that "
+              "scaling inside the model (a Rescaling layer) before exporting", file=sys.stderr)
+    width = model.output_shape[-1]
+    if width == 1 and classes == 2:  # the tutorials' binary head: Dense(1, activation="sigmoid")
+        p = model.outputs[0]
+        return keras.Model(model.inputs, keras.ops.concatenate([1 - p, p], axis=-1), name=model.name)
+    if width != classes:  # labels.json copied from another run
+        raise ValueError(f"{path.parent / 'labels.json'} names {classes} classes and the model answers {width}: it "
+                         "is not this model's run folder")
+    return model
+
+
+def check_probabilities(path: Path, probabilities: np.ndarray) -> None:
+    """ValueError unless every row is a probability per class (each in [0, 1], summing to 1): a logits head was
+    exported, verified 100% against itself and served "LYMPHOCYTE 0.320" from rows summing to 0.53."""
+    sums = probabilities.sum(axis=1)
+    if len(probabilities) and (probabilities.min() < -1e-6 or probabilities.max() > 1 + 1e-6
+                               or np.abs(sums - 1).max() > SUM_TOLERANCE):
+        raise ValueError(f"{path}: the model's outputs are not probabilities (from {probabilities.min():.3g} to "
+                         f"{probabilities.max():.3g}, rows summing to {sums.min():.3g}-{sums.max():.3g}): end it with "
+                         "a softmax (trained with from_logits=True, it gives logits)")
+
+
+def _scales_its_pixels(model: keras.Model) -> bool:
+    """Whether something changes the pixels before the first layer with weights: a Rescaling or Normalization
+    layer, an operation on the input (``x / 255``, ``preprocess_input`` inside the model), a Lambda — in this model
+    or, first thing, a model nested in it (a backbone used as a layer). Every model medclf trains starts with a
+    Rescaling layer; a tutorial's that scales in its data pipeline does not, and gets pixels 255 times brighter."""
+    for operation in getattr(model, "operations", None) or model.layers:  # a Sequential has no operations
+        if isinstance(operation, keras.Model):
+            return _scales_its_pixels(operation)
+        if not isinstance(operation, keras.layers.Layer) or isinstance(operation, SCALING):
+            return True
+        if operation.weights:
+            return False
+    return True
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]

@@ -1,0 +1,93 @@
+"""Keras models medclf did not train, as the tutorials leave them: exported where the meaning is unambiguous (a
+sigmoid unit becomes two class probabilities), refused in one line naming the file and the fix where it is not."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from medclf.export.keras_model import check_probabilities, loaded
+from medclf.export.pipeline import export_run
+from medclf.runtime import Classifier
+from medclf.runtime.preprocess import load_image
+
+
+def tutorial_cnn(head: keras.layers.Layer, size: int = 48) -> keras.Model:
+    """The seed tutorials' small CNN: pixels scaled inside, convolutions, the given head."""
+    inputs = keras.Input((size, size, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, head(x))
+
+
+def test_a_sigmoid_unit_is_exported_as_two_class_probabilities_and_verified(cataract, tmp_path):
+    """The chest X-ray tutorial's head, Dense(1, sigmoid): refused as "labels.json names 2 classes and the model
+    answers 1", and with one label written instead, exported to call every film that label."""
+    run = tmp_path / "tutorial"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    tutorial_cnn(keras.layers.Dense(1, activation="sigmoid")).save(run / "model.keras")
+    classes = sorted(folder.name for folder in cataract.iterdir() if folder.is_dir())
+    (run / "labels.json").write_text(json.dumps(classes))
+    (run / "preprocess.json").write_text(json.dumps({"height": 48, "width": 48}))
+    report = export_run(run / "model.keras", run / "exported", ("fp32",), verify_data=cataract)
+    assert report["passed"] and report["precisions"]["fp32"]["agreement"] == 1.0
+    served = Classifier(run / "exported" / "model.onnx")
+    image = next(path for path in sorted(cataract.rglob("*")) if path.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    pixels = load_image(image, served.card.preprocess)[None]
+    p = float(keras.models.load_model(run / "model.keras").predict(pixels.astype("float32"), verbose=0)[0, 0])
+    np.testing.assert_allclose(served.predict(pixels)[0], [1 - p, p], atol=1e-5)
+    assert served.labels == tuple(classes)
+
+
+def test_models_export_cannot_serve_are_refused_naming_the_file_and_the_fix(tmp_path):
+    two = keras.Input((8, 8, 3))
+    features = keras.layers.GlobalAveragePooling2D()(two)
+    outputs = [keras.layers.Dense(3, activation="softmax", name="aux")(features),
+               keras.layers.Dense(4, activation="softmax", name="main")(features)]
+    keras.Model(two, outputs).save(tmp_path / "two.keras")
+    with pytest.raises(ValueError, match=r"two.keras: the model has 2 outputs \(.*\[3\], .*\[4\]\); medclf serves one"):
+        loaded(tmp_path / "two.keras", 4)
+
+    lambda_input = keras.Input((8, 8, 3))
+    scaled = keras.layers.Lambda(lambda x: x / 255)(lambda_input)
+    keras.Model(lambda_input, keras.layers.Dense(2, activation="softmax")(
+        keras.layers.Flatten()(scaled))).save(tmp_path / "lambda.keras")
+    with pytest.raises(ValueError, match=r"lambda.keras: Keras cannot load it .*scale pixels with a Rescaling layer"):
+        loaded(tmp_path / "lambda.keras", 2)
+
+    softmax = tutorial_cnn(keras.layers.Dense(3, activation="softmax"), 8)
+    softmax.save(tmp_path / "three.keras")
+    with pytest.raises(ValueError, match=r"labels.json names 4 classes and the model answers 3"):
+        loaded(tmp_path / "three.keras", 4)
+
+
+def test_logits_are_refused_as_not_probabilities():
+    """A ``from_logits=True`` head was exported, verified against itself and served a logit as "0.320"."""
+    logits = np.array([[0.152, 0.320, 0.081, -0.023], [0.2, 0.1, 0.1, 0.15]], np.float32)
+    with pytest.raises(ValueError, match=r"m.keras: the model's outputs are not probabilities \(from -0.023 to 0.32, "
+                                         r"rows summing to 0.53-0.55\): end it with a softmax"):
+        check_probabilities("m.keras", logits)
+    check_probabilities("m.keras", np.array([[0.25, 0.75], [1.0, 0.0]], np.float32))
+
+
+def test_a_model_whose_pixels_reach_its_weights_unscaled_is_warned_of(tmp_path, capsys):
+    """A tutorial model trained on ``image / 255.`` in its data pipeline, given 0-255 pixels by every medclf
+    file: its export agreed 100% with Keras on the same unscaled pixels and served 44% of its calls."""
+    inputs = keras.Input((8, 8, 3))
+    head = keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(inputs)))
+    keras.Model(inputs, head).save(tmp_path / "unscaled.keras")
+    loaded(tmp_path / "unscaled.keras", 2)
+    assert "unscaled.keras: its pixels (0-255) reach its first layer with weights unscaled" in capsys.readouterr().err
+    divided = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(4, 3)(inputs / 255.0))))
+    divided.save(tmp_path / "divided.keras")
+    tutorial_cnn(keras.layers.Dense(2, activation="softmax"), 8).save(tmp_path / "rescaled.keras")
+    for scaled in ("divided.keras", "rescaled.keras"):
+        loaded(tmp_path / scaled, 2)
+        assert capsys.readouterr().err == ""
