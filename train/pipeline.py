@@ -399,9 +399,12 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         group_pattern, group_copies = recipe.get("group_pattern"), recipe.get("group_copies")
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = test_extras(labels, probabilities, groups, classes, decision)
-    if scorer.run is not None:  # a test set is only unseen if the model never saw its files
+    if scorer.run is not None and (scorer.run.path / rundir.SPLITS).is_file():  # unseen if never seen in training
         extra["identical_to_training"] = seen_in_training(folder, recorded_split(scorer.run, "train"),
                                                           recorded_split(scorer.run, "val"))
+    elif scorer.run is not None:  # a run folder written by hand, for a model medclf did not train: scored all the same
+        log.warning("%s records no training images (no %s), so whether any of these images were trained on "
+                    "cannot be checked", scorer.run.path, rundir.SPLITS)
     if scorer.calibrated_on is not None and _overlapping(scorer.calibrated_on, data):
         extra["calibrated_on_these_images"] = scorer.calibrated_on
         log.warning("%s was calibrated (medclf calibrate) on %s: its temperature, bias and threshold were fitted on "

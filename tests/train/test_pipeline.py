@@ -321,3 +321,17 @@ def test_a_picture_that_cannot_be_drawn_is_a_warning_and_the_numbers_stand(tmp_p
     metrics = pipeline.report(tmp_path, labels, probabilities, ("NORMAL", "PNEUMONIA"), None, "test")
     assert metrics["accuracy"] == 1.0 and (tmp_path / "confusion_matrix.png").is_file()
     assert f"could not draw {tmp_path / 'roc.png'} (AttributeError: Line2D.set()" in caplog.text
+
+
+def test_a_model_medclf_did_not_train_is_evaluated_from_a_run_folder_written_by_hand(cataract, tmp_path, caplog):
+    """A tutorial's model with labels.json and preprocess.json beside it failed after scoring every image:
+    "splits.json: this run did not record its 'train' split". Now scored, the unchecked overlap said."""
+    inputs = keras.Input((32, 32, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(inputs)))
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(features)).save(tmp_path / "model.keras")
+    (tmp_path / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (tmp_path / "preprocess.json").write_text(json.dumps({"height": 32, "width": 32}))
+    metrics = evaluate_run(tmp_path / "model.keras", cataract)
+    assert metrics["images"] == sum(1 for path in cataract.rglob("*") if path.is_file()) and \
+        "identical_to_training" not in metrics
+    assert "records no training images (no splits.json)" in caplog.text
