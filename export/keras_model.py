@@ -30,11 +30,11 @@ def loaded(path: Path, classes: int) -> keras.Model:
         hint = ("; a Lambda layer's function is not saved with the model: scale pixels with a Rescaling layer "
                 "instead" if "Lambda" in str(exc) or "Could not locate function" in str(exc) else "")
         raise ValueError(f"{path}: Keras cannot load it ({type(exc).__name__}: {_first_line(exc)}){hint}") from None
-    try:
-        model.input  # noqa: B018 — a Sequential fitted without an Input has none, and nothing can trace it
-    except AttributeError:
+    if not getattr(model, "inputs", None):  # a Sequential fitted without an Input: nothing can trace it
         raise ValueError(f"{path}: the model has no defined input (a Sequential model built without "
-                         "keras.Input(shape)): rebuild it with an Input layer and load its weights") from None
+                         "keras.Input(shape)): rebuild it with an Input layer and load its weights")
+    if isinstance(model, keras.Sequential):
+        model = _functional(model)
     if len(model.outputs) != 1:
         shapes = ", ".join(f"{tensor.name} {list(tensor.shape[1:])}" for tensor in model.outputs)
         raise ValueError(f"{path}: the model has {len(model.outputs)} outputs ({shapes}); medclf serves one, the "
@@ -62,6 +62,18 @@ def check_probabilities(path: Path, probabilities: np.ndarray) -> None:
         raise ValueError(f"{path}: the model's outputs are not probabilities (from {probabilities.min():.3g} to "
                          f"{probabilities.max():.3g}, rows summing to {sums.min():.3g}-{sums.max():.3g}): end it with "
                          "a softmax (trained with from_logits=True, it gives logits)")
+
+
+def _functional(model: keras.Sequential) -> keras.Model:
+    """The same layers and weights as a functional model. A loaded Sequential has ``inputs`` but no ``input``,
+    which export reads, and its layers' ``output`` is that of an earlier build, outside the graph it runs (so
+    Grad-CAM's gradients were None): each layer is made again from its config and called on a new input."""
+    x = inputs = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="medclf_input")
+    for layer in model.layers:
+        again = type(layer).from_config(layer.get_config())
+        x = again(x)
+        again.set_weights(layer.get_weights())
+    return keras.Model(inputs, x, name=model.name)
 
 
 def _scales_its_pixels(model: keras.Model) -> bool:

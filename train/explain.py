@@ -20,6 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from medclf.export.keras_model import loaded
 from medclf.rundir import RunDir
 from medclf.runtime.cam import binary_margin, heatmaps, overlay_name, positive_index, write_overlay
 from medclf.runtime.decision import Decision, decide
@@ -174,7 +175,7 @@ def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out:
     labels, preprocess, decision = run.labels, run.preprocess, run.decision
     if target is not None and target not in labels:
         raise ValueError(f"class {target!r} is not one of the model's labels {list(labels)}")
-    cam = GradCam(keras.models.load_model(model_path, compile=False), layer, labels, decision)
+    cam = GradCam(loaded(Path(model_path), len(labels)), layer, labels, decision)
     kind = "gradcam" if layer is None else f"gradcam-{layer.replace('/', '_')}"  # beside the default's, not over it
     return _explain(cam, paths, Path(out), labels, preprocess, decision, target, kind)
 

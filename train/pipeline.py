@@ -29,6 +29,7 @@ import tensorflow as tf
 import medclf
 from medclf import rundir
 from medclf.export.files import FILE_NAMES
+from medclf.export.keras_model import loaded
 from medclf.export.verify import TOLERANCES
 from medclf.rundir import RunDir
 from medclf.runtime.atomic import lock_at_once, write_json, write_text, written_together
@@ -521,7 +522,7 @@ class _Scorer:
                        RunDir.of_export(card.source), card.precision, both, tta,
                        (card.metrics.get("site") or {}).get("data_path"))
         run = RunDir.of_model(model_path)
-        model = keras.models.load_model(model_path, compile=False)
+        model = loaded(Path(model_path), len(run.labels))  # also a tutorial's model, in a run folder written by hand
         scored = (lambda x: predict(model, x)) if tta is None else partial(averaged, partial(predict, model), kind=tta)
         return cls(run.labels, run.preprocess, run.decision, scored, run, tta=tta)
 

@@ -4,6 +4,7 @@ sigmoid unit becomes two class probabilities), refused in one line naming the fi
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -91,3 +92,25 @@ def test_a_model_whose_pixels_reach_its_weights_unscaled_is_warned_of(tmp_path, 
     for scaled in ("divided.keras", "rescaled.keras"):
         loaded(tmp_path / scaled, 2)
         assert capsys.readouterr().err == ""
+
+
+def test_a_sequential_model_is_exported_and_explained_like_a_functional_one(cataract, tmp_path):
+    """A loaded Sequential has no ``input`` (export's tracing failed on it) and its layers' outputs lie outside
+    the graph it runs, so Grad-CAM's gradients were None: a traceback from ``medclf explain``."""
+    from medclf.train.explain import explain_files
+
+    keras.utils.set_random_seed(0)
+    sequential = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255),
+                                   keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                                   keras.layers.Dense(2, activation="softmax")])
+    sequential.save(tmp_path / "model.keras")
+    (tmp_path / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (tmp_path / "preprocess.json").write_text(json.dumps({"height": 32, "width": 32}))
+    model = loaded(tmp_path / "model.keras", 2)
+    pixels = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(model.predict(pixels, verbose=0), sequential.predict(pixels, verbose=0), atol=1e-6)
+    image = sorted((cataract / "normal").iterdir())[0]
+    [explained] = explain_files(tmp_path / "model.keras", [str(image)], tmp_path / "cams")
+    assert explained.error is None and Path(explained.heatmap).is_file()
+    report = export_run(tmp_path / "model.keras", tmp_path / "exported", ("fp32",), verify_data=cataract)
+    assert report["passed"]
