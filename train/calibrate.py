@@ -269,13 +269,18 @@ def _site_summary(labels: np.ndarray, probabilities: np.ndarray, classes: tuple[
     return {key: metrics[key] for key in (*SUMMARY, "threshold") if key in metrics}
 
 
+def refuse_the_original(model_path: str | os.PathLike[str], out: str | os.PathLike[str]) -> None:
+    """ValueError where ``out`` is the model itself: the original keeps the training site's calibration."""
+    if Path(out).resolve() == Path(model_path).resolve():
+        raise ValueError(f"{out}: the calibrated model must be a new file; the original keeps its calibration")
+
+
 def write_calibrated(model_path: str | os.PathLike[str], out: str | os.PathLike[str], site: SiteCalibration,
                      record: dict) -> None:
     """A copy of the ONNX file that answers with the ``site``'s scaling and threshold (and unfamiliarity, if the
     site took its images as the reference), its card carrying the site's record (``metrics.site``); written
     atomically, never over the original (which keeps the training site's calibration)."""
-    if Path(out).resolve() == Path(model_path).resolve():
-        raise ValueError(f"{out}: the calibrated model must be a new file; the original keeps its calibration")
+    refuse_the_original(model_path, out)
     proto = onnx.load(str(model_path))
     metadata = {prop.key: prop.value for prop in proto.metadata_props}  # other keys than the card's stay
     card = ModelCard.from_metadata(metadata, str(model_path))

@@ -252,14 +252,17 @@ def calibrate(
     from medclf.runtime.atomic import write_json
 
     import_tensorflow()
-    from .calibrate import calibrate_site, calibration_file, is_calibrated_copy, write_calibrated
+    from .calibrate import (calibrate_site, calibration_file, is_calibrated_copy, refuse_the_original,
+                            write_calibrated)
 
     shares = parse_shares(prevalence)
     if out is not None and out.suffix.lower() != ".onnx":  # its record and picture take .json and .png beside it
         raise typer.BadParameter(f"{out}: give the calibrated copy a .onnx name", param_hint="--out")
-    if out is not None and out.resolve() == model.resolve():  # before any work: the picture went beside it first
-        raise typer.BadParameter(f"{out}: the calibrated model must be a new file; the original keeps its "
-                                 "calibration", param_hint="--out")
+    if out is not None:  # before any work: the picture went beside it first
+        try:
+            refuse_the_original(model, out)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--out") from None
     out = out or calibration_file(_home_of(model) / f"{model.stem}.site{model.suffix}", data)
     picture = out.with_suffix(".png")
     replacing = is_calibrated_copy(out)  # a picture beside anything else is the user's, never removed
