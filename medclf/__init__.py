@@ -34,3 +34,10 @@ if MAX_PIXELS is None:
     sys.stderr.write(f"medclf: OPENCV_IO_MAX_IMAGE_PIXELS={os.environ['OPENCV_IO_MAX_IMAGE_PIXELS']!r} is no pixel "
                      f"count OpenCV reads (N, NKB or NMB); using {DEFAULT_MAX_PIXELS}\n")
     os.environ["OPENCV_IO_MAX_IMAGE_PIXELS"], MAX_PIXELS = str(DEFAULT_MAX_PIXELS), DEFAULT_MAX_PIXELS
+
+# onnxruntime 1.32 on Linux sends usage telemetry (1DS: a process event, then session, model and error events)
+# and keeps a device identifier and an event cache under ~/.cache/Microsoft/DeveloperTools — from a clinic's
+# machines too, where nothing about its models should leave without a decision; with a read-only home it also
+# prints a coloured warning on every run. It reads this once, when it loads: hence here, before any medclf module
+# imports it. ORT_DISABLE_TELEMETRY=0 set by the user turns it back on.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")

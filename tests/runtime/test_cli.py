@@ -542,3 +542,15 @@ def test_a_worklist_that_cannot_be_read_or_clashes_with_a_piped_image_is_refused
     done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", *args], capture_output=True, text=True,
                           timeout=60, stdin=subprocess.DEVNULL)
     assert done.returncode == 2 and reason in done.stderr
+
+
+def test_onnxruntime_sends_no_telemetry_and_keeps_no_identifier_in_the_home_folder(tmp_path, blood_cell_images):
+    """onnxruntime 1.32 sends usage telemetry from Linux and writes a device id and an event cache under
+    ~/.cache/Microsoft; with a read-only home every medclf-run printed its warning in colour on stderr."""
+    home = tmp_path / "home"
+    home.mkdir()
+    environment = {key: value for key, value in os.environ.items() if key != "ORT_DISABLE_TELEMETRY"}
+    done = subprocess.run([sys.executable, "-m", "medclf.runtime.cli", str(blood_cell_images[0])],
+                          capture_output=True, text=True, timeout=120, env=environment | {"HOME": str(home)})
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert list(home.rglob("*")) == [], "onnxruntime kept files in the home folder"
