@@ -210,13 +210,9 @@ def _write_interrupted_csv(path: Path, results: list[Prediction], paths: list[st
     its error cell — so no one reads the file as complete (before, an interrupted run wrote none: hours of a
     worklist's answers lost to a late Ctrl-C or a service stop)."""
     unreached = [Prediction(path, error=NOT_REACHED) for path in paths[len(results):]]
-    try:
-        write_csv(path, results + unreached, model, tta)
-    except OSError as exc:
-        print(f"error: --csv {path}: not written ({exc.strerror or exc})", file=sys.stderr)
-        return
-    print(f"--csv {path}: {len(results)} answers written; {len(unreached)} inputs not reached, each marked "
-          f"'{NOT_REACHED}'", file=sys.stderr)
+    if _csv_written(path, results + unreached, model, tta):
+        _say(f"--csv {path}: {len(results)} answers written; {len(unreached)} inputs not reached, each marked "
+             f"'{NOT_REACHED}'")
 
 
 def _printed(recorded: Iterable[Prediction], results: list[Prediction], answered_by: dict[str, str],
