@@ -24,6 +24,9 @@ SUM_TOLERANCE = 1e-3
 def loaded(path: Path, classes: int) -> keras.Model:
     """The model at ``path``, answering ``classes`` probabilities per image; ValueError naming the file and the
     likely fix where it cannot."""
+    if path.suffix == ".keras" and path.read_bytes()[:4] == b"\x89HDF":  # Keras reads the name, not the bytes
+        raise ValueError(f"{path}: an HDF5 (.h5) file under a .keras name, which Keras will not read: name it "
+                         f"{path.with_suffix('.h5').name}, or save the model again as .keras")
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 — Keras raises TypeError, ValueError, AttributeError... by layer
@@ -34,17 +37,21 @@ def loaded(path: Path, classes: int) -> keras.Model:
         raise ValueError(f"{path}: the model has no defined input (a Sequential model built without "
                          "keras.Input(shape)): rebuild it with an Input layer and load its weights")
     if isinstance(model, keras.Sequential):
-        model = _functional(model)
+        model = _functional(model, path)
     if len(model.outputs) != 1:
         shapes = ", ".join(f"{tensor.name} {list(tensor.shape[1:])}" for tensor in model.outputs)
         raise ValueError(f"{path}: the model has {len(model.outputs)} outputs ({shapes}); medclf serves one, the "
                          "class probabilities: save a model whose output is that one")
-    if not _scales_its_pixels(model):
+    if _scales_its_pixels(model) is False:
         print(f"warning: {path}: its pixels (0-255) reach its first layer with weights unscaled; a model trained on "
               "scaled images (x / 255 or preprocess_input in the data pipeline) answers wrong on them — put that "
               "scaling inside the model (a Rescaling layer) before exporting", file=sys.stderr)
     width = model.output_shape[-1]
     if width == 1 and classes == 2:  # the tutorials' binary head: Dense(1, activation="sigmoid")
+        ending = getattr(getattr(model.layers[-1], "activation", None), "__name__", "no activation")
+        if ending != "sigmoid":  # a softmax over one unit answers 1 for every image; no activation, a logit
+            raise ValueError(f"{path}: its one output unit ends in {ending}, not a sigmoid: medclf serves a sigmoid "
+                             "unit's probability (Dense(1, activation='sigmoid'))")
         p = model.outputs[0]
         return keras.Model(model.inputs, keras.ops.concatenate([1 - p, p], axis=-1), name=model.name)
     if width != classes:  # labels.json copied from another run
@@ -64,31 +71,44 @@ def check_probabilities(path: Path, probabilities: np.ndarray) -> None:
                          "a softmax (trained with from_logits=True, it gives logits)")
 
 
-def _functional(model: keras.Sequential) -> keras.Model:
+def _functional(model: keras.Sequential, path: Path) -> keras.Model:
     """The same layers and weights as a functional model. A loaded Sequential has ``inputs`` but no ``input``,
     which export reads, and its layers' ``output`` is that of an earlier build, outside the graph it runs (so
-    Grad-CAM's gradients were None): each layer is made again from its config and called on a new input."""
+    Grad-CAM's gradients were None): each layer is made again from its config, called on a new input, given the
+    loaded one's weights and state (an adapted Normalization's mean and variance), and the copy is checked to
+    answer as the loaded model does."""
     x = inputs = keras.Input(model.inputs[0].shape[1:], dtype=model.inputs[0].dtype, name="medclf_input")
     for layer in model.layers:
         again = type(layer).from_config(layer.get_config())
         x = again(x)
         again.set_weights(layer.get_weights())
-    return keras.Model(inputs, x, name=model.name)
+        if hasattr(again, "finalize_state"):  # Normalization computes its mean and variance tensors here
+            again.finalize_state()
+    functional = keras.Model(inputs, x, name=model.name)
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *model.inputs[0].shape[1:])).astype("float32")
+    if not np.allclose(functional.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-5):
+        raise ValueError(f"{path}: this Sequential model could not be rebuilt to answer as it does (a layer keeps "
+                         "state its config and weights do not hold): save it as a functional model "
+                         "(keras.Model(inputs, outputs))")
+    return functional
 
 
-def _scales_its_pixels(model: keras.Model) -> bool:
+def _scales_its_pixels(model: keras.Model) -> bool | None:
     """Whether something changes the pixels before the first layer with weights: a Rescaling or Normalization
     layer, an operation on the input (``x / 255``, ``preprocess_input`` inside the model), a Lambda — in this model
-    or, first thing, a model nested in it (a backbone used as a layer). Every model medclf trains starts with a
-    Rescaling layer; a tutorial's that scales in its data pipeline does not, and gets pixels 255 times brighter."""
+    or in a model nested in it (a backbone used as a layer; an augmentation Sequential, which has neither, is
+    looked through). None where the model has neither. Every model medclf trains starts with a Rescaling layer;
+    a tutorial's that scales in its data pipeline does not, and gets pixels 255 times brighter."""
     for operation in getattr(model, "operations", None) or model.layers:  # a Sequential has no operations
         if isinstance(operation, keras.Model):
-            return _scales_its_pixels(operation)
+            if (nested := _scales_its_pixels(operation)) is not None:
+                return nested
+            continue
         if not isinstance(operation, keras.layers.Layer) or isinstance(operation, SCALING):
             return True
         if operation.weights:
             return False
-    return True
+    return None
 
 
 def _first_line(exc: Exception) -> str:

@@ -253,7 +253,9 @@ def _providers(name: str, model: Path, precision: str = "fp32",
         # onnxruntime names a cached engine by the graph's names and its file name, never its weights: two
         # trainings of one architecture, each a model.onnx, would share an engine, the second answering with the
         # first's weights under its own labels. Keyed by the file's bytes, each model has its own.
-        cache = default_cache_dir() / "ort-tensorrt" / file_sha256(model)[:16]
+        # and by the batch profile: an engine built without one (or for another) is not loaded under this one
+        profile = "-batch-" + "-".join(map(str, ORT_TENSORRT_PROFILE.values())) if image_shape else ""
+        cache = default_cache_dir() / "ort-tensorrt" / (file_sha256(model)[:16] + profile)
         cache.mkdir(parents=True, exist_ok=True)
         tensorrt = (PROVIDERS["ort-tensorrt"], {"trt_engine_cache_enable": "True", "trt_timing_cache_enable": "True",
                                                   "trt_engine_cache_path": os.fspath(cache),

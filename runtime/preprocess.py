@@ -140,7 +140,7 @@ class Preprocess:
         if not isinstance(data, dict):
             raise ValueError(f"preprocessing must be a JSON object, not {type(data).__name__}")
         if unknown := sorted(set(data) - {field.name for field in fields(cls)} - set(WRITTEN_AS)):
-            known = ", ".join(field.name for field in fields(cls))
+            known = ", ".join([field.name for field in fields(cls)] + list(WRITTEN_AS))
             raise ValueError(f"unknown preprocessing field {unknown[0]!r} (medclf's are {known}; "
                              "scaling and normalisation belong inside the model, as a Rescaling layer)")
         if written := {key: data[key] for key in WRITTEN_AS if key in data and data[key] != WRITTEN_AS[key]}:

@@ -114,3 +114,44 @@ def test_a_sequential_model_is_exported_and_explained_like_a_functional_one(cata
     assert explained.error is None and Path(explained.heatmap).is_file()
     report = export_run(tmp_path / "model.keras", tmp_path / "exported", ("fp32",), verify_data=cataract)
     assert report["passed"]
+
+
+def test_an_adapted_normalization_layer_keeps_its_statistics_when_a_sequential_is_rebuilt(tmp_path):
+    """Made again from its config and given its weights, a Normalization layer kept the mean 0 and variance 1
+    it was built with: evaluate scored another model (every image one class), without a word."""
+    pixels = np.random.default_rng(1).uniform(0, 255, (16, 8, 8, 3)).astype("float32")
+    normalization = keras.layers.Normalization()
+    normalization.adapt(pixels)
+    keras.utils.set_random_seed(0)
+    sequential = keras.Sequential([keras.Input((8, 8, 3)), normalization, keras.layers.Conv2D(4, 3),
+                                   keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3, activation="softmax")])
+    sequential.save(tmp_path / "normalized.keras")
+    np.testing.assert_allclose(loaded(tmp_path / "normalized.keras", 3).predict(pixels, verbose=0),
+                               sequential.predict(pixels, verbose=0), atol=1e-5)
+
+
+@pytest.mark.parametrize("activation, said", [(None, "ends in linear, not a sigmoid"),
+                                              ("softmax", "ends in softmax, not a sigmoid")])
+def test_a_one_unit_head_that_is_no_sigmoid_is_refused(tmp_path, activation, said):
+    """A softmax over one unit answers 1 for every image (it was served as [0, 1]: every image the second class);
+    without an activation the unit is a logit."""
+    tutorial_cnn(keras.layers.Dense(1, activation=activation), 8).save(tmp_path / "one.keras")
+    with pytest.raises(ValueError, match=f"one.keras: its one output unit {said}"):
+        loaded(tmp_path / "one.keras", 2)
+
+
+def test_an_augmentation_block_first_does_not_hide_unscaled_pixels(tmp_path, capsys):
+    augmentation = keras.Sequential([keras.layers.RandomFlip("horizontal"), keras.layers.RandomRotation(0.1)])
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(augmentation(inputs)))
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(features)).save(tmp_path / "augmented.keras")
+    loaded(tmp_path / "augmented.keras", 2)
+    assert "its pixels (0-255) reach its first layer with weights unscaled" in capsys.readouterr().err
+
+
+def test_an_h5_file_under_a_keras_name_is_told_to_keep_its_own_name(tmp_path):
+    """Keras chooses the format by the name: an .h5 saved as model.keras was "File not found", the file there."""
+    tutorial_cnn(keras.layers.Dense(2, activation="softmax"), 8).save(tmp_path / "model.h5")
+    (tmp_path / "model.h5").rename(tmp_path / "model.keras")
+    with pytest.raises(ValueError, match="model.keras: an HDF5 .* name it model.h5"):
+        loaded(tmp_path / "model.keras", 2)

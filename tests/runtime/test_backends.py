@@ -147,6 +147,7 @@ def test_the_tensorrt_provider_builds_one_engine_for_every_batch_the_runtime_sen
     assert {key: value for key, value in options.items() if key.startswith("trt_profile")} == {
         "trt_profile_min_shapes": "image:1x128x128x3", "trt_profile_opt_shapes": "image:32x128x128x3",
         "trt_profile_max_shapes": "image:64x128x128x3"}
+    assert options["trt_engine_cache_path"].endswith("-batch-1-32-64")  # not an engine built without the profile
     sizes = []
     run = _in_runs(lambda names, images: sizes.append(len(images)) or [images.sum(axis=(1, 2, 3))], 64)
     images = np.random.default_rng(0).integers(0, 255, (150, 2, 2, 3), dtype=np.uint8)
