@@ -44,7 +44,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medclf.export.depth_weights import outputs_with_ratios, with_depth_weights
 from medclf.export.files import card_of_file
-from medclf.rundir import RunDir
+from medclf.rundir import SPLITS, RunDir
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
@@ -52,11 +52,12 @@ from medclf.runtime.modelcard import CAM_NAME, FAMILIARITY_NAME, OUTPUT_NAME, Mo
 
 from .data import ImageFolder, Labeller, predict_folder
 from .groups import split_groups
+from .identical import seen_in_training
 from .evaluate import (MIN_IMAGES_FOR_THRESHOLD, at_prevalence, choose_threshold, classification_metrics,
-                       positive_class, prevalence_ratios, prevalence_weights, stated_shares)
+                       positive_class, prevalence_ratios, prevalence_weights, stated_shares, target_sensitivity_of)
 from .plots import plot_reliability
 from .site_familiarity import SITE_PREFIX, SiteFamiliarity, site_description, site_familiarity
-from .splits import read_labelled
+from .splits import read_labelled, recorded_split
 from .temperature import fit_bias_corrected, fit_temperature, scaled
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,12 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     (:func:`site_familiarity`); ``familiarity_from_site`` takes them as the reference instead."""
     classifier = Classifier(model_path)
     card = classifier.card
+    if target_sensitivity is None:  # the model's own rule, kept: a screening model was moved to Youden's J, silently
+        target_sensitivity = target_sensitivity_of(card.decision)
+    if (earlier := card.metrics.get("site")) is not None:
+        log.warning("%s is already calibrated, at %s: calibrating it again fits on top of that calibration and its "
+                    "card keeps only this site's record — calibrate the file it was made from instead", model_path,
+                    earlier.get("data_path") or earlier.get("data"))
     if familiarity_from_site and not classifier.says_unfamiliar:
         raise ValueError(f"{model_path}: exported without the unfamiliarity output, so there is no familiarity to "
                          "take from the site (medclf export adds it by default since 2026-12-06)")
@@ -118,9 +125,13 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                          f"{len(card.labels)} classes and calls the most probable")
     if prevalence and not class_bias:
         raise ValueError("a stated prevalence moves the class bias, so it needs one: drop --no-class-bias")
-    site = read_labelled(data, card.labels, naming, RunDir.of_export(card.source))
+    run = RunDir.of_export(card.source)
+    site = read_labelled(data, card.labels, naming, run)
     counts = np.bincount(site.labels, minlength=len(card.labels))
     _enough(counts, card.labels, data)
+    if run is not None and (run.path / SPLITS).is_file():
+        seen_in_training(site, recorded_split(run, "train"), recorded_split(run, "val"), "site",
+                         "fitted on them, the calibration learns the training site again, not this one")
     shares = stated_shares(prevalence, card.labels, counts) if prevalence else None
     if class_bias and shares is None and counts.max() <= BALANCED * counts.min():
         log.warning("%s holds as many images of each class (%d-%d): the class bias takes them as the site's "
@@ -128,6 +139,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                     "fit the temperature alone (--no-class-bias)", data, counts.min(), counts.max())
     fit = _fit_for(class_bias, shares)
     labels, probabilities, levels, folder = _site_outputs(classifier, site, cache_dir)
+    _enough(np.bincount(labels, minlength=len(card.labels)), card.labels, data)  # the readable ones, counted again
     familiarity = None if levels is None else site_familiarity(levels, card, familiarity_from_site, data)
     groups = split_groups(folder, group_pattern, group_copies, naming)
     if groups is not None:

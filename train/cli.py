@@ -284,7 +284,8 @@ def calibrate(
     scaling = [f"temperature {site.temperature:.3g}, bias "
                + " ".join(f"{name} {value:+.2f}" for name, value in site.bias.items())] if site.bias else []
     new = ", ".join((scaling or ["no temperature or bias (the site's images cannot tell them)"])
-                    + ([f"threshold {site.decision.threshold:.3g}"] if site.decision is not None else []))
+                    + ([f"threshold {site.decision.threshold:.3g} ({site.decision.rule.split(',')[0]})"]
+                       if site.decision is not None else []))
     if site.estimate is None and replacing and picture.exists():  # the replaced calibration's, not redrawn
         picture.unlink()
         errors.print(f"removed {picture}: the picture of the calibration this one replaced",
@@ -295,9 +296,19 @@ def calibrate(
     else:
         console.print(f"new: {new}: {site_metrics(site.estimate)} (fitted on half the site images, scored on the "
                       f"other half, {site.estimate['splits']} splits)")
+    if site.estimate is not None and not _better(site.estimate):
+        errors.print("warning: on the site's own halves the calibrated copy scores no better than the model as it "
+                     "stands (calibration error and log loss): keep the model, or fit the temperature alone "
+                     "(--no-class-bias)", highlight=False)
     written = [out, out.with_suffix(".json")] + ([picture] if site.estimate is not None else [])
     console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
                   + (" (reliability before and after)" if site.estimate is not None else ""))
+
+
+def _better(estimate: dict) -> bool:
+    """Whether a site calibration's estimate beats the model as it stands on calibration error or log loss."""
+    keys = [key for key in ("expected_calibration_error", "log_loss") if f"{key}_before" in estimate]
+    return not keys or any(estimate[key]["mean"] < estimate[f"{key}_before"]["mean"] for key in keys)
 
 
 @app.command()

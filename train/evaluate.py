@@ -41,6 +41,13 @@ def positive_class(classes: Sequence[str]) -> int:
     return 1 - negatives[0] if len(negatives) == 1 else 1
 
 
+def target_sensitivity_of(decision: Decision | None) -> float | None:
+    """The sensitivity a model's threshold was chosen for (its rule: ``sensitivity>=0.95``, as
+    :func:`choose_threshold` writes it), or None (Youden's J, argmax)."""
+    found = re.match(r"sensitivity>=([0-9.e+-]+)", decision.rule) if decision is not None else None
+    return float(found.group(1)) if found else None
+
+
 def choose_threshold(labels: np.ndarray, probabilities: np.ndarray, classes: Sequence[str],
                      target_sensitivity: float | None = None) -> Decision:
     """The operating point of a binary model, from validation labels and probabilities.

@@ -69,12 +69,14 @@ def identical_files(splits: Splits) -> dict[str, int]:
     return found
 
 
-def seen_in_training(folder: ImageFolder, train: ImageFolder, val: ImageFolder) -> int:
-    """How many of ``folder``'s images (scored by ``medclf evaluate``) are byte-identical to images the model
-    trained on or was chosen on (its run's recorded splits, where the files are still there), said once."""
+def seen_in_training(folder: ImageFolder, train: ImageFolder, val: ImageFolder, name: str = "evaluation",
+                     consequence: str = "evaluation scores count them as unseen") -> int:
+    """How many of ``folder``'s images (scored by ``medclf evaluate``, or ``name``) are byte-identical to images
+    the model trained on or was chosen on (its run's recorded splits, where the files are still there), said once
+    with its ``consequence``."""
     digests = _digests({"data": folder, "train": train, "val": val})
-    return _shared("evaluation", folder, digests["data"], [train, val], [digests["train"], digests["val"]],
-                   "this model's training or validation")
+    return _shared(name, folder, digests["data"], [train, val], [digests["train"], digests["val"]],
+                   "this model's training or validation", consequence)
 
 
 def twins_to_training(train: ImageFolder, val: ImageFolder,
@@ -156,12 +158,13 @@ def _across_classes(folders: dict[str, ImageFolder], digests: dict[str, list[str
 
 
 def _shared(name: str, folder: ImageFolder, digests: list[str | None], seen: list[ImageFolder],
-            seen_digests: list[list[str | None]], seen_as: str) -> int:
-    """How many of ``folder``'s images are byte-identical to one of ``seen``'s, said with an example."""
+            seen_digests: list[list[str | None]], seen_as: str, consequence: str | None = None) -> int:
+    """How many of ``folder``'s images are byte-identical to one of ``seen``'s, said with an example and its
+    ``consequence`` (default: ``name``'s scores count them as unseen)."""
     twins = {key: path for other, keys in zip(seen, seen_digests) for path, key in zip(other.paths, keys)
              if key is not None}
     shared = [(path, twins[key]) for path, key in zip(folder.paths, digests) if key is not None and key in twins]
     if shared:
-        log.warning("%d %s image(s) are, byte for byte, %s images (e.g. %s = %s): %s scores count them as "
-                    "unseen", len(shared), name, seen_as, *shared[0], name)
+        log.warning("%d %s image(s) are, byte for byte, %s images (e.g. %s = %s): %s", len(shared), name, seen_as,
+                    *shared[0], consequence or f"{name} scores count them as unseen")
     return len(shared)

@@ -37,7 +37,7 @@ from medclf.runtime.cache import default_cache_dir
 from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import Decision, decide
 from medclf.runtime.describe import file_sha256
-from medclf.runtime.modelcard import unlike
+from medclf.runtime.modelcard import familiarity_site, unlike
 from medclf.runtime.preprocess import Preprocess
 from medclf.runtime.tta import averaged
 
@@ -420,7 +420,8 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         shares = stated_shares(prevalence, classes, np.bincount(labels, minlength=len(classes)))
         extra["at_prevalence"] = at_prevalence(labels, probabilities, classes, shares, decision)
     if says_unfamiliar:
-        extra["unlike_training"] = unlike_training(unfamiliarity[:, 0], folder.paths)
+        extra["unlike_training"] = unlike_training(unfamiliarity[:, 0], folder.paths) | (
+            {"reference": scorer.familiar_with} if scorer.familiar_with else {})
     if out is None:
         return classification_metrics(labels, probabilities, classes, decision) | extra
     with written_together(out, last=rundir.METRICS) as staged:  # a run stopped midway keeps the old record whole
@@ -511,6 +512,7 @@ class _Scorer:
     with_unfamiliarity: Callable[[np.ndarray], np.ndarray] | None = None
     tta: str | None = None  # the test-time views its probabilities are averaged over (medclf.runtime.tta)
     calibrated_on: str | None = None  # a medclf calibrate copy's: the folder its site fit was made on
+    familiar_with: str | None = None  # a calibrated copy's: the site whose images its unfamiliarity was set on
 
     @classmethod
     def load(cls, model_path: str | os.PathLike[str], tta: str | None = None) -> "_Scorer":
@@ -520,7 +522,7 @@ class _Scorer:
             both = (lambda x: np.column_stack(classifier.assess(x, 64))) if classifier.says_unfamiliar else None
             return cls(card.labels, card.preprocess, card.decision, partial(classifier.predict, batch_size=64),
                        RunDir.of_export(card.source), card.precision, both, tta,
-                       (card.metrics.get("site") or {}).get("data_path"))
+                       (card.metrics.get("site") or {}).get("data_path"), familiarity_site(card))
         run = RunDir.of_model(model_path)
         model = loaded(Path(model_path), len(run.labels))  # also a tutorial's model, in a run folder written by hand
         scored = (lambda x: predict(model, x)) if tta is None else partial(averaged, partial(predict, model), kind=tta)

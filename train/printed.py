@@ -79,8 +79,9 @@ def final_weights_line(wise: dict) -> str:
 def unlike_line(unlike: dict, name: str) -> str:
     """'evaluation: model.onnx says 1 of 624 images (0.2%) are unlike its training images (about 0.5% of images
     like them are), the farthest: ...'."""
+    reference = f"the images of {unlike['reference']}" if unlike.get("reference") else "its training images"
     line = (f"evaluation: {name} says {unlike['count']} of {unlike['images']} images ({unlike['share']:.1%}) are "
-            f"unlike its training images (of images like them, about 0.5% are)")
+            f"unlike {reference} (of images like them, about 0.5% are)")
     if unlike["share"] > 0.05:
         line += "; these scores describe a mix of kinds of images, not the model on the kind it is for"
     return line + (f"; the farthest: {', '.join(unlike['examples'])}" if unlike["examples"] else "")

@@ -300,3 +300,51 @@ def test_at_a_stated_prevalence_the_site_reads_its_metrics_weighted_to_it(chest_
                               (["--prevalence", "PNEUMONIA=0.1", "--no-class-bias"], "drop --no-class-bias")):
         refused = CliRunner().invoke(app, ["calibrate", model, str(site), *arguments], terminal_width=200)
         assert refused.exit_code in (1, 2) and reason in refused.output and "Traceback" not in refused.output
+
+
+def test_a_model_chosen_for_a_sensitivity_keeps_that_rule_at_the_site(chest_xray, tmp_path):
+    """A screening model's threshold, chosen for sensitivity 0.95, was chosen again at the site by Youden's J,
+    without a word: sensitivity on the site's unseen films fell from 0.90 to 0.67."""
+    screening = replace(CARD, decision=Decision("PNEUMONIA", 0.3, rule="sensitivity>=0.9"))
+    model = brightness_model(tmp_path / "screening.onnx", screening)
+    site = site_folder(chest_xray, tmp_path, 40)
+    calibration = calibrate_site(model, site)
+    assert calibration.decision.rule.startswith("sensitivity>=0.9, chosen at the site")
+    images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
+    calibrated = as_calibrated(Classifier(model).predict(images), calibration)
+    assert classification_metrics(labels, calibrated, CARD.labels, calibration.decision)["sensitivity"] >= 0.9
+
+
+def test_unreadable_site_files_do_not_count_towards_the_images_a_class_needs(chest_xray, tmp_path, model):
+    """30 NORMAL files of which 3 were text passed the 30-image check, and a copy fitted on 27 was written."""
+    site = site_folder(chest_xray, tmp_path, 30)
+    for broken in sorted((site / "NORMAL").iterdir())[:3]:
+        broken.write_text("not an image")
+    with pytest.raises(ValueError, match="27 images of NORMAL.*at least 30"):
+        calibrate_site(model, site)
+
+
+def test_calibrating_a_calibrated_copy_or_on_the_models_training_images_is_said(chest_xray, tmp_path, model,
+                                                                                 caplog):
+    """Fitted again on top, a copy kept only the last site's record (evaluate could no longer see the first
+    site's films were in-sample); fitted on the training films, a calibration learns the training site again."""
+    import json
+
+    site = site_folder(chest_xray, tmp_path, 30)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"the Keras model this file was exported from")
+    (run / "labels.json").write_text(json.dumps(list(CARD.labels)))
+    (run / "preprocess.json").write_text(CARD.preprocess.to_json())
+    films = sorted(str(path) for path in site.rglob("*.jpeg"))
+    (run / "splits.json").write_text(json.dumps({"train": {"paths": films, "labels": [0] * len(films)},
+                                                 "val": {"paths": [], "labels": []}}))
+    from medclf.runtime.describe import file_sha256
+
+    source = {"run_dir": str(run), "keras_sha256": file_sha256(run / "model.keras")}
+    trained_on = brightness_model(tmp_path / "trained.onnx", replace(CARD, source=source))
+    calibration = calibrate_site(trained_on, site)
+    assert f"{len(films)} site image(s) are, byte for byte, this model's training or validation images" in caplog.text
+    write_calibrated(model, tmp_path / "model.site.onnx", calibration, calibration.record("site"))
+    calibrate_site(tmp_path / "model.site.onnx", site)
+    assert "is already calibrated, at site: calibrating it again fits on top" in caplog.text

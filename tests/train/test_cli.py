@@ -363,3 +363,24 @@ def test_commands_refuse_before_any_work_what_they_would_get_wrong_at_the_end(bl
                                 "--target-sensitivity", "0.9", "--limit-per-class", "4"])
     assert multi.exit_code == 1 and "sets a binary task's threshold; these images are of 4 classes" in multi.output
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_images_unlike_a_calibrated_copys_site_are_said_unlike_that_site_not_the_training_images():
+    """A copy whose unfamiliarity was set at a site (--familiarity-from-site) measures against that site's images;
+    evaluate said "unlike its training images", as medclf-run does not."""
+    from medclf.train.printed import unlike_line
+
+    unlike = {"count": 3, "images": 316, "share": 3 / 316, "examples": []}
+    assert "are unlike its training images" in unlike_line(unlike, "model.onnx")
+    assert "are unlike the images of site_fit (of images like them" in unlike_line(unlike | {"reference": "site_fit"},
+                                                                                   "model.site.onnx")
+
+
+def test_a_site_calibration_no_better_than_the_model_as_it_stands_is_warned_of():
+    from medclf.train.cli import _better
+
+    def estimate(ece: float, before: float) -> dict:
+        return {"expected_calibration_error": {"mean": ece}, "expected_calibration_error_before": {"mean": before},
+                "log_loss": {"mean": ece * 10}, "log_loss_before": {"mean": before * 10}}
+
+    assert _better(estimate(0.055, 0.078)) and not _better(estimate(0.077, 0.065))
