@@ -127,7 +127,7 @@ def test_an_image_whose_level_came_out_nan_counts_as_beyond_and_is_no_reference_
 
 
 def test_a_model_without_the_output_or_a_site_too_small_is_refused_by_name(blood_cells, tmp_path):
-    card = ModelCard(labels=("EOSINOPHIL", "LYMPHOCYTE"), preprocess=Preprocess(8, 8))  # as many as it scores
+    card = ModelCard(labels=("EOSINOPHIL", "LYMPHOCYTE"), preprocess=Preprocess(8, 8, "grey"))  # as it scores
     plain = brightness_model(tmp_path / "plain.onnx", card)
     with pytest.raises(ValueError, match="plain.onnx: exported without the unfamiliarity output"):
         calibrate_site(plain, blood_cells / "TEST", familiarity_from_site=True)
