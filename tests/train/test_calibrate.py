@@ -348,3 +348,18 @@ def test_calibrating_a_calibrated_copy_or_on_the_models_training_images_is_said(
     write_calibrated(model, tmp_path / "model.site.onnx", calibration, calibration.record("site"))
     calibrate_site(tmp_path / "model.site.onnx", site)
     assert "is already calibrated, at site: calibrating it again fits on top" in caplog.text
+
+
+def test_a_calibrated_int8_copy_is_compared_with_the_fp32_copy_of_the_same_site(chest_xray, tmp_path, model):
+    """Against the uncalibrated model.onnx, the site's threshold alone moved calls, which evaluate read as the
+    INT8 file drifting below what its export was verified to."""
+    from medclf.train.pipeline import evaluate_run
+
+    brightness_model(tmp_path / "model.int8.onnx", replace(CARD, precision="int8"))
+    site = site_folder(chest_xray, tmp_path, 64)
+    assert CliRunner().invoke(app, ["calibrate", str(tmp_path / "model.int8.onnx"), str(site)]).exit_code == 0
+    alone = evaluate_run(tmp_path / "model.int8.site.onnx", site)
+    assert "agreement_with_fp32" not in alone  # no FP32 copy of this site: no comparison, rather than a false one
+    assert CliRunner().invoke(app, ["calibrate", model, str(site)]).exit_code == 0
+    paired = evaluate_run(tmp_path / "model.int8.site.onnx", site)["agreement_with_fp32"]
+    assert paired["file"] == str(tmp_path / "model.site.onnx") and paired["agreement"] == 1.0
