@@ -46,9 +46,11 @@ def described_lines(about: dict[str, Any]) -> list[str]:
     elif training:
         lines.append(f"trained: {training.get('architecture', '?')} on {training.get('train_images', 0):,} images"
                      f" of {training.get('data') or '?'} in {training.get('seconds', 0):,.0f} s")
-    lines += [f"{split}: {_scores(metrics[split])}" for split in ("validation", "test") if split in metrics]
-    if site := metrics.get("site"):
-        lines.append(f"calibrated at a site: {site.get('data', '?')}")
+    site = metrics.get("site")
+    before = " (at the training site, before the site's calibration)" if site else ""
+    lines += [f"{split}{before}: {_scores(metrics[split])}" for split in ("validation", "test") if split in metrics]
+    if site:
+        lines.append(f"calibrated at a site: {_site(site)}")
     if source:
         made = ", ".join(f"{name} {source[key]}" for key, name in (
             ("medclf_version", "medclf"), ("tensorflow_version", "TensorFlow"), ("tf2onnx_version", "tf2onnx"))
@@ -97,6 +99,20 @@ def _verified_on(metrics: dict) -> str:
         return ""
     dot = "with" if cpu.get("int8_dot_product") else "without"
     return f" (verified on {cpu.get('name', '?')}, {dot} int8 dot products)"
+
+
+def _site(site: dict) -> str:
+    """'site_fit, 308 images: temperature 0.52, bias NORMAL +0.00 PNEUMONIA -2.14; estimated accuracy 0.915 (as
+    the model stood 0.899)' — what a calibrated copy's scores at the training site no longer describe."""
+    scaling = [f"temperature {site['temperature']:.3g}"] if site.get("temperature") is not None else []
+    if site.get("bias"):
+        scaling.append("bias " + " ".join(f"{name} {value:+.2f}" for name, value in site["bias"].items()))
+    line = f"{site.get('data', '?')}, {site.get('images', '?')} images: {', '.join(scaling) or 'threshold only'}"
+    estimate, before = site.get("estimate") or {}, site.get("before") or {}
+    if isinstance(estimate.get("accuracy"), dict) and "accuracy" in before:
+        line += (f"; estimated accuracy there {estimate['accuracy']['mean']:.3f} (as the model stood "
+                 f"{before['accuracy']:.3f})")
+    return line
 
 
 def _scores(split: dict) -> str:

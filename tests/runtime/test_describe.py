@@ -80,3 +80,16 @@ def test_version_names_medclf_and_the_libraries_that_answer_and_inputs_are_requi
     assert bare.returncode == 2 and "the following arguments are required: INPUTS" in bare.stderr
     missing = run("--describe", "--model", "nowhere.onnx")
     assert missing.returncode == 2 and "nowhere.onnx: model file not found" in missing.stderr
+
+
+def test_a_calibrated_copy_says_its_scores_are_the_training_sites_and_what_the_site_fitted():
+    """It printed the training site's test accuracy (0.848), then only "calibrated at a site: blood": none of the
+    temperature, bias or the site's estimate (0.825 → 0.910) that now describe the file."""
+    site = {"data": "blood", "images": 280, "temperature": 0.8, "bias": {"a": 0.0, "b": -1.25},
+            "before": {"accuracy": 0.825}, "estimate": {"accuracy": {"mean": 0.91, "std": 0.02}, "splits": 10}}
+    card = ModelCard(labels=("a", "b"), preprocess=Preprocess(64, 64),
+                     metrics={"test": {"accuracy": 0.848, "images": 2487}, "site": site})
+    lines = described_lines(describe(DEFAULT_MODEL, card))
+    assert "test (at the training site, before the site's calibration): accuracy 0.848 on 2,487 images" in lines
+    assert "calibrated at a site: blood, 280 images: temperature 0.8, bias a +0.00 b -1.25; estimated accuracy " \
+           "there 0.910 (as the model stood 0.825)" in lines
