@@ -100,6 +100,8 @@ def feature_layers(model: keras.Model) -> list[str]:
     head = next((layer for layer in model.layers if layer.name == HEAD), None)
     if not isinstance(head, keras.layers.Dense):
         raise FamiliarityUnavailable(f"model {model.name} has no dense head named {HEAD!r} to read features from")
+    if head.units != model.output_shape[-1]:  # a sigmoid unit served as [1 - p, p]: no class means to measure by
+        raise FamiliarityUnavailable(f"model {model.name}'s head is one sigmoid unit, served as two classes")
     by_size: dict[int, str] = {}
     for layer in model.layers:
         shape = layer.output.shape

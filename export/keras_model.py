@@ -14,16 +14,20 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 # Layers that put pixels on the scale a network was trained at.
 SCALING = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Lambda)
+# A labels.json whose order makes this many points fewer calls right than another order, on at least MIN_LABELLED
+# labelled images, is taken for a misordered one.
+MISORDERED, MIN_LABELLED = 0.25, 20
 # How far from 1 a row of probabilities may sum (softmax in float32 is exact to ~1e-6; FP16 heads to ~1e-3).
 SUM_TOLERANCE = 1e-3
 
 
-def loaded(path: Path, classes: int) -> keras.Model:
-    """The model at ``path``, answering ``classes`` probabilities per image; ValueError naming the file and the
-    likely fix where it cannot."""
+def loaded(path: Path, classes: int, shape: tuple[int, int, int] | None = None) -> keras.Model:
+    """The model at ``path``, answering ``classes`` probabilities per image of ``shape`` (HWC, preprocess.json's:
+    checked where the model fixes it); ValueError naming the file and the likely fix where it cannot."""
     if path.suffix == ".keras" and path.read_bytes()[:4] == b"\x89HDF":  # Keras reads the name, not the bytes
         raise ValueError(f"{path}: an HDF5 (.h5) file under a .keras name, which Keras will not read: name it "
                          f"{path.with_suffix('.h5').name}, or save the model again as .keras")
@@ -42,6 +46,8 @@ def loaded(path: Path, classes: int) -> keras.Model:
         shapes = ", ".join(f"{tensor.name} {list(tensor.shape[1:])}" for tensor in model.outputs)
         raise ValueError(f"{path}: the model has {len(model.outputs)} outputs ({shapes}); medclf serves one, the "
                          "class probabilities: save a model whose output is that one")
+    if shape is not None and (problem := _input_problem(model, shape)):
+        raise ValueError(f"{path.parent / 'preprocess.json'}: {problem}")
     if _scales_its_pixels(model) is False:
         print(f"warning: {path}: its pixels (0-255) reach its first layer with weights unscaled; a model trained on "
               "scaled images (x / 255 or preprocess_input in the data pipeline) answers wrong on them — put that "
@@ -52,8 +58,10 @@ def loaded(path: Path, classes: int) -> keras.Model:
         if ending != "sigmoid":  # a softmax over one unit answers 1 for every image; no activation, a logit
             raise ValueError(f"{path}: its one output unit ends in {ending}, not a sigmoid: medclf serves a sigmoid "
                              "unit's probability (Dense(1, activation='sigmoid'))")
-        p = model.outputs[0]
-        return keras.Model(model.inputs, keras.ops.concatenate([1 - p, p], axis=-1), name=model.name)
+        p = model.outputs[0]  # layers of names of their own: keras.ops' "subtract" met preprocess_input's
+        q = keras.layers.Rescaling(-1.0, offset=1.0, name="medclf_one_minus_p")(p)
+        return keras.Model(model.inputs, keras.layers.Concatenate(name="medclf_two_classes")([q, p]),
+                           name=model.name)
     if width != classes:  # labels.json copied from another run
         raise ValueError(f"{path.parent / 'labels.json'} names {classes} classes and the model answers {width}: it "
                          "is not this model's run folder")
@@ -69,6 +77,35 @@ def check_probabilities(path: Path, probabilities: np.ndarray) -> None:
         raise ValueError(f"{path}: the model's outputs are not probabilities (from {probabilities.min():.3g} to "
                          f"{probabilities.max():.3g}, rows summing to {sums.min():.3g}-{sums.max():.3g}): end it with "
                          "a softmax (trained with from_logits=True, it gives logits)")
+
+
+def check_label_order(path: Path, classes: tuple[str, ...], labels: np.ndarray | None, calls: np.ndarray) -> None:
+    """ValueError where the model's ``calls`` on labelled images fit another order of ``classes`` far better than
+    labels.json's — a hand-written labels.json in the wrong order (["PNEUMONIA", "NORMAL"]) was exported, verified
+    100% and served every call inverted (accuracy 18.8%; 81.2% in the right order)."""
+    if labels is None or len(labels) < MIN_LABELLED:
+        return
+    counts = np.zeros((len(classes), len(classes)))
+    np.add.at(counts, (labels, calls), 1)
+    truth, called = linear_sum_assignment(counts, maximize=True)  # the order that makes most calls right
+    best, given = counts[truth, called].sum() / len(labels), np.trace(counts) / len(labels)
+    if best - given >= MISORDERED:
+        order = [classes[i] for i in np.argsort(called[np.argsort(truth)])]
+        raise ValueError(f"{path.parent / 'labels.json'}: the model's calls on {len(labels)} labelled verification "
+                         f"images are {given:.1%} right in this order of its classes and {best:.1%} in {order}: list "
+                         "the classes in the order of the model's outputs (for Keras' folder datasets, sorted)")
+
+
+def _input_problem(model: keras.Model, shape: tuple[int, int, int]) -> str | None:
+    """How the model's input differs from the images preprocess.json makes (``shape``, HWC), or None; a side the
+    model leaves open (None) takes any size."""
+    given = tuple(model.inputs[0].shape[1:])
+    if len(given) != 3 or any(side not in (None, want) for side, want in zip(given, shape)):
+        fix = ('"color": "grey"' if given[-1:] == (1,) and shape[2] == 3 else
+               '"color": "rgb"' if given[-1:] == (3,) and shape[2] == 1 else "its height and width")
+        takes = "x".join("any" if side is None else str(side) for side in given)
+        return f"the model takes images of {takes} and this file makes {'x'.join(map(str, shape))}: give it {fix}"
+    return None
 
 
 def _functional(model: keras.Sequential, path: Path) -> keras.Model:

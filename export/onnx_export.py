@@ -91,6 +91,9 @@ def _feature_map(model: keras.Model) -> keras.KerasTensor:
         raise ValueError(f"model {model.name} has no feature map → average pool → dense head; a CAM output "
                          "needs one (two_backbones pools two maps; an ensemble averages several models: `medclf "
                          "explain` draws their Grad-CAM)")
+    if model.get_layer("probabilities").units != model.output_shape[-1]:  # a sigmoid unit served as [1 - p, p]
+        raise ValueError(f"--cam: model {model.name}'s head is one sigmoid unit, whose one map cannot be drawn as "
+                         "two classes' heatmaps; export it without --cam (medclf explain draws its Grad-CAM)")
     features = model.get_layer("pool").input
     if tuple(features.shape[1:3]) == (1, 1):  # every heatmap drawn from it would be one colour
         raise ValueError(f"--cam: model {model.name}'s last feature map is 1x1 at its input size "

@@ -37,7 +37,7 @@ from .float_search import asked_steps, choose_float_layers
 from .fp16 import Fp16Converter
 from .held_out import MIN_VERIFY_IMAGES, HeldOut, held_out_sets
 from .int8 import ImageCalibrationReader, Int8Quantizer
-from .keras_model import check_probabilities, loaded
+from .keras_model import check_label_order, check_probabilities, loaded
 from .labelled_images import folder_images, load_labelled, spread
 from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
 from .simplify import simplify
@@ -84,12 +84,14 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     card = model_card(model_path, cam)
     if triton is not None:
         one_line_each(card.labels)  # said before the work, not after it
-    model = loaded(model_path, len(card.labels))
+    model = loaded(model_path, len(card.labels), card.preprocess.shape)
     paths, names, described = _verification_images(model_path.parent, verify_data, calibration_data, max_images,
                                                    calibrating="int8" in precisions)
     held_out, search = held_out_sets(model, card, paths, names, max_images,
                                      searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     check_probabilities(model_path, held_out.reference)
+    if not RunDir.of_model(model_path).metrics.get("training"):  # a run folder written by hand: its labels' order
+        check_label_order(model_path, card.labels, held_out.labels, held_out.calls(held_out.reference))
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
     familiar = held_out.images  # where the unfamiliarity threshold is set: held-out images alone
     if familiarity:

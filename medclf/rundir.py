@@ -29,6 +29,16 @@ CHECKPOINT = "checkpoint.keras"  # the best model so far, written during trainin
 EVALUATION = "evaluation-{data}"  # medclf evaluate's default folder in the run, per dataset scored
 
 
+def _written_decision(text: str) -> Decision:
+    """A ``decision.json``: medclf's, or written by hand, whose threshold was chosen by no rule medclf knows."""
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise ValueError("must be a JSON object: {\"positive_class\": ..., \"threshold\": ...}")
+    if unknown := sorted(set(fields) - {"positive_class", "threshold", "rule"}):
+        raise ValueError(f"unknown field {unknown[0]!r} (a decision has positive_class, threshold and rule)")
+    return Decision.from_json(json.dumps({"rule": "given in decision.json"} | fields))
+
+
 @dataclass(frozen=True)
 class RunDir:
     """A run directory on disk, read lazily file by file."""
@@ -73,7 +83,19 @@ class RunDir:
 
     @property
     def decision(self) -> Decision | None:
-        return self._parsed(DECISION, Decision.from_json) if (self.path / DECISION).is_file() else None
+        """The run's operating point, checked against its labels (a hand-written ``decision.json`` naming
+        ``pneumonia`` for ``PNEUMONIA`` was refused later, naming a temporary file)."""
+        if not (self.path / DECISION).is_file():
+            return None
+        decision = self._parsed(DECISION, _written_decision)
+        labels = self.labels
+        if len(labels) != 2:
+            raise ValueError(f"{self.path / DECISION}: a threshold is for a model of two classes; {LABELS} names "
+                             f"{len(labels)}")
+        if decision.positive_class not in labels:
+            raise ValueError(f"{self.path / DECISION}: names {decision.positive_class!r}, which is not one of the "
+                             f"two labels {list(labels)} in {LABELS}")
+        return decision
 
     def _parsed(self, name: str, parse: Callable[[str], Any]) -> Any:
         """``parse`` of file ``name``; what it refuses, said of the file (a hand-written one, for a model medclf

@@ -175,7 +175,7 @@ def explain_files(model_path: str | os.PathLike[str], paths: Sequence[str], out:
     labels, preprocess, decision = run.labels, run.preprocess, run.decision
     if target is not None and target not in labels:
         raise ValueError(f"class {target!r} is not one of the model's labels {list(labels)}")
-    cam = GradCam(loaded(Path(model_path), len(labels)), layer, labels, decision)
+    cam = GradCam(loaded(Path(model_path), len(labels), preprocess.shape), layer, labels, decision)
     kind = "gradcam" if layer is None else f"gradcam-{layer.replace('/', '_')}"  # beside the default's, not over it
     return _explain(cam, paths, Path(out), labels, preprocess, decision, target, kind)
 

@@ -534,7 +534,7 @@ class _Scorer:
                        RunDir.of_export(card.source), card.precision, both, tta,
                        (card.metrics.get("site") or {}).get("data_path"), familiarity_site(card))
         run = RunDir.of_model(model_path)
-        model = loaded(Path(model_path), len(run.labels))  # also a tutorial's model, in a run folder written by hand
+        model = loaded(Path(model_path), len(run.labels), run.preprocess.shape)  # a tutorial's too, by hand
         scored = (lambda x: predict(model, x)) if tta is None else partial(averaged, partial(predict, model), kind=tta)
         return cls(run.labels, run.preprocess, run.decision, scored, run, tta=tta)
 

@@ -155,3 +155,80 @@ def test_an_h5_file_under_a_keras_name_is_told_to_keep_its_own_name(tmp_path):
     (tmp_path / "model.h5").rename(tmp_path / "model.keras")
     with pytest.raises(ValueError, match="model.keras: an HDF5 .* name it model.h5"):
         loaded(tmp_path / "model.keras", 2)
+
+
+def test_the_transfer_learning_tutorials_model_with_preprocess_input_inside_loads_as_two_classes(tmp_path):
+    """The TensorFlow tutorial's model (preprocess_input inside: ops named "subtract"; a one-unit head) failed
+    with 'The name "subtract" is used 2 times in the model' from export, evaluate and explain."""
+    inputs = keras.Input((32, 32, 3))
+    x = keras.applications.mobilenet_v2.preprocess_input(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(x))
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x)).save(tmp_path / "tutorial.keras")
+    model = loaded(tmp_path / "tutorial.keras", 2, (32, 32, 3))
+    probabilities = model.predict(np.full((1, 32, 32, 3), 128, np.float32), verbose=0)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, fix", [((48, 48, 3), 'give it "color": "grey"'),
+                                        ((64, 64, 1), "give it its height and width")])
+def test_preprocessing_that_makes_images_the_model_cannot_take_is_refused_naming_the_file(tmp_path, shape, fix):
+    """A grey 48-px model given RGB or 64-px images ended in a many-line Keras traceback naming neither."""
+    inputs = keras.Input((48, 48, 1))
+    features = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(4, 3)(keras.layers.Rescaling(1 / 255)(inputs)))
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(features)).save(tmp_path / "grey.keras")
+    with pytest.raises(ValueError, match=f"preprocess.json: the model takes images of 48x48x1 and this file makes "
+                                         f"{'x'.join(map(str, shape))}: {fix}"):
+        loaded(tmp_path / "grey.keras", 2, shape)
+
+
+def test_a_hand_written_labels_json_in_the_wrong_order_is_refused(tmp_path):
+    """["PNEUMONIA", "NORMAL"] for a model whose first output is NORMAL was exported, verified 100% against
+    itself and served every call inverted (18.8% right; 81.2% in the right order)."""
+    from medclf.export.keras_model import check_label_order
+
+    truth = np.array([0] * 30 + [1] * 30)
+    calls = 1 - truth
+    calls[:4] = 0  # a few wrong, as a real model's are
+    with pytest.raises(ValueError, match=r"labels.json: the model's calls on 60 labelled verification images are "
+                                         r"6.7% right in this order of its classes and 93.3% in \['b', 'a'\]"):
+        check_label_order(tmp_path / "model.keras", ("a", "b"), truth, calls)
+    check_label_order(tmp_path / "model.keras", ("a", "b"), truth, truth)  # the right order passes
+    check_label_order(tmp_path / "model.keras", ("a", "b"), truth[:10], calls[:10])  # too few to tell
+
+
+def test_a_hand_written_decision_json_is_checked_against_the_labels_naming_the_file(tmp_path):
+    from medclf.rundir import RunDir
+
+    (tmp_path / "labels.json").write_text(json.dumps(["NORMAL", "PNEUMONIA"]))
+    (tmp_path / "preprocess.json").write_text(json.dumps({"height": 48, "width": 48}))
+    run = RunDir(tmp_path)
+    (tmp_path / "decision.json").write_text(json.dumps({"positive_class": "PNEUMONIA", "threshold": 0.3}))
+    assert run.decision.threshold == 0.3 and run.decision.rule == "given in decision.json"
+    for written, said in (({"positive_class": "pneumonia", "threshold": 0.3}, "names 'pneumonia', which is not one"),
+                          ({"positive_class": "PNEUMONIA", "threshold": 0.3, "sensitivity": 0.95},
+                           "unknown field 'sensitivity'"),
+                          ({"positive_class": "PNEUMONIA", "threshold": 50}, "a probability, from 0 to 1")):
+        (tmp_path / "decision.json").write_text(json.dumps(written))
+        with pytest.raises(ValueError, match=f"decision.json: .*{said}"):
+            run.decision  # noqa: B018
+
+
+def test_a_sigmoid_head_named_as_medclfs_exports_without_cam_and_familiarity_and_refuses_cam(cataract, tmp_path):
+    """Named ``pool`` and ``probabilities`` as medclf's heads are, a one-unit head was exported with a one-map CAM
+    output (medclf-run --cam then failed with an IndexError), and the unfamiliarity fit crashed the export."""
+    inputs = keras.Input((48, 48, 3))
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(
+        keras.layers.Conv2D(8, 3, activation="relu")(keras.layers.Rescaling(1 / 255)(inputs)))
+    run = tmp_path / "named"
+    run.mkdir()
+    keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid", name="probabilities")(pooled)).save(
+        run / "model.keras")
+    (run / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (run / "preprocess.json").write_text(json.dumps({"height": 48, "width": 48}))
+    from medclf.export.familiarity import FamiliarityUnavailable, feature_layers
+
+    assert export_run(run / "model.keras", run / "exported", ("fp32",), verify_data=cataract)["passed"]
+    with pytest.raises(FamiliarityUnavailable, match="head is one sigmoid unit, served as two classes"):
+        feature_layers(loaded(run / "model.keras", 2))
+    with pytest.raises(ValueError, match="--cam: model .* head is one sigmoid unit"):
+        export_run(run / "model.keras", run / "with-cam", ("fp32",), verify_data=cataract, cam=True)
