@@ -119,6 +119,8 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
                 if fitted is not None:
                     tried["familiarity_weights"] = _familiarity_as_computed(candidates[precision], familiar, card)
             entry = _verify(candidates[precision], held_out, precision)
+            if precision == "int8" and not _quantized(candidates[precision]):  # every convolution kept float
+                entry |= {"passed": False, "failures": [*entry.get("failures", []), NOTHING_QUANTIZED]}
             report["precisions"][precision] = {"file": str(out / FILE_NAMES[precision]), **entry, **tried}
             if precision == "fp32" and not entry["passed"]:
                 break  # the other precisions derive from a file that is already wrong
@@ -229,6 +231,19 @@ def _another_models_card(path: Path, card: ModelCard) -> ModelCard | None:
     found = card_of_file(path)
     theirs = found.source.get("keras_sha256") if found is not None else None
     return found if theirs is not None and theirs != card.source.get("keras_sha256") else None
+
+
+NOTHING_QUANTIZED = ("nothing quantized: every convolution had to stay float to agree, so the file would be FP32 "
+                     "under an INT8 name")
+
+
+def _quantized(candidate: Path) -> bool:
+    """Whether an INT8 candidate holds any quantized node: a 3-convolution model whose search kept all 3 float
+    was published, served and put on Triton as INT8, the FP32 file's ops exactly."""
+    import onnx
+
+    return any(node.op_type in ("QuantizeLinear", "DequantizeLinear") or node.op_type.startswith("QLinear")
+               for node in onnx.load(str(candidate), load_external_data=False).graph.node)
 
 
 def _verify(candidate: Path, held_out: HeldOut, precision: str) -> dict:

@@ -232,3 +232,20 @@ def test_a_sigmoid_head_named_as_medclfs_exports_without_cam_and_familiarity_and
         feature_layers(loaded(run / "model.keras", 2))
     with pytest.raises(ValueError, match="--cam: model .* head is one sigmoid unit"):
         export_run(run / "model.keras", run / "with-cam", ("fp32",), verify_data=cataract, cam=True)
+
+
+def test_an_int8_file_with_nothing_quantized_is_refused_not_published_as_int8(cataract, tmp_path):
+    """A 3-convolution model whose float-layer search kept all 3 float was published, served and put on Triton
+    as INT8: the FP32 file's ops exactly, under the INT8 name."""
+    from medclf.export.pipeline import NOTHING_QUANTIZED
+
+    run = tmp_path / "one-conv"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    tutorial_cnn(keras.layers.Dense(2, activation="softmax")).save(run / "model.keras")
+    (run / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (run / "preprocess.json").write_text(json.dumps({"height": 48, "width": 48}))
+    report = export_run(run / "model.keras", run / "exported", ("fp32", "int8"), verify_data=cataract,
+                        calibration_data=cataract, float_convs={"int8": 1}, strict=False)
+    assert NOTHING_QUANTIZED in report["precisions"]["int8"]["failures"]
+    assert not (run / "exported" / "model.int8.onnx").exists() and (run / "exported" / "model.onnx").is_file()
