@@ -136,8 +136,19 @@ def _with_maps(model: keras.Model, layers: list[str]) -> tuple[keras.Model, kera
     head = model.layers[-1]
     softmax = isinstance(head, keras.layers.Dense) and head.activation is keras.activations.softmax
     read = head.input if softmax else model.output
-    return keras.Model(model.input, [*(model.get_layer(layer).output for layer in layers), model.output, read]), \
+    return keras.Model(model.input, [*(_output_in(model, layer) for layer in layers), model.output, read]), \
         head if softmax else None
+
+
+def _output_in(model: keras.Model, name: str) -> keras.KerasTensor:
+    """Layer ``name``'s output in ``model``'s graph. A backbone used as a layer (a tutorial's
+    ``Sequential([base, GlobalAveragePooling2D(), Dense(...)])``) answers ``.output`` with its own graph's output,
+    which the outer model's input does not reach ("Output with path 0 is not connected"): its call in the outer
+    graph, its last inbound node, is taken instead."""
+    layer = model.get_layer(name)
+    if isinstance(layer, keras.Model) and layer._inbound_nodes:  # noqa: SLF001 — Keras keeps the calls there
+        return layer._inbound_nodes[-1].output_tensors[0]  # noqa: SLF001
+    return layer.output
 
 
 def _class_scores(head: keras.layers.Dense | None, read: tf.Tensor, probabilities: tf.Tensor) -> tf.Tensor:

@@ -157,3 +157,27 @@ def test_a_model_reading_two_branches_is_explained_at_both():
     assert GradCam(model).layer == "out_relu, conv_pw_13_relu"
     assert explained_layers(get_architecture("mobilenet_v2").build((64, 64, 3), 2, False)) == ["out_relu"]
 
+
+
+def test_a_tutorial_model_with_a_backbone_used_as_a_layer_is_explained_at_the_backbones_last_map(cataract, tmp_path):
+    """``Sequential([Rescaling, base, GlobalAveragePooling2D(), Dense])``, the transfer-learning tutorials' form:
+    the backbone's ``.output`` is its own graph's, which the outer input does not reach — "Output with path 0 is
+    not connected to inputs"."""
+    import json
+
+    import cv2
+
+    from medclf.train.explain import explain_files
+
+    keras.utils.set_random_seed(0)
+    base_input = keras.Input((32, 32, 3))
+    base = keras.Model(base_input, keras.layers.Conv2D(8, 3, activation="relu")(
+        keras.layers.Conv2D(4, 3, activation="relu")(base_input)), name="backbone")
+    keras.Sequential([keras.Input((32, 32, 3)), keras.layers.Rescaling(1 / 255), base,
+                      keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")]).save(
+        tmp_path / "model.keras")
+    (tmp_path / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (tmp_path / "preprocess.json").write_text(json.dumps({"height": 32, "width": 32}))
+    image = sorted((cataract / "normal").iterdir())[0]
+    [explained] = explain_files(tmp_path / "model.keras", [str(image)], tmp_path / "cams")
+    assert explained.error is None and cv2.imread(str(explained.heatmap)).std() > 1
