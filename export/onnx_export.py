@@ -42,14 +42,14 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
     levels = [level.layer for level in familiarity.levels] if familiarity is not None else []
     graph = with_features(model, levels) if levels else keras.Model(model.input, [model.output])
     if cam:
-        graph = keras.Model(graph.input, [*graph.outputs, _feature_map(model)])
+        features, head = _cam_head(model)
+        graph = keras.Model(graph.input, [*graph.outputs, features])
 
     @tf.function(input_signature=[spec])
     def serve(image: tf.Tensor):
         probabilities, *rest = tf.nest.flatten(graph(tf.cast(image, tf.float32), training=False))
         named = [tf.identity(probabilities, name=OUTPUT_NAME)]
         if cam:
-            head = model.get_layer("probabilities")
             maps = tf.einsum("nhwk,kc->nhwc", rest.pop(), head.kernel) + head.bias
             named.append(tf.identity(maps, name=CAM_NAME))
         if familiarity is not None:
@@ -82,23 +82,32 @@ def provenance(keras_path: str | os.PathLike[str], opset: int = OPSET) -> dict[s
     }
 
 
-def _feature_map(model: keras.Model) -> keras.KerasTensor:
-    """The last feature map of a registry model whose head is the exact CAM form: feature map → global average
-    pool → (dropout) → dense softmax named ``probabilities``."""
-    names = {layer.name for layer in model.layers}
-    if not {"pool", "probabilities"} <= names or \
-            not isinstance(model.get_layer("pool"), keras.layers.GlobalAveragePooling2D):
+def _cam_head(model: keras.Model) -> tuple[keras.KerasTensor, keras.layers.Dense]:
+    """The last feature map and the softmax head of a model whose head is the exact CAM form: feature map →
+    global average pool → (dropout) → dense softmax — found by its structure, whatever its layers are named (a
+    tutorial's ``GlobalAveragePooling2D()`` and ``Dense(4, activation="softmax")``)."""
+    head = model.layers[-1]
+    if model.output_shape[-1] == 2 and any(layer.name == "medclf_two_classes" for layer in model.layers):
+        raise ValueError(f"--cam: model {model.name}'s head is one sigmoid unit, whose one map cannot be drawn as "
+                         "two classes' heatmaps; export it without --cam (medclf explain draws its Grad-CAM)")
+    pool = _producer(model, head.input) if isinstance(head, keras.layers.Dense) and \
+        head.activation is keras.activations.softmax else None
+    while isinstance(pool, keras.layers.Dropout):
+        pool = _producer(model, pool.input)
+    if not isinstance(pool, keras.layers.GlobalAveragePooling2D):
         raise ValueError(f"model {model.name} has no feature map → average pool → dense head; a CAM output "
                          "needs one (two_backbones pools two maps; an ensemble averages several models: `medclf "
                          "explain` draws their Grad-CAM)")
-    if model.get_layer("probabilities").units != model.output_shape[-1]:  # a sigmoid unit served as [1 - p, p]
-        raise ValueError(f"--cam: model {model.name}'s head is one sigmoid unit, whose one map cannot be drawn as "
-                         "two classes' heatmaps; export it without --cam (medclf explain draws its Grad-CAM)")
-    features = model.get_layer("pool").input
+    features = pool.input
     if tuple(features.shape[1:3]) == (1, 1):  # every heatmap drawn from it would be one colour
         raise ValueError(f"--cam: model {model.name}'s last feature map is 1x1 at its input size "
                          f"({model.input_shape[1]}x{model.input_shape[2]}): no heatmap can be drawn from it")
-    return features
+    return features, head
+
+
+def _producer(model: keras.Model, tensor: keras.KerasTensor) -> keras.layers.Layer | None:
+    """The layer of ``model`` whose output ``tensor`` is, or None."""
+    return next((layer for layer in model.layers if layer.output is tensor), None)
 
 
 def _exact_resize_scales(proto: onnx.ModelProto) -> None:

@@ -249,3 +249,22 @@ def test_an_int8_file_with_nothing_quantized_is_refused_not_published_as_int8(ca
                         calibration_data=cataract, float_convs={"int8": 1}, strict=False)
     assert NOTHING_QUANTIZED in report["precisions"]["int8"]["failures"]
     assert not (run / "exported" / "model.int8.onnx").exists() and (run / "exported" / "model.onnx").is_file()
+
+
+def test_a_tutorial_head_of_other_names_gets_a_cam_output_whose_mean_is_its_logits(cataract, tmp_path):
+    """--cam looked for layers named as medclf names them (``pool``, ``probabilities``): a tutorial's
+    GlobalAveragePooling2D → Dropout → Dense softmax was refused as having no such head."""
+    run = tmp_path / "tutorial"
+    run.mkdir()
+    keras.utils.set_random_seed(0)
+    keras.Sequential([keras.Input((48, 48, 3)), keras.layers.Rescaling(1 / 255),
+                      keras.layers.Conv2D(8, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dropout(0.2), keras.layers.Dense(2, activation="softmax")]).save(run / "model.keras")
+    (run / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (run / "preprocess.json").write_text(json.dumps({"height": 48, "width": 48}))
+    assert export_run(run / "model.keras", run / "exported", ("fp32",), verify_data=cataract, cam=True)["passed"]
+    served = Classifier(run / "exported" / "model.onnx")
+    image = sorted((cataract / "normal").iterdir())[0]
+    probabilities, maps = served.cam(load_image(image, served.card.preprocess)[None])
+    logits = maps.mean(axis=(1, 2))
+    np.testing.assert_allclose(np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True), probabilities, atol=1e-5)
