@@ -126,7 +126,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     if prevalence and not class_bias:
         raise ValueError("a stated prevalence moves the class bias, so it needs one: drop --no-class-bias")
     run = RunDir.of_export(card.source)
-    site = read_labelled(data, card.labels, naming, run)
+    site = read_labelled(data, card.labels, naming, run, fitting=True)
     counts = np.bincount(site.labels, minlength=len(card.labels))
     _enough(counts, card.labels, data)
     if run is not None and (run.path / SPLITS).is_file():

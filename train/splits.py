@@ -287,13 +287,15 @@ def _found_split(folder: Path, classes: tuple[str, ...], naming: Labeller | None
 
 
 def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...], naming: Labeller | None = None,
-                  run: RunDir | None = None) -> ImageFolder:
+                  run: RunDir | None = None, fitting: bool = False) -> ImageFolder:
     """:func:`read_dataset` for data to score against ``classes`` (a test set, ``medclf evaluate``'s DATA):
     refuses a folder holding no labelled image, saying what it holds instead. A labels file that splits its
     rows gives its test rows (training's rows would be scored as unseen), and so do class folders that split
     themselves (``NORMAL/{Train,Test}``). Where nothing says how and no class
     folders do, the images are labelled by the rule the model's ``run`` labelled its own by (file names, the
-    folders holding them), said in one line: a model trained with ``--name-labels`` is scored without it."""
+    folders holding them), said in one line: a model trained with ``--name-labels`` is scored without it.
+    ``fitting`` (``medclf calibrate``, which fits on the images): such data's training and validation rows
+    instead, leaving its test rows unseen for ``medclf evaluate`` (calibrate fitted on them, using them up)."""
     rule = rule_recorded(run.metrics.get("training", {}).get("labelled_by")) if run and naming is None else None
     try:
         folder = read_dataset(root, classes, naming)
@@ -304,8 +306,14 @@ def read_labelled(root: str | os.PathLike[str], classes: tuple[str, ...], naming
     if rule is not None and (folder is None or not len(folder)):
         log.warning("%s: no class folders; labelled by %s, as this model's training images were", root, rule.kind)
         folder, naming = read_dataset(root, classes, rule), rule
-    listed_test = _own_splits(Path(root), folder, naming)[2]
-    folder = listed_test if listed_test is not None else folder
+    train, val, listed_test = _own_splits(Path(root), folder, naming)
+    if listed_test is not None and fitting:
+        kept = set(train.paths) | set(val.paths if val is not None else ())
+        folder = folder.subset(np.flatnonzero([path in kept for path in folder.paths]))
+        log.warning("%s: fitted on its %d training and validation images; its %d test images are left for "
+                    "medclf evaluate", root, len(folder), len(listed_test))
+    elif listed_test is not None:
+        folder = listed_test
     if not len(folder):
         raise DatasetError(_unlabelled(Path(root), classes, naming))
     return folder

@@ -363,3 +363,16 @@ def test_a_calibrated_int8_copy_is_compared_with_the_fp32_copy_of_the_same_site(
     assert CliRunner().invoke(app, ["calibrate", model, str(site)]).exit_code == 0
     paired = evaluate_run(tmp_path / "model.int8.site.onnx", site)["agreement_with_fp32"]
     assert paired["file"] == str(tmp_path / "model.site.onnx") and paired["agreement"] == 1.0
+
+
+def test_a_site_whose_class_folders_split_themselves_is_fitted_on_its_training_rows(chest_xray, tmp_path, model):
+    """NORMAL/{train,test}, PNEUMONIA/{train,test}: calibrate fitted on the 316 test films, leaving the site no
+    unseen images to evaluate the copy on."""
+    site = site_folder(chest_xray, tmp_path, 50)
+    for name in CARD.labels:
+        films = sorted((site / name).iterdir())
+        for split, part in (("train", films[:35]), ("test", films[35:])):
+            (site / name / split).mkdir()
+            for film in part:
+                film.rename(site / name / split / film.name)
+    assert calibrate_site(model, site).images == 70
