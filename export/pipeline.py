@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -466,6 +467,7 @@ def _all_images(run_dir: Path, data: str | os.PathLike[str] | None, split: str,
             raise FileNotFoundError(f"{run_dir / 'splits.json'} lists its {split} images under "
                                     f"{os.path.commonpath(paths)}, and none of them is there any more (moved or "
                                     f"on another machine?); pass {option} with real images")
+        paths, names = _present(paths, names, run_dir, split)
     if not paths:
         raise FileNotFoundError(f"no images in {data or run_dir / 'splits.json'}")
     return paths, names
@@ -493,7 +495,7 @@ def _verification_images(run_dir: Path, data: str | os.PathLike[str] | None,
     counts, calibrated = {"held-out validation": len(paths)}, 0
     for split, kind in (("test", "test"), ("train", "training")):
         try:
-            more, more_names = _recorded(run_dir, split)
+            more, more_names = _present(*_recorded(run_dir, split), run_dir, split)
         except FileNotFoundError:  # runs trained without --test, or before splits.json recorded it
             continue
         on_calibration = calibrating and split == "train" and calibration_data is None
@@ -514,6 +516,16 @@ def _recorded(run_dir: Path, split: str) -> tuple[list[str], list[str]]:
     run = RunDir(run_dir)
     paths, indices = run.split(split)
     return paths, [run.labels[i] for i in indices]
+
+
+def _present(paths: list[str], names: list[str], run_dir: Path, split: str) -> tuple[list[str], list[str]]:
+    """The recorded images still on disk, the others said in one line: a line per missing file was printed and the
+    report counted them as verified on ("18 held-out validation images" of which 6 were gone)."""
+    present = [i for i, path in enumerate(paths) if os.path.exists(path)]
+    if gone := sorted(set(paths) - {paths[i] for i in present}):
+        print(f"{len(gone)} of the {len(paths)} {split} images {run_dir / 'splits.json'} lists are gone (e.g. "
+              f"{gone[0]}): left out", file=sys.stderr)
+    return [paths[i] for i in present], [names[i] for i in present]
 
 
 def _top_up(count: int, wanted: int, calibration_last: bool) -> np.ndarray:

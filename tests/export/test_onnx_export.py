@@ -310,3 +310,23 @@ def test_a_binary_run_without_its_threshold_file_is_not_exported_to_call_at_one_
     with pytest.raises(FileNotFoundError, match=r"decision.json: missing, and the run chose its threshold \(.*\) on "
                                                 r"validation images: without it the exported file would call at 0.5"):
         export_run(copy / "model.keras", tmp_path / "out", ("fp32",))
+
+
+def test_recorded_images_that_are_gone_are_left_out_in_one_line_and_not_counted(blood_cell_images, tmp_path,
+                                                                                 capsys):
+    """A line per missing file was printed, and the report said it verified on images that were not there."""
+    import shutil
+
+    from medclf.export.pipeline import _verification_images
+
+    copies = []
+    for image in blood_cell_images[:8]:
+        copies.append(str(shutil.copy(image, tmp_path / f"{len(copies)}-{image.name}")))
+    (tmp_path / "labels.json").write_text(json.dumps(["EOSINOPHIL", "LYMPHOCYTE", "MONOCYTE", "NEUTROPHIL"]))
+    (tmp_path / "splits.json").write_text(json.dumps({"val": {"paths": copies, "labels": [0] * 8}}))
+    for gone in copies[:3]:
+        Path(gone).unlink()
+    paths, _, said = _verification_images(tmp_path, None, None, calibrating=False)
+    assert paths == copies[3:] and said.startswith("5 held-out validation images")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 of the 8 val images" in err
