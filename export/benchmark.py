@@ -20,7 +20,8 @@ from medclf.runtime.classifier import Classifier
 from medclf.runtime.decision import decide
 from medclf.runtime.modelcard import ModelCard
 
-from .pipeline import MAX_VERIFY_IMAGES, PRECISIONS, export_run, model_card, verification_set
+from .pipeline import PRECISIONS, export_run, model_card
+from .verification_images import MAX_VERIFY_IMAGES, verification_set
 from .speed import BATCH, median_seconds
 from .verify import keras_probabilities
 

@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import pytest
 
-from medclf.export import pipeline
+from medclf.export import pipeline, verification_images
 from medclf.export.labelled_images import spread
 from medclf.export.verify import TOLERANCES, Calls, Tolerance, VerificationError, compare, expected_flips
 from medclf.rundir import RunDir
@@ -91,23 +91,24 @@ def test_a_small_held_out_split_is_topped_up_with_test_then_training_images_int8
     splits = {"train": split(30, 300), "val": split(0, 10), "test": split(10, 30)}
     (tmp_path / "labels.json").write_text(json.dumps(classes))
     (tmp_path / "splits.json").write_text(json.dumps(splits))
-    paths, names, said = pipeline._verification_images(tmp_path, None, None)
+    paths, names, said = verification_images.verification_images(tmp_path, None, None)
     assert len(paths) == 256 and said.startswith("20 held-out validation, 40 test, 196 training images")
     assert paths[:60] == splits["val"]["paths"] + splits["test"]["paths"]
     assert names == [Path(path).parent.name for path in paths]
     training = splits["train"]["paths"]
-    calibrated = {training[i] for i in spread(len(training), pipeline.CALIBRATION_IMAGES)}
+    calibrated = {training[i] for i in spread(len(training), verification_images.CALIBRATION_IMAGES)}
     assert not calibrated & set(paths[60:]) and set(names[60:]) == set(classes)
     splits["train"] = split(30, 80)  # 100 training images: INT8 calibrates on every one, verification takes them
     (tmp_path / "splits.json").write_text(json.dumps(splits))
-    paths, _, said = pipeline._verification_images(tmp_path, None, None)
+    paths, _, said = verification_images.verification_images(tmp_path, None, None)
     assert len(paths) == 160 and said.startswith("20 held-out validation, 40 test, 100 training images of ")
     assert said.endswith("; 100 of the training images are INT8's calibration images (too few others)")
 
-    assert pipeline._verification_images(tmp_path, None, None, most=16)[0] == splits["val"]["paths"]  # as asked
+    asked = verification_images.verification_images(tmp_path, None, None, most=16)[0]
+    assert asked == splits["val"]["paths"]  # as asked
     splits["val"] = split(0, 130)  # enough held out: nothing else
     (tmp_path / "splits.json").write_text(json.dumps(splits))
-    paths, _, said = pipeline._verification_images(tmp_path, None, None)
+    paths, _, said = verification_images.verification_images(tmp_path, None, None)
     assert paths == splits["val"]["paths"] and said.startswith("held-out validation split")
 
 
@@ -317,7 +318,7 @@ def test_recorded_images_that_are_gone_are_left_out_in_one_line_and_not_counted(
     """A line per missing file was printed, and the report said it verified on images that were not there."""
     import shutil
 
-    from medclf.export.pipeline import _verification_images
+    from medclf.export.verification_images import verification_images
 
     copies = []
     for image in blood_cell_images[:8]:
@@ -326,7 +327,7 @@ def test_recorded_images_that_are_gone_are_left_out_in_one_line_and_not_counted(
     (tmp_path / "splits.json").write_text(json.dumps({"val": {"paths": copies, "labels": [0] * 8}}))
     for gone in copies[:3]:
         Path(gone).unlink()
-    paths, _, said = _verification_images(tmp_path, None, None, calibrating=False)
+    paths, _, said = verification_images(tmp_path, None, None, calibrating=False)
     assert paths == copies[3:] and said.startswith("5 held-out validation images")
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "3 of the 8 val images" in err

@@ -18,7 +18,8 @@ from medclf.export.candidates import derive, judged_probabilities
 from medclf.export.float_search import (ESTIMATE_MARGIN, FP16_FLOAT_STEPS, INT8_FLOAT_STEPS, chosen_try, cleared,
                                         pass_probability)
 from medclf.export.held_out import HeldOut
-from medclf.export.pipeline import _verify, model_card, verification_set
+from medclf.export.pipeline import _verify, model_card
+from medclf.export.verification_images import verification_set
 from medclf.export.report import computed_lines, export_table, search_lines
 from medclf.export.verify import Calls, expected_flips, keras_probabilities
 from medclf.runtime import Classifier, load_image
