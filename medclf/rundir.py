@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,15 @@ SPLITS = "splits.json"  # the training, held-out validation and test files: expo
 HISTORY = "history.csv"
 CHECKPOINT = "checkpoint.keras"  # the best model so far, written during training (a crash keeps it)
 EVALUATION = "evaluation-{data}"  # medclf evaluate's default folder in the run, per dataset scored
+
+
+def numbered(default: Path, folder: bool = False, most: int = 999) -> Iterator[Path]:
+    """``default``, then ``default-2``, ``-3``... (a file's number before its suffix: ``model.site-2.onnx``; a
+    folder's after its whole name): where a record of another site, data set or model would otherwise be
+    replaced."""
+    yield default
+    for k in range(2, most + 1):
+        yield default.with_name(f"{default.name}-{k}" if folder else f"{default.stem}-{k}{default.suffix}")
 
 
 def _written_decision(text: str) -> Decision:

@@ -44,7 +44,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medclf.export.depth_weights import outputs_with_ratios, with_depth_weights
 from medclf.export.files import card_of_file
-from medclf.rundir import SPLITS, RunDir
+from medclf.rundir import SPLITS, RunDir, numbered
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
@@ -327,7 +327,7 @@ def calibration_file(default: Path, data: Path) -> Path:
     ``model.site.onnx``), the first of ``model.site-2.onnx``, ``-3``... that is free or holds this site's. A copy
     whose card names no site folder (written before they did) counts as another site's."""
     here = str(data.resolve())
-    for candidate in (default, *(default.with_name(f"{default.stem}-{k}{default.suffix}") for k in range(2, 1000))):
+    for candidate in numbered(default):
         site = calibrated_site(candidate)
         if not candidate.exists() or site is None or site.get("data_path") == here:  # none: an older copy's
             return candidate

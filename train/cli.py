@@ -136,7 +136,7 @@ def _evaluation_folder(default: Path, data: Path, model: Path) -> Path:
     from medclf.runtime.describe import file_sha256
 
     scored = (str(data.resolve()), file_sha256(model))
-    for folder in (default, *(default.with_name(f"{default.name}-{k}") for k in range(2, 1000))):
+    for folder in rundir.numbered(default, folder=True):
         try:
             record = json.loads((folder / rundir.METRICS).read_text())["evaluated"]
             if (record["data"], record["model_sha256"]) == scored:
