@@ -41,7 +41,7 @@ def loaded(path: Path, classes: int, shape: tuple[int, int, int] | None = None) 
         raise ValueError(f"{path}: the model has no defined input (a Sequential model built without "
                          "keras.Input(shape)): rebuild it with an Input layer and load its weights")
     if isinstance(model, keras.Sequential):
-        model = _functional(model, path)
+        model = _functional(model, path, shape)
     if len(model.outputs) != 1:
         shapes = ", ".join(f"{tensor.name} {list(tensor.shape[1:])}" for tensor in model.outputs)
         raise ValueError(f"{path}: the model has {len(model.outputs)} outputs ({shapes}); medclf serves one, the "
@@ -54,7 +54,7 @@ def loaded(path: Path, classes: int, shape: tuple[int, int, int] | None = None) 
               "scaling inside the model (a Rescaling layer) before exporting", file=sys.stderr)
     width = model.output_shape[-1]
     if width == 1 and classes == 2:  # the tutorials' binary head: Dense(1, activation="sigmoid")
-        ending = getattr(getattr(model.layers[-1], "activation", None), "__name__", "no activation")
+        ending = _ending(model)
         if ending != "sigmoid":  # a softmax over one unit answers 1 for every image; no activation, a logit
             raise ValueError(f"{path}: its one output unit ends in {ending}, not a sigmoid: medclf serves a sigmoid "
                              "unit's probability (Dense(1, activation='sigmoid'))")
@@ -82,18 +82,37 @@ def check_probabilities(path: Path, probabilities: np.ndarray) -> None:
 def check_label_order(path: Path, classes: tuple[str, ...], labels: np.ndarray | None, calls: np.ndarray) -> None:
     """ValueError where the model's ``calls`` on labelled images fit another order of ``classes`` far better than
     labels.json's — a hand-written labels.json in the wrong order (["PNEUMONIA", "NORMAL"]) was exported, verified
-    100% and served every call inverted (accuracy 18.8%; 81.2% in the right order)."""
+    100% and served every call inverted. Judged by balanced accuracy (the mean of the classes' recalls), which a
+    model calling one class too often cannot move: by plain accuracy, a right order was refused on a set mostly
+    of the class the model under-calls."""
     if labels is None or len(labels) < MIN_LABELLED:
         return
     counts = np.zeros((len(classes), len(classes)))
     np.add.at(counts, (labels, calls), 1)
-    truth, called = linear_sum_assignment(counts, maximize=True)  # the order that makes most calls right
-    best, given = counts[truth, called].sum() / len(labels), np.trace(counts) / len(labels)
+    present = counts.sum(axis=1) > 0
+    recalls = counts[present] / counts[present].sum(axis=1, keepdims=True)  # per true class, the share of each call
+    truth, called = linear_sum_assignment(recalls, maximize=True)  # the order that makes most recall
+    best = recalls[truth, called].mean()
+    given = recalls[np.arange(len(recalls)), np.flatnonzero(present)].mean()
     if best - given >= MISORDERED:
-        order = [classes[i] for i in np.argsort(called[np.argsort(truth)])]
+        order = list(classes)
+        for row, column in zip(np.flatnonzero(present)[truth], called):
+            order[column] = classes[row]
         raise ValueError(f"{path.parent / 'labels.json'}: the model's calls on {len(labels)} labelled verification "
-                         f"images are {given:.1%} right in this order of its classes and {best:.1%} in {order}: list "
-                         "the classes in the order of the model's outputs (for Keras' folder datasets, sorted)")
+                         f"images have a balanced accuracy of {given:.1%} in this order of its classes and "
+                         f"{best:.1%} in {order}: list the classes in the order of the model's outputs (for Keras' "
+                         "folder datasets, sorted)")
+
+
+def _ending(model: keras.Model) -> str:
+    """The name of what a model's output ends in: its last layer's activation (``Dense(1, activation="sigmoid")``,
+    ``Activation("sigmoid")``), an operation (``keras.ops.sigmoid(...)``), or a nested model's ending."""
+    last = (getattr(model, "operations", None) or model.layers)[-1]
+    if isinstance(last, keras.Model):
+        return _ending(last)
+    if (activation := getattr(last, "activation", None)) is not None:
+        return getattr(activation, "__name__", type(activation).__name__).lower()
+    return type(last).__name__.lower()
 
 
 def _input_problem(model: keras.Model, shape: tuple[int, int, int]) -> str | None:
@@ -108,7 +127,7 @@ def _input_problem(model: keras.Model, shape: tuple[int, int, int]) -> str | Non
     return None
 
 
-def _functional(model: keras.Sequential, path: Path) -> keras.Model:
+def _functional(model: keras.Sequential, path: Path, shape: tuple[int, int, int] | None = None) -> keras.Model:
     """The same layers and weights as a functional model. A loaded Sequential has ``inputs`` but no ``input``,
     which export reads, and its layers' ``output`` is that of an earlier build, outside the graph it runs (so
     Grad-CAM's gradients were None): each layer is made again from its config, called on a new input, given the
@@ -122,7 +141,8 @@ def _functional(model: keras.Sequential, path: Path) -> keras.Model:
         if hasattr(again, "finalize_state"):  # Normalization computes its mean and variance tensors here
             again.finalize_state()
     functional = keras.Model(inputs, x, name=model.name)
-    probe = np.random.default_rng(0).uniform(0, 255, (2, *model.inputs[0].shape[1:])).astype("float32")
+    sides = [side or (shape[i] if shape else 32) for i, side in enumerate(model.inputs[0].shape[1:])]  # open: any
+    probe = np.random.default_rng(0).uniform(0, 255, (2, *sides)).astype("float32")
     if not np.allclose(functional.predict(probe, verbose=0), model.predict(probe, verbose=0), atol=1e-5):
         raise ValueError(f"{path}: this Sequential model could not be rebuilt to answer as it does (a layer keeps "
                          "state its config and weights do not hold): save it as a functional model "

@@ -94,8 +94,8 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
                    group_pattern: str | None = None, group_copies: bool | None = None,
                    cache_dir: str | os.PathLike[str] | None = None,
                    picture: str | os.PathLike[str] | None = None, class_bias: bool = True,
-                   prevalence: dict[str, float] | None = None, familiarity_from_site: bool = False
-                   ) -> SiteCalibration:
+                   prevalence: dict[str, float] | None = None, familiarity_from_site: bool = False,
+                   own_rule: bool = True) -> SiteCalibration:
     """Fit an ONNX model's temperature and class bias, and a binary one's threshold, on a site's labelled
     folder-per-class ``data``. Files of one patient (``group_pattern``) or copies of one image (``group_copies``;
     None: looked for, as training does) count as one image and stay on one side of the estimate's halves. With
@@ -108,10 +108,12 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     ``class_bias`` only the temperature is fitted (a balanced-looking site is warned about).
 
     A model with the unfamiliarity output is asked how unlike its training images the site's are
-    (:func:`site_familiarity`); ``familiarity_from_site`` takes them as the reference instead."""
+    (:func:`site_familiarity`); ``familiarity_from_site`` takes them as the reference instead. Without a
+    ``target_sensitivity``, a binary model's threshold is chosen by its own rule (the sensitivity it was chosen
+    for, else Youden's J); ``own_rule`` False: by Youden's J whatever it was."""
     classifier = Classifier(model_path)
     card = classifier.card
-    if target_sensitivity is None:  # the model's own rule, kept: a screening model was moved to Youden's J, silently
+    if target_sensitivity is None and own_rule:  # a screening model was moved to Youden's J, silently
         target_sensitivity = target_sensitivity_of(card.decision)
     if (earlier := card.metrics.get("site")) is not None:
         log.warning("%s is already calibrated, at %s: calibrating it again fits on top of that calibration and its "

@@ -234,7 +234,8 @@ def calibrate(
     model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="An exported .onnx model.")],
     data: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="The site's own labelled images, one folder per class (at least 30 of each; a patient or copies of one image count once).")],
     out: Annotated[Optional[Path], typer.Option("--out", callback=writable_file, help="The calibrated copy; default MODEL's name with .site before .onnx.")] = None,
-    target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: Youden's J).")] = None,
+    target_sensitivity: Annotated[Optional[float], typer.Option(min=0.01, max=1.0, help="Binary models: pick the threshold reaching this sensitivity on DATA (default: the model's own rule — the sensitivity its threshold was chosen for, else Youden's J).")] = None,
+    youden: Annotated[bool, typer.Option("--youden", help="Binary models: pick the threshold by Youden's J, whatever rule the model's own threshold was chosen by.")] = False,
     name_labels: NameLabelsOption = None,
     labels: LabelsCsv = None,
     leaf_folders: LeafFolders = False, top_folders: TopFoldersOption = False,
@@ -256,6 +257,9 @@ def calibrate(
                             write_calibrated)
 
     shares = parse_shares(prevalence)
+    if youden and target_sensitivity is not None:
+        raise typer.BadParameter("--youden and --target-sensitivity each choose the threshold: give one",
+                                 param_hint="--youden")
     if out is not None and out.suffix.lower() != ".onnx":  # its record and picture take .json and .png beside it
         raise typer.BadParameter(f"{out}: give the calibrated copy a .onnx name", param_hint="--out")
     if out is not None:  # before any work: the picture went beside it first
@@ -270,7 +274,7 @@ def calibrate(
                                                 label_source(data, name_labels, labels, leaf_folders, top_folders),
                                                 group_pattern, group_copies, picture=picture,
                                                 class_bias=class_bias, prevalence=shares,
-                                                familiarity_from_site=familiarity_from_site))
+                                                familiarity_from_site=familiarity_from_site, own_rule=not youden))
     record = site.record(data.resolve().name) | {"data_path": str(data.resolve())}
     _library_call(lambda: write_calibrated(model, out, site, record))
     write_json(out.with_suffix(".json"), record)
@@ -296,10 +300,10 @@ def calibrate(
     else:
         console.print(f"new: {new}: {site_metrics(site.estimate)} (fitted on half the site images, scored on the "
                       f"other half, {site.estimate['splits']} splits)")
-    if site.estimate is not None and not _better(site.estimate):
-        errors.print("warning: on the site's own halves the calibrated copy scores no better than the model as it "
-                     "stands (calibration error and log loss): keep the model, or fit the temperature alone "
-                     "(--no-class-bias)", highlight=False)
+    if site.estimate is not None and site.temperature is not None and not _better(site.estimate):
+        errors.print("warning: on the site's own halves the calibrated copy's probabilities are no better than the "
+                     "model's as it stands (calibration error and log loss): keep the model"
+                     + (", or fit the temperature alone (--no-class-bias)" if class_bias else ""), highlight=False)
     written = [out, out.with_suffix(".json")] + ([picture] if site.estimate is not None else [])
     console.print(f"wrote {', '.join(map(str, written[:-1]))} and {written[-1]}"
                   + (" (reliability before and after)" if site.estimate is not None else ""))

@@ -468,11 +468,11 @@ def _fp32_sibling(model_path: str | os.PathLike[str], scorer: "_Scorer") -> Clas
     if scorer.precision == "fp32":  # a Keras model is scored as FP32
         return None
     fp32 = Path(model_path).with_name(FILE_NAMES["fp32"])
-    if scorer.calibrated_on is not None:
-        same_site = [path for path in sorted(Path(model_path).parent.glob("*.onnx")) if path != Path(model_path)
-                     and (card := card_of_file(path)) is not None and card.precision == "fp32"
-                     and (card.metrics.get("site") or {}).get("data_path") == scorer.calibrated_on]
-        fp32 = same_site[0] if same_site else None
+    if scorer.calibrated_on is not None:  # model.int8.site-2.onnx → model.site-2.onnx, if calibrated there too
+        fp32 = Path(model_path).with_name(Path(model_path).name.replace(f".{scorer.precision}.", ".", 1))
+        card = card_of_file(fp32)
+        if card is None or (card.metrics.get("site") or {}).get("data_path") != scorer.calibrated_on:
+            return None
     if fp32 is None or not fp32.is_file():
         return None
     reference = Classifier(fp32, tta=scorer.tta)

@@ -186,6 +186,7 @@ def test_the_command_prints_before_and_estimate_and_writes_the_copy_and_its_reco
     assert "as the model stands, 128 site images: threshold 0.5, accuracy" in result.output
     assert "calibration error 0." in result.output  # brightness is no probability: no temperature fits it
     assert "new: no temperature or bias (the site's images cannot tell them), threshold" in result.output
+    assert "no better than the model" not in result.output  # nothing was scaled: no advice on scaling
     assert "log loss 0." in result.output
     assert "scored on the other half, 10 splits" in result.output
     assert "holds as many images of each class (64-64)" in caplog.text  # collected, perhaps: said
@@ -313,6 +314,7 @@ def test_a_model_chosen_for_a_sensitivity_keeps_that_rule_at_the_site(chest_xray
     images, labels, _ = load_arrays(read_folder(site, CARD.labels), CARD.preprocess)
     calibrated = as_calibrated(Classifier(model).predict(images), calibration)
     assert classification_metrics(labels, calibrated, CARD.labels, calibration.decision)["sensitivity"] >= 0.9
+    assert calibrate_site(model, site, own_rule=False).decision.rule.startswith("youden")  # --youden
 
 
 def test_unreadable_site_files_do_not_count_towards_the_images_a_class_needs(chest_xray, tmp_path, model):
