@@ -28,7 +28,7 @@ SUM_TOLERANCE = 1e-3
 def loaded(path: Path, classes: int, shape: tuple[int, int, int] | None = None) -> keras.Model:
     """The model at ``path``, answering ``classes`` probabilities per image of ``shape`` (HWC, preprocess.json's:
     checked where the model fixes it); ValueError naming the file and the likely fix where it cannot."""
-    if path.suffix == ".keras" and path.read_bytes()[:4] == b"\x89HDF":  # Keras reads the name, not the bytes
+    if path.suffix == ".keras" and _first_bytes(path) == b"\x89HDF":  # Keras reads the name, not the bytes
         raise ValueError(f"{path}: an HDF5 (.h5) file under a .keras name, which Keras will not read: name it "
                          f"{path.with_suffix('.h5').name}, or save the model again as .keras")
     try:
@@ -166,6 +166,11 @@ def _scales_its_pixels(model: keras.Model) -> bool | None:
         if operation.weights:
             return False
     return None
+
+
+def _first_bytes(path: Path) -> bytes:
+    with path.open("rb") as file:
+        return file.read(4)
 
 
 def _first_line(exc: Exception) -> str:
