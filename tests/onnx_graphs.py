@@ -37,6 +37,24 @@ def brightness_model(path, card: ModelCard, nan_when_black: bool = False, even_b
         nodes, "brightness",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", 8, 8, 1])],
         [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", 2])], initializers)
+    return _saved(graph, card, path)
+
+
+def foreign_graph(path, card: ModelCard, input_name: str, input_type: int, input_shape: list, output: str) -> str:
+    """A real ONNX graph another tool might write — ``input_name`` in, ``output`` [N, 2] out — carrying a medclf
+    model card (copied from another model, or written by hand)."""
+    nodes = [helper.make_node("Cast", [input_name], ["x"], to=TensorProto.FLOAT),
+             helper.make_node("ReduceMean", ["x"], ["mean"], axes=[2, 3], keepdims=0),
+             helper.make_node("Slice", ["mean", "start", "end", "axis"], [output])]
+    initializers = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
+                    for name, value in (("start", 0), ("end", 2), ("axis", 1))]
+    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info(input_name, input_type, input_shape)],
+                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 2])], initializers)
+    return _saved(graph, card, path)
+
+
+def _saved(graph: onnx.GraphProto, card: ModelCard, path) -> str:
+    """``graph`` as a checked ONNX file at ``path`` carrying ``card``."""
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     helper.set_model_props(model, card.to_metadata())
     onnx.checker.check_model(model)

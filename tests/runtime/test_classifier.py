@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from medclf.runtime import DEFAULT_MODEL, Classifier, ModelCard, ModelCardError, Prediction, Preprocess, load_image
-from tests.onnx_graphs import brightness_model
+from tests.onnx_graphs import brightness_model, foreign_graph
 
 pytestmark = pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="the packaged default model is missing")
 
@@ -97,26 +97,6 @@ def test_a_model_card_naming_more_or_fewer_classes_than_the_model_has_is_refused
     path = brightness_model(tmp_path / "1.onnx", ModelCard(("one",), Preprocess(8, 8, "grey")))
     with pytest.raises(ModelCardError, match="medclf.labels names 1 class; a classifier needs at least two"):
         Classifier(path)
-
-
-def foreign_graph(path, card: ModelCard, input_name: str, input_type: int, input_shape: list, output: str) -> str:
-    """A real ONNX graph another tool might write — ``input_name`` in, ``output`` [N, 2] out — carrying a medclf
-    model card (copied from another model, or written by hand)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    nodes = [helper.make_node("Cast", [input_name], ["x"], to=TensorProto.FLOAT),
-             helper.make_node("ReduceMean", ["x"], ["mean"], axes=[2, 3], keepdims=0),
-             helper.make_node("Slice", ["mean", "start", "end", "axis"], [output])]
-    initializers = [helper.make_tensor(name, TensorProto.INT64, [1], [value])
-                    for name, value in (("start", 0), ("end", 2), ("axis", 1))]
-    graph = helper.make_graph(nodes, "foreign", [helper.make_tensor_value_info(input_name, input_type, input_shape)],
-                              [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["N", 2])], initializers)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    helper.set_model_props(model, card.to_metadata())
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
-    return str(path)
 
 
 @pytest.mark.parametrize("input_name, float_input, shape, output, said", [
