@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 # Layers that put pixels on the scale a network was trained at.
 SCALING = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Lambda)
-# A labels.json whose order makes this many points fewer calls right than another order, on at least MIN_LABELLED
+# A labels.json whose order's balanced accuracy is this far below another order's, on at least MIN_LABELLED
 # labelled images, is taken for a misordered one.
 MISORDERED, MIN_LABELLED = 0.25, 20
 # How far from 1 a row of probabilities may sum (softmax in float32 is exact to ~1e-6; FP16 heads to ~1e-3).
