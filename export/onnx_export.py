@@ -42,7 +42,7 @@ def convert(model: keras.Model, card: ModelCard, opset: int = OPSET, cam: bool =
     levels = [level.layer for level in familiarity.levels] if familiarity is not None else []
     graph = with_features(model, levels) if levels else keras.Model(model.input, [model.output])
     if cam:
-        features, head = _cam_head(model)
+        features, head = cam_head(model)
         graph = keras.Model(graph.input, [*graph.outputs, features])
 
     @tf.function(input_signature=[spec])
@@ -82,7 +82,7 @@ def provenance(keras_path: str | os.PathLike[str], opset: int = OPSET) -> dict[s
     }
 
 
-def _cam_head(model: keras.Model) -> tuple[keras.KerasTensor, keras.layers.Dense]:
+def cam_head(model: keras.Model) -> tuple[keras.KerasTensor, keras.layers.Dense]:
     """The last feature map and the softmax head of a model whose head is the exact CAM form: feature map →
     global average pool → (dropout) → dense softmax — found by its structure, whatever its layers are named (a
     tutorial's ``GlobalAveragePooling2D()`` and ``Dense(4, activation="softmax")``)."""

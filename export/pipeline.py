@@ -12,6 +12,7 @@ import dataclasses
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -40,7 +41,7 @@ from .int8 import ImageCalibrationReader, Int8Quantizer
 from .keras_model import check_label_order, check_probabilities, loaded
 from .verification_images import CALIBRATION_IMAGES, MAX_VERIFY_IMAGES, chosen_images, recorded, verification_images
 from .labelled_images import load_labelled
-from .onnx_export import CAM_DESCRIPTION, OPSET, convert, provenance
+from .onnx_export import CAM_DESCRIPTION, OPSET, cam_head, convert, provenance
 from .simplify import simplify
 from .speed import speed
 from .triton import one_line_each, write_model
@@ -81,6 +82,12 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     if triton is not None:
         one_line_each(card.labels)  # said before the work, not after it
     model = loaded(model_path, len(card.labels), card.preprocess.shape)
+    if cam:
+        cam_head(model)  # a model --cam cannot serve is refused before the work (and before --out is made)
+    if calibration_data is not None and verify_data is not None and \
+            Path(calibration_data).resolve() == Path(verify_data).resolve() and {"fp16", "int8"} & set(precisions):
+        print(f"warning: --calibration and --verify-data are both {verify_data}: FP16 and INT8 are then judged on "
+              "the images they were fitted to, a kinder verdict than on others", file=sys.stderr)
     paths, names, described = verification_images(model_path.parent, verify_data, calibration_data, max_images,
                                                    calibrating="int8" in precisions)
     held_out, search = held_out_sets(model, card, paths, names, max_images,

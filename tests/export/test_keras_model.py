@@ -238,6 +238,7 @@ def test_a_sigmoid_head_named_as_medclfs_exports_without_cam_and_familiarity_and
         feature_layers(loaded(run / "model.keras", 2))
     with pytest.raises(ValueError, match="--cam: model .* head is one sigmoid unit"):
         export_run(run / "model.keras", run / "with-cam", ("fp32",), verify_data=cataract, cam=True)
+    assert not (run / "with-cam").exists()  # refused before the work: no empty --out folder left
 
 
 def test_an_int8_file_with_nothing_quantized_is_refused_not_published_as_int8(cataract, tmp_path):
@@ -288,3 +289,15 @@ def test_a_sequential_of_any_input_size_and_a_sigmoid_as_an_operation_load(tmp_p
     unit = keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(keras.layers.Rescaling(1 / 255)(inputs)))
     keras.Model(inputs, keras.ops.sigmoid(unit)).save(tmp_path / "op.keras")
     assert loaded(tmp_path / "op.keras", 2, (8, 8, 3)).output_shape[-1] == 2
+
+
+def test_calibrating_and_verifying_on_one_folder_is_warned_of(cataract, tmp_path, capsys):
+    """INT8 judged on its own calibration images agrees more easily than on others: said, not silent."""
+    run = tmp_path / "tutorial"
+    run.mkdir()
+    tutorial_cnn(keras.layers.Dense(2, activation="softmax")).save(run / "model.keras")
+    (run / "labels.json").write_text(json.dumps(sorted(p.name for p in cataract.iterdir() if p.is_dir())))
+    (run / "preprocess.json").write_text(json.dumps({"height": 48, "width": 48}))
+    export_run(run / "model.keras", run / "exported", ("fp32", "int8"), verify_data=cataract,
+               calibration_data=cataract, strict=False, familiarity=False)
+    assert "--calibration and --verify-data are both" in capsys.readouterr().err
