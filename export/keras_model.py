@@ -16,6 +16,8 @@ import keras
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from medclf.rundir import LABELS, PREPROCESS
+
 # Layers that put pixels on the scale a network was trained at.
 SCALING = (keras.layers.Rescaling, keras.layers.Normalization, keras.layers.Lambda)
 # A labels.json whose order's balanced accuracy is this far below another order's, on at least MIN_LABELLED
@@ -47,7 +49,7 @@ def loaded(path: Path, classes: int, shape: tuple[int, int, int] | None = None) 
         raise ValueError(f"{path}: the model has {len(model.outputs)} outputs ({shapes}); medclf serves one, the "
                          "class probabilities: save a model whose output is that one")
     if shape is not None and (problem := _input_problem(model, shape)):
-        raise ValueError(f"{path.parent / 'preprocess.json'}: {problem}")
+        raise ValueError(f"{path.parent / PREPROCESS}: {problem}")
     if _scales_its_pixels(model) is False:
         print(f"warning: {path}: its pixels (0-255) reach its first layer with weights unscaled; a model trained on "
               "scaled images (x / 255 or preprocess_input in the data pipeline) answers wrong on them — put that "
@@ -63,7 +65,7 @@ def loaded(path: Path, classes: int, shape: tuple[int, int, int] | None = None) 
         return keras.Model(model.inputs, keras.layers.Concatenate(name="medclf_two_classes")([q, p]),
                            name=model.name)
     if width != classes:  # labels.json copied from another run
-        raise ValueError(f"{path.parent / 'labels.json'} names {classes} classes and the model answers {width}: it "
+        raise ValueError(f"{path.parent / LABELS} names {classes} classes and the model answers {width}: it "
                          "is not this model's run folder")
     return model
 
@@ -98,7 +100,7 @@ def check_label_order(path: Path, classes: tuple[str, ...], labels: np.ndarray |
         order = list(classes)
         for row, column in zip(np.flatnonzero(present)[truth], called):
             order[column] = classes[row]
-        raise ValueError(f"{path.parent / 'labels.json'}: the model's calls on {len(labels)} labelled verification "
+        raise ValueError(f"{path.parent / LABELS}: the model's calls on {len(labels)} labelled verification "
                          f"images have a balanced accuracy of {given:.1%} in this order of its classes and "
                          f"{best:.1%} in {order}: list the classes in the order of the model's outputs (for Keras' "
                          "folder datasets, sorted)")

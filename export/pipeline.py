@@ -93,8 +93,7 @@ def export_run(model_path: str | os.PathLike[str], out_dir: str | os.PathLike[st
     held_out, search = held_out_sets(model, card, paths, names, max_images,
                                      searching=bool({"fp16", "int8"} & set(precisions)), levels=familiarity)
     check_probabilities(model_path, held_out.reference)
-    if not (model_path.parent / "splits.json").is_file():  # a run folder written by hand (medclf's records its
-        # splits before fitting, so a checkpoint.keras left by a stopped run is medclf's too): its labels' order
+    if not RunDir(model_path.parent).trained_by_medclf:  # written by hand: its labels.json's order is checked
         check_label_order(model_path, card.labels, held_out.labels, held_out.calls(held_out.reference))
     fitted, familiarity_record = None, {"added": False, "why": "not asked for (--no-familiarity)"}
     familiar = held_out.images  # where the unfamiliarity threshold is set: held-out images alone

@@ -45,7 +45,7 @@ def _written_decision(text: str) -> Decision:
         raise ValueError("must be a JSON object: {\"positive_class\": ..., \"threshold\": ...}")
     if unknown := sorted(set(fields) - {"positive_class", "threshold", "rule"}):
         raise ValueError(f"unknown field {unknown[0]!r} (a decision has positive_class, threshold and rule)")
-    return Decision.from_json(json.dumps({"rule": "given in decision.json"} | fields))
+    return Decision.from_json(text, rule="given in decision.json")
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,12 @@ class RunDir:
             raise ValueError(f"{self.path / DECISION}: names {decision.positive_class!r}, which is not one of the "
                              f"two labels {list(labels)} in {LABELS}")
         return decision
+
+    @property
+    def trained_by_medclf(self) -> bool:
+        """Whether ``medclf train`` wrote this folder: it records its splits before fitting, so a checkpoint
+        left by a stopped run counts; a folder written by hand for a model trained elsewhere has none."""
+        return (self.path / SPLITS).is_file()
 
     def _parsed(self, name: str, parse: Callable[[str], Any]) -> Any:
         """``parse`` of file ``name``; what it refuses, said of the file (a hand-written one, for a model medclf

@@ -62,6 +62,7 @@ class Backend:
     metadata: dict[str, str]  # the ONNX file's metadata_props (the model card)
     note: str = ""  # for auto: why this one was chosen
     classes: int | None = None  # the width of its probabilities, where the file fixes it
+    most_images: int | None = None  # the largest batch it takes (an engine's profile), else any
 
 
 def open_backend(model: Path, name: str = "cpu", threads: int = 1, spin: bool = True,
@@ -170,9 +171,9 @@ def _onnxruntime(model: Path, name: str, threads: int, spin: bool, reuse_optimiz
     if problem := _graph_problem(session, ModelCard.from_metadata(metadata, str(model))):
         raise ModelCardError(f"{model}: {problem}")
     widths = [output.shape[-1] for output in session.get_outputs() if output.name == OUTPUT_NAME and output.shape]
-    run = lambda outputs, images: session.run(outputs, {INPUT_NAME: images})  # noqa: E731
-    return Backend(name, _in_runs(run, ORT_TENSORRT_PROFILE["max"]) if name == "ort-tensorrt" else run,
-                   metadata, classes=widths[0] if widths and isinstance(widths[0], int) else None)
+    return Backend(name, lambda outputs, images: session.run(outputs, {INPUT_NAME: images}), metadata,
+                   classes=widths[0] if widths and isinstance(widths[0], int) else None,
+                   most_images=ORT_TENSORRT_PROFILE["max"] if name == "ort-tensorrt" else None)
 
 
 def _graph_problem(session: ort.InferenceSession, card: ModelCard) -> str | None:
@@ -225,17 +226,6 @@ def _metadata(model: Path) -> dict[str, str]:
 
 def _precision(model: Path, metadata: dict[str, str] | None = None) -> str:
     return ModelCard.from_metadata(metadata or _metadata(model), str(model)).precision
-
-
-def _in_runs(run: Callable[[list[str], np.ndarray], list[np.ndarray]],
-             most: int) -> Callable[[list[str], np.ndarray], list[np.ndarray]]:
-    """``run``, given batches of at most ``most`` images (an engine's profile ends there) and their outputs joined."""
-    def in_runs(outputs: list[str], images: np.ndarray) -> list[np.ndarray]:
-        if len(images) <= most:
-            return run(outputs, images)
-        parts = [run(outputs, images[start:start + most]) for start in range(0, len(images), most)]
-        return [np.concatenate(chunks) for chunks in zip(*parts)]
-    return in_runs
 
 
 def _providers(name: str, model: Path, precision: str = "fp32",

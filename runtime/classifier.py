@@ -179,6 +179,7 @@ class Classifier:
     def _outputs(self, names: list[str], images: np.ndarray, batch_size: int | None) -> list[np.ndarray]:
         if batch_size is None:
             batch_size = images_per_batch(*images.shape[1:3])
+        batch_size = min(batch_size, self.backend.most_images or batch_size)  # a TensorRT EP profile's largest
         if len(images) <= batch_size:
             return self.backend.run(names, images)
         runs = [self.backend.run(names, images[i:i + batch_size]) for i in range(0, len(images), batch_size)]

@@ -36,10 +36,12 @@ class Decision:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "Decision":
+    def from_json(cls, text: str, rule: str = "youden") -> "Decision":
+        """The decision :meth:`to_json` wrote; ``rule``: where the text names none (cards before rules were
+        recorded: Youden's J; a ``decision.json`` written by hand: given)."""
         fields = json.loads(text)
         return cls(positive_class=str(fields["positive_class"]), threshold=float(fields["threshold"]),
-                   rule=str(fields.get("rule", "youden")))
+                   rule=str(fields.get("rule", rule)))
 
 
 def decide(probabilities: np.ndarray, labels: Sequence[str], decision: Decision | None = None) -> np.ndarray:

@@ -44,7 +44,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from medclf.export.depth_weights import outputs_with_ratios, with_depth_weights
 from medclf.export.files import card_of_file
-from medclf.rundir import SPLITS, RunDir, numbered
+from medclf.rundir import RunDir, numbered
 from medclf.runtime import Classifier
 from medclf.runtime.atomic import atomic_write
 from medclf.runtime.decision import Decision
@@ -131,7 +131,7 @@ def calibrate_site(model_path: str | os.PathLike[str], data: str | os.PathLike[s
     site = read_labelled(data, card.labels, naming, run, fitting=True)
     counts = np.bincount(site.labels, minlength=len(card.labels))
     _enough(counts, card.labels, data)
-    if run is not None and (run.path / SPLITS).is_file():
+    if run is not None and run.trained_by_medclf:
         seen_in_training(site, recorded_split(run, "train"), recorded_split(run, "val"), "site",
                          "fitted on them, the calibration learns the training site again, not this one")
     shares = stated_shares(prevalence, card.labels, counts) if prevalence else None

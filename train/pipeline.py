@@ -400,7 +400,7 @@ def evaluate_run(model_path: str | os.PathLike[str], data: str | os.PathLike[str
         group_pattern, group_copies = recipe.get("group_pattern"), recipe.get("group_copies")
     groups = split_groups(folder, group_pattern, group_copies, naming)
     extra = test_extras(labels, probabilities, groups, classes, decision)
-    if scorer.run is not None and (scorer.run.path / rundir.SPLITS).is_file():  # unseen if never seen in training
+    if scorer.run is not None and scorer.run.trained_by_medclf:  # unseen only if never seen in training
         extra["identical_to_training"] = seen_in_training(folder, recorded_split(scorer.run, "train"),
                                                           recorded_split(scorer.run, "val"))
     elif scorer.run is not None:  # a run folder written by hand, for a model medclf did not train: scored all the same

@@ -133,6 +133,8 @@ def test_many_images_run_in_batches_of_bounded_pixels_unless_a_batch_size_is_giv
     seen, backend = [], classifier.backend
 
     class Recording:  # the real session runs; this only notes how many images each call gave it
+        most_images = None
+
         def run(self, names, batch):
             seen.append(len(batch))
             return backend.run(names, batch)
